@@ -1,0 +1,12 @@
+{
+  "targets": [
+    {
+      "target_name": "tsnet_native",
+      "sources": ["tsnet_native.cc"],
+      "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
+      "defines": ["NAPI_VERSION=8", "NAPI_DISABLE_CPP_EXCEPTIONS"],
+      "cflags": ["-Wall", "-Wextra"],
+      "cflags_cc": ["-Wall", "-Wextra", "-std=c++17"]
+    }
+  ]
+}

@@ -1,0 +1,19 @@
+/**
+ * tsnet: network plumbing for Linux containers.
+ *
+ *   import { netns, bridge, attach } from 'tsnet';
+ *   const host = netns.current();
+ *   const c1 = netns.add('c1');
+ *   await bridge.ensure(host, 'br0', { addresses: ['10.88.0.1/16'] });
+ *   await attach.attach(host, c1, { bridge: 'br0', address: '10.88.0.2/16' });
+ */
+export * as netns from './netns';
+export * as link from './link';
+export * as addr from './addr';
+export * as route from './route';
+export * as veth from './veth';
+export * as bridge from './bridge';
+export * as sysctl from './sysctl';
+export * as attach from './attach';
+export { TsnetError } from './errors';
+export type { NetNs } from './netns';

@@ -1,0 +1,273 @@
+/**
+ * Links: `ip link add|set|del|show`, over RTM_NEWLINK / RTM_DELLINK /
+ * RTM_GETLINK in the namespace of a handle. Kinds are a discriminated union;
+ * IFLA_LINKINFO is encoded and decoded through the tables in src/netlink/rtnl.
+ */
+import { decodeAttrs, encodeAttrs, type AttrObject } from '../netlink/attrs';
+import { NLM_F } from '../netlink/socket';
+import { AF_BRIDGE, AF_UNSPEC, BR_STATE, IFF, IFLA, RTM, ifinfomsg, type IfInfoMsg } from '../netlink/rtnl';
+import { TsnetError, hasCode, invalid, withContext } from '../errors';
+import type { NetNs } from '../netns';
+
+/** What one link looks like, decoded from RTM_NEWLINK. */
+export interface Link {
+  index: number;
+  name: string;
+  /** IFLA_INFO_KIND: 'veth', 'bridge', 'dummy' ...; undefined for physical devices and lo. */
+  kind?: string;
+  flags: number;
+  up: boolean;
+  /** IFF_LOWER_UP: carrier. */
+  lowerUp: boolean;
+  operstate: string;
+  mtu: number;
+  mac?: string;
+  /** ifindex of the master (the bridge this link is a port of). */
+  master?: number;
+  /** IFLA_LINK: for a veth, the peer's ifindex (in the peer's namespace). */
+  peerIndex?: number;
+  /** IFLA_LINK_NETNSID: the peer's namespace, as an nsid of this namespace; undefined when same namespace. */
+  linkNetnsId?: number;
+  /** Present on bridges. */
+  bridge?: BridgeInfo;
+  /** Present on bridge ports. */
+  port?: BridgePortInfo;
+}
+
+export interface BridgeInfo {
+  stp: boolean;
+  vlanFiltering: boolean;
+  ageingTime?: number;
+  forwardDelay?: number;
+}
+
+export interface BridgePortInfo {
+  hairpin: boolean;
+  state?: string;
+  learning?: boolean;
+}
+
+interface LinkCommon {
+  name: string;
+  mtu?: number;
+  mac?: string;
+  /** Bridge to enslave the new link to (ifindex in the same namespace). */
+  master?: number;
+  up?: boolean;
+}
+
+/** What can be created: `ip link add NAME type KIND ...`. */
+export type LinkSpec =
+  | (LinkCommon & { kind: 'veth'; peer: { name: string; netns?: NetNs; mtu?: number; mac?: string; up?: boolean } })
+  | (LinkCommon & { kind: 'bridge'; stp?: boolean; vlanFiltering?: boolean })
+  | (LinkCommon & { kind: 'dummy' });
+
+/** A link named or numbered. */
+export type LinkRef = string | number;
+
+const IFNAMSIZ = 16;
+const OPERSTATE = ['unknown', 'notpresent', 'down', 'lowerlayerdown', 'testing', 'dormant', 'up'];
+const MAC_RE = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/i;
+
+/** The kernel's dev_valid_name(), checked before asking the kernel so the error can say why. */
+export function validateIfname(name: string): void {
+  if (typeof name !== 'string' || name.length === 0) throw invalid('interface name is empty');
+  if (Buffer.byteLength(name) >= IFNAMSIZ) {
+    throw invalid(`interface name ${JSON.stringify(name)} is ${Buffer.byteLength(name)} bytes; Linux allows at most ${IFNAMSIZ - 1}`);
+  }
+  if (name === '.' || name === '..' || /[/:\s]/.test(name)) {
+    throw invalid(`invalid interface name ${JSON.stringify(name)}: no '/', ':' or white space, and not '.' or '..'`);
+  }
+}
+
+export function validateMac(mac: string): void {
+  if (!MAC_RE.test(mac)) throw invalid(`invalid MAC address ${JSON.stringify(mac)}: expected six hex octets like 02:42:ac:11:00:02`);
+  if (parseInt(mac.slice(0, 2), 16) & 1) throw invalid(`invalid MAC address ${mac}: multicast bit set in the first octet`);
+}
+
+export function validateMtu(mtu: number): void {
+  if (!Number.isInteger(mtu) || mtu < 68 || mtu > 65535) throw invalid(`invalid MTU ${mtu}: must be an integer from 68 to 65535`);
+}
+
+function decodeLink(payload: Buffer): Link {
+  const hdr = ifinfomsg.decode(payload);
+  const a = decodeAttrs(IFLA, payload.subarray(ifinfomsg.size));
+  const info = a.linkinfo as AttrObject | undefined;
+  const link: Link = {
+    index: hdr.index,
+    name: a.ifname as string,
+    flags: hdr.flags,
+    up: (hdr.flags & IFF.UP) !== 0,
+    lowerUp: (hdr.flags & IFF.LOWER_UP) !== 0,
+    operstate: OPERSTATE[(a.operstate as number) ?? 0] ?? 'unknown',
+    mtu: a.mtu as number,
+  };
+  if (info?.kind !== undefined) link.kind = info.kind as string;
+  if (a.address !== undefined) link.mac = a.address as string;
+  if (a.master) link.master = a.master as number;
+  if (a.link !== undefined && a.link !== hdr.index) link.peerIndex = a.link as number;
+  if (a.link_netnsid !== undefined && (a.link_netnsid as number) >= 0) link.linkNetnsId = a.link_netnsid as number;
+  if (info?.kind === 'bridge' && info.data) {
+    const d = info.data as AttrObject;
+    link.bridge = {
+      stp: (d.stp_state as number | undefined ?? 0) !== 0,
+      vlanFiltering: (d.vlan_filtering as number | undefined ?? 0) !== 0,
+    };
+    if (d.ageing_time !== undefined) link.bridge.ageingTime = d.ageing_time as number;
+    if (d.forward_delay !== undefined) link.bridge.forwardDelay = d.forward_delay as number;
+  }
+  if (info?.slave_kind === 'bridge' && info.slave_data) {
+    const d = info.slave_data as AttrObject;
+    link.port = { hairpin: (d.mode as number | undefined ?? 0) !== 0 };
+    if (d.state !== undefined) link.port.state = BR_STATE[d.state as number] ?? String(d.state);
+    if (d.learning !== undefined) link.port.learning = d.learning !== 0;
+  }
+  return link;
+}
+
+function refAttrs(ref: LinkRef): { hdr: Partial<IfInfoMsg>; attrs: AttrObject } {
+  if (typeof ref === 'number') return { hdr: { index: ref }, attrs: {} };
+  validateIfname(ref);
+  return { hdr: { index: 0 }, attrs: { ifname: ref } };
+}
+
+function linkMsg(hdr: Partial<IfInfoMsg>, attrs: AttrObject): Buffer {
+  return Buffer.concat([ifinfomsg.encode({ family: AF_UNSPEC, ...hdr }), encodeAttrs(IFLA, attrs)]);
+}
+
+const show = (ref: LinkRef) => (typeof ref === 'number' ? `ifindex ${ref}` : ref);
+
+/** All links of the namespace: `ip -d link show`. */
+export async function list(h: NetNs): Promise<Link[]> {
+  return withContext(`listing links in ${h.label}`, async () => {
+    const msgs = await h.nl.dump(RTM.GETLINK, linkMsg({}, {}));
+    return msgs.filter((m) => m.type === RTM.NEWLINK).map((m) => decodeLink(m.payload));
+  });
+}
+
+/** One link by name or index, or undefined: `ip -d link show dev NAME`. */
+export async function get(h: NetNs, ref: LinkRef): Promise<Link | undefined> {
+  const { hdr, attrs } = refAttrs(ref);
+  try {
+    const msgs = await h.nl.request(RTM.GETLINK, 0, linkMsg(hdr, attrs));
+    const m = msgs.find((x) => x.type === RTM.NEWLINK);
+    return m ? decodeLink(m.payload) : undefined;
+  } catch (err) {
+    if (hasCode(err, 'ENODEV')) return undefined;
+    throw new TsnetError(`looking up ${show(ref)} in ${h.label}: ${(err as Error).message}`, { code: (err as TsnetError).code });
+  }
+}
+
+/** One link that must exist; the error names it and the namespace. */
+export async function mustGet(h: NetNs, ref: LinkRef): Promise<Link> {
+  const link = await get(h, ref);
+  if (!link) throw new TsnetError(`interface ${show(ref)} not found in ${h.label}`, { code: 'ENODEV' });
+  return link;
+}
+
+const optNum = (b: boolean | undefined) => (b === undefined ? undefined : Number(b));
+const bridgeData = (o: { stp?: boolean; vlanFiltering?: boolean }): AttrObject => ({ stp_state: optNum(o.stp), vlan_filtering: optNum(o.vlanFiltering) });
+
+function specAttrs(spec: LinkSpec): AttrObject {
+  validateIfname(spec.name);
+  if (spec.mtu !== undefined) validateMtu(spec.mtu);
+  if (spec.mac !== undefined) validateMac(spec.mac);
+  const attrs: AttrObject = { ifname: spec.name, mtu: spec.mtu, address: spec.mac, master: spec.master };
+  switch (spec.kind) {
+    case 'veth': {
+      const p = spec.peer;
+      validateIfname(p.name);
+      if (p.mtu !== undefined) validateMtu(p.mtu);
+      if (p.mac !== undefined) validateMac(p.mac);
+      // The peer is created directly inside its namespace, under its final name:
+      // moving a link later would bring it down and drop its addresses.
+      const peerAttrs: AttrObject = { ifname: p.name, mtu: p.mtu ?? spec.mtu, address: p.mac, net_ns_fd: p.netns?.fd };
+      attrs.linkinfo = {
+        kind: 'veth',
+        data: { peer: { header: { family: AF_UNSPEC, flags: p.up ? IFF.UP : 0, change: p.up ? IFF.UP : 0 }, attrs: peerAttrs } },
+      };
+      break;
+    }
+    case 'bridge':
+      attrs.linkinfo = { kind: 'bridge', data: bridgeData(spec) };
+      break;
+    case 'dummy':
+      attrs.linkinfo = { kind: 'dummy' };
+      break;
+  }
+  return attrs;
+}
+
+/** Creates a link: `ip link add NAME [mtu N] [address MAC] [master BR] type KIND ...`. Fails with EEXIST if the name is taken. */
+export async function add(h: NetNs, spec: LinkSpec): Promise<void> {
+  const attrs = specAttrs(spec);
+  const up = spec.up ? { flags: IFF.UP, change: IFF.UP } : {};
+  const where = spec.kind === 'veth' && spec.peer.netns ? ` (peer ${spec.peer.name} in ${spec.peer.netns.label})` : '';
+  await withContext(`creating ${spec.kind} ${spec.name}${where} in ${h.label}`, () =>
+    h.nl.request(RTM.NEWLINK, NLM_F.CREATE | NLM_F.EXCL, linkMsg(up, attrs)));
+}
+
+/** Changes to an existing link, applied in one RTM_NEWLINK: `ip link set dev NAME ...`. */
+export interface LinkChange {
+  up?: boolean;
+  name?: string;
+  mtu?: number;
+  mac?: string;
+  /** ifindex of the new master; null removes it (`nomaster`). */
+  master?: number | null;
+  /** Move the link into this namespace (`netns NS`); it goes down and loses its addresses. */
+  netns?: NetNs;
+  /** Bridge options on a bridge (`ip link set dev BR type bridge stp_state 0 vlan_filtering 1`). */
+  bridge?: { stp?: boolean; vlanFiltering?: boolean };
+}
+
+/** `ip link set dev REF [up|down] [name N] [mtu N] [address MAC] [master BR|nomaster] [netns NS]`. */
+export async function set(h: NetNs, ref: LinkRef, change: LinkChange): Promise<void> {
+  if (change.name !== undefined) validateIfname(change.name);
+  if (change.mtu !== undefined) validateMtu(change.mtu);
+  if (change.mac !== undefined) validateMac(change.mac);
+  const { hdr, attrs } = refAttrs(ref);
+  const flags = change.up === undefined ? {} : { flags: change.up ? IFF.UP : 0, change: IFF.UP };
+  // Renaming by name: the old name selects (ifname) only when there is no new one; otherwise look up the index.
+  if (change.name !== undefined && typeof ref === 'string') {
+    hdr.index = (await mustGet(h, ref)).index;
+    delete attrs.ifname;
+  }
+  Object.assign(attrs, {
+    ifname: change.name ?? attrs.ifname,
+    mtu: change.mtu,
+    address: change.mac,
+    master: change.master === null ? 0 : change.master,
+    net_ns_fd: change.netns?.fd,
+    linkinfo: change.bridge && { kind: 'bridge', data: bridgeData(change.bridge) },
+  });
+  const what = Object.entries(change).map(([k, v]) => `${k} ${typeof v === 'object' && v !== null ? (v as NetNs).label : String(v)}`).join(', ');
+  await withContext(`setting ${what} on ${show(ref)} in ${h.label}`, () =>
+    h.nl.request(RTM.NEWLINK, 0, linkMsg({ ...hdr, ...flags }, attrs)));
+}
+
+export const setUp = (h: NetNs, ref: LinkRef) => set(h, ref, { up: true });
+export const setDown = (h: NetNs, ref: LinkRef) => set(h, ref, { up: false });
+
+/**
+ * Deletes a link: `ip link del dev REF`. Deleting one end of a veth pair
+ * deletes both. A link that does not exist is not an error (returns false).
+ */
+export async function del(h: NetNs, ref: LinkRef): Promise<boolean> {
+  const { hdr, attrs } = refAttrs(ref);
+  try {
+    await h.nl.request(RTM.DELLINK, 0, linkMsg(hdr, attrs));
+    return true;
+  } catch (err) {
+    if (hasCode(err, 'ENODEV')) return false;
+    throw new TsnetError(`deleting ${show(ref)} in ${h.label}: ${(err as Error).message}`, { code: (err as TsnetError).code });
+  }
+}
+
+/** Per-port bridge options, sent as AF_BRIDGE IFLA_PROTINFO: `bridge link set dev PORT hairpin on`. */
+export async function setBridgePort(h: NetNs, port: LinkRef, opts: { hairpin?: boolean; learning?: boolean }): Promise<void> {
+  const index = typeof port === 'number' ? port : (await mustGet(h, port)).index;
+  const protinfo: AttrObject = { mode: optNum(opts.hairpin), learning: optNum(opts.learning) };
+  await withContext(`setting bridge port options on ${show(port)} in ${h.label}`, () =>
+    h.nl.request(RTM.SETLINK, 0, Buffer.concat([ifinfomsg.encode({ family: AF_BRIDGE, index }), encodeAttrs(IFLA, { protinfo })])));
+}

@@ -1,0 +1,152 @@
+/**
+ * The request / ack / dump loop over one NETLINK_ROUTE socket.
+ *
+ * Transport is the `netlink` package's RawNetlinkSocket (a datagram socket
+ * polled by libuv). Its fd is created synchronously in the constructor, which
+ * is what lets src/netns create it while the thread is inside another
+ * namespace: a netlink socket acts in the namespace it was created in.
+ *
+ * What this layer guarantees, because other libraries got it wrong:
+ * - every reply is matched to its request by sequence number (and our port);
+ *   replies to nobody are dropped, never handed to the wrong caller;
+ * - a dump whose messages carry NLM_F_DUMP_INTR (the table changed while the
+ *   kernel was walking it) is retried, a bounded number of times;
+ * - NLMSG_ERROR becomes a NetlinkError with its errno name.
+ */
+import { RawNetlinkSocket } from 'netlink';
+import { NetlinkError, TsnetError } from '../errors';
+import { strerror } from './strerror';
+
+export const NETLINK_ROUTE = 0;
+
+export const NLM_F = {
+  REQUEST: 0x1, MULTI: 0x2, ACK: 0x4, ECHO: 0x8, DUMP_INTR: 0x10,
+  ROOT: 0x100, MATCH: 0x200, DUMP: 0x300,
+  REPLACE: 0x100, EXCL: 0x200, CREATE: 0x400, APPEND: 0x800,
+} as const;
+
+const NLMSG_ERROR = 2;
+const NLMSG_DONE = 3;
+const NLMSG_HDRLEN = 16;
+const DUMP_RETRIES = 10;
+
+export interface Message {
+  type: number;
+  flags: number;
+  payload: Buffer;
+}
+
+interface Pending {
+  dump: boolean;
+  replies: Message[];
+  interrupted: boolean;
+  resolve(msgs: Message[]): void;
+  reject(err: Error): void;
+}
+
+class DumpInterrupted extends Error {}
+
+export class NetlinkSocket {
+  private readonly raw: RawNetlinkSocket;
+  private readonly port: number;
+  private readonly pending = new Map<number, Pending>();
+  private seq = Math.floor(Math.random() * 0x7fffffff);
+  private closed = false;
+
+  /** Creates the socket in the calling thread's current network namespace. */
+  constructor() {
+    this.raw = new RawNetlinkSocket(NETLINK_ROUTE, { recvBufferSize: 1 << 20, sendBufferSize: 1 << 20 } as never);
+    this.port = this.raw.address().port;
+    this.raw.on('message', (buf: Buffer) => this.receive(buf));
+    this.raw.on('error', (err: Error) => this.failAll(err));
+    this.raw.unref();
+  }
+
+  /** A request that the kernel acknowledges (NLM_F_ACK): resolves on ack, rejects on error. */
+  async request(type: number, flags: number, payload: Buffer): Promise<Message[]> {
+    return this.send(type, NLM_F.REQUEST | NLM_F.ACK | flags, payload, false);
+  }
+
+  /** A dump (NLM_F_DUMP): every message up to NLMSG_DONE, retried when the kernel flags it inconsistent. */
+  async dump(type: number, payload: Buffer, flags = 0): Promise<Message[]> {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await this.send(type, NLM_F.REQUEST | NLM_F.DUMP | flags, payload, true);
+      } catch (err) {
+        if (!(err instanceof DumpInterrupted)) throw err;
+        if (attempt >= DUMP_RETRIES) {
+          throw new TsnetError(`dump of message type ${type} kept changing under us (NLM_F_DUMP_INTR ${DUMP_RETRIES + 1} times)`, { code: 'EINTR' });
+        }
+      }
+    }
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.raw.close();
+    this.failAll(new TsnetError('netlink socket closed', { code: 'ECANCELED' }));
+  }
+
+  private send(type: number, flags: number, payload: Buffer, dump: boolean): Promise<Message[]> {
+    if (this.closed) return Promise.reject(new TsnetError('netlink socket is closed', { code: 'EBADF' }));
+    const seq = (this.seq = (this.seq + 1) & 0x7fffffff);
+    const hdr = Buffer.alloc(NLMSG_HDRLEN);
+    hdr.writeUInt32LE(NLMSG_HDRLEN + payload.length, 0);
+    hdr.writeUInt16LE(type, 4);
+    hdr.writeUInt16LE(flags, 6);
+    hdr.writeUInt32LE(seq, 8);
+    hdr.writeUInt32LE(this.port, 12);
+    return new Promise<Message[]>((resolve, reject) => {
+      this.pending.set(seq, { dump, replies: [], interrupted: false, resolve, reject });
+      if (this.pending.size === 1) this.raw.ref();
+      this.raw.send([hdr, payload], {}, (err?: Error) => {
+        if (err) this.settle(seq, err);
+      });
+    });
+  }
+
+  private receive(buf: Buffer): void {
+    let off = 0;
+    while (off + NLMSG_HDRLEN <= buf.length) {
+      const len = buf.readUInt32LE(off);
+      if (len < NLMSG_HDRLEN || off + len > buf.length) break;
+      const type = buf.readUInt16LE(off + 4);
+      const flags = buf.readUInt16LE(off + 6);
+      const seq = buf.readUInt32LE(off + 8);
+      const pid = buf.readUInt32LE(off + 12);
+      const payload = buf.subarray(off + NLMSG_HDRLEN, off + len);
+      off += (len + 3) & ~3;
+
+      const p = this.pending.get(seq);
+      if (!p || (pid !== this.port && pid !== 0)) continue; // not a reply to anything we asked
+      if (flags & NLM_F.DUMP_INTR) p.interrupted = true;
+
+      if (type === NLMSG_ERROR) {
+        const errno = -payload.readInt32LE(0);
+        if (errno === 0) this.settle(seq);
+        else this.settle(seq, new NetlinkError(errno, strerror(errno)));
+      } else if (type === NLMSG_DONE) {
+        this.settle(seq, p.interrupted ? new DumpInterrupted() : undefined);
+      } else {
+        p.replies.push({ type, flags, payload: Buffer.from(payload) });
+        // A non-dump request answered with data and no MULTI flag is complete (e.g. RTM_GETLINK by name).
+        if (!p.dump && !(flags & NLM_F.MULTI)) this.settle(seq);
+      }
+    }
+  }
+
+  private settle(seq: number, err?: Error): void {
+    const p = this.pending.get(seq);
+    if (!p) return;
+    this.pending.delete(seq);
+    if (this.pending.size === 0 && !this.closed) this.raw.unref();
+    if (err) p.reject(err);
+    else p.resolve(p.replies);
+  }
+
+  private failAll(err: Error): void {
+    for (const seq of [...this.pending.keys()]) this.settle(seq, err);
+  }
+}
+

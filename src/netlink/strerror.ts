@@ -1,0 +1,23 @@
+import { constants } from 'node:os';
+import { errnoName } from '../errors';
+
+// glibc's texts for the errnos rtnetlink actually returns; others fall back to the name.
+const TEXT: Record<string, string> = {
+  EPERM: 'Operation not permitted', ENOENT: 'No such file or directory', ESRCH: 'No such process',
+  EINTR: 'Interrupted system call', EIO: 'Input/output error', ENXIO: 'No such device or address',
+  E2BIG: 'Argument list too long', EBADF: 'Bad file descriptor', EAGAIN: 'Resource temporarily unavailable',
+  ENOMEM: 'Cannot allocate memory', EACCES: 'Permission denied', EBUSY: 'Device or resource busy',
+  EEXIST: 'File exists', EXDEV: 'Invalid cross-device link', ENODEV: 'No such device',
+  ENOTDIR: 'Not a directory', EINVAL: 'Invalid argument', ENFILE: 'Too many open files in system',
+  ERANGE: 'Numerical result out of range', ENOSPC: 'No space left on device', ENOTSUP: 'Operation not supported',
+  EOPNOTSUPP: 'Operation not supported', EAFNOSUPPORT: 'Address family not supported by protocol',
+  EADDRINUSE: 'Address already in use', EADDRNOTAVAIL: 'Cannot assign requested address',
+  ENETDOWN: 'Network is down', ENETUNREACH: 'Network is unreachable', EHOSTUNREACH: 'No route to host',
+  ENOBUFS: 'No buffer space available', EMSGSIZE: 'Message too long', ELOOP: 'Too many levels of symbolic links',
+  ENAMETOOLONG: 'File name too long', ENOTEMPTY: 'Directory not empty', EPROTONOSUPPORT: 'Protocol not supported',
+};
+
+export function strerror(errno: number): string {
+  const name = errnoName(errno);
+  return TEXT[name] ?? (name in constants.errno ? name : `errno ${errno}`);
+}
