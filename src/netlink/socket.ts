@@ -46,16 +46,27 @@ interface Pending {
 
 class DumpInterrupted extends Error {}
 
+/** What the loop needs from a datagram transport; RawNetlinkSocket in production, a fake in unit tests. */
+export interface Transport {
+  address(): { port: number };
+  send(data: Uint8Array[], options: object, callback: (err?: Error) => void): void;
+  on(event: 'message', listener: (buf: Buffer) => void): unknown;
+  on(event: 'error', listener: (err: Error) => void): unknown;
+  ref(): void;
+  unref(): void;
+  close(): void;
+}
+
 export class NetlinkSocket {
-  private readonly raw: RawNetlinkSocket;
+  private readonly raw: Transport;
   private readonly port: number;
   private readonly pending = new Map<number, Pending>();
   private seq = Math.floor(Math.random() * 0x7fffffff);
   private closed = false;
 
-  /** Creates the socket in the calling thread's current network namespace. */
-  constructor() {
-    this.raw = new RawNetlinkSocket(NETLINK_ROUTE, { recvBufferSize: 1 << 20, sendBufferSize: 1 << 20 } as never);
+  /** Creates the socket in the calling thread's current network namespace (or wraps `transport`). */
+  constructor(transport?: Transport) {
+    this.raw = transport ?? new RawNetlinkSocket(NETLINK_ROUTE, { recvBufferSize: 1 << 20, sendBufferSize: 1 << 20 });
     this.port = this.raw.address().port;
     this.raw.on('message', (buf: Buffer) => this.receive(buf));
     this.raw.on('error', (err: Error) => this.failAll(err));

@@ -1,0 +1,76 @@
+/**
+ * Test fixtures. Every test file runs inside the sandbox `npm test` creates
+ * (src/sandbox), and additionally builds its whole topology in namespaces
+ * named after the file, so files can run in parallel without meeting.
+ * iproute2 (`ip`, `bridge`) is used as the independent observer of what
+ * tsnet did.
+ */
+import { spawnSync } from 'node:child_process';
+import * as path from 'node:path';
+import * as netns from '../../src/netns';
+import { inSandbox } from '../../src/sandbox';
+
+export function assertSandbox(): void {
+  if (!inSandbox()) {
+    throw new Error('tests touch the kernel: run them with `npm test` (a private network + mount namespace), as root');
+  }
+}
+
+/** Named namespaces for one test file, all removed by cleanup(). */
+export class Topology {
+  private readonly made: netns.NetNs[] = [];
+  constructor(readonly prefix: string) {
+    assertSandbox();
+  }
+
+  /** Creates namespace PREFIX-NAME (with lo up) and returns its handle. */
+  async ns(name: string): Promise<netns.NetNs> {
+    const full = `${this.prefix}-${name}`;
+    netns.del(full);
+    const h = netns.add(full);
+    this.made.push(h);
+    const link = await import('../../src/link');
+    await link.setUp(h, 'lo');
+    return h;
+  }
+
+  cleanup(): void {
+    for (const h of this.made.splice(0)) {
+      h.close();
+      if (h.name) netns.del(h.name);
+    }
+  }
+}
+
+export interface Run {
+  status: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs a command (argument array, no shell). */
+export function run(cmd: string, args: string[], opts: { input?: string; env?: NodeJS.ProcessEnv } = {}): Run {
+  const r = spawnSync(cmd, args, { encoding: 'utf8', input: opts.input, env: { ...process.env, ...opts.env }, timeout: 60_000 });
+  return { status: r.status, stdout: r.stdout ?? '', stderr: r.stderr ?? '' };
+}
+
+/** `ip -j [-n NS] ARGS...` parsed: iproute2 as the observer. */
+export function ipJson<T = any>(ns: netns.NetNs | undefined, ...args: string[]): T {
+  const r = run('ip', ['-j', ...(ns?.name ? ['-n', ns.name] : []), ...args]);
+  if (r.status !== 0) throw new Error(`ip ${args.join(' ')}: ${r.stderr.trim()}`);
+  return JSON.parse(r.stdout || '[]') as T;
+}
+
+/** `ip [-n NS] ARGS...` expecting success. */
+export function ip(ns: netns.NetNs | undefined, ...args: string[]): string {
+  const r = run('ip', [...(ns?.name ? ['-n', ns.name] : []), ...args]);
+  if (r.status !== 0) throw new Error(`ip ${args.join(' ')}: ${r.stderr.trim()}`);
+  return r.stdout;
+}
+
+export const CLI = path.join(__dirname, '..', '..', 'src', 'cli', 'main.js');
+
+/** Runs the tsnet CLI as a user would. */
+export function tsnet(...args: string[]): Run {
+  return run(process.execPath, [CLI, ...args]);
+}
