@@ -55,6 +55,9 @@ export async function ensure(h: NetNs, name: string, o: BridgeOptions = {}): Pro
       await link.add(h, { kind: 'bridge', name, stp: o.stp ?? false, vlanFiltering: o.vlanFiltering, mtu: o.mtu, mac: o.mac ?? stableMac(name) });
       created = true;
     } catch (err) {
+      if (o.vlanFiltering && hasCode(err, 'EOPNOTSUPP')) {
+        throw new TsnetError(`${(err as Error).message}: this kernel has no bridge VLAN filtering (CONFIG_BRIDGE_VLAN_FILTERING); create the bridge without it`, { code: 'EOPNOTSUPP' });
+      }
       if (!hasCode(err, 'EEXIST')) throw err; // lost a race: someone else made it; verify below
     }
     existing = await link.mustGet(h, name);

@@ -58,7 +58,7 @@ interface LinkCommon {
 
 /** What can be created: `ip link add NAME type KIND ...`. */
 export type LinkSpec =
-  | (LinkCommon & { kind: 'veth'; peer: { name: string; netns?: NetNs; mtu?: number; mac?: string; up?: boolean } })
+  | (LinkCommon & { kind: 'veth'; peer: { name: string; netns?: NetNs; mtu?: number; mac?: string } })
   | (LinkCommon & { kind: 'bridge'; stp?: boolean; vlanFiltering?: boolean })
   | (LinkCommon & { kind: 'dummy' });
 
@@ -105,7 +105,8 @@ function decodeLink(payload: Buffer): Link {
   if (info?.kind !== undefined) link.kind = info.kind as string;
   if (a.address !== undefined) link.mac = a.address as string;
   if (a.master) link.master = a.master as number;
-  if (a.link !== undefined && a.link !== hdr.index) link.peerIndex = a.link as number;
+  // IFLA_LINK equal to the own index means "no lower link", unless it names an index in another namespace.
+  if (a.link !== undefined && (a.link !== hdr.index || a.link_netnsid !== undefined)) link.peerIndex = a.link as number;
   if (a.link_netnsid !== undefined && (a.link_netnsid as number) >= 0) link.linkNetnsId = a.link_netnsid as number;
   if (info?.kind === 'bridge' && info.data) {
     const d = info.data as AttrObject;
@@ -182,10 +183,8 @@ function specAttrs(spec: LinkSpec): AttrObject {
       // The peer is created directly inside its namespace, under its final name:
       // moving a link later would bring it down and drop its addresses.
       const peerAttrs: AttrObject = { ifname: p.name, mtu: p.mtu ?? spec.mtu, address: p.mac, net_ns_fd: p.netns?.fd };
-      attrs.linkinfo = {
-        kind: 'veth',
-        data: { peer: { header: { family: AF_UNSPEC, flags: p.up ? IFF.UP : 0, change: p.up ? IFF.UP : 0 }, attrs: peerAttrs } },
-      };
+      // No IFF_UP for the peer here: veth_open() refuses (ENOTCONN) until the pair is joined; bring it up afterwards.
+      attrs.linkinfo = { kind: 'veth', data: { peer: { header: { family: AF_UNSPEC }, attrs: peerAttrs } } };
       break;
     }
     case 'bridge':

@@ -63,6 +63,7 @@ export class NetlinkSocket {
   private readonly pending = new Map<number, Pending>();
   private seq = Math.floor(Math.random() * 0x7fffffff);
   private closed = false;
+  private dumpQueue: Promise<void> = Promise.resolve();
 
   /** Creates the socket in the calling thread's current network namespace (or wraps `transport`). */
   constructor(transport?: Transport) {
@@ -78,8 +79,18 @@ export class NetlinkSocket {
     return this.send(type, NLM_F.REQUEST | NLM_F.ACK | flags, payload, false);
   }
 
-  /** A dump (NLM_F_DUMP): every message up to NLMSG_DONE, retried when the kernel flags it inconsistent. */
-  async dump(type: number, payload: Buffer, flags = 0): Promise<Message[]> {
+  /**
+   * A dump (NLM_F_DUMP): every message up to NLMSG_DONE, retried when the
+   * kernel flags it inconsistent. Dumps on one socket run one at a time: the
+   * kernel refuses a second while one is in progress (EBUSY).
+   */
+  dump(type: number, payload: Buffer, flags = 0): Promise<Message[]> {
+    const run = this.dumpQueue.then(() => this.dumpNow(type, payload, flags));
+    this.dumpQueue = run.then(() => undefined, () => undefined);
+    return run;
+  }
+
+  private async dumpNow(type: number, payload: Buffer, flags: number): Promise<Message[]> {
     for (let attempt = 0; ; attempt++) {
       try {
         return await this.send(type, NLM_F.REQUEST | NLM_F.DUMP | flags, payload, true);

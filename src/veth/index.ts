@@ -44,9 +44,10 @@ export async function add(h: NetNs, name: string, peer: string, o: VethOptions =
   }
   await link.add(h, {
     kind: 'veth', name, mtu: o.mtu, mac: o.mac, master, up,
-    peer: { name: peer, netns: o.peerNetns, mac: o.peerMac, up },
+    peer: { name: peer, netns: o.peerNetns, mac: o.peerMac },
   });
   try {
+    if (up) await link.setUp(peerNs, peer);
     if (o.address) await addr.replace(h, o.address, name, { noDad: true });
     if (o.peerAddress) await addr.replace(peerNs, o.peerAddress, peer, { noDad: true });
   } catch (err) {
