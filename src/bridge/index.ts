@@ -113,6 +113,7 @@ export interface BridgeSummary {
   mtu: number;
   stp: boolean;
   vlanFiltering: boolean;
+  /** Global and host-scope addresses (the gateway); link-local ones are left out. */
   addresses: string[];
   ports: { name: string; index: number; hairpin: boolean; state?: string }[];
 }
@@ -123,7 +124,7 @@ export async function list(h: NetNs): Promise<BridgeSummary[]> {
   return links.filter((l) => l.kind === 'bridge').map((b) => {
     const s: BridgeSummary = {
       name: b.name, index: b.index, up: b.up, mtu: b.mtu, stp: b.bridge?.stp ?? false, vlanFiltering: b.bridge?.vlanFiltering ?? false,
-      addresses: addrs.filter((a) => a.index === b.index).map((a) => a.cidr),
+      addresses: addrs.filter((a) => a.index === b.index && a.scope !== 'link').map((a) => a.cidr),
       ports: links.filter((p) => p.master === b.index).map((p) => {
         const port: BridgeSummary['ports'][number] = { name: p.name, index: p.index, hairpin: p.port?.hairpin ?? false };
         if (p.port?.state) port.state = p.port.state;
