@@ -17,14 +17,14 @@ export function inSandbox(): boolean {
   return process.env[SANDBOX_ENV] === '1';
 }
 
-export function requireRoot(what: string): void {
-  if (typeof process.getuid === 'function' && process.getuid() !== 0) {
+export function requireRoot(what: string, uid: number | undefined = process.getuid?.()): void {
+  if (uid !== undefined && uid !== 0) {
     throw new TsnetError(`${what} needs root (network namespaces, bind mounts): run it with sudo or as root`, { code: 'EPERM' });
   }
 }
 
 /** Runs `cmd args` inside a fresh sandbox and resolves with its exit code. */
-export function runInSandbox(cmd: string, args: readonly string[], opts: { env?: NodeJS.ProcessEnv } = {}): Promise<number> {
+export async function runInSandbox(cmd: string, args: readonly string[], opts: { env?: NodeJS.ProcessEnv } = {}): Promise<number> {
   requireRoot('the tsnet sandbox');
   const inner = path.join(__dirname, 'inner.js');
   const child = spawn('unshare', ['--net', '--mount', '--propagation', 'private', '--', process.execPath, inner, cmd, ...args], {

@@ -56,3 +56,10 @@ test('stable bridge MAC: deterministic, unicast, locally administered, distinct 
   t.is(first & 2, 2);
   t.notThrows(() => validateMac(a));
 });
+
+test('the sandbox (npm test, demo, bench) refuses non-root with a clear one-line reason', async (t) => {
+  const { requireRoot } = await import('../../src/sandbox');
+  const err = t.throws(() => requireRoot('the tsnet sandbox', 1000));
+  t.is(err!.message, 'the tsnet sandbox needs root (network namespaces, bind mounts): run it with sudo or as root');
+  t.notThrows(() => requireRoot('the tsnet sandbox', 0));
+});
