@@ -10,6 +10,7 @@
 #include <fcntl.h>
 #include <sched.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/mount.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -21,7 +22,7 @@ namespace {
 // An Error shaped like Node's ErrnoException: message, errno, code, syscall, path.
 Napi::Error ErrnoError(Napi::Env env, int err, const char* syscall, const std::string& path = "") {
   std::string msg = std::string(syscall) + (path.empty() ? "" : " " + path) + ": " +
-                    strerrorname_np(err) + " (" + strerror(err) + ")";
+                    (strerrorname_np(err) ? strerrorname_np(err) : "EUNKNOWN") + " (" + strerror(err) + ")";
   Napi::Error e = Napi::Error::New(env, msg);
   e.Set("errno", Napi::Number::New(env, err));
   e.Set("code", Napi::String::New(env, strerrorname_np(err) ? strerrorname_np(err) : "EUNKNOWN"));
@@ -120,6 +121,18 @@ Napi::Value Umount2(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// tryLock(fd, exclusive): flock(fd, LOCK_EX|LOCK_NB) (or LOCK_SH). Returns false when someone
+// else holds it. The kernel drops the lock when the holder dies, so a crash never leaves it stale.
+Napi::Value TryLock(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!WantNumber(info, 0)) return env.Undefined();
+  int op = (info.Length() > 1 && info[1].ToBoolean().Value() == false) ? LOCK_SH : LOCK_EX;
+  if (flock(info[0].As<Napi::Number>().Int32Value(), op | LOCK_NB) == 0) return Napi::Boolean::New(env, true);
+  if (errno == EWOULDBLOCK) return Napi::Boolean::New(env, false);
+  ErrnoError(env, errno, "flock").ThrowAsJavaScriptException();
+  return env.Undefined();
+}
+
 Napi::Value GetTid(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), static_cast<double>(syscall(SYS_gettid)));
 }
@@ -131,6 +144,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("mount", Napi::Function::New(env, Mount));
   exports.Set("umount2", Napi::Function::New(env, Umount2));
   exports.Set("gettid", Napi::Function::New(env, GetTid));
+  exports.Set("tryLock", Napi::Function::New(env, TryLock));
 
   Napi::Object c = Napi::Object::New(env);
   c.Set("CLONE_NEWNET", Napi::Number::New(env, CLONE_NEWNET));

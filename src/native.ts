@@ -8,6 +8,7 @@ export interface Native {
   mount(source: string, target: string, fstype: string, flags: number, data?: string): void;
   umount2(target: string, flags: number): void;
   gettid(): number;
+  tryLock(fd: number, exclusive?: boolean): boolean;
   constants: {
     CLONE_NEWNET: number; CLONE_NEWNS: number;
     MS_BIND: number; MS_REC: number; MS_SHARED: number; MS_SLAVE: number; MS_PRIVATE: number;

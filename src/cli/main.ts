@@ -16,9 +16,10 @@ import { demo } from '../demo';
 import { inSandbox, runInSandbox } from '../sandbox';
 import { print, table } from './output';
 import { invalid } from '../errors';
+import { registerNat } from './nat';
 
 const program = new Command('tsnet')
-  .description('Network plumbing for Linux containers: namespaces, veth pairs, bridges, addresses and routes over rtnetlink')
+  .description('Network plumbing for Linux containers: namespaces, veth pairs, bridges, addresses and routes over rtnetlink; kube-proxy-style NAT')
   .option('-n, --netns <ns>', 'run the command inside this namespace (name, pid, or path)')
   .option('--json', 'print listings as JSON')
   .enablePositionalOptions()
@@ -220,6 +221,8 @@ program.command('detach <ns>').description('remove what attach made (missing: no
       c.close();
     }
   });
+
+registerNat(program, { ns, json });
 
 // --- demo --------------------------------------------------------------------
 program.command('demo').description('build a bridged network in a private sandbox, send traffic through it, clean up').action(async () => {

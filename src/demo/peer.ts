@@ -3,7 +3,8 @@
  * sockets are created there; see src/netns/switch.ts):
  *
  *   peer.js serve tcp|udp|http HOST PORT NAME     answers NAME to every request; prints "ready"
- *   peer.js request tcp|udp|http HOST PORT COUNT [TIMEOUT_MS] [CONCURRENCY]
+ *   peer.js request tcp|udp|http HOST PORT COUNT [TIMEOUT_MS] [CONCURRENCY] [SOURCE_PORT]
+ *       (SOURCE_PORT: every request from this local port, i.e. one conntrack flow)
  *       prints {"ok":N,"fail":N,"replies":{NAME:count},"errors":[...]} as one JSON line
  *
  * A server exits when its stdin closes, so it never outlives the process that started it.
@@ -29,7 +30,7 @@ function serve(proto: Proto, host: string, port: number, name: string): void {
   process.stdin.on('end', () => process.exit(0));
 }
 
-function once(proto: Proto, host: string, port: number, timeoutMs: number): Promise<string> {
+function once(proto: Proto, host: string, port: number, timeoutMs: number, sport?: number): Promise<string> {
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => done(new Error('timeout')), timeoutMs);
     let finished = false;
@@ -43,7 +44,7 @@ function once(proto: Proto, host: string, port: number, timeoutMs: number): Prom
     };
     if (proto === 'tcp') {
       let buf = '';
-      const s = net.connect({ host, port }, () => undefined);
+      const s = net.connect({ host, port, ...(sport ? { localPort: sport } : {}) }, () => undefined);
       s.setEncoding('utf8');
       s.on('data', (d: string) => (buf += d));
       s.on('end', () => done(null, buf));
@@ -62,20 +63,22 @@ function once(proto: Proto, host: string, port: number, timeoutMs: number): Prom
       const sock = dgram.createSocket(host.includes(':') ? 'udp6' : 'udp4');
       sock.on('message', (m) => done(null, m.toString()));
       sock.on('error', (e) => done(e));
-      sock.send('ping', port, host);
+      const send = () => sock.send('ping', port, host);
+      if (sport) sock.bind(sport, send);
+      else send();
       cleanup = () => sock.close();
     }
   });
 }
 
-async function request(proto: Proto, host: string, port: number, count: number, timeoutMs: number, concurrency: number): Promise<void> {
+async function request(proto: Proto, host: string, port: number, count: number, timeoutMs: number, concurrency: number, sport?: number): Promise<void> {
   const result = { ok: 0, fail: 0, replies: {} as Record<string, number>, errors: [] as string[] };
   let next = 0;
   const worker = async () => {
     while (next < count) {
       next++;
       try {
-        const r = await once(proto, host, port, timeoutMs);
+        const r = await once(proto, host, port, timeoutMs, sport);
         result.ok++;
         result.replies[r] = (result.replies[r] ?? 0) + 1;
       } catch (e) {
@@ -88,10 +91,10 @@ async function request(proto: Proto, host: string, port: number, count: number, 
   process.stdout.write(`${JSON.stringify(result)}\n`);
 }
 
-const [mode, proto, host, port, a, b, c] = process.argv.slice(2);
+const [mode, proto, host, port, a, b, c, d] = process.argv.slice(2);
 if (mode === 'serve' && proto && host && port && a) serve(proto as Proto, host, Number(port), a);
 else if (mode === 'request' && proto && host && port) {
-  void request(proto as Proto, host, Number(port), Number(a ?? 1), Number(b ?? 2000), Number(c ?? 1));
+  void request(proto as Proto, host, Number(port), Number(a ?? 1), Number(b ?? 2000), Number(c ?? 1), d ? Number(d) : undefined);
 } else {
   process.stderr.write('usage: peer.js serve|request tcp|udp|http HOST PORT ...\n');
   process.exit(2);

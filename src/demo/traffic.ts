@@ -37,8 +37,9 @@ export interface RequestResult {
 }
 
 /** Makes `count` requests from inside `ns`; never rejects for network failures (they are counted). */
-export function request(ns: NetNs, proto: Proto, host: string, port: number, opts: { count?: number; timeoutMs?: number; concurrency?: number } = {}): Promise<RequestResult> {
+export function request(ns: NetNs, proto: Proto, host: string, port: number, opts: { count?: number; timeoutMs?: number; concurrency?: number; sourcePort?: number } = {}): Promise<RequestResult> {
   const args = [PEER, 'request', proto, host, String(port), String(opts.count ?? 1), String(opts.timeoutMs ?? 2000), String(opts.concurrency ?? 1)];
+  if (opts.sourcePort) args.push(String(opts.sourcePort));
   const child = ns.spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   return new Promise((resolve, reject) => {
     let out = '';

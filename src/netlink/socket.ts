@@ -1,5 +1,6 @@
 /**
- * The request / ack / dump loop over one NETLINK_ROUTE socket.
+ * The request / ack / dump loop over one netlink socket (NETLINK_ROUTE, or
+ * NETLINK_NETFILTER for conntrack).
  *
  * Transport is the `netlink` package's RawNetlinkSocket (a datagram socket
  * polled by libuv). Its fd is created synchronously in the constructor, which
@@ -18,6 +19,7 @@ import { NetlinkError, TsnetError } from '../errors';
 import { strerror } from './strerror';
 
 export const NETLINK_ROUTE = 0;
+export const NETLINK_NETFILTER = 12;
 
 export const NLM_F = {
   REQUEST: 0x1, MULTI: 0x2, ACK: 0x4, ECHO: 0x8, DUMP_INTR: 0x10,
@@ -65,9 +67,14 @@ export class NetlinkSocket {
   private closed = false;
   private dumpQueue: Promise<void> = Promise.resolve();
 
-  /** Creates the socket in the calling thread's current network namespace (or wraps `transport`). */
-  constructor(transport?: Transport) {
-    this.raw = transport ?? new RawNetlinkSocket(NETLINK_ROUTE, { recvBufferSize: 1 << 20, sendBufferSize: 1 << 20 });
+  /**
+   * Creates a socket of `protocol` (NETLINK_ROUTE, or NETLINK_NETFILTER for
+   * conntrack) in the calling thread's current network namespace, or wraps `transport`.
+   */
+  constructor(transport?: Transport | number) {
+    this.raw = typeof transport === 'object'
+      ? transport
+      : new RawNetlinkSocket(transport ?? NETLINK_ROUTE, { recvBufferSize: 1 << 20, sendBufferSize: 1 << 20 });
     this.port = this.raw.address().port;
     this.raw.on('message', (buf: Buffer) => this.receive(buf));
     this.raw.on('error', (err: Error) => this.failAll(err));

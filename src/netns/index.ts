@@ -62,6 +62,12 @@ export class NetNs {
     return this.sock;
   }
 
+  /** A new netlink socket of another `protocol` (e.g. NETLINK_NETFILTER), created inside this namespace; the caller closes it. */
+  openNetlink(protocol: number): NetlinkSocket {
+    if (this.closed) throw new TsnetError(`handle for ${this.label} is closed`, { code: 'EBADF' });
+    return this.run(() => new NetlinkSocket(protocol));
+  }
+
   /**
    * Runs a synchronous `fn` with the calling thread inside this namespace
    * (see src/netns/switch.ts for why it must be synchronous).

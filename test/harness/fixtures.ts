@@ -48,9 +48,12 @@ export interface Run {
   stderr: string;
 }
 
+/** System directories first: under npx, node_modules/.bin holds an unrelated `nft` (@vercel/nft). */
+const PATH = `/usr/local/sbin:/usr/sbin:/sbin:/usr/local/bin:/usr/bin:/bin:${process.env.PATH ?? ''}`;
+
 /** Runs a command (argument array, no shell). */
 export function run(cmd: string, args: string[], opts: { input?: string; env?: NodeJS.ProcessEnv } = {}): Run {
-  const r = spawnSync(cmd, args, { encoding: 'utf8', input: opts.input, env: { ...process.env, ...opts.env }, timeout: 60_000 });
+  const r = spawnSync(cmd, args, { encoding: 'utf8', input: opts.input, env: { ...process.env, PATH, ...opts.env }, timeout: 60_000 });
   return { status: r.status, stdout: r.stdout ?? '', stderr: r.stderr ?? '' };
 }
 

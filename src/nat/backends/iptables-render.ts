@@ -1,0 +1,272 @@
+/**
+ * The iptables renderer: the NAT model as kube-proxy-shaped chains of typed
+ * rules, and those rules as iptables-restore text. `formatRule` is the only
+ * place that knows iptables syntax.
+ *
+ * Chains (TSNET- prefix, so a real kube-proxy's KUBE- chains are never touched):
+ *   nat    TSNET-SERVICES     dispatch: VIP:port -> TSNET-SVC-*   (from PREROUTING and OUTPUT)
+ *          TSNET-SVC-<hash>   one per service: masquerade-not-from, affinity, statistic -> TSNET-SEP-*
+ *          TSNET-SEP-<hash>   one per endpoint: hairpin mark, DNAT
+ *          TSNET-MARK-MASQ    sets the masquerade mark
+ *          TSNET-POSTROUTING  masquerades marked packets            (from POSTROUTING)
+ *          TSNET-DNAT / TSNET-SNAT   standalone DNAT and MASQUERADE/SNAT rules
+ *          TSNET-CANARY       one rule; when it is gone, someone flushed the table
+ *   filter TSNET-SERVICES     REJECT for services without endpoints (from INPUT, FORWARD, OUTPUT, new connections)
+ *          TSNET-CANARY
+ */
+import { createHash } from 'node:crypto';
+import type { Family } from '../../addr/cidr';
+import { familyOf, ruleFamily, formatProbability, probabilities, type DesiredState, type NatRule, type Proto, type Service } from '../model';
+import { endpointHash, portProtoHash } from '../names';
+
+export type IptTable = 'nat' | 'filter';
+
+export type Target =
+  | { kind: 'jump'; chain: string }
+  | { kind: 'DNAT'; to: string }
+  | { kind: 'SNAT'; to: string; randomFully?: boolean }
+  | { kind: 'MASQUERADE'; randomFully?: boolean }
+  | { kind: 'MARK'; op: 'or' | 'xor'; mark: number }
+  | { kind: 'RETURN' | 'ACCEPT' | 'REJECT' };
+
+/** One iptables rule as data; fields render in this order. */
+export interface Rule {
+  comment?: string;
+  proto?: Proto;
+  src?: string;
+  srcNot?: boolean;
+  dst?: string;
+  outNot?: string;
+  out?: string;
+  dport?: number;
+  ctstate?: string[];
+  mark?: { mark: number; not?: boolean };
+  recent?: { name: string; op: 'set' } | { name: string; op: 'rcheck'; seconds: number };
+  probability?: number;
+  target: Target;
+}
+
+export interface Chain {
+  table: IptTable;
+  name: string;
+  rules: Rule[];
+}
+
+/** A rule tsnet keeps in a built-in chain (always a jump into one of ours). */
+export interface Hook {
+  table: IptTable;
+  chain: 'PREROUTING' | 'OUTPUT' | 'POSTROUTING' | 'INPUT' | 'FORWARD';
+  rule: Rule;
+}
+
+export interface Ruleset {
+  family: Family;
+  chains: Chain[];
+  hooks: Hook[];
+}
+
+export const PREFIX = 'TSNET-';
+export const SERVICES = 'TSNET-SERVICES';
+export const MARK_MASQ = 'TSNET-MARK-MASQ';
+export const POSTROUTING = 'TSNET-POSTROUTING';
+export const DNAT_CHAIN = 'TSNET-DNAT';
+export const SNAT_CHAIN = 'TSNET-SNAT';
+export const CANARY = 'TSNET-CANARY';
+export const CANARY_COMMENT = 'tsnet canary: if this rule is gone, the table was flushed';
+
+/** tsnet's masquerade mark: its own bit (kube-proxy uses 0x4000), so the two never act on each other's packets. */
+export const MASQ_MARK = 0x40000;
+
+export const svcChain = (s: Pick<Service, 'name' | 'proto'>): string => `${PREFIX}SVC-${portProtoHash(s.name, s.proto)}`;
+export const sepChain = (s: Pick<Service, 'name' | 'proto'>, ip: string, port: number): string =>
+  `${PREFIX}SEP-${endpointHash(s.name, s.proto, hostPort(ip, port))}`;
+
+const hostPort = (ip: string, port: number) => (ip.includes(':') ? `[${ip}]:${port}` : `${ip}:${port}`);
+const host = (ip: string) => (ip.includes(':') ? `${ip}/128` : `${ip}/32`);
+
+function serviceChains(s: Service): Chain[] {
+  const svc = svcChain(s);
+  const base: Omit<Rule, 'target'> = { comment: `${s.name} cluster IP`, proto: s.proto, dst: host(s.vip), dport: s.port };
+  const chain: Chain = { table: 'nat', name: svc, rules: [] };
+  const seps: Chain[] = [];
+  if (s.masqueradeNotFrom) chain.rules.push({ ...base, src: s.masqueradeNotFrom, srcNot: true, target: { kind: 'jump', chain: MARK_MASQ } });
+  const names = s.endpoints.map((e) => sepChain(s, e.ip, e.port));
+  if (s.affinitySeconds) {
+    s.endpoints.forEach((e, i) => chain.rules.push({
+      comment: `${s.name} -> ${hostPort(e.ip, e.port)}`,
+      recent: { name: names[i]!, op: 'rcheck', seconds: s.affinitySeconds! },
+      target: { kind: 'jump', chain: names[i]! },
+    }));
+  }
+  const probs = probabilities(s.endpoints.map((e) => e.weight));
+  s.endpoints.forEach((e, i) => {
+    const r: Rule = { comment: `${s.name} -> ${hostPort(e.ip, e.port)}`, target: { kind: 'jump', chain: names[i]! } };
+    if (probs[i] !== undefined) r.probability = probs[i]!;
+    chain.rules.push(r);
+    const dnat: Rule = { comment: s.name, proto: s.proto, target: { kind: 'DNAT', to: hostPort(e.ip, e.port) } };
+    if (s.affinitySeconds) dnat.recent = { name: names[i]!, op: 'set' };
+    seps.push({
+      table: 'nat', name: names[i]!, rules: [
+        // Hairpin: an endpoint reaching its own service must be masqueraded, or it would answer itself directly.
+        { comment: s.name, src: host(e.ip), target: { kind: 'jump', chain: MARK_MASQ } },
+        dnat,
+      ],
+    });
+  });
+  return [chain, ...seps];
+}
+
+function natRuleFor(r: NatRule): { chain: string; rule: Rule } {
+  switch (r.kind) {
+    case 'masquerade': {
+      const rule: Rule = { comment: `tsnet masquerade ${r.source}`, src: r.source, target: { kind: 'MASQUERADE', randomFully: true } };
+      if (r.outNot) rule.outNot = r.outNot;
+      return { chain: SNAT_CHAIN, rule };
+    }
+    case 'snat': {
+      const rule: Rule = { comment: `tsnet snat ${r.source}`, src: r.source, target: { kind: 'SNAT', to: r.toSource, randomFully: true } };
+      if (r.destination) rule.dst = r.destination;
+      if (r.out) rule.out = r.out;
+      return { chain: SNAT_CHAIN, rule };
+    }
+    case 'dnat':
+      return {
+        chain: DNAT_CHAIN,
+        rule: { comment: `tsnet dnat ${hostPort(r.destination, r.port)}`, proto: r.proto, dst: host(r.destination), dport: r.port, target: { kind: 'DNAT', to: hostPort(r.toIp, r.toPort) } },
+      };
+  }
+}
+
+/** The whole desired ruleset of one address family. */
+export function render(st: DesiredState, family: Family): Ruleset {
+  const services = st.services.filter((s) => familyOf(s.vip) === family);
+  const rules = st.rules.filter((r) => ruleFamily(r) === family);
+  const dispatch: Chain = { table: 'nat', name: SERVICES, rules: [] };
+  const rejects: Chain = { table: 'filter', name: SERVICES, rules: [] };
+  const perService: Chain[] = [];
+  for (const s of services) {
+    if (s.endpoints.length === 0) {
+      rejects.rules.push({ comment: `${s.name} has no endpoints`, proto: s.proto, dst: host(s.vip), dport: s.port, target: { kind: 'REJECT' } });
+      continue;
+    }
+    dispatch.rules.push({ comment: `${s.name} cluster IP`, proto: s.proto, dst: host(s.vip), dport: s.port, target: { kind: 'jump', chain: svcChain(s) } });
+    perService.push(...serviceChains(s));
+  }
+  const dnat: Chain = { table: 'nat', name: DNAT_CHAIN, rules: [] };
+  const snat: Chain = { table: 'nat', name: SNAT_CHAIN, rules: [] };
+  for (const r of rules) {
+    const { chain, rule } = natRuleFor(r);
+    (chain === DNAT_CHAIN ? dnat : snat).rules.push(rule);
+  }
+  const canary = (table: IptTable): Chain => ({ table, name: CANARY, rules: [{ comment: CANARY_COMMENT, target: { kind: 'RETURN' } }] });
+  const chains: Chain[] = [
+    canary('nat'), canary('filter'),
+    dispatch, rejects, dnat, snat,
+    { table: 'nat', name: MARK_MASQ, rules: [{ target: { kind: 'MARK', op: 'or', mark: MASQ_MARK } }] },
+    {
+      table: 'nat', name: POSTROUTING, rules: [
+        { mark: { mark: MASQ_MARK, not: true }, target: { kind: 'RETURN' } },
+        // Clear the mark so a packet that passes this chain again (re-entering via another tool's rules) is not masqueraded twice.
+        { target: { kind: 'MARK', op: 'xor', mark: MASQ_MARK } },
+        { comment: 'tsnet service traffic requiring SNAT', target: { kind: 'MASQUERADE', randomFully: true } },
+      ],
+    },
+    ...perService,
+  ];
+  const jump = (chain: string, comment: string): Rule => ({ comment, target: { kind: 'jump', chain } });
+  const newOnly = (chain: string, comment: string): Rule => ({ comment, ctstate: ['NEW'], target: { kind: 'jump', chain } });
+  const hooks: Hook[] = [
+    { table: 'nat', chain: 'PREROUTING', rule: jump(SERVICES, 'tsnet service portals') },
+    { table: 'nat', chain: 'OUTPUT', rule: jump(SERVICES, 'tsnet service portals') },
+    { table: 'nat', chain: 'PREROUTING', rule: jump(DNAT_CHAIN, 'tsnet dnat rules') },
+    { table: 'nat', chain: 'OUTPUT', rule: jump(DNAT_CHAIN, 'tsnet dnat rules') },
+    { table: 'nat', chain: 'POSTROUTING', rule: jump(POSTROUTING, 'tsnet postrouting rules') },
+    { table: 'nat', chain: 'POSTROUTING', rule: jump(SNAT_CHAIN, 'tsnet snat and masquerade rules') },
+    { table: 'filter', chain: 'INPUT', rule: newOnly(SERVICES, 'tsnet service portals') },
+    { table: 'filter', chain: 'FORWARD', rule: newOnly(SERVICES, 'tsnet service portals') },
+    { table: 'filter', chain: 'OUTPUT', rule: newOnly(SERVICES, 'tsnet service portals') },
+  ];
+  return { family, chains, hooks };
+}
+
+const hex = (n: number) => `0x${n.toString(16)}`;
+
+/** One rule as iptables-restore / iptables-save text, without the leading `-A CHAIN`. */
+export function formatRule(r: Rule): string {
+  const p: string[] = [];
+  if (r.comment !== undefined) p.push('-m comment --comment', JSON.stringify(r.comment));
+  if (r.src !== undefined) p.push(r.srcNot ? '!' : '', '-s', r.src);
+  if (r.dst !== undefined) p.push('-d', r.dst);
+  if (r.out !== undefined) p.push('-o', r.out);
+  if (r.outNot !== undefined) p.push('!', '-o', r.outNot);
+  if (r.proto !== undefined) p.push('-p', r.proto);
+  if (r.dport !== undefined) p.push(`-m ${r.proto} --dport`, String(r.dport));
+  if (r.ctstate) p.push('-m conntrack --ctstate', r.ctstate.join(','));
+  if (r.mark) p.push('-m mark', r.mark.not ? '!' : '', '--mark', `${hex(r.mark.mark)}/${hex(r.mark.mark)}`);
+  if (r.recent) {
+    p.push('-m recent --name', r.recent.name);
+    p.push(r.recent.op === 'set' ? '--set' : `--rcheck --seconds ${r.recent.seconds} --reap`);
+  }
+  if (r.probability !== undefined) p.push('-m statistic --mode random --probability', formatProbability(r.probability));
+  const t = r.target;
+  switch (t.kind) {
+    case 'jump': p.push('-j', t.chain); break;
+    case 'DNAT': p.push('-j DNAT --to-destination', t.to); break;
+    case 'SNAT': p.push('-j SNAT --to-source', t.to, t.randomFully ? '--random-fully' : ''); break;
+    case 'MASQUERADE': p.push('-j MASQUERADE', t.randomFully ? '--random-fully' : ''); break;
+    case 'MARK': p.push(`-j MARK --${t.op}-mark`, hex(t.mark)); break;
+    default: p.push('-j', t.kind);
+  }
+  return p.filter((x) => x !== '').join(' ');
+}
+
+/** A chain's rendered lines, and a digest of them (what partial sync compares). */
+export function chainLines(c: Chain): string[] {
+  return c.rules.map((r) => `-A ${c.name} ${formatRule(r)}`);
+}
+export function chainDigest(c: Chain): string {
+  return createHash('sha256').update(chainLines(c).join('\n')).digest('base64url').slice(0, 22);
+}
+
+/** What the applier knows about the live tables: which of our chains exist, which hooks are present. */
+export interface Live {
+  /** table -> chain -> digest of what was last written (undefined: exists, content unknown). */
+  chains: Record<IptTable, Map<string, string | undefined>>;
+  /** Hook lines already present, as `TABLE:-A CHAIN rule` (hookKey). */
+  hooks: Set<string>;
+}
+
+export const hookLine = (h: Hook): string => `-A ${h.chain} ${formatRule(h.rule)}`;
+/** A hook's identity across tables (OUTPUT exists in both nat and filter). */
+export const hookKey = (table: IptTable, line: string): string => `${table}:${line}`;
+
+/**
+ * The iptables-restore --noflush payload that turns `live` into `rs`:
+ * declaring a chain (`:NAME - [0:0]`) flushes it, so only chains whose digest
+ * changed are declared and rewritten (MinimizeIPTablesRestore); the dispatch
+ * chains are always rewritten; chains of ours that are no longer wanted are
+ * flushed and deleted in the same transaction; missing hooks are inserted at
+ * the top of their built-in chain. Nothing else in the tables is touched.
+ */
+export function restorePayload(rs: Ruleset, live: Live | undefined): { payload: string; written: number; deleted: number } {
+  const out: string[] = [];
+  let written = 0, deleted = 0;
+  for (const table of ['nat', 'filter'] as const) {
+    const want = rs.chains.filter((c) => c.table === table);
+    const have = live?.chains[table] ?? new Map<string, string | undefined>();
+    const changed = want.filter((c) => c.name === SERVICES || !live || have.get(c.name) !== chainDigest(c));
+    const stale = [...have.keys()].filter((n) => !want.some((c) => c.name === n));
+    const hooks = rs.hooks.filter((h) => h.table === table && !live?.hooks.has(hookKey(table, hookLine(h))));
+    if (!changed.length && !stale.length && !hooks.length) continue;
+    out.push(`*${table}`);
+    for (const c of changed) out.push(`:${c.name} - [0:0]`);
+    for (const n of stale) out.push(`:${n} - [0:0]`);
+    for (const c of changed) out.push(...chainLines(c));
+    for (const n of stale) out.push(`-X ${n}`);
+    for (const h of hooks) out.push(`-I ${h.chain} 1 ${formatRule(h.rule)}`);
+    out.push('COMMIT');
+    written += changed.length;
+    deleted += stale.length;
+  }
+  return { payload: out.length ? `${out.join('\n')}\n` : '', written, deleted };
+}

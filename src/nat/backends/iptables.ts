@@ -1,0 +1,134 @@
+/**
+ * The iptables applier: one `iptables-restore -w --noflush` per table set and
+ * family per sync, with the binaries of the mode the node uses (legacy or nft,
+ * detected as kubernetes-sigs/iptables-wrappers does, never mixed).
+ */
+import type { Family } from '../../addr/cidr';
+import type { NetNs } from '../../netns';
+import { TsnetError } from '../../errors';
+import { execIn, mustExec } from '../exec';
+import { familiesUsed, type DesiredState } from '../model';
+import {
+  CANARY, CANARY_COMMENT, PREFIX, chainDigest, hookKey, hookLine, render, restorePayload, type IptTable, type Live,
+} from './iptables-render';
+import type { Applied, Backend, SyncResult } from './types';
+
+export type IptablesMode = 'legacy' | 'nft';
+
+const bin = (mode: IptablesMode, family: Family, tool: '' | '-save' | '-restore') => `${family === 6 ? 'ip6tables' : 'iptables'}-${mode}${tool}`;
+
+/**
+ * Which iptables the node's other users (kubelet, Docker, a CNI plugin) write
+ * with: count the rules each mode holds and take the busier one (as
+ * iptables-wrappers does); when both are empty, what `iptables` itself is.
+ */
+export async function detectMode(ns: NetNs): Promise<IptablesMode> {
+  const count = async (mode: IptablesMode) => {
+    let n = 0;
+    for (const family of [4, 6] as const) {
+      const r = await execIn(ns, bin(mode, family, '-save'), []).catch(() => undefined);
+      if (r?.code === 0) n += r.stdout.split('\n').filter((l) => l.startsWith('-')).length;
+    }
+    return n;
+  };
+  const [legacy, nft] = [await count('legacy'), await count('nft')];
+  if (legacy > nft) return 'legacy';
+  if (nft > legacy) return 'nft';
+  const v = await execIn(ns, 'iptables', ['--version']).catch(() => undefined);
+  return v?.stdout.includes('legacy') ? 'legacy' : 'nft';
+}
+
+/** Parses iptables-save output into what restorePayload needs to know about the live tables. */
+export function parseLive(save: string): Live {
+  const live: Live = { chains: { nat: new Map(), filter: new Map() }, hooks: new Set() };
+  let table: IptTable | undefined;
+  for (const line of save.split('\n')) {
+    if (line.startsWith('*')) table = line === '*nat' ? 'nat' : line === '*filter' ? 'filter' : undefined;
+    if (!table) continue;
+    const decl = /^:(\S+) /.exec(line);
+    if (decl && decl[1]!.startsWith(PREFIX)) live.chains[table].set(decl[1]!, undefined);
+    if (/^-A (PREROUTING|OUTPUT|POSTROUTING|INPUT|FORWARD) .*-j TSNET-/.test(line)) live.hooks.add(hookKey(table, line));
+  }
+  return live;
+}
+
+export class IptablesBackend implements Backend {
+  readonly name = 'iptables' as const;
+  constructor(readonly ns: NetNs, readonly mode: IptablesMode) {}
+
+  render(st: DesiredState): string {
+    return (familiesUsed(st).length ? familiesUsed(st) : [4 as const]).map((f) => {
+      const rs = render(st, f);
+      return `# ${bin(this.mode, f, '-restore')} -w 5 --noflush\n${restorePayload(rs, undefined).payload}`;
+    }).join('\n');
+  }
+
+  /** Whether the canary rule is still in both tables of `family`. */
+  async canaryPresent(family: Family): Promise<boolean> {
+    for (const table of ['nat', 'filter']) {
+      const r = await execIn(this.ns, bin(this.mode, family, ''), ['-w', '5', '-t', table, '-S', CANARY]);
+      if (r.code !== 0 || !r.stdout.includes(CANARY_COMMENT)) return false;
+    }
+    return true;
+  }
+
+  private async readLive(family: Family): Promise<Live> {
+    const save = await mustExec(this.ns, 'reading the live rules', bin(this.mode, family, '-save'), []);
+    return parseLive(save);
+  }
+
+  private async restore(family: Family, payload: string): Promise<void> {
+    if (payload) await mustExec(this.ns, 'applying NAT rules', bin(this.mode, family, '-restore'), ['-w', '5', '--noflush'], payload);
+  }
+
+  async sync(st: DesiredState, applied: Applied | undefined, force: boolean): Promise<SyncResult> {
+    const result: SyncResult = { full: false, written: 0, deleted: 0, applied: { backend: this.name, mode: this.mode, clean: true, families: {} } };
+    for (const family of [4, 6] as const) {
+      const rs = render(st, family);
+      const used = familiesUsed(st).includes(family);
+      const prev = applied?.backend === this.name && applied.mode === this.mode && applied.clean ? applied.families[family] : undefined;
+      if (!used && !prev && !force) continue;
+      if (!used) {
+        await this.teardownFamily(family);
+        continue;
+      }
+      let live: Live;
+      if (prev && !force && (await this.canaryPresent(family))) {
+        live = { chains: { nat: new Map(Object.entries(prev.nat ?? {})), filter: new Map(Object.entries(prev.filter ?? {})) }, hooks: new Set(rs.hooks.map((h) => hookKey(h.table, hookLine(h)))) };
+      } else {
+        result.full = true;
+        live = await this.readLive(family);
+      }
+      const { payload, written, deleted } = restorePayload(rs, live);
+      await this.restore(family, payload);
+      result.written += written;
+      result.deleted += deleted;
+      const digests = (t: IptTable) => Object.fromEntries(rs.chains.filter((c) => c.table === t).map((c) => [c.name, chainDigest(c)]));
+      result.applied.families[family] = { nat: digests('nat'), filter: digests('filter') };
+    }
+    return result;
+  }
+
+  /** Removes every chain and hook of ours in `family` (what is left when the last service goes, or the backend changes). */
+  async teardownFamily(family: Family): Promise<void> {
+    const live = await this.readLive(family).catch(() => undefined);
+    if (!live) return;
+    const out: string[] = [];
+    for (const table of ['nat', 'filter'] as const) {
+      const mine = `${table}:`;
+      const hooks = [...live.hooks].filter((h) => h.startsWith(mine)).map((h) => h.slice(mine.length));
+      const chains = [...live.chains[table].keys()];
+      if (!hooks.length && !chains.length) continue;
+      out.push(`*${table}`, ...chains.map((c) => `:${c} - [0:0]`), ...hooks.map((h) => h.replace(/^-A/, '-D')), ...chains.map((c) => `-X ${c}`), 'COMMIT');
+    }
+    if (out.length) await this.restore(family, `${out.join('\n')}\n`);
+  }
+
+  async teardown(): Promise<void> {
+    for (const family of [4, 6] as const) await this.teardownFamily(family);
+  }
+}
+
+export function iptablesMissing(err: unknown): boolean {
+  return err instanceof TsnetError && err.code === 'ENOENT';
+}

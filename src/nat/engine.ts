@@ -1,0 +1,157 @@
+/**
+ * The NAT engine: desired state on disk, changed under a lock, rendered and
+ * applied by one backend, then saved. The data flow of every mutating command:
+ *
+ *   lock -> read desired state -> change it -> validate -> backend.sync
+ *        -> conntrack cleanup for removed UDP endpoints -> write state -> unlock
+ *
+ * If the sync fails nothing is saved (and iptables-restore / nft -f are
+ * atomic), so a rejected change leaves both the rules and the state as they were.
+ */
+import * as path from 'node:path';
+import { TsnetError, invalid } from '../errors';
+import * as netns from '../netns';
+import { readJson, stateDir as defaultStateDir, withLock, writeJsonAtomic } from '../state';
+import { emptyState, familyOf, normalizeState, type DesiredState, type Service } from './model';
+import { IptablesBackend, detectMode, type IptablesMode } from './backends/iptables';
+import { NftBackend } from './backends/nft';
+import * as conntrack from '../conntrack';
+import type { Applied, Backend, SyncResult } from './backends/types';
+
+export type BackendChoice = 'auto' | 'iptables' | 'nft';
+
+export interface EngineOptions {
+  /** Namespace whose netfilter rules are managed (default: the current one). */
+  ns?: netns.NetNs;
+  stateDir?: string;
+  backend?: BackendChoice;
+}
+
+interface StateFile {
+  version: 1;
+  backend?: 'iptables' | 'nft';
+  desired: DesiredState;
+  applied?: Applied;
+}
+
+export interface SyncReport extends Omit<SyncResult, 'applied'> {
+  backend: string;
+  ms: number;
+  conntrackDeleted: number;
+}
+
+export class NatEngine {
+  readonly ns: netns.NetNs;
+  readonly dir: string;
+  private readonly choice: BackendChoice;
+
+  constructor(opts: EngineOptions = {}) {
+    this.ns = opts.ns ?? netns.current();
+    const base = defaultStateDir(opts.stateDir);
+    // One desired state per namespace: the rules of c1 are not those of the host.
+    this.dir = this.ns.isOrigin ? base : path.join(base, 'netns', this.ns.name ?? `inode-${this.ns.inode}`);
+    this.choice = opts.backend ?? 'auto';
+  }
+
+  private get file(): string {
+    return path.join(this.dir, 'nat.json');
+  }
+
+  private load(): StateFile {
+    const f = readJson<StateFile>(this.file) ?? { version: 1, desired: emptyState() };
+    try {
+      f.desired = normalizeState({ services: f.desired?.services ?? [], rules: f.desired?.rules ?? [] });
+    } catch (err) {
+      throw new TsnetError(`${this.file} holds an invalid desired state (${(err as Error).message}): fix or remove it`, { code: 'EINVAL' });
+    }
+    return f;
+  }
+
+  /** The desired state as stored. */
+  read(): DesiredState {
+    return this.load().desired;
+  }
+
+  private async backendFor(f: StateFile): Promise<Backend> {
+    const name = this.choice === 'auto' ? f.backend ?? 'iptables' : this.choice;
+    if (name === 'nft') return new NftBackend(this.ns);
+    const mode: IptablesMode = f.applied?.backend === 'iptables' && f.applied.mode ? f.applied.mode as IptablesMode : await detectMode(this.ns);
+    return new IptablesBackend(this.ns, mode);
+  }
+
+  /**
+   * Changes the desired state with `change` and applies it. `change` may
+   * throw (bad input): nothing is applied or saved then.
+   */
+  async update(change: (st: DesiredState) => DesiredState | void, opts: { force?: boolean } = {}): Promise<SyncReport> {
+    return withLock(this.dir, 'nat', async () => {
+      const f = this.load();
+      const before = structuredClone(f.desired);
+      const next = normalizeState(change(f.desired) ?? f.desired);
+      return this.apply(f, before, next, opts.force ?? false);
+    });
+  }
+
+  /** Re-applies the stored desired state (after a reboot, a flush, or a crash). */
+  async sync(opts: { force?: boolean } = {}): Promise<SyncReport> {
+    return withLock(this.dir, 'nat', async () => {
+      const f = this.load();
+      return this.apply(f, f.desired, f.desired, opts.force ?? false);
+    });
+  }
+
+  /** What a full sync of the stored (or given) state would apply, for review. */
+  async rules(st?: DesiredState): Promise<string> {
+    const f = this.load();
+    return (await this.backendFor(f)).render(st ? normalizeState(st) : f.desired);
+  }
+
+  private async apply(f: StateFile, before: DesiredState, next: DesiredState, force: boolean): Promise<SyncReport> {
+    const t0 = process.hrtime.bigint();
+    const backend = await this.backendFor(f);
+    if (f.backend && f.backend !== backend.name) {
+      // Switching backends: the old one's rules go first, so traffic is never handled twice.
+      const old = f.backend === 'nft' ? new NftBackend(this.ns) : new IptablesBackend(this.ns, (f.applied?.mode as IptablesMode | undefined) ?? await detectMode(this.ns));
+      await old.teardown();
+      f.applied = undefined;
+    }
+    // Mark the record dirty first: a crash between apply and save then forces a full sync next time.
+    if (f.applied) writeJsonAtomic(this.file, { ...f, applied: { ...f.applied, clean: false } });
+    const result = await backend.sync(next, f.applied, force);
+    const conntrackDeleted = await deleteUdpFlows(this.ns, removedUdpEndpoints(before, next));
+    writeJsonAtomic(this.file, { version: 1, backend: backend.name, desired: next, applied: result.applied } satisfies StateFile);
+    const { applied: _a, ...rest } = result;
+    return { ...rest, backend: backend.name + (result.applied.mode ? `/${result.applied.mode}` : ''), ms: Number(process.hrtime.bigint() - t0) / 1e6, conntrackDeleted };
+  }
+}
+
+/** UDP flows that were going to endpoints no longer in their service: (vip, port, endpoint ip, endpoint port). */
+export function removedUdpEndpoints(before: DesiredState, after: DesiredState): { vip: string; port: number; ip: string; epPort: number }[] {
+  const out: { vip: string; port: number; ip: string; epPort: number }[] = [];
+  for (const old of before.services) {
+    if (old.proto !== 'udp') continue;
+    const now: Service | undefined = after.services.find((s) => s.name === old.name && s.vip === old.vip && s.port === old.port && s.proto === old.proto);
+    for (const e of old.endpoints) {
+      if (!now?.endpoints.some((n) => n.ip === e.ip && n.port === e.port)) out.push({ vip: old.vip, port: old.port, ip: e.ip, epPort: e.port });
+    }
+  }
+  return out;
+}
+
+/** Deletes the conntrack entries of UDP flows still translated to endpoints that left their service. */
+async function deleteUdpFlows(ns: netns.NetNs, gone: ReturnType<typeof removedUdpEndpoints>): Promise<number> {
+  let n = 0;
+  for (const family of [4, 6] as const) {
+    const mine = gone.filter((g) => familyOf(g.vip) === family);
+    if (!mine.length) continue;
+    n += await conntrack.deleteFlows(ns, family, (f) => f.proto === conntrack.IPPROTO.udp
+      && mine.some((g) => f.orig.dst === g.vip && f.orig.dport === g.port && f.reply.src === g.ip && f.reply.sport === g.epPort));
+  }
+  return n;
+}
+
+export function requireService(st: DesiredState, name: string): Service {
+  const s = st.services.find((x) => x.name === name);
+  if (!s) throw invalid(`no service named ${name}`);
+  return s;
+}

@@ -1,0 +1,68 @@
+/** Running the sanctioned netfilter binaries (iptables-restore/-save, nft) inside a namespace: argument arrays and stdin, never a shell. */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { TsnetError } from '../errors';
+import type { NetNs } from '../netns';
+
+export interface ExecResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/**
+ * The system's own binary for a netfilter tool, looked up in the sbin/bin
+ * directories before $PATH: under `npx`, node_modules/.bin comes first in PATH
+ * and holds an unrelated `nft` (@vercel/nft), and a CNI runtime may call us
+ * with no PATH at all.
+ */
+const SYSTEM_DIRS = ['/usr/sbin', '/sbin', '/usr/local/sbin', '/usr/bin', '/bin', '/usr/local/bin'];
+const resolved = new Map<string, string>();
+export function systemTool(name: string): string {
+  let found = resolved.get(name);
+  if (!found) {
+    found = name;
+    for (const dir of SYSTEM_DIRS) {
+      const p = path.join(dir, name);
+      try {
+        fs.accessSync(p, fs.constants.X_OK);
+        found = p;
+        break;
+      } catch { /* next */ }
+    }
+    resolved.set(name, found);
+  }
+  return found;
+}
+
+/** Runs `cmd args` inside `ns`, feeding `input` on stdin; resolves with the outcome (never rejects on a non-zero exit). */
+export function execIn(ns: NetNs, cmd: string, args: readonly string[], input = '', timeoutMs = 60_000): Promise<ExecResult> {
+  return new Promise((resolve, reject) => {
+    const child = ns.spawn(systemTool(cmd), args, { stdio: ['pipe', 'pipe', 'pipe'] });
+    const out: Buffer[] = [];
+    const err: Buffer[] = [];
+    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+    child.stdout!.on('data', (d: Buffer) => out.push(d));
+    child.stderr!.on('data', (d: Buffer) => err.push(d));
+    child.on('error', (e) => {
+      clearTimeout(timer);
+      reject(new TsnetError(`cannot run ${cmd} in ${ns.label}: ${e.message}`, { code: (e as { code?: string }).code ?? 'ENOENT' }));
+    });
+    child.on('close', (code, signal) => {
+      clearTimeout(timer);
+      resolve({ code: code ?? (signal ? 128 : 1), stdout: Buffer.concat(out).toString(), stderr: Buffer.concat(err).toString() });
+    });
+    child.stdin!.on('error', () => undefined); // EPIPE when the tool exits early; its exit code says why
+    child.stdin!.end(input);
+  });
+}
+
+/** Like execIn, but a non-zero exit becomes a one-line TsnetError naming the tool and namespace. */
+export async function mustExec(ns: NetNs, what: string, cmd: string, args: readonly string[], input = ''): Promise<string> {
+  const r = await execIn(ns, cmd, args, input);
+  if (r.code !== 0) {
+    const first = r.stderr.trim().split('\n').filter(Boolean).slice(0, 2).join('; ') || `exit ${r.code}`;
+    throw new TsnetError(`${what} in ${ns.label}: ${cmd} failed: ${first}`, { code: 'EIO' });
+  }
+  return r.stdout;
+}

@@ -1,0 +1,215 @@
+/**
+ * The NAT model: what the user wants, as data. Services (a VIP:port load
+ * balanced over weighted endpoints, kube-proxy style) and standalone
+ * masquerade / SNAT / DNAT rules. Nothing here knows iptables or nftables
+ * syntax: the backends in ./backends render this.
+ */
+import { invalid } from '../errors';
+import { parseCidr, parseIp, type Family } from '../addr/cidr';
+import { validateIfname } from '../link';
+
+export type Proto = 'tcp' | 'udp';
+
+export interface Endpoint {
+  ip: string;
+  port: number;
+  /** Relative share of new connections (default 1). */
+  weight: number;
+}
+
+export interface Service {
+  /** Letters, digits, '.', '_', '-', '/' (e.g. "default/redis"); shown in every rule's comment. */
+  name: string;
+  vip: string;
+  port: number;
+  proto: Proto;
+  endpoints: Endpoint[];
+  /** Session affinity by client IP, for this many seconds. */
+  affinitySeconds?: number;
+  /** Masquerade traffic to the VIP whose source is outside this CIDR (kube-proxy's clusterCIDR rule). */
+  masqueradeNotFrom?: string;
+}
+
+/** `iptables -t nat -A POSTROUTING -s SOURCE ! -o OUT_NOT -j MASQUERADE`. */
+export interface MasqueradeRule {
+  kind: 'masquerade';
+  source: string;
+  /** Leaving through any interface except this one (e.g. the bridge itself). */
+  outNot?: string;
+}
+
+/** `iptables -t nat -A POSTROUTING -s SOURCE [-d DEST] [-o OUT] -j SNAT --to-source TO`. */
+export interface SnatRule {
+  kind: 'snat';
+  source: string;
+  destination?: string;
+  out?: string;
+  toSource: string;
+}
+
+/** `iptables -t nat -A PREROUTING/OUTPUT -d DEST -p PROTO --dport PORT -j DNAT --to-destination TO:TOPORT`. */
+export interface DnatRule {
+  kind: 'dnat';
+  destination: string;
+  proto: Proto;
+  port: number;
+  toIp: string;
+  toPort: number;
+}
+
+export type NatRule = MasqueradeRule | SnatRule | DnatRule;
+
+/** Everything the engine keeps converged. */
+export interface DesiredState {
+  services: Service[];
+  rules: NatRule[];
+}
+
+export const emptyState = (): DesiredState => ({ services: [], rules: [] });
+
+const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$/;
+
+export function validateName(name: string, what = 'service name'): void {
+  if (typeof name !== 'string' || !NAME_RE.test(name)) {
+    throw invalid(`invalid ${what} ${JSON.stringify(name)}: use letters, digits, '.', '_', '-' and '/', at most 63, starting with a letter or digit`);
+  }
+}
+
+export function parsePort(text: string | number, what = 'port'): number {
+  const s = String(text);
+  if (!/^\d{1,5}$/.test(s) || Number(s) < 1 || Number(s) > 65535) throw invalid(`invalid ${what} ${JSON.stringify(s)}: must be 1-65535`);
+  return Number(s);
+}
+
+export function parseProto(text: string): Proto {
+  if (text !== 'tcp' && text !== 'udp') throw invalid(`invalid protocol ${JSON.stringify(text)}: tcp or udp`);
+  return text;
+}
+
+/** "10.0.0.1:80", "[fd00::1]:80" -> address and port; the port is required. */
+export function parseHostPort(text: string, what = 'address'): { ip: string; family: Family; port: number } {
+  const m = /^\[([^\]]+)\]:(\d+)$/.exec(text) ?? /^([^:\[\]]+):([^:]+)$/.exec(text);
+  if (!m) throw invalid(`invalid ${what} ${JSON.stringify(text)}: expected IP:PORT (or [IPv6]:PORT)`);
+  const { address, family } = parseIp(m[1]!);
+  return { ip: address, family, port: parsePort(m[2]!, `port in ${what} ${JSON.stringify(text)}`) };
+}
+
+/** "10.0.0.2:8080" or "10.0.0.2:8080@3" (weight 3). */
+export function parseEndpoint(text: string): Endpoint {
+  const [hp, w, extra] = text.split('@');
+  if (extra !== undefined) throw invalid(`invalid endpoint ${JSON.stringify(text)}: expected IP:PORT[@WEIGHT]`);
+  const { ip, port } = parseHostPort(hp!, 'endpoint');
+  let weight = 1;
+  if (w !== undefined) {
+    if (!/^\d{1,6}$/.test(w) || Number(w) < 1) throw invalid(`invalid weight in endpoint ${JSON.stringify(text)}: a whole number from 1 to 999999`);
+    weight = Number(w);
+  }
+  return { ip, port, weight };
+}
+
+export const familyOf = (ip: string): Family => parseIp(ip).family;
+
+/** Checks a service completely; returns it normalized (canonical addresses, defaults filled in). */
+export function normalizeService(s: Partial<Service> & { name: string }): Service {
+  validateName(s.name);
+  if (s.vip === undefined || s.port === undefined) throw invalid(`service ${s.name}: needs a VIP and a port`);
+  const vip = parseIp(s.vip);
+  const port = parsePort(s.port, `port of service ${s.name}`);
+  const proto = parseProto(s.proto ?? 'tcp');
+  const endpoints = (s.endpoints ?? []).map((e) => {
+    const ep = typeof e === 'string' ? parseEndpoint(e) : { ip: parseIp(e.ip).address, port: parsePort(e.port, 'endpoint port'), weight: e.weight ?? 1 };
+    if (!Number.isInteger(ep.weight) || ep.weight < 1 || ep.weight > 999999) throw invalid(`service ${s.name}: endpoint weight ${ep.weight} must be a whole number from 1 to 999999`);
+    if (familyOf(ep.ip) !== vip.family) throw invalid(`service ${s.name}: endpoint ${ep.ip} is not IPv${vip.family} like the VIP ${vip.address}`);
+    return ep;
+  });
+  const seen = new Set<string>();
+  for (const e of endpoints) {
+    const key = `${e.ip}:${e.port}`;
+    if (seen.has(key)) throw invalid(`service ${s.name}: endpoint ${key} listed twice`);
+    seen.add(key);
+  }
+  const out: Service = { name: s.name, vip: vip.address, port, proto, endpoints };
+  if (s.affinitySeconds !== undefined) {
+    if (!Number.isInteger(s.affinitySeconds) || s.affinitySeconds < 1 || s.affinitySeconds > 86400) throw invalid(`service ${s.name}: affinity must be 1-86400 seconds`);
+    out.affinitySeconds = s.affinitySeconds;
+  }
+  if (s.masqueradeNotFrom !== undefined) {
+    const c = parseCidr(s.masqueradeNotFrom);
+    if (c.family !== vip.family) throw invalid(`service ${s.name}: --masquerade-not-from ${s.masqueradeNotFrom} is not IPv${vip.family}`);
+    out.masqueradeNotFrom = `${c.network}/${c.prefix}`;
+  }
+  return out;
+}
+
+/** Checks a standalone NAT rule; returns it normalized. */
+export function normalizeRule(r: NatRule): NatRule {
+  const cidr = (t: string) => { const c = parseCidr(t, { defaultPrefix: true }); return `${c.network}/${c.prefix}`; };
+  switch (r.kind) {
+    case 'masquerade': {
+      const out: MasqueradeRule = { kind: 'masquerade', source: cidr(r.source) };
+      if (r.outNot !== undefined) { validateIfname(r.outNot); out.outNot = r.outNot; }
+      return out;
+    }
+    case 'snat': {
+      const out: SnatRule = { kind: 'snat', source: cidr(r.source), toSource: parseIp(r.toSource).address };
+      if (r.destination !== undefined) out.destination = cidr(r.destination);
+      if (r.out !== undefined) { validateIfname(r.out); out.out = r.out; }
+      if (familyOf(out.toSource) !== parseCidr(out.source).family) throw invalid(`snat: --to ${out.toSource} and --source ${out.source} are different families`);
+      return out;
+    }
+    case 'dnat': {
+      const to = parseIp(r.toIp);
+      const dest = parseIp(r.destination);
+      if (to.family !== dest.family) throw invalid(`dnat: ${dest.address} and ${to.address} are different families`);
+      return { kind: 'dnat', destination: dest.address, proto: parseProto(r.proto), port: parsePort(r.port), toIp: to.address, toPort: parsePort(r.toPort) };
+    }
+    default:
+      throw invalid(`unknown NAT rule kind ${JSON.stringify((r as { kind?: unknown }).kind)}`);
+  }
+}
+
+export const ruleKey = (r: NatRule): string => JSON.stringify(normalizeRule(r), Object.keys(r).sort());
+
+/** Checks a whole desired state (for `service apply` and for state read back from disk). */
+export function normalizeState(st: DesiredState): DesiredState {
+  const names = new Set<string>();
+  const vips = new Map<string, string>();
+  const services = st.services.map((s) => {
+    const n = normalizeService(s);
+    if (names.has(n.name)) throw invalid(`duplicate service name ${n.name}`);
+    names.add(n.name);
+    const key = `${n.vip}:${n.port}/${n.proto}`;
+    const other = vips.get(key);
+    if (other) throw invalid(`services ${other} and ${n.name} both claim ${key}`);
+    vips.set(key, n.name);
+    return n;
+  });
+  return { services, rules: st.rules.map(normalizeRule) };
+}
+
+/**
+ * Per-endpoint probabilities for kube-proxy's chain of `-m statistic --mode
+ * random` rules: rule i fires with w_i / (w_i + ... + w_n-1) of what reaches
+ * it, so endpoint i gets w_i / sum(w) overall; with equal weights that is
+ * 1/(n-i). The last endpoint takes the rest (no probability).
+ */
+export function probabilities(weights: readonly number[]): (number | undefined)[] {
+  let rest = weights.reduce((a, b) => a + b, 0);
+  return weights.map((w, i) => {
+    if (i === weights.length - 1) return undefined;
+    const p = w / rest;
+    rest -= w;
+    return p;
+  });
+}
+
+/** kube-proxy's computeProbability formatting: "%0.10f". */
+export const formatProbability = (p: number): string => p.toFixed(10);
+
+/** The address family a standalone rule acts on. */
+export const ruleFamily = (r: NatRule): Family => familyOf(r.kind === 'dnat' ? r.destination : r.source.split('/')[0]!);
+
+/** Which address families the state has anything for (a backend leaves the others' tables absent). */
+export function familiesUsed(st: DesiredState): Family[] {
+  return ([4, 6] as const).filter((f) => st.services.some((s) => familyOf(s.vip) === f) || st.rules.some((r) => ruleFamily(r) === f));
+}

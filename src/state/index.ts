@@ -1,0 +1,80 @@
+/**
+ * The on-disk state store: JSON documents in a state directory, written
+ * atomically (temp file, fsync, rename, fsync of the directory) under an
+ * flock(2) lock. Concurrent tsnet processes serialize on the lock; a process
+ * killed at any point leaves either the old or the new document, never half of
+ * one, and its lock dies with it.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { native } from '../native';
+import { TsnetError, contextualize, hasCode } from '../errors';
+
+export const DEFAULT_STATE_DIR = '/var/lib/tsnet';
+
+/** --state-dir, else $TSNET_STATE_DIR, else /var/lib/tsnet. */
+export function stateDir(explicit?: string): string {
+  return explicit ?? process.env.TSNET_STATE_DIR ?? DEFAULT_STATE_DIR;
+}
+
+export function readJson<T>(file: string): T | undefined {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (err) {
+    if (hasCode(err, 'ENOENT')) return undefined;
+    throw contextualize(`reading ${file}`, err);
+  }
+  try {
+    return JSON.parse(text) as T;
+  } catch (err) {
+    throw new TsnetError(`${file} is not valid JSON (${(err as Error).message}): restore it from a backup or remove it`, { code: 'EINVAL' });
+  }
+}
+
+/** Replaces `file` with `data` atomically. */
+export function writeJsonAtomic(file: string, data: unknown): void {
+  const dir = path.dirname(file);
+  fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const tmp = path.join(dir, `.${path.basename(file)}.${process.pid}.tmp`);
+  try {
+    const fd = fs.openSync(tmp, 'w', 0o600);
+    try {
+      fs.writeSync(fd, `${JSON.stringify(data, null, 1)}\n`);
+      fs.fsyncSync(fd);
+    } finally {
+      fs.closeSync(fd);
+    }
+    fs.renameSync(tmp, file);
+    const dfd = fs.openSync(dir, 'r');
+    try {
+      fs.fsyncSync(dfd);
+    } finally {
+      fs.closeSync(dfd);
+    }
+  } catch (err) {
+    fs.rmSync(tmp, { force: true });
+    throw contextualize(`writing ${file}`, err);
+  }
+}
+
+/**
+ * Runs `fn` holding the exclusive lock `name` in `dir` (an flock on
+ * DIR/NAME.lock). Waits up to `timeoutMs` for another holder, polling so the
+ * event loop keeps running.
+ */
+export async function withLock<T>(dir: string, name: string, fn: () => Promise<T> | T, timeoutMs = 30_000): Promise<T> {
+  fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const file = path.join(dir, `${name}.lock`);
+  const fd = fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600);
+  try {
+    const deadline = Date.now() + timeoutMs;
+    for (let wait = 1; !native().tryLock(fd); wait = Math.min(wait * 2, 50)) {
+      if (Date.now() > deadline) throw new TsnetError(`timed out after ${timeoutMs} ms waiting for ${file} (another tsnet is working; try again)`, { code: 'EAGAIN' });
+      await new Promise((r) => setTimeout(r, wait));
+    }
+    return await fn();
+  } finally {
+    fs.closeSync(fd); // releases the flock
+  }
+}
