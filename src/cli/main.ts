@@ -4,7 +4,10 @@
  * library, prints (a table, or --json). Errors are one line on stderr and a
  * non-zero exit.
  */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { Command, Option } from 'commander';
+import { PACKAGE_ROOT } from '../native';
 import * as netns from '../netns';
 import * as link from '../link';
 import * as addr from '../addr';
@@ -17,10 +20,12 @@ import { inSandbox, runInSandbox } from '../sandbox';
 import { print, table } from './output';
 import { invalid } from '../errors';
 import { registerNat } from './nat';
+import { registerForward } from './forward';
 
 const program = new Command('tsnet')
   .description('Network plumbing for Linux containers: namespaces, veth pairs, bridges, addresses and routes over rtnetlink; kube-proxy-style NAT')
   .option('-n, --netns <ns>', 'run the command inside this namespace (name, pid, or path)')
+  .version((JSON.parse(fs.readFileSync(path.join(PACKAGE_ROOT, 'package.json'), 'utf8')) as { version: string }).version)
   .option('--json', 'print listings as JSON')
   .enablePositionalOptions()
   .showHelpAfterError()
@@ -222,7 +227,8 @@ program.command('detach <ns>').description('remove what attach made (missing: no
     }
   });
 
-registerNat(program, { ns, json });
+const engine = registerNat(program, { ns, json });
+registerForward(program, { engine, json });
 
 // --- demo --------------------------------------------------------------------
 program.command('demo').description('build a bridged network in a private sandbox, send traffic through it, clean up').action(async () => {

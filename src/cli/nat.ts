@@ -43,7 +43,7 @@ export function parseServicesFile(text: string, file: string): Service[] {
   });
 }
 
-export function registerNat(program: Command, ctx: NatContext): void {
+export function registerNat(program: Command, ctx: NatContext): () => NatEngine {
   program
     .addOption(new Option('--backend <name>', 'NAT backend').choices(['auto', 'iptables', 'nft']))
     .option('--state-dir <dir>', 'where desired NAT state is kept (default $TSNET_STATE_DIR or /var/lib/tsnet)');
@@ -162,6 +162,7 @@ export function registerNat(program: Command, ctx: NatContext): void {
     .action(async (o: { backend?: BackendChoice }) => {
       process.stdout.write(await engine(o.backend).rules());
     });
+  return () => engine();
 }
 
 function readFile(file: string): string {

@@ -18,7 +18,8 @@ type Proto = 'tcp' | 'udp' | 'http';
 function serve(proto: Proto, host: string, port: number, name: string): void {
   const ready = () => process.stdout.write('ready\n');
   if (proto === 'tcp') {
-    net.createServer((s) => s.end(`${name}\n`)).listen(port, host, ready);
+    // A client that resets (a port probe does) must not take the server down.
+    net.createServer((s) => s.on('error', () => undefined).end(`${name}\n`)).listen(port, host, ready);
   } else if (proto === 'http') {
     http.createServer((_req, res) => res.end(`${name}\n`)).listen(port, host, ready);
   } else {

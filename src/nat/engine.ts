@@ -9,10 +9,12 @@
  * atomic), so a rejected change leaves both the rules and the state as they were.
  */
 import * as path from 'node:path';
-import { TsnetError, invalid } from '../errors';
+import { TsnetError, hasCode, invalid } from '../errors';
+import * as route from '../route';
+import * as sysctl from '../sysctl';
 import * as netns from '../netns';
 import { readJson, stateDir as defaultStateDir, withLock, writeJsonAtomic } from '../state';
-import { emptyState, familyOf, normalizeState, type DesiredState, type Service } from './model';
+import { emptyState, familyOf, normalizeState, servesLoopback, type DesiredState, type Service } from './model';
 import { IptablesBackend, detectMode, type IptablesMode } from './backends/iptables';
 import { NftBackend } from './backends/nft';
 import * as conntrack from '../conntrack';
@@ -32,6 +34,8 @@ interface StateFile {
   backend?: 'iptables' | 'nft';
   desired: DesiredState;
   applied?: Applied;
+  /** Sysctls tsnet changed (path under /proc/sys/ joined by '/') -> the value they had before, restored when no longer needed. */
+  sysctls?: Record<string, string>;
 }
 
 export interface SyncReport extends Omit<SyncResult, 'applied'> {
@@ -60,7 +64,7 @@ export class NatEngine {
   private load(): StateFile {
     const f = readJson<StateFile>(this.file) ?? { version: 1, desired: emptyState() };
     try {
-      f.desired = normalizeState({ services: f.desired?.services ?? [], rules: f.desired?.rules ?? [] });
+      f.desired = normalizeState({ services: f.desired?.services ?? [], rules: f.desired?.rules ?? [], forwards: f.desired?.forwards ?? [] });
     } catch (err) {
       throw new TsnetError(`${this.file} holds an invalid desired state (${(err as Error).message}): fix or remove it`, { code: 'EINVAL' });
     }
@@ -106,6 +110,26 @@ export class NatEngine {
     return (await this.backendFor(f)).render(st ? normalizeState(st) : f.desired);
   }
 
+  /** Sets what is needed, remembering the old values; restores what is no longer needed. */
+  private async convergeSysctls(st: DesiredState, saved: Record<string, string>): Promise<Record<string, string>> {
+    const want = await neededSysctls(this.ns, st);
+    const out = { ...saved };
+    for (const [key, value] of want) {
+      const old = sysctl.set(this.ns, key.split('/'), value);
+      if (!(key in out)) out[key] = old;
+    }
+    for (const key of Object.keys(out)) {
+      if (want.has(key)) continue;
+      try {
+        sysctl.set(this.ns, key.split('/'), out[key]!);
+      } catch (err) {
+        if (!hasCode(err, 'ENOENT')) throw err; // the interface is gone, and its setting with it
+      }
+      delete out[key];
+    }
+    return out;
+  }
+
   private async apply(f: StateFile, before: DesiredState, next: DesiredState, force: boolean): Promise<SyncReport> {
     const t0 = process.hrtime.bigint();
     const backend = await this.backendFor(f);
@@ -119,18 +143,38 @@ export class NatEngine {
     if (f.applied) writeJsonAtomic(this.file, { ...f, applied: { ...f.applied, clean: false } });
     const result = await backend.sync(next, f.applied, force);
     const conntrackDeleted = await deleteUdpFlows(this.ns, removedUdpEndpoints(before, next));
-    writeJsonAtomic(this.file, { version: 1, backend: backend.name, desired: next, applied: result.applied } satisfies StateFile);
+    const sysctls = await this.convergeSysctls(next, f.sysctls ?? {});
+    writeJsonAtomic(this.file, { version: 1, backend: backend.name, desired: next, applied: result.applied, sysctls } satisfies StateFile);
     const { applied: _a, ...rest } = result;
     return { ...rest, backend: backend.name + (result.applied.mode ? `/${result.applied.mode}` : ''), ms: Number(process.hrtime.bigint() - t0) / 1e6, conntrackDeleted };
   }
 }
 
+/**
+ * The sysctls the desired state needs: forwarding for forwards, and
+ * route_localnet on the interface towards each target whose forward serves
+ * 127.0.0.1 clients (that interface only, not `all`: the narrowest scope the
+ * kernel's check accepts).
+ */
+export async function neededSysctls(ns: netns.NetNs, st: DesiredState): Promise<Map<string, string>> {
+  const out = new Map<string, string>();
+  if (st.forwards.some((f) => familyOf(f.targetIp) === 4)) out.set(sysctl.keys.ipForward.join('/'), '1');
+  if (st.forwards.some((f) => familyOf(f.targetIp) === 6)) out.set(sysctl.keys.ipv6Forwarding.join('/'), '1');
+  for (const f of st.forwards.filter(servesLoopback)) {
+    const r = await route.get(ns, f.targetIp);
+    if (r.dev && r.type !== 'local') out.set(sysctl.keys.routeLocalnet(r.dev).join('/'), '1');
+  }
+  return out;
+}
+
 /** UDP flows that were going to endpoints no longer in their service: (vip, port, endpoint ip, endpoint port). */
 export function removedUdpEndpoints(before: DesiredState, after: DesiredState): { vip: string; port: number; ip: string; epPort: number }[] {
   const out: { vip: string; port: number; ip: string; epPort: number }[] = [];
+  const key = (s: Service) => `${s.name} ${s.vip} ${s.port} ${s.proto}`;
+  const byKey = new Map(after.services.map((s) => [key(s), s]));
   for (const old of before.services) {
     if (old.proto !== 'udp') continue;
-    const now: Service | undefined = after.services.find((s) => s.name === old.name && s.vip === old.vip && s.port === old.port && s.proto === old.proto);
+    const now = byKey.get(key(old));
     for (const e of old.endpoints) {
       if (!now?.endpoints.some((n) => n.ip === e.ip && n.port === e.port)) out.push({ vip: old.vip, port: old.port, ip: e.ip, epPort: e.port });
     }

@@ -58,11 +58,14 @@ export function execIn(ns: NetNs, cmd: string, args: readonly string[], input = 
 }
 
 /** Like execIn, but a non-zero exit becomes a one-line TsnetError naming the tool and namespace. */
-export async function mustExec(ns: NetNs, what: string, cmd: string, args: readonly string[], input = ''): Promise<string> {
-  const r = await execIn(ns, cmd, args, input);
+export async function mustExec(ns: NetNs, what: string, cmd: string, args: readonly string[], input = '', timeoutMs = 60_000): Promise<string> {
+  const r = await execIn(ns, cmd, args, input, timeoutMs);
   if (r.code !== 0) {
-    const first = r.stderr.trim().split('\n').filter(Boolean).slice(0, 2).join('; ') || `exit ${r.code}`;
+    const first = r.stderr.trim().split('\n').filter(Boolean).slice(0, 2).join('; ') || (r.code === 128 ? `killed after ${timeoutMs / 1000} s` : `exit ${r.code}`);
     throw new TsnetError(`${what} in ${ns.label}: ${cmd} failed: ${first}`, { code: 'EIO' });
   }
   return r.stdout;
 }
+
+/** A full sync of a kube-proxy-sized table through iptables-nft-restore takes minutes (10,000 services: measured in bench/nat.ts). */
+export const APPLY_TIMEOUT_MS = 10 * 60_000;

@@ -59,13 +59,39 @@ export interface DnatRule {
 
 export type NatRule = MasqueradeRule | SnatRule | DnatRule;
 
+/**
+ * How a forward's return path is made: 'auto' and 'masquerade' source-NAT
+ * only the flows this forward DNATed (conntrack original-destination match)
+ * to the outgoing address, with no fixed port; an IP does the same to that
+ * address; 'none' leaves the source alone (the target routes replies back).
+ */
+export type SnatMode = 'auto' | 'masquerade' | 'none' | string;
+
+/**
+ * `tsnet forward TARGET LISTEN_PORT TARGET_PORT`: connections to this host's
+ * LISTEN_PORT (any local address, or `listen`) go to TARGET:TARGET_PORT.
+ */
+export interface Forward {
+  name: string;
+  /** As the user gave it (a host name or an address). */
+  target: string;
+  /** What it resolved to when the forward was made. */
+  targetIp: string;
+  listenPort: number;
+  targetPort: number;
+  listen?: string;
+  proto: Proto;
+  snat: SnatMode;
+}
+
 /** Everything the engine keeps converged. */
 export interface DesiredState {
   services: Service[];
   rules: NatRule[];
+  forwards: Forward[];
 }
 
-export const emptyState = (): DesiredState => ({ services: [], rules: [] });
+export const emptyState = (): DesiredState => ({ services: [], rules: [], forwards: [] });
 
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$/;
 
@@ -170,8 +196,34 @@ export function normalizeRule(r: NatRule): NatRule {
 
 export const ruleKey = (r: NatRule): string => JSON.stringify(normalizeRule(r), Object.keys(r).sort());
 
+/** Checks a forward; returns it normalized. */
+export function normalizeForward(f: Forward): Forward {
+  validateName(f.name, 'forward name');
+  const targetIp = parseIp(f.targetIp);
+  const out: Forward = {
+    name: f.name, target: f.target, targetIp: targetIp.address,
+    listenPort: parsePort(f.listenPort, 'listen port'), targetPort: parsePort(f.targetPort, 'target port'),
+    proto: parseProto(f.proto ?? 'tcp'), snat: f.snat ?? 'auto',
+  };
+  if (typeof f.target !== 'string' || !/^[A-Za-z0-9._:-]{1,253}$/.test(f.target)) throw invalid(`invalid forward target ${JSON.stringify(f.target)}: a host name or an IP address`);
+  if (f.listen !== undefined) {
+    const l = parseIp(f.listen);
+    if (l.family !== targetIp.family) throw invalid(`forward ${f.name}: listen address ${l.address} and target ${targetIp.address} are different families`);
+    out.listen = l.address;
+  }
+  if (!['auto', 'masquerade', 'none'].includes(out.snat)) {
+    const ip = parseIp(out.snat);
+    if (ip.family !== targetIp.family) throw invalid(`forward ${f.name}: --snat ${ip.address} is not IPv${targetIp.family} like the target`);
+    out.snat = ip.address;
+  }
+  return out;
+}
+
+/** Whether clients of this host itself using 127.0.0.1 are forwarded (needs route_localnet on the way out). */
+export const servesLoopback = (f: Forward): boolean => familyOf(f.targetIp) === 4 && (f.listen === undefined || f.listen.startsWith('127.'));
+
 /** Checks a whole desired state (for `service apply` and for state read back from disk). */
-export function normalizeState(st: DesiredState): DesiredState {
+export function normalizeState(st: Omit<DesiredState, 'forwards'> & { forwards?: Forward[] }): DesiredState {
   const names = new Set<string>();
   const vips = new Map<string, string>();
   const services = st.services.map((s) => {
@@ -184,7 +236,21 @@ export function normalizeState(st: DesiredState): DesiredState {
     vips.set(key, n.name);
     return n;
   });
-  return { services, rules: st.rules.map(normalizeRule) };
+  const fwdNames = new Set<string>();
+  const forwards = (st.forwards ?? []).map((f) => {
+    const n = normalizeForward(f);
+    if (fwdNames.has(n.name)) throw invalid(`duplicate forward name ${n.name}`);
+    fwdNames.add(n.name);
+    return n;
+  });
+  for (const a of forwards) {
+    for (const b of forwards) {
+      if (a !== b && a.proto === b.proto && a.listenPort === b.listenPort && (a.listen === undefined || b.listen === undefined || a.listen === b.listen)) {
+        throw invalid(`forwards ${a.name} and ${b.name} both listen on ${a.proto} port ${a.listenPort}`);
+      }
+    }
+  }
+  return { services, rules: st.rules.map(normalizeRule), forwards };
 }
 
 /**
@@ -211,5 +277,6 @@ export const ruleFamily = (r: NatRule): Family => familyOf(r.kind === 'dnat' ? r
 
 /** Which address families the state has anything for (a backend leaves the others' tables absent). */
 export function familiesUsed(st: DesiredState): Family[] {
-  return ([4, 6] as const).filter((f) => st.services.some((s) => familyOf(s.vip) === f) || st.rules.some((r) => ruleFamily(r) === f));
+  return ([4, 6] as const).filter((f) => st.services.some((s) => familyOf(s.vip) === f) || st.rules.some((r) => ruleFamily(r) === f)
+    || st.forwards.some((x) => familyOf(x.targetIp) === f));
 }

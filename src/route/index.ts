@@ -119,3 +119,19 @@ export async function list(h: NetNs, filter: { family?: Family; table?: number |
     return out;
   });
 }
+
+/** What the kernel would do with a packet to `dst`: `ip route get DST` (the egress device, gateway, and source it would pick). */
+export async function get(h: NetNs, dst: string): Promise<{ dev?: string; gateway?: string; prefsrc?: string; type: Route['type'] }> {
+  const ip = parseIp(dst);
+  const hdr = rtmsg.encode({ family: ip.family === 4 ? AF_INET : AF_INET6, dst_len: ip.family === 4 ? 32 : 128 });
+  const replies = await withContext(`looking up the route to ${ip.address} in ${h.label}`, () => h.nl.request(RTM.GETROUTE, 0, Buffer.concat([hdr, encodeAttrs(RTA, { dst: ip.address })])));
+  const m = replies.find((r) => r.type === RTM.NEWROUTE);
+  if (!m) throw invalid(`no route to ${ip.address} in ${h.label}`);
+  const rh = rtmsg.decode(m.payload);
+  const a = decodeAttrs(RTA, m.payload.subarray(rtmsg.size));
+  const out: { dev?: string; gateway?: string; prefsrc?: string; type: Route['type'] } = { type: TYPES[rh.type] ?? rh.type };
+  if (a.oif !== undefined) out.dev = (await listLinks(h)).find((l) => l.index === a.oif)?.name ?? String(a.oif);
+  if (a.gateway !== undefined) out.gateway = a.gateway as string;
+  if (a.prefsrc !== undefined) out.prefsrc = a.prefsrc as string;
+  return out;
+}

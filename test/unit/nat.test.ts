@@ -132,5 +132,5 @@ test('removed UDP endpoints: what conntrack cleanup targets (TCP is left to fini
   b.services[0]!.endpoints = [b.services[0]!.endpoints[1]!];
   b.services[1]!.endpoints = [];
   t.deepEqual(removedUdpEndpoints(a, b), [{ vip: '10.96.0.53', port: 53, ip: '10.0.0.2', epPort: 53 }]);
-  t.is(removedUdpEndpoints(a, { services: [], rules: [] }).length, 2, 'deleting the service clears all its flows');
+  t.is(removedUdpEndpoints(a, { services: [], rules: [], forwards: [] }).length, 2, 'deleting the service clears all its flows');
 });

@@ -16,7 +16,7 @@
  */
 import { createHash } from 'node:crypto';
 import type { Family } from '../../addr/cidr';
-import { familyOf, ruleFamily, formatProbability, probabilities, type DesiredState, type NatRule, type Proto, type Service } from '../model';
+import { familyOf, ruleFamily, formatProbability, probabilities, servesLoopback, type DesiredState, type Forward, type NatRule, type Proto, type Service } from '../model';
 import { endpointHash, portProtoHash } from '../names';
 
 export type IptTable = 'nat' | 'filter';
@@ -27,7 +27,7 @@ export type Target =
   | { kind: 'SNAT'; to: string; randomFully?: boolean }
   | { kind: 'MASQUERADE'; randomFully?: boolean }
   | { kind: 'MARK'; op: 'or' | 'xor'; mark: number }
-  | { kind: 'RETURN' | 'ACCEPT' | 'REJECT' };
+  | { kind: 'RETURN' | 'ACCEPT' | 'REJECT' | 'DROP' };
 
 /** One iptables rule as data; fields render in this order. */
 export interface Rule {
@@ -36,10 +36,13 @@ export interface Rule {
   src?: string;
   srcNot?: boolean;
   dst?: string;
+  /** `-m addrtype --dst-type LOCAL`: any address of this host. */
+  dstLocal?: boolean;
   outNot?: string;
   out?: string;
   dport?: number;
-  ctstate?: string[];
+  /** `-m conntrack`: state, and the original/reply tuple of the connection the packet belongs to. */
+  ct?: { state?: string[]; stateNot?: boolean; origDstPort?: number; replSrc?: string; replSrcPort?: number };
   mark?: { mark: number; not?: boolean };
   recent?: { name: string; op: 'set' } | { name: string; op: 'rcheck'; seconds: number };
   probability?: number;
@@ -56,7 +59,7 @@ export interface Chain {
 export interface Hook {
   table: IptTable;
   chain: 'PREROUTING' | 'OUTPUT' | 'POSTROUTING' | 'INPUT' | 'FORWARD';
-  rule: Rule;
+  rule: Rule & { target: { kind: 'jump'; chain: string } };
 }
 
 export interface Ruleset {
@@ -72,6 +75,8 @@ export const POSTROUTING = 'TSNET-POSTROUTING';
 export const DNAT_CHAIN = 'TSNET-DNAT';
 export const SNAT_CHAIN = 'TSNET-SNAT';
 export const CANARY = 'TSNET-CANARY';
+export const FORWARD_CHAIN = 'TSNET-FORWARD';
+export const FIREWALL = 'TSNET-FIREWALL';
 export const CANARY_COMMENT = 'tsnet canary: if this rule is gone, the table was flushed';
 
 /** tsnet's masquerade mark: its own bit (kube-proxy uses 0x4000), so the two never act on each other's packets. */
@@ -137,6 +142,31 @@ function natRuleFor(r: NatRule): { chain: string; rule: Rule } {
   }
 }
 
+/** A forward's rules: DNAT in, source NAT of its own flows out, a FORWARD accept for them. */
+function forwardRules(f: Forward): { dnat: Rule; snat: Rule[]; accept: Rule } {
+  const comment = `tsnet forward ${f.name}`;
+  const dnat: Rule = { comment, proto: f.proto, dport: f.listenPort, target: { kind: 'DNAT', to: hostPort(f.targetIp, f.targetPort) } };
+  if (f.listen) dnat.dst = host(f.listen);
+  else dnat.dstLocal = true;
+  const mine = { state: ['DNAT'], origDstPort: f.listenPort };
+  const snat: Rule[] = [];
+  const toTarget = { comment, dst: host(f.targetIp), proto: f.proto, dport: f.targetPort, ct: mine };
+  if (f.snat === 'auto' || f.snat === 'masquerade') snat.push({ ...toTarget, target: { kind: 'MASQUERADE', randomFully: true } });
+  else if (f.snat !== 'none') snat.push({ ...toTarget, target: { kind: 'SNAT', to: f.snat, randomFully: true } });
+  // Clients of 127.0.0.1 cannot keep that source on the wire, whatever --snat says.
+  if (f.snat === 'none' && servesLoopback(f)) snat.push({ comment, src: '127.0.0.0/8', proto: f.proto, ct: mine, target: { kind: 'MASQUERADE', randomFully: true } });
+  const accept: Rule = { comment, ct: { state: ['DNAT'], origDstPort: f.listenPort, replSrc: f.targetIp, replSrcPort: f.targetPort }, proto: f.proto, target: { kind: 'ACCEPT' } };
+  return { dnat, snat, accept };
+}
+
+/** kube-proxy's guard for route_localnet (CVE-2020-8558): nothing from outside reaches 127.0.0.0/8 unless it was DNATed. */
+export const LOCALNET_GUARD: Rule = {
+  comment: 'tsnet: block incoming localnet connections (CVE-2020-8558)',
+  dst: '127.0.0.0/8', src: '127.0.0.0/8', srcNot: true,
+  ct: { state: ['RELATED', 'ESTABLISHED', 'DNAT'], stateNot: true },
+  target: { kind: 'DROP' },
+};
+
 /** The whole desired ruleset of one address family. */
 export function render(st: DesiredState, family: Family): Ruleset {
   const services = st.services.filter((s) => familyOf(s.vip) === family);
@@ -158,10 +188,20 @@ export function render(st: DesiredState, family: Family): Ruleset {
     const { chain, rule } = natRuleFor(r);
     (chain === DNAT_CHAIN ? dnat : snat).rules.push(rule);
   }
+  const forward: Chain = { table: 'filter', name: FORWARD_CHAIN, rules: [] };
+  const firewall: Chain = { table: 'filter', name: FIREWALL, rules: [] };
+  const forwards = st.forwards.filter((f) => familyOf(f.targetIp) === family);
+  for (const f of forwards) {
+    const r = forwardRules(f);
+    dnat.rules.push(r.dnat);
+    snat.rules.push(...r.snat);
+    forward.rules.push(r.accept);
+  }
+  if (forwards.some(servesLoopback)) firewall.rules.push(LOCALNET_GUARD);
   const canary = (table: IptTable): Chain => ({ table, name: CANARY, rules: [{ comment: CANARY_COMMENT, target: { kind: 'RETURN' } }] });
   const chains: Chain[] = [
     canary('nat'), canary('filter'),
-    dispatch, rejects, dnat, snat,
+    dispatch, rejects, dnat, snat, forward, firewall,
     { table: 'nat', name: MARK_MASQ, rules: [{ target: { kind: 'MARK', op: 'or', mark: MASQ_MARK } }] },
     {
       table: 'nat', name: POSTROUTING, rules: [
@@ -173,8 +213,8 @@ export function render(st: DesiredState, family: Family): Ruleset {
     },
     ...perService,
   ];
-  const jump = (chain: string, comment: string): Rule => ({ comment, target: { kind: 'jump', chain } });
-  const newOnly = (chain: string, comment: string): Rule => ({ comment, ctstate: ['NEW'], target: { kind: 'jump', chain } });
+  const jump = (chain: string, comment: string) => ({ comment, target: { kind: 'jump' as const, chain } });
+  const newOnly = (chain: string, comment: string) => ({ comment, ct: { state: ['NEW'] }, target: { kind: 'jump' as const, chain } });
   const hooks: Hook[] = [
     { table: 'nat', chain: 'PREROUTING', rule: jump(SERVICES, 'tsnet service portals') },
     { table: 'nat', chain: 'OUTPUT', rule: jump(SERVICES, 'tsnet service portals') },
@@ -185,6 +225,8 @@ export function render(st: DesiredState, family: Family): Ruleset {
     { table: 'filter', chain: 'INPUT', rule: newOnly(SERVICES, 'tsnet service portals') },
     { table: 'filter', chain: 'FORWARD', rule: newOnly(SERVICES, 'tsnet service portals') },
     { table: 'filter', chain: 'OUTPUT', rule: newOnly(SERVICES, 'tsnet service portals') },
+    { table: 'filter', chain: 'FORWARD', rule: jump(FORWARD_CHAIN, 'tsnet forwards') },
+    { table: 'filter', chain: 'INPUT', rule: jump(FIREWALL, 'tsnet firewall') },
   ];
   return { family, chains, hooks };
 }
@@ -197,11 +239,18 @@ export function formatRule(r: Rule): string {
   if (r.comment !== undefined) p.push('-m comment --comment', JSON.stringify(r.comment));
   if (r.src !== undefined) p.push(r.srcNot ? '!' : '', '-s', r.src);
   if (r.dst !== undefined) p.push('-d', r.dst);
+  if (r.dstLocal) p.push('-m addrtype --dst-type LOCAL');
   if (r.out !== undefined) p.push('-o', r.out);
   if (r.outNot !== undefined) p.push('!', '-o', r.outNot);
   if (r.proto !== undefined) p.push('-p', r.proto);
   if (r.dport !== undefined) p.push(`-m ${r.proto} --dport`, String(r.dport));
-  if (r.ctstate) p.push('-m conntrack --ctstate', r.ctstate.join(','));
+  if (r.ct) {
+    p.push('-m conntrack');
+    if (r.ct.state) p.push(r.ct.stateNot ? '!' : '', '--ctstate', r.ct.state.join(','));
+    if (r.ct.origDstPort !== undefined) p.push('--ctorigdstport', String(r.ct.origDstPort));
+    if (r.ct.replSrc !== undefined) p.push('--ctreplsrc', r.ct.replSrc);
+    if (r.ct.replSrcPort !== undefined) p.push('--ctreplsrcport', String(r.ct.replSrcPort));
+  }
   if (r.mark) p.push('-m mark', r.mark.not ? '!' : '', '--mark', `${hex(r.mark.mark)}/${hex(r.mark.mark)}`);
   if (r.recent) {
     p.push('-m recent --name', r.recent.name);
@@ -232,13 +281,18 @@ export function chainDigest(c: Chain): string {
 export interface Live {
   /** table -> chain -> digest of what was last written (undefined: exists, content unknown). */
   chains: Record<IptTable, Map<string, string | undefined>>;
-  /** Hook lines already present, as `TABLE:-A CHAIN rule` (hookKey). */
-  hooks: Set<string>;
+  /** Hooks already present: hookKey -> their lines as iptables-save prints them. */
+  hooks: Map<string, string[]>;
 }
 
 export const hookLine = (h: Hook): string => `-A ${h.chain} ${formatRule(h.rule)}`;
-/** A hook's identity across tables (OUTPUT exists in both nat and filter). */
-export const hookKey = (table: IptTable, line: string): string => `${table}:${line}`;
+/**
+ * A hook's identity: table, built-in chain, and our chain it jumps to (OUTPUT
+ * exists in both nat and filter). Matching on this rather than on the whole
+ * line keeps us independent of how iptables-save orders match options.
+ */
+export const hookKey = (table: IptTable, chain: string, target: string): string => `${table}:${chain}->${target}`;
+export const hookKeyOf = (h: Hook): string => hookKey(h.table, h.chain, h.rule.target.chain);
 
 /**
  * The iptables-restore --noflush payload that turns `live` into `rs`:
@@ -255,8 +309,9 @@ export function restorePayload(rs: Ruleset, live: Live | undefined): { payload: 
     const want = rs.chains.filter((c) => c.table === table);
     const have = live?.chains[table] ?? new Map<string, string | undefined>();
     const changed = want.filter((c) => c.name === SERVICES || !live || have.get(c.name) !== chainDigest(c));
-    const stale = [...have.keys()].filter((n) => !want.some((c) => c.name === n));
-    const hooks = rs.hooks.filter((h) => h.table === table && !live?.hooks.has(hookKey(table, hookLine(h))));
+    const wanted = new Set(want.map((c) => c.name));
+    const stale = [...have.keys()].filter((n) => !wanted.has(n));
+    const hooks = rs.hooks.filter((h) => h.table === table && !live?.hooks.has(hookKeyOf(h)));
     if (!changed.length && !stale.length && !hooks.length) continue;
     out.push(`*${table}`);
     for (const c of changed) out.push(`:${c.name} - [0:0]`);

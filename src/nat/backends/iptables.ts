@@ -6,10 +6,10 @@
 import type { Family } from '../../addr/cidr';
 import type { NetNs } from '../../netns';
 import { TsnetError } from '../../errors';
-import { execIn, mustExec } from '../exec';
+import { APPLY_TIMEOUT_MS, execIn, mustExec } from '../exec';
 import { familiesUsed, type DesiredState } from '../model';
 import {
-  CANARY, CANARY_COMMENT, PREFIX, chainDigest, hookKey, hookLine, render, restorePayload, type IptTable, type Live,
+  CANARY, CANARY_COMMENT, PREFIX, chainDigest, hookKey, hookKeyOf, render, restorePayload, type IptTable, type Live,
 } from './iptables-render';
 import type { Applied, Backend, SyncResult } from './types';
 
@@ -40,14 +40,18 @@ export async function detectMode(ns: NetNs): Promise<IptablesMode> {
 
 /** Parses iptables-save output into what restorePayload needs to know about the live tables. */
 export function parseLive(save: string): Live {
-  const live: Live = { chains: { nat: new Map(), filter: new Map() }, hooks: new Set() };
+  const live: Live = { chains: { nat: new Map(), filter: new Map() }, hooks: new Map() };
   let table: IptTable | undefined;
   for (const line of save.split('\n')) {
     if (line.startsWith('*')) table = line === '*nat' ? 'nat' : line === '*filter' ? 'filter' : undefined;
     if (!table) continue;
     const decl = /^:(\S+) /.exec(line);
     if (decl && decl[1]!.startsWith(PREFIX)) live.chains[table].set(decl[1]!, undefined);
-    if (/^-A (PREROUTING|OUTPUT|POSTROUTING|INPUT|FORWARD) .*-j TSNET-/.test(line)) live.hooks.add(hookKey(table, line));
+    const hook = /^-A (PREROUTING|OUTPUT|POSTROUTING|INPUT|FORWARD) .*-j (TSNET-\S+)$/.exec(line);
+    if (hook) {
+      const key = hookKey(table, hook[1]!, hook[2]!);
+      live.hooks.set(key, [...(live.hooks.get(key) ?? []), line]);
+    }
   }
   return live;
 }
@@ -78,7 +82,7 @@ export class IptablesBackend implements Backend {
   }
 
   private async restore(family: Family, payload: string): Promise<void> {
-    if (payload) await mustExec(this.ns, 'applying NAT rules', bin(this.mode, family, '-restore'), ['-w', '5', '--noflush'], payload);
+    if (payload) await mustExec(this.ns, 'applying NAT rules', bin(this.mode, family, '-restore'), ['-w', '5', '--noflush'], payload, APPLY_TIMEOUT_MS);
   }
 
   async sync(st: DesiredState, applied: Applied | undefined, force: boolean): Promise<SyncResult> {
@@ -94,7 +98,7 @@ export class IptablesBackend implements Backend {
       }
       let live: Live;
       if (prev && !force && (await this.canaryPresent(family))) {
-        live = { chains: { nat: new Map(Object.entries(prev.nat ?? {})), filter: new Map(Object.entries(prev.filter ?? {})) }, hooks: new Set(rs.hooks.map((h) => hookKey(h.table, hookLine(h)))) };
+        live = { chains: { nat: new Map(Object.entries(prev.nat ?? {})), filter: new Map(Object.entries(prev.filter ?? {})) }, hooks: new Map(rs.hooks.map((h) => [hookKeyOf(h), []])) };
       } else {
         result.full = true;
         live = await this.readLive(family);
@@ -115,8 +119,7 @@ export class IptablesBackend implements Backend {
     if (!live) return;
     const out: string[] = [];
     for (const table of ['nat', 'filter'] as const) {
-      const mine = `${table}:`;
-      const hooks = [...live.hooks].filter((h) => h.startsWith(mine)).map((h) => h.slice(mine.length));
+      const hooks = [...live.hooks].filter(([k]) => k.startsWith(`${table}:`)).flatMap(([, lines]) => lines);
       const chains = [...live.chains[table].keys()];
       if (!hooks.length && !chains.length) continue;
       out.push(`*${table}`, ...chains.map((c) => `:${c} - [0:0]`), ...hooks.map((h) => h.replace(/^-A/, '-D')), ...chains.map((c) => `-X ${c}`), 'COMMIT');

@@ -14,7 +14,7 @@
  */
 import { createHash } from 'node:crypto';
 import type { Family } from '../../addr/cidr';
-import { familyOf, ruleFamily, type DesiredState, type NatRule, type Proto, type Service } from '../model';
+import { familyOf, ruleFamily, servesLoopback, type DesiredState, type Forward, type NatRule, type Proto, type Service } from '../model';
 import { endpointHash, portProtoHash } from '../names';
 import { CANARY_COMMENT, MASQ_MARK } from './iptables-render';
 
@@ -29,6 +29,8 @@ export interface NftRule {
   saddr?: string;
   saddrNot?: boolean;
   daddr?: string;
+  /** `fib daddr type local`: any address of this host. */
+  daddrLocal?: boolean;
   proto?: Proto;
   dport?: number;
   oif?: string;
@@ -38,6 +40,8 @@ export interface NftRule {
   saddrInSet?: string;
   /** `meta mark & M == 0`. */
   markUnset?: number;
+  /** Conntrack: a DNATed connection whose original destination port / reply source is this (needs `proto`). */
+  ct?: { dnat?: boolean; origDstPort?: number; replSrc?: string; replSrcPort?: number; notEstablishedOrDnat?: boolean };
   action:
     | { kind: 'jump' | 'goto'; chain: string }
     | { kind: 'lookup'; map: string }
@@ -47,7 +51,7 @@ export interface NftRule {
     | { kind: 'masquerade' }
     | { kind: 'mark'; op: '|' | '^'; mark: number }
     | { kind: 'affinity-update'; set: string }
-    | { kind: 'return' | 'reject' | 'counter' };
+    | { kind: 'return' | 'reject' | 'counter' | 'accept' | 'drop' };
   comment?: string;
 }
 
@@ -124,6 +128,25 @@ function natRule(r: NatRule): { chain: 'dnat-rules' | 'snat-rules'; rule: NftRul
   }
 }
 
+/** A forward's rules, as in the iptables backend: DNAT in, source NAT of its own flows out, an accept in forward. */
+function forwardRules(f: Forward): { dnat: NftRule; snat: NftRule[]; accept: NftRule } {
+  const comment = `tsnet forward ${f.name}`;
+  const dnat: NftRule = { ...(f.listen ? { daddr: f.listen } : { daddrLocal: true }), proto: f.proto, dport: f.listenPort, action: { kind: 'dnat', to: hostPort(f.targetIp, f.targetPort) }, comment };
+  const mine = { dnat: true, origDstPort: f.listenPort };
+  const snat: NftRule[] = [];
+  const toTarget = { daddr: f.targetIp, proto: f.proto, dport: f.targetPort, ct: mine, comment };
+  if (f.snat === 'auto' || f.snat === 'masquerade') snat.push({ ...toTarget, action: { kind: 'masquerade' } });
+  else if (f.snat !== 'none') snat.push({ ...toTarget, action: { kind: 'snat', to: f.snat } });
+  if (f.snat === 'none' && servesLoopback(f)) snat.push({ saddr: '127.0.0.0/8', proto: f.proto, ct: mine, action: { kind: 'masquerade' }, comment });
+  const accept: NftRule = { proto: f.proto, ct: { ...mine, replSrc: f.targetIp, replSrcPort: f.targetPort }, action: { kind: 'accept' }, comment };
+  return { dnat, snat, accept };
+}
+
+const LOCALNET_GUARD: NftRule = {
+  daddr: '127.0.0.0/8', saddr: '127.0.0.0/8', saddrNot: true, ct: { notEstablishedOrDnat: true },
+  action: { kind: 'drop' }, comment: 'tsnet: block incoming localnet connections (CVE-2020-8558)',
+};
+
 /** The whole desired table of one family. */
 export function render(st: DesiredState, family: Family): NftRuleset {
   const services = st.services.filter((s) => familyOf(s.vip) === family);
@@ -143,6 +166,12 @@ export function render(st: DesiredState, family: Family): NftRuleset {
   const chain = (name: string, rs: NftRule[], base?: BaseHook): NftObject => ({ kind: 'chain', name, rules: rs, ...(base ? { base } : {}) });
   const jump = (c: string): NftRule => ({ action: { kind: 'jump', chain: c } });
   const split = (which: 'dnat-rules' | 'snat-rules') => rules.map(natRule).filter((x) => x.chain === which).map((x) => x.rule);
+  const forwards = st.forwards.filter((f) => familyOf(f.targetIp) === family).map(forwardRules);
+  const filterFirst: Record<'input' | 'forward' | 'output', NftRule[]> = {
+    input: family === 4 && st.forwards.some((f) => familyOf(f.targetIp) === 4 && servesLoopback(f)) ? [LOCALNET_GUARD] : [],
+    forward: forwards.map((f) => f.accept),
+    output: [],
+  };
   const objects: NftObject[] = [
     { kind: 'map', name: SERVICE_IPS, elements: serviceIps },
     { kind: 'map', name: NO_ENDPOINTS, elements: noEndpoints },
@@ -156,13 +185,13 @@ export function render(st: DesiredState, family: Family): NftRuleset {
       { action: { kind: 'mark', op: '^', mark: MASQ_MARK } },
       { action: { kind: 'masquerade' }, comment: 'tsnet service traffic requiring SNAT' },
     ]),
-    chain('dnat-rules', split('dnat-rules')),
-    chain('snat-rules', split('snat-rules')),
+    chain('dnat-rules', [...split('dnat-rules'), ...forwards.map((f) => f.dnat)]),
+    chain('snat-rules', [...split('snat-rules'), ...forwards.flatMap((f) => f.snat)]),
     chain('nat-prerouting', [jump('services'), jump('dnat-rules')], { type: 'nat', hook: 'prerouting', priority: -100 }),
     chain('nat-output', [jump('services'), jump('dnat-rules')], { type: 'nat', hook: 'output', priority: -100 }),
     chain('nat-postrouting', [jump('masquerading'), jump('snat-rules')], { type: 'nat', hook: 'postrouting', priority: 100 }),
     ...(['input', 'forward', 'output'] as const).map((hook) =>
-      chain(`filter-${hook}`, [{ ctNew: true, action: { kind: 'jump', chain: 'filter-services' } }], { type: 'filter', hook, priority: -10 })),
+      chain(`filter-${hook}`, [...filterFirst[hook], { ctNew: true, action: { kind: 'jump', chain: 'filter-services' } }], { type: 'filter', hook, priority: -10 })),
     ...perService,
   ];
   return { family, objects };
@@ -179,10 +208,16 @@ export function formatRule(r: NftRule, family: Family): string {
   if (r.saddr !== undefined) p.push(`${ip} saddr`, r.saddrNot ? '!=' : '', r.saddr);
   if (r.saddrInSet !== undefined) p.push(`${ip} saddr @${r.saddrInSet}`);
   if (r.daddr !== undefined) p.push(`${ip} daddr`, r.daddr);
+  if (r.daddrLocal) p.push('fib daddr type local');
   if (r.oif !== undefined) p.push('oifname', r.oifNot ? '!=' : '', quote(r.oif));
   if (r.proto !== undefined) p.push(`meta l4proto ${r.proto}`);
   if (r.dport !== undefined) p.push(`th dport ${r.dport}`);
   if (r.markUnset !== undefined) p.push(`meta mark & ${hex(r.markUnset)} == 0`);
+  if (r.ct?.notEstablishedOrDnat) p.push('ct state & (established | related) == 0 ct status & dnat == 0');
+  if (r.ct?.dnat) p.push('ct status & dnat == dnat');
+  if (r.ct?.origDstPort !== undefined) p.push(`ct original proto-dst ${r.ct.origDstPort}`);
+  if (r.ct?.replSrc !== undefined) p.push(`ct reply ${ip} saddr ${r.ct.replSrc}`);
+  if (r.ct?.replSrcPort !== undefined) p.push(`ct reply proto-src ${r.ct.replSrcPort}`);
   const a = r.action;
   switch (a.kind) {
     case 'jump': case 'goto': p.push(a.kind, a.chain); break;

@@ -5,7 +5,7 @@
  */
 import type { Family } from '../../addr/cidr';
 import type { NetNs } from '../../netns';
-import { execIn, mustExec } from '../exec';
+import { APPLY_TIMEOUT_MS, execIn, mustExec } from '../exec';
 import { familiesUsed, type DesiredState } from '../model';
 import { CANARY_COMMENT } from './iptables-render';
 import { CANARY, TABLE, digests, render, script } from './nft-render';
@@ -28,7 +28,7 @@ export class NftBackend implements Backend {
   }
 
   private async apply(text: string): Promise<void> {
-    await mustExec(this.ns, 'applying NAT rules', 'nft', ['-f', '-'], text);
+    await mustExec(this.ns, 'applying NAT rules', 'nft', ['-f', '-'], text, APPLY_TIMEOUT_MS);
   }
 
   async sync(st: DesiredState, applied: Applied | undefined, force: boolean): Promise<SyncResult> {

@@ -1,0 +1,63 @@
+/** CLI for `tsnet forward`: parsing and printing only; src/forward does the work. */
+import { Command } from 'commander';
+import * as forward from '../forward';
+import type { NatEngine } from '../nat/engine';
+import { neededSysctls } from '../nat/engine';
+import { print, table } from './output';
+
+export interface ForwardContext {
+  engine(): NatEngine;
+  json(): boolean;
+}
+
+export function registerForward(program: Command, ctx: ForwardContext): void {
+  const fwd = program.command('forward').description('named, reversible port forwards: connections to this host\'s LISTEN_PORT go to TARGET:TARGET_PORT');
+
+  fwd.command('add <target> <listen-port> <target-port>', { isDefault: true })
+    .description('forward LISTEN_PORT to TARGET:TARGET_PORT (tsnet forward mysql 3308 3309); the same again: no-op')
+    .option('--name <name>', 'the forward\'s name (default: TARGET)')
+    .option('--listen <ip>', 'only connections to this local address (default: any local address, 127.0.0.1 included)')
+    .option('--proto <proto>', 'tcp or udp', 'tcp')
+    .option('--snat <mode>', 'return path: auto (masquerade this forward\'s flows), masquerade, none, or a source IP', 'auto')
+    .option('--no-check', 'do not check that TARGET:TARGET_PORT accepts a TCP connection first')
+    .option('--cut-over', 'also move existing connections still going to an earlier target (delete their conntrack entries)')
+    .option('--dry-run', 'print the rules and sysctls that would be applied, change nothing')
+    .action(async (target: string, listenPort: string, targetPort: string, o: { name?: string; listen?: string; proto: string; snat: string; check: boolean; cutOver?: boolean; dryRun?: boolean }) => {
+      const engine = ctx.engine();
+      const req: forward.ForwardRequest = { target, listenPort, targetPort, proto: o.proto, snat: o.snat, check: o.check, cutOver: o.cutOver === true, ...(o.name ? { name: o.name } : {}), ...(o.listen ? { listen: o.listen } : {}) };
+      if (o.dryRun) {
+        const f = await forward.plan(engine.ns, req);
+        const st = engine.read();
+        st.forwards = [...st.forwards.filter((x) => x.name !== f.name), f];
+        const sysctls = [...(await neededSysctls(engine.ns, st))].map(([k, v]) => `# sysctl -w ${k.replace(/\//g, '.')}=${v}`);
+        process.stdout.write(`${sysctls.join('\n')}${sysctls.length ? '\n' : ''}${await engine.rules(st)}`);
+        return;
+      }
+      const r = await forward.add(engine, req);
+      const f = r.forward;
+      const where = f.listen ? `${f.listen}:${f.listenPort}` : `port ${f.listenPort}`;
+      const cut = o.cutOver ? ` (${r.cutOver} existing connections cut over)` : '';
+      const line = r.changed ? `forward ${f.name}: ${f.proto} ${where} -> ${f.targetIp}:${f.targetPort}${cut}` : `forward ${f.name}: already in place${cut}`;
+      print(r, ctx.json(), () => line);
+    });
+
+  fwd.command('ls').alias('list').description('forwards as stored').option('--json', 'print as JSON').action((o: { json?: boolean }) => {
+    const rows = forward.list(ctx.engine());
+    print(rows, ctx.json() || o.json === true, () => table(rows.map((f) => ({
+      name: f.name, proto: f.proto, listen: `${f.listen ?? '*'}:${f.listenPort}`,
+      target: f.target === f.targetIp ? `${f.targetIp}:${f.targetPort}` : `${f.target} (${f.targetIp}):${f.targetPort}`, snat: f.snat,
+    })), ['name', 'proto', 'listen', 'target', 'snat']));
+  });
+
+  fwd.command('rm <name>').alias('del').description('remove a forward: its rules and the sysctl changes made for it (missing: no-op)')
+    .option('--cut', 'also cut its existing connections (delete their conntrack entries)')
+    .action(async (name: string, o: { cut?: boolean }) => {
+      await forward.remove(ctx.engine(), name, { cut: o.cut === true });
+    });
+
+  fwd.command('restore').description('re-apply every stored forward (after a reboot or a flush); same as `tsnet sync`')
+    .action(async () => {
+      const r = await ctx.engine().sync();
+      print(r, ctx.json(), () => `restored with ${r.backend}: ${r.full ? 'full' : 'partial'} sync, ${r.ms.toFixed(1)} ms`);
+    });
+}

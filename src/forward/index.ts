@@ -1,0 +1,122 @@
+/**
+ * `tsnet forward`: a named, reversible port forward (the live-migration job of
+ * `iptables -t nat -A PREROUTING ... -j DNAT` + a POSTROUTING SNAT, done right).
+ * A forward is one more element of the NAT engine's desired state, so it is
+ * rendered by the same backends, persisted in the same state file, and
+ * restored by the same sync.
+ */
+import * as dns from 'node:dns/promises';
+import * as net from 'node:net';
+import * as path from 'node:path';
+import { TsnetError, invalid } from '../errors';
+import * as addr from '../addr';
+import * as conntrack from '../conntrack';
+import type { NetNs } from '../netns';
+import type { NatEngine, SyncReport } from '../nat/engine';
+import { normalizeForward, parsePort, parseProto, validateName, type Forward, type Proto, type SnatMode } from '../nat/model';
+
+export interface ForwardRequest {
+  target: string;
+  listenPort: number | string;
+  targetPort: number | string;
+  /** Default: the target as given. */
+  name?: string;
+  listen?: string;
+  proto?: Proto | string;
+  snat?: SnatMode;
+  /** Check that TARGET:TARGET_PORT accepts a TCP connection first (default true). */
+  check?: boolean;
+  /** Move existing connections too: delete the conntrack entries of this forward's connections that still go to an earlier target. */
+  cutOver?: boolean;
+}
+
+export interface ForwardResult {
+  forward: Forward;
+  /** false when the same forward was already in place (nothing applied). */
+  changed: boolean;
+  report?: SyncReport;
+  /** Conntrack entries removed by --cut-over. */
+  cutOver: number;
+}
+
+/** TARGET through the system resolver (/etc/hosts included), as the clients would have. */
+export async function resolveTarget(target: string): Promise<string> {
+  if (net.isIP(target)) return target;
+  if (!/^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$/.test(target)) throw invalid(`invalid target ${JSON.stringify(target)}: a host name or an IP address`);
+  try {
+    return (await dns.lookup(target, { family: 0, verbatim: true })).address;
+  } catch (err) {
+    throw new TsnetError(`cannot resolve target ${target}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, { code: 'ENOENT' });
+  }
+}
+
+/** Whether ip:port accepts a TCP connection, seen from inside `ns`. */
+export function checkTcp(ns: NetNs, ip: string, port: number, timeoutMs = 3000): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const child = ns.spawn(process.execPath, [path.join(__dirname, 'probe.js'), ip, String(port), String(timeoutMs)], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let err = '';
+    child.stderr!.on('data', (d) => (err += d));
+    child.on('error', reject);
+    child.on('exit', (code) => (code === 0 ? resolve() : reject(new TsnetError(
+      `target ${ip.includes(':') ? `[${ip}]` : ip}:${port} does not accept TCP connections from ${ns.label} (${err.trim() || `exit ${code}`}): nothing changed; fix the target or pass --no-check`,
+      { code: 'ECONNREFUSED' },
+    ))));
+  });
+}
+
+/** Validates and resolves a request into the forward it would create; changes nothing. */
+export async function plan(ns: NetNs, req: ForwardRequest): Promise<Forward> {
+  const name = req.name ?? req.target;
+  validateName(name, 'forward name');
+  const listenPort = parsePort(req.listenPort, 'listen port');
+  const targetPort = parsePort(req.targetPort, 'target port');
+  const proto = parseProto(req.proto ?? 'tcp');
+  const targetIp = await resolveTarget(req.target);
+  const f = normalizeForward({ name, target: req.target, targetIp, listenPort, targetPort, proto, snat: req.snat ?? 'auto', ...(req.listen !== undefined ? { listen: req.listen } : {}) });
+  if (f.listen) {
+    const mine = (await addr.list(ns)).map((a) => a.address);
+    if (!mine.includes(f.listen)) throw invalid(`--listen ${f.listen} is not an address of ${ns.label} (it has ${mine.join(', ') || 'none'})`);
+  }
+  return f;
+}
+
+/** `tsnet forward TARGET LISTEN_PORT TARGET_PORT`: adds (or retargets) the forward; the same request twice changes nothing. */
+export async function add(engine: NatEngine, req: ForwardRequest): Promise<ForwardResult> {
+  const f = await plan(engine.ns, req);
+  const old = engine.read().forwards.find((x) => x.name === f.name);
+  let report: SyncReport | undefined;
+  if (!old || JSON.stringify(old) !== JSON.stringify(f)) {
+    if (req.check !== false && f.proto === 'tcp') await checkTcp(engine.ns, f.targetIp, f.targetPort);
+    report = await engine.update((st) => {
+      st.forwards = [...st.forwards.filter((x) => x.name !== f.name), f];
+    });
+  }
+  const cut = req.cutOver ? await cutConnections(engine.ns, f, { stale: true }) : 0;
+  return { forward: f, changed: report !== undefined, ...(report ? { report } : {}), cutOver: cut };
+}
+
+/**
+ * Deletes the conntrack entries of the connections `f` carries (translated
+ * connections to its listen port), so their next packet is NATed afresh; with
+ * `stale`, only those still going somewhere other than its current target.
+ */
+export async function cutConnections(ns: NetNs, f: Forward, opts: { stale?: boolean } = {}): Promise<number> {
+  const family = f.targetIp.includes(':') ? 6 : 4;
+  return conntrack.deleteFlows(ns, family, (c) => c.proto === conntrack.IPPROTO[f.proto]
+    && c.orig.dport === f.listenPort && (f.listen === undefined || c.orig.dst === f.listen)
+    && c.reply.src !== c.orig.dst // translated: ours, not a local service's
+    && (!opts.stale || c.reply.src !== f.targetIp || c.reply.sport !== f.targetPort));
+}
+
+/** `tsnet forward rm NAME`: removes its rules and the sysctl changes made for it; missing: no-op (returns false). */
+export async function remove(engine: NatEngine, name: string, opts: { cut?: boolean } = {}): Promise<boolean> {
+  const old = engine.read().forwards.find((x) => x.name === name);
+  if (!old) return false;
+  await engine.update((st) => {
+    st.forwards = st.forwards.filter((x) => x.name !== name);
+  });
+  if (opts.cut) await cutConnections(engine.ns, old);
+  return true;
+}
+
+export const list = (engine: NatEngine): Forward[] => engine.read().forwards;
