@@ -134,3 +134,23 @@ test('removed UDP endpoints: what conntrack cleanup targets (TCP is left to fini
   t.deepEqual(removedUdpEndpoints(a, b), [{ vip: '10.96.0.53', port: 53, ip: '10.0.0.2', epPort: 53 }]);
   t.is(removedUdpEndpoints(a, { services: [], rules: [], forwards: [] }).length, 2, 'deleting the service clears all its flows');
 });
+
+test('forward rendering: DNAT to local addresses, SNAT of its own flows only (no fixed port), FORWARD accept, localnet guard', (t) => {
+  const st = normalizeState({ services: [], rules: [], forwards: [{ name: 'mysql', target: 'mysql', targetIp: '10.200.0.9', listenPort: 3308, targetPort: 3309, proto: 'tcp', snat: 'auto' }] });
+  const ipt = restorePayload(render(st, 4), undefined).payload;
+  t.true(ipt.includes('-A TSNET-DNAT -m comment --comment "tsnet forward mysql" -m addrtype --dst-type LOCAL -p tcp -m tcp --dport 3308 -j DNAT --to-destination 10.200.0.9:3309'));
+  t.true(ipt.includes('-A TSNET-SNAT -m comment --comment "tsnet forward mysql" -d 10.200.0.9/32 -p tcp -m tcp --dport 3309 -m conntrack --ctstate DNAT --ctorigdstport 3308 -j MASQUERADE --random-fully'));
+  t.false(/--to-source \S+:\d+/.test(ipt), 'never a fixed source port');
+  t.true(ipt.includes('-A TSNET-FORWARD -m comment --comment "tsnet forward mysql" -p tcp -m conntrack --ctstate DNAT --ctorigdstport 3308 --ctreplsrc 10.200.0.9 --ctreplsrcport 3309 -j ACCEPT'));
+  t.true(ipt.includes('-A TSNET-FIREWALL -m comment --comment "tsnet: block incoming localnet connections (CVE-2020-8558)" ! -s 127.0.0.0/8 -d 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP'));
+  const { text } = nft.script(nft.render(st, 4));
+  t.true(text.includes('add rule ip tsnet dnat-rules fib daddr type local meta l4proto tcp th dport 3308 dnat to 10.200.0.9:3309 comment "tsnet forward mysql"'));
+  t.true(text.includes('add rule ip tsnet snat-rules ip daddr 10.200.0.9 meta l4proto tcp th dport 3309 ct status & dnat == dnat ct original proto-dst 3308 masquerade fully-random comment "tsnet forward mysql"'));
+  // --listen on a non-loopback address: no route_localnet, so no guard.
+  const scoped = normalizeState({ services: [], rules: [], forwards: [{ ...st.forwards[0]!, listen: '192.0.2.1', snat: '192.0.2.1' }] });
+  const p2 = restorePayload(render(scoped, 4), undefined).payload;
+  t.true(p2.includes('-d 192.0.2.1/32 -p tcp -m tcp --dport 3308 -j DNAT'));
+  t.true(p2.includes('-j SNAT --to-source 192.0.2.1 --random-fully'));
+  t.false(p2.includes('CVE-2020-8558'));
+  t.throws(() => normalizeState({ services: [], rules: [], forwards: [st.forwards[0]!, { ...st.forwards[0]!, name: 'other' }] }), { message: /both listen on tcp port 3308/ });
+});
