@@ -127,6 +127,8 @@ echo "tsnet is: node $REPO/dist/src/cli/main.js --backend $BACKEND --state-dir $
 
 step "0. Topology: namespaces old-db, new-db, node, app, built with the tsnet CLI"
 for ns in old-db new-db node app; do show tsnet netns add "$ns"; done
+# attach brings lo up in the namespaces it attaches; node's own lo is needed for its 127.0.0.1 clients.
+show tsnet --netns node link set lo --up
 show tsnet --netns node bridge add br-db --address 10.77.0.1/24
 show tsnet --netns node bridge add br-app --address 10.78.0.1/24
 show tsnet --netns node attach old-db --bridge br-db --address 10.77.0.2/24
@@ -194,12 +196,18 @@ echo "$ok of 20 concurrent connections succeeded"
 echo
 echo "A long-lived connection of the app (a worker holding one session open):"
 mkfifo "$T/worker.in"
-# --reconnect --force: like most drivers' pools, reconnect on the next query when the connection is lost.
+# --force: keep reading queries after an error, as a long-running service would.
 ip netns exec app mariadb --no-defaults --protocol=tcp -h 10.78.0.1 -P 3308 -u app --password="$PW" \
-  --reconnect --force --unbuffered --batch --skip-column-names shop <"$T/worker.in" >"$T/worker.out" 2>&1 &
+  --force --unbuffered --batch --skip-column-names shop <"$T/worker.in" >"$T/worker.out" 2>&1 &
 pids+=($!)
 exec 7>"$T/worker.in"
-worker() { # TAG: one query on the worker's session; prints what it answered
+worker() { # TAG [reconnect]: one query on the worker's session (after a reconnect); prints what it answered
+  if [[ ${2:-} == reconnect ]]; then
+    # What a driver's pool does after "Lost connection": open a new connection
+    # (the mariadb client's own --reconnect is off in batch mode).
+    echo 'connect' >&7
+    echo "worker> connect"
+  fi
   echo "SELECT '$1', @@port, @@server_id;" >&7
   local i
   for ((i = 0; i < 40; i++)); do
@@ -240,7 +248,7 @@ echo "  old-db: $(db_sql old "SELECT COUNT(*) FROM orders WHERE item='cherries'"
 echo
 echo "The worker's connection, opened to old-db before the cut-over, was cut (--cut-over); it reconnects to new-db:"
 worker after-cut-over
-worker after-reconnect
+worker after-reconnect reconnect
 
 echo
 echo "A client on the node itself, through 127.0.0.1 (nat OUTPUT + route_localnet, guarded):"
@@ -265,7 +273,7 @@ port=$(ip netns exec app mariadb --no-defaults --protocol=tcp -h 10.78.0.1 -P 33
 [[ $port == 3308 ]] || die "after the rollback the app reached port $port, not old-db's 3308"
 echo "(writes made on new-db in between, the 'cherries' row, are not on old-db: a real rollback must reconcile them)"
 worker after-rollback
-worker after-rollback-reconnect
+worker after-rollback-reconnect reconnect
 
 step "6. Remove the forward: its rules and sysctl changes go, nothing else"
 exec 7>&- # the worker's session ends

@@ -118,9 +118,13 @@ test.serial('a namespace referenced by pid (as Docker names containers) gets a w
     const p = pairs.find((x) => x.name === 'to-pid')!;
     t.is(p.peer.name, 'eth0');
     t.is(p.peer.netns.pid, sleeper.pid, 'an unnamed namespace is shown by a pid inside it');
+    t.regex(ip(node, 'link', 'show'), /to-pid/);
     c.close();
   } finally {
     sleeper.kill();
   }
-  t.regex(ip(node, 'link', 'show'), /to-pid/);
+  // When the last process leaves, the kernel tears the namespace down (asynchronously) and the pair with it.
+  const deadline = Date.now() + 10_000;
+  while (/to-pid/.test(ip(node, 'link', 'show')) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+  t.notRegex(ip(node, 'link', 'show'), /to-pid/);
 });
