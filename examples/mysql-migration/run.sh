@@ -198,7 +198,7 @@ echo "A long-lived connection of the app (a worker holding one session open):"
 mkfifo "$T/worker.in"
 # --force: keep reading queries after an error, as a long-running service would.
 ip netns exec app mariadb --no-defaults --protocol=tcp -h 10.78.0.1 -P 3308 -u app --password="$PW" \
-  --force --unbuffered --batch --skip-column-names shop <"$T/worker.in" >"$T/worker.out" 2>&1 &
+  --force --unbuffered --batch --skip-column-names shop <"$T/worker.in" >>"$T/worker.out" 2>&1 &
 pids+=($!)
 exec 7>"$T/worker.in"
 worker() { # TAG [reconnect]: one query on the worker's session (after a reconnect); prints what it answered
@@ -288,8 +288,9 @@ echo "$n_nft"
 echo "\$ ip netns exec node sysctl net.ipv4.ip_forward net.ipv4.conf.br-db.route_localnet"
 ip netns exec node sysctl net.ipv4.ip_forward net.ipv4.conf.br-db.route_localnet
 [[ $n_ipt == 0 && $n_nft == 0 ]] || die "tsnet rules are left after forward rm"
-echo "The app's old address no longer answers:"
-if ip netns exec app mariadb --no-defaults --protocol=tcp --connect-timeout=2 -h 10.78.0.1 -P 3308 \
-  -u app --password="$PW" -N -B shop -e 'SELECT @@port' 2>&1 | sed 's/^/  /'; then :; fi
+echo "The app's old address no longer answers (nothing listens on the node's port 3308 itself):"
+echo "\$ ip netns exec app bash -c 'exec 3<>/dev/tcp/10.78.0.1/3308'"
+if ip netns exec app bash -c 'exec 3<>/dev/tcp/10.78.0.1/3308' 2>&1 | sed 's/^/  /'; then :; fi
+ip netns exec app bash -c 'exec 3<>/dev/tcp/10.78.0.1/3308' 2>/dev/null && die "something still answers on 10.78.0.1:3308"
 
 step "Done: every step worked (backend $BACKEND)"

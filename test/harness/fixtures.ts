@@ -77,3 +77,24 @@ export const CLI = path.join(__dirname, '..', '..', 'src', 'cli', 'main.js');
 export function tsnet(...args: string[]): Run {
   return run(process.execPath, [CLI, ...args]);
 }
+
+/**
+ * The NAT-engine view of one namespace for a test suite: the CLI bound to it
+ * (with a backend and a state dir), a must-succeed variant, commands run
+ * inside it, and its netfilter rules as comparable text (both iptables-save's
+ * and nft's views, counters and timeouts removed). `nsName` is read lazily:
+ * suites create their namespaces in test.before.
+ */
+export function natView(nsName: () => string, backend: string, stateDir: string) {
+  const cli = (...args: string[]): Run => tsnet('--netns', nsName(), '--backend', backend, '--state-dir', stateDir, ...args);
+  const ok = (...args: string[]): Run => {
+    const r = cli(...args);
+    if (r.status !== 0) throw new Error(`tsnet ${args.join(' ')} failed: ${r.stderr.trim()}`);
+    return r;
+  };
+  const inNs = (cmd: string, ...args: string[]): Run => run('ip', ['netns', 'exec', nsName(), cmd, ...args]);
+  const rules = (): string => (inNs('iptables-save').stdout + inNs('nft', 'list', 'ruleset').stdout)
+    .split('\n').filter((l) => !l.startsWith('#')).join('\n')
+    .replace(/(counter packets|packets) \d+ bytes \d+|\[\d+:\d+\]| expires \S+/g, '');
+  return { cli, ok, inNs, rules };
+}

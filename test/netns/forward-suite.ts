@@ -19,7 +19,7 @@ import { attach } from '../../src/attach';
 import { native } from '../../src/native';
 import type { NetNs } from '../../src/netns';
 import { serve, request, type Server } from '../../src/demo/traffic';
-import { Topology, run, tsnet, type Run } from '../harness/fixtures';
+import { Topology, natView } from '../harness/fixtures';
 
 export function forwardSuite(backend: 'iptables' | 'nft'): void {
   const topo = new Topology(`fw${backend === 'nft' ? 'n' : 'i'}`);
@@ -28,16 +28,7 @@ export function forwardSuite(backend: 'iptables' | 'nft'): void {
   let fwd: NetNs, clients: NetNs, db: NetNs, db2: NetNs;
   const servers: Server[] = [];
 
-  const cli = (...args: string[]): Run => tsnet('--netns', fwd.name!, '--backend', backend, '--state-dir', stateDir, ...args);
-  const ok = (...args: string[]): Run => {
-    const r = cli(...args);
-    if (r.status !== 0) throw new Error(`tsnet ${args.join(' ')} failed: ${r.stderr.trim()}`);
-    return r;
-  };
-  const inFwd = (cmd: string, ...args: string[]) => run('ip', ['netns', 'exec', fwd.name!, cmd, ...args]);
-  const rules = () => (inFwd('iptables-save').stdout + inFwd('nft', 'list', 'ruleset').stdout)
-    .split('\n').filter((l) => !l.startsWith('#')).join('\n')
-    .replace(/(counter packets|packets) \d+ bytes \d+|\[\d+:\d+\]| expires \S+/g, '');
+  const { cli, ok, inNs: inFwd, rules } = natView(() => fwd.name!, backend, stateDir);
   const sysctl = (key: string) => inFwd('cat', `/proc/sys/${key.replace(/\./g, '/')}`).stdout.trim();
 
   test.before(async () => {

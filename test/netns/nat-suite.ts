@@ -19,7 +19,7 @@ import * as sysctl from '../../src/sysctl';
 import { attach } from '../../src/attach';
 import type { NetNs } from '../../src/netns';
 import { serve, request, type Server } from '../../src/demo/traffic';
-import { Topology, run, tsnet, type Run } from '../harness/fixtures';
+import { Topology, natView, run } from '../harness/fixtures';
 
 export function natSuite(backend: 'iptables' | 'nft'): void {
   const topo = new Topology(`nat${backend === 'nft' ? 'n' : 'i'}`);
@@ -29,17 +29,7 @@ export function natSuite(backend: 'iptables' | 'nft'): void {
   const backends: NetNs[] = [];
   const servers: Server[] = [];
 
-  const cli = (...args: string[]): Run => tsnet('--netns', router.name!, '--backend', backend, '--state-dir', stateDir, ...args);
-  const ok = (...args: string[]): Run => {
-    const r = cli(...args);
-    if (r.status !== 0) throw new Error(`tsnet ${args.join(' ')} failed: ${r.stderr.trim()}`);
-    return r;
-  };
-  const inRouter = (cmd: string, ...args: string[]) => run('ip', ['netns', 'exec', router.name!, cmd, ...args]);
-  /** The router's rules as text, both tools' views. */
-  const observe = () => (inRouter('iptables-save').stdout + inRouter('nft', 'list', 'ruleset').stdout)
-    .split('\n').filter((l) => !l.startsWith('#')).join('\n')
-    .replace(/(counter packets|packets) \d+ bytes \d+|\[\d+:\d+\]| expires \S+/g, '');
+  const { cli, ok, inNs: inRouter, rules: observe } = natView(() => router.name!, backend, stateDir);
   /** Everything in the router's tables that is not tsnet's, with packet counters removed. */
   const foreign = () => [
     inRouter('iptables-save').stdout.split('\n').filter((l) => !l.startsWith('#') && !l.includes('TSNET')).map((l) => l.replace(/\[\d+:\d+\]/, '')).join('\n'),
