@@ -3,6 +3,7 @@ import { Command } from 'commander';
 import * as forward from '../forward';
 import type { NatEngine } from '../nat/engine';
 import { neededSysctls } from '../nat/engine';
+import * as sysctl from '../sysctl';
 import { print, table } from './output';
 
 export interface ForwardContext {
@@ -29,14 +30,17 @@ export function registerForward(program: Command, ctx: ForwardContext): void {
         const f = await forward.plan(engine.ns, req);
         const st = engine.read();
         st.forwards = [...st.forwards.filter((x) => x.name !== f.name), f];
-        const sysctls = [...(await neededSysctls(engine.ns, st))].map(([k, v]) => `# sysctl -w ${k.replace(/\//g, '.')}=${v}`);
+        const sysctls = [...(await neededSysctls(engine.ns, st))]
+          .filter(([k, v]) => sysctl.get(engine.ns, k.split('/')) !== v) // only what would change
+          .map(([k, v]) => `# sysctl -w ${k.replace(/\//g, '.')}=${v}`);
         process.stdout.write(`${sysctls.join('\n')}${sysctls.length ? '\n' : ''}${await engine.rules(st)}`);
         return;
       }
       const r = await forward.add(engine, req);
       const f = r.forward;
       const where = f.listen ? `${f.listen}:${f.listenPort}` : `port ${f.listenPort}`;
-      const cut = o.cutOver ? ` (${r.cutOver} existing connections cut over)` : '';
+      // Entries, not live connections: closed ones still in TIME_WAIT are counted too.
+      const cut = o.cutOver ? ` (${r.cutOver} conntrack entries of earlier targets cleared)` : '';
       const line = r.changed ? `forward ${f.name}: ${f.proto} ${where} -> ${f.targetIp}:${f.targetPort}${cut}` : `forward ${f.name}: already in place${cut}`;
       print(r, ctx.json(), () => line);
     });
