@@ -9,7 +9,7 @@ import type { NetNs } from '../netns';
 import { decodeAttrs, encodeAttr, encodeAttrs, type AttrObject } from '../netlink/attrs';
 import { CTA, CTA_TUPLE, CTA_TUPLE_ORIG, CTA_ZONE, IPCTNL_MSG, ctMsg, nfgenmsg } from '../netlink/ctnetlink';
 import { AF_INET, AF_INET6 } from '../netlink/rtnl';
-import { NETLINK_NETFILTER } from '../netlink/socket';
+import { NETLINK_NETFILTER, type NetlinkSocket } from '../netlink/socket';
 
 export interface Tuple {
   src: string;
@@ -43,6 +43,14 @@ function tuple(t: AttrObject | undefined, family: 4 | 6): Tuple | undefined {
 export async function list(ns: NetNs, family: 4 | 6): Promise<Flow[]> {
   const sock = ns.openNetlink(NETLINK_NETFILTER);
   try {
+    return await dump(ns, sock, family);
+  } finally {
+    sock.close();
+  }
+}
+
+async function dump(ns: NetNs, sock: NetlinkSocket, family: 4 | 6): Promise<Flow[]> {
+  try {
     const msgs = await sock.dump(ctMsg(IPCTNL_MSG.GET), nfgenmsg(family === 4 ? AF_INET : AF_INET6));
     const flows: Flow[] = [];
     for (const m of msgs) {
@@ -56,18 +64,15 @@ export async function list(ns: NetNs, family: 4 | 6): Promise<Flow[]> {
     return flows;
   } catch (err) {
     throw contextualize(`listing conntrack entries in ${ns.label}`, err);
-  } finally {
-    sock.close();
   }
 }
 
 /** Deletes every flow of `family` that `match` selects (`conntrack -D ...`); returns how many went. */
 export async function deleteFlows(ns: NetNs, family: 4 | 6, match: (f: Flow) => boolean): Promise<number> {
-  const victims = (await list(ns, family)).filter(match);
-  if (!victims.length) return 0;
   const sock = ns.openNetlink(NETLINK_NETFILTER);
   let n = 0;
   try {
+    const victims = (await dump(ns, sock, family)).filter(match);
     await Promise.all(victims.map(async (f) => {
       const parts = [nfgenmsg(family === 4 ? AF_INET : AF_INET6), encodeAttr(CTA_TUPLE_ORIG, encodeAttrs(CTA_TUPLE, f.raw.tuple), true)];
       if (f.raw.zone) parts.push(encodeAttr(CTA_ZONE, f.raw.zone));

@@ -92,6 +92,10 @@ export class NatEngine {
       const f = this.load();
       const before = structuredClone(f.desired);
       const next = normalizeState(change(f.desired) ?? f.desired);
+      // Nothing to change (the same `add` twice): no sync, no process spawned. `sync` is what repairs flushes.
+      if (!opts.force && f.applied?.clean && (this.choice === 'auto' || this.choice === f.backend) && JSON.stringify(next) === JSON.stringify(before)) {
+        return { full: false, written: 0, deleted: 0, backend: f.backend + (f.applied.mode ? `/${f.applied.mode}` : ''), ms: 0, conntrackDeleted: 0 };
+      }
       return this.apply(f, before, next, opts.force ?? false);
     });
   }

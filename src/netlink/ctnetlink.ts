@@ -3,7 +3,7 @@
  * wire format, what `conntrack -L` / `conntrack -D` speak. Values inside
  * these attributes are in network byte order.
  */
-import { binary, ipaddr, nested, u8, type Codec, type Table } from './attrs';
+import { ipaddr, nested, u8, type Codec, type Table } from './attrs';
 
 export const NFNL_SUBSYS_CTNETLINK = 1;
 export const IPCTNL_MSG = { NEW: 0, GET: 1, DELETE: 2 } as const;
@@ -48,4 +48,3 @@ export const CTA: Table = [
 
 export const CTA_TUPLE_ORIG = 1;
 export const CTA_ZONE = 18;
-export const raw = binary;

@@ -35,10 +35,8 @@ export function natSuite(backend: 'iptables' | 'nft'): void {
     inRouter('iptables-save').stdout.split('\n').filter((l) => !l.startsWith('#') && !l.includes('TSNET')).map((l) => l.replace(/\[\d+:\d+\]/, '')).join('\n'),
     inRouter('nft', 'list', 'table', 'inet', 'foreign').stdout,
   ].join('\n---\n');
-  const spread = async (from: NetNs, n: number, proto: 'http' | 'udp' | 'tcp' = 'http', port = 80) => {
-    const r = await request(from, proto, VIP, port, { count: n, concurrency: 10 });
-    return r;
-  };
+  const spread = (from: NetNs, n: number, proto: 'http' | 'udp' | 'tcp' = 'http', port = 80) =>
+    request(from, proto, VIP, port, { count: n, concurrency: 10 });
   let foreignBefore = '';
 
   test.before(async () => {
@@ -187,6 +185,16 @@ export function natSuite(backend: 'iptables' | 'nft'): void {
     t.is(JSON.parse(cli('nat', 'ls', '--json').stdout).length, 2, 'adding the same rule twice keeps one');
     const sniff = await request(client, 'http', '10.81.0.1', 8081, { count: 5 });
     t.deepEqual(sniff.replies, { b2: 5 });
+    // conntrack(8) observes the source b2 saw: the router's br0 address (masqueraded), not the client's.
+    const flows = () => inRouter('conntrack', '-L', '-p', 'tcp', '--orig-port-dst', '8081').stdout;
+    t.regex(flows(), /src=10\.81\.0\.2 dst=10\.81\.0\.1 .*dport=8081 .*src=10\.80\.0\.12 dst=10\.80\.0\.1 /, flows());
+    // SNAT to a chosen address instead (the router's other one; b2 routes it back through the router).
+    ok('nat', 'masquerade', 'del', '--source', '10.81.0.0/24', '--out-not', 'br1');
+    ok('nat', 'snat', 'add', '--source', '10.81.0.0/24', '--to', '10.81.0.1', '--out', 'br0');
+    t.deepEqual((await request(client, 'http', '10.81.0.1', 8081, { count: 5 })).replies, { b2: 5 });
+    t.regex(flows(), /src=10\.81\.0\.2 dst=10\.81\.0\.1 .*dport=8081 .*src=10\.80\.0\.12 dst=10\.81\.0\.1 /, flows());
+    ok('nat', 'snat', 'del', '--source', '10.81.0.0/24', '--to', '10.81.0.1', '--out', 'br0');
+    ok('nat', 'masquerade', 'add', '--source', '10.81.0.0/24', '--out-not', 'br1');
     ok('nat', 'dnat', 'del', '--destination', '10.81.0.1:8081', '--to', '10.80.0.12:8080');
     ok('nat', 'dnat', 'del', '--destination', '10.81.0.1:8081', '--to', '10.80.0.12:8080');
     const gone = await request(client, 'tcp', '10.81.0.1', 8081, { count: 1 });

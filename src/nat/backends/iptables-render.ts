@@ -285,7 +285,6 @@ export interface Live {
   hooks: Map<string, string[]>;
 }
 
-export const hookLine = (h: Hook): string => `-A ${h.chain} ${formatRule(h.rule)}`;
 /**
  * A hook's identity: table, built-in chain, and our chain it jumps to (OUTPUT
  * exists in both nat and filter). Matching on this rather than on the whole

@@ -5,7 +5,6 @@
  */
 import type { Family } from '../../addr/cidr';
 import type { NetNs } from '../../netns';
-import { TsnetError } from '../../errors';
 import { APPLY_TIMEOUT_MS, execIn, mustExec } from '../exec';
 import { familiesUsed, type DesiredState } from '../model';
 import {
@@ -132,6 +131,3 @@ export class IptablesBackend implements Backend {
   }
 }
 
-export function iptablesMissing(err: unknown): boolean {
-  return err instanceof TsnetError && err.code === 'ENOENT';
-}
