@@ -17,6 +17,7 @@ export interface Link {
   kind?: string;
   flags: number;
   up: boolean;
+  promisc: boolean;
   /** IFF_LOWER_UP: carrier. */
   lowerUp: boolean;
   operstate: string;
@@ -98,6 +99,7 @@ function decodeLink(payload: Buffer): Link {
     name: a.ifname as string,
     flags: hdr.flags,
     up: (hdr.flags & IFF.UP) !== 0,
+    promisc: (hdr.flags & IFF.PROMISC) !== 0,
     lowerUp: (hdr.flags & IFF.LOWER_UP) !== 0,
     operstate: OPERSTATE[(a.operstate as number) ?? 0] ?? 'unknown',
     mtu: a.mtu as number,
@@ -209,6 +211,8 @@ export async function add(h: NetNs, spec: LinkSpec): Promise<void> {
 /** Changes to an existing link, applied in one RTM_NEWLINK: `ip link set dev NAME ...`. */
 export interface LinkChange {
   up?: boolean;
+  /** `ip link set dev NAME promisc on|off`. */
+  promisc?: boolean;
   name?: string;
   mtu?: number;
   mac?: string;
@@ -226,7 +230,8 @@ export async function set(h: NetNs, ref: LinkRef, change: LinkChange): Promise<v
   if (change.mtu !== undefined) validateMtu(change.mtu);
   if (change.mac !== undefined) validateMac(change.mac);
   const { hdr, attrs } = refAttrs(ref);
-  const flags = change.up === undefined ? {} : { flags: change.up ? IFF.UP : 0, change: IFF.UP };
+  const mask = (change.up === undefined ? 0 : IFF.UP) | (change.promisc === undefined ? 0 : IFF.PROMISC);
+  const flags = mask === 0 ? {} : { flags: (change.up ? IFF.UP : 0) | (change.promisc ? IFF.PROMISC : 0), change: mask };
   // Renaming by name: the old name selects (ifname) only when there is no new one; otherwise look up the index.
   if (change.name !== undefined && typeof ref === 'string') {
     hdr.index = (await mustGet(h, ref)).index;

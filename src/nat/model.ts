@@ -30,10 +30,12 @@ export interface Service {
   masqueradeNotFrom?: string;
 }
 
-/** `iptables -t nat -A POSTROUTING -s SOURCE ! -o OUT_NOT -j MASQUERADE`. */
+/** `iptables -t nat -A POSTROUTING -s SOURCE [-d DEST] ! -o OUT_NOT -j MASQUERADE`. */
 export interface MasqueradeRule {
   kind: 'masquerade';
   source: string;
+  /** Only traffic to this CIDR (e.g. a container reaching itself through a port mapping: hairpin). */
+  destination?: string;
   /** Leaving through any interface except this one (e.g. the bridge itself). */
   outNot?: string;
 }
@@ -173,6 +175,7 @@ export function normalizeRule(r: NatRule): NatRule {
   switch (r.kind) {
     case 'masquerade': {
       const out: MasqueradeRule = { kind: 'masquerade', source: cidr(r.source) };
+      if (r.destination !== undefined) out.destination = cidr(r.destination);
       if (r.outNot !== undefined) { validateIfname(r.outNot); out.outNot = r.outNot; }
       return out;
     }

@@ -46,12 +46,7 @@ export function writeJsonAtomic(file: string, data: unknown): void {
       fs.closeSync(fd);
     }
     fs.renameSync(tmp, file);
-    const dfd = fs.openSync(dir, 'r');
-    try {
-      fs.fsyncSync(dfd);
-    } finally {
-      fs.closeSync(dfd);
-    }
+    syncDir(dir);
   } catch (err) {
     fs.rmSync(tmp, { force: true });
     throw contextualize(`writing ${file}`, err);
@@ -64,8 +59,12 @@ export function writeJsonAtomic(file: string, data: unknown): void {
  * event loop keeps running.
  */
 export async function withLock<T>(dir: string, name: string, fn: () => Promise<T> | T, timeoutMs = 30_000): Promise<T> {
-  fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
-  const file = path.join(dir, `${name}.lock`);
+  return withLockFile(path.join(dir, `${name}.lock`), fn, timeoutMs);
+}
+
+/** Runs `fn` holding an exclusive flock on `file` (created if missing), as withLock. */
+export async function withLockFile<T>(file: string, fn: () => Promise<T> | T, timeoutMs = 30_000): Promise<T> {
+  fs.mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
   const fd = fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600);
   try {
     const deadline = Date.now() + timeoutMs;
@@ -76,5 +75,46 @@ export async function withLock<T>(dir: string, name: string, fn: () => Promise<T
     return await fn();
   } finally {
     fs.closeSync(fd); // releases the flock
+  }
+}
+
+/**
+ * Creates `file` with `content` if it does not exist, atomically: the content
+ * is written and synced under a temporary name, then hard-linked into place
+ * (link(2) fails if the name is taken). A crash leaves either no file or the
+ * whole file, never an empty one. Returns false when the name was taken.
+ */
+export function createExclusive(file: string, content: string): boolean {
+  const dir = path.dirname(file);
+  const tmp = path.join(dir, `.${path.basename(file)}.${process.pid}.tmp`);
+  try {
+    const fd = fs.openSync(tmp, 'w', 0o600);
+    try {
+      fs.writeSync(fd, content);
+      fs.fsyncSync(fd);
+    } finally {
+      fs.closeSync(fd);
+    }
+    try {
+      fs.linkSync(tmp, file);
+    } catch (err) {
+      if (hasCode(err, 'EEXIST')) return false;
+      throw err;
+    }
+    syncDir(dir);
+    return true;
+  } catch (err) {
+    throw contextualize(`creating ${file}`, err);
+  } finally {
+    fs.rmSync(tmp, { force: true });
+  }
+}
+
+export function syncDir(dir: string): void {
+  const dfd = fs.openSync(dir, 'r');
+  try {
+    fs.fsyncSync(dfd);
+  } finally {
+    fs.closeSync(dfd);
   }
 }

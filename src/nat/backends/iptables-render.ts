@@ -124,7 +124,8 @@ function serviceChains(s: Service): Chain[] {
 function natRuleFor(r: NatRule): { chain: string; rule: Rule } {
   switch (r.kind) {
     case 'masquerade': {
-      const rule: Rule = { comment: `tsnet masquerade ${r.source}`, src: r.source, target: { kind: 'MASQUERADE', randomFully: true } };
+      const rule: Rule = { comment: `tsnet masquerade ${r.source}${r.destination ? ` to ${r.destination}` : ''}`, src: r.source, target: { kind: 'MASQUERADE', randomFully: true } };
+      if (r.destination) rule.dst = r.destination;
       if (r.outNot) rule.outNot = r.outNot;
       return { chain: SNAT_CHAIN, rule };
     }

@@ -120,7 +120,7 @@ function serviceObjects(s: Service): NftObject[] {
 function natRule(r: NatRule): { chain: 'dnat-rules' | 'snat-rules'; rule: NftRule } {
   switch (r.kind) {
     case 'masquerade':
-      return { chain: 'snat-rules', rule: { saddr: r.source, ...(r.outNot ? { oif: r.outNot, oifNot: true } : {}), action: { kind: 'masquerade' }, comment: `tsnet masquerade ${r.source}` } };
+      return { chain: 'snat-rules', rule: { saddr: r.source, ...(r.destination ? { daddr: r.destination } : {}), ...(r.outNot ? { oif: r.outNot, oifNot: true } : {}), action: { kind: 'masquerade' }, comment: `tsnet masquerade ${r.source}${r.destination ? ` to ${r.destination}` : ''}` } };
     case 'snat':
       return { chain: 'snat-rules', rule: { saddr: r.source, ...(r.destination ? { daddr: r.destination } : {}), ...(r.out ? { oif: r.out } : {}), action: { kind: 'snat', to: r.toSource }, comment: `tsnet snat ${r.source}` } };
     case 'dnat':

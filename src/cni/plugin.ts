@@ -1,0 +1,92 @@
+/**
+ * One CNI call as a library call: environment + stdin in, stdout + exit code
+ * out. The plugin executables (./main) are a thin shell around this, and so
+ * is a resident agent serving the same calls over a socket.
+ */
+import { CniError, CNI_ERR, toCniError } from './errors';
+import { parseEnv } from './env';
+import { LATEST, MIN_VERSION, SUPPORTED_VERSIONS, compare, convertResult, parseResult, requireSupported } from './version';
+import { bridgeAdd, bridgeCheck, bridgeDel, bridgeGc, bridgeStatus } from './bridge';
+import { ipamAdd, ipamCheck, ipamDel, ipamGc, ipamStatus, validAttachments } from './ipam';
+import type { CniEnv, NetConf, Result } from './types';
+
+export const PLUGINS = ['tsnet-bridge', 'tsnet-ipam'] as const;
+export type PluginName = (typeof PLUGINS)[number];
+
+export interface Invocation {
+  stdout: string;
+  exitCode: number;
+}
+
+interface Ops {
+  add(conf: NetConf, env: CniEnv): Promise<Result>;
+  del(conf: NetConf, env: CniEnv): Promise<void>;
+  check(conf: NetConf, env: CniEnv, prev: Result | undefined): Promise<void>;
+  gc(conf: NetConf, env: CniEnv): Promise<unknown>;
+  status(conf: NetConf, env: CniEnv): Promise<void>;
+}
+
+const OPS: Record<PluginName, Ops> = {
+  'tsnet-bridge': { add: bridgeAdd, del: bridgeDel, check: bridgeCheck, gc: bridgeGc, status: bridgeStatus },
+  'tsnet-ipam': { add: ipamAdd, del: ipamDel, check: ipamCheck, gc: (conf) => ipamGc(conf, validAttachments(conf)), status: ipamStatus },
+};
+
+function decode(stdin: string): NetConf {
+  let conf: unknown;
+  try {
+    conf = JSON.parse(stdin);
+  } catch (err) {
+    throw new CniError(CNI_ERR.decode, `network config on stdin is not valid JSON: ${(err as Error).message}`);
+  }
+  if (typeof conf !== 'object' || conf === null || Array.isArray(conf)) throw new CniError(CNI_ERR.decode, 'network config on stdin is not a JSON object');
+  return conf as NetConf;
+}
+
+/** The version to write an error in: the config's, when it is one we speak. */
+function errorVersion(stdin: string): string {
+  try {
+    const v = (JSON.parse(stdin) as { cniVersion?: unknown }).cniVersion;
+    if (typeof v === 'string' && (SUPPORTED_VERSIONS as readonly string[]).includes(v)) return v;
+  } catch {
+    // fall through
+  }
+  return LATEST;
+}
+
+export async function invoke(plugin: PluginName, envVars: NodeJS.ProcessEnv, stdin: string): Promise<Invocation> {
+  try {
+    const env = parseEnv(envVars);
+    if (env.command === 'VERSION') {
+      return { stdout: `${JSON.stringify({ cniVersion: errorVersion(stdin), supportedVersions: SUPPORTED_VERSIONS })}\n`, exitCode: 0 };
+    }
+    const conf = decode(stdin);
+    const version = requireSupported(conf.cniVersion);
+    const min = MIN_VERSION[env.command];
+    if (min && compare(version, min) < 0) throw new CniError(CNI_ERR.incompatibleVersion, `config version ${version} does not allow ${env.command} (needs ${min} or later)`);
+    if (conf.type !== undefined && conf.type !== plugin && !(plugin === 'tsnet-ipam' && conf.ipam?.type === plugin)) {
+      throw new CniError(CNI_ERR.invalidConfig, `network ${conf.name}: this is ${plugin}, but the config's type is ${JSON.stringify(conf.type)}`);
+    }
+    const ops = OPS[plugin];
+    switch (env.command) {
+      case 'ADD': {
+        const result = await ops.add(conf, env);
+        return { stdout: `${JSON.stringify(convertResult(result, version))}\n`, exitCode: 0 };
+      }
+      case 'DEL':
+        await ops.del(conf, env);
+        break;
+      case 'CHECK':
+        await ops.check(conf, env, conf.prevResult === undefined ? undefined : parseResult(conf.prevResult));
+        break;
+      case 'GC':
+        await ops.gc(conf, env);
+        break;
+      case 'STATUS':
+        await ops.status(conf, env);
+        break;
+    }
+    return { stdout: '', exitCode: 0 };
+  } catch (err) {
+    return { stdout: `${JSON.stringify(toCniError(err).toJSON(errorVersion(stdin)))}\n`, exitCode: 1 };
+  }
+}
