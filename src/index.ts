@@ -15,5 +15,6 @@ export * as veth from './veth';
 export * as bridge from './bridge';
 export * as sysctl from './sysctl';
 export * as attach from './attach';
+export * as cni from './cni';
 export { TsnetError } from './errors';
 export type { NetNs } from './netns';

@@ -71,7 +71,7 @@ echo "hello from a podman container on tsnet" > "$R/www/index.html"
 tar -C "$R" -cf "$W/rootfs.tar" .
 podman_ import -q "$W/rootfs.tar" localhost/tsnet-bb:1 >/dev/null
 
-run_opts=(--network tsnet-demo --cgroups disabled --ulimit nofile=1024:1024)
+run_opts=(--network tsnet-demo --cgroups disabled --ulimit nofile=1024:1024 --ulimit nproc=1024:1024)
 echo "== podman run -d --network tsnet-demo -p 18080:80 (httpd)"
 podman_ run -d --name web "${run_opts[@]}" -p 18080:80 localhost/tsnet-bb:1 httpd -f -p 80 -h /www >/dev/null
 IP=$(podman_ inspect web --format '{{(index .NetworkSettings.Networks "tsnet-demo").IPAddress}}')

@@ -19,7 +19,7 @@ import * as route from '../route';
 import * as bridge from '../bridge';
 import * as sysctl from '../sysctl';
 import { stateDir as defaultStateDir } from '../state';
-import { NatEngine, type BackendChoice } from '../nat/engine';
+import type { BackendChoice, NatEngine } from '../nat/engine';
 import { ruleKey, type Forward, type NatRule } from '../nat/model';
 import { CniError, CNI_ERR, invalidConfig } from './errors';
 import { RecordStore, type AttachmentRecord } from './records';
@@ -131,8 +131,11 @@ function openContainer(path: string): netns.NetNs {
   }
 }
 
-const engineFor = (rec: Pick<AttachmentRecord, 'nat'>, host: netns.NetNs) =>
-  new NatEngine({ ns: host, stateDir: rec.nat.stateDir, backend: rec.nat.backend as BackendChoice });
+/** The NAT engine, loaded only by calls that change rules (a plugin process pays for what it uses). */
+async function engineFor(rec: Pick<AttachmentRecord, 'nat'>, host: netns.NetNs): Promise<NatEngine> {
+  const { NatEngine: Engine } = await import('../nat/engine');
+  return new Engine({ ns: host, stateDir: rec.nat.stateDir, backend: rec.nat.backend as BackendChoice });
+}
 
 /** Port mappings (runtimeConfig.portMappings) as tsnet forwards to each container address of the mapping's family. */
 export function portForwards(network: string, containerId: string, ifname: string, mappings: PortMapping[], ips: string[]): Forward[] {
@@ -162,7 +165,7 @@ async function teardown(rec: AttachmentRecord, env: CniEnv, records: RecordStore
   if (rec.nat.rules.length || rec.nat.forwards.length) {
     const rules = new Set(rec.nat.rules.map(ruleKey));
     const fwds = new Set(rec.nat.forwards);
-    await engineFor(rec, host).update((st) => {
+    await (await engineFor(rec, host)).update((st) => {
       st.rules = st.rules.filter((r) => !rules.has(ruleKey(r)));
       st.forwards = st.forwards.filter((f) => !fwds.has(f.name));
     });
@@ -295,7 +298,7 @@ async function addSteps(c: BridgeConf, conf: NetConf, env: CniEnv, host: netns.N
     rec.nat.forwards = forwards.map((f) => f.name);
     records.put(rec);
     const keys = new Set(rules.map(ruleKey));
-    await engineFor(rec, host).update((st) => {
+    await (await engineFor(rec, host)).update((st) => {
       st.rules = [...st.rules.filter((r) => !keys.has(ruleKey(r))), ...rules];
       st.forwards = [...st.forwards.filter((f) => !rec.nat.forwards.includes(f.name)), ...forwards];
     });

@@ -14,7 +14,8 @@
  *   kernel was walking it) is retried, a bounded number of times;
  * - NLMSG_ERROR becomes a NetlinkError with its errno name.
  */
-import { RawNetlinkSocket } from 'netlink';
+// The raw module only: the package index also loads genl/nl80211/wireguard tables (~20 ms of every process start).
+import { RawNetlinkSocket } from 'netlink/dist/raw';
 import { NetlinkError, TsnetError } from '../errors';
 import { strerror } from './strerror';
 

@@ -52,8 +52,8 @@ export interface Run {
 const PATH = `/usr/local/sbin:/usr/sbin:/sbin:/usr/local/bin:/usr/bin:/bin:${process.env.PATH ?? ''}`;
 
 /** Runs a command (argument array, no shell). */
-export function run(cmd: string, args: string[], opts: { input?: string; env?: NodeJS.ProcessEnv } = {}): Run {
-  const r = spawnSync(cmd, args, { encoding: 'utf8', input: opts.input, env: { ...process.env, PATH, ...opts.env }, timeout: 60_000 });
+export function run(cmd: string, args: string[], opts: { input?: string; env?: NodeJS.ProcessEnv; timeoutMs?: number } = {}): Run {
+  const r = spawnSync(cmd, args, { encoding: 'utf8', input: opts.input, env: { ...process.env, PATH, ...opts.env }, timeout: opts.timeoutMs ?? 60_000 });
   return { status: r.status, stdout: r.stdout ?? '', stderr: r.stderr ?? '' };
 }
 
