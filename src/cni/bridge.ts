@@ -102,10 +102,13 @@ export function parseBridgeConf(conf: NetConf): BridgeConf {
   return c;
 }
 
+/** A stable tag for one attachment (network + container + ifname): names derived from it are found again without a record. */
+const attachmentTag = (network: string, containerId: string, ifname: string): string =>
+  createHash('sha256').update(`${network}/${containerId}/${ifname}`).digest('hex');
+
 /** The host end's name: the same for the same attachment (so DEL finds it without a record), distinct across attachments. */
-export function hostVethName(network: string, containerId: string, ifname: string): string {
-  return `veth${createHash('sha256').update(`${network}/${containerId}/${ifname}`).digest('hex').slice(0, 11)}`;
-}
+export const hostVethName = (network: string, containerId: string, ifname: string): string =>
+  `veth${attachmentTag(network, containerId, ifname).slice(0, 11)}`;
 
 /** The IPAM step: tsnet-ipam in process, anything else executed from CNI_PATH. */
 function ipam(conf: NetConf, env: CniEnv) {
@@ -140,7 +143,7 @@ async function engineFor(rec: Pick<AttachmentRecord, 'nat'>, host: netns.NetNs):
 /** Port mappings (runtimeConfig.portMappings) as tsnet forwards to each container address of the mapping's family. */
 export function portForwards(network: string, containerId: string, ifname: string, mappings: PortMapping[], ips: string[]): Forward[] {
   if (!Array.isArray(mappings)) throw invalidConfig('runtimeConfig.portMappings must be a list');
-  const tag = createHash('sha256').update(`${network}/${containerId}/${ifname}`).digest('hex').slice(0, 12);
+  const tag = attachmentTag(network, containerId, ifname).slice(0, 12);
   const out: Forward[] = [];
   for (const m of mappings) {
     const proto = (m.protocol ?? 'tcp').toLowerCase();

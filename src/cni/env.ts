@@ -5,6 +5,7 @@
  * and container ids and interface names must be safe to use in a file name.
  */
 import { CniError, CNI_ERR, invalidEnv } from './errors';
+import { validateIfname } from '../link';
 import type { CniCommand, CniEnv } from './types';
 
 const COMMANDS: readonly CniCommand[] = ['ADD', 'DEL', 'CHECK', 'VERSION', 'GC', 'STATUS'];
@@ -18,20 +19,22 @@ const REQUIRED: Record<CniCommand, readonly string[]> = {
   VERSION: [],
 };
 
-/** The spec's container id grammar; also what keeps ids out of path traversal. */
-const CONTAINER_ID_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]*$/;
+/** The spec's grammar for container ids and network names; also what keeps them out of path traversal. */
+export const CNI_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]*$/;
 
 export function validateContainerId(id: string): void {
-  if (!CONTAINER_ID_RE.test(id) || id.length > 256) {
+  if (!CNI_NAME_RE.test(id) || id.length > 256) {
     throw invalidEnv(`invalid CNI_CONTAINERID ${JSON.stringify(id)}: letters, digits, '_', '.' and '-', starting with a letter or digit`);
   }
 }
 
-/** The kernel's interface name rules (IFNAMSIZ 16, no '/', ':' or white space), as CNI_IFNAME. */
+/** The kernel's interface name rules (link.validateIfname), reported as a bad CNI_IFNAME (error 4). */
 export function validateIfnameEnv(name: string): void {
-  if (name.length === 0) throw invalidEnv('CNI_IFNAME is empty');
-  if (Buffer.byteLength(name) > 15) throw invalidEnv(`CNI_IFNAME ${JSON.stringify(name)} is too long: Linux allows at most 15 bytes`);
-  if (name === '.' || name === '..' || /[/:\s]/.test(name)) throw invalidEnv(`invalid CNI_IFNAME ${JSON.stringify(name)}: no '/', ':' or white space, and not '.' or '..'`);
+  try {
+    validateIfname(name);
+  } catch (err) {
+    throw invalidEnv(`CNI_IFNAME: ${(err as Error).message}`);
+  }
 }
 
 export function parseCniArgs(text: string | undefined): Record<string, string> {

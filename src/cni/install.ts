@@ -10,6 +10,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { PLUGINS } from './plugin';
 import { invalid } from '../errors';
+import { writeFileAtomic } from '../state';
 
 export const DEFAULT_BIN_DIR = '/opt/cni/bin';
 export const DEFAULT_CONF_DIR = '/etc/cni/net.d';
@@ -39,13 +40,6 @@ export function exampleConflist(o: { name?: string; bridge?: string; subnet?: st
   };
 }
 
-function writeAtomic(file: string, text: string, mode: number): void {
-  const tmp = path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.tmp`);
-  fs.writeFileSync(tmp, text, { mode });
-  fs.chmodSync(tmp, mode);
-  fs.renameSync(tmp, file);
-}
-
 export interface InstallResult {
   binaries: string[];
   conflist?: string;
@@ -58,7 +52,7 @@ export function install(o: { binDir?: string; confDir?: string; force?: boolean 
   fs.mkdirSync(binDir, { recursive: true, mode: 0o755 });
   const binaries = PLUGINS.map((p) => {
     const file = path.join(binDir, p);
-    writeAtomic(file, wrapperScript(p, process.execPath, entry), 0o755);
+    writeFileAtomic(file, wrapperScript(p, process.execPath, entry), 0o755);
     return file;
   });
   const out: InstallResult = { binaries };
@@ -67,7 +61,7 @@ export function install(o: { binDir?: string; confDir?: string; force?: boolean 
     fs.mkdirSync(confDir, { recursive: true, mode: 0o755 });
     const file = path.join(confDir, EXAMPLE_CONFLIST);
     if (fs.existsSync(file) && !o.force) throw invalid(`${file} exists: remove it or pass --force to overwrite`);
-    writeAtomic(file, `${JSON.stringify(exampleConflist(), null, 2)}\n`, 0o644);
+    writeFileAtomic(file, `${JSON.stringify(exampleConflist(), null, 2)}\n`, 0o644);
     out.conflist = file;
   }
   return out;

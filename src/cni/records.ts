@@ -7,8 +7,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { hasCode } from '../errors';
-import { readJson, stateDir as defaultStateDir, writeJsonAtomic } from '../state';
+import { listDir, readJson, stateDir as defaultStateDir, writeJsonAtomic } from '../state';
 import { validateContainerId, validateIfnameEnv } from './env';
 import { validateNetworkName } from './ipam/config';
 import type { NatRule } from '../nat/model';
@@ -56,14 +55,7 @@ export class RecordStore {
   }
 
   list(): AttachmentRecord[] {
-    let names: string[];
-    try {
-      names = fs.readdirSync(this.dir);
-    } catch (err) {
-      if (hasCode(err, 'ENOENT')) return [];
-      throw err;
-    }
-    return names.filter((n) => n.endsWith('.json') && !n.startsWith('.'))
+    return listDir(this.dir).filter((n) => n.endsWith('.json') && !n.startsWith('.'))
       .map((n) => readJson<AttachmentRecord>(path.join(this.dir, n)))
       .filter((r): r is AttachmentRecord => r !== undefined);
   }

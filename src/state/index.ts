@@ -32,25 +32,48 @@ export function readJson<T>(file: string): T | undefined {
   }
 }
 
-/** Replaces `file` with `data` atomically. */
-export function writeJsonAtomic(file: string, data: unknown): void {
+/** The names in `dir`; none when it does not exist (yet). */
+export function listDir(dir: string): string[] {
+  try {
+    return fs.readdirSync(dir);
+  } catch (err) {
+    if (hasCode(err, 'ENOENT')) return [];
+    throw contextualize(`listing ${dir}`, err);
+  }
+}
+
+/** Writes `content` to a temporary name next to `file` and syncs it; returns that name. */
+function writeTemp(file: string, content: string, mode: number): string {
+  const tmp = path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.tmp`);
+  const fd = fs.openSync(tmp, 'w', mode);
+  try {
+    fs.fchmodSync(fd, mode); // the umask does not decide an executable's mode
+    fs.writeSync(fd, content);
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+  return tmp;
+}
+
+/** Replaces `file` with `content` atomically: readers see the old file or the new one, never half of one. */
+export function writeFileAtomic(file: string, content: string, mode = 0o600): void {
   const dir = path.dirname(file);
   fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
-  const tmp = path.join(dir, `.${path.basename(file)}.${process.pid}.tmp`);
+  let tmp: string | undefined;
   try {
-    const fd = fs.openSync(tmp, 'w', 0o600);
-    try {
-      fs.writeSync(fd, `${JSON.stringify(data, null, 1)}\n`);
-      fs.fsyncSync(fd);
-    } finally {
-      fs.closeSync(fd);
-    }
+    tmp = writeTemp(file, content, mode);
     fs.renameSync(tmp, file);
     syncDir(dir);
   } catch (err) {
-    fs.rmSync(tmp, { force: true });
+    if (tmp) fs.rmSync(tmp, { force: true });
     throw contextualize(`writing ${file}`, err);
   }
+}
+
+/** Replaces `file` with `data` as JSON, atomically. */
+export function writeJsonAtomic(file: string, data: unknown): void {
+  writeFileAtomic(file, `${JSON.stringify(data, null, 1)}\n`);
 }
 
 /**
@@ -85,28 +108,21 @@ export async function withLockFile<T>(file: string, fn: () => Promise<T> | T, ti
  * whole file, never an empty one. Returns false when the name was taken.
  */
 export function createExclusive(file: string, content: string): boolean {
-  const dir = path.dirname(file);
-  const tmp = path.join(dir, `.${path.basename(file)}.${process.pid}.tmp`);
+  let tmp: string | undefined;
   try {
-    const fd = fs.openSync(tmp, 'w', 0o600);
-    try {
-      fs.writeSync(fd, content);
-      fs.fsyncSync(fd);
-    } finally {
-      fs.closeSync(fd);
-    }
+    tmp = writeTemp(file, content, 0o600);
     try {
       fs.linkSync(tmp, file);
     } catch (err) {
       if (hasCode(err, 'EEXIST')) return false;
       throw err;
     }
-    syncDir(dir);
+    syncDir(path.dirname(file));
     return true;
   } catch (err) {
     throw contextualize(`creating ${file}`, err);
   } finally {
-    fs.rmSync(tmp, { force: true });
+    if (tmp) fs.rmSync(tmp, { force: true });
   }
 }
 

@@ -1,4 +1,8 @@
 import test from 'ava';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { parseResolvConf } from '../../src/cni/ipam';
 import { convertResult, parseResult, compare, requireSupported } from '../../src/cni/version';
 import { parseEnv, parseCniArgs } from '../../src/cni/env';
 import { parseIpamConfig, bigToIp, rangeText } from '../../src/cni/ipam/config';
@@ -89,4 +93,13 @@ test('the installed wrapper names node and the plugin by absolute path, quoted',
   const s = wrapperScript('tsnet-bridge', "/opt/no'de", '/x/main.js');
   t.regex(s, /^#!\/bin\/sh\n/);
   t.true(s.includes(`exec '/opt/no'\\''de' '/x/main.js' tsnet-bridge "$@"`));
+});
+
+test('resolvConf: nameservers, domain, search and options become the result\'s dns', (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tsnet-resolv-'));
+  const file = path.join(dir, 'resolv.conf');
+  fs.writeFileSync(file, '# comment\nnameserver 10.0.0.53\nnameserver 10.0.0.54 ; trailing\ndomain example.test\nsearch a.test b.test\noptions ndots:2 rotate\n');
+  t.deepEqual(parseResolvConf(file), { nameservers: ['10.0.0.53', '10.0.0.54'], domain: 'example.test', search: ['a.test', 'b.test'], options: ['ndots:2', 'rotate'] });
+  t.is((t.throws(() => parseResolvConf(path.join(dir, 'missing'))) as CniError).code, 5);
+  fs.rmSync(dir, { recursive: true });
 });

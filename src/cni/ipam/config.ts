@@ -8,6 +8,7 @@
 import { Address4, Address6 } from 'ip-address';
 import { parseCidr, parseIp, type Family } from '../../addr/cidr';
 import { invalidConfig } from '../errors';
+import { CNI_NAME_RE } from '../env';
 import type { NetConf } from '../types';
 
 export const DEFAULT_DATA_DIR = '/var/lib/cni/networks';
@@ -42,13 +43,25 @@ export const ipToBig = (ip: string): bigint => {
 export const bigToIp = (n: bigint, family: Family): string =>
   family === 4 ? Address4.fromBigInt(n).correctForm() : Address6.fromBigInt(n).correctForm();
 
+/** Whether `ip` lies inside range `r` (same family, between start and end). */
+export function inRange(r: Range, ip: string): boolean {
+  const p = parseIp(ip);
+  if (p.family !== r.family) return false;
+  const n = ipToBig(p.address);
+  return n >= r.start && n <= r.end;
+}
+
+/** The range of a set (or of any set) holding `ip`. */
+export const rangeOf = (set: RangeSet, ip: string): Range | undefined => set.find((r) => inRange(r, ip));
+export const inAnySet = (sets: RangeSet[], ip: string): boolean => sets.some((s) => rangeOf(s, ip) !== undefined);
+
 export const rangeText = (r: Range) => `${bigToIp(r.start, r.family)}-${bigToIp(r.end, r.family)}`;
 
 export const rangeSetText = (s: RangeSet) => s.map(rangeText).join(',');
 
 /** The network name as a directory name: the spec's grammar, so never '..' or a path. */
 export function validateNetworkName(name: unknown): string {
-  if (typeof name !== 'string' || !/^[A-Za-z0-9][A-Za-z0-9_.-]*$/.test(name) || name.length > 200) {
+  if (typeof name !== 'string' || !CNI_NAME_RE.test(name) || name.length > 200) {
     throw invalidConfig(`invalid network name ${JSON.stringify(name)}: letters, digits, '_', '.' and '-', starting with a letter or digit`);
   }
   return name;

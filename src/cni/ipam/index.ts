@@ -8,7 +8,7 @@
 import * as fs from 'node:fs';
 import { parseIp } from '../../addr/cidr';
 import { CniError, CNI_ERR, invalidConfig } from '../errors';
-import { bigToIp, ipToBig, parseIpamConfig, rangeSetText, type IpamConfig, type Range, type RangeSet } from './config';
+import { bigToIp, inAnySet, inRange, ipToBig, parseIpamConfig, rangeOf, rangeSetText, type IpamConfig, type Range, type RangeSet } from './config';
 import { IpamStore } from './store';
 import type { Attachment, CniEnv, Dns, NetConf, Result } from '../types';
 
@@ -53,9 +53,9 @@ function allocateIn(store: IpamStore, set: RangeSet, idx: number, taken: Set<str
   const cid = env.containerId!;
   const ifname = env.ifname!;
   const fam = set[0]!.family;
-  const want = requested.find((ip) => parseIp(ip).family === fam && set.some((r) => ipToBig(ip) >= r.start && ipToBig(ip) <= r.end));
+  const want = requested.find((ip) => rangeOf(set, ip) !== undefined);
   if (want !== undefined) {
-    const range = set.find((r) => ipToBig(want) >= r.start && ipToBig(want) <= r.end)!;
+    const range = rangeOf(set, want)!;
     if (range.gateway === want) throw new CniError(CNI_ERR.invalidConfig, `requested IP ${want} is the gateway of ${range.subnet}`);
     if (!store.reserve(want, cid, ifname, idx)) throw new CniError(CNI_ERR.internal, `requested IP ${want} is already reserved in network ${store.dir}`);
     return { ip: want, range };
@@ -94,7 +94,7 @@ export async function ipamAdd(conf: NetConf, env: CniEnv): Promise<Result> {
   const c = parseIpamConfig(conf);
   const requested = requestedIps(conf, env);
   for (const ip of requested) {
-    if (!c.rangeSets.some((s) => s.some((r) => r.family === parseIp(ip).family && ipToBig(ip) >= r.start && ipToBig(ip) <= r.end))) {
+    if (!inAnySet(c.rangeSets, ip)) {
       throw invalidConfig(`requested IP ${ip} is in none of network ${c.network}'s ranges`);
     }
   }
@@ -108,9 +108,9 @@ export async function ipamAdd(conf: NetConf, env: CniEnv): Promise<Result> {
     try {
       c.rangeSets.forEach((set, idx) => {
         // A repeated ADD gets what it already has.
-        const mine = existing.find((r) => set.some((x) => x.family === parseIp(r.ip).family && ipToBig(r.ip) >= x.start && ipToBig(r.ip) <= x.end));
+        const mine = existing.find((r) => rangeOf(set, r.ip) !== undefined);
         if (mine) {
-          got.push({ ip: mine.ip, range: set.find((x) => ipToBig(mine.ip) >= x.start && ipToBig(mine.ip) <= x.end)! });
+          got.push({ ip: mine.ip, range: rangeOf(set, mine.ip)! });
           return;
         }
         const a = allocateIn(store, set, idx, taken, env, requested);
@@ -150,7 +150,7 @@ export async function ipamCheck(conf: NetConf, env: CniEnv, prev: Result | undef
   if (mine.length === 0) throw new CniError(CNI_ERR.internal, `tsnet-ipam: no address is reserved for container ${env.containerId} ${env.ifname} in network ${c.network}`);
   for (const ip of prev?.ips ?? []) {
     const a = ip.address.split('/')[0]!;
-    if (c.rangeSets.some((s) => s.some((r) => r.family === parseIp(a).family && ipToBig(a) >= r.start && ipToBig(a) <= r.end)) && !mine.some((m) => m.ip === parseIp(a).address)) {
+    if (inAnySet(c.rangeSets, a) && !mine.some((m) => m.ip === parseIp(a).address)) {
       throw new CniError(CNI_ERR.internal, `tsnet-ipam: ${a} is not reserved for container ${env.containerId} ${env.ifname} in network ${c.network}`);
     }
   }
@@ -185,12 +185,12 @@ export async function ipamGc(conf: NetConf, valid: Set<string>): Promise<string[
 /** IPAM STATUS: ready unless a range set has no free address left (error 50). */
 export async function ipamStatus(conf: NetConf): Promise<void> {
   const c = parseIpamConfig(conf);
-  const taken = storeOf(c).list().map((r) => ipToBig(r.ip));
+  const taken = storeOf(c).list().map((r) => r.ip);
   for (const set of c.rangeSets) {
     let free = 0n;
     for (const r of set) {
-      const gwIn = r.gateway !== undefined && ipToBig(r.gateway) >= r.start && ipToBig(r.gateway) <= r.end ? 1n : 0n;
-      free += r.end - r.start + 1n - gwIn - BigInt(taken.filter((t) => t >= r.start && t <= r.end).length);
+      const gwIn = r.gateway !== undefined && inRange(r, r.gateway) ? 1n : 0n;
+      free += r.end - r.start + 1n - gwIn - BigInt(taken.filter((ip) => inRange(r, ip)).length);
     }
     if (free <= 0n) throw new CniError(CNI_ERR.notAvailable, `network ${c.network}: no free address left in range set ${rangeSetText(set)}`);
   }

@@ -8,8 +8,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { createExclusive, syncDir, withLockFile } from '../../state';
-import { hasCode } from '../../errors';
+import { createExclusive, listDir, syncDir, withLockFile } from '../../state';
 import { parseIp } from '../../addr/cidr';
 import { validateNetworkName } from './config';
 
@@ -55,15 +54,8 @@ export class IpamStore {
 
   /** Every reservation (files whose name is an address). */
   list(): Reservation[] {
-    let names: string[];
-    try {
-      names = fs.readdirSync(this.dir);
-    } catch (err) {
-      if (hasCode(err, 'ENOENT')) return [];
-      throw err;
-    }
     const out: Reservation[] = [];
-    for (const name of names) {
+    for (const name of listDir(this.dir)) {
       if (name.startsWith('.') || name === 'lock' || name.startsWith(LAST_RESERVED)) continue;
       let ip: string;
       try {
@@ -81,10 +73,6 @@ export class IpamStore {
       out.push({ ip, containerId: containerId.trim(), ifname: ifname.trim() });
     }
     return out;
-  }
-
-  has(ip: string): boolean {
-    return fs.existsSync(this.file(ip));
   }
 
   byAttachment(containerId: string, ifname: string): Reservation[] {
@@ -105,7 +93,7 @@ export class IpamStore {
 
   /** Leftover temporary files of writers that died (createExclusive's), removed under the lock. */
   removeStaleTemps(): void {
-    for (const name of fs.existsSync(this.dir) ? fs.readdirSync(this.dir) : []) {
+    for (const name of listDir(this.dir)) {
       if (name.startsWith('.') && name.endsWith('.tmp')) fs.rmSync(path.join(this.dir, name), { force: true });
     }
   }
