@@ -1,7 +1,8 @@
 /**
  * CNI ADD and DEL latency per container, side by side in one run:
- *   reference  Debian's /usr/lib/cni/bridge + host-local
- *   tsnet      tsnet-bridge + tsnet-ipam (standalone executables, as installed by `tsnet cni install`)
+ *   ref         Debian's /usr/lib/cni/bridge + host-local
+ *   standalone  tsnet-bridge + tsnet-ipam as installed by `tsnet cni install`, no agent (the shim runs node)
+ *   agent       the same executables with `tsnet agent` serving the node namespace
  * Same config (isGateway, ipMasq on, one /16 each), same count, calls
  * interleaved so machine load hits both alike; plugins run as a runtime runs
  * them (env + stdin), inside a private node namespace.
@@ -13,6 +14,9 @@ import * as netns from '../src/netns';
 import * as link from '../src/link';
 import { assertSandbox } from '../test/harness/fixtures';
 import { CniInstall, type CniCall } from '../test/harness/cni';
+
+type Kind = 'ref' | 'standalone' | 'agent';
+const KINDS: Kind[] = ['ref', 'standalone', 'agent'];
 
 const N = Number(process.env.BENCH_N ?? 40);
 
@@ -27,54 +31,66 @@ async function main(): Promise<void> {
   netns.del('bench-node');
   const node = netns.add('bench-node');
   await link.setUp(node, 'lo');
-  const conf = (kind: 'ref' | 'tsnet') => ({
+  const conf = (kind: Kind) => ({
     cniVersion: '1.0.0', name: `bench-${kind}`,
-    type: kind === 'ref' ? 'bridge' : 'tsnet-bridge', bridge: kind === 'ref' ? 'br-ref' : 'br-tsnet',
+    type: kind === 'ref' ? 'bridge' : 'tsnet-bridge', bridge: `br-${kind}`,
     isGateway: true, ipMasq: true,
-    ...(kind === 'tsnet' ? { stateDir: path.join(cni.dir, 'state') } : {}),
-    ipam: { type: kind === 'ref' ? 'host-local' : 'tsnet-ipam', subnet: kind === 'ref' ? '10.201.0.0/16' : '10.202.0.0/16', dataDir: path.join(cni.dir, `ipam-${kind}`) },
+    ...(kind === 'ref' ? {} : { stateDir: path.join(cni.dir, `state-${kind}`) }),
+    ipam: { type: kind === 'ref' ? 'host-local' : 'tsnet-ipam', subnet: `10.${201 + KINDS.indexOf(kind)}.0.0/16`, dataDir: path.join(cni.dir, `ipam-${kind}`) },
   });
   const made: netns.NetNs[] = [];
-  const times: Record<string, number[]> = { 'ref ADD': [], 'tsnet ADD': [], 'ref DEL': [], 'tsnet DEL': [], 'ref VERSION': [], 'tsnet VERSION': [] };
+  const times: Record<string, number[]> = {};
+  const record = (k: Kind, op: string, ms: number) => (times[`${k} ${op}`] ??= []).push(ms);
   const must = (r: CniCall, what: string) => {
     if (r.status !== 0) throw new Error(`${what}: ${r.stdout}${r.stderr}`);
     return r;
   };
-  const plugin = (k: 'ref' | 'tsnet') => (k === 'ref' ? 'bridge' : 'tsnet-bridge');
+  const agent = await cni.startAgent(node, ['--resync-interval', '10s']);
+  const call = (k: Kind, command: string, c: unknown, e: { containerId?: string; netns?: string } = {}) =>
+    cni.call(node, k === 'ref' ? 'bridge' : 'tsnet-bridge', command, c, { ...e, ifname: 'eth0', env: k === 'standalone' ? { TSNET_AGENT_SOCKET: '' } : {} });
+  const order = (i: number) => KINDS.map((_, j) => KINDS[(i + j) % KINDS.length]!);
   try {
     for (let i = 0; i < N; i++) {
-      for (const k of (i % 2 ? ['ref', 'tsnet'] : ['tsnet', 'ref']) as ('ref' | 'tsnet')[]) {
+      for (const k of order(i)) {
         const c = netns.add(`bench-${k}-${i}`);
         made.push(c);
-        const r = must(await cni.call(node, plugin(k), 'ADD', conf(k), { containerId: `${k}-${i}`, netns: c.path, ifname: 'eth0' }), `${k} ADD ${i}`);
-        times[`${k} ADD`]!.push(r.ms);
-        times[`${k} VERSION`]!.push(must(await cni.call(node, plugin(k), 'VERSION', { cniVersion: '1.0.0' }), `${k} VERSION`).ms);
+        record(k, 'ADD', must(await call(k, 'ADD', conf(k), { containerId: `${k}-${i}`, netns: c.path }), `${k} ADD ${i}`).ms);
+        record(k, 'VERSION', must(await call(k, 'VERSION', { cniVersion: '1.0.0' }), `${k} VERSION`).ms);
       }
     }
     for (let i = 0; i < N; i++) {
-      for (const k of (i % 2 ? ['ref', 'tsnet'] : ['tsnet', 'ref']) as ('ref' | 'tsnet')[]) {
-        const r = must(await cni.call(node, plugin(k), 'DEL', conf(k), { containerId: `${k}-${i}`, netns: `/run/netns/bench-${k}-${i}`, ifname: 'eth0' }), `${k} DEL ${i}`);
-        times[`${k} DEL`]!.push(r.ms);
+      for (const k of order(i)) {
+        record(k, 'DEL', must(await call(k, 'DEL', conf(k), { containerId: `${k}-${i}`, netns: `/run/netns/bench-${k}-${i}` }), `${k} DEL ${i}`).ms);
       }
     }
     const left = node.spawnSync('iptables-save', ['-t', 'nat'], { encoding: 'utf8' }).stdout as string;
-    if (/10\.20[12]\./.test(left)) throw new Error('rules left after DEL');
+    if (/10\.20[123]\./.test(left)) throw new Error('rules left after DEL');
+    if (!/tsnet-bridge ADD bench-agent/.test(agent.log)) throw new Error('the agent served no ADD');
+    // The agent's own view: time from a complete request to its reply.
+    for (const m of agent.log.matchAll(/cni: tsnet-bridge (ADD|DEL) bench-agent .*: ok in ([\d.]+) ms/g)) record('agent', `${m[1]} (inside)`, Number(m[2]));
   } finally {
+    await agent.stop();
     for (const c of made) {
       c.close();
       if (c.name) netns.del(c.name);
     }
     node.close();
     netns.del('bench-node');
-    fs.rmSync(cni.dir, { recursive: true, force: true });
+    await cni.cleanup();
   }
-  console.log(`CNI plugin latency, ${N} containers each, ipMasq on (ms)`);
-  console.log(`${'call'.padEnd(16)} ${'p50'.padStart(8)} ${'p90'.padStart(8)}`);
-  for (const [k, v] of Object.entries(times)) console.log(`${k.padEnd(16)} ${pct(v, 50).toFixed(1).padStart(8)} ${pct(v, 90).toFixed(1).padStart(8)}`);
+  console.log(`CNI plugin latency, ${N} containers each, ipMasq on, calls interleaved (ms)`);
+  console.log(`${'call'.padEnd(20)} ${'p50'.padStart(8)} ${'p90'.padStart(8)}`);
   for (const op of ['ADD', 'DEL', 'VERSION']) {
-    const r50 = pct(times[`tsnet ${op}`]!, 50) / pct(times[`ref ${op}`]!, 50);
-    const r90 = pct(times[`tsnet ${op}`]!, 90) / pct(times[`ref ${op}`]!, 90);
-    console.log(`ratio tsnet/reference ${op.padEnd(7)} p50 ${r50.toFixed(2)}  p90 ${r90.toFixed(2)}`);
+    for (const key of [...KINDS.map((k) => `${k} ${op}`), `agent ${op} (inside)`].filter((k) => times[k])) {
+      console.log(`${key.padEnd(20)} ${pct(times[key]!, 50).toFixed(1).padStart(8)} ${pct(times[key]!, 90).toFixed(1).padStart(8)}`);
+    }
+  }
+  for (const op of ['ADD', 'DEL', 'VERSION']) {
+    for (const k of ['standalone', 'agent'] as const) {
+      const r50 = pct(times[`${k} ${op}`]!, 50) / pct(times[`ref ${op}`]!, 50);
+      const r90 = pct(times[`${k} ${op}`]!, 90) / pct(times[`ref ${op}`]!, 90);
+      console.log(`ratio ${k}/ref ${op.padEnd(8)} p50 ${r50.toFixed(2)}  p90 ${r90.toFixed(2)}`);
+    }
   }
 }
 

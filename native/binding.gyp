@@ -7,6 +7,12 @@
       "defines": ["NAPI_VERSION=8", "NAPI_DISABLE_CPP_EXCEPTIONS"],
       "cflags": ["-Wall", "-Wextra"],
       "cflags_cc": ["-Wall", "-Wextra", "-std=c++17"]
+    },
+    {
+      "target_name": "tsnet-cni-shim",
+      "type": "executable",
+      "sources": ["cni_shim.c"],
+      "cflags": ["-O2", "-Wall", "-Wextra", "-std=gnu11"]
     }
   ]
 }

@@ -16,5 +16,6 @@ export * as bridge from './bridge';
 export * as sysctl from './sysctl';
 export * as attach from './attach';
 export * as cni from './cni';
+export * as agent from './agent';
 export { TsnetError } from './errors';
 export type { NetNs } from './netns';

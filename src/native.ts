@@ -9,6 +9,8 @@ export interface Native {
   umount2(target: string, flags: number): void;
   gettid(): number;
   tryLock(fd: number, exclusive?: boolean): boolean;
+  /** SO_PEERCRED of a connected unix socket. */
+  peerCred(fd: number): { pid: number; uid: number; gid: number };
   constants: {
     CLONE_NEWNET: number; CLONE_NEWNS: number;
     MS_BIND: number; MS_REC: number; MS_SHARED: number; MS_SLAVE: number; MS_PRIVATE: number;
@@ -18,6 +20,9 @@ export interface Native {
 
 /** Package root: dist/src/native.js and src/native.ts both sit two levels below it. */
 export const PACKAGE_ROOT = path.resolve(__dirname, __dirname.includes(`${path.sep}dist${path.sep}`) ? '../..' : '..');
+
+/** The CNI shim executable (native/cni_shim.c), built next to the addon. */
+export const SHIM_PATH = path.join(PACKAGE_ROOT, 'native', 'build', 'Release', 'tsnet-cni-shim');
 
 let loaded: Native | undefined;
 

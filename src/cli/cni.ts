@@ -1,6 +1,7 @@
 /** CLI for `tsnet cni`: installing the plugin executables. */
 import { Command } from 'commander';
-import { DEFAULT_BIN_DIR, install } from '../cni/install';
+import { DEFAULT_BIN_DIR, DEFAULT_SOCKET, DEFAULT_TIMEOUT_MS, install } from '../cni/install';
+import { invalid } from '../errors';
 
 export function registerCni(program: Command): void {
   const cni = program.command('cni').description('the CNI plugins tsnet-bridge and tsnet-ipam');
@@ -9,8 +10,11 @@ export function registerCni(program: Command): void {
     .option('--bin-dir <dir>', 'where runtimes look for plugins', DEFAULT_BIN_DIR)
     .option('--conf-dir <dir>', 'also write 10-tsnet.conflist here (e.g. /etc/cni/net.d)')
     .option('--force', 'overwrite an existing example conflist')
-    .action((o: { binDir: string; confDir?: string; force?: boolean }) => {
-      const r = install(o);
+    .option('--socket <path>', 'the agent socket the plugins try first ("" = always standalone)', DEFAULT_SOCKET)
+    .option('--timeout <ms>', 'how long a call through the agent may take before it fails with code 11', String(DEFAULT_TIMEOUT_MS))
+    .action((o: { binDir: string; confDir?: string; force?: boolean; socket: string; timeout: string }) => {
+      if (!/^[1-9]\d*$/.test(o.timeout)) throw invalid(`--timeout must be a positive number of milliseconds, got ${JSON.stringify(o.timeout)}`);
+      const r = install({ ...o, timeoutMs: Number(o.timeout) });
       for (const b of r.binaries) process.stdout.write(`installed ${b}\n`);
       if (r.conflist) process.stdout.write(`wrote ${r.conflist}\n`);
     });

@@ -22,6 +22,7 @@ import { invalid } from '../errors';
 import { registerNat } from './nat';
 import { registerForward } from './forward';
 import { registerCni } from './cni';
+import { registerAgent } from './agent';
 
 const program = new Command('tsnet')
   .description('Network plumbing for Linux containers: namespaces, veth pairs, bridges, addresses and routes over rtnetlink; kube-proxy-style NAT')
@@ -231,6 +232,7 @@ program.command('detach <ns>').description('remove what attach made (missing: no
 const engine = registerNat(program, { ns, json });
 registerForward(program, { engine, json });
 registerCni(program);
+registerAgent(program);
 
 // --- demo --------------------------------------------------------------------
 program.command('demo').description('build a bridged network in a private sandbox, send traffic through it, clean up').action(async () => {

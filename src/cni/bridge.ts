@@ -55,7 +55,8 @@ function bool(conf: NetConf, key: string): boolean {
   return v;
 }
 
-export function parseBridgeConf(conf: NetConf): BridgeConf {
+/** The network's options; `env` supplies the state directory the caller runs with (TSNET_STATE_DIR, or the agent's) when the config names none. */
+export function parseBridgeConf(conf: NetConf, env?: Pick<CniEnv, 'stateDir'>): BridgeConf {
   const name = validateNetworkName(conf.name);
   const br = conf.bridge ?? 'cni0';
   try {
@@ -96,6 +97,8 @@ export function parseBridgeConf(conf: NetConf): BridgeConf {
   if (conf.stateDir !== undefined) {
     if (typeof conf.stateDir !== 'string' || !conf.stateDir.startsWith('/')) throw invalidConfig(`network ${name}: stateDir must be an absolute path`);
     c.stateDir = conf.stateDir;
+  } else if (env?.stateDir) {
+    c.stateDir = env.stateDir;
   }
   if (!conf.ipam || typeof conf.ipam.type !== 'string' || conf.ipam.type === '') throw invalidConfig(`network ${name}: "ipam" with a "type" is required (e.g. {"type": "tsnet-ipam", "subnet": "10.22.0.0/16"})`);
   c.ipamType = conf.ipam.type;
@@ -189,22 +192,21 @@ async function waitForwarding(host: netns.NetNs, port: string, timeoutMs = 5000)
     const l = await link.get(host, port);
     if (l?.port?.state === 'forwarding') return;
     if (Date.now() > deadline) throw new CniError(CNI_ERR.internal, `bridge port ${port} did not reach the forwarding state within ${timeoutMs} ms (state ${l?.port?.state ?? 'unknown'})`);
-    await new Promise((r) => setTimeout(r, 5));
+    await new Promise((r) => setTimeout(r, 1));
   }
 }
 
 /** Gateway addresses on the bridge (isGateway); forceAddress replaces a different address of the same subnet. */
-async function ensureGateway(host: netns.NetNs, c: BridgeConf, cidrs: string[]): Promise<void> {
-  const br = await link.mustGet(host, c.bridge);
+async function ensureGateway(host: netns.NetNs, c: BridgeConf, brIndex: number, cidrs: string[]): Promise<void> {
   for (const cidr of cidrs) {
     const want = addr.parseCidr(cidr);
-    const others = (await addr.list(host, { dev: br.index, family: want.family }))
-      .filter((a) => a.address !== want.address && addr.contains(want, a.address) && a.scope !== 'link');
+    const have = await addr.list(host, { dev: brIndex, family: want.family });
+    const others = have.filter((a) => a.address !== want.address && addr.contains(want, a.address) && a.scope !== 'link');
     for (const o of others) {
       if (!c.forceAddress) throw new CniError(CNI_ERR.internal, `bridge ${c.bridge} already has address ${o.cidr} in ${want.network}/${want.prefix}, not gateway ${want.address}: set "forceAddress": true to replace it`);
-      await addr.del(host, o.cidr, br.index);
+      await addr.del(host, o.cidr, brIndex);
     }
-    await addr.replace(host, cidr, br.index, { noDad: true });
+    if (!have.some((a) => a.address === want.address && a.prefix === want.prefix)) await addr.replace(host, cidr, brIndex, { noDad: true });
     const key = want.family === 4 ? sysctl.keys.ipForward : sysctl.keys.ipv6Forwarding;
     if (sysctl.get(host, key).trim() !== '1') sysctl.set(host, key, 1);
   }
@@ -212,7 +214,7 @@ async function ensureGateway(host: netns.NetNs, c: BridgeConf, cidrs: string[]):
 
 /** CNI ADD. */
 export async function bridgeAdd(conf: NetConf, env: CniEnv): Promise<Result> {
-  const c = parseBridgeConf(conf);
+  const c = parseBridgeConf(conf, env);
   const cid = env.containerId!;
   const ifname = env.ifname!;
   const host = netns.current();
@@ -231,7 +233,7 @@ export async function bridgeAdd(conf: NetConf, env: CniEnv): Promise<Result> {
       nat: { stateDir: defaultStateDir(c.stateDir), backend: c.natBackend, rules: [], forwards: [] },
       complete: false,
     };
-    records.put(rec); // before the first change: whatever happens next, DEL and GC can find it
+    records.put(rec, { durable: false }); // before the first change: whatever happens next, DEL and GC can find it
     try {
       return await addSteps(c, conf, env, host, ns, rec, records);
     } catch (err) {
@@ -267,10 +269,6 @@ async function addSteps(c: BridgeConf, conf: NetConf, env: CniEnv, host: netns.N
   const ip = await ipam(conf, env).add();
   if (!ip.ips?.length) throw new CniError(CNI_ERR.internal, `IPAM plugin ${c.ipamType} returned no IP configuration`);
 
-  // Inside the container: addresses, link up, routes (a route without a gateway goes via its family's gateway).
-  await link.setUp(ns, 'lo');
-  for (const a of ip.ips) await addr.replace(ns, a.address, ifname, { noDad: !c.enabledad });
-  await link.setUp(ns, ifname);
   const gwOf = (fam: 4 | 6) => ip.ips!.find((a) => addr.parseCidr(a.address).family === fam && a.gateway)?.gateway;
   const routes = [...(ip.routes ?? [])];
   if (c.isDefaultGateway) {
@@ -280,34 +278,43 @@ async function addSteps(c: BridgeConf, conf: NetConf, env: CniEnv, host: netns.N
       if (gw && !routes.some((r) => r.dst === dst)) routes.push({ dst, gw });
     }
   }
-  for (const r of routes) {
-    const fam = addr.parseCidr(r.dst).family;
-    const via = r.gw ?? gwOf(fam);
-    await route.replace(ns, { dst: r.dst === '0.0.0.0/0' || r.dst === '::/0' ? 'default' : r.dst, dev: ifname, ...(via ? { via } : {}) });
-  }
-
+  // The gateway first: a port mapping's route_localnet goes on the interface the host routes the container by.
   if (c.isGateway) {
-    await ensureGateway(host, c, ip.ips.filter((a) => a.gateway).map((a) => `${a.gateway}/${addr.parseCidr(a.address).prefix}`));
+    await ensureGateway(host, c, br.index, ip.ips.filter((a) => a.gateway).map((a) => `${a.gateway}/${addr.parseCidr(a.address).prefix}`));
   }
 
+  // Then two independent halves at once: the container side, and the NAT rules on the host.
+  const containerSide = async () => {
+    // Addresses, link up, routes (a route without a gateway goes via its family's gateway).
+    await link.setUp(ns, 'lo');
+    for (const a of ip.ips!) await addr.replace(ns, a.address, ifname, { noDad: !c.enabledad });
+    await link.setUp(ns, ifname);
+    for (const r of routes) {
+      const fam = addr.parseCidr(r.dst).family;
+      const via = r.gw ?? gwOf(fam);
+      await route.replace(ns, { dst: r.dst === '0.0.0.0/0' || r.dst === '::/0' ? 'default' : r.dst, dev: ifname, ...(via ? { via } : {}) });
+    }
+    await waitForwarding(host, rec.hostIfname);
+  };
   // NAT: masquerade the container's traffic leaving the bridge; port mappings as forwards (+ hairpin masquerade).
-  const ips = ip.ips.map((a) => addr.parseCidr(a.address));
-  const host32 = (x: addr.Cidr) => `${x.address}/${x.family === 4 ? 32 : 128}`;
-  const rules: NatRule[] = c.ipMasq ? ips.map((x) => ({ kind: 'masquerade', source: host32(x), outNot: c.bridge })) : [];
-  const forwards = rc.portMappings?.length ? portForwards(c.name, rec.containerId, ifname, rc.portMappings, ips.map((x) => x.address)) : [];
-  if (forwards.length) for (const x of ips) rules.push({ kind: 'masquerade', source: host32(x), destination: host32(x) });
-  if (rules.length || forwards.length) {
+  const nat = async () => {
+    const ips = ip.ips!.map((a) => addr.parseCidr(a.address));
+    const host32 = (x: addr.Cidr) => `${x.address}/${x.family === 4 ? 32 : 128}`;
+    const rules: NatRule[] = c.ipMasq ? ips.map((x) => ({ kind: 'masquerade', source: host32(x), outNot: c.bridge })) : [];
+    const forwards = rc.portMappings?.length ? portForwards(c.name, rec.containerId, ifname, rc.portMappings, ips.map((x) => x.address)) : [];
+    if (forwards.length) for (const x of ips) rules.push({ kind: 'masquerade', source: host32(x), destination: host32(x) });
+    if (!rules.length && !forwards.length) return;
     rec.nat.rules = rules;
     rec.nat.forwards = forwards.map((f) => f.name);
-    records.put(rec);
+    records.put(rec); // before the rules exist: a crash from here on leaves a record naming them
     const keys = new Set(rules.map(ruleKey));
     await (await engineFor(rec, host)).update((st) => {
       st.rules = [...st.rules.filter((r) => !keys.has(ruleKey(r))), ...rules];
       st.forwards = [...st.forwards.filter((f) => !rec.nat.forwards.includes(f.name)), ...forwards];
     });
-  }
-
-  await waitForwarding(host, rec.hostIfname);
+  };
+  const failed = (await Promise.allSettled([nat(), containerSide()])).find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (failed) throw failed.reason; // the caller tears down both halves
 
   const hostEnd = await link.mustGet(host, rec.hostIfname);
   const inside = await link.mustGet(ns, ifname);
@@ -325,24 +332,25 @@ async function addSteps(c: BridgeConf, conf: NetConf, env: CniEnv, host: netns.N
   };
   rec.result = result;
   rec.complete = true;
-  records.put(rec);
+  records.put(rec, { durable: false }); // what it adds to the durable version (the result) dies with the veth in a power loss
   return result;
 }
 
 /** CNI DEL: idempotent; works when the namespace or interface is gone and when ADD never happened. */
 export async function bridgeDel(conf: NetConf, env: CniEnv): Promise<void> {
-  const c = parseBridgeConf(conf);
+  const c = parseBridgeConf(conf, env);
   const records = new RecordStore(c.stateDir, c.name);
   const rec = records.get(env.containerId!, env.ifname!);
   if (rec) return teardown(rec, env, records);
-  // No record: ADD never ran, or died before its first change. Its deterministic leftovers, if any:
+  // No (readable) record: ADD never ran, or died before its first change. Its deterministic leftovers, if any:
   await link.del(netns.current(), hostVethName(c.name, env.containerId!, env.ifname!));
   await ipam(conf, env).del();
+  records.remove(env.containerId!, env.ifname!);
 }
 
 /** CNI CHECK: the container interface, its addresses and routes, and the host side, against prevResult. */
 export async function bridgeCheck(conf: NetConf, env: CniEnv, prev: Result | undefined): Promise<void> {
-  const c = parseBridgeConf(conf);
+  const c = parseBridgeConf(conf, env);
   if (!prev) throw new CniError(CNI_ERR.invalidConfig, 'CHECK needs prevResult in the network config');
   const ifname = env.ifname!;
   const host = netns.current();
@@ -381,7 +389,7 @@ export async function bridgeCheck(conf: NetConf, env: CniEnv, prev: Result | und
 
 /** CNI GC (1.1): releases every attachment of this network not in cni.dev/valid-attachments. */
 export async function bridgeGc(conf: NetConf, env: CniEnv): Promise<{ released: string[] }> {
-  const c = parseBridgeConf(conf);
+  const c = parseBridgeConf(conf, env);
   const valid = validAttachments(conf);
   const records = new RecordStore(c.stateDir, c.name);
   const released: string[] = [];
@@ -396,7 +404,7 @@ export async function bridgeGc(conf: NetConf, env: CniEnv): Promise<{ released: 
 
 /** CNI STATUS (1.1): ready unless IPAM cannot allocate or the NAT tools are missing. */
 export async function bridgeStatus(conf: NetConf, env: CniEnv): Promise<void> {
-  const c = parseBridgeConf(conf);
+  const c = parseBridgeConf(conf, env);
   if (c.ipMasq || conf.capabilities?.portMappings) {
     const { systemTool } = await import('../nat/exec');
     const tool = c.natBackend === 'nft' ? 'nft' : 'iptables-restore';

@@ -28,9 +28,9 @@ export function findPlugin(type: string, dirs: readonly string[]): string {
   throw invalidConfig(`failed to find plugin "${type}" in path [${dirs.join(' ')}]`);
 }
 
-/** The environment a delegated plugin gets: ours, with the CNI variables of this call. */
+/** The environment a delegated plugin gets: the caller's (the runtime's, also when an agent serves the call), with the CNI variables of this call. */
 function delegateEnv(env: CniEnv, command: CniCommand): NodeJS.ProcessEnv {
-  const out: NodeJS.ProcessEnv = { ...process.env, CNI_COMMAND: command, CNI_PATH: env.path.join(':') };
+  const out: NodeJS.ProcessEnv = { ...env.vars, CNI_COMMAND: command, CNI_PATH: env.path.join(':') };
   const set = (k: string, v: string | undefined) => { if (v === undefined) delete out[k]; else out[k] = v; };
   set('CNI_CONTAINERID', env.containerId);
   set('CNI_NETNS', env.netns);

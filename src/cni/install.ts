@@ -1,25 +1,46 @@
 /**
  * `tsnet cni install`: puts the plugin executables where runtimes look
  * (/opt/cni/bin) and, optionally, an example network into /etc/cni/net.d.
- * The executables are small sh wrappers naming node and the plugin by
- * absolute path: a runtime executes them with its own environment, so they
- * must not depend on PATH or the working directory. Each is written under a
- * temporary name and renamed, so a runtime never runs half a file.
+ * Both executables are the native shim (native/cni_shim.c): it hands each
+ * call to the agent (`tsnet agent`) when one serves this network namespace,
+ * and otherwise runs the standalone plugin (node + dist/src/cni/main.js).
+ * The shim's settings go to tsnet-cni.conf beside it, with node and the
+ * plugin named by absolute path: a runtime executes plugins with its own
+ * environment, so nothing may depend on PATH or the working directory. Every
+ * file is written under a temporary name and renamed, so a runtime never
+ * runs half a file.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { PLUGINS } from './plugin';
 import { invalid } from '../errors';
+import { SHIM_PATH } from '../native';
 import { writeFileAtomic } from '../state';
 
 export const DEFAULT_BIN_DIR = '/opt/cni/bin';
 export const DEFAULT_CONF_DIR = '/etc/cni/net.d';
+export const DEFAULT_SOCKET = '/run/tsnet/agent.sock';
+export const SHIM_CONF = 'tsnet-cni.conf';
 export const EXAMPLE_CONFLIST = '10-tsnet.conflist';
+/** How long a call through the agent may take before the shim reports error 11 (runtimes have no deadline of their own for plugins). */
+export const DEFAULT_TIMEOUT_MS = 120_000;
 
-const sq = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;
+export interface ShimSettings {
+  /** The agent's socket; '' = never use an agent. */
+  socket: string;
+  node: string;
+  entry: string;
+  timeoutMs: number;
+}
 
-export function wrapperScript(plugin: string, node = process.execPath, entry = path.join(__dirname, 'main.js')): string {
-  return `#!/bin/sh\n# ${plugin}: tsnet's CNI plugin, installed by \`tsnet cni install\`.\nexec ${sq(node)} ${sq(entry)} ${plugin} "$@"\n`;
+/** tsnet-cni.conf: one KEY=VALUE per line, read by the shim. */
+export function shimConf(s: ShimSettings): string {
+  for (const [k, v] of Object.entries(s)) {
+    if (/[\r\n]/.test(String(v))) throw invalid(`${k} must not contain a line break`);
+  }
+  if (s.socket && Buffer.byteLength(s.socket) > 107) throw invalid(`socket path ${s.socket} is longer than a unix socket address allows (107 bytes)`);
+  if (s.socket && !path.isAbsolute(s.socket)) throw invalid(`socket path ${s.socket} must be absolute`);
+  return `# tsnet's CNI shim settings, written by \`tsnet cni install\`.\nsocket=${s.socket}\nnode=${s.node}\nentry=${s.entry}\ntimeout_ms=${s.timeoutMs}\n`;
 }
 
 /** An example network: a bridge with gateway, masquerade, port mappings, tsnet-ipam. */
@@ -45,14 +66,19 @@ export interface InstallResult {
   conflist?: string;
 }
 
-export function install(o: { binDir?: string; confDir?: string; force?: boolean } = {}): InstallResult {
+export function install(o: { binDir?: string; confDir?: string; force?: boolean; socket?: string; timeoutMs?: number } = {}): InstallResult {
   const binDir = path.resolve(o.binDir ?? DEFAULT_BIN_DIR);
   const entry = path.join(__dirname, 'main.js');
   if (!fs.existsSync(entry)) throw invalid(`${entry} is missing: build tsnet first (npm run build)`);
+  if (!fs.existsSync(SHIM_PATH)) throw invalid(`${SHIM_PATH} is missing: build the native part first (npm ci, or npm rebuild)`);
+  const settings = shimConf({ socket: o.socket ?? DEFAULT_SOCKET, node: process.execPath, entry, timeoutMs: o.timeoutMs ?? DEFAULT_TIMEOUT_MS });
   fs.mkdirSync(binDir, { recursive: true, mode: 0o755 });
+  // Settings first: a shim never starts without them.
+  writeFileAtomic(path.join(binDir, SHIM_CONF), settings, 0o644);
+  const shim = fs.readFileSync(SHIM_PATH);
   const binaries = PLUGINS.map((p) => {
     const file = path.join(binDir, p);
-    writeFileAtomic(file, wrapperScript(p, process.execPath, entry), 0o755);
+    writeFileAtomic(file, shim, 0o755);
     return file;
   });
   const out: InstallResult = { binaries };

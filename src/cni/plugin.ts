@@ -53,9 +53,14 @@ function errorVersion(stdin: string): string {
   return LATEST;
 }
 
-export async function invoke(plugin: PluginName, envVars: NodeJS.ProcessEnv, stdin: string): Promise<Invocation> {
+export interface InvokeOptions {
+  /** State directory when neither the config (stateDir) nor the caller (TSNET_STATE_DIR) names one: the agent's --state-dir. */
+  stateDir?: string;
+}
+
+export async function invoke(plugin: PluginName, envVars: NodeJS.ProcessEnv, stdin: string, opts: InvokeOptions = {}): Promise<Invocation> {
   try {
-    const env = parseEnv(envVars);
+    const env = parseEnv(envVars, opts);
     if (env.command === 'VERSION') {
       return { stdout: `${JSON.stringify({ cniVersion: errorVersion(stdin), supportedVersions: SUPPORTED_VERSIONS })}\n`, exitCode: 0 };
     }

@@ -7,7 +7,8 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { listDir, readJson, stateDir as defaultStateDir, writeJsonAtomic } from '../state';
+import { listDir, readJson, stateDir as defaultStateDir, writeJsonAtomic, type WriteOptions } from '../state';
+import { hasCode } from '../errors';
 import { validateContainerId, validateIfnameEnv } from './env';
 import { validateNetworkName } from './ipam/config';
 import type { NatRule } from '../nat/model';
@@ -42,21 +43,36 @@ export class RecordStore {
     return path.join(this.dir, `${containerId}:${ifname}.json`);
   }
 
+  /** The record; undefined when there is none, or only an unreadable one (a power loss can leave a new file empty). */
   get(containerId: string, ifname: string): AttachmentRecord | undefined {
-    return readJson<AttachmentRecord>(this.file(containerId, ifname));
+    try {
+      return readJson<AttachmentRecord>(this.file(containerId, ifname));
+    } catch (err) {
+      if (hasCode(err, 'EINVAL')) return undefined; // DEL then removes what it can find by name, and the file
+      throw err;
+    }
   }
 
-  put(r: AttachmentRecord): void {
-    writeJsonAtomic(this.file(r.containerId, r.ifname), r);
+  /**
+   * Saves the record. `durable: false` for the versions that name only kernel
+   * objects (veth, addresses), which a power loss removes with the record;
+   * the one naming NAT rules must survive it, as the NAT state does.
+   */
+  put(r: AttachmentRecord, o: WriteOptions = {}): void {
+    writeJsonAtomic(this.file(r.containerId, r.ifname), r, o);
   }
 
+  /** Removes the record, and temporary files a writer of it left when it was killed mid-write. */
   remove(containerId: string, ifname: string): void {
-    fs.rmSync(this.file(containerId, ifname), { force: true });
+    const file = this.file(containerId, ifname);
+    const temp = `.${path.basename(file)}.`;
+    for (const n of listDir(this.dir)) if (n.startsWith(temp) && n.endsWith('.tmp')) fs.rmSync(path.join(this.dir, n), { force: true });
+    fs.rmSync(file, { force: true });
   }
 
   list(): AttachmentRecord[] {
     return listDir(this.dir).filter((n) => n.endsWith('.json') && !n.startsWith('.'))
-      .map((n) => readJson<AttachmentRecord>(path.join(this.dir, n)))
+      .map((n) => { try { return readJson<AttachmentRecord>(path.join(this.dir, n)); } catch (err) { if (hasCode(err, 'EINVAL')) return undefined; throw err; } })
       .filter((r): r is AttachmentRecord => r !== undefined);
   }
 }

@@ -18,6 +18,10 @@ export interface CniEnv {
   args: Record<string, string>;
   /** CNI_PATH, split. */
   path: string[];
+  /** tsnet's state directory for this call (TSNET_STATE_DIR, else the serving agent's --state-dir), when set. */
+  stateDir?: string;
+  /** The caller's whole environment: what a delegated plugin inherits. */
+  vars: Readonly<Record<string, string | undefined>>;
 }
 
 export interface PortMapping {

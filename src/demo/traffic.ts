@@ -46,7 +46,7 @@ export function request(ns: NetNs, proto: Proto, host: string, port: number, opt
     let err = '';
     child.stdout?.on('data', (d) => (out += d));
     child.stderr?.on('data', (d) => (err += d));
-    child.once('exit', (code) => {
+    child.once('close', (code) => { // 'close', not 'exit': stdout may still be unread at exit
       try {
         resolve(JSON.parse(out) as RequestResult);
       } catch {

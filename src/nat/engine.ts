@@ -44,6 +44,22 @@ export interface SyncReport extends Omit<SyncResult, 'applied'> {
   conntrackDeleted: number;
 }
 
+/** A sync that happened, for observers (the agent's log and metrics). */
+export interface SyncEvent extends SyncReport {
+  /** The engine's state directory. */
+  dir: string;
+  /** What asked for it: a change of the desired state, an explicit sync, or the resync loop after a flush. */
+  trigger: 'update' | 'sync' | 'resync';
+}
+
+const syncListeners = new Set<(e: SyncEvent) => void>();
+
+/** Calls `fn` after every sync this process makes; returns the unsubscribe function. */
+export function onSync(fn: (e: SyncEvent) => void): () => void {
+  syncListeners.add(fn);
+  return () => syncListeners.delete(fn);
+}
+
 export class NatEngine {
   readonly ns: netns.NetNs;
   readonly dir: string;
@@ -76,11 +92,12 @@ export class NatEngine {
     return this.load().desired;
   }
 
-  private async backendFor(f: StateFile): Promise<Backend> {
+  /** The backend for state `f`; `lockFd` is held by the tools it runs (a killed tsnet's last restore keeps the lock till it is done). */
+  private async backendFor(f: StateFile, lockFd?: number): Promise<Backend> {
     const name = this.choice === 'auto' ? f.backend ?? 'iptables' : this.choice;
-    if (name === 'nft') return new NftBackend(this.ns);
+    if (name === 'nft') return new NftBackend(this.ns, lockFd);
     const mode: IptablesMode = f.applied?.backend === 'iptables' && f.applied.mode ? f.applied.mode as IptablesMode : await detectMode(this.ns);
-    return new IptablesBackend(this.ns, mode);
+    return new IptablesBackend(this.ns, mode, lockFd);
   }
 
   /**
@@ -88,7 +105,7 @@ export class NatEngine {
    * throw (bad input): nothing is applied or saved then.
    */
   async update(change: (st: DesiredState) => DesiredState | void, opts: { force?: boolean } = {}): Promise<SyncReport> {
-    return withLock(this.dir, 'nat', async () => {
+    return withLock(this.dir, 'nat', async (lockFd) => {
       const f = this.load();
       const before = structuredClone(f.desired);
       const next = normalizeState(change(f.desired) ?? f.desired);
@@ -96,15 +113,35 @@ export class NatEngine {
       if (!opts.force && f.applied?.clean && (this.choice === 'auto' || this.choice === f.backend) && JSON.stringify(next) === JSON.stringify(before)) {
         return { full: false, written: 0, deleted: 0, backend: f.backend + (f.applied.mode ? `/${f.applied.mode}` : ''), ms: 0, conntrackDeleted: 0 };
       }
-      return this.apply(f, before, next, opts.force ?? false);
+      return this.apply(f, before, next, opts.force ?? false, 'update', lockFd);
     });
   }
 
   /** Re-applies the stored desired state (after a reboot, a flush, or a crash). */
   async sync(opts: { force?: boolean } = {}): Promise<SyncReport> {
-    return withLock(this.dir, 'nat', async () => {
+    return withLock(this.dir, 'nat', async (lockFd) => {
       const f = this.load();
-      return this.apply(f, f.desired, f.desired, opts.force ?? false);
+      return this.apply(f, f.desired, f.desired, opts.force ?? false, 'sync', lockFd);
+    });
+  }
+
+  /**
+   * What a resident process runs every interval (kube-proxy's canary
+   * monitor): when the rules this engine applied are intact, nothing; when
+   * someone flushed them (the canary is gone), a full re-apply of the stored
+   * desired state. Returns the sync's report, or undefined when none was needed.
+   */
+  async converge(): Promise<SyncReport | undefined> {
+    return withLock(this.dir, 'nat', async (lockFd) => {
+      const f = this.load();
+      const applied = f.applied;
+      if (!applied) return undefined; // nothing was ever applied here (or it was torn down)
+      const families = Object.keys(applied.families).map(Number) as (4 | 6)[];
+      const backend = await this.backendFor(f);
+      let intact = applied.clean && backend.name === applied.backend;
+      for (const fam of families) if (intact && !(await backend.canaryPresent(fam))) intact = false;
+      if (intact) return undefined;
+      return this.apply(f, f.desired, f.desired, true, 'resync', lockFd);
     });
   }
 
@@ -134,23 +171,26 @@ export class NatEngine {
     return out;
   }
 
-  private async apply(f: StateFile, before: DesiredState, next: DesiredState, force: boolean): Promise<SyncReport> {
+  private async apply(f: StateFile, before: DesiredState, next: DesiredState, force: boolean, trigger: SyncEvent['trigger'], lockFd: number): Promise<SyncReport> {
     const t0 = process.hrtime.bigint();
-    const backend = await this.backendFor(f);
+    const backend = await this.backendFor(f, lockFd);
     if (f.backend && f.backend !== backend.name) {
       // Switching backends: the old one's rules go first, so traffic is never handled twice.
-      const old = f.backend === 'nft' ? new NftBackend(this.ns) : new IptablesBackend(this.ns, (f.applied?.mode as IptablesMode | undefined) ?? await detectMode(this.ns));
+      const old = f.backend === 'nft' ? new NftBackend(this.ns, lockFd) : new IptablesBackend(this.ns, (f.applied?.mode as IptablesMode | undefined) ?? await detectMode(this.ns), lockFd);
       await old.teardown();
       f.applied = undefined;
     }
     // Mark the record dirty first: a crash between apply and save then forces a full sync next time.
-    if (f.applied) writeJsonAtomic(this.file, { ...f, applied: { ...f.applied, clean: false } });
-    const result = await backend.sync(next, f.applied, force);
+    // (Not synced to disk: a power loss takes the rules with it, and the canary then forces a full sync anyway.)
+    if (f.applied) writeJsonAtomic(this.file, { ...f, applied: { ...f.applied, clean: false } }, { durable: false });
+    const result = await backend.sync(next, f.applied, force, before);
     const conntrackDeleted = await deleteUdpFlows(this.ns, removedUdpEndpoints(before, next));
     const sysctls = await this.convergeSysctls(next, f.sysctls ?? {});
     writeJsonAtomic(this.file, { version: 1, backend: backend.name, desired: next, applied: result.applied, sysctls } satisfies StateFile);
     const { applied: _a, ...rest } = result;
-    return { ...rest, backend: backend.name + (result.applied.mode ? `/${result.applied.mode}` : ''), ms: Number(process.hrtime.bigint() - t0) / 1e6, conntrackDeleted };
+    const report: SyncReport = { ...rest, backend: backend.name + (result.applied.mode ? `/${result.applied.mode}` : ''), ms: Number(process.hrtime.bigint() - t0) / 1e6, conntrackDeleted };
+    for (const fn of syncListeners) fn({ ...report, dir: this.dir, trigger });
+    return report;
   }
 }
 

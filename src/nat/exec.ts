@@ -35,10 +35,22 @@ export function systemTool(name: string): string {
   return found;
 }
 
+export interface ExecOptions {
+  timeoutMs?: number;
+  /**
+   * An fd the child keeps open (as its fd 3) while it runs: the caller's
+   * flock. A tool still applying rules when its caller is killed then keeps
+   * the lock until it is done, so the next holder sees its changes instead of
+   * racing them.
+   */
+  holdFd?: number;
+}
+
 /** Runs `cmd args` inside `ns`, feeding `input` on stdin; resolves with the outcome (never rejects on a non-zero exit). */
-export function execIn(ns: NetNs, cmd: string, args: readonly string[], input = '', timeoutMs = 60_000): Promise<ExecResult> {
+export function execIn(ns: NetNs, cmd: string, args: readonly string[], input = '', o: ExecOptions = {}): Promise<ExecResult> {
+  const timeoutMs = o.timeoutMs ?? 60_000;
   return new Promise((resolve, reject) => {
-    const child = ns.spawn(systemTool(cmd), args, { stdio: ['pipe', 'pipe', 'pipe'] });
+    const child = ns.spawn(systemTool(cmd), args, { stdio: ['pipe', 'pipe', 'pipe', ...(o.holdFd === undefined ? [] : [o.holdFd])] });
     const out: Buffer[] = [];
     const err: Buffer[] = [];
     const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
@@ -58,8 +70,9 @@ export function execIn(ns: NetNs, cmd: string, args: readonly string[], input = 
 }
 
 /** Like execIn, but a non-zero exit becomes a one-line TsnetError naming the tool and namespace. */
-export async function mustExec(ns: NetNs, what: string, cmd: string, args: readonly string[], input = '', timeoutMs = 60_000): Promise<string> {
-  const r = await execIn(ns, cmd, args, input, timeoutMs);
+export async function mustExec(ns: NetNs, what: string, cmd: string, args: readonly string[], input = '', o: ExecOptions = {}): Promise<string> {
+  const timeoutMs = o.timeoutMs ?? 60_000;
+  const r = await execIn(ns, cmd, args, input, o);
   if (r.code !== 0) {
     const first = r.stderr.trim().split('\n').filter(Boolean).slice(0, 2).join('; ') || (r.code === 128 ? `killed after ${timeoutMs / 1000} s` : `exit ${r.code}`);
     throw new TsnetError(`${what} in ${ns.label}: ${cmd} failed: ${first}`, { code: 'EIO' });

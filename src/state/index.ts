@@ -42,29 +42,42 @@ export function listDir(dir: string): string[] {
   }
 }
 
-/** Writes `content` to a temporary name next to `file` and syncs it; returns that name. */
-function writeTemp(file: string, content: string, mode: number): string {
+/** Writes `content` to a temporary name next to `file` (synced when `durable`); returns that name. */
+function writeTemp(file: string, content: string | Uint8Array, mode: number, durable = true): string {
   const tmp = path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.tmp`);
   const fd = fs.openSync(tmp, 'w', mode);
   try {
     fs.fchmodSync(fd, mode); // the umask does not decide an executable's mode
-    fs.writeSync(fd, content);
-    fs.fsyncSync(fd);
+    if (typeof content === 'string') fs.writeSync(fd, content);
+    else fs.writeSync(fd, content);
+    if (durable) fs.fsyncSync(fd);
   } finally {
     fs.closeSync(fd);
   }
   return tmp;
 }
 
+/**
+ * How a write must survive. Every write is atomic against a crash of the
+ * process (rename: the old file or the new one). `durable` (the default) also
+ * syncs file and directory, so the new file survives a power loss; callers
+ * pass false for documents that only describe kernel state, which a power
+ * loss takes with it anyway.
+ */
+export interface WriteOptions {
+  durable?: boolean;
+}
+
 /** Replaces `file` with `content` atomically: readers see the old file or the new one, never half of one. */
-export function writeFileAtomic(file: string, content: string, mode = 0o600): void {
+export function writeFileAtomic(file: string, content: string | Uint8Array, mode = 0o600, o: WriteOptions = {}): void {
   const dir = path.dirname(file);
+  const durable = o.durable ?? true;
   fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
   let tmp: string | undefined;
   try {
-    tmp = writeTemp(file, content, mode);
+    tmp = writeTemp(file, content, mode, durable);
     fs.renameSync(tmp, file);
-    syncDir(dir);
+    if (durable) syncDir(dir);
   } catch (err) {
     if (tmp) fs.rmSync(tmp, { force: true });
     throw contextualize(`writing ${file}`, err);
@@ -72,8 +85,8 @@ export function writeFileAtomic(file: string, content: string, mode = 0o600): vo
 }
 
 /** Replaces `file` with `data` as JSON, atomically. */
-export function writeJsonAtomic(file: string, data: unknown): void {
-  writeFileAtomic(file, `${JSON.stringify(data, null, 1)}\n`);
+export function writeJsonAtomic(file: string, data: unknown, o: WriteOptions = {}): void {
+  writeFileAtomic(file, `${JSON.stringify(data, null, 1)}\n`, 0o600, o);
 }
 
 /**
@@ -81,12 +94,16 @@ export function writeJsonAtomic(file: string, data: unknown): void {
  * DIR/NAME.lock). Waits up to `timeoutMs` for another holder, polling so the
  * event loop keeps running.
  */
-export async function withLock<T>(dir: string, name: string, fn: () => Promise<T> | T, timeoutMs = 30_000): Promise<T> {
+export async function withLock<T>(dir: string, name: string, fn: (lockFd: number) => Promise<T> | T, timeoutMs = 30_000): Promise<T> {
   return withLockFile(path.join(dir, `${name}.lock`), fn, timeoutMs);
 }
 
-/** Runs `fn` holding an exclusive flock on `file` (created if missing), as withLock. */
-export async function withLockFile<T>(file: string, fn: () => Promise<T> | T, timeoutMs = 30_000): Promise<T> {
+/**
+ * Runs `fn` holding an exclusive flock on `file` (created if missing), as
+ * withLock. `fn` gets the lock's fd, to hand to child processes that must
+ * hold the lock as long as they run.
+ */
+export async function withLockFile<T>(file: string, fn: (lockFd: number) => Promise<T> | T, timeoutMs = 30_000): Promise<T> {
   fs.mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
   const fd = fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600);
   try {
@@ -95,9 +112,9 @@ export async function withLockFile<T>(file: string, fn: () => Promise<T> | T, ti
       if (Date.now() > deadline) throw new TsnetError(`timed out after ${timeoutMs} ms waiting for ${file} (another tsnet is working; try again)`, { code: 'EAGAIN' });
       await new Promise((r) => setTimeout(r, wait));
     }
-    return await fn();
+    return await fn(fd);
   } finally {
-    fs.closeSync(fd); // releases the flock
+    fs.closeSync(fd); // releases the flock (unless a child still holds it)
   }
 }
 

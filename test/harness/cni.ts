@@ -8,7 +8,10 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import type * as netns from '../../src/netns';
-import { run, tsnet } from './fixtures';
+import type { ChildProcess } from 'node:child_process';
+import * as link from '../../src/link';
+import * as addr from '../../src/addr';
+import { CLI, run, tsnet, type Topology } from './fixtures';
 
 export const REFERENCE_DIR = '/usr/lib/cni';
 
@@ -30,18 +33,74 @@ export interface CallEnv {
   env?: Record<string, string | undefined>;
 }
 
+/** How the installed shims are served: by the standalone plugin (no agent listening), or by a `tsnet agent` per node namespace. */
+export type CniMode = 'standalone' | 'agent';
+
+/** A `tsnet agent` started by a test, inside a node namespace. */
+export class AgentProcess {
+  readonly child: ChildProcess;
+  readonly ready: Promise<{ metrics?: string }>;
+  log = '';
+  private readonly exited: Promise<number | null>;
+
+  constructor(readonly node: netns.NetNs, readonly socket: string, args: string[]) {
+    this.child = node.spawn(process.execPath, [CLI, 'agent', '--socket', socket, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    this.child.stderr!.on('data', (d) => (this.log += d));
+    this.exited = new Promise((resolve) => this.child.on('exit', (code) => resolve(code)));
+    this.ready = new Promise((resolve, reject) => {
+      let out = '';
+      this.child.stdout!.on('data', (d) => {
+        out += d;
+        const m = /^ready \S+(?: metrics=(\S+))?$/m.exec(out);
+        if (m) resolve(m[1] ? { metrics: m[1] } : {});
+      });
+      void this.exited.then((code) => reject(new Error(`agent exited (${code}) before it was ready: ${this.log}`)));
+    });
+  }
+
+  get pid(): number {
+    return this.child.pid!;
+  }
+
+  /** SIGTERM (graceful) or SIGKILL, and wait for the exit. */
+  async stop(signal: 'SIGTERM' | 'SIGKILL' = 'SIGTERM'): Promise<number | null> {
+    if (this.child.exitCode === null && this.child.signalCode === null) this.child.kill(signal);
+    return this.exited;
+  }
+}
+
 /** A temporary CNI install: bin dir with tsnet's plugins, CNI_PATH with the reference plugins after them. */
 export class CniInstall {
   readonly dir: string;
   readonly binDir: string;
   readonly cniPath: string;
+  /** The socket the shims are installed with: nothing listens there unless a test starts an agent on it. */
+  readonly socket: string;
+  /** Agents by node namespace name: calls in that namespace go to its agent. */
+  readonly agents = new Map<string, AgentProcess>();
 
-  constructor(prefix: string) {
+  constructor(prefix: string, readonly mode: CniMode = 'standalone') {
     this.dir = fs.mkdtempSync(path.join(os.tmpdir(), `tsnet-${prefix}-`));
     this.binDir = path.join(this.dir, 'bin');
-    const r = tsnet('cni', 'install', '--bin-dir', this.binDir);
+    this.socket = path.join(this.dir, 'run', 'agent.sock');
+    const r = tsnet('cni', 'install', '--bin-dir', this.binDir, '--socket', this.socket);
     if (r.status !== 0) throw new Error(`tsnet cni install failed: ${r.stderr}`);
     this.cniPath = `${this.binDir}:${REFERENCE_DIR}`;
+  }
+
+  /** Starts an agent inside `node` (its own socket directory), and routes this install's calls in `node` to it. */
+  async startAgent(node: netns.NetNs, args: string[] = []): Promise<AgentProcess> {
+    const dir = fs.mkdtempSync(path.join(this.dir, 'agent-'));
+    fs.chmodSync(dir, 0o700);
+    const a = new AgentProcess(node, path.join(dir, 'agent.sock'), ['--state-dir', path.join(dir, 'state'), '--metrics', '', '--resync-interval', '1s', ...args]);
+    this.agents.set(node.name!, a);
+    await a.ready;
+    return a;
+  }
+
+  /** In agent mode: an agent for `node`, unless it has one. */
+  async serve(node: netns.NetNs): Promise<void> {
+    if (this.mode === 'agent' && !this.agents.has(node.name!)) await this.startAgent(node);
   }
 
   /** Runs plugin `plugin` (a tsnet one from the bin dir, or a reference one) with `command` inside `node`. */
@@ -53,6 +112,8 @@ export class CniInstall {
   start(node: netns.NetNs, plugin: string, command: string, conf: unknown, e: CallEnv = {}): { pid: number; done: Promise<CniCall> } {
     const file = fs.existsSync(path.join(this.binDir, plugin)) ? path.join(this.binDir, plugin) : path.join(REFERENCE_DIR, plugin);
     const env: Record<string, string> = { PATH: '/usr/local/sbin:/usr/sbin:/sbin:/usr/local/bin:/usr/bin:/bin', CNI_COMMAND: command, CNI_PATH: this.cniPath };
+    const agent = this.agents.get(node.name!);
+    if (agent) env.TSNET_AGENT_SOCKET = agent.socket;
     if (e.containerId !== undefined) env.CNI_CONTAINERID = e.containerId;
     if (e.netns !== undefined) env.CNI_NETNS = e.netns;
     if (e.ifname !== undefined) env.CNI_IFNAME = e.ifname;
@@ -85,9 +146,26 @@ export class CniInstall {
     return { pid: child.pid!, done };
   }
 
-  cleanup(): void {
+  async cleanup(): Promise<void> {
+    await Promise.all([...this.agents.values()].map((a) => a.stop('SIGKILL')));
     fs.rmSync(this.dir, { recursive: true, force: true });
   }
+}
+
+/**
+ * A "node" namespace NODE<n> with an uplink to an "ext" namespace beyond it
+ * (`${net}.<n>.1` on the node, `.2` in ext; ext has no route back to any
+ * container subnet), and a scratch directory in the install for its state.
+ */
+export async function nodeWithUplink(topo: Topology, cni: CniInstall, n: number, net: string) {
+  const host = await topo.ns(`node${n}`);
+  const ext = await topo.ns(`ext${n}`);
+  await link.add(host, { kind: 'veth', name: 'uplink', up: true, peer: { name: 'eth0', netns: ext } });
+  await link.setUp(ext, 'eth0');
+  await addr.add(host, `${net}.${n}.1/24`, 'uplink');
+  await addr.add(ext, `${net}.${n}.2/24`, 'eth0');
+  const dir = fs.mkdtempSync(path.join(cni.dir, `n${n}-`));
+  return { host, ext, dir, nodeIp: `${net}.${n}.1`, extIp: `${net}.${n}.2` };
 }
 
 /** What a network left in a node: veths, reservations, records, NAT rules. */

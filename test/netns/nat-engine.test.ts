@@ -60,3 +60,25 @@ test.serial('a corrupt state file is a clear error, not a silent reset', async (
   t.is(r.status, 1);
   t.regex(r.stderr, /^tsnet: .*nat\.json is not valid JSON .*restore it from a backup or remove it\n$/);
 });
+
+for (const backend of ['iptables', 'nft'] as const) {
+  test.serial(`${backend}: a sync that died half-way (dirty record) is undone even when the desired state is now empty`, async (t) => {
+    // The state a tsnet killed between applying and saving leaves: rules live, the record still the old
+    // desired state (here: empty) and marked dirty.
+    const ns = await topo.ns(`dirty-${backend}`);
+    const dir = tmp();
+    const engine = new NatEngine({ ns, stateDir: dir, backend });
+    await engine.update((st) => { st.rules.push({ kind: 'masquerade', source: '10.77.0.0/24', outNot: 'br0' }); });
+    await engine.update((st) => { st.rules.push({ kind: 'masquerade', source: '10.78.0.5/32', outNot: 'br0' }); });
+    const file = path.join(dir, 'netns', ns.name!, 'nat.json');
+    const f = JSON.parse(fs.readFileSync(file, 'utf8'));
+    fs.writeFileSync(file, JSON.stringify({ ...f, desired: { services: [], rules: [], forwards: [] }, applied: { ...f.applied, clean: false } }));
+    const live = () => (backend === 'iptables'
+      ? run('ip', ['netns', 'exec', ns.name!, 'iptables-save', '-t', 'nat']).stdout
+      : run('ip', ['netns', 'exec', ns.name!, 'nft', 'list', 'ruleset']).stdout);
+    t.regex(live(), /10\.78\.0\.5/, 'the orphaned rule is live');
+    await engine.update(() => { /* a DEL removing rules the record no longer has: no change to the desired state */ });
+    t.notRegex(live(), /10\.7[78]\./, 'nothing of the dead sync is left');
+    t.false(JSON.parse(fs.readFileSync(file, 'utf8')).applied.clean === false, 'the record is clean again');
+  });
+}

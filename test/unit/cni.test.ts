@@ -8,7 +8,7 @@ import { parseEnv, parseCniArgs } from '../../src/cni/env';
 import { parseIpamConfig, bigToIp, rangeText } from '../../src/cni/ipam/config';
 import { parseBridgeConf, portForwards, hostVethName } from '../../src/cni/bridge';
 import { CniError } from '../../src/cni/errors';
-import { wrapperScript } from '../../src/cni/install';
+import { shimConf } from '../../src/cni/install';
 
 const result = {
   cniVersion: '1.1.0',
@@ -89,10 +89,15 @@ test('bridge config: defaults, types checked, port mappings become forwards per 
   t.true(hostVethName('n', 'a', 'eth0').length <= 15);
 });
 
-test('the installed wrapper names node and the plugin by absolute path, quoted', (t) => {
-  const s = wrapperScript('tsnet-bridge', "/opt/no'de", '/x/main.js');
-  t.regex(s, /^#!\/bin\/sh\n/);
-  t.true(s.includes(`exec '/opt/no'\\''de' '/x/main.js' tsnet-bridge "$@"`));
+test('the shim\'s settings name node, the plugin and the socket by absolute path; bad values are refused', (t) => {
+  const s = shimConf({ socket: '/run/tsnet/agent.sock', node: '/opt/no de/node', entry: '/x/main.js', timeoutMs: 5000 });
+  t.true(s.split('\n').includes('socket=/run/tsnet/agent.sock'));
+  t.true(s.split('\n').includes('node=/opt/no de/node'));
+  t.true(s.split('\n').includes('timeout_ms=5000'));
+  t.true(shimConf({ socket: '', node: '/n', entry: '/e', timeoutMs: 1 }).includes('socket=\n'));
+  t.regex(t.throws(() => shimConf({ socket: 'rel.sock', node: '/n', entry: '/e', timeoutMs: 1 }))!.message, /must be absolute/);
+  t.regex(t.throws(() => shimConf({ socket: `/${'x'.repeat(120)}`, node: '/n', entry: '/e', timeoutMs: 1 }))!.message, /107 bytes/);
+  t.regex(t.throws(() => shimConf({ socket: '/s', node: '/n\nsocket=/evil', entry: '/e', timeoutMs: 1 }))!.message, /line break/);
 });
 
 test('resolvConf: nameservers, domain, search and options become the result\'s dns', (t) => {

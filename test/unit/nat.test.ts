@@ -1,7 +1,7 @@
 import test from 'ava';
 import { base32, endpointHash, portProtoHash } from '../../src/nat/names';
 import { formatProbability, normalizeService, normalizeState, parseEndpoint, parseHostPort, probabilities, type DesiredState } from '../../src/nat/model';
-import { chainDigest, render, restorePayload, svcChain, sepChain, type Live } from '../../src/nat/backends/iptables-render';
+import { chainDigest, guardWithCanary, render, restorePayload, svcChain, sepChain, type Live } from '../../src/nat/backends/iptables-render';
 import { parseLive } from '../../src/nat/backends/iptables';
 import * as nft from '../../src/nat/backends/nft-render';
 import { removedUdpEndpoints } from '../../src/nat/engine';
@@ -153,4 +153,16 @@ test('forward rendering: DNAT to local addresses, SNAT of its own flows only (no
   t.true(p2.includes('-j SNAT --to-source 192.0.2.1 --random-fully'));
   t.false(p2.includes('CVE-2020-8558'));
   t.throws(() => normalizeState({ services: [], rules: [], forwards: [st.forwards[0]!, { ...st.forwards[0]!, name: 'other' }] }), { message: /both listen on tcp port 3308/ });
+});
+
+test('iptables partial sync is guarded by the canary in the same transaction, for both tables', (t) => {
+  const g = guardWithCanary('*nat\n:TSNET-SVC-X - [0:0]\n-A TSNET-SVC-X -j RETURN\nCOMMIT\n').split('\n');
+  const nat = g.indexOf('*nat');
+  const filter = g.indexOf('*filter');
+  t.true(nat >= 0 && filter > nat);
+  t.regex(g[nat + 1]!, /^-C TSNET-CANARY .*tsnet canary.* -j RETURN$/);
+  t.is(g[nat + 2], ':TSNET-SVC-X - [0:0]', 'the change follows the check');
+  t.regex(g[filter + 1]!, /^-C TSNET-CANARY /);
+  t.is(g[filter + 2], 'COMMIT', 'an unchanged table is still checked');
+  t.false(g.some((l) => l.startsWith(':TSNET-CANARY')), 'never re-declared (that would flush it and defeat the check)');
 });

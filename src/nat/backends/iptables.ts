@@ -4,13 +4,14 @@
  * detected as kubernetes-sigs/iptables-wrappers does, never mixed).
  */
 import type { Family } from '../../addr/cidr';
+import { hasCode } from '../../errors';
 import type { NetNs } from '../../netns';
 import { APPLY_TIMEOUT_MS, execIn, mustExec } from '../exec';
 import { familiesUsed, type DesiredState } from '../model';
 import {
-  CANARY, CANARY_COMMENT, PREFIX, chainDigest, hookKey, hookKeyOf, render, restorePayload, type IptTable, type Live,
+  CANARY, CANARY_COMMENT, PREFIX, chainDigest, guardWithCanary, hookKey, hookKeyOf, render, restorePayload, type IptTable, type Live,
 } from './iptables-render';
-import type { Applied, Backend, SyncResult } from './types';
+import { mayHoldRules, type Applied, type Backend, type SyncResult } from './types';
 
 export type IptablesMode = 'legacy' | 'nft';
 
@@ -57,7 +58,8 @@ export function parseLive(save: string): Live {
 
 export class IptablesBackend implements Backend {
   readonly name = 'iptables' as const;
-  constructor(readonly ns: NetNs, readonly mode: IptablesMode) {}
+  /** `holdFd`: the engine's lock, kept by every iptables-restore while it runs (see ExecOptions). */
+  constructor(readonly ns: NetNs, readonly mode: IptablesMode, readonly holdFd?: number) {}
 
   render(st: DesiredState): string {
     return (familiesUsed(st).length ? familiesUsed(st) : [4 as const]).map((f) => {
@@ -81,31 +83,40 @@ export class IptablesBackend implements Backend {
   }
 
   private async restore(family: Family, payload: string): Promise<void> {
-    if (payload) await mustExec(this.ns, 'applying NAT rules', bin(this.mode, family, '-restore'), ['-w', '5', '--noflush'], payload, APPLY_TIMEOUT_MS);
+    if (payload) await mustExec(this.ns, 'applying NAT rules', bin(this.mode, family, '-restore'), ['-w', '5', '--noflush'], payload, { timeoutMs: APPLY_TIMEOUT_MS, holdFd: this.holdFd });
   }
 
-  async sync(st: DesiredState, applied: Applied | undefined, force: boolean): Promise<SyncResult> {
+  async sync(st: DesiredState, applied: Applied | undefined, force: boolean, before?: DesiredState): Promise<SyncResult> {
     const result: SyncResult = { full: false, written: 0, deleted: 0, applied: { backend: this.name, mode: this.mode, clean: true, families: {} } };
     for (const family of [4, 6] as const) {
       const rs = render(st, family);
       const used = familiesUsed(st).includes(family);
       const prev = applied?.backend === this.name && applied.mode === this.mode && applied.clean ? applied.families[family] : undefined;
-      if (!used && !prev && !force) continue;
       if (!used) {
-        await this.teardownFamily(family);
+        if (force || mayHoldRules(applied, this.name, family)) await this.teardownFamily(family);
         continue;
       }
-      let live: Live;
-      if (prev && !force && (await this.canaryPresent(family))) {
-        live = { chains: { nat: new Map(Object.entries(prev.nat ?? {})), filter: new Map(Object.entries(prev.filter ?? {})) }, hooks: new Map(rs.hooks.map((h) => [hookKeyOf(h), []])) };
-      } else {
-        result.full = true;
-        live = await this.readLive(family);
+      let done = false;
+      if (prev && !force) {
+        // Partial: only what changed since the last sync, guarded by the canary in the same transaction.
+        const live: Live = { chains: { nat: new Map(Object.entries(prev.nat ?? {})), filter: new Map(Object.entries(prev.filter ?? {})) }, hooks: new Map(rs.hooks.map((h) => [hookKeyOf(h), []])) };
+        const { payload, written, deleted } = restorePayload(rs, live, before && render(before, family));
+        try {
+          await this.restore(family, guardWithCanary(payload));
+          result.written += written;
+          result.deleted += deleted;
+          done = true;
+        } catch {
+          // The canary is gone (someone flushed the rules) or the live rules are not what we wrote: full sync.
+        }
       }
-      const { payload, written, deleted } = restorePayload(rs, live);
-      await this.restore(family, payload);
-      result.written += written;
-      result.deleted += deleted;
+      if (!done) {
+        result.full = true;
+        const { payload, written, deleted } = restorePayload(rs, await this.readLive(family));
+        await this.restore(family, payload);
+        result.written += written;
+        result.deleted += deleted;
+      }
       const digests = (t: IptTable) => Object.fromEntries(rs.chains.filter((c) => c.table === t).map((c) => [c.name, chainDigest(c)]));
       result.applied.families[family] = { nat: digests('nat'), filter: digests('filter') };
     }
@@ -114,7 +125,8 @@ export class IptablesBackend implements Backend {
 
   /** Removes every chain and hook of ours in `family` (what is left when the last service goes, or the backend changes). */
   async teardownFamily(family: Family): Promise<void> {
-    const live = await this.readLive(family).catch(() => undefined);
+    // A missing tool (no ip6tables) means nothing of ours can be there; any other failure must not pass for "nothing to remove".
+    const live = await this.readLive(family).catch((err: unknown) => { if (hasCode(err, 'ENOENT')) return undefined; throw err; });
     if (!live) return;
     const out: string[] = [];
     for (const table of ['nat', 'filter'] as const) {

@@ -9,13 +9,14 @@ import { APPLY_TIMEOUT_MS, execIn, mustExec } from '../exec';
 import { familiesUsed, type DesiredState } from '../model';
 import { CANARY_COMMENT } from './iptables-render';
 import { CANARY, TABLE, digests, render, script } from './nft-render';
-import type { Applied, Backend, SyncResult } from './types';
+import { mayHoldRules, type Applied, type Backend, type SyncResult } from './types';
 
 const fam = (f: Family) => (f === 6 ? 'ip6' : 'ip');
 
 export class NftBackend implements Backend {
   readonly name = 'nft' as const;
-  constructor(readonly ns: NetNs) {}
+  /** `holdFd`: the engine's lock, kept by every `nft -f` while it runs (see ExecOptions). */
+  constructor(readonly ns: NetNs, readonly holdFd?: number) {}
 
   render(st: DesiredState): string {
     return (familiesUsed(st).length ? familiesUsed(st) : [4 as const]).map((f) => `# nft -f -\n${script(render(st, f)).text}`).join('\n');
@@ -28,7 +29,7 @@ export class NftBackend implements Backend {
   }
 
   private async apply(text: string): Promise<void> {
-    await mustExec(this.ns, 'applying NAT rules', 'nft', ['-f', '-'], text, APPLY_TIMEOUT_MS);
+    await mustExec(this.ns, 'applying NAT rules', 'nft', ['-f', '-'], text, { timeoutMs: APPLY_TIMEOUT_MS, holdFd: this.holdFd });
   }
 
   async sync(st: DesiredState, applied: Applied | undefined, force: boolean): Promise<SyncResult> {
@@ -37,7 +38,7 @@ export class NftBackend implements Backend {
       const used = familiesUsed(st).includes(family);
       const prev = applied?.backend === this.name && applied.clean ? applied.families[family] : undefined;
       if (!used) {
-        if (prev || force) await this.teardownFamily(family);
+        if (force || mayHoldRules(applied, this.name, family)) await this.teardownFamily(family);
         continue;
       }
       const partial = prev && !force && (await this.canaryPresent(family)) ? prev : undefined;

@@ -1,0 +1,356 @@
+/**
+ * `tsnet agent`: the resident side of the CNI plugins. The shim installed as
+ * tsnet-bridge / tsnet-ipam hands each call to this process over a unix
+ * socket; it runs the same library call as the standalone plugin
+ * (cni/plugin.invoke), without paying for a Node start per call. State stays
+ * where the standalone plugin keeps it (attachment records, host-local IPAM
+ * files, NAT desired state, all under their flock locks), so the agent and
+ * standalone plugins can run side by side and either can take over after the
+ * other dies.
+ *
+ * Per connection:
+ *   SO_PEERCRED uid 0? peer's /proc/PID/ns/net == ours?  no -> "deny ..."
+ *   -> hello (our namespace identity) -> request -> invoke -> reply
+ *
+ * The agent also owns the NAT resync loop (kube-proxy's canary monitor):
+ * every interval each NAT state directory it has served is checked, and rules
+ * someone flushed are re-applied from the stored desired state.
+ */
+import * as fs from 'node:fs';
+import * as http from 'node:http';
+import * as net from 'node:net';
+import * as path from 'node:path';
+import { native } from '../native';
+import { TsnetError, hasCode, invalid } from '../errors';
+import { readJson, stateDir as defaultStateDir, writeJsonAtomic } from '../state';
+import { invoke, PLUGINS, type PluginName } from '../cni/plugin';
+import { CniError, CNI_ERR } from '../cni/errors';
+import { NatEngine, onSync, type SyncEvent } from '../nat/engine';
+import { FrameReader, HELLO, decodeRequest, encodeReply, frame, type Request } from './protocol';
+import { agentMetrics, type AgentMetrics } from './metrics';
+
+export const DEFAULT_SOCKET = '/run/tsnet/agent.sock';
+export const DEFAULT_METRICS = '127.0.0.1:9470';
+export const DEFAULT_RESYNC_MS = 10_000;
+/** A shim that connects but sends no complete request within this is dropped. */
+const REQUEST_READ_MS = 10_000;
+
+export interface AgentOptions {
+  socket?: string;
+  /** Default state directory for calls whose config and environment name none. */
+  stateDir?: string;
+  resyncIntervalMs?: number;
+  /** host:port for Prometheus metrics; '' turns them off. Port 0 picks a free one. */
+  metrics?: string;
+  log?: (line: string) => void;
+}
+
+/** (st_dev, st_ino) of a namespace file: equal for two processes exactly when they share the namespace. */
+export function nsIdentity(file: string): string {
+  const st = fs.statSync(file, { bigint: true });
+  return `${st.dev} ${st.ino}`;
+}
+
+/** Parses "10s", "500ms", "2m" (or plain seconds) into milliseconds. */
+export function parseDuration(text: string): number {
+  const m = /^(\d+(?:\.\d+)?)(ms|s|m)?$/.exec(text.trim());
+  if (!m) throw invalid(`invalid duration ${JSON.stringify(text)}: expected e.g. 10s, 500ms, 1m`);
+  const ms = Number(m[1]) * (m[2] === 'ms' ? 1 : m[2] === 'm' ? 60_000 : 1000);
+  if (ms < 100) throw invalid(`duration ${text} is too short (at least 100ms)`);
+  return ms;
+}
+
+function parseHostPort(text: string): { host: string; port: number } {
+  const m = /^\[?([^\]]*?)\]?:(\d+)$/.exec(text);
+  if (!m || Number(m[2]) > 65535) throw invalid(`invalid --metrics address ${JSON.stringify(text)}: expected HOST:PORT, e.g. 127.0.0.1:9470`);
+  return { host: m[1] || '127.0.0.1', port: Number(m[2]) };
+}
+
+/** The socket's directory must be root's alone: a socket's mode is not checked by every kernel path, a directory's is. */
+function prepareSocketDir(socket: string): void {
+  const dir = path.dirname(socket);
+  if (!fs.existsSync(dir)) fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const st = fs.statSync(dir);
+  if (st.uid !== process.getuid!() || (st.mode & 0o077) !== 0) {
+    throw invalid(`socket directory ${dir} must be owned by ${process.getuid!()} with mode 0700 (it is ${(st.mode & 0o777).toString(8)}, uid ${st.uid}): give the socket a directory of its own, e.g. /run/tsnet`);
+  }
+}
+
+/** Removes a socket file left by a dead agent; refuses when a live one answers. */
+async function claimSocket(socket: string): Promise<void> {
+  let st: fs.Stats;
+  try {
+    st = fs.lstatSync(socket);
+  } catch (err) {
+    if (hasCode(err, 'ENOENT')) return;
+    throw err;
+  }
+  if (!st.isSocket()) throw invalid(`${socket} exists and is not a socket: remove it or choose another --socket`);
+  const alive = await new Promise<boolean>((resolve) => {
+    const c = net.connect(socket);
+    c.once('connect', () => { c.destroy(); resolve(true); });
+    c.once('error', () => resolve(false));
+  });
+  if (alive) throw new TsnetError(`another agent is serving ${socket}: stop it first`, { code: 'EADDRINUSE' });
+  fs.rmSync(socket, { force: true });
+}
+
+export class Agent {
+  readonly socket: string;
+  readonly stateDir: string;
+  readonly resyncIntervalMs: number;
+  readonly metrics: AgentMetrics = agentMetrics();
+  /** The agent's network namespace identity, sent in every hello. */
+  readonly netns = nsIdentity('/proc/self/ns/net');
+  metricsAddress?: { host: string; port: number };
+
+  private server?: net.Server;
+  private http?: http.Server;
+  private timer?: NodeJS.Timeout;
+  private stopping = false;
+  private readonly inflight = new Set<Promise<unknown>>();
+  /** Calls for one attachment run one after another (an ADD whose shim died may still be running when its DEL comes). */
+  private readonly queues = new Map<string, Promise<unknown>>();
+  /** NAT state directories this agent has served: what the resync loop watches (kept across restarts). */
+  private readonly natDirs = new Set<string>();
+  private readonly log: (line: string) => void;
+  private readonly unsubscribe: () => void;
+  private resyncing?: Promise<void>;
+
+  private readonly metricsListen?: { host: string; port: number };
+
+  private constructor(private readonly opts: AgentOptions) {
+    // Options are checked before anything is made.
+    if (opts.metrics !== '') this.metricsListen = parseHostPort(opts.metrics ?? DEFAULT_METRICS);
+    if (opts.resyncIntervalMs !== undefined && !(opts.resyncIntervalMs >= 100)) throw invalid(`resync interval ${opts.resyncIntervalMs} ms is too short (at least 100 ms)`);
+    this.socket = path.resolve(opts.socket ?? DEFAULT_SOCKET);
+    this.stateDir = defaultStateDir(opts.stateDir);
+    this.resyncIntervalMs = opts.resyncIntervalMs ?? DEFAULT_RESYNC_MS;
+    this.log = opts.log ?? ((line) => process.stderr.write(`${new Date().toISOString()} ${line}\n`));
+    this.unsubscribe = onSync((e) => this.observeSync(e));
+  }
+
+  /** Binds the socket (and the metrics listener), then serves until stop(). */
+  static async start(opts: AgentOptions = {}): Promise<Agent> {
+    const a = new Agent(opts); // throws on bad options, before anything exists
+    try {
+      await a.listen();
+    } catch (err) {
+      await a.stop();
+      throw err;
+    }
+    return a;
+  }
+
+  private get natDirsFile(): string {
+    return path.join(this.stateDir, 'agent', 'nat-dirs.json');
+  }
+
+  private async listen(): Promise<void> {
+    // Load the code a call needs now, not during the first call.
+    await Promise.all([import('../cni/bridge'), import('../nat/backends/iptables'), import('../nat/backends/nft')]);
+    for (const d of readJson<string[]>(this.natDirsFile) ?? []) this.natDirs.add(d);
+    this.natDirs.add(this.stateDir);
+
+    prepareSocketDir(this.socket);
+    await claimSocket(this.socket);
+    const server = net.createServer({ allowHalfOpen: true }, (c) => this.accept(c));
+    const old = process.umask(0o177); // the socket is born 0600: no window where others could connect
+    try {
+      await new Promise<void>((resolve, reject) => {
+        server.once('error', reject);
+        server.listen(this.socket, () => { server.off('error', reject); resolve(); });
+      });
+    } finally {
+      process.umask(old);
+    }
+    fs.chmodSync(this.socket, 0o600);
+    this.server = server;
+
+    if (this.metricsListen) {
+      const { host, port } = this.metricsListen;
+      const h = http.createServer((req, res) => {
+        if (req.method === 'GET' && (req.url === '/metrics' || req.url?.startsWith('/metrics?'))) {
+          res.writeHead(200, { 'content-type': 'text/plain; version=0.0.4; charset=utf-8' });
+          res.end(this.metrics.registry.render());
+        } else if (req.method === 'GET' && req.url === '/healthz') {
+          res.writeHead(200).end('ok\n');
+        } else {
+          res.writeHead(404).end('not found: try /metrics\n');
+        }
+      });
+      await new Promise<void>((resolve, reject) => {
+        h.once('error', (err) => reject(new TsnetError(`metrics listener on ${host}:${port}: ${err.message}`, { code: (err as NodeJS.ErrnoException).code })));
+        h.listen(port, host, () => resolve());
+      });
+      this.http = h;
+      const addr = h.address() as net.AddressInfo;
+      this.metricsAddress = { host: addr.address, port: addr.port };
+    }
+    this.scheduleResync();
+    this.log(`agent: serving ${this.socket} in network namespace ${this.netns} (state ${this.stateDir}, resync every ${this.resyncIntervalMs} ms${this.metricsAddress ? `, metrics http://${this.metricsAddress.host}:${this.metricsAddress.port}/metrics` : ''})`);
+  }
+
+  private deny(c: net.Socket, reason: string, why: string): void {
+    this.metrics.rejected.inc({ reason });
+    this.log(`agent: refused a connection: ${why}`);
+    c.end(frame(`deny ${why}`));
+  }
+
+  private accept(c: net.Socket): void {
+    c.on('error', () => { /* the shim went away; its call (if any) finishes and the reply is dropped */ });
+    let cred: { pid: number; uid: number };
+    try {
+      cred = native().peerCred((c as unknown as { _handle: { fd: number } })._handle.fd);
+    } catch (err) {
+      return this.deny(c, 'credentials', `cannot read the peer's credentials: ${(err as Error).message}`);
+    }
+    if (cred.uid !== 0) return this.deny(c, 'uid', `peer uid ${cred.uid} (pid ${cred.pid}) is not root`);
+    let peerNs: string;
+    try {
+      peerNs = nsIdentity(`/proc/${cred.pid}/ns/net`);
+    } catch {
+      return this.deny(c, 'netns', `cannot read the network namespace of pid ${cred.pid}`);
+    }
+    if (peerNs !== this.netns) return this.deny(c, 'netns', `pid ${cred.pid} is in network namespace ${peerNs}, the agent in ${this.netns}`);
+    if (this.stopping) return void c.destroy();
+    c.write(frame(`${HELLO} ${this.netns}`));
+
+    const reader = new FrameReader();
+    const frames: Buffer[] = [];
+    const timer = setTimeout(() => c.destroy(), REQUEST_READ_MS);
+    c.on('data', (chunk: Buffer) => {
+      if (frames.length >= 3) return;
+      try {
+        frames.push(...reader.push(chunk));
+      } catch {
+        clearTimeout(timer);
+        return void c.destroy();
+      }
+      if (frames.length < 3) return;
+      clearTimeout(timer);
+      let req: Request;
+      try {
+        req = decodeRequest(frames);
+      } catch (err) {
+        return this.deny(c, 'protocol', (err as Error).message);
+      }
+      // The shim's own view must agree with what the kernel says about it.
+      if (req.netns !== this.netns) return this.deny(c, 'netns', `request from network namespace ${req.netns}, the agent is in ${this.netns}`);
+      if (!(PLUGINS as readonly string[]).includes(req.plugin)) return this.deny(c, 'protocol', `unknown plugin ${JSON.stringify(req.plugin)}`);
+      const p = this.serve(req).then((r) => { if (!c.destroyed) c.end(encodeReply(r.exitCode, r.stdout)); });
+      this.inflight.add(p);
+      void p.finally(() => this.inflight.delete(p));
+    });
+    c.on('end', () => { if (frames.length < 3) { clearTimeout(timer); c.destroy(); } });
+  }
+
+  /** One call: queued behind earlier calls for the same attachment, bounded by the shim's deadline. */
+  private async serve(req: Request): Promise<{ exitCode: number; stdout: string }> {
+    const command = req.env.CNI_COMMAND ?? '';
+    let conf: { name?: unknown; stateDir?: unknown; cniVersion?: unknown } = {};
+    try {
+      conf = JSON.parse(req.stdin) as typeof conf;
+    } catch {
+      // invoke reports it
+    }
+    const key = ['ADD', 'DEL', 'CHECK'].includes(command) ? `${String(conf.name)}/${req.env.CNI_CONTAINERID}/${req.env.CNI_IFNAME}` : undefined;
+    const t0 = process.hrtime.bigint();
+    this.metrics.inflight.add(1);
+    // GC of a network waits for the calls under way on it (an ADD whose shim died must not be half torn down).
+    const network = `${String(conf.name)}/`;
+    const before = key ? [this.queues.get(key)] : command === 'GC' ? [...this.queues].filter(([k]) => k.startsWith(network)).map(([, p]) => p) : [];
+    const work = (async () => {
+      await Promise.allSettled(before);
+      return invoke(req.plugin as PluginName, req.env, req.stdin, { stateDir: this.stateDir });
+    })();
+    if (key) {
+      this.queues.set(key, work);
+      void work.catch(() => undefined).finally(() => { if (this.queues.get(key) === work) this.queues.delete(key); });
+    }
+    let timer: NodeJS.Timeout | undefined;
+    const deadline = new Promise<{ exitCode: number; stdout: string }>((resolve) => {
+      timer = setTimeout(() => {
+        const e = new CniError(CNI_ERR.tryAgainLater, `${req.plugin} ${command}: not finished within the ${req.deadlineMs} ms deadline (still running in the agent; DEL cleans up): try again later`);
+        resolve({ exitCode: 1, stdout: `${JSON.stringify(e.toJSON(typeof conf.cniVersion === 'string' ? conf.cniVersion : '1.1.0'))}\n` });
+      }, Math.max(1, req.deadlineMs - 250));
+    });
+    const r = await Promise.race([work.catch((err: unknown) => ({ exitCode: 1, stdout: `${JSON.stringify(new CniError(CNI_ERR.internal, String(err)).toJSON('1.1.0'))}\n` })), deadline]);
+    clearTimeout(timer);
+    this.metrics.inflight.add(-1);
+    const secs = Number(process.hrtime.bigint() - t0) / 1e9;
+    let result = 'ok';
+    if (r.exitCode !== 0) {
+      try {
+        result = `error_${(JSON.parse(r.stdout) as { code: number }).code}`;
+      } catch {
+        result = 'error';
+      }
+    }
+    this.metrics.cniRequests.inc({ plugin: req.plugin, command, result });
+    this.metrics.cniDuration.observe(secs, { command });
+    this.log(`cni: ${req.plugin} ${command} ${String(conf.name ?? '-')} ${req.env.CNI_CONTAINERID ?? '-'} ${req.env.CNI_IFNAME ?? '-'}: ${result} in ${(secs * 1000).toFixed(1)} ms`);
+    if (command !== 'VERSION') this.remember(typeof conf.stateDir === 'string' ? conf.stateDir : req.env.TSNET_STATE_DIR || this.stateDir);
+    return r;
+  }
+
+  /** Adds a NAT state directory to the resync loop's list (saved, so a restarted agent watches it too). */
+  private remember(dir: string): void {
+    if (this.natDirs.has(dir)) return;
+    this.natDirs.add(dir);
+    try {
+      writeJsonAtomic(this.natDirsFile, [...this.natDirs]);
+    } catch (err) {
+      this.log(`agent: cannot save ${this.natDirsFile}: ${(err as Error).message}`);
+    }
+  }
+
+  private observeSync(e: SyncEvent): void {
+    const secs = e.ms / 1000;
+    const m = this.metrics;
+    m.syncDuration.observe(secs);
+    (e.full ? m.syncFull : m.syncPartial).observe(secs);
+    m.syncLast.set(Date.now() / 1000);
+    if (e.trigger === 'resync') m.resyncAfterFlush.inc();
+    this.log(`nat: ${e.trigger}${e.trigger === 'resync' ? ' after flush' : ''} ${e.dir}: ${e.full ? 'full' : 'partial'} ${e.backend}, ${e.written} written, ${e.deleted} deleted in ${e.ms.toFixed(1)} ms`);
+  }
+
+  /** One pass of the resync loop. */
+  async resync(): Promise<void> {
+    for (const dir of this.natDirs) {
+      if (!fs.existsSync(path.join(dir, 'nat.json'))) continue; // no NAT state here (yet)
+      try {
+        await new NatEngine({ stateDir: dir }).converge();
+      } catch (err) {
+        this.metrics.resyncErrors.inc();
+        this.log(`nat: resync of ${dir} failed: ${(err as Error).message}`);
+      }
+    }
+  }
+
+  private scheduleResync(): void {
+    this.timer = setTimeout(() => {
+      this.resyncing = this.resync().finally(() => {
+        this.resyncing = undefined;
+        if (!this.stopping) this.scheduleResync();
+      });
+    }, this.resyncIntervalMs);
+    this.timer.unref();
+  }
+
+  /** Stops accepting, lets calls under way finish, removes the socket. */
+  async stop(): Promise<void> {
+    this.stopping = true;
+    if (this.timer) clearTimeout(this.timer);
+    const closed = this.server ? new Promise<void>((r) => this.server!.close(() => r())) : Promise.resolve();
+    await Promise.allSettled([...this.inflight]);
+    if (this.resyncing) await this.resyncing;
+    if (this.server) fs.rmSync(this.socket, { force: true });
+    await closed;
+    if (this.http) {
+      this.http.closeAllConnections();
+      await new Promise<void>((r) => this.http!.close(() => r()));
+    }
+    this.unsubscribe();
+  }
+}

@@ -1,0 +1,26 @@
+/** CLI for `tsnet agent`: the resident process the CNI shim talks to. */
+import { Command } from 'commander';
+import { Agent, DEFAULT_METRICS, DEFAULT_SOCKET, parseDuration } from '../agent';
+
+export function registerAgent(program: Command): void {
+  program.command('agent')
+    .description('serve CNI calls from the tsnet-bridge/tsnet-ipam shim over a unix socket and keep NAT rules converged (runs until SIGTERM)')
+    .option('--socket <path>', 'unix socket the shim connects to (its directory: mode 0700)', DEFAULT_SOCKET)
+    .option('--state-dir <dir>', 'state directory for calls whose config names none (default $TSNET_STATE_DIR or /var/lib/tsnet)')
+    .option('--resync-interval <duration>', 'how often NAT rules are checked for flushes and re-applied (e.g. 10s, 500ms)', '10s')
+    .option('--metrics <host:port>', 'Prometheus metrics listener ("" to turn off)', DEFAULT_METRICS)
+    .action(async (o: { socket: string; stateDir?: string; resyncInterval: string; metrics: string }) => {
+      const agent = await Agent.start({ socket: o.socket, stateDir: o.stateDir, resyncIntervalMs: parseDuration(o.resyncInterval), metrics: o.metrics });
+      // One line on stdout once serving: what supervisors and tests wait for.
+      process.stdout.write(`ready ${agent.socket}${agent.metricsAddress ? ` metrics=${agent.metricsAddress.host}:${agent.metricsAddress.port}` : ''}\n`);
+      await new Promise<void>((resolve) => {
+        const stop = (sig: string) => {
+          process.stderr.write(`${new Date().toISOString()} agent: ${sig}: finishing calls under way\n`);
+          resolve();
+        };
+        process.once('SIGTERM', () => stop('SIGTERM'));
+        process.once('SIGINT', () => stop('SIGINT'));
+      });
+      await agent.stop();
+    });
+}

@@ -1,0 +1,317 @@
+/**
+ * `tsnet agent` and the CNI shim: what the CNI suite (run through the agent
+ * in cni-agent.test.ts) does not cover. Namespace safety, access control,
+ * faults (agent killed mid-ADD, restarted, past the deadline), NAT
+ * convergence after a flush, and standalone vs agent giving the same result.
+ * Each test has its own node namespace with its own agent.
+ */
+import test, { type ExecutionContext } from 'ava';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import * as link from '../../src/link';
+import type * as netns from '../../src/netns';
+import { native } from '../../src/native';
+import { serve, request } from '../../src/demo/traffic';
+import { Topology, run, tsnet } from '../harness/fixtures';
+import { AgentProcess, CniInstall, leftovers, nodeWithUplink, type CniCall } from '../harness/cni';
+
+const topo = new Topology('agt');
+const cni = new CniInstall('agt');
+test.after.always(async () => {
+  await cni.cleanup();
+  topo.cleanup();
+});
+
+const CLIENT = path.join(__dirname, '..', 'harness', 'agent-client.js');
+let seq = 0;
+
+/** A node namespace (with an uplink to "ext") and a network config for it. */
+async function node(extra: Record<string, unknown> = {}) {
+  const n = ++seq;
+  const { host, ext, dir, nodeIp } = await nodeWithUplink(topo, cni, n, '10.251');
+  const network = `anet${n}`;
+  const conf = {
+    cniVersion: '1.1.0', name: network, type: 'tsnet-bridge', bridge: `abr${n}`,
+    isGateway: true, isDefaultGateway: true, ipMasq: true, stateDir: path.join(dir, 'state'),
+    ipam: { type: 'tsnet-ipam', subnet: `10.${150 + n}.0.0/24`, dataDir: path.join(dir, 'ipam') },
+    ...extra,
+  } as Record<string, any>;
+  const container = (name: string) => topo.ns(`n${n}${name}`);
+  const call = (command: string, c: netns.NetNs | undefined, cid: string, o: { conf?: unknown; env?: Record<string, string | undefined>; on?: netns.NetNs } = {}) =>
+    cni.call(o.on ?? host, 'tsnet-bridge', command, o.conf ?? conf, { containerId: cid, ...(c ? { netns: c.path } : {}), ifname: 'eth0', env: o.env ?? {} });
+  const left = () => leftovers(host, { ipamDir: conf.ipam.dataDir, stateDir: conf.stateDir, network, match: `10.${150 + n}.` });
+  /** Holds the network's IPAM lock (host-local's `lock` file), so an ADD stops half-way; returns the release. */
+  const holdIpamLock = () => {
+    const file = path.join(conf.ipam.dataDir, network, 'lock');
+    fs.mkdirSync(path.dirname(file), { recursive: true });
+    const fd = fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600);
+    if (!native().tryLock(fd)) throw new Error(`${file} is locked already`);
+    return () => fs.closeSync(fd);
+  };
+  return { n, host, ext, conf, network, container, call, left, holdIpamLock, nodeIp };
+}
+
+function ok(t: ExecutionContext, r: CniCall, what: string) {
+  t.is(r.status, 0, `${what}: ${r.stdout}${r.stderr}`);
+}
+
+const ipOf = (result: any) => (result.ips as { address: string }[]).map((i) => i.address.split('/')[0]!);
+const nothingLeft = (l: ReturnType<typeof leftovers>) => [l.veths.filter((v) => !v.includes('uplink')).length, l.reservations, l.records, l.rules];
+
+/** GET /metrics from inside `ns` (the listener is on the node's loopback). */
+function metrics(ns: netns.NetNs, address: string): string {
+  const r = ns.spawnSync(process.execPath, ['-e', `fetch('http://${address}/metrics').then((r) => r.text()).then((t) => process.stdout.write(t))`], { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`metrics from ${address}: ${String(r.stderr)}`);
+  return String(r.stdout);
+}
+const sample = (text: string, series: string) => {
+  const line = text.split('\n').find((l) => l.startsWith(`${series} `));
+  return line === undefined ? undefined : Number(line.split(' ')[1]);
+};
+
+/** Runs the raw client inside `ns` (optionally as another uid). */
+function client(ns: netns.NetNs, socket: string, req?: object, uid?: number): { error?: string; hello?: string; reply?: any } {
+  const r = ns.spawnSync(process.execPath, [CLIENT, socket, ...(req ? [JSON.stringify(req)] : [])], { encoding: 'utf8', ...(uid !== undefined ? { uid, gid: uid } : {}), timeout: 20_000 });
+  return JSON.parse(String(r.stdout)) as { error?: string; hello?: string; reply?: any };
+}
+
+test('the socket is root-only (0600 in a 0700 directory); a non-root peer is refused by SO_PEERCRED even with loosened modes', async (t) => {
+  const nd = await node();
+  const agent = await cni.startAgent(nd.host, ['--metrics', '127.0.0.1:0']);
+  const { metrics: address } = await agent.ready;
+  t.is(fs.statSync(agent.socket).mode & 0o777, 0o600);
+  t.is(fs.statSync(path.dirname(agent.socket)).mode & 0o777, 0o700);
+  t.true(fs.statSync(agent.socket).isSocket());
+
+  t.regex(client(nd.host, agent.socket).hello ?? '', /^tsnet-agent\/1 \d+ \d+$/, 'root in the same namespace is greeted');
+  t.is(client(nd.host, agent.socket, undefined, 65534).error, 'EACCES', 'uid 65534 cannot reach the socket');
+
+  // Loosen every mode on the way (a misconfiguration): the agent's own check still refuses.
+  const opened: [string, number][] = [];
+  for (let p = path.dirname(agent.socket); p !== path.dirname(p) && p.startsWith(cni.dir); p = path.dirname(p)) opened.push([p, fs.statSync(p).mode & 0o777]);
+  opened.push([cni.dir, fs.statSync(cni.dir).mode & 0o777]);
+  try {
+    for (const [p] of opened) fs.chmodSync(p, 0o755);
+    fs.chmodSync(agent.socket, 0o666);
+    const req = { plugin: 'tsnet-bridge', netns: 'x', deadlineMs: 1000, env: { CNI_COMMAND: 'VERSION' }, stdin: '{}' };
+    const r = client(nd.host, agent.socket, req, 65534);
+    t.regex(r.hello ?? '', /^deny peer uid 65534 \(pid \d+\) is not root$/);
+    t.is(r.reply, undefined, 'nothing served');
+    t.is(sample(metrics(nd.host, address!), 'tsnet_agent_rejected_connections_total{reason="uid"}'), 1);
+  } finally {
+    for (const [p, mode] of opened) fs.chmodSync(p, mode);
+    fs.chmodSync(agent.socket, 0o600);
+  }
+
+  // Refusals at start: a directory others can enter, and a socket a live agent serves.
+  const loose = fs.mkdtempSync(path.join(cni.dir, 'loose-'));
+  fs.chmodSync(loose, 0o755);
+  const bad = nd.host.spawnSync(process.execPath, [path.join(__dirname, '..', '..', 'src', 'cli', 'main.js'), 'agent', '--socket', path.join(loose, 'a.sock'), '--metrics', ''], { encoding: 'utf8' });
+  t.is(bad.status, 1);
+  t.regex(String(bad.stderr), /^tsnet: socket directory .* must be owned by 0 with mode 0700 \(it is 755, uid 0\)/);
+  t.is(String(bad.stderr).trim().split('\n').length, 1);
+  const twice = nd.host.spawnSync(process.execPath, [path.join(__dirname, '..', '..', 'src', 'cli', 'main.js'), 'agent', '--socket', agent.socket, '--metrics', ''], { encoding: 'utf8' });
+  t.is(twice.status, 1);
+  t.regex(String(twice.stderr), /another agent is serving/);
+  t.regex(client(nd.host, agent.socket).hello ?? '', /^tsnet-agent\/1 /, 'the running agent is untouched');
+});
+
+test('a shim called in another network namespace does not use the agent: it falls back, and nothing is made in the agent\'s namespace', async (t) => {
+  const nd = await node();
+  const agent = await cni.startAgent(nd.host, ['--metrics', '127.0.0.1:0']);
+  const { metrics: address } = await agent.ready;
+  const nested = await topo.ns(`nested${nd.n}`);
+  const c = await nd.container('x');
+  const env = { TSNET_AGENT_SOCKET: agent.socket };
+  const add = await nd.call('ADD', c, 'x1', { on: nested, env });
+  ok(t, add, 'ADD from the nested namespace');
+  t.regex(add.stderr, /not using the agent at .* \(deny pid \d+ is in network namespace \d+ \d+, the agent in \d+ \d+\): running standalone/);
+  t.truthy(await link.get(nested, nd.conf.bridge), 'the bridge is in the caller\'s namespace');
+  t.falsy(await link.get(nd.host, nd.conf.bridge), 'and not in the agent\'s');
+  t.deepEqual(run('ip', ['-n', nd.host.name!, '-o', 'link', 'show', 'type', 'veth']).stdout.trim().split('\n').filter((l) => !l.includes('uplink')), []);
+  t.is(run('ip', ['netns', 'exec', nd.host.name!, 'iptables-save', '-t', 'nat']).stdout.includes('TSNET'), false, 'no rule in the agent\'s namespace');
+  t.true(run('ip', ['netns', 'exec', nested.name!, 'iptables-save', '-t', 'nat']).stdout.includes(`-s ${ipOf(add.json)[0]}/32`), 'the masquerade rule is in the caller\'s');
+  t.is(sample(metrics(nd.host, address!), 'tsnet_cni_requests_total{command="ADD",plugin="tsnet-bridge",result="ok"}'), undefined, 'the agent served nothing');
+
+  // A client that lies about its namespace is refused too: the agent asks the kernel (SO_PEERCRED pid -> /proc/PID/ns/net).
+  const hello = client(nd.host, agent.socket).hello!;
+  const lie = client(nested, agent.socket, { plugin: 'tsnet-bridge', netns: hello.split(' ').slice(1).join(' '), deadlineMs: 5000, env: { CNI_COMMAND: 'VERSION' }, stdin: '{}' });
+  t.regex(lie.hello ?? '', /^deny pid \d+ is in network namespace/);
+  t.true((sample(metrics(nd.host, address!), 'tsnet_agent_rejected_connections_total{reason="netns"}') ?? 0) >= 2);
+
+  ok(t, await nd.call('DEL', c, 'x1', { on: nested, env }), 'DEL from the nested namespace');
+  t.falsy(run('ip', ['-n', nested.name!, '-o', 'link', 'show', 'type', 'veth']).stdout.trim());
+});
+
+test('agent SIGKILLed in the middle of ADD: the shim answers code 11, and DEL or GC afterwards leave nothing', async (t) => {
+  const nd = await node({ capabilities: { portMappings: true }, runtimeConfig: { portMappings: [{ hostPort: 19080, containerPort: 80, protocol: 'tcp' }] } });
+  for (const cleanup of ['DEL', 'GC'] as const) {
+    const agent = await cni.startAgent(nd.host);
+    const c = await nd.container(`k${cleanup}`);
+    const cid = `kill-${cleanup}`;
+    const release = nd.holdIpamLock();
+    try {
+      const p = cni.start(nd.host, 'tsnet-bridge', 'ADD', nd.conf, { containerId: cid, netns: c.path, ifname: 'eth0' });
+      // The ADD is under way in the agent once the host veth exists (it is made before IPAM).
+      for (let i = 0; i < 100 && !run('ip', ['-n', nd.host.name!, '-o', 'link', 'show', 'type', 'veth']).stdout.includes('veth'); i++) await new Promise((r) => setTimeout(r, 50));
+      await agent.stop('SIGKILL');
+      const r = await p.done;
+      t.is(r.status, 1);
+      t.is(r.json?.code, 11, r.stdout);
+      t.regex(r.json?.msg ?? '', /went away in the middle of the request/);
+    } finally {
+      release();
+    }
+    // The agent is gone: these calls fall back to the standalone plugin.
+    if (cleanup === 'DEL') ok(t, await nd.call('DEL', c, cid), 'DEL after the kill');
+    else ok(t, await nd.call('GC', undefined, '', { conf: { ...nd.conf, 'cni.dev/valid-attachments': [] }, env: { CNI_CONTAINERID: undefined, CNI_IFNAME: undefined } }), 'GC after the kill');
+    t.deepEqual(nothingLeft(nd.left()), [0, [], [], []], `after ${cleanup}`);
+  }
+  // And at arbitrary points of an ADD: the shim reports success or 11, never hangs; DEL cleans up either way.
+  for (const delay of [5, 15, 30, 60]) {
+    const agent = await cni.startAgent(nd.host);
+    const c = await nd.container(`r${delay}`);
+    const p = cni.start(nd.host, 'tsnet-bridge', 'ADD', nd.conf, { containerId: `r${delay}`, netns: c.path, ifname: 'eth0' });
+    await new Promise((r) => setTimeout(r, delay));
+    await agent.stop('SIGKILL');
+    const r = await p.done;
+    t.true(r.status === 0 || r.json?.code === 11, `kill at ${delay} ms: ${r.stdout}`);
+    const del = await nd.call('DEL', c, `r${delay}`);
+    ok(t, del, `DEL after a kill at ${delay} ms`);
+    const natFile = path.join(nd.conf.stateDir, 'nat.json');
+    t.deepEqual(nothingLeft(nd.left()), [0, [], [], []], `after a kill at ${delay} ms (ADD: ${r.stdout.trim()}; agent: ${agent.log.trim().split('\n').slice(-3).join(' | ')}; DEL: ${del.stderr}; nat.json: ${fs.existsSync(natFile) ? fs.readFileSync(natFile, 'utf8').replace(/\s+/g, ' ').slice(0, 1500) : 'none'})`);
+  }
+});
+
+test('a restarted agent serves again with no lost reservation, and the standalone plugin can take over from it', async (t) => {
+  const nd = await node();
+  const cs = await Promise.all(['a', 'b', 'c', 'd'].map((x) => nd.container(x)));
+  const first = await cni.startAgent(nd.host, ['--metrics', '127.0.0.1:0']);
+  const ips: string[] = [];
+  for (const [i, c] of cs.slice(0, 2).entries()) {
+    const r = await nd.call('ADD', c, `r${i}`);
+    ok(t, r, `ADD r${i} via the first agent`);
+    ips.push(ipOf(r.json)[0]!);
+  }
+  const { metrics: address } = await first.ready;
+  t.is(sample(metrics(nd.host, address!), 'tsnet_cni_requests_total{command="ADD",plugin="tsnet-bridge",result="ok"}'), 2, 'served by the agent');
+  await first.stop('SIGKILL');
+  t.true(fs.existsSync(first.socket), 'a killed agent leaves its socket file');
+
+  const second = new AgentProcess(nd.host, first.socket, ['--state-dir', path.join(path.dirname(first.socket), 'state'), '--metrics', '127.0.0.1:0']);
+  cni.agents.set(nd.host.name!, second);
+  const { metrics: address2 } = await second.ready;
+  const r2 = await nd.call('ADD', cs[2], 'r2');
+  ok(t, r2, 'ADD via the restarted agent');
+  ips.push(ipOf(r2.json)[0]!);
+  t.is(new Set(ips).size, 3, `distinct addresses ${ips.join(' ')}`);
+  ok(t, await nd.call('DEL', cs[0], 'r0'), 'DEL of an attachment the first agent made');
+  t.is(sample(metrics(nd.host, address2!), 'tsnet_cni_requests_total{command="DEL",plugin="tsnet-bridge",result="ok"}'), 1);
+  t.deepEqual(nd.left().reservations.sort(), [ips[1], ips[2]].sort());
+
+  await second.stop('SIGTERM');
+  t.false(fs.existsSync(first.socket), 'a stopped agent removes its socket');
+  const r3 = await nd.call('ADD', cs[3], 'r3');
+  ok(t, r3, 'ADD standalone after the agent stopped');
+  t.false(ips.includes(ipOf(r3.json)[0]!), 'standalone does not reuse a reservation the agent made');
+  for (const [i, c] of cs.entries()) if (i > 0) ok(t, await nd.call('DEL', c, `r${i}`), `DEL r${i}`);
+  t.deepEqual(nothingLeft(nd.left()), [0, [], [], []]);
+});
+
+test('a call past its deadline returns error 11 instead of hanging the runtime; the DEL after it cleans up', async (t) => {
+  const nd = await node();
+  await cni.startAgent(nd.host);
+  const c = await nd.container('slow');
+  const release = nd.holdIpamLock();
+  let r: CniCall;
+  try {
+    r = await nd.call('ADD', c, 'slow', { env: { TSNET_CNI_TIMEOUT_MS: '1500' } });
+  } finally {
+    release();
+  }
+  t.is(r.status, 1);
+  t.is(r.json?.code, 11, r.stdout);
+  t.regex(r.json?.msg ?? '', /1500 ms/);
+  t.true(r.ms >= 1000 && r.ms < 6000, `answered after ${r.ms.toFixed(0)} ms: ${r.stdout} ${r.stderr}`);
+  // The ADD finishes in the agent once the lock is free; the DEL is queued behind it and removes it all.
+  ok(t, await nd.call('DEL', c, 'slow'), 'DEL');
+  t.deepEqual(nothingLeft(nd.left()), [0, [], [], []]);
+});
+
+for (const backend of ['iptables', 'nft'] as const) {
+  test(`${backend}: rules flushed while the agent runs are back within two resync intervals, and the metric shows it`, async (t) => {
+    const nd = await node({ natBackend: backend, capabilities: { portMappings: true }, runtimeConfig: { portMappings: [{ hostPort: 18090, containerPort: 80, protocol: 'tcp' }] } });
+    const agent = await cni.startAgent(nd.host, ['--metrics', '127.0.0.1:0', '--resync-interval', '1s']);
+    const { metrics: address } = await agent.ready;
+    const c = await nd.container('web');
+    const add = await nd.call('ADD', c, 'web');
+    ok(t, add, 'ADD with a port mapping');
+    const srv = await serve(c, 'http', ipOf(add.json)[0]!, 80, 'web');
+    try {
+      t.deepEqual((await request(nd.ext, 'http', nd.nodeIp, 18090)).replies, { web: 1 }, 'the mapping answers');
+      const before = sample(metrics(nd.host, address!), 'tsnet_sync_proxy_rules_resync_after_flush_total') ?? 0;
+      const t0 = Date.now();
+      const flushed = backend === 'nft' ? run('ip', ['netns', 'exec', nd.host.name!, 'nft', 'flush', 'ruleset']) : run('ip', ['netns', 'exec', nd.host.name!, 'iptables', '-t', 'nat', '-F']);
+      t.is(flushed.status, 0, flushed.stderr);
+      let back = false;
+      while (!back && Date.now() - t0 < 6000) back = (await request(nd.ext, 'http', nd.nodeIp, 18090, { timeoutMs: 200 })).ok === 1;
+      const ms = Date.now() - t0;
+      t.true(back, 'the mapping answers again');
+      // The agent's log says when the rules were back; the client's polling adds its own granularity on top.
+      const resync = /^(\S+) nat: resync after flush .*: full .* in [\d.]+ ms$/m.exec(agent.log);
+      t.truthy(resync, agent.log);
+      const restoredMs = Date.parse(resync![1]!) - t0;
+      t.true(restoredMs <= 2 * 1000, `rules back ${restoredMs} ms after the flush (two intervals: 2000 ms)`);
+      t.log(`answering again ${ms} ms after the flush (the client polls with a fresh process per request)`);
+      const text = metrics(nd.host, address!);
+      t.true(sample(text, 'tsnet_sync_proxy_rules_resync_after_flush_total')! > before, 'resync counted');
+      t.true(sample(text, 'tsnet_sync_full_proxy_rules_duration_seconds_count')! >= 2, 'first sync and the resync were full');
+    } finally {
+      await srv.stop();
+    }
+    ok(t, await nd.call('DEL', c, 'web'), 'DEL');
+    t.deepEqual(nothingLeft(nd.left()), [0, [], [], []]);
+  });
+}
+
+test('standalone and agent give identical results: same addresses, routes, reservations and rules', async (t) => {
+  const shape = async (useAgent: boolean) => {
+    const nd = await node();
+    if (useAgent) await cni.startAgent(nd.host);
+    // Same network everywhere except the namespaces: the name, bridge and subnet of the first node.
+    const conf = { ...nd.conf, name: 'same', bridge: 'samebr', ipam: { ...nd.conf.ipam, subnet: '10.199.0.0/24' }, capabilities: { portMappings: true } };
+    const env = useAgent ? {} : { TSNET_AGENT_SOCKET: '' };
+    const results: unknown[] = [];
+    for (const [i, pm] of [[], [{ hostPort: 18100, containerPort: 80, protocol: 'tcp' }], []].entries()) {
+      const c = await nd.container(`s${i}`);
+      const r = await nd.call('ADD', c, `s${i}`, { conf: { ...conf, runtimeConfig: { portMappings: pm } }, env });
+      ok(t, r, `ADD s${i} (${useAgent ? 'agent' : 'standalone'})`);
+      results.push(JSON.parse(r.stdout.replace(/"mac":"[0-9a-f:]+"/g, '"mac":"-"').replaceAll(c.path, 'NETNS')));
+    }
+    const rules = run('ip', ['netns', 'exec', nd.host.name!, 'iptables-save']).stdout.split('\n').filter((l) => l.includes('TSNET')).map((l) => l.replace(/\[\d+:\d+\]/, ''));
+    const reservations = fs.readdirSync(path.join(conf.ipam.dataDir, 'same')).sort();
+    const hostAddrs = run('ip', ['-n', nd.host.name!, '-o', '-4', 'addr', 'show', 'dev', 'samebr']).stdout.replace(/^\d+: /, '').trim();
+    return { results, rules, reservations, hostAddrs, served: useAgent };
+  };
+  const a = await shape(false);
+  const b = await shape(true);
+  t.true(a.rules.length > 5);
+  t.deepEqual(b.results, a.results);
+  t.deepEqual(b.rules, a.rules);
+  t.deepEqual(b.reservations, a.reservations);
+  t.deepEqual(b.hostAddrs, a.hostAddrs);
+});
+
+test('tsnet agent: bad flags are one-line errors', (t) => {
+  for (const [args, re] of [
+    [['--resync-interval', 'soon'], /invalid duration "soon"/],
+    [['--resync-interval', '5ms'], /too short/],
+    [['--metrics', 'nowhere'], /invalid --metrics address/],
+  ] as const) {
+    const r = tsnet('agent', '--socket', path.join(cni.dir, 'never', 'a.sock'), ...args);
+    t.is(r.status, 1, `${args.join(' ')}: ${r.stderr}`);
+    t.regex(r.stderr, re);
+    t.is(r.stderr.trim().split('\n').length, 1);
+  }
+  t.false(fs.existsSync(path.join(cni.dir, 'never')), 'nothing created');
+});

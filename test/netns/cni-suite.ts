@@ -1,0 +1,433 @@
+/**
+ * tsnet-bridge + tsnet-ipam, invoked as a runtime invokes them (installed
+ * executables, CNI_* env, config on stdin), inside a "node" namespace per
+ * test. The same suite runs twice: with the shim falling back to the
+ * standalone plugin (cni.test.ts), and with a `tsnet agent` serving each
+ * node namespace (cni-agent.test.ts); the assertions are the same. Containers are named namespaces; an "ext" namespace beyond the node
+ * has no route back to the container subnets, so only masquerade or a port
+ * mapping makes traffic across work.
+ */
+import test, { type ExecutionContext } from 'ava';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import * as link from '../../src/link';
+import * as addr from '../../src/addr';
+import * as netns from '../../src/netns';
+import { serve, request } from '../../src/demo/traffic';
+import { SUPPORTED_VERSIONS } from '../../src/cni/version';
+import { Topology, ipJson, run } from '../harness/fixtures';
+import { CniInstall, leftovers, nodeWithUplink, REFERENCE_DIR, type CniMode } from '../harness/cni';
+
+/** Registers the suite; `mode` decides who serves the installed shims. */
+export function cniSuite(mode: CniMode): void {
+  const topo = new Topology(mode === 'agent' ? 'cnia' : 'cni');
+  const cni = new CniInstall(mode === 'agent' ? 'cnia' : 'cni', mode);
+  test.after.always(async () => {
+    await cni.cleanup();
+    topo.cleanup();
+  });
+
+  let seq = 0;
+
+  /** A node namespace with an uplink to an "ext" namespace (10.250.N.0/24), and a network config for it. */
+  async function node(opts: { subnet?: string; extra?: Record<string, unknown>; ipam?: Record<string, unknown> } = {}) {
+    const n = ++seq;
+    const { host, ext, dir, nodeIp, extIp } = await nodeWithUplink(topo, cni, n, '10.250');
+    await cni.serve(host);
+    const network = `net${n}`;
+    const conf = {
+      cniVersion: '1.1.0', name: network, type: 'tsnet-bridge', bridge: `br${n}`,
+      isGateway: true, isDefaultGateway: true, ipMasq: true,
+      stateDir: path.join(dir, 'state'),
+      ipam: { type: 'tsnet-ipam', subnet: opts.subnet ?? `10.${100 + n}.0.0/24`, dataDir: path.join(dir, 'ipam'), ...(opts.ipam ?? {}) },
+      ...(opts.extra ?? {}),
+    } as Record<string, any>;
+    const containers: netns.NetNs[] = [];
+    const container = async (name: string) => {
+      const c = await topo.ns(`n${n}${name}`);
+      containers.push(c);
+      return c;
+    };
+    const call = (command: string, c: netns.NetNs | undefined, cid: string, conf2: unknown = conf, extra: Record<string, string | undefined> = {}) =>
+      cni.call(host, 'tsnet-bridge', command, conf2, { containerId: cid, ...(c ? { netns: c.path } : {}), ifname: 'eth0', env: extra });
+    const left = () => leftovers(host, { ipamDir: conf.ipam.dataDir, stateDir: conf.stateDir, network, match: `${(conf.ipam.subnet ?? conf.ipam.ranges[0][0].subnet).split('.').slice(0, 2).join('.')}.` });
+    return { n, host, ext, conf, network, container, call, left, extIp, nodeIp };
+  }
+
+  function ok(t: ExecutionContext, r: { status: number | null; stdout: string; stderr: string }, what: string) {
+    t.is(r.status, 0, `${what}: ${r.stdout}${r.stderr}`);
+  }
+
+  const ipOf = (result: any) => (result.ips as { address: string }[]).map((i) => i.address.split('/')[0]!);
+
+  test('every cniVersion: ADD gives a working attachment in that version\'s shape, CHECK verifies it, DEL removes it all', async (t) => {
+    const nd = await node();
+    const server = await nd.container('srv');
+    const srvAdd = await nd.call('ADD', server, 'srv');
+    ok(t, srvAdd, 'server ADD');
+    const srvIp = ipOf(srvAdd.json)[0]!;
+    const http = await serve(server, 'http', srvIp, 8080, 'srv');
+    const gw = await serve(nd.host, 'tcp', `10.${100 + nd.n}.0.1`, 9000, 'gateway');
+    const ext = await serve(nd.ext, 'tcp', nd.extIp, 9001, 'ext');
+    try {
+      for (const v of SUPPORTED_VERSIONS) {
+        const conf = { ...nd.conf, cniVersion: v };
+        const c = await nd.container(`v${v.replace(/\./g, '')}`);
+        const cid = `c-${v}`;
+        const add = await nd.call('ADD', c, cid, conf);
+        ok(t, add, `ADD ${v}`);
+        const res = add.json;
+        t.is(res.cniVersion, v);
+        t.deepEqual(res.interfaces.map((i: any) => i.name).slice(0, 1), [nd.conf.bridge]);
+        t.is(res.interfaces[2].name, 'eth0');
+        t.is(res.interfaces[2].sandbox, c.path);
+        t.is(res.ips.length, 1);
+        t.is(res.ips[0].interface, 2);
+        t.is(res.ips[0].gateway, `10.${100 + nd.n}.0.1`);
+        if (v.startsWith('0.')) t.is(res.ips[0].version, '4', `${v} results carry ips[].version`);
+        else t.false('version' in res.ips[0], `${v} results have no ips[].version`);
+        // Observed with ip: the address inside, the default route, the host end on the bridge, MAC as reported.
+        const [eth0] = ipJson(c, 'addr', 'show', 'eth0');
+        t.true(eth0.addr_info.some((a: any) => `${a.local}/${a.prefixlen}` === res.ips[0].address));
+        t.is(eth0.address, res.interfaces[2].mac);
+        t.deepEqual(ipJson(c, 'route', 'show', 'default').map((r: any) => r.gateway), [res.ips[0].gateway]);
+        t.is(ipJson(nd.host, 'link', 'show', res.interfaces[1].name)[0].master, nd.conf.bridge);
+        // Real traffic: another container on the bridge, the gateway, and (masqueraded) beyond the node.
+        t.deepEqual((await request(c, 'http', srvIp, 8080, { count: 5 })).replies, { srv: 5 }, `${v}: container to container`);
+        t.deepEqual((await request(c, 'tcp', `10.${100 + nd.n}.0.1`, 9000)).replies, { gateway: 1 }, `${v}: the gateway`);
+        t.deepEqual((await request(c, 'tcp', nd.extIp, 9001)).replies, { ext: 1 }, `${v}: beyond the node, masqueraded`);
+        // CHECK needs 0.4.0 or later.
+        const check = await nd.call('CHECK', c, cid, { ...conf, prevResult: res });
+        if (v.startsWith('0.3')) {
+          t.is(check.status, 1);
+          t.is(check.json.code, 1, `${v}: CHECK is not allowed`);
+        } else {
+          ok(t, check, `CHECK ${v}`);
+        }
+        ok(t, await nd.call('DEL', c, cid, { ...conf, prevResult: res }), `DEL ${v}`);
+        t.deepEqual((await link.list(c)).map((l) => l.name), ['lo'], `${v}: DEL removed the container interface`);
+      }
+    } finally {
+      await Promise.all([http.stop(), gw.stop(), ext.stop()]);
+    }
+    ok(t, await nd.call('DEL', server, 'srv'), 'server DEL');
+    const left = nd.left();
+    t.deepEqual([left.veths.length, left.reservations, left.records, left.rules], [1, [], [], []], 'only the uplink is left');
+  });
+
+  test('masquerade rules appear with ADD and go with DEL; without them traffic beyond the node fails', async (t) => {
+    const nd = await node();
+    const c = await nd.container('a');
+    const ext = await serve(nd.ext, 'tcp', nd.extIp, 9001, 'ext');
+    try {
+      const add = await nd.call('ADD', c, 'a');
+      ok(t, add, 'ADD');
+      const ip = ipOf(add.json)[0]!;
+      const rules = nd.left().rules.join('\n');
+      t.regex(rules, new RegExp(`-s ${ip.replace(/\./g, '\\.')}/32 ! -o ${nd.conf.bridge} .*-j MASQUERADE`));
+      t.deepEqual((await request(c, 'tcp', nd.extIp, 9001)).replies, { ext: 1 });
+      // The same container without ipMasq: ext has no route back, so the connection fails.
+      ok(t, await nd.call('DEL', c, 'a'), 'DEL');
+      t.deepEqual(nd.left().rules, []);
+      const noMasq = { ...nd.conf, ipMasq: false };
+      ok(t, await nd.call('ADD', c, 'a', noMasq), 'ADD without ipMasq');
+      t.deepEqual(nd.left().rules, []);
+      t.is((await request(c, 'tcp', nd.extIp, 9001, { timeoutMs: 1000 })).ok, 0);
+      ok(t, await nd.call('DEL', c, 'a', noMasq), 'DEL');
+    } finally {
+      await ext.stop();
+    }
+  });
+
+  test('DEL is idempotent: twice, without ADD, and after the namespace is gone it still releases the IP and the rules', async (t) => {
+    const nd = await node();
+    ok(t, await nd.call('DEL', undefined, 'never-added'), 'DEL without ADD');
+    const c = await nd.container('gone');
+    const add = await nd.call('ADD', c, 'gone');
+    ok(t, add, 'ADD');
+    t.is(nd.left().reservations.length, 1);
+    t.is(nd.left().rules.length, 1);
+    netns.del(c.name!); // the runtime removed the namespace first (and the kernel the veth pair with it)
+    c.close();
+    await waitFor(() => nd.left().veths.length === 1);
+    const del = await nd.call('DEL', undefined, 'gone', nd.conf, { CNI_NETNS: undefined });
+    ok(t, del, 'DEL with the namespace gone');
+    ok(t, await nd.call('DEL', undefined, 'gone'), 'DEL again');
+    const left = nd.left();
+    t.deepEqual([left.reservations, left.records, left.rules], [[], [], []]);
+  });
+
+  test('the same ADD twice returns the same result and creates nothing new', async (t) => {
+    const nd = await node();
+    const c = await nd.container('twice');
+    const a = await nd.call('ADD', c, 'twice');
+    const b = await nd.call('ADD', c, 'twice');
+    ok(t, a, 'ADD');
+    ok(t, b, 'ADD again');
+    t.deepEqual(b.json, a.json);
+    t.is(nd.left().reservations.length, 1);
+    ok(t, await nd.call('DEL', c, 'twice'), 'DEL');
+  });
+
+  test('dozens of concurrent ADDs get distinct addresses and distinct host veths; concurrent DELs leave nothing', async (t) => {
+    const nd = await node();
+    const N = 24;
+    const cs = await Promise.all(Array.from({ length: N }, (_, i) => nd.container(`p${i}`)));
+    const adds = await Promise.all(cs.map((c, i) => nd.call('ADD', c, `par-${i}`)));
+    for (const [i, a] of adds.entries()) ok(t, a, `ADD ${i}`);
+    const ips = adds.map((a) => ipOf(a.json)[0]);
+    t.is(new Set(ips).size, N, 'distinct addresses');
+    t.is(new Set(adds.map((a) => a.json.interfaces[1].name)).size, N, 'distinct host veths');
+    t.is(nd.left().reservations.length, N);
+    t.is(nd.left().rules.length, N);
+    // Every one of them is really on the bridge: the last reaches the first.
+    const srv = await serve(cs[0]!, 'tcp', ips[0]!, 7000, 'first');
+    t.deepEqual((await request(cs[N - 1]!, 'tcp', ips[0]!, 7000)).replies, { first: 1 });
+    await srv.stop();
+    const dels = await Promise.all(cs.map((c, i) => nd.call('DEL', c, `par-${i}`)));
+    for (const [i, d] of dels.entries()) ok(t, d, `DEL ${i}`);
+    const left = nd.left();
+    t.deepEqual([left.veths.length, left.reservations, left.records, left.rules], [1, [], [], []]);
+  });
+
+  test('a plugin killed (SIGKILL) in the middle of ADD: DEL, or GC, leaves no veth, no reservation, no rule', async (t) => {
+    const nd = await node();
+    for (const [i, delay] of [30, 90, 150, 210, 270, 330].entries()) {
+      const c = await nd.container(`k${i}`);
+      const cid = `killed-${i}`;
+      const p = cni.start(nd.host, 'tsnet-bridge', 'ADD', nd.conf, { containerId: cid, netns: c.path, ifname: 'eth0' });
+      await new Promise((r) => setTimeout(r, delay));
+      // Standalone, the shim execs node, so this pid is the plugin itself. Through an agent it is the
+      // shim (which may be done already): the agent finishes the ADD, and the DEL or GC after it must still clean up.
+      try {
+        process.kill(p.pid, 'SIGKILL');
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'ESRCH' || mode !== 'agent') throw err;
+      }
+      await p.done;
+      if (i % 2 === 0) {
+        ok(t, await nd.call('DEL', c, cid), `DEL after kill at ${delay} ms`);
+      } else {
+        ok(t, await nd.call('GC', undefined, '', { ...nd.conf, 'cni.dev/valid-attachments': [] }, { CNI_CONTAINERID: undefined, CNI_IFNAME: undefined }), `GC after kill at ${delay} ms`);
+      }
+      const left = nd.left();
+      t.deepEqual([left.veths.length, left.reservations, left.records, left.rules], [1, [], [], []], `after a kill at ${delay} ms`);
+      t.deepEqual((await link.list(c)).map((l) => l.name), ['lo']);
+    }
+  });
+
+  test('GC releases every attachment not in cni.dev/valid-attachments (and the older cni.dev/attachments key)', async (t) => {
+    const nd = await node();
+    const cs = await Promise.all(['g0', 'g1', 'g2'].map((n) => nd.container(n)));
+    const adds = await Promise.all(cs.map((c, i) => nd.call('ADD', c, `gc-${i}`)));
+    for (const a of adds) ok(t, a, 'ADD');
+    const gc = (valid: unknown, key = 'cni.dev/valid-attachments') =>
+      nd.call('GC', undefined, '', { ...nd.conf, [key]: valid }, { CNI_CONTAINERID: undefined, CNI_IFNAME: undefined });
+    ok(t, await gc([{ containerID: 'gc-0', ifname: 'eth0' }, { containerID: 'gc-1', ifname: 'eth0' }]), 'GC keeping two');
+    t.deepEqual((await link.list(cs[2]!)).map((l) => l.name), ['lo'], 'the third is gone');
+    t.is(nd.left().reservations.length, 2);
+    ok(t, await nd.call('CHECK', cs[0]!, 'gc-0', { ...nd.conf, prevResult: adds[0]!.json }), 'a kept one still checks');
+    ok(t, await gc([{ containerID: 'gc-0', ifname: 'eth0' }], 'cni.dev/attachments'), 'GC with the older key');
+    t.is(nd.left().reservations.length, 1);
+    t.is(nd.left().rules.length, 1);
+    const bad = await gc(undefined);
+    t.is(bad.json?.code, 7, 'GC without a list of attachments is an invalid config');
+    const old = await nd.call('GC', undefined, '', { ...nd.conf, cniVersion: '1.0.0', 'cni.dev/valid-attachments': [] }, { CNI_CONTAINERID: undefined, CNI_IFNAME: undefined });
+    t.is(old.json?.code, 1, 'GC needs 1.1.0');
+    ok(t, await gc([]), 'GC of everything');
+    const left = nd.left();
+    t.deepEqual([left.veths.length, left.reservations, left.records, left.rules], [1, [], [], []]);
+  });
+
+  test('STATUS reports an exhausted range (50) and readiness again after a DEL', async (t) => {
+    const nd = await node({ subnet: '10.99.0.0/30' }); // one usable address: .2 (.1 is the gateway, .3 broadcast)
+    const status = () => nd.call('STATUS', undefined, '', nd.conf, { CNI_CONTAINERID: undefined, CNI_IFNAME: undefined });
+    ok(t, await status(), 'STATUS with room');
+    const c = await nd.container('only');
+    ok(t, await nd.call('ADD', c, 'only'), 'ADD');
+    const full = await status();
+    t.is(full.status, 1);
+    t.is(full.json.code, 50);
+    t.regex(full.json.msg, /no free address/);
+    const c2 = await nd.container('second');
+    const add2 = await nd.call('ADD', c2, 'second');
+    t.is(add2.status, 1);
+    t.regex(add2.json.msg, /no IP addresses available/);
+    t.deepEqual((await link.list(c2)).map((l) => l.name), ['lo'], 'the failed ADD left nothing in the container');
+    t.is(nd.left().veths.length, 2, 'and only the first container\'s veth on the node');
+    ok(t, await nd.call('DEL', c, 'only'), 'DEL');
+    ok(t, await status(), 'STATUS ready again');
+  });
+
+  test('bad input: the right error code, one line, nothing created', async (t) => {
+    const nd = await node();
+    const c = await nd.container('bad');
+    const cases: [string, unknown, Record<string, string | undefined>, number][] = [
+      ['malformed JSON', '{"cniVersion": "1.0.0", ', {}, 6],
+      ['unknown cniVersion', { ...nd.conf, cniVersion: '0.9.9' }, {}, 1],
+      ['missing CNI_NETNS', nd.conf, { CNI_NETNS: undefined }, 4],
+      ['missing CNI_COMMAND', nd.conf, { CNI_COMMAND: undefined }, 4],
+      ['interface name too long', nd.conf, { CNI_IFNAME: 'a-very-long-ifname0' }, 4],
+      ['container id with ../', nd.conf, { CNI_CONTAINERID: '../../etc' }, 4],
+      ['invalid subnet', { ...nd.conf, ipam: { ...nd.conf.ipam, subnet: '10.1.2.300/24' } }, {}, 7],
+      ['subnet with host bits', { ...nd.conf, ipam: { ...nd.conf.ipam, subnet: '10.1.2.3/24' } }, {}, 7],
+      ['network name with ../', { ...nd.conf, name: '../x' }, {}, 7],
+      ['bridge name too long', { ...nd.conf, bridge: 'bridge-name-too-long' }, {}, 7],
+      ['isGateway not a boolean', { ...nd.conf, isGateway: 'yes' }, {}, 7],
+      ['unsupported vlan', { ...nd.conf, vlan: 100 }, {}, 2],
+      ['unknown IPAM type', { ...nd.conf, ipam: { type: 'no-such-ipam' } }, {}, 7],
+      ['netns that does not exist', nd.conf, { CNI_NETNS: '/run/netns/does-not-exist' }, 3],
+    ];
+    for (const [what, conf, env, code] of cases) {
+      const r = await nd.call('ADD', c, 'bad-input', conf, env);
+      t.is(r.status, 1, what);
+      t.is(r.json?.code, code, `${what}: ${r.stdout}`);
+      t.is(typeof r.json?.msg, 'string', what);
+      t.false(r.stdout.trim().includes('\n'), `${what}: one line`);
+    }
+    t.false(fs.existsSync(path.join(nd.conf.ipam.dataDir, '..', 'etc')), 'no path traversal');
+    const left = nd.left();
+    t.deepEqual([left.veths.length, left.reservations, left.records, left.rules], [1, [], [], []]);
+    t.deepEqual((await link.list(c)).map((l) => l.name), ['lo']);
+    t.deepEqual(ipJson(nd.host, 'link', 'show', 'type', 'bridge').map((l: any) => l.ifname).filter((n: string) => n !== nd.conf.bridge), []);
+  });
+
+  test('bridge options: hairpinMode, promiscMode, mtu, runtimeConfig mac/mtu/ips, forceAddress, enabledad off', async (t) => {
+    const nd = await node({ extra: { hairpinMode: true, promiscMode: true, mtu: 1400 } });
+    const c = await nd.container('opts');
+    const conf = { ...nd.conf, capabilities: { mac: true, ips: true, mtu: true }, runtimeConfig: { mac: '02:11:22:33:44:55', ips: [`10.${100 + nd.n}.0.77/24`], mtu: 1300 } };
+    const add = await nd.call('ADD', c, 'opts', conf);
+    ok(t, add, 'ADD');
+    t.deepEqual(ipOf(add.json), [`10.${100 + nd.n}.0.77`]);
+    const [eth0] = ipJson(c, 'link', 'show', 'eth0');
+    t.is(eth0.address, '02:11:22:33:44:55');
+    t.is(eth0.mtu, 1300);
+    const [br] = ipJson(nd.host, '-d', 'link', 'show', nd.conf.bridge);
+    t.true(br.flags.includes('PROMISC') || br.promiscuity > 0, 'bridge promiscuous');
+    const [port] = ipJson(nd.host, '-d', 'link', 'show', add.json.interfaces[1].name);
+    t.true(port.linkinfo.info_slave_data.hairpin, 'hairpin on the host port');
+    // A different address of the gateway's subnet on the bridge: refused unless forceAddress.
+    ok(t, await nd.call('DEL', c, 'opts', conf), 'DEL');
+    run('ip', ['-n', nd.host.name!, 'addr', 'flush', 'dev', nd.conf.bridge]);
+    run('ip', ['-n', nd.host.name!, 'addr', 'add', `10.${100 + nd.n}.0.254/24`, 'dev', nd.conf.bridge]);
+    const refused = await nd.call('ADD', c, 'opts');
+    t.is(refused.status, 1);
+    t.regex(refused.json.msg, /forceAddress/);
+    t.is(nd.left().reservations.length, 0, 'the refused ADD released its address');
+    ok(t, await nd.call('ADD', c, 'opts', { ...nd.conf, forceAddress: true }), 'ADD with forceAddress');
+    t.deepEqual(ipJson(nd.host, '-4', 'addr', 'show', nd.conf.bridge)[0].addr_info.map((a: any) => a.local), [`10.${100 + nd.n}.0.1`]);
+    ok(t, await nd.call('DEL', c, 'opts'), 'DEL');
+  });
+
+  test('dual stack: an IPv4 and an IPv6 range set, TCP over both, IPv6 masquerade', async (t) => {
+    const nd = await node({ ipam: { subnet: undefined, ranges: [[{ subnet: `10.${180 + seq}.0.0/24` }], [{ subnet: `fd00:${seq}::/64` }]] } });
+    const [a, b] = await Promise.all([nd.container('6a'), nd.container('6b')]);
+    const ra = await nd.call('ADD', a, 'v6a');
+    const rb = await nd.call('ADD', b, 'v6b');
+    ok(t, ra, 'ADD a');
+    ok(t, rb, 'ADD b');
+    t.is(ra.json.ips.length, 2);
+    const [v4b, v6b] = ipOf(rb.json);
+    t.regex(v6b!, /^fd00:/);
+    const s6 = await serve(b, 'tcp', v6b!, 7100, 'b6');
+    const s4 = await serve(b, 'tcp', v4b!, 7101, 'b4');
+    try {
+      t.deepEqual((await request(a, 'tcp', v6b!, 7100, { count: 3 })).replies, { b6: 3 });
+      t.deepEqual((await request(a, 'tcp', v4b!, 7101, { count: 3 })).replies, { b4: 3 });
+    } finally {
+      await Promise.all([s6.stop(), s4.stop()]);
+    }
+    t.deepEqual(ipJson(a, '-6', 'route', 'show', 'default').map((r: any) => r.gateway), [ra.json.ips[1].gateway]);
+    t.regex(ra.json.ips[1].gateway, /^fd00:\d+::1$/);
+    const v6rules = run('ip', ['netns', 'exec', nd.host.name!, 'ip6tables-save', '-t', 'nat']).stdout;
+    t.true(v6rules.includes(`-s ${ipOf(ra.json)[1]}/128 ! -o ${nd.conf.bridge}`), 'IPv6 masquerade rule');
+    ok(t, await nd.call('DEL', a, 'v6a'), 'DEL a');
+    ok(t, await nd.call('DEL', b, 'v6b'), 'DEL b');
+    t.false(run('ip', ['netns', 'exec', nd.host.name!, 'ip6tables-save', '-t', 'nat']).stdout.includes('fd00:'));
+    t.deepEqual(nd.left().reservations, []);
+  });
+
+  test('another IPAM type is delegated through CNI_PATH: the reference host-local', async (t) => {
+    const nd = await node();
+    const dataDir = path.join(cni.dir, `hl-${nd.n}`);
+    const conf = { ...nd.conf, cniVersion: '1.0.0', ipam: { type: 'host-local', subnet: `10.${100 + nd.n}.0.0/24`, dataDir } };
+    const c = await nd.container('hl');
+    const add = await nd.call('ADD', c, 'hl', conf);
+    ok(t, add, 'ADD with host-local');
+    const ip = ipOf(add.json)[0]!;
+    t.true(fs.existsSync(path.join(dataDir, nd.network, ip)), 'host-local reserved it');
+    t.true(ipJson(c, 'addr', 'show', 'eth0')[0].addr_info.some((a: any) => a.local === ip));
+    ok(t, await nd.call('CHECK', c, 'hl', { ...conf, prevResult: add.json }), 'CHECK');
+    ok(t, await nd.call('DEL', c, 'hl', conf), 'DEL');
+    t.false(fs.existsSync(path.join(dataDir, nd.network, ip)), 'host-local released it');
+    const missing = await nd.call('ADD', c, 'hl', { ...conf, ipam: { type: 'no-such-plugin' } });
+    t.regex(missing.json.msg, /failed to find plugin "no-such-plugin"/);
+  });
+
+  test('port mappings: tsnet\'s own (runtimeConfig.portMappings), and the reference portmap chained after tsnet-bridge', async (t) => {
+    const nd = await node();
+    const c = await nd.container('pm');
+    // 1. tsnet-bridge maps the port itself.
+    const conf = { ...nd.conf, hairpinMode: true, capabilities: { portMappings: true }, runtimeConfig: { portMappings: [{ hostPort: 18080, containerPort: 80, protocol: 'tcp' }] } };
+    const add = await nd.call('ADD', c, 'pm', conf);
+    ok(t, add, 'ADD with portMappings');
+    const ip = ipOf(add.json)[0]!;
+    const srv = await serve(c, 'http', ip, 80, 'web');
+    try {
+      t.deepEqual((await request(nd.ext, 'http', nd.nodeIp, 18080, { count: 5 })).replies, { web: 5 }, 'from beyond the node');
+      t.deepEqual((await request(nd.host, 'http', '127.0.0.1', 18080)).replies, { web: 1 }, 'from the node via localhost');
+      t.deepEqual((await request(c, 'http', nd.nodeIp, 18080)).replies, { web: 1 }, 'hairpin: the container via the node');
+      ok(t, await nd.call('DEL', c, 'pm', conf), 'DEL');
+      t.is((await request(nd.ext, 'http', nd.nodeIp, 18080, { timeoutMs: 500 })).ok, 0, 'the mapping is gone');
+      t.deepEqual(nd.left().rules, []);
+      // 2. A conflist: tsnet-bridge, then the reference portmap with prevResult.
+      const portmap = path.join(REFERENCE_DIR, 'portmap');
+      t.true(fs.existsSync(portmap), `${portmap} is installed (containernetworking-plugins)`);
+      const bridgeConf = { ...nd.conf };
+      const r1 = await nd.call('ADD', c, 'pm2', bridgeConf);
+      ok(t, r1, 'tsnet-bridge ADD');
+      const ip2 = ipOf(r1.json)[0]!;
+      const srv2 = await serve(c, 'http', ip2, 81, 'web2');
+      const pmConf = { cniVersion: '1.0.0', name: nd.network, type: 'portmap', capabilities: { portMappings: true }, runtimeConfig: { portMappings: [{ hostPort: 18081, containerPort: 81, protocol: 'tcp' }] }, prevResult: { ...r1.json, cniVersion: '1.0.0' } };
+      const r2 = await cni.call(nd.host, 'portmap', 'ADD', pmConf, { containerId: 'pm2', netns: c.path, ifname: 'eth0' });
+      ok(t, r2, 'portmap ADD');
+      t.deepEqual(r2.json.ips, r1.json.ips, 'portmap passed tsnet-bridge\'s result on');
+      t.deepEqual((await request(nd.ext, 'http', nd.nodeIp, 18081, { count: 3 })).replies, { web2: 3 });
+      ok(t, await cni.call(nd.host, 'portmap', 'DEL', pmConf, { containerId: 'pm2', netns: c.path, ifname: 'eth0' }), 'portmap DEL');
+      ok(t, await nd.call('DEL', c, 'pm2', { ...bridgeConf, prevResult: r1.json }), 'tsnet-bridge DEL');
+      await srv2.stop();
+    } finally {
+      await srv.stop();
+    }
+    t.deepEqual(nd.left().reservations, []);
+  });
+
+  test('tsnet-ipam as a standalone IPAM binary: host-local\'s config and layout, allocation continues after the last reserved', async (t) => {
+    const nd = await node();
+    const conf = { cniVersion: '1.0.0', name: 'ipamonly', type: 'some-main-plugin', ipam: { type: 'tsnet-ipam', subnet: '10.66.0.0/29', rangeStart: '10.66.0.3', dataDir: path.join(cni.dir, `ipam-${nd.n}`), routes: [{ dst: '0.0.0.0/0' }] } };
+    const call = (cmd: string, cid: string) => cni.call(nd.host, 'tsnet-ipam', cmd, conf, { containerId: cid, netns: '/proc/self/ns/net', ifname: 'eth0' });
+    const a = await call('ADD', 'i1');
+    ok(t, a, 'ADD');
+    t.deepEqual(a.json.ips, [{ address: '10.66.0.3/29', gateway: '10.66.0.1' }]);
+    t.deepEqual(a.json.routes, [{ dst: '0.0.0.0/0' }]);
+    t.is(fs.readFileSync(path.join(conf.ipam.dataDir, 'ipamonly', '10.66.0.3'), 'utf8'), 'i1\r\neth0', 'host-local\'s file format');
+    ok(t, await call('DEL', 'i1'), 'DEL');
+    const b = await call('ADD', 'i2');
+    t.deepEqual(ipOf(b.json), ['10.66.0.4'], 'continues after the last reserved address, not the freed one');
+    const got = [ipOf(b.json)[0]];
+    for (const id of ['i3', 'i4', 'i5']) got.push(ipOf((await call('ADD', id)).json)[0]);
+    t.deepEqual(got, ['10.66.0.4', '10.66.0.5', '10.66.0.6', '10.66.0.3'], 'wraps round to the start');
+    const full = await call('ADD', 'i6');
+    t.is(full.status, 1);
+    for (const id of ['i2', 'i3', 'i4', 'i5']) ok(t, await call('DEL', id), 'DEL');
+    t.deepEqual(fs.readdirSync(path.join(conf.ipam.dataDir, 'ipamonly')).filter((f) => f.startsWith('10.')), []);
+  });
+
+  async function waitFor(cond: () => boolean, ms = 5000): Promise<void> {
+    const end = Date.now() + ms;
+    while (!cond()) {
+      if (Date.now() > end) throw new Error('timed out waiting');
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
+}

@@ -1,0 +1,66 @@
+/** The agent's pure parts: the shim wire format, Prometheus rendering, flag parsing. */
+import test from 'ava';
+import { FrameReader, decodeReply, decodeRequest, encodeReply, encodeRequest, frame, MAX_FRAME } from '../../src/agent/protocol';
+import { Counter, Histogram, Registry, exponentialBuckets } from '../../src/agent/metrics';
+import { parseDuration } from '../../src/agent/server';
+
+const req = { plugin: 'tsnet-bridge', netns: '4 4026531840', deadlineMs: 120000, env: { CNI_COMMAND: 'ADD', CNI_ARGS: 'A=1;B=x=y', EMPTY: '' }, stdin: '{"cniVersion":"1.1.0","name":"ü"}' };
+
+test('a request survives the wire byte by byte, and frames split or merged anywhere are reassembled', (t) => {
+  const bytes = encodeRequest(req);
+  const one = new FrameReader();
+  const frames: Buffer[] = [];
+  for (const b of bytes) frames.push(...one.push(Buffer.from([b])));
+  t.deepEqual(decodeRequest(frames), req);
+  const all = new FrameReader().push(Buffer.concat([bytes, frame('extra')]));
+  t.is(all.length, 4);
+  t.is(all[3]!.toString(), 'extra');
+});
+
+test('malformed requests are refused, not half-read', (t) => {
+  const [head, env, stdin] = new FrameReader().push(encodeRequest(req));
+  t.throws(() => decodeRequest([head!, env!]), { message: /incomplete/ });
+  t.throws(() => decodeRequest([Buffer.from('tsnet-cni/2\0tsnet-bridge\x004 1\x001000\0'), env!, stdin!]), { message: /not a tsnet-cni\/1 request/ });
+  t.throws(() => decodeRequest([Buffer.from('tsnet-cni/1\0tsnet-bridge\0me\x001000\0'), env!, stdin!]), { message: /namespace identity/ });
+  t.throws(() => decodeRequest([Buffer.from('tsnet-cni/1\0tsnet-bridge\x004 1\x00-5\0'), env!, stdin!]), { message: /deadline/ });
+  const huge = Buffer.alloc(4);
+  huge.writeUInt32LE(MAX_FRAME + 1);
+  t.throws(() => new FrameReader().push(huge), { message: /larger than/ });
+});
+
+test('replies carry the exit status and stdout; a deny is told apart', (t) => {
+  const [f] = new FrameReader().push(encodeReply(1, '{"code":7}\n'));
+  t.deepEqual(decodeReply(f!), { exitCode: 1, stdout: '{"code":7}\n' });
+  t.deepEqual(decodeReply(Buffer.from('deny peer uid 1000 (pid 5) is not root')), { deny: 'peer uid 1000 (pid 5) is not root' });
+});
+
+test('Prometheus text: counters by label, cumulative histogram buckets with +Inf, sum and count', (t) => {
+  const r = new Registry();
+  const c = r.add(new Counter('x_total', 'things'));
+  const h = r.add(new Histogram('x_seconds', 'time', [0.01, 0.1, 1]));
+  c.inc({ command: 'ADD', result: 'ok' });
+  c.inc({ result: 'ok', command: 'ADD' }); // label order does not make a new series
+  c.inc({ command: 'DEL', result: 'a"b\\c' });
+  h.observe(0.005, { command: 'ADD' });
+  h.observe(0.05, { command: 'ADD' });
+  h.observe(5, { command: 'ADD' });
+  const text = r.render();
+  t.true(text.includes('# TYPE x_total counter\n'));
+  t.true(text.includes('x_total{command="ADD",result="ok"} 2\n'));
+  t.true(text.includes('x_total{command="DEL",result="a\\"b\\\\c"} 1\n'));
+  for (const [le, n] of [['0.01', 1], ['0.1', 2], ['1', 2], ['+Inf', 3]] as const) t.true(text.includes(`x_seconds_bucket{command="ADD",le="${le}"} ${n}\n`), le);
+  t.true(text.includes('x_seconds_sum{command="ADD"} 5.055\n'));
+  t.true(text.includes('x_seconds_count{command="ADD"} 3\n'));
+  t.is(h.count({ command: 'ADD' }), 3);
+  t.deepEqual(exponentialBuckets(0.001, 2, 3), [0.001, 0.002, 0.004]);
+  t.true(new Registry().add(new Counter('y_total', 'none yet')).render().includes('y_total 0'), 'an unused counter still shows 0');
+});
+
+test('durations: 10s, 500ms, 1m, plain seconds; nonsense and sub-100ms refused', (t) => {
+  t.is(parseDuration('10s'), 10_000);
+  t.is(parseDuration('500ms'), 500);
+  t.is(parseDuration('1m'), 60_000);
+  t.is(parseDuration('2'), 2000);
+  t.throws(() => parseDuration('soon'), { message: /invalid duration/ });
+  t.throws(() => parseDuration('5ms'), { message: /too short/ });
+});
