@@ -27,7 +27,7 @@
  *   agent -> shim  reply   u32 exit status + stdout   | "deny REASON" frame
  *
  * Settings come from tsnet-cni.conf next to the executable (written by the
- * installer), overridden by TSNET_AGENT_SOCKET (set but empty: never use an
+ * installer: socket, state_dir, node, entry, timeout_ms), overridden by TSNET_AGENT_SOCKET (set but empty: never use an
  * agent) and TSNET_CNI_TIMEOUT_MS.
  */
 #define _GNU_SOURCE
@@ -57,6 +57,7 @@ static const char *VERSIONS[] = {"0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"};
 
 struct settings {
   char socket[sizeof(((struct sockaddr_un *)0)->sun_path)];
+  char state_dir[PATH_MAX];
   char node[PATH_MAX];
   char entry[PATH_MAX];
   long timeout_ms;       /* the whole call through the agent */
@@ -121,7 +122,7 @@ static long parse_ms(const char *v, const char *what) {
   char *end;
   errno = 0;
   long n = strtol(v, &end, 10);
-  if (errno || *end || n <= 0) cni_error(999, "%s must be a positive number of milliseconds, got \"%s\"", what, v);
+  if (errno || *end || n <= 0 || n > 86400000) cni_error(999, "%s must be a number of milliseconds from 1 to 86400000 (a day), got \"%s\"", what, v);
   return n;
 }
 
@@ -139,6 +140,7 @@ static void load_settings(struct settings *s, const char *dir) {
     *eq = 0;
     const char *k = line, *v = eq + 1;
     if (strcmp(k, "socket") == 0) copy_setting(s->socket, sizeof s->socket, v, k);
+    else if (strcmp(k, "state_dir") == 0) copy_setting(s->state_dir, sizeof s->state_dir, v, k);
     else if (strcmp(k, "node") == 0) copy_setting(s->node, sizeof s->node, v, k);
     else if (strcmp(k, "entry") == 0) copy_setting(s->entry, sizeof s->entry, v, k);
     else if (strcmp(k, "timeout_ms") == 0) s->timeout_ms = parse_ms(v, "timeout_ms");
@@ -149,6 +151,8 @@ static void load_settings(struct settings *s, const char *dir) {
   if ((e = getenv("TSNET_AGENT_SOCKET"))) copy_setting(s->socket, sizeof s->socket, e, "TSNET_AGENT_SOCKET");
   if ((e = getenv("TSNET_CNI_TIMEOUT_MS")) && *e) s->timeout_ms = parse_ms(e, "TSNET_CNI_TIMEOUT_MS");
   if (!s->node[0] || !s->entry[0]) cni_error(999, "%s names no node or entry: reinstall with `tsnet cni install`", file);
+  /* One state directory for both paths: the agent gets it with the environment, the standalone plugin inherits it. */
+  if (s->state_dir[0] && setenv("TSNET_STATE_DIR", s->state_dir, 0) != 0) cni_error(999, "setenv: %s", strerror(errno));
 }
 
 /* --- i/o ------------------------------------------------------------------- */
@@ -264,6 +268,10 @@ static void through_agent(const struct settings *s, const char *nsid) {
   struct sockaddr_un sa = {.sun_family = AF_UNIX};
   strcpy(sa.sun_path, s->socket);
   if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) fall_back(s, fd, NULL); /* no agent: the normal standalone case */
+  /* The call (environment, config) goes only to an agent running as root: never to whoever else could bind the path. */
+  struct ucred cred;
+  socklen_t credlen = sizeof cred;
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &credlen) != 0 || cred.uid != 0) fall_back(s, fd, "the listener is not root");
 
   long long start = now_ms();
   struct buf hello = {0};

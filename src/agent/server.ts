@@ -32,6 +32,10 @@ import { agentMetrics, type AgentMetrics } from './metrics';
 export const DEFAULT_SOCKET = '/run/tsnet/agent.sock';
 export const DEFAULT_METRICS = '127.0.0.1:9470';
 export const DEFAULT_RESYNC_MS = 10_000;
+/** How often the resync loop rewrites everything regardless of the canary. */
+const FULL_SYNC_MS = 3_600_000;
+/** setTimeout's limit: larger delays fire at once. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
 /** A shim that connects but sends no complete request within this is dropped. */
 const REQUEST_READ_MS = 10_000;
 
@@ -70,7 +74,8 @@ function parseHostPort(text: string): { host: string; port: number } {
 function prepareSocketDir(socket: string): void {
   const dir = path.dirname(socket);
   if (!fs.existsSync(dir)) fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
-  const st = fs.statSync(dir);
+  const st = fs.lstatSync(dir); // not through a symlink someone else could repoint
+  if (st.isSymbolicLink()) throw invalid(`socket directory ${dir} is a symlink: give the socket a real directory of its own, e.g. /run/tsnet`);
   if (st.uid !== process.getuid!() || (st.mode & 0o077) !== 0) {
     throw invalid(`socket directory ${dir} must be owned by ${process.getuid!()} with mode 0700 (it is ${(st.mode & 0o777).toString(8)}, uid ${st.uid}): give the socket a directory of its own, e.g. /run/tsnet`);
   }
@@ -109,6 +114,10 @@ export class Agent {
   private timer?: NodeJS.Timeout;
   private stopping = false;
   private readonly inflight = new Set<Promise<unknown>>();
+  /** Every call's work, also one whose shim got a deadline error: stop() waits for all of it. */
+  private readonly running = new Set<Promise<unknown>>();
+  /** The socket file this agent bound (its inode), so stop() never removes a successor's. */
+  private socketIno?: number;
   /** Calls for one attachment run one after another (an ADD whose shim died may still be running when its DEL comes). */
   private readonly queues = new Map<string, Promise<unknown>>();
   /** NAT state directories this agent has served: what the resync loop watches (kept across restarts). */
@@ -116,6 +125,7 @@ export class Agent {
   private readonly log: (line: string) => void;
   private readonly unsubscribe: () => void;
   private resyncing?: Promise<void>;
+  private passes = 0;
 
   private readonly metricsListen?: { host: string; port: number };
 
@@ -165,6 +175,7 @@ export class Agent {
       process.umask(old);
     }
     fs.chmodSync(this.socket, 0o600);
+    this.socketIno = fs.lstatSync(this.socket).ino;
     this.server = server;
 
     if (this.metricsListen) {
@@ -238,7 +249,12 @@ export class Agent {
       // The shim's own view must agree with what the kernel says about it.
       if (req.netns !== this.netns) return this.deny(c, 'netns', `request from network namespace ${req.netns}, the agent is in ${this.netns}`);
       if (!(PLUGINS as readonly string[]).includes(req.plugin)) return this.deny(c, 'protocol', `unknown plugin ${JSON.stringify(req.plugin)}`);
-      const p = this.serve(req).then((r) => { if (!c.destroyed) c.end(encodeReply(r.exitCode, r.stdout)); });
+      const p = this.serve(req)
+        .then((r) => { if (!c.destroyed) c.end(encodeReply(r.exitCode, r.stdout)); })
+        .catch((err: unknown) => { // a bug here must cost one call, not the agent and every call under way
+          this.log(`agent: serving a call failed: ${(err as Error).stack ?? String(err)}`);
+          c.destroy();
+        });
       this.inflight.add(p);
       void p.finally(() => this.inflight.delete(p));
     });
@@ -250,7 +266,8 @@ export class Agent {
     const command = req.env.CNI_COMMAND ?? '';
     let conf: { name?: unknown; stateDir?: unknown; cniVersion?: unknown } = {};
     try {
-      conf = JSON.parse(req.stdin) as typeof conf;
+      const parsed = JSON.parse(req.stdin) as unknown;
+      if (parsed && typeof parsed === 'object' && !Array.isArray(parsed)) conf = parsed as typeof conf;
     } catch {
       // invoke reports it
     }
@@ -264,6 +281,8 @@ export class Agent {
       await Promise.allSettled(before);
       return invoke(req.plugin as PluginName, req.env, req.stdin, { stateDir: this.stateDir });
     })();
+    this.running.add(work);
+    void work.catch(() => undefined).finally(() => this.running.delete(work));
     if (key) {
       this.queues.set(key, work);
       void work.catch(() => undefined).finally(() => { if (this.queues.get(key) === work) this.queues.delete(key); });
@@ -273,7 +292,7 @@ export class Agent {
       timer = setTimeout(() => {
         const e = new CniError(CNI_ERR.tryAgainLater, `${req.plugin} ${command}: not finished within the ${req.deadlineMs} ms deadline (still running in the agent; DEL cleans up): try again later`);
         resolve({ exitCode: 1, stdout: `${JSON.stringify(e.toJSON(typeof conf.cniVersion === 'string' ? conf.cniVersion : '1.1.0'))}\n` });
-      }, Math.max(1, req.deadlineMs - 250));
+      }, Math.min(MAX_TIMER_MS, Math.max(1, req.deadlineMs - 250)));
     });
     const r = await Promise.race([work.catch((err: unknown) => ({ exitCode: 1, stdout: `${JSON.stringify(new CniError(CNI_ERR.internal, String(err)).toJSON('1.1.0'))}\n` })), deadline]);
     clearTimeout(timer);
@@ -315,12 +334,19 @@ export class Agent {
     this.log(`nat: ${e.trigger}${e.trigger === 'resync' ? ' after flush' : ''} ${e.dir}: ${e.full ? 'full' : 'partial'} ${e.backend}, ${e.written} written, ${e.deleted} deleted in ${e.ms.toFixed(1)} ms`);
   }
 
-  /** One pass of the resync loop. */
+  /**
+   * One pass of the resync loop: rules flushed by someone else come back.
+   * Once an hour it is a forced full sync instead (kube-proxy's periodic full
+   * sync), which also repairs a single chain edited by hand under an intact
+   * canary: partial syncs only write what tsnet itself changed.
+   */
   async resync(): Promise<void> {
+    const full = ++this.passes % Math.max(1, Math.round(FULL_SYNC_MS / this.resyncIntervalMs)) === 0;
     for (const dir of this.natDirs) {
       if (!fs.existsSync(path.join(dir, 'nat.json'))) continue; // no NAT state here (yet)
       try {
-        await new NatEngine({ stateDir: dir }).converge();
+        const engine = new NatEngine({ stateDir: dir });
+        await (full ? engine.sync({ force: true }) : engine.converge());
       } catch (err) {
         this.metrics.resyncErrors.inc();
         this.log(`nat: resync of ${dir} failed: ${(err as Error).message}`);
@@ -343,9 +369,13 @@ export class Agent {
     this.stopping = true;
     if (this.timer) clearTimeout(this.timer);
     const closed = this.server ? new Promise<void>((r) => this.server!.close(() => r())) : Promise.resolve();
-    await Promise.allSettled([...this.inflight]);
+    await Promise.allSettled([...this.inflight, ...this.running]);
     if (this.resyncing) await this.resyncing;
-    if (this.server) fs.rmSync(this.socket, { force: true });
+    try {
+      if (this.server && fs.lstatSync(this.socket).ino === this.socketIno) fs.rmSync(this.socket, { force: true });
+    } catch {
+      // already gone
+    }
     await closed;
     if (this.http) {
       this.http.closeAllConnections();

@@ -12,7 +12,8 @@ export function registerCni(program: Command): void {
     .option('--force', 'overwrite an existing example conflist')
     .option('--socket <path>', 'the agent socket the plugins try first ("" = always standalone)', DEFAULT_SOCKET)
     .option('--timeout <ms>', 'how long a call through the agent may take before it fails with code 11', String(DEFAULT_TIMEOUT_MS))
-    .action((o: { binDir: string; confDir?: string; force?: boolean; socket: string; timeout: string }) => {
+    .option('--state-dir <dir>', 'state directory for every call, standalone or through the agent (give the agent the same --state-dir)')
+    .action((o: { binDir: string; confDir?: string; force?: boolean; socket: string; timeout: string; stateDir?: string }) => {
       if (!/^[1-9]\d*$/.test(o.timeout)) throw invalid(`--timeout must be a positive number of milliseconds, got ${JSON.stringify(o.timeout)}`);
       const r = install({ ...o, timeoutMs: Number(o.timeout) });
       for (const b of r.binaries) process.stdout.write(`installed ${b}\n`);

@@ -233,7 +233,7 @@ export async function bridgeAdd(conf: NetConf, env: CniEnv): Promise<Result> {
       nat: { stateDir: defaultStateDir(c.stateDir), backend: c.natBackend, rules: [], forwards: [] },
       complete: false,
     };
-    records.put(rec, { durable: false }); // before the first change: whatever happens next, DEL and GC can find it
+    records.put(rec, { durable: false }); // before the first change: whatever happens next, DEL and GC can find it (a new file: nothing durable is replaced)
     try {
       return await addSteps(c, conf, env, host, ns, rec, records);
     } catch (err) {
@@ -332,7 +332,7 @@ async function addSteps(c: BridgeConf, conf: NetConf, env: CniEnv, host: netns.N
   };
   rec.result = result;
   rec.complete = true;
-  records.put(rec, { durable: false }); // what it adds to the durable version (the result) dies with the veth in a power loss
+  records.put(rec); // replaces the durable version naming the NAT rules, so it is durable too
   return result;
 }
 

@@ -25,9 +25,14 @@ export const EXAMPLE_CONFLIST = '10-tsnet.conflist';
 /** How long a call through the agent may take before the shim reports error 11 (runtimes have no deadline of their own for plugins). */
 export const DEFAULT_TIMEOUT_MS = 120_000;
 
+/** Longest deadline accepted (a day): beyond it a runtime is hung, not waiting. */
+export const MAX_TIMEOUT_MS = 86_400_000;
+
 export interface ShimSettings {
   /** The agent's socket; '' = never use an agent. */
   socket: string;
+  /** tsnet's state directory for every call (TSNET_STATE_DIR unless the runtime sets it), so standalone and agent share one; '' = the default. */
+  stateDir: string;
   node: string;
   entry: string;
   timeoutMs: number;
@@ -40,7 +45,9 @@ export function shimConf(s: ShimSettings): string {
   }
   if (s.socket && Buffer.byteLength(s.socket) > 107) throw invalid(`socket path ${s.socket} is longer than a unix socket address allows (107 bytes)`);
   if (s.socket && !path.isAbsolute(s.socket)) throw invalid(`socket path ${s.socket} must be absolute`);
-  return `# tsnet's CNI shim settings, written by \`tsnet cni install\`.\nsocket=${s.socket}\nnode=${s.node}\nentry=${s.entry}\ntimeout_ms=${s.timeoutMs}\n`;
+  if (s.stateDir && !path.isAbsolute(s.stateDir)) throw invalid(`state directory ${s.stateDir} must be absolute`);
+  if (!Number.isSafeInteger(s.timeoutMs) || s.timeoutMs <= 0 || s.timeoutMs > MAX_TIMEOUT_MS) throw invalid(`timeout ${s.timeoutMs} ms must be between 1 and ${MAX_TIMEOUT_MS} (a day)`);
+  return `# tsnet's CNI shim settings, written by \`tsnet cni install\`.\nsocket=${s.socket}\nstate_dir=${s.stateDir}\nnode=${s.node}\nentry=${s.entry}\ntimeout_ms=${s.timeoutMs}\n`;
 }
 
 /** An example network: a bridge with gateway, masquerade, port mappings, tsnet-ipam. */
@@ -66,12 +73,12 @@ export interface InstallResult {
   conflist?: string;
 }
 
-export function install(o: { binDir?: string; confDir?: string; force?: boolean; socket?: string; timeoutMs?: number } = {}): InstallResult {
+export function install(o: { binDir?: string; confDir?: string; force?: boolean; socket?: string; stateDir?: string; timeoutMs?: number } = {}): InstallResult {
   const binDir = path.resolve(o.binDir ?? DEFAULT_BIN_DIR);
   const entry = path.join(__dirname, 'main.js');
   if (!fs.existsSync(entry)) throw invalid(`${entry} is missing: build tsnet first (npm run build)`);
   if (!fs.existsSync(SHIM_PATH)) throw invalid(`${SHIM_PATH} is missing: build the native part first (npm ci, or npm rebuild)`);
-  const settings = shimConf({ socket: o.socket ?? DEFAULT_SOCKET, node: process.execPath, entry, timeoutMs: o.timeoutMs ?? DEFAULT_TIMEOUT_MS });
+  const settings = shimConf({ socket: o.socket ?? DEFAULT_SOCKET, stateDir: o.stateDir ?? '', node: process.execPath, entry, timeoutMs: o.timeoutMs ?? DEFAULT_TIMEOUT_MS });
   fs.mkdirSync(binDir, { recursive: true, mode: 0o755 });
   // Settings first: a shim never starts without them.
   writeFileAtomic(path.join(binDir, SHIM_CONF), settings, 0o644);

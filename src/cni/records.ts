@@ -54,9 +54,10 @@ export class RecordStore {
   }
 
   /**
-   * Saves the record. `durable: false` for the versions that name only kernel
-   * objects (veth, addresses), which a power loss removes with the record;
-   * the one naming NAT rules must survive it, as the NAT state does.
+   * Saves the record. `durable: false` only for a first version that names
+   * only kernel objects (veth, addresses), which a power loss removes with
+   * the record; never for one that replaces a durable version (a power loss
+   * could leave the new file empty and lose what the old one said).
    */
   put(r: AttachmentRecord, o: WriteOptions = {}): void {
     writeJsonAtomic(this.file(r.containerId, r.ifname), r, o);

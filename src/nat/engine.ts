@@ -8,6 +8,7 @@
  * If the sync fails nothing is saved (and iptables-restore / nft -f are
  * atomic), so a rejected change leaves both the rules and the state as they were.
  */
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { TsnetError, hasCode, invalid } from '../errors';
 import * as route from '../route';
@@ -77,6 +78,16 @@ export class NatEngine {
     return path.join(this.dir, 'nat.json');
   }
 
+  /**
+   * Present while a sync is under way: a tsnet killed between applying and
+   * saving leaves it, and the next sync is then a full one. A file of its own
+   * (not a rewrite of nat.json) so it needs no fsync: the durable state is
+   * never replaced by a version a power loss could empty.
+   */
+  private get dirtyFile(): string {
+    return path.join(this.dir, 'nat.dirty');
+  }
+
   private load(): StateFile {
     const f = readJson<StateFile>(this.file) ?? { version: 1, desired: emptyState() };
     try {
@@ -84,6 +95,8 @@ export class NatEngine {
     } catch (err) {
       throw new TsnetError(`${this.file} holds an invalid desired state (${(err as Error).message}): fix or remove it`, { code: 'EINVAL' });
     }
+    // A sync died half-way: what is live is unknown until a full sync.
+    if (f.applied && fs.existsSync(this.dirtyFile)) f.applied = { ...f.applied, clean: false };
     return f;
   }
 
@@ -182,11 +195,15 @@ export class NatEngine {
     }
     // Mark the record dirty first: a crash between apply and save then forces a full sync next time.
     // (Not synced to disk: a power loss takes the rules with it, and the canary then forces a full sync anyway.)
-    if (f.applied) writeJsonAtomic(this.file, { ...f, applied: { ...f.applied, clean: false } }, { durable: false });
+    if (f.applied) {
+      fs.mkdirSync(this.dir, { recursive: true, mode: 0o700 });
+      fs.writeFileSync(this.dirtyFile, `${process.pid}\n`);
+    }
     const result = await backend.sync(next, f.applied, force, before);
     const conntrackDeleted = await deleteUdpFlows(this.ns, removedUdpEndpoints(before, next));
     const sysctls = await this.convergeSysctls(next, f.sysctls ?? {});
     writeJsonAtomic(this.file, { version: 1, backend: backend.name, desired: next, applied: result.applied, sysctls } satisfies StateFile);
+    fs.rmSync(this.dirtyFile, { force: true });
     const { applied: _a, ...rest } = result;
     const report: SyncReport = { ...rest, backend: backend.name + (result.applied.mode ? `/${result.applied.mode}` : ''), ms: Number(process.hrtime.bigint() - t0) / 1e6, conntrackDeleted };
     for (const fn of syncListeners) fn({ ...report, dir: this.dir, trigger });

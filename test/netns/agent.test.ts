@@ -116,6 +116,21 @@ test('the socket is root-only (0600 in a 0700 directory); a non-root peer is ref
   t.regex(client(nd.host, agent.socket).hello ?? '', /^tsnet-agent\/1 /, 'the running agent is untouched');
 });
 
+test('a malformed call costs that call, not the agent: null config, unknown plugin, garbage frames', async (t) => {
+  const nd = await node();
+  const agent = await cni.startAgent(nd.host);
+  const id = client(nd.host, agent.socket).hello!.split(' ').slice(1).join(' ');
+  const base = { plugin: 'tsnet-bridge', netns: id, deadlineMs: 5000 };
+  const nul = client(nd.host, agent.socket, { ...base, env: { CNI_COMMAND: 'ADD', CNI_CONTAINERID: 'x', CNI_NETNS: '/proc/self/ns/net', CNI_IFNAME: 'eth0', CNI_PATH: '/x' }, stdin: 'null' });
+  t.is(nul.reply?.exitCode, 1);
+  t.is(JSON.parse(nul.reply?.stdout ?? '{}').code, 6, nul.reply?.stdout);
+  t.regex(client(nd.host, agent.socket, { ...base, plugin: 'tsnet-other', env: {}, stdin: '{}' }).reply?.deny ?? '', /unknown plugin/);
+  const version = client(nd.host, agent.socket, { ...base, env: { CNI_COMMAND: 'VERSION' }, stdin: '{"cniVersion":"1.0.0"}' });
+  t.is(version.reply?.exitCode, 0, 'still serving');
+  t.is(JSON.parse(version.reply!.stdout).cniVersion, '1.0.0');
+  t.is(agent.child.exitCode, null);
+});
+
 test('a shim called in another network namespace does not use the agent: it falls back, and nothing is made in the agent\'s namespace', async (t) => {
   const nd = await node();
   const agent = await cni.startAgent(nd.host, ['--metrics', '127.0.0.1:0']);

@@ -90,14 +90,16 @@ test('bridge config: defaults, types checked, port mappings become forwards per 
 });
 
 test('the shim\'s settings name node, the plugin and the socket by absolute path; bad values are refused', (t) => {
-  const s = shimConf({ socket: '/run/tsnet/agent.sock', node: '/opt/no de/node', entry: '/x/main.js', timeoutMs: 5000 });
+  const s = shimConf({ socket: '/run/tsnet/agent.sock', stateDir: '/var/lib/x', node: '/opt/no de/node', entry: '/x/main.js', timeoutMs: 5000 });
   t.true(s.split('\n').includes('socket=/run/tsnet/agent.sock'));
   t.true(s.split('\n').includes('node=/opt/no de/node'));
   t.true(s.split('\n').includes('timeout_ms=5000'));
-  t.true(shimConf({ socket: '', node: '/n', entry: '/e', timeoutMs: 1 }).includes('socket=\n'));
-  t.regex(t.throws(() => shimConf({ socket: 'rel.sock', node: '/n', entry: '/e', timeoutMs: 1 }))!.message, /must be absolute/);
-  t.regex(t.throws(() => shimConf({ socket: `/${'x'.repeat(120)}`, node: '/n', entry: '/e', timeoutMs: 1 }))!.message, /107 bytes/);
-  t.regex(t.throws(() => shimConf({ socket: '/s', node: '/n\nsocket=/evil', entry: '/e', timeoutMs: 1 }))!.message, /line break/);
+  t.true(s.split('\n').includes('state_dir=/var/lib/x'));
+  t.true(shimConf({ socket: '', stateDir: '', node: '/n', entry: '/e', timeoutMs: 1 }).includes('socket=\n'));
+  t.regex(t.throws(() => shimConf({ socket: 'rel.sock', stateDir: '', node: '/n', entry: '/e', timeoutMs: 1 }))!.message, /must be absolute/);
+  t.regex(t.throws(() => shimConf({ socket: `/${'x'.repeat(120)}`, stateDir: '', node: '/n', entry: '/e', timeoutMs: 1 }))!.message, /107 bytes/);
+  t.regex(t.throws(() => shimConf({ socket: '/s', stateDir: '', node: '/n\nsocket=/evil', entry: '/e', timeoutMs: 1 }))!.message, /line break/);
+  t.regex(t.throws(() => shimConf({ socket: '/s', stateDir: '', node: '/n', entry: '/e', timeoutMs: 9_999_999_999 }))!.message, /a day/);
 });
 
 test('resolvConf: nameservers, domain, search and options become the result\'s dns', (t) => {
