@@ -6,6 +6,7 @@
 #
 #   apt-get install -y podman busybox-static     # once
 #   npm ci && bash examples/podman/run.sh        # as root
+#   bash examples/podman/run.sh --agent          # the same, with `tsnet agent` serving the shims
 #
 # What it shows: `podman run --network tsnet-demo -p 18080:80` gets an address
 # from tsnet-ipam; the node reaches the container, another container reaches it
@@ -27,10 +28,24 @@ mkdir -p /var/lib/cni && mount -t tmpfs tmpfs /var/lib/cni
 mount -t sysfs sysfs /sys
 mount -t cgroup2 cgroup2 /sys/fs/cgroup   # crun refuses the host's hybrid v1 hierarchy
 ip link set lo up
-cleanup() { podman_ rm -af -t 0 >/dev/null 2>&1 || true; rm -rf "$W"; }
+AGENT_PID=
+cleanup() {
+  podman_ rm -af -t 0 >/dev/null 2>&1 || true
+  if [[ -n $AGENT_PID ]]; then kill "$AGENT_PID" 2>/dev/null || true; wait "$AGENT_PID" 2>/dev/null || true; fi
+  rm -rf "$W"
+}
 trap cleanup EXIT
 
-node "$ROOT/dist/src/cli/main.js" cni install --bin-dir "$W/bin"
+# --agent: the same run with `tsnet agent` serving the shims (socket in a 0700 directory of its own).
+mkdir -m 700 "$W/run"
+node "$ROOT/dist/src/cli/main.js" cni install --bin-dir "$W/bin" --socket "$W/run/agent.sock" --state-dir "$W/state"
+if [[ "${1:-}" == --agent ]]; then
+  node "$ROOT/dist/src/cli/main.js" agent --socket "$W/run/agent.sock" --state-dir "$W/state" --metrics '' >"$W/agent.out" 2>"$W/agent.log" &
+  AGENT_PID=$!
+  for _ in $(seq 100); do grep -q '^ready' "$W/agent.out" 2>/dev/null && break; sleep 0.1; done
+  grep -q '^ready' "$W/agent.out" || { cat "$W/agent.log" >&2; exit 1; }
+  echo "== tsnet agent serving $W/run/agent.sock (pid $AGENT_PID)"
+fi
 mkdir -p "$W/net.d"
 cat > "$W/net.d/tsnet-demo.conflist" <<JSON
 {
@@ -95,4 +110,10 @@ rules=$(iptables-save -t nat | grep -c "$IP" || true)
 records=$(ls "$W/state/cni/tsnet-demo" 2>/dev/null | wc -l)
 echo "   reservations left: ${left:-none}; NAT rules naming $IP: $rules; attachment records: $records"
 [[ -z $left && $rules == 0 && $records == 0 ]]
+if [[ -n $AGENT_PID ]]; then
+  adds=$(grep -c 'cni: tsnet-bridge ADD tsnet-demo .*: ok' "$W/agent.log" || true)
+  dels=$(grep -c 'cni: tsnet-bridge DEL tsnet-demo .*: ok' "$W/agent.log" || true)
+  echo "   served by the agent: ADD $adds, DEL $dels"
+  [[ $adds -ge 2 && $dels -ge 2 ]]
+fi
 echo "OK: podman ran a container on tsnet-bridge + tsnet-ipam and cleaned up after it"
