@@ -8,7 +8,6 @@
  * them (env + stdin), inside a private node namespace.
  * Run with `npm run bench:cni` (inside the sandbox). BENCH_N containers (default 40).
  */
-import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as netns from '../src/netns';
 import * as link from '../src/link';

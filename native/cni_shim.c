@@ -318,6 +318,15 @@ static void through_agent(const struct settings *s, const char *nsid) {
   exit(status);
 }
 
+/* PLUGINS' entry whose name is the last component of `path`, or NULL. */
+static const char *known_plugin(const char *path) {
+  const char *slash = strrchr(path, '/');
+  const char *name = slash ? slash + 1 : path;
+  for (size_t i = 0; i < sizeof PLUGINS / sizeof *PLUGINS; i++)
+    if (strcmp(name, PLUGINS[i]) == 0) return PLUGINS[i];
+  return NULL;
+}
+
 int main(int argc, char **argv) {
   (void)argc;
   char exe[PATH_MAX];
@@ -326,13 +335,8 @@ int main(int argc, char **argv) {
   exe[n] = 0;
 
   /* Which plugin: the name it was run by, else the file's own name. */
-  const char *names[] = {argv[0] ? strrchr(argv[0], '/') : NULL, strrchr(exe, '/')};
-  const char *fromArgv = argv[0] ? (names[0] ? names[0] + 1 : argv[0]) : "";
-  for (size_t c = 0; c < 2 && !plugin; c++) {
-    const char *cand = c == 0 ? fromArgv : names[1] + 1;
-    for (size_t i = 0; i < sizeof PLUGINS / sizeof *PLUGINS; i++)
-      if (strcmp(cand, PLUGINS[i]) == 0) plugin = PLUGINS[i];
-  }
+  plugin = known_plugin(argv[0] ? argv[0] : "");
+  if (!plugin) plugin = known_plugin(exe);
   if (!plugin) {
     fprintf(stderr, "tsnet CNI shim: install it as tsnet-bridge or tsnet-ipam (`tsnet cni install`); run by a container runtime with CNI_COMMAND set\n");
     return 2;

@@ -28,10 +28,6 @@ export class Counter implements Metric {
     this.values.set(key, v);
   }
 
-  get(labels: Labels = {}): number {
-    return this.values.get(labelText(labels))?.value ?? 0;
-  }
-
   render(): string[] {
     const out = [`# HELP ${this.name} ${this.help}`, `# TYPE ${this.name} counter`];
     if (!this.values.size) out.push(`${this.name} 0`);

@@ -10,6 +10,8 @@
  * DEV INO is (st_dev, st_ino) of /proc/self/ns/net: the identity of a network
  * namespace, equal for two processes exactly when they share it.
  */
+/** Where the agent listens and the shim connects unless told otherwise. */
+export const DEFAULT_SOCKET = '/run/tsnet/agent.sock';
 export const HELLO = 'tsnet-agent/1';
 export const REQUEST = 'tsnet-cni/1';
 /** Larger frames are refused: a network config is kilobytes. */

@@ -23,17 +23,17 @@ import * as path from 'node:path';
 import { native } from '../native';
 import { TsnetError, hasCode, invalid } from '../errors';
 import { readJson, stateDir as defaultStateDir, writeJsonAtomic } from '../state';
-import { invoke, PLUGINS, type PluginName } from '../cni/plugin';
+import { errorInvocation, invoke, PLUGINS, type Invocation, type PluginName } from '../cni/plugin';
 import { CniError, CNI_ERR } from '../cni/errors';
 import { NatEngine, onSync, type SyncEvent } from '../nat/engine';
-import { FrameReader, HELLO, decodeRequest, encodeReply, frame, type Request } from './protocol';
+import { parseHostPort } from '../nat/model';
+import { DEFAULT_SOCKET, FrameReader, HELLO, decodeRequest, encodeReply, frame, type Request } from './protocol';
 import { agentMetrics, type AgentMetrics } from './metrics';
 
-export const DEFAULT_SOCKET = '/run/tsnet/agent.sock';
 export const DEFAULT_METRICS = '127.0.0.1:9470';
 export const DEFAULT_RESYNC_MS = 10_000;
-/** How often the resync loop rewrites everything regardless of the canary. */
-const FULL_SYNC_MS = 3_600_000;
+/** How often the resync loop rewrites everything regardless of the canary (kube-proxy: hourly). */
+export const DEFAULT_FULL_SYNC_MS = 3_600_000;
 /** setTimeout's limit: larger delays fire at once. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
 /** A shim that connects but sends no complete request within this is dropped. */
@@ -44,6 +44,8 @@ export interface AgentOptions {
   /** Default state directory for calls whose config and environment name none. */
   stateDir?: string;
   resyncIntervalMs?: number;
+  /** How often a resync pass is a forced full sync instead of a canary check. */
+  fullSyncIntervalMs?: number;
   /** host:port for Prometheus metrics; '' turns them off. Port 0 picks a free one. */
   metrics?: string;
   log?: (line: string) => void;
@@ -55,19 +57,15 @@ export function nsIdentity(file: string): string {
   return `${st.dev} ${st.ino}`;
 }
 
-/** Parses "10s", "500ms", "2m" (or plain seconds) into milliseconds. */
+const UNIT_MS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
+
+/** Parses "10s", "500ms", "2m", "1h" (or plain seconds) into milliseconds. */
 export function parseDuration(text: string): number {
-  const m = /^(\d+(?:\.\d+)?)(ms|s|m)?$/.exec(text.trim());
-  if (!m) throw invalid(`invalid duration ${JSON.stringify(text)}: expected e.g. 10s, 500ms, 1m`);
-  const ms = Number(m[1]) * (m[2] === 'ms' ? 1 : m[2] === 'm' ? 60_000 : 1000);
+  const m = /^(\d+(?:\.\d+)?)(ms|s|m|h)?$/.exec(text.trim());
+  if (!m) throw invalid(`invalid duration ${JSON.stringify(text)}: expected e.g. 10s, 500ms, 1m, 1h`);
+  const ms = Number(m[1]) * UNIT_MS[m[2] ?? 's']!;
   if (ms < 100) throw invalid(`duration ${text} is too short (at least 100ms)`);
   return ms;
-}
-
-function parseHostPort(text: string): { host: string; port: number } {
-  const m = /^\[?([^\]]*?)\]?:(\d+)$/.exec(text);
-  if (!m || Number(m[2]) > 65535) throw invalid(`invalid --metrics address ${JSON.stringify(text)}: expected HOST:PORT, e.g. 127.0.0.1:9470`);
-  return { host: m[1] || '127.0.0.1', port: Number(m[2]) };
 }
 
 /** The socket's directory must be root's alone: a socket's mode is not checked by every kernel path, a directory's is. */
@@ -104,6 +102,7 @@ export class Agent {
   readonly socket: string;
   readonly stateDir: string;
   readonly resyncIntervalMs: number;
+  readonly fullSyncIntervalMs: number;
   readonly metrics: AgentMetrics = agentMetrics();
   /** The agent's network namespace identity, sent in every hello. */
   readonly netns = nsIdentity('/proc/self/ns/net');
@@ -113,7 +112,6 @@ export class Agent {
   private http?: http.Server;
   private timer?: NodeJS.Timeout;
   private stopping = false;
-  private readonly inflight = new Set<Promise<unknown>>();
   /** Every call's work, also one whose shim got a deadline error: stop() waits for all of it. */
   private readonly running = new Set<Promise<unknown>>();
   /** The socket file this agent bound (its inode), so stop() never removes a successor's. */
@@ -129,13 +127,17 @@ export class Agent {
 
   private readonly metricsListen?: { host: string; port: number };
 
-  private constructor(private readonly opts: AgentOptions) {
+  private constructor(opts: AgentOptions) {
     // Options are checked before anything is made.
-    if (opts.metrics !== '') this.metricsListen = parseHostPort(opts.metrics ?? DEFAULT_METRICS);
+    if (opts.metrics !== '') {
+      const { ip, port } = parseHostPort(opts.metrics ?? DEFAULT_METRICS, '--metrics address', { listen: true });
+      this.metricsListen = { host: ip, port };
+    }
     if (opts.resyncIntervalMs !== undefined && !(opts.resyncIntervalMs >= 100)) throw invalid(`resync interval ${opts.resyncIntervalMs} ms is too short (at least 100 ms)`);
     this.socket = path.resolve(opts.socket ?? DEFAULT_SOCKET);
     this.stateDir = defaultStateDir(opts.stateDir);
     this.resyncIntervalMs = opts.resyncIntervalMs ?? DEFAULT_RESYNC_MS;
+    this.fullSyncIntervalMs = opts.fullSyncIntervalMs ?? DEFAULT_FULL_SYNC_MS;
     this.log = opts.log ?? ((line) => process.stderr.write(`${new Date().toISOString()} ${line}\n`));
     this.unsubscribe = onSync((e) => this.observeSync(e));
   }
@@ -249,22 +251,20 @@ export class Agent {
       // The shim's own view must agree with what the kernel says about it.
       if (req.netns !== this.netns) return this.deny(c, 'netns', `request from network namespace ${req.netns}, the agent is in ${this.netns}`);
       if (!(PLUGINS as readonly string[]).includes(req.plugin)) return this.deny(c, 'protocol', `unknown plugin ${JSON.stringify(req.plugin)}`);
-      const p = this.serve(req)
+      this.serve(req)
         .then((r) => { if (!c.destroyed) c.end(encodeReply(r.exitCode, r.stdout)); })
         .catch((err: unknown) => { // a bug here must cost one call, not the agent and every call under way
           this.log(`agent: serving a call failed: ${(err as Error).stack ?? String(err)}`);
           c.destroy();
         });
-      this.inflight.add(p);
-      void p.finally(() => this.inflight.delete(p));
     });
     c.on('end', () => { if (frames.length < 3) { clearTimeout(timer); c.destroy(); } });
   }
 
   /** One call: queued behind earlier calls for the same attachment, bounded by the shim's deadline. */
-  private async serve(req: Request): Promise<{ exitCode: number; stdout: string }> {
+  private async serve(req: Request): Promise<Invocation> {
     const command = req.env.CNI_COMMAND ?? '';
-    let conf: { name?: unknown; stateDir?: unknown; cniVersion?: unknown } = {};
+    let conf: { name?: unknown; stateDir?: unknown } = {};
     try {
       const parsed = JSON.parse(req.stdin) as unknown;
       if (parsed && typeof parsed === 'object' && !Array.isArray(parsed)) conf = parsed as typeof conf;
@@ -288,24 +288,16 @@ export class Agent {
       void work.catch(() => undefined).finally(() => { if (this.queues.get(key) === work) this.queues.delete(key); });
     }
     let timer: NodeJS.Timeout | undefined;
-    const deadline = new Promise<{ exitCode: number; stdout: string }>((resolve) => {
-      timer = setTimeout(() => {
-        const e = new CniError(CNI_ERR.tryAgainLater, `${req.plugin} ${command}: not finished within the ${req.deadlineMs} ms deadline (still running in the agent; DEL cleans up): try again later`);
-        resolve({ exitCode: 1, stdout: `${JSON.stringify(e.toJSON(typeof conf.cniVersion === 'string' ? conf.cniVersion : '1.1.0'))}\n` });
-      }, Math.min(MAX_TIMER_MS, Math.max(1, req.deadlineMs - 250)));
+    const deadline = new Promise<Invocation>((resolve) => {
+      timer = setTimeout(() => resolve(errorInvocation(new CniError(CNI_ERR.tryAgainLater,
+        `${req.plugin} ${command}: not finished within the ${req.deadlineMs} ms deadline (still running in the agent; DEL cleans up): try again later`), req.stdin)),
+      Math.min(MAX_TIMER_MS, Math.max(1, req.deadlineMs - 250)));
     });
-    const r = await Promise.race([work.catch((err: unknown) => ({ exitCode: 1, stdout: `${JSON.stringify(new CniError(CNI_ERR.internal, String(err)).toJSON('1.1.0'))}\n` })), deadline]);
+    const r = await Promise.race([work.catch((err: unknown) => errorInvocation(err, req.stdin)), deadline]);
     clearTimeout(timer);
     this.metrics.inflight.add(-1);
     const secs = Number(process.hrtime.bigint() - t0) / 1e9;
-    let result = 'ok';
-    if (r.exitCode !== 0) {
-      try {
-        result = `error_${(JSON.parse(r.stdout) as { code: number }).code}`;
-      } catch {
-        result = 'error';
-      }
-    }
+    const result = r.exitCode === 0 ? 'ok' : `error_${r.code ?? 'unknown'}`;
     this.metrics.cniRequests.inc({ plugin: req.plugin, command, result });
     this.metrics.cniDuration.observe(secs, { command });
     this.log(`cni: ${req.plugin} ${command} ${String(conf.name ?? '-')} ${req.env.CNI_CONTAINERID ?? '-'} ${req.env.CNI_IFNAME ?? '-'}: ${result} in ${(secs * 1000).toFixed(1)} ms`);
@@ -336,12 +328,13 @@ export class Agent {
 
   /**
    * One pass of the resync loop: rules flushed by someone else come back.
-   * Once an hour it is a forced full sync instead (kube-proxy's periodic full
-   * sync), which also repairs a single chain edited by hand under an intact
-   * canary: partial syncs only write what tsnet itself changed.
+   * Every fullSyncIntervalMs (an hour) it is a forced full sync instead
+   * (kube-proxy's periodic full sync), which also repairs a single chain
+   * edited by hand under an intact canary: partial syncs only write what
+   * tsnet itself changed.
    */
   async resync(): Promise<void> {
-    const full = ++this.passes % Math.max(1, Math.round(FULL_SYNC_MS / this.resyncIntervalMs)) === 0;
+    const full = ++this.passes % Math.max(1, Math.round(this.fullSyncIntervalMs / this.resyncIntervalMs)) === 0;
     for (const dir of this.natDirs) {
       if (!fs.existsSync(path.join(dir, 'nat.json'))) continue; // no NAT state here (yet)
       try {
@@ -369,7 +362,7 @@ export class Agent {
     this.stopping = true;
     if (this.timer) clearTimeout(this.timer);
     const closed = this.server ? new Promise<void>((r) => this.server!.close(() => r())) : Promise.resolve();
-    await Promise.allSettled([...this.inflight, ...this.running]);
+    await Promise.allSettled([...this.running]);
     if (this.resyncing) await this.resyncing;
     try {
       if (this.server && fs.lstatSync(this.socket).ino === this.socketIno) fs.rmSync(this.socket, { force: true });

@@ -8,9 +8,13 @@ export function registerAgent(program: Command): void {
     .option('--socket <path>', 'unix socket the shim connects to (its directory: mode 0700)', DEFAULT_SOCKET)
     .option('--state-dir <dir>', 'state directory for calls whose config names none (default $TSNET_STATE_DIR or /var/lib/tsnet)')
     .option('--resync-interval <duration>', 'how often NAT rules are checked for flushes and re-applied (e.g. 10s, 500ms)', '10s')
+    .option('--full-sync-interval <duration>', 'how often a resync rewrites every rule, repairing hand edits the canary cannot see', '1h')
     .option('--metrics <host:port>', 'Prometheus metrics listener ("" to turn off)', DEFAULT_METRICS)
-    .action(async (o: { socket: string; stateDir?: string; resyncInterval: string; metrics: string }) => {
-      const agent = await Agent.start({ socket: o.socket, stateDir: o.stateDir, resyncIntervalMs: parseDuration(o.resyncInterval), metrics: o.metrics });
+    .action(async (o: { socket: string; stateDir?: string; resyncInterval: string; fullSyncInterval: string; metrics: string }) => {
+      const agent = await Agent.start({
+        socket: o.socket, stateDir: o.stateDir, metrics: o.metrics,
+        resyncIntervalMs: parseDuration(o.resyncInterval), fullSyncIntervalMs: parseDuration(o.fullSyncInterval),
+      });
       // One line on stdout once serving: what supervisors and tests wait for.
       process.stdout.write(`ready ${agent.socket}${agent.metricsAddress ? ` metrics=${agent.metricsAddress.host}:${agent.metricsAddress.port}` : ''}\n`);
       await new Promise<void>((resolve) => {

@@ -1,6 +1,7 @@
 /** CLI for `tsnet cni`: installing the plugin executables. */
 import { Command } from 'commander';
-import { DEFAULT_BIN_DIR, DEFAULT_SOCKET, DEFAULT_TIMEOUT_MS, install } from '../cni/install';
+import { DEFAULT_BIN_DIR, DEFAULT_TIMEOUT_MS, install } from '../cni/install';
+import { DEFAULT_SOCKET } from '../agent/protocol';
 import { invalid } from '../errors';
 
 export function registerCni(program: Command): void {

@@ -6,7 +6,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { Command, Option } from 'commander';
+import { Command } from 'commander';
 import { PACKAGE_ROOT } from '../native';
 import * as netns from '../netns';
 import * as link from '../link';

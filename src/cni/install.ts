@@ -15,11 +15,11 @@ import * as path from 'node:path';
 import { PLUGINS } from './plugin';
 import { invalid } from '../errors';
 import { SHIM_PATH } from '../native';
+import { DEFAULT_SOCKET } from '../agent/protocol';
 import { writeFileAtomic } from '../state';
 
 export const DEFAULT_BIN_DIR = '/opt/cni/bin';
 export const DEFAULT_CONF_DIR = '/etc/cni/net.d';
-export const DEFAULT_SOCKET = '/run/tsnet/agent.sock';
 export const SHIM_CONF = 'tsnet-cni.conf';
 export const EXAMPLE_CONFLIST = '10-tsnet.conflist';
 /** How long a call through the agent may take before the shim reports error 11 (runtimes have no deadline of their own for plugins). */

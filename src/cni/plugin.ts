@@ -16,6 +16,14 @@ export type PluginName = (typeof PLUGINS)[number];
 export interface Invocation {
   stdout: string;
   exitCode: number;
+  /** The CNI error code, when the call failed. */
+  code?: number;
+}
+
+/** A failed call: the spec's error document, in the config's version when tsnet speaks it. */
+export function errorInvocation(err: unknown, stdin: string): Invocation {
+  const e = toCniError(err);
+  return { stdout: `${JSON.stringify(e.toJSON(errorVersion(stdin)))}\n`, exitCode: 1, code: e.code };
 }
 
 interface Ops {
@@ -92,6 +100,6 @@ export async function invoke(plugin: PluginName, envVars: NodeJS.ProcessEnv, std
     }
     return { stdout: '', exitCode: 0 };
   } catch (err) {
-    return { stdout: `${JSON.stringify(toCniError(err).toJSON(errorVersion(stdin)))}\n`, exitCode: 1 };
+    return errorInvocation(err, stdin);
   }
 }

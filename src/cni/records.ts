@@ -7,7 +7,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { listDir, readJson, stateDir as defaultStateDir, writeJsonAtomic, type WriteOptions } from '../state';
+import { listDir, readJson, removeStaleTemps, stateDir as defaultStateDir, writeJsonAtomic, type WriteOptions } from '../state';
 import { hasCode } from '../errors';
 import { validateContainerId, validateIfnameEnv } from './env';
 import { validateNetworkName } from './ipam/config';
@@ -43,14 +43,18 @@ export class RecordStore {
     return path.join(this.dir, `${containerId}:${ifname}.json`);
   }
 
-  /** The record; undefined when there is none, or only an unreadable one (a power loss can leave a new file empty). */
-  get(containerId: string, ifname: string): AttachmentRecord | undefined {
+  /** A record; undefined when there is none, or only an unreadable one (a power loss can leave a new file empty). */
+  private read(file: string): AttachmentRecord | undefined {
     try {
-      return readJson<AttachmentRecord>(this.file(containerId, ifname));
+      return readJson<AttachmentRecord>(file);
     } catch (err) {
       if (hasCode(err, 'EINVAL')) return undefined; // DEL then removes what it can find by name, and the file
       throw err;
     }
+  }
+
+  get(containerId: string, ifname: string): AttachmentRecord | undefined {
+    return this.read(this.file(containerId, ifname));
   }
 
   /**
@@ -66,14 +70,13 @@ export class RecordStore {
   /** Removes the record, and temporary files a writer of it left when it was killed mid-write. */
   remove(containerId: string, ifname: string): void {
     const file = this.file(containerId, ifname);
-    const temp = `.${path.basename(file)}.`;
-    for (const n of listDir(this.dir)) if (n.startsWith(temp) && n.endsWith('.tmp')) fs.rmSync(path.join(this.dir, n), { force: true });
+    removeStaleTemps(this.dir, file);
     fs.rmSync(file, { force: true });
   }
 
   list(): AttachmentRecord[] {
     return listDir(this.dir).filter((n) => n.endsWith('.json') && !n.startsWith('.'))
-      .map((n) => { try { return readJson<AttachmentRecord>(path.join(this.dir, n)); } catch (err) { if (hasCode(err, 'EINVAL')) return undefined; throw err; } })
+      .map((n) => this.read(path.join(this.dir, n)))
       .filter((r): r is AttachmentRecord => r !== undefined);
   }
 }

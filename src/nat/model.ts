@@ -115,11 +115,12 @@ export function parseProto(text: string): Proto {
 }
 
 /** "10.0.0.1:80", "[fd00::1]:80" -> address and port; the port is required. */
-export function parseHostPort(text: string, what = 'address'): { ip: string; family: Family; port: number } {
+/** "IP:PORT" or "[IPv6]:PORT"; `listen` also takes port 0 (a listener's "pick a free one"). */
+export function parseHostPort(text: string, what = 'address', o: { listen?: boolean } = {}): { ip: string; family: Family; port: number } {
   const m = /^\[([^\]]+)\]:(\d+)$/.exec(text) ?? /^([^:\[\]]+):([^:]+)$/.exec(text);
   if (!m) throw invalid(`invalid ${what} ${JSON.stringify(text)}: expected IP:PORT (or [IPv6]:PORT)`);
   const { address, family } = parseIp(m[1]!);
-  return { ip: address, family, port: parsePort(m[2]!, `port in ${what} ${JSON.stringify(text)}`) };
+  return { ip: address, family, port: o.listen && m[2] === '0' ? 0 : parsePort(m[2]!, `port in ${what} ${JSON.stringify(text)}`) };
 }
 
 /** "10.0.0.2:8080" or "10.0.0.2:8080@3" (weight 3). */

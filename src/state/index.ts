@@ -42,9 +42,24 @@ export function listDir(dir: string): string[] {
   }
 }
 
+/** The temporary name a write of `file` uses: hidden, per process. */
+const tempName = (file: string) => path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.tmp`);
+
+/**
+ * Removes temporary files that writers killed mid-write left in `dir` (of
+ * `file` only, when given). Callers hold whatever keeps live writers out (a
+ * lock), or remove the file the temporaries were for.
+ */
+export function removeStaleTemps(dir: string, file?: string): void {
+  const prefix = file === undefined ? '.' : `.${path.basename(file)}.`;
+  for (const name of listDir(dir)) {
+    if (name.startsWith(prefix) && name.endsWith('.tmp')) fs.rmSync(path.join(dir, name), { force: true });
+  }
+}
+
 /** Writes `content` to a temporary name next to `file` (synced when `durable`); returns that name. */
 function writeTemp(file: string, content: string | Uint8Array, mode: number, durable = true): string {
-  const tmp = path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.tmp`);
+  const tmp = tempName(file);
   const fd = fs.openSync(tmp, 'w', mode);
   try {
     fs.fchmodSync(fd, mode); // the umask does not decide an executable's mode

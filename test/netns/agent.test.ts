@@ -289,6 +289,31 @@ for (const backend of ['iptables', 'nft'] as const) {
   });
 }
 
+test('a chain emptied by hand under an intact canary is repaired by the periodic full sync', async (t) => {
+  const nd = await node({ capabilities: { portMappings: true }, runtimeConfig: { portMappings: [{ hostPort: 18095, containerPort: 80, protocol: 'tcp' }] } });
+  const agent = await cni.startAgent(nd.host, ['--resync-interval', '500ms', '--full-sync-interval', '2s']);
+  const c = await nd.container('fix');
+  const add = await nd.call('ADD', c, 'fix');
+  ok(t, add, 'ADD with a port mapping');
+  const srv = await serve(c, 'http', ipOf(add.json)[0]!, 80, 'web');
+  try {
+    t.deepEqual((await request(nd.ext, 'http', nd.nodeIp, 18095)).replies, { web: 1 }, 'the mapping answers');
+    const t0 = Date.now();
+    const emptied = run('ip', ['netns', 'exec', nd.host.name!, 'iptables', '-t', 'nat', '-F', 'TSNET-DNAT']);
+    t.is(emptied.status, 0, emptied.stderr);
+    t.regex(run('ip', ['netns', 'exec', nd.host.name!, 'iptables', '-t', 'nat', '-S', 'TSNET-CANARY']).stdout, /tsnet canary/, 'the canary is intact: a flush check sees nothing');
+    let back = false;
+    while (!back && Date.now() - t0 < 8000) back = (await request(nd.ext, 'http', nd.nodeIp, 18095, { timeoutMs: 200 })).ok === 1;
+    t.true(back, 'the mapping answers again');
+    const full = [...agent.log.matchAll(/^(\S+) nat: sync \S+: full /gm)].map((m) => Date.parse(m[1]!)).filter((ts) => ts >= t0);
+    t.true(full.length >= 1, `a periodic full sync after the edit: ${agent.log}`);
+  } finally {
+    await srv.stop();
+  }
+  ok(t, await nd.call('DEL', c, 'fix'), 'DEL');
+  t.deepEqual(nothingLeft(nd.left()), [0, [], [], []]);
+});
+
 test('standalone and agent give identical results: same addresses, routes, reservations and rules', async (t) => {
   const shape = async (useAgent: boolean) => {
     const nd = await node();

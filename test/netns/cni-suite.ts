@@ -11,7 +11,6 @@ import test, { type ExecutionContext } from 'ava';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as link from '../../src/link';
-import * as addr from '../../src/addr';
 import * as netns from '../../src/netns';
 import { serve, request } from '../../src/demo/traffic';
 import { SUPPORTED_VERSIONS } from '../../src/cni/version';

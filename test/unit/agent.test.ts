@@ -61,6 +61,7 @@ test('durations: 10s, 500ms, 1m, plain seconds; nonsense and sub-100ms refused',
   t.is(parseDuration('500ms'), 500);
   t.is(parseDuration('1m'), 60_000);
   t.is(parseDuration('2'), 2000);
+  t.is(parseDuration('1h'), 3_600_000);
   t.throws(() => parseDuration('soon'), { message: /invalid duration/ });
   t.throws(() => parseDuration('5ms'), { message: /too short/ });
 });

@@ -1,7 +1,7 @@
 import test from 'ava';
 import { base32, endpointHash, portProtoHash } from '../../src/nat/names';
 import { formatProbability, normalizeService, normalizeState, parseEndpoint, parseHostPort, probabilities, type DesiredState } from '../../src/nat/model';
-import { chainDigest, guardWithCanary, render, restorePayload, svcChain, sepChain, type Live } from '../../src/nat/backends/iptables-render';
+import { chainDigest, render, restorePayload, svcChain, sepChain, type Live } from '../../src/nat/backends/iptables-render';
 import { parseLive } from '../../src/nat/backends/iptables';
 import * as nft from '../../src/nat/backends/nft-render';
 import { removedUdpEndpoints } from '../../src/nat/engine';
@@ -156,7 +156,8 @@ test('forward rendering: DNAT to local addresses, SNAT of its own flows only (no
 });
 
 test('iptables partial sync is guarded by the canary in the same transaction, for both tables', (t) => {
-  const g = guardWithCanary('*nat\n:TSNET-SVC-X - [0:0]\n-A TSNET-SVC-X -j RETURN\nCOMMIT\n').split('\n');
+  const rs = { family: 4 as const, chains: [{ table: 'nat' as const, name: 'TSNET-SVC-X', rules: [{ target: { kind: 'RETURN' as const } }] }], hooks: [] };
+  const g = restorePayload(rs, { chains: { nat: new Map(), filter: new Map() }, hooks: new Map() }, { guardCanary: true }).payload.split('\n');
   const nat = g.indexOf('*nat');
   const filter = g.indexOf('*filter');
   t.true(nat >= 0 && filter > nat);

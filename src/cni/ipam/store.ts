@@ -8,7 +8,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { createExclusive, listDir, syncDir, withLockFile } from '../../state';
+import { createExclusive, listDir, removeStaleTemps, syncDir, withLockFile } from '../../state';
 import { parseIp } from '../../addr/cidr';
 import { validateNetworkName } from './config';
 
@@ -93,8 +93,6 @@ export class IpamStore {
 
   /** Leftover temporary files of writers that died (createExclusive's), removed under the lock. */
   removeStaleTemps(): void {
-    for (const name of listDir(this.dir)) {
-      if (name.startsWith('.') && name.endsWith('.tmp')) fs.rmSync(path.join(this.dir, name), { force: true });
-    }
+    removeStaleTemps(this.dir);
   }
 }

@@ -236,28 +236,6 @@ const hex = (n: number) => `0x${n.toString(16)}`;
 /** One rule as iptables-restore / iptables-save text, without the leading `-A CHAIN`. */
 const canary = (table: IptTable): Chain => ({ table, name: CANARY, rules: [{ comment: CANARY_COMMENT, target: { kind: 'RETURN' } }] });
 
-/**
- * `payload` with a check of the canary in front of each table's changes:
- * `-C` fails the table's transaction when the rule is gone (the table was
- * flushed), so a partial sync and its flush check cost one iptables-restore
- * instead of three processes. (`-C` is also the cheap test: with
- * iptables-nft a `-D`/`-R` of the canary costs ~15 ms of cache loading, `-C` ~1.5.)
- */
-export function guardWithCanary(payload: string): string {
-  const out: string[] = [];
-  const sections = new Map<string, string[]>();
-  let cur: string[] | undefined;
-  for (const line of payload.split('\n').filter(Boolean)) {
-    if (line.startsWith('*')) sections.set(line.slice(1), (cur = []));
-    else cur?.push(line);
-  }
-  for (const table of ['nat', 'filter'] as const) {
-    const check = formatRule(canary(table).rules[0]!);
-    out.push(`*${table}`, `-C ${CANARY} ${check}`, ...(sections.get(table) ?? ['COMMIT']));
-  }
-  return `${out.join('\n')}\n`;
-}
-
 export function formatRule(r: Rule): string {
   const p: string[] = [];
   if (r.comment !== undefined) p.push('-m comment --comment', JSON.stringify(r.comment));
@@ -341,11 +319,18 @@ function appendedLines(c: Chain, old: Chain | undefined, liveDigest: string | un
 
 /**
  * The iptables-restore --noflush payload taking the live tables to `rs`:
- * changed chains rewritten (or only appended to, when `prev`, the ruleset
+ * changed chains rewritten (or only appended to, when `o.prev`, the ruleset
  * last written, shows they only grew), stale chains deleted, missing hooks
  * inserted. Without `live` everything is written (a full sync).
+ *
+ * `o.guardCanary` puts a check of the canary in front of each table's
+ * changes (both tables, changed or not): `-C` fails the table's transaction
+ * when the rule is gone (the table was flushed), so a partial sync and its
+ * flush check cost one iptables-restore instead of three processes. (`-C` is
+ * also the cheap test: with iptables-nft a `-D`/`-R` of the canary costs
+ * ~15 ms of cache loading, `-C` ~1.5.)
  */
-export function restorePayload(rs: Ruleset, live: Live | undefined, prev?: Ruleset): { payload: string; written: number; deleted: number } {
+export function restorePayload(rs: Ruleset, live: Live | undefined, o: { prev?: Ruleset; guardCanary?: boolean } = {}): { payload: string; written: number; deleted: number } {
   const out: string[] = [];
   let written = 0, deleted = 0;
   for (const table of ['nat', 'filter'] as const) {
@@ -355,9 +340,10 @@ export function restorePayload(rs: Ruleset, live: Live | undefined, prev?: Rules
     const wanted = new Set(want.map((c) => c.name));
     const stale = [...have.keys()].filter((n) => !wanted.has(n));
     const hooks = rs.hooks.filter((h) => h.table === table && !live?.hooks.has(hookKeyOf(h)));
-    if (!changed.length && !stale.length && !hooks.length) continue;
-    const appends = new Map(changed.map((c) => [c.name, live && appendedLines(c, prev?.chains.find((o) => o.table === table && o.name === c.name), have.get(c.name))]));
+    if (!changed.length && !stale.length && !hooks.length && !o.guardCanary) continue;
+    const appends = new Map(changed.map((c) => [c.name, live && appendedLines(c, o.prev?.chains.find((p) => p.table === table && p.name === c.name), have.get(c.name))]));
     out.push(`*${table}`);
+    if (o.guardCanary) out.push(`-C ${CANARY} ${formatRule(canary(table).rules[0]!)}`);
     for (const c of changed) if (!appends.get(c.name)) out.push(`:${c.name} - [0:0]`);
     for (const n of stale) out.push(`:${n} - [0:0]`);
     for (const c of changed) out.push(...(appends.get(c.name) ?? chainLines(c)));

@@ -9,7 +9,7 @@ import type { NetNs } from '../../netns';
 import { APPLY_TIMEOUT_MS, execIn, mustExec } from '../exec';
 import { familiesUsed, type DesiredState } from '../model';
 import {
-  CANARY, CANARY_COMMENT, PREFIX, chainDigest, guardWithCanary, hookKey, hookKeyOf, render, restorePayload, type IptTable, type Live,
+  CANARY, CANARY_COMMENT, PREFIX, chainDigest, hookKey, hookKeyOf, render, restorePayload, type IptTable, type Live,
 } from './iptables-render';
 import { mayHoldRules, type Applied, type Backend, type SyncResult } from './types';
 
@@ -100,9 +100,9 @@ export class IptablesBackend implements Backend {
       if (prev && !force) {
         // Partial: only what changed since the last sync, guarded by the canary in the same transaction.
         const live: Live = { chains: { nat: new Map(Object.entries(prev.nat ?? {})), filter: new Map(Object.entries(prev.filter ?? {})) }, hooks: new Map(rs.hooks.map((h) => [hookKeyOf(h), []])) };
-        const { payload, written, deleted } = restorePayload(rs, live, before && render(before, family));
+        const { payload, written, deleted } = restorePayload(rs, live, { prev: before && render(before, family), guardCanary: true });
         try {
-          await this.restore(family, guardWithCanary(payload));
+          await this.restore(family, payload);
           result.written += written;
           result.deleted += deleted;
           done = true;
