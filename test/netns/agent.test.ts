@@ -253,25 +253,44 @@ test('a call past its deadline returns error 11 instead of hanging the runtime; 
   t.deepEqual(nothingLeft(nd.left()), [0, [], [], []]);
 });
 
+/**
+ * A container serving HTTP behind a port mapping (hostPort -> 80) on a node
+ * with its own agent (`agentArgs`): checks the mapping answers, runs `body`,
+ * then DEL must leave nothing.
+ */
+async function behindPortMapping(t: ExecutionContext, hostPort: number, extra: Record<string, unknown>, agentArgs: string[],
+  body: (x: { nd: Awaited<ReturnType<typeof node>>; agent: AgentProcess; answersAgain: (since: number, limitMs: number) => Promise<number | undefined> }) => Promise<void>) {
+  const nd = await node({ ...extra, capabilities: { portMappings: true }, runtimeConfig: { portMappings: [{ hostPort, containerPort: 80, protocol: 'tcp' }] } });
+  const agent = await cni.startAgent(nd.host, agentArgs);
+  const c = await nd.container('web');
+  const add = await nd.call('ADD', c, 'web');
+  ok(t, add, 'ADD with a port mapping');
+  const srv = await serve(c, 'http', ipOf(add.json)[0]!, 80, 'web');
+  /** Polls the mapping from beyond the node; the ms since `since` when it answered, undefined if not within `limitMs`. */
+  const answersAgain = async (since: number, limitMs: number) => {
+    while (Date.now() - since < limitMs) if ((await request(nd.ext, 'http', nd.nodeIp, hostPort, { timeoutMs: 200 })).ok === 1) return Date.now() - since;
+    return undefined;
+  };
+  try {
+    t.deepEqual((await request(nd.ext, 'http', nd.nodeIp, hostPort)).replies, { web: 1 }, 'the mapping answers');
+    await body({ nd, agent, answersAgain });
+  } finally {
+    await srv.stop();
+  }
+  ok(t, await nd.call('DEL', c, 'web'), 'DEL');
+  t.deepEqual(nothingLeft(nd.left()), [0, [], [], []]);
+}
+
 for (const backend of ['iptables', 'nft'] as const) {
-  test(`${backend}: rules flushed while the agent runs are back within two resync intervals, and the metric shows it`, async (t) => {
-    const nd = await node({ natBackend: backend, capabilities: { portMappings: true }, runtimeConfig: { portMappings: [{ hostPort: 18090, containerPort: 80, protocol: 'tcp' }] } });
-    const agent = await cni.startAgent(nd.host, ['--metrics', '127.0.0.1:0', '--resync-interval', '1s']);
-    const { metrics: address } = await agent.ready;
-    const c = await nd.container('web');
-    const add = await nd.call('ADD', c, 'web');
-    ok(t, add, 'ADD with a port mapping');
-    const srv = await serve(c, 'http', ipOf(add.json)[0]!, 80, 'web');
-    try {
-      t.deepEqual((await request(nd.ext, 'http', nd.nodeIp, 18090)).replies, { web: 1 }, 'the mapping answers');
+  test(`${backend}: rules flushed while the agent runs are back within two resync intervals, and the metric shows it`, (t) =>
+    behindPortMapping(t, 18090, { natBackend: backend }, ['--metrics', '127.0.0.1:0', '--resync-interval', '1s'], async ({ nd, agent, answersAgain }) => {
+      const { metrics: address } = await agent.ready;
       const before = sample(metrics(nd.host, address!), 'tsnet_sync_proxy_rules_resync_after_flush_total') ?? 0;
       const t0 = Date.now();
       const flushed = backend === 'nft' ? run('ip', ['netns', 'exec', nd.host.name!, 'nft', 'flush', 'ruleset']) : run('ip', ['netns', 'exec', nd.host.name!, 'iptables', '-t', 'nat', '-F']);
       t.is(flushed.status, 0, flushed.stderr);
-      let back = false;
-      while (!back && Date.now() - t0 < 6000) back = (await request(nd.ext, 'http', nd.nodeIp, 18090, { timeoutMs: 200 })).ok === 1;
-      const ms = Date.now() - t0;
-      t.true(back, 'the mapping answers again');
+      const ms = await answersAgain(t0, 6000);
+      t.truthy(ms, 'the mapping answers again');
       // The agent's log says when the rules were back; the client's polling adds its own granularity on top.
       const resync = /^(\S+) nat: resync after flush .*: full .* in [\d.]+ ms$/m.exec(agent.log);
       t.truthy(resync, agent.log);
@@ -281,38 +300,19 @@ for (const backend of ['iptables', 'nft'] as const) {
       const text = metrics(nd.host, address!);
       t.true(sample(text, 'tsnet_sync_proxy_rules_resync_after_flush_total')! > before, 'resync counted');
       t.true(sample(text, 'tsnet_sync_full_proxy_rules_duration_seconds_count')! >= 2, 'first sync and the resync were full');
-    } finally {
-      await srv.stop();
-    }
-    ok(t, await nd.call('DEL', c, 'web'), 'DEL');
-    t.deepEqual(nothingLeft(nd.left()), [0, [], [], []]);
-  });
+    }));
 }
 
-test('a chain emptied by hand under an intact canary is repaired by the periodic full sync', async (t) => {
-  const nd = await node({ capabilities: { portMappings: true }, runtimeConfig: { portMappings: [{ hostPort: 18095, containerPort: 80, protocol: 'tcp' }] } });
-  const agent = await cni.startAgent(nd.host, ['--resync-interval', '500ms', '--full-sync-interval', '2s']);
-  const c = await nd.container('fix');
-  const add = await nd.call('ADD', c, 'fix');
-  ok(t, add, 'ADD with a port mapping');
-  const srv = await serve(c, 'http', ipOf(add.json)[0]!, 80, 'web');
-  try {
-    t.deepEqual((await request(nd.ext, 'http', nd.nodeIp, 18095)).replies, { web: 1 }, 'the mapping answers');
+test('a chain emptied by hand under an intact canary is repaired by the periodic full sync', (t) =>
+  behindPortMapping(t, 18095, {}, ['--resync-interval', '500ms', '--full-sync-interval', '2s'], async ({ nd, agent, answersAgain }) => {
     const t0 = Date.now();
     const emptied = run('ip', ['netns', 'exec', nd.host.name!, 'iptables', '-t', 'nat', '-F', 'TSNET-DNAT']);
     t.is(emptied.status, 0, emptied.stderr);
     t.regex(run('ip', ['netns', 'exec', nd.host.name!, 'iptables', '-t', 'nat', '-S', 'TSNET-CANARY']).stdout, /tsnet canary/, 'the canary is intact: a flush check sees nothing');
-    let back = false;
-    while (!back && Date.now() - t0 < 8000) back = (await request(nd.ext, 'http', nd.nodeIp, 18095, { timeoutMs: 200 })).ok === 1;
-    t.true(back, 'the mapping answers again');
+    t.truthy(await answersAgain(t0, 8000), 'the mapping answers again');
     const full = [...agent.log.matchAll(/^(\S+) nat: sync \S+: full /gm)].map((m) => Date.parse(m[1]!)).filter((ts) => ts >= t0);
     t.true(full.length >= 1, `a periodic full sync after the edit: ${agent.log}`);
-  } finally {
-    await srv.stop();
-  }
-  ok(t, await nd.call('DEL', c, 'fix'), 'DEL');
-  t.deepEqual(nothingLeft(nd.left()), [0, [], [], []]);
-});
+  }));
 
 test('standalone and agent give identical results: same addresses, routes, reservations and rules', async (t) => {
   const shape = async (useAgent: boolean) => {
