@@ -13,6 +13,12 @@
       "type": "executable",
       "sources": ["cni_shim.c"],
       "cflags": ["-O2", "-Wall", "-Wextra", "-std=gnu11"]
+    },
+    {
+      "target_name": "tsnet-nsexec",
+      "type": "executable",
+      "sources": ["nsexec.c"],
+      "cflags": ["-O2", "-Wall", "-Wextra", "-std=gnu11"]
     }
   ]
 }

@@ -1,32 +1,72 @@
 // tsnet native addon: the few syscalls Node cannot make.
 //
-// Everything here acts on the *calling thread* (setns, unshare) or on the
-// process's mount namespace (mount, umount2). The JS side (src/netns/switch.ts)
-// is the only caller of setns/unshare, and it never lets the main thread stay
-// switched across an await: see the threading notes there.
+// Namespaces: setns(2) moves only the calling thread, and Node's main thread
+// runs JavaScript, async_hooks, timers and whatever a library does lazily.
+// So no JavaScript thread of the process ever changes namespace. Everything
+// that must be *created* inside a namespace (a socket, an open /proc/sys or
+// /proc/thread-self/net file, a new namespace) is created by one dedicated
+// helper thread ("tsnet-netns") that enters the namespace, creates, returns,
+// checks it is back home, and hands the fd over. A netlink socket, an open
+// proc file and a namespace fd keep acting where they were created, from any
+// thread. If the helper cannot get back home it aborts the process: a thread
+// in an unknown namespace must not run another line. setns and unshare are
+// not exported to JavaScript at all.
+//
+// Child processes in a namespace are started by tsnet-nsexec (nsexec.c),
+// which enters the namespace before exec.
+//
+// Netlink sockets live here too (NlSocket): the fd made by the helper thread,
+// polled by libuv on the caller's loop, recvmsg with MSG_PEEK for sizes,
+// SO_RCVBUF/SO_SNDBUF (FORCE when root), NETLINK_EXT_ACK so the kernel's own
+// explanation of an error reaches the caller.
 #include <napi.h>
+#include <uv.h>
 
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/netlink.h>
+#include <linux/nsfs.h>
+#include <pthread.h>
 #include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
+#include <condition_variable>
+#include <mutex>
 #include <string>
+#include <vector>
+
+#ifndef NETLINK_EXT_ACK
+#define NETLINK_EXT_ACK 11
+#endif
+#ifndef NETLINK_CAP_ACK
+#define NETLINK_CAP_ACK 10
+#endif
 
 namespace {
 
-// An Error shaped like Node's ErrnoException: message, errno, code, syscall, path.
-Napi::Error ErrnoError(Napi::Env env, int err, const char* syscall, const std::string& path = "") {
-  std::string msg = std::string(syscall) + (path.empty() ? "" : " " + path) + ": " +
-                    (strerrorname_np(err) ? strerrorname_np(err) : "EUNKNOWN") + " (" + strerror(err) + ")";
+const char* ErrName(int err) {
+  const char* n = strerrorname_np(err);
+  return n ? n : "EUNKNOWN";
+}
+
+// An Error shaped like Node's ErrnoException (message, errno, code, syscall,
+// path), except that errno is positive, as errno(3) and tsnet's errors have it.
+Napi::Error ErrnoError(Napi::Env env, int err, const std::string& syscall, const std::string& path = "") {
+  std::string msg = syscall + (path.empty() ? "" : " " + path) + ": " + ErrName(err) + " (" + strerror(err) + ")";
   Napi::Error e = Napi::Error::New(env, msg);
   e.Set("errno", Napi::Number::New(env, err));
-  e.Set("code", Napi::String::New(env, strerrorname_np(err) ? strerrorname_np(err) : "EUNKNOWN"));
+  e.Set("code", Napi::String::New(env, ErrName(err)));
   e.Set("syscall", Napi::String::New(env, syscall));
   if (!path.empty()) e.Set("path", Napi::String::New(env, path));
   return e;
@@ -44,57 +84,492 @@ bool WantString(const Napi::CallbackInfo& info, size_t i) {
   return false;
 }
 
-// setns(fd, nstype): move the calling thread into the namespace behind fd.
-Napi::Value SetNs(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  if (!WantNumber(info, 0) || !WantNumber(info, 1)) return env.Undefined();
-  int fd = info[0].As<Napi::Number>().Int32Value();
-  int nstype = info[1].As<Napi::Number>().Int32Value();
-  if (setns(fd, nstype) != 0) ErrnoError(env, errno, "setns").ThrowAsJavaScriptException();
-  return env.Undefined();
+[[noreturn]] void Die(const char* what) {
+  fprintf(stderr, "tsnet: %s: %s; aborting (a thread in an unknown network namespace must not run on)\n", what, strerror(errno));
+  abort();
 }
 
-// unshare(flags) for the calling thread.
-Napi::Value Unshare(const Napi::CallbackInfo& info) {
+// ---------------------------------------------------------------------------
+// The namespace helper thread.
+
+enum class JobKind { Socket, Open, Create };
+
+struct Job {
+  explicit Job(JobKind k) : kind(k) {}
+  JobKind kind;
+  int nsFd = -1;        // Socket, Open: the namespace to act in
+  uint64_t dev = 0;     // ... and the identity that fd must still have
+  uint64_t ino = 0;
+  int domain = 0, type = 0, protocol = 0;  // Socket
+  std::string path;     // Open: the file; Create: where to bind the new namespace
+  int flags = 0;        // Open
+  // Results.
+  int fd = -1;
+  int err = 0;
+  std::string failed;
+};
+
+struct Helper {
+  std::mutex submit;  // one job at a time, whichever JS thread (main or Worker) asks
+  std::mutex mu;
+  std::condition_variable cv;
+  Job* job = nullptr;
+  bool done = false;
+  bool started = false;
+  pid_t tid = 0;
+  dev_t homeDev = 0;
+  ino_t homeIno = 0;
+};
+// Never destroyed: at exit the helper thread may still wait on its condition variable.
+Helper& g = *new Helper;
+
+bool ThreadNs(struct stat* st) { return stat("/proc/thread-self/ns/net", st) == 0; }
+
+void CheckHome(const char* when) {
+  struct stat st;
+  if (!ThreadNs(&st)) Die("cannot read the helper thread's network namespace");
+  if (st.st_dev != g.homeDev || st.st_ino != g.homeIno) {
+    errno = EINVAL;
+    Die(when);
+  }
+}
+
+void Fail(Job& j, int err, const std::string& what) {
+  if (j.err) return;
+  j.err = err;
+  j.failed = what;
+}
+
+void RunJob(Job& j) {
+  CheckHome("the namespace helper thread was not in its home namespace before a job");
+  // A fresh fd to come back with: a long-lived one could be closed and its number reused by anyone.
+  int home = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+  if (home < 0) return Fail(j, errno, "open /proc/thread-self/ns/net");
+  bool away = false;
+  if (j.kind == JobKind::Create) {
+    if (unshare(CLONE_NEWNET) != 0) Fail(j, errno, "unshare(CLONE_NEWNET)");
+    else away = true;
+  } else if (setns(j.nsFd, CLONE_NEWNET) != 0) {
+    Fail(j, errno, "setns");
+  } else {
+    away = true;
+    struct stat st;
+    // The fd must still be the handle's namespace (not a number closed and reused behind its back).
+    if (!ThreadNs(&st)) Fail(j, errno, "stat /proc/thread-self/ns/net");
+    else if (st.st_dev != j.dev || st.st_ino != j.ino) Fail(j, EBADF, "setns (the fd no longer refers to this handle's namespace)");
+  }
+  if (away && !j.err) {
+    switch (j.kind) {
+      case JobKind::Socket:
+        j.fd = socket(j.domain, j.type | SOCK_CLOEXEC, j.protocol);
+        if (j.fd < 0) Fail(j, errno, "socket");
+        break;
+      case JobKind::Open:
+        j.fd = open(j.path.c_str(), j.flags | O_CLOEXEC);
+        if (j.fd < 0) Fail(j, errno, "open " + j.path);
+        break;
+      case JobKind::Create:
+        j.fd = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+        if (j.fd < 0) {
+          Fail(j, errno, "open /proc/thread-self/ns/net");
+        } else if (!j.path.empty() && mount("/proc/thread-self/ns/net", j.path.c_str(), "none", MS_BIND, nullptr) != 0) {
+          Fail(j, errno, "mount " + j.path);
+          close(j.fd);
+          j.fd = -1;
+        }
+        break;
+    }
+  }
+  if (away && setns(home, CLONE_NEWNET) != 0) Die("the namespace helper thread cannot return to its home namespace");
+  close(home);
+  CheckHome("the namespace helper thread came back to a namespace that is not its home");
+}
+
+void* HelperMain(void*) {
+  pthread_setname_np(pthread_self(), "tsnet-netns");
+  std::unique_lock<std::mutex> lk(g.mu);
+  g.tid = static_cast<pid_t>(syscall(SYS_gettid));
+  g.cv.notify_all();
+  for (;;) {
+    g.cv.wait(lk, [] { return g.job != nullptr && !g.done; });
+    RunJob(*g.job);
+    g.done = true;
+    g.cv.notify_all();
+  }
+  return nullptr;
+}
+
+// Starts the helper on first use, from a JS thread (which never switches), so it is born at home.
+bool StartHelper(Napi::Env env) {
+  if (g.started) return true;
+  struct stat st;
+  if (!ThreadNs(&st)) {
+    ErrnoError(env, errno, "stat", "/proc/thread-self/ns/net").ThrowAsJavaScriptException();
+    return false;
+  }
+  g.homeDev = st.st_dev;
+  g.homeIno = st.st_ino;
+  // No signals for the helper: it must never run a handler while away.
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+  pthread_t t;
+  int rc = pthread_create(&t, &attr, HelperMain, nullptr);
+  pthread_attr_destroy(&attr);
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  if (rc != 0) {
+    ErrnoError(env, rc, "pthread_create").ThrowAsJavaScriptException();
+    return false;
+  }
+  std::unique_lock<std::mutex> lk(g.mu);
+  g.cv.wait(lk, [] { return g.tid != 0; });
+  g.started = true;
+  return true;
+}
+
+// Runs a job on the helper thread and waits for it: a few microseconds, so callers stay synchronous.
+bool Submit(Napi::Env env, Job& j) {
+  std::lock_guard<std::mutex> one(g.submit);
+  if (!StartHelper(env)) return false;
+  std::unique_lock<std::mutex> lk(g.mu);
+  g.job = &j;
+  g.done = false;
+  g.cv.notify_all();
+  g.cv.wait(lk, [] { return g.done; });
+  g.job = nullptr;
+  if (j.err) {
+    ErrnoError(env, j.err, j.failed).ThrowAsJavaScriptException();
+    return false;
+  }
+  return true;
+}
+
+bool ReadIdentity(const Napi::CallbackInfo& info, Job& j) {
+  if (!WantNumber(info, 0) || !WantNumber(info, 1) || !WantNumber(info, 2)) return false;
+  j.nsFd = info[0].As<Napi::Number>().Int32Value();
+  j.dev = static_cast<uint64_t>(info[1].As<Napi::Number>().Int64Value());
+  j.ino = static_cast<uint64_t>(info[2].As<Napi::Number>().Int64Value());
+  return true;
+}
+
+// socketIn(nsFd, dev, ino, domain, type, protocol) -> fd: socket(2) inside the namespace (CLOEXEC);
+// nsFd -1: on the calling thread, in its own namespace.
+Napi::Value SocketIn(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Job j(JobKind::Socket);
+  if (!ReadIdentity(info, j) || !WantNumber(info, 3) || !WantNumber(info, 4) || !WantNumber(info, 5)) return env.Undefined();
+  j.domain = info[3].As<Napi::Number>().Int32Value();
+  j.type = info[4].As<Napi::Number>().Int32Value();
+  j.protocol = info[5].As<Napi::Number>().Int32Value();
+  if (j.nsFd < 0) {
+    // The caller's own namespace: JavaScript threads never leave it, so no helper is needed.
+    int fd = socket(j.domain, j.type | SOCK_CLOEXEC, j.protocol);
+    if (fd < 0) {
+      ErrnoError(env, errno, "socket").ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    return Napi::Number::New(env, fd);
+  }
+  if (!Submit(env, j)) return env.Undefined();
+  return Napi::Number::New(env, j.fd);
+}
+
+// openIn(nsFd, dev, ino, path, flags) -> fd: open(2) inside the namespace (CLOEXEC).
+Napi::Value OpenIn(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Job j(JobKind::Open);
+  if (!ReadIdentity(info, j) || !WantString(info, 3) || !WantNumber(info, 4)) return env.Undefined();
+  j.path = info[3].As<Napi::String>().Utf8Value();
+  j.flags = info[4].As<Napi::Number>().Int32Value();
+  if (!Submit(env, j)) return env.Undefined();
+  return Napi::Number::New(env, j.fd);
+}
+
+// createNetns(path) -> fd: a new network namespace, bound at `path` (an existing
+// empty file) as `ip netns add` does when path is not empty; the fd keeps it alive.
+Napi::Value CreateNetns(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Job j(JobKind::Create);
+  if (!WantString(info, 0)) return env.Undefined();
+  j.path = info[0].As<Napi::String>().Utf8Value();
+  if (!Submit(env, j)) return env.Undefined();
+  return Napi::Number::New(env, j.fd);
+}
+
+// helperTid() -> the helper thread's tid (0 before its first job): tests exclude it from "every thread is at home".
+Napi::Value HelperTid(const Napi::CallbackInfo& info) {
+  std::lock_guard<std::mutex> one(g.submit);
+  return Napi::Number::New(info.Env(), g.tid);
+}
+
+// nsType(fd) -> the CLONE_NEW* type of the namespace behind fd (ioctl NS_GET_NSTYPE).
+Napi::Value NsType(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (!WantNumber(info, 0)) return env.Undefined();
-  if (unshare(info[0].As<Napi::Number>().Int32Value()) != 0)
-    ErrnoError(env, errno, "unshare").ThrowAsJavaScriptException();
-  return env.Undefined();
-}
-
-// createNetnsAt(path): a new network namespace, kept alive by a bind mount of
-// it on `path` (an existing empty file), exactly as `ip netns add` does. The
-// calling thread enters the new namespace only for the bind mount and is back
-// in its original namespace before this returns, on success and on failure.
-Napi::Value CreateNetnsAt(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  if (!WantString(info, 0)) return env.Undefined();
-  std::string path = info[0].As<Napi::String>().Utf8Value();
-
-  int orig = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
-  if (orig < 0) {
-    ErrnoError(env, errno, "open", "/proc/thread-self/ns/net").ThrowAsJavaScriptException();
+  int t = ioctl(info[0].As<Napi::Number>().Int32Value(), NS_GET_NSTYPE);
+  if (t < 0) {
+    ErrnoError(env, errno, "ioctl(NS_GET_NSTYPE)").ThrowAsJavaScriptException();
     return env.Undefined();
   }
-  int err = 0;
-  const char* failed = nullptr;
-  if (unshare(CLONE_NEWNET) != 0) {
-    err = errno;
-    failed = "unshare";
-  } else if (mount("/proc/thread-self/ns/net", path.c_str(), "none", MS_BIND, nullptr) != 0) {
-    err = errno;
-    failed = "mount";
+  return Napi::Number::New(env, t);
+}
+
+// ---------------------------------------------------------------------------
+// Netlink sockets.
+
+class NlSocket : public Napi::ObjectWrap<NlSocket> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "NlSocket", {
+      InstanceMethod("send", &NlSocket::Send),
+      InstanceMethod("close", &NlSocket::Close),
+      InstanceMethod("ref", &NlSocket::RefLoop),
+      InstanceMethod("unref", &NlSocket::UnrefLoop),
+      InstanceMethod("port", &NlSocket::Port),
+      InstanceMethod("setBuffers", &NlSocket::SetBuffers),
+      InstanceMethod("buffers", &NlSocket::Buffers),
+      InstanceMethod("addMembership", &NlSocket::AddMembership),
+    });
   }
-  // Back to where we were, whatever happened. If this fails the thread is
-  // stranded in the wrong namespace: nothing safe remains but to abort.
-  if (setns(orig, CLONE_NEWNET) != 0) {
-    fprintf(stderr, "tsnet: cannot return the main thread to its network namespace: %s\n", strerror(errno));
-    abort();
+
+  // new NlSocket(fd, onMessage(buf), onError(err)): adopts a netlink socket fd
+  // (made in its namespace by socketIn), binds it, and starts polling it.
+  NlSocket(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NlSocket>(info) {
+    Napi::Env env = info.Env();
+    if (!WantNumber(info, 0)) return;
+    if (info.Length() < 3 || !info[1].IsFunction() || !info[2].IsFunction()) {
+      Napi::TypeError::New(env, "NlSocket(fd, onMessage, onError)").ThrowAsJavaScriptException();
+      return;
+    }
+    fd_ = info[0].As<Napi::Number>().Int32Value();
+    onMessage_ = Napi::Persistent(info[1].As<Napi::Function>());
+    onError_ = Napi::Persistent(info[2].As<Napi::Function>());
+    ctx_ = new Napi::AsyncContext(env, "tsnet:netlink");
+    int fl = fcntl(fd_, F_GETFL);
+    sockaddr_nl sa{};
+    sa.nl_family = AF_NETLINK;
+    socklen_t len = sizeof sa;
+    int one = 1;
+    const char* failed = nullptr;
+    if (fl < 0 || fcntl(fd_, F_SETFL, fl | O_NONBLOCK) != 0) failed = "fcntl(O_NONBLOCK)";
+    else if (bind(fd_, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0) failed = "bind";
+    else if (getsockname(fd_, reinterpret_cast<sockaddr*>(&sa), &len) != 0) failed = "getsockname";
+    if (failed) {
+      int err = errno;
+      close(fd_);
+      fd_ = -1;
+      ErrnoError(env, err, failed).ThrowAsJavaScriptException();
+      return;
+    }
+    port_ = sa.nl_pid;
+    // Best effort: older kernels lack them, and an error without the text is still an error.
+    setsockopt(fd_, SOL_NETLINK, NETLINK_EXT_ACK, &one, sizeof one);
+    setsockopt(fd_, SOL_NETLINK, NETLINK_CAP_ACK, &one, sizeof one);
+    uv_loop_t* loop = nullptr;
+    napi_get_uv_event_loop(env, &loop);
+    poll_ = new uv_poll_t;
+    uv_poll_init(loop, poll_, fd_);
+    poll_->data = this;
+    uv_poll_start(poll_, UV_READABLE, OnReadable);
+    Ref();  // an open socket is not collected (its poll calls back into it); close() lets it go
   }
-  close(orig);
-  if (failed) ErrnoError(env, err, failed, path).ThrowAsJavaScriptException();
-  return env.Undefined();
+
+  ~NlSocket() override {
+    Shut(false);
+    delete ctx_;
+  }
+
+ private:
+  int fd_ = -1;
+  uint32_t port_ = 0;
+  uv_poll_t* poll_ = nullptr;
+  Napi::FunctionReference onMessage_;
+  Napi::FunctionReference onError_;
+  Napi::AsyncContext* ctx_ = nullptr;
+
+  void Shut(bool release = true) {
+    if (poll_) {
+      uv_poll_stop(poll_);
+      uv_close(reinterpret_cast<uv_handle_t*>(poll_), [](uv_handle_t* h) { delete reinterpret_cast<uv_poll_t*>(h); });
+      poll_ = nullptr;
+      if (release) Unref();
+    }
+    if (fd_ >= 0) {
+      close(fd_);
+      fd_ = -1;
+    }
+  }
+
+  bool Open(Napi::Env env) {
+    if (fd_ >= 0) return true;
+    ErrnoError(env, EBADF, "netlink socket").ThrowAsJavaScriptException();
+    return false;
+  }
+
+  // Calls into JS from the loop; an exception thrown there becomes an uncaught exception, as in any Node callback.
+  void Deliver(Napi::FunctionReference& fn, napi_value arg) {
+    Napi::Env env = fn.Env();
+    fn.MakeCallback(Value(), {arg}, *ctx_);
+    if (env.IsExceptionPending()) napi_fatal_exception(env, env.GetAndClearPendingException().Value());
+  }
+
+  static void OnReadable(uv_poll_t* h, int status, int) {
+    NlSocket* self = static_cast<NlSocket*>(h->data);
+    Napi::Env env = self->Env();
+    Napi::HandleScope scope(env);
+    if (status < 0) {
+      self->Deliver(self->onError_, ErrnoError(env, -status, "poll").Value());
+      return;
+    }
+    // First read what is queued now (a dump's next chunk is produced by the kernel as we read), then
+    // deliver it. Delivering can make the caller send its next request, which the kernel answers at
+    // once; reading those answers in the same callback would let a busy caller starve everything else
+    // (timers, the threadpool's completions), so they wait for the loop's next turn.
+    std::vector<Napi::Buffer<uint8_t>> got;
+    bool overrun = false;
+    int failed = 0;
+    while (self->fd_ >= 0 && got.size() < 1024) {
+      ssize_t n = recv(self->fd_, nullptr, 0, MSG_PEEK | MSG_TRUNC);
+      if (n < 0) {
+        if (errno == EAGAIN || errno == EINTR) break;
+        // ENOBUFS: the receive buffer overflowed and replies were lost; the caller must know.
+        if (errno == ENOBUFS) {
+          overrun = true;
+          continue;
+        }
+        failed = errno;
+        break;
+      }
+      Napi::Buffer<uint8_t> buf = Napi::Buffer<uint8_t>::New(env, n > 0 ? n : 1);
+      ssize_t m = recv(self->fd_, buf.Data(), buf.Length(), 0);
+      if (m < 0) {
+        if (errno == EAGAIN || errno == EINTR) break;
+        failed = errno;
+        break;
+      }
+      if (m == 0) continue;
+      got.push_back(m == n ? buf : Napi::Buffer<uint8_t>::Copy(env, buf.Data(), m));
+    }
+    for (auto& b : got) {
+      if (self->fd_ < 0) return;
+      self->Deliver(self->onMessage_, b);
+    }
+    if (overrun && self->fd_ >= 0) self->Deliver(self->onError_, ErrnoError(env, ENOBUFS, "recv").Value());
+    if (failed && self->fd_ >= 0) self->Deliver(self->onError_, ErrnoError(env, failed, "recv").Value());
+  }
+
+  // send(buffers[]) -> bytes: one datagram (one sendmsg) to the kernel, gathered from the parts.
+  Napi::Value Send(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (!Open(env)) return env.Undefined();
+    if (info.Length() < 1 || !info[0].IsArray()) {
+      Napi::TypeError::New(env, "send(buffers[])").ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    Napi::Array parts = info[0].As<Napi::Array>();
+    std::vector<iovec> iov(parts.Length());
+    for (uint32_t i = 0; i < parts.Length(); i++) {
+      Napi::Value v = parts[i];
+      if (!v.IsTypedArray()) {
+        Napi::TypeError::New(env, "send: every part must be a Buffer").ThrowAsJavaScriptException();
+        return env.Undefined();
+      }
+      Napi::Uint8Array a = v.As<Napi::Uint8Array>();
+      iov[i].iov_base = a.Data();
+      iov[i].iov_len = a.ByteLength();
+    }
+    sockaddr_nl to{};
+    to.nl_family = AF_NETLINK;
+    msghdr msg{};
+    msg.msg_name = &to;
+    msg.msg_namelen = sizeof to;
+    msg.msg_iov = iov.data();
+    msg.msg_iovlen = iov.size();
+    ssize_t n;
+    do n = sendmsg(fd_, &msg, 0); while (n < 0 && errno == EINTR);
+    if (n < 0) {
+      ErrnoError(env, errno, "sendmsg").ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    return Napi::Number::New(env, static_cast<double>(n));
+  }
+
+  Napi::Value Close(const Napi::CallbackInfo& info) {
+    Shut();
+    return info.Env().Undefined();
+  }
+  Napi::Value RefLoop(const Napi::CallbackInfo& info) {
+    if (poll_) uv_ref(reinterpret_cast<uv_handle_t*>(poll_));
+    return info.Env().Undefined();
+  }
+  Napi::Value UnrefLoop(const Napi::CallbackInfo& info) {
+    if (poll_) uv_unref(reinterpret_cast<uv_handle_t*>(poll_));
+    return info.Env().Undefined();
+  }
+  Napi::Value Port(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), port_); }
+
+  // setBuffers(rcv, snd): SO_RCVBUFFORCE/SO_SNDBUFFORCE (root), else the capped SO_RCVBUF/SO_SNDBUF.
+  Napi::Value SetBuffers(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (!Open(env) || !WantNumber(info, 0) || !WantNumber(info, 1)) return env.Undefined();
+    int rcv = info[0].As<Napi::Number>().Int32Value();
+    int snd = info[1].As<Napi::Number>().Int32Value();
+    if (rcv > 0 && setsockopt(fd_, SOL_SOCKET, SO_RCVBUFFORCE, &rcv, sizeof rcv) != 0 &&
+        setsockopt(fd_, SOL_SOCKET, SO_RCVBUF, &rcv, sizeof rcv) != 0) {
+      ErrnoError(env, errno, "setsockopt(SO_RCVBUF)").ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    if (snd > 0 && setsockopt(fd_, SOL_SOCKET, SO_SNDBUFFORCE, &snd, sizeof snd) != 0 &&
+        setsockopt(fd_, SOL_SOCKET, SO_SNDBUF, &snd, sizeof snd) != 0) {
+      ErrnoError(env, errno, "setsockopt(SO_SNDBUF)").ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    return env.Undefined();
+  }
+
+  // buffers() -> {rcv, snd}: what the kernel granted (it doubles the request for bookkeeping).
+  Napi::Value Buffers(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (!Open(env)) return env.Undefined();
+    int rcv = 0, snd = 0;
+    socklen_t l = sizeof rcv;
+    getsockopt(fd_, SOL_SOCKET, SO_RCVBUF, &rcv, &l);
+    l = sizeof snd;
+    getsockopt(fd_, SOL_SOCKET, SO_SNDBUF, &snd, &l);
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("rcv", rcv);
+    o.Set("snd", snd);
+    return o;
+  }
+
+  Napi::Value AddMembership(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (!Open(env) || !WantNumber(info, 0)) return env.Undefined();
+    int group = info[0].As<Napi::Number>().Int32Value();
+    if (setsockopt(fd_, SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, &group, sizeof group) != 0)
+      ErrnoError(env, errno, "setsockopt(NETLINK_ADD_MEMBERSHIP)").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+};
+
+// ---------------------------------------------------------------------------
+// Mounts, locks, credentials, pipes.
+
+// pipe() -> [readFd, writeFd], both close-on-exec (a child gets one only where it is passed explicitly).
+Napi::Value Pipe(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fds[2];
+  if (pipe2(fds, O_CLOEXEC) != 0) {
+    ErrnoError(env, errno, "pipe2").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  Napi::Array a = Napi::Array::New(env, 2);
+  a.Set(0u, fds[0]);
+  a.Set(1u, fds[1]);
+  return a;
 }
 
 // mount(source, target, fstype, flags, data?)
@@ -156,9 +631,13 @@ Napi::Value GetTid(const Napi::CallbackInfo& info) {
 }
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
-  exports.Set("setns", Napi::Function::New(env, SetNs));
-  exports.Set("unshare", Napi::Function::New(env, Unshare));
-  exports.Set("createNetnsAt", Napi::Function::New(env, CreateNetnsAt));
+  exports.Set("socketIn", Napi::Function::New(env, SocketIn));
+  exports.Set("openIn", Napi::Function::New(env, OpenIn));
+  exports.Set("createNetns", Napi::Function::New(env, CreateNetns));
+  exports.Set("helperTid", Napi::Function::New(env, HelperTid));
+  exports.Set("nsType", Napi::Function::New(env, NsType));
+  exports.Set("NlSocket", NlSocket::Define(env));
+  exports.Set("pipe", Napi::Function::New(env, Pipe));
   exports.Set("mount", Napi::Function::New(env, Mount));
   exports.Set("umount2", Napi::Function::New(env, Umount2));
   exports.Set("gettid", Napi::Function::New(env, GetTid));
@@ -174,6 +653,12 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   c.Set("MS_SLAVE", Napi::Number::New(env, MS_SLAVE));
   c.Set("MS_PRIVATE", Napi::Number::New(env, MS_PRIVATE));
   c.Set("MNT_DETACH", Napi::Number::New(env, MNT_DETACH));
+  c.Set("AF_NETLINK", Napi::Number::New(env, AF_NETLINK));
+  c.Set("AF_INET", Napi::Number::New(env, AF_INET));
+  c.Set("AF_INET6", Napi::Number::New(env, AF_INET6));
+  c.Set("SOCK_RAW", Napi::Number::New(env, SOCK_RAW));
+  c.Set("SOCK_STREAM", Napi::Number::New(env, SOCK_STREAM));
+  c.Set("SOCK_DGRAM", Napi::Number::New(env, SOCK_DGRAM));
   exports.Set("constants", c);
   return exports;
 }

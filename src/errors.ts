@@ -1,42 +1,73 @@
-import { constants } from 'node:os';
+/**
+ * Every failure tsnet reports is a TsnetError: a one-line message that says
+ * what failed and where ("creating veth vh1 in namespace c1: EEXIST (File
+ * exists)"), and a `code` that says what kind of failure it is:
+ *
+ * - bad input, caught before anything was asked of the kernel: code EINVAL
+ *   and no errno (`invalid()`); the only source of EINVAL without an errno,
+ *   and the only failure the CNI plugin reports as "invalid network config";
+ * - the kernel or a system call refused: the errno's name as code and the
+ *   errno number (positive, as errno(3) has it; Node's own fs errors carry it
+ *   negative and are normalized here), e.g. EEXIST, ENODEV, EPERM;
+ * - a state the caller can act on: an errno-like code chosen by tsnet
+ *   (ENOENT for a missing namespace, EBADF for a closed handle, EAGAIN for a
+ *   lock held too long);
+ * - a bug in tsnet (a TypeError and the like): code EINTERNAL, and the
+ *   message says "internal error".
+ *
+ * Re-wrapping (`contextualize`) keeps code, errno, syscall and the cause.
+ */
+import { errnoName, errnoNumber, strerror } from './errno';
 
-const errnoNames = new Map<number, string>(
-  Object.entries(constants.errno).map(([name, num]) => [num, name]),
-);
+export { errnoName } from './errno';
 
-/** The symbolic name of an errno value (`17` -> `EEXIST`). */
-export function errnoName(errno: number): string {
-  return errnoNames.get(errno) ?? `E${errno}`;
+export interface TsnetErrorOptions {
+  code: string;
+  errno?: number;
+  syscall?: string;
+  cause?: unknown;
 }
 
-/**
- * Every failure tsnet reports: a one-line message that says what failed and
- * where ("creating veth vh1 in namespace c1: EEXIST (File exists)"), plus the
- * errno `code` when the kernel refused, so callers can branch on it.
- */
 export class TsnetError extends Error {
   override name = 'TsnetError';
   readonly code: string;
   readonly errno?: number;
+  readonly syscall?: string;
 
-  constructor(message: string, opts: { code?: string; errno?: number; cause?: unknown } = {}) {
+  constructor(message: string, opts: TsnetErrorOptions) {
     super(message, opts.cause === undefined ? undefined : { cause: opts.cause });
-    this.code = opts.code ?? 'EINVAL';
-    if (opts.errno !== undefined) this.errno = opts.errno;
+    this.code = opts.code;
+    if (opts.errno !== undefined) this.errno = Math.abs(opts.errno);
+    if (opts.syscall !== undefined) this.syscall = opts.syscall;
   }
 }
 
-/** A kernel refusal carried back on a netlink socket (NLMSG_ERROR with a negative errno). */
+/** A kernel refusal carried back on a netlink socket (NLMSG_ERROR), with the kernel's own explanation when it gave one (extended ack). */
 export class NetlinkError extends TsnetError {
   override name = 'NetlinkError';
-  constructor(errno: number, detail: string) {
-    super(`${errnoName(errno)} (${detail})`, { code: errnoName(errno), errno });
+  /** The kernel's extended-ack text, e.g. "Chain not found". */
+  readonly detail?: string;
+  constructor(errno: number, detail?: string) {
+    super(`${errnoName(errno)} (${strerror(errno)}${detail ? `: ${detail}` : ''})`, { code: errnoName(errno), errno });
+    if (detail) this.detail = detail;
   }
 }
 
 /** Bad input, caught before anything was asked of the kernel. */
 export function invalid(message: string): TsnetError {
   return new TsnetError(message, { code: 'EINVAL' });
+}
+
+/** Whether `err` is bad input (EINVAL raised by tsnet itself, not by the kernel). */
+export function isInvalidInput(err: unknown): boolean {
+  return err instanceof TsnetError && err.code === 'EINVAL' && err.errno === undefined;
+}
+
+/** A bug in tsnet: what it was doing and what broke. */
+export function internal(what: string, err?: unknown): TsnetError {
+  const e = err as { name?: string; message?: string } | undefined;
+  const why = err === undefined ? '' : `: ${e?.name ?? 'Error'}: ${e?.message ?? String(err)}`;
+  return new TsnetError(`${what}: internal error (a bug in tsnet, please report it)${why}`, { code: 'EINTERNAL', cause: err });
 }
 
 /** Whether `err` carries one of the errno codes given. */
@@ -46,7 +77,7 @@ export function hasCode(err: unknown, ...codes: string[]): boolean {
 
 /**
  * Runs `fn`, prefixing any failure with `what` (e.g. "creating bridge br0 in
- * namespace c1"). The errno code survives so callers can still test it.
+ * namespace c1"). Code, errno and cause survive so callers can still test them.
  */
 export async function withContext<T>(what: string, fn: () => Promise<T>): Promise<T> {
   try {
@@ -56,11 +87,34 @@ export async function withContext<T>(what: string, fn: () => Promise<T>): Promis
   }
 }
 
+/** The same for a synchronous step. */
+export function withContextSync<T>(what: string, fn: () => T): T {
+  try {
+    return fn();
+  } catch (err) {
+    throw contextualize(what, err);
+  }
+}
+
+/**
+ * `what: <reason>` as a TsnetError. A TsnetError keeps its text and meaning;
+ * a system error (Node's fs, the addon) becomes `CODE (text)`; anything else
+ * is a bug and says so.
+ */
 export function contextualize(what: string, err: unknown): TsnetError {
-  const e = err as { message?: string; code?: string; errno?: number };
-  const msg = e?.message ?? String(err);
-  const opts: { code?: string; errno?: number; cause?: unknown } = { cause: err };
-  if (e?.code !== undefined) opts.code = e.code;
-  if (e?.errno !== undefined) opts.errno = e.errno;
-  return new TsnetError(`${what}: ${msg}`, opts);
+  if (err instanceof TsnetError) {
+    const opts: TsnetErrorOptions = { code: err.code, cause: err };
+    if (err.errno !== undefined) opts.errno = err.errno;
+    if (err.syscall !== undefined) opts.syscall = err.syscall;
+    return new TsnetError(`${what}: ${err.message}`, opts);
+  }
+  const e = err as { code?: unknown; errno?: unknown; syscall?: unknown } | null;
+  const code = typeof e?.code === 'string' ? e.code : undefined;
+  const num = code === undefined ? undefined : errnoNumber(code);
+  if (code !== undefined && num !== undefined) {
+    const opts: TsnetErrorOptions = { code, errno: num, cause: err };
+    if (typeof e?.syscall === 'string') opts.syscall = e.syscall;
+    return new TsnetError(`${what}: ${code} (${strerror(num)})`, opts);
+  }
+  return internal(what, err);
 }

@@ -1,10 +1,37 @@
-/** The N-API addon built from native/ by `npm ci` (node-gyp). */
+/**
+ * The N-API addon built from native/ by `npm ci` (node-gyp), loaded on first
+ * use (never at import: pure modules load without it, and without root).
+ */
 import * as path from 'node:path';
 
+/** A netlink socket owned by the addon (native/tsnet_native.cc NlSocket). */
+export interface NativeNlSocket {
+  /** One datagram to the kernel, gathered from `parts` (sendmsg); returns the bytes sent. */
+  send(parts: Uint8Array[]): number;
+  close(): void;
+  ref(): void;
+  unref(): void;
+  /** The port the kernel bound us to (nl_pid). */
+  port(): number;
+  setBuffers(rcv: number, snd: number): void;
+  buffers(): { rcv: number; snd: number };
+  addMembership(group: number): void;
+}
+
 export interface Native {
-  setns(fd: number, nstype: number): void;
-  unshare(flags: number): void;
-  createNetnsAt(path: string): void;
+  /** socket(2) inside the namespace behind nsFd (whose identity must still be dev/ino); CLOEXEC. */
+  socketIn(nsFd: number, dev: number, ino: number, domain: number, type: number, protocol: number): number;
+  /** open(2) inside the namespace behind nsFd; CLOEXEC. */
+  openIn(nsFd: number, dev: number, ino: number, path: string, flags: number): number;
+  /** A new network namespace, bound at `path` unless empty; returns an fd to it. */
+  createNetns(path: string): number;
+  /** The namespace helper thread's tid, 0 before its first job. */
+  helperTid(): number;
+  /** ioctl(NS_GET_NSTYPE): the CLONE_NEW* type of a namespace fd. */
+  nsType(fd: number): number;
+  NlSocket: new (fd: number, onMessage: (buf: Buffer) => void, onError: (err: Error) => void) => NativeNlSocket;
+  /** pipe2(O_CLOEXEC): [readFd, writeFd]. */
+  pipe(): [number, number];
   mount(source: string, target: string, fstype: string, flags: number, data?: string): void;
   umount2(target: string, flags: number): void;
   gettid(): number;
@@ -15,20 +42,27 @@ export interface Native {
     CLONE_NEWNET: number; CLONE_NEWNS: number;
     MS_BIND: number; MS_REC: number; MS_SHARED: number; MS_SLAVE: number; MS_PRIVATE: number;
     MNT_DETACH: number;
+    AF_NETLINK: number; AF_INET: number; AF_INET6: number;
+    SOCK_RAW: number; SOCK_STREAM: number; SOCK_DGRAM: number;
   };
 }
 
 /** Package root: dist/src/native.js and src/native.ts both sit two levels below it. */
 export const PACKAGE_ROOT = path.resolve(__dirname, __dirname.includes(`${path.sep}dist${path.sep}`) ? '../..' : '..');
 
+const RELEASE = path.join(PACKAGE_ROOT, 'native', 'build', 'Release');
+
 /** The CNI shim executable (native/cni_shim.c), built next to the addon. */
-export const SHIM_PATH = path.join(PACKAGE_ROOT, 'native', 'build', 'Release', 'tsnet-cni-shim');
+export const SHIM_PATH = path.join(RELEASE, 'tsnet-cni-shim');
+
+/** The exec helper (native/nsexec.c) that starts a program inside a namespace. */
+export const NSEXEC_PATH = path.join(RELEASE, 'tsnet-nsexec');
 
 let loaded: Native | undefined;
 
 export function native(): Native {
   if (!loaded) {
-    const file = path.join(PACKAGE_ROOT, 'native', 'build', 'Release', 'tsnet_native.node');
+    const file = path.join(RELEASE, 'tsnet_native.node');
     try {
       loaded = require(file) as Native;
     } catch (err) {

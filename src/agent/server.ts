@@ -21,7 +21,7 @@ import * as http from 'node:http';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { native } from '../native';
-import { TsnetError, hasCode, invalid } from '../errors';
+import { TsnetError, contextualize, hasCode, invalid } from '../errors';
 import { readJson, stateDir as defaultStateDir, writeJsonAtomic } from '../state';
 import { errorInvocation, invoke, PLUGINS, type Invocation, type PluginName } from '../cni/plugin';
 import { CniError, CNI_ERR } from '../cni/errors';
@@ -193,7 +193,7 @@ export class Agent {
         }
       });
       await new Promise<void>((resolve, reject) => {
-        h.once('error', (err) => reject(new TsnetError(`metrics listener on ${host}:${port}: ${err.message}`, { code: (err as NodeJS.ErrnoException).code })));
+        h.once('error', (err) => reject(contextualize(`metrics listener on ${host}:${port}`, err)));
         h.listen(port, host, () => resolve());
       });
       this.http = h;

@@ -21,7 +21,8 @@ import * as sysctl from '../sysctl';
 import { stateDir as defaultStateDir } from '../state';
 import type { BackendChoice, NatEngine } from '../nat/engine';
 import { ruleKey, type Forward, type NatRule } from '../nat/model';
-import { CniError, CNI_ERR, invalidConfig } from './errors';
+import { CniError, CNI_ERR, invalidConfig, reportInput } from './errors';
+import { hasCode } from '../errors';
 import { RecordStore, type AttachmentRecord } from './records';
 import { ipamAdd, ipamCheck, ipamDel, ipamGc, ipamStatus, attachmentKey, validAttachments } from './ipam';
 import { parseIpamConfig, validateNetworkName } from './ipam/config';
@@ -62,7 +63,7 @@ export function parseBridgeConf(conf: NetConf, env?: Pick<CniEnv, 'stateDir'>): 
   try {
     link.validateIfname(br as string);
   } catch (err) {
-    throw invalidConfig(`network ${name}: bridge: ${(err as Error).message}`);
+    reportInput(CNI_ERR.invalidConfig, `network ${name}: bridge`, err);
   }
   if (conf.vlan !== undefined) {
     throw new CniError(CNI_ERR.unsupportedField, `network ${name}: "vlan" is not supported by tsnet-bridge yet (needs bridge VLAN filtering, which this kernel build may lack): remove it or use the reference bridge`);
@@ -86,7 +87,7 @@ export function parseBridgeConf(conf: NetConf, env?: Pick<CniEnv, 'stateDir'>): 
     try {
       link.validateMtu(conf.mtu as number);
     } catch (err) {
-      throw invalidConfig(`network ${name}: ${(err as Error).message}`);
+      reportInput(CNI_ERR.invalidConfig, `network ${name}`, err);
     }
     c.mtu = conf.mtu as number;
   }
@@ -133,7 +134,8 @@ function openContainer(path: string): netns.NetNs {
   try {
     return netns.openPath(path);
   } catch (err) {
-    throw new CniError(CNI_ERR.unknownContainer, `failed to open netns ${JSON.stringify(path)}: ${(err as Error).message}`);
+    if (hasCode(err, 'ENOENT', 'EINVAL', 'ENOTDIR', 'EACCES')) throw new CniError(CNI_ERR.unknownContainer, `failed to open netns ${JSON.stringify(path)}: ${(err as Error).message}`);
+    throw err;
   }
 }
 
@@ -254,7 +256,7 @@ async function addSteps(c: BridgeConf, conf: NetConf, env: CniEnv, host: netns.N
     try {
       link.validateMac(rc.mac);
     } catch (err) {
-      throw invalidConfig(`runtimeConfig.mac: ${(err as Error).message}`);
+      reportInput(CNI_ERR.invalidConfig, 'runtimeConfig.mac', err);
     }
   }
 

@@ -4,7 +4,7 @@
  * checks it: what a command needs must be there (error 4 names the variable),
  * and container ids and interface names must be safe to use in a file name.
  */
-import { CniError, CNI_ERR, invalidEnv } from './errors';
+import { CniError, CNI_ERR, invalidEnv, reportInput } from './errors';
 import { validateIfname } from '../link';
 import type { CniCommand, CniEnv } from './types';
 
@@ -33,7 +33,7 @@ export function validateIfnameEnv(name: string): void {
   try {
     validateIfname(name);
   } catch (err) {
-    throw invalidEnv(`CNI_IFNAME: ${(err as Error).message}`);
+    reportInput(CNI_ERR.invalidEnv, 'CNI_IFNAME', err);
   }
 }
 

@@ -3,7 +3,7 @@
  * with its well-known codes. Everything a plugin operation throws ends up as
  * one of these on stdout with a non-zero exit.
  */
-import { TsnetError } from '../errors';
+import { TsnetError, isInvalidInput } from '../errors';
 
 /** The spec's well-known error codes (SPEC.md "Error"), plus 999 for internal errors as libcni's skel uses. */
 export const CNI_ERR = {
@@ -38,14 +38,30 @@ export class CniError extends Error {
 export const invalidConfig = (msg: string, details = '') => new CniError(CNI_ERR.invalidConfig, msg, details);
 export const invalidEnv = (msg: string, details = '') => new CniError(CNI_ERR.invalidEnv, msg, details);
 
-/** Maps any failure to a CniError: lock timeouts are "try again later", bad input is invalid config, the rest internal. */
+/**
+ * A validator's bad-input error reported as CNI error `code` (7 invalid
+ * config, 4 invalid environment), prefixed with where it was found; anything
+ * else (a bug, a system error) is rethrown unchanged, so it keeps its meaning.
+ */
+export function reportInput(code: number, prefix: string, err: unknown): never {
+  if (isInvalidInput(err)) throw new CniError(code, `${prefix}: ${(err as Error).message}`);
+  throw err;
+}
+
+/**
+ * Maps any failure to a CniError: lock timeouts are "try again later", bad
+ * input (and only bad input) is "invalid network config", I/O failures are
+ * I/O errors, and the rest, kernel refusals and bugs alike, is internal (999)
+ * with a message that says which.
+ */
 export function toCniError(err: unknown): CniError {
   if (err instanceof CniError) return err;
-  const msg = (err as Error)?.message ?? String(err);
   if (err instanceof TsnetError) {
-    if (err.code === 'EAGAIN') return new CniError(CNI_ERR.tryAgainLater, msg);
-    if (err.code === 'EINVAL' && err.errno === undefined) return new CniError(CNI_ERR.invalidConfig, msg);
-    if (['EIO', 'ENOSPC', 'EROFS', 'EACCES'].includes(err.code)) return new CniError(CNI_ERR.io, msg);
+    if (err.code === 'EAGAIN') return new CniError(CNI_ERR.tryAgainLater, err.message);
+    if (isInvalidInput(err)) return new CniError(CNI_ERR.invalidConfig, err.message);
+    if (['EIO', 'ENOSPC', 'EROFS', 'EACCES'].includes(err.code)) return new CniError(CNI_ERR.io, err.message);
+    return new CniError(CNI_ERR.internal, err.message);
   }
-  return new CniError(CNI_ERR.internal, msg);
+  const e = err as { name?: string; message?: string } | null;
+  return new CniError(CNI_ERR.internal, `internal error (a bug in tsnet, please report it): ${e?.name ?? 'Error'}: ${e?.message ?? String(err)}`);
 }

@@ -6,8 +6,9 @@
 import { decodeAttrs, encodeAttrs, type AttrObject } from '../netlink/attrs';
 import { NLM_F } from '../netlink/socket';
 import { AF_BRIDGE, AF_UNSPEC, BR_STATE, IFF, IFLA, RTM, ifinfomsg, type IfInfoMsg } from '../netlink/rtnl';
-import { TsnetError, hasCode, invalid, withContext } from '../errors';
+import { TsnetError, contextualize, hasCode, invalid, withContext } from '../errors';
 import type { NetNs } from '../netns';
+import { kernelRef } from '../netns/internal';
 
 /** What one link looks like, decoded from RTM_NEWLINK. */
 export interface Link {
@@ -138,6 +139,13 @@ function linkMsg(hdr: Partial<IfInfoMsg>, attrs: AttrObject): Buffer {
   return Buffer.concat([ifinfomsg.encode({ family: AF_UNSPEC, ...hdr }), encodeAttrs(IFLA, attrs)]);
 }
 
+/** IFLA_NET_NS_FD (or IFLA_NET_NS_PID for the current namespace) naming `ns`; nothing when absent. */
+function nsAttr(ns: NetNs | undefined, doing: string): AttrObject {
+  if (!ns) return {};
+  const r = kernelRef(ns, doing);
+  return 'fd' in r ? { net_ns_fd: r.fd } : { net_ns_pid: r.pid };
+}
+
 const show = (ref: LinkRef) => (typeof ref === 'number' ? `ifindex ${ref}` : ref);
 
 /** All links of the namespace: `ip -d link show`. */
@@ -157,7 +165,7 @@ export async function get(h: NetNs, ref: LinkRef): Promise<Link | undefined> {
     return m ? decodeLink(m.payload) : undefined;
   } catch (err) {
     if (hasCode(err, 'ENODEV')) return undefined;
-    throw new TsnetError(`looking up ${show(ref)} in ${h.label}: ${(err as Error).message}`, { code: (err as TsnetError).code });
+    throw contextualize(`looking up ${show(ref)} in ${h.label}`, err);
   }
 }
 
@@ -184,7 +192,7 @@ function specAttrs(spec: LinkSpec): AttrObject {
       if (p.mac !== undefined) validateMac(p.mac);
       // The peer is created directly inside its namespace, under its final name:
       // moving a link later would bring it down and drop its addresses.
-      const peerAttrs: AttrObject = { ifname: p.name, mtu: p.mtu ?? spec.mtu, address: p.mac, net_ns_fd: p.netns?.fd };
+      const peerAttrs: AttrObject = { ifname: p.name, mtu: p.mtu ?? spec.mtu, address: p.mac, ...nsAttr(p.netns, `creating the peer ${p.name}`) };
       // No IFF_UP for the peer here: veth_open() refuses (ENOTCONN) until the pair is joined; bring it up afterwards.
       attrs.linkinfo = { kind: 'veth', data: { peer: { header: { family: AF_UNSPEC }, attrs: peerAttrs } } };
       break;
@@ -242,7 +250,7 @@ export async function set(h: NetNs, ref: LinkRef, change: LinkChange): Promise<v
     mtu: change.mtu,
     address: change.mac,
     master: change.master === null ? 0 : change.master,
-    net_ns_fd: change.netns?.fd,
+    ...nsAttr(change.netns, `moving ${show(ref)}`),
     linkinfo: change.bridge && { kind: 'bridge', data: bridgeData(change.bridge) },
   });
   const what = Object.entries(change).map(([k, v]) => `${k} ${typeof v === 'object' && v !== null ? (v as NetNs).label : String(v)}`).join(', ');
@@ -264,7 +272,7 @@ export async function del(h: NetNs, ref: LinkRef): Promise<boolean> {
     return true;
   } catch (err) {
     if (hasCode(err, 'ENODEV')) return false;
-    throw new TsnetError(`deleting ${show(ref)} in ${h.label}: ${(err as Error).message}`, { code: (err as TsnetError).code });
+    throw contextualize(`deleting ${show(ref)} in ${h.label}`, err);
   }
 }
 

@@ -70,7 +70,7 @@ export class NatEngine {
     this.ns = opts.ns ?? netns.current();
     const base = defaultStateDir(opts.stateDir);
     // One desired state per namespace: the rules of c1 are not those of the host.
-    this.dir = this.ns.isOrigin ? base : path.join(base, 'netns', this.ns.name ?? `inode-${this.ns.inode}`);
+    this.dir = this.ns.isCurrent ? base : path.join(base, 'netns', this.ns.name ?? `inode-${this.ns.inode}`);
     this.choice = opts.backend ?? 'auto';
   }
 

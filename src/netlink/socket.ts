@@ -1,23 +1,22 @@
 /**
  * The request / ack / dump loop over one netlink socket (NETLINK_ROUTE, or
- * NETLINK_NETFILTER for conntrack).
+ * NETLINK_NETFILTER for conntrack and nf_tables).
  *
- * Transport is the `netlink` package's RawNetlinkSocket (a datagram socket
- * polled by libuv). Its fd is created synchronously in the constructor, which
- * is what lets src/netns create it while the thread is inside another
- * namespace: a netlink socket acts in the namespace it was created in.
+ * Transport is a netlink socket owned by the native addon (an fd polled by
+ * libuv, see native/tsnet_native.cc). The fd is made by src/netns inside the
+ * namespace it must act in (a netlink socket acts in the namespace it was
+ * created in); this layer only speaks the protocol over it.
  *
  * What this layer guarantees, because other libraries got it wrong:
  * - every reply is matched to its request by sequence number (and our port);
  *   replies to nobody are dropped, never handed to the wrong caller;
  * - a dump whose messages carry NLM_F_DUMP_INTR (the table changed while the
  *   kernel was walking it) is retried, a bounded number of times;
- * - NLMSG_ERROR becomes a NetlinkError with its errno name.
+ * - NLMSG_ERROR becomes a NetlinkError with its errno name and, when the
+ *   kernel explains itself (extended ack), its text.
  */
-// The raw module only: the package index also loads genl/nl80211/wireguard tables (~20 ms of every process start).
-import { RawNetlinkSocket } from 'netlink/dist/raw';
 import { NetlinkError, TsnetError } from '../errors';
-import { strerror } from './strerror';
+import { native } from '../native';
 
 export const NETLINK_ROUTE = 0;
 export const NETLINK_NETFILTER = 12;
@@ -28,10 +27,14 @@ export const NLM_F = {
   REPLACE: 0x100, EXCL: 0x200, CREATE: 0x400, APPEND: 0x800,
 } as const;
 
-const NLMSG_ERROR = 2;
-const NLMSG_DONE = 3;
-const NLMSG_HDRLEN = 16;
+export const NLMSG_ERROR = 2;
+export const NLMSG_DONE = 3;
+export const NLMSG_HDRLEN = 16;
 const DUMP_RETRIES = 10;
+/** Flags of an NLMSG_ERROR: the request was not echoed (NETLINK_CAP_ACK), extended-ack attributes follow. */
+const NLM_F_CAPPED = 0x100;
+const NLM_F_ACK_TLVS = 0x200;
+const NLMSGERR_ATTR_MSG = 1;
 
 export interface Message {
   type: number;
@@ -49,15 +52,58 @@ interface Pending {
 
 class DumpInterrupted extends Error {}
 
-/** What the loop needs from a datagram transport; RawNetlinkSocket in production, a fake in unit tests. */
+/** What the loop needs from a datagram transport: the addon's socket in production, a fake kernel in unit tests. */
 export interface Transport {
-  address(): { port: number };
-  send(data: Uint8Array[], options: object, callback: (err?: Error) => void): void;
-  on(event: 'message', listener: (buf: Buffer) => void): unknown;
-  on(event: 'error', listener: (err: Error) => void): unknown;
+  /** Our netlink port (nl_pid). */
+  readonly port: number;
+  /** One datagram to the kernel (synchronous: the kernel has processed it when this returns); throws on failure. */
+  send(parts: Uint8Array[]): void;
+  /** Keep the event loop alive while replies are due. */
   ref(): void;
   unref(): void;
   close(): void;
+}
+
+/** Makes a transport that calls back with every datagram received and every receive error. */
+export type TransportFactory = (onMessage: (buf: Buffer) => void, onError: (err: Error) => void) => Transport;
+
+/** The kernel's extended-ack text in an NLMSG_ERROR payload, when it sent one. */
+export function extackText(flags: number, payload: Buffer): string | undefined {
+  if (!(flags & NLM_F_ACK_TLVS) || payload.length < 4 + NLMSG_HDRLEN) return undefined;
+  const origLen = payload.readUInt32LE(4);
+  let off = 4 + ((flags & NLM_F_CAPPED) ? NLMSG_HDRLEN : Math.max(origLen, NLMSG_HDRLEN));
+  off = (off + 3) & ~3;
+  while (off + 4 <= payload.length) {
+    const len = payload.readUInt16LE(off);
+    const type = payload.readUInt16LE(off + 2) & 0x3fff;
+    if (len < 4 || off + len > payload.length) break;
+    if (type === NLMSGERR_ATTR_MSG) return payload.toString('utf8', off + 4, off + len).replace(/\0.*$/s, '') || undefined;
+    off += (len + 3) & ~3;
+  }
+  return undefined;
+}
+
+/** Buffers asked for every socket; root gets them whatever net.core.rmem_max says (SO_RCVBUFFORCE). */
+export const DEFAULT_BUFFER = 1 << 20;
+
+/** A transport over a netlink socket fd (made by src/netns inside its namespace); the transport owns the fd. */
+export function nativeTransport(fd: number, buffer = DEFAULT_BUFFER): TransportFactory {
+  return (onMessage, onError) => {
+    const s = new (native().NlSocket)(fd, onMessage, onError);
+    try {
+      s.setBuffers(buffer, buffer);
+    } catch (err) {
+      s.close();
+      throw err;
+    }
+    return {
+      port: s.port(),
+      send: (parts) => { s.send(parts); },
+      ref: () => s.ref(),
+      unref: () => s.unref(),
+      close: () => s.close(),
+    };
+  };
 }
 
 export class NetlinkSocket {
@@ -68,17 +114,10 @@ export class NetlinkSocket {
   private closed = false;
   private dumpQueue: Promise<void> = Promise.resolve();
 
-  /**
-   * Creates a socket of `protocol` (NETLINK_ROUTE, or NETLINK_NETFILTER for
-   * conntrack) in the calling thread's current network namespace, or wraps `transport`.
-   */
-  constructor(transport?: Transport | number) {
-    this.raw = typeof transport === 'object'
-      ? transport
-      : new RawNetlinkSocket(transport ?? NETLINK_ROUTE, { recvBufferSize: 1 << 20, sendBufferSize: 1 << 20 });
-    this.port = this.raw.address().port;
-    this.raw.on('message', (buf: Buffer) => this.receive(buf));
-    this.raw.on('error', (err: Error) => this.failAll(err));
+  /** Speaks netlink over the transport `open` makes (src/netns makes sockets inside namespaces). */
+  constructor(open: TransportFactory) {
+    this.raw = open((buf) => this.receive(buf), (err) => this.failAll(err));
+    this.port = this.raw.port;
     this.raw.unref();
   }
 
@@ -130,9 +169,11 @@ export class NetlinkSocket {
     return new Promise<Message[]>((resolve, reject) => {
       this.pending.set(seq, { dump, replies: [], interrupted: false, resolve, reject });
       if (this.pending.size === 1) this.raw.ref();
-      this.raw.send([hdr, payload], {}, (err?: Error) => {
-        if (err) this.settle(seq, err);
-      });
+      try {
+        this.raw.send([hdr, payload]);
+      } catch (err) {
+        this.settle(seq, err as Error);
+      }
     });
   }
 
@@ -155,7 +196,7 @@ export class NetlinkSocket {
       if (type === NLMSG_ERROR) {
         const errno = -payload.readInt32LE(0);
         if (errno === 0) this.settle(seq);
-        else this.settle(seq, new NetlinkError(errno, strerror(errno)));
+        else this.settle(seq, new NetlinkError(errno, extackText(flags, payload)));
       } else if (type === NLMSG_DONE) {
         this.settle(seq, p.interrupted ? new DumpInterrupted() : undefined);
       } else {

@@ -6,110 +6,166 @@
  *
  * A handle owns an fd to its namespace (which also keeps the namespace
  * alive) and a netlink socket created inside it; both are closed by
- * `close()`. Every operation in src/link, src/addr, src/route ... takes a
- * handle and acts in that namespace, whatever namespace the caller is in.
+ * `close()`, after which every operation on the handle fails with EBADF.
+ * Every operation in src/link, src/addr, src/route ... takes a handle and
+ * acts in that namespace, whatever namespace the caller is in. No thread of
+ * the process is ever switched to do it: see ./inside.ts.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { spawn, spawnSync, type ChildProcess, type SpawnOptions, type SpawnSyncOptions, type SpawnSyncReturns } from 'node:child_process';
-import { NetlinkSocket } from '../netlink/socket';
+import type { ChildProcess, SpawnOptions, SpawnSyncOptions, SpawnSyncReturns } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
+import { NetlinkSocket, NETLINK_ROUTE, nativeTransport } from '../netlink/socket';
 import { RTM, rtgenmsg, NETNSA, AF_UNSPEC } from '../netlink/rtnl';
 import { decodeAttrs, encodeAttrs } from '../netlink/attrs';
 import { native } from '../native';
-import { TsnetError, contextualize, hasCode, invalid } from '../errors';
-import { createNetnsAt, inNetns, originFd } from './switch';
-
-export { inNetns } from './switch';
+import { TsnetError, contextualize, hasCode, invalid, withContextSync } from '../errors';
+import { createNetns, socketHere, socketIn, spawnIn, spawnSyncIn, type NsFd } from './inside';
+import { handles, kernelRef, live, openInside, type HandleState } from './internal';
 
 /** Where iproute2 keeps named namespaces (NETNS_RUN_DIR). */
 export const NETNS_RUN_DIR = '/run/netns';
 
 export class NetNs {
   private sock?: NetlinkSocket;
-  private closed = false;
 
   private constructor(
     /** The name under /run/netns, when it has one. */
     readonly name: string | undefined,
     /** The path the handle was opened from (/run/netns/NAME, /proc/PID/ns/net, ...). */
     readonly path: string,
-    /** An open fd to the namespace; keeps it alive while the handle is open. */
-    readonly fd: number,
-    /** Whether this is the namespace tsnet was loaded in (no switch needed). */
-    readonly isOrigin: boolean,
-  ) {}
+    /** Whether this is the namespace the process runs in (the default handle, `current()`). */
+    readonly isCurrent: boolean,
+    st: HandleState,
+  ) {
+    handles.set(this, st);
+  }
 
   /** @internal */
-  static fromFd(name: string | undefined, p: string, fd: number, isOrigin = false): NetNs {
-    return new NetNs(name, p, fd, isOrigin);
+  static of(name: string | undefined, p: string, isCurrent: boolean, st: HandleState): NetNs {
+    return new NetNs(name, p, isCurrent, st);
   }
 
   /** "namespace c1", "namespace /proc/42/ns/net", or "the current namespace": for error messages. */
   get label(): string {
-    if (this.isOrigin) return 'the current namespace';
+    if (this.isCurrent) return 'the current namespace';
     return `namespace ${this.name ?? this.path}`;
+  }
+
+  /** Whether close() was called. */
+  get closed(): boolean {
+    return handles.get(this)!.closed;
+  }
+
+  private state(doing?: string): HandleState {
+    return live(this, doing);
   }
 
   /** The namespace's identity: the nsfs inode (what `ls -i /run/netns/NAME` and `lsns` show). */
   get inode(): number {
-    return fs.fstatSync(this.fd).ino;
+    return this.state().ino;
   }
 
   /** The rtnetlink socket of this namespace, created inside it on first use. */
   get nl(): NetlinkSocket {
-    if (this.closed) throw new TsnetError(`handle for ${this.label} is closed`, { code: 'EBADF' });
-    if (!this.sock) this.sock = this.isOrigin ? new NetlinkSocket() : inNetns(this.fd, () => new NetlinkSocket());
+    this.state();
+    this.sock ??= this.openNetlink(NETLINK_ROUTE);
     return this.sock;
   }
 
-  /** A new netlink socket of another `protocol` (e.g. NETLINK_NETFILTER), created inside this namespace; the caller closes it. */
-  openNetlink(protocol: number): NetlinkSocket {
-    if (this.closed) throw new TsnetError(`handle for ${this.label} is closed`, { code: 'EBADF' });
-    return this.run(() => new NetlinkSocket(protocol));
+  /** A new netlink socket of `protocol` (e.g. NETLINK_NETFILTER), created inside this namespace; the caller closes it. */
+  openNetlink(protocol: number, buffer?: number): NetlinkSocket {
+    const st = this.state(`opening a netlink socket in ${this.label}`);
+    const c = native().constants;
+    const fd = withContextSync(`opening a netlink socket in ${this.label}`, () =>
+      st.fd ? socketIn(st.fd, c.AF_NETLINK, c.SOCK_RAW, protocol) : socketHere(c.AF_NETLINK, c.SOCK_RAW, protocol));
+    return new NetlinkSocket(nativeTransport(fd, buffer));
   }
 
   /**
-   * Runs a synchronous `fn` with the calling thread inside this namespace
-   * (see src/netns/switch.ts for why it must be synchronous).
+   * open(2) of `file` inside this namespace; the caller closes the fd. For
+   * /proc/sys/net/... and /proc/net/... (read as /proc/thread-self/net/...),
+   * whose contents depend on the namespace of the thread that opens them.
    */
-  run<T>(fn: () => T): T {
-    return this.isOrigin ? fn() : inNetns(this.fd, fn);
+  openFile(file: string, flags: number = fs.constants.O_RDONLY): number {
+    return withContextSync(`opening ${file} in ${this.label}`, () => openInside(this, file, flags));
   }
 
-  /** Starts a child process inside this namespace (`ip netns exec NAME CMD ...`). */
+  /** Starts a child process inside this namespace: `ip netns exec NAME CMD ...` (argument arrays, never a shell). */
   spawn(cmd: string, args: readonly string[] = [], opts: SpawnOptions = {}): ChildProcess {
-    return this.run(() => spawn(cmd, args, opts));
+    const st = this.state(`spawning ${cmd} in ${this.label}`);
+    return st.fd ? spawnIn(st.fd, this.label, cmd, args, opts) : spawn(cmd, args, opts);
   }
 
   /** Runs a child process inside this namespace to completion. */
   spawnSync(cmd: string, args: readonly string[] = [], opts: SpawnSyncOptions = {}): SpawnSyncReturns<Buffer | string> {
-    return this.run(() => spawnSync(cmd, args, opts));
+    const st = this.state(`running ${cmd} in ${this.label}`);
+    return st.fd ? spawnSyncIn(st.fd, this.label, cmd, args, opts) : spawnSync(cmd, args, opts);
   }
 
-  /** Closes the netlink socket and the namespace fd. */
+  /**
+   * Closes the netlink socket and the namespace fd; every later operation on
+   * this handle fails with EBADF. Closing twice is a no-op, and so is closing
+   * `current()`, which is shared by the whole process.
+   */
   close(): void {
-    if (this.closed) return;
-    this.closed = true;
+    if (this.isCurrent) return;
+    const st = handles.get(this)!;
+    if (st.closed) return;
+    st.closed = true;
     this.sock?.close();
-    if (this.fd !== originFd) fs.closeSync(this.fd);
+    // An fd closed behind our back may now be someone else's: close only what is still ours.
+    if (st.fd && stillOurs(st.fd)) fs.closeSync(st.fd.fd);
   }
 }
 
-let originHandle: NetNs | undefined;
+function stillOurs(ns: NsFd): boolean {
+  try {
+    const st = fs.fstatSync(ns.fd);
+    return st.dev === ns.dev && st.ino === ns.ino;
+  } catch {
+    return false;
+  }
+}
 
-/** The namespace this process runs in (the default handle); never closed by close(). */
+let currentHandle: NetNs | undefined;
+
+/**
+ * The namespace this process runs in (the default handle). It holds no fd
+ * (the kernel is told "the namespace of this process" where it needs one),
+ * and close() on it is a no-op.
+ */
 export function current(): NetNs {
-  return (originHandle ??= NetNs.fromFd(undefined, '/proc/thread-self/ns/net', originFd, true));
+  if (!currentHandle) {
+    const st = fs.statSync('/proc/self/ns/net');
+    currentHandle = NetNs.of(undefined, '/proc/self/ns/net', true, { closed: false, dev: st.dev, ino: st.ino, label: 'the current namespace' });
+  }
+  return currentHandle;
 }
 
 /** Checks a namespace name the way a file name under /run/netns must be. */
 export function validateName(name: string): void {
-  if (!name || name === '.' || name === '..' || name.includes('/') || name.includes('\0') || Buffer.byteLength(name) > 255) {
+  if (typeof name !== 'string' || !name || name === '.' || name === '..' || name.includes('/') || name.includes('\0') || Buffer.byteLength(name) > 255) {
     throw invalid(`invalid namespace name ${JSON.stringify(name)}: must be a plain file name (no '/'), at most 255 bytes`);
   }
 }
 
-function openPath(p: string, name: string | undefined, what: string): NetNs {
+function adopt(fd: number, name: string | undefined, p: string, what: string): NetNs {
+  try {
+    const st = fs.fstatSync(fd);
+    const type = native().nsType(fd);
+    if (type !== native().constants.CLONE_NEWNET) throw new TsnetError(`${what} is not a network namespace (${p})`, { code: 'EINVAL' });
+    const label = `namespace ${name ?? p}`;
+    return NetNs.of(name, p, false, { closed: false, fd: { fd, dev: st.dev, ino: st.ino }, dev: st.dev, ino: st.ino, label });
+  } catch (err) {
+    fs.closeSync(fd);
+    // A plain file at /run/netns/NAME (left by a crashed `ip netns add`) is not a namespace.
+    if (hasCode(err, 'ENOTTY', 'EINVAL') && !(err instanceof TsnetError)) throw new TsnetError(`${what} is not a network namespace (${p})`, { code: 'EINVAL' });
+    throw err;
+  }
+}
+
+function openAt(p: string, name: string | undefined, what: string): NetNs {
   let fd: number;
   try {
     fd = fs.openSync(p, fs.constants.O_RDONLY);
@@ -117,33 +173,26 @@ function openPath(p: string, name: string | undefined, what: string): NetNs {
     if (hasCode(err, 'ENOENT')) throw new TsnetError(`${what} does not exist (${p})`, { code: 'ENOENT' });
     throw contextualize(`opening ${what}`, err);
   }
-  // A plain file at /run/netns/NAME (left by a crashed `ip netns add`) is not a namespace.
-  const st = fs.fstatSync(fd);
-  const nsfs = fs.fstatSync(originFd);
-  if (st.dev !== nsfs.dev) {
-    fs.closeSync(fd);
-    throw new TsnetError(`${what} is not a network namespace (${p})`, { code: 'EINVAL' });
-  }
-  return NetNs.fromFd(name, p, fd);
+  return adopt(fd, name, p, what);
 }
 
 /** Opens a named namespace (/run/netns/NAME), whoever created it. */
 export function open(name: string): NetNs {
   validateName(name);
-  return openPath(path.join(NETNS_RUN_DIR, name), name, `namespace ${name}`);
+  return openAt(path.join(NETNS_RUN_DIR, name), name, `namespace ${name}`);
 }
 
 /** Opens the network namespace of a process (/proc/PID/ns/net), as Docker names a container's. */
 export function openPid(pid: number): NetNs {
   if (!Number.isInteger(pid) || pid <= 0) throw invalid(`invalid pid ${pid}`);
-  return openPath(`/proc/${pid}/ns/net`, undefined, `network namespace of pid ${pid}`);
+  return openAt(`/proc/${pid}/ns/net`, undefined, `network namespace of pid ${pid}`);
 }
 
 /** Opens a namespace by path (a bind mount, /proc/PID/ns/net, /proc/PID/task/TID/ns/net ...). */
-export function openPath_(p: string): NetNs {
-  return openPath(p, undefined, `namespace ${p}`);
+export function openPath(p: string): NetNs {
+  if (typeof p !== 'string' || !p.startsWith('/')) throw invalid(`invalid namespace path ${JSON.stringify(p)}: must be absolute`);
+  return openAt(p, undefined, `namespace ${p}`);
 }
-export { openPath_ as openPath };
 
 /**
  * Resolves what a user typed as a namespace reference: a name under
@@ -151,7 +200,7 @@ export { openPath_ as openPath };
  */
 export function resolve(ref: string): NetNs {
   if (/^(pid:)?\d+$/.test(ref)) return openPid(Number(ref.replace(/^pid:/, '')));
-  if (ref.startsWith('/')) return openPath_(ref);
+  if (ref.startsWith('/')) return openPath(ref);
   return open(ref);
 }
 
@@ -176,7 +225,7 @@ function prepareRunDir(): void {
 }
 
 /**
- * Creates a named namespace: `ip netns add NAME`. With `exist_ok`, an
+ * Creates a named namespace: `ip netns add NAME`. With `existOk`, an
  * existing namespace of that name is opened instead (idempotent add).
  * Leaves nothing behind on failure.
  */
@@ -197,13 +246,14 @@ export function add(name: string, opts: { existOk?: boolean } = {}): NetNs {
     }
     throw contextualize(`creating namespace ${name}`, err);
   }
+  let fd: number;
   try {
-    createNetnsAt(p);
+    fd = createNetns(p);
   } catch (err) {
     fs.rmSync(p, { force: true });
     throw contextualize(`creating namespace ${name}`, err);
   }
-  return open(name);
+  return adopt(fd, name, p, `namespace ${name}`);
 }
 
 /**
@@ -244,11 +294,15 @@ export function list(): string[] {
  * RTM_GETNSID with NETNSA_FD, as `ip netns list-id` does.
  */
 export async function nsid(h: NetNs, of: NetNs): Promise<number | undefined> {
-  const payload = Buffer.concat([rtgenmsg.encode({ family: AF_UNSPEC }), encodeAttrs(NETNSA, { fd: of.fd })]);
-  const replies = await h.nl.request(RTM.GETNSID, 0, payload);
+  const where = `looking up the id of ${of.label} in ${h.label}`;
+  const sock = h.nl;
+  const payload = Buffer.concat([rtgenmsg.encode({ family: AF_UNSPEC }), encodeAttrs(NETNSA, kernelRef(of, where))]);
+  const replies = await sock.request(RTM.GETNSID, 0, payload);
   for (const m of replies) {
     const id = decodeAttrs(NETNSA, m.payload.subarray(rtgenmsg.size)).nsid as number | undefined;
     if (id !== undefined && id >= 0) return id;
   }
   return undefined;
 }
+
+export type { NsFd };

@@ -9,7 +9,7 @@
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { TsnetError } from '../errors';
+import { contextualize, TsnetError } from '../errors';
 
 export const SANDBOX_ENV = 'TSNET_SANDBOX';
 
@@ -32,7 +32,7 @@ export async function runInSandbox(cmd: string, args: readonly string[], opts: {
     env: { ...process.env, ...opts.env },
   });
   return new Promise((resolve, reject) => {
-    child.on('error', (err) => reject(new TsnetError(`starting the sandbox with unshare(1): ${err.message} (is util-linux installed?)`, { cause: err })));
+    child.on('error', (err) => reject(contextualize('starting the sandbox with unshare(1) (is util-linux installed?)', err)));
     child.on('exit', (code, signal) => resolve(code ?? (signal ? 128 + (require('node:os').constants.signals[signal] as number) : 1)));
   });
 }

@@ -2,14 +2,16 @@
  * Per-namespace sysctls: `ip netns exec NS sysctl -w net.…=V`.
  *
  * /proc/sys/net resolves to the network namespace of the thread that opens
- * the file, so the open, read and write happen inside the namespace's
- * synchronous bracket. Only net.* keys are accepted: everything else is
- * machine-wide, and tsnet must never change the machine by accident.
+ * the file, and an open file keeps acting there: the handle opens it inside
+ * its namespace (src/netns/inside.ts), then it is read and written from here.
+ * Only net.* keys are accepted: everything else is machine-wide, and tsnet
+ * must never change the machine by accident.
  */
 import * as fs from 'node:fs';
 import { contextualize, invalid } from '../errors';
 import { validateIfname } from '../link';
 import type { NetNs } from '../netns';
+import { openInside } from '../netns/internal';
 
 const SEGMENT = /^[A-Za-z0-9_-]+$/;
 
@@ -30,30 +32,40 @@ function toPath(key: SysctlKey): { path: string; name: string } {
   return { path: `/proc/sys/${parts.join('/')}`, name: parts.join('.') };
 }
 
-/** Reads a net.* sysctl inside the namespace. */
+function readAt0(fd: number): string {
+  const buf = Buffer.alloc(4096);
+  const n = fs.readSync(fd, buf, 0, buf.length, 0);
+  return buf.toString('utf8', 0, n).trim();
+}
+
+/** Reads a net.* sysctl inside the namespace: `ip netns exec NS sysctl net.…`. */
 export function get(h: NetNs, key: SysctlKey): string {
   const { path, name } = toPath(key);
   try {
-    return h.run(() => fs.readFileSync(path, 'utf8')).trim();
+    const fd = openInside(h, path, fs.constants.O_RDONLY);
+    try {
+      return readAt0(fd);
+    } finally {
+      fs.closeSync(fd);
+    }
   } catch (err) {
     throw contextualize(`reading sysctl ${name} in ${h.label}`, err);
   }
 }
 
-/** Writes a net.* sysctl inside the namespace and returns the value it had before. */
+/** Writes a net.* sysctl inside the namespace (`ip netns exec NS sysctl -w net.…=V`) and returns the value it had before. */
 export function set(h: NetNs, key: SysctlKey, value: string | number): string {
   const { path, name } = toPath(key);
+  if (!/^[\w.:\t -]*$/.test(String(value))) throw invalid(`invalid value ${JSON.stringify(value)} for sysctl ${name}`);
   try {
-    return h.run(() => {
-      const fd = fs.openSync(path, 'r+');
-      try {
-        const old = fs.readFileSync(fd, 'utf8').trim();
-        if (old !== String(value)) fs.writeSync(fd, `${value}\n`, 0);
-        return old;
-      } finally {
-        fs.closeSync(fd);
-      }
-    });
+    const fd = openInside(h, path, fs.constants.O_RDWR);
+    try {
+      const old = readAt0(fd);
+      if (old !== String(value)) fs.writeSync(fd, `${value}\n`, 0);
+      return old;
+    } finally {
+      fs.closeSync(fd);
+    }
   } catch (err) {
     throw contextualize(`setting sysctl ${name}=${value} in ${h.label}`, err);
   }

@@ -17,7 +17,7 @@ test('addresses: add, replace, list, delete for IPv4 and IPv6', async (t) => {
   await addr.add(h, '10.80.0.1/24', 'd0');
   await addr.add(h, 'fd80::1/64', 'd0', { noDad: true });
   const err = await t.throwsAsync(addr.add(h, '10.80.0.1/24', 'd0'));
-  t.is(err!.message, 'adding address 10.80.0.1/24 on d0 in namespace art-a: EEXIST (File exists)');
+  t.is(err!.message, 'adding address 10.80.0.1/24 on d0 in namespace art-a: EEXIST (File exists: ipv4: Address already assigned)', 'the kernel\'s own explanation (extended ack) is kept');
   await addr.replace(h, '10.80.0.1/24', 'd0');
   const seen = ipJson(h, 'addr', 'show', 'd0')[0].addr_info.filter((a: any) => a.scope === 'global').map((a: any) => `${a.local}/${a.prefixlen}`);
   t.deepEqual(seen.sort(), ['10.80.0.1/24', 'fd80::1/64']);

@@ -1,22 +1,26 @@
 import test from 'ava';
-import { EventEmitter } from 'node:events';
-import { NetlinkSocket, NLM_F, type Transport } from '../../src/netlink/socket';
+import { NetlinkSocket, NLM_F, type Transport, type TransportFactory } from '../../src/netlink/socket';
 
 /** A fake kernel: records requests, answers with whatever the test scripts. */
-class FakeKernel extends EventEmitter implements Transport {
+class FakeKernel {
   sent: { type: number; flags: number; seq: number }[] = [];
   answer: (req: { type: number; flags: number; seq: number }) => Buffer[] = () => [];
-  address() { return { port: 4242 }; }
-  send(data: Uint8Array[], _o: object, cb: (err?: Error) => void) {
-    const b = Buffer.concat(data);
-    const req = { type: b.readUInt16LE(4), flags: b.readUInt16LE(6), seq: b.readUInt32LE(8) };
-    this.sent.push(req);
-    cb();
-    setImmediate(() => this.emit('message', Buffer.concat(this.answer(req))));
-  }
-  ref() {}
-  unref() {}
-  close() {}
+  /** The transport factory a NetlinkSocket is built with. */
+  readonly open: TransportFactory = (onMessage) => {
+    const t: Transport = {
+      port: 4242,
+      send: (parts) => {
+        const b = Buffer.concat(parts);
+        const req = { type: b.readUInt16LE(4), flags: b.readUInt16LE(6), seq: b.readUInt32LE(8) };
+        this.sent.push(req);
+        setImmediate(() => onMessage(Buffer.concat(this.answer(req))));
+      },
+      ref() {},
+      unref() {},
+      close() {},
+    };
+    return t;
+  };
 }
 
 function msg(type: number, flags: number, seq: number, payload: Buffer, pid = 4242): Buffer {
@@ -33,7 +37,7 @@ const done = (seq: number, flags: number = NLM_F.MULTI) => msg(3, flags, seq, Bu
 
 test('an ack resolves, an error rejects with the errno name', async (t) => {
   const k = new FakeKernel();
-  const s = new NetlinkSocket(k);
+  const s = new NetlinkSocket(k.open);
   k.answer = (r) => [errorMsg(r.seq, 0)];
   t.deepEqual(await s.request(16, 0, Buffer.alloc(16)), []);
   k.answer = (r) => [errorMsg(r.seq, 17)];
@@ -45,7 +49,7 @@ test('an ack resolves, an error rejects with the errno name', async (t) => {
 
 test('replies with a foreign sequence number or port are not handed to the caller', async (t) => {
   const k = new FakeKernel();
-  const s = new NetlinkSocket(k);
+  const s = new NetlinkSocket(k.open);
   k.answer = (r) => [
     msg(16, NLM_F.MULTI, r.seq + 1, Buffer.from('stray-seq!!!')),
     msg(16, NLM_F.MULTI, r.seq, Buffer.from('other-port!!'), 999),
@@ -58,7 +62,7 @@ test('replies with a foreign sequence number or port are not handed to the calle
 
 test('a dump flagged NLM_F_DUMP_INTR is retried until consistent', async (t) => {
   const k = new FakeKernel();
-  const s = new NetlinkSocket(k);
+  const s = new NetlinkSocket(k.open);
   let n = 0;
   k.answer = (r) => (++n < 3
     ? [msg(16, NLM_F.MULTI | NLM_F.DUMP_INTR, r.seq, Buffer.from('old.')), done(r.seq, NLM_F.MULTI | NLM_F.DUMP_INTR)]
@@ -71,7 +75,7 @@ test('a dump flagged NLM_F_DUMP_INTR is retried until consistent', async (t) => 
 
 test('a dump that never settles gives up with EINTR after a bounded number of tries', async (t) => {
   const k = new FakeKernel();
-  const s = new NetlinkSocket(k);
+  const s = new NetlinkSocket(k.open);
   k.answer = (r) => [done(r.seq, NLM_F.MULTI | NLM_F.DUMP_INTR)];
   const err = await t.throwsAsync(s.dump(18, Buffer.alloc(16)));
   t.is((err as any).code, 'EINTR');
@@ -81,7 +85,7 @@ test('a dump that never settles gives up with EINTR after a bounded number of tr
 test('close rejects what is still pending', async (t) => {
   const k = new FakeKernel();
   k.answer = () => [];
-  const s = new NetlinkSocket(k);
+  const s = new NetlinkSocket(k.open);
   const p = s.request(16, 0, Buffer.alloc(16));
   s.close();
   const err = await t.throwsAsync(p);

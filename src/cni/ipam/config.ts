@@ -7,7 +7,7 @@
  */
 import { Address4, Address6 } from 'ip-address';
 import { parseCidr, parseIp, type Family } from '../../addr/cidr';
-import { invalidConfig } from '../errors';
+import { CNI_ERR, invalidConfig, reportInput } from '../errors';
 import { CNI_NAME_RE } from '../env';
 import type { NetConf } from '../types';
 
@@ -76,7 +76,7 @@ function parseRange(raw: RawRange, where: string): Range {
   try {
     c = parseCidr(raw.subnet);
   } catch (err) {
-    throw invalidConfig(`${where}: ${(err as Error).message}`);
+    reportInput(CNI_ERR.invalidConfig, where, err);
   }
   const bits = c.family === 4 ? 32 : 128;
   if (c.prefix > bits - 2) throw invalidConfig(`${where}: network ${raw.subnet} is too small to allocate from`);
@@ -143,7 +143,7 @@ export function parseIpamConfig(conf: NetConf): IpamConfig {
       if (rt.gw !== undefined && rt.gw !== '') out.gw = parseIp(rt.gw as string).address;
       return out;
     } catch (err) {
-      throw invalidConfig(`network ${network}: ipam route ${JSON.stringify(rt)}: ${(err as Error).message}`);
+      reportInput(CNI_ERR.invalidConfig, `network ${network}: ipam route ${JSON.stringify(rt)}`, err);
     }
   });
   const dataDir = ipam.dataDir ?? DEFAULT_DATA_DIR;

@@ -1,5 +1,17 @@
+/** errno numbers, names and texts: one positive-number convention, as errno(3) has it. */
 import { constants } from 'node:os';
-import { errnoName } from '../errors';
+
+const NAMES = new Map<number, string>(Object.entries(constants.errno).map(([name, num]) => [num, name]));
+
+/** The symbolic name of an errno value (`17` -> `EEXIST`). */
+export function errnoName(errno: number): string {
+  return NAMES.get(Math.abs(errno)) ?? `E${Math.abs(errno)}`;
+}
+
+/** The number of an errno name (`EEXIST` -> 17), or undefined for names that are not errnos. */
+export function errnoNumber(code: string): number | undefined {
+  return (constants.errno as Record<string, number>)[code];
+}
 
 // glibc's texts for the errnos rtnetlink actually returns; others fall back to the name.
 const TEXT: Record<string, string> = {
@@ -15,8 +27,13 @@ const TEXT: Record<string, string> = {
   ENETDOWN: 'Network is down', ENETUNREACH: 'Network is unreachable', EHOSTUNREACH: 'No route to host',
   ENOBUFS: 'No buffer space available', EMSGSIZE: 'Message too long', ELOOP: 'Too many levels of symbolic links',
   ENAMETOOLONG: 'File name too long', ENOTEMPTY: 'Directory not empty', EPROTONOSUPPORT: 'Protocol not supported',
+  ETIMEDOUT: 'Connection timed out', ECONNREFUSED: 'Connection refused', ECANCELED: 'Operation canceled',
+  ESTALE: 'Stale file handle', ELIBACC: 'Can not access a needed shared library', EPIPE: 'Broken pipe',
+  ENOTCONN: 'Transport endpoint is not connected', EROFS: 'Read-only file system', ENOEXEC: 'Exec format error',
+  EPROTO: 'Protocol error', EOVERFLOW: 'Value too large for defined data type', ENOTSOCK: 'Socket operation on non-socket',
 };
 
+/** glibc's text for an errno (`17` -> `File exists`). */
 export function strerror(errno: number): string {
   const name = errnoName(errno);
   return TEXT[name] ?? (name in constants.errno ? name : `errno ${errno}`);
