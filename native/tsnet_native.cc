@@ -325,6 +325,7 @@ class NlSocket : public Napi::ObjectWrap<NlSocket> {
   static Napi::Function Define(Napi::Env env) {
     return DefineClass(env, "NlSocket", {
       InstanceMethod("send", &NlSocket::Send),
+      InstanceMethod("transact", &NlSocket::Transact),
       InstanceMethod("close", &NlSocket::Close),
       InstanceMethod("ref", &NlSocket::RefLoop),
       InstanceMethod("unref", &NlSocket::UnrefLoop),
@@ -461,25 +462,33 @@ class NlSocket : public Napi::ObjectWrap<NlSocket> {
     if (failed && self->fd_ >= 0) self->Deliver(self->onError_, ErrnoError(env, failed, "recv").Value());
   }
 
-  // send(buffers[]) -> bytes: one datagram (one sendmsg) to the kernel, gathered from the parts.
-  Napi::Value Send(const Napi::CallbackInfo& info) {
-    Napi::Env env = info.Env();
-    if (!Open(env)) return env.Undefined();
-    if (info.Length() < 1 || !info[0].IsArray()) {
-      Napi::TypeError::New(env, "send(buffers[])").ThrowAsJavaScriptException();
-      return env.Undefined();
+  // One datagram to the kernel, gathered from a JS array of buffers; false with a pending exception on failure.
+  bool SendParts(Napi::Env env, Napi::Value arg) {
+    if (!Open(env)) return false;
+    if (!arg.IsArray()) {
+      Napi::TypeError::New(env, "expected an array of buffers").ThrowAsJavaScriptException();
+      return false;
     }
-    Napi::Array parts = info[0].As<Napi::Array>();
+    Napi::Array parts = arg.As<Napi::Array>();
     std::vector<iovec> iov(parts.Length());
+    size_t total = 0;
     for (uint32_t i = 0; i < parts.Length(); i++) {
       Napi::Value v = parts[i];
       if (!v.IsTypedArray()) {
-        Napi::TypeError::New(env, "send: every part must be a Buffer").ThrowAsJavaScriptException();
-        return env.Undefined();
+        Napi::TypeError::New(env, "every part must be a Buffer").ThrowAsJavaScriptException();
+        return false;
       }
       Napi::Uint8Array a = v.As<Napi::Uint8Array>();
       iov[i].iov_base = a.Data();
       iov[i].iov_len = a.ByteLength();
+      total += a.ByteLength();
+    }
+    // The kernel refuses a datagram larger than the send buffer (less 32 bytes of bookkeeping): grow it.
+    int snd = 0;
+    socklen_t l = sizeof snd;
+    if (getsockopt(fd_, SOL_SOCKET, SO_SNDBUF, &snd, &l) == 0 && total + 64 > static_cast<size_t>(snd)) {
+      int want = static_cast<int>(total + 64);
+      if (setsockopt(fd_, SOL_SOCKET, SO_SNDBUFFORCE, &want, sizeof want) != 0) setsockopt(fd_, SOL_SOCKET, SO_SNDBUF, &want, sizeof want);
     }
     sockaddr_nl to{};
     to.nl_family = AF_NETLINK;
@@ -492,9 +501,54 @@ class NlSocket : public Napi::ObjectWrap<NlSocket> {
     do n = sendmsg(fd_, &msg, 0); while (n < 0 && errno == EINTR);
     if (n < 0) {
       ErrnoError(env, errno, "sendmsg").ThrowAsJavaScriptException();
-      return env.Undefined();
+      return false;
     }
-    return Napi::Number::New(env, static_cast<double>(n));
+    return true;
+  }
+
+  // send(buffers[]): one datagram to the kernel.
+  Napi::Value Send(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    SendParts(env, info.Length() > 0 ? info[0] : env.Undefined());
+    return env.Undefined();
+  }
+
+  // transact(buffers[]) -> { replies: Buffer[], overrun: boolean }: sends one datagram and returns
+  // every reply already queued. The kernel processes a netlink request (an nf_tables batch above all)
+  // inside sendmsg, so when it returns, everything it had to say is in our receive queue (nft reads
+  // its replies the same way). overrun: some were lost to a full receive buffer.
+  Napi::Value Transact(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (!SendParts(env, info.Length() > 0 ? info[0] : env.Undefined())) return env.Undefined();
+    Napi::Array replies = Napi::Array::New(env);
+    bool overrun = false;
+    uint32_t count = 0;
+    for (;;) {
+      ssize_t n = recv(fd_, nullptr, 0, MSG_PEEK | MSG_TRUNC | MSG_DONTWAIT);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        if (errno == ENOBUFS) {
+          overrun = true;
+          continue;
+        }
+        if (errno == EAGAIN) break;
+        ErrnoError(env, errno, "recv").ThrowAsJavaScriptException();
+        return env.Undefined();
+      }
+      Napi::Buffer<uint8_t> buf = Napi::Buffer<uint8_t>::New(env, n > 0 ? n : 1);
+      ssize_t m = recv(fd_, buf.Data(), buf.Length(), MSG_DONTWAIT);
+      if (m < 0) {
+        if (errno == EAGAIN) break;
+        if (errno == EINTR) continue;
+        ErrnoError(env, errno, "recv").ThrowAsJavaScriptException();
+        return env.Undefined();
+      }
+      replies.Set(count++, m == n ? buf : Napi::Buffer<uint8_t>::Copy(env, buf.Data(), m));
+    }
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("replies", replies);
+    o.Set("overrun", Napi::Boolean::New(env, overrun));
+    return o;
   }
 
   Napi::Value Close(const Napi::CallbackInfo& info) {

@@ -6,8 +6,10 @@ import * as path from 'node:path';
 
 /** A netlink socket owned by the addon (native/tsnet_native.cc NlSocket). */
 export interface NativeNlSocket {
-  /** One datagram to the kernel, gathered from `parts` (sendmsg); returns the bytes sent. */
-  send(parts: Uint8Array[]): number;
+  /** One datagram to the kernel, gathered from `parts` (sendmsg). */
+  send(parts: Uint8Array[]): void;
+  /** One datagram, then every reply the kernel queued while processing it (overrun: some were lost). */
+  transact(parts: Uint8Array[]): { replies: Buffer[]; overrun: boolean };
   close(): void;
   ref(): void;
   unref(): void;

@@ -101,12 +101,15 @@ echo "== another container -> $IP:80 over the bridge"
 podman_ run --rm "${run_opts[@]}" localhost/tsnet-bb:1 wget -q -O - "http://$IP/"
 echo "== published port: the node's gateway address 10.89.0.1:18080"; fetch "http://10.89.0.1:18080/"
 echo "== published port: 127.0.0.1:18080";       fetch "http://127.0.0.1:18080/"
-iptables-save -t nat | grep -c "$IP" | sed 's/^/   NAT rules naming the container: /'
+# tsnet's NAT rules, whichever backend wrote them (netlink and nft: table ip tsnet; iptables: the nat table).
+nat_rules() { { iptables-save -t nat 2>/dev/null; nft list table ip tsnet 2>/dev/null; } | grep -c "$IP" || true; }
+echo "   NAT rules naming the container: $(nat_rules)"
+[[ $(nat_rules) -gt 0 ]]
 
 echo "== podman rm -f web (CNI DEL)"
 podman_ rm -f -t 0 web >/dev/null
 left=$(ls "$W/ipam/tsnet-demo" | grep -v -e '^lock$' -e '^last_reserved_ip' || true)
-rules=$(iptables-save -t nat | grep -c "$IP" || true)
+rules=$(nat_rules)
 records=$(ls "$W/state/cni/tsnet-demo" 2>/dev/null | wc -l)
 echo "   reservations left: ${left:-none}; NAT rules naming $IP: $rules; attachment records: $records"
 [[ -z $left && $rules == 0 && $records == 0 ]]

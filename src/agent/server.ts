@@ -160,7 +160,7 @@ export class Agent {
 
   private async listen(): Promise<void> {
     // Load the code a call needs now, not during the first call.
-    await Promise.all([import('../cni/bridge'), import('../nat/backends/iptables'), import('../nat/backends/nft')]);
+    await Promise.all([import('../cni/bridge'), import('../nat/backends/iptables'), import('../nat/backends/nft'), import('../nat/backends/netlink')]);
     for (const d of readJson<string[]>(this.natDirsFile) ?? []) this.natDirs.add(d);
     this.natDirs.add(this.stateDir);
 

@@ -7,6 +7,7 @@ import { Command, Option } from 'commander';
 import { invalid } from '../errors';
 import type { NetNs } from '../netns';
 import { NatEngine, requireService, type BackendChoice, type SyncReport } from '../nat/engine';
+import { BACKEND_CHOICES } from '../nat/backends';
 import { normalizeRule, normalizeService, parseEndpoint, parseHostPort, parseProto, ruleKey, type NatRule, type Service } from '../nat/model';
 import { print, table } from './output';
 
@@ -45,7 +46,7 @@ export function parseServicesFile(text: string, file: string): Service[] {
 
 export function registerNat(program: Command, ctx: NatContext): () => NatEngine {
   program
-    .addOption(new Option('--backend <name>', 'NAT backend').choices(['auto', 'iptables', 'nft']))
+    .addOption(new Option('--backend <name>', 'NAT backend (auto: netlink, or iptables when the state was written with it)').choices(BACKEND_CHOICES))
     .option('--state-dir <dir>', 'where desired NAT state is kept (default $TSNET_STATE_DIR or /var/lib/tsnet)');
 
   const engine = (backend?: BackendChoice) => {
@@ -93,16 +94,21 @@ export function registerNat(program: Command, ctx: NatContext): () => NatEngine 
       st.services = st.services.filter((s) => s.name !== name);
     }));
   });
-  svc.command('ls').alias('list').description('services as stored').option('--json', 'print as JSON').action((o: { json?: boolean }) => {
-    const services = engine().read().services;
-    print(services, ctx.json() || o.json === true, () => table(services.map((s) => ({
+  svc.command('ls').alias('list').description('services as stored, with the kernel\'s counters (connections: first packets)').option('--json', 'print as JSON').action(async (o: { json?: boolean }) => {
+    const e = engine();
+    const services = e.read().services;
+    const counters = await e.counters();
+    const hp = (ip: string, port: number) => `${ip.includes(':') ? `[${ip}]` : ip}:${port}`;
+    const rows = services.map((s) => ({ ...s, counters: counters.get(s.name) }));
+    print(rows, ctx.json() || o.json === true, () => table(rows.map((s) => ({
       name: s.name,
-      vip: s.vip.includes(':') ? `[${s.vip}]:${s.port}` : `${s.vip}:${s.port}`,
+      vip: hp(s.vip, s.port),
       proto: s.proto,
-      endpoints: s.endpoints.map((e) => `${e.ip.includes(':') ? `[${e.ip}]` : e.ip}:${e.port}${e.weight !== 1 ? `@${e.weight}` : ''}`),
+      conns: s.counters?.service.packets,
+      endpoints: s.endpoints.map((x) => `${hp(x.ip, x.port)}${x.weight !== 1 ? `@${x.weight}` : ''}${s.counters ? `=${s.counters.endpoints[hp(x.ip, x.port)]?.packets ?? 0}` : ''}`),
       affinity: s.affinitySeconds,
       'masq-not-from': s.masqueradeNotFrom,
-    })), ['name', 'vip', 'proto', 'endpoints', 'affinity', 'masq-not-from']));
+    })), ['name', 'vip', 'proto', 'conns', 'endpoints', 'affinity', 'masq-not-from']));
   });
   svc.command('apply').description('replace the whole set of services with a JSON array, in one sync')
     .requiredOption('-f, --file <file>', 'services.json, or - for stdin')
@@ -158,7 +164,7 @@ export function registerNat(program: Command, ctx: NatContext): () => NatEngine 
       print(r, ctx.json() || o.json === true, () => summary(r));
     });
   program.command('rules').description('print exactly what a full sync would apply (dry run)')
-    .addOption(new Option('--backend <name>', 'render for this backend').choices(['auto', 'iptables', 'nft']))
+    .addOption(new Option('--backend <name>', 'render for this backend').choices(BACKEND_CHOICES))
     .action(async (o: { backend?: BackendChoice }) => {
       process.stdout.write(await engine(o.backend).rules());
     });

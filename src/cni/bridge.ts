@@ -19,7 +19,8 @@ import * as route from '../route';
 import * as bridge from '../bridge';
 import * as sysctl from '../sysctl';
 import { stateDir as defaultStateDir } from '../state';
-import type { BackendChoice, NatEngine } from '../nat/engine';
+import type { NatEngine } from '../nat/engine';
+import { BACKENDS, parseBackend, resolveChoice, type BackendChoice } from '../nat/backends';
 import { ruleKey, type Forward, type NatRule } from '../nat/model';
 import { CniError, CNI_ERR, invalidConfig, reportInput } from './errors';
 import { hasCode } from '../errors';
@@ -42,7 +43,7 @@ export interface BridgeConf {
   hairpinMode: boolean;
   promiscMode: boolean;
   enabledad: boolean;
-  /** tsnet: which netfilter backend ipMasq and port mappings use (default: iptables, as the reference). */
+  /** tsnet: which NAT backend ipMasq and port mappings use (default auto: netlink, no binary needed). */
   natBackend: BackendChoice;
   /** tsnet: where attachment records and NAT state live (default $TSNET_STATE_DIR, else /var/lib/tsnet). */
   stateDir?: string;
@@ -80,7 +81,7 @@ export function parseBridgeConf(conf: NetConf, env?: Pick<CniEnv, 'stateDir'>): 
     hairpinMode: bool(conf, 'hairpinMode'),
     promiscMode: bool(conf, 'promiscMode'),
     enabledad: bool(conf, 'enabledad'),
-    natBackend: 'iptables',
+    natBackend: 'auto',
     ipamType: '',
   };
   if (conf.mtu !== undefined) {
@@ -92,8 +93,7 @@ export function parseBridgeConf(conf: NetConf, env?: Pick<CniEnv, 'stateDir'>): 
     c.mtu = conf.mtu as number;
   }
   if (conf.natBackend !== undefined) {
-    if (!['iptables', 'nft'].includes(conf.natBackend as string)) throw invalidConfig(`network ${name}: natBackend must be "iptables" or "nft"`);
-    c.natBackend = conf.natBackend as BackendChoice;
+    c.natBackend = parseBackend(conf.natBackend, `network ${name}: natBackend`);
   }
   if (conf.stateDir !== undefined) {
     if (typeof conf.stateDir !== 'string' || !conf.stateDir.startsWith('/')) throw invalidConfig(`network ${name}: stateDir must be an absolute path`);
@@ -409,12 +409,13 @@ export async function bridgeStatus(conf: NetConf, env: CniEnv): Promise<void> {
   const c = parseBridgeConf(conf, env);
   if (c.ipMasq || conf.capabilities?.portMappings) {
     const { systemTool } = await import('../nat/exec');
-    const tool = c.natBackend === 'nft' ? 'nft' : 'iptables-restore';
-    try {
-      const fs = await import('node:fs');
-      fs.accessSync(systemTool(tool), fs.constants.X_OK);
-    } catch {
-      throw new CniError(CNI_ERR.notAvailable, `network ${c.name}: ${tool} is not installed (needed for ipMasq and port mappings)`);
+    const fs = await import('node:fs');
+    for (const tool of BACKENDS[resolveChoice(c.natBackend)].binaries) {
+      try {
+        fs.accessSync(systemTool(tool), fs.constants.X_OK);
+      } catch {
+        throw new CniError(CNI_ERR.notAvailable, `network ${c.name}: ${tool} is not installed (needed for ipMasq and port mappings with natBackend ${c.natBackend})`);
+      }
     }
   }
   await ipam(conf, env).status();

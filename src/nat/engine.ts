@@ -16,12 +16,11 @@ import * as sysctl from '../sysctl';
 import * as netns from '../netns';
 import { readJson, stateDir as defaultStateDir, withLock, writeJsonAtomic } from '../state';
 import { emptyState, familyOf, normalizeState, servesLoopback, type DesiredState, type Service } from './model';
-import { IptablesBackend, detectMode, type IptablesMode } from './backends/iptables';
-import { NftBackend } from './backends/nft';
 import * as conntrack from '../conntrack';
-import type { Applied, Backend, SyncResult } from './backends/types';
+import { createBackend, resolveChoice, type BackendChoice } from './backends';
+import { tableKind, type Applied, type Backend, type BackendName, type ServiceCounters, type SyncResult } from './backends/types';
 
-export type BackendChoice = 'auto' | 'iptables' | 'nft';
+export type { BackendChoice } from './backends';
 
 export interface EngineOptions {
   /** Namespace whose netfilter rules are managed (default: the current one). */
@@ -32,7 +31,7 @@ export interface EngineOptions {
 
 interface StateFile {
   version: 1;
-  backend?: 'iptables' | 'nft';
+  backend?: BackendName;
   desired: DesiredState;
   applied?: Applied;
   /** Sysctls tsnet changed (path under /proc/sys/ joined by '/') -> the value they had before, restored when no longer needed. */
@@ -88,6 +87,21 @@ export class NatEngine {
     return path.join(this.dir, 'nat.dirty');
   }
 
+  /** The dirty mark: which backend (and iptables mode) the sync that left it was applying with. */
+  private readDirty(): { backend: BackendName; mode?: string } | undefined {
+    let text: string;
+    try {
+      text = fs.readFileSync(this.dirtyFile, 'utf8');
+    } catch (err) {
+      if (hasCode(err, 'ENOENT')) return undefined;
+      throw err;
+    }
+    // Older marks hold only a pid: they were written with a record, whose backend is known.
+    const [, backend, mode] = text.trim().split(/\s+/);
+    const b = (['iptables', 'nft', 'netlink'] as const).find((x) => x === backend) ?? 'iptables';
+    return mode ? { backend: b, mode } : { backend: b };
+  }
+
   private load(): StateFile {
     const f = readJson<StateFile>(this.file) ?? { version: 1, desired: emptyState() };
     try {
@@ -95,8 +109,11 @@ export class NatEngine {
     } catch (err) {
       throw new TsnetError(`${this.file} holds an invalid desired state (${(err as Error).message}): fix or remove it`, { code: 'EINVAL' });
     }
-    // A sync died half-way: what is live is unknown until a full sync.
-    if (f.applied && fs.existsSync(this.dirtyFile)) f.applied = { ...f.applied, clean: false };
+    // A sync died half-way: what is live is unknown until a full sync, and may be rules no record names
+    // (a first sync killed before it saved anything): the backend it was running with must tear them down.
+    const dirty = this.readDirty();
+    if (dirty && f.applied) f.applied = { ...f.applied, clean: false };
+    else if (dirty) f.applied = { backend: dirty.backend, ...(dirty.mode ? { mode: dirty.mode } : {}), clean: false, families: {} };
     return f;
   }
 
@@ -107,10 +124,13 @@ export class NatEngine {
 
   /** The backend for state `f`; `lockFd` is held by the tools it runs (a killed tsnet's last restore keeps the lock till it is done). */
   private async backendFor(f: StateFile, lockFd?: number): Promise<Backend> {
-    const name = this.choice === 'auto' ? f.backend ?? 'iptables' : this.choice;
-    if (name === 'nft') return new NftBackend(this.ns, lockFd);
-    const mode: IptablesMode = f.applied?.backend === 'iptables' && f.applied.mode ? f.applied.mode as IptablesMode : await detectMode(this.ns);
-    return new IptablesBackend(this.ns, mode, lockFd);
+    const name = resolveChoice(this.choice, f.backend);
+    return createBackend(name, this.ns, { holdFd: lockFd, iptablesMode: f.applied?.backend === 'iptables' ? f.applied.mode : undefined });
+  }
+
+  /** The backend that applies this engine's rules (what `auto` resolves to for its state). */
+  async backend(): Promise<Backend> {
+    return this.backendFor(this.load());
   }
 
   /**
@@ -123,7 +143,7 @@ export class NatEngine {
       const before = structuredClone(f.desired);
       const next = normalizeState(change(f.desired) ?? f.desired);
       // Nothing to change (the same `add` twice): no sync, no process spawned. `sync` is what repairs flushes.
-      if (!opts.force && f.applied?.clean && (this.choice === 'auto' || this.choice === f.backend) && JSON.stringify(next) === JSON.stringify(before)) {
+      if (!opts.force && f.applied?.clean && resolveChoice(this.choice, f.backend) === f.backend && JSON.stringify(next) === JSON.stringify(before)) {
         return { full: false, written: 0, deleted: 0, backend: f.backend + (f.applied.mode ? `/${f.applied.mode}` : ''), ms: 0, conntrackDeleted: 0 };
       }
       return this.apply(f, before, next, opts.force ?? false, 'update', lockFd);
@@ -151,11 +171,18 @@ export class NatEngine {
       if (!applied) return undefined; // nothing was ever applied here (or it was torn down)
       const families = Object.keys(applied.families).map(Number) as (4 | 6)[];
       const backend = await this.backendFor(f);
-      let intact = applied.clean && backend.name === applied.backend;
+      let intact = applied.clean && backend.tables === tableKind(applied.backend);
       for (const fam of families) if (intact && !(await backend.canaryPresent(fam))) intact = false;
       if (intact) return undefined;
       return this.apply(f, f.desired, f.desired, true, 'resync', lockFd);
     });
+  }
+
+  /** The kernel's per-service and per-endpoint counters (packets and bytes of the first packet of each connection). */
+  async counters(): Promise<Map<string, ServiceCounters>> {
+    const f = this.load();
+    if (!f.applied) return new Map();
+    return (await this.backendFor(f)).counters(f.desired);
   }
 
   /** What a full sync of the stored (or given) state would apply, for review. */
@@ -187,18 +214,19 @@ export class NatEngine {
   private async apply(f: StateFile, before: DesiredState, next: DesiredState, force: boolean, trigger: SyncEvent['trigger'], lockFd: number): Promise<SyncReport> {
     const t0 = process.hrtime.bigint();
     const backend = await this.backendFor(f, lockFd);
-    if (f.backend && f.backend !== backend.name) {
-      // Switching backends: the old one's rules go first, so traffic is never handled twice.
-      const old = f.backend === 'nft' ? new NftBackend(this.ns, lockFd) : new IptablesBackend(this.ns, (f.applied?.mode as IptablesMode | undefined) ?? await detectMode(this.ns), lockFd);
+    if (f.backend && tableKind(f.backend) !== backend.tables) {
+      // Switching between iptables and nftables: the old rules go first, so traffic is never handled twice.
+      // (The nft and netlink backends write the same table: one simply carries on from the other.)
+      const old = await createBackend(f.backend, this.ns, { holdFd: lockFd, iptablesMode: f.applied?.mode });
       await old.teardown();
       f.applied = undefined;
     }
-    // Mark the record dirty first: a crash between apply and save then forces a full sync next time.
-    // (Not synced to disk: a power loss takes the rules with it, and the canary then forces a full sync anyway.)
-    if (f.applied) {
-      fs.mkdirSync(this.dir, { recursive: true, mode: 0o700 });
-      fs.writeFileSync(this.dirtyFile, `${process.pid}\n`);
-    }
+    // Mark the record dirty first: a crash between apply and save then forces a full sync next time, and a
+    // first sync's crash a teardown by the same backend. (Not synced to disk: a power loss takes the rules
+    // with it, and the canary then forces a full sync anyway.)
+    fs.mkdirSync(this.dir, { recursive: true, mode: 0o700 });
+    const mode = (backend as { mode?: string }).mode;
+    fs.writeFileSync(this.dirtyFile, `${process.pid} ${backend.name}${mode ? ` ${mode}` : ''}\n`);
     const result = await backend.sync(next, f.applied, force, before);
     const conntrackDeleted = await deleteUdpFlows(this.ns, removedUdpEndpoints(before, next));
     const sysctls = await this.convergeSysctls(next, f.sysctls ?? {});

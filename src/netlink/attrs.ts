@@ -24,6 +24,8 @@ export interface Codec<T = unknown> {
   decode(buf: Buffer, siblings: Siblings): T;
   /** Set NLA_F_NESTED on the attribute header (the kernel requires it for some families). */
   readonly nested?: boolean;
+  /** Appends the payload straight into a writer (big messages: no buffer per attribute); default: encode(). */
+  write?(w: NlWriter, value: T, siblings: Siblings): void;
 }
 
 export interface AttrSpec {
@@ -61,6 +63,29 @@ export const u16 = int(2);
 export const u32 = int(4);
 export const s32 = int(4, true);
 
+/** Integers in network byte order, as nf_tables and ctnetlink carry them. */
+export const be16: Codec<number> = {
+  encode: (v) => { const b = Buffer.alloc(2); b.writeUInt16BE(v); return b; },
+  decode: (b) => b.readUInt16BE(0),
+  write: (w, v) => w.u16be(v),
+};
+export const be32: Codec<number> = {
+  encode: (v) => { const b = Buffer.alloc(4); b.writeUInt32BE(v >>> 0); return b; },
+  decode: (b) => b.readUInt32BE(0),
+  write: (w, v) => w.u32be(v),
+};
+/** A signed 32-bit number sent as big-endian (verdict codes, chain priorities). */
+export const s32be: Codec<number> = {
+  encode: (v) => { const b = Buffer.alloc(4); b.writeInt32BE(v); return b; },
+  decode: (b) => b.readInt32BE(0),
+  write: (w, v) => w.u32be(v >>> 0),
+};
+export const be64: Codec<bigint> = {
+  encode: (v) => { const b = Buffer.alloc(8); b.writeBigUInt64BE(v); return b; },
+  decode: (b) => b.readBigUInt64BE(0),
+  write: (w, v) => w.u64be(v),
+};
+
 export const u64: Codec<bigint> = {
   encode(v) {
     const b = Buffer.alloc(8);
@@ -77,11 +102,13 @@ export const asciiz: Codec<string> = {
     const end = b.indexOf(0);
     return b.toString('utf8', 0, end < 0 ? b.length : end);
   },
+  write: (w, v) => w.asciiz(v),
 };
 
 export const binary: Codec<Buffer> = {
   encode: (v) => Buffer.from(v),
   decode: (b) => Buffer.from(b),
+  write: (w, v) => w.bytes(v),
 };
 
 /** Link-layer address as "aa:bb:cc:dd:ee:ff". */
@@ -109,7 +136,42 @@ export function nested(table: Table | (() => Table), opts: { setNestedFlag?: boo
     nested: opts.setNestedFlag ?? false,
     encode: (v) => encodeAttrs(t(), v),
     decode: (b) => decodeAttrs(t(), b),
+    write: (w, v) => w.attrs(t(), v),
   };
+}
+
+/**
+ * A list carried as repeated attributes of one type inside a nest
+ * (nf_tables' NFTA_LIST_ELEM), each decoded by `item`. `anyType` reads
+ * every attribute of the nest (nft numbers set elements 1..n; the kernel
+ * ignores the number).
+ */
+export function list<T>(elemType: number, item: Codec<T>, o: { anyType?: boolean } = {}): Codec<T[]> {
+  return {
+    nested: true,
+    encode(v, s) {
+      return Buffer.concat(v.map((x) => encodeAttr(elemType, item.encode(x, s), item.nested)));
+    },
+    decode(b, s) {
+      const out: T[] = [];
+      forEachAttr(b, (type, payload) => { if (type === elemType || o.anyType) out.push(item.decode(payload, s)); });
+      return out;
+    },
+    write(w, v, s) {
+      for (const x of v) w.attr(elemType, item, x, s);
+    },
+  };
+}
+
+/** Calls `fn` for every attribute in `buf` (type without the flag bits). */
+export function forEachAttr(buf: Buffer, fn: (type: number, payload: Buffer) => void): void {
+  let off = 0;
+  while (off + NLA_HDRLEN <= buf.length) {
+    const len = buf.readUInt16LE(off);
+    if (len < NLA_HDRLEN || off + len > buf.length) break;
+    fn(buf.readUInt16LE(off + 2) & NLA_TYPE_MASK, buf.subarray(off + NLA_HDRLEN, off + len));
+    off += align4(len);
+  }
 }
 
 /**
@@ -175,6 +237,106 @@ export function decodeAttrs(table: Table, buf: Buffer): AttrObject {
     off += align4(len);
   }
   return out;
+}
+
+/**
+ * Appends netlink messages and their attributes into one growing buffer:
+ * what a batch of thousands of messages needs (one allocation per growth,
+ * not one per attribute). Lengths are patched in when a message or a nest
+ * ends. Attributes are laid out by the same declarative tables as
+ * encodeAttrs/decodeAttrs.
+ */
+export class NlWriter {
+  private buf: Buffer;
+  private off = 0;
+
+  constructor(size = 1 << 16) {
+    this.buf = Buffer.allocUnsafe(size);
+  }
+
+  get length(): number {
+    return this.off;
+  }
+
+  private room(n: number): void {
+    if (this.off + n <= this.buf.length) return;
+    const next = Buffer.allocUnsafe(Math.max(this.buf.length * 2, this.off + n));
+    this.buf.copy(next, 0, 0, this.off);
+    this.buf = next;
+  }
+
+  u8(v: number): void { this.room(1); this.buf.writeUInt8(v, this.off); this.off += 1; }
+  u16(v: number): void { this.room(2); this.buf.writeUInt16LE(v, this.off); this.off += 2; }
+  u16be(v: number): void { this.room(2); this.buf.writeUInt16BE(v, this.off); this.off += 2; }
+  u32(v: number): void { this.room(4); this.buf.writeUInt32LE(v >>> 0, this.off); this.off += 4; }
+  u32be(v: number): void { this.room(4); this.buf.writeUInt32BE(v >>> 0, this.off); this.off += 4; }
+  u64be(v: bigint): void { this.room(8); this.buf.writeBigUInt64BE(v, this.off); this.off += 8; }
+  bytes(b: Uint8Array): void { this.room(b.length); this.buf.set(b, this.off); this.off += b.length; }
+  asciiz(s: string): void {
+    const n = Buffer.byteLength(s);
+    this.room(n + 1);
+    this.buf.write(s, this.off, 'utf8');
+    this.buf[this.off + n] = 0;
+    this.off += n + 1;
+  }
+  private pad(): void {
+    const p = align4(this.off) - this.off;
+    this.room(p);
+    this.buf.fill(0, this.off, this.off + p);
+    this.off += p;
+  }
+
+  /** Starts an attribute (or a nest); returns where its header is, for end(). */
+  begin(type: number, nestedFlag = false): number {
+    this.pad();
+    const at = this.off;
+    this.u16(0);
+    this.u16(type | (nestedFlag ? NLA_F_NESTED : 0));
+    return at;
+  }
+  /** Ends the attribute begun at `at`: patches its length (unpadded, as the kernel expects). */
+  end(at: number): void {
+    this.buf.writeUInt16LE(this.off - at, at);
+    this.pad();
+  }
+
+  /** One attribute whose payload `codec` writes. */
+  attr<T>(type: number, codec: Codec<T>, value: T, siblings: Siblings = {}): void {
+    const at = this.begin(type, codec.nested ?? false);
+    if (codec.write) codec.write(this, value, siblings);
+    else this.bytes(codec.encode(value, siblings));
+    this.end(at);
+  }
+
+  /** The named values of `obj` present in `table`, in table order (undefined: absent), as encodeAttrs does. */
+  attrs(table: Table, obj: AttrObject): void {
+    for (const spec of table) {
+      const v = obj[spec.name];
+      if (v === undefined || (v === false && spec.codec === flag)) continue;
+      this.attr(spec.type, spec.codec, v, obj);
+    }
+  }
+
+  /** Starts a netlink message (struct nlmsghdr); returns where it starts, for endMessage(). */
+  beginMessage(type: number, flags: number, seq: number, port = 0): number {
+    this.pad();
+    const at = this.off;
+    this.u32(0);
+    this.u16(type);
+    this.u16(flags);
+    this.u32(seq);
+    this.u32(port);
+    return at;
+  }
+  endMessage(at: number): void {
+    this.pad();
+    this.buf.writeUInt32LE(this.off - at, at);
+  }
+
+  /** What has been written (a view of the internal buffer until the next write). */
+  view(): Buffer {
+    return this.buf.subarray(0, this.off);
+  }
 }
 
 /** A fixed-layout C struct of integers (little-endian host order, as the kernel uses). */

@@ -3,7 +3,7 @@
  * wire format, what `conntrack -L` / `conntrack -D` speak. Values inside
  * these attributes are in network byte order.
  */
-import { ipaddr, nested, u8, type Codec, type Table } from './attrs';
+import { be16, ipaddr, nested, u8, type Table } from './attrs';
 
 export const NFNL_SUBSYS_CTNETLINK = 1;
 export const IPCTNL_MSG = { NEW: 0, GET: 1, DELETE: 2 } as const;
@@ -16,11 +16,6 @@ export function nfgenmsg(family: number): Buffer {
   b.writeUInt8(family, 0);
   return b;
 }
-
-export const be16: Codec<number> = {
-  encode: (v) => { const b = Buffer.alloc(2); b.writeUInt16BE(v); return b; },
-  decode: (b) => b.readUInt16BE(0),
-};
 
 export const CTA_IP: Table = [
   { type: 1, name: 'v4src', codec: ipaddr },

@@ -58,6 +58,8 @@ export interface Transport {
   readonly port: number;
   /** One datagram to the kernel (synchronous: the kernel has processed it when this returns); throws on failure. */
   send(parts: Uint8Array[]): void;
+  /** One datagram, and every reply the kernel queued while processing it. */
+  transact?(parts: Uint8Array[]): { replies: Buffer[]; overrun: boolean };
   /** Keep the event loop alive while replies are due. */
   ref(): void;
   unref(): void;
@@ -99,6 +101,7 @@ export function nativeTransport(fd: number, buffer = DEFAULT_BUFFER): TransportF
     return {
       port: s.port(),
       send: (parts) => { s.send(parts); },
+      transact: (parts) => s.transact(parts),
       ref: () => s.ref(),
       unref: () => s.unref(),
       close: () => s.close(),
@@ -148,6 +151,38 @@ export class NetlinkSocket {
         }
       }
     }
+  }
+
+  /**
+   * Sends one batch of messages as one datagram (an nf_tables transaction)
+   * and returns the errors the kernel reported, by sequence number. `build`
+   * gets the first sequence number to use and returns the bytes and the last
+   * one it used. Successful messages are not acknowledged (as nft does): no
+   * error means the whole batch was committed.
+   */
+  transact(build: (firstSeq: number) => { bytes: Buffer; lastSeq: number }): { errors: Map<number, NetlinkError>; overrun: boolean } {
+    if (this.closed) throw new TsnetError('netlink socket is closed', { code: 'EBADF' });
+    if (!this.raw.transact) throw new TsnetError('this transport cannot carry a batch', { code: 'EINTERNAL' });
+    const first = (this.seq + 1) & 0x7fffffff;
+    const batch = build(first);
+    this.seq = batch.lastSeq & 0x7fffffff;
+    const { replies, overrun } = this.raw.transact([batch.bytes]);
+    const errors = new Map<number, NetlinkError>();
+    for (const buf of replies) {
+      for (let off = 0; off + NLMSG_HDRLEN <= buf.length;) {
+        const len = buf.readUInt32LE(off);
+        if (len < NLMSG_HDRLEN || off + len > buf.length) break;
+        const type = buf.readUInt16LE(off + 4);
+        const flags = buf.readUInt16LE(off + 6);
+        const seq = buf.readUInt32LE(off + 8);
+        const payload = buf.subarray(off + NLMSG_HDRLEN, off + len);
+        off += (len + 3) & ~3;
+        if (type !== NLMSG_ERROR) continue;
+        const errno = -payload.readInt32LE(0);
+        if (errno !== 0 && !errors.has(seq)) errors.set(seq, new NetlinkError(errno, extackText(flags, payload)));
+      }
+    }
+    return { errors, overrun };
   }
 
   close(): void {

@@ -174,6 +174,25 @@ export function leftovers(node: netns.NetNs, o: { ipamDir: string; stateDir: str
   const list = (d: string) => (fs.existsSync(d) ? fs.readdirSync(d) : []);
   const reservations = list(path.join(o.ipamDir, o.network)).filter((f) => f !== 'lock' && !f.startsWith('last_reserved_ip.'));
   const records = list(path.join(o.stateDir, 'cni', o.network));
-  const rules = run('ip', ['netns', 'exec', node.name!, 'iptables-save', '-t', 'nat']).stdout.split('\n').filter((l) => l.includes(o.match));
+  const rules = natRules(node).filter((l) => l.includes(o.match));
   return { veths, reservations, records, rules };
+}
+
+/**
+ * Every NAT rule of the node, whichever backend wrote it: iptables-save's
+ * `-A` lines (both families) and the rules of nft's `tsnet` tables, one line
+ * each, as the independent observers print them.
+ */
+export function natRules(node: netns.NetNs): string[] {
+  const inNode = (cmd: string, ...args: string[]) => run('ip', ['netns', 'exec', node.name!, cmd, ...args]).stdout;
+  const ipt = [inNode('iptables-save', '-t', 'nat'), inNode('ip6tables-save', '-t', 'nat')].join('\n').split('\n').filter((l) => l.startsWith('-A '));
+  const nft = [inNode('nft', 'list', 'table', 'ip', 'tsnet'), inNode('nft', 'list', 'table', 'ip6', 'tsnet')].join('\n').split('\n')
+    .map((l) => l.trim()).filter((l) => /(masquerade|snat|dnat|accept|drop|jump|goto)\b.*$/.test(l) && !l.startsWith('chain') && !l.startsWith('type '));
+  return [...ipt, ...nft];
+}
+
+/** A container's masquerade rule (`-s IP/32 ! -o BR ... -j MASQUERADE`, or nft's `ip saddr IP oifname != "BR" masquerade`). */
+export function masqueradeRule(ip: string, bridge: string): RegExp {
+  const e = ip.replace(/[.:]/g, (c) => `\\${c}`);
+  return new RegExp(`(-s ${e}/(32|128) ! -o ${bridge} .*-j MASQUERADE)|(ip6? saddr ${e} oifname != "${bridge}" masquerade)`);
 }

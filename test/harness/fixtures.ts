@@ -98,3 +98,6 @@ export function natView(nsName: () => string, backend: string, stateDir: string)
     .replace(/(counter packets|packets) \d+ bytes \d+|\[\d+:\d+\]| expires \S+/g, '');
   return { cli, ok, inNs, rules };
 }
+
+/** One letter per NAT backend, for namespace prefixes of suites that run once per backend (nati-, natn-, natl-). */
+export const backendLetter = (b: string): string => ({ iptables: 'i', nft: 'n', netlink: 'l' } as Record<string, string>)[b] ?? b;

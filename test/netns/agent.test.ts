@@ -13,7 +13,7 @@ import type * as netns from '../../src/netns';
 import { native } from '../../src/native';
 import { serve, request } from '../../src/demo/traffic';
 import { Topology, run, tsnet } from '../harness/fixtures';
-import { AgentProcess, CniInstall, leftovers, nodeWithUplink, type CniCall } from '../harness/cni';
+import { AgentProcess, CniInstall, leftovers, masqueradeRule, natRules, nodeWithUplink, type CniCall } from '../harness/cni';
 
 const topo = new Topology('agt');
 const cni = new CniInstall('agt');
@@ -144,8 +144,8 @@ test('a shim called in another network namespace does not use the agent: it fall
   t.truthy(await link.get(nested, nd.conf.bridge), 'the bridge is in the caller\'s namespace');
   t.falsy(await link.get(nd.host, nd.conf.bridge), 'and not in the agent\'s');
   t.deepEqual(run('ip', ['-n', nd.host.name!, '-o', 'link', 'show', 'type', 'veth']).stdout.trim().split('\n').filter((l) => !l.includes('uplink')), []);
-  t.is(run('ip', ['netns', 'exec', nd.host.name!, 'iptables-save', '-t', 'nat']).stdout.includes('TSNET'), false, 'no rule in the agent\'s namespace');
-  t.true(run('ip', ['netns', 'exec', nested.name!, 'iptables-save', '-t', 'nat']).stdout.includes(`-s ${ipOf(add.json)[0]}/32`), 'the masquerade rule is in the caller\'s');
+  t.deepEqual(natRules(nd.host), [], 'no rule in the agent\'s namespace');
+  t.regex(natRules(nested).join('\n'), masqueradeRule(ipOf(add.json)[0]!, nd.conf.bridge), 'the masquerade rule is in the caller\'s');
   t.is(sample(metrics(nd.host, address!), 'tsnet_cni_requests_total{command="ADD",plugin="tsnet-bridge",result="ok"}'), undefined, 'the agent served nothing');
 
   // A client that lies about its namespace is refused too: the agent asks the kernel (SO_PEERCRED pid -> /proc/PID/ns/net).
@@ -281,13 +281,13 @@ async function behindPortMapping(t: ExecutionContext, hostPort: number, extra: R
   t.deepEqual(nothingLeft(nd.left()), [0, [], [], []]);
 }
 
-for (const backend of ['iptables', 'nft'] as const) {
+for (const backend of ['iptables', 'nft', 'netlink'] as const) {
   test(`${backend}: rules flushed while the agent runs are back within two resync intervals, and the metric shows it`, (t) =>
     behindPortMapping(t, 18090, { natBackend: backend }, ['--metrics', '127.0.0.1:0', '--resync-interval', '1s'], async ({ nd, agent, answersAgain }) => {
       const { metrics: address } = await agent.ready;
       const before = sample(metrics(nd.host, address!), 'tsnet_sync_proxy_rules_resync_after_flush_total') ?? 0;
       const t0 = Date.now();
-      const flushed = backend === 'nft' ? run('ip', ['netns', 'exec', nd.host.name!, 'nft', 'flush', 'ruleset']) : run('ip', ['netns', 'exec', nd.host.name!, 'iptables', '-t', 'nat', '-F']);
+      const flushed = backend === 'iptables' ? run('ip', ['netns', 'exec', nd.host.name!, 'iptables', '-t', 'nat', '-F']) : run('ip', ['netns', 'exec', nd.host.name!, 'nft', 'flush', 'ruleset']);
       t.is(flushed.status, 0, flushed.stderr);
       const ms = await answersAgain(t0, 6000);
       t.truthy(ms, 'the mapping answers again');
@@ -306,9 +306,10 @@ for (const backend of ['iptables', 'nft'] as const) {
 test('a chain emptied by hand under an intact canary is repaired by the periodic full sync', (t) =>
   behindPortMapping(t, 18095, {}, ['--resync-interval', '500ms', '--full-sync-interval', '2s'], async ({ nd, agent, answersAgain }) => {
     const t0 = Date.now();
-    const emptied = run('ip', ['netns', 'exec', nd.host.name!, 'iptables', '-t', 'nat', '-F', 'TSNET-DNAT']);
+    const inNode = (...args: string[]) => run('ip', ['netns', 'exec', nd.host.name!, 'nft', ...args]);
+    const emptied = inNode('flush', 'chain', 'ip', 'tsnet', 'dnat-rules');
     t.is(emptied.status, 0, emptied.stderr);
-    t.regex(run('ip', ['netns', 'exec', nd.host.name!, 'iptables', '-t', 'nat', '-S', 'TSNET-CANARY']).stdout, /tsnet canary/, 'the canary is intact: a flush check sees nothing');
+    t.regex(inNode('list', 'chain', 'ip', 'tsnet', 'canary').stdout, /tsnet canary/, 'the canary is intact: a flush check sees nothing');
     t.truthy(await answersAgain(t0, 8000), 'the mapping answers again');
     const full = [...agent.log.matchAll(/^(\S+) nat: sync \S+: full /gm)].map((m) => Date.parse(m[1]!)).filter((ts) => ts >= t0);
     t.true(full.length >= 1, `a periodic full sync after the edit: ${agent.log}`);
@@ -328,7 +329,7 @@ test('standalone and agent give identical results: same addresses, routes, reser
       ok(t, r, `ADD s${i} (${useAgent ? 'agent' : 'standalone'})`);
       results.push(JSON.parse(r.stdout.replace(/"mac":"[0-9a-f:]+"/g, '"mac":"-"').replaceAll(c.path, 'NETNS')));
     }
-    const rules = run('ip', ['netns', 'exec', nd.host.name!, 'iptables-save']).stdout.split('\n').filter((l) => l.includes('TSNET')).map((l) => l.replace(/\[\d+:\d+\]/, ''));
+    const rules = natRules(nd.host).map((l) => l.replace(/\[\d+:\d+\]|counter packets \d+ bytes \d+/g, ''));
     const reservations = fs.readdirSync(path.join(conf.ipam.dataDir, 'same')).sort();
     const hostAddrs = run('ip', ['-n', nd.host.name!, '-o', '-4', 'addr', 'show', 'dev', 'samebr']).stdout.replace(/^\d+: /, '').trim();
     return { results, rules, reservations, hostAddrs, served: useAgent };

@@ -19,10 +19,11 @@ import { attach } from '../../src/attach';
 import { native } from '../../src/native';
 import type { NetNs } from '../../src/netns';
 import { serve, request, type Server } from '../../src/demo/traffic';
-import { Topology, natView } from '../harness/fixtures';
+import { Topology, backendLetter, natView } from '../harness/fixtures';
+import type { BackendName } from '../../src/nat/backends/types';
 
-export function forwardSuite(backend: 'iptables' | 'nft'): void {
-  const topo = new Topology(`fw${backend === 'nft' ? 'n' : 'i'}`);
+export function forwardSuite(backend: BackendName): void {
+  const topo = new Topology(`fw${backendLetter(backend)}`);
   const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), `tsnet-fwd-${backend}-`));
   const hosts = path.join(stateDir, 'hosts');
   let fwd: NetNs, clients: NetNs, db: NetNs, db2: NetNs;
@@ -45,13 +46,16 @@ export function forwardSuite(backend: 'iptables' | 'nft'): void {
       servers.push(await serve(ns, 'tcp', ip, 3309, name));
       servers.push(await serve(ns, 'udp', ip, 5353, `${name}-udp`));
     }
-    fs.writeFileSync(hosts, `${fs.readFileSync('/etc/hosts', 'utf8')}\n10.90.0.2 mysql\n10.90.0.3 mysql-new\n`);
-    native().mount(hosts, '/etc/hosts', '', native().constants.MS_BIND); // inside the sandbox's own mount namespace only
+    // Every forward suite (one per backend, possibly at once) needs the same two names: the first to get here
+    // mounts them, inside the sandbox's own mount namespace only, and nobody unmounts (the sandbox's end does).
+    if (!/ mysql-new\n/.test(fs.readFileSync('/etc/hosts', 'utf8'))) {
+      fs.writeFileSync(hosts, `${fs.readFileSync('/etc/hosts', 'utf8')}\n10.90.0.2 mysql\n10.90.0.3 mysql-new\n`);
+      native().mount(hosts, '/etc/hosts', '', native().constants.MS_BIND);
+    }
   });
 
   test.after.always(async () => {
     await Promise.all(servers.map((s) => s.stop()));
-    try { native().umount2('/etc/hosts', 0); } catch { /* not mounted */ }
     topo.cleanup();
     fs.rmSync(stateDir, { recursive: true, force: true });
   });

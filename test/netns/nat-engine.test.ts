@@ -32,7 +32,7 @@ test.serial('a node whose rules are in iptables-legacy gets tsnet\'s rules there
   t.regex(run('ip', ['netns', 'exec', ns.name!, 'iptables-legacy-save']).stdout, /-A POSTROUTING -s 172\.17\.0\.0\/16 -j MASQUERADE/);
 });
 
-for (const backend of ['iptables', 'nft'] as const) {
+for (const backend of ['iptables', 'nft', 'netlink'] as const) {
   test.serial(`${backend}: 12 concurrent CLI calls lose nothing (the state lock), and the rules hold all 12`, async (t) => {
     const ns = await topo.ns(`conc-${backend}`);
     const dir = tmp();
@@ -45,7 +45,7 @@ for (const backend of ['iptables', 'nft'] as const) {
     t.is(stored.desired.services.length, 12);
     const rules = backend === 'iptables'
       ? run('ip', ['netns', 'exec', ns.name!, 'iptables-save', '-t', 'nat']).stdout.split('\n').filter((l) => l.startsWith('-A TSNET-SERVICES')).length
-      : (run('ip', ['netns', 'exec', ns.name!, 'nft', 'list', 'map', 'ip', 'tsnet', 'service-ips']).stdout.match(/ : goto svc-/g) ?? []).length;
+      : (run('ip', ['netns', 'exec', ns.name!, 'nft', 'list', 'map', 'ip', 'tsnet', 'service-ips']).stdout.match(/ : goto lb-/g) ?? []).length;
     t.is(rules, 12);
     t.deepEqual(fs.readdirSync(path.join(dir, 'netns', ns.name!)).filter((f) => f.endsWith('.tmp')), [], 'no temp files left');
   });
@@ -61,7 +61,7 @@ test.serial('a corrupt state file is a clear error, not a silent reset', async (
   t.regex(r.stderr, /^tsnet: .*nat\.json is not valid JSON .*restore it from a backup or remove it\n$/);
 });
 
-for (const backend of ['iptables', 'nft'] as const) {
+for (const backend of ['iptables', 'nft', 'netlink'] as const) {
   test.serial(`${backend}: a sync that died half-way (dirty record) is undone even when the desired state is now empty`, async (t) => {
     // The state a tsnet killed between applying and saving leaves: rules live, the record still the old
     // desired state (here: empty) and marked dirty.
@@ -80,5 +80,24 @@ for (const backend of ['iptables', 'nft'] as const) {
     await engine.update(() => { /* a DEL removing rules the record no longer has: no change to the desired state */ });
     t.notRegex(live(), /10\.7[78]\./, 'nothing of the dead sync is left');
     t.false(JSON.parse(fs.readFileSync(file, 'utf8')).applied.clean === false, 'the record is clean again');
+  });
+}
+
+for (const backend of ['iptables', 'nft', 'netlink'] as const) {
+  test.serial(`${backend}: a first sync killed before it saved anything (a dirty mark, no record) is torn down by the next one`, async (t) => {
+    // What a plugin SIGKILLed between applying its first rules and saving leaves: live rules, no nat.json, nat.dirty.
+    const ns = await topo.ns(`first-${backend}`);
+    const dir = tmp();
+    const engine = new NatEngine({ ns, stateDir: dir, backend });
+    await engine.update((st) => { st.rules.push({ kind: 'masquerade', source: '10.79.0.5/32', outNot: 'br0' }); });
+    const state = path.join(dir, 'netns', ns.name!);
+    const mark = (await engine.backend()).name + (backend === 'iptables' ? ` ${JSON.parse(fs.readFileSync(path.join(state, 'nat.json'), 'utf8')).applied.mode}` : '');
+    fs.rmSync(path.join(state, 'nat.json'));
+    fs.writeFileSync(path.join(state, 'nat.dirty'), `12345 ${mark}\n`);
+    const live = () => run('ip', ['netns', 'exec', ns.name!, 'iptables-save', '-t', 'nat']).stdout + run('ip', ['netns', 'exec', ns.name!, 'nft', 'list', 'ruleset']).stdout;
+    t.regex(live(), /10\.79\.0\.5/, 'the orphaned rule is live');
+    await new NatEngine({ ns, stateDir: dir, backend }).update(() => { /* a DEL of a rule no record names */ });
+    t.notRegex(live(), /10\.79\.0\.5/, 'nothing of the killed sync is left');
+    t.false(fs.existsSync(path.join(state, 'nat.dirty')));
   });
 }

@@ -1,6 +1,6 @@
 /**
  * The NAT engine's behavioural tests, run once per backend (nat-iptables.test.ts,
- * nat-nft.test.ts). Real packets through a real router namespace:
+ * nat-nft.test.ts, nat-netlink.test.ts). Real packets through a real router namespace:
  *
  *   client 10.81.0.2 --br1-- router (rules; 10.81.0.1, 10.80.0.1) --br0-- b1 10.80.0.11
  *                                                                      -- b2 10.80.0.12
@@ -18,11 +18,12 @@ import * as route from '../../src/route';
 import * as sysctl from '../../src/sysctl';
 import { attach } from '../../src/attach';
 import type { NetNs } from '../../src/netns';
+import type { BackendName } from '../../src/nat/backends/types';
 import { serve, request, type Server } from '../../src/demo/traffic';
-import { Topology, natView, run } from '../harness/fixtures';
+import { Topology, backendLetter, natView, run } from '../harness/fixtures';
 
-export function natSuite(backend: 'iptables' | 'nft'): void {
-  const topo = new Topology(`nat${backend === 'nft' ? 'n' : 'i'}`);
+export function natSuite(backend: BackendName): void {
+  const topo = new Topology(`nat${backendLetter(backend)}`);
   const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), `tsnet-nat-${backend}-`));
   const VIP = '10.96.0.10';
   let router: NetNs, client: NetNs;
@@ -106,8 +107,10 @@ export function natSuite(backend: 'iptables' | 'nft'): void {
       t.regex(text, /-j DNAT --to-destination 10\.80\.0\.13:8080/);
       t.notRegex(text, /table ip tsnet/);
     } else {
-      t.regex(text, /10\.96\.0\.10 \. tcp \. 80 comment "default\/web" : goto svc-[A-Z2-7]{8}-default\/web\/tcp/);
-      t.regex(text, /numgen random mod 3 vmap \{ 0 : goto sep-/);
+      t.regex(text, /10\.96\.0\.10 \. tcp \. 80 +comment "default\/web" : goto lb-tcp-3/);
+      t.regex(text, /typeof ip daddr \. meta l4proto \. th dport : verdict/);
+      t.regex(text, /dnat ip to ip daddr \. meta l4proto \. tcp dport \. numgen random mod 3 map @endpoints/);
+      t.regex(text, /10\.96\.0\.10 \. tcp \. 80 \. 2 + : 10\.80\.0\.13 \. 8080/);
       t.notRegex(text, /TSNET-/);
     }
   });

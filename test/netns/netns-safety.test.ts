@@ -58,11 +58,13 @@ function threadsAway(): string[] {
   return away;
 }
 
-/** The fd numbers of this process that refer to the namespace with inode `ino`. */
+/** The fd numbers of this process that refer to the namespace with inode `ino` (by fstat: a bind mount's path reads differently). */
 function fdsOf(ino: number): number[] {
+  const nsfs = fs.statSync('/proc/self/ns/net').dev;
   return fs.readdirSync('/proc/self/fd').map(Number).filter((fd) => {
     try {
-      return fs.readlinkSync(`/proc/self/fd/${fd}`) === `net:[${ino}]`;
+      const st = fs.fstatSync(fd);
+      return st.dev === nsfs && st.ino === ino;
     } catch {
       return false;
     }

@@ -3,7 +3,9 @@ import { base32, endpointHash, portProtoHash } from '../../src/nat/names';
 import { formatProbability, normalizeService, normalizeState, parseEndpoint, parseHostPort, probabilities, type DesiredState } from '../../src/nat/model';
 import { chainDigest, render, restorePayload, svcChain, sepChain, type Live } from '../../src/nat/backends/iptables-render';
 import { parseLive } from '../../src/nat/backends/iptables';
-import * as nft from '../../src/nat/backends/nft-render';
+import { render as nftRender } from '../../src/nat/nftables/layout';
+import { fullPlan } from '../../src/nat/nftables/plan';
+import { script as nftScript } from '../../src/nat/nftables/text';
 import { removedUdpEndpoints } from '../../src/nat/engine';
 import { parseServicesFile } from '../../src/cli/nat';
 
@@ -71,35 +73,6 @@ test('iptables partial sync: one changed service rewrites its chains and the dis
   t.is(deleted, 1);
 });
 
-test('nft renderer: verdict map lookup, numgen weighted ranges, affinity sets', (t) => {
-  const st = structuredClone(web);
-  st.services[0]!.affinitySeconds = 30;
-  const { text } = nft.script(nft.render(st, 4));
-  const svc = nft.svcChain(st.services[0]!);
-  const [a, b] = [nft.sepChain(st.services[0]!, '10.0.0.2', 8080), nft.sepChain(st.services[0]!, '10.0.0.3', 8080)];
-  t.true(text.startsWith('add table ip tsnet\ndelete table ip tsnet\nadd table ip tsnet\n'), 'a full sync replaces the table in one transaction');
-  t.regex(text, /add rule ip tsnet services ip daddr \. meta l4proto \. th dport vmap @service-ips\n/);
-  t.true(text.includes(`add rule ip tsnet ${svc} numgen random mod 4 vmap { 0 : goto ${a}, 1-3 : goto ${b} } comment "default/web"`));
-  t.true(text.includes(`add element ip tsnet service-ips { 10.96.0.10 . tcp . 80 comment "default/web" : goto ${svc} }`));
-  t.regex(text, /add set ip tsnet aff-[A-Z2-7]{8}-30 \{ type ipv4_addr ; flags dynamic,timeout ; timeout 30s ; \}/);
-  t.true(text.includes('add rule ip tsnet snat-rules ip saddr 10.88.0.0/16 oifname != "br0" masquerade fully-random'));
-});
-
-test('nft partial sync: element and chain diffs only, stale chains flushed before they are deleted', (t) => {
-  const prev = nft.digests(nft.render(web, 4));
-  const after = normalizeState({ ...web, services: [...web.services, { name: 'dns', vip: '10.96.0.53', port: 53, proto: 'udp', endpoints: [parseEndpoint('10.0.0.9:53')] }] });
-  after.services[0]!.endpoints = [{ ip: '10.0.0.3', port: 8080, weight: 3 }];
-  const { text } = nft.script(nft.render(after, 4), prev);
-  const lines = text.trim().split('\n');
-  t.false(text.includes('delete table'), 'no rebuild');
-  t.true(lines.includes(`flush chain ip tsnet ${nft.svcChain(web.services[0]!)}`));
-  t.true(lines.some((l) => l.startsWith('add element ip tsnet service-ips { 10.96.0.53 . udp . 53 ')));
-  t.false(lines.some((l) => l.startsWith('delete element')), 'the web element still points at the same chain');
-  const stale = nft.sepChain(web.services[0]!, '10.0.0.2', 8080);
-  t.true(lines.indexOf(`flush chain ip tsnet ${stale}`) < lines.indexOf(`delete chain ip tsnet ${stale}`));
-  t.false(lines.some((l) => l.includes('nat-prerouting')), 'unchanged base chains untouched');
-});
-
 test('model validation: clear messages for bad addresses, ports, names and weights', (t) => {
   t.throws(() => parseHostPort('10.0.0.1'), { message: /expected IP:PORT/ });
   t.throws(() => parseHostPort('10.0.0.1:0'), { message: /1-65535/ });
@@ -143,9 +116,9 @@ test('forward rendering: DNAT to local addresses, SNAT of its own flows only (no
   t.false(/--to-source \S+:\d+/.test(ipt), 'never a fixed source port');
   t.true(ipt.includes('-A TSNET-FORWARD -m comment --comment "tsnet forward mysql" -p tcp -m conntrack --ctstate DNAT --ctorigdstport 3308 --ctreplsrc 10.200.0.9 --ctreplsrcport 3309 -j ACCEPT'));
   t.true(ipt.includes('-A TSNET-FIREWALL -m comment --comment "tsnet: block incoming localnet connections (CVE-2020-8558)" ! -s 127.0.0.0/8 -d 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP'));
-  const { text } = nft.script(nft.render(st, 4));
+  const text = nftScript(fullPlan(nftRender(st, 4)).ops, 4);
   t.true(text.includes('add rule ip tsnet dnat-rules fib daddr type local meta l4proto tcp th dport 3308 dnat to 10.200.0.9:3309 comment "tsnet forward mysql"'));
-  t.true(text.includes('add rule ip tsnet snat-rules ip daddr 10.200.0.9 meta l4proto tcp th dport 3309 ct status & dnat == dnat ct original proto-dst 3308 masquerade fully-random comment "tsnet forward mysql"'));
+  t.true(text.includes('add rule ip tsnet snat-rules ip daddr 10.200.0.9 meta l4proto tcp th dport 3309 ct status dnat ct original proto-dst 3308 masquerade fully-random comment "tsnet forward mysql"'));
   // --listen on a non-loopback address: no route_localnet, so no guard.
   const scoped = normalizeState({ services: [], rules: [], forwards: [{ ...st.forwards[0]!, listen: '192.0.2.1', snat: '192.0.2.1' }] });
   const p2 = restorePayload(render(scoped, 4), undefined).payload;

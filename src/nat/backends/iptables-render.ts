@@ -17,6 +17,7 @@
 import { createHash } from 'node:crypto';
 import type { Family } from '../../addr/cidr';
 import { familyOf, ruleFamily, formatProbability, probabilities, servesLoopback, type DesiredState, type Forward, type NatRule, type Proto, type Service } from '../model';
+import { CANARY_COMMENT, IPT_PREFIX as PREFIX, LOCALNET_COMMENT, MASQ_COMMENT, MASQ_MARK } from '../constants';
 import { endpointHash, portProtoHash } from '../names';
 
 export type IptTable = 'nat' | 'filter';
@@ -68,7 +69,6 @@ export interface Ruleset {
   hooks: Hook[];
 }
 
-export const PREFIX = 'TSNET-';
 export const SERVICES = 'TSNET-SERVICES';
 export const MARK_MASQ = 'TSNET-MARK-MASQ';
 export const POSTROUTING = 'TSNET-POSTROUTING';
@@ -77,10 +77,6 @@ export const SNAT_CHAIN = 'TSNET-SNAT';
 export const CANARY = 'TSNET-CANARY';
 export const FORWARD_CHAIN = 'TSNET-FORWARD';
 export const FIREWALL = 'TSNET-FIREWALL';
-export const CANARY_COMMENT = 'tsnet canary: if this rule is gone, the table was flushed';
-
-/** tsnet's masquerade mark: its own bit (kube-proxy uses 0x4000), so the two never act on each other's packets. */
-export const MASQ_MARK = 0x40000;
 
 export const svcChain = (s: Pick<Service, 'name' | 'proto'>): string => `${PREFIX}SVC-${portProtoHash(s.name, s.proto)}`;
 export const sepChain = (s: Pick<Service, 'name' | 'proto'>, ip: string, port: number): string =>
@@ -162,7 +158,7 @@ function forwardRules(f: Forward): { dnat: Rule; snat: Rule[]; accept: Rule } {
 
 /** kube-proxy's guard for route_localnet (CVE-2020-8558): nothing from outside reaches 127.0.0.0/8 unless it was DNATed. */
 export const LOCALNET_GUARD: Rule = {
-  comment: 'tsnet: block incoming localnet connections (CVE-2020-8558)',
+  comment: LOCALNET_COMMENT,
   dst: '127.0.0.0/8', src: '127.0.0.0/8', srcNot: true,
   ct: { state: ['RELATED', 'ESTABLISHED', 'DNAT'], stateNot: true },
   target: { kind: 'DROP' },
@@ -208,7 +204,7 @@ export function render(st: DesiredState, family: Family): Ruleset {
         { mark: { mark: MASQ_MARK, not: true }, target: { kind: 'RETURN' } },
         // Clear the mark so a packet that passes this chain again (re-entering via another tool's rules) is not masqueraded twice.
         { target: { kind: 'MARK', op: 'xor', mark: MASQ_MARK } },
-        { comment: 'tsnet service traffic requiring SNAT', target: { kind: 'MASQUERADE', randomFully: true } },
+        { comment: MASQ_COMMENT, target: { kind: 'MASQUERADE', randomFully: true } },
       ],
     },
     ...perService,

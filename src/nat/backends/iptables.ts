@@ -7,11 +7,12 @@ import type { Family } from '../../addr/cidr';
 import { hasCode } from '../../errors';
 import type { NetNs } from '../../netns';
 import { APPLY_TIMEOUT_MS, execIn, mustExec } from '../exec';
-import { familiesUsed, type DesiredState } from '../model';
+import { IPT_PREFIX, CANARY_COMMENT } from '../constants';
+import { familiesUsed, familyOf, type DesiredState } from '../model';
 import {
-  CANARY, CANARY_COMMENT, PREFIX, chainDigest, hookKey, hookKeyOf, render, restorePayload, type IptTable, type Live,
+  CANARY, SERVICES, chainDigest, hookKey, hookKeyOf, render, restorePayload, sepChain, svcChain, type IptTable, type Live,
 } from './iptables-render';
-import { mayHoldRules, type Applied, type Backend, type SyncResult } from './types';
+import { mayHoldRules, type Applied, type Backend, type Counter, type ServiceCounters, type SyncResult } from './types';
 
 export type IptablesMode = 'legacy' | 'nft';
 
@@ -46,7 +47,7 @@ export function parseLive(save: string): Live {
     if (line.startsWith('*')) table = line === '*nat' ? 'nat' : line === '*filter' ? 'filter' : undefined;
     if (!table) continue;
     const decl = /^:(\S+) /.exec(line);
-    if (decl && decl[1]!.startsWith(PREFIX)) live.chains[table].set(decl[1]!, undefined);
+    if (decl && decl[1]!.startsWith(IPT_PREFIX)) live.chains[table].set(decl[1]!, undefined);
     const hook = /^-A (PREROUTING|OUTPUT|POSTROUTING|INPUT|FORWARD) .*-j (TSNET-\S+)$/.exec(line);
     if (hook) {
       const key = hookKey(table, hook[1]!, hook[2]!);
@@ -58,6 +59,7 @@ export function parseLive(save: string): Live {
 
 export class IptablesBackend implements Backend {
   readonly name = 'iptables' as const;
+  readonly tables = 'iptables' as const;
   /** `holdFd`: the engine's lock, kept by every iptables-restore while it runs (see ExecOptions). */
   constructor(readonly ns: NetNs, readonly mode: IptablesMode, readonly holdFd?: number) {}
 
@@ -93,7 +95,7 @@ export class IptablesBackend implements Backend {
       const used = familiesUsed(st).includes(family);
       const prev = applied?.backend === this.name && applied.mode === this.mode && applied.clean ? applied.families[family] : undefined;
       if (!used) {
-        if (force || mayHoldRules(applied, this.name, family)) await this.teardownFamily(family);
+        if (force || mayHoldRules(applied, 'iptables', family)) await this.teardownFamily(family);
         continue;
       }
       let done = false;
@@ -140,6 +142,42 @@ export class IptablesBackend implements Backend {
 
   async teardown(): Promise<void> {
     for (const family of [4, 6] as const) await this.teardownFamily(family);
+  }
+
+  /**
+   * Counters from `iptables-save -c`: a service's are those of its dispatch
+   * rule (or, without endpoints, of its REJECT), an endpoint's those of the
+   * DNAT rule in its TSNET-SEP chain.
+   */
+  async counters(st: DesiredState): Promise<Map<string, ServiceCounters>> {
+    const rules = new Map<string, { counter: Counter; line: string }[]>();
+    for (const family of familiesUsed(st)) {
+      const r = await execIn(this.ns, bin(this.mode, family, '-save'), ['-c']);
+      if (r.code !== 0) continue;
+      let table = '';
+      for (const line of r.stdout.split('\n')) {
+        if (line.startsWith('*')) table = line.slice(1);
+        const m = /^\[(\d+):(\d+)\] -A (\S+) (.*)$/.exec(line);
+        if (!m || !m[3]!.startsWith(IPT_PREFIX)) continue;
+        const key = `${family}/${table}/${m[3]}`;
+        rules.set(key, [...(rules.get(key) ?? []), { counter: { packets: Number(m[1]), bytes: Number(m[2]) }, line: m[4]! }]);
+      }
+    }
+    const zero = (): Counter => ({ packets: 0, bytes: 0 });
+    const out = new Map<string, ServiceCounters>();
+    for (const s of st.services) {
+      const f = familyOf(s.vip);
+      const service = s.endpoints.length
+        ? rules.get(`${f}/nat/${SERVICES}`)?.find((r) => r.line.endsWith(`-j ${svcChain(s)}`))?.counter
+        : rules.get(`${f}/filter/${SERVICES}`)?.find((r) => r.line.includes(JSON.stringify(`${s.name} has no endpoints`)))?.counter;
+      const endpoints: Record<string, Counter> = {};
+      for (const e of s.endpoints) {
+        const id = e.ip.includes(':') ? `[${e.ip}]:${e.port}` : `${e.ip}:${e.port}`;
+        endpoints[id] = rules.get(`${f}/nat/${sepChain(s, e.ip, e.port)}`)?.find((r) => r.line.includes('-j DNAT'))?.counter ?? zero();
+      }
+      out.set(s.name, { service: service ?? zero(), endpoints });
+    }
+    return out;
   }
 }
 

@@ -1,63 +1,74 @@
 /**
- * The nftables applier: one `nft -f -` transaction per family and sync,
- * touching only `table ip tsnet` / `table ip6 tsnet`. Everything else in the
- * ruleset (iptables-nft's tables, firewalld's, Docker's) is never named.
+ * The nftables backend through the `nft` binary: one `nft -f -` transaction
+ * per family and sync, read back with `nft list`. It writes exactly what the
+ * netlink backend writes (see ./nftables); it stays for nodes that want nft
+ * itself in the loop.
  */
 import type { Family } from '../../addr/cidr';
 import type { NetNs } from '../../netns';
+import { CANARY_COMMENT, NFT_TABLE } from '../constants';
 import { APPLY_TIMEOUT_MS, execIn, mustExec } from '../exec';
-import { familiesUsed, type DesiredState } from '../model';
-import { CANARY_COMMENT } from './iptables-render';
-import { CANARY, TABLE, digests, render, script } from './nft-render';
-import { mayHoldRules, type Applied, type Backend, type SyncResult } from './types';
+import { CANARY } from '../nftables/layout';
+import type { Op, Plan } from '../nftables/plan';
+import { script } from '../nftables/text';
+import { NftablesBackend, type TableCounters } from './nftables';
+import type { Counter } from './types';
 
 const fam = (f: Family) => (f === 6 ? 'ip6' : 'ip');
 
-export class NftBackend implements Backend {
+/** A value of `nft -j` as nft writes it in text (`10.96.0.1 . tcp . 80 . 0-1`). */
+function jsonValue(v: unknown): string {
+  if (v && typeof v === 'object') {
+    const o = v as { concat?: unknown[]; range?: unknown[] };
+    if (o.concat) return o.concat.map(jsonValue).join(' . ');
+    if (o.range) return `${String(o.range[0])}-${String(o.range[1])}`;
+  }
+  return String(v);
+}
+
+export class NftBackend extends NftablesBackend {
   readonly name = 'nft' as const;
   /** `holdFd`: the engine's lock, kept by every `nft -f` while it runs (see ExecOptions). */
-  constructor(readonly ns: NetNs, readonly holdFd?: number) {}
+  constructor(ns: NetNs, readonly holdFd?: number) {
+    super(ns);
+  }
 
-  render(st: DesiredState): string {
-    return (familiesUsed(st).length ? familiesUsed(st) : [4 as const]).map((f) => `# nft -f -\n${script(render(st, f)).text}`).join('\n');
+  /**
+   * nft 1.0.6 cannot add a `dnat ... map @m` rule to a table that already
+   * holds one (re-evaluating the rule it reads back fails with "conflicting
+   * protocols specified: ip vs. th"), so a plan that adds such a rule (a new
+   * endpoint count appears) is carried out as a full sync. Element changes,
+   * the usual case, stay partial. The netlink backend has no such limit.
+   */
+  protected override partialOk(plan: Plan): boolean {
+    return !plan.ops.some((op) => op.op === 'add-rules' && op.rules.some((r) => r.items.some((i) => i.t === 'dnat-map')));
+  }
+
+  protected async apply(ops: readonly Op[], family: Family): Promise<void> {
+    const text = script(ops, family);
+    if (text) await mustExec(this.ns, 'applying NAT rules', 'nft', ['-f', '-'], text, { timeoutMs: APPLY_TIMEOUT_MS, holdFd: this.holdFd });
   }
 
   /** Whether the table exists with its canary rule (`nft flush ruleset` or `flush table` remove it). */
   async canaryPresent(family: Family): Promise<boolean> {
-    const r = await execIn(this.ns, 'nft', ['list', 'chain', fam(family), TABLE, CANARY]);
+    const r = await execIn(this.ns, 'nft', ['list', 'chain', fam(family), NFT_TABLE, CANARY]);
     return r.code === 0 && r.stdout.includes(CANARY_COMMENT);
   }
 
-  private async apply(text: string): Promise<void> {
-    await mustExec(this.ns, 'applying NAT rules', 'nft', ['-f', '-'], text, { timeoutMs: APPLY_TIMEOUT_MS, holdFd: this.holdFd });
-  }
-
-  async sync(st: DesiredState, applied: Applied | undefined, force: boolean): Promise<SyncResult> {
-    const result: SyncResult = { full: false, written: 0, deleted: 0, applied: { backend: this.name, clean: true, families: {} } };
-    for (const family of [4, 6] as const) {
-      const used = familiesUsed(st).includes(family);
-      const prev = applied?.backend === this.name && applied.clean ? applied.families[family] : undefined;
-      if (!used) {
-        if (force || mayHoldRules(applied, this.name, family)) await this.teardownFamily(family);
-        continue;
+  protected async readCounters(family: Family): Promise<TableCounters | undefined> {
+    const r = await execIn(this.ns, 'nft', ['-j', 'list', 'table', fam(family), NFT_TABLE]);
+    if (r.code !== 0) return undefined;
+    const out: TableCounters = { elements: new Map(), chains: new Map() };
+    type Elem = { elem?: { val: unknown; counter?: Counter } };
+    for (const o of (JSON.parse(r.stdout) as { nftables: Record<string, any>[] }).nftables) {
+      if (o.map?.elem) {
+        const m = new Map<string, Counter>();
+        for (const [k] of o.map.elem as [Elem, unknown][]) if (k.elem?.counter) m.set(jsonValue(k.elem.val), k.elem.counter);
+        out.elements.set(o.map.name as string, m);
       }
-      const partial = prev && !force && (await this.canaryPresent(family)) ? prev : undefined;
-      if (!partial) result.full = true;
-      const rs = render(st, family);
-      const { text, written, deleted } = script(rs, partial);
-      await this.apply(text);
-      result.written += written;
-      result.deleted += deleted;
-      result.applied.families[family] = digests(rs);
+      const counter = o.rule?.expr?.find((e: { counter?: Counter }) => e.counter)?.counter as Counter | undefined;
+      if (counter) out.chains.set(o.rule.chain as string, counter);
     }
-    return result;
-  }
-
-  async teardownFamily(family: Family): Promise<void> {
-    await this.apply(`add table ${fam(family)} ${TABLE}\ndelete table ${fam(family)} ${TABLE}\n`);
-  }
-
-  async teardown(): Promise<void> {
-    for (const family of [4, 6] as const) await this.teardownFamily(family);
+    return out;
   }
 }

@@ -1,44 +1,68 @@
+import type { Family } from '../../addr/cidr';
 import type { DesiredState } from '../model';
 
-/** What the last successful sync wrote, per family: chain (or object) name -> digest. Lets the next sync rewrite only what changed. */
+/** The backends: kube-proxy's iptables layout, or tsnet's nftables table written by `nft -f` or over netlink. */
+export type BackendName = 'iptables' | 'nft' | 'netlink';
+
+/** What a backend's rules live in: backends that write the same tables take over from each other without a teardown. */
+export type TableKind = 'iptables' | 'nftables';
+
+/** What the last successful sync wrote, per family: object name -> digest. Lets the next sync write only what changed. */
 export interface Applied {
-  backend: 'iptables' | 'nft';
+  backend: BackendName;
   mode?: string;
   /** false while a sync is under way: a crash mid-sync leaves it false, and the next sync is a full one. */
   clean: boolean;
-  /** family -> table -> object name -> digest. */
-  families: Partial<Record<4 | 6, Record<string, Record<string, string>>>>;
+  /** family -> kind of object -> object name -> digest. */
+  families: Partial<Record<Family, Record<string, Record<string, string>>>>;
 }
 
 export interface SyncResult {
   /** Whether everything was rewritten (first sync, after a flush, or forced). */
   full: boolean;
-  /** Chains (or objects) written and deleted. */
+  /** Objects (chains, elements) written and deleted. */
   written: number;
   deleted: number;
   applied: Applied;
 }
 
+/** Packets and bytes a service or endpoint has seen: in NAT chains, the first packet of each connection. */
+export interface Counter {
+  packets: number;
+  bytes: number;
+}
+
+/** Counters per service (by name) and per endpoint (`ip:port`) of each. */
+export interface ServiceCounters {
+  service: Counter;
+  endpoints: Record<string, Counter>;
+}
+
 /**
- * Whether `family` may hold rules `backend` wrote, per the last record: when
- * the last sync wrote that family, and always when a sync died half-way (a
+ * Whether `family` may hold rules of `kind`, per the last record: when the
+ * last sync wrote that family, and always when a sync died half-way (a
  * dirty record: what is live is unknown). A family that may hold rules but
  * is no longer used must be torn down, not skipped.
  */
-export function mayHoldRules(applied: Applied | undefined, backend: string, family: 4 | 6): boolean {
-  if (!applied || applied.backend !== backend) return false;
+export function mayHoldRules(applied: Applied | undefined, kind: TableKind, family: Family): boolean {
+  if (!applied || tableKind(applied.backend) !== kind) return false;
   return !applied.clean || applied.families[family] !== undefined;
 }
 
+export const tableKind = (b: BackendName): TableKind => (b === 'iptables' ? 'iptables' : 'nftables');
+
 /** One renderer + one applier. */
 export interface Backend {
-  readonly name: 'iptables' | 'nft';
+  readonly name: BackendName;
+  readonly tables: TableKind;
   /** The full payload(s) a first sync would apply: what `tsnet rules` prints. */
   render(st: DesiredState): string;
   /** Takes the rules to `st`; `before` is the state `applied` was written from (lets a partial sync append rather than rewrite). */
   sync(st: DesiredState, applied: Applied | undefined, force: boolean, before?: DesiredState): Promise<SyncResult>;
   /** Whether tsnet's canary (chain rule, or table) of `family` is still there: gone means someone flushed the rules. */
-  canaryPresent(family: 4 | 6): Promise<boolean>;
+  canaryPresent(family: Family): Promise<boolean>;
   /** Removes everything of tsnet's that this backend put in place. */
   teardown(): Promise<void>;
+  /** The kernel's counters per service and endpoint of `st`. */
+  counters(st: DesiredState): Promise<Map<string, ServiceCounters>>;
 }

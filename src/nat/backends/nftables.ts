@@ -1,0 +1,115 @@
+/**
+ * What the two nftables backends share: the layout (src/nat/nftables/layout),
+ * the plan between what was last written and what is wanted, and the record
+ * of it. They differ only in how a plan reaches the kernel and how the table
+ * is read back: `nft -f` and `nft list` (./nft), or nf_tables messages over
+ * netlink (./netlink). Both write the same `table ip tsnet` / `ip6 tsnet`,
+ * byte for byte, so either takes over from the other without a teardown.
+ */
+import type { Family } from '../../addr/cidr';
+import type { NetNs } from '../../netns';
+import { familiesUsed, familyOf, type DesiredState, type Service } from '../model';
+import { ENDPOINTS, ENDPOINTS_WEIGHTED, NO_ENDPOINTS, SERVICE_IPS, render, sepChain } from '../nftables/layout';
+import { digests, fullPlan, partialPlan, type Op, type Plan } from '../nftables/plan';
+import type { NamedSet } from '../nftables/ruleset';
+import { script } from '../nftables/text';
+import { mayHoldRules, tableKind, type Applied, type Backend, type BackendName, type Counter, type ServiceCounters, type SyncResult } from './types';
+
+/** Where a service's and its endpoints' counters are, in the table's own terms. */
+export interface CounterSources {
+  /** Element keys of service-ips / no-endpoint-services, as nft writes them. */
+  service: { set: string; key: string };
+  /** Per endpoint (`ip:port`): an element of an endpoint map, or (affinity) the counter rule of its sep chain. */
+  endpoints: Record<string, { set: string; key: string } | { chain: string }>;
+}
+
+const hostPort = (ip: string, port: number) => (ip.includes(':') ? `[${ip}]:${port}` : `${ip}:${port}`);
+
+/** The table objects whose counters belong to service `s`. */
+export function counterSources(s: Service): CounterSources {
+  const vip = `${s.vip} . ${s.proto} . ${s.port}`;
+  const out: CounterSources = { service: { set: s.endpoints.length ? SERVICE_IPS : NO_ENDPOINTS, key: vip }, endpoints: {} };
+  const weighted = s.endpoints.some((e) => e.weight !== 1);
+  let from = 0;
+  s.endpoints.forEach((e, i) => {
+    const id = hostPort(e.ip, e.port);
+    if (s.affinitySeconds !== undefined) out.endpoints[id] = { chain: sepChain(s, e.ip, e.port) };
+    else if (weighted) out.endpoints[id] = { set: ENDPOINTS_WEIGHTED, key: `${vip} . ${e.weight === 1 ? from : `${from}-${from + e.weight - 1}`}` };
+    else out.endpoints[id] = { set: ENDPOINTS, key: `${vip} . ${i}` };
+    from += e.weight;
+  });
+  return out;
+}
+
+/** Counters read from the kernel: set -> element key -> counter, and chain -> the counter of its counted rule. */
+export interface TableCounters {
+  elements: Map<string, Map<string, Counter>>;
+  chains: Map<string, Counter>;
+}
+
+export abstract class NftablesBackend implements Backend {
+  abstract readonly name: BackendName;
+  readonly tables = 'nftables' as const;
+
+  constructor(readonly ns: NetNs) {}
+
+  /** Takes the table of `family` through `ops` in one transaction. `declared`: the sets already there (a partial plan declares only new ones). */
+  protected abstract apply(ops: readonly Op[], family: Family, declared: readonly NamedSet[]): Promise<void>;
+  abstract canaryPresent(family: Family): Promise<boolean>;
+  /** Every counter of the table of `family` (element counters of the maps, rule counters of the chains). */
+  protected abstract readCounters(family: Family): Promise<TableCounters | undefined>;
+  /** Whether this applier can carry out a partial plan (else the sync is a full one). */
+  protected partialOk(_plan: Plan): boolean {
+    return true;
+  }
+
+  render(st: DesiredState): string {
+    return (familiesUsed(st).length ? familiesUsed(st) : [4 as const]).map((f) => `# nft -f -\n${script(fullPlan(render(st, f)).ops, f)}`).join('\n');
+  }
+
+  async sync(st: DesiredState, applied: Applied | undefined, force: boolean): Promise<SyncResult> {
+    const result: SyncResult = { full: false, written: 0, deleted: 0, applied: { backend: this.name, clean: true, families: {} } };
+    const usable = applied && tableKind(applied.backend) === 'nftables' && applied.clean ? applied : undefined;
+    for (const family of [4, 6] as const) {
+      if (!familiesUsed(st).includes(family)) {
+        if (force || mayHoldRules(applied, 'nftables', family)) await this.teardownFamily(family);
+        continue;
+      }
+      const rs = render(st, family);
+      const prev = usable?.families[family];
+      let plan: Plan | undefined;
+      if (prev && !force && (await this.canaryPresent(family))) plan = partialPlan(rs, prev);
+      if (plan && !this.partialOk(plan)) plan = undefined;
+      plan ??= fullPlan(rs);
+      await this.apply(plan.ops, family, plan.full ? [] : rs.sets);
+      result.full ||= plan.full;
+      result.written += plan.written;
+      result.deleted += plan.deleted;
+      result.applied.families[family] = digests(rs);
+    }
+    return result;
+  }
+
+  async teardownFamily(family: Family): Promise<void> {
+    await this.apply([{ op: 'add-table' }, { op: 'delete-table' }], family, []);
+  }
+
+  async teardown(): Promise<void> {
+    for (const family of [4, 6] as const) await this.teardownFamily(family);
+  }
+
+  async counters(st: DesiredState): Promise<Map<string, ServiceCounters>> {
+    const out = new Map<string, ServiceCounters>();
+    const tables = new Map<Family, TableCounters | undefined>();
+    for (const family of familiesUsed(st)) tables.set(family, await this.readCounters(family));
+    const zero = (): Counter => ({ packets: 0, bytes: 0 });
+    for (const s of st.services) {
+      const t = tables.get(familyOf(s.vip));
+      const src = counterSources(s);
+      const get = (x: { set: string; key: string } | { chain: string }) =>
+        ('chain' in x ? t?.chains.get(x.chain) : t?.elements.get(x.set)?.get(x.key)) ?? zero();
+      out.set(s.name, { service: get(src.service), endpoints: Object.fromEntries(Object.entries(src.endpoints).map(([k, v]) => [k, get(v)])) });
+    }
+    return out;
+  }
+}

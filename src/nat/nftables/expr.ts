@@ -1,0 +1,181 @@
+/**
+ * nf_tables kernel expressions as small typed values (google/nftables'
+ * expr/ package, in TypeScript): each knows its wire attributes and how
+ * libnftnl prints it (`nft --debug=netlink`), which is how the encoder is
+ * tested against nft's own output. Registers are wire numbers: 0 is the
+ * verdict, 1-4 the 16-byte registers, 8-23 the 4-byte NFT_REG32_00..15.
+ */
+import type { AttrObject } from '../../netlink/attrs';
+import {
+  NFT_BYTEORDER_OP, NFT_CMP_OP, NFT_CT, NFT_DYNSET_OP, NFT_FIB_RESULT, NFT_META, NFT_NAT_TYPE, NFT_NG,
+  NFT_PAYLOAD_BASE, NFPROTO, VERDICT,
+} from '../../netlink/nftables';
+
+export type Verdict = { code: keyof typeof VERDICT; chain?: string };
+
+export type Expr =
+  | { expr: 'payload'; base: keyof typeof NFT_PAYLOAD_BASE; offset: number; len: number; dreg: number }
+  | { expr: 'cmp'; sreg: number; op: keyof typeof NFT_CMP_OP; data: Buffer }
+  | { expr: 'bitwise'; sreg: number; dreg: number; mask: Buffer; xor: Buffer; /** NFTA_BITWISE_OP MASK_XOR, sent by nft for an explicit `&`/`|`/`^` (not for flag tests) */ explicitOp?: true }
+  | { expr: 'byteorder'; sreg: number; dreg: number; op: keyof typeof NFT_BYTEORDER_OP; len: number; size: number }
+  | { expr: 'meta'; key: keyof typeof NFT_META; dreg: number }
+  | { expr: 'meta-set'; key: keyof typeof NFT_META; sreg: number }
+  | { expr: 'ct'; key: keyof typeof NFT_CT; dir?: 'original' | 'reply'; dreg: number }
+  | { expr: 'lookup'; set: string; setId?: number; sreg: number; dreg?: number }
+  | { expr: 'dynset'; op: keyof typeof NFT_DYNSET_OP; set: string; setId?: number; sregKey: number }
+  | { expr: 'immediate'; dreg: number; data: Buffer }
+  | { expr: 'verdict'; verdict: Verdict }
+  | { expr: 'numgen'; dreg: number; mod: number }
+  | { expr: 'nat'; type: keyof typeof NFT_NAT_TYPE; family: 4 | 6; regAddrMin: number; regProtoMin?: number; flags?: number }
+  | { expr: 'masq'; flags?: number }
+  | { expr: 'fib'; dreg: number; result: keyof typeof NFT_FIB_RESULT; flags: number }
+  | { expr: 'counter'; packets?: bigint; bytes?: bigint }
+  | { expr: 'reject'; type: number; code: number };
+
+const nfproto = (f: 4 | 6) => (f === 6 ? NFPROTO.IPV6 : NFPROTO.IPV4);
+const verdictAttrs = (v: Verdict): AttrObject => ({ verdict: { code: VERDICT[v.code], chain: v.chain } });
+
+/** The NFTA_EXPR_* attributes of an expression: its kernel name and data. */
+export function exprAttrs(e: Expr): AttrObject {
+  switch (e.expr) {
+    case 'payload':
+      return { name: 'payload', data: { dreg: e.dreg, base: NFT_PAYLOAD_BASE[e.base], offset: e.offset, len: e.len } };
+    case 'cmp':
+      return { name: 'cmp', data: { sreg: e.sreg, op: NFT_CMP_OP[e.op], data: { value: e.data } } };
+    case 'bitwise':
+      return { name: 'bitwise', data: { sreg: e.sreg, dreg: e.dreg, len: e.mask.length, mask: { value: e.mask }, xor: { value: e.xor }, op: e.explicitOp ? 0 : undefined } };
+    case 'byteorder':
+      return { name: 'byteorder', data: { sreg: e.sreg, dreg: e.dreg, op: NFT_BYTEORDER_OP[e.op], len: e.len, size: e.size } };
+    case 'meta':
+      return { name: 'meta', data: { dreg: e.dreg, key: NFT_META[e.key] } };
+    case 'meta-set':
+      return { name: 'meta', data: { key: NFT_META[e.key], sreg: e.sreg } };
+    case 'ct':
+      return { name: 'ct', data: { dreg: e.dreg, key: NFT_CT[e.key], direction: e.dir === undefined ? undefined : e.dir === 'original' ? 0 : 1 } };
+    case 'lookup':
+      return { name: 'lookup', data: { set: e.set, sreg: e.sreg, dreg: e.dreg, setId: e.setId } };
+    case 'dynset':
+      return { name: 'dynset', data: { set: e.set, setId: e.setId, op: NFT_DYNSET_OP[e.op], sregKey: e.sregKey } };
+    case 'immediate':
+      return { name: 'immediate', data: { dreg: e.dreg, data: { value: e.data } } };
+    case 'verdict':
+      return { name: 'immediate', data: { dreg: 0, data: verdictAttrs(e.verdict) } };
+    case 'numgen':
+      return { name: 'numgen', data: { dreg: e.dreg, modulus: e.mod, type: NFT_NG.random, offset: 0 } };
+    case 'nat':
+      return { name: 'nat', data: { type: NFT_NAT_TYPE[e.type], family: nfproto(e.family), regAddrMin: e.regAddrMin, regProtoMin: e.regProtoMin, flags: e.flags } };
+    case 'masq':
+      return { name: 'masq', data: { flags: e.flags } };
+    case 'fib':
+      return { name: 'fib', data: { dreg: e.dreg, result: NFT_FIB_RESULT[e.result], flags: e.flags } };
+    case 'counter':
+      return { name: 'counter', data: { bytes: e.bytes, packets: e.packets } };
+    case 'reject':
+      return { name: 'reject', data: { type: e.type, icmpCode: e.code } };
+  }
+}
+
+const invert = <T extends Record<string, number>>(o: T) => new Map<number, keyof T>(Object.entries(o).map(([k, v]) => [v, k as keyof T]));
+const BASES = invert(NFT_PAYLOAD_BASE);
+const CMP_OPS = invert(NFT_CMP_OP);
+const META_KEYS = invert(NFT_META);
+const CT_KEYS = invert(NFT_CT);
+const VERDICTS = invert(VERDICT);
+const NAT_TYPES = invert(NFT_NAT_TYPE);
+const FIB_RESULTS = invert(NFT_FIB_RESULT);
+const DYNSET_OPS = invert(NFT_DYNSET_OP);
+const BYTEORDER_OPS = invert(NFT_BYTEORDER_OP);
+
+/** An expression read back from the kernel (a rule dump); undefined for kinds tsnet never writes. */
+export function decodeExpr(a: AttrObject): Expr | undefined {
+  const d = (a.data ?? {}) as AttrObject;
+  const value = (x: unknown) => ((x as AttrObject | undefined)?.value as Buffer | undefined) ?? Buffer.alloc(0);
+  switch (a.name) {
+    case 'counter':
+      return { expr: 'counter', packets: (d.packets as bigint | undefined) ?? 0n, bytes: (d.bytes as bigint | undefined) ?? 0n };
+    case 'payload':
+      return { expr: 'payload', base: BASES.get(d.base as number) ?? 'network', offset: d.offset as number, len: d.len as number, dreg: d.dreg as number };
+    case 'cmp':
+      return { expr: 'cmp', sreg: d.sreg as number, op: CMP_OPS.get(d.op as number) ?? 'eq', data: value(d.data) };
+    case 'meta':
+      return d.sreg !== undefined
+        ? { expr: 'meta-set', key: META_KEYS.get(d.key as number) ?? 'mark', sreg: d.sreg as number }
+        : { expr: 'meta', key: META_KEYS.get(d.key as number) ?? 'mark', dreg: d.dreg as number };
+    case 'ct':
+      return { expr: 'ct', key: CT_KEYS.get(d.key as number) ?? 'state', dreg: d.dreg as number, ...(d.direction === undefined ? {} : { dir: d.direction === 0 ? 'original' as const : 'reply' as const }) };
+    case 'immediate': {
+      const data = d.data as AttrObject | undefined;
+      if (data?.verdict) {
+        const v = data.verdict as AttrObject;
+        return { expr: 'verdict', verdict: { code: VERDICTS.get(v.code as number) ?? 'continue', ...(v.chain ? { chain: v.chain as string } : {}) } };
+      }
+      return { expr: 'immediate', dreg: d.dreg as number, data: value(data) };
+    }
+    case 'lookup':
+      return { expr: 'lookup', set: d.set as string, sreg: d.sreg as number, ...(d.dreg === undefined ? {} : { dreg: d.dreg as number }) };
+    case 'bitwise':
+      return { expr: 'bitwise', sreg: d.sreg as number, dreg: d.dreg as number, mask: value(d.mask), xor: value(d.xor), ...(d.op === 0 ? { explicitOp: true as const } : {}) };
+    case 'byteorder':
+      return { expr: 'byteorder', sreg: d.sreg as number, dreg: d.dreg as number, op: BYTEORDER_OPS.get(d.op as number) ?? 'hton', len: d.len as number, size: d.size as number };
+    case 'numgen':
+      return { expr: 'numgen', dreg: d.dreg as number, mod: d.modulus as number };
+    case 'nat': {
+      const e: Expr = { expr: 'nat', type: NAT_TYPES.get(d.type as number) ?? 'dnat', family: d.family === NFPROTO.IPV6 ? 6 : 4, regAddrMin: d.regAddrMin as number };
+      if (d.regProtoMin !== undefined) e.regProtoMin = d.regProtoMin as number;
+      if (d.flags !== undefined) e.flags = d.flags as number;
+      return e;
+    }
+    case 'masq':
+      return d.flags === undefined ? { expr: 'masq' } : { expr: 'masq', flags: d.flags as number };
+    case 'fib':
+      return { expr: 'fib', dreg: d.dreg as number, result: FIB_RESULTS.get(d.result as number) ?? 'addrtype', flags: d.flags as number };
+    case 'dynset':
+      return { expr: 'dynset', op: DYNSET_OPS.get(d.op as number) ?? 'add', set: d.set as string, sregKey: d.sregKey as number };
+    case 'reject':
+      return { expr: 'reject', type: d.type as number, code: d.icmpCode as number };
+    default:
+      return undefined;
+  }
+}
+
+// --- libnftnl's text (nft --debug=netlink) ---------------------------------
+
+/** Data as libnftnl prints it: 4-byte words read in host order. */
+export function words(b: Buffer): string {
+  const out: string[] = [];
+  for (let i = 0; i < b.length; i += 4) {
+    const w = Buffer.alloc(4);
+    b.copy(w, 0, i, Math.min(i + 4, b.length));
+    out.push(`0x${w.readUInt32LE(0).toString(16).padStart(8, '0')}`);
+  }
+  return out.join(' ');
+}
+
+const CT_NAMES: Partial<Record<keyof typeof NFT_CT, string>> = { src_ip: 'src_ip', dst_ip: 'dst_ip', src_ip6: 'src_ip6', dst_ip6: 'dst_ip6' };
+
+/** One expression as `nft --debug=netlink` prints it. */
+export function formatExpr(e: Expr): string {
+  const body = ((): string => {
+    switch (e.expr) {
+      case 'payload': return `payload load ${e.len}b @ ${e.base} header + ${e.offset} => reg ${e.dreg}`;
+      case 'cmp': return `cmp ${e.op} reg ${e.sreg} ${words(e.data)}`;
+      case 'bitwise': return `bitwise reg ${e.dreg} = ( reg ${e.sreg} & ${words(e.mask)} ) ^ ${words(e.xor)}`;
+      case 'byteorder': return `byteorder reg ${e.dreg} = ${e.op}(reg ${e.sreg}, ${e.size}, ${e.len})`;
+      case 'meta': return `meta load ${e.key} => reg ${e.dreg}`;
+      case 'meta-set': return `meta set ${e.key} with reg ${e.sreg}`;
+      case 'ct': return `ct load ${CT_NAMES[e.key] ?? e.key} => reg ${e.dreg}${e.dir ? ` , dir ${e.dir}` : ''}`;
+      case 'lookup': return `lookup reg ${e.sreg} set ${e.set}${e.dreg === undefined ? '' : ` dreg ${e.dreg}`}`;
+      case 'dynset': return `dynset ${e.op} reg_key ${e.sregKey} set ${e.set}`;
+      case 'immediate': return `immediate reg ${e.dreg} ${words(e.data)}`;
+      case 'verdict': return `immediate reg 0 ${e.verdict.chain ? `${e.verdict.code} -> ${e.verdict.chain}` : e.verdict.code}`;
+      case 'numgen': return `numgen reg ${e.dreg} = random mod ${e.mod}`;
+      case 'nat':
+        return `nat ${e.type} ${e.family === 6 ? 'ip6' : 'ip'} addr_min reg ${e.regAddrMin}${e.regProtoMin === undefined ? '' : ` proto_min reg ${e.regProtoMin}`}${e.flags ? ` flags 0x${e.flags.toString(16)}` : ''}`;
+      case 'masq': return `masq${e.flags ? ` flags 0x${e.flags.toString(16)}` : ''}`;
+      case 'fib': return `fib daddr type => reg ${e.dreg}`;
+      case 'counter': return `counter pkts ${e.packets ?? 0n} bytes ${e.bytes ?? 0n}`;
+      case 'reject': return `reject type ${e.type} code ${e.code}`;
+    }
+  })();
+  return `[ ${body} ]`;
+}

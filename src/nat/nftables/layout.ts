@@ -1,0 +1,254 @@
+/**
+ * The NAT model as one nftables table per family, laid out for scale: a
+ * service is a handful of map elements, not chains.
+ *
+ *   nat-prerouting / nat-output -> services:
+ *       ip daddr . meta l4proto . th dport vmap @service-ips          (one element per service)
+ *   service-ips element -> lb-PROTO-N (shared by every service with N endpoints):
+ *       dnat ip to ip daddr . meta l4proto . th dport . numgen random mod N map @endpoints
+ *                                                                      (one element per endpoint)
+ *   weighted services: lbw-PROTO-W and @endpoints-weighted (each endpoint owns a range of [0, W))
+ *   a service with affinity or masquerade-not-from: its own svc-* chain (and, for affinity,
+ *       a sep-* chain and a timeout set per endpoint, as kube-proxy does)
+ *   nat-postrouting -> masquerading: hairpin pairs (ip saddr . ip daddr @hairpin), marked packets
+ *   filter-input/forward/output -> filter-services: vmap @no-endpoint-services -> reject
+ *   canary: one rule; when it is gone, the table was flushed
+ *
+ * Looking a VIP up costs one hash lookup whatever the number of services,
+ * and a sync of N services writes O(N) elements and a constant number of
+ * rules. Maps count per element: the counters of service-ips are per
+ * service, those of the endpoint maps per endpoint.
+ */
+import {
+  CANARY_COMMENT, HAIRPIN_COMMENT, LOCALNET_COMMENT, MASQ_COMMENT, MASQ_MARK, PRIORITY,
+} from '../constants';
+import { familyOf, ruleFamily, servesLoopback, type DesiredState, type Forward, type NatRule, type Proto, type Service } from '../model';
+import { endpointHash, portProtoHash } from '../names';
+import type { Chain, Element, Family, Item, KeyExpr, NamedSet, Rule, Ruleset } from './ruleset';
+
+export const SERVICE_IPS = 'service-ips';
+export const NO_ENDPOINTS = 'no-endpoint-services';
+export const ENDPOINTS = 'endpoints';
+export const ENDPOINTS_WEIGHTED = 'endpoints-weighted';
+export const HAIRPIN = 'hairpin';
+export const CANARY = 'canary';
+const MARK_MASQ = 'mark-for-masquerade';
+const REJECT_CHAIN = 'reject-no-endpoints';
+
+export const SERVICE_KEY: KeyExpr = { fields: ['daddr', 'l4proto', 'dport'] };
+/** The numgen field of the endpoint maps' key: its modulus is each lb chain's own (the map's typeof only names the field). */
+export const ENDPOINT_KEY: KeyExpr = { fields: ['daddr', 'l4proto', 'dport', 'numgen'], mod: 65536 };
+const ENDPOINT_VALUE: KeyExpr = { fields: ['daddr', 'dport'] };
+
+const hostPort = (ip: string, port: number) => (ip.includes(':') ? `[${ip}]:${port}` : `${ip}:${port}`);
+const safe = (s: string) => s.replace(/:/g, '.');
+
+export const svcChain = (s: Pick<Service, 'name' | 'proto'>): string => `svc-${portProtoHash(s.name, s.proto).slice(0, 8)}-${s.name}/${s.proto}`;
+export const sepChain = (s: Pick<Service, 'name' | 'proto'>, ip: string, port: number): string =>
+  `sep-${endpointHash(s.name, s.proto, hostPort(ip, port)).slice(0, 8)}-${s.name}/${s.proto}__${safe(ip)}/${port}`;
+const affinitySet = (sep: string, seconds: number) => `aff-${sep.slice(4, 12)}-${seconds}`;
+
+const weighted = (s: Service) => s.endpoints.some((e) => e.weight !== 1);
+const totalWeight = (s: Service) => s.endpoints.reduce((n, e) => n + e.weight, 0);
+/** The shared chain that picks among a service's endpoints: by count (equal weights) or by total weight. */
+export const lbChain = (s: Service): string => (weighted(s) ? `lbw-${s.proto}-${totalWeight(s)}` : `lb-${s.proto}-${s.endpoints.length}`);
+/** Whether a service needs a chain of its own (features the shared chains cannot express). */
+export const ownChain = (s: Service): boolean => s.affinitySeconds !== undefined || s.masqueradeNotFrom !== undefined;
+
+function lbRules(proto: Proto, mod: number, map: string): Rule[] {
+  // nft wants a protocol match before a port mapping; it also keeps the chain per protocol honest.
+  return [{ items: [{ t: 'l4proto', proto }, { t: 'dnat-map', key: { ...ENDPOINT_KEY, mod }, map }] }];
+}
+
+/** Each endpoint's range of [0, total weight). */
+function ranges(s: Service): [number, number][] {
+  let from = 0;
+  return s.endpoints.map((e) => {
+    const r: [number, number] = [from, from + e.weight - 1];
+    from += e.weight;
+    return r;
+  });
+}
+
+/** What one service adds to the table (besides its service-ips element). */
+interface ServiceParts {
+  chains: Chain[];
+  sets: NamedSet[];
+  endpoints: Element[];
+  weightedEndpoints: Element[];
+}
+
+function serviceParts(s: Service): ServiceParts {
+  const out: ServiceParts = { chains: [], sets: [], endpoints: [], weightedEndpoints: [] };
+  const vipKey = [s.vip, s.proto, s.port] as const;
+  if (s.affinitySeconds === undefined) {
+    if (weighted(s)) ranges(s).forEach((r, i) => out.weightedEndpoints.push({ key: [...vipKey, r], data: [s.endpoints[i]!.ip, s.endpoints[i]!.port] }));
+    else s.endpoints.forEach((e, i) => out.endpoints.push({ key: [...vipKey, i], data: [e.ip, e.port] }));
+  }
+  if (!ownChain(s)) return out;
+  const svc: Chain = { name: svcChain(s), rules: [] };
+  if (s.masqueradeNotFrom) {
+    svc.rules.push({ items: [{ t: 'addr', field: 'saddr', cidr: s.masqueradeNotFrom, not: true }, { t: 'jump', chain: MARK_MASQ }], comment: `${s.name} cluster IP` });
+  }
+  if (s.affinitySeconds === undefined) {
+    svc.rules.push({ items: [{ t: 'goto', chain: lbChain(s) }], comment: s.name });
+    out.chains.push(svc);
+    return out;
+  }
+  const seps = s.endpoints.map((e) => sepChain(s, e.ip, e.port));
+  const sets = seps.map((n) => affinitySet(n, s.affinitySeconds!));
+  s.endpoints.forEach((e, i) => {
+    svc.rules.push({ items: [{ t: 'in-set', key: { fields: ['saddr'] }, set: sets[i]! }, { t: 'goto', chain: seps[i]! }], comment: `${s.name} -> ${hostPort(e.ip, e.port)}` });
+    out.sets.push({ name: sets[i]!, key: { fields: ['saddr'] }, timeout: s.affinitySeconds });
+  });
+  // The choice among endpoints, remembered per client by the set its sep chain updates.
+  if (s.endpoints.length === 1) {
+    svc.rules.push({ items: [{ t: 'goto', chain: seps[0]! }], comment: s.name });
+  } else {
+    const total = totalWeight(s);
+    const elements: Element[] = ranges(s).map((r, i) => ({ key: [r[0] === r[1] ? r[0] : r], data: { verdict: 'goto', chain: seps[i]! } }));
+    svc.rules.push({ items: [{ t: 'vmap', key: { fields: ['numgen'], mod: total }, map: { interval: true, elements } }], comment: s.name });
+  }
+  out.chains.push(svc);
+  s.endpoints.forEach((e, i) => out.chains.push({
+    name: seps[i]!,
+    rules: [
+      { items: [{ t: 'set-update', key: { fields: ['saddr'] }, set: sets[i]! }] },
+      { items: [{ t: 'l4proto', proto: s.proto }, { t: 'counter' }, { t: 'dnat', ip: e.ip, port: e.port }], comment: s.name },
+    ],
+  }));
+  return out;
+}
+
+function natRuleItems(r: NatRule): { chain: 'dnat-rules' | 'snat-rules'; rule: Rule } {
+  switch (r.kind) {
+    case 'masquerade': {
+      const items: Item[] = [{ t: 'addr', field: 'saddr', cidr: r.source }];
+      if (r.destination) items.push({ t: 'addr', field: 'daddr', cidr: r.destination });
+      if (r.outNot) items.push({ t: 'oifname', name: r.outNot, not: true });
+      items.push({ t: 'masquerade' });
+      return { chain: 'snat-rules', rule: { items, comment: `tsnet masquerade ${r.source}${r.destination ? ` to ${r.destination}` : ''}` } };
+    }
+    case 'snat': {
+      const items: Item[] = [{ t: 'addr', field: 'saddr', cidr: r.source }];
+      if (r.destination) items.push({ t: 'addr', field: 'daddr', cidr: r.destination });
+      if (r.out) items.push({ t: 'oifname', name: r.out });
+      items.push({ t: 'snat', ip: r.toSource });
+      return { chain: 'snat-rules', rule: { items, comment: `tsnet snat ${r.source}` } };
+    }
+    case 'dnat':
+      return {
+        chain: 'dnat-rules',
+        rule: {
+          items: [{ t: 'addr', field: 'daddr', cidr: r.destination }, { t: 'l4proto', proto: r.proto }, { t: 'dport', port: r.port }, { t: 'dnat', ip: r.toIp, port: r.toPort }],
+          comment: `tsnet dnat ${hostPort(r.destination, r.port)}`,
+        },
+      };
+  }
+}
+
+/** A forward's rules: DNAT in, source NAT of its own flows out, an accept in forward (as in the iptables backend). */
+function forwardRules(f: Forward): { dnat: Rule; snat: Rule[]; accept: Rule } {
+  const comment = `tsnet forward ${f.name}`;
+  const dnat: Rule = {
+    items: [f.listen ? { t: 'addr', field: 'daddr', cidr: f.listen } : { t: 'local-daddr' }, { t: 'l4proto', proto: f.proto }, { t: 'dport', port: f.listenPort }, { t: 'dnat', ip: f.targetIp, port: f.targetPort }],
+    comment,
+  };
+  const mine: Item[] = [{ t: 'ct-dnat' }, { t: 'ct-orig-dport', port: f.listenPort }];
+  const toTarget: Item[] = [{ t: 'addr', field: 'daddr', cidr: f.targetIp }, { t: 'l4proto', proto: f.proto }, { t: 'dport', port: f.targetPort }, ...mine];
+  const snat: Rule[] = [];
+  if (f.snat === 'auto' || f.snat === 'masquerade') snat.push({ items: [...toTarget, { t: 'masquerade' }], comment });
+  else if (f.snat !== 'none') snat.push({ items: [...toTarget, { t: 'snat', ip: f.snat }], comment });
+  // Clients of 127.0.0.1 cannot keep that source on the wire, whatever --snat says.
+  if (f.snat === 'none' && servesLoopback(f)) snat.push({ items: [{ t: 'addr', field: 'saddr', cidr: '127.0.0.0/8' }, { t: 'l4proto', proto: f.proto }, ...mine, { t: 'masquerade' }], comment });
+  const accept: Rule = {
+    items: [{ t: 'l4proto', proto: f.proto }, ...mine, { t: 'ct-reply-saddr', ip: f.targetIp }, { t: 'ct-reply-sport', port: f.targetPort }, { t: 'verdict', verdict: 'accept' }],
+    comment,
+  };
+  return { dnat, snat, accept };
+}
+
+/** kube-proxy's guard for route_localnet (CVE-2020-8558): nothing from outside reaches 127.0.0.0/8 unless it was DNATed. */
+const LOCALNET_GUARD: Rule = {
+  items: [
+    { t: 'addr', field: 'daddr', cidr: '127.0.0.0/8' }, { t: 'addr', field: 'saddr', cidr: '127.0.0.0/8', not: true },
+    { t: 'ct-not-established' }, { t: 'ct-dnat', not: true }, { t: 'verdict', verdict: 'drop' },
+  ],
+  comment: LOCALNET_COMMENT,
+};
+
+const serviceSet = (name: string): NamedSet => ({ name, key: SERVICE_KEY, data: 'verdict', counter: true });
+const endpointSet = (name: string, interval: boolean): NamedSet => ({ name, key: ENDPOINT_KEY, data: ENDPOINT_VALUE, counter: true, ...(interval ? { interval } : {}) });
+
+/** The whole desired table of one family. */
+export function render(st: DesiredState, family: Family): Ruleset {
+  const services = st.services.filter((s) => familyOf(s.vip) === family);
+  const serviceIps: Element[] = [];
+  const noEndpoints: Element[] = [];
+  const endpoints: Element[] = [];
+  const weightedEndpoints: Element[] = [];
+  const hairpin = new Map<string, Element>();
+  const lb = new Map<string, Chain>();
+  const perService: Chain[] = [];
+  const affinitySets: NamedSet[] = [];
+  for (const s of services) {
+    const key = [s.vip, s.proto, s.port];
+    if (s.endpoints.length === 0) {
+      noEndpoints.push({ key, data: { verdict: 'goto', chain: REJECT_CHAIN }, comment: `${s.name} has no endpoints` });
+      continue;
+    }
+    const parts = serviceParts(s);
+    serviceIps.push({ key, data: { verdict: 'goto', chain: ownChain(s) ? svcChain(s) : lbChain(s) }, comment: s.name });
+    endpoints.push(...parts.endpoints);
+    weightedEndpoints.push(...parts.weightedEndpoints);
+    perService.push(...parts.chains);
+    affinitySets.push(...parts.sets);
+    if (s.affinitySeconds === undefined && !lb.has(lbChain(s))) {
+      const name = lbChain(s);
+      lb.set(name, { name, rules: weighted(s) ? lbRules(s.proto, totalWeight(s), ENDPOINTS_WEIGHTED) : lbRules(s.proto, s.endpoints.length, ENDPOINTS) });
+    }
+    for (const e of s.endpoints) hairpin.set(e.ip, { key: [e.ip, e.ip] });
+  }
+  const rules = st.rules.filter((r) => ruleFamily(r) === family).map(natRuleItems);
+  const forwards = st.forwards.filter((f) => familyOf(f.targetIp) === family).map(forwardRules);
+  const chain = (name: string, rs: Rule[], hook?: Chain['hook']): Chain => (hook ? { name, hook, rules: rs } : { name, rules: rs });
+  const jump = (c: string): Rule => ({ items: [{ t: 'jump', chain: c }] });
+  const firstInFilter: Record<'input' | 'forward' | 'output', Rule[]> = {
+    input: family === 4 && st.forwards.some((f) => familyOf(f.targetIp) === 4 && servesLoopback(f)) ? [LOCALNET_GUARD] : [],
+    forward: forwards.map((f) => f.accept),
+    output: [],
+  };
+  const chains: Chain[] = [
+    chain(CANARY, [{ items: [{ t: 'counter' }], comment: CANARY_COMMENT }]),
+    chain('services', [{ items: [{ t: 'vmap', key: SERVICE_KEY, map: SERVICE_IPS }] }]),
+    chain('filter-services', [{ items: [{ t: 'vmap', key: SERVICE_KEY, map: NO_ENDPOINTS }] }]),
+    chain(REJECT_CHAIN, [{ items: [{ t: 'reject' }] }]),
+    chain(MARK_MASQ, [{ items: [{ t: 'mark-set', op: 'or', bits: MASQ_MARK }] }]),
+    chain('masquerading', [
+      { items: [{ t: 'ct-dnat' }, { t: 'in-set', key: { fields: ['saddr', 'daddr'] }, set: HAIRPIN }, { t: 'masquerade' }], comment: HAIRPIN_COMMENT },
+      { items: [{ t: 'mark-clear', bits: MASQ_MARK }, { t: 'verdict', verdict: 'return' }] },
+      // Clear the mark so a packet that passes this chain again is not masqueraded twice.
+      { items: [{ t: 'mark-set', op: 'xor', bits: MASQ_MARK }] },
+      { items: [{ t: 'masquerade' }], comment: MASQ_COMMENT },
+    ]),
+    chain('dnat-rules', [...rules.filter((r) => r.chain === 'dnat-rules').map((r) => r.rule), ...forwards.map((f) => f.dnat)]),
+    chain('snat-rules', [...rules.filter((r) => r.chain === 'snat-rules').map((r) => r.rule), ...forwards.flatMap((f) => f.snat)]),
+    ...[...lb.values()].sort((a, b) => a.name.localeCompare(b.name)),
+    ...perService,
+    chain('nat-prerouting', [jump('services'), jump('dnat-rules')], { type: 'nat', hook: 'prerouting', priority: PRIORITY.dstnat }),
+    chain('nat-output', [jump('services'), jump('dnat-rules')], { type: 'nat', hook: 'output', priority: PRIORITY.dstnat }),
+    chain('nat-postrouting', [jump('masquerading'), jump('snat-rules')], { type: 'nat', hook: 'postrouting', priority: PRIORITY.srcnat }),
+    ...(['input', 'forward', 'output'] as const).map((hook) =>
+      chain(`filter-${hook}`, [...firstInFilter[hook], { items: [{ t: 'ct-new' }, { t: 'jump', chain: 'filter-services' }] }], { type: 'filter', hook, priority: PRIORITY.filter })),
+  ];
+  const sets: NamedSet[] = [
+    serviceSet(SERVICE_IPS), serviceSet(NO_ENDPOINTS), endpointSet(ENDPOINTS, false), endpointSet(ENDPOINTS_WEIGHTED, true),
+    { name: HAIRPIN, key: { fields: ['saddr', 'daddr'] } },
+    ...affinitySets,
+  ];
+  const elements = new Map<string, Element[]>([
+    [SERVICE_IPS, serviceIps], [NO_ENDPOINTS, noEndpoints], [ENDPOINTS, endpoints], [ENDPOINTS_WEIGHTED, weightedEndpoints],
+    [HAIRPIN, [...hairpin.values()]],
+  ]);
+  return { family, sets, chains, elements };
+}

@@ -1,0 +1,246 @@
+/**
+ * From the typed rule items of ./ruleset to kernel expressions, exactly as
+ * nft 1.0.6 compiles the same text (so `nft list` shows tsnet's rules as if
+ * nft had written them, and switching between the text and netlink backends
+ * changes nothing in the kernel). Each item is spelled out once, in
+ * lowerItem; the field table says how each key field is loaded and encoded.
+ */
+import { bufferToIp, ipToBuffer } from '../../netlink/attrs';
+import { NFT_FIB_F, NF_NAT_RANGE, NFT_REG32_00 } from '../../netlink/nftables';
+import { parseCidr } from '../../addr/cidr';
+import type { Expr } from './expr';
+import type { Family, Field, Item, KeyExpr, Value } from './ruleset';
+
+/** How one key field is loaded into a register and how its values are encoded. */
+interface FieldSpec {
+  len(family: Family): number;
+  /** Host byte order in the register (meta, numgen): interval sets need it converted to network order. */
+  host?: { size: number };
+  load(family: Family, dreg: number, mod?: number): Expr;
+  encode(v: Value, family: Family): Buffer;
+}
+
+const u32le = (n: number) => { const b = Buffer.alloc(4); b.writeUInt32LE(n >>> 0); return b; };
+const be16 = (n: number) => { const b = Buffer.alloc(2); b.writeUInt16BE(n); return b; };
+const PROTO: Record<string, number> = { tcp: 6, udp: 17 };
+const addrLen = (f: Family) => (f === 6 ? 16 : 4);
+const ADDR_OFFSET = { 4: { saddr: 12, daddr: 16 }, 6: { saddr: 8, daddr: 24 } } as const;
+
+export const FIELDS: Record<Field, FieldSpec> = {
+  saddr: {
+    len: addrLen,
+    load: (f, dreg) => ({ expr: 'payload', base: 'network', offset: ADDR_OFFSET[f].saddr, len: addrLen(f), dreg }),
+    encode: (v) => ipToBuffer(String(v)),
+  },
+  daddr: {
+    len: addrLen,
+    load: (f, dreg) => ({ expr: 'payload', base: 'network', offset: ADDR_OFFSET[f].daddr, len: addrLen(f), dreg }),
+    encode: (v) => ipToBuffer(String(v)),
+  },
+  l4proto: {
+    len: () => 1,
+    host: { size: 2 },
+    load: (_f, dreg) => ({ expr: 'meta', key: 'l4proto', dreg }),
+    encode: (v) => Buffer.from([PROTO[String(v)] ?? Number(v)]),
+  },
+  sport: {
+    len: () => 2,
+    load: (_f, dreg) => ({ expr: 'payload', base: 'transport', offset: 0, len: 2, dreg }),
+    encode: (v) => be16(Number(v)),
+  },
+  dport: {
+    len: () => 2,
+    load: (_f, dreg) => ({ expr: 'payload', base: 'transport', offset: 2, len: 2, dreg }),
+    encode: (v) => be16(Number(v)),
+  },
+  mark: {
+    len: () => 4,
+    host: { size: 4 },
+    load: (_f, dreg) => ({ expr: 'meta', key: 'mark', dreg }),
+    encode: (v) => u32le(Number(v)),
+  },
+  numgen: {
+    len: () => 4,
+    host: { size: 4 },
+    load: (_f, dreg, mod) => ({ expr: 'numgen', dreg, mod: mod ?? 1 }),
+    encode: (v) => u32le(Number(v)),
+  },
+};
+
+/** The wire register of 4-byte slot k (nft's rule: a 16-byte NFT_REG_n when aligned, else NFT_REG32_k). */
+export const regOf = (slot: number): number => (slot % 4 === 0 ? 1 + slot / 4 : NFT_REG32_00 + slot);
+
+const slots = (len: number) => Math.ceil(len / 4);
+
+/** A key's length in bytes: natural for one field, each field padded to 4 in a concatenation. */
+export function keyLen(key: KeyExpr, family: Family): number {
+  const lens = key.fields.map((f) => FIELDS[f].len(family));
+  return lens.length === 1 ? lens[0]! : lens.reduce((n, l) => n + slots(l) * 4, 0);
+}
+
+/** Loads a key into consecutive registers from reg 1; interval sets compare in network order, so host-order fields are converted. */
+export function loadKey(key: KeyExpr, family: Family, interval: boolean): Expr[] {
+  const out: Expr[] = [];
+  let slot = 0;
+  for (const f of key.fields) {
+    const spec = FIELDS[f];
+    const reg = regOf(slot);
+    out.push(spec.load(family, reg, key.mod));
+    if (interval && spec.host) out.push({ expr: 'byteorder', op: 'hton', sreg: reg, dreg: reg, size: spec.host.size, len: spec.len(family) });
+    slot += slots(spec.len(family));
+  }
+  return out;
+}
+
+/** A key's value as the kernel stores it (the same layout loadKey produces). */
+export function encodeKey(key: KeyExpr, values: readonly Value[], family: Family, interval: boolean): Buffer {
+  const parts = key.fields.map((f, i) => {
+    const spec = FIELDS[f];
+    let b = spec.encode(values[i]!, family);
+    if (interval && spec.host?.size === 4) b = Buffer.from(b).reverse();
+    return b;
+  });
+  if (parts.length === 1) return parts[0]!;
+  return Buffer.concat(parts.map((p) => Buffer.concat([p, Buffer.alloc(slots(p.length) * 4 - p.length)])));
+}
+
+/** The inverse of encodeKey: a key read back from the kernel (element dumps). */
+export function decodeKey(key: KeyExpr, buf: Buffer, family: Family, interval: boolean): Value[] {
+  const out: Value[] = [];
+  let off = 0;
+  for (const f of key.fields) {
+    const len = FIELDS[f].len(family);
+    const b = buf.subarray(off, off + len);
+    switch (f) {
+      case 'saddr': case 'daddr': out.push(bufferToIp(b)); break;
+      case 'l4proto': out.push(Object.entries(PROTO).find(([, n]) => n === b[0])?.[0] ?? b[0]!); break;
+      case 'sport': case 'dport': out.push(b.readUInt16BE(0)); break;
+      case 'mark': case 'numgen': out.push(interval ? b.readUInt32BE(0) : b.readUInt32LE(0)); break;
+    }
+    off += key.fields.length === 1 ? len : slots(len) * 4;
+  }
+  return out;
+}
+
+/** What lowering needs to know about the sets rules refer to. */
+export interface SetInfo {
+  interval: boolean;
+  /** The transaction id, when the set is created in the same batch (the kernel then finds it by id). */
+  id?: number;
+}
+
+export interface LowerContext {
+  family: Family;
+  set(name: string): SetInfo;
+}
+
+function addrMatch(field: 'saddr' | 'daddr', cidr: string, not: boolean, family: Family): Expr[] {
+  const c = parseCidr(cidr, { defaultPrefix: true });
+  const full = addrLen(family);
+  const net = ipToBuffer(c.network);
+  const op = not ? 'neq' : 'eq';
+  const offset = ADDR_OFFSET[family][field];
+  if (c.prefix === full * 8) return [{ expr: 'payload', base: 'network', offset, len: full, dreg: 1 }, { expr: 'cmp', sreg: 1, op, data: ipToBuffer(c.address) }];
+  if (c.prefix % 8 === 0) {
+    // A byte-aligned prefix: nft loads only the prefix's bytes.
+    const n = c.prefix / 8;
+    return [{ expr: 'payload', base: 'network', offset, len: n, dreg: 1 }, { expr: 'cmp', sreg: 1, op, data: net.subarray(0, n) }];
+  }
+  const mask = Buffer.alloc(full);
+  for (let i = 0; i < c.prefix; i++) mask[i >> 3]! |= 0x80 >> (i & 7);
+  return [
+    { expr: 'payload', base: 'network', offset, len: full, dreg: 1 },
+    { expr: 'bitwise', sreg: 1, dreg: 1, mask, xor: Buffer.alloc(full) },
+    { expr: 'cmp', sreg: 1, op, data: net },
+  ];
+}
+
+/** ct state / ct status bits, tested the way nft does: `& BITS` then `!= 0` (any set) or `== 0` (none set). */
+function ctBits(key: 'state' | 'status', bits: number, any: boolean): Expr[] {
+  return [
+    { expr: 'ct', key, dreg: 1 },
+    { expr: 'bitwise', sreg: 1, dreg: 1, mask: u32le(bits), xor: u32le(0) },
+    { expr: 'cmp', sreg: 1, op: any ? 'neq' : 'eq', data: u32le(0) },
+  ];
+}
+const CT_STATE = { established: 0x2, related: 0x4, new: 0x8 };
+const IPS_DST_NAT = 0x20;
+
+function ifname(name: string): Buffer {
+  const b = Buffer.alloc(16);
+  b.write(name);
+  return b;
+}
+
+/** The kernel expressions of one rule item; `anonymousSet` names the set an anonymous vmap was given in this batch. */
+export function lowerItem(item: Item, cx: LowerContext, anonymousSet?: { name: string; id: number }): Expr[] {
+  const fam = cx.family;
+  switch (item.t) {
+    case 'addr': return addrMatch(item.field, item.cidr, item.not ?? false, fam);
+    case 'local-daddr':
+      return [{ expr: 'fib', dreg: 1, result: 'addrtype', flags: NFT_FIB_F.daddr }, { expr: 'cmp', sreg: 1, op: 'eq', data: u32le(2) }];
+    case 'l4proto': return [FIELDS.l4proto.load(fam, 1), { expr: 'cmp', sreg: 1, op: 'eq', data: FIELDS.l4proto.encode(item.proto, fam) }];
+    case 'dport': return [FIELDS.dport.load(fam, 1), { expr: 'cmp', sreg: 1, op: 'eq', data: be16(item.port) }];
+    case 'oifname': return [{ expr: 'meta', key: 'oifname', dreg: 1 }, { expr: 'cmp', sreg: 1, op: item.not ? 'neq' : 'eq', data: ifname(item.name) }];
+    case 'ct-new': return ctBits('state', CT_STATE.new, true);
+    case 'ct-not-established': return ctBits('state', CT_STATE.established | CT_STATE.related, false);
+    case 'ct-dnat': return ctBits('status', IPS_DST_NAT, !item.not);
+    case 'ct-orig-dport': return [{ expr: 'ct', key: 'proto_dst', dir: 'original', dreg: 1 }, { expr: 'cmp', sreg: 1, op: 'eq', data: be16(item.port) }];
+    case 'ct-reply-saddr':
+      return [{ expr: 'ct', key: fam === 6 ? 'src_ip6' : 'src_ip', dir: 'reply', dreg: 1 }, { expr: 'cmp', sreg: 1, op: 'eq', data: ipToBuffer(item.ip) }];
+    case 'ct-reply-sport': return [{ expr: 'ct', key: 'proto_src', dir: 'reply', dreg: 1 }, { expr: 'cmp', sreg: 1, op: 'eq', data: be16(item.port) }];
+    case 'mark-clear':
+      return [
+        { expr: 'meta', key: 'mark', dreg: 1 },
+        { expr: 'bitwise', sreg: 1, dreg: 1, mask: u32le(item.bits), xor: u32le(0), explicitOp: true },
+        { expr: 'cmp', sreg: 1, op: 'eq', data: u32le(0) },
+      ];
+    case 'in-set': {
+      const s = cx.set(item.set);
+      return [...loadKey(item.key, fam, s.interval), { expr: 'lookup', sreg: 1, set: item.set, ...(s.id === undefined ? {} : { setId: s.id }) }];
+    }
+    case 'counter': return [{ expr: 'counter' }];
+    case 'verdict': return [{ expr: 'verdict', verdict: { code: item.verdict } }];
+    case 'jump': case 'goto': return [{ expr: 'verdict', verdict: { code: item.t, chain: item.chain } }];
+    case 'vmap': {
+      if (typeof item.map !== 'string') {
+        if (!anonymousSet) throw new Error('lowering an anonymous vmap needs the set it was given');
+        return [...loadKey(item.key, fam, item.map.interval), { expr: 'lookup', sreg: 1, set: anonymousSet.name, setId: anonymousSet.id, dreg: 0 }];
+      }
+      const s = cx.set(item.map);
+      return [...loadKey(item.key, fam, s.interval), { expr: 'lookup', sreg: 1, set: item.map, dreg: 0, ...(s.id === undefined ? {} : { setId: s.id }) }];
+    }
+    case 'dnat':
+      return [
+        { expr: 'immediate', dreg: 1, data: ipToBuffer(item.ip) },
+        { expr: 'immediate', dreg: 2, data: be16(item.port) },
+        { expr: 'nat', type: 'dnat', family: fam, regAddrMin: 1, regProtoMin: 2, flags: NF_NAT_RANGE.PROTO_SPECIFIED },
+      ];
+    case 'dnat-map': {
+      const s = cx.set(item.map);
+      // The map's value is address . port: the port starts in the slot after the address.
+      return [
+        ...loadKey(item.key, fam, s.interval),
+        { expr: 'lookup', sreg: 1, set: item.map, dreg: 1, ...(s.id === undefined ? {} : { setId: s.id }) },
+        { expr: 'nat', type: 'dnat', family: fam, regAddrMin: 1, regProtoMin: regOf(slots(addrLen(fam))) },
+      ];
+    }
+    case 'snat':
+      return [{ expr: 'immediate', dreg: 1, data: ipToBuffer(item.ip) }, { expr: 'nat', type: 'snat', family: fam, regAddrMin: 1, flags: NF_NAT_RANGE.PROTO_RANDOM_FULLY }];
+    case 'masquerade': return [{ expr: 'masq', flags: NF_NAT_RANGE.PROTO_RANDOM_FULLY }];
+    case 'mark-set': {
+      const mask = item.op === 'or' ? ~item.bits >>> 0 : 0xffffffff;
+      return [
+        { expr: 'meta', key: 'mark', dreg: 1 },
+        { expr: 'bitwise', sreg: 1, dreg: 1, mask: u32le(mask), xor: u32le(item.bits), explicitOp: true },
+        { expr: 'meta-set', key: 'mark', sreg: 1 },
+      ];
+    }
+    case 'set-update': {
+      const s = cx.set(item.set);
+      return [...loadKey(item.key, fam, s.interval), { expr: 'dynset', op: 'update', sregKey: 1, set: item.set, ...(s.id === undefined ? {} : { setId: s.id }) }];
+    }
+    case 'reject': return [{ expr: 'reject', type: 0, code: fam === 6 ? 4 : 3 }];
+  }
+}
+

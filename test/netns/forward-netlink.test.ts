@@ -1,0 +1,3 @@
+import { forwardSuite } from './forward-suite';
+
+forwardSuite('netlink');

@@ -1,0 +1,3 @@
+import { natSuite } from './nat-suite';
+
+natSuite('netlink');

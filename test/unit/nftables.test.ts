@@ -1,0 +1,147 @@
+import test from 'ava';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { normalizeState, parseEndpoint, type DesiredState } from '../../src/nat/model';
+import { ENDPOINTS, SERVICE_IPS, lbChain, render, sepChain, svcChain } from '../../src/nat/nftables/layout';
+import { fullPlan, partialPlan, digests } from '../../src/nat/nftables/plan';
+import { script } from '../../src/nat/nftables/text';
+import { lowerItem, encodeKey, decodeKey, type LowerContext } from '../../src/nat/nftables/lower';
+import { formatExpr } from '../../src/nat/nftables/expr';
+import { setUdata, datatype } from '../../src/nat/nftables/udata';
+import { encodePlan } from '../../src/nat/nftables/netlink';
+import type { Rule, Ruleset } from '../../src/nat/nftables/ruleset';
+import { sampleState } from '../harness/nat-sample';
+import { decodeBatch } from '../harness/nft-batch';
+
+const FIXTURES = path.join(__dirname, '..', '..', '..', 'test', 'fixtures');
+
+/** The rule blocks of an `nft --debug=netlink` capture: chain and expression lines, in order. */
+function captured(family: 4 | 6): { chain: string; exprs: string[] }[] {
+  const out: { chain: string; exprs: string[] }[] = [];
+  let cur: { chain: string; exprs: string[] } | undefined;
+  for (const line of fs.readFileSync(path.join(FIXTURES, `nft-debug-v${family}.txt`), 'utf8').split('\n')) {
+    const head = /^(ip6?) tsnet (\S+)$/.exec(line);
+    if (head) {
+      cur = { chain: head[2]!, exprs: [] };
+      out.push(cur);
+    } else if (cur && /^ {2}\[ /.test(line)) cur.exprs.push(line.trim());
+    else if (!line.startsWith('  ')) cur = undefined;
+  }
+  return out.filter((b) => b.exprs.length);
+}
+
+function lowered(rs: Ruleset): { chain: string; exprs: string[] }[] {
+  const sets = new Map(rs.sets.map((s) => [s.name, s]));
+  const cx: LowerContext = { family: rs.family, set: (n) => ({ interval: sets.get(n)?.interval ?? false }) };
+  return fullPlan(rs).ops.flatMap((op) => (op.op === 'add-rules'
+    ? op.rules.map((r: Rule) => ({ chain: op.chain, exprs: r.items.flatMap((i) => lowerItem(i, cx, { name: '__map%d', id: 1 })).map(formatExpr) }))
+    : []));
+}
+
+for (const family of [4, 6] as const) {
+  test(`IPv${family}: every rule of the layout compiles to exactly the expressions nft 1.0.6 makes of its text (captured nft --debug=netlink)`, (t) => {
+    const mine = lowered(render(sampleState(family), family));
+    const nft = captured(family);
+    t.is(mine.length, nft.length, 'as many rules');
+    t.true(mine.length > 30);
+    mine.forEach((m, i) => t.deepEqual(m, nft[i], `rule ${i} in ${m.chain}`));
+  });
+}
+
+test('set userdata is nft\'s: byte orders and typeof of key and value, so nft list prints "typeof ..." (bytes captured from nft 1.0.6)', (t) => {
+  const rs = render(sampleState(4), 4);
+  const byName = new Map(rs.sets.map((s) => [s.name, s]));
+  t.is(setUdata(byName.get(SERVICE_IPS)!, 4).toString('hex'),
+    '000400000000010400000000034400040d000000013c0014000407000000010c00040c00000001040c000000010e00040900000001060004100000000214000407000000010c00040b00000001040200000004080004010000000100060400000000');
+  t.is(setUdata(byName.get('hairpin')!, 4).toString('hex'),
+    '000400000000033400040d000000012c0014000407000000010c00040c00000001040b0000000114000407000000010c00040c00000001040c000000');
+  t.is(datatype(byName.get(SERVICE_IPS)!.key, 4), 0x730d, 'ipv4_addr . inet_proto . inet_service');
+  t.is(datatype(byName.get(ENDPOINTS)!.key, 4), 0x1cc344, '... . integer');
+  t.is(datatype(byName.get(SERVICE_IPS)!.key, 6), 0x830d, 'ipv6_addr . inet_proto . inet_service');
+});
+
+test('element keys: concatenations padded to 4 bytes per field, numgen in host order (network order in interval maps), and back', (t) => {
+  const key = { fields: ['daddr', 'l4proto', 'dport', 'numgen'] as const };
+  const k = { fields: [...key.fields] };
+  t.is(encodeKey(k, ['10.96.0.1', 'tcp', 80, 1], 4, false).toString('hex'), '0a600001060000000050000001000000');
+  t.is(encodeKey(k, ['10.96.0.1', 'tcp', 80, 1], 4, true).toString('hex'), '0a600001060000000050000000000001');
+  t.deepEqual(decodeKey(k, Buffer.from('0a600001060000000050000001000000', 'hex'), 4, false), ['10.96.0.1', 'tcp', 80, 1]);
+  t.deepEqual(decodeKey(k, encodeKey(k, ['fd96::1', 'udp', 53, 7], 6, true), 6, true), ['fd96::1', 'udp', 53, 7]);
+  t.is(encodeKey({ fields: ['saddr'] }, ['10.0.0.2'], 4, false).toString('hex'), '0a000002', 'one field keeps its natural length');
+});
+
+const web: DesiredState = normalizeState({
+  services: [{ name: 'default/web', vip: '10.96.0.10', port: 80, proto: 'tcp', endpoints: [parseEndpoint('10.0.0.2:8080'), parseEndpoint('10.0.0.3:8080')] }],
+  rules: [{ kind: 'masquerade', source: '10.88.0.0/16', outNot: 'br0' }],
+});
+
+test('layout: a service is map elements, not chains; chains are shared by endpoint count; features get their own chain', (t) => {
+  const text = script(fullPlan(render(web, 4)).ops, 4);
+  t.true(text.startsWith('add table ip tsnet\ndelete table ip tsnet\nadd table ip tsnet\n'), 'a full sync replaces the table in one transaction');
+  t.regex(text, /add rule ip tsnet services ip daddr \. meta l4proto \. th dport vmap @service-ips\n/);
+  t.true(text.includes('add rule ip tsnet lb-tcp-2 meta l4proto tcp dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 2 map @endpoints'));
+  t.true(text.includes('add element ip tsnet service-ips { 10.96.0.10 . tcp . 80 comment "default/web" : goto lb-tcp-2 }'));
+  t.true(text.includes('add element ip tsnet endpoints { 10.96.0.10 . tcp . 80 . 0 : 10.0.0.2 . 8080, 10.96.0.10 . tcp . 80 . 1 : 10.0.0.3 . 8080 }'));
+  t.true(text.includes('add element ip tsnet hairpin { 10.0.0.2 . 10.0.0.2, 10.0.0.3 . 10.0.0.3 }'));
+  t.true(text.includes('add rule ip tsnet snat-rules ip saddr 10.88.0.0/16 oifname != "br0" masquerade fully-random'));
+  t.false(text.includes('svc-'), 'a plain service has no chain of its own');
+  t.is(lbChain(web.services[0]!), 'lb-tcp-2');
+
+  const st = structuredClone(web);
+  st.services[0]!.affinitySeconds = 30;
+  st.services[0]!.endpoints[1]!.weight = 3;
+  const aff = script(fullPlan(render(st, 4)).ops, 4);
+  const svc = svcChain(st.services[0]!);
+  const [a, b] = [sepChain(st.services[0]!, '10.0.0.2', 8080), sepChain(st.services[0]!, '10.0.0.3', 8080)];
+  t.true(aff.includes(`add rule ip tsnet ${svc} numgen random mod 4 vmap { 0 : goto ${a}, 1-3 : goto ${b} } comment "default/web"`));
+  t.regex(aff, /add set ip tsnet aff-[A-Z2-7]{8}-30 \{ typeof ip saddr ; flags dynamic,timeout ; timeout 30s ; \}/);
+  t.true(aff.includes(`add rule ip tsnet ${a} update @aff-`));
+
+  const w = structuredClone(web);
+  w.services[0]!.endpoints[0]!.weight = 2;
+  const wt = script(fullPlan(render(w, 4)).ops, 4);
+  t.true(wt.includes('add element ip tsnet endpoints-weighted { 10.96.0.10 . tcp . 80 . 0-1 : 10.0.0.2 . 8080, 10.96.0.10 . tcp . 80 . 2 : 10.0.0.3 . 8080 }'));
+  t.true(wt.includes('goto lbw-tcp-3'));
+});
+
+test('partial sync: an endpoint change is element operations only; stale chains are flushed before they are deleted', (t) => {
+  const prev = digests(render(web, 4));
+  const after = normalizeState({ ...web, services: [...web.services, { name: 'dns', vip: '10.96.0.53', port: 53, proto: 'udp', endpoints: [parseEndpoint('10.0.0.9:53')] }] });
+  after.services[0]!.endpoints = [parseEndpoint('10.0.0.2:8080'), parseEndpoint('10.0.0.4:8080')];
+  const plan = partialPlan(render(after, 4), prev)!;
+  const lines = script(plan.ops, 4).trim().split('\n');
+  t.false(plan.full);
+  t.false(lines.some((l) => l.startsWith('delete table')), 'no rebuild');
+  t.true(lines.includes('delete element ip tsnet endpoints { 10.96.0.10 . tcp . 80 . 1 }'));
+  t.true(lines.includes('delete element ip tsnet hairpin { 10.0.0.3 . 10.0.0.3 }'));
+  t.true(lines.some((l) => l.startsWith('add element ip tsnet endpoints {') && l.includes('10.96.0.10 . tcp . 80 . 1 : 10.0.0.4 . 8080') && l.includes('10.96.0.53 . udp . 53 . 0 : 10.0.0.9 . 53')));
+  t.true(lines.includes('add chain ip tsnet lb-udp-1'), 'the first one-endpoint UDP service brings its shared chain');
+  t.false(lines.some((l) => /^(flush|add rule).*(nat-prerouting|lb-tcp-2)/.test(l)), 'unchanged chains untouched');
+
+  // Affinity off: its chains and sets go, after the element pointing at them.
+  const withAff = structuredClone(web);
+  withAff.services[0]!.affinitySeconds = 30;
+  const back = partialPlan(render(web, 4), digests(render(withAff, 4)))!;
+  const text = script(back.ops, 4).trim().split('\n');
+  const svc = svcChain(withAff.services[0]!);
+  const del = text.indexOf(`delete chain ip tsnet ${svc}`);
+  t.true(text.indexOf(`flush chain ip tsnet ${svc}`) < del && del > 0);
+  t.true(text.findIndex((l) => l.startsWith('delete element ip tsnet service-ips')) < del, 'the map element goes before the chain it points to');
+  t.true(text.some((l) => /^delete set ip tsnet aff-/.test(l)));
+  t.is(partialPlan(render(web, 4), { ...prev, layout: { version: '1' } }), undefined, 'another layout: full sync');
+});
+
+test('netlink batch: BEGIN, one message per operation (element lists split under the 16-bit nest limit), END', (t) => {
+  const many = normalizeState({ services: Array.from({ length: 3000 }, (_, i) => ({ name: `s${i}`, vip: `10.96.${i >> 8}.${i & 255}`, port: 80, proto: 'tcp' as const, endpoints: [parseEndpoint(`10.1.${i >> 8}.${i & 255}:80`)] })), rules: [] });
+  const b = encodePlan(fullPlan(render(many, 4)).ops, 4, [], 100);
+  const msgs = decodeBatch(b.bytes);
+  t.is(msgs[0], 'BATCH_BEGIN');
+  t.is(msgs[msgs.length - 1], 'BATCH_END');
+  const endpointMsgs = msgs.filter((m) => m.startsWith('NEWSETELEM') && m.includes('"set":"endpoints"'));
+  t.true(endpointMsgs.length > 1, 'split');
+  const n = endpointMsgs.reduce((sum, m) => sum + (JSON.parse(m.slice(m.indexOf('{'))) as { elements: unknown[] }).elements.length, 0);
+  t.is(n, 3000);
+  t.is(b.firstSeq, 100);
+  t.is(b.lastSeq, 100 + msgs.length - 1);
+  t.regex([...b.what.values()].find((w) => w.startsWith('adding') && w.includes('elements to endpoints'))!, /^adding \d+ elements to endpoints, from 10\.96\.0\.0 \. tcp \. 80 \. 0 : 10\.1\.0\.0 \. 80$/);
+});
