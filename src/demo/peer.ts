@@ -1,6 +1,6 @@
 /**
  * A small traffic peer, run as a child process *inside* a namespace (so its
- * sockets are created there; see src/netns/switch.ts):
+ * sockets are created there; see src/netns/inside.ts):
  *
  *   peer.js serve tcp|udp|http HOST PORT NAME     answers NAME to every request; prints "ready"
  *   peer.js request tcp|udp|http HOST PORT COUNT [TIMEOUT_MS] [CONCURRENCY] [SOURCE_PORT]

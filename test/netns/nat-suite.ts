@@ -99,6 +99,24 @@ export function natSuite(backend: BackendName): void {
     t.is(foreign(), foreignBefore);
   });
 
+  test.serial('service ls shows the kernel\'s counters: one per new connection, per service and per endpoint', async (t) => {
+    ok('service', 'add', 'default/count', '--vip', `${VIP}:85`, '--endpoint', '10.80.0.11:8080', '--endpoint', '10.80.0.12:8080@3');
+    const before = JSON.parse(ok('service', 'ls', '--json').stdout).find((s: { name: string }) => s.name === 'default/count');
+    t.deepEqual([before.counters.service.packets, Object.values(before.counters.endpoints).map((c: any) => c.packets)], [0, [0, 0]]);
+    const r = await request(client, 'http', VIP, 85, { count: 40, concurrency: 8 });
+    t.is(r.ok, 40, r.errors.join('; '));
+    const after = JSON.parse(ok('service', 'ls', '--json').stdout).find((s: { name: string }) => s.name === 'default/count');
+    t.is(after.counters.service.packets, 40, 'one count per connection (NAT sees its first packet)');
+    t.true(after.counters.service.bytes > 40 * 40, 'bytes counted too');
+    const per = after.counters.endpoints as Record<string, { packets: number }>;
+    t.deepEqual(Object.keys(per), ['10.80.0.11:8080', '10.80.0.12:8080']);
+    t.is(per['10.80.0.11:8080']!.packets, r.replies.b1 ?? 0, 'each endpoint counts the connections it served');
+    t.is(per['10.80.0.12:8080']!.packets, r.replies.b2 ?? 0);
+    const table = ok('service', 'ls').stdout;
+    t.regex(table, new RegExp(`default/count +${VIP.replace(/\./g, '\\.')}:85 +tcp +40 +10\\.80\\.0\\.11:8080=${r.replies.b1 ?? 0},10\\.80\\.0\\.12:8080@3=${r.replies.b2 ?? 0}`));
+    ok('service', 'del', 'default/count');
+  });
+
   test.serial('rules read naturally: chains and comments name the service', (t) => {
     const text = observe();
     if (backend === 'iptables') {

@@ -1,0 +1,3 @@
+import { natIpv6Suite } from './nat-ipv6-suite';
+
+natIpv6Suite('nft');
