@@ -131,6 +131,17 @@ test('partial sync: an endpoint change is element operations only; stale chains 
   t.is(partialPlan(render(web, 4), { ...prev, layout: { version: '1' } }), undefined, 'another layout: full sync');
 });
 
+test('partial sync: a chain that only grew gets its new rules appended, no flush (deleting rules costs the kernel an RCU grace period)', (t) => {
+  const one = normalizeState({ services: [], rules: [{ kind: 'masquerade', source: '10.88.0.2/32', outNot: 'br0' }] });
+  const two = normalizeState({ services: [], rules: [...one.rules, { kind: 'masquerade', source: '10.88.0.3/32', outNot: 'br0' }] });
+  const grow = script(partialPlan(render(two, 4), digests(render(one, 4)))!.ops, 4);
+  t.is(grow, 'add table ip tsnet\nadd rule ip tsnet snat-rules ip saddr 10.88.0.3 oifname != "br0" masquerade fully-random comment "tsnet masquerade 10.88.0.3/32"\n');
+  const shrink = script(partialPlan(render(one, 4), digests(render(two, 4)))!.ops, 4);
+  t.true(shrink.includes('flush chain ip tsnet snat-rules\n'), 'a removed rule needs the chain rewritten');
+  const swapped = normalizeState({ services: [], rules: [two.rules[1]!, two.rules[0]!] });
+  t.true(script(partialPlan(render(swapped, 4), digests(render(one, 4)))!.ops, 4).includes('flush chain'), 'not a prefix: rewritten');
+});
+
 test('netlink batch: BEGIN, one message per operation (element lists split under the 16-bit nest limit), END', (t) => {
   const many = normalizeState({ services: Array.from({ length: 3000 }, (_, i) => ({ name: `s${i}`, vip: `10.96.${i >> 8}.${i & 255}`, port: 80, proto: 'tcp' as const, endpoints: [parseEndpoint(`10.1.${i >> 8}.${i & 255}:80`)] })), rules: [] });
   const b = encodePlan(fullPlan(render(many, 4)).ops, 4, [], 100);

@@ -33,12 +33,32 @@ export const LAYOUT = '2';
 export type Digests = Record<string, Record<string, string>>;
 
 const digest = (x: unknown) => createHash('sha256').update(JSON.stringify(x)).digest('base64url').slice(0, 22);
+const ruleDigest = (r: Rule) => digest(r).slice(0, 11);
+
+/**
+ * The rules a changed chain gains at its end, when what it held (as `prev`
+ * remembers it) is unchanged before them; undefined when the chain must be
+ * rewritten. Appending spares a flush: a transaction that deletes rules
+ * costs the kernel an RCU grace period (10-30 ms here), one that only adds
+ * them does not.
+ */
+function appended(c: Chain, prev: Digests): Rule[] | undefined {
+  const before = prev.rules?.[c.name];
+  if (before === undefined) return undefined;
+  const old = before ? before.split(' ') : [];
+  const now = c.rules.map(ruleDigest);
+  if (now.length <= old.length || old.some((d, i) => d !== now[i])) return undefined;
+  return c.rules.slice(old.length);
+}
 const ELEM = 'elements:';
 
 export function digests(rs: Ruleset): Digests {
-  const out: Digests = { layout: { version: LAYOUT }, set: {}, chain: {} };
+  const out: Digests = { layout: { version: LAYOUT }, set: {}, chain: {}, rules: {} };
   for (const s of rs.sets) out.set![s.name] = digest(s);
-  for (const c of rs.chains) out.chain![c.name] = digest(c);
+  for (const c of rs.chains) {
+    out.chain![c.name] = digest(c);
+    out.rules![c.name] = c.rules.map(ruleDigest).join(' ');
+  }
   for (const [name, elements] of rs.elements) {
     const m: Record<string, string> = {};
     for (const e of elements) m[elementKeyId(e)] = elementValueId(e);
@@ -100,8 +120,13 @@ export function partialPlan(rs: Ruleset, prev: Digests): Plan | undefined {
   }
   for (const c of rs.chains) {
     if (before.chain[c.name] === want.chain![c.name]) continue;
-    if (before.chain[c.name] !== undefined) ops.push({ op: 'flush-chain', name: c.name });
-    if (c.rules.length) ops.push({ op: 'add-rules', chain: c.name, rules: c.rules });
+    const tail = before.chain[c.name] === undefined ? undefined : appended(c, prev);
+    if (tail) {
+      ops.push({ op: 'add-rules', chain: c.name, rules: tail });
+    } else {
+      if (before.chain[c.name] !== undefined) ops.push({ op: 'flush-chain', name: c.name });
+      if (c.rules.length) ops.push({ op: 'add-rules', chain: c.name, rules: c.rules });
+    }
     written++;
   }
   ops.push(...adds);
