@@ -14,7 +14,11 @@ export interface Cidr {
   network: string;
 }
 
+/** A dotted quad already in canonical form (no leading zeros): the common case, checked without the library. */
+const CANONICAL_V4 = /^(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)$/;
+
 export function parseIp(text: string): { family: Family; address: string } {
+  if (typeof text === 'string' && CANONICAL_V4.test(text)) return { family: 4, address: text };
   if (typeof text === 'string' && !text.includes('/')) {
     if (Address4.isValid(text)) return { family: 4, address: new Address4(text).correctForm() };
     if (Address6.isValid(text) && !text.includes('%')) return { family: 6, address: new Address6(text).correctForm() };

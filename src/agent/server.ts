@@ -336,7 +336,7 @@ export class Agent {
   async resync(): Promise<void> {
     const full = ++this.passes % Math.max(1, Math.round(this.fullSyncIntervalMs / this.resyncIntervalMs)) === 0;
     for (const dir of this.natDirs) {
-      if (!fs.existsSync(path.join(dir, 'nat.json'))) continue; // no NAT state here (yet)
+      if (!fs.existsSync(path.join(dir, 'nat.json')) && !fs.existsSync(path.join(dir, 'nat.journal'))) continue; // no NAT state here (yet)
       try {
         const engine = new NatEngine({ stateDir: dir });
         await (full ? engine.sync({ force: true }) : engine.converge());

@@ -6,9 +6,9 @@ import * as fs from 'node:fs';
 import { Command, Option } from 'commander';
 import { invalid } from '../errors';
 import type { NetNs } from '../netns';
-import { NatEngine, requireService, type BackendChoice, type SyncReport } from '../nat/engine';
+import { NatEngine, type BackendChoice, type SyncReport } from '../nat/engine';
 import { BACKEND_CHOICES } from '../nat/backends';
-import { normalizeRule, normalizeService, parseEndpoint, parseHostPort, parseProto, ruleKey, type NatRule, type Service } from '../nat/model';
+import { normalizeService, parseEndpoint, parseHostPort, parseProto, type NatRule, type Service } from '../nat/model';
 import { print, table } from './output';
 
 export interface NatContext {
@@ -72,11 +72,7 @@ export function registerNat(program: Command, ctx: NatContext): () => NatEngine 
         ...(o.affinity !== undefined ? { affinitySeconds: o.affinity } : {}),
         ...(o.masqueradeNotFrom !== undefined ? { masqueradeNotFrom: o.masqueradeNotFrom } : {}),
       });
-      verbose(await engine().update((st) => {
-        const have = st.services.find((s) => s.name === name);
-        if (have && JSON.stringify(have) !== JSON.stringify(want)) throw invalid(`service ${name} already exists with other settings: use "service set-endpoints", or "service del" first`);
-        if (!have) st.services.push(want);
-      }));
+      verbose(await engine().change([{ op: 'add-service', service: want }]));
     });
   svc.command('set-endpoints <name>').description('replace the endpoints of a service')
     .option('--endpoint <ip:port[@weight]>', 'an endpoint, repeatable', collect, [])
@@ -85,14 +81,10 @@ export function registerNat(program: Command, ctx: NatContext): () => NatEngine 
       if (!o.endpoint.length && !o.none) throw invalid('give at least one --endpoint, or --none to reject new connections');
       if (o.endpoint.length && o.none) throw invalid('--none and --endpoint exclude each other');
       const endpoints = o.endpoint.map(parseEndpoint);
-      verbose(await engine().update((st) => {
-        requireService(st, name).endpoints = endpoints;
-      }));
+      verbose(await engine().change([{ op: 'set-endpoints', name, endpoints }]));
     });
   svc.command('del <name>').description('delete a service (missing: no-op)').action(async (name: string) => {
-    verbose(await engine().update((st) => {
-      st.services = st.services.filter((s) => s.name !== name);
-    }));
+    verbose(await engine().change([{ op: 'delete-service', name }]));
   });
   svc.command('ls').alias('list').description('services as stored, with the kernel\'s counters (connections: first packets)').option('--json', 'print as JSON').action(async (o: { json?: boolean }) => {
     const e = engine();
@@ -115,9 +107,7 @@ export function registerNat(program: Command, ctx: NatContext): () => NatEngine 
     .action(async (o: { file: string }) => {
       const text = o.file === '-' ? fs.readFileSync(0, 'utf8') : readFile(o.file);
       const services = parseServicesFile(text, o.file);
-      verbose(await engine().update((st) => {
-        st.services = services;
-      }));
+      verbose(await engine().change([{ op: 'replace-services', services }]));
     });
 
   // --- nat ---------------------------------------------------------------------
@@ -125,16 +115,10 @@ export function registerNat(program: Command, ctx: NatContext): () => NatEngine 
   const ruleCommands = (kind: string, describe: string, build: (o: Record<string, string>) => NatRule, opts: (c: Command) => Command) => {
     const group = nat.command(kind).description(describe);
     opts(group.command('add').description(`add a ${kind} rule (the same again: no-op)`)).action(async (o: Record<string, string>) => {
-      const rule = normalizeRule(build(o));
-      verbose(await engine().update((st) => {
-        if (!st.rules.some((r) => ruleKey(r) === ruleKey(rule))) st.rules.push(rule);
-      }));
+      verbose(await engine().change([{ op: 'add-rule', rule: build(o) }]));
     });
     opts(group.command('del').description(`delete a ${kind} rule (missing: no-op)`)).action(async (o: Record<string, string>) => {
-      const rule = normalizeRule(build(o));
-      verbose(await engine().update((st) => {
-        st.rules = st.rules.filter((r) => ruleKey(r) !== ruleKey(rule));
-      }));
+      verbose(await engine().change([{ op: 'delete-rule', rule: build(o) }]));
     });
   };
   ruleCommands('masquerade', 'masquerade traffic from a source CIDR (iptables -t nat -A POSTROUTING -s CIDR ! -o IF -j MASQUERADE)',

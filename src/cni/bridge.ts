@@ -19,9 +19,9 @@ import * as route from '../route';
 import * as bridge from '../bridge';
 import * as sysctl from '../sysctl';
 import { stateDir as defaultStateDir } from '../state';
-import type { NatEngine } from '../nat/engine';
+import type { NatChange, NatEngine } from '../nat/engine';
 import { BACKENDS, parseBackend, resolveChoice, type BackendChoice } from '../nat/backends';
-import { ruleKey, type Forward, type NatRule } from '../nat/model';
+import type { Forward, NatRule } from '../nat/model';
 import { CniError, CNI_ERR, invalidConfig, reportInput } from './errors';
 import { hasCode } from '../errors';
 import { RecordStore, type AttachmentRecord } from './records';
@@ -171,12 +171,10 @@ export function portForwards(network: string, containerId: string, ifname: strin
 async function teardown(rec: AttachmentRecord, env: CniEnv, records: RecordStore): Promise<void> {
   const host = netns.current();
   if (rec.nat.rules.length || rec.nat.forwards.length) {
-    const rules = new Set(rec.nat.rules.map(ruleKey));
-    const fwds = new Set(rec.nat.forwards);
-    await (await engineFor(rec, host)).update((st) => {
-      st.rules = st.rules.filter((r) => !rules.has(ruleKey(r)));
-      st.forwards = st.forwards.filter((f) => !fwds.has(f.name));
-    });
+    await (await engineFor(rec, host)).change([
+      ...rec.nat.rules.map((rule): NatChange => ({ op: 'delete-rule', rule })),
+      ...rec.nat.forwards.map((name): NatChange => ({ op: 'delete-forward', name })),
+    ]);
   }
   await link.del(host, rec.hostIfname); // takes the container end with it; gone already if the namespace is
   await ipam(rec.conf, { ...env, containerId: rec.containerId, ifname: rec.ifname }).del();
@@ -309,11 +307,10 @@ async function addSteps(c: BridgeConf, conf: NetConf, env: CniEnv, host: netns.N
     rec.nat.rules = rules;
     rec.nat.forwards = forwards.map((f) => f.name);
     records.put(rec); // before the rules exist: a crash from here on leaves a record naming them
-    const keys = new Set(rules.map(ruleKey));
-    await (await engineFor(rec, host)).update((st) => {
-      st.rules = [...st.rules.filter((r) => !keys.has(ruleKey(r))), ...rules];
-      st.forwards = [...st.forwards.filter((f) => !rec.nat.forwards.includes(f.name)), ...forwards];
-    });
+    await (await engineFor(rec, host)).change([
+      ...rules.map((rule): NatChange => ({ op: 'add-rule', rule })),
+      ...forwards.map((forward): NatChange => ({ op: 'put-forward', forward })),
+    ]);
   };
   const failed = (await Promise.allSettled([nat(), containerSide()])).find((r): r is PromiseRejectedResult => r.status === 'rejected');
   if (failed) throw failed.reason; // the caller tears down both halves

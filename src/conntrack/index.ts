@@ -9,7 +9,7 @@ import type { NetNs } from '../netns';
 import { decodeAttrs, encodeAttr, encodeAttrs, type AttrObject } from '../netlink/attrs';
 import { CTA, CTA_TUPLE, CTA_TUPLE_ORIG, CTA_ZONE, IPCTNL_MSG, ctMsg, nfgenmsg } from '../netlink/ctnetlink';
 import { AF_INET, AF_INET6 } from '../netlink/rtnl';
-import { NETLINK_NETFILTER, type NetlinkSocket } from '../netlink/socket';
+import type { NetlinkSocket } from '../netlink/socket';
 
 export interface Tuple {
   src: string;
@@ -41,12 +41,7 @@ function tuple(t: AttrObject | undefined, family: 4 | 6): Tuple | undefined {
 
 /** Every flow of `family` in the conntrack table of `ns` (`conntrack -L -f ipv4`). */
 export async function list(ns: NetNs, family: 4 | 6): Promise<Flow[]> {
-  const sock = ns.openNetlink(NETLINK_NETFILTER);
-  try {
-    return await dump(ns, sock, family);
-  } finally {
-    sock.close();
-  }
+  return dump(ns, ns.netfilter, family);
 }
 
 async function dump(ns: NetNs, sock: NetlinkSocket, family: 4 | 6): Promise<Flow[]> {
@@ -69,9 +64,10 @@ async function dump(ns: NetNs, sock: NetlinkSocket, family: 4 | 6): Promise<Flow
 
 /** Deletes every flow of `family` that `match` selects (`conntrack -D ...`); returns how many went. */
 export async function deleteFlows(ns: NetNs, family: 4 | 6, match: (f: Flow) => boolean): Promise<number> {
-  const sock = ns.openNetlink(NETLINK_NETFILTER);
+  // The namespace's kept NETLINK_NETFILTER socket: closing one makes the kernel wait for nf_tables' RCU work.
+  const sock = ns.netfilter;
   let n = 0;
-  try {
+  {
     const victims = (await dump(ns, sock, family)).filter(match);
     await Promise.all(victims.map(async (f) => {
       const parts = [nfgenmsg(family === 4 ? AF_INET : AF_INET6), encodeAttr(CTA_TUPLE_ORIG, encodeAttrs(CTA_TUPLE, f.raw.tuple), true)];
@@ -83,8 +79,6 @@ export async function deleteFlows(ns: NetNs, family: 4 | 6, match: (f: Flow) => 
         if (!hasCode(err, 'ENOENT')) throw contextualize(`deleting conntrack entry ${f.orig.src}->${f.orig.dst}:${f.orig.dport} in ${ns.label}`, err);
       }
     }));
-  } finally {
-    sock.close();
   }
   return n;
 }

@@ -62,10 +62,8 @@ export async function demo(log: (line: string) => void = (l) => process.stdout.w
       step('tsnet route add 10.96.0.0/16 --dev tsnet0      # the service CIDR, routed as on a cluster node');
       await route.add(host, { dst: '10.96.0.0/16', dev: BR });
       step('tsnet service add demo/web --vip 10.96.0.10:80 --endpoint 10.88.0.2:8080 --endpoint 10.88.0.3:8080');
-      const sync = await nat.update((st) => {
-        st.services.push({ name: 'demo/web', vip: '10.96.0.10', port: 80, proto: 'tcp', endpoints: [{ ip: '10.88.0.2', port: 8080, weight: 1 }, { ip: '10.88.0.3', port: 8080, weight: 1 }] });
-      });
-      log(`synced with ${sync.backend} (${sync.full ? 'full' : 'partial'}, ${sync.ms.toFixed(1)} ms); kube-proxy-style chains: TSNET-SERVICES -> TSNET-SVC-* -> TSNET-SEP-*`);
+      const sync = await nat.change([{ op: 'add-service', service: { name: 'demo/web', vip: '10.96.0.10', port: 80, proto: 'tcp', endpoints: [{ ip: '10.88.0.2', port: 8080, weight: 1 }, { ip: '10.88.0.3', port: 8080, weight: 1 }] } }]);
+      log(`synced with ${sync.backend} (${sync.full ? 'full' : 'partial'}, ${sync.ms.toFixed(1)} ms): the VIP is an element of a verdict map, each endpoint an element of the endpoint map`);
       step('this host -> 10.96.0.10:80 (the VIP, load balanced by DNAT in nat OUTPUT), 40 connections');
       const r3 = await request(host, 'tcp', '10.96.0.10', 80, { count: 40, concurrency: 5 });
       log(`${r3.ok}/40 answered: ${JSON.stringify(r3.replies)}`);
@@ -80,7 +78,7 @@ export async function demo(log: (line: string) => void = (l) => process.stdout.w
     } finally {
       step('tsnet forward rm demo-db && tsnet service del demo/web      # rules gone, sysctls restored');
       await forward.remove(nat, 'demo-db').catch(() => false);
-      await nat.update((st) => { st.services = []; }).catch(() => undefined);
+      await nat.change([{ op: 'delete-service', name: 'demo/web' }]).catch(() => undefined);
       fs.rmSync(stateDir, { recursive: true, force: true });
     }
 

@@ -1,41 +1,37 @@
 /**
- * The NAT engine: desired state on disk, changed under a lock, rendered and
- * applied by one backend, then saved. The data flow of every mutating command:
+ * The NAT engine: desired state on disk, changed under a lock, applied by one
+ * backend, then recorded. The data flow of every mutating call:
  *
- *   lock -> read desired state -> change it -> validate -> backend.sync
- *        -> conntrack cleanup for removed UDP endpoints -> write state -> unlock
+ *   lock -> load (from memory when nothing changed on disk) -> apply the
+ *   changes to a copy (validating what changed) -> backend.sync (only what
+ *   changed, when the table is as last left) -> conntrack cleanup for removed
+ *   UDP endpoints -> record (a journal line) -> unlock
  *
- * If the sync fails nothing is saved (and iptables-restore / nft -f are
+ * If the sync fails nothing is recorded (and every backend's transaction is
  * atomic), so a rejected change leaves both the rules and the state as they were.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { TsnetError, hasCode, invalid } from '../errors';
+import { hasCode } from '../errors';
 import * as route from '../route';
 import * as sysctl from '../sysctl';
 import * as netns from '../netns';
-import { readJson, stateDir as defaultStateDir, withLock, writeJsonAtomic } from '../state';
-import { emptyState, familyOf, normalizeState, servesLoopback, type DesiredState, type Service } from './model';
+import { stateDir as defaultStateDir, withLock } from '../state';
+import { familyOf, normalizeState, servesLoopback, type DesiredState, type Service } from './model';
 import * as conntrack from '../conntrack';
 import { createBackend, resolveChoice, type BackendChoice } from './backends';
-import { tableKind, type Applied, type Backend, type BackendName, type ServiceCounters, type SyncResult } from './backends/types';
+import { tableKind, type Backend, type BackendName, type ServiceCounters, type SyncResult } from './backends/types';
+import { IndexedState, type NatChange, type ServiceDelta } from './changes';
+import { NatStore, type StateFile } from './store';
 
 export type { BackendChoice } from './backends';
+export type { NatChange } from './changes';
 
 export interface EngineOptions {
   /** Namespace whose netfilter rules are managed (default: the current one). */
   ns?: netns.NetNs;
   stateDir?: string;
   backend?: BackendChoice;
-}
-
-interface StateFile {
-  version: 1;
-  backend?: BackendName;
-  desired: DesiredState;
-  applied?: Applied;
-  /** Sysctls tsnet changed (path under /proc/sys/ joined by '/') -> the value they had before, restored when no longer needed. */
-  sysctls?: Record<string, string>;
 }
 
 export interface SyncReport extends Omit<SyncResult, 'applied'> {
@@ -60,10 +56,25 @@ export function onSync(fn: (e: SyncEvent) => void): () => void {
   return () => syncListeners.delete(fn);
 }
 
+/** What one round changed, for the backend (what to rewrite) and the journal (what to record). */
+interface Round {
+  /** The state after the round (changed in place: see ./changes). */
+  next: IndexedState;
+  /** Services that changed. */
+  services: ServiceDelta[];
+  /** The state before the round, rebuilt on demand. */
+  before: () => DesiredState;
+  /** The changes, to journal (undefined: record a snapshot). */
+  changes?: readonly NatChange[];
+}
+
 export class NatEngine {
   readonly ns: netns.NetNs;
   readonly dir: string;
   private readonly choice: BackendChoice;
+  private readonly store: NatStore;
+  /** The backend of the last sync, kept while the choice stays the same (it keeps indexes of what it wrote). */
+  private kept?: { name: BackendName; mode?: string; backend: Backend };
 
   constructor(opts: EngineOptions = {}) {
     this.ns = opts.ns ?? netns.current();
@@ -71,17 +82,20 @@ export class NatEngine {
     // One desired state per namespace: the rules of c1 are not those of the host.
     this.dir = this.ns.isCurrent ? base : path.join(base, 'netns', this.ns.name ?? `inode-${this.ns.inode}`);
     this.choice = opts.backend ?? 'auto';
+    this.store = new NatStore(this.dir);
   }
 
-  private get file(): string {
-    return path.join(this.dir, 'nat.json');
+  /** Where the desired state is kept (the snapshot; see ./store for the journal beside it). */
+  get file(): string {
+    return this.store.file;
   }
 
   /**
    * Present while a sync is under way: a tsnet killed between applying and
-   * saving leaves it, and the next sync is then a full one. A file of its own
-   * (not a rewrite of nat.json) so it needs no fsync: the durable state is
-   * never replaced by a version a power loss could empty.
+   * recording leaves it, and the next sync is then a full one (or, after a
+   * first sync, a teardown by the backend it names). A file of its own, so it
+   * needs no fsync: the durable state is never replaced by a version a power
+   * loss could empty.
    */
   private get dirtyFile(): string {
     return path.join(this.dir, 'nat.dirty');
@@ -102,59 +116,91 @@ export class NatEngine {
     return mode ? { backend: b, mode } : { backend: b };
   }
 
-  private load(): StateFile {
-    const f = readJson<StateFile>(this.file) ?? { version: 1, desired: emptyState() };
-    try {
-      f.desired = normalizeState({ services: f.desired?.services ?? [], rules: f.desired?.rules ?? [], forwards: f.desired?.forwards ?? [] });
-    } catch (err) {
-      throw new TsnetError(`${this.file} holds an invalid desired state (${(err as Error).message}): fix or remove it`, { code: 'EINVAL' });
-    }
-    // A sync died half-way: what is live is unknown until a full sync, and may be rules no record names
-    // (a first sync killed before it saved anything): the backend it was running with must tear them down.
+  /** The stored state, with what a dead sync means for it: what is live is unknown until a full sync, and may be rules no record names. */
+  private load(): { f: StateFile; indexed: IndexedState } {
+    const { f, indexed } = this.store.load();
     const dirty = this.readDirty();
-    if (dirty && f.applied) f.applied = { ...f.applied, clean: false };
-    else if (dirty) f.applied = { backend: dirty.backend, ...(dirty.mode ? { mode: dirty.mode } : {}), clean: false, families: {} };
-    return f;
+    if (!dirty) return { f, indexed };
+    const applied = f.applied
+      ? { ...f.applied, clean: false }
+      : { backend: dirty.backend, ...(dirty.mode ? { mode: dirty.mode } : {}), clean: false, families: {} };
+    return { f: { ...f, applied }, indexed };
   }
 
   /** The desired state as stored. */
   read(): DesiredState {
-    return this.load().desired;
+    return this.load().f.desired;
   }
 
   /** The backend for state `f`; `lockFd` is held by the tools it runs (a killed tsnet's last restore keeps the lock till it is done). */
   private async backendFor(f: StateFile, lockFd?: number): Promise<Backend> {
     const name = resolveChoice(this.choice, f.backend);
-    return createBackend(name, this.ns, { holdFd: lockFd, iptablesMode: f.applied?.backend === 'iptables' ? f.applied.mode : undefined });
+    const mode = f.applied?.backend === 'iptables' ? f.applied.mode : undefined;
+    if (this.kept && this.kept.name === name && this.kept.mode === mode && lockFd === undefined) return this.kept.backend;
+    const backend = await createBackend(name, this.ns, { holdFd: lockFd, iptablesMode: mode });
+    if (lockFd === undefined) this.kept = { name, mode, backend };
+    return backend;
   }
 
   /** The backend that applies this engine's rules (what `auto` resolves to for its state). */
   async backend(): Promise<Backend> {
-    return this.backendFor(this.load());
+    return this.backendFor(this.load().f);
   }
 
   /**
-   * Changes the desired state with `change` and applies it. `change` may
-   * throw (bad input): nothing is applied or saved then.
+   * Applies `changes` (see ./changes): each validated as it is applied, the
+   * rules rewritten only where they change, the round recorded as one
+   * journal line. Bad input changes nothing. Changing nothing (the same
+   * `add` twice) syncs nothing.
+   */
+  async change(changes: readonly NatChange[], opts: { force?: boolean } = {}): Promise<SyncReport> {
+    return withLock(this.dir, 'nat', async (lockFd) => {
+      const { f, indexed } = this.load();
+      const round = indexed.apply(changes);
+      if (!opts.force && !round.global && !round.services.length && this.upToDate(f)) return this.unchanged(f);
+      try {
+        return await this.apply(f, { next: indexed, services: round.services, before: round.before, changes }, opts.force ?? false, 'update', lockFd);
+      } catch (err) {
+        round.undo();
+        throw err;
+      }
+    });
+  }
+
+  /**
+   * Changes the desired state with `change` (any edit of the whole state) and
+   * applies it. `change` may throw (bad input): nothing is applied or saved
+   * then. Costs O(state); `change()` costs O(changes).
    */
   async update(change: (st: DesiredState) => DesiredState | void, opts: { force?: boolean } = {}): Promise<SyncReport> {
     return withLock(this.dir, 'nat', async (lockFd) => {
-      const f = this.load();
-      const before = structuredClone(f.desired);
-      const next = normalizeState(change(f.desired) ?? f.desired);
-      // Nothing to change (the same `add` twice): no sync, no process spawned. `sync` is what repairs flushes.
-      if (!opts.force && f.applied?.clean && resolveChoice(this.choice, f.backend) === f.backend && JSON.stringify(next) === JSON.stringify(before)) {
-        return { full: false, written: 0, deleted: 0, backend: f.backend + (f.applied.mode ? `/${f.applied.mode}` : ''), ms: 0, conntrackDeleted: 0 };
+      const { f, indexed } = this.load();
+      const draft = structuredClone(indexed.state);
+      const wanted = normalizeState(change(draft) ?? draft);
+      const round = indexed.apply([{ op: 'set-state', state: wanted }]);
+      if (!opts.force && !round.global && !round.services.length && this.upToDate(f)) return this.unchanged(f);
+      try {
+        return await this.apply(f, { next: indexed, services: round.services, before: round.before }, opts.force ?? false, 'update', lockFd);
+      } catch (err) {
+        round.undo();
+        throw err;
       }
-      return this.apply(f, before, next, opts.force ?? false, 'update', lockFd);
     });
+  }
+
+  private upToDate(f: StateFile): boolean {
+    return f.applied?.clean === true && resolveChoice(this.choice, f.backend) === f.backend;
+  }
+
+  private unchanged(f: StateFile): SyncReport {
+    return { full: false, written: 0, deleted: 0, backend: f.backend + (f.applied?.mode ? `/${f.applied.mode}` : ''), ms: 0, conntrackDeleted: 0 };
   }
 
   /** Re-applies the stored desired state (after a reboot, a flush, or a crash). */
   async sync(opts: { force?: boolean } = {}): Promise<SyncReport> {
     return withLock(this.dir, 'nat', async (lockFd) => {
-      const f = this.load();
-      return this.apply(f, f.desired, f.desired, opts.force ?? false, 'sync', lockFd);
+      const { f, indexed } = this.load();
+      return this.apply(f, { next: indexed, services: [], before: () => indexed.state }, opts.force ?? false, 'sync', lockFd);
     });
   }
 
@@ -166,7 +212,7 @@ export class NatEngine {
    */
   async converge(): Promise<SyncReport | undefined> {
     return withLock(this.dir, 'nat', async (lockFd) => {
-      const f = this.load();
+      const { f, indexed } = this.load();
       const applied = f.applied;
       if (!applied) return undefined; // nothing was ever applied here (or it was torn down)
       const families = Object.keys(applied.families).map(Number) as (4 | 6)[];
@@ -174,20 +220,20 @@ export class NatEngine {
       let intact = applied.clean && backend.tables === tableKind(applied.backend);
       for (const fam of families) if (intact && !(await backend.canaryPresent(fam))) intact = false;
       if (intact) return undefined;
-      return this.apply(f, f.desired, f.desired, true, 'resync', lockFd);
+      return this.apply(f, { next: indexed, services: [], before: () => indexed.state }, true, 'resync', lockFd);
     });
   }
 
   /** The kernel's per-service and per-endpoint counters (packets and bytes of the first packet of each connection). */
   async counters(): Promise<Map<string, ServiceCounters>> {
-    const f = this.load();
+    const { f } = this.load();
     if (!f.applied) return new Map();
     return (await this.backendFor(f)).counters(f.desired);
   }
 
   /** What a full sync of the stored (or given) state would apply, for review. */
   async rules(st?: DesiredState): Promise<string> {
-    const f = this.load();
+    const { f } = this.load();
     return (await this.backendFor(f)).render(st ? normalizeState(st) : f.desired);
   }
 
@@ -211,15 +257,16 @@ export class NatEngine {
     return out;
   }
 
-  private async apply(f: StateFile, before: DesiredState, next: DesiredState, force: boolean, trigger: SyncEvent['trigger'], lockFd: number): Promise<SyncReport> {
+  private async apply(f: StateFile, round: Round, force: boolean, trigger: SyncEvent['trigger'], lockFd: number): Promise<SyncReport> {
     const t0 = process.hrtime.bigint();
     const backend = await this.backendFor(f, lockFd);
+    let applied = f.applied;
     if (f.backend && tableKind(f.backend) !== backend.tables) {
       // Switching between iptables and nftables: the old rules go first, so traffic is never handled twice.
       // (The nft and netlink backends write the same table: one simply carries on from the other.)
       const old = await createBackend(f.backend, this.ns, { holdFd: lockFd, iptablesMode: f.applied?.mode });
       await old.teardown();
-      f.applied = undefined;
+      applied = undefined;
     }
     // Mark the record dirty first: a crash between apply and save then forces a full sync next time, and a
     // first sync's crash a teardown by the same backend. (Not synced to disk: a power loss takes the rules
@@ -227,10 +274,18 @@ export class NatEngine {
     fs.mkdirSync(this.dir, { recursive: true, mode: 0o700 });
     const mode = (backend as { mode?: string }).mode;
     fs.writeFileSync(this.dirtyFile, `${process.pid} ${backend.name}${mode ? ` ${mode}` : ''}\n`);
-    const result = await backend.sync(next, f.applied, force, before);
-    const conntrackDeleted = await deleteUdpFlows(this.ns, removedUdpEndpoints(before, next));
+    const next = round.next.state;
+    let result: SyncResult;
+    try {
+      result = await backend.sync(next, applied, force, round.before, round.services);
+    } catch (err) {
+      this.store.forget();
+      this.kept = undefined;
+      throw err;
+    }
+    const conntrackDeleted = await deleteUdpFlows(this.ns, removedUdpEndpoints(round.services, next, next));
     const sysctls = await this.convergeSysctls(next, f.sysctls ?? {});
-    writeJsonAtomic(this.file, { version: 1, backend: backend.name, desired: next, applied: result.applied, sysctls } satisfies StateFile);
+    this.store.save(round.next, { backend: backend.name, applied: result.applied, sysctls }, result.full ? undefined : round.changes);
     fs.rmSync(this.dirtyFile, { force: true });
     const { applied: _a, ...rest } = result;
     const report: SyncReport = { ...rest, backend: backend.name + (result.applied.mode ? `/${result.applied.mode}` : ''), ms: Number(process.hrtime.bigint() - t0) / 1e6, conntrackDeleted };
@@ -256,14 +311,20 @@ export async function neededSysctls(ns: netns.NetNs, st: DesiredState): Promise<
   return out;
 }
 
-/** UDP flows that were going to endpoints no longer in their service: (vip, port, endpoint ip, endpoint port). */
-export function removedUdpEndpoints(before: DesiredState, after: DesiredState): { vip: string; port: number; ip: string; epPort: number }[] {
+/**
+ * UDP flows that were going to endpoints no longer in their service: (vip,
+ * port, endpoint ip, endpoint port). From the services that changed, when
+ * known; else from the two whole states.
+ */
+export function removedUdpEndpoints(changed: readonly ServiceDelta[] | undefined, before: DesiredState, after: DesiredState): { vip: string; port: number; ip: string; epPort: number }[] {
   const out: { vip: string; port: number; ip: string; epPort: number }[] = [];
   const key = (s: Service) => `${s.name} ${s.vip} ${s.port} ${s.proto}`;
-  const byKey = new Map(after.services.map((s) => [key(s), s]));
-  for (const old of before.services) {
+  const pairs: [Service, Service | undefined][] = changed
+    ? changed.filter((d) => d.old).map((d) => [d.old!, d.new])
+    : (() => { const byKey = new Map(after.services.map((s) => [key(s), s])); return before.services.map((s): [Service, Service | undefined] => [s, byKey.get(key(s))]); })();
+  for (const [old, now0] of pairs) {
     if (old.proto !== 'udp') continue;
-    const now = byKey.get(key(old));
+    const now = now0 && key(now0) === key(old) ? now0 : undefined;
     for (const e of old.endpoints) {
       if (!now?.endpoints.some((n) => n.ip === e.ip && n.port === e.port)) out.push({ vip: old.vip, port: old.port, ip: e.ip, epPort: e.port });
     }
@@ -281,10 +342,4 @@ async function deleteUdpFlows(ns: netns.NetNs, gone: ReturnType<typeof removedUd
       && mine.some((g) => f.orig.dst === g.vip && f.orig.dport === g.port && f.reply.src === g.ip && f.reply.sport === g.epPort));
   }
   return n;
-}
-
-export function requireService(st: DesiredState, name: string): Service {
-  const s = st.services.find((x) => x.name === name);
-  if (!s) throw invalid(`no service named ${name}`);
-  return s;
 }

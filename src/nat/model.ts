@@ -136,7 +136,8 @@ export function parseEndpoint(text: string): Endpoint {
   return { ip, port, weight };
 }
 
-export const familyOf = (ip: string): Family => parseIp(ip).family;
+/** The family of an address already parsed (normalized state): a colon means IPv6. */
+export const familyOf = (ip: string): Family => (ip.includes(':') ? 6 : 4);
 
 /** Checks a service completely; returns it normalized (canonical addresses, defaults filled in). */
 export function normalizeService(s: Partial<Service> & { name: string }): Service {

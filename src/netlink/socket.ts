@@ -168,20 +168,16 @@ export class NetlinkSocket {
     this.seq = batch.lastSeq & 0x7fffffff;
     const { replies, overrun } = this.raw.transact([batch.bytes]);
     const errors = new Map<number, NetlinkError>();
-    for (const buf of replies) {
-      for (let off = 0; off + NLMSG_HDRLEN <= buf.length;) {
-        const len = buf.readUInt32LE(off);
-        if (len < NLMSG_HDRLEN || off + len > buf.length) break;
-        const type = buf.readUInt16LE(off + 4);
-        const flags = buf.readUInt16LE(off + 6);
-        const seq = buf.readUInt32LE(off + 8);
-        const payload = buf.subarray(off + NLMSG_HDRLEN, off + len);
-        off += (len + 3) & ~3;
-        if (type !== NLMSG_ERROR) continue;
+    // The batch's replies are taken here; anything else queued meanwhile (a dump under way) goes to its caller.
+    const mine = (type: number, flags: number, seq: number, payload: Buffer) => {
+      if (seq < first || seq > batch.lastSeq) return false;
+      if (type === NLMSG_ERROR) {
         const errno = -payload.readInt32LE(0);
         if (errno !== 0 && !errors.has(seq)) errors.set(seq, new NetlinkError(errno, extackText(flags, payload)));
       }
-    }
+      return true;
+    };
+    for (const buf of replies) this.receive(buf, mine);
     return { errors, overrun };
   }
 
@@ -212,7 +208,7 @@ export class NetlinkSocket {
     });
   }
 
-  private receive(buf: Buffer): void {
+  private receive(buf: Buffer, other?: (type: number, flags: number, seq: number, payload: Buffer) => boolean): void {
     let off = 0;
     while (off + NLMSG_HDRLEN <= buf.length) {
       const len = buf.readUInt32LE(off);
@@ -223,6 +219,7 @@ export class NetlinkSocket {
       const pid = buf.readUInt32LE(off + 12);
       const payload = buf.subarray(off + NLMSG_HDRLEN, off + len);
       off += (len + 3) & ~3;
+      if (other?.(type, flags, seq, payload)) continue;
 
       const p = this.pending.get(seq);
       if (!p || (pid !== this.port && pid !== 0)) continue; // not a reply to anything we asked

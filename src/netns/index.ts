@@ -15,7 +15,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { ChildProcess, SpawnOptions, SpawnSyncOptions, SpawnSyncReturns } from 'node:child_process';
 import { spawn, spawnSync } from 'node:child_process';
-import { NetlinkSocket, NETLINK_ROUTE, nativeTransport } from '../netlink/socket';
+import { NetlinkSocket, NETLINK_NETFILTER, NETLINK_ROUTE, nativeTransport } from '../netlink/socket';
 import { RTM, rtgenmsg, NETNSA, AF_UNSPEC } from '../netlink/rtnl';
 import { decodeAttrs, encodeAttrs } from '../netlink/attrs';
 import { native } from '../native';
@@ -26,8 +26,12 @@ import { handles, kernelRef, live, openInside, type HandleState } from './intern
 /** Where iproute2 keeps named namespaces (NETNS_RUN_DIR). */
 export const NETNS_RUN_DIR = '/run/netns';
 
+/** Receive room of the nf_tables socket: a dump of a big table, or a batch's error replies. */
+const NETFILTER_BUFFER = 8 << 20;
+
 export class NetNs {
   private sock?: NetlinkSocket;
+  private nfsock?: NetlinkSocket;
 
   private constructor(
     /** The name under /run/netns, when it has one. */
@@ -73,6 +77,17 @@ export class NetNs {
     return this.sock;
   }
 
+  /**
+   * The NETLINK_NETFILTER socket of this namespace (nf_tables batches and
+   * dumps), created inside it on first use and kept: closing one makes the
+   * kernel wait for the RCU grace period of the last deletion (10-30 ms).
+   */
+  get netfilter(): NetlinkSocket {
+    this.state();
+    this.nfsock ??= this.openNetlink(NETLINK_NETFILTER, NETFILTER_BUFFER);
+    return this.nfsock;
+  }
+
   /** A new netlink socket of `protocol` (e.g. NETLINK_NETFILTER), created inside this namespace; the caller closes it. */
   openNetlink(protocol: number, buffer?: number): NetlinkSocket {
     const st = this.state(`opening a netlink socket in ${this.label}`);
@@ -114,6 +129,7 @@ export class NetNs {
     if (st.closed) return;
     st.closed = true;
     this.sock?.close();
+    this.nfsock?.close();
     // An fd closed behind our back may now be someone else's: close only what is still ours.
     if (st.fd && stillOurs(st.fd)) fs.closeSync(st.fd.fd);
   }

@@ -41,8 +41,7 @@ for (const backend of ['iptables', 'nft', 'netlink'] as const) {
       c.on('exit', (code) => resolve(code ?? 1));
     })));
     t.deepEqual(codes, Array(12).fill(0));
-    const stored = JSON.parse(fs.readFileSync(path.join(dir, 'netns', ns.name!, 'nat.json'), 'utf8'));
-    t.is(stored.desired.services.length, 12);
+    t.is(new NatEngine({ ns, stateDir: dir, backend }).read().services.length, 12, 'all 12 stored (snapshot and journal)');
     const rules = backend === 'iptables'
       ? run('ip', ['netns', 'exec', ns.name!, 'iptables-save', '-t', 'nat']).stdout.split('\n').filter((l) => l.startsWith('-A TSNET-SERVICES')).length
       : (run('ip', ['netns', 'exec', ns.name!, 'nft', 'list', 'map', 'ip', 'tsnet', 'service-ips']).stdout.match(/ : goto lb-/g) ?? []).length;
@@ -72,14 +71,16 @@ for (const backend of ['iptables', 'nft', 'netlink'] as const) {
     await engine.update((st) => { st.rules.push({ kind: 'masquerade', source: '10.78.0.5/32', outNot: 'br0' }); });
     const file = path.join(dir, 'netns', ns.name!, 'nat.json');
     const f = JSON.parse(fs.readFileSync(file, 'utf8'));
-    fs.writeFileSync(file, JSON.stringify({ ...f, desired: { services: [], rules: [], forwards: [] }, applied: { ...f.applied, clean: false } }));
+    // The snapshot says: nothing desired, a sync of it under way; the journal (the second rule's round) is gone.
+    fs.writeFileSync(file, JSON.stringify({ ...f, seq: 99, digest: undefined, desired: { services: [], rules: [], forwards: [] }, applied: { ...f.applied, clean: false } }));
+    fs.rmSync(path.join(dir, 'netns', ns.name!, 'nat.journal'), { force: true });
     const live = () => (backend === 'iptables'
       ? run('ip', ['netns', 'exec', ns.name!, 'iptables-save', '-t', 'nat']).stdout
       : run('ip', ['netns', 'exec', ns.name!, 'nft', 'list', 'ruleset']).stdout);
     t.regex(live(), /10\.78\.0\.5/, 'the orphaned rule is live');
     await engine.update(() => { /* a DEL removing rules the record no longer has: no change to the desired state */ });
     t.notRegex(live(), /10\.7[78]\./, 'nothing of the dead sync is left');
-    t.false(JSON.parse(fs.readFileSync(file, 'utf8')).applied.clean === false, 'the record is clean again');
+    t.false(JSON.parse(fs.readFileSync(file, 'utf8')).applied.clean === false, 'the record is clean again (a full sync writes a snapshot)');
   });
 }
 
@@ -93,6 +94,7 @@ for (const backend of ['iptables', 'nft', 'netlink'] as const) {
     const state = path.join(dir, 'netns', ns.name!);
     const mark = (await engine.backend()).name + (backend === 'iptables' ? ` ${JSON.parse(fs.readFileSync(path.join(state, 'nat.json'), 'utf8')).applied.mode}` : '');
     fs.rmSync(path.join(state, 'nat.json'));
+    fs.rmSync(path.join(state, 'nat.journal'), { force: true });
     fs.writeFileSync(path.join(state, 'nat.dirty'), `12345 ${mark}\n`);
     const live = () => run('ip', ['netns', 'exec', ns.name!, 'iptables-save', '-t', 'nat']).stdout + run('ip', ['netns', 'exec', ns.name!, 'nft', 'list', 'ruleset']).stdout;
     t.regex(live(), /10\.79\.0\.5/, 'the orphaned rule is live');

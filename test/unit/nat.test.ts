@@ -104,8 +104,8 @@ test('removed UDP endpoints: what conntrack cleanup targets (TCP is left to fini
   const b = structuredClone(a);
   b.services[0]!.endpoints = [b.services[0]!.endpoints[1]!];
   b.services[1]!.endpoints = [];
-  t.deepEqual(removedUdpEndpoints(a, b), [{ vip: '10.96.0.53', port: 53, ip: '10.0.0.2', epPort: 53 }]);
-  t.is(removedUdpEndpoints(a, { services: [], rules: [], forwards: [] }).length, 2, 'deleting the service clears all its flows');
+  t.deepEqual(removedUdpEndpoints(undefined, a, b), [{ vip: '10.96.0.53', port: 53, ip: '10.0.0.2', epPort: 53 }]);
+  t.is(removedUdpEndpoints(undefined, a, { services: [], rules: [], forwards: [] }).length, 2, 'deleting the service clears all its flows');
 });
 
 test('forward rendering: DNAT to local addresses, SNAT of its own flows only (no fixed port), FORWARD accept, localnet guard', (t) => {

@@ -3,7 +3,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { normalizeState, parseEndpoint, type DesiredState } from '../../src/nat/model';
 import { ENDPOINTS, SERVICE_IPS, lbChain, render, sepChain, svcChain } from '../../src/nat/nftables/layout';
-import { fullPlan, partialPlan, digests } from '../../src/nat/nftables/plan';
+import { fullPlan } from '../../src/nat/nftables/plan';
+import { SharedIndex, changePlan, globalRecord, serviceChanges } from '../../src/nat/nftables/incremental';
 import { script } from '../../src/nat/nftables/text';
 import { lowerItem, encodeKey, decodeKey, type LowerContext } from '../../src/nat/nftables/lower';
 import { formatExpr } from '../../src/nat/nftables/expr';
@@ -70,6 +71,10 @@ test('element keys: concatenations padded to 4 bytes per field, numgen in host o
   t.is(encodeKey({ fields: ['saddr'] }, ['10.0.0.2'], 4, false).toString('hex'), '0a000002', 'one field keeps its natural length');
 });
 
+/** The plan of a change from `a` to `b`, as a sync whose last record is `a`'s makes it. */
+const planFor = (a: DesiredState, b: DesiredState, record = globalRecord(a, 4)) =>
+  changePlan(b, 4, serviceChanges(a.services, b.services), record, SharedIndex.build(a.services, 4));
+
 const web: DesiredState = normalizeState({
   services: [{ name: 'default/web', vip: '10.96.0.10', port: 80, proto: 'tcp', endpoints: [parseEndpoint('10.0.0.2:8080'), parseEndpoint('10.0.0.3:8080')] }],
   rules: [{ kind: 'masquerade', source: '10.88.0.0/16', outNot: 'br0' }],
@@ -105,10 +110,9 @@ test('layout: a service is map elements, not chains; chains are shared by endpoi
 });
 
 test('partial sync: an endpoint change is element operations only; stale chains are flushed before they are deleted', (t) => {
-  const prev = digests(render(web, 4));
   const after = normalizeState({ ...web, services: [...web.services, { name: 'dns', vip: '10.96.0.53', port: 53, proto: 'udp', endpoints: [parseEndpoint('10.0.0.9:53')] }] });
   after.services[0]!.endpoints = [parseEndpoint('10.0.0.2:8080'), parseEndpoint('10.0.0.4:8080')];
-  const plan = partialPlan(render(after, 4), prev)!;
+  const plan = planFor(web, after)!;
   const lines = script(plan.ops, 4).trim().split('\n');
   t.false(plan.full);
   t.false(lines.some((l) => l.startsWith('delete table')), 'no rebuild');
@@ -121,25 +125,25 @@ test('partial sync: an endpoint change is element operations only; stale chains 
   // Affinity off: its chains and sets go, after the element pointing at them.
   const withAff = structuredClone(web);
   withAff.services[0]!.affinitySeconds = 30;
-  const back = partialPlan(render(web, 4), digests(render(withAff, 4)))!;
+  const back = planFor(withAff, web)!;
   const text = script(back.ops, 4).trim().split('\n');
   const svc = svcChain(withAff.services[0]!);
   const del = text.indexOf(`delete chain ip tsnet ${svc}`);
   t.true(text.indexOf(`flush chain ip tsnet ${svc}`) < del && del > 0);
   t.true(text.findIndex((l) => l.startsWith('delete element ip tsnet service-ips')) < del, 'the map element goes before the chain it points to');
   t.true(text.some((l) => /^delete set ip tsnet aff-/.test(l)));
-  t.is(partialPlan(render(web, 4), { ...prev, layout: { version: '1' } }), undefined, 'another layout: full sync');
+  t.is(planFor(web, after, { ...globalRecord(web, 4), layout: { version: '1' } }), undefined, 'another layout: full sync');
 });
 
 test('partial sync: a chain that only grew gets its new rules appended, no flush (deleting rules costs the kernel an RCU grace period)', (t) => {
   const one = normalizeState({ services: [], rules: [{ kind: 'masquerade', source: '10.88.0.2/32', outNot: 'br0' }] });
   const two = normalizeState({ services: [], rules: [...one.rules, { kind: 'masquerade', source: '10.88.0.3/32', outNot: 'br0' }] });
-  const grow = script(partialPlan(render(two, 4), digests(render(one, 4)))!.ops, 4);
+  const grow = script(planFor(one, two)!.ops, 4);
   t.is(grow, 'add table ip tsnet\nadd rule ip tsnet snat-rules ip saddr 10.88.0.3 oifname != "br0" masquerade fully-random comment "tsnet masquerade 10.88.0.3/32"\n');
-  const shrink = script(partialPlan(render(one, 4), digests(render(two, 4)))!.ops, 4);
+  const shrink = script(planFor(two, one)!.ops, 4);
   t.true(shrink.includes('flush chain ip tsnet snat-rules\n'), 'a removed rule needs the chain rewritten');
   const swapped = normalizeState({ services: [], rules: [two.rules[1]!, two.rules[0]!] });
-  t.true(script(partialPlan(render(swapped, 4), digests(render(one, 4)))!.ops, 4).includes('flush chain'), 'not a prefix: rewritten');
+  t.true(script(planFor(one, swapped)!.ops, 4).includes('flush chain'), 'not a prefix: rewritten');
 });
 
 test('netlink batch: BEGIN, one message per operation (element lists split under the 16-bit nest limit), END', (t) => {

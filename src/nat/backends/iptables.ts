@@ -88,7 +88,8 @@ export class IptablesBackend implements Backend {
     if (payload) await mustExec(this.ns, 'applying NAT rules', bin(this.mode, family, '-restore'), ['-w', '5', '--noflush'], payload, { timeoutMs: APPLY_TIMEOUT_MS, holdFd: this.holdFd });
   }
 
-  async sync(st: DesiredState, applied: Applied | undefined, force: boolean, before?: DesiredState): Promise<SyncResult> {
+  async sync(st: DesiredState, applied: Applied | undefined, force: boolean, before?: () => DesiredState): Promise<SyncResult> {
+    const prevState = before?.();
     const result: SyncResult = { full: false, written: 0, deleted: 0, applied: { backend: this.name, mode: this.mode, clean: true, families: {} } };
     for (const family of [4, 6] as const) {
       const rs = render(st, family);
@@ -102,7 +103,7 @@ export class IptablesBackend implements Backend {
       if (prev && !force) {
         // Partial: only what changed since the last sync, guarded by the canary in the same transaction.
         const live: Live = { chains: { nat: new Map(Object.entries(prev.nat ?? {})), filter: new Map(Object.entries(prev.filter ?? {})) }, hooks: new Map(rs.hooks.map((h) => [hookKeyOf(h), []])) };
-        const { payload, written, deleted } = restorePayload(rs, live, { prev: before && render(before, family), guardCanary: true });
+        const { payload, written, deleted } = restorePayload(rs, live, { prev: prevState && render(prevState, family), guardCanary: true });
         try {
           await this.restore(family, payload);
           result.written += written;

@@ -8,7 +8,7 @@
 import type { Family } from '../../addr/cidr';
 import { TsnetError } from '../../errors';
 import type { NetNs } from '../../netns';
-import { NETLINK_NETFILTER, type NetlinkSocket } from '../../netlink/socket';
+import type { NetlinkSocket } from '../../netlink/socket';
 import { decodeAttrs, encodeAttrs, type AttrObject } from '../../netlink/attrs';
 import { NFPROTO, NFTA_RULE, NFTA_SET_ELEM_LIST, NFT_MSG, nftMsg } from '../../netlink/nftables';
 import { CANARY_COMMENT, NFT_TABLE } from '../constants';
@@ -23,8 +23,6 @@ import { NftablesBackend, type TableCounters } from './nftables';
 import type { Counter } from './types';
 
 const nfgen = (family: Family) => Buffer.from([family === 6 ? NFPROTO.IPV6 : NFPROTO.IPV4, 0, 0, 0]);
-/** Receive room for the replies to a dump or a batch's errors; sends grow their own buffer as a batch needs. */
-const BUFFER = 8 << 20;
 
 export class NetlinkBackend extends NftablesBackend {
   readonly name = 'netlink' as const;
@@ -33,13 +31,9 @@ export class NetlinkBackend extends NftablesBackend {
     super(ns);
   }
 
+  /** The namespace's nf_tables socket, kept open (see NetNs.netfilter: closing one costs an RCU grace period). */
   private async withSocket<T>(fn: (s: NetlinkSocket) => Promise<T>): Promise<T> {
-    const s = this.ns.openNetlink(NETLINK_NETFILTER, BUFFER);
-    try {
-      return await fn(s);
-    } finally {
-      s.close();
-    }
+    return fn(this.ns.netfilter);
   }
 
   protected async apply(ops: readonly Op[], family: Family, declared: readonly NamedSet[]): Promise<void> {

@@ -9,8 +9,10 @@
 import type { Family } from '../../addr/cidr';
 import type { NetNs } from '../../netns';
 import { familiesUsed, familyOf, type DesiredState, type Service } from '../model';
-import { ENDPOINTS, ENDPOINTS_WEIGHTED, NO_ENDPOINTS, SERVICE_IPS, render, sepChain } from '../nftables/layout';
-import { digests, fullPlan, partialPlan, type Op, type Plan } from '../nftables/plan';
+import { ENDPOINTS, ENDPOINTS_WEIGHTED, NO_ENDPOINTS, SERVICE_IPS, render, sepChain, staticSets } from '../nftables/layout';
+import { fullPlan, type Op, type Plan } from '../nftables/plan';
+import { SharedIndex, changePlan, globalRecord, serviceChanges } from '../nftables/incremental';
+import type { ServiceDelta } from '../changes';
 import type { NamedSet } from '../nftables/ruleset';
 import { script } from '../nftables/text';
 import { mayHoldRules, tableKind, type Applied, type Backend, type BackendName, type Counter, type ServiceCounters, type SyncResult } from './types';
@@ -47,6 +49,28 @@ export interface TableCounters {
   chains: Map<string, Counter>;
 }
 
+/**
+ * The shared-object index of the table last written from a services array:
+ * kept across syncs (a resident process syncs from the array it last wrote),
+ * rebuilt when missing. Taken out while a sync uses it: a failed sync leaves
+ * it changed halfway, and it is rebuilt.
+ */
+const indexes = new WeakMap<readonly Service[], Map<Family, SharedIndex>>();
+
+/** The index describing what was written, for a sync that changes services in place (the array it was kept under); else built from `before`. */
+function takeIndex(services: readonly Service[], family: Family, before: () => DesiredState): SharedIndex {
+  const m = indexes.get(services);
+  const x = m?.get(family);
+  m?.delete(family);
+  return x ?? SharedIndex.build(before().services, family);
+}
+
+function keepIndex(services: readonly Service[], family: Family, x: SharedIndex): void {
+  let m = indexes.get(services);
+  if (!m) indexes.set(services, (m = new Map()));
+  m.set(family, x);
+}
+
 export abstract class NftablesBackend implements Backend {
   abstract readonly name: BackendName;
   readonly tables = 'nftables' as const;
@@ -67,25 +91,38 @@ export abstract class NftablesBackend implements Backend {
     return (familiesUsed(st).length ? familiesUsed(st) : [4 as const]).map((f) => `# nft -f -\n${script(fullPlan(render(st, f)).ops, f)}`).join('\n');
   }
 
-  async sync(st: DesiredState, applied: Applied | undefined, force: boolean): Promise<SyncResult> {
+  /**
+   * A partial sync when the table is as last left (a clean record, the
+   * canary in place) and the caller says what was there before: only the
+   * changed services' objects are written (./nftables/incremental). Otherwise
+   * the table is rebuilt in one transaction.
+   */
+  async sync(st: DesiredState, applied: Applied | undefined, force: boolean, before?: () => DesiredState, services?: readonly ServiceDelta[]): Promise<SyncResult> {
     const result: SyncResult = { full: false, written: 0, deleted: 0, applied: { backend: this.name, clean: true, families: {} } };
     const usable = applied && tableKind(applied.backend) === 'nftables' && applied.clean ? applied : undefined;
+    let changes: readonly ServiceDelta[] | undefined = services;
     for (const family of [4, 6] as const) {
       if (!familiesUsed(st).includes(family)) {
         if (force || mayHoldRules(applied, 'nftables', family)) await this.teardownFamily(family);
         continue;
       }
-      const rs = render(st, family);
       const prev = usable?.families[family];
       let plan: Plan | undefined;
-      if (prev && !force && (await this.canaryPresent(family))) plan = partialPlan(rs, prev);
-      if (plan && !this.partialOk(plan)) plan = undefined;
-      plan ??= fullPlan(rs);
-      await this.apply(plan.ops, family, plan.full ? [] : rs.sets);
+      let index: SharedIndex | undefined;
+      if (prev && before && !force && (await this.canaryPresent(family))) {
+        changes ??= serviceChanges(before().services, st.services);
+        index = takeIndex(st.services, family, before);
+        plan = changePlan(st, family, changes.filter((c) => familyOf((c.new ?? c.old)!.vip) === family), prev, index);
+        if (!plan) index = undefined; // another layout: nothing was planned, the index still describes `before`
+        else if (!this.partialOk(plan)) plan = undefined;
+      }
+      plan ??= fullPlan(render(st, family));
+      await this.apply(plan.ops, family, plan.full ? [] : staticSets());
+      if (index) keepIndex(st.services, family, index);
       result.full ||= plan.full;
       result.written += plan.written;
       result.deleted += plan.deleted;
-      result.applied.families[family] = digests(rs);
+      result.applied.families[family] = globalRecord(st, family);
     }
     return result;
   }

@@ -1,5 +1,6 @@
 import type { Family } from '../../addr/cidr';
 import type { DesiredState } from '../model';
+import type { ServiceDelta } from '../changes';
 
 /** The backends: kube-proxy's iptables layout, or tsnet's nftables table written by `nft -f` or over netlink. */
 export type BackendName = 'iptables' | 'nft' | 'netlink';
@@ -57,8 +58,13 @@ export interface Backend {
   readonly tables: TableKind;
   /** The full payload(s) a first sync would apply: what `tsnet rules` prints. */
   render(st: DesiredState): string;
-  /** Takes the rules to `st`; `before` is the state `applied` was written from (lets a partial sync append rather than rewrite). */
-  sync(st: DesiredState, applied: Applied | undefined, force: boolean, before?: DesiredState): Promise<SyncResult>;
+  /**
+   * Takes the rules to `st`. `services` are the services that differ from
+   * the state `applied` was written from, and `before` rebuilds that state
+   * (costs O(state): for what needs it whole). A partial sync writes only
+   * what the changed services change.
+   */
+  sync(st: DesiredState, applied: Applied | undefined, force: boolean, before?: () => DesiredState, services?: readonly ServiceDelta[]): Promise<SyncResult>;
   /** Whether tsnet's canary (chain rule, or table) of `family` is still there: gone means someone flushed the rules. */
   canaryPresent(family: Family): Promise<boolean>;
   /** Removes everything of tsnet's that this backend put in place. */

@@ -1,7 +1,6 @@
 /**
  * Element identity for diffs: the key (what the kernel indexes by) and a
- * value id that also carries everything needed to delete the element later
- * from the record alone.
+ * value id (equal ids, equal elements).
  */
 import type { Element, Value } from './ruleset';
 
@@ -12,11 +11,3 @@ export const elementKeyId = (e: Element): string => e.key.map(valueText).join(' 
 
 /** Key, value and comment: equal ids, equal elements. */
 export const elementValueId = (e: Element): string => JSON.stringify([e.key, e.data ?? null, e.comment ?? null]);
-
-export function elementFromValueId(id: string): Element {
-  const [key, data, comment] = JSON.parse(id) as [Element['key'], Element['data'] | null, string | null];
-  const e: Element = { key };
-  if (data !== null) e.data = data;
-  if (comment !== null) e.comment = comment;
-  return e;
-}

@@ -70,20 +70,37 @@ function ranges(s: Service): [number, number][] {
   });
 }
 
-/** What one service adds to the table (besides its service-ips element). */
-interface ServiceParts {
+/**
+ * Everything one service contributes to the table: its elements (by map), the
+ * chains and sets of its own, and what it shares with others (the lb chain it
+ * goes to, the endpoint addresses it needs hairpin pairs for). A change of
+ * one service is the difference between two of these.
+ */
+export interface ServiceParts {
+  elements: Map<string, Element[]>;
   chains: Chain[];
   sets: NamedSet[];
-  endpoints: Element[];
-  weightedEndpoints: Element[];
+  /** The shared chain its element goes to (or its own chain does): undefined with affinity or without endpoints. */
+  lb?: Chain;
+  /** Endpoint addresses, each once. */
+  hairpin: string[];
 }
 
-function serviceParts(s: Service): ServiceParts {
-  const out: ServiceParts = { chains: [], sets: [], endpoints: [], weightedEndpoints: [] };
-  const vipKey = [s.vip, s.proto, s.port] as const;
+export function serviceParts(s: Service): ServiceParts {
+  const elements = new Map<string, Element[]>();
+  const put = (set: string, e: Element) => { const l = elements.get(set); if (l) l.push(e); else elements.set(set, [e]); };
+  const out: ServiceParts = { elements, chains: [], sets: [], hairpin: [...new Set(s.endpoints.map((e) => e.ip))] };
+  const key = [s.vip, s.proto, s.port];
+  if (s.endpoints.length === 0) {
+    put(NO_ENDPOINTS, { key, data: { verdict: 'goto', chain: REJECT_CHAIN }, comment: `${s.name} has no endpoints` });
+    return out;
+  }
+  put(SERVICE_IPS, { key, data: { verdict: 'goto', chain: ownChain(s) ? svcChain(s) : lbChain(s) }, comment: s.name });
   if (s.affinitySeconds === undefined) {
-    if (weighted(s)) ranges(s).forEach((r, i) => out.weightedEndpoints.push({ key: [...vipKey, r], data: [s.endpoints[i]!.ip, s.endpoints[i]!.port] }));
-    else s.endpoints.forEach((e, i) => out.endpoints.push({ key: [...vipKey, i], data: [e.ip, e.port] }));
+    if (weighted(s)) ranges(s).forEach((r, i) => put(ENDPOINTS_WEIGHTED, { key: [...key, r], data: [s.endpoints[i]!.ip, s.endpoints[i]!.port] }));
+    else s.endpoints.forEach((e, i) => put(ENDPOINTS, { key: [...key, i], data: [e.ip, e.port] }));
+    const name = lbChain(s);
+    out.lb = { name, rules: weighted(s) ? lbRules(s.proto, totalWeight(s), ENDPOINTS_WEIGHTED) : lbRules(s.proto, s.endpoints.length, ENDPOINTS) };
   }
   if (!ownChain(s)) return out;
   const svc: Chain = { name: svcChain(s), rules: [] };
@@ -106,8 +123,8 @@ function serviceParts(s: Service): ServiceParts {
     svc.rules.push({ items: [{ t: 'goto', chain: seps[0]! }], comment: s.name });
   } else {
     const total = totalWeight(s);
-    const elements: Element[] = ranges(s).map((r, i) => ({ key: [r[0] === r[1] ? r[0] : r], data: { verdict: 'goto', chain: seps[i]! } }));
-    svc.rules.push({ items: [{ t: 'vmap', key: { fields: ['numgen'], mod: total }, map: { interval: true, elements } }], comment: s.name });
+    const vmap: Element[] = ranges(s).map((r, i) => ({ key: [r[0] === r[1] ? r[0] : r], data: { verdict: 'goto', chain: seps[i]! } }));
+    svc.rules.push({ items: [{ t: 'vmap', key: { fields: ['numgen'], mod: total }, map: { interval: true, elements: vmap } }], comment: s.name });
   }
   out.chains.push(svc);
   s.endpoints.forEach((e, i) => out.chains.push({
@@ -118,6 +135,14 @@ function serviceParts(s: Service): ServiceParts {
     ],
   }));
   return out;
+}
+
+export const hairpinElement = (ip: string): Element => ({ key: [ip, ip] });
+
+/** What serviceParts says a service shares, without rendering it: the lb chain's name and the endpoint addresses. */
+export function sharedOf(s: Service): { lb?: string; hairpin: string[] } {
+  const hairpin = [...new Set(s.endpoints.map((e) => e.ip))];
+  return s.endpoints.length && s.affinitySeconds === undefined ? { lb: lbChain(s), hairpin } : { hairpin };
 }
 
 function natRuleItems(r: NatRule): { chain: 'dnat-rules' | 'snat-rules'; rule: Rule } {
@@ -180,35 +205,13 @@ const LOCALNET_GUARD: Rule = {
 const serviceSet = (name: string): NamedSet => ({ name, key: SERVICE_KEY, data: 'verdict', counter: true });
 const endpointSet = (name: string, interval: boolean): NamedSet => ({ name, key: ENDPOINT_KEY, data: ENDPOINT_VALUE, counter: true, ...(interval ? { interval } : {}) });
 
-/** The whole desired table of one family. */
-export function render(st: DesiredState, family: Family): Ruleset {
-  const services = st.services.filter((s) => familyOf(s.vip) === family);
-  const serviceIps: Element[] = [];
-  const noEndpoints: Element[] = [];
-  const endpoints: Element[] = [];
-  const weightedEndpoints: Element[] = [];
-  const hairpin = new Map<string, Element>();
-  const lb = new Map<string, Chain>();
-  const perService: Chain[] = [];
-  const affinitySets: NamedSet[] = [];
-  for (const s of services) {
-    const key = [s.vip, s.proto, s.port];
-    if (s.endpoints.length === 0) {
-      noEndpoints.push({ key, data: { verdict: 'goto', chain: REJECT_CHAIN }, comment: `${s.name} has no endpoints` });
-      continue;
-    }
-    const parts = serviceParts(s);
-    serviceIps.push({ key, data: { verdict: 'goto', chain: ownChain(s) ? svcChain(s) : lbChain(s) }, comment: s.name });
-    endpoints.push(...parts.endpoints);
-    weightedEndpoints.push(...parts.weightedEndpoints);
-    perService.push(...parts.chains);
-    affinitySets.push(...parts.sets);
-    if (s.affinitySeconds === undefined && !lb.has(lbChain(s))) {
-      const name = lbChain(s);
-      lb.set(name, { name, rules: weighted(s) ? lbRules(s.proto, totalWeight(s), ENDPOINTS_WEIGHTED) : lbRules(s.proto, s.endpoints.length, ENDPOINTS) });
-    }
-    for (const e of s.endpoints) hairpin.set(e.ip, { key: [e.ip, e.ip] });
-  }
+/** The sets every table has (the maps services are elements of). */
+export function staticSets(): NamedSet[] {
+  return [serviceSet(SERVICE_IPS), serviceSet(NO_ENDPOINTS), endpointSet(ENDPOINTS, false), endpointSet(ENDPOINTS_WEIGHTED, true), { name: HAIRPIN, key: { fields: ['saddr', 'daddr'] } }];
+}
+
+/** The chains that do not belong to any one service: dispatch, masquerading, standalone rules, forwards, base chains. */
+export function globalChains(st: Pick<DesiredState, 'rules' | 'forwards'>, family: Family): Chain[] {
   const rules = st.rules.filter((r) => ruleFamily(r) === family).map(natRuleItems);
   const forwards = st.forwards.filter((f) => familyOf(f.targetIp) === family).map(forwardRules);
   const chain = (name: string, rs: Rule[], hook?: Chain['hook']): Chain => (hook ? { name, hook, rules: rs } : { name, rules: rs });
@@ -218,7 +221,7 @@ export function render(st: DesiredState, family: Family): Ruleset {
     forward: forwards.map((f) => f.accept),
     output: [],
   };
-  const chains: Chain[] = [
+  return [
     chain(CANARY, [{ items: [{ t: 'counter' }], comment: CANARY_COMMENT }]),
     chain('services', [{ items: [{ t: 'vmap', key: SERVICE_KEY, map: SERVICE_IPS }] }]),
     chain('filter-services', [{ items: [{ t: 'vmap', key: SERVICE_KEY, map: NO_ENDPOINTS }] }]),
@@ -233,22 +236,40 @@ export function render(st: DesiredState, family: Family): Ruleset {
     ]),
     chain('dnat-rules', [...rules.filter((r) => r.chain === 'dnat-rules').map((r) => r.rule), ...forwards.map((f) => f.dnat)]),
     chain('snat-rules', [...rules.filter((r) => r.chain === 'snat-rules').map((r) => r.rule), ...forwards.flatMap((f) => f.snat)]),
-    ...[...lb.values()].sort((a, b) => a.name.localeCompare(b.name)),
-    ...perService,
     chain('nat-prerouting', [jump('services'), jump('dnat-rules')], { type: 'nat', hook: 'prerouting', priority: PRIORITY.dstnat }),
     chain('nat-output', [jump('services'), jump('dnat-rules')], { type: 'nat', hook: 'output', priority: PRIORITY.dstnat }),
     chain('nat-postrouting', [jump('masquerading'), jump('snat-rules')], { type: 'nat', hook: 'postrouting', priority: PRIORITY.srcnat }),
     ...(['input', 'forward', 'output'] as const).map((hook) =>
       chain(`filter-${hook}`, [...firstInFilter[hook], { items: [{ t: 'ct-new' }, { t: 'jump', chain: 'filter-services' }] }], { type: 'filter', hook, priority: PRIORITY.filter })),
   ];
-  const sets: NamedSet[] = [
-    serviceSet(SERVICE_IPS), serviceSet(NO_ENDPOINTS), endpointSet(ENDPOINTS, false), endpointSet(ENDPOINTS_WEIGHTED, true),
-    { name: HAIRPIN, key: { fields: ['saddr', 'daddr'] } },
-    ...affinitySets,
+}
+
+/** Chains that only jump somewhere go last, so everything they name is declared before them. */
+const isBase = (c: Chain) => c.hook !== undefined;
+
+/** The whole desired table of one family. */
+export function render(st: DesiredState, family: Family): Ruleset {
+  const elements = new Map<string, Element[]>(staticSets().map((x) => [x.name, []]));
+  const hairpin = new Set<string>();
+  const lb = new Map<string, Chain>();
+  const own: Chain[] = [];
+  const ownSets: NamedSet[] = [];
+  for (const s of st.services) {
+    if (familyOf(s.vip) !== family) continue;
+    const parts = serviceParts(s);
+    for (const [set, es] of parts.elements) elements.get(set)!.push(...es);
+    if (parts.lb && !lb.has(parts.lb.name)) lb.set(parts.lb.name, parts.lb);
+    own.push(...parts.chains);
+    ownSets.push(...parts.sets);
+    for (const ip of parts.hairpin) hairpin.add(ip);
+  }
+  elements.set(HAIRPIN, [...hairpin].map(hairpinElement));
+  const global = globalChains(st, family);
+  const chains = [
+    ...global.filter((c) => !isBase(c)),
+    ...[...lb.values()].sort((a, b) => a.name.localeCompare(b.name)),
+    ...own,
+    ...global.filter(isBase),
   ];
-  const elements = new Map<string, Element[]>([
-    [SERVICE_IPS, serviceIps], [NO_ENDPOINTS, noEndpoints], [ENDPOINTS, endpoints], [ENDPOINTS_WEIGHTED, weightedEndpoints],
-    [HAIRPIN, [...hairpin.values()]],
-  ]);
-  return { family, sets, chains, elements };
+  return { family, sets: [...staticSets(), ...ownSets], chains, elements };
 }

@@ -6,16 +6,16 @@
  * Each message's sequence number maps back to what it does, so an error
  * names the rule, set or element it came from.
  */
-import { NlWriter, type AttrObject } from '../../netlink/attrs';
+import { NlWriter, binary, nested, type AttrObject } from '../../netlink/attrs';
 import {
   NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END, NFNL_SUBSYS_NFTABLES, NFPROTO, NFTA_CHAIN, NFTA_RULE, NFTA_SET, NFTA_SET_ELEM,
-  NFTA_SET_ELEM_LIST, NFTA_TABLE, NFT_DATA_VERDICT, NFT_MSG, NFT_SET_F, NFT_SET_ELEM_INTERVAL_END, NF_INET_HOOK, NFTA_LIST_ELEM,
+  NFTA_SET_ELEM_LIST, NFTA_TABLE, NFT_DATA_VERDICT, NFT_MSG, NFT_SET_F, NFT_SET_ELEM_INTERVAL_END, NF_INET_HOOK, NFTA_LIST_ELEM, NFTA_DATA,
   VERDICT, nftMsg,
 } from '../../netlink/nftables';
 import { NLM_F } from '../../netlink/socket';
 import { NFT_TABLE } from '../constants';
 import { exprAttrs } from './expr';
-import { encodeKey, keyLen, lowerItem, type LowerContext, type SetInfo } from './lower';
+import { encodeKey, keyLen, lowerItem, writeKey, type LowerContext, type SetInfo } from './lower';
 import type { Op } from './plan';
 import { isTarget, type AnonymousVmap, type Element, type Family, type KeyExpr, type NamedSet, type Rule, type Value } from './ruleset';
 import { elementText, formatRule } from './text';
@@ -34,6 +34,7 @@ const nfproto = (f: Family) => (f === 6 ? NFPROTO.IPV6 : NFPROTO.IPV4);
 /** An element list must fit a 16-bit attribute length: split well before. */
 const ELEMENTS_NEST_LIMIT = 60_000;
 const ANON_MAP = '__map%d';
+const NFTA_SET_ELEM_DATA = nested(NFTA_DATA, { setNestedFlag: true });
 
 class BatchWriter {
   readonly w = new NlWriter(1 << 20);
@@ -112,33 +113,51 @@ function dataAttrs(e: Element, s: Pick<NamedSet, 'data'>, family: Family): AttrO
   return { value: encodeKey(s.data as KeyExpr, e.data as Value[], family, false) };
 }
 
-/** The kernel's elements for one model element: an interval of a concatenation is key + key end (pipapo). */
-function elementAttrs(e: Element, s: Pick<NamedSet, 'key' | 'data' | 'interval'>, family: Family, withData: boolean): AttrObject[] {
+// NFTA_SET_ELEM_* and NFTA_DATA_* numbers, for the element fast path below.
+const ELEM = { KEY: 1, DATA: 2, USERDATA: 6, KEY_END: 10 } as const;
+const DATA_VALUE = 1;
+
+/** A `{ value }` data nest whose bytes `write` puts in place. */
+function valueNest(w: NlWriter, type: number, write: () => void): void {
+  const outer = w.begin(type, true);
+  const inner = w.begin(DATA_VALUE);
+  write();
+  w.end(inner);
+  w.end(outer);
+}
+
+/**
+ * One model element as the kernel's element, written straight into the batch
+ * (the hot path: a sync of 10,000 services writes 60,000 of them). An interval
+ * of a concatenation is key + key end (pipapo).
+ */
+function writeElement(w: NlWriter, e: Element, s: Pick<NamedSet, 'key' | 'data' | 'interval'>, family: Family, withData: boolean): void {
   const interval = s.interval ?? false;
   const last = e.key[e.key.length - 1]!;
   const range = Array.isArray(last) ? last as readonly [number, number] : undefined;
-  const keyOf = (v: number | undefined) => encodeKey(s.key, range ? [...e.key.slice(0, -1), v!] : e.key, family, interval);
-  const a: AttrObject = { key: { value: keyOf(range?.[0]) } };
-  if (interval && s.key.fields.length > 1) a.keyEnd = { value: keyOf(range ? range[1] : (last as number)) };
-  if (withData) {
-    a.data = dataAttrs(e, s, family);
-    if (e.comment !== undefined) a.userdata = commentUdata(e.comment);
+  const keyAt = (v: number) => [...e.key.slice(0, -1), v];
+  valueNest(w, ELEM.KEY, () => writeKey(w, s.key, range ? keyAt(range[0]) : e.key, family, interval));
+  if (interval && s.key.fields.length > 1) valueNest(w, ELEM.KEY_END, () => writeKey(w, s.key, range ? keyAt(range[1]) : e.key, family, interval));
+  if (!withData) return;
+  if (e.data !== undefined) {
+    if (isTarget(e.data)) w.attr(ELEM.DATA, NFTA_SET_ELEM_DATA, { verdict: { code: VERDICT[e.data.verdict], chain: e.data.chain } });
+    else valueNest(w, ELEM.DATA, () => writeKey(w, s.data as KeyExpr, e.data as Value[], family, false));
   }
-  return [a];
+  if (e.comment !== undefined) w.attr(ELEM.USERDATA, binary, commentUdata(e.comment));
 }
 
-/** NEWSETELEM / DELSETELEM messages for `elements`, split so each element list fits its attribute. */
-function elementMessages(b: BatchWriter, type: number, flags: number, set: string, info: SetInfo, elements: readonly AttrObject[], what: (first: number, n: number) => string): void {
+/** NEWSETELEM / DELSETELEM messages for `count` elements that `write(i)` writes, split so each element list fits its attribute. */
+function elementMessages(b: BatchWriter, type: number, flags: number, set: string, info: SetInfo, count: number, write: (i: number) => void, what: (first: number, n: number) => string): void {
   let i = 0;
-  while (i < elements.length) {
+  while (i < count) {
     const start = i;
     const seq = b.message(type, flags, '', () => {
       b.w.attrs(NFTA_SET_ELEM_LIST, { table: NFT_TABLE, set, setId: info.id });
       const nest = b.w.begin(3, true); // NFTA_SET_ELEM_LIST_ELEMENTS
       const begun = b.w.length;
-      while (i < elements.length && b.w.length - begun < ELEMENTS_NEST_LIMIT) {
+      while (i < count && b.w.length - begun < ELEMENTS_NEST_LIMIT) {
         const at = b.w.begin(NFTA_LIST_ELEM, true);
-        b.w.attrs(NFTA_SET_ELEM, elements[i]!);
+        write(i);
         b.w.end(at);
         i++;
       }
@@ -174,7 +193,7 @@ function anonymousVmap(b: BatchWriter, key: KeyExpr, m: AnonymousVmap, chain: st
   attrs.desc = { size: 2 * m.elements.length };
   b.message(NFT_MSG.NEWSET, NLM_F.CREATE, `creating the anonymous map of a rule in chain ${chain}`, () => b.w.attrs(NFTA_SET, attrs));
   const info: SetInfo = { interval: true, id };
-  elementMessages(b, NFT_MSG.NEWSETELEM, NLM_F.CREATE, ANON_MAP, info, kernel, () => `adding the elements of an anonymous map in chain ${chain}`);
+  elementMessages(b, NFT_MSG.NEWSETELEM, NLM_F.CREATE, ANON_MAP, info, kernel.length, (i) => b.w.attrs(NFTA_SET_ELEM, kernel[i]!), () => `adding the elements of an anonymous map in chain ${chain}`);
   return { name: ANON_MAP, id };
 }
 
@@ -238,9 +257,9 @@ export function encodePlan(ops: readonly Op[], family: Family, declared: readonl
         const decl = decls.get(op.set);
         if (!decl) throw new Error(`elements of ${op.set}, a set this plan does not know`);
         const adding = op.op === 'add-elements';
-        const kernel = op.elements.flatMap((e) => elementAttrs(e, decl, family, adding));
         const info = b.created.get(op.set) ?? { interval: decl.interval ?? false };
-        elementMessages(b, adding ? NFT_MSG.NEWSETELEM : NFT_MSG.DELSETELEM, adding ? NLM_F.CREATE : 0, op.set, info, kernel,
+        elementMessages(b, adding ? NFT_MSG.NEWSETELEM : NFT_MSG.DELSETELEM, adding ? NLM_F.CREATE : 0, op.set, info, op.elements.length,
+          (i) => writeElement(b.w, op.elements[i]!, decl, family, adding),
           (first, n) => `${adding ? 'adding' : 'deleting'} ${n === 1 ? 'element' : `${n} elements`} ${adding ? 'to' : 'of'} ${op.set}, from ${elementText(op.elements[first]!)}`);
         break;
       }

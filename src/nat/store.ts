@@ -1,0 +1,197 @@
+/**
+ * Where the NAT engine keeps its desired state: a snapshot (nat.json) and a
+ * journal of the changes applied since (nat.journal), so that recording one
+ * changed service costs one appended line, not a rewrite of ten thousand.
+ *
+ *   nat.json      { version: 2, seq, digest, backend, desired, applied, sysctls }
+ *   nat.journal   one JSON line per successful round: { seq, changes, backend, applied, sysctls }
+ *
+ * Loading replays the journal lines whose seq follows the snapshot's (a line
+ * torn by a crash ends the replay: that round never completed). The journal
+ * is folded into a new snapshot when it grows, or when a round's record is
+ * large (a full state, or the iptables backend's per-chain digests). A long-
+ * lived process (the agent) keeps what it loaded and re-reads only when the
+ * files changed under it (another tsnet took the lock meanwhile).
+ *
+ * The snapshot carries a digest of its desired state: a file tsnet wrote is
+ * not validated again (10,000 services cost ~60 ms to check), a hand-edited
+ * one is, in full.
+ */
+import { createHash } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { TsnetError, contextualize, hasCode } from '../errors';
+import { writeFileAtomic } from '../state';
+import { IndexedState, type NatChange } from './changes';
+import { emptyState, normalizeState, type DesiredState } from './model';
+import type { Applied, BackendName } from './backends/types';
+
+export interface StateFile {
+  version: 1 | 2;
+  /** The journal line the snapshot includes (0: none). */
+  seq?: number;
+  /** sha256 of JSON.stringify(desired), when tsnet wrote it. */
+  digest?: string;
+  backend?: BackendName;
+  desired: DesiredState;
+  applied?: Applied;
+  /** Sysctls tsnet changed (path under /proc/sys/ joined by '/') -> the value they had before, restored when no longer needed. */
+  sysctls?: Record<string, string>;
+}
+
+interface JournalLine {
+  seq: number;
+  changes: NatChange[];
+  backend: BackendName;
+  applied?: Applied;
+  sysctls?: Record<string, string>;
+}
+
+export interface Loaded {
+  f: StateFile;
+  indexed: IndexedState;
+}
+
+/** A journal longer than this is folded into a snapshot. */
+const FOLD_LINES = 1000;
+/** A round whose line would be larger than this is recorded as a snapshot. */
+const MAX_LINE = 64 * 1024;
+
+const digestOf = (st: DesiredState) => createHash('sha256').update(JSON.stringify(st)).digest('base64url');
+
+function stampOf(file: string): string {
+  try {
+    const s = fs.statSync(file, { bigint: true });
+    return `${s.ino}:${s.size}:${s.mtimeNs}`;
+  } catch (err) {
+    if (hasCode(err, 'ENOENT')) return '-';
+    throw err;
+  }
+}
+
+export class NatStore {
+  readonly file: string;
+  readonly journal: string;
+  private cache?: { stamp: string; loaded: Loaded; seq: number; lines: number };
+
+  constructor(readonly dir: string) {
+    this.file = path.join(dir, 'nat.json');
+    this.journal = path.join(dir, 'nat.journal');
+  }
+
+  private stamp(): string {
+    return `${stampOf(this.file)}|${stampOf(this.journal)}`;
+  }
+
+  /** The state as stored (from memory when the files did not change since). */
+  load(): Loaded {
+    const stamp = this.stamp();
+    if (this.cache?.stamp === stamp) return this.cache.loaded;
+    const f = this.readSnapshot();
+    const indexed = IndexedState.of(f.desired);
+    let seq = f.seq ?? 0;
+    let lines = 0;
+    for (const line of this.readJournal()) {
+      if (line.seq <= seq) continue;
+      indexed.apply(line.changes);
+      f.backend = line.backend;
+      if (line.applied) f.applied = line.applied;
+      else delete f.applied;
+      if (line.sysctls) f.sysctls = line.sysctls;
+      else delete f.sysctls;
+      seq = line.seq;
+      lines++;
+    }
+    f.desired = indexed.state;
+    const loaded = { f, indexed };
+    this.cache = { stamp, loaded, seq, lines };
+    return loaded;
+  }
+
+  private readSnapshot(): StateFile {
+    let text: string;
+    try {
+      text = fs.readFileSync(this.file, 'utf8');
+    } catch (err) {
+      if (hasCode(err, 'ENOENT')) return { version: 2, desired: emptyState() };
+      throw contextualize(`reading ${this.file}`, err);
+    }
+    let f: StateFile;
+    try {
+      f = JSON.parse(text) as StateFile;
+    } catch (err) {
+      throw new TsnetError(`${this.file} is not valid JSON (${(err as Error).message}): restore it from a backup or remove it`, { code: 'EINVAL' });
+    }
+    const desired = { services: f.desired?.services ?? [], rules: f.desired?.rules ?? [], forwards: f.desired?.forwards ?? [] };
+    if (f.digest === undefined || f.digest !== digestOf(desired)) {
+      try {
+        f.desired = normalizeState(desired);
+      } catch (err) {
+        throw new TsnetError(`${this.file} holds an invalid desired state (${(err as Error).message}): fix or remove it`, { code: 'EINVAL' });
+      }
+    } else {
+      f.desired = desired;
+    }
+    return f;
+  }
+
+  private readJournal(): JournalLine[] {
+    let text: string;
+    try {
+      text = fs.readFileSync(this.journal, 'utf8');
+    } catch (err) {
+      if (hasCode(err, 'ENOENT')) return [];
+      throw contextualize(`reading ${this.journal}`, err);
+    }
+    const out: JournalLine[] = [];
+    for (const line of text.split('\n')) {
+      if (!line) continue;
+      try {
+        out.push(JSON.parse(line) as JournalLine);
+      } catch {
+        break; // torn by a crash mid-append: that round never completed
+      }
+    }
+    return out;
+  }
+
+  /**
+   * Records a successful round: `changes` led from the loaded state to
+   * `next`. One journal line when small; a new snapshot otherwise (no
+   * changes given, a large record, or a long journal).
+   */
+  save(next: IndexedState, record: Omit<StateFile, 'version' | 'desired' | 'seq' | 'digest'>, changes?: readonly NatChange[]): Loaded {
+    fs.mkdirSync(this.dir, { recursive: true, mode: 0o700 });
+    const seq = (this.cache?.seq ?? 0) + 1;
+    const lines = this.cache?.lines ?? 0;
+    const f: StateFile = { version: 2, ...record, desired: next.state };
+    let line: string | undefined;
+    if (changes && lines < FOLD_LINES && record.backend) {
+      const entry: JournalLine = { seq, changes: [...changes], backend: record.backend };
+      if (record.applied) entry.applied = record.applied;
+      if (record.sysctls) entry.sysctls = record.sysctls;
+      line = `${JSON.stringify(entry)}\n`;
+      if (line.length > MAX_LINE) line = undefined;
+    }
+    if (line) {
+      const fd = fs.openSync(this.journal, 'a', 0o600);
+      try {
+        fs.writeSync(fd, line);
+        fs.fdatasyncSync(fd);
+      } finally {
+        fs.closeSync(fd);
+      }
+      this.cache = { stamp: this.stamp(), loaded: { f, indexed: next }, seq, lines: lines + 1 };
+    } else {
+      writeFileAtomic(this.file, `${JSON.stringify({ ...f, seq, digest: digestOf(next.state) })}\n`);
+      fs.rmSync(this.journal, { force: true });
+      this.cache = { stamp: this.stamp(), loaded: { f, indexed: next }, seq, lines: 0 };
+    }
+    return this.cache.loaded;
+  }
+
+  /** Forgets what was loaded (after a failure: the next load reads the files). */
+  forget(): void {
+    this.cache = undefined;
+  }
+}
