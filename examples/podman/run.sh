@@ -38,9 +38,9 @@ trap cleanup EXIT
 
 # --agent: the same run with `tsnet agent` serving the shims (socket in a 0700 directory of its own).
 mkdir -m 700 "$W/run"
-node "$ROOT/dist/src/cli/main.js" cni install --bin-dir "$W/bin" --socket "$W/run/agent.sock" --state-dir "$W/state"
+node "$ROOT/dist/src/cli/main.js" --state-dir "$W/state" cni install --bin-dir "$W/bin" --socket "$W/run/agent.sock"
 if [[ "${1:-}" == --agent ]]; then
-  node "$ROOT/dist/src/cli/main.js" agent --socket "$W/run/agent.sock" --state-dir "$W/state" --metrics '' >"$W/agent.out" 2>"$W/agent.log" &
+  node "$ROOT/dist/src/cli/main.js" --state-dir "$W/state" agent --socket "$W/run/agent.sock" --metrics '' >"$W/agent.out" 2>"$W/agent.log" &
   AGENT_PID=$!
   for _ in $(seq 100); do grep -q '^ready' "$W/agent.out" 2>/dev/null && break; sleep 0.1; done
   grep -q '^ready' "$W/agent.out" || { cat "$W/agent.log" >&2; exit 1; }

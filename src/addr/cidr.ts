@@ -1,6 +1,13 @@
 /** Address and prefix parsing, validated with `ip-address` before anything reaches the kernel. */
-import { Address4, Address6 } from 'ip-address';
+import type * as IpAddress from 'ip-address';
 import { invalid } from '../errors';
+
+/** The library, loaded when first needed: canonical IPv4 text (the CLI's common case) never needs it. */
+let lib: typeof IpAddress | undefined;
+function ipAddress(): typeof IpAddress {
+  // eslint-disable-next-line @typescript-eslint/no-require-imports -- a synchronous lazy load: parseIp is synchronous
+  return (lib ??= require('ip-address') as typeof IpAddress);
+}
 
 export type Family = 4 | 6;
 
@@ -20,6 +27,7 @@ const CANONICAL_V4 = /^(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[
 export function parseIp(text: string): { family: Family; address: string } {
   if (typeof text === 'string' && CANONICAL_V4.test(text)) return { family: 4, address: text };
   if (typeof text === 'string' && !text.includes('/')) {
+    const { Address4, Address6 } = ipAddress();
     if (Address4.isValid(text)) return { family: 4, address: new Address4(text).correctForm() };
     if (Address6.isValid(text) && !text.includes('%')) return { family: 6, address: new Address6(text).correctForm() };
   }
@@ -46,6 +54,7 @@ export function parseCidr(text: string, opts: { defaultPrefix?: boolean } = {}):
   const max = parsed.family === 4 ? 32 : 128;
   const prefix = len === undefined ? max : Number(len);
   if (prefix > max) throw invalid(`invalid CIDR ${JSON.stringify(text)}: prefix /${prefix} is longer than ${max} bits`);
+  const { Address4, Address6 } = ipAddress();
   const network = parsed.family === 4
     ? new Address4(`${parsed.address}/${prefix}`).startAddress().correctForm()
     : new Address6(`${parsed.address}/${prefix}`).startAddress().correctForm();
@@ -58,6 +67,7 @@ export const formatCidr = (c: { address: string; prefix: number }): string => `$
 export function contains(cidr: Cidr, ip: string): boolean {
   const p = parseIp(ip);
   if (p.family !== cidr.family) return false;
+  const { Address4, Address6 } = ipAddress();
   return p.family === 4
     ? new Address4(p.address).isInSubnet(new Address4(`${cidr.network}/${cidr.prefix}`))
     : new Address6(p.address).isInSubnet(new Address6(`${cidr.network}/${cidr.prefix}`));

@@ -1,5 +1,5 @@
 /** The node agent: serves the CNI shim over a unix socket and keeps NAT rules converged. */
-export { DEFAULT_SOCKET } from './protocol';
-export { Agent, DEFAULT_METRICS, DEFAULT_RESYNC_MS, nsIdentity, parseDuration, type AgentOptions } from './server';
+export { DEFAULT_METRICS, DEFAULT_SOCKET } from './protocol';
+export { Agent, DEFAULT_RESYNC_MS, nsIdentity, parseDuration, type AgentOptions } from './server';
 export * as protocol from './protocol';
 export { agentMetrics, type AgentMetrics } from './metrics';

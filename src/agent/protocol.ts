@@ -12,6 +12,8 @@
  */
 /** Where the agent listens and the shim connects unless told otherwise. */
 export const DEFAULT_SOCKET = '/run/tsnet/agent.sock';
+/** Where the agent serves Prometheus metrics unless told otherwise (loopback only). */
+export const DEFAULT_METRICS = '127.0.0.1:9470';
 export const HELLO = 'tsnet-agent/1';
 export const REQUEST = 'tsnet-cni/1';
 /** Larger frames are refused: a network config is kilobytes. */

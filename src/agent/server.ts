@@ -27,10 +27,9 @@ import { errorInvocation, invoke, PLUGINS, type Invocation, type PluginName } fr
 import { CniError, CNI_ERR } from '../cni/errors';
 import { NatEngine, onSync, type SyncEvent } from '../nat/engine';
 import { parseHostPort } from '../nat/model';
-import { DEFAULT_SOCKET, FrameReader, HELLO, decodeRequest, encodeReply, frame, type Request } from './protocol';
+import { DEFAULT_METRICS, DEFAULT_SOCKET, FrameReader, HELLO, decodeRequest, encodeReply, frame, type Request } from './protocol';
 import { agentMetrics, type AgentMetrics } from './metrics';
 
-export const DEFAULT_METRICS = '127.0.0.1:9470';
 export const DEFAULT_RESYNC_MS = 10_000;
 /** How often the resync loop rewrites everything regardless of the canary (kube-proxy: hourly). */
 export const DEFAULT_FULL_SYNC_MS = 3_600_000;
@@ -338,7 +337,7 @@ export class Agent {
     for (const dir of this.natDirs) {
       if (!fs.existsSync(path.join(dir, 'nat.json')) && !fs.existsSync(path.join(dir, 'nat.journal'))) continue; // no NAT state here (yet)
       try {
-        const engine = new NatEngine({ stateDir: dir });
+        const engine = NatEngine.shared({ stateDir: dir });
         await (full ? engine.sync({ force: true }) : engine.converge());
       } catch (err) {
         this.metrics.resyncErrors.inc();

@@ -1,13 +1,11 @@
 /** CLI for `tsnet forward`: parsing and printing only; src/forward does the work. */
 import { Command } from 'commander';
-import * as forward from '../forward';
+import type { ForwardRequest } from '../forward';
 import type { NatEngine } from '../nat/engine';
-import { neededSysctls } from '../nat/engine';
-import * as sysctl from '../sysctl';
 import { print, table } from './output';
 
 export interface ForwardContext {
-  engine(): NatEngine;
+  engine(): Promise<NatEngine>;
   json(): boolean;
 }
 
@@ -24,16 +22,11 @@ export function registerForward(program: Command, ctx: ForwardContext): void {
     .option('--cut-over', 'also move existing connections still going to an earlier target (delete their conntrack entries)')
     .option('--dry-run', 'print the rules and sysctls that would be applied, change nothing')
     .action(async (target: string, listenPort: string, targetPort: string, o: { name?: string; listen?: string; proto: string; snat: string; check: boolean; cutOver?: boolean; dryRun?: boolean }) => {
-      const engine = ctx.engine();
-      const req: forward.ForwardRequest = { target, listenPort, targetPort, proto: o.proto, snat: o.snat, check: o.check, cutOver: o.cutOver === true, ...(o.name ? { name: o.name } : {}), ...(o.listen ? { listen: o.listen } : {}) };
+      const forward = await import('../forward');
+      const engine = await ctx.engine();
+      const req: ForwardRequest = { target, listenPort, targetPort, proto: o.proto, snat: o.snat, check: o.check, cutOver: o.cutOver === true, ...(o.name ? { name: o.name } : {}), ...(o.listen ? { listen: o.listen } : {}) };
       if (o.dryRun) {
-        const f = await forward.plan(engine.ns, req);
-        const st = engine.read();
-        st.forwards = [...st.forwards.filter((x) => x.name !== f.name), f];
-        const sysctls = [...(await neededSysctls(engine.ns, st))]
-          .filter(([k, v]) => sysctl.get(engine.ns, k.split('/')) !== v) // only what would change
-          .map(([k, v]) => `# sysctl -w ${k.replace(/\//g, '.')}=${v}`);
-        process.stdout.write(`${sysctls.join('\n')}${sysctls.length ? '\n' : ''}${await engine.rules(st)}`);
+        process.stdout.write(await forward.dryRun(engine, req));
         return;
       }
       const r = await forward.add(engine, req);
@@ -45,9 +38,9 @@ export function registerForward(program: Command, ctx: ForwardContext): void {
       print(r, ctx.json(), () => line);
     });
 
-  fwd.command('ls').alias('list').description('forwards as stored').option('--json', 'print as JSON').action((o: { json?: boolean }) => {
-    const rows = forward.list(ctx.engine());
-    print(rows, ctx.json() || o.json === true, () => table(rows.map((f) => ({
+  fwd.command('ls').alias('list').description('forwards as stored').action(async () => {
+    const rows = (await import('../forward')).list(await ctx.engine());
+    print(rows, ctx.json(), () => table(rows.map((f) => ({
       name: f.name, proto: f.proto, listen: `${f.listen ?? '*'}:${f.listenPort}`,
       target: f.target === f.targetIp ? `${f.targetIp}:${f.targetPort}` : `${f.target} (${f.targetIp}):${f.targetPort}`, snat: f.snat,
     })), ['name', 'proto', 'listen', 'target', 'snat']));
@@ -56,12 +49,12 @@ export function registerForward(program: Command, ctx: ForwardContext): void {
   fwd.command('rm <name>').alias('del').description('remove a forward: its rules and the sysctl changes made for it (missing: no-op)')
     .option('--cut', 'also cut its existing connections (delete their conntrack entries)')
     .action(async (name: string, o: { cut?: boolean }) => {
-      await forward.remove(ctx.engine(), name, { cut: o.cut === true });
+      await (await import('../forward')).remove(await ctx.engine(), name, { cut: o.cut === true });
     });
 
   fwd.command('restore').description('re-apply every stored forward (after a reboot or a flush); same as `tsnet sync`')
     .action(async () => {
-      const r = await ctx.engine().sync();
+      const r = await (await ctx.engine()).sync();
       print(r, ctx.json(), () => `restored with ${r.backend}: ${r.full ? 'full' : 'partial'} sync, ${r.ms.toFixed(1)} ms`);
     });
 }

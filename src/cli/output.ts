@@ -1,10 +1,16 @@
 /** Printing for the CLI: aligned tables for people, --json for scripts. */
 
 export function table<T extends object>(rows: T[], columns: string[]): string {
-  const cells = rows.map((r) => columns.map((c) => fmt((r as Record<string, unknown>)[c])));
-  const widths = columns.map((c, i) => Math.max(c.length, ...cells.map((row) => row[i]!.length)));
+  return [...tableLines(rows, columns)].join('\n');
+}
+
+/** The table's lines, header first (widths from every row: the rows are read twice, the text is never whole). */
+function* tableLines<T extends object>(rows: readonly T[], columns: string[]): Generator<string> {
+  const widths = columns.map((c) => c.length);
+  for (const r of rows) columns.forEach((c, i) => { widths[i] = Math.max(widths[i]!, fmt((r as Record<string, unknown>)[c]).length); });
   const line = (vals: string[]) => vals.map((v, i) => v.padEnd(widths[i]!)).join('  ').trimEnd();
-  return [line(columns.map((c) => c.toUpperCase())), ...cells.map(line)].join('\n');
+  yield line(columns.map((c) => c.toUpperCase()));
+  for (const r of rows) yield line(columns.map((c) => fmt((r as Record<string, unknown>)[c])));
 }
 
 function fmt(v: unknown): string {
@@ -15,4 +21,43 @@ function fmt(v: unknown): string {
 
 export function print(data: unknown, json: boolean, render: () => string): void {
   process.stdout.write(`${json ? JSON.stringify(data, null, 2) : render()}\n`);
+}
+
+/**
+ * A long listing, streamed: a JSON array written element by element (the
+ * same text JSON.stringify(rows, null, 2) makes), or a table; in chunks,
+ * waiting for stdout to drain, so 44,000 services never become one string.
+ */
+export async function printRows<T extends object>(rows: readonly T[], json: boolean, columns: string[], toRow: (x: T) => object): Promise<void> {
+  const out = new Chunked();
+  if (json) {
+    if (!rows.length) await out.write('[]\n');
+    for (let i = 0; i < rows.length; i++) {
+      const item = JSON.stringify(rows[i], null, 2).replace(/\n/g, '\n  ');
+      await out.write(`${i ? ',\n' : '[\n'}  ${item}${i === rows.length - 1 ? '\n]\n' : ''}`);
+    }
+  } else {
+    for (const l of tableLines(rows.map(toRow), columns)) await out.write(`${l}\n`);
+  }
+  await out.flush();
+}
+
+/** Writes to stdout in ~64 KiB pieces, respecting backpressure. */
+class Chunked {
+  private buf: string[] = [];
+  private size = 0;
+
+  async write(text: string): Promise<void> {
+    this.buf.push(text);
+    this.size += text.length;
+    if (this.size >= 64 * 1024) await this.flush();
+  }
+
+  async flush(): Promise<void> {
+    if (!this.buf.length) return;
+    const text = this.buf.join('');
+    this.buf = [];
+    this.size = 0;
+    if (!process.stdout.write(text)) await new Promise<void>((resolve) => process.stdout.once('drain', resolve));
+  }
 }

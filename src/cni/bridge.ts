@@ -139,10 +139,10 @@ function openContainer(path: string): netns.NetNs {
   }
 }
 
-/** The NAT engine, loaded only by calls that change rules (a plugin process pays for what it uses). */
+/** The NAT engine, loaded only by calls that change rules (a plugin process pays for what it uses); the agent keeps it between calls. */
 async function engineFor(rec: Pick<AttachmentRecord, 'nat'>, host: netns.NetNs): Promise<NatEngine> {
   const { NatEngine: Engine } = await import('../nat/engine');
-  return new Engine({ ns: host, stateDir: rec.nat.stateDir, backend: rec.nat.backend as BackendChoice });
+  return Engine.shared({ ns: host, stateDir: rec.nat.stateDir, backend: rec.nat.backend as BackendChoice });
 }
 
 /** Port mappings (runtimeConfig.portMappings) as tsnet forwards to each container address of the mapping's family. */

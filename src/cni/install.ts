@@ -17,16 +17,9 @@ import { invalid } from '../errors';
 import { SHIM_PATH } from '../native';
 import { DEFAULT_SOCKET } from '../agent/protocol';
 import { writeFileAtomic } from '../state';
+import { DEFAULT_BIN_DIR, DEFAULT_CONF_DIR, DEFAULT_TIMEOUT_MS, EXAMPLE_CONFLIST, MAX_TIMEOUT_MS, SHIM_CONF } from './defaults';
 
-export const DEFAULT_BIN_DIR = '/opt/cni/bin';
-export const DEFAULT_CONF_DIR = '/etc/cni/net.d';
-export const SHIM_CONF = 'tsnet-cni.conf';
-export const EXAMPLE_CONFLIST = '10-tsnet.conflist';
-/** How long a call through the agent may take before the shim reports error 11 (runtimes have no deadline of their own for plugins). */
-export const DEFAULT_TIMEOUT_MS = 120_000;
-
-/** Longest deadline accepted (a day): beyond it a runtime is hung, not waiting. */
-export const MAX_TIMEOUT_MS = 86_400_000;
+export { DEFAULT_BIN_DIR, DEFAULT_CONF_DIR, DEFAULT_TIMEOUT_MS, EXAMPLE_CONFLIST, MAX_TIMEOUT_MS, SHIM_CONF };
 
 export interface ShimSettings {
   /** The agent's socket; '' = never use an agent. */

@@ -12,7 +12,8 @@ import { TsnetError, invalid } from '../errors';
 import * as addr from '../addr';
 import * as conntrack from '../conntrack';
 import type { NetNs } from '../netns';
-import type { NatEngine, SyncReport } from '../nat/engine';
+import { neededSysctls, type NatEngine, type SyncReport } from '../nat/engine';
+import * as sysctl from '../sysctl';
 import { normalizeForward, parsePort, parseProto, validateName, type Forward, type Proto, type SnatMode } from '../nat/model';
 
 export interface ForwardRequest {
@@ -116,3 +117,18 @@ export async function remove(engine: NatEngine, name: string, opts: { cut?: bool
 }
 
 export const list = (engine: NatEngine): Forward[] => engine.read().forwards;
+
+/**
+ * What `add` would do, changing nothing: the sysctls it would set (only
+ * those not already so) as `sysctl -w` lines, then the rules a full sync
+ * would apply (`tsnet forward ... --dry-run`).
+ */
+export async function dryRun(engine: NatEngine, req: ForwardRequest): Promise<string> {
+  const f = await plan(engine.ns, req);
+  const now = engine.read();
+  const st = { services: now.services, rules: now.rules, forwards: [...now.forwards.filter((x) => x.name !== f.name), f] };
+  const sysctls = [...(await neededSysctls(engine.ns, st))]
+    .filter(([k, v]) => sysctl.get(engine.ns, k.split('/')) !== v)
+    .map(([k, v]) => `# sysctl -w ${k.replace(/\//g, '.')}=${v}\n`);
+  return `${sysctls.join('')}${await engine.rules(st)}`;
+}

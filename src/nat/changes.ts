@@ -7,10 +7,11 @@
  * state (one VIP per service, one listener per forward port) are kept
  * through indexes, not by scanning.
  */
-import { invalid } from '../errors';
+import { TsnetError, invalid } from '../errors';
+import type { Family } from '../addr/cidr';
 import {
-  normalizeForward, normalizeRule, normalizeService, normalizeState, ruleKey,
-  type DesiredState, type Endpoint, type Forward, type NatRule, type Service,
+  familyOf, normalizeForward, normalizeRule, normalizeService, normalizeState, ruleFamily, ruleKey,
+  type DesiredState, type Endpoint, type Forward, type NatRule, type Proto, type Service,
 } from './model';
 
 export type NatChange =
@@ -41,23 +42,256 @@ export interface ServiceDelta {
 
 const vipKey = (s: Pick<Service, 'vip' | 'port' | 'proto'>) => `${s.vip}:${s.port}/${s.proto}`;
 
+/**
+ * What a service must look like to pass a test, stated so that a stored row
+ * can be ruled out from its text without parsing it (see ServiceRows.anyOther).
+ */
+export interface ServiceHint {
+  proto?: Proto;
+  /** The number of endpoints. */
+  endpoints?: number;
+  /** An endpoint's address. */
+  endpointIp?: string;
+}
+
+/**
+ * A stored service: parsed, or the exact JSON text tsnet wrote for it
+ * (trusted: the snapshot's digest matched), parsed when first read. A
+ * command that changes one service of ten thousand parses one.
+ */
+type Row = Service | string;
+
+/** A trusted row begins `{"name":"NAME","vip":"VIP",` (normalizeService's key order). */
+const NAME_AT = '{"name":"'.length;
+const HEAD = /^\{"name":"([^"\\]*)","vip":"([^"\\]*)","port":(\d+),"proto":"([a-z]+)"/;
+
+function rowName(row: Row): string {
+  return typeof row === 'string' ? row.slice(NAME_AT, row.indexOf('"', NAME_AT)) : row.name;
+}
+
+function rowVip(row: Row): string {
+  if (typeof row !== 'string') return row.vip;
+  const at = row.indexOf('"vip":"') + 7;
+  return row.slice(at, row.indexOf('"', at));
+}
+
+function rowVipKey(row: Row): string {
+  if (typeof row !== 'string') return vipKey(row);
+  const m = HEAD.exec(row);
+  if (!m) throw new TsnetError(`stored service row ${row.slice(0, 80)} is not in tsnet's format`, { code: 'EINTERNAL' });
+  return `${m[2]}:${m[3]}/${m[4]}`;
+}
+
+const escapeRe = (t: string) => t.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+
+/**
+ * A test of stored rows: whether one can satisfy any of `hints`, read from
+ * its text without parsing it (no false negatives). Endpoint addresses, the
+ * common question, are looked for all at once.
+ */
+function rowsFilter(hints: readonly ServiceHint[]): (row: string) => boolean {
+  if (hints.every((h) => h.endpointIp !== undefined && h.proto === undefined && h.endpoints === undefined)) {
+    const re = new RegExp(`\\{"ip":"(?:${hints.map((h) => escapeRe(h.endpointIp!)).join('|')})"`);
+    return (row) => re.test(row);
+  }
+  const one = hints.map((hint) => {
+    const proto = hint.proto && `"proto":"${hint.proto}"`;
+    const ip = hint.endpointIp && `{"ip":"${hint.endpointIp}"`;
+    const count = hint.endpoints;
+    return (row: string) => {
+      if (proto && !row.includes(proto)) return false;
+      if (ip && !row.includes(ip)) return false;
+      if (count !== undefined) {
+        let n = 0;
+        for (let at = row.indexOf('{"ip":"'); at >= 0; at = row.indexOf('{"ip":"', at + 7)) n++;
+        if (n !== count) return false;
+      }
+      return true;
+    };
+  });
+  return (row) => one.some((f) => f(row));
+}
+
+/** The services in order, by name and by VIP:port/proto. */
+class ServiceRows {
+  /** name -> position */
+  names: Map<string, number>;
+  /** VIP:port/proto -> the service that claims it; built when first needed (a change that keeps every VIP never needs it). */
+  private vipIndex?: Map<string, string>;
+
+  constructor(public rows: Row[]) {
+    this.names = this.indexNames();
+  }
+
+  /** How many rows are still stored text, per family of their VIP (kept so that families() need not read them). */
+  private rawFamilies = { 4: 0, 6: 0 };
+
+  private indexNames(): Map<string, number> {
+    const m = new Map<string, number>();
+    this.rawFamilies = { 4: 0, 6: 0 };
+    for (let i = 0; i < this.rows.length; i++) {
+      const r = this.rows[i]!;
+      if (typeof r !== 'string') {
+        m.set(r.name, i);
+        continue;
+      }
+      const end = r.indexOf('"', NAME_AT);
+      m.set(r.slice(NAME_AT, end), i);
+      // The VIP follows the name (`","vip":"` is 9 characters): a colon before its closing quote means IPv6.
+      let six = false;
+      for (let k = end + 9, c = r.charCodeAt(k); c !== 34 && k < r.length; c = r.charCodeAt(++k)) if (c === 58) six = true;
+      this.rawFamilies[six ? 6 : 4]++;
+    }
+    return m;
+  }
+
+  get vips(): Map<string, string> {
+    if (!this.vipIndex) {
+      this.vipIndex = new Map();
+      for (const r of this.rows) this.vipIndex.set(rowVipKey(r), rowName(r));
+    }
+    return this.vipIndex;
+  }
+
+  /** Keeps the VIP index in step, when it was built (else it is built from the rows when needed). */
+  claim(key: string, name: string): void {
+    this.vipIndex?.set(key, name);
+  }
+
+  unclaim(key: string): void {
+    this.vipIndex?.delete(key);
+  }
+
+  at(i: number): Service {
+    const r = this.rows[i]!;
+    if (typeof r !== 'string') return r;
+    const s = JSON.parse(r) as Service;
+    this.rows[i] = s;
+    this.rawFamilies[familyOf(s.vip)]--;
+    return s;
+  }
+
+  get(name: string): Service | undefined {
+    const i = this.names.get(name);
+    return i === undefined ? undefined : this.at(i);
+  }
+
+  /** Every service, parsed (the array itself: it stays the state's array). */
+  all(): Service[] {
+    for (let i = 0; i < this.rows.length; i++) if (typeof this.rows[i] === 'string') this.at(i);
+    return this.rows as Service[];
+  }
+
+  replace(rows: Row[]): void {
+    this.rows = rows;
+    this.names = this.indexNames();
+    this.vipIndex = undefined;
+  }
+
+  /** The rows as JSON lines, stored texts as they are. */
+  texts(): string[] {
+    return this.rows.map((r) => (typeof r === 'string' ? r : JSON.stringify(r)));
+  }
+
+  families(): Family[] {
+    let v4 = this.rawFamilies[4] > 0;
+    let v6 = this.rawFamilies[6] > 0;
+    for (let i = 0; i < this.rows.length && !(v4 && v6); i++) {
+      const r = this.rows[i]!;
+      if (typeof r === 'string') continue;
+      if (familyOf(r.vip) === 4) v4 = true;
+      else v6 = true;
+    }
+    return [...(v4 ? [4 as const] : []), ...(v6 ? [6 as const] : [])];
+  }
+
+  /**
+   * For each query, whether a service not named in `except` passes its
+   * test, in one pass over the rows. Stored rows that can match no
+   * query's hint are skipped unparsed; the pass ends when every query has
+   * its answer.
+   */
+  anyOther(except: ReadonlySet<string>, queries: readonly ServiceQuery[]): boolean[] {
+    const found = queries.map(() => false);
+    let open = queries.length;
+    if (!open) return found;
+    const skip = new Set<number>();
+    for (const n of except) {
+      const i = this.names.get(n);
+      if (i !== undefined) skip.add(i);
+    }
+    const mayMatch = rowsFilter(queries.map((q) => q.hint));
+    for (let i = 0; i < this.rows.length && open; i++) {
+      if (skip.has(i)) continue;
+      const r = this.rows[i]!;
+      if (typeof r === 'string' && !mayMatch(r)) continue;
+      const s = this.at(i);
+      queries.forEach((q, k) => {
+        if (!found[k] && q.test(s)) { found[k] = true; open--; }
+      });
+    }
+    return found;
+  }
+}
+
+/** A question about the services: `test`, and what a passing service must look like (`hint`, checked on stored text). */
+export interface ServiceQuery {
+  hint: ServiceHint;
+  test: (s: Service) => boolean;
+}
+
+/** What a partial sync may ask of the whole state without reading all of it. */
+export interface StateView {
+  /** familiesUsed(), from the services' VIPs without parsing them. */
+  families(): Family[];
+  /** For each query, whether a service not named in `except` passes it (see ServiceRows.anyOther). */
+  anyOther(except: ReadonlySet<string>, queries: readonly ServiceQuery[]): boolean[];
+}
+
 /** A desired state with the indexes that let a change check it without a scan. */
-export class IndexedState {
+export class IndexedState implements StateView {
+  /** The state; `services` is read on demand (reading it parses every stored service). */
+  readonly state: DesiredState;
+
   private constructor(
-    readonly state: DesiredState,
-    /** service name -> its position in state.services */
-    private names: Map<string, number>,
-    /** VIP:port/proto -> the service that claims it */
-    private readonly vips: Map<string, string>,
-  ) {}
+    private readonly rows: ServiceRows,
+    rules: NatRule[],
+    forwards: Forward[],
+  ) {
+    this.state = {
+      get services() { return rows.all(); },
+      set services(v: Service[]) { rows.replace(v); },
+      rules,
+      forwards,
+    };
+  }
 
   static of(state: DesiredState): IndexedState {
-    return new IndexedState(state, new Map(state.services.map((s, i) => [s.name, i])), new Map(state.services.map((s) => [vipKey(s), s.name])));
+    return new IndexedState(new ServiceRows(state.services), state.rules, state.forwards);
+  }
+
+  /** A state from stored rows: each service's JSON text as tsnet wrote it (trusted), parsed when read. */
+  static fromRows(rows: string[], rules: NatRule[], forwards: Forward[]): IndexedState {
+    return new IndexedState(new ServiceRows(rows), rules, forwards);
   }
 
   service(name: string): Service | undefined {
-    const i = this.names.get(name);
-    return i === undefined ? undefined : this.state.services[i];
+    return this.rows.get(name);
+  }
+
+  /** The services as JSON lines (unparsed ones as stored). */
+  serviceTexts(): string[] {
+    return this.rows.texts();
+  }
+
+  families(): Family[] {
+    const st = this.state;
+    return ([4, 6] as const).filter((f) => this.rows.families().includes(f) || st.rules.some((r) => ruleFamily(r) === f)
+      || st.forwards.some((x) => familyOf(x.targetIp) === f));
+  }
+
+  anyOther(except: ReadonlySet<string>, queries: readonly ServiceQuery[]): boolean[] {
+    return this.rows.anyOther(except, queries);
   }
 
   /**
@@ -68,7 +302,7 @@ export class IndexedState {
    * round) or a failed sync leaves the state as it was.
    */
   apply(changes: readonly NatChange[]): RoundResult {
-    const r = new Round(this, this.state, this.names, this.vips, (names) => { this.names = names; });
+    const r = new Round(this.rows, this.state);
     try {
       for (const c of changes) r.apply(c);
     } catch (err) {
@@ -98,57 +332,53 @@ class Round {
   private global = false;
 
   constructor(
-    private readonly x: IndexedState,
+    private readonly x: ServiceRows,
+    /** For rules and forwards (services go through `x`). */
     private readonly st: DesiredState,
-    private names: Map<string, number>,
-    private readonly vips: Map<string, string>,
-    private readonly setNames: (m: Map<string, number>) => void,
   ) {}
 
   private current(name: string): Service | undefined {
-    const i = this.names.get(name);
-    return i === undefined ? undefined : this.st.services[i];
+    return this.x.get(name);
   }
 
   private remember(name: string): void {
     if (!this.touched.has(name)) this.touched.set(name, this.current(name) ?? null);
   }
 
-  private claim(s: Service, remove?: Service): void {
-    if (remove) this.vips.delete(vipKey(remove));
-    this.vips.set(vipKey(s), s.name);
-  }
-
   private put(s: Service): void {
-    const claimed = this.vips.get(vipKey(s));
-    if (claimed !== undefined && claimed !== s.name) throw invalid(`services ${claimed} and ${s.name} both claim ${vipKey(s)}`);
+    const x = this.x;
+    const i = x.names.get(s.name);
+    const old = i === undefined ? undefined : x.at(i);
+    const key = vipKey(s);
+    if (!old || vipKey(old) !== key) {
+      const claimed = x.vips.get(key);
+      if (claimed !== undefined && claimed !== s.name) throw invalid(`services ${claimed} and ${s.name} both claim ${key}`);
+    }
     this.remember(s.name);
-    const i = this.names.get(s.name);
     if (i === undefined) {
-      this.names.set(s.name, this.st.services.length);
-      this.st.services.push(s);
-      this.claim(s);
-      this.undos.push(() => { this.st.services.pop(); this.names.delete(s.name); this.vips.delete(vipKey(s)); });
+      x.names.set(s.name, x.rows.length);
+      x.rows.push(s);
+      x.claim(key, s.name);
+      this.undos.push(() => { x.rows.pop(); x.names.delete(s.name); x.unclaim(key); });
     } else {
-      const old = this.st.services[i]!;
-      this.st.services[i] = s;
-      this.claim(s, old);
-      this.undos.push(() => { this.st.services[i] = old; this.claim(old, s); });
+      const was = old!;
+      x.rows[i] = s;
+      x.unclaim(vipKey(was));
+      x.claim(key, s.name);
+      this.undos.push(() => { x.rows[i] = was; x.unclaim(key); x.claim(vipKey(was), was.name); });
     }
   }
 
   private remove(name: string): void {
-    const i = this.names.get(name);
+    const x = this.x;
+    const i = x.names.get(name);
     if (i === undefined) return;
     this.remember(name);
-    const old = this.st.services[i]!;
-    this.st.services.splice(i, 1);
-    this.vips.delete(vipKey(old));
+    const old = x.at(i);
+    x.rows.splice(i, 1);
     // Positions after it moved down by one: renumber (deletions are the rare change).
-    const before = this.names;
-    this.names = new Map(this.st.services.map((s, k) => [s.name, k]));
-    this.setNames(this.names);
-    this.undos.push(() => { this.st.services.splice(i, 0, old); this.names = before; this.setNames(before); this.vips.set(vipKey(old), name); });
+    x.replace(x.rows);
+    this.undos.push(() => { x.rows.splice(i, 0, old); x.replace(x.rows); });
   }
 
   private setRules(rules: NatRule[]): void {
@@ -195,18 +425,14 @@ class Round {
           if (wanted.has(s.name)) throw invalid(`duplicate service name ${s.name}`);
           wanted.set(s.name, s);
         }
-        const gone = this.st.services.filter((s) => !wanted.has(s.name));
+        const x = this.x;
+        const rows = x.all();
+        const gone = rows.filter((s) => !wanted.has(s.name));
         if (gone.length) {
           // One pass instead of one renumbering per removed service.
           for (const s of gone) this.remember(s.name);
-          const services = this.st.services;
-          const before = this.names;
-          const kept = services.filter((s) => wanted.has(s.name));
-          for (const s of gone) this.vips.delete(vipKey(s));
-          this.st.services = kept;
-          this.names = new Map(kept.map((s, k) => [s.name, k]));
-          this.setNames(this.names);
-          this.undos.push(() => { this.st.services = services; this.names = before; this.setNames(before); for (const s of gone) this.vips.set(vipKey(s), s.name); });
+          x.replace(rows.filter((s) => wanted.has(s.name)));
+          this.undos.push(() => x.replace(rows));
         }
         for (const s of wanted.values()) {
           const have = this.current(s.name);
@@ -261,11 +487,10 @@ class Round {
       if (now) d.new = now;
       if (d.old || d.new) deltas.push(d);
     }
-    void this.x;
     const before = (): DesiredState => {
       const back = new Map(deltas.map((d) => [(d.new ?? d.old)!.name, d.old]));
       const services: Service[] = [];
-      for (const s of this.st.services) {
+      for (const s of this.x.all()) {
         if (!back.has(s.name)) services.push(s);
         else if (back.get(s.name)) services.push(back.get(s.name)!);
       }

@@ -68,7 +68,26 @@ interface Round {
   changes?: readonly NatChange[];
 }
 
+/** Engines a resident process reuses: per namespace handle, then state directory and backend choice. */
+const shared = new WeakMap<netns.NetNs, Map<string, NatEngine>>();
+
 export class NatEngine {
+  /**
+   * The engine of this process for these options, made once: what it loaded
+   * and the indexes of what it wrote stay in memory, so a resident process
+   * (the agent) applies each change as a diff without reading the state
+   * again (it re-reads only when another process changed the files).
+   */
+  static shared(opts: EngineOptions = {}): NatEngine {
+    const ns = opts.ns ?? netns.current();
+    let m = shared.get(ns);
+    if (!m) shared.set(ns, (m = new Map()));
+    const key = `${defaultStateDir(opts.stateDir)}\0${opts.backend ?? 'auto'}`;
+    let e = m.get(key);
+    if (!e || e.ns.closed) m.set(key, (e = new NatEngine({ ...opts, ns })));
+    return e;
+  }
+
   readonly ns: netns.NetNs;
   readonly dir: string;
   private readonly choice: BackendChoice;
@@ -277,7 +296,7 @@ export class NatEngine {
     const next = round.next.state;
     let result: SyncResult;
     try {
-      result = await backend.sync(next, applied, force, round.before, round.services);
+      result = await backend.sync(next, applied, force, { services: round.services, before: round.before, view: round.next });
     } catch (err) {
       this.store.forget();
       this.kept = undefined;

@@ -171,6 +171,21 @@ export function normalizeService(s: Partial<Service> & { name: string }): Servic
   return out;
 }
 
+/** A services file (`service apply -f`): a JSON array of services, as `service ls --json` prints them; each checked. */
+export function parseServicesFile(text: string, file: string): Service[] {
+  let data: unknown;
+  try {
+    data = JSON.parse(text);
+  } catch (err) {
+    throw invalid(`${file}: not valid JSON (${(err as Error).message})`);
+  }
+  if (!Array.isArray(data)) throw invalid(`${file}: expected a JSON array of services`);
+  return data.map((s, i) => {
+    if (!s || typeof s !== 'object' || typeof (s as { name?: unknown }).name !== 'string') throw invalid(`${file}: entry ${i} is not a service object with a "name"`);
+    return normalizeService(s as Service);
+  });
+}
+
 /** Checks a standalone NAT rule; returns it normalized. */
 export function normalizeRule(r: NatRule): NatRule {
   const cidr = (t: string) => { const c = parseCidr(t, { defaultPrefix: true }); return `${c.network}/${c.prefix}`; };

@@ -23,6 +23,8 @@ export interface VethOptions {
   peerAddress?: string;
   /** Bring both ends up (default true). */
   up?: boolean;
+  /** A veth of that name already here: leave it as it is (`veth add` twice). */
+  existOk?: boolean;
 }
 
 /**
@@ -34,6 +36,7 @@ export async function add(h: NetNs, name: string, peer: string, o: VethOptions =
   link.validateIfname(peer);
   if (o.address) addr.parseCidr(o.address);
   if (o.peerAddress) addr.parseCidr(o.peerAddress);
+  if (o.existOk && (await link.get(h, name))?.kind === 'veth') return;
   const peerNs = o.peerNetns ?? h;
   const up = o.up ?? true;
   let master: number | undefined;

@@ -43,8 +43,9 @@ export class AgentProcess {
   log = '';
   private readonly exited: Promise<number | null>;
 
-  constructor(readonly node: netns.NetNs, readonly socket: string, args: string[]) {
-    this.child = node.spawn(process.execPath, [CLI, 'agent', '--socket', socket, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  /** `stateDir`: tsnet's global --state-dir (it goes before the command). */
+  constructor(readonly node: netns.NetNs, readonly socket: string, args: string[], stateDir?: string) {
+    this.child = node.spawn(process.execPath, [CLI, ...(stateDir ? ['--state-dir', stateDir] : []), 'agent', '--socket', socket, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
     this.child.stderr!.on('data', (d) => (this.log += d));
     this.exited = new Promise((resolve) => this.child.on('exit', (code) => resolve(code)));
     this.ready = new Promise((resolve, reject) => {
@@ -92,7 +93,7 @@ export class CniInstall {
   async startAgent(node: netns.NetNs, args: string[] = []): Promise<AgentProcess> {
     const dir = fs.mkdtempSync(path.join(this.dir, 'agent-'));
     fs.chmodSync(dir, 0o700);
-    const a = new AgentProcess(node, path.join(dir, 'agent.sock'), ['--state-dir', path.join(dir, 'state'), '--metrics', '', '--resync-interval', '1s', ...args]);
+    const a = new AgentProcess(node, path.join(dir, 'agent.sock'), ['--metrics', '', '--resync-interval', '1s', ...args], path.join(dir, 'state'));
     this.agents.set(node.name!, a);
     await a.ready;
     return a;

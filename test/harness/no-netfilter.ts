@@ -43,7 +43,7 @@ async function main(): Promise<Record<string, unknown>> {
     const fwd = cli('--state-dir', stateDir, 'forward', '10.77.0.2', '3308', '8080', '--name', 'db');
     out.forward = fwd.status === 0 ? 'ok' : fwd.stderr.trim();
     out.forwardTraffic = (await request(host, 'tcp', '127.0.0.1', 3308, { count: 5 })).replies;
-    const ls = cli('--state-dir', stateDir, 'service', 'ls', '--json');
+    const ls = cli('--state-dir', stateDir, '--json', 'service', 'ls');
     out.counters = ls.status === 0 ? JSON.parse(ls.stdout)[0].counters.service.packets : ls.stderr.trim();
     out.cleanup = [cli('--state-dir', stateDir, 'forward', 'rm', 'db').status, cli('--state-dir', stateDir, 'service', 'del', 'web').status];
   } finally {

@@ -213,7 +213,7 @@ test('a restarted agent serves again with no lost reservation, and the standalon
   await first.stop('SIGKILL');
   t.true(fs.existsSync(first.socket), 'a killed agent leaves its socket file');
 
-  const second = new AgentProcess(nd.host, first.socket, ['--state-dir', path.join(path.dirname(first.socket), 'state'), '--metrics', '127.0.0.1:0']);
+  const second = new AgentProcess(nd.host, first.socket, ['--metrics', '127.0.0.1:0'], path.join(path.dirname(first.socket), 'state'));
   cni.agents.set(nd.host.name!, second);
   const { metrics: address2 } = await second.ready;
   const r2 = await nd.call('ADD', cs[2], 'r2');

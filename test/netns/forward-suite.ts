@@ -84,7 +84,7 @@ export function forwardSuite(backend: BackendName): void {
     const before = rules();
     t.regex(ok('forward', 'mysql', '3308', '3309').stdout, /already in place/);
     t.is(rules(), before);
-    const ls = JSON.parse(ok('forward', 'ls', '--json').stdout);
+    const ls = JSON.parse(ok('--json', 'forward', 'ls').stdout);
     t.deepEqual(ls, [{ name: 'mysql', target: 'mysql', targetIp: '10.90.0.2', listenPort: 3308, targetPort: 3309, proto: 'tcp', snat: 'auto' }]);
   });
 
@@ -95,7 +95,7 @@ export function forwardSuite(backend: BackendName): void {
     t.notRegex(r.stdout, /# sysctl -w net\.ipv4\.ip_forward/, 'ip_forward is already 1: only changes are listed');
     t.regex(r.stdout, backend === 'iptables' ? /-A TSNET-DNAT .*--dport 3310 -j DNAT --to-destination 10\.90\.0\.3:3309/ : /th dport 3310 dnat to 10\.90\.0\.3:3309/);
     t.is(rules(), before);
-    t.is(JSON.parse(ok('forward', 'ls', '--json').stdout).length, 1);
+    t.is(JSON.parse(ok('--json', 'forward', 'ls').stdout).length, 1);
   });
 
   test.serial('bad input and an unreachable target: one-line errors, nothing changed', (t) => {
@@ -164,6 +164,6 @@ export function forwardSuite(backend: BackendName): void {
     t.is(sysctl('net.ipv4.ip_forward'), '0', 'ip_forward back to what it was');
     t.is(sysctl('net.ipv4.conf.br-db.route_localnet'), '0');
     t.notRegex(rules(), /TSNET|table ip tsnet|3308/);
-    t.deepEqual(JSON.parse(ok('forward', 'ls', '--json').stdout), []);
+    t.deepEqual(JSON.parse(ok('--json', 'forward', 'ls').stdout), []);
   });
 }

@@ -101,11 +101,11 @@ export function natSuite(backend: BackendName): void {
 
   test.serial('service ls shows the kernel\'s counters: one per new connection, per service and per endpoint', async (t) => {
     ok('service', 'add', 'default/count', '--vip', `${VIP}:85`, '--endpoint', '10.80.0.11:8080', '--endpoint', '10.80.0.12:8080@3');
-    const before = JSON.parse(ok('service', 'ls', '--json').stdout).find((s: { name: string }) => s.name === 'default/count');
+    const before = JSON.parse(ok('--json', 'service', 'ls').stdout).find((s: { name: string }) => s.name === 'default/count');
     t.deepEqual([before.counters.service.packets, Object.values(before.counters.endpoints).map((c: any) => c.packets)], [0, [0, 0]]);
     const r = await request(client, 'http', VIP, 85, { count: 40, concurrency: 8 });
     t.is(r.ok, 40, r.errors.join('; '));
-    const after = JSON.parse(ok('service', 'ls', '--json').stdout).find((s: { name: string }) => s.name === 'default/count');
+    const after = JSON.parse(ok('--json', 'service', 'ls').stdout).find((s: { name: string }) => s.name === 'default/count');
     t.is(after.counters.service.packets, 40, 'one count per connection (NAT sees its first packet)');
     t.true(after.counters.service.bytes > 40 * 40, 'bytes counted too');
     const per = after.counters.endpoints as Record<string, { packets: number }>;
@@ -203,7 +203,7 @@ export function natSuite(backend: BackendName): void {
     ok('nat', 'dnat', 'add', '--destination', '10.81.0.1:8081', '--to', '10.80.0.12:8080');
     ok('nat', 'masquerade', 'add', '--source', '10.81.0.0/24', '--out-not', 'br1');
     ok('nat', 'masquerade', 'add', '--source', '10.81.0.0/24', '--out-not', 'br1');
-    t.is(JSON.parse(cli('nat', 'ls', '--json').stdout).length, 2, 'adding the same rule twice keeps one');
+    t.is(JSON.parse(cli('--json', 'nat', 'ls').stdout).length, 2, 'adding the same rule twice keeps one');
     const sniff = await request(client, 'http', '10.81.0.1', 8081, { count: 5 });
     t.deepEqual(sniff.replies, { b2: 5 });
     // conntrack(8) observes the source b2 saw: the router's br0 address (masqueraded), not the client's.
@@ -226,12 +226,12 @@ export function natSuite(backend: BackendName): void {
   test.serial('after someone flushes the rules, traffic stops and `tsnet sync` brings it back with a full rebuild', async (t) => {
     ok('service', 'set-endpoints', 'default/web', '--endpoint', '10.80.0.11:8080', '--endpoint', '10.80.0.12:8080', '--endpoint', '10.80.0.13:8080');
     t.is((await spread(client, 10)).ok, 10);
-    const partial = JSON.parse(ok('sync', '--json').stdout);
+    const partial = JSON.parse(ok('--json', 'sync').stdout);
     t.false(partial.full, 'nothing flushed: partial');
     if (backend === 'iptables') inRouter('iptables', '-t', 'nat', '-F');
     else inRouter('nft', 'flush', 'ruleset');
     t.is((await request(client, 'http', VIP, 80, { count: 3, timeoutMs: 500 })).ok, 0, 'the flush really broke the service');
-    const report = JSON.parse(ok('sync', '--json').stdout);
+    const report = JSON.parse(ok('--json', 'sync').stdout);
     t.true(report.full, 'a flush is detected through the canary');
     const r = await spread(client, 30);
     t.is(r.ok, 30, r.errors.join('; '));
@@ -283,7 +283,7 @@ export function natSuite(backend: BackendName): void {
       { name: 'b', vip: VIP, port: 82, endpoints: ['10.80.0.12:8080', '10.80.0.13:8080@3'] },
     ]));
     ok('service', 'apply', '--file', file);
-    t.deepEqual(JSON.parse(cli('service', 'ls', '--json').stdout).map((s: { name: string }) => s.name), ['a', 'b']);
+    t.deepEqual(JSON.parse(cli('--json', 'service', 'ls').stdout).map((s: { name: string }) => s.name), ['a', 'b']);
     t.deepEqual((await spread(client, 10)).replies, { b1: 10 });
     const b = await request(client, 'http', VIP, 82, { count: 20 });
     t.is(b.ok, 20);

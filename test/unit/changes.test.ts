@@ -57,7 +57,7 @@ test('replace-services: one round, only differing services reported', (t) => {
   const x = IndexedState.of(st);
   const r = x.apply([{ op: 'replace-services', services: [svc('a', '10.96.0.1'), svc('c', '10.96.0.3', ['10.0.0.7:80']), svc('z', '10.96.0.26')] }]);
   t.deepEqual(r.services.map((d) => `${d.old?.name ?? '-'}>${d.new?.name ?? '-'}`).sort(), ['->z', 'b>-', 'c>c']);
-  t.deepEqual(st.services.map((s) => s.name), ['a', 'c', 'z']);
+  t.deepEqual(x.state.services.map((s) => s.name), ['a', 'c', 'z']);
 });
 
 const tmp = () => fs.mkdtempSync(path.join(os.tmpdir(), 'tsnet-store-'));
@@ -107,5 +107,29 @@ test('store: a snapshot tsnet wrote is trusted (digest), a hand-edited one is va
   f.desired.services[0].endpoints[0].ip = '10.0.0.300';
   fs.writeFileSync(file, JSON.stringify(f));
   t.throws(() => new NatStore(dir).load(), { message: /holds an invalid desired state .*10\.0\.0\.300/ });
+  fs.rmSync(dir, { recursive: true });
+});
+
+test('store: services of a trusted snapshot stay unparsed until read; changing one parses that one', (t) => {
+  const dir = tmp();
+  const many = normalizeState({ services: Array.from({ length: 200 }, (_, i) => svc(`s${i}`, `10.96.1.${i}`, [`10.0.1.${i}:80`])), rules: [] });
+  new NatStore(dir).save(IndexedState.of(many), { backend: 'netlink' });
+  const parse = JSON.parse;
+  let parsed = 0;
+  JSON.parse = ((text: string, ...rest: []) => { if (text.startsWith('{"name":')) parsed++; return parse(text, ...rest); }) as typeof JSON.parse;
+  try {
+    const { indexed } = new NatStore(dir).load();
+    t.is(parsed, 0, 'loading parses no service');
+    const r = indexed.apply([{ op: 'set-endpoints', name: 's150', endpoints: [parseEndpoint('10.0.9.9:80')] }]);
+    t.is(parsed, 1, 'one change, one service parsed');
+    t.deepEqual(r.services.map((d) => [d.old?.endpoints[0]?.ip, d.new?.endpoints[0]?.ip]), [['10.0.1.150', '10.0.9.9']]);
+    const uses = (ip: string) => ({ hint: { endpointIp: ip }, test: (s: Service) => s.endpoints.some((e) => e.ip === ip) });
+    t.deepEqual(indexed.anyOther(new Set(['s150']), [uses('10.0.1.7'), uses('10.0.1.150'), uses('10.0.9.9')]), [true, false, false]);
+    t.is(parsed, 2, 'a lookup parses only the rows whose text can match (s7; s150 is the changed one, already parsed)');
+    t.throws(() => indexed.apply([{ op: 'add-service', service: svc('new', '10.96.1.3') }]), { message: /services s3 and new both claim/ });
+  } finally {
+    JSON.parse = parse;
+  }
+  t.deepEqual(new NatStore(dir).load().f.desired, many, 'the rows read back are the services written');
   fs.rmSync(dir, { recursive: true });
 });

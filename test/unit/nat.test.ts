@@ -1,13 +1,12 @@
 import test from 'ava';
 import { base32, endpointHash, portProtoHash } from '../../src/nat/names';
-import { formatProbability, normalizeService, normalizeState, parseEndpoint, parseHostPort, probabilities, type DesiredState } from '../../src/nat/model';
+import { formatProbability, normalizeService, normalizeState, parseEndpoint, parseHostPort, parseServicesFile, probabilities, type DesiredState } from '../../src/nat/model';
 import { chainDigest, render, restorePayload, svcChain, sepChain, type Live } from '../../src/nat/backends/iptables-render';
 import { parseLive } from '../../src/nat/backends/iptables';
 import { render as nftRender } from '../../src/nat/nftables/layout';
 import { fullPlan } from '../../src/nat/nftables/plan';
 import { script as nftScript } from '../../src/nat/nftables/text';
 import { removedUdpEndpoints } from '../../src/nat/engine';
-import { parseServicesFile } from '../../src/cli/nat';
 
 test('chain names match kube-proxy\'s own test vectors (proxier_test.go: ns1/svc1:p80)', (t) => {
   t.is(portProtoHash('ns1/svc1:p80', 'tcp'), 'XPGD46QRK7WJZT7O');

@@ -4,7 +4,8 @@ import * as path from 'node:path';
 import { normalizeState, parseEndpoint, type DesiredState } from '../../src/nat/model';
 import { ENDPOINTS, SERVICE_IPS, lbChain, render, sepChain, svcChain } from '../../src/nat/nftables/layout';
 import { fullPlan } from '../../src/nat/nftables/plan';
-import { SharedIndex, changePlan, globalRecord, serviceChanges } from '../../src/nat/nftables/incremental';
+import { SharedIndex, changePlan, globalRecord, lbRecordAfter, lbRecordOf, lookedUp, serviceChanges } from '../../src/nat/nftables/incremental';
+import { IndexedState } from '../../src/nat/changes';
 import { script } from '../../src/nat/nftables/text';
 import { lowerItem, encodeKey, decodeKey, type LowerContext } from '../../src/nat/nftables/lower';
 import { formatExpr } from '../../src/nat/nftables/expr';
@@ -72,8 +73,19 @@ test('element keys: concatenations padded to 4 bytes per field, numgen in host o
 });
 
 /** The plan of a change from `a` to `b`, as a sync whose last record is `a`'s makes it. */
-const planFor = (a: DesiredState, b: DesiredState, record = globalRecord(a, 4)) =>
-  changePlan(b, 4, serviceChanges(a.services, b.services), record, SharedIndex.build(a.services, 4));
+const recordOf = (st: DesiredState) => globalRecord(st, 4, lbRecordOf(st.services, 4));
+const planFor = (a: DesiredState, b: DesiredState, record = recordOf(a)) => {
+  const changes = serviceChanges(a.services, b.services);
+  const counted = changePlan(b, 4, changes, record, SharedIndex.build(a.services, 4).others(changes));
+  // Looking other users up in the state itself (stored rows, ruled out unparsed by their text) must plan exactly what counting them does.
+  const view = IndexedState.fromRows(b.services.map((s) => JSON.stringify(s)), b.rules, b.forwards);
+  const looked = changePlan(b, 4, changes, record, lookedUp(view, record.lb, changes));
+  if (JSON.stringify(looked) !== JSON.stringify(counted)) throw new Error(`looked-up plan differs:\n${JSON.stringify(looked)}\n${JSON.stringify(counted)}`);
+  // The lb users a partial sync records are those a full sync of `b` would count.
+  const sorted = (r: Record<string, string>) => JSON.stringify(Object.entries(r).sort());
+  if (sorted(lbRecordAfter(record.lb, changes)) !== sorted(lbRecordOf(b.services, 4))) throw new Error('lb record after the changes differs from a full count');
+  return counted;
+};
 
 const web: DesiredState = normalizeState({
   services: [{ name: 'default/web', vip: '10.96.0.10', port: 80, proto: 'tcp', endpoints: [parseEndpoint('10.0.0.2:8080'), parseEndpoint('10.0.0.3:8080')] }],
@@ -132,7 +144,25 @@ test('partial sync: an endpoint change is element operations only; stale chains 
   t.true(text.indexOf(`flush chain ip tsnet ${svc}`) < del && del > 0);
   t.true(text.findIndex((l) => l.startsWith('delete element ip tsnet service-ips')) < del, 'the map element goes before the chain it points to');
   t.true(text.some((l) => /^delete set ip tsnet aff-/.test(l)));
-  t.is(planFor(web, after, { ...globalRecord(web, 4), layout: { version: '1' } }), undefined, 'another layout: full sync');
+  t.is(planFor(web, after, { ...recordOf(web), layout: { version: '1' } }), undefined, 'another layout: full sync');
+});
+
+test('partial sync: a hairpin pair or lb chain another service still uses stays; the last user takes it along', (t) => {
+  const svc = (name: string, vip: string, eps: string[]) => ({ name, vip, port: 80, proto: 'tcp' as const, endpoints: eps.map(parseEndpoint) });
+  const both = normalizeState({ services: [svc('a', '10.96.0.1', ['10.0.0.2:80', '10.0.0.3:80']), svc('b', '10.96.0.2', ['10.0.0.2:81', '10.0.0.4:81'])], rules: [] });
+  const aLeaves = structuredClone(both);
+  aLeaves.services[0]!.endpoints = [parseEndpoint('10.0.0.5:80')];
+  const one = script(planFor(both, aLeaves)!.ops, 4);
+  t.false(one.includes('delete element ip tsnet hairpin { 10.0.0.2 . 10.0.0.2 }'), 'b still sends to 10.0.0.2');
+  t.true(one.includes('delete element ip tsnet hairpin { 10.0.0.3 . 10.0.0.3 }'));
+  t.false(/delete chain ip tsnet lb-tcp-2/.test(one), 'b still balances over two');
+  t.true(one.includes('add chain ip tsnet lb-tcp-1'));
+  const bLeaves = structuredClone(aLeaves);
+  bLeaves.services[1]!.endpoints = [parseEndpoint('10.0.0.6:81')];
+  const two = script(planFor(aLeaves, bLeaves)!.ops, 4);
+  t.true(two.includes('delete element ip tsnet hairpin { 10.0.0.2 . 10.0.0.2, 10.0.0.4 . 10.0.0.4 }'), 'the last user of 10.0.0.2 is gone');
+  t.true(two.includes('delete chain ip tsnet lb-tcp-2'));
+  t.false(two.includes('add chain ip tsnet lb-tcp-1'), 'a already brought it');
 });
 
 test('partial sync: a chain that only grew gets its new rules appended, no flush (deleting rules costs the kernel an RCU grace period)', (t) => {

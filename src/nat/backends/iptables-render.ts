@@ -326,18 +326,23 @@ function appendedLines(c: Chain, old: Chain | undefined, liveDigest: string | un
  * also the cheap test: with iptables-nft a `-D`/`-R` of the canary costs
  * ~15 ms of cache loading, `-C` ~1.5.)
  */
+const byName = (a: { name: string }, b: { name: string }) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0);
+
 export function restorePayload(rs: Ruleset, live: Live | undefined, o: { prev?: Ruleset; guardCanary?: boolean } = {}): { payload: string; written: number; deleted: number } {
   const out: string[] = [];
   let written = 0, deleted = 0;
   for (const table of ['nat', 'filter'] as const) {
     const want = rs.chains.filter((c) => c.table === table);
     const have = live?.chains[table] ?? new Map<string, string | undefined>();
-    const changed = want.filter((c) => c.name === SERVICES || !live || have.get(c.name) !== chainDigest(c));
+    // Declared and filled in sorted order: iptables-nft-restore takes minutes instead of seconds for
+    // 10,000 services when a payload's chains come in any other order (kube-proxy sorts them too).
+    const changed = want.filter((c) => c.name === SERVICES || !live || have.get(c.name) !== chainDigest(c)).sort(byName);
     const wanted = new Set(want.map((c) => c.name));
-    const stale = [...have.keys()].filter((n) => !wanted.has(n));
+    const stale = [...have.keys()].filter((n) => !wanted.has(n)).sort();
     const hooks = rs.hooks.filter((h) => h.table === table && !live?.hooks.has(hookKeyOf(h)));
     if (!changed.length && !stale.length && !hooks.length && !o.guardCanary) continue;
-    const appends = new Map(changed.map((c) => [c.name, live && appendedLines(c, o.prev?.chains.find((p) => p.table === table && p.name === c.name), have.get(c.name))]));
+    const before = new Map((o.prev?.chains ?? []).filter((c) => c.table === table).map((c) => [c.name, c]));
+    const appends = new Map(changed.map((c) => [c.name, live && appendedLines(c, before.get(c.name), have.get(c.name))]));
     out.push(`*${table}`);
     if (o.guardCanary) out.push(`-C ${CANARY} ${formatRule(canary(table).rules[0]!)}`);
     for (const c of changed) if (!appends.get(c.name)) out.push(`:${c.name} - [0:0]`);

@@ -12,7 +12,7 @@ import { familiesUsed, familyOf, type DesiredState } from '../model';
 import {
   CANARY, SERVICES, chainDigest, hookKey, hookKeyOf, render, restorePayload, sepChain, svcChain, type IptTable, type Live,
 } from './iptables-render';
-import { mayHoldRules, type Applied, type Backend, type Counter, type ServiceCounters, type SyncResult } from './types';
+import { mayHoldRules, type Applied, type Backend, type Counter, type ServiceCounters, type SyncResult, type SyncRound } from './types';
 
 export type IptablesMode = 'legacy' | 'nft';
 
@@ -88,8 +88,8 @@ export class IptablesBackend implements Backend {
     if (payload) await mustExec(this.ns, 'applying NAT rules', bin(this.mode, family, '-restore'), ['-w', '5', '--noflush'], payload, { timeoutMs: APPLY_TIMEOUT_MS, holdFd: this.holdFd });
   }
 
-  async sync(st: DesiredState, applied: Applied | undefined, force: boolean, before?: () => DesiredState): Promise<SyncResult> {
-    const prevState = before?.();
+  async sync(st: DesiredState, applied: Applied | undefined, force: boolean, round?: SyncRound): Promise<SyncResult> {
+    const prevState = round?.before();
     const result: SyncResult = { full: false, written: 0, deleted: 0, applied: { backend: this.name, mode: this.mode, clean: true, families: {} } };
     for (const family of [4, 6] as const) {
       const rs = render(st, family);

@@ -11,11 +11,11 @@ import type { NetNs } from '../../netns';
 import { familiesUsed, familyOf, type DesiredState, type Service } from '../model';
 import { ENDPOINTS, ENDPOINTS_WEIGHTED, NO_ENDPOINTS, SERVICE_IPS, render, sepChain, staticSets } from '../nftables/layout';
 import { fullPlan, type Op, type Plan } from '../nftables/plan';
-import { SharedIndex, changePlan, globalRecord, serviceChanges } from '../nftables/incremental';
-import type { ServiceDelta } from '../changes';
+import { SharedIndex, changePlan, globalRecord, lbRecordAfter, lbRecordOf, lookedUp, type LbRecord } from '../nftables/incremental';
+import type { StateView } from '../changes';
 import type { NamedSet } from '../nftables/ruleset';
 import { script } from '../nftables/text';
-import { mayHoldRules, tableKind, type Applied, type Backend, type BackendName, type Counter, type ServiceCounters, type SyncResult } from './types';
+import { mayHoldRules, tableKind, type Applied, type Backend, type BackendName, type Counter, type ServiceCounters, type SyncResult, type SyncRound } from './types';
 
 /** Where a service's and its endpoints' counters are, in the table's own terms. */
 export interface CounterSources {
@@ -50,26 +50,15 @@ export interface TableCounters {
 }
 
 /**
- * The shared-object index of the table last written from a services array:
- * kept across syncs (a resident process syncs from the array it last wrote),
- * rebuilt when missing. Taken out while a sync uses it: a failed sync leaves
- * it changed halfway, and it is rebuilt.
+ * The shared-object index of the table last written from a state: kept
+ * across syncs by a process that syncs the same state again (the agent),
+ * built when a round changes many services. Taken out while a sync uses it:
+ * a failed sync leaves it changed halfway, and it is dropped.
  */
-const indexes = new WeakMap<readonly Service[], Map<Family, SharedIndex>>();
+const indexes = new WeakMap<StateView, Map<Family, SharedIndex>>();
 
-/** The index describing what was written, for a sync that changes services in place (the array it was kept under); else built from `before`. */
-function takeIndex(services: readonly Service[], family: Family, before: () => DesiredState): SharedIndex {
-  const m = indexes.get(services);
-  const x = m?.get(family);
-  m?.delete(family);
-  return x ?? SharedIndex.build(before().services, family);
-}
-
-function keepIndex(services: readonly Service[], family: Family, x: SharedIndex): void {
-  let m = indexes.get(services);
-  if (!m) indexes.set(services, (m = new Map()));
-  m.set(family, x);
-}
+/** Rounds up to this many changed services look other users up instead of counting them all. */
+const LOOKUP_MAX = 16;
 
 export abstract class NftablesBackend implements Backend {
   abstract readonly name: BackendName;
@@ -97,32 +86,43 @@ export abstract class NftablesBackend implements Backend {
    * changed services' objects are written (./nftables/incremental). Otherwise
    * the table is rebuilt in one transaction.
    */
-  async sync(st: DesiredState, applied: Applied | undefined, force: boolean, before?: () => DesiredState, services?: readonly ServiceDelta[]): Promise<SyncResult> {
+  async sync(st: DesiredState, applied: Applied | undefined, force: boolean, round?: SyncRound): Promise<SyncResult> {
     const result: SyncResult = { full: false, written: 0, deleted: 0, applied: { backend: this.name, clean: true, families: {} } };
     const usable = applied && tableKind(applied.backend) === 'nftables' && applied.clean ? applied : undefined;
-    let changes: readonly ServiceDelta[] | undefined = services;
+    const families = round ? round.view.families() : familiesUsed(st);
     for (const family of [4, 6] as const) {
-      if (!familiesUsed(st).includes(family)) {
+      if (!families.includes(family)) {
         if (force || mayHoldRules(applied, 'nftables', family)) await this.teardownFamily(family);
         continue;
       }
       const prev = usable?.families[family];
       let plan: Plan | undefined;
       let index: SharedIndex | undefined;
-      if (prev && before && !force && (await this.canaryPresent(family))) {
-        changes ??= serviceChanges(before().services, st.services);
-        index = takeIndex(st.services, family, before);
-        plan = changePlan(st, family, changes.filter((c) => familyOf((c.new ?? c.old)!.vip) === family), prev, index);
-        if (!plan) index = undefined; // another layout: nothing was planned, the index still describes `before`
-        else if (!this.partialOk(plan)) plan = undefined;
+      let lb: LbRecord | undefined;
+      if (prev && round && !force && (await this.canaryPresent(family))) {
+        const changes = round.services.filter((c) => familyOf((c.new ?? c.old)!.vip) === family);
+        const kept = indexes.get(round.view)?.get(family);
+        indexes.get(round.view)?.delete(family);
+        index = kept ?? (changes.length > LOOKUP_MAX ? SharedIndex.build(round.before().services, family) : undefined);
+        plan = changePlan(st, family, changes, prev, index ? index.others(changes) : lookedUp(round.view, prev.lb, changes));
+        if (plan && !this.partialOk(plan)) plan = undefined;
+        if (plan) lb = lbRecordAfter(prev.lb, changes);
+        if (plan && index) {
+          index.update(changes);
+          let m = indexes.get(round.view);
+          if (!m) indexes.set(round.view, (m = new Map()));
+          m.set(family, index);
+        }
       }
-      plan ??= fullPlan(render(st, family));
+      if (!plan) {
+        plan = fullPlan(render(st, family));
+        lb = lbRecordOf(st.services, family);
+      }
       await this.apply(plan.ops, family, plan.full ? [] : staticSets());
-      if (index) keepIndex(st.services, family, index);
       result.full ||= plan.full;
       result.written += plan.written;
       result.deleted += plan.deleted;
-      result.applied.families[family] = globalRecord(st, family);
+      result.applied.families[family] = globalRecord(st, family, lb!);
     }
     return result;
   }

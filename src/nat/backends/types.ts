@@ -1,6 +1,6 @@
 import type { Family } from '../../addr/cidr';
 import type { DesiredState } from '../model';
-import type { ServiceDelta } from '../changes';
+import type { ServiceDelta, StateView } from '../changes';
 
 /** The backends: kube-proxy's iptables layout, or tsnet's nftables table written by `nft -f` or over netlink. */
 export type BackendName = 'iptables' | 'nft' | 'netlink';
@@ -52,6 +52,16 @@ export function mayHoldRules(applied: Applied | undefined, kind: TableKind, fami
 
 export const tableKind = (b: BackendName): TableKind => (b === 'iptables' ? 'iptables' : 'nftables');
 
+/** What changed since the state `applied` was written from. */
+export interface SyncRound {
+  /** The services that differ from it. */
+  services: readonly ServiceDelta[];
+  /** That state, rebuilt (O(state): for what needs it whole). */
+  before: () => DesiredState;
+  /** The whole state `st`, asked without reading all of it. */
+  view: StateView;
+}
+
 /** One renderer + one applier. */
 export interface Backend {
   readonly name: BackendName;
@@ -59,12 +69,11 @@ export interface Backend {
   /** The full payload(s) a first sync would apply: what `tsnet rules` prints. */
   render(st: DesiredState): string;
   /**
-   * Takes the rules to `st`. `services` are the services that differ from
-   * the state `applied` was written from, and `before` rebuilds that state
-   * (costs O(state): for what needs it whole). A partial sync writes only
-   * what the changed services change.
+   * Takes the rules to `st`. Without `round`, or when the rules are not as
+   * last left, everything is rewritten; with it, only what the changed
+   * services change (a partial sync).
    */
-  sync(st: DesiredState, applied: Applied | undefined, force: boolean, before?: () => DesiredState, services?: readonly ServiceDelta[]): Promise<SyncResult>;
+  sync(st: DesiredState, applied: Applied | undefined, force: boolean, round?: SyncRound): Promise<SyncResult>;
   /** Whether tsnet's canary (chain rule, or table) of `family` is still there: gone means someone flushed the rules. */
   canaryPresent(family: Family): Promise<boolean>;
   /** Removes everything of tsnet's that this backend put in place. */

@@ -4,12 +4,16 @@
  * changed alone. Each service's contribution is deterministic
  * (layout.serviceParts), so the old one is rebuilt from the old service
  * rather than remembered, and the two are compared. What services share (an
- * lb chain, a hairpin pair) is reference-counted in a SharedIndex; the
+ * lb chain, a hairpin pair) is added when its first user comes and deleted
+ * when its last goes: whether other services use it is asked of SharedUsers,
+ * counted (a SharedIndex, for a resident process or a big round) or looked
+ * up (a few changes: the first other user found ends the search). The
  * chains that belong to no service (dispatch, rules, forwards) are compared
  * by digest with the record of the last sync, as the full plan does.
  */
 import { createHash } from 'node:crypto';
 import { familyOf, type DesiredState, type Service } from '../model';
+import type { StateView } from '../changes';
 import { elementKeyId, elementValueId } from './ids';
 import { HAIRPIN, globalChains, hairpinElement, serviceParts, sharedOf, type ServiceParts } from './layout';
 import { LAYOUT, type Digests, type Op, type Plan } from './plan';
@@ -19,6 +23,14 @@ import type { Chain, Element, Family, NamedSet, Rule } from './ruleset';
 export interface ServiceChange {
   old?: Service;
   new?: Service;
+}
+
+/** Which shared objects services outside a round's changes use (those stay, whatever the changed ones do). */
+export interface SharedUsers {
+  /** Of these lb chains, those another service uses. */
+  lb(names: readonly string[]): Set<string>;
+  /** Of these endpoint addresses (hairpin pairs), those another service uses. */
+  hairpin(ips: readonly string[]): Set<string>;
 }
 
 /** Who uses each object services share, in one family's table: lb chains by name, hairpin pairs by address. */
@@ -33,28 +45,88 @@ export class SharedIndex {
     return x;
   }
 
-  add(p: { lb?: string | Chain; hairpin: readonly string[] }, delta: 1 | -1): void {
-    if (p.lb) {
-      const name = typeof p.lb === 'string' ? p.lb : p.lb.name;
-      const n = (this.lb.get(name) ?? 0) + delta;
-      if (n > 0) this.lb.set(name, n);
-      else this.lb.delete(name);
-    }
-    for (const ip of p.hairpin) {
-      const n = (this.hairpin.get(ip) ?? 0) + delta;
-      if (n > 0) this.hairpin.set(ip, n);
-      else this.hairpin.delete(ip);
+  add(p: { lb?: string; hairpin: readonly string[] }, delta: 1 | -1): void {
+    if (p.lb) bump(this.lb, p.lb, delta);
+    for (const ip of p.hairpin) bump(this.hairpin, ip, delta);
+  }
+
+  /** Counts `changes` in: the index then describes the state after them. */
+  update(changes: readonly ServiceChange[]): void {
+    for (const ch of changes) {
+      if (ch.old) this.add(sharedOf(ch.old), -1);
+      if (ch.new) this.add(sharedOf(ch.new), 1);
     }
   }
+
+  /** The users outside `changes`, from this index of the state before them. */
+  others(changes: readonly ServiceChange[]): SharedUsers {
+    const mine = SharedIndex.of(changes, 'old');
+    const more = (all: Map<string, number>, own: Map<string, number>) => (keys: readonly string[]) =>
+      new Set(keys.filter((k) => (all.get(k) ?? 0) > (own.get(k) ?? 0)));
+    return { lb: more(this.lb, mine.lb), hairpin: more(this.hairpin, mine.hairpin) };
+  }
+
+  /** What the old (or new) versions of `changes` use. */
+  static of(changes: readonly ServiceChange[], side: 'old' | 'new'): SharedIndex {
+    const x = new SharedIndex();
+    for (const ch of changes) {
+      const s = ch[side];
+      if (s) x.add(sharedOf(s), 1);
+    }
+    return x;
+  }
+}
+
+/** The lb chains' users as the record keeps them (chain -> count): few chains, so every sync carries them. */
+export type LbRecord = Record<string, string>;
+
+/** The record's lb users after `changes`. */
+export function lbRecordAfter(prev: LbRecord | undefined, changes: readonly ServiceChange[]): LbRecord {
+  const m = new Map(Object.entries(prev ?? {}).map(([k, v]) => [k, Number(v)]));
+  for (const ch of changes) {
+    const was = ch.old && sharedOf(ch.old).lb;
+    const is = ch.new && sharedOf(ch.new).lb;
+    if (was) bump(m, was, -1);
+    if (is) bump(m, is, 1);
+  }
+  return Object.fromEntries([...m].map(([k, v]) => [k, String(v)]));
+}
+
+/** The lb users of a whole state, for the record of a full sync. */
+export function lbRecordOf(services: readonly Service[], family: Family): LbRecord {
+  return Object.fromEntries([...SharedIndex.build(services, family).lb].map(([k, v]) => [k, String(v)]));
+}
+
+function bump(m: Map<string, number>, key: string, delta: number): void {
+  const n = (m.get(key) ?? 0) + delta;
+  if (n > 0) m.set(key, n);
+  else m.delete(key);
+}
+
+/**
+ * The users outside `changes` without an index: lb chains from the record's
+ * counts, hairpin addresses looked up in the state itself (one pass for all
+ * of them; stored services that cannot match stay unparsed).
+ */
+export function lookedUp(view: StateView, lbUsers: LbRecord | undefined, changes: readonly ServiceChange[]): SharedUsers {
+  const except = new Set(changes.map((c) => (c.new ?? c.old)!.name));
+  const mine = SharedIndex.of(changes, 'old');
+  return {
+    lb: (names) => new Set(names.filter((n) => Number(lbUsers?.[n] ?? 0) > (mine.lb.get(n) ?? 0))),
+    hairpin: (ips) => {
+      const found = view.anyOther(except, ips.map((ip) => ({ hint: { endpointIp: ip }, test: (s: Service) => s.endpoints.some((e) => e.ip === ip) })));
+      return new Set(ips.filter((_, i) => found[i]));
+    },
+  };
 }
 
 const digest = (x: unknown) => createHash('sha256').update(JSON.stringify(x)).digest('base64url').slice(0, 22);
 const ruleDigest = (r: Rule) => digest(r).slice(0, 11);
 const EMPTY: ServiceParts = { elements: new Map(), chains: [], sets: [], hairpin: [] };
 
-/** What a sync remembers of the chains that belong to no service. */
-export function globalRecord(st: Pick<DesiredState, 'rules' | 'forwards'>, family: Family): Digests {
-  const out: Digests = { layout: { version: LAYOUT }, chain: {}, rules: {} };
+/** What a sync remembers: the chains that belong to no service (by digest), and who uses each lb chain. */
+export function globalRecord(st: Pick<DesiredState, 'rules' | 'forwards'>, family: Family, lb: LbRecord): Digests {
+  const out: Digests = { layout: { version: LAYOUT }, chain: {}, rules: {}, lb };
   for (const c of globalChains(st, family)) {
     out.chain![c.name] = digest(c);
     out.rules![c.name] = c.rules.map(ruleDigest).join(' ');
@@ -73,10 +145,11 @@ function appended(c: Chain, oldRules: string | undefined): Rule[] | undefined {
 
 /**
  * The plan for `changes` (this family's services only) from a table whose
- * record is `prev`; `index` describes the table before and is updated to
- * after. Undefined when only a full sync can get there (another layout).
+ * record is `prev`; `others` says which shared objects services outside
+ * the changes use. Undefined when only a full sync can get there (another
+ * layout).
  */
-export function changePlan(next: Pick<DesiredState, 'rules' | 'forwards'>, family: Family, changes: readonly ServiceChange[], prev: Digests, index: SharedIndex): Plan | undefined {
+export function changePlan(next: Pick<DesiredState, 'rules' | 'forwards'>, family: Family, changes: readonly ServiceChange[], prev: Digests, others: SharedUsers): Plan | undefined {
   if (prev.layout?.version !== LAYOUT) return undefined;
   const newSets: NamedSet[] = [];
   const staleSets = new Set<string>();
@@ -86,21 +159,18 @@ export function changePlan(next: Pick<DesiredState, 'rules' | 'forwards'>, famil
   const del = new Map<string, Element[]>();
   const add = new Map<string, Element[]>();
   const push = (m: Map<string, Element[]>, set: string, e: Element) => { const l = m.get(set); if (l) l.push(e); else m.set(set, [e]); };
-  const lbBefore = new Map<string, boolean>();
+  // Shared objects the changed services used before and use after (by name; lb chains with their rules).
+  const mineBefore = new SharedIndex();
+  const mineAfter = new SharedIndex();
   const lbChains = new Map<string, Chain>();
-  const hairpinBefore = new Map<string, boolean>();
 
   for (const ch of changes) {
     const o = ch.old ? serviceParts(ch.old) : EMPTY;
     const n = ch.new ? serviceParts(ch.new) : EMPTY;
-    for (const ip of [...o.hairpin, ...n.hairpin]) if (!hairpinBefore.has(ip)) hairpinBefore.set(ip, index.hairpin.has(ip));
-    for (const lb of [o.lb, n.lb]) {
-      if (!lb) continue;
-      if (!lbBefore.has(lb.name)) lbBefore.set(lb.name, index.lb.has(lb.name));
-      lbChains.set(lb.name, lb);
+    for (const [p, m] of [[o, mineBefore], [n, mineAfter]] as const) {
+      if (p.lb) lbChains.set(p.lb.name, p.lb);
+      m.add({ lb: p.lb?.name, hairpin: p.hairpin }, 1);
     }
-    index.add(o, -1);
-    index.add(n, 1);
     // Elements, set by set: gone or changed ones deleted, new or changed ones added.
     for (const set of new Set([...o.elements.keys(), ...n.elements.keys()])) {
       const before = new Map((o.elements.get(set) ?? []).map((e) => [elementKeyId(e), e]));
@@ -122,17 +192,19 @@ export function changePlan(next: Pick<DesiredState, 'rules' | 'forwards'>, famil
     for (const x of n.sets) if (!oldSets.has(x.name)) newSets.push(x);
     for (const name of oldSets) if (!newSetNames.has(name)) staleSets.add(name);
   }
-  // Shared objects whose users went from none to some, or from some to none.
-  for (const [name, had] of lbBefore) {
-    const has = index.lb.has(name);
-    if (!had && has) newChains.push(lbChains.get(name)!);
-    if (had && !has) staleChains.add(name);
+  // Shared objects the changed services took up or gave up: added or deleted unless another service uses them.
+  const flipped = (before: Map<string, number>, after: Map<string, number>) =>
+    [...new Set([...before.keys(), ...after.keys()])].filter((k) => before.has(k) !== after.has(k));
+  const lbFlipped = flipped(mineBefore.lb, mineAfter.lb);
+  const lbKept = lbFlipped.length ? others.lb(lbFlipped) : new Set<string>();
+  for (const name of lbFlipped) {
+    if (lbKept.has(name)) continue;
+    if (mineBefore.lb.has(name)) staleChains.add(name);
+    else newChains.push(lbChains.get(name)!);
   }
-  for (const [ip, had] of hairpinBefore) {
-    const has = index.hairpin.has(ip);
-    if (had && !has) push(del, HAIRPIN, hairpinElement(ip));
-    if (!had && has) push(add, HAIRPIN, hairpinElement(ip));
-  }
+  const ipFlipped = flipped(mineBefore.hairpin, mineAfter.hairpin);
+  const ipKept = ipFlipped.length ? others.hairpin(ipFlipped) : new Set<string>();
+  for (const ip of ipFlipped) if (!ipKept.has(ip)) push(mineBefore.hairpin.has(ip) ? del : add, HAIRPIN, hairpinElement(ip));
   // The chains that belong to no service, against the record.
   for (const c of globalChains(next, family)) {
     const was = prev.chain?.[c.name];

@@ -19,7 +19,7 @@ export type Op =
   | { op: 'delete-elements'; set: string; elements: Element[] };
 
 /** Bumped when the layout changes shape: a record of another layout forces a full sync. */
-export const LAYOUT = '2';
+export const LAYOUT = '3';
 
 /** What a sync remembers of the table it wrote: see ./incremental (globalRecord). */
 export type Digests = Record<string, Record<string, string>>;
