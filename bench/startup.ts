@@ -13,6 +13,7 @@ import * as path from 'node:path';
 import { assertSandbox } from '../test/harness/fixtures';
 
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 30);
+/** The CLI as installed (`bin` in package.json). */
 const CLI = path.join(__dirname, '..', 'src', 'cli', 'main.js');
 
 function once(args: string[]): number {

@@ -385,6 +385,7 @@ class NlSocket : public Napi::ObjectWrap<NlSocket> {
 
  private:
   int fd_ = -1;
+  uint8_t scratch_[64 * 1024];
   uint32_t port_ = 0;
   uv_poll_t* poll_ = nullptr;
   Napi::FunctionReference onMessage_;
@@ -417,6 +418,23 @@ class NlSocket : public Napi::ObjectWrap<NlSocket> {
     if (env.IsExceptionPending()) napi_fatal_exception(env, env.GetAndClearPendingException().Value());
   }
 
+  // Reads one datagram into `out`: its length, or -1 with errno set. It is peeked into a large
+  // scratch buffer first: the kernel sizes a dump's pieces by the largest buffer a reader has offered
+  // (netlink's max_recvmsg_len, up to 32 KiB), so reading with exact sizes would keep dumps in ~4 KiB
+  // pieces, eight times the system calls. A datagram larger than the scratch buffer gets its own.
+  ssize_t ReadOne(Napi::Env env, int flags, Napi::Buffer<uint8_t>& out) {
+    ssize_t n = recv(fd_, scratch_, sizeof scratch_, flags | MSG_PEEK | MSG_TRUNC);
+    if (n < 0) return -1;
+    if (static_cast<size_t>(n) <= sizeof scratch_) {
+      ssize_t m = recv(fd_, scratch_, sizeof scratch_, flags);
+      if (m < 0) return -1;
+      out = Napi::Buffer<uint8_t>::Copy(env, scratch_, m);
+      return m;
+    }
+    out = Napi::Buffer<uint8_t>::New(env, n);
+    return recv(fd_, out.Data(), out.Length(), flags);
+  }
+
   static void OnReadable(uv_poll_t* h, int status, int) {
     NlSocket* self = static_cast<NlSocket*>(h->data);
     Napi::Env env = self->Env();
@@ -433,7 +451,8 @@ class NlSocket : public Napi::ObjectWrap<NlSocket> {
     bool overrun = false;
     int failed = 0;
     while (self->fd_ >= 0 && got.size() < 1024) {
-      ssize_t n = recv(self->fd_, nullptr, 0, MSG_PEEK | MSG_TRUNC);
+      Napi::Buffer<uint8_t> buf;
+      ssize_t n = self->ReadOne(env, 0, buf);
       if (n < 0) {
         if (errno == EAGAIN || errno == EINTR) break;
         // ENOBUFS: the receive buffer overflowed and replies were lost; the caller must know.
@@ -444,15 +463,8 @@ class NlSocket : public Napi::ObjectWrap<NlSocket> {
         failed = errno;
         break;
       }
-      Napi::Buffer<uint8_t> buf = Napi::Buffer<uint8_t>::New(env, n > 0 ? n : 1);
-      ssize_t m = recv(self->fd_, buf.Data(), buf.Length(), 0);
-      if (m < 0) {
-        if (errno == EAGAIN || errno == EINTR) break;
-        failed = errno;
-        break;
-      }
-      if (m == 0) continue;
-      got.push_back(m == n ? buf : Napi::Buffer<uint8_t>::Copy(env, buf.Data(), m));
+      if (n == 0) continue;
+      got.push_back(buf);
     }
     for (auto& b : got) {
       if (self->fd_ < 0) return;
@@ -524,7 +536,8 @@ class NlSocket : public Napi::ObjectWrap<NlSocket> {
     bool overrun = false;
     uint32_t count = 0;
     for (;;) {
-      ssize_t n = recv(fd_, nullptr, 0, MSG_PEEK | MSG_TRUNC | MSG_DONTWAIT);
+      Napi::Buffer<uint8_t> buf;
+      ssize_t n = ReadOne(env, MSG_DONTWAIT, buf);
       if (n < 0) {
         if (errno == EINTR) continue;
         if (errno == ENOBUFS) {
@@ -535,15 +548,7 @@ class NlSocket : public Napi::ObjectWrap<NlSocket> {
         ErrnoError(env, errno, "recv").ThrowAsJavaScriptException();
         return env.Undefined();
       }
-      Napi::Buffer<uint8_t> buf = Napi::Buffer<uint8_t>::New(env, n > 0 ? n : 1);
-      ssize_t m = recv(fd_, buf.Data(), buf.Length(), MSG_DONTWAIT);
-      if (m < 0) {
-        if (errno == EAGAIN) break;
-        if (errno == EINTR) continue;
-        ErrnoError(env, errno, "recv").ThrowAsJavaScriptException();
-        return env.Undefined();
-      }
-      replies.Set(count++, m == n ? buf : Napi::Buffer<uint8_t>::Copy(env, buf.Data(), m));
+      if (n > 0) replies.Set(count++, buf);
     }
     Napi::Object o = Napi::Object::New(env);
     o.Set("replies", replies);

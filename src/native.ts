@@ -52,6 +52,12 @@ export interface Native {
 /** Package root: dist/src/native.js and src/native.ts both sit two levels below it. */
 export const PACKAGE_ROOT = path.resolve(__dirname, __dirname.includes(`${path.sep}dist${path.sep}`) ? '../..' : '..');
 
+/** A script tsnet runs as a process of its own (the sandbox's inner side, the demo's traffic peer, the forward probe, the CNI plugin): compiled JavaScript under dist/src. */
+export const builtScript = (rel: string): string => path.join(PACKAGE_ROOT, 'dist', 'src', rel);
+
+/** The CNI plugin's entry: what the shim runs when no agent serves it. */
+export const CNI_ENTRY = builtScript('cni/main.js');
+
 const RELEASE = path.join(PACKAGE_ROOT, 'native', 'build', 'Release');
 
 /** The CNI shim executable (native/cni_shim.c), built next to the addon. */

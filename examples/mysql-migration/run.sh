@@ -70,7 +70,7 @@ if [[ ${1:-} != inner ]]; then
     trap - EXIT
   fi
 
-  [[ -f $REPO/dist/src/cli/main.js ]] || (cd "$REPO" && npx tsc -p .) || die "cannot build tsnet: run npm ci in $REPO first"
+  [[ -f $REPO/dist/src/cli/main.js ]] || (cd "$REPO" && npm run build) || die "cannot build tsnet: run npm ci in $REPO first"
 
   # The sandbox: unshare --net --mount --propagation private, a tmpfs on
   # /run/netns, its own /sys, lo up; then `bash run.sh inner` in there.

@@ -268,4 +268,6 @@ async function main(): Promise<void> {
   }
 }
 
-void main();
+// Exit as soon as the command is done (stdout and stderr are synchronous on Linux): a natural exit would
+// first tear the heap down, ~15 ms of a one-shot command's time.
+void main().then(() => process.exit());

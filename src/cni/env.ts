@@ -5,7 +5,7 @@
  * and container ids and interface names must be safe to use in a file name.
  */
 import { CniError, CNI_ERR, invalidEnv, reportInput } from './errors';
-import { validateIfname } from '../link';
+import { validateIfname } from '../link/ifname';
 import type { CniCommand, CniEnv } from './types';
 
 const COMMANDS: readonly CniCommand[] = ['ADD', 'DEL', 'CHECK', 'VERSION', 'GC', 'STATUS'];

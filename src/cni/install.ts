@@ -14,7 +14,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { PLUGINS } from './plugin';
 import { invalid } from '../errors';
-import { SHIM_PATH } from '../native';
+import { CNI_ENTRY, SHIM_PATH } from '../native';
 import { DEFAULT_SOCKET } from '../agent/protocol';
 import { writeFileAtomic } from '../state';
 import { DEFAULT_BIN_DIR, DEFAULT_CONF_DIR, DEFAULT_TIMEOUT_MS, EXAMPLE_CONFLIST, MAX_TIMEOUT_MS, SHIM_CONF } from './defaults';
@@ -68,7 +68,7 @@ export interface InstallResult {
 
 export function install(o: { binDir?: string; confDir?: string; force?: boolean; socket?: string; stateDir?: string; timeoutMs?: number } = {}): InstallResult {
   const binDir = path.resolve(o.binDir ?? DEFAULT_BIN_DIR);
-  const entry = path.join(__dirname, 'main.js');
+  const entry = CNI_ENTRY;
   if (!fs.existsSync(entry)) throw invalid(`${entry} is missing: build tsnet first (npm run build)`);
   if (!fs.existsSync(SHIM_PATH)) throw invalid(`${SHIM_PATH} is missing: build the native part first (npm ci, or npm rebuild)`);
   const settings = shimConf({ socket: o.socket ?? DEFAULT_SOCKET, stateDir: o.stateDir ?? '', node: process.execPath, entry, timeoutMs: o.timeoutMs ?? DEFAULT_TIMEOUT_MS });

@@ -1,9 +1,9 @@
 /** Sending real traffic between namespaces, through peer.js children started inside them. */
-import * as path from 'node:path';
 import type { ChildProcess } from 'node:child_process';
 import type { NetNs } from '../netns';
+import { builtScript } from '../native';
 
-const PEER = path.join(__dirname, 'peer.js');
+const PEER = builtScript('demo/peer.js');
 
 export type Proto = 'tcp' | 'udp' | 'http';
 

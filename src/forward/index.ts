@@ -7,7 +7,6 @@
  */
 import * as dns from 'node:dns/promises';
 import * as net from 'node:net';
-import * as path from 'node:path';
 import { TsnetError, invalid } from '../errors';
 import * as addr from '../addr';
 import * as conntrack from '../conntrack';
@@ -15,6 +14,7 @@ import type { NetNs } from '../netns';
 import { neededSysctls, type NatEngine, type SyncReport } from '../nat/engine';
 import * as sysctl from '../sysctl';
 import { normalizeForward, parsePort, parseProto, validateName, type Forward, type Proto, type SnatMode } from '../nat/model';
+import { builtScript } from '../native';
 
 export interface ForwardRequest {
   target: string;
@@ -54,7 +54,7 @@ export async function resolveTarget(target: string): Promise<string> {
 /** Whether ip:port accepts a TCP connection, seen from inside `ns`. */
 export function checkTcp(ns: NetNs, ip: string, port: number, timeoutMs = 3000): Promise<void> {
   return new Promise((resolve, reject) => {
-    const child = ns.spawn(process.execPath, [path.join(__dirname, 'probe.js'), ip, String(port), String(timeoutMs)], { stdio: ['ignore', 'ignore', 'pipe'] });
+    const child = ns.spawn(process.execPath, [builtScript('forward/probe.js'), ip, String(port), String(timeoutMs)], { stdio: ['ignore', 'ignore', 'pipe'] });
     let err = '';
     child.stderr!.on('data', (d) => (err += d));
     child.on('error', reject);

@@ -3,6 +3,7 @@
  * RTM_GETLINK in the namespace of a handle. Kinds are a discriminated union;
  * IFLA_LINKINFO is encoded and decoded through the tables in src/netlink/rtnl.
  */
+import { validateIfname } from './ifname';
 import { decodeAttrs, encodeAttrs, type AttrObject } from '../netlink/attrs';
 import { NLM_F } from '../netlink/socket';
 import { AF_BRIDGE, AF_UNSPEC, BR_STATE, IFF, IFLA, RTM, ifinfomsg, type IfInfoMsg } from '../netlink/rtnl';
@@ -67,20 +68,8 @@ export type LinkSpec =
 /** A link named or numbered. */
 export type LinkRef = string | number;
 
-const IFNAMSIZ = 16;
 const OPERSTATE = ['unknown', 'notpresent', 'down', 'lowerlayerdown', 'testing', 'dormant', 'up'];
 const MAC_RE = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/i;
-
-/** The kernel's dev_valid_name(), checked before asking the kernel so the error can say why. */
-export function validateIfname(name: string): void {
-  if (typeof name !== 'string' || name.length === 0) throw invalid('interface name is empty');
-  if (Buffer.byteLength(name) >= IFNAMSIZ) {
-    throw invalid(`interface name ${JSON.stringify(name)} is ${Buffer.byteLength(name)} bytes; Linux allows at most ${IFNAMSIZ - 1}`);
-  }
-  if (name === '.' || name === '..' || /[/:\s]/.test(name)) {
-    throw invalid(`invalid interface name ${JSON.stringify(name)}: no '/', ':' or white space, and not '.' or '..'`);
-  }
-}
 
 export function validateMac(mac: string): void {
   if (!MAC_RE.test(mac)) throw invalid(`invalid MAC address ${JSON.stringify(mac)}: expected six hex octets like 02:42:ac:11:00:02`);
@@ -283,3 +272,5 @@ export async function setBridgePort(h: NetNs, port: LinkRef, opts: { hairpin?: b
   await withContext(`setting bridge port options on ${show(port)} in ${h.label}`, () =>
     h.nl.request(RTM.SETLINK, 0, Buffer.concat([ifinfomsg.encode({ family: AF_BRIDGE, index }), encodeAttrs(IFLA, { protinfo })])));
 }
+
+export { validateIfname };

@@ -69,12 +69,6 @@ function rowName(row: Row): string {
   return typeof row === 'string' ? row.slice(NAME_AT, row.indexOf('"', NAME_AT)) : row.name;
 }
 
-function rowVip(row: Row): string {
-  if (typeof row !== 'string') return row.vip;
-  const at = row.indexOf('"vip":"') + 7;
-  return row.slice(at, row.indexOf('"', at));
-}
-
 function rowVipKey(row: Row): string {
   if (typeof row !== 'string') return vipKey(row);
   const m = HEAD.exec(row);
@@ -123,16 +117,17 @@ class ServiceRows {
     this.names = this.indexNames();
   }
 
-  /** How many rows are still stored text, per family of their VIP (kept so that families() need not read them). */
-  private rawFamilies = { 4: 0, 6: 0 };
+  /** How many services there are per family of their VIP (kept so that families() reads no row). */
+  private perFamily = { 4: 0, 6: 0 };
 
   private indexNames(): Map<string, number> {
     const m = new Map<string, number>();
-    this.rawFamilies = { 4: 0, 6: 0 };
+    this.perFamily = { 4: 0, 6: 0 };
     for (let i = 0; i < this.rows.length; i++) {
       const r = this.rows[i]!;
       if (typeof r !== 'string') {
         m.set(r.name, i);
+        this.perFamily[familyOf(r.vip)]++;
         continue;
       }
       const end = r.indexOf('"', NAME_AT);
@@ -140,9 +135,31 @@ class ServiceRows {
       // The VIP follows the name (`","vip":"` is 9 characters): a colon before its closing quote means IPv6.
       let six = false;
       for (let k = end + 9, c = r.charCodeAt(k); c !== 34 && k < r.length; c = r.charCodeAt(++k)) if (c === 58) six = true;
-      this.rawFamilies[six ? 6 : 4]++;
+      this.perFamily[six ? 6 : 4]++;
     }
     return m;
+  }
+
+  /** Appends a service (its name indexed, its family counted). */
+  push(s: Service): void {
+    this.names.set(s.name, this.rows.length);
+    this.rows.push(s);
+    this.perFamily[familyOf(s.vip)]++;
+  }
+
+  /** Takes back the last push. */
+  pop(): void {
+    const s = this.at(this.rows.length - 1);
+    this.rows.pop();
+    this.names.delete(s.name);
+    this.perFamily[familyOf(s.vip)]--;
+  }
+
+  /** Replaces the service at `i` (same name). */
+  set(i: number, s: Service): void {
+    this.perFamily[familyOf(this.at(i).vip)]--;
+    this.rows[i] = s;
+    this.perFamily[familyOf(s.vip)]++;
   }
 
   get vips(): Map<string, string> {
@@ -167,7 +184,6 @@ class ServiceRows {
     if (typeof r !== 'string') return r;
     const s = JSON.parse(r) as Service;
     this.rows[i] = s;
-    this.rawFamilies[familyOf(s.vip)]--;
     return s;
   }
 
@@ -188,21 +204,13 @@ class ServiceRows {
     this.vipIndex = undefined;
   }
 
-  /** The rows as JSON lines, stored texts as they are. */
-  texts(): string[] {
-    return this.rows.map((r) => (typeof r === 'string' ? r : JSON.stringify(r)));
+  /** The rows as JSON lines, stored texts as they are, one at a time. */
+  *texts(): Generator<string> {
+    for (const r of this.rows) yield typeof r === 'string' ? r : JSON.stringify(r);
   }
 
   families(): Family[] {
-    let v4 = this.rawFamilies[4] > 0;
-    let v6 = this.rawFamilies[6] > 0;
-    for (let i = 0; i < this.rows.length && !(v4 && v6); i++) {
-      const r = this.rows[i]!;
-      if (typeof r === 'string') continue;
-      if (familyOf(r.vip) === 4) v4 = true;
-      else v6 = true;
-    }
-    return [...(v4 ? [4 as const] : []), ...(v6 ? [6 as const] : [])];
+    return ([4, 6] as const).filter((f) => this.perFamily[f] > 0);
   }
 
   /**
@@ -279,14 +287,15 @@ export class IndexedState implements StateView {
     return this.rows.get(name);
   }
 
-  /** The services as JSON lines (unparsed ones as stored). */
-  serviceTexts(): string[] {
+  /** The services as JSON lines (unparsed ones as stored), one at a time. */
+  serviceTexts(): Generator<string> {
     return this.rows.texts();
   }
 
   families(): Family[] {
     const st = this.state;
-    return ([4, 6] as const).filter((f) => this.rows.families().includes(f) || st.rules.some((r) => ruleFamily(r) === f)
+    const services = this.rows.families();
+    return ([4, 6] as const).filter((f) => services.includes(f) || st.rules.some((r) => ruleFamily(r) === f)
       || st.forwards.some((x) => familyOf(x.targetIp) === f));
   }
 
@@ -356,16 +365,15 @@ class Round {
     }
     this.remember(s.name);
     if (i === undefined) {
-      x.names.set(s.name, x.rows.length);
-      x.rows.push(s);
+      x.push(s);
       x.claim(key, s.name);
-      this.undos.push(() => { x.rows.pop(); x.names.delete(s.name); x.unclaim(key); });
+      this.undos.push(() => { x.pop(); x.unclaim(key); });
     } else {
       const was = old!;
-      x.rows[i] = s;
+      x.set(i, s);
       x.unclaim(vipKey(was));
       x.claim(key, s.name);
-      this.undos.push(() => { x.rows[i] = was; x.unclaim(key); x.claim(vipKey(was), was.name); });
+      this.undos.push(() => { x.set(i, was); x.unclaim(key); x.claim(vipKey(was), was.name); });
     }
   }
 

@@ -13,12 +13,10 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { hasCode } from '../errors';
-import * as route from '../route';
-import * as sysctl from '../sysctl';
+import type * as Sysctl from '../sysctl';
 import * as netns from '../netns';
 import { stateDir as defaultStateDir, withLock } from '../state';
 import { familyOf, normalizeState, servesLoopback, type DesiredState, type Service } from './model';
-import * as conntrack from '../conntrack';
 import { createBackend, resolveChoice, type BackendChoice } from './backends';
 import { tableKind, type Backend, type BackendName, type ServiceCounters, type SyncResult } from './backends/types';
 import { IndexedState, type NatChange, type ServiceDelta } from './changes';
@@ -259,6 +257,8 @@ export class NatEngine {
   /** Sets what is needed, remembering the old values; restores what is no longer needed. */
   private async convergeSysctls(st: DesiredState, saved: Record<string, string>): Promise<Record<string, string>> {
     const want = await neededSysctls(this.ns, st);
+    if (!want.size && !Object.keys(saved).length) return {}; // the common case: nothing to set or restore (no module to load)
+    const sysctl = await import('../sysctl');
     const out = { ...saved };
     for (const [key, value] of want) {
       const old = sysctl.set(this.ns, key.split('/'), value);
@@ -321,11 +321,14 @@ export class NatEngine {
  */
 export async function neededSysctls(ns: netns.NetNs, st: DesiredState): Promise<Map<string, string>> {
   const out = new Map<string, string>();
-  if (st.forwards.some((f) => familyOf(f.targetIp) === 4)) out.set(sysctl.keys.ipForward.join('/'), '1');
-  if (st.forwards.some((f) => familyOf(f.targetIp) === 6)) out.set(sysctl.keys.ipv6Forwarding.join('/'), '1');
+  if (!st.forwards.length) return out;
+  const keys: typeof Sysctl.keys = (await import('../sysctl')).keys;
+  if (st.forwards.some((f) => familyOf(f.targetIp) === 4)) out.set(keys.ipForward.join('/'), '1');
+  if (st.forwards.some((f) => familyOf(f.targetIp) === 6)) out.set(keys.ipv6Forwarding.join('/'), '1');
+  const route = await import('../route');
   for (const f of st.forwards.filter(servesLoopback)) {
     const r = await route.get(ns, f.targetIp);
-    if (r.dev && r.type !== 'local') out.set(sysctl.keys.routeLocalnet(r.dev).join('/'), '1');
+    if (r.dev && r.type !== 'local') out.set(keys.routeLocalnet(r.dev).join('/'), '1');
   }
   return out;
 }
@@ -353,6 +356,8 @@ export function removedUdpEndpoints(changed: readonly ServiceDelta[] | undefined
 
 /** Deletes the conntrack entries of UDP flows still translated to endpoints that left their service. */
 async function deleteUdpFlows(ns: netns.NetNs, gone: ReturnType<typeof removedUdpEndpoints>): Promise<number> {
+  if (!gone.length) return 0;
+  const conntrack = await import('../conntrack');
   let n = 0;
   for (const family of [4, 6] as const) {
     const mine = gone.filter((g) => familyOf(g.vip) === family);

@@ -6,7 +6,7 @@
  */
 import { invalid } from '../errors';
 import { parseCidr, parseIp, type Family } from '../addr/cidr';
-import { validateIfname } from '../link';
+import { validateIfname } from '../link/ifname';
 
 export type Proto = 'tcp' | 'udp';
 
@@ -171,7 +171,11 @@ export function normalizeService(s: Partial<Service> & { name: string }): Servic
   return out;
 }
 
-/** A services file (`service apply -f`): a JSON array of services, as `service ls --json` prints them; each checked. */
+/**
+ * A services file (`service apply -f`): a JSON array of services, as
+ * `service ls --json` prints them. Only its shape is checked here; each
+ * service is checked in full once, when the change applies it.
+ */
 export function parseServicesFile(text: string, file: string): Service[] {
   let data: unknown;
   try {
@@ -180,10 +184,10 @@ export function parseServicesFile(text: string, file: string): Service[] {
     throw invalid(`${file}: not valid JSON (${(err as Error).message})`);
   }
   if (!Array.isArray(data)) throw invalid(`${file}: expected a JSON array of services`);
-  return data.map((s, i) => {
+  data.forEach((s, i) => {
     if (!s || typeof s !== 'object' || typeof (s as { name?: unknown }).name !== 'string') throw invalid(`${file}: entry ${i} is not a service object with a "name"`);
-    return normalizeService(s as Service);
   });
+  return data as Service[];
 }
 
 /** Checks a standalone NAT rule; returns it normalized. */

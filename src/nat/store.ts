@@ -194,7 +194,7 @@ export class NatStore {
       }
       this.cache = { stamp: this.stamp(), loaded: { f, indexed: next }, seq, lines: lines + 1 };
     } else {
-      writeFileAtomic(this.file, snapshotText(next, seq, record));
+      writeFileAtomic(this.file, (fd) => writeSnapshot(fd, next, seq, record));
       fs.rmSync(this.journal, { force: true });
       this.cache = { stamp: this.stamp(), loaded: { f, indexed: next }, seq, lines: 0 };
     }
@@ -207,12 +207,36 @@ export class NatStore {
   }
 }
 
-/** The snapshot file: see the top of this file. */
-function snapshotText(st: IndexedState, seq: number, record: Omit<StateFile, 'version' | 'desired' | 'seq' | 'digest'>): string {
+/**
+ * Writes the snapshot file (see the top of this file) to `fd` in pieces, a
+ * thousand services at a time, hashing as it goes; the digest goes in place
+ * last. Ten thousand services never become one 3 MB string.
+ */
+function writeSnapshot(fd: number, st: IndexedState, seq: number, record: Omit<StateFile, 'version' | 'desired' | 'seq' | 'digest'>): void {
   const { rules, forwards } = st.state;
   const header = JSON.stringify({ version: 3, seq, ...record, desired: { rules, forwards, services: [] } });
+  const hash = createHash('sha256');
+  let at = 0;
+  const put = (text: string) => {
+    hash.update(text);
+    at += fs.writeSync(fd, text, at);
+  };
+  at = fs.writeSync(fd, `${HEAD}${'-'.repeat(DIGEST_LEN)}`, 0);
   // After the digest: the header without its `{"version":3,` and closing `]}}`, the service lines, the closing.
-  const rows = st.serviceTexts();
-  const tail = `",${header.slice('{"version":3,'.length, -3)}\n${rows.join(',\n')}${rows.length ? '\n' : ''}]}}\n`;
-  return `${HEAD}${digestOf(tail)}${tail}`;
+  put(`",${header.slice('{"version":3,'.length, -3)}\n`);
+  let batch: string[] = [];
+  let first = true;
+  const flush = () => {
+    if (!batch.length) return;
+    put(`${first ? '' : ',\n'}${batch.join(',\n')}`);
+    first = false;
+    batch = [];
+  };
+  for (const line of st.serviceTexts()) {
+    batch.push(line);
+    if (batch.length === 1000) flush();
+  }
+  flush();
+  put(`${first ? '' : '\n'}]}}\n`);
+  fs.writeSync(fd, hash.digest('base64url'), HEAD.length);
 }

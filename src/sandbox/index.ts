@@ -8,8 +8,8 @@
  */
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as path from 'node:path';
 import { contextualize, TsnetError } from '../errors';
+import { builtScript } from '../native';
 
 export const SANDBOX_ENV = 'TSNET_SANDBOX';
 
@@ -26,7 +26,7 @@ export function requireRoot(what: string, uid: number | undefined = process.getu
 /** Runs `cmd args` inside a fresh sandbox and resolves with its exit code. */
 export async function runInSandbox(cmd: string, args: readonly string[], opts: { env?: NodeJS.ProcessEnv } = {}): Promise<number> {
   requireRoot('the tsnet sandbox');
-  const inner = path.join(__dirname, 'inner.js');
+  const inner = builtScript('sandbox/inner.js');
   const child = spawn('unshare', ['--net', '--mount', '--propagation', 'private', '--', process.execPath, inner, cmd, ...args], {
     stdio: 'inherit',
     env: { ...process.env, ...opts.env },

@@ -58,12 +58,16 @@ export function removeStaleTemps(dir: string, file?: string): void {
 }
 
 /** Writes `content` to a temporary name next to `file` (synced when `durable`); returns that name. */
-function writeTemp(file: string, content: string | Uint8Array, mode: number, durable = true): string {
+/** What a file is written with: its content, or a function that writes it to the fd (a large file, in pieces). */
+export type Content = string | Uint8Array | ((fd: number) => void);
+
+function writeTemp(file: string, content: Content, mode: number, durable = true): string {
   const tmp = tempName(file);
   const fd = fs.openSync(tmp, 'w', mode);
   try {
     fs.fchmodSync(fd, mode); // the umask does not decide an executable's mode
-    if (typeof content === 'string') fs.writeSync(fd, content);
+    if (typeof content === 'function') content(fd);
+    else if (typeof content === 'string') fs.writeSync(fd, content);
     else fs.writeSync(fd, content);
     if (durable) fs.fsyncSync(fd);
   } finally {
@@ -84,7 +88,7 @@ export interface WriteOptions {
 }
 
 /** Replaces `file` with `content` atomically: readers see the old file or the new one, never half of one. */
-export function writeFileAtomic(file: string, content: string | Uint8Array, mode = 0o600, o: WriteOptions = {}): void {
+export function writeFileAtomic(file: string, content: Content, mode = 0o600, o: WriteOptions = {}): void {
   const dir = path.dirname(file);
   const durable = o.durable ?? true;
   fs.mkdirSync(dir, { recursive: true, mode: 0o700 });

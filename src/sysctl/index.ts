@@ -9,7 +9,7 @@
  */
 import * as fs from 'node:fs';
 import { contextualize, invalid } from '../errors';
-import { validateIfname } from '../link';
+import { validateIfname } from '../link/ifname';
 import type { NetNs } from '../netns';
 import { openInside } from '../netns/internal';
 

@@ -22,6 +22,8 @@ export interface CniCall {
   /** stdout parsed (result or error), when it is JSON. */
   json: any;
   ms: number;
+  /** In agent mode, for tsnet's plugins: whether the agent served the call (its log has the call), or the shim fell back to the standalone plugin. */
+  servedBy?: 'agent' | 'standalone';
 }
 
 export interface CallEnv {
@@ -70,6 +72,15 @@ export class AgentProcess {
   }
 }
 
+/** Whether `agent` logs a line matching `re` after `from` within 3 s (its log line follows its reply to the shim). */
+async function agentLogged(agent: AgentProcess, from: number, re: RegExp): Promise<boolean> {
+  for (let waited = 0; waited < 3000; waited += 20) {
+    if (re.test(agent.log.slice(from))) return true;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  return false;
+}
+
 /** A temporary CNI install: bin dir with tsnet's plugins, CNI_PATH with the reference plugins after them. */
 export class CniInstall {
   readonly dir: string;
@@ -79,6 +90,8 @@ export class CniInstall {
   readonly socket: string;
   /** Agents by node namespace name: calls in that namespace go to its agent. */
   readonly agents = new Map<string, AgentProcess>();
+  /** Calls of tsnet's plugins with an agent running: how many it served, and those it did not (the shim fell back). */
+  readonly served = { agent: 0, fellBack: [] as string[] };
 
   constructor(prefix: string, readonly mode: CniMode = 'standalone') {
     this.dir = fs.mkdtempSync(path.join(os.tmpdir(), `tsnet-${prefix}-`));
@@ -115,6 +128,8 @@ export class CniInstall {
     const env: Record<string, string> = { PATH: '/usr/local/sbin:/usr/sbin:/sbin:/usr/local/bin:/usr/bin:/bin', CNI_COMMAND: command, CNI_PATH: this.cniPath };
     const agent = this.agents.get(node.name!);
     if (agent) env.TSNET_AGENT_SOCKET = agent.socket;
+    const logFrom = agent?.log.length ?? 0;
+    const tsnetPlugin = fs.existsSync(path.join(this.binDir, plugin));
     if (e.containerId !== undefined) env.CNI_CONTAINERID = e.containerId;
     if (e.netns !== undefined) env.CNI_NETNS = e.netns;
     if (e.ifname !== undefined) env.CNI_IFNAME = e.ifname;
@@ -123,6 +138,9 @@ export class CniInstall {
       if (v === undefined) delete env[k];
       else env[k] = v;
     }
+    // The agent logs every call it serves: "cni: PLUGIN COMMAND NETWORK CONTAINERID IFNAME: result in N ms", from the call's environment.
+    const esc = (x: string) => x.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+    const logged = new RegExp(`cni: ${esc(plugin)} ${esc(env.CNI_COMMAND ?? '')} \\S+ ${esc(env.CNI_CONTAINERID ?? '-')} `);
     const t0 = process.hrtime.bigint();
     // cwd '/': the plugin must not depend on the caller's working directory.
     const child = node.spawn(file, [], { env, cwd: '/', stdio: ['pipe', 'pipe', 'pipe'] });
@@ -139,7 +157,15 @@ export class CniInstall {
         } catch {
           json = undefined;
         }
-        resolve({ status, stdout: out, stderr: err, json, ms: Number(process.hrtime.bigint() - t0) / 1e6 });
+        const call: CniCall = { status, stdout: out, stderr: err, json, ms: Number(process.hrtime.bigint() - t0) / 1e6 };
+        // A killed call (status null) was served by nobody in full, and a dead agent serves nothing: neither is counted.
+        if (!agent || !tsnetPlugin || status === null || agent.child.exitCode !== null || agent.child.signalCode !== null) return resolve(call);
+        void agentLogged(agent, logFrom, logged).then((yes) => {
+          call.servedBy = yes ? 'agent' : 'standalone';
+          if (yes) this.served.agent++;
+          else this.served.fellBack.push(`${plugin} ${command} ${e.containerId ?? '-'}`);
+          resolve(call);
+        });
       });
       child.stdin!.on('error', () => { /* killed before reading */ });
       child.stdin!.end(typeof conf === 'string' ? conf : JSON.stringify(conf));

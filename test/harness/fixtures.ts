@@ -71,6 +71,7 @@ export function ip(ns: netns.NetNs | undefined, ...args: string[]): string {
   return r.stdout;
 }
 
+/** The CLI as users run it (package.json's `bin`). */
 export const CLI = path.join(__dirname, '..', '..', 'src', 'cli', 'main.js');
 
 /** Runs the tsnet CLI as a user would. */

@@ -7,12 +7,13 @@
  */
 import test, { type ExecutionContext } from 'ava';
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import * as link from '../../src/link';
 import type * as netns from '../../src/netns';
 import { native } from '../../src/native';
 import { serve, request } from '../../src/demo/traffic';
-import { Topology, run, tsnet } from '../harness/fixtures';
+import { CLI, Topology, run, tsnet } from '../harness/fixtures';
 import { AgentProcess, CniInstall, leftovers, masqueradeRule, natRules, nodeWithUplink, type CniCall } from '../harness/cni';
 
 const topo = new Topology('agt');
@@ -20,6 +21,7 @@ const cni = new CniInstall('agt');
 test.after.always(async () => {
   await cni.cleanup();
   topo.cleanup();
+  if (readableClient) fs.rmSync(path.dirname(path.dirname(path.dirname(readableClient))), { recursive: true, force: true });
 });
 
 const CLIENT = path.join(__dirname, '..', 'harness', 'agent-client.js');
@@ -69,10 +71,37 @@ const sample = (text: string, series: string) => {
   return line === undefined ? undefined : Number(line.split(' ')[1]);
 };
 
+/**
+ * The raw client where any uid can read it: the checkout may be a directory
+ * only root can enter (a clone in /root, a mktemp -d), and the uid-65534
+ * client must fail at the socket, not at reading its own script.
+ */
+let readableClient: string | undefined;
+function clientScript(): string {
+  if (!readableClient) {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tsnet-agent-client-'));
+    fs.chmodSync(dir, 0o755);
+    // The script and the one module it takes, in the same relative places (dist/test/harness, dist/src/agent).
+    for (const [from, to] of [[CLIENT, 'test/harness/agent-client.js'], [path.join(__dirname, '..', '..', 'src', 'agent', 'protocol.js'), 'src/agent/protocol.js']] as const) {
+      fs.mkdirSync(path.dirname(path.join(dir, to)), { recursive: true, mode: 0o755 });
+      fs.copyFileSync(from, path.join(dir, to));
+      fs.chmodSync(path.join(dir, to), 0o644);
+    }
+    for (const d of ['test', 'test/harness', 'src', 'src/agent']) fs.chmodSync(path.join(dir, d), 0o755);
+    readableClient = path.join(dir, 'test/harness/agent-client.js');
+  }
+  return readableClient;
+}
+
 /** Runs the raw client inside `ns` (optionally as another uid). */
 function client(ns: netns.NetNs, socket: string, req?: object, uid?: number): { error?: string; hello?: string; reply?: any } {
-  const r = ns.spawnSync(process.execPath, [CLIENT, socket, ...(req ? [JSON.stringify(req)] : [])], { encoding: 'utf8', ...(uid !== undefined ? { uid, gid: uid } : {}), timeout: 20_000 });
-  return JSON.parse(String(r.stdout)) as { error?: string; hello?: string; reply?: any };
+  const script = uid === undefined ? CLIENT : clientScript();
+  const r = ns.spawnSync(process.execPath, [script, socket, ...(req ? [JSON.stringify(req)] : [])], {
+    encoding: 'utf8', cwd: path.dirname(script), ...(uid !== undefined ? { uid, gid: uid } : {}), timeout: 20_000,
+  });
+  const out = String(r.stdout);
+  if (!out) throw new Error(`the raw client${uid !== undefined ? ` (uid ${uid})` : ''} printed nothing: exit ${r.status}, ${String(r.stderr).trim()}`);
+  return JSON.parse(out) as { error?: string; hello?: string; reply?: any };
 }
 
 test('the socket is root-only (0600 in a 0700 directory); a non-root peer is refused by SO_PEERCRED even with loosened modes', async (t) => {
@@ -106,11 +135,11 @@ test('the socket is root-only (0600 in a 0700 directory); a non-root peer is ref
   // Refusals at start: a directory others can enter, and a socket a live agent serves.
   const loose = fs.mkdtempSync(path.join(cni.dir, 'loose-'));
   fs.chmodSync(loose, 0o755);
-  const bad = nd.host.spawnSync(process.execPath, [path.join(__dirname, '..', '..', 'src', 'cli', 'main.js'), 'agent', '--socket', path.join(loose, 'a.sock'), '--metrics', ''], { encoding: 'utf8' });
+  const bad = nd.host.spawnSync(process.execPath, [CLI, 'agent', '--socket', path.join(loose, 'a.sock'), '--metrics', ''], { encoding: 'utf8' });
   t.is(bad.status, 1);
   t.regex(String(bad.stderr), /^tsnet: socket directory .* must be owned by 0 with mode 0700 \(it is 755, uid 0\)/);
   t.is(String(bad.stderr).trim().split('\n').length, 1);
-  const twice = nd.host.spawnSync(process.execPath, [path.join(__dirname, '..', '..', 'src', 'cli', 'main.js'), 'agent', '--socket', agent.socket, '--metrics', ''], { encoding: 'utf8' });
+  const twice = nd.host.spawnSync(process.execPath, [CLI, 'agent', '--socket', agent.socket, '--metrics', ''], { encoding: 'utf8' });
   t.is(twice.status, 1);
   t.regex(String(twice.stderr), /another agent is serving/);
   t.regex(client(nd.host, agent.socket).hello ?? '', /^tsnet-agent\/1 /, 'the running agent is untouched');
@@ -168,7 +197,9 @@ test('agent SIGKILLed in the middle of ADD: the shim answers code 11, and DEL or
     try {
       const p = cni.start(nd.host, 'tsnet-bridge', 'ADD', nd.conf, { containerId: cid, netns: c.path, ifname: 'eth0' });
       // The ADD is under way in the agent once the host veth exists (it is made before IPAM).
-      for (let i = 0; i < 100 && !run('ip', ['-n', nd.host.name!, '-o', 'link', 'show', 'type', 'veth']).stdout.includes('veth'); i++) await new Promise((r) => setTimeout(r, 50));
+      const underWay = () => run('ip', ['-n', nd.host.name!, '-o', 'link', 'show', 'type', 'veth']).stdout.includes('veth');
+      for (let i = 0; i < 100 && !underWay(); i++) await new Promise((r) => setTimeout(r, 50));
+      if (!underWay()) throw new Error('the ADD never reached the agent (no host veth within 5 s): the kill below would test nothing');
       await agent.stop('SIGKILL');
       const r = await p.done;
       t.is(r.status, 1);
@@ -322,20 +353,24 @@ test('standalone and agent give identical results: same addresses, routes, reser
     // Same network everywhere except the namespaces: the name, bridge and subnet of the first node.
     const conf = { ...nd.conf, name: 'same', bridge: 'samebr', ipam: { ...nd.conf.ipam, subnet: '10.199.0.0/24' }, capabilities: { portMappings: true } };
     const env = useAgent ? {} : { TSNET_AGENT_SOCKET: '' };
+    let served = 0;
     const results: unknown[] = [];
     for (const [i, pm] of [[], [{ hostPort: 18100, containerPort: 80, protocol: 'tcp' }], []].entries()) {
       const c = await nd.container(`s${i}`);
       const r = await nd.call('ADD', c, `s${i}`, { conf: { ...conf, runtimeConfig: { portMappings: pm } }, env });
       ok(t, r, `ADD s${i} (${useAgent ? 'agent' : 'standalone'})`);
+      if (r.servedBy === 'agent') served++;
       results.push(JSON.parse(r.stdout.replace(/"mac":"[0-9a-f:]+"/g, '"mac":"-"').replaceAll(c.path, 'NETNS')));
     }
     const rules = natRules(nd.host).map((l) => l.replace(/\[\d+:\d+\]|counter packets \d+ bytes \d+/g, ''));
     const reservations = fs.readdirSync(path.join(conf.ipam.dataDir, 'same')).sort();
     const hostAddrs = run('ip', ['-n', nd.host.name!, '-o', '-4', 'addr', 'show', 'dev', 'samebr']).stdout.replace(/^\d+: /, '').trim();
-    return { results, rules, reservations, hostAddrs, served: useAgent };
+    return { results, rules, reservations, hostAddrs, served };
   };
   const a = await shape(false);
   const b = await shape(true);
+  t.is(a.served, 0, 'the standalone run was standalone');
+  t.is(b.served, 3, 'the agent served all three ADDs (no fallback to the standalone plugin)');
   t.true(a.rules.length > 5);
   t.deepEqual(b.results, a.results);
   t.deepEqual(b.rules, a.rules);

@@ -1,6 +1,6 @@
 import test from 'ava';
 import * as netns from '../../src/netns';
-import { Topology, ipJson, run, tsnet } from '../harness/fixtures';
+import { CLI, Topology, ipJson, run, tsnet } from '../harness/fixtures';
 
 const topo = new Topology('cli');
 test.after.always(() => topo.cleanup());
@@ -131,7 +131,7 @@ test.serial('bad input: one line, non-zero exit, nothing half-created', async (t
 });
 
 test('the CLI refuses a non-net sysctl-like misuse path: unknown command is an error', (t) => {
-  const r = run(process.execPath, [require('node:path').join(__dirname, '../../src/cli/main.js'), 'frobnicate']);
+  const r = run(process.execPath, [CLI, 'frobnicate']);
   t.not(r.status, 0);
   t.regex(r.stderr, /unknown command 'frobnicate'/);
 });

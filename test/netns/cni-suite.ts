@@ -29,6 +29,16 @@ export function cniSuite(mode: CniMode, natBackend?: BackendName): void {
     await cni.cleanup();
     topo.cleanup();
   });
+  if (mode === 'agent') {
+    // Through the agent means through the agent: a shim that fell back to the standalone plugin fails the run.
+    test.afterEach.always((t) => {
+      const fell = cni.served.fellBack.splice(0);
+      t.deepEqual(fell, [], 'calls the agent did not serve (the shim fell back to the standalone plugin)');
+    });
+    test.after((t) => {
+      t.true(cni.served.agent > 20, `calls served by the agent: ${cni.served.agent}`);
+    });
+  }
 
   let seq = 0;
 

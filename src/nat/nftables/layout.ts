@@ -60,6 +60,15 @@ function lbRules(proto: Proto, mod: number, map: string): Rule[] {
   return [{ items: [{ t: 'l4proto', proto }, { t: 'dnat-map', key: { ...ENDPOINT_KEY, mod }, map }] }];
 }
 
+/** The shared lb chains, made once per name (ten thousand services share a handful; chains are never changed once made). */
+const lbChains = new Map<string, Chain>();
+function lbChainOf(s: Service): Chain {
+  const name = lbChain(s);
+  let c = lbChains.get(name);
+  if (!c) lbChains.set(name, (c = { name, rules: weighted(s) ? lbRules(s.proto, totalWeight(s), ENDPOINTS_WEIGHTED) : lbRules(s.proto, s.endpoints.length, ENDPOINTS) }));
+  return c;
+}
+
 /** Each endpoint's range of [0, total weight). */
 function ranges(s: Service): [number, number][] {
   let from = 0;
@@ -99,8 +108,7 @@ export function serviceParts(s: Service): ServiceParts {
   if (s.affinitySeconds === undefined) {
     if (weighted(s)) ranges(s).forEach((r, i) => put(ENDPOINTS_WEIGHTED, { key: [...key, r], data: [s.endpoints[i]!.ip, s.endpoints[i]!.port] }));
     else s.endpoints.forEach((e, i) => put(ENDPOINTS, { key: [...key, i], data: [e.ip, e.port] }));
-    const name = lbChain(s);
-    out.lb = { name, rules: weighted(s) ? lbRules(s.proto, totalWeight(s), ENDPOINTS_WEIGHTED) : lbRules(s.proto, s.endpoints.length, ENDPOINTS) };
+    out.lb = lbChainOf(s);
   }
   if (!ownChain(s)) return out;
   const svc: Chain = { name: svcChain(s), rules: [] };

@@ -19,7 +19,7 @@ import { encodeKey, keyLen, lowerItem, writeKey, type LowerContext, type SetInfo
 import type { Op } from './plan';
 import { isTarget, type AnonymousVmap, type Element, type Family, type KeyExpr, type NamedSet, type Rule, type Value } from './ruleset';
 import { elementText, formatRule } from './text';
-import { commentUdata, datatype, setUdata } from './udata';
+import { commentUdata, datatype, setUdata, writeCommentUdata } from './udata';
 
 /** One batch, ready to send: the bytes, and what each sequence number was doing (for error messages). */
 export interface Batch {
@@ -37,7 +37,7 @@ const ANON_MAP = '__map%d';
 const NFTA_SET_ELEM_DATA = nested(NFTA_DATA, { setNestedFlag: true });
 
 class BatchWriter {
-  readonly w = new NlWriter(1 << 20);
+  readonly w: NlWriter;
   readonly what = new Map<number, string>();
   private nextId = 1;
   /** Sets created in this batch, by name: lookups find them by id (the kernel resolves names only at commit). */
@@ -45,7 +45,9 @@ class BatchWriter {
   readonly firstSeq: number;
   private seq: number;
 
-  constructor(readonly family: Family, seq: number) {
+  /** `size`: the batch's expected size, so the buffer is allocated once instead of doubling through garbage. */
+  constructor(readonly family: Family, seq: number, size: number) {
+    this.w = new NlWriter(size);
     this.firstSeq = seq;
     this.seq = seq;
     this.frame(NFNL_MSG_BATCH_BEGIN);
@@ -116,6 +118,9 @@ function dataAttrs(e: Element, s: Pick<NamedSet, 'data'>, family: Family): AttrO
 // NFTA_SET_ELEM_* and NFTA_DATA_* numbers, for the element fast path below.
 const ELEM = { KEY: 1, DATA: 2, USERDATA: 6, KEY_END: 10 } as const;
 const DATA_VALUE = 1;
+const DATA_VERDICT = 2;
+const VERDICT_CODE = 1;
+const VERDICT_CHAIN = 2;
 
 /** A `{ value }` data nest whose bytes `write` puts in place. */
 function valueNest(w: NlWriter, type: number, write: () => void): void {
@@ -140,10 +145,27 @@ function writeElement(w: NlWriter, e: Element, s: Pick<NamedSet, 'key' | 'data' 
   if (interval && s.key.fields.length > 1) valueNest(w, ELEM.KEY_END, () => writeKey(w, s.key, range ? keyAt(range[1]) : e.key, family, interval));
   if (!withData) return;
   if (e.data !== undefined) {
-    if (isTarget(e.data)) w.attr(ELEM.DATA, NFTA_SET_ELEM_DATA, { verdict: { code: VERDICT[e.data.verdict], chain: e.data.chain } });
-    else valueNest(w, ELEM.DATA, () => writeKey(w, s.data as KeyExpr, e.data as Value[], family, false));
+    if (isTarget(e.data)) {
+      // NFTA_SET_ELEM_DATA { NFTA_DATA_VERDICT { CODE (s32be), CHAIN } }: the element of a verdict map.
+      const outer = w.begin(ELEM.DATA, true);
+      const verdict = w.begin(DATA_VERDICT, true);
+      const code = w.begin(VERDICT_CODE);
+      w.u32be(VERDICT[e.data.verdict]);
+      w.end(code);
+      if (e.data.chain !== undefined) {
+        const chain = w.begin(VERDICT_CHAIN);
+        w.asciiz(e.data.chain);
+        w.end(chain);
+      }
+      w.end(verdict);
+      w.end(outer);
+    } else valueNest(w, ELEM.DATA, () => writeKey(w, s.data as KeyExpr, e.data as Value[], family, false));
   }
-  if (e.comment !== undefined) w.attr(ELEM.USERDATA, binary, commentUdata(e.comment));
+  if (e.comment !== undefined) {
+    const at = w.begin(ELEM.USERDATA);
+    writeCommentUdata(w, e.comment);
+    w.end(at);
+  }
 }
 
 /** NEWSETELEM / DELSETELEM messages for `count` elements that `write(i)` writes, split so each element list fits its attribute. */
@@ -211,7 +233,10 @@ function ruleMessage(b: BatchWriter, chain: string, r: Rule, cx: LowerContext): 
  * already exist in the kernel (a partial sync's plan declares only new ones).
  */
 export function encodePlan(ops: readonly Op[], family: Family, declared: readonly NamedSet[], seq: number): Batch {
-  const b = new BatchWriter(family, seq);
+  // ~96 bytes an element (a 10,000 x 5 sync: 110,000 of them), ~512 a rule or anything else.
+  let size = 1 << 16;
+  for (const o of ops) size += o.op === 'add-elements' || o.op === 'delete-elements' ? o.elements.length * 96 : o.op === 'add-rules' ? o.rules.length * 512 : 512;
+  const b = new BatchWriter(family, seq, size);
   const decls = new Map(declared.map((s) => [s.name, s]));
   const cx: LowerContext = {
     family,

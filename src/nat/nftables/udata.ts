@@ -5,6 +5,7 @@
  * byte order, and comments. With it, `nft list table ip tsnet` shows tsnet's
  * rules as readably as if nft had written them.
  */
+import type { NlWriter } from '../../netlink/attrs';
 import type { Family, Field, KeyExpr, NamedSet } from './ruleset';
 
 const UDATA_COMMENT = 0;
@@ -33,6 +34,15 @@ const asciiz = (s: string) => Buffer.concat([Buffer.from(s, 'utf8'), Buffer.allo
 
 /** A rule's, or an element's, comment. */
 export const commentUdata = (comment: string): Buffer => tlv(UDATA_COMMENT, asciiz(comment));
+
+/** commentUdata's bytes, written straight into a batch (an element per service carries one). */
+export function writeCommentUdata(w: NlWriter, comment: string): void {
+  const n = Buffer.byteLength(comment) + 1;
+  if (n > 255) throw new Error(`userdata attribute ${UDATA_COMMENT} is ${n} bytes (at most 255)`);
+  w.u8(UDATA_COMMENT);
+  w.u8(n);
+  w.asciiz(comment);
+}
 
 function fieldTypeof(f: Field, family: Family, mod: number | undefined): { expr: number; data: Buffer } {
   const ip = family === 6 ? 'ip6' : 'ip';
