@@ -31,9 +31,12 @@ async function main(): Promise<void> {
   const node = netns.add('bench-node');
   await link.setUp(node, 'lo');
   const conf = (kind: Kind) => ({
-    cniVersion: '1.0.0', name: `bench-${kind}`,
-    type: kind === 'ref' ? 'bridge' : 'tsnet-bridge', bridge: `br-${kind}`,
-    isGateway: true, ipMasq: true,
+    cniVersion: '1.0.0',
+    name: `bench-${kind}`,
+    type: kind === 'ref' ? 'bridge' : 'tsnet-bridge',
+    bridge: `br-${kind}`,
+    isGateway: true,
+    ipMasq: true,
     ...(kind === 'ref' ? {} : { stateDir: path.join(cni.dir, `state-${kind}`) }),
     ipam: { type: kind === 'ref' ? 'host-local' : 'tsnet-ipam', subnet: `10.${201 + KINDS.indexOf(kind)}.0.0/16`, dataDir: path.join(cni.dir, `ipam-${kind}`) },
   });

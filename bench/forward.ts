@@ -80,7 +80,10 @@ function stop(child: ChildProcess): Promise<void> {
   if (child.exitCode !== null || child.signalCode !== null || child.pid === undefined) return Promise.resolve();
   return new Promise((resolve) => {
     const kill = setTimeout(() => child.kill('SIGKILL'), 3000);
-    child.once('exit', () => { clearTimeout(kill); resolve(); });
+    child.once('exit', () => {
+      clearTimeout(kill);
+      resolve();
+    });
     child.kill('SIGTERM');
   });
 }
@@ -119,7 +122,8 @@ async function connectLatency(clients: netns.NetNs, host: string, port: number):
 /** iperf3 client inside `clients`, one stream; returns end.sum_received.bits_per_second in Gbit/s. */
 function throughput(clients: netns.NetNs, host: string, port: number): Promise<number> {
   const child = clients.spawn('iperf3', ['-c', host, '-p', String(port), '-t', String(IPERF_SECONDS), '-J'], {
-    stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, PATH: SYSTEM_PATH },
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, PATH: SYSTEM_PATH },
   });
   return new Promise((resolve, reject) => {
     let out = '';
@@ -127,7 +131,10 @@ function throughput(clients: netns.NetNs, host: string, port: number): Promise<n
     const timer = setTimeout(() => child.kill('SIGKILL'), (IPERF_SECONDS + 30) * 1000);
     child.stdout!.on('data', (d) => (out += d));
     child.stderr!.on('data', (d) => (err += d));
-    child.on('error', (e) => { clearTimeout(timer); reject(e); });
+    child.on('error', (e) => {
+      clearTimeout(timer);
+      reject(e);
+    });
     child.once('exit', (code, signal) => {
       clearTimeout(timer);
       let j: any;
@@ -185,7 +192,9 @@ async function main(): Promise<void> {
     children.push(iperfServer);
     await waitListening(db, IPERF_PORT, iperfServer);
 
-    console.log(`tsnet forward vs direct routing vs a socat relay: ${CONNECTS} sequential TCP connects, iperf3 ${IPERF_SECONDS} s one stream (kernel ${os.release()}, ${os.cpus().length} CPUs)`);
+    console.log(
+      `tsnet forward vs direct routing vs a socat relay: ${CONNECTS} sequential TCP connects, iperf3 ${IPERF_SECONDS} s one stream (kernel ${os.release()}, ${os.cpus().length} CPUs)`,
+    );
 
     results.push(await measure('direct', clients, DB_IP, DB_PORT, IPERF_PORT));
 
@@ -216,7 +225,11 @@ async function main(): Promise<void> {
       } finally {
         // Reported, not thrown: an error here must not hide the one that got us here.
         for (const name of [DB_IP, 'iperf']) {
-          try { cli('forward', 'rm', name); } catch (err) { console.error(`bench: ${(err as Error).message}`); }
+          try {
+            cli('forward', 'rm', name);
+          } catch (err) {
+            console.error(`bench: ${(err as Error).message}`);
+          }
         }
       }
     }
@@ -229,10 +242,13 @@ async function main(): Promise<void> {
     console.log('');
     console.log(`${'path'.padEnd(26)}${'connect ms'.padStart(11)}${'Gbit/s'.padStart(9)}${'conn/direct'.padStart(13)}${'Gbit/direct'.padStart(13)}`);
     for (const r of results) {
-      console.log(`${r.path.padEnd(26)}${r.connectMs.toFixed(3).padStart(11)}${r.gbps.toFixed(2).padStart(9)}${(r.connectMs / direct.connectMs).toFixed(2).padStart(13)}${(r.gbps / direct.gbps).toFixed(2).padStart(13)}`);
+      console.log(
+        `${r.path.padEnd(26)}${r.connectMs.toFixed(3).padStart(11)}${r.gbps.toFixed(2).padStart(9)}${(r.connectMs / direct.connectMs).toFixed(2).padStart(13)}${(r.gbps / direct.gbps).toFixed(2).padStart(13)}`,
+      );
     }
     console.log('\nratios (connect: lower is better, > 1 slower than the reference; throughput: higher is better)');
-    const ratio = (a: Result, b: Result) => `connect ${(a.connectMs / b.connectMs).toFixed(2).padStart(5)}   throughput ${(a.gbps / b.gbps).toFixed(2).padStart(5)}`;
+    const ratio = (a: Result, b: Result) =>
+      `connect ${(a.connectMs / b.connectMs).toFixed(2).padStart(5)}   throughput ${(a.gbps / b.gbps).toFixed(2).padStart(5)}`;
     for (const f of results.filter((r) => r.path.startsWith('tsnet forward'))) {
       const b = f.path.match(/\((.*)\)/)![1]!;
       console.log(`  forward ${b.padEnd(8)} / direct  ${ratio(f, direct)}`);

@@ -58,7 +58,10 @@ function services(n: number, eps: number): Service[] {
   const out: Service[] = [];
   for (let i = 0; i < n - 1; i++) {
     out.push({
-      name: `bench/svc${i}`, vip: vipOf(i), port: 80, proto: 'tcp',
+      name: `bench/svc${i}`,
+      vip: vipOf(i),
+      port: 80,
+      proto: 'tcp',
       endpoints: Array.from({ length: eps }, (_, e) => ({ ip: epOf(i, e), port: 8080, weight: 1 })),
     });
   }
@@ -67,7 +70,11 @@ function services(n: number, eps: number): Service[] {
   return out;
 }
 
-interface Timed { ms: number; ok: boolean; out: string }
+interface Timed {
+  ms: number;
+  ok: boolean;
+  out: string;
+}
 
 function run(cmd: string, args: string[], o: { input?: string; timeoutS?: number } = {}): Timed {
   const t0 = process.hrtime.bigint();
@@ -96,49 +103,82 @@ async function inFresh<T>(name: string, fn: (ns: netns.NetNs) => Promise<T> | T)
 // --- raw layouts -------------------------------------------------------------
 
 function layoutA(svcs: Service[]): string {
-  const out = ['add table ip kp', 'add chain ip kp nat-prerouting { type nat hook prerouting priority dstnat ; }', 'add chain ip kp services',
-    'add map ip kp service-ips { type ipv4_addr . inet_proto . inet_service : verdict ; }', 'add rule ip kp nat-prerouting jump services',
-    'add rule ip kp services ip daddr . meta l4proto . th dport vmap @service-ips'];
+  const out = [
+    'add table ip kp',
+    'add chain ip kp nat-prerouting { type nat hook prerouting priority dstnat ; }',
+    'add chain ip kp services',
+    'add map ip kp service-ips { type ipv4_addr . inet_proto . inet_service : verdict ; }',
+    'add rule ip kp nat-prerouting jump services',
+    'add rule ip kp services ip daddr . meta l4proto . th dport vmap @service-ips',
+  ];
   svcs.forEach((s, i) => {
     s.endpoints.forEach((e, k) => {
-      out.push(`add chain ip kp ep-${i}-${k}`, `add rule ip kp ep-${i}-${k} ip saddr ${e.ip} mark set mark or 0x4000`, `add rule ip kp ep-${i}-${k} meta l4proto tcp dnat to ${e.ip}:${e.port}`);
+      out.push(
+        `add chain ip kp ep-${i}-${k}`,
+        `add rule ip kp ep-${i}-${k} ip saddr ${e.ip} mark set mark or 0x4000`,
+        `add rule ip kp ep-${i}-${k} meta l4proto tcp dnat to ${e.ip}:${e.port}`,
+      );
     });
-    out.push(`add chain ip kp svc-${i}`, `add rule ip kp svc-${i} numgen random mod ${s.endpoints.length} vmap { ${s.endpoints.map((_, k) => `${k} : goto ep-${i}-${k}`).join(', ')} }`);
+    out.push(
+      `add chain ip kp svc-${i}`,
+      `add rule ip kp svc-${i} numgen random mod ${s.endpoints.length} vmap { ${s.endpoints.map((_, k) => `${k} : goto ep-${i}-${k}`).join(', ')} }`,
+    );
     out.push(`add element ip kp service-ips { ${s.vip} . tcp . ${s.port} : goto svc-${i} }`);
   });
   return `${out.join('\n')}\n`;
 }
 
 function layoutB(svcs: Service[]): string {
-  const out = ['add table ip kp', 'add chain ip kp nat-prerouting { type nat hook prerouting priority dstnat ; }', 'add chain ip kp services',
-    'add map ip kp service-ips { type ipv4_addr . inet_proto . inet_service : verdict ; }', 'add rule ip kp nat-prerouting jump services',
-    'add rule ip kp services ip daddr . meta l4proto . th dport vmap @service-ips'];
+  const out = [
+    'add table ip kp',
+    'add chain ip kp nat-prerouting { type nat hook prerouting priority dstnat ; }',
+    'add chain ip kp services',
+    'add map ip kp service-ips { type ipv4_addr . inet_proto . inet_service : verdict ; }',
+    'add rule ip kp nat-prerouting jump services',
+    'add rule ip kp services ip daddr . meta l4proto . th dport vmap @service-ips',
+  ];
   svcs.forEach((s, i) => {
     const n = s.endpoints.length;
     s.endpoints.forEach((e, k) => {
-      out.push(`add chain ip kp ep-${i}-${k}`, `add rule ip kp ep-${i}-${k} ip saddr ${e.ip} mark set mark or 0x4000`, `add rule ip kp ep-${i}-${k} meta l4proto tcp dnat to ${e.ip}:${e.port}`);
+      out.push(
+        `add chain ip kp ep-${i}-${k}`,
+        `add rule ip kp ep-${i}-${k} ip saddr ${e.ip} mark set mark or 0x4000`,
+        `add rule ip kp ep-${i}-${k} meta l4proto tcp dnat to ${e.ip}:${e.port}`,
+      );
     });
-    out.push(`add map ip kp svc-${i}-eps { typeof numgen random mod ${n} : verdict ; }`,
+    out.push(
+      `add map ip kp svc-${i}-eps { typeof numgen random mod ${n} : verdict ; }`,
       `add element ip kp svc-${i}-eps { ${s.endpoints.map((_, k) => `${k} : goto ep-${i}-${k}`).join(', ')} }`,
-      `add chain ip kp svc-${i}`, `add rule ip kp svc-${i} numgen random mod ${n} vmap @svc-${i}-eps`,
-      `add element ip kp service-ips { ${s.vip} . tcp . ${s.port} : goto svc-${i} }`);
+      `add chain ip kp svc-${i}`,
+      `add rule ip kp svc-${i} numgen random mod ${n} vmap @svc-${i}-eps`,
+      `add element ip kp service-ips { ${s.vip} . tcp . ${s.port} : goto svc-${i} }`,
+    );
   });
   return `${out.join('\n')}\n`;
 }
 
 function layoutC(svcs: Service[]): string {
-  const out = ['add table ip kp', 'add chain ip kp nat-prerouting { type nat hook prerouting priority dstnat ; }', 'add chain ip kp services',
+  const out = [
+    'add table ip kp',
+    'add chain ip kp nat-prerouting { type nat hook prerouting priority dstnat ; }',
+    'add chain ip kp services',
     'add chain ip kp nat-postrouting { type nat hook postrouting priority srcnat ; }',
-    'add map ip kp service-ips { type ipv4_addr . inet_proto . inet_service : verdict ; }', 'add set ip kp hairpin { type ipv4_addr . ipv4_addr ; }',
-    'add rule ip kp nat-prerouting jump services', 'add rule ip kp services ip daddr . meta l4proto . th dport vmap @service-ips',
-    'add rule ip kp nat-postrouting ct status dnat ip saddr . ip daddr @hairpin masquerade'];
+    'add map ip kp service-ips { type ipv4_addr . inet_proto . inet_service : verdict ; }',
+    'add set ip kp hairpin { type ipv4_addr . ipv4_addr ; }',
+    'add rule ip kp nat-prerouting jump services',
+    'add rule ip kp services ip daddr . meta l4proto . th dport vmap @service-ips',
+    'add rule ip kp nat-postrouting ct status dnat ip saddr . ip daddr @hairpin masquerade',
+  ];
   const pairs = new Set<string>();
   svcs.forEach((s, i) => {
     const n = s.endpoints.length;
-    out.push(`add map ip kp svc-${i}-eps { typeof numgen random mod ${n} : ip daddr . tcp dport ; }`,
+    out.push(
+      `add map ip kp svc-${i}-eps { typeof numgen random mod ${n} : ip daddr . tcp dport ; }`,
       `add element ip kp svc-${i}-eps { ${s.endpoints.map((e, k) => `${k} : ${e.ip} . ${e.port}`).join(', ')} }`,
-      `add chain ip kp svc-${i}`, `add rule ip kp svc-${i} meta l4proto tcp dnat ip to numgen random mod ${n} map @svc-${i}-eps`,
-      `add element ip kp service-ips { ${s.vip} . tcp . ${s.port} : goto svc-${i} }`);
+      `add chain ip kp svc-${i}`,
+      `add rule ip kp svc-${i} meta l4proto tcp dnat ip to numgen random mod ${n} map @svc-${i}-eps`,
+      `add element ip kp service-ips { ${s.vip} . tcp . ${s.port} : goto svc-${i} }`,
+    );
     for (const e of s.endpoints) pairs.add(`${e.ip} . ${e.ip}`);
   });
   const all = [...pairs];
@@ -157,19 +197,26 @@ async function layouts(): Promise<void> {
     ['A kube-proxy: chain per service (anonymous vmap) + per endpoint', layoutA],
     ['B chains per service and endpoint, named verdict maps', layoutB],
     ['C named endpoint map per service, no endpoint chains', layoutC],
-    ["D tsnet: services as elements of shared maps (tsnet rules)", layoutD],
+    ['D tsnet: services as elements of shared maps (tsnet rules)', layoutD],
   ];
   const results: number[] = [];
   for (const [name, make] of rows) {
     const file = path.join(os.tmpdir(), `tsnet-bench-layout-${process.pid}.nft`);
     fs.writeFileSync(file, make(svcs));
-    const r = await inFresh('bn-layout', (ns) => run(systemTool('ip'), ['netns', 'exec', ns.name!, systemTool('nft'), '-f', file], { timeoutS: LAYOUT_TIMEOUT_S }));
+    const r = await inFresh('bn-layout', (ns) =>
+      run(systemTool('ip'), ['netns', 'exec', ns.name!, systemTool('nft'), '-f', file], { timeoutS: LAYOUT_TIMEOUT_S }),
+    );
     fs.rmSync(file);
     results.push(r.ok ? r.ms : Infinity);
     line(name, r.ok ? ms(r.ms) : `> ${LAYOUT_TIMEOUT_S} s`.padStart(10));
   }
   const d = results[3]!;
-  console.log(`  ratios to D: ${results.slice(0, 3).map((x, i) => `${'ABC'[i]} ${Number.isFinite(x) ? (x / d).toFixed(1) : `> ${(LAYOUT_TIMEOUT_S * 1000 / d).toFixed(0)}`}x`).join(', ')}`);
+  console.log(
+    `  ratios to D: ${results
+      .slice(0, 3)
+      .map((x, i) => `${'ABC'[i]} ${Number.isFinite(x) ? (x / d).toFixed(1) : `> ${((LAYOUT_TIMEOUT_S * 1000) / d).toFixed(0)}`}x`)
+      .join(', ')}`,
+  );
 }
 
 // --- netlink backend ---------------------------------------------------------
@@ -192,12 +239,18 @@ function kernelFloor(ns: netns.NetNs, svcs: Service[]): { build: number; kernel:
 
 async function fullSyncs(): Promise<void> {
   console.log('\nfull sync from an empty table, netlink backend (default)');
-  for (const [n, eps] of [[N, EPS], [BIG, 1]] as const) {
+  for (const [n, eps] of [
+    [N, EPS],
+    [BIG, 1],
+  ] as const) {
     const svcs = services(n, eps);
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tsnet-bench-full-'));
     const file = path.join(dir, 'services.json');
     fs.writeFileSync(file, JSON.stringify(svcs));
-    const cli = await inFresh('bn-full-cli', (ns) => run(process.execPath, [CLI, '--netns', ns.name!, '--state-dir', path.join(dir, 'cli'), 'service', 'apply', '--file', file]).ms);
+    const cli = await inFresh(
+      'bn-full-cli',
+      (ns) => run(process.execPath, [CLI, '--netns', ns.name!, '--state-dir', path.join(dir, 'cli'), 'service', 'apply', '--file', file]).ms,
+    );
     const lib = await inFresh('bn-full-lib', async (ns) => {
       const e = new NatEngine({ ns, stateDir: path.join(dir, 'lib') });
       const t0 = process.hrtime.bigint();
@@ -236,19 +289,39 @@ async function oneChange(): Promise<void> {
     for (let k = 0; k < 50; k++) {
       const s = svcs[(k * 197) % (N - 1)]!;
       const t0 = process.hrtime.bigint();
-      await e.change([{ op: 'set-endpoints', name: s.name, endpoints: [{ ip: `10.250.${k >> 8}.${k & 255}`, port: 8080, weight: 1 }, ...s.endpoints.slice(1)] }]);
+      await e.change([
+        { op: 'set-endpoints', name: s.name, endpoints: [{ ip: `10.250.${k >> 8}.${k & 255}`, port: 8080, weight: 1 }, ...s.endpoints.slice(1)] },
+      ]);
       lib.push(Number(process.hrtime.bigint() - t0) / 1e6);
     }
     const cli: number[] = [];
     const node: number[] = [];
     for (let k = 0; k < 15; k++) {
       const s = svcs[(k * 389 + 7) % (N - 1)]!;
-      cli.push(run(process.execPath, [CLI, '--netns', ns.name!, '--state-dir', dir, 'service', 'set-endpoints', s.name, '--endpoint', `10.251.0.${k}:8080`, ...s.endpoints.slice(1).flatMap((x) => ['--endpoint', `${x.ip}:${x.port}`])]).ms);
+      cli.push(
+        run(process.execPath, [
+          CLI,
+          '--netns',
+          ns.name!,
+          '--state-dir',
+          dir,
+          'service',
+          'set-endpoints',
+          s.name,
+          '--endpoint',
+          `10.251.0.${k}:8080`,
+          ...s.endpoints.slice(1).flatMap((x) => ['--endpoint', `${x.ip}:${x.port}`]),
+        ]).ms,
+      );
       node.push(run(process.execPath, ['-e', '0']).ms);
     }
     fs.rmSync(dir, { recursive: true, force: true });
     line('library (NatEngine.change), median of 50', ms(median(lib)), `p90 ${ms(lib.sort((a, b) => a - b)[Math.floor(lib.length * 0.9)]!).trim()}`);
-    line('CLI (tsnet service set-endpoints), median of 15', ms(median(cli)), `node -e 0 ${ms(median(node)).trim()}: CLI = node + ${(median(cli) - median(node)).toFixed(0)} ms`);
+    line(
+      'CLI (tsnet service set-endpoints), median of 15',
+      ms(median(cli)),
+      `node -e 0 ${ms(median(node)).trim()}: CLI = node + ${(median(cli) - median(node)).toFixed(0)} ms`,
+    );
   });
 }
 
@@ -298,7 +371,10 @@ async function connect(): Promise<void> {
       await server.stop();
     }
   } finally {
-    for (const h of [node, srv]) { h.close(); netns.del(h.name!); }
+    for (const h of [node, srv]) {
+      h.close();
+      netns.del(h.name!);
+    }
     fs.rmSync(dir, { recursive: true, force: true });
   }
 }
@@ -314,10 +390,23 @@ async function iptables(): Promise<void> {
   try {
     for (const mode of ['nft', 'legacy'] as const) {
       // A rule of the mode in the namespace makes tsnet pick it (as on a node whose rules are legacy).
-      const seed = (ns: netns.NetNs) => run(systemTool('ip'), ['netns', 'exec', ns.name!, systemTool(`iptables-${mode}`), '-t', 'nat', '-A', 'OUTPUT', '-d', '192.0.2.1/32', '-j', 'RETURN']);
+      const seed = (ns: netns.NetNs) =>
+        run(systemTool('ip'), ['netns', 'exec', ns.name!, systemTool(`iptables-${mode}`), '-t', 'nat', '-A', 'OUTPUT', '-d', '192.0.2.1/32', '-j', 'RETURN']);
       const tsnet = await inFresh(`bn-ipt-${mode}`, (ns) => {
         seed(ns);
-        return run(process.execPath, [CLI, '--netns', ns.name!, '--backend', 'iptables', '--state-dir', path.join(dir, mode), 'service', 'apply', '--file', file]).ms;
+        return run(process.execPath, [
+          CLI,
+          '--netns',
+          ns.name!,
+          '--backend',
+          'iptables',
+          '--state-dir',
+          path.join(dir, mode),
+          'service',
+          'apply',
+          '--file',
+          file,
+        ]).ms;
       });
       // What that full sync wrote: the whole payload, from nothing.
       const payload = restorePayload(iptablesRender(normalizeState({ services: svcs, rules: [] }), 4), undefined).payload;

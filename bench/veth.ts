@@ -53,7 +53,10 @@ function verify(nsName: string, prefix: string): void {
 async function main(): Promise<void> {
   assertSandbox();
   const host = netns.current();
-  const made = ['bench-ts1', 'bench-ts64', 'bench-ip', 'bench-batch'].map((n) => { netns.del(n); return netns.add(n); });
+  const made = ['bench-ts1', 'bench-ts64', 'bench-ip', 'bench-batch'].map((n) => {
+    netns.del(n);
+    return netns.add(n);
+  });
   const [ts1, ts64] = made as [netns.NetNs, netns.NetNs];
   console.log(`${N} veth pairs, peer in a namespace, one address per peer (kernel ${os.release()})`);
   try {

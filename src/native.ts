@@ -41,11 +41,20 @@ export interface Native {
   /** SO_PEERCRED of a connected unix socket. */
   peerCred(fd: number): { pid: number; uid: number; gid: number };
   constants: {
-    CLONE_NEWNET: number; CLONE_NEWNS: number;
-    MS_BIND: number; MS_REC: number; MS_SHARED: number; MS_SLAVE: number; MS_PRIVATE: number;
+    CLONE_NEWNET: number;
+    CLONE_NEWNS: number;
+    MS_BIND: number;
+    MS_REC: number;
+    MS_SHARED: number;
+    MS_SLAVE: number;
+    MS_PRIVATE: number;
     MNT_DETACH: number;
-    AF_NETLINK: number; AF_INET: number; AF_INET6: number;
-    SOCK_RAW: number; SOCK_STREAM: number; SOCK_DGRAM: number;
+    AF_NETLINK: number;
+    AF_INET: number;
+    AF_INET6: number;
+    SOCK_RAW: number;
+    SOCK_STREAM: number;
+    SOCK_DGRAM: number;
   };
 }
 
@@ -72,6 +81,7 @@ export function native(): Native {
   if (!loaded) {
     const file = path.join(RELEASE, 'tsnet_native.node');
     try {
+      // eslint-disable-next-line @typescript-eslint/no-require-imports -- a .node file at a path known only at run time
       loaded = require(file) as Native;
     } catch (err) {
       throw new Error(`tsnet's native addon is not built (${file}): run \`npm ci\` or \`npm rebuild\` in ${PACKAGE_ROOT}: ${(err as Error).message}`);

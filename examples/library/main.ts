@@ -22,7 +22,11 @@ function inside(ns: NetNs, script: string, ...args: string[]): { status: number 
 
 /** An HTTP server in `ns` answering `name`, until `stop()`. */
 async function httpServer(ns: NetNs, ip: string, port: number, name: string): Promise<{ stop(): void }> {
-  const child = ns.spawn(process.execPath, ['-e', `require('http').createServer((q, r) => r.end(${JSON.stringify(name)})).listen(${port}, ${JSON.stringify(ip)}, () => console.log('up'))`], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const child = ns.spawn(
+    process.execPath,
+    ['-e', `require('http').createServer((q, r) => r.end(${JSON.stringify(name)})).listen(${port}, ${JSON.stringify(ip)}, () => console.log('up'))`],
+    { stdio: ['ignore', 'pipe', 'inherit'] },
+  );
   await new Promise<void>((resolve, reject) => {
     child.stdout!.once('data', () => resolve());
     child.once('exit', (code) => reject(new Error(`server ${name} exited (${code})`)));
@@ -32,27 +36,35 @@ async function httpServer(ns: NetNs, ip: string, port: number, name: string): Pr
 
 /** `count` HTTP GETs from inside `ns`: the bodies, counted. */
 function get(ns: NetNs, url: string, count: number): Record<string, number> {
-  const r = inside(ns, `(async () => { const seen = {}; for (let i = 0; i < ${count}; i++) { const b = await (await fetch(${JSON.stringify(url)})).text(); seen[b] = (seen[b] ?? 0) + 1; } console.log(JSON.stringify(seen)); })()`);
+  const r = inside(
+    ns,
+    `(async () => { const seen = {}; for (let i = 0; i < ${count}; i++) { const b = await (await fetch(${JSON.stringify(url)})).text(); seen[b] = (seen[b] ?? 0) + 1; } console.log(JSON.stringify(seen)); })()`,
+  );
   if (r.status !== 0) throw new Error(`GET ${url}: ${r.out}`);
   return JSON.parse(r.out) as Record<string, number>;
 }
 
 async function main(): Promise<void> {
   const tag = `lib${process.pid % 10000}`;
-  const made = ['node', 'c1', 'c2'].map((n) => netns.add(`${tag}-${n}`));    // ip netns add ...
+  const made = ['node', 'c1', 'c2'].map((n) => netns.add(`${tag}-${n}`)); // ip netns add ...
   const [node, c1, c2] = made as [NetNs, NetNs, NetNs];
   const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'tsnet-example-'));
   const servers: { stop(): void }[] = [];
   try {
-    await bridge.ensure(node, 'br0', { addresses: ['10.77.0.1/24'] });     // ip link add br0 type bridge; ip addr add; up
+    await bridge.ensure(node, 'br0', { addresses: ['10.77.0.1/24'] }); // ip link add br0 type bridge; ip addr add; up
     await attach.attach(node, c1, { bridge: 'br0', address: '10.77.0.2/24', hairpin: true });
     await attach.attach(node, c2, { bridge: 'br0', address: '10.77.0.3/24', hairpin: true });
-    await route.add(node, { dst: '10.96.0.0/16', dev: 'br0' });              // the service CIDR, as on a cluster node
+    await route.add(node, { dst: '10.96.0.0/16', dev: 'br0' }); // the service CIDR, as on a cluster node
     servers.push(await httpServer(c1, '10.77.0.2', 8080, 'c1'), await httpServer(c2, '10.77.0.3', 8080, 'c2'));
 
     // A service: iptables -t nat ... -m statistic --mode random -j DNAT, as nf_tables map elements.
     const engine = new nat.NatEngine({ ns: node, stateDir });
-    const web = nat.normalizeService({ name: 'example/web', vip: '10.96.0.10', port: 80, endpoints: [nat.parseEndpoint('10.77.0.2:8080'), nat.parseEndpoint('10.77.0.3:8080')] });
+    const web = nat.normalizeService({
+      name: 'example/web',
+      vip: '10.96.0.10',
+      port: 80,
+      endpoints: [nat.parseEndpoint('10.77.0.2:8080'), nat.parseEndpoint('10.77.0.3:8080')],
+    });
     const report = await engine.change([{ op: 'add-service', service: web }]);
     console.log(`service example/web 10.96.0.10:80 -> c1, c2 (${report.backend}, ${report.ms.toFixed(1)} ms)`);
     const viaVip = get(node, 'http://10.96.0.10/', 30);
@@ -69,7 +81,10 @@ async function main(): Promise<void> {
     console.log('ok');
   } finally {
     for (const s of servers) s.stop();
-    for (const ns of made) { ns.close(); netns.del(ns.name!); }   // ip netns del: its links, rules and sockets go with it
+    for (const ns of made) {
+      ns.close();
+      netns.del(ns.name!);
+    } // ip netns del: its links, rules and sockets go with it
     fs.rmSync(stateDir, { recursive: true, force: true });
   }
 }

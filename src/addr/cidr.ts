@@ -55,9 +55,10 @@ export function parseCidr(text: string, opts: { defaultPrefix?: boolean } = {}):
   const prefix = len === undefined ? max : Number(len);
   if (prefix > max) throw invalid(`invalid CIDR ${JSON.stringify(text)}: prefix /${prefix} is longer than ${max} bits`);
   const { Address4, Address6 } = ipAddress();
-  const network = parsed.family === 4
-    ? new Address4(`${parsed.address}/${prefix}`).startAddress().correctForm()
-    : new Address6(`${parsed.address}/${prefix}`).startAddress().correctForm();
+  const network =
+    parsed.family === 4
+      ? new Address4(`${parsed.address}/${prefix}`).startAddress().correctForm()
+      : new Address6(`${parsed.address}/${prefix}`).startAddress().correctForm();
   return { family: parsed.family, address: parsed.address, prefix, network };
 }
 

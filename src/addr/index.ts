@@ -34,7 +34,10 @@ const SCOPES: Record<number, Addr['scope']> = { 0: 'global', 200: 'site', 253: '
 function addrMsg(index: number, c: Cidr, opts: AddrOptions): Buffer {
   const flags = opts.noDad && c.family === 6 ? IFA_F.NODAD : 0;
   const hdr = ifaddrmsg.encode({
-    family: c.family === 4 ? AF_INET : AF_INET6, prefixlen: c.prefix, flags, index,
+    family: c.family === 4 ? AF_INET : AF_INET6,
+    prefixlen: c.prefix,
+    flags,
+    index,
     scope: c.address.startsWith('127.') || c.address === '::1' ? RT_SCOPE.HOST : RT_SCOPE.UNIVERSE,
   });
   // IPv4 carries both IFA_LOCAL (our address) and IFA_ADDRESS (the peer; equal on broadcast links), as iproute2 sends.
@@ -44,13 +47,11 @@ function addrMsg(index: number, c: Cidr, opts: AddrOptions): Buffer {
 async function change(h: NetNs, verb: string, type: number, flags: number, cidr: string, dev: LinkRef, opts: AddrOptions = {}): Promise<void> {
   const c = parseCidr(cidr);
   const link = await mustGet(h, dev);
-  await withContext(`${verb} address ${formatCidr(c)} on ${link.name} in ${h.label}`, () =>
-    h.nl.request(type, flags, addrMsg(link.index, c, opts)));
+  await withContext(`${verb} address ${formatCidr(c)} on ${link.name} in ${h.label}`, () => h.nl.request(type, flags, addrMsg(link.index, c, opts)));
 }
 
 /** `ip addr add CIDR dev DEV`: fails with EEXIST when the address is already there. */
-export const add = (h: NetNs, cidr: string, dev: LinkRef, opts?: AddrOptions) =>
-  change(h, 'adding', RTM.NEWADDR, NLM_F.CREATE | NLM_F.EXCL, cidr, dev, opts);
+export const add = (h: NetNs, cidr: string, dev: LinkRef, opts?: AddrOptions) => change(h, 'adding', RTM.NEWADDR, NLM_F.CREATE | NLM_F.EXCL, cidr, dev, opts);
 
 /** `ip addr replace CIDR dev DEV`: adds, or updates in place (idempotent). */
 export const replace = (h: NetNs, cidr: string, dev: LinkRef, opts?: AddrOptions) =>
@@ -86,9 +87,15 @@ export async function list(h: NetNs, filter: { dev?: LinkRef; family?: Family } 
       const address = (a.local ?? a.address) as string;
       const flags = (a.flags as number | undefined) ?? hdr.flags;
       out.push({
-        index: hdr.index, dev: names.get(hdr.index) ?? String(hdr.index),
-        family: hdr.family === AF_INET ? 4 : 6, address, prefix: hdr.prefixlen, cidr: `${address}/${hdr.prefixlen}`,
-        scope: SCOPES[hdr.scope] ?? hdr.scope, flags, tentative: (flags & IFA_F.TENTATIVE) !== 0,
+        index: hdr.index,
+        dev: names.get(hdr.index) ?? String(hdr.index),
+        family: hdr.family === AF_INET ? 4 : 6,
+        address,
+        prefix: hdr.prefixlen,
+        cidr: `${address}/${hdr.prefixlen}`,
+        scope: SCOPES[hdr.scope] ?? hdr.scope,
+        flags,
+        tentative: (flags & IFA_F.TENTATIVE) !== 0,
       });
     }
     return out;

@@ -19,7 +19,10 @@ interface Metric {
 
 export class Counter implements Metric {
   private readonly values = new Map<string, { labels: Labels; value: number }>();
-  constructor(readonly name: string, readonly help: string) {}
+  constructor(
+    readonly name: string,
+    readonly help: string,
+  ) {}
 
   inc(labels: Labels = {}, by = 1): void {
     const key = labelText(labels);
@@ -38,7 +41,10 @@ export class Counter implements Metric {
 
 export class Gauge implements Metric {
   private value = 0;
-  constructor(readonly name: string, readonly help: string) {}
+  constructor(
+    readonly name: string,
+    readonly help: string,
+  ) {}
   set(v: number): void {
     this.value = v;
   }
@@ -57,12 +63,18 @@ export function exponentialBuckets(start: number, factor: number, count: number)
 
 export class Histogram implements Metric {
   private readonly series = new Map<string, { labels: Labels; counts: number[]; sum: number; count: number }>();
-  constructor(readonly name: string, readonly help: string, readonly buckets: readonly number[]) {}
+  constructor(
+    readonly name: string,
+    readonly help: string,
+    readonly buckets: readonly number[],
+  ) {}
 
   observe(seconds: number, labels: Labels = {}): void {
     const key = labelText(labels);
     const s = this.series.get(key) ?? { labels, counts: this.buckets.map(() => 0), sum: 0, count: 0 };
-    this.buckets.forEach((b, i) => { if (seconds <= b) s.counts[i]!++; });
+    this.buckets.forEach((b, i) => {
+      if (seconds <= b) s.counts[i]!++;
+    });
     s.sum += seconds;
     s.count++;
     this.series.set(key, s);
@@ -103,14 +115,23 @@ export function agentMetrics() {
   return {
     registry: r,
     cniRequests: r.add(new Counter('tsnet_cni_requests_total', 'CNI calls served by the agent, by plugin, command and result (ok or the CNI error code).')),
-    cniDuration: r.add(new Histogram('tsnet_cni_request_duration_seconds', 'Time the agent took to serve a CNI call, by command.', exponentialBuckets(0.001, 2, 14))),
+    cniDuration: r.add(
+      new Histogram('tsnet_cni_request_duration_seconds', 'Time the agent took to serve a CNI call, by command.', exponentialBuckets(0.001, 2, 14)),
+    ),
     inflight: r.add(new Gauge('tsnet_cni_requests_in_flight', 'CNI calls being served right now.')),
-    rejected: r.add(new Counter('tsnet_agent_rejected_connections_total', 'Connections refused before serving: peer not root, or in another network namespace.')),
+    rejected: r.add(
+      new Counter('tsnet_agent_rejected_connections_total', 'Connections refused before serving: peer not root, or in another network namespace.'),
+    ),
     syncDuration: r.add(new Histogram('tsnet_sync_proxy_rules_duration_seconds', 'NAT rule sync latency (any sync: CNI changes and resyncs).', syncBuckets)),
     syncFull: r.add(new Histogram('tsnet_sync_full_proxy_rules_duration_seconds', 'Latency of NAT syncs that rewrote every rule.', syncBuckets)),
     syncPartial: r.add(new Histogram('tsnet_sync_partial_proxy_rules_duration_seconds', 'Latency of NAT syncs that rewrote only what changed.', syncBuckets)),
     syncLast: r.add(new Gauge('tsnet_sync_proxy_rules_last_timestamp_seconds', 'When the last NAT sync finished (unix time).')),
-    resyncAfterFlush: r.add(new Counter('tsnet_sync_proxy_rules_resync_after_flush_total', 'Full re-applies by the resync loop because the canary was gone (rules flushed by someone else).')),
+    resyncAfterFlush: r.add(
+      new Counter(
+        'tsnet_sync_proxy_rules_resync_after_flush_total',
+        'Full re-applies by the resync loop because the canary was gone (rules flushed by someone else).',
+      ),
+    ),
     resyncErrors: r.add(new Counter('tsnet_sync_proxy_rules_resync_failures_total', 'Resync loop passes that failed for a state directory.')),
   };
 }

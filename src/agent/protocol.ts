@@ -11,7 +11,7 @@
  * namespace, equal for two processes exactly when they share it.
  */
 /** Where the agent listens and the shim connects unless told otherwise. */
-export const DEFAULT_SOCKET = '/run/tsnet/agent.sock';
+export { DEFAULT_SOCKET } from '../cni/defaults';
 /** Where the agent serves Prometheus metrics unless told otherwise (loopback only). */
 export const DEFAULT_METRICS = '127.0.0.1:9470';
 export const HELLO = 'tsnet-agent/1';
@@ -74,7 +74,9 @@ export function decodeRequest(frames: readonly Buffer[]): Request {
 
 /** A request as the shim writes it (the tests' and benchmarks' own client uses this). */
 export function encodeRequest(r: Request): Buffer {
-  const env = Object.entries(r.env).map(([k, v]) => `${k}=${v}\0`).join('');
+  const env = Object.entries(r.env)
+    .map(([k, v]) => `${k}=${v}\0`)
+    .join('');
   return Buffer.concat([frame(`${REQUEST}\0${r.plugin}\0${r.netns}\0${r.deadlineMs}\0`), frame(env), frame(r.stdin)]);
 }
 

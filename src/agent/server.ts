@@ -74,7 +74,9 @@ function prepareSocketDir(socket: string): void {
   const st = fs.lstatSync(dir); // not through a symlink someone else could repoint
   if (st.isSymbolicLink()) throw invalid(`socket directory ${dir} is a symlink: give the socket a real directory of its own, e.g. /run/tsnet`);
   if (st.uid !== process.getuid!() || (st.mode & 0o077) !== 0) {
-    throw invalid(`socket directory ${dir} must be owned by ${process.getuid!()} with mode 0700 (it is ${(st.mode & 0o777).toString(8)}, uid ${st.uid}): give the socket a directory of its own, e.g. /run/tsnet`);
+    throw invalid(
+      `socket directory ${dir} must be owned by ${process.getuid!()} with mode 0700 (it is ${(st.mode & 0o777).toString(8)}, uid ${st.uid}): give the socket a directory of its own, e.g. /run/tsnet`,
+    );
   }
 }
 
@@ -90,7 +92,10 @@ async function claimSocket(socket: string): Promise<void> {
   if (!st.isSocket()) throw invalid(`${socket} exists and is not a socket: remove it or choose another --socket`);
   const alive = await new Promise<boolean>((resolve) => {
     const c = net.connect(socket);
-    c.once('connect', () => { c.destroy(); resolve(true); });
+    c.once('connect', () => {
+      c.destroy();
+      resolve(true);
+    });
     c.once('error', () => resolve(false));
   });
   if (alive) throw new TsnetError(`another agent is serving ${socket}: stop it first`, { code: 'EADDRINUSE' });
@@ -132,7 +137,8 @@ export class Agent {
       const { ip, port } = parseHostPort(opts.metrics ?? DEFAULT_METRICS, '--metrics address', { listen: true });
       this.metricsListen = { host: ip, port };
     }
-    if (opts.resyncIntervalMs !== undefined && !(opts.resyncIntervalMs >= 100)) throw invalid(`resync interval ${opts.resyncIntervalMs} ms is too short (at least 100 ms)`);
+    if (opts.resyncIntervalMs !== undefined && !(opts.resyncIntervalMs >= 100))
+      throw invalid(`resync interval ${opts.resyncIntervalMs} ms is too short (at least 100 ms)`);
     this.socket = path.resolve(opts.socket ?? DEFAULT_SOCKET);
     this.stateDir = defaultStateDir(opts.stateDir);
     this.resyncIntervalMs = opts.resyncIntervalMs ?? DEFAULT_RESYNC_MS;
@@ -170,7 +176,10 @@ export class Agent {
     try {
       await new Promise<void>((resolve, reject) => {
         server.once('error', reject);
-        server.listen(this.socket, () => { server.off('error', reject); resolve(); });
+        server.listen(this.socket, () => {
+          server.off('error', reject);
+          resolve();
+        });
       });
     } finally {
       process.umask(old);
@@ -200,7 +209,9 @@ export class Agent {
       this.metricsAddress = { host: addr.address, port: addr.port };
     }
     this.scheduleResync();
-    this.log(`agent: serving ${this.socket} in network namespace ${this.netns} (state ${this.stateDir}, resync every ${this.resyncIntervalMs} ms${this.metricsAddress ? `, metrics http://${this.metricsAddress.host}:${this.metricsAddress.port}/metrics` : ''})`);
+    this.log(
+      `agent: serving ${this.socket} in network namespace ${this.netns} (state ${this.stateDir}, resync every ${this.resyncIntervalMs} ms${this.metricsAddress ? `, metrics http://${this.metricsAddress.host}:${this.metricsAddress.port}/metrics` : ''})`,
+    );
   }
 
   private deny(c: net.Socket, reason: string, why: string): void {
@@ -210,7 +221,9 @@ export class Agent {
   }
 
   private accept(c: net.Socket): void {
-    c.on('error', () => { /* the shim went away; its call (if any) finishes and the reply is dropped */ });
+    c.on('error', () => {
+      /* the shim went away; its call (if any) finishes and the reply is dropped */
+    });
     let cred: { pid: number; uid: number };
     try {
       cred = native().peerCred((c as unknown as { _handle: { fd: number } })._handle.fd);
@@ -251,13 +264,21 @@ export class Agent {
       if (req.netns !== this.netns) return this.deny(c, 'netns', `request from network namespace ${req.netns}, the agent is in ${this.netns}`);
       if (!(PLUGINS as readonly string[]).includes(req.plugin)) return this.deny(c, 'protocol', `unknown plugin ${JSON.stringify(req.plugin)}`);
       this.serve(req)
-        .then((r) => { if (!c.destroyed) c.end(encodeReply(r.exitCode, r.stdout)); })
-        .catch((err: unknown) => { // a bug here must cost one call, not the agent and every call under way
+        .then((r) => {
+          if (!c.destroyed) c.end(encodeReply(r.exitCode, r.stdout));
+        })
+        .catch((err: unknown) => {
+          // a bug here must cost one call, not the agent and every call under way
           this.log(`agent: serving a call failed: ${(err as Error).stack ?? String(err)}`);
           c.destroy();
         });
     });
-    c.on('end', () => { if (frames.length < 3) { clearTimeout(timer); c.destroy(); } });
+    c.on('end', () => {
+      if (frames.length < 3) {
+        clearTimeout(timer);
+        c.destroy();
+      }
+    });
   }
 
   /** One call: queued behind earlier calls for the same attachment, bounded by the shim's deadline. */
@@ -284,13 +305,27 @@ export class Agent {
     void work.catch(() => undefined).finally(() => this.running.delete(work));
     if (key) {
       this.queues.set(key, work);
-      void work.catch(() => undefined).finally(() => { if (this.queues.get(key) === work) this.queues.delete(key); });
+      void work
+        .catch(() => undefined)
+        .finally(() => {
+          if (this.queues.get(key) === work) this.queues.delete(key);
+        });
     }
     let timer: NodeJS.Timeout | undefined;
     const deadline = new Promise<Invocation>((resolve) => {
-      timer = setTimeout(() => resolve(errorInvocation(new CniError(CNI_ERR.tryAgainLater,
-        `${req.plugin} ${command}: not finished within the ${req.deadlineMs} ms deadline (still running in the agent; DEL cleans up): try again later`), req.stdin)),
-      Math.min(MAX_TIMER_MS, Math.max(1, req.deadlineMs - 250)));
+      timer = setTimeout(
+        () =>
+          resolve(
+            errorInvocation(
+              new CniError(
+                CNI_ERR.tryAgainLater,
+                `${req.plugin} ${command}: not finished within the ${req.deadlineMs} ms deadline (still running in the agent; DEL cleans up): try again later`,
+              ),
+              req.stdin,
+            ),
+          ),
+        Math.min(MAX_TIMER_MS, Math.max(1, req.deadlineMs - 250)),
+      );
     });
     const r = await Promise.race([work.catch((err: unknown) => errorInvocation(err, req.stdin)), deadline]);
     clearTimeout(timer);
@@ -299,7 +334,9 @@ export class Agent {
     const result = r.exitCode === 0 ? 'ok' : `error_${r.code ?? 'unknown'}`;
     this.metrics.cniRequests.inc({ plugin: req.plugin, command, result });
     this.metrics.cniDuration.observe(secs, { command });
-    this.log(`cni: ${req.plugin} ${command} ${String(conf.name ?? '-')} ${req.env.CNI_CONTAINERID ?? '-'} ${req.env.CNI_IFNAME ?? '-'}: ${result} in ${(secs * 1000).toFixed(1)} ms`);
+    this.log(
+      `cni: ${req.plugin} ${command} ${String(conf.name ?? '-')} ${req.env.CNI_CONTAINERID ?? '-'} ${req.env.CNI_IFNAME ?? '-'}: ${result} in ${(secs * 1000).toFixed(1)} ms`,
+    );
     if (command !== 'VERSION') this.remember(typeof conf.stateDir === 'string' ? conf.stateDir : req.env.TSNET_STATE_DIR || this.stateDir);
     return r;
   }
@@ -322,7 +359,9 @@ export class Agent {
     (e.full ? m.syncFull : m.syncPartial).observe(secs);
     m.syncLast.set(Date.now() / 1000);
     if (e.trigger === 'resync') m.resyncAfterFlush.inc();
-    this.log(`nat: ${e.trigger}${e.trigger === 'resync' ? ' after flush' : ''} ${e.dir}: ${e.full ? 'full' : 'partial'} ${e.backend}, ${e.written} written, ${e.deleted} deleted in ${e.ms.toFixed(1)} ms`);
+    this.log(
+      `nat: ${e.trigger}${e.trigger === 'resync' ? ' after flush' : ''} ${e.dir}: ${e.full ? 'full' : 'partial'} ${e.backend}, ${e.written} written, ${e.deleted} deleted in ${e.ms.toFixed(1)} ms`,
+    );
   }
 
   /**

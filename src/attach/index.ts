@@ -65,11 +65,17 @@ export async function attach(host: NetNs, ns: NetNs, o: AttachOptions): Promise<
   if (inside) {
     const hostEnd = await link.get(host, hostIfname);
     if (inside.kind !== 'veth' || !hostEnd || hostEnd.master !== br.index) {
-      throw new TsnetError(`attaching ${ns.label} to ${o.bridge}: ${ifname} already exists in ${ns.label} and is not this attachment (detach it first)`, { code: 'EEXIST' });
+      throw new TsnetError(`attaching ${ns.label} to ${o.bridge}: ${ifname} already exists in ${ns.label} and is not this attachment (detach it first)`, {
+        code: 'EEXIST',
+      });
     }
   } else {
     await link.add(host, {
-      kind: 'veth', name: hostIfname, master: br.index, mtu: o.mtu ?? br.mtu, up: true,
+      kind: 'veth',
+      name: hostIfname,
+      master: br.index,
+      mtu: o.mtu ?? br.mtu,
+      up: true,
       peer: { name: ifname, netns: ns, mac: o.mac },
     });
     created = true;

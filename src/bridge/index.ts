@@ -56,7 +56,10 @@ export async function ensure(h: NetNs, name: string, o: BridgeOptions = {}): Pro
       created = true;
     } catch (err) {
       if (o.vlanFiltering && hasCode(err, 'EOPNOTSUPP')) {
-        throw new TsnetError(`${(err as Error).message}: this kernel has no bridge VLAN filtering (CONFIG_BRIDGE_VLAN_FILTERING); create the bridge without it`, { code: 'EOPNOTSUPP' });
+        throw new TsnetError(
+          `${(err as Error).message}: this kernel has no bridge VLAN filtering (CONFIG_BRIDGE_VLAN_FILTERING); create the bridge without it`,
+          { code: 'EOPNOTSUPP' },
+        );
       }
       if (!hasCode(err, 'EEXIST')) throw err; // lost a race: someone else made it; verify below
     }
@@ -121,17 +124,26 @@ export interface BridgeSummary {
 /** Bridges with their ports and addresses: `ip -d link show type bridge` + `bridge link`. */
 export async function list(h: NetNs): Promise<BridgeSummary[]> {
   const [links, addrs] = await Promise.all([link.list(h), addr.list(h)]);
-  return links.filter((l) => l.kind === 'bridge').map((b) => {
-    const s: BridgeSummary = {
-      name: b.name, index: b.index, up: b.up, mtu: b.mtu, stp: b.bridge?.stp ?? false, vlanFiltering: b.bridge?.vlanFiltering ?? false,
-      addresses: addrs.filter((a) => a.index === b.index && a.scope !== 'link').map((a) => a.cidr),
-      ports: links.filter((p) => p.master === b.index).map((p) => {
-        const port: BridgeSummary['ports'][number] = { name: p.name, index: p.index, hairpin: p.port?.hairpin ?? false };
-        if (p.port?.state) port.state = p.port.state;
-        return port;
-      }),
-    };
-    if (b.mac) s.mac = b.mac;
-    return s;
-  });
+  return links
+    .filter((l) => l.kind === 'bridge')
+    .map((b) => {
+      const s: BridgeSummary = {
+        name: b.name,
+        index: b.index,
+        up: b.up,
+        mtu: b.mtu,
+        stp: b.bridge?.stp ?? false,
+        vlanFiltering: b.bridge?.vlanFiltering ?? false,
+        addresses: addrs.filter((a) => a.index === b.index && a.scope !== 'link').map((a) => a.cidr),
+        ports: links
+          .filter((p) => p.master === b.index)
+          .map((p) => {
+            const port: BridgeSummary['ports'][number] = { name: p.name, index: p.index, hairpin: p.port?.hairpin ?? false };
+            if (p.port?.state) port.state = p.port.state;
+            return port;
+          }),
+      };
+      if (b.mac) s.mac = b.mac;
+      return s;
+    });
 }

@@ -1,12 +1,12 @@
 /** CLI for `tsnet cni`: installing the plugin executables. */
 import { Command } from 'commander';
-import { DEFAULT_BIN_DIR, DEFAULT_TIMEOUT_MS } from '../cni/defaults';
-import { DEFAULT_SOCKET } from '../agent/protocol';
+import { DEFAULT_BIN_DIR, DEFAULT_SOCKET, DEFAULT_TIMEOUT_MS } from '../cni/defaults';
 import { invalid } from '../errors';
 
 export function registerCni(program: Command, ctx: { stateDir(): string | undefined }): void {
   const cni = program.command('cni').description('the CNI plugins tsnet-bridge and tsnet-ipam');
-  cni.command('install')
+  cni
+    .command('install')
     .description(`install tsnet-bridge and tsnet-ipam into the CNI bin dir (default ${DEFAULT_BIN_DIR}); with --conf-dir also an example conflist`)
     .option('--bin-dir <dir>', 'where runtimes look for plugins', DEFAULT_BIN_DIR)
     .option('--conf-dir <dir>', 'also write 10-tsnet.conflist here (e.g. /etc/cni/net.d)')

@@ -43,7 +43,9 @@ export function registerNat(program: Command, ctx: NatContext): () => Promise<Na
 
   // --- service -----------------------------------------------------------------
   const svc = program.command('service').alias('svc').description('kube-proxy-style services: a VIP:port balanced over endpoints');
-  svc.command('add <name>').description('add a service (the same one again: no-op)')
+  svc
+    .command('add <name>')
+    .description('add a service (the same one again: no-op)')
     .requiredOption('--vip <ip:port>', 'virtual IP and port')
     .option('--proto <proto>', 'tcp or udp', 'tcp')
     .option('--endpoint <ip:port[@weight]>', 'an endpoint, repeatable (none: connections are rejected)', collect, [])
@@ -53,13 +55,19 @@ export function registerNat(program: Command, ctx: NatContext): () => Promise<Na
       const { normalizeService, parseEndpoint, parseHostPort, parseProto } = await model();
       const vip = parseHostPort(o.vip, '--vip');
       const want = normalizeService({
-        name, vip: vip.ip, port: vip.port, proto: parseProto(o.proto), endpoints: o.endpoint.map(parseEndpoint),
+        name,
+        vip: vip.ip,
+        port: vip.port,
+        proto: parseProto(o.proto),
+        endpoints: o.endpoint.map(parseEndpoint),
         ...(o.affinity !== undefined ? { affinitySeconds: o.affinity } : {}),
         ...(o.masqueradeNotFrom !== undefined ? { masqueradeNotFrom: o.masqueradeNotFrom } : {}),
       });
       verbose(await (await engine()).change([{ op: 'add-service', service: want }]));
     });
-  svc.command('set-endpoints <name>').description('replace the endpoints of a service')
+  svc
+    .command('set-endpoints <name>')
+    .description('replace the endpoints of a service')
     .option('--endpoint <ip:port[@weight]>', 'an endpoint, repeatable', collect, [])
     .option('--none', 'no endpoints: new connections are rejected')
     .action(async (name: string, o: { endpoint: string[]; none?: boolean }) => {
@@ -68,26 +76,37 @@ export function registerNat(program: Command, ctx: NatContext): () => Promise<Na
       const endpoints = o.endpoint.map((await model()).parseEndpoint);
       verbose(await (await engine()).change([{ op: 'set-endpoints', name, endpoints }]));
     });
-  svc.command('del <name>').description('delete a service (missing: no-op)').action(async (name: string) => {
-    verbose(await (await engine()).change([{ op: 'delete-service', name }]));
-  });
-  svc.command('ls').alias('list').description('services as stored, with the kernel\'s counters (connections: first packets)').action(async () => {
-    const e = await engine();
-    const services = e.read().services;
-    const counters = await e.counters();
-    const hp = (ip: string, port: number) => `${ip.includes(':') ? `[${ip}]` : ip}:${port}`;
-    const rows = services.map((s) => ({ ...s, counters: counters.get(s.name) }));
-    await printRows(rows, ctx.json(), ['name', 'vip', 'proto', 'conns', 'endpoints', 'affinity', 'masq-not-from'], (s) => ({
-      name: s.name,
-      vip: hp(s.vip, s.port),
-      proto: s.proto,
-      conns: s.counters?.service.packets,
-      endpoints: s.endpoints.map((x) => `${hp(x.ip, x.port)}${x.weight !== 1 ? `@${x.weight}` : ''}${s.counters ? `=${s.counters.endpoints[hp(x.ip, x.port)]?.packets ?? 0}` : ''}`),
-      affinity: s.affinitySeconds,
-      'masq-not-from': s.masqueradeNotFrom,
-    }));
-  });
-  svc.command('apply').description('replace the whole set of services with a JSON array, in one sync')
+  svc
+    .command('del <name>')
+    .description('delete a service (missing: no-op)')
+    .action(async (name: string) => {
+      verbose(await (await engine()).change([{ op: 'delete-service', name }]));
+    });
+  svc
+    .command('ls')
+    .alias('list')
+    .description("services as stored, with the kernel's counters (connections: first packets)")
+    .action(async () => {
+      const e = await engine();
+      const services = e.read().services;
+      const counters = await e.counters();
+      const hp = (ip: string, port: number) => `${ip.includes(':') ? `[${ip}]` : ip}:${port}`;
+      const rows = services.map((s) => ({ ...s, counters: counters.get(s.name) }));
+      await printRows(rows, ctx.json(), ['name', 'vip', 'proto', 'conns', 'endpoints', 'affinity', 'masq-not-from'], (s) => ({
+        name: s.name,
+        vip: hp(s.vip, s.port),
+        proto: s.proto,
+        conns: s.counters?.service.packets,
+        endpoints: s.endpoints.map(
+          (x) => `${hp(x.ip, x.port)}${x.weight !== 1 ? `@${x.weight}` : ''}${s.counters ? `=${s.counters.endpoints[hp(x.ip, x.port)]?.packets ?? 0}` : ''}`,
+        ),
+        affinity: s.affinitySeconds,
+        'masq-not-from': s.masqueradeNotFrom,
+      }));
+    });
+  svc
+    .command('apply')
+    .description('replace the whole set of services with a JSON array, in one sync')
     .requiredOption('-f, --file <file>', 'services.json, or - for stdin')
     .action(async (o: { file: string }) => {
       const text = o.file === '-' ? fs.readFileSync(0, 'utf8') : readFile(o.file);
@@ -109,32 +128,49 @@ export function registerNat(program: Command, ctx: NatContext): () => Promise<Na
       verbose(await (await engine()).change([{ op: 'delete-rule', rule }]));
     });
   };
-  ruleCommands('masquerade', 'masquerade traffic from a source CIDR (iptables -t nat -A POSTROUTING -s CIDR ! -o IF -j MASQUERADE)',
+  ruleCommands(
+    'masquerade',
+    'masquerade traffic from a source CIDR (iptables -t nat -A POSTROUTING -s CIDR ! -o IF -j MASQUERADE)',
     (o) => ({ kind: 'masquerade', source: o.source!, ...(o.outNot ? { outNot: o.outNot } : {}) }),
-    (c) => c.requiredOption('--source <cidr>').option('--out-not <if>', 'except when leaving through this interface'));
-  ruleCommands('snat', 'rewrite the source of traffic from a CIDR (iptables -t nat -A POSTROUTING -s CIDR -j SNAT --to-source IP)',
+    (c) => c.requiredOption('--source <cidr>').option('--out-not <if>', 'except when leaving through this interface'),
+  );
+  ruleCommands(
+    'snat',
+    'rewrite the source of traffic from a CIDR (iptables -t nat -A POSTROUTING -s CIDR -j SNAT --to-source IP)',
     (o) => ({ kind: 'snat', source: o.source!, toSource: o.to!, ...(o.destination ? { destination: o.destination } : {}), ...(o.out ? { out: o.out } : {}) }),
-    (c) => c.requiredOption('--source <cidr>').requiredOption('--to <ip>').option('--destination <cidr>').option('--out <if>'));
-  ruleCommands('dnat', 'rewrite the destination of IP:PORT (iptables -t nat -A PREROUTING/OUTPUT -d IP --dport PORT -j DNAT)',
+    (c) => c.requiredOption('--source <cidr>').requiredOption('--to <ip>').option('--destination <cidr>').option('--out <if>'),
+  );
+  ruleCommands(
+    'dnat',
+    'rewrite the destination of IP:PORT (iptables -t nat -A PREROUTING/OUTPUT -d IP --dport PORT -j DNAT)',
     (o, m) => {
       const d = m.parseHostPort(o.destination!, '--destination');
       const t = m.parseHostPort(o.to!, '--to');
       return { kind: 'dnat', destination: d.ip, port: d.port, proto: m.parseProto(o.proto ?? 'tcp'), toIp: t.ip, toPort: t.port };
     },
-    (c) => c.requiredOption('--destination <ip:port>').requiredOption('--to <ip:port>').option('--proto <proto>', 'tcp or udp', 'tcp'));
-  nat.command('ls').alias('list').description('standalone rules as stored').action(async () => {
-    const rules = (await engine()).read().rules;
-    print(rules, ctx.json(), () => rules.map((r) => JSON.stringify(r)).join('\n'));
-  });
+    (c) => c.requiredOption('--destination <ip:port>').requiredOption('--to <ip:port>').option('--proto <proto>', 'tcp or udp', 'tcp'),
+  );
+  nat
+    .command('ls')
+    .alias('list')
+    .description('standalone rules as stored')
+    .action(async () => {
+      const rules = (await engine()).read().rules;
+      print(rules, ctx.json(), () => rules.map((r) => JSON.stringify(r)).join('\n'));
+    });
 
   // --- sync / rules ------------------------------------------------------------
-  program.command('sync').description('re-apply the stored desired NAT state (after a reboot, a flush or a crash)')
+  program
+    .command('sync')
+    .description('re-apply the stored desired NAT state (after a reboot, a flush or a crash)')
     .option('--force', 'rewrite everything even if nothing looks changed')
     .action(async (o: { force?: boolean }) => {
       const r = await (await engine()).sync({ force: o.force ?? false });
       print(r, ctx.json(), () => summary(r));
     });
-  program.command('rules').description('print exactly what a full sync would apply, for the --backend given (dry run)')
+  program
+    .command('rules')
+    .description('print exactly what a full sync would apply, for the --backend given (dry run)')
     .action(async () => {
       process.stdout.write(await (await engine()).rules());
     });

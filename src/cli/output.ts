@@ -1,23 +1,7 @@
 /** Printing for the CLI: aligned tables for people, --json for scripts. */
+import { table, tableLines } from '../format/table';
 
-export function table<T extends object>(rows: T[], columns: string[]): string {
-  return [...tableLines(rows, columns)].join('\n');
-}
-
-/** The table's lines, header first (widths from every row: the rows are read twice, the text is never whole). */
-function* tableLines<T extends object>(rows: readonly T[], columns: string[]): Generator<string> {
-  const widths = columns.map((c) => c.length);
-  for (const r of rows) columns.forEach((c, i) => { widths[i] = Math.max(widths[i]!, fmt((r as Record<string, unknown>)[c]).length); });
-  const line = (vals: string[]) => vals.map((v, i) => v.padEnd(widths[i]!)).join('  ').trimEnd();
-  yield line(columns.map((c) => c.toUpperCase()));
-  for (const r of rows) yield line(columns.map((c) => fmt((r as Record<string, unknown>)[c])));
-}
-
-function fmt(v: unknown): string {
-  if (v === undefined || v === null) return '-';
-  if (Array.isArray(v)) return v.length ? v.join(',') : '-';
-  return String(v);
-}
+export { table };
 
 export function print(data: unknown, json: boolean, render: () => string): void {
   process.stdout.write(`${json ? JSON.stringify(data, null, 2) : render()}\n`);

@@ -67,13 +67,17 @@ export function parseBridgeConf(conf: NetConf, env?: Pick<CniEnv, 'stateDir'>): 
     reportInput(CNI_ERR.invalidConfig, `network ${name}: bridge`, err);
   }
   if (conf.vlan !== undefined) {
-    throw new CniError(CNI_ERR.unsupportedField, `network ${name}: "vlan" is not supported by tsnet-bridge yet (needs bridge VLAN filtering, which this kernel build may lack): remove it or use the reference bridge`);
+    throw new CniError(
+      CNI_ERR.unsupportedField,
+      `network ${name}: "vlan" is not supported by tsnet-bridge yet (needs bridge VLAN filtering, which this kernel build may lack): remove it or use the reference bridge`,
+    );
   }
   if (conf.macspoofchk === true) {
     throw new CniError(CNI_ERR.unsupportedField, `network ${name}: "macspoofchk" is not supported by tsnet-bridge yet: remove it or use the reference bridge`);
   }
   const c: BridgeConf = {
-    name, bridge: br as string,
+    name,
+    bridge: br as string,
     isGateway: bool(conf, 'isGateway') || bool(conf, 'isDefaultGateway'),
     isDefaultGateway: bool(conf, 'isDefaultGateway'),
     forceAddress: bool(conf, 'forceAddress'),
@@ -101,7 +105,8 @@ export function parseBridgeConf(conf: NetConf, env?: Pick<CniEnv, 'stateDir'>): 
   } else if (env?.stateDir) {
     c.stateDir = env.stateDir;
   }
-  if (!conf.ipam || typeof conf.ipam.type !== 'string' || conf.ipam.type === '') throw invalidConfig(`network ${name}: "ipam" with a "type" is required (e.g. {"type": "tsnet-ipam", "subnet": "10.22.0.0/16"})`);
+  if (!conf.ipam || typeof conf.ipam.type !== 'string' || conf.ipam.type === '')
+    throw invalidConfig(`network ${name}: "ipam" with a "type" is required (e.g. {"type": "tsnet-ipam", "subnet": "10.22.0.0/16"})`);
   c.ipamType = conf.ipam.type;
   return c;
 }
@@ -111,8 +116,7 @@ const attachmentTag = (network: string, containerId: string, ifname: string): st
   createHash('sha256').update(`${network}/${containerId}/${ifname}`).digest('hex');
 
 /** The host end's name: the same for the same attachment (so DEL finds it without a record), distinct across attachments. */
-export const hostVethName = (network: string, containerId: string, ifname: string): string =>
-  `veth${attachmentTag(network, containerId, ifname).slice(0, 11)}`;
+export const hostVethName = (network: string, containerId: string, ifname: string): string => `veth${attachmentTag(network, containerId, ifname).slice(0, 11)}`;
 
 /** The IPAM step: tsnet-ipam in process, anything else executed from CNI_PATH. */
 function ipam(conf: NetConf, env: CniEnv) {
@@ -120,13 +124,27 @@ function ipam(conf: NetConf, env: CniEnv) {
   const builtin = type === BUILTIN_IPAM;
   const stdin = JSON.stringify(conf);
   /** Old plugins answer GC/STATUS with error 4 (unknown CNI_COMMAND): nothing to do for them. */
-  const tolerateUnknown = (e: unknown) => { if (!(e instanceof CniError && e.code === CNI_ERR.invalidEnv)) throw e; };
+  const tolerateUnknown = (e: unknown) => {
+    if (!(e instanceof CniError && e.code === CNI_ERR.invalidEnv)) throw e;
+  };
   return {
     add: async (): Promise<Result> => (builtin ? ipamAdd(conf, env) : (await execPlugin(type, 'ADD', env, stdin))!),
-    del: async (): Promise<void> => { if (builtin) await ipamDel(conf, env); else await execPlugin(type, 'DEL', env, stdin); },
-    check: async (prev: Result): Promise<void> => { if (builtin) await ipamCheck(conf, env, prev); else await execPlugin(type, 'CHECK', env, JSON.stringify({ ...conf, prevResult: prev })); },
-    gc: async (valid: Set<string>): Promise<void> => { if (builtin) await ipamGc(conf, valid); else await execPlugin(type, 'GC', env, stdin).catch(tolerateUnknown); },
-    status: async (): Promise<void> => { if (builtin) await ipamStatus(conf); else await execPlugin(type, 'STATUS', env, stdin).catch(tolerateUnknown); },
+    del: async (): Promise<void> => {
+      if (builtin) await ipamDel(conf, env);
+      else await execPlugin(type, 'DEL', env, stdin);
+    },
+    check: async (prev: Result): Promise<void> => {
+      if (builtin) await ipamCheck(conf, env, prev);
+      else await execPlugin(type, 'CHECK', env, JSON.stringify({ ...conf, prevResult: prev }));
+    },
+    gc: async (valid: Set<string>): Promise<void> => {
+      if (builtin) await ipamGc(conf, valid);
+      else await execPlugin(type, 'GC', env, stdin).catch(tolerateUnknown);
+    },
+    status: async (): Promise<void> => {
+      if (builtin) await ipamStatus(conf);
+      else await execPlugin(type, 'STATUS', env, stdin).catch(tolerateUnknown);
+    },
   };
 }
 
@@ -134,7 +152,8 @@ function openContainer(path: string): netns.NetNs {
   try {
     return netns.openPath(path);
   } catch (err) {
-    if (hasCode(err, 'ENOENT', 'EINVAL', 'ENOTDIR', 'EACCES')) throw new CniError(CNI_ERR.unknownContainer, `failed to open netns ${JSON.stringify(path)}: ${(err as Error).message}`);
+    if (hasCode(err, 'ENOENT', 'EINVAL', 'ENOTDIR', 'EACCES'))
+      throw new CniError(CNI_ERR.unknownContainer, `failed to open netns ${JSON.stringify(path)}: ${(err as Error).message}`);
     throw err;
   }
 }
@@ -152,14 +171,20 @@ export function portForwards(network: string, containerId: string, ifname: strin
   const out: Forward[] = [];
   for (const m of mappings) {
     const proto = (m.protocol ?? 'tcp').toLowerCase();
-    if (proto !== 'tcp' && proto !== 'udp') throw new CniError(CNI_ERR.unsupportedField, `port mapping protocol ${JSON.stringify(m.protocol)} is not supported (tcp or udp)`);
+    if (proto !== 'tcp' && proto !== 'udp')
+      throw new CniError(CNI_ERR.unsupportedField, `port mapping protocol ${JSON.stringify(m.protocol)} is not supported (tcp or udp)`);
     const listen = m.hostIP && m.hostIP !== '0.0.0.0' && m.hostIP !== '::' ? addr.parseIp(m.hostIP) : undefined;
     for (const ip of ips) {
       const fam = addr.parseIp(ip).family;
       if (listen && listen.family !== fam) continue;
       out.push({
-        name: `cni-${tag}-${proto}-${m.hostPort}-v${fam}`, target: ip, targetIp: ip,
-        listenPort: m.hostPort, targetPort: m.containerPort, proto, snat: 'none',
+        name: `cni-${tag}-${proto}-${m.hostPort}-v${fam}`,
+        target: ip,
+        targetIp: ip,
+        listenPort: m.hostPort,
+        targetPort: m.containerPort,
+        proto,
+        snat: 'none',
         ...(listen ? { listen: listen.address } : {}),
       });
     }
@@ -171,7 +196,9 @@ export function portForwards(network: string, containerId: string, ifname: strin
 async function teardown(rec: AttachmentRecord, env: CniEnv, records: RecordStore): Promise<void> {
   const host = netns.current();
   if (rec.nat.rules.length || rec.nat.forwards.length) {
-    await (await engineFor(rec, host)).change([
+    await (
+      await engineFor(rec, host)
+    ).change([
       ...rec.nat.rules.map((rule): NatChange => ({ op: 'delete-rule', rule })),
       ...rec.nat.forwards.map((name): NatChange => ({ op: 'delete-forward', name })),
     ]);
@@ -191,7 +218,11 @@ async function waitForwarding(host: netns.NetNs, port: string, timeoutMs = 5000)
   for (;;) {
     const l = await link.get(host, port);
     if (l?.port?.state === 'forwarding') return;
-    if (Date.now() > deadline) throw new CniError(CNI_ERR.internal, `bridge port ${port} did not reach the forwarding state within ${timeoutMs} ms (state ${l?.port?.state ?? 'unknown'})`);
+    if (Date.now() > deadline)
+      throw new CniError(
+        CNI_ERR.internal,
+        `bridge port ${port} did not reach the forwarding state within ${timeoutMs} ms (state ${l?.port?.state ?? 'unknown'})`,
+      );
     await new Promise((r) => setTimeout(r, 1));
   }
 }
@@ -203,7 +234,11 @@ async function ensureGateway(host: netns.NetNs, c: BridgeConf, brIndex: number, 
     const have = await addr.list(host, { dev: brIndex, family: want.family });
     const others = have.filter((a) => a.address !== want.address && addr.contains(want, a.address) && a.scope !== 'link');
     for (const o of others) {
-      if (!c.forceAddress) throw new CniError(CNI_ERR.internal, `bridge ${c.bridge} already has address ${o.cidr} in ${want.network}/${want.prefix}, not gateway ${want.address}: set "forceAddress": true to replace it`);
+      if (!c.forceAddress)
+        throw new CniError(
+          CNI_ERR.internal,
+          `bridge ${c.bridge} already has address ${o.cidr} in ${want.network}/${want.prefix}, not gateway ${want.address}: set "forceAddress": true to replace it`,
+        );
       await addr.del(host, o.cidr, brIndex);
     }
     if (!have.some((a) => a.address === want.address && a.prefix === want.prefix)) await addr.replace(host, cidr, brIndex, { noDad: true });
@@ -222,14 +257,20 @@ export async function bridgeAdd(conf: NetConf, env: CniEnv): Promise<Result> {
   const records = new RecordStore(c.stateDir, c.name);
   try {
     const prior = records.get(cid, ifname);
-    if (prior?.complete && prior.result && prior.netns === env.netns && await link.get(ns, ifname)) return prior.result; // the same ADD again
+    if (prior?.complete && prior.result && prior.netns === env.netns && (await link.get(ns, ifname))) return prior.result; // the same ADD again
     if (prior) await teardown(prior, env, records); // a leftover of an ADD that died half-way
     // Config errors surface before anything is made.
     if (c.ipamType === BUILTIN_IPAM) parseIpamConfig(conf);
     else findPlugin(c.ipamType, env.path);
     const rec: AttachmentRecord = {
-      version: 1, network: c.name, containerId: cid, ifname, netns: env.netns!, bridge: c.bridge,
-      hostIfname: hostVethName(c.name, cid, ifname), conf: storedConf(conf),
+      version: 1,
+      network: c.name,
+      containerId: cid,
+      ifname,
+      netns: env.netns!,
+      bridge: c.bridge,
+      hostIfname: hostVethName(c.name, cid, ifname),
+      conf: storedConf(conf),
       nat: { stateDir: defaultStateDir(c.stateDir), backend: c.natBackend, rules: [], forwards: [] },
       complete: false,
     };
@@ -237,7 +278,9 @@ export async function bridgeAdd(conf: NetConf, env: CniEnv): Promise<Result> {
     try {
       return await addSteps(c, conf, env, host, ns, rec, records);
     } catch (err) {
-      await teardown(rec, env, records).catch(() => { /* the original error is the one to report; GC retries the rest */ });
+      await teardown(rec, env, records).catch(() => {
+        /* the original error is the one to report; GC retries the rest */
+      });
       throw err;
     }
   } finally {
@@ -245,7 +288,15 @@ export async function bridgeAdd(conf: NetConf, env: CniEnv): Promise<Result> {
   }
 }
 
-async function addSteps(c: BridgeConf, conf: NetConf, env: CniEnv, host: netns.NetNs, ns: netns.NetNs, rec: AttachmentRecord, records: RecordStore): Promise<Result> {
+async function addSteps(
+  c: BridgeConf,
+  conf: NetConf,
+  env: CniEnv,
+  host: netns.NetNs,
+  ns: netns.NetNs,
+  rec: AttachmentRecord,
+  records: RecordStore,
+): Promise<Result> {
   const ifname = env.ifname!;
   const rc = conf.runtimeConfig ?? {};
   if (await link.get(ns, ifname)) throw new CniError(CNI_ERR.internal, `container interface ${ifname} already exists in ${env.netns}`);
@@ -261,7 +312,11 @@ async function addSteps(c: BridgeConf, conf: NetConf, env: CniEnv, host: netns.N
   const br = await bridge.ensure(host, c.bridge, c.mtu === undefined ? {} : { mtu: c.mtu });
   if (c.promiscMode && !br.promisc) await link.set(host, br.index, { promisc: true });
   await link.add(host, {
-    kind: 'veth', name: rec.hostIfname, master: br.index, mtu, up: true,
+    kind: 'veth',
+    name: rec.hostIfname,
+    master: br.index,
+    mtu,
+    up: true,
     peer: { name: ifname, netns: ns, mtu, mac: rc.mac },
   });
   if (c.hairpinMode) await link.setBridgePort(host, rec.hostIfname, { hairpin: true });
@@ -280,7 +335,12 @@ async function addSteps(c: BridgeConf, conf: NetConf, env: CniEnv, host: netns.N
   }
   // The gateway first: a port mapping's route_localnet goes on the interface the host routes the container by.
   if (c.isGateway) {
-    await ensureGateway(host, c, br.index, ip.ips.filter((a) => a.gateway).map((a) => `${a.gateway}/${addr.parseCidr(a.address).prefix}`));
+    await ensureGateway(
+      host,
+      c,
+      br.index,
+      ip.ips.filter((a) => a.gateway).map((a) => `${a.gateway}/${addr.parseCidr(a.address).prefix}`),
+    );
   }
 
   // Then two independent halves at once: the container side, and the NAT rules on the host.
@@ -301,16 +361,23 @@ async function addSteps(c: BridgeConf, conf: NetConf, env: CniEnv, host: netns.N
     const ips = ip.ips!.map((a) => addr.parseCidr(a.address));
     const host32 = (x: addr.Cidr) => `${x.address}/${x.family === 4 ? 32 : 128}`;
     const rules: NatRule[] = c.ipMasq ? ips.map((x) => ({ kind: 'masquerade', source: host32(x), outNot: c.bridge })) : [];
-    const forwards = rc.portMappings?.length ? portForwards(c.name, rec.containerId, ifname, rc.portMappings, ips.map((x) => x.address)) : [];
+    const forwards = rc.portMappings?.length
+      ? portForwards(
+          c.name,
+          rec.containerId,
+          ifname,
+          rc.portMappings,
+          ips.map((x) => x.address),
+        )
+      : [];
     if (forwards.length) for (const x of ips) rules.push({ kind: 'masquerade', source: host32(x), destination: host32(x) });
     if (!rules.length && !forwards.length) return;
     rec.nat.rules = rules;
     rec.nat.forwards = forwards.map((f) => f.name);
     records.put(rec); // before the rules exist: a crash from here on leaves a record naming them
-    await (await engineFor(rec, host)).change([
-      ...rules.map((rule): NatChange => ({ op: 'add-rule', rule })),
-      ...forwards.map((forward): NatChange => ({ op: 'put-forward', forward })),
-    ]);
+    await (
+      await engineFor(rec, host)
+    ).change([...rules.map((rule): NatChange => ({ op: 'add-rule', rule })), ...forwards.map((forward): NatChange => ({ op: 'put-forward', forward }))]);
   };
   const failed = (await Promise.allSettled([nat(), containerSide()])).find((r): r is PromiseRejectedResult => r.status === 'rejected');
   if (failed) throw failed.reason; // the caller tears down both halves
@@ -327,7 +394,7 @@ async function addSteps(c: BridgeConf, conf: NetConf, env: CniEnv, host: netns.N
     ],
     ips: ip.ips.map((a) => ({ ...a, interface: 2 })),
     routes,
-    dns: conf.dns && Object.keys(conf.dns).length ? conf.dns : ip.dns ?? {},
+    dns: conf.dns && Object.keys(conf.dns).length ? conf.dns : (ip.dns ?? {}),
   };
   rec.result = result;
   rec.complete = true;
@@ -362,7 +429,8 @@ export async function bridgeCheck(conf: NetConf, env: CniEnv, prev: Result | und
     const idx = (prev.interfaces ?? []).findIndex((i) => i.name === ifname && i.sandbox !== undefined);
     if (idx < 0) throw fail(`prevResult has no interface ${ifname} with a sandbox`);
     const want = prev.interfaces![idx]!;
-    if (want.mac && inside.mac && want.mac.toLowerCase() !== inside.mac.toLowerCase()) throw fail(`${ifname} has MAC ${inside.mac}, prevResult says ${want.mac}`);
+    if (want.mac && inside.mac && want.mac.toLowerCase() !== inside.mac.toLowerCase())
+      throw fail(`${ifname} has MAC ${inside.mac}, prevResult says ${want.mac}`);
     const have = await addr.list(ns, { dev: inside.index });
     for (const a of (prev.ips ?? []).filter((x) => x.interface === idx)) {
       const w = addr.parseCidr(a.address);
@@ -370,16 +438,25 @@ export async function bridgeCheck(conf: NetConf, env: CniEnv, prev: Result | und
     }
     const rts = await route.list(ns, { table: 'all' });
     for (const r of prev.routes ?? []) {
-      const d = r.dst === '0.0.0.0/0' || r.dst === '::/0' ? 'default' : (() => { const x = addr.parseCidr(r.dst); return `${x.network}/${x.prefix}`; })();
+      const d =
+        r.dst === '0.0.0.0/0' || r.dst === '::/0'
+          ? 'default'
+          : (() => {
+              const x = addr.parseCidr(r.dst);
+              return `${x.network}/${x.prefix}`;
+            })();
       const fam = addr.parseCidr(r.dst).family;
-      if (!rts.some((x) => x.family === fam && x.dst === d && (r.gw === undefined || x.gateway === addr.parseIp(r.gw).address))) throw fail(`route ${r.dst}${r.gw ? ` via ${r.gw}` : ''} is missing in ${env.netns}`);
+      if (!rts.some((x) => x.family === fam && x.dst === d && (r.gw === undefined || x.gateway === addr.parseIp(r.gw).address)))
+        throw fail(`route ${r.dst}${r.gw ? ` via ${r.gw}` : ''} is missing in ${env.netns}`);
     }
     if (inside.peerIndex === undefined) throw fail(`${ifname} in ${env.netns} has no peer`);
-    const hostName = (prev.interfaces ?? []).find((i) => i.sandbox === undefined && i.name !== c.bridge)?.name ?? hostVethName(c.name, env.containerId!, ifname);
+    const hostName =
+      (prev.interfaces ?? []).find((i) => i.sandbox === undefined && i.name !== c.bridge)?.name ?? hostVethName(c.name, env.containerId!, ifname);
     const hostEnd = await link.get(host, hostName);
     const br = await link.get(host, c.bridge);
     if (!br || br.kind !== 'bridge') throw fail(`bridge ${c.bridge} is missing`);
-    if (!hostEnd || hostEnd.index !== inside.peerIndex || hostEnd.master !== br.index) throw fail(`host end ${hostName} of ${ifname} is missing or not on bridge ${c.bridge}`);
+    if (!hostEnd || hostEnd.index !== inside.peerIndex || hostEnd.master !== br.index)
+      throw fail(`host end ${hostName} of ${ifname} is missing or not on bridge ${c.bridge}`);
   } finally {
     ns.close();
   }
@@ -411,7 +488,10 @@ export async function bridgeStatus(conf: NetConf, env: CniEnv): Promise<void> {
       try {
         fs.accessSync(systemTool(tool), fs.constants.X_OK);
       } catch {
-        throw new CniError(CNI_ERR.notAvailable, `network ${c.name}: ${tool} is not installed (needed for ipMasq and port mappings with natBackend ${c.natBackend})`);
+        throw new CniError(
+          CNI_ERR.notAvailable,
+          `network ${c.name}: ${tool} is not installed (needed for ipMasq and port mappings with natBackend ${c.natBackend})`,
+        );
       }
     }
   }

@@ -31,11 +31,19 @@ export function findPlugin(type: string, dirs: readonly string[]): string {
 /** The environment a delegated plugin gets: the caller's (the runtime's, also when an agent serves the call), with the CNI variables of this call. */
 function delegateEnv(env: CniEnv, command: CniCommand): NodeJS.ProcessEnv {
   const out: NodeJS.ProcessEnv = { ...env.vars, CNI_COMMAND: command, CNI_PATH: env.path.join(':') };
-  const set = (k: string, v: string | undefined) => { if (v === undefined) delete out[k]; else out[k] = v; };
+  const set = (k: string, v: string | undefined) => {
+    if (v === undefined) delete out[k];
+    else out[k] = v;
+  };
   set('CNI_CONTAINERID', env.containerId);
   set('CNI_NETNS', env.netns);
   set('CNI_IFNAME', env.ifname);
-  set('CNI_ARGS', Object.entries(env.args).map(([k, v]) => `${k}=${v}`).join(';') || undefined);
+  set(
+    'CNI_ARGS',
+    Object.entries(env.args)
+      .map(([k, v]) => `${k}=${v}`)
+      .join(';') || undefined,
+  );
   return out;
 }
 
@@ -49,7 +57,10 @@ export function execPlugin(type: string, command: CniCommand, env: CniEnv, stdin
     const timer = setTimeout(() => child.kill('SIGKILL'), DELEGATE_TIMEOUT_MS);
     child.stdout.on('data', (b: Buffer) => out.push(b));
     child.stderr.on('data', (b: Buffer) => err.push(b));
-    child.on('error', (e) => { clearTimeout(timer); reject(new CniError(CNI_ERR.internal, `running ${file}: ${e.message}`)); });
+    child.on('error', (e) => {
+      clearTimeout(timer);
+      reject(new CniError(CNI_ERR.internal, `running ${file}: ${e.message}`));
+    });
     child.on('close', (code, signal) => {
       clearTimeout(timer);
       const text = Buffer.concat(out).toString('utf8');
@@ -60,7 +71,7 @@ export function execPlugin(type: string, command: CniCommand, env: CniEnv, stdin
         } catch {
           // not a CNI error document
         }
-        const why = e.msg ?? (signal ? `killed by ${signal}` : (Buffer.concat(err).toString('utf8').trim() || `exit status ${code}`));
+        const why = e.msg ?? (signal ? `killed by ${signal}` : Buffer.concat(err).toString('utf8').trim() || `exit status ${code}`);
         reject(new CniError(typeof e.code === 'number' ? e.code : CNI_ERR.internal, `${type} ${command}: ${why}`, e.details ?? ''));
         return;
       }
@@ -71,7 +82,9 @@ export function execPlugin(type: string, command: CniCommand, env: CniEnv, stdin
         reject(e instanceof CniError ? e : new CniError(CNI_ERR.decode, `${type} ADD printed an invalid result: ${(e as Error).message}`));
       }
     });
-    child.stdin.on('error', () => { /* the plugin may exit without reading */ });
+    child.stdin.on('error', () => {
+      /* the plugin may exit without reading */
+    });
     child.stdin.end(stdin);
   });
 }

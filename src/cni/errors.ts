@@ -24,7 +24,11 @@ export const CNI_ERR = {
 
 export class CniError extends Error {
   override name = 'CniError';
-  constructor(readonly code: number, msg: string, readonly details = '') {
+  constructor(
+    readonly code: number,
+    msg: string,
+    readonly details = '',
+  ) {
     super(msg);
   }
 

@@ -15,9 +15,8 @@ import * as path from 'node:path';
 import { PLUGINS } from './plugin';
 import { invalid } from '../errors';
 import { CNI_ENTRY, SHIM_PATH } from '../native';
-import { DEFAULT_SOCKET } from '../agent/protocol';
 import { writeFileAtomic } from '../state';
-import { DEFAULT_BIN_DIR, DEFAULT_CONF_DIR, DEFAULT_TIMEOUT_MS, EXAMPLE_CONFLIST, MAX_TIMEOUT_MS, SHIM_CONF } from './defaults';
+import { DEFAULT_BIN_DIR, DEFAULT_CONF_DIR, DEFAULT_SOCKET, DEFAULT_TIMEOUT_MS, EXAMPLE_CONFLIST, MAX_TIMEOUT_MS, SHIM_CONF } from './defaults';
 
 export { DEFAULT_BIN_DIR, DEFAULT_CONF_DIR, DEFAULT_TIMEOUT_MS, EXAMPLE_CONFLIST, MAX_TIMEOUT_MS, SHIM_CONF };
 
@@ -39,7 +38,8 @@ export function shimConf(s: ShimSettings): string {
   if (s.socket && Buffer.byteLength(s.socket) > 107) throw invalid(`socket path ${s.socket} is longer than a unix socket address allows (107 bytes)`);
   if (s.socket && !path.isAbsolute(s.socket)) throw invalid(`socket path ${s.socket} must be absolute`);
   if (s.stateDir && !path.isAbsolute(s.stateDir)) throw invalid(`state directory ${s.stateDir} must be absolute`);
-  if (!Number.isSafeInteger(s.timeoutMs) || s.timeoutMs <= 0 || s.timeoutMs > MAX_TIMEOUT_MS) throw invalid(`timeout ${s.timeoutMs} ms must be between 1 and ${MAX_TIMEOUT_MS} (a day)`);
+  if (!Number.isSafeInteger(s.timeoutMs) || s.timeoutMs <= 0 || s.timeoutMs > MAX_TIMEOUT_MS)
+    throw invalid(`timeout ${s.timeoutMs} ms must be between 1 and ${MAX_TIMEOUT_MS} (a day)`);
   return `# tsnet's CNI shim settings, written by \`tsnet cni install\`.\nsocket=${s.socket}\nstate_dir=${s.stateDir}\nnode=${s.node}\nentry=${s.entry}\ntimeout_ms=${s.timeoutMs}\n`;
 }
 
@@ -48,16 +48,18 @@ export function exampleConflist(o: { name?: string; bridge?: string; subnet?: st
   return {
     cniVersion: '1.1.0',
     name: o.name ?? 'tsnet',
-    plugins: [{
-      type: 'tsnet-bridge',
-      bridge: o.bridge ?? 'tsnet0',
-      isGateway: true,
-      isDefaultGateway: true,
-      ipMasq: true,
-      hairpinMode: true,
-      capabilities: { portMappings: true, ips: true, mac: true, mtu: true },
-      ipam: { type: 'tsnet-ipam', ranges: [[{ subnet: o.subnet ?? '10.89.0.0/24' }]], routes: [{ dst: '0.0.0.0/0' }] },
-    }],
+    plugins: [
+      {
+        type: 'tsnet-bridge',
+        bridge: o.bridge ?? 'tsnet0',
+        isGateway: true,
+        isDefaultGateway: true,
+        ipMasq: true,
+        hairpinMode: true,
+        capabilities: { portMappings: true, ips: true, mac: true, mtu: true },
+        ipam: { type: 'tsnet-ipam', ranges: [[{ subnet: o.subnet ?? '10.89.0.0/24' }]], routes: [{ dst: '0.0.0.0/0' }] },
+      },
+    ],
   };
 }
 
@@ -71,7 +73,13 @@ export function install(o: { binDir?: string; confDir?: string; force?: boolean;
   const entry = CNI_ENTRY;
   if (!fs.existsSync(entry)) throw invalid(`${entry} is missing: build tsnet first (npm run build)`);
   if (!fs.existsSync(SHIM_PATH)) throw invalid(`${SHIM_PATH} is missing: build the native part first (npm ci, or npm rebuild)`);
-  const settings = shimConf({ socket: o.socket ?? DEFAULT_SOCKET, stateDir: o.stateDir ?? '', node: process.execPath, entry, timeoutMs: o.timeoutMs ?? DEFAULT_TIMEOUT_MS });
+  const settings = shimConf({
+    socket: o.socket ?? DEFAULT_SOCKET,
+    stateDir: o.stateDir ?? '',
+    node: process.execPath,
+    entry,
+    timeoutMs: o.timeoutMs ?? DEFAULT_TIMEOUT_MS,
+  });
   fs.mkdirSync(binDir, { recursive: true, mode: 0o755 });
   // Settings first: a shim never starts without them.
   writeFileAtomic(path.join(binDir, SHIM_CONF), settings, 0o644);

@@ -75,7 +75,8 @@ export async function invoke(plugin: PluginName, envVars: NodeJS.ProcessEnv, std
     const conf = decode(stdin);
     const version = requireSupported(conf.cniVersion);
     const min = MIN_VERSION[env.command];
-    if (min && compare(version, min) < 0) throw new CniError(CNI_ERR.incompatibleVersion, `config version ${version} does not allow ${env.command} (needs ${min} or later)`);
+    if (min && compare(version, min) < 0)
+      throw new CniError(CNI_ERR.incompatibleVersion, `config version ${version} does not allow ${env.command} (needs ${min} or later)`);
     if (conf.type !== undefined && conf.type !== plugin && !(plugin === 'tsnet-ipam' && conf.ipam?.type === plugin)) {
       throw new CniError(CNI_ERR.invalidConfig, `network ${conf.name}: this is ${plugin}, but the config's type is ${JSON.stringify(conf.type)}`);
     }

@@ -75,7 +75,8 @@ export class RecordStore {
   }
 
   list(): AttachmentRecord[] {
-    return listDir(this.dir).filter((n) => n.endsWith('.json') && !n.startsWith('.'))
+    return listDir(this.dir)
+      .filter((n) => n.endsWith('.json') && !n.startsWith('.'))
       .map((n) => this.read(path.join(this.dir, n)))
       .filter((r): r is AttachmentRecord => r !== undefined);
   }

@@ -22,9 +22,14 @@ export function compare(a: string, b: string): number {
 }
 
 export function requireSupported(v: unknown): string {
-  if (typeof v !== 'string' || v === '') throw new CniError(CNI_ERR.incompatibleVersion, 'network config has no cniVersion', `supported: ${SUPPORTED_VERSIONS.join(', ')}`);
+  if (typeof v !== 'string' || v === '')
+    throw new CniError(CNI_ERR.incompatibleVersion, 'network config has no cniVersion', `supported: ${SUPPORTED_VERSIONS.join(', ')}`);
   if (!(SUPPORTED_VERSIONS as readonly string[]).includes(v)) {
-    throw new CniError(CNI_ERR.incompatibleVersion, `incompatible CNI versions: config is ${v}, plugin supports ${SUPPORTED_VERSIONS.join(', ')}`, `supported: ${SUPPORTED_VERSIONS.join(', ')}`);
+    throw new CniError(
+      CNI_ERR.incompatibleVersion,
+      `incompatible CNI versions: config is ${v}, plugin supports ${SUPPORTED_VERSIONS.join(', ')}`,
+      `supported: ${SUPPORTED_VERSIONS.join(', ')}`,
+    );
   }
   return v;
 }
@@ -70,7 +75,10 @@ export function convertResult(r: Result, to: string): Record<string, unknown> {
   const v1 = compare(to, '1.0.0') >= 0;
   const v11 = compare(to, '1.1.0') >= 0;
   const out: Record<string, unknown> = { cniVersion: to };
-  if (r.interfaces) out.interfaces = r.interfaces.map((i) => (v11 ? { ...i } : { name: i.name, ...(i.mac ? { mac: i.mac } : {}), ...(i.sandbox !== undefined ? { sandbox: i.sandbox } : {}) }));
+  if (r.interfaces)
+    out.interfaces = r.interfaces.map((i) =>
+      v11 ? { ...i } : { name: i.name, ...(i.mac ? { mac: i.mac } : {}), ...(i.sandbox !== undefined ? { sandbox: i.sandbox } : {}) },
+    );
   if (r.ips) out.ips = r.ips.map((ip) => (v1 ? { ...ip } : { version: isV6(ip.address) ? '6' : '4', ...ip }));
   if (r.routes) {
     out.routes = r.routes.map((rt) => {

@@ -53,7 +53,7 @@ async function dump(ns: NetNs, sock: NetlinkSocket, family: 4 | 6): Promise<Flow
       const orig = tuple(a.orig as AttrObject, family);
       const reply = tuple(a.reply as AttrObject, family);
       if (!orig || !reply) continue;
-      const proto = ((a.orig as AttrObject).proto as AttrObject | undefined)?.num as number | undefined ?? 0;
+      const proto = (((a.orig as AttrObject).proto as AttrObject | undefined)?.num as number | undefined) ?? 0;
       flows.push({ family, proto, orig, reply, raw: { tuple: a.orig as AttrObject, zone: a.unknown?.[CTA_ZONE] } });
     }
     return flows;
@@ -69,16 +69,18 @@ export async function deleteFlows(ns: NetNs, family: 4 | 6, match: (f: Flow) => 
   let n = 0;
   {
     const victims = (await dump(ns, sock, family)).filter(match);
-    await Promise.all(victims.map(async (f) => {
-      const parts = [nfgenmsg(family === 4 ? AF_INET : AF_INET6), encodeAttr(CTA_TUPLE_ORIG, encodeAttrs(CTA_TUPLE, f.raw.tuple), true)];
-      if (f.raw.zone) parts.push(encodeAttr(CTA_ZONE, f.raw.zone));
-      try {
-        await sock.request(ctMsg(IPCTNL_MSG.DELETE), 0, Buffer.concat(parts));
-        n++;
-      } catch (err) {
-        if (!hasCode(err, 'ENOENT')) throw contextualize(`deleting conntrack entry ${f.orig.src}->${f.orig.dst}:${f.orig.dport} in ${ns.label}`, err);
-      }
-    }));
+    await Promise.all(
+      victims.map(async (f) => {
+        const parts = [nfgenmsg(family === 4 ? AF_INET : AF_INET6), encodeAttr(CTA_TUPLE_ORIG, encodeAttrs(CTA_TUPLE, f.raw.tuple), true)];
+        if (f.raw.zone) parts.push(encodeAttr(CTA_ZONE, f.raw.zone));
+        try {
+          await sock.request(ctMsg(IPCTNL_MSG.DELETE), 0, Buffer.concat(parts));
+          n++;
+        } catch (err) {
+          if (!hasCode(err, 'ENOENT')) throw contextualize(`deleting conntrack entry ${f.orig.src}->${f.orig.dst}:${f.orig.dport} in ${ns.label}`, err);
+        }
+      }),
+    );
   }
   return n;
 }

@@ -19,7 +19,7 @@ import * as veth from '../veth';
 import * as link from '../link';
 import { attach, detach } from '../attach';
 import { serve, request } from './traffic';
-import { table } from '../cli/output';
+import { table } from '../format/table';
 
 const BR = 'tsnet0';
 
@@ -33,7 +33,10 @@ export async function demo(log: (line: string) => void = (l) => process.stdout.w
     const br = await bridge.ensure(host, BR, { addresses: ['10.88.0.1/16'] });
     log(`bridge ${br.name} ifindex ${br.index} mac ${br.mac} stp ${br.bridge?.stp ? 'on' : 'off'}`);
 
-    for (const [name, ip] of [['demo-c1', '10.88.0.2'], ['demo-c2', '10.88.0.3']] as const) {
+    for (const [name, ip] of [
+      ['demo-c1', '10.88.0.2'],
+      ['demo-c2', '10.88.0.3'],
+    ] as const) {
       step(`tsnet netns add ${name} && tsnet attach ${name} --bridge ${BR} --address ${ip}/16`);
       const ns = netns.add(name);
       made.push(ns);
@@ -62,12 +65,28 @@ export async function demo(log: (line: string) => void = (l) => process.stdout.w
       step('tsnet route add 10.96.0.0/16 --dev tsnet0      # the service CIDR, routed as on a cluster node');
       await route.add(host, { dst: '10.96.0.0/16', dev: BR });
       step('tsnet service add demo/web --vip 10.96.0.10:80 --endpoint 10.88.0.2:8080 --endpoint 10.88.0.3:8080');
-      const sync = await nat.change([{ op: 'add-service', service: { name: 'demo/web', vip: '10.96.0.10', port: 80, proto: 'tcp', endpoints: [{ ip: '10.88.0.2', port: 8080, weight: 1 }, { ip: '10.88.0.3', port: 8080, weight: 1 }] } }]);
-      log(`synced with ${sync.backend} (${sync.full ? 'full' : 'partial'}, ${sync.ms.toFixed(1)} ms): the VIP is an element of a verdict map, each endpoint an element of the endpoint map`);
+      const sync = await nat.change([
+        {
+          op: 'add-service',
+          service: {
+            name: 'demo/web',
+            vip: '10.96.0.10',
+            port: 80,
+            proto: 'tcp',
+            endpoints: [
+              { ip: '10.88.0.2', port: 8080, weight: 1 },
+              { ip: '10.88.0.3', port: 8080, weight: 1 },
+            ],
+          },
+        },
+      ]);
+      log(
+        `synced with ${sync.backend} (${sync.full ? 'full' : 'partial'}, ${sync.ms.toFixed(1)} ms): the VIP is an element of a verdict map, each endpoint an element of the endpoint map`,
+      );
       step('this host -> 10.96.0.10:80 (the VIP, load balanced by DNAT in nat OUTPUT), 40 connections');
       const r3 = await request(host, 'tcp', '10.96.0.10', 80, { count: 40, concurrency: 5 });
       log(`${r3.ok}/40 answered: ${JSON.stringify(r3.replies)}`);
-      step('tsnet forward 10.88.0.3 3308 8080 --name demo-db      # this host\'s port 3308 now reaches demo-c2:8080');
+      step("tsnet forward 10.88.0.3 3308 8080 --name demo-db      # this host's port 3308 now reaches demo-c2:8080");
       await forward.add(nat, { target: '10.88.0.3', listenPort: 3308, targetPort: 8080, name: 'demo-db' });
       const r4 = await request(c1, 'tcp', '10.88.0.1', 3308, { count: 10, concurrency: 5 });
       const r5 = await request(host, 'tcp', '127.0.0.1', 3308, { count: 10, concurrency: 5 });
@@ -84,7 +103,18 @@ export async function demo(log: (line: string) => void = (l) => process.stdout.w
 
     step('tsnet veth ls      # which host veth belongs to which namespace');
     const pairs = await veth.list(host);
-    log(table(pairs.map((p) => ({ name: p.name, master: p.master, peer: p.peer.name, 'peer-ifindex': p.peer.index, netns: p.peer.netns.name ?? p.peer.netns.pid ?? p.peer.netns.nsid })), ['name', 'master', 'peer', 'peer-ifindex', 'netns']));
+    log(
+      table(
+        pairs.map((p) => ({
+          name: p.name,
+          master: p.master,
+          peer: p.peer.name,
+          'peer-ifindex': p.peer.index,
+          netns: p.peer.netns.name ?? p.peer.netns.pid ?? p.peer.netns.nsid,
+        })),
+        ['name', 'master', 'peer', 'peer-ifindex', 'netns'],
+      ),
+    );
   } finally {
     for (const s of servers) await s.stop();
     step('cleanup: tsnet detach, tsnet netns del, tsnet bridge del');
@@ -97,5 +127,7 @@ export async function demo(log: (line: string) => void = (l) => process.stdout.w
   }
   const left = (await link.list(host)).filter((l) => l.name !== 'lo').map((l) => l.name);
   if (left.length || netns.list().length) throw new Error(`cleanup incomplete: links ${left.join(',')} namespaces ${netns.list().join(',')}`);
-  log('nothing left behind.\n\ndemo OK: bridge, namespaces, veth pairs, addresses and routes built over rtnetlink; TCP flowed directly, through a service VIP, and through a port forward.');
+  log(
+    'nothing left behind.\n\ndemo OK: bridge, namespaces, veth pairs, addresses and routes built over rtnetlink; TCP flowed directly, through a service VIP, and through a port forward.',
+  );
 }

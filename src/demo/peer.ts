@@ -41,7 +41,8 @@ function once(proto: Proto, host: string, port: number, timeoutMs: number, sport
       finished = true;
       clearTimeout(timer);
       cleanup();
-      err ? reject(err) : resolve(v!.trim());
+      if (err) reject(err);
+      else resolve(v!.trim());
     };
     if (proto === 'tcp') {
       let buf = '';

@@ -15,12 +15,13 @@ export interface Server {
 /** Starts a server inside `ns` answering `name`; resolves once it listens. */
 export function serve(ns: NetNs, proto: Proto, host: string, port: number, name: string): Promise<Server> {
   const child = ns.spawn(process.execPath, [PEER, 'serve', proto, host, String(port), name], { stdio: ['pipe', 'pipe', 'pipe'] });
-  const stop = () => new Promise<void>((resolve) => {
-    if (child.exitCode !== null || child.signalCode !== null) return resolve();
-    child.once('exit', () => resolve());
-    child.stdin?.end();
-    child.kill('SIGTERM');
-  });
+  const stop = () =>
+    new Promise<void>((resolve) => {
+      if (child.exitCode !== null || child.signalCode !== null) return resolve();
+      child.once('exit', () => resolve());
+      child.stdin?.end();
+      child.kill('SIGTERM');
+    });
   return new Promise((resolve, reject) => {
     let err = '';
     child.stderr?.on('data', (d) => (err += d));
@@ -37,7 +38,13 @@ export interface RequestResult {
 }
 
 /** Makes `count` requests from inside `ns`; never rejects for network failures (they are counted). */
-export function request(ns: NetNs, proto: Proto, host: string, port: number, opts: { count?: number; timeoutMs?: number; concurrency?: number; sourcePort?: number } = {}): Promise<RequestResult> {
+export function request(
+  ns: NetNs,
+  proto: Proto,
+  host: string,
+  port: number,
+  opts: { count?: number; timeoutMs?: number; concurrency?: number; sourcePort?: number } = {},
+): Promise<RequestResult> {
   const args = [PEER, 'request', proto, host, String(port), String(opts.count ?? 1), String(opts.timeoutMs ?? 2000), String(opts.concurrency ?? 1)];
   if (opts.sourcePort) args.push(String(opts.sourcePort));
   const child = ns.spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -46,7 +53,8 @@ export function request(ns: NetNs, proto: Proto, host: string, port: number, opt
     let err = '';
     child.stdout?.on('data', (d) => (out += d));
     child.stderr?.on('data', (d) => (err += d));
-    child.once('close', (code) => { // 'close', not 'exit': stdout may still be unread at exit
+    child.once('close', (code) => {
+      // 'close', not 'exit': stdout may still be unread at exit
       try {
         resolve(JSON.parse(out) as RequestResult);
       } catch {

@@ -58,10 +58,16 @@ export function checkTcp(ns: NetNs, ip: string, port: number, timeoutMs = 3000):
     let err = '';
     child.stderr!.on('data', (d) => (err += d));
     child.on('error', reject);
-    child.on('exit', (code) => (code === 0 ? resolve() : reject(new TsnetError(
-      `target ${ip.includes(':') ? `[${ip}]` : ip}:${port} does not accept TCP connections from ${ns.label} (${err.trim() || `exit ${code}`}): nothing changed; fix the target or pass --no-check`,
-      { code: 'ECONNREFUSED' },
-    ))));
+    child.on('exit', (code) =>
+      code === 0
+        ? resolve()
+        : reject(
+            new TsnetError(
+              `target ${ip.includes(':') ? `[${ip}]` : ip}:${port} does not accept TCP connections from ${ns.label} (${err.trim() || `exit ${code}`}): nothing changed; fix the target or pass --no-check`,
+              { code: 'ECONNREFUSED' },
+            ),
+          ),
+    );
   });
 }
 
@@ -73,7 +79,16 @@ export async function plan(ns: NetNs, req: ForwardRequest): Promise<Forward> {
   const targetPort = parsePort(req.targetPort, 'target port');
   const proto = parseProto(req.proto ?? 'tcp');
   const targetIp = await resolveTarget(req.target);
-  const f = normalizeForward({ name, target: req.target, targetIp, listenPort, targetPort, proto, snat: req.snat ?? 'auto', ...(req.listen !== undefined ? { listen: req.listen } : {}) });
+  const f = normalizeForward({
+    name,
+    target: req.target,
+    targetIp,
+    listenPort,
+    targetPort,
+    proto,
+    snat: req.snat ?? 'auto',
+    ...(req.listen !== undefined ? { listen: req.listen } : {}),
+  });
   if (f.listen) {
     const mine = (await addr.list(ns)).map((a) => a.address);
     if (!mine.includes(f.listen)) throw invalid(`--listen ${f.listen} is not an address of ${ns.label} (it has ${mine.join(', ') || 'none'})`);
@@ -101,10 +116,16 @@ export async function add(engine: NatEngine, req: ForwardRequest): Promise<Forwa
  */
 export async function cutConnections(ns: NetNs, f: Forward, opts: { stale?: boolean } = {}): Promise<number> {
   const family = f.targetIp.includes(':') ? 6 : 4;
-  return conntrack.deleteFlows(ns, family, (c) => c.proto === conntrack.IPPROTO[f.proto]
-    && c.orig.dport === f.listenPort && (f.listen === undefined || c.orig.dst === f.listen)
-    && c.reply.src !== c.orig.dst // translated: ours, not a local service's
-    && (!opts.stale || c.reply.src !== f.targetIp || c.reply.sport !== f.targetPort));
+  return conntrack.deleteFlows(
+    ns,
+    family,
+    (c) =>
+      c.proto === conntrack.IPPROTO[f.proto] &&
+      c.orig.dport === f.listenPort &&
+      (f.listen === undefined || c.orig.dst === f.listen) &&
+      c.reply.src !== c.orig.dst && // translated: ours, not a local service's
+      (!opts.stale || c.reply.src !== f.targetIp || c.reply.sport !== f.targetPort),
+  );
 }
 
 /** `tsnet forward rm NAME`: removes its rules and the sysctl changes made for it; missing: no-op (returns false). */

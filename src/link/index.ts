@@ -103,15 +103,15 @@ function decodeLink(payload: Buffer): Link {
   if (info?.kind === 'bridge' && info.data) {
     const d = info.data as AttrObject;
     link.bridge = {
-      stp: (d.stp_state as number | undefined ?? 0) !== 0,
-      vlanFiltering: (d.vlan_filtering as number | undefined ?? 0) !== 0,
+      stp: ((d.stp_state as number | undefined) ?? 0) !== 0,
+      vlanFiltering: ((d.vlan_filtering as number | undefined) ?? 0) !== 0,
     };
     if (d.ageing_time !== undefined) link.bridge.ageingTime = d.ageing_time as number;
     if (d.forward_delay !== undefined) link.bridge.forwardDelay = d.forward_delay as number;
   }
   if (info?.slave_kind === 'bridge' && info.slave_data) {
     const d = info.slave_data as AttrObject;
-    link.port = { hairpin: (d.mode as number | undefined ?? 0) !== 0 };
+    link.port = { hairpin: ((d.mode as number | undefined) ?? 0) !== 0 };
     if (d.state !== undefined) link.port.state = BR_STATE[d.state as number] ?? String(d.state);
     if (d.learning !== undefined) link.port.learning = d.learning !== 0;
   }
@@ -201,8 +201,7 @@ export async function add(h: NetNs, spec: LinkSpec): Promise<void> {
   const attrs = specAttrs(spec);
   const up = spec.up ? { flags: IFF.UP, change: IFF.UP } : {};
   const where = spec.kind === 'veth' && spec.peer.netns ? ` (peer ${spec.peer.name} in ${spec.peer.netns.label})` : '';
-  await withContext(`creating ${spec.kind} ${spec.name}${where} in ${h.label}`, () =>
-    h.nl.request(RTM.NEWLINK, NLM_F.CREATE | NLM_F.EXCL, linkMsg(up, attrs)));
+  await withContext(`creating ${spec.kind} ${spec.name}${where} in ${h.label}`, () => h.nl.request(RTM.NEWLINK, NLM_F.CREATE | NLM_F.EXCL, linkMsg(up, attrs)));
 }
 
 /** Changes to an existing link, applied in one RTM_NEWLINK: `ip link set dev NAME ...`. */
@@ -242,9 +241,10 @@ export async function set(h: NetNs, ref: LinkRef, change: LinkChange): Promise<v
     ...nsAttr(change.netns, `moving ${show(ref)}`),
     linkinfo: change.bridge && { kind: 'bridge', data: bridgeData(change.bridge) },
   });
-  const what = Object.entries(change).map(([k, v]) => `${k} ${typeof v === 'object' && v !== null ? (v as NetNs).label : String(v)}`).join(', ');
-  await withContext(`setting ${what} on ${show(ref)} in ${h.label}`, () =>
-    h.nl.request(RTM.NEWLINK, 0, linkMsg({ ...hdr, ...flags }, attrs)));
+  const what = Object.entries(change)
+    .map(([k, v]) => `${k} ${typeof v === 'object' && v !== null ? (v as NetNs).label : String(v)}`)
+    .join(', ');
+  await withContext(`setting ${what} on ${show(ref)} in ${h.label}`, () => h.nl.request(RTM.NEWLINK, 0, linkMsg({ ...hdr, ...flags }, attrs)));
 }
 
 export const setUp = (h: NetNs, ref: LinkRef) => set(h, ref, { up: true });
@@ -270,7 +270,8 @@ export async function setBridgePort(h: NetNs, port: LinkRef, opts: { hairpin?: b
   const index = typeof port === 'number' ? port : (await mustGet(h, port)).index;
   const protinfo: AttrObject = { mode: optNum(opts.hairpin), learning: optNum(opts.learning) };
   await withContext(`setting bridge port options on ${show(port)} in ${h.label}`, () =>
-    h.nl.request(RTM.SETLINK, 0, Buffer.concat([ifinfomsg.encode({ family: AF_BRIDGE, index }), encodeAttrs(IFLA, { protinfo })])));
+    h.nl.request(RTM.SETLINK, 0, Buffer.concat([ifinfomsg.encode({ family: AF_BRIDGE, index }), encodeAttrs(IFLA, { protinfo })])),
+  );
 }
 
 export { validateIfname };

@@ -10,8 +10,19 @@
 import { TsnetError, invalid } from '../errors';
 import type { Family } from '../addr/cidr';
 import {
-  familyOf, normalizeForward, normalizeRule, normalizeService, normalizeState, ruleFamily, ruleKey,
-  type DesiredState, type Endpoint, type Forward, type NatRule, type Proto, type Service,
+  familyOf,
+  normalizeForward,
+  normalizeRule,
+  normalizeService,
+  normalizeState,
+  ruleFamily,
+  ruleKey,
+  type DesiredState,
+  type Endpoint,
+  type Forward,
+  type NatRule,
+  type Proto,
+  type Service,
 } from './model';
 
 export type NatChange =
@@ -235,7 +246,10 @@ class ServiceRows {
       if (typeof r === 'string' && !mayMatch(r)) continue;
       const s = this.at(i);
       queries.forEach((q, k) => {
-        if (!found[k] && q.test(s)) { found[k] = true; open--; }
+        if (!found[k] && q.test(s)) {
+          found[k] = true;
+          open--;
+        }
       });
     }
     return found;
@@ -267,8 +281,12 @@ export class IndexedState implements StateView {
     forwards: Forward[],
   ) {
     this.state = {
-      get services() { return rows.all(); },
-      set services(v: Service[]) { rows.replace(v); },
+      get services() {
+        return rows.all();
+      },
+      set services(v: Service[]) {
+        rows.replace(v);
+      },
       rules,
       forwards,
     };
@@ -295,8 +313,9 @@ export class IndexedState implements StateView {
   families(): Family[] {
     const st = this.state;
     const services = this.rows.families();
-    return ([4, 6] as const).filter((f) => services.includes(f) || st.rules.some((r) => ruleFamily(r) === f)
-      || st.forwards.some((x) => familyOf(x.targetIp) === f));
+    return ([4, 6] as const).filter(
+      (f) => services.includes(f) || st.rules.some((r) => ruleFamily(r) === f) || st.forwards.some((x) => familyOf(x.targetIp) === f),
+    );
   }
 
   anyOther(except: ReadonlySet<string>, queries: readonly ServiceQuery[]): boolean[] {
@@ -367,13 +386,20 @@ class Round {
     if (i === undefined) {
       x.push(s);
       x.claim(key, s.name);
-      this.undos.push(() => { x.pop(); x.unclaim(key); });
+      this.undos.push(() => {
+        x.pop();
+        x.unclaim(key);
+      });
     } else {
       const was = old!;
       x.set(i, s);
       x.unclaim(vipKey(was));
       x.claim(key, s.name);
-      this.undos.push(() => { x.set(i, was); x.unclaim(key); x.claim(vipKey(was), was.name); });
+      this.undos.push(() => {
+        x.set(i, was);
+        x.unclaim(key);
+        x.claim(vipKey(was), was.name);
+      });
     }
   }
 
@@ -386,7 +412,10 @@ class Round {
     x.rows.splice(i, 1);
     // Positions after it moved down by one: renumber (deletions are the rare change).
     x.replace(x.rows);
-    this.undos.push(() => { x.rows.splice(i, 0, old); x.replace(x.rows); });
+    this.undos.push(() => {
+      x.rows.splice(i, 0, old);
+      x.replace(x.rows);
+    });
   }
 
   private setRules(rules: NatRule[]): void {
@@ -394,7 +423,9 @@ class Round {
     this.oldRules ??= old;
     this.st.rules = rules;
     this.global = true;
-    this.undos.push(() => { this.st.rules = old; });
+    this.undos.push(() => {
+      this.st.rules = old;
+    });
   }
 
   private setForwards(forwards: Forward[]): void {
@@ -402,7 +433,9 @@ class Round {
     this.oldForwards ??= old;
     this.st.forwards = forwards;
     this.global = true;
-    this.undos.push(() => { this.st.forwards = old; });
+    this.undos.push(() => {
+      this.st.forwards = old;
+    });
   }
 
   apply(c: NatChange): void {
@@ -410,7 +443,8 @@ class Round {
       case 'add-service': {
         const s = normalizeService(c.service);
         const have = this.current(s.name);
-        if (have && JSON.stringify(have) !== JSON.stringify(s)) throw invalid(`service ${s.name} already exists with other settings: use "service set-endpoints", or "service del" first`);
+        if (have && JSON.stringify(have) !== JSON.stringify(s))
+          throw invalid(`service ${s.name} already exists with other settings: use "service set-endpoints", or "service del" first`);
         if (!have) this.put(s);
         break;
       }

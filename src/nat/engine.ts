@@ -307,7 +307,12 @@ export class NatEngine {
     this.store.save(round.next, { backend: backend.name, applied: result.applied, sysctls }, result.full ? undefined : round.changes);
     fs.rmSync(this.dirtyFile, { force: true });
     const { applied: _a, ...rest } = result;
-    const report: SyncReport = { ...rest, backend: backend.name + (result.applied.mode ? `/${result.applied.mode}` : ''), ms: Number(process.hrtime.bigint() - t0) / 1e6, conntrackDeleted };
+    const report: SyncReport = {
+      ...rest,
+      backend: backend.name + (result.applied.mode ? `/${result.applied.mode}` : ''),
+      ms: Number(process.hrtime.bigint() - t0) / 1e6,
+      conntrackDeleted,
+    };
     for (const fn of syncListeners) fn({ ...report, dir: this.dir, trigger });
     return report;
   }
@@ -338,12 +343,19 @@ export async function neededSysctls(ns: netns.NetNs, st: DesiredState): Promise<
  * port, endpoint ip, endpoint port). From the services that changed, when
  * known; else from the two whole states.
  */
-export function removedUdpEndpoints(changed: readonly ServiceDelta[] | undefined, before: DesiredState, after: DesiredState): { vip: string; port: number; ip: string; epPort: number }[] {
+export function removedUdpEndpoints(
+  changed: readonly ServiceDelta[] | undefined,
+  before: DesiredState,
+  after: DesiredState,
+): { vip: string; port: number; ip: string; epPort: number }[] {
   const out: { vip: string; port: number; ip: string; epPort: number }[] = [];
   const key = (s: Service) => `${s.name} ${s.vip} ${s.port} ${s.proto}`;
   const pairs: [Service, Service | undefined][] = changed
     ? changed.filter((d) => d.old).map((d) => [d.old!, d.new])
-    : (() => { const byKey = new Map(after.services.map((s) => [key(s), s])); return before.services.map((s): [Service, Service | undefined] => [s, byKey.get(key(s))]); })();
+    : (() => {
+        const byKey = new Map(after.services.map((s) => [key(s), s]));
+        return before.services.map((s): [Service, Service | undefined] => [s, byKey.get(key(s))]);
+      })();
   for (const [old, now0] of pairs) {
     if (old.proto !== 'udp') continue;
     const now = now0 && key(now0) === key(old) ? now0 : undefined;
@@ -362,8 +374,13 @@ async function deleteUdpFlows(ns: netns.NetNs, gone: ReturnType<typeof removedUd
   for (const family of [4, 6] as const) {
     const mine = gone.filter((g) => familyOf(g.vip) === family);
     if (!mine.length) continue;
-    n += await conntrack.deleteFlows(ns, family, (f) => f.proto === conntrack.IPPROTO.udp
-      && mine.some((g) => f.orig.dst === g.vip && f.orig.dport === g.port && f.reply.src === g.ip && f.reply.sport === g.epPort));
+    n += await conntrack.deleteFlows(
+      ns,
+      family,
+      (f) =>
+        f.proto === conntrack.IPPROTO.udp &&
+        mine.some((g) => f.orig.dst === g.vip && f.orig.dport === g.port && f.reply.src === g.ip && f.reply.sport === g.epPort),
+    );
   }
   return n;
 }

@@ -28,7 +28,9 @@ export function systemTool(name: string): string {
         fs.accessSync(p, fs.constants.X_OK);
         found = p;
         break;
-      } catch { /* next */ }
+      } catch {
+        /* next */
+      }
     }
     resolved.set(name, found);
   }
@@ -74,7 +76,8 @@ export async function mustExec(ns: NetNs, what: string, cmd: string, args: reado
   const timeoutMs = o.timeoutMs ?? 60_000;
   const r = await execIn(ns, cmd, args, input, o);
   if (r.code !== 0) {
-    const first = r.stderr.trim().split('\n').filter(Boolean).slice(0, 2).join('; ') || (r.code === 128 ? `killed after ${timeoutMs / 1000} s` : `exit ${r.code}`);
+    const first =
+      r.stderr.trim().split('\n').filter(Boolean).slice(0, 2).join('; ') || (r.code === 128 ? `killed after ${timeoutMs / 1000} s` : `exit ${r.code}`);
     throw new TsnetError(`${what} in ${ns.label}: ${cmd} failed: ${first}`, { code: 'EIO' });
   }
   return r.stdout;

@@ -8,8 +8,24 @@
  */
 export { NatEngine, onSync, neededSysctls, type EngineOptions, type SyncReport, type SyncEvent, type NatChange, type BackendChoice } from './engine';
 export {
-  normalizeService, normalizeRule, normalizeForward, normalizeState, parseEndpoint, parseHostPort, parseServicesFile, emptyState,
-  type Service, type Endpoint, type Proto, type NatRule, type MasqueradeRule, type SnatRule, type DnatRule, type Forward, type SnatMode, type DesiredState,
+  normalizeService,
+  normalizeRule,
+  normalizeForward,
+  normalizeState,
+  parseEndpoint,
+  parseHostPort,
+  parseServicesFile,
+  emptyState,
+  type Service,
+  type Endpoint,
+  type Proto,
+  type NatRule,
+  type MasqueradeRule,
+  type SnatRule,
+  type DnatRule,
+  type Forward,
+  type SnatMode,
+  type DesiredState,
 } from './model';
 export { BACKENDS, BACKEND_NAMES, BACKEND_CHOICES, parseBackend, type BackendInfo } from './backends';
 export type { BackendName, ServiceCounters, Counter } from './backends/types';

@@ -117,7 +117,7 @@ export function parseProto(text: string): Proto {
 /** "10.0.0.1:80", "[fd00::1]:80" -> address and port; the port is required. */
 /** "IP:PORT" or "[IPv6]:PORT"; `listen` also takes port 0 (a listener's "pick a free one"). */
 export function parseHostPort(text: string, what = 'address', o: { listen?: boolean } = {}): { ip: string; family: Family; port: number } {
-  const m = /^\[([^\]]+)\]:(\d+)$/.exec(text) ?? /^([^:\[\]]+):([^:]+)$/.exec(text);
+  const m = /^\[([^\]]+)\]:(\d+)$/.exec(text) ?? /^([^:[\]]+):([^:]+)$/.exec(text);
   if (!m) throw invalid(`invalid ${what} ${JSON.stringify(text)}: expected IP:PORT (or [IPv6]:PORT)`);
   const { address, family } = parseIp(m[1]!);
   return { ip: address, family, port: o.listen && m[2] === '0' ? 0 : parsePort(m[2]!, `port in ${what} ${JSON.stringify(text)}`) };
@@ -148,7 +148,8 @@ export function normalizeService(s: Partial<Service> & { name: string }): Servic
   const proto = parseProto(s.proto ?? 'tcp');
   const endpoints = (s.endpoints ?? []).map((e) => {
     const ep = typeof e === 'string' ? parseEndpoint(e) : { ip: parseIp(e.ip).address, port: parsePort(e.port, 'endpoint port'), weight: e.weight ?? 1 };
-    if (!Number.isInteger(ep.weight) || ep.weight < 1 || ep.weight > 999999) throw invalid(`service ${s.name}: endpoint weight ${ep.weight} must be a whole number from 1 to 999999`);
+    if (!Number.isInteger(ep.weight) || ep.weight < 1 || ep.weight > 999999)
+      throw invalid(`service ${s.name}: endpoint weight ${ep.weight} must be a whole number from 1 to 999999`);
     if (familyOf(ep.ip) !== vip.family) throw invalid(`service ${s.name}: endpoint ${ep.ip} is not IPv${vip.family} like the VIP ${vip.address}`);
     return ep;
   });
@@ -160,7 +161,8 @@ export function normalizeService(s: Partial<Service> & { name: string }): Servic
   }
   const out: Service = { name: s.name, vip: vip.address, port, proto, endpoints };
   if (s.affinitySeconds !== undefined) {
-    if (!Number.isInteger(s.affinitySeconds) || s.affinitySeconds < 1 || s.affinitySeconds > 86400) throw invalid(`service ${s.name}: affinity must be 1-86400 seconds`);
+    if (!Number.isInteger(s.affinitySeconds) || s.affinitySeconds < 1 || s.affinitySeconds > 86400)
+      throw invalid(`service ${s.name}: affinity must be 1-86400 seconds`);
     out.affinitySeconds = s.affinitySeconds;
   }
   if (s.masqueradeNotFrom !== undefined) {
@@ -185,26 +187,37 @@ export function parseServicesFile(text: string, file: string): Service[] {
   }
   if (!Array.isArray(data)) throw invalid(`${file}: expected a JSON array of services`);
   data.forEach((s, i) => {
-    if (!s || typeof s !== 'object' || typeof (s as { name?: unknown }).name !== 'string') throw invalid(`${file}: entry ${i} is not a service object with a "name"`);
+    if (!s || typeof s !== 'object' || typeof (s as { name?: unknown }).name !== 'string')
+      throw invalid(`${file}: entry ${i} is not a service object with a "name"`);
   });
   return data as Service[];
 }
 
 /** Checks a standalone NAT rule; returns it normalized. */
 export function normalizeRule(r: NatRule): NatRule {
-  const cidr = (t: string) => { const c = parseCidr(t, { defaultPrefix: true }); return `${c.network}/${c.prefix}`; };
+  const cidr = (t: string) => {
+    const c = parseCidr(t, { defaultPrefix: true });
+    return `${c.network}/${c.prefix}`;
+  };
   switch (r.kind) {
     case 'masquerade': {
       const out: MasqueradeRule = { kind: 'masquerade', source: cidr(r.source) };
       if (r.destination !== undefined) out.destination = cidr(r.destination);
-      if (r.outNot !== undefined) { validateIfname(r.outNot); out.outNot = r.outNot; }
+      if (r.outNot !== undefined) {
+        validateIfname(r.outNot);
+        out.outNot = r.outNot;
+      }
       return out;
     }
     case 'snat': {
       const out: SnatRule = { kind: 'snat', source: cidr(r.source), toSource: parseIp(r.toSource).address };
       if (r.destination !== undefined) out.destination = cidr(r.destination);
-      if (r.out !== undefined) { validateIfname(r.out); out.out = r.out; }
-      if (familyOf(out.toSource) !== parseCidr(out.source).family) throw invalid(`snat: --to ${out.toSource} and --source ${out.source} are different families`);
+      if (r.out !== undefined) {
+        validateIfname(r.out);
+        out.out = r.out;
+      }
+      if (familyOf(out.toSource) !== parseCidr(out.source).family)
+        throw invalid(`snat: --to ${out.toSource} and --source ${out.source} are different families`);
       return out;
     }
     case 'dnat': {
@@ -225,11 +238,16 @@ export function normalizeForward(f: Forward): Forward {
   validateName(f.name, 'forward name');
   const targetIp = parseIp(f.targetIp);
   const out: Forward = {
-    name: f.name, target: f.target, targetIp: targetIp.address,
-    listenPort: parsePort(f.listenPort, 'listen port'), targetPort: parsePort(f.targetPort, 'target port'),
-    proto: parseProto(f.proto ?? 'tcp'), snat: f.snat ?? 'auto',
+    name: f.name,
+    target: f.target,
+    targetIp: targetIp.address,
+    listenPort: parsePort(f.listenPort, 'listen port'),
+    targetPort: parsePort(f.targetPort, 'target port'),
+    proto: parseProto(f.proto ?? 'tcp'),
+    snat: f.snat ?? 'auto',
   };
-  if (typeof f.target !== 'string' || !/^[A-Za-z0-9._:-]{1,253}$/.test(f.target)) throw invalid(`invalid forward target ${JSON.stringify(f.target)}: a host name or an IP address`);
+  if (typeof f.target !== 'string' || !/^[A-Za-z0-9._:-]{1,253}$/.test(f.target))
+    throw invalid(`invalid forward target ${JSON.stringify(f.target)}: a host name or an IP address`);
   if (f.listen !== undefined) {
     const l = parseIp(f.listen);
     if (l.family !== targetIp.family) throw invalid(`forward ${f.name}: listen address ${l.address} and target ${targetIp.address} are different families`);
@@ -301,6 +319,7 @@ export const ruleFamily = (r: NatRule): Family => familyOf(r.kind === 'dnat' ? r
 
 /** Which address families the state has anything for (a backend leaves the others' tables absent). */
 export function familiesUsed(st: DesiredState): Family[] {
-  return ([4, 6] as const).filter((f) => st.services.some((s) => familyOf(s.vip) === f) || st.rules.some((r) => ruleFamily(r) === f)
-    || st.forwards.some((x) => familyOf(x.targetIp) === f));
+  return ([4, 6] as const).filter(
+    (f) => st.services.some((s) => familyOf(s.vip) === f) || st.rules.some((r) => ruleFamily(r) === f) || st.forwards.some((x) => familyOf(x.targetIp) === f),
+  );
 }

@@ -10,7 +10,9 @@ const B32 = 'ABCDEFGHIJKLMNOPQRSTUVWXYZ234567';
 
 /** RFC 4648 base32 (standard alphabet, as Go's base32.StdEncoding), without padding. */
 export function base32(buf: Uint8Array): string {
-  let bits = 0, value = 0, out = '';
+  let bits = 0,
+    value = 0,
+    out = '';
   for (const byte of buf) {
     value = (value << 8) | byte;
     bits += 8;
@@ -25,10 +27,18 @@ export function base32(buf: Uint8Array): string {
 
 /** kube-proxy's portProtoHash: base32(sha256(servicePortName + protocol))[:16]. */
 export function portProtoHash(servicePortName: string, protocol: string): string {
-  return base32(createHash('sha256').update(servicePortName + protocol).digest()).slice(0, 16);
+  return base32(
+    createHash('sha256')
+      .update(servicePortName + protocol)
+      .digest(),
+  ).slice(0, 16);
 }
 
 /** kube-proxy's servicePortEndpointChainName hash: base32(sha256(servicePortName + protocol + endpoint))[:16]. */
 export function endpointHash(servicePortName: string, protocol: string, endpoint: string): string {
-  return base32(createHash('sha256').update(servicePortName + protocol + endpoint).digest()).slice(0, 16);
+  return base32(
+    createHash('sha256')
+      .update(servicePortName + protocol + endpoint)
+      .digest(),
+  ).slice(0, 16);
 }

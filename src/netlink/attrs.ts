@@ -31,6 +31,7 @@ export interface Codec<T = unknown> {
 export interface AttrSpec {
   readonly type: number;
   readonly name: string;
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any -- a table mixes codecs of every value type
   readonly codec: Codec<any>;
 }
 
@@ -45,9 +46,14 @@ function int(size: 1 | 2 | 4, signed = false): Codec<number> {
   return {
     encode(v) {
       const b = Buffer.alloc(size);
-      if (size === 1) signed ? b.writeInt8(v) : b.writeUInt8(v);
-      else if (size === 2) signed ? b.writeInt16LE(v) : b.writeUInt16LE(v);
-      else signed ? b.writeInt32LE(v) : b.writeUInt32LE(v);
+      if (size === 1) {
+        if (signed) b.writeInt8(v);
+        else b.writeUInt8(v);
+      } else if (size === 2) {
+        if (signed) b.writeInt16LE(v);
+        else b.writeUInt16LE(v);
+      } else if (signed) b.writeInt32LE(v);
+      else b.writeUInt32LE(v);
       return b;
     },
     decode(b) {
@@ -65,23 +71,39 @@ export const s32 = int(4, true);
 
 /** Integers in network byte order, as nf_tables and ctnetlink carry them. */
 export const be16: Codec<number> = {
-  encode: (v) => { const b = Buffer.alloc(2); b.writeUInt16BE(v); return b; },
+  encode: (v) => {
+    const b = Buffer.alloc(2);
+    b.writeUInt16BE(v);
+    return b;
+  },
   decode: (b) => b.readUInt16BE(0),
   write: (w, v) => w.u16be(v),
 };
 export const be32: Codec<number> = {
-  encode: (v) => { const b = Buffer.alloc(4); b.writeUInt32BE(v >>> 0); return b; },
+  encode: (v) => {
+    const b = Buffer.alloc(4);
+    b.writeUInt32BE(v >>> 0);
+    return b;
+  },
   decode: (b) => b.readUInt32BE(0),
   write: (w, v) => w.u32be(v),
 };
 /** A signed 32-bit number sent as big-endian (verdict codes, chain priorities). */
 export const s32be: Codec<number> = {
-  encode: (v) => { const b = Buffer.alloc(4); b.writeInt32BE(v); return b; },
+  encode: (v) => {
+    const b = Buffer.alloc(4);
+    b.writeInt32BE(v);
+    return b;
+  },
   decode: (b) => b.readInt32BE(0),
   write: (w, v) => w.u32be(v >>> 0),
 };
 export const be64: Codec<bigint> = {
-  encode: (v) => { const b = Buffer.alloc(8); b.writeBigUInt64BE(v); return b; },
+  encode: (v) => {
+    const b = Buffer.alloc(8);
+    b.writeBigUInt64BE(v);
+    return b;
+  },
   decode: (b) => b.readBigUInt64BE(0),
   write: (w, v) => w.u64be(v),
 };
@@ -154,7 +176,9 @@ export function list<T>(elemType: number, item: Codec<T>, o: { anyType?: boolean
     },
     decode(b, s) {
       const out: T[] = [];
-      forEachAttr(b, (type, payload) => { if (type === elemType || o.anyType) out.push(item.decode(payload, s)); });
+      forEachAttr(b, (type, payload) => {
+        if (type === elemType || o.anyType) out.push(item.decode(payload, s));
+      });
       return out;
     },
     write(w, v, s) {
@@ -178,6 +202,7 @@ export function forEachAttr(buf: Buffer, fn: (type: number, payload: Buffer) => 
  * An attribute whose layout depends on a sibling decoded before it: the
  * canonical case is IFLA_INFO_DATA, whose table is chosen by IFLA_INFO_KIND.
  */
+// eslint-disable-next-line @typescript-eslint/no-explicit-any -- the choices are codecs of different value types
 export function selectBy(sibling: string, choices: Record<string, Codec<any>>): Codec<unknown> {
   const pick = (s: Siblings) => choices[String(s[sibling])];
   return {
@@ -216,7 +241,7 @@ export function encodeAttrs(table: Table, obj: AttrObject): Buffer {
   const parts: Buffer[] = [];
   for (const spec of table) {
     const v = obj[spec.name];
-    if (v === undefined || v === false && spec.codec === flag) continue;
+    if (v === undefined || (v === false && spec.codec === flag)) continue;
     parts.push(encodeAttr(spec.type, spec.codec.encode(v, obj), spec.codec.nested));
   }
   return Buffer.concat(parts);
@@ -265,13 +290,41 @@ export class NlWriter {
     this.buf = next;
   }
 
-  u8(v: number): void { this.room(1); this.buf.writeUInt8(v, this.off); this.off += 1; }
-  u16(v: number): void { this.room(2); this.buf.writeUInt16LE(v, this.off); this.off += 2; }
-  u16be(v: number): void { this.room(2); this.buf.writeUInt16BE(v, this.off); this.off += 2; }
-  u32(v: number): void { this.room(4); this.buf.writeUInt32LE(v >>> 0, this.off); this.off += 4; }
-  u32be(v: number): void { this.room(4); this.buf.writeUInt32BE(v >>> 0, this.off); this.off += 4; }
-  u64be(v: bigint): void { this.room(8); this.buf.writeBigUInt64BE(v, this.off); this.off += 8; }
-  bytes(b: Uint8Array): void { this.room(b.length); this.buf.set(b, this.off); this.off += b.length; }
+  u8(v: number): void {
+    this.room(1);
+    this.buf.writeUInt8(v, this.off);
+    this.off += 1;
+  }
+  u16(v: number): void {
+    this.room(2);
+    this.buf.writeUInt16LE(v, this.off);
+    this.off += 2;
+  }
+  u16be(v: number): void {
+    this.room(2);
+    this.buf.writeUInt16BE(v, this.off);
+    this.off += 2;
+  }
+  u32(v: number): void {
+    this.room(4);
+    this.buf.writeUInt32LE(v >>> 0, this.off);
+    this.off += 4;
+  }
+  u32be(v: number): void {
+    this.room(4);
+    this.buf.writeUInt32BE(v >>> 0, this.off);
+    this.off += 4;
+  }
+  u64be(v: bigint): void {
+    this.room(8);
+    this.buf.writeBigUInt64BE(v, this.off);
+    this.off += 8;
+  }
+  bytes(b: Uint8Array): void {
+    this.room(b.length);
+    this.buf.set(b, this.off);
+    this.off += b.length;
+  }
   asciiz(s: string): void {
     const n = Buffer.byteLength(s);
     this.room(n + 1);
@@ -390,7 +443,14 @@ export function ipToBuffer(ip: string): Buffer {
     const t = tail ? tail.split(':') : [];
     // An embedded IPv4 tail (::ffff:1.2.3.4) counts as two groups.
     const expand = (groups: string[]) =>
-      groups.flatMap((g) => (g.includes('.') ? (() => { const b = ipToBuffer(g); return [b.readUInt16BE(0).toString(16), b.readUInt16BE(2).toString(16)]; })() : [g]));
+      groups.flatMap((g) =>
+        g.includes('.')
+          ? (() => {
+              const b = ipToBuffer(g);
+              return [b.readUInt16BE(0).toString(16), b.readUInt16BE(2).toString(16)];
+            })()
+          : [g],
+      );
     const hh = expand(h);
     const tt = expand(t);
     const zeros = ip.includes('::') ? 8 - hh.length - tt.length : 0;
@@ -408,12 +468,19 @@ export function bufferToIp(b: Buffer): string {
   const groups: number[] = [];
   for (let i = 0; i < 16; i += 2) groups.push(b.readUInt16BE(i));
   // RFC 5952: compress the longest run (>= 2) of zero groups.
-  let best = -1, bestLen = 0;
-  for (let i = 0; i < 8; ) {
-    if (groups[i] !== 0) { i++; continue; }
+  let best = -1,
+    bestLen = 0;
+  for (let i = 0; i < 8;) {
+    if (groups[i] !== 0) {
+      i++;
+      continue;
+    }
     let j = i;
     while (j < 8 && groups[j] === 0) j++;
-    if (j - i > bestLen && j - i >= 2) { best = i; bestLen = j - i; }
+    if (j - i > bestLen && j - i >= 2) {
+      best = i;
+      bestLen = j - i;
+    }
     i = j;
   }
   const hex = groups.map((g) => g.toString(16));

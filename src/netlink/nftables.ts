@@ -7,9 +7,7 @@
  * Integers inside nf_tables attributes are big-endian; the values of
  * meta/ct/fib keys inside registers are host order (see src/nat/nftables/expr).
  */
-import {
-  asciiz, be16, be32, be64, binary, list, nested, s32be, selectBy, u8, type AttrObject, type Codec, type Table,
-} from './attrs';
+import { asciiz, be16, be32, be64, binary, list, nested, s32be, selectBy, u8, type AttrObject, type Codec, type Table } from './attrs';
 
 export const NFNL_SUBSYS_NFTABLES = 10;
 /** The batch wrapper's message types (subsystem 0). */
@@ -18,13 +16,26 @@ export const NFNL_MSG_BATCH_END = 0x11;
 
 /** enum nf_tables_msg_types. */
 export const NFT_MSG = {
-  NEWTABLE: 0, GETTABLE: 1, DELTABLE: 2,
-  NEWCHAIN: 3, GETCHAIN: 4, DELCHAIN: 5,
-  NEWRULE: 6, GETRULE: 7, DELRULE: 8,
-  NEWSET: 9, GETSET: 10, DELSET: 11,
-  NEWSETELEM: 12, GETSETELEM: 13, DELSETELEM: 14,
-  NEWGEN: 15, GETGEN: 16,
-  NEWOBJ: 18, GETOBJ: 19, DELOBJ: 20,
+  NEWTABLE: 0,
+  GETTABLE: 1,
+  DELTABLE: 2,
+  NEWCHAIN: 3,
+  GETCHAIN: 4,
+  DELCHAIN: 5,
+  NEWRULE: 6,
+  GETRULE: 7,
+  DELRULE: 8,
+  NEWSET: 9,
+  GETSET: 10,
+  DELSET: 11,
+  NEWSETELEM: 12,
+  GETSETELEM: 13,
+  DELSETELEM: 14,
+  NEWGEN: 15,
+  GETGEN: 16,
+  NEWOBJ: 18,
+  GETOBJ: 19,
+  DELOBJ: 20,
 } as const;
 
 /** nlmsg_type of an nf_tables message: subsystem in the high byte. */
@@ -44,12 +55,34 @@ export const NFT_DATA_VERDICT = 0xffffff00;
 export const NFT_REG_VERDICT = 0;
 export const NFT_REG32_00 = 8;
 
-export const NFT_SET_F = { ANONYMOUS: 0x1, CONSTANT: 0x2, INTERVAL: 0x4, MAP: 0x8, TIMEOUT: 0x10, EVAL: 0x20, OBJECT: 0x40, CONCAT: 0x80, EXPR: 0x100 } as const;
+export const NFT_SET_F = {
+  ANONYMOUS: 0x1,
+  CONSTANT: 0x2,
+  INTERVAL: 0x4,
+  MAP: 0x8,
+  TIMEOUT: 0x10,
+  EVAL: 0x20,
+  OBJECT: 0x40,
+  CONCAT: 0x80,
+  EXPR: 0x100,
+} as const;
 export const NFT_SET_ELEM_INTERVAL_END = 0x1;
 export const NFT_PAYLOAD_BASE = { ll: 0, network: 1, transport: 2 } as const;
 export const NFT_CMP_OP = { eq: 0, neq: 1, lt: 2, lte: 3, gt: 4, gte: 5 } as const;
 export const NFT_META = { mark: 3, iif: 4, oif: 5, iifname: 6, oifname: 7, nfproto: 15, l4proto: 16 } as const;
-export const NFT_CT = { state: 0, direction: 1, status: 2, mark: 3, protocol: 10, proto_src: 11, proto_dst: 12, src_ip: 19, dst_ip: 20, src_ip6: 21, dst_ip6: 22 } as const;
+export const NFT_CT = {
+  state: 0,
+  direction: 1,
+  status: 2,
+  mark: 3,
+  protocol: 10,
+  proto_src: 11,
+  proto_dst: 12,
+  src_ip: 19,
+  dst_ip: 20,
+  src_ip6: 21,
+  dst_ip6: 22,
+} as const;
 export const NFT_NAT_TYPE = { snat: 0, dnat: 1 } as const;
 /** NF_NAT_RANGE_* flags. */
 export const NF_NAT_RANGE = { MAP_IPS: 0x1, PROTO_SPECIFIED: 0x2, PROTO_RANDOM: 0x4, PERSISTENT: 0x8, PROTO_RANDOM_FULLY: 0x10 } as const;
@@ -110,46 +143,102 @@ const data = nested(NFTA_DATA, { setNestedFlag: true });
 // One table per expression (NFTA_<NAME>_*), chosen by the expression's name.
 const EXPR_TABLES: Record<string, Table> = {
   payload: [
-    { type: 1, name: 'dreg', codec: be32 }, { type: 2, name: 'base', codec: be32 },
-    { type: 3, name: 'offset', codec: be32 }, { type: 4, name: 'len', codec: be32 },
+    { type: 1, name: 'dreg', codec: be32 },
+    { type: 2, name: 'base', codec: be32 },
+    { type: 3, name: 'offset', codec: be32 },
+    { type: 4, name: 'len', codec: be32 },
   ],
-  cmp: [{ type: 1, name: 'sreg', codec: be32 }, { type: 2, name: 'op', codec: be32 }, { type: 3, name: 'data', codec: data }],
+  cmp: [
+    { type: 1, name: 'sreg', codec: be32 },
+    { type: 2, name: 'op', codec: be32 },
+    { type: 3, name: 'data', codec: data },
+  ],
   bitwise: [
-    { type: 1, name: 'sreg', codec: be32 }, { type: 2, name: 'dreg', codec: be32 }, { type: 3, name: 'len', codec: be32 },
-    { type: 4, name: 'mask', codec: data }, { type: 5, name: 'xor', codec: data }, { type: 6, name: 'op', codec: be32 },
+    { type: 1, name: 'sreg', codec: be32 },
+    { type: 2, name: 'dreg', codec: be32 },
+    { type: 3, name: 'len', codec: be32 },
+    { type: 4, name: 'mask', codec: data },
+    { type: 5, name: 'xor', codec: data },
+    { type: 6, name: 'op', codec: be32 },
   ],
   byteorder: [
-    { type: 1, name: 'sreg', codec: be32 }, { type: 2, name: 'dreg', codec: be32 }, { type: 3, name: 'op', codec: be32 },
-    { type: 4, name: 'len', codec: be32 }, { type: 5, name: 'size', codec: be32 },
+    { type: 1, name: 'sreg', codec: be32 },
+    { type: 2, name: 'dreg', codec: be32 },
+    { type: 3, name: 'op', codec: be32 },
+    { type: 4, name: 'len', codec: be32 },
+    { type: 5, name: 'size', codec: be32 },
   ],
-  meta: [{ type: 1, name: 'dreg', codec: be32 }, { type: 2, name: 'key', codec: be32 }, { type: 3, name: 'sreg', codec: be32 }],
-  ct: [{ type: 1, name: 'dreg', codec: be32 }, { type: 2, name: 'key', codec: be32 }, { type: 3, name: 'direction', codec: u8 }, { type: 4, name: 'sreg', codec: be32 }],
+  meta: [
+    { type: 1, name: 'dreg', codec: be32 },
+    { type: 2, name: 'key', codec: be32 },
+    { type: 3, name: 'sreg', codec: be32 },
+  ],
+  ct: [
+    { type: 1, name: 'dreg', codec: be32 },
+    { type: 2, name: 'key', codec: be32 },
+    { type: 3, name: 'direction', codec: u8 },
+    { type: 4, name: 'sreg', codec: be32 },
+  ],
   lookup: [
-    { type: 1, name: 'set', codec: asciiz }, { type: 2, name: 'sreg', codec: be32 }, { type: 3, name: 'dreg', codec: be32 },
-    { type: 4, name: 'setId', codec: be32 }, { type: 5, name: 'flags', codec: be32 },
+    { type: 1, name: 'set', codec: asciiz },
+    { type: 2, name: 'sreg', codec: be32 },
+    { type: 3, name: 'dreg', codec: be32 },
+    { type: 4, name: 'setId', codec: be32 },
+    { type: 5, name: 'flags', codec: be32 },
   ],
   dynset: [
-    { type: 1, name: 'set', codec: asciiz }, { type: 2, name: 'setId', codec: be32 }, { type: 3, name: 'op', codec: be32 },
-    { type: 4, name: 'sregKey', codec: be32 }, { type: 5, name: 'sregData', codec: be32 }, { type: 6, name: 'timeout', codec: be64 },
+    { type: 1, name: 'set', codec: asciiz },
+    { type: 2, name: 'setId', codec: be32 },
+    { type: 3, name: 'op', codec: be32 },
+    { type: 4, name: 'sregKey', codec: be32 },
+    { type: 5, name: 'sregData', codec: be32 },
+    { type: 6, name: 'timeout', codec: be64 },
     { type: 9, name: 'flags', codec: be32 },
   ],
-  immediate: [{ type: 1, name: 'dreg', codec: be32 }, { type: 2, name: 'data', codec: data }],
-  numgen: [{ type: 1, name: 'dreg', codec: be32 }, { type: 2, name: 'modulus', codec: be32 }, { type: 3, name: 'type', codec: be32 }, { type: 4, name: 'offset', codec: be32 }],
-  nat: [
-    { type: 1, name: 'type', codec: be32 }, { type: 2, name: 'family', codec: be32 },
-    { type: 3, name: 'regAddrMin', codec: be32 }, { type: 4, name: 'regAddrMax', codec: be32 },
-    { type: 5, name: 'regProtoMin', codec: be32 }, { type: 6, name: 'regProtoMax', codec: be32 }, { type: 7, name: 'flags', codec: be32 },
+  immediate: [
+    { type: 1, name: 'dreg', codec: be32 },
+    { type: 2, name: 'data', codec: data },
   ],
-  masq: [{ type: 1, name: 'flags', codec: be32 }, { type: 2, name: 'regProtoMin', codec: be32 }, { type: 3, name: 'regProtoMax', codec: be32 }],
-  fib: [{ type: 1, name: 'dreg', codec: be32 }, { type: 2, name: 'result', codec: be32 }, { type: 3, name: 'flags', codec: be32 }],
+  numgen: [
+    { type: 1, name: 'dreg', codec: be32 },
+    { type: 2, name: 'modulus', codec: be32 },
+    { type: 3, name: 'type', codec: be32 },
+    { type: 4, name: 'offset', codec: be32 },
+  ],
+  nat: [
+    { type: 1, name: 'type', codec: be32 },
+    { type: 2, name: 'family', codec: be32 },
+    { type: 3, name: 'regAddrMin', codec: be32 },
+    { type: 4, name: 'regAddrMax', codec: be32 },
+    { type: 5, name: 'regProtoMin', codec: be32 },
+    { type: 6, name: 'regProtoMax', codec: be32 },
+    { type: 7, name: 'flags', codec: be32 },
+  ],
+  masq: [
+    { type: 1, name: 'flags', codec: be32 },
+    { type: 2, name: 'regProtoMin', codec: be32 },
+    { type: 3, name: 'regProtoMax', codec: be32 },
+  ],
+  fib: [
+    { type: 1, name: 'dreg', codec: be32 },
+    { type: 2, name: 'result', codec: be32 },
+    { type: 3, name: 'flags', codec: be32 },
+  ],
   counter: NFTA_COUNTER,
-  reject: [{ type: 1, name: 'type', codec: be32 }, { type: 2, name: 'icmpCode', codec: u8 }],
+  reject: [
+    { type: 1, name: 'type', codec: be32 },
+    { type: 2, name: 'icmpCode', codec: u8 },
+  ],
 };
 
 /** NFTA_EXPR_*: an expression is its name plus the attributes of that name's table. */
 export const NFTA_EXPR: Table = [
   { type: 1, name: 'name', codec: asciiz },
-  { type: 2, name: 'data', codec: selectBy('name', Object.fromEntries(Object.entries(EXPR_TABLES).map(([k, t]) => [k, nested(t, { setNestedFlag: true })]))) as Codec<AttrObject> },
+  {
+    type: 2,
+    name: 'data',
+    codec: selectBy('name', Object.fromEntries(Object.entries(EXPR_TABLES).map(([k, t]) => [k, nested(t, { setNestedFlag: true })]))) as Codec<AttrObject>,
+  },
 ];
 export const NFTA_LIST_ELEM = 1;
 const expr = nested(NFTA_EXPR, { setNestedFlag: true });

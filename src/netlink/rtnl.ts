@@ -4,9 +4,7 @@
  * <linux/if_addr.h>, <linux/rtnetlink.h> and <linux/net_namespace.h>.
  * Only wire layout lives here; meaning lives in src/link, src/addr, src/route.
  */
-import {
-  asciiz, binary, ipaddr, mac, nested, s32, selectBy, struct, u16, u32, u8, withHeader, type Table,
-} from './attrs';
+import { asciiz, binary, ipaddr, mac, nested, s32, selectBy, struct, u16, u32, u8, withHeader, type Table } from './attrs';
 
 export const AF_UNSPEC = 0;
 export const AF_INET = 2;
@@ -14,20 +12,42 @@ export const AF_BRIDGE = 7;
 export const AF_INET6 = 10;
 
 export const RTM = {
-  NEWLINK: 16, DELLINK: 17, GETLINK: 18, SETLINK: 19,
-  NEWADDR: 20, DELADDR: 21, GETADDR: 22,
-  NEWROUTE: 24, DELROUTE: 25, GETROUTE: 26,
-  NEWNSID: 88, DELNSID: 89, GETNSID: 90,
+  NEWLINK: 16,
+  DELLINK: 17,
+  GETLINK: 18,
+  SETLINK: 19,
+  NEWADDR: 20,
+  DELADDR: 21,
+  GETADDR: 22,
+  NEWROUTE: 24,
+  DELROUTE: 25,
+  GETROUTE: 26,
+  NEWNSID: 88,
+  DELNSID: 89,
+  GETNSID: 90,
 } as const;
 
 export const IFF = {
-  UP: 0x1, BROADCAST: 0x2, LOOPBACK: 0x8, POINTOPOINT: 0x10, RUNNING: 0x40, NOARP: 0x80,
-  PROMISC: 0x100, MULTICAST: 0x1000, LOWER_UP: 0x10000,
+  UP: 0x1,
+  BROADCAST: 0x2,
+  LOOPBACK: 0x8,
+  POINTOPOINT: 0x10,
+  RUNNING: 0x40,
+  NOARP: 0x80,
+  PROMISC: 0x100,
+  MULTICAST: 0x1000,
+  LOWER_UP: 0x10000,
 } as const;
 
 export const IFA_F = {
-  SECONDARY: 0x01, NODAD: 0x02, OPTIMISTIC: 0x04, DADFAILED: 0x08, DEPRECATED: 0x20,
-  TENTATIVE: 0x40, PERMANENT: 0x80, NOPREFIXROUTE: 0x200,
+  SECONDARY: 0x01,
+  NODAD: 0x02,
+  OPTIMISTIC: 0x04,
+  DADFAILED: 0x08,
+  DEPRECATED: 0x20,
+  TENTATIVE: 0x40,
+  PERMANENT: 0x80,
+  NOPREFIXROUTE: 0x200,
 } as const;
 
 export const RT_TABLE = { UNSPEC: 0, DEFAULT: 253, MAIN: 254, LOCAL: 255 } as const;
@@ -38,19 +58,63 @@ export const RTN = { UNICAST: 1, LOCAL: 2, BROADCAST: 3, ANYCAST: 4, MULTICAST: 
 /** BR_STATE_* from <linux/if_bridge.h>. */
 export const BR_STATE = ['disabled', 'listening', 'learning', 'forwarding', 'blocking'] as const;
 
-export interface IfInfoMsg { family: number; type: number; index: number; flags: number; change: number }
-export const ifinfomsg = struct<IfInfoMsg>([['family', 'u8'], ['', 'pad8'], ['type', 'u16'], ['index', 's32'], ['flags', 'u32'], ['change', 'u32']]);
-
-export interface IfAddrMsg { family: number; prefixlen: number; flags: number; scope: number; index: number }
-export const ifaddrmsg = struct<IfAddrMsg>([['family', 'u8'], ['prefixlen', 'u8'], ['flags', 'u8'], ['scope', 'u8'], ['index', 'u32']]);
-
-export interface RtMsg { family: number; dst_len: number; src_len: number; tos: number; table: number; protocol: number; scope: number; type: number; flags: number }
-export const rtmsg = struct<RtMsg>([
-  ['family', 'u8'], ['dst_len', 'u8'], ['src_len', 'u8'], ['tos', 'u8'],
-  ['table', 'u8'], ['protocol', 'u8'], ['scope', 'u8'], ['type', 'u8'], ['flags', 'u32'],
+export interface IfInfoMsg {
+  family: number;
+  type: number;
+  index: number;
+  flags: number;
+  change: number;
+}
+export const ifinfomsg = struct<IfInfoMsg>([
+  ['family', 'u8'],
+  ['', 'pad8'],
+  ['type', 'u16'],
+  ['index', 's32'],
+  ['flags', 'u32'],
+  ['change', 'u32'],
 ]);
 
-export interface RtGenMsg { family: number }
+export interface IfAddrMsg {
+  family: number;
+  prefixlen: number;
+  flags: number;
+  scope: number;
+  index: number;
+}
+export const ifaddrmsg = struct<IfAddrMsg>([
+  ['family', 'u8'],
+  ['prefixlen', 'u8'],
+  ['flags', 'u8'],
+  ['scope', 'u8'],
+  ['index', 'u32'],
+]);
+
+export interface RtMsg {
+  family: number;
+  dst_len: number;
+  src_len: number;
+  tos: number;
+  table: number;
+  protocol: number;
+  scope: number;
+  type: number;
+  flags: number;
+}
+export const rtmsg = struct<RtMsg>([
+  ['family', 'u8'],
+  ['dst_len', 'u8'],
+  ['src_len', 'u8'],
+  ['tos', 'u8'],
+  ['table', 'u8'],
+  ['protocol', 'u8'],
+  ['scope', 'u8'],
+  ['type', 'u8'],
+  ['flags', 'u32'],
+]);
+
+export interface RtGenMsg {
+  family: number;
+}
 export const rtgenmsg = struct<RtGenMsg>([['family', 'u8']]);
 
 /** IFLA_BR_* (bridge options inside IFLA_INFO_DATA). */
@@ -82,9 +146,7 @@ export const IFLA_BRPORT: Table = [
 ];
 
 /** VETH_INFO_* : the peer is a whole ifinfomsg + IFLA_* message of its own. */
-export const VETH_INFO: Table = [
-  { type: 1, name: 'peer', codec: withHeader(ifinfomsg, () => IFLA) },
-];
+export const VETH_INFO: Table = [{ type: 1, name: 'peer', codec: withHeader(ifinfomsg, () => IFLA) }];
 
 /** IFLA_INFO_* : kind, and kind-specific data chosen by that kind. */
 export const IFLA_INFO: Table = [

@@ -22,9 +22,18 @@ export const NETLINK_ROUTE = 0;
 export const NETLINK_NETFILTER = 12;
 
 export const NLM_F = {
-  REQUEST: 0x1, MULTI: 0x2, ACK: 0x4, ECHO: 0x8, DUMP_INTR: 0x10,
-  ROOT: 0x100, MATCH: 0x200, DUMP: 0x300,
-  REPLACE: 0x100, EXCL: 0x200, CREATE: 0x400, APPEND: 0x800,
+  REQUEST: 0x1,
+  MULTI: 0x2,
+  ACK: 0x4,
+  ECHO: 0x8,
+  DUMP_INTR: 0x10,
+  ROOT: 0x100,
+  MATCH: 0x200,
+  DUMP: 0x300,
+  REPLACE: 0x100,
+  EXCL: 0x200,
+  CREATE: 0x400,
+  APPEND: 0x800,
 } as const;
 
 export const NLMSG_ERROR = 2;
@@ -73,7 +82,7 @@ export type TransportFactory = (onMessage: (buf: Buffer) => void, onError: (err:
 export function extackText(flags: number, payload: Buffer): string | undefined {
   if (!(flags & NLM_F_ACK_TLVS) || payload.length < 4 + NLMSG_HDRLEN) return undefined;
   const origLen = payload.readUInt32LE(4);
-  let off = 4 + ((flags & NLM_F_CAPPED) ? NLMSG_HDRLEN : Math.max(origLen, NLMSG_HDRLEN));
+  let off = 4 + (flags & NLM_F_CAPPED ? NLMSG_HDRLEN : Math.max(origLen, NLMSG_HDRLEN));
   off = (off + 3) & ~3;
   while (off + 4 <= payload.length) {
     const len = payload.readUInt16LE(off);
@@ -100,7 +109,9 @@ export function nativeTransport(fd: number, buffer = DEFAULT_BUFFER): TransportF
     }
     return {
       port: s.port(),
-      send: (parts) => { s.send(parts); },
+      send: (parts) => {
+        s.send(parts);
+      },
       transact: (parts) => s.transact(parts),
       ref: () => s.ref(),
       unref: () => s.unref(),
@@ -119,7 +130,10 @@ export class NetlinkSocket {
 
   /** Speaks netlink over the transport `open` makes (src/netns makes sockets inside namespaces). */
   constructor(open: TransportFactory) {
-    this.raw = open((buf) => this.receive(buf), (err) => this.failAll(err));
+    this.raw = open(
+      (buf) => this.receive(buf),
+      (err) => this.failAll(err),
+    );
     this.port = this.raw.port;
     this.raw.unref();
   }
@@ -136,7 +150,10 @@ export class NetlinkSocket {
    */
   dump(type: number, payload: Buffer, flags = 0): Promise<Message[]> {
     const run = this.dumpQueue.then(() => this.dumpNow(type, payload, flags));
-    this.dumpQueue = run.then(() => undefined, () => undefined);
+    this.dumpQueue = run.then(
+      () => undefined,
+      () => undefined,
+    );
     return run;
   }
 
@@ -252,4 +269,3 @@ export class NetlinkSocket {
     for (const seq of [...this.pending.keys()]) this.settle(seq, err);
   }
 }
-

@@ -93,7 +93,8 @@ export class NetNs {
     const st = this.state(`opening a netlink socket in ${this.label}`);
     const c = native().constants;
     const fd = withContextSync(`opening a netlink socket in ${this.label}`, () =>
-      st.fd ? socketIn(st.fd, c.AF_NETLINK, c.SOCK_RAW, protocol) : socketHere(c.AF_NETLINK, c.SOCK_RAW, protocol));
+      st.fd ? socketIn(st.fd, c.AF_NETLINK, c.SOCK_RAW, protocol) : socketHere(c.AF_NETLINK, c.SOCK_RAW, protocol),
+    );
     return new NetlinkSocket(nativeTransport(fd, buffer));
   }
 

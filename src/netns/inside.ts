@@ -103,7 +103,13 @@ function stdioArray(stdio: StdioOptions | undefined): unknown[] {
   return a;
 }
 
-function nsexecArgs(ns: NsFd, cmd: string, args: readonly string[], opts: SpawnOptions | SpawnSyncOptions, ready?: number): { args: string[]; opts: SpawnOptions } {
+function nsexecArgs(
+  ns: NsFd,
+  cmd: string,
+  args: readonly string[],
+  opts: SpawnOptions | SpawnSyncOptions,
+  ready?: number,
+): { args: string[]; opts: SpawnOptions } {
   if (opts.shell) throw new TsnetError('spawning in a namespace: the shell option is refused (argument arrays only)', { code: 'EINVAL' });
   const stdio = stdioArray(opts.stdio);
   const nsIndex = stdio.length;
@@ -136,7 +142,8 @@ function checkIdentity(ns: NsFd, where: string): void {
 }
 
 function requireProgram(cmd: string, opts: SpawnOptions | SpawnSyncOptions, label: string): void {
-  if (!findProgram(cmd, opts.env)) throw new TsnetError(`cannot run ${cmd} in ${label}: not found (PATH ${(opts.env ?? process.env).PATH ?? ''})`, { code: 'ENOENT' });
+  if (!findProgram(cmd, opts.env))
+    throw new TsnetError(`cannot run ${cmd} in ${label}: not found (PATH ${(opts.env ?? process.env).PATH ?? ''})`, { code: 'ENOENT' });
 }
 
 /**

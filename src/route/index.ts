@@ -59,11 +59,21 @@ async function routeMsg(h: NetNs, r: RouteSpec, forDelete: boolean): Promise<{ m
     type: forDelete ? 0 : RTN.UNICAST,
   });
   const attrs: AttrObject = {
-    dst: dst?.network, gateway: gw?.address, oif, priority: r.metric, prefsrc: src?.address,
+    dst: dst?.network,
+    gateway: gw?.address,
+    oif,
+    priority: r.metric,
+    prefsrc: src?.address,
     table: table >= 256 ? table : undefined,
   };
-  const text = [r.dst === 'default' ? 'default' : `${dst!.network}/${dst!.prefix}`, gw && `via ${gw.address}`, r.dev !== undefined && `dev ${r.dev}`, r.metric !== undefined && `metric ${r.metric}`]
-    .filter(Boolean).join(' ');
+  const text = [
+    r.dst === 'default' ? 'default' : `${dst!.network}/${dst!.prefix}`,
+    gw && `via ${gw.address}`,
+    r.dev !== undefined && `dev ${r.dev}`,
+    r.metric !== undefined && `metric ${r.metric}`,
+  ]
+    .filter(Boolean)
+    .join(' ');
   return { msg: Buffer.concat([hdr, encodeAttrs(RTA, attrs)]), text };
 }
 
@@ -108,7 +118,10 @@ export async function list(h: NetNs, filter: { family?: Family; table?: number |
       const route: Route = {
         family: fam,
         dst: hdr.dst_len === 0 && a.dst === undefined ? 'default' : `${a.dst as string}/${hdr.dst_len}`,
-        table, protocol: PROTOS[hdr.protocol] ?? hdr.protocol, scope: SCOPES[hdr.scope] ?? hdr.scope, type: TYPES[hdr.type] ?? hdr.type,
+        table,
+        protocol: PROTOS[hdr.protocol] ?? hdr.protocol,
+        scope: SCOPES[hdr.scope] ?? hdr.scope,
+        type: TYPES[hdr.type] ?? hdr.type,
       };
       if (a.gateway !== undefined) route.gateway = a.gateway as string;
       if (a.oif !== undefined) route.dev = names.get(a.oif as number) ?? String(a.oif);
@@ -124,7 +137,9 @@ export async function list(h: NetNs, filter: { family?: Family; table?: number |
 export async function get(h: NetNs, dst: string): Promise<{ dev?: string; gateway?: string; prefsrc?: string; type: Route['type'] }> {
   const ip = parseIp(dst);
   const hdr = rtmsg.encode({ family: ip.family === 4 ? AF_INET : AF_INET6, dst_len: ip.family === 4 ? 32 : 128 });
-  const replies = await withContext(`looking up the route to ${ip.address} in ${h.label}`, () => h.nl.request(RTM.GETROUTE, 0, Buffer.concat([hdr, encodeAttrs(RTA, { dst: ip.address })])));
+  const replies = await withContext(`looking up the route to ${ip.address} in ${h.label}`, () =>
+    h.nl.request(RTM.GETROUTE, 0, Buffer.concat([hdr, encodeAttrs(RTA, { dst: ip.address })])),
+  );
   const m = replies.find((r) => r.type === RTM.NEWROUTE);
   if (!m) throw invalid(`no route to ${ip.address} in ${h.label}`);
   const rh = rtmsg.decode(m.payload);

@@ -8,6 +8,7 @@
  */
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import { contextualize, TsnetError } from '../errors';
 import { builtScript } from '../native';
 
@@ -33,7 +34,7 @@ export async function runInSandbox(cmd: string, args: readonly string[], opts: {
   });
   return new Promise((resolve, reject) => {
     child.on('error', (err) => reject(contextualize('starting the sandbox with unshare(1) (is util-linux installed?)', err)));
-    child.on('exit', (code, signal) => resolve(code ?? (signal ? 128 + (require('node:os').constants.signals[signal] as number) : 1)));
+    child.on('exit', (code, signal) => resolve(code ?? (signal ? 128 + os.constants.signals[signal] : 1)));
   });
 }
 

@@ -128,7 +128,8 @@ export async function withLockFile<T>(file: string, fn: (lockFd: number) => Prom
   try {
     const deadline = Date.now() + timeoutMs;
     for (let wait = 1; !native().tryLock(fd); wait = Math.min(wait * 2, 50)) {
-      if (Date.now() > deadline) throw new TsnetError(`timed out after ${timeoutMs} ms waiting for ${file} (another tsnet is working; try again)`, { code: 'EAGAIN' });
+      if (Date.now() > deadline)
+        throw new TsnetError(`timed out after ${timeoutMs} ms waiting for ${file} (another tsnet is working; try again)`, { code: 'EAGAIN' });
       await new Promise((r) => setTimeout(r, wait));
     }
     return await fn(fd);

@@ -46,7 +46,12 @@ export async function add(h: NetNs, name: string, peer: string, o: VethOptions =
     master = br.index;
   }
   await link.add(h, {
-    kind: 'veth', name, mtu: o.mtu, mac: o.mac, master, up,
+    kind: 'veth',
+    name,
+    mtu: o.mtu,
+    mac: o.mac,
+    master,
+    up,
     peer: { name: peer, netns: o.peerNetns, mac: o.peerMac },
   });
   try {
@@ -148,7 +153,11 @@ async function resolveNsids(h: NetNs, wanted: Set<number>): Promise<Map<number, 
     await consider(() => netns.open(name), { name });
   }
   if (found.size < wanted.size) {
-    const pids = fs.readdirSync('/proc').filter((d) => /^\d+$/.test(d)).map(Number).sort((a, b) => a - b);
+    const pids = fs
+      .readdirSync('/proc')
+      .filter((d) => /^\d+$/.test(d))
+      .map(Number)
+      .sort((a, b) => a - b);
     for (const pid of pids) {
       if (found.size === wanted.size) break;
       let ino: number;

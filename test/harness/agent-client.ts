@@ -16,7 +16,10 @@ const done = () => {
   process.stdout.write(`${JSON.stringify(out)}\n`);
   process.exit(0);
 };
-c.on('error', (e: NodeJS.ErrnoException) => { out.error = e.code ?? e.message; done(); });
+c.on('error', (e: NodeJS.ErrnoException) => {
+  out.error = e.code ?? e.message;
+  done();
+});
 c.on('data', (d: Buffer) => {
   frames.push(...reader.push(d));
   if (frames.length === 1 && out.hello === undefined) {
@@ -29,5 +32,11 @@ c.on('data', (d: Buffer) => {
     done();
   }
 });
-c.on('close', () => { out.closed = true; done(); });
-setTimeout(() => { out.error = 'timeout'; done(); }, 10_000);
+c.on('close', () => {
+  out.closed = true;
+  done();
+});
+setTimeout(() => {
+  out.error = 'timeout';
+  done();
+}, 10_000);

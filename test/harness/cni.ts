@@ -46,8 +46,15 @@ export class AgentProcess {
   private readonly exited: Promise<number | null>;
 
   /** `stateDir`: tsnet's global --state-dir (it goes before the command). */
-  constructor(readonly node: netns.NetNs, readonly socket: string, args: string[], stateDir?: string) {
-    this.child = node.spawn(process.execPath, [CLI, ...(stateDir ? ['--state-dir', stateDir] : []), 'agent', '--socket', socket, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  constructor(
+    readonly node: netns.NetNs,
+    readonly socket: string,
+    args: string[],
+    stateDir?: string,
+  ) {
+    this.child = node.spawn(process.execPath, [CLI, ...(stateDir ? ['--state-dir', stateDir] : []), 'agent', '--socket', socket, ...args], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     this.child.stderr!.on('data', (d) => (this.log += d));
     this.exited = new Promise((resolve) => this.child.on('exit', (code) => resolve(code)));
     this.ready = new Promise((resolve, reject) => {
@@ -93,7 +100,10 @@ export class CniInstall {
   /** Calls of tsnet's plugins with an agent running: how many it served, and those it did not (the shim fell back). */
   readonly served = { agent: 0, fellBack: [] as string[] };
 
-  constructor(prefix: string, readonly mode: CniMode = 'standalone') {
+  constructor(
+    prefix: string,
+    readonly mode: CniMode = 'standalone',
+  ) {
     this.dir = fs.mkdtempSync(path.join(os.tmpdir(), `tsnet-${prefix}-`));
     this.binDir = path.join(this.dir, 'bin');
     this.socket = path.join(this.dir, 'run', 'agent.sock');
@@ -167,7 +177,9 @@ export class CniInstall {
           resolve(call);
         });
       });
-      child.stdin!.on('error', () => { /* killed before reading */ });
+      child.stdin!.on('error', () => {
+        /* killed before reading */
+      });
       child.stdin!.end(typeof conf === 'string' ? conf : JSON.stringify(conf));
     });
     return { pid: child.pid!, done };
@@ -212,9 +224,15 @@ export function leftovers(node: netns.NetNs, o: { ipamDir: string; stateDir: str
  */
 export function natRules(node: netns.NetNs): string[] {
   const inNode = (cmd: string, ...args: string[]) => run('ip', ['netns', 'exec', node.name!, cmd, ...args]).stdout;
-  const ipt = [inNode('iptables-save', '-t', 'nat'), inNode('ip6tables-save', '-t', 'nat')].join('\n').split('\n').filter((l) => l.startsWith('-A '));
-  const nft = [inNode('nft', 'list', 'table', 'ip', 'tsnet'), inNode('nft', 'list', 'table', 'ip6', 'tsnet')].join('\n').split('\n')
-    .map((l) => l.trim()).filter((l) => /(masquerade|snat|dnat|accept|drop|jump|goto)\b.*$/.test(l) && !l.startsWith('chain') && !l.startsWith('type '));
+  const ipt = [inNode('iptables-save', '-t', 'nat'), inNode('ip6tables-save', '-t', 'nat')]
+    .join('\n')
+    .split('\n')
+    .filter((l) => l.startsWith('-A '));
+  const nft = [inNode('nft', 'list', 'table', 'ip', 'tsnet'), inNode('nft', 'list', 'table', 'ip6', 'tsnet')]
+    .join('\n')
+    .split('\n')
+    .map((l) => l.trim())
+    .filter((l) => /(masquerade|snat|dnat|accept|drop|jump|goto)\b.*$/.test(l) && !l.startsWith('chain') && !l.startsWith('type '));
   return [...ipt, ...nft];
 }
 

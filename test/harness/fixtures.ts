@@ -94,11 +94,14 @@ export function natView(nsName: () => string, backend: string, stateDir: string)
     return r;
   };
   const inNs = (cmd: string, ...args: string[]): Run => run('ip', ['netns', 'exec', nsName(), cmd, ...args]);
-  const rules = (): string => (inNs('iptables-save').stdout + inNs('nft', 'list', 'ruleset').stdout)
-    .split('\n').filter((l) => !l.startsWith('#')).join('\n')
-    .replace(/(counter packets|packets) \d+ bytes \d+|\[\d+:\d+\]| expires \S+/g, '');
+  const rules = (): string =>
+    (inNs('iptables-save').stdout + inNs('nft', 'list', 'ruleset').stdout)
+      .split('\n')
+      .filter((l) => !l.startsWith('#'))
+      .join('\n')
+      .replace(/(counter packets|packets) \d+ bytes \d+|\[\d+:\d+\]| expires \S+/g, '');
   return { cli, ok, inNs, rules };
 }
 
 /** One letter per NAT backend, for namespace prefixes of suites that run once per backend (nati-, natn-, natl-). */
-export const backendLetter = (b: string): string => ({ iptables: 'i', nft: 'n', netlink: 'l' } as Record<string, string>)[b] ?? b;
+export const backendLetter = (b: string): string => (({ iptables: 'i', nft: 'n', netlink: 'l' }) as Record<string, string>)[b] ?? b;

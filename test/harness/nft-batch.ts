@@ -11,8 +11,16 @@ import { decodeExpr, formatExpr } from '../../src/nat/nftables/expr';
 
 const NAMES = new Map<number, string>(Object.entries(NFT_MSG).map(([k, v]) => [v, k]));
 const TABLES: Partial<Record<string, Table>> = {
-  NEWTABLE: NFTA_TABLE, DELTABLE: NFTA_TABLE, NEWCHAIN: NFTA_CHAIN, DELCHAIN: NFTA_CHAIN,
-  NEWRULE: NFTA_RULE, DELRULE: NFTA_RULE, NEWSET: NFTA_SET, DELSET: NFTA_SET, NEWSETELEM: NFTA_SET_ELEM_LIST, DELSETELEM: NFTA_SET_ELEM_LIST,
+  NEWTABLE: NFTA_TABLE,
+  DELTABLE: NFTA_TABLE,
+  NEWCHAIN: NFTA_CHAIN,
+  DELCHAIN: NFTA_CHAIN,
+  NEWRULE: NFTA_RULE,
+  DELRULE: NFTA_RULE,
+  NEWSET: NFTA_SET,
+  DELSET: NFTA_SET,
+  NEWSETELEM: NFTA_SET_ELEM_LIST,
+  DELSETELEM: NFTA_SET_ELEM_LIST,
 };
 
 function show(v: unknown): unknown {
@@ -20,7 +28,13 @@ function show(v: unknown): unknown {
   if (typeof v === 'bigint') return `${v}n`;
   if (Array.isArray(v)) return v.map(show);
   // Keys sorted: attribute order on the wire means nothing to the kernel.
-  if (v && typeof v === 'object') return Object.fromEntries(Object.entries(v).filter(([k]) => k !== 'id' && k !== 'setId').sort(([a], [b]) => a.localeCompare(b)).map(([k, x]) => [k, show(x)]));
+  if (v && typeof v === 'object')
+    return Object.fromEntries(
+      Object.entries(v)
+        .filter(([k]) => k !== 'id' && k !== 'setId')
+        .sort(([a], [b]) => a.localeCompare(b))
+        .map(([k, x]) => [k, show(x)]),
+    );
   return v;
 }
 
@@ -41,7 +55,10 @@ export function decodeBatch(buf: Buffer): string[] {
     const name = NAMES.get(type & 0xff) ?? String(type & 0xff);
     const a = TABLES[name] ? decodeAttrs(TABLES[name]!, payload) : {};
     if (name === 'NEWRULE') {
-      const exprs = ((a.expressions ?? []) as AttrObject[]).map((e) => { const d = decodeExpr(e); return d ? formatExpr(d) : `[ ${String(e.name)} ${JSON.stringify(show(e.data))} ]`; });
+      const exprs = ((a.expressions ?? []) as AttrObject[]).map((e) => {
+        const d = decodeExpr(e);
+        return d ? formatExpr(d) : `[ ${String(e.name)} ${JSON.stringify(show(e.data))} ]`;
+      });
       delete a.expressions;
       out.push(`${name} flags=0x${flags.toString(16)} family=${family} ${JSON.stringify(show(a))}\n  ${exprs.join('\n  ')}`);
     } else {

@@ -23,7 +23,9 @@ async function main(): Promise<Record<string, unknown>> {
   out.toolsPresent = ['iptables', 'iptables-save', 'iptables-restore', 'iptables-nft', 'ip6tables', 'nft'].filter(which);
 
   let lines = 0;
-  await demo(() => { lines++; });
+  await demo(() => {
+    lines++;
+  });
   out.demo = lines;
 
   // A service and a forward through the CLI, as an operator would, on the default backend.
@@ -55,9 +57,16 @@ async function main(): Promise<Record<string, unknown>> {
   // A CNI ADD with ipMasq and a port mapping, and its DEL: one library call each, as the plugin and the agent make them.
   const c = netns.add('nonf-c');
   const conf = {
-    cniVersion: '1.1.0', name: 'nonf', type: 'tsnet-bridge', bridge: 'nonfcni', isGateway: true, ipMasq: true,
-    capabilities: { portMappings: true }, runtimeConfig: { portMappings: [{ hostPort: 18081, containerPort: 80, protocol: 'tcp' }] },
-    stateDir: path.join(stateDir, 'cni'), ipam: { type: 'tsnet-ipam', subnet: '10.78.0.0/24', dataDir: path.join(stateDir, 'ipam') },
+    cniVersion: '1.1.0',
+    name: 'nonf',
+    type: 'tsnet-bridge',
+    bridge: 'nonfcni',
+    isGateway: true,
+    ipMasq: true,
+    capabilities: { portMappings: true },
+    runtimeConfig: { portMappings: [{ hostPort: 18081, containerPort: 80, protocol: 'tcp' }] },
+    stateDir: path.join(stateDir, 'cni'),
+    ipam: { type: 'tsnet-ipam', subnet: '10.78.0.0/24', dataDir: path.join(stateDir, 'ipam') },
   };
   const env = { CNI_CONTAINERID: 'nonf1', CNI_NETNS: c.path, CNI_IFNAME: 'eth0', CNI_PATH: '/nonexistent' };
   const add = await invoke('tsnet-bridge', { ...env, CNI_COMMAND: 'ADD' }, JSON.stringify(conf));
@@ -73,7 +82,10 @@ async function main(): Promise<Record<string, unknown>> {
   return out;
 }
 
-main().then((o) => process.stdout.write(`${JSON.stringify(o)}\n`), (err: Error) => {
-  process.stdout.write(`${JSON.stringify({ error: err.message })}\n`);
-  process.exitCode = 1;
-});
+main().then(
+  (o) => process.stdout.write(`${JSON.stringify(o)}\n`),
+  (err: Error) => {
+    process.stdout.write(`${JSON.stringify({ error: err.message })}\n`);
+    process.exitCode = 1;
+  },
+);

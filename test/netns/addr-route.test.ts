@@ -17,13 +17,23 @@ test('addresses: add, replace, list, delete for IPv4 and IPv6', async (t) => {
   await addr.add(h, '10.80.0.1/24', 'd0');
   await addr.add(h, 'fd80::1/64', 'd0', { noDad: true });
   const err = await t.throwsAsync(addr.add(h, '10.80.0.1/24', 'd0'));
-  t.is(err!.message, 'adding address 10.80.0.1/24 on d0 in namespace art-a: EEXIST (File exists: ipv4: Address already assigned)', 'the kernel\'s own explanation (extended ack) is kept');
+  t.is(
+    err!.message,
+    'adding address 10.80.0.1/24 on d0 in namespace art-a: EEXIST (File exists: ipv4: Address already assigned)',
+    "the kernel's own explanation (extended ack) is kept",
+  );
   await addr.replace(h, '10.80.0.1/24', 'd0');
-  const seen = ipJson(h, 'addr', 'show', 'd0')[0].addr_info.filter((a: any) => a.scope === 'global').map((a: any) => `${a.local}/${a.prefixlen}`);
+  const seen = ipJson(h, 'addr', 'show', 'd0')[0]
+    .addr_info.filter((a: any) => a.scope === 'global')
+    .map((a: any) => `${a.local}/${a.prefixlen}`);
   t.deepEqual(seen.sort(), ['10.80.0.1/24', 'fd80::1/64']);
   const ours = (await addr.list(h, { dev: 'd0' })).filter((a) => a.scope === 'global').map((a) => a.cidr);
   t.deepEqual(ours.sort(), seen.sort());
-  t.deepEqual((await addr.list(h, { dev: 'd0', family: 6 })).filter((a) => a.scope === 'global').map((a) => a.tentative), [false], 'nodad');
+  t.deepEqual(
+    (await addr.list(h, { dev: 'd0', family: 6 })).filter((a) => a.scope === 'global').map((a) => a.tentative),
+    [false],
+    'nodad',
+  );
   t.true(await addr.del(h, 'fd80::1/64', 'd0'));
   t.false(await addr.del(h, 'fd80::1/64', 'd0'));
   await t.throwsAsync(addr.add(h, '10.80.0.1/24', 'nope0'), { message: 'interface nope0 not found in namespace art-a' });
@@ -40,7 +50,10 @@ test('routes: via a gateway, on a device, default; list; delete is idempotent', 
   const seen = ipJson(h, 'route', 'show').map((r: any) => `${r.dst} ${r.gateway ?? '-'} ${r.dev} ${r.metric ?? 0}`);
   t.deepEqual(seen.sort(), ['10.81.0.0/24 - d1 0', '10.98.1.1 - d1 0', '10.99.0.0/16 10.81.0.254 d1 0', 'default 10.81.0.254 d1 50'].sort());
   const ours = await route.list(h, { family: 4 });
-  t.deepEqual(ours.find((r) => r.dst === 'default'), { family: 4, dst: 'default', gateway: '10.81.0.254', dev: 'd1', metric: 50, table: 254, protocol: 'boot', scope: 'global', type: 'unicast' });
+  t.deepEqual(
+    ours.find((r) => r.dst === 'default'),
+    { family: 4, dst: 'default', gateway: '10.81.0.254', dev: 'd1', metric: 50, table: 254, protocol: 'boot', scope: 'global', type: 'unicast' },
+  );
   t.truthy(ours.find((r) => r.dst === '10.98.1.1/32' && r.scope === 'link'));
   t.true(await route.del(h, { dst: '10.99.0.0/16', via: '10.81.0.254' }));
   t.false(await route.del(h, { dst: '10.99.0.0/16', via: '10.81.0.254' }));

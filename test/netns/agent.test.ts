@@ -33,14 +33,24 @@ async function node(extra: Record<string, unknown> = {}) {
   const { host, ext, dir, nodeIp } = await nodeWithUplink(topo, cni, n, '10.251');
   const network = `anet${n}`;
   const conf = {
-    cniVersion: '1.1.0', name: network, type: 'tsnet-bridge', bridge: `abr${n}`,
-    isGateway: true, isDefaultGateway: true, ipMasq: true, stateDir: path.join(dir, 'state'),
+    cniVersion: '1.1.0',
+    name: network,
+    type: 'tsnet-bridge',
+    bridge: `abr${n}`,
+    isGateway: true,
+    isDefaultGateway: true,
+    ipMasq: true,
+    stateDir: path.join(dir, 'state'),
     ipam: { type: 'tsnet-ipam', subnet: `10.${150 + n}.0.0/24`, dataDir: path.join(dir, 'ipam') },
     ...extra,
   } as Record<string, any>;
   const container = (name: string) => topo.ns(`n${n}${name}`);
-  const call = (command: string, c: netns.NetNs | undefined, cid: string, o: { conf?: unknown; env?: Record<string, string | undefined>; on?: netns.NetNs } = {}) =>
-    cni.call(o.on ?? host, 'tsnet-bridge', command, o.conf ?? conf, { containerId: cid, ...(c ? { netns: c.path } : {}), ifname: 'eth0', env: o.env ?? {} });
+  const call = (
+    command: string,
+    c: netns.NetNs | undefined,
+    cid: string,
+    o: { conf?: unknown; env?: Record<string, string | undefined>; on?: netns.NetNs } = {},
+  ) => cni.call(o.on ?? host, 'tsnet-bridge', command, o.conf ?? conf, { containerId: cid, ...(c ? { netns: c.path } : {}), ifname: 'eth0', env: o.env ?? {} });
   const left = () => leftovers(host, { ipamDir: conf.ipam.dataDir, stateDir: conf.stateDir, network, match: `10.${150 + n}.` });
   /** Holds the network's IPAM lock (host-local's `lock` file), so an ADD stops half-way; returns the release. */
   const holdIpamLock = () => {
@@ -62,7 +72,9 @@ const nothingLeft = (l: ReturnType<typeof leftovers>) => [l.veths.filter((v) => 
 
 /** GET /metrics from inside `ns` (the listener is on the node's loopback). */
 function metrics(ns: netns.NetNs, address: string): string {
-  const r = ns.spawnSync(process.execPath, ['-e', `fetch('http://${address}/metrics').then((r) => r.text()).then((t) => process.stdout.write(t))`], { encoding: 'utf8' });
+  const r = ns.spawnSync(process.execPath, ['-e', `fetch('http://${address}/metrics').then((r) => r.text()).then((t) => process.stdout.write(t))`], {
+    encoding: 'utf8',
+  });
   if (r.status !== 0) throw new Error(`metrics from ${address}: ${String(r.stderr)}`);
   return String(r.stdout);
 }
@@ -81,13 +93,14 @@ function clientScript(): string {
   if (!readableClient) {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tsnet-agent-client-'));
     fs.chmodSync(dir, 0o755);
-    // The script and the one module it takes, in the same relative places (dist/test/harness, dist/src/agent).
-    for (const [from, to] of [[CLIENT, 'test/harness/agent-client.js'], [path.join(__dirname, '..', '..', 'src', 'agent', 'protocol.js'), 'src/agent/protocol.js']] as const) {
-      fs.mkdirSync(path.dirname(path.join(dir, to)), { recursive: true, mode: 0o755 });
-      fs.copyFileSync(from, path.join(dir, to));
-      fs.chmodSync(path.join(dir, to), 0o644);
+    // The script and the modules it takes, in the same relative places as under dist/.
+    const dist = path.join(__dirname, '..', '..');
+    for (const rel of ['test/harness/agent-client.js', 'src/agent/protocol.js', 'src/cni/defaults.js']) {
+      fs.mkdirSync(path.dirname(path.join(dir, rel)), { recursive: true, mode: 0o755 });
+      fs.copyFileSync(path.join(dist, rel), path.join(dir, rel));
+      fs.chmodSync(path.join(dir, rel), 0o644);
     }
-    for (const d of ['test', 'test/harness', 'src', 'src/agent']) fs.chmodSync(path.join(dir, d), 0o755);
+    for (const d of ['test', 'test/harness', 'src', 'src/agent', 'src/cni']) fs.chmodSync(path.join(dir, d), 0o755);
     readableClient = path.join(dir, 'test/harness/agent-client.js');
   }
   return readableClient;
@@ -97,7 +110,10 @@ function clientScript(): string {
 function client(ns: netns.NetNs, socket: string, req?: object, uid?: number): { error?: string; hello?: string; reply?: any } {
   const script = uid === undefined ? CLIENT : clientScript();
   const r = ns.spawnSync(process.execPath, [script, socket, ...(req ? [JSON.stringify(req)] : [])], {
-    encoding: 'utf8', cwd: path.dirname(script), ...(uid !== undefined ? { uid, gid: uid } : {}), timeout: 20_000,
+    encoding: 'utf8',
+    cwd: path.dirname(script),
+    ...(uid !== undefined ? { uid, gid: uid } : {}),
+    timeout: 20_000,
   });
   const out = String(r.stdout);
   if (!out) throw new Error(`the raw client${uid !== undefined ? ` (uid ${uid})` : ''} printed nothing: exit ${r.status}, ${String(r.stderr).trim()}`);
@@ -150,7 +166,11 @@ test('a malformed call costs that call, not the agent: null config, unknown plug
   const agent = await cni.startAgent(nd.host);
   const id = client(nd.host, agent.socket).hello!.split(' ').slice(1).join(' ');
   const base = { plugin: 'tsnet-bridge', netns: id, deadlineMs: 5000 };
-  const nul = client(nd.host, agent.socket, { ...base, env: { CNI_COMMAND: 'ADD', CNI_CONTAINERID: 'x', CNI_NETNS: '/proc/self/ns/net', CNI_IFNAME: 'eth0', CNI_PATH: '/x' }, stdin: 'null' });
+  const nul = client(nd.host, agent.socket, {
+    ...base,
+    env: { CNI_COMMAND: 'ADD', CNI_CONTAINERID: 'x', CNI_NETNS: '/proc/self/ns/net', CNI_IFNAME: 'eth0', CNI_PATH: '/x' },
+    stdin: 'null',
+  });
   t.is(nul.reply?.exitCode, 1);
   t.is(JSON.parse(nul.reply?.stdout ?? '{}').code, 6, nul.reply?.stdout);
   t.regex(client(nd.host, agent.socket, { ...base, plugin: 'tsnet-other', env: {}, stdin: '{}' }).reply?.deny ?? '', /unknown plugin/);
@@ -160,7 +180,7 @@ test('a malformed call costs that call, not the agent: null config, unknown plug
   t.is(agent.child.exitCode, null);
 });
 
-test('a shim called in another network namespace does not use the agent: it falls back, and nothing is made in the agent\'s namespace', async (t) => {
+test("a shim called in another network namespace does not use the agent: it falls back, and nothing is made in the agent's namespace", async (t) => {
   const nd = await node();
   const agent = await cni.startAgent(nd.host, ['--metrics', '127.0.0.1:0']);
   const { metrics: address } = await agent.ready;
@@ -170,16 +190,28 @@ test('a shim called in another network namespace does not use the agent: it fall
   const add = await nd.call('ADD', c, 'x1', { on: nested, env });
   ok(t, add, 'ADD from the nested namespace');
   t.regex(add.stderr, /not using the agent at .* \(deny pid \d+ is in network namespace \d+ \d+, the agent in \d+ \d+\): running standalone/);
-  t.truthy(await link.get(nested, nd.conf.bridge), 'the bridge is in the caller\'s namespace');
-  t.falsy(await link.get(nd.host, nd.conf.bridge), 'and not in the agent\'s');
-  t.deepEqual(run('ip', ['-n', nd.host.name!, '-o', 'link', 'show', 'type', 'veth']).stdout.trim().split('\n').filter((l) => !l.includes('uplink')), []);
-  t.deepEqual(natRules(nd.host), [], 'no rule in the agent\'s namespace');
-  t.regex(natRules(nested).join('\n'), masqueradeRule(ipOf(add.json)[0]!, nd.conf.bridge), 'the masquerade rule is in the caller\'s');
+  t.truthy(await link.get(nested, nd.conf.bridge), "the bridge is in the caller's namespace");
+  t.falsy(await link.get(nd.host, nd.conf.bridge), "and not in the agent's");
+  t.deepEqual(
+    run('ip', ['-n', nd.host.name!, '-o', 'link', 'show', 'type', 'veth'])
+      .stdout.trim()
+      .split('\n')
+      .filter((l) => !l.includes('uplink')),
+    [],
+  );
+  t.deepEqual(natRules(nd.host), [], "no rule in the agent's namespace");
+  t.regex(natRules(nested).join('\n'), masqueradeRule(ipOf(add.json)[0]!, nd.conf.bridge), "the masquerade rule is in the caller's");
   t.is(sample(metrics(nd.host, address!), 'tsnet_cni_requests_total{command="ADD",plugin="tsnet-bridge",result="ok"}'), undefined, 'the agent served nothing');
 
   // A client that lies about its namespace is refused too: the agent asks the kernel (SO_PEERCRED pid -> /proc/PID/ns/net).
   const hello = client(nd.host, agent.socket).hello!;
-  const lie = client(nested, agent.socket, { plugin: 'tsnet-bridge', netns: hello.split(' ').slice(1).join(' '), deadlineMs: 5000, env: { CNI_COMMAND: 'VERSION' }, stdin: '{}' });
+  const lie = client(nested, agent.socket, {
+    plugin: 'tsnet-bridge',
+    netns: hello.split(' ').slice(1).join(' '),
+    deadlineMs: 5000,
+    env: { CNI_COMMAND: 'VERSION' },
+    stdin: '{}',
+  });
   t.regex(lie.hello ?? '', /^deny pid \d+ is in network namespace/);
   t.true((sample(metrics(nd.host, address!), 'tsnet_agent_rejected_connections_total{reason="netns"}') ?? 0) >= 2);
 
@@ -210,7 +242,15 @@ test('agent SIGKILLed in the middle of ADD: the shim answers code 11, and DEL or
     }
     // The agent is gone: these calls fall back to the standalone plugin.
     if (cleanup === 'DEL') ok(t, await nd.call('DEL', c, cid), 'DEL after the kill');
-    else ok(t, await nd.call('GC', undefined, '', { conf: { ...nd.conf, 'cni.dev/valid-attachments': [] }, env: { CNI_CONTAINERID: undefined, CNI_IFNAME: undefined } }), 'GC after the kill');
+    else
+      ok(
+        t,
+        await nd.call('GC', undefined, '', {
+          conf: { ...nd.conf, 'cni.dev/valid-attachments': [] },
+          env: { CNI_CONTAINERID: undefined, CNI_IFNAME: undefined },
+        }),
+        'GC after the kill',
+      );
     t.deepEqual(nothingLeft(nd.left()), [0, [], [], []], `after ${cleanup}`);
   }
   // And at arbitrary points of an ADD: the shim reports success or 11, never hangs; DEL cleans up either way.
@@ -225,7 +265,11 @@ test('agent SIGKILLed in the middle of ADD: the shim answers code 11, and DEL or
     const del = await nd.call('DEL', c, `r${delay}`);
     ok(t, del, `DEL after a kill at ${delay} ms`);
     const natFile = path.join(nd.conf.stateDir, 'nat.json');
-    t.deepEqual(nothingLeft(nd.left()), [0, [], [], []], `after a kill at ${delay} ms (ADD: ${r.stdout.trim()}; agent: ${agent.log.trim().split('\n').slice(-3).join(' | ')}; DEL: ${del.stderr}; nat.json: ${fs.existsSync(natFile) ? fs.readFileSync(natFile, 'utf8').replace(/\s+/g, ' ').slice(0, 1500) : 'none'})`);
+    t.deepEqual(
+      nothingLeft(nd.left()),
+      [0, [], [], []],
+      `after a kill at ${delay} ms (ADD: ${r.stdout.trim()}; agent: ${agent.log.trim().split('\n').slice(-3).join(' | ')}; DEL: ${del.stderr}; nat.json: ${fs.existsSync(natFile) ? fs.readFileSync(natFile, 'utf8').replace(/\s+/g, ' ').slice(0, 1500) : 'none'})`,
+    );
   }
 });
 
@@ -289,9 +333,22 @@ test('a call past its deadline returns error 11 instead of hanging the runtime; 
  * with its own agent (`agentArgs`): checks the mapping answers, runs `body`,
  * then DEL must leave nothing.
  */
-async function behindPortMapping(t: ExecutionContext, hostPort: number, extra: Record<string, unknown>, agentArgs: string[],
-  body: (x: { nd: Awaited<ReturnType<typeof node>>; agent: AgentProcess; answersAgain: (since: number, limitMs: number) => Promise<number | undefined> }) => Promise<void>) {
-  const nd = await node({ ...extra, capabilities: { portMappings: true }, runtimeConfig: { portMappings: [{ hostPort, containerPort: 80, protocol: 'tcp' }] } });
+async function behindPortMapping(
+  t: ExecutionContext,
+  hostPort: number,
+  extra: Record<string, unknown>,
+  agentArgs: string[],
+  body: (x: {
+    nd: Awaited<ReturnType<typeof node>>;
+    agent: AgentProcess;
+    answersAgain: (since: number, limitMs: number) => Promise<number | undefined>;
+  }) => Promise<void>,
+) {
+  const nd = await node({
+    ...extra,
+    capabilities: { portMappings: true },
+    runtimeConfig: { portMappings: [{ hostPort, containerPort: 80, protocol: 'tcp' }] },
+  });
   const agent = await cni.startAgent(nd.host, agentArgs);
   const c = await nd.container('web');
   const add = await nd.call('ADD', c, 'web');
@@ -318,7 +375,10 @@ for (const backend of ['iptables', 'nft', 'netlink'] as const) {
       const { metrics: address } = await agent.ready;
       const before = sample(metrics(nd.host, address!), 'tsnet_sync_proxy_rules_resync_after_flush_total') ?? 0;
       const t0 = Date.now();
-      const flushed = backend === 'iptables' ? run('ip', ['netns', 'exec', nd.host.name!, 'iptables', '-t', 'nat', '-F']) : run('ip', ['netns', 'exec', nd.host.name!, 'nft', 'flush', 'ruleset']);
+      const flushed =
+        backend === 'iptables'
+          ? run('ip', ['netns', 'exec', nd.host.name!, 'iptables', '-t', 'nat', '-F'])
+          : run('ip', ['netns', 'exec', nd.host.name!, 'nft', 'flush', 'ruleset']);
       t.is(flushed.status, 0, flushed.stderr);
       const ms = await answersAgain(t0, 6000);
       t.truthy(ms, 'the mapping answers again');
@@ -364,7 +424,9 @@ test('standalone and agent give identical results: same addresses, routes, reser
     }
     const rules = natRules(nd.host).map((l) => l.replace(/\[\d+:\d+\]|counter packets \d+ bytes \d+/g, ''));
     const reservations = fs.readdirSync(path.join(conf.ipam.dataDir, 'same')).sort();
-    const hostAddrs = run('ip', ['-n', nd.host.name!, '-o', '-4', 'addr', 'show', 'dev', 'samebr']).stdout.replace(/^\d+: /, '').trim();
+    const hostAddrs = run('ip', ['-n', nd.host.name!, '-o', '-4', 'addr', 'show', 'dev', 'samebr'])
+      .stdout.replace(/^\d+: /, '')
+      .trim();
     return { results, rules, reservations, hostAddrs, served };
   };
   const a = await shape(false);

@@ -26,7 +26,10 @@ test.serial('two namespaces on one bridge exchange TCP, UDP and HTTP, over IPv4 
   const [eth0] = ipJson(c1, 'addr', 'show', 'eth0');
   t.true(eth0.addr_info.some((a: any) => a.local === '10.70.0.2' && a.prefixlen === 24));
   t.true(ipJson(c1, 'link', 'show', 'lo')[0].flags.includes('UP'));
-  t.deepEqual(ipJson(c1, 'route', 'show', 'default').map((r: any) => [r.gateway, r.dev]), [['10.70.0.1', 'eth0']]);
+  t.deepEqual(
+    ipJson(c1, 'route', 'show', 'default').map((r: any) => [r.gateway, r.dev]),
+    [['10.70.0.1', 'eth0']],
+  );
   t.is(ipJson(node, 'link', 'show', a1.hostIfname)[0].master, 'br0');
 
   const servers = await Promise.all([

@@ -15,7 +15,10 @@ test('ensure creates an up bridge with STP off, a stable MAC and its address, an
   t.is(seen.linkinfo.info_data.stp_state, 0);
   t.is(seen.address, bridge.stableMac('br0'));
   t.true(seen.flags.includes('UP'));
-  t.deepEqual(ipJson(h, 'addr', 'show', 'br0')[0].addr_info.map((a: any) => `${a.local}/${a.prefixlen}`), ['10.60.0.1/24']);
+  t.deepEqual(
+    ipJson(h, 'addr', 'show', 'br0')[0].addr_info.map((a: any) => `${a.local}/${a.prefixlen}`),
+    ['10.60.0.1/24'],
+  );
 
   const again = await bridge.ensure(h, 'br0', { addresses: ['10.60.0.1/24'] });
   t.is(again.index, br.index);
@@ -70,7 +73,10 @@ test('ports: attach, hairpin, detach; the bridge MAC does not follow its ports',
   await bridge.setHairpin(h, 'p0', false);
   t.false(JSON.parse(run('bridge', ['-n', 'brt-d', '-j', '-d', 'link', 'show', 'dev', 'p0']).stdout)[0].hairpin);
   const [summary] = await bridge.list(h);
-  t.deepEqual(summary!.ports.map((p) => p.name), ['p0']);
+  t.deepEqual(
+    summary!.ports.map((p) => p.name),
+    ['p0'],
+  );
   await bridge.removePort(h, 'p0');
   t.is((await link.mustGet(h, 'p0')).master, undefined);
   t.true(await bridge.del(h, 'brp'));

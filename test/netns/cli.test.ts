@@ -21,7 +21,10 @@ test.serial('netns add/ls/del from the CLI, idempotent, and exec runs inside', (
   t.truthy(ls.find((n) => n.name === 'cli-x' && n.inode > 0));
   const ex = tsnet('netns', 'exec', 'cli-x', 'ip', '-j', 'link', 'show');
   t.is(ex.status, 0);
-  t.deepEqual(JSON.parse(ex.stdout).map((l: any) => l.ifname), ['lo']);
+  t.deepEqual(
+    JSON.parse(ex.stdout).map((l: any) => l.ifname),
+    ['lo'],
+  );
   t.is(tsnet('netns', 'exec', 'cli-x', 'sh', '-c', 'exit 7').status, 7, 'the exit code is passed on');
   t.is(tsnet('netns', 'del', 'cli-x').status, 0);
   t.is(tsnet('netns', 'del', 'cli-x').status, 0, 'del twice');
@@ -77,7 +80,10 @@ test.serial('bridge, attach, veth ls --json maps every veth to the right namespa
     sleeper.kill();
   }
   const br = JSON.parse(tsnet('--netns', 'cli-node', '--json', 'bridge', 'ls').stdout);
-  t.deepEqual(br.map((b: any) => [b.name, b.addresses]), [['br0', ['10.90.0.1/24']]]);
+  t.deepEqual(
+    br.map((b: any) => [b.name, b.addresses]),
+    [['br0', ['10.90.0.1/24']]],
+  );
 });
 
 test.serial('addr and route from the CLI', async (t) => {
@@ -92,9 +98,15 @@ test.serial('addr and route from the CLI', async (t) => {
   t.is(tsnet(...n, 'route', 'add', 'default', '--via', '10.91.0.254').status, 0, 'route add twice');
   const routes = JSON.parse(tsnet(...n, '--json', 'route', 'ls', '-4').stdout) as any[];
   t.deepEqual(routes.map((r) => r.dst).sort(), ['10.91.0.0/24', '10.92.0.0/16', 'default']);
-  t.deepEqual(ipJson(undefined, '-n', 'cli-ar', 'route', 'show', 'default').map((r: any) => r.gateway), ['10.91.0.254']);
+  t.deepEqual(
+    ipJson(undefined, '-n', 'cli-ar', 'route', 'show', 'default').map((r: any) => r.gateway),
+    ['10.91.0.254'],
+  );
   const addrs = JSON.parse(tsnet(...n, '--json', 'addr', 'ls', '--dev', 've0', '-4').stdout) as any[];
-  t.deepEqual(addrs.map((a) => a.cidr), ['10.91.0.1/24']);
+  t.deepEqual(
+    addrs.map((a) => a.cidr),
+    ['10.91.0.1/24'],
+  );
   t.is(tsnet(...n, 'route', 'del', 'default', '--via', '10.91.0.254').status, 0);
   t.is(tsnet(...n, 'route', 'del', 'default', '--via', '10.91.0.254').status, 0, 'route del twice');
   t.is(tsnet(...n, 'addr', 'del', '10.91.0.1/24', '--dev', 've0').status, 0);

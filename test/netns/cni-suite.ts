@@ -49,8 +49,13 @@ export function cniSuite(mode: CniMode, natBackend?: BackendName): void {
     await cni.serve(host);
     const network = `net${n}`;
     const conf = {
-      cniVersion: '1.1.0', name: network, type: 'tsnet-bridge', bridge: `br${n}`,
-      isGateway: true, isDefaultGateway: true, ipMasq: true,
+      cniVersion: '1.1.0',
+      name: network,
+      type: 'tsnet-bridge',
+      bridge: `br${n}`,
+      isGateway: true,
+      isDefaultGateway: true,
+      ipMasq: true,
       stateDir: path.join(dir, 'state'),
       ...(natBackend ? { natBackend } : {}),
       ipam: { type: 'tsnet-ipam', subnet: opts.subnet ?? `10.${100 + n}.0.0/24`, dataDir: path.join(dir, 'ipam'), ...(opts.ipam ?? {}) },
@@ -64,7 +69,13 @@ export function cniSuite(mode: CniMode, natBackend?: BackendName): void {
     };
     const call = (command: string, c: netns.NetNs | undefined, cid: string, conf2: unknown = conf, extra: Record<string, string | undefined> = {}) =>
       cni.call(host, 'tsnet-bridge', command, conf2, { containerId: cid, ...(c ? { netns: c.path } : {}), ifname: 'eth0', env: extra });
-    const left = () => leftovers(host, { ipamDir: conf.ipam.dataDir, stateDir: conf.stateDir, network, match: `${(conf.ipam.subnet ?? conf.ipam.ranges[0][0].subnet).split('.').slice(0, 2).join('.')}.` });
+    const left = () =>
+      leftovers(host, {
+        ipamDir: conf.ipam.dataDir,
+        stateDir: conf.stateDir,
+        network,
+        match: `${(conf.ipam.subnet ?? conf.ipam.ranges[0][0].subnet).split('.').slice(0, 2).join('.')}.`,
+      });
     return { n, host, ext, conf, network, container, call, left, extIp, nodeIp };
   }
 
@@ -74,7 +85,7 @@ export function cniSuite(mode: CniMode, natBackend?: BackendName): void {
 
   const ipOf = (result: any) => (result.ips as { address: string }[]).map((i) => i.address.split('/')[0]!);
 
-  test('every cniVersion: ADD gives a working attachment in that version\'s shape, CHECK verifies it, DEL removes it all', async (t) => {
+  test("every cniVersion: ADD gives a working attachment in that version's shape, CHECK verifies it, DEL removes it all", async (t) => {
     const nd = await node();
     const server = await nd.container('srv');
     const srvAdd = await nd.call('ADD', server, 'srv');
@@ -104,7 +115,10 @@ export function cniSuite(mode: CniMode, natBackend?: BackendName): void {
         const [eth0] = ipJson(c, 'addr', 'show', 'eth0');
         t.true(eth0.addr_info.some((a: any) => `${a.local}/${a.prefixlen}` === res.ips[0].address));
         t.is(eth0.address, res.interfaces[2].mac);
-        t.deepEqual(ipJson(c, 'route', 'show', 'default').map((r: any) => r.gateway), [res.ips[0].gateway]);
+        t.deepEqual(
+          ipJson(c, 'route', 'show', 'default').map((r: any) => r.gateway),
+          [res.ips[0].gateway],
+        );
         t.is(ipJson(nd.host, 'link', 'show', res.interfaces[1].name)[0].master, nd.conf.bridge);
         // Real traffic: another container on the bridge, the gateway, and (masqueraded) beyond the node.
         t.deepEqual((await request(c, 'http', srvIp, 8080, { count: 5 })).replies, { srv: 5 }, `${v}: container to container`);
@@ -119,7 +133,11 @@ export function cniSuite(mode: CniMode, natBackend?: BackendName): void {
           ok(t, check, `CHECK ${v}`);
         }
         ok(t, await nd.call('DEL', c, cid, { ...conf, prevResult: res }), `DEL ${v}`);
-        t.deepEqual((await link.list(c)).map((l) => l.name), ['lo'], `${v}: DEL removed the container interface`);
+        t.deepEqual(
+          (await link.list(c)).map((l) => l.name),
+          ['lo'],
+          `${v}: DEL removed the container interface`,
+        );
       }
     } finally {
       await Promise.all([http.stop(), gw.stop(), ext.stop()]);
@@ -239,11 +257,18 @@ export function cniSuite(mode: CniMode, natBackend?: BackendName): void {
         if (i % 2 === 0) {
           ok(t, await nd.call('DEL', c, cid), `DEL after kill at ${delay} ms`);
         } else {
-          ok(t, await nd.call('GC', undefined, '', { ...nd.conf, 'cni.dev/valid-attachments': [] }, { CNI_CONTAINERID: undefined, CNI_IFNAME: undefined }), `GC after kill at ${delay} ms`);
+          ok(
+            t,
+            await nd.call('GC', undefined, '', { ...nd.conf, 'cni.dev/valid-attachments': [] }, { CNI_CONTAINERID: undefined, CNI_IFNAME: undefined }),
+            `GC after kill at ${delay} ms`,
+          );
         }
         const left = nd.left();
         t.deepEqual([left.veths.length, left.reservations, left.records, left.rules], [1, [], [], []], `after a kill at ${delay} ms`);
-        t.deepEqual((await link.list(c)).map((l) => l.name), ['lo']);
+        t.deepEqual(
+          (await link.list(c)).map((l) => l.name),
+          ['lo'],
+        );
         if (hit || mode === 'agent') {
           landed += hit ? 1 : 0;
           break;
@@ -261,8 +286,19 @@ export function cniSuite(mode: CniMode, natBackend?: BackendName): void {
     for (const a of adds) ok(t, a, 'ADD');
     const gc = (valid: unknown, key = 'cni.dev/valid-attachments') =>
       nd.call('GC', undefined, '', { ...nd.conf, [key]: valid }, { CNI_CONTAINERID: undefined, CNI_IFNAME: undefined });
-    ok(t, await gc([{ containerID: 'gc-0', ifname: 'eth0' }, { containerID: 'gc-1', ifname: 'eth0' }]), 'GC keeping two');
-    t.deepEqual((await link.list(cs[2]!)).map((l) => l.name), ['lo'], 'the third is gone');
+    ok(
+      t,
+      await gc([
+        { containerID: 'gc-0', ifname: 'eth0' },
+        { containerID: 'gc-1', ifname: 'eth0' },
+      ]),
+      'GC keeping two',
+    );
+    t.deepEqual(
+      (await link.list(cs[2]!)).map((l) => l.name),
+      ['lo'],
+      'the third is gone',
+    );
     t.is(nd.left().reservations.length, 2);
     ok(t, await nd.call('CHECK', cs[0]!, 'gc-0', { ...nd.conf, prevResult: adds[0]!.json }), 'a kept one still checks');
     ok(t, await gc([{ containerID: 'gc-0', ifname: 'eth0' }], 'cni.dev/attachments'), 'GC with the older key');
@@ -270,7 +306,13 @@ export function cniSuite(mode: CniMode, natBackend?: BackendName): void {
     t.is(nd.left().rules.length, 1);
     const bad = await gc(undefined);
     t.is(bad.json?.code, 7, 'GC without a list of attachments is an invalid config');
-    const old = await nd.call('GC', undefined, '', { ...nd.conf, cniVersion: '1.0.0', 'cni.dev/valid-attachments': [] }, { CNI_CONTAINERID: undefined, CNI_IFNAME: undefined });
+    const old = await nd.call(
+      'GC',
+      undefined,
+      '',
+      { ...nd.conf, cniVersion: '1.0.0', 'cni.dev/valid-attachments': [] },
+      { CNI_CONTAINERID: undefined, CNI_IFNAME: undefined },
+    );
     t.is(old.json?.code, 1, 'GC needs 1.1.0');
     ok(t, await gc([]), 'GC of everything');
     const left = nd.left();
@@ -291,8 +333,12 @@ export function cniSuite(mode: CniMode, natBackend?: BackendName): void {
     const add2 = await nd.call('ADD', c2, 'second');
     t.is(add2.status, 1);
     t.regex(add2.json.msg, /no IP addresses available/);
-    t.deepEqual((await link.list(c2)).map((l) => l.name), ['lo'], 'the failed ADD left nothing in the container');
-    t.is(nd.left().veths.length, 2, 'and only the first container\'s veth on the node');
+    t.deepEqual(
+      (await link.list(c2)).map((l) => l.name),
+      ['lo'],
+      'the failed ADD left nothing in the container',
+    );
+    t.is(nd.left().veths.length, 2, "and only the first container's veth on the node");
     ok(t, await nd.call('DEL', c, 'only'), 'DEL');
     ok(t, await status(), 'STATUS ready again');
   });
@@ -326,14 +372,26 @@ export function cniSuite(mode: CniMode, natBackend?: BackendName): void {
     t.false(fs.existsSync(path.join(nd.conf.ipam.dataDir, '..', 'etc')), 'no path traversal');
     const left = nd.left();
     t.deepEqual([left.veths.length, left.reservations, left.records, left.rules], [1, [], [], []]);
-    t.deepEqual((await link.list(c)).map((l) => l.name), ['lo']);
-    t.deepEqual(ipJson(nd.host, 'link', 'show', 'type', 'bridge').map((l: any) => l.ifname).filter((n: string) => n !== nd.conf.bridge), []);
+    t.deepEqual(
+      (await link.list(c)).map((l) => l.name),
+      ['lo'],
+    );
+    t.deepEqual(
+      ipJson(nd.host, 'link', 'show', 'type', 'bridge')
+        .map((l: any) => l.ifname)
+        .filter((n: string) => n !== nd.conf.bridge),
+      [],
+    );
   });
 
   test('bridge options: hairpinMode, promiscMode, mtu, runtimeConfig mac/mtu/ips, forceAddress, enabledad off', async (t) => {
     const nd = await node({ extra: { hairpinMode: true, promiscMode: true, mtu: 1400 } });
     const c = await nd.container('opts');
-    const conf = { ...nd.conf, capabilities: { mac: true, ips: true, mtu: true }, runtimeConfig: { mac: '02:11:22:33:44:55', ips: [`10.${100 + nd.n}.0.77/24`], mtu: 1300 } };
+    const conf = {
+      ...nd.conf,
+      capabilities: { mac: true, ips: true, mtu: true },
+      runtimeConfig: { mac: '02:11:22:33:44:55', ips: [`10.${100 + nd.n}.0.77/24`], mtu: 1300 },
+    };
     const add = await nd.call('ADD', c, 'opts', conf);
     ok(t, add, 'ADD');
     t.deepEqual(ipOf(add.json), [`10.${100 + nd.n}.0.77`]);
@@ -353,7 +411,10 @@ export function cniSuite(mode: CniMode, natBackend?: BackendName): void {
     t.regex(refused.json.msg, /forceAddress/);
     t.is(nd.left().reservations.length, 0, 'the refused ADD released its address');
     ok(t, await nd.call('ADD', c, 'opts', { ...nd.conf, forceAddress: true }), 'ADD with forceAddress');
-    t.deepEqual(ipJson(nd.host, '-4', 'addr', 'show', nd.conf.bridge)[0].addr_info.map((a: any) => a.local), [`10.${100 + nd.n}.0.1`]);
+    t.deepEqual(
+      ipJson(nd.host, '-4', 'addr', 'show', nd.conf.bridge)[0].addr_info.map((a: any) => a.local),
+      [`10.${100 + nd.n}.0.1`],
+    );
     ok(t, await nd.call('DEL', c, 'opts'), 'DEL');
   });
 
@@ -375,12 +436,18 @@ export function cniSuite(mode: CniMode, natBackend?: BackendName): void {
     } finally {
       await Promise.all([s6.stop(), s4.stop()]);
     }
-    t.deepEqual(ipJson(a, '-6', 'route', 'show', 'default').map((r: any) => r.gateway), [ra.json.ips[1].gateway]);
+    t.deepEqual(
+      ipJson(a, '-6', 'route', 'show', 'default').map((r: any) => r.gateway),
+      [ra.json.ips[1].gateway],
+    );
     t.regex(ra.json.ips[1].gateway, /^fd00:\d+::1$/);
     t.regex(natRules(nd.host).join('\n'), masqueradeRule(ipOf(ra.json)[1]!, nd.conf.bridge), 'IPv6 masquerade rule');
     ok(t, await nd.call('DEL', a, 'v6a'), 'DEL a');
     ok(t, await nd.call('DEL', b, 'v6b'), 'DEL b');
-    t.false(natRules(nd.host).some((l) => l.includes('fd00:')), 'no IPv6 rule left');
+    t.false(
+      natRules(nd.host).some((l) => l.includes('fd00:')),
+      'no IPv6 rule left',
+    );
     t.deepEqual(nd.left().reservations, []);
   });
 
@@ -401,11 +468,16 @@ export function cniSuite(mode: CniMode, natBackend?: BackendName): void {
     t.regex(missing.json.msg, /failed to find plugin "no-such-plugin"/);
   });
 
-  test('port mappings: tsnet\'s own (runtimeConfig.portMappings), and the reference portmap chained after tsnet-bridge', async (t) => {
+  test("port mappings: tsnet's own (runtimeConfig.portMappings), and the reference portmap chained after tsnet-bridge", async (t) => {
     const nd = await node();
     const c = await nd.container('pm');
     // 1. tsnet-bridge maps the port itself.
-    const conf = { ...nd.conf, hairpinMode: true, capabilities: { portMappings: true }, runtimeConfig: { portMappings: [{ hostPort: 18080, containerPort: 80, protocol: 'tcp' }] } };
+    const conf = {
+      ...nd.conf,
+      hairpinMode: true,
+      capabilities: { portMappings: true },
+      runtimeConfig: { portMappings: [{ hostPort: 18080, containerPort: 80, protocol: 'tcp' }] },
+    };
     const add = await nd.call('ADD', c, 'pm', conf);
     ok(t, add, 'ADD with portMappings');
     const ip = ipOf(add.json)[0]!;
@@ -425,10 +497,17 @@ export function cniSuite(mode: CniMode, natBackend?: BackendName): void {
       ok(t, r1, 'tsnet-bridge ADD');
       const ip2 = ipOf(r1.json)[0]!;
       const srv2 = await serve(c, 'http', ip2, 81, 'web2');
-      const pmConf = { cniVersion: '1.0.0', name: nd.network, type: 'portmap', capabilities: { portMappings: true }, runtimeConfig: { portMappings: [{ hostPort: 18081, containerPort: 81, protocol: 'tcp' }] }, prevResult: { ...r1.json, cniVersion: '1.0.0' } };
+      const pmConf = {
+        cniVersion: '1.0.0',
+        name: nd.network,
+        type: 'portmap',
+        capabilities: { portMappings: true },
+        runtimeConfig: { portMappings: [{ hostPort: 18081, containerPort: 81, protocol: 'tcp' }] },
+        prevResult: { ...r1.json, cniVersion: '1.0.0' },
+      };
       const r2 = await cni.call(nd.host, 'portmap', 'ADD', pmConf, { containerId: 'pm2', netns: c.path, ifname: 'eth0' });
       ok(t, r2, 'portmap ADD');
-      t.deepEqual(r2.json.ips, r1.json.ips, 'portmap passed tsnet-bridge\'s result on');
+      t.deepEqual(r2.json.ips, r1.json.ips, "portmap passed tsnet-bridge's result on");
       t.deepEqual((await request(nd.ext, 'http', nd.nodeIp, 18081, { count: 3 })).replies, { web2: 3 });
       ok(t, await cni.call(nd.host, 'portmap', 'DEL', pmConf, { containerId: 'pm2', netns: c.path, ifname: 'eth0' }), 'portmap DEL');
       ok(t, await nd.call('DEL', c, 'pm2', { ...bridgeConf, prevResult: r1.json }), 'tsnet-bridge DEL');
@@ -439,15 +518,26 @@ export function cniSuite(mode: CniMode, natBackend?: BackendName): void {
     t.deepEqual(nd.left().reservations, []);
   });
 
-  test('tsnet-ipam as a standalone IPAM binary: host-local\'s config and layout, allocation continues after the last reserved', async (t) => {
+  test("tsnet-ipam as a standalone IPAM binary: host-local's config and layout, allocation continues after the last reserved", async (t) => {
     const nd = await node();
-    const conf = { cniVersion: '1.0.0', name: 'ipamonly', type: 'some-main-plugin', ipam: { type: 'tsnet-ipam', subnet: '10.66.0.0/29', rangeStart: '10.66.0.3', dataDir: path.join(cni.dir, `ipam-${nd.n}`), routes: [{ dst: '0.0.0.0/0' }] } };
+    const conf = {
+      cniVersion: '1.0.0',
+      name: 'ipamonly',
+      type: 'some-main-plugin',
+      ipam: {
+        type: 'tsnet-ipam',
+        subnet: '10.66.0.0/29',
+        rangeStart: '10.66.0.3',
+        dataDir: path.join(cni.dir, `ipam-${nd.n}`),
+        routes: [{ dst: '0.0.0.0/0' }],
+      },
+    };
     const call = (cmd: string, cid: string) => cni.call(nd.host, 'tsnet-ipam', cmd, conf, { containerId: cid, netns: '/proc/self/ns/net', ifname: 'eth0' });
     const a = await call('ADD', 'i1');
     ok(t, a, 'ADD');
     t.deepEqual(a.json.ips, [{ address: '10.66.0.3/29', gateway: '10.66.0.1' }]);
     t.deepEqual(a.json.routes, [{ dst: '0.0.0.0/0' }]);
-    t.is(fs.readFileSync(path.join(conf.ipam.dataDir, 'ipamonly', '10.66.0.3'), 'utf8'), 'i1\r\neth0', 'host-local\'s file format');
+    t.is(fs.readFileSync(path.join(conf.ipam.dataDir, 'ipamonly', '10.66.0.3'), 'utf8'), 'i1\r\neth0', "host-local's file format");
     ok(t, await call('DEL', 'i1'), 'DEL');
     const b = await call('ADD', 'i2');
     t.deepEqual(ipOf(b.json), ['10.66.0.4'], 'continues after the last reserved address, not the freed one');
@@ -457,7 +547,10 @@ export function cniSuite(mode: CniMode, natBackend?: BackendName): void {
     const full = await call('ADD', 'i6');
     t.is(full.status, 1);
     for (const id of ['i2', 'i3', 'i4', 'i5']) ok(t, await call('DEL', id), 'DEL');
-    t.deepEqual(fs.readdirSync(path.join(conf.ipam.dataDir, 'ipamonly')).filter((f) => f.startsWith('10.')), []);
+    t.deepEqual(
+      fs.readdirSync(path.join(conf.ipam.dataDir, 'ipamonly')).filter((f) => f.startsWith('10.')),
+      [],
+    );
   });
 
   async function waitFor(cond: () => boolean, ms = 5000): Promise<void> {

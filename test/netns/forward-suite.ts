@@ -31,6 +31,8 @@ export function forwardSuite(backend: BackendName): void {
 
   const { cli, ok, inNs: inFwd, rules } = natView(() => fwd.name!, backend, stateDir);
   const sysctl = (key: string) => inFwd('cat', `/proc/sys/${key.replace(/\./g, '/')}`).stdout.trim();
+  /** The forward the first test makes, made again (a no-op when there): each test builds what it needs and runs alone with --match. */
+  const mysql = () => ok('forward', 'mysql', '3308', '3309');
 
   test.before(async () => {
     fwd = await topo.ns('fwd');
@@ -40,7 +42,10 @@ export function forwardSuite(backend: BackendName): void {
     await bridge.ensure(fwd, 'br-db', { addresses: ['10.90.0.1/24'] });
     await bridge.ensure(fwd, 'br-cl', { addresses: ['10.91.0.1/24'] });
     await attach(fwd, clients, { bridge: 'br-cl', address: '10.91.0.2/24' });
-    for (const [ns, ip, name] of [[db, '10.90.0.2', 'db'], [db2, '10.90.0.3', 'db2']] as const) {
+    for (const [ns, ip, name] of [
+      [db, '10.90.0.2', 'db'],
+      [db2, '10.90.0.3', 'db2'],
+    ] as const) {
       await attach(fwd, ns, { bridge: 'br-db', address: `${ip}/24` });
       await route.del(ns, { dst: 'default' }); // no way back to the clients but through the forward's SNAT
       servers.push(await serve(ns, 'tcp', ip, 3309, name));
@@ -75,12 +80,14 @@ export function forwardSuite(backend: BackendName): void {
     t.regex(rules(), /CVE-2020-8558/, 'the localnet guard is in place');
   });
 
-  test.serial('only the forward\'s own flows are source-NATed: a direct connection to the target is not', async (t) => {
+  test.serial("only the forward's own flows are source-NATed: a direct connection to the target is not", async (t) => {
+    mysql();
     const direct = await request(clients, 'tcp', '10.90.0.2', 3309, { count: 1, timeoutMs: 1000 });
     t.is(direct.ok, 0, 'db cannot answer 10.91.0.2 directly: it was not masqueraded');
   });
 
   test.serial('the same command twice changes nothing; ls shows it', (t) => {
+    mysql();
     const before = rules();
     t.regex(ok('forward', 'mysql', '3308', '3309').stdout, /already in place/);
     t.is(rules(), before);
@@ -89,16 +96,21 @@ export function forwardSuite(backend: BackendName): void {
   });
 
   test.serial('--dry-run prints the exact rules and sysctls and changes nothing', (t) => {
+    mysql();
     const before = rules();
     const r = ok('forward', 'mysql-new', '3310', '3309', '--dry-run');
     t.regex(r.stdout, /10\.90\.0\.3:3309/);
     t.notRegex(r.stdout, /# sysctl -w net\.ipv4\.ip_forward/, 'ip_forward is already 1: only changes are listed');
-    t.regex(r.stdout, backend === 'iptables' ? /-A TSNET-DNAT .*--dport 3310 -j DNAT --to-destination 10\.90\.0\.3:3309/ : /th dport 3310 dnat to 10\.90\.0\.3:3309/);
+    t.regex(
+      r.stdout,
+      backend === 'iptables' ? /-A TSNET-DNAT .*--dport 3310 -j DNAT --to-destination 10\.90\.0\.3:3309/ : /th dport 3310 dnat to 10\.90\.0\.3:3309/,
+    );
     t.is(rules(), before);
     t.is(JSON.parse(ok('--json', 'forward', 'ls').stdout).length, 1);
   });
 
   test.serial('bad input and an unreachable target: one-line errors, nothing changed', (t) => {
+    mysql();
     const before = rules();
     const bad: [string[], RegExp][] = [
       [['forward', 'mysql', '0', '3309'], /listen port "0": must be 1-65535/],
@@ -126,7 +138,10 @@ export function forwardSuite(backend: BackendName): void {
     ok('forward', 'mysql-new', '5300', '5353', '--proto', 'udp', '--name', 'dns');
     t.deepEqual((await flow()).replies, { 'db-udp': 3 }, 'an existing flow keeps its conntrack entry (documented)');
     t.deepEqual((await request(clients, 'udp', '10.91.0.1', 5300, { count: 3 })).replies, { 'db2-udp': 3 }, 'new flows go to the new target');
-    t.regex(ok('forward', 'mysql-new', '5300', '5353', '--proto', 'udp', '--name', 'dns', '--cut-over').stdout, /already in place \(1 conntrack entries of earlier targets cleared\)/);
+    t.regex(
+      ok('forward', 'mysql-new', '5300', '5353', '--proto', 'udp', '--name', 'dns', '--cut-over').stdout,
+      /already in place \(1 conntrack entries of earlier targets cleared\)/,
+    );
     t.deepEqual((await flow()).replies, { 'db2-udp': 3 }, 'with --cut-over the same flow moves at once');
     ok('forward', 'rm', 'dns');
   });
@@ -139,6 +154,7 @@ export function forwardSuite(backend: BackendName): void {
   });
 
   test.serial('after a flush, `tsnet forward restore` brings the forward back', async (t) => {
+    mysql();
     if (backend === 'iptables') inFwd('iptables', '-t', 'nat', '-F');
     else inFwd('nft', 'flush', 'ruleset');
     t.is((await request(clients, 'tcp', '10.91.0.1', 3308, { count: 1, timeoutMs: 1000 })).ok, 0);
@@ -148,16 +164,27 @@ export function forwardSuite(backend: BackendName): void {
 
   if (backend === 'iptables') {
     test.serial('a FORWARD policy of DROP does not stop the forwarded flows (and only them)', async (t) => {
-      inFwd('iptables', '-P', 'FORWARD', 'DROP');
+      mysql();
+      // A flow the forward does not carry, that FORWARD would pass: clients straight to db2, which gets a route back.
+      await route.add(db2, { dst: '10.91.0.0/24', via: '10.90.0.1' });
+      const direct = () => request(clients, 'tcp', '10.90.0.3', 3309, { count: 1, timeoutMs: 1000 });
       try {
-        t.deepEqual((await request(clients, 'tcp', '10.91.0.1', 3308, { count: 20, concurrency: 10 })).replies, { db: 20 });
+        t.deepEqual((await direct()).replies, { db2: 1 }, 'routed straight through while FORWARD accepts');
+        inFwd('iptables', '-P', 'FORWARD', 'DROP');
+        try {
+          t.deepEqual((await request(clients, 'tcp', '10.91.0.1', 3308, { count: 20, concurrency: 10 })).replies, { db: 20 });
+          t.is((await direct()).ok, 0, 'and only them: the direct flow is dropped by the policy');
+        } finally {
+          inFwd('iptables', '-P', 'FORWARD', 'ACCEPT');
+        }
       } finally {
-        inFwd('iptables', '-P', 'FORWARD', 'ACCEPT');
+        await route.del(db2, { dst: '10.91.0.0/24', via: '10.90.0.1' });
       }
     });
   }
 
   test.serial('rm removes every rule and sysctl change it made, and nothing else; rm twice is a no-op', async (t) => {
+    mysql();
     ok('forward', 'rm', 'mysql');
     ok('forward', 'rm', 'mysql');
     t.is((await request(clients, 'tcp', '10.91.0.1', 3308, { count: 1, timeoutMs: 1000 })).ok, 0);

@@ -10,7 +10,11 @@ test('veth with the peer created inside the target namespace under its final nam
   const a = await topo.ns('a');
   const b = await topo.ns('b');
   await link.add(a, {
-    kind: 'veth', name: 'va', mtu: 1400, mac: '02:00:00:00:0a:01', up: true,
+    kind: 'veth',
+    name: 'va',
+    mtu: 1400,
+    mac: '02:00:00:00:0a:01',
+    up: true,
     peer: { name: 'eth0', netns: b, mac: '02:00:00:00:0b:01' },
   });
   await link.setUp(b, 'eth0');

@@ -73,7 +73,7 @@ export function natIpv6Suite(backend: BackendName): void {
     ok('service', 'del', 'solo6');
   });
 
-  test.serial('IPv6 masquerade: the endpoint sees the router\'s address, not the client\'s', async (t) => {
+  test.serial("IPv6 masquerade: the endpoint sees the router's address, not the client's", async (t) => {
     ok('nat', 'masquerade', 'add', '--source', 'fd81::/64', '--out-not', 'br1');
     t.is((await request(client, 'http', VIP, 80, { count: 4 })).ok, 4);
     const flows = inNs('conntrack', '-L', '-f', 'ipv6', '-p', 'tcp', '--orig-dst', VIP).stdout;
@@ -81,7 +81,7 @@ export function natIpv6Suite(backend: BackendName): void {
     ok('nat', 'masquerade', 'del', '--source', 'fd81::/64', '--out-not', 'br1');
   });
 
-  test.serial('an IPv6 forward: the router\'s port 3308 reaches [fd80::12]:3309, and only its own flows are source-NATed', async (t) => {
+  test.serial("an IPv6 forward: the router's port 3308 reaches [fd80::12]:3309, and only its own flows are source-NATed", async (t) => {
     ok('forward', 'fd80::12', '3308', '3309', '--name', 'db6');
     const r = await request(client, 'tcp', 'fd81::1', 3308, { count: 10, concurrency: 5 });
     t.deepEqual(r.replies, { 'b2-db': 10 }, r.errors.join('; '));

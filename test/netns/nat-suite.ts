@@ -32,12 +32,16 @@ export function natSuite(backend: BackendName): void {
 
   const { cli, ok, inNs: inRouter, rules: observe } = natView(() => router.name!, backend, stateDir);
   /** Everything in the router's tables that is not tsnet's, with packet counters removed. */
-  const foreign = () => [
-    inRouter('iptables-save').stdout.split('\n').filter((l) => !l.startsWith('#') && !l.includes('TSNET')).map((l) => l.replace(/\[\d+:\d+\]/, '')).join('\n'),
-    inRouter('nft', 'list', 'table', 'inet', 'foreign').stdout,
-  ].join('\n---\n');
-  const spread = (from: NetNs, n: number, proto: 'http' | 'udp' | 'tcp' = 'http', port = 80) =>
-    request(from, proto, VIP, port, { count: n, concurrency: 10 });
+  const foreign = () =>
+    [
+      inRouter('iptables-save')
+        .stdout.split('\n')
+        .filter((l) => !l.startsWith('#') && !l.includes('TSNET'))
+        .map((l) => l.replace(/\[\d+:\d+\]/, ''))
+        .join('\n'),
+      inRouter('nft', 'list', 'table', 'inet', 'foreign').stdout,
+    ].join('\n---\n');
+  const spread = (from: NetNs, n: number, proto: 'http' | 'udp' | 'tcp' = 'http', port = 80) => request(from, proto, VIP, port, { count: n, concurrency: 10 });
   let foreignBefore = '';
 
   test.before(async () => {
@@ -70,7 +74,9 @@ export function natSuite(backend: BackendName): void {
       const x = inRouter('iptables', ...r);
       if (x.status !== 0) throw new Error(`iptables ${r.join(' ')}: ${x.stderr}`);
     }
-    const x = run('ip', ['netns', 'exec', router.name!, 'nft', '-f', '-'], { input: 'table inet foreign {\n chain input {\n type filter hook input priority 0; policy accept;\n tcp dport 7777 counter accept\n }\n}\n' });
+    const x = run('ip', ['netns', 'exec', router.name!, 'nft', '-f', '-'], {
+      input: 'table inet foreign {\n chain input {\n type filter hook input priority 0; policy accept;\n tcp dport 7777 counter accept\n }\n}\n',
+    });
     if (x.status !== 0) throw new Error(`nft: ${x.stderr}`);
     foreignBefore = foreign();
   });
@@ -81,8 +87,36 @@ export function natSuite(backend: BackendName): void {
     fs.rmSync(stateDir, { recursive: true, force: true });
   });
 
+  /** default/web over the three endpoints, as the first test makes it (a no-op when so): each test builds what it needs and runs alone with --match. */
+  const web = () =>
+    ok(
+      'service',
+      'add',
+      'default/web',
+      '--vip',
+      `${VIP}:80`,
+      '--endpoint',
+      '10.80.0.11:8080',
+      '--endpoint',
+      '10.80.0.12:8080',
+      '--endpoint',
+      '10.80.0.13:8080',
+    );
+
   test.serial('a service spreads hundreds of requests evenly over three endpoints, from outside and from the router itself', async (t) => {
-    ok('service', 'add', 'default/web', '--vip', `${VIP}:80`, '--endpoint', '10.80.0.11:8080', '--endpoint', '10.80.0.12:8080', '--endpoint', '10.80.0.13:8080');
+    ok(
+      'service',
+      'add',
+      'default/web',
+      '--vip',
+      `${VIP}:80`,
+      '--endpoint',
+      '10.80.0.11:8080',
+      '--endpoint',
+      '10.80.0.12:8080',
+      '--endpoint',
+      '10.80.0.13:8080',
+    );
     const r = await spread(client, 300);
     t.is(r.ok, 300, r.errors.join('; '));
     for (const b of ['b1', 'b2', 'b3']) t.true((r.replies[b] ?? 0) > 60, `${b} got ${r.replies[b]} of 300: ${JSON.stringify(r.replies)}`);
@@ -91,7 +125,19 @@ export function natSuite(backend: BackendName): void {
     t.is(Object.keys(local.replies).length, 3);
     // The same command again changes nothing; a different one under the same name is refused.
     const before = observe();
-    ok('service', 'add', 'default/web', '--vip', `${VIP}:80`, '--endpoint', '10.80.0.11:8080', '--endpoint', '10.80.0.12:8080', '--endpoint', '10.80.0.13:8080');
+    ok(
+      'service',
+      'add',
+      'default/web',
+      '--vip',
+      `${VIP}:80`,
+      '--endpoint',
+      '10.80.0.11:8080',
+      '--endpoint',
+      '10.80.0.12:8080',
+      '--endpoint',
+      '10.80.0.13:8080',
+    );
     t.is(observe(), before);
     const clash = cli('service', 'add', 'default/web', '--vip', `${VIP}:81`, '--endpoint', '10.80.0.11:8080');
     t.is(clash.status, 1);
@@ -99,7 +145,7 @@ export function natSuite(backend: BackendName): void {
     t.is(foreign(), foreignBefore);
   });
 
-  test.serial('service ls shows the kernel\'s counters: one per new connection, per service and per endpoint', async (t) => {
+  test.serial("service ls shows the kernel's counters: one per new connection, per service and per endpoint", async (t) => {
     ok('service', 'add', 'default/count', '--vip', `${VIP}:85`, '--endpoint', '10.80.0.11:8080', '--endpoint', '10.80.0.12:8080@3');
     const before = JSON.parse(ok('--json', 'service', 'ls').stdout).find((s: { name: string }) => s.name === 'default/count');
     t.deepEqual([before.counters.service.packets, Object.values(before.counters.endpoints).map((c: any) => c.packets)], [0, [0, 0]]);
@@ -113,11 +159,17 @@ export function natSuite(backend: BackendName): void {
     t.is(per['10.80.0.11:8080']!.packets, r.replies.b1 ?? 0, 'each endpoint counts the connections it served');
     t.is(per['10.80.0.12:8080']!.packets, r.replies.b2 ?? 0);
     const table = ok('service', 'ls').stdout;
-    t.regex(table, new RegExp(`default/count +${VIP.replace(/\./g, '\\.')}:85 +tcp +40 +10\\.80\\.0\\.11:8080=${r.replies.b1 ?? 0},10\\.80\\.0\\.12:8080@3=${r.replies.b2 ?? 0}`));
+    t.regex(
+      table,
+      new RegExp(
+        `default/count +${VIP.replace(/\./g, '\\.')}:85 +tcp +40 +10\\.80\\.0\\.11:8080=${r.replies.b1 ?? 0},10\\.80\\.0\\.12:8080@3=${r.replies.b2 ?? 0}`,
+      ),
+    );
     ok('service', 'del', 'default/count');
   });
 
   test.serial('rules read naturally: chains and comments name the service', (t) => {
+    web();
     const text = observe();
     if (backend === 'iptables') {
       t.regex(text, /-A TSNET-SERVICES -d 10\.96\.0\.10\/32 -p tcp -m comment --comment "default\/web cluster IP" -m tcp --dport 80 -j TSNET-SVC-[A-Z2-7]{16}/);
@@ -134,6 +186,7 @@ export function natSuite(backend: BackendName): void {
   });
 
   test.serial('weights shift the spread; removing an endpoint takes effect for new connections', async (t) => {
+    web();
     ok('service', 'set-endpoints', 'default/web', '--endpoint', '10.80.0.11:8080@1', '--endpoint', '10.80.0.12:8080@1', '--endpoint', '10.80.0.13:8080@8');
     const w = await spread(client, 300);
     t.is(w.ok, 300);
@@ -148,7 +201,21 @@ export function natSuite(backend: BackendName): void {
 
   test.serial('session affinity pins a client to one endpoint', async (t) => {
     ok('service', 'del', 'default/web');
-    ok('service', 'add', 'default/web', '--vip', `${VIP}:80`, '--endpoint', '10.80.0.11:8080', '--endpoint', '10.80.0.12:8080', '--endpoint', '10.80.0.13:8080', '--affinity', '60');
+    ok(
+      'service',
+      'add',
+      'default/web',
+      '--vip',
+      `${VIP}:80`,
+      '--endpoint',
+      '10.80.0.11:8080',
+      '--endpoint',
+      '10.80.0.12:8080',
+      '--endpoint',
+      '10.80.0.13:8080',
+      '--affinity',
+      '60',
+    );
     const r = await spread(client, 40);
     t.is(r.ok, 40);
     t.is(Object.keys(r.replies).length, 1, `one endpoint for one client: ${JSON.stringify(r.replies)}`);
@@ -161,7 +228,7 @@ export function natSuite(backend: BackendName): void {
     ok('service', 'del', 'default/solo');
   });
 
-  test.serial('--masquerade-not-from: clients outside the CIDR reach endpoints with the router\'s address, clients inside keep theirs', async (t) => {
+  test.serial("--masquerade-not-from: clients outside the CIDR reach endpoints with the router's address, clients inside keep theirs", async (t) => {
     ok('service', 'add', 'default/masq', '--vip', `${VIP}:84`, '--endpoint', '10.80.0.12:8080', '--masquerade-not-from', '10.80.0.0/24');
     t.deepEqual((await request(client, 'http', VIP, 84, { count: 3 })).replies, { b2: 3 });
     await request(backends[2]!, 'http', VIP, 84, { count: 1, timeoutMs: 1000 });
@@ -182,7 +249,21 @@ export function natSuite(backend: BackendName): void {
   });
 
   test.serial('a UDP service answers; removing an endpoint clears its conntrack flows so the same flow moves', async (t) => {
-    ok('service', 'add', 'dns', '--vip', `${VIP}:53`, '--proto', 'udp', '--endpoint', '10.80.0.11:5353', '--endpoint', '10.80.0.12:5353', '--endpoint', '10.80.0.13:5353');
+    ok(
+      'service',
+      'add',
+      'dns',
+      '--vip',
+      `${VIP}:53`,
+      '--proto',
+      'udp',
+      '--endpoint',
+      '10.80.0.11:5353',
+      '--endpoint',
+      '10.80.0.12:5353',
+      '--endpoint',
+      '10.80.0.13:5353',
+    );
     const r = await spread(client, 60, 'udp', 53);
     t.is(r.ok, 60, r.errors.join('; '));
     t.is(Object.keys(r.replies).length, 3, JSON.stringify(r.replies));
@@ -224,6 +305,8 @@ export function natSuite(backend: BackendName): void {
   });
 
   test.serial('after someone flushes the rules, traffic stops and `tsnet sync` brings it back with a full rebuild', async (t) => {
+    ok('service', 'del', 'default/web');
+    web();
     ok('service', 'set-endpoints', 'default/web', '--endpoint', '10.80.0.11:8080', '--endpoint', '10.80.0.12:8080', '--endpoint', '10.80.0.13:8080');
     t.is((await spread(client, 10)).ok, 10);
     const partial = JSON.parse(ok('--json', 'sync').stdout);
@@ -276,14 +359,20 @@ export function natSuite(backend: BackendName): void {
     t.is(observe(), before, 'no rule changed');
   });
 
-  test.serial('service apply replaces the whole set in one sync; deleting everything leaves only the other tool\'s rules', async (t) => {
+  test.serial("service apply replaces the whole set in one sync; deleting everything leaves only the other tool's rules", async (t) => {
     const file = path.join(stateDir, 'services.json');
-    fs.writeFileSync(file, JSON.stringify([
-      { name: 'a', vip: VIP, port: 80, endpoints: [{ ip: '10.80.0.11', port: 8080 }] },
-      { name: 'b', vip: VIP, port: 82, endpoints: ['10.80.0.12:8080', '10.80.0.13:8080@3'] },
-    ]));
+    fs.writeFileSync(
+      file,
+      JSON.stringify([
+        { name: 'a', vip: VIP, port: 80, endpoints: [{ ip: '10.80.0.11', port: 8080 }] },
+        { name: 'b', vip: VIP, port: 82, endpoints: ['10.80.0.12:8080', '10.80.0.13:8080@3'] },
+      ]),
+    );
     ok('service', 'apply', '--file', file);
-    t.deepEqual(JSON.parse(cli('--json', 'service', 'ls').stdout).map((s: { name: string }) => s.name), ['a', 'b']);
+    t.deepEqual(
+      JSON.parse(cli('--json', 'service', 'ls').stdout).map((s: { name: string }) => s.name),
+      ['a', 'b'],
+    );
     t.deepEqual((await spread(client, 10)).replies, { b1: 10 });
     const b = await request(client, 'http', VIP, 82, { count: 20 });
     t.is(b.ok, 20);

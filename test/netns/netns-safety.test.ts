@@ -61,17 +61,23 @@ function threadsAway(): string[] {
 /** The fd numbers of this process that refer to the namespace with inode `ino` (by fstat: a bind mount's path reads differently). */
 function fdsOf(ino: number): number[] {
   const nsfs = fs.statSync('/proc/self/ns/net').dev;
-  return fs.readdirSync('/proc/self/fd').map(Number).filter((fd) => {
-    try {
-      const st = fs.fstatSync(fd);
-      return st.dev === nsfs && st.ino === ino;
-    } catch {
-      return false;
-    }
-  });
+  return fs
+    .readdirSync('/proc/self/fd')
+    .map(Number)
+    .filter((fd) => {
+      try {
+        const st = fs.fstatSync(fd);
+        return st.dev === nsfs && st.ino === ino;
+      } catch {
+        return false;
+      }
+    });
 }
 
-const linksIn = (h: netns.NetNs): string[] => ipJson<{ ifname: string }[]>(h, 'link', 'show').map((l) => l.ifname).sort();
+const linksIn = (h: netns.NetNs): string[] =>
+  ipJson<{ ifname: string }[]>(h, 'link', 'show')
+    .map((l) => l.ifname)
+    .sort();
 
 async function rejectsEbadf(t: ExecutionContext, what: string, label: string, fn: () => unknown): Promise<void> {
   let err: unknown;
@@ -138,7 +144,9 @@ test.serial('no API runs caller code inside a namespace: run() and inNetns are g
   const fd = h.openFile('/proc/net/dev');
   try {
     const buf = Buffer.alloc(65536);
-    const { bytesRead } = await new Promise<{ bytesRead: number }>((resolve, reject) => fs.read(fd, buf, 0, buf.length, 0, (err, n) => (err ? reject(err) : resolve({ bytesRead: n }))));
+    const { bytesRead } = await new Promise<{ bytesRead: number }>((resolve, reject) =>
+      fs.read(fd, buf, 0, buf.length, 0, (err, n) => (err ? reject(err) : resolve({ bytesRead: n }))),
+    );
     t.true(buf.toString('utf8', 0, bytesRead).includes(`${MARK}e1`), '/proc/net/dev opened inside shows the namespace, read from any thread');
   } finally {
     fs.closeSync(fd);
@@ -158,13 +166,13 @@ test.serial('async work around namespace operations stays at home: fs, both list
   const op = link.add(h, { kind: 'bridge', name: 'async0' });
   sysctl.set(h, sysctl.keys.ipForward, 1);
   const read = fs.promises.readFile('/proc/net/dev', 'utf8');
-  const worker = new Worker("const fs = require('fs'); const { parentPort } = require('worker_threads'); parentPort.postMessage([fs.readlinkSync('/proc/thread-self/ns/net'), fs.readFileSync('/proc/thread-self/net/dev', 'utf8')]);", { eval: true });
+  const worker = new Worker(
+    "const fs = require('fs'); const { parentPort } = require('worker_threads'); parentPort.postMessage([fs.readlinkSync('/proc/thread-self/ns/net'), fs.readFileSync('/proc/thread-self/net/dev', 'utf8')]);",
+    { eval: true },
+  );
   h.spawnSync('true');
   const servers = [net.createServer((s) => s.end('home\n')), net.createServer((s) => s.end('home\n'))];
-  await Promise.all([
-    new Promise<void>((r) => servers[0]!.listen(0, '127.0.0.1', r)),
-    new Promise<void>((r) => servers[1]!.listen(0, r)),
-  ]);
+  await Promise.all([new Promise<void>((r) => servers[0]!.listen(0, '127.0.0.1', r)), new Promise<void>((r) => servers[1]!.listen(0, r))]);
   await op;
   const [wns, wdev] = await new Promise<[string, string]>((r) => worker.once('message', r));
   await worker.terminate();
@@ -211,7 +219,11 @@ test.serial('async_hooks init hooks (tracing agents) never run inside a namespac
     hook.disable();
   }
   t.true(seen.length > 20, `the hook ran (${seen.length} times)`);
-  t.deepEqual(seen.filter((s) => s !== HOME), [], 'every init hook ran at home');
+  t.deepEqual(
+    seen.filter((s) => s !== HOME),
+    [],
+    'every init hook ran at home',
+  );
 });
 
 test.serial('closing and reusing every fd of the process that refers to the home namespace changes nothing', async (t) => {
@@ -233,10 +245,13 @@ test.serial('closing and reusing every fd of the process that refers to the home
   t.log(`${closed.length} fd(s) to the home namespace closed and reused`);
 });
 
-test.serial('stress: hundreds of operations in other namespaces while the threadpool, a Worker and async hooks watch /proc/net: no foreign observation anywhere', async (t) => {
-  const spaces = await Promise.all(['p0', 'p1', 'p2', 'p3'].map(marked));
-  const stop = new Int32Array(new SharedArrayBuffer(4));
-  const worker = new Worker(`
+test.serial(
+  'stress: hundreds of operations in other namespaces while the threadpool, a Worker and async hooks watch /proc/net: no foreign observation anywhere',
+  async (t) => {
+    const spaces = await Promise.all(['p0', 'p1', 'p2', 'p3'].map(marked));
+    const stop = new Int32Array(new SharedArrayBuffer(4));
+    const worker = new Worker(
+      `
     const fs = require('fs');
     const { workerData, parentPort } = require('worker_threads');
     const stop = new Int32Array(workerData.stop);
@@ -252,67 +267,97 @@ test.serial('stress: hundreds of operations in other namespaces while the thread
       if (reads % 16 === 0) Atomics.wait(stop, 0, 0, 1); // leave the second core to the rest of the test now and then
     }
     parentPort.postMessage({ reads, foreign: foreign.slice(0, 5), foreignCount: foreign.length });
-  `, { eval: true, workerData: { stop: stop.buffer, mark: MARK, home: HOME } });
+  `,
+      { eval: true, workerData: { stop: stop.buffer, mark: MARK, home: HOME } },
+    );
 
-  const hookSeen = { n: 0, foreign: 0 };
-  const hook = createHook({
-    init() {
-      hookSeen.n++;
-      if (fs.readlinkSync('/proc/thread-self/ns/net') !== HOME) hookSeen.foreign++;
-      if (hookSeen.n % 25 === 0 && fs.readFileSync('/proc/net/dev', 'utf8').includes(MARK)) hookSeen.foreign++;
-    },
-  });
+    const hookSeen = { n: 0, foreign: 0 };
+    const hook = createHook({
+      init() {
+        hookSeen.n++;
+        if (fs.readlinkSync('/proc/thread-self/ns/net') !== HOME) hookSeen.foreign++;
+        if (hookSeen.n % 25 === 0 && fs.readFileSync('/proc/net/dev', 'utf8').includes(MARK)) hookSeen.foreign++;
+      },
+    });
 
-  const pool = { reads: 0, foreign: 0 };
-  let running = true;
-  const poolReaders = Array.from({ length: 6 }, async () => {
-    while (running) {
-      const [dev, ns] = await Promise.all([fs.promises.readFile('/proc/net/dev', 'utf8'), fs.promises.readlink('/proc/thread-self/ns/net')]);
-      pool.reads++;
-      if (dev.includes(MARK) || ns !== HOME) pool.foreign++;
+    const pool = { reads: 0, foreign: 0 };
+    let running = true;
+    const poolReaders = Array.from({ length: 6 }, async () => {
+      while (running) {
+        const [dev, ns] = await Promise.all([fs.promises.readFile('/proc/net/dev', 'utf8'), fs.promises.readlink('/proc/thread-self/ns/net')]);
+        pool.reads++;
+        if (dev.includes(MARK) || ns !== HOME) pool.foreign++;
+      }
+    });
+    const away: string[] = [];
+    const sampler = setInterval(() => away.push(...threadsAway()), 2);
+
+    const OPS = 400;
+    const POOL_MIN = 300; // threadpool observations wanted while operations run
+    let next = 0;
+    let done = 0;
+    const one = async (i: number) => {
+      const h = spaces[i % spaces.length]!;
+      switch (i % 8) {
+        case 0:
+          await route.replace(h, { dst: `10.${100 + (i % 100)}.0.0/16`, dev: 'lo' });
+          break;
+        case 1:
+          sysctl.set(h, sysctl.keys.ipForward, i % 2);
+          sysctl.get(h, sysctl.keys.ipForward);
+          break;
+        case 2:
+          h.spawnSync('true');
+          break;
+        case 3:
+          await new Promise((r) => h.spawn('true', [], { stdio: 'ignore' }).once('exit', r));
+          break;
+        case 4:
+          h.openNetlink(NETLINK_NETFILTER).close();
+          break;
+        case 5:
+          await conntrack.list(h, 4);
+          break;
+        case 6: {
+          const tmp = netns.add(`tsf-tmp${i}`);
+          tmp.openNetlink(0).close();
+          tmp.close();
+          netns.del(`tsf-tmp${i}`);
+          break;
+        }
+        case 7:
+          await addr.replace(h, `10.254.${(i >> 3) % 250}.${1 + (i % 200)}/32`, 'lo');
+          break;
+      }
+      done++;
+    };
+    hook.enable();
+    try {
+      await Promise.all(
+        Array.from({ length: 4 }, async () => {
+          while (next < OPS || pool.reads < POOL_MIN) await one(next++);
+        }),
+      );
+    } finally {
+      hook.disable();
+      clearInterval(sampler);
+      running = false;
+      await Promise.all(poolReaders);
+      Atomics.store(stop, 0, 1);
     }
-  });
-  const away: string[] = [];
-  const sampler = setInterval(() => away.push(...threadsAway()), 2);
-
-  const OPS = 400;
-  const POOL_MIN = 300; // threadpool observations wanted while operations run
-  let next = 0;
-  let done = 0;
-  const one = async (i: number) => {
-    const h = spaces[i % spaces.length]!;
-    switch (i % 8) {
-      case 0: await route.replace(h, { dst: `10.${100 + (i % 100)}.0.0/16`, dev: 'lo' }); break;
-      case 1: sysctl.set(h, sysctl.keys.ipForward, i % 2); sysctl.get(h, sysctl.keys.ipForward); break;
-      case 2: h.spawnSync('true'); break;
-      case 3: await new Promise((r) => h.spawn('true', [], { stdio: 'ignore' }).once('exit', r)); break;
-      case 4: h.openNetlink(NETLINK_NETFILTER).close(); break;
-      case 5: await conntrack.list(h, 4); break;
-      case 6: { const tmp = netns.add(`tsf-tmp${i}`); tmp.openNetlink(0).close(); tmp.close(); netns.del(`tsf-tmp${i}`); break; }
-      case 7: await addr.replace(h, `10.254.${(i >> 3) % 250}.${1 + (i % 200)}/32`, 'lo'); break;
-    }
-    done++;
-  };
-  hook.enable();
-  try {
-    await Promise.all(Array.from({ length: 4 }, async () => {
-      while (next < OPS || pool.reads < POOL_MIN) await one(next++);
-    }));
-  } finally {
-    hook.disable();
-    clearInterval(sampler);
-    running = false;
-    await Promise.all(poolReaders);
-    Atomics.store(stop, 0, 1);
-  }
-  const w = await new Promise<{ reads: number; foreign: string[]; foreignCount: number }>((r) => worker.once('message', r));
-  await worker.terminate();
-  t.true(done >= OPS);
-  t.log(`${done} operations; observations: worker ${w.reads * 4}, threadpool ${pool.reads * 2}, init hooks ${hookSeen.n}, thread samples of every thread`);
-  t.true(w.reads > 50 && pool.reads >= POOL_MIN && hookSeen.n > 100, 'every observer really observed');
-  t.deepEqual({ worker: w.foreignCount, pool: pool.foreign, hooks: hookSeen.foreign, threads: away.length }, { worker: 0, pool: 0, hooks: 0, threads: 0 }, `foreign observations: ${[...w.foreign, ...away.slice(0, 5)].join(', ')}`);
-  t.is(helperTid() > 0, true, 'the helper thread did the work');
-});
+    const w = await new Promise<{ reads: number; foreign: string[]; foreignCount: number }>((r) => worker.once('message', r));
+    await worker.terminate();
+    t.true(done >= OPS);
+    t.log(`${done} operations; observations: worker ${w.reads * 4}, threadpool ${pool.reads * 2}, init hooks ${hookSeen.n}, thread samples of every thread`);
+    t.true(w.reads > 50 && pool.reads >= POOL_MIN && hookSeen.n > 100, 'every observer really observed');
+    t.deepEqual(
+      { worker: w.foreignCount, pool: pool.foreign, hooks: hookSeen.foreign, threads: away.length },
+      { worker: 0, pool: 0, hooks: 0, threads: 0 },
+      `foreign observations: ${[...w.foreign, ...away.slice(0, 5)].join(', ')}`,
+    );
+    t.is(helperTid() > 0, true, 'the helper thread did the work');
+  },
+);
 
 test.serial('every public operation that takes a handle refuses a closed one (EBADF, naming it) and touches nothing', async (t) => {
   const host = netns.current();
@@ -325,34 +370,66 @@ test.serial('every public operation that takes a handle refuses a closed one (EB
   const before = linksIn(reuser);
   const L = 'namespace tsf-u1';
   const calls: [string, () => unknown][] = [
-    ['inode', () => dead.inode], ['nl', () => dead.nl], ['openNetlink', () => dead.openNetlink(0)],
-    ['openFile', () => dead.openFile('/proc/net/dev')], ['spawn', () => dead.spawn('true')], ['spawnSync', () => dead.spawnSync('true')],
-    ['netns.nsid(h)', () => netns.nsid(dead, host)], ['netns.nsid(of)', () => netns.nsid(host, dead)],
-    ['link.list', () => link.list(dead)], ['link.get', () => link.get(dead, 'd0')], ['link.mustGet', () => link.mustGet(dead, 'd0')],
+    ['inode', () => dead.inode],
+    ['nl', () => dead.nl],
+    ['openNetlink', () => dead.openNetlink(0)],
+    ['openFile', () => dead.openFile('/proc/net/dev')],
+    ['spawn', () => dead.spawn('true')],
+    ['spawnSync', () => dead.spawnSync('true')],
+    ['netns.nsid(h)', () => netns.nsid(dead, host)],
+    ['netns.nsid(of)', () => netns.nsid(host, dead)],
+    ['link.list', () => link.list(dead)],
+    ['link.get', () => link.get(dead, 'd0')],
+    ['link.mustGet', () => link.mustGet(dead, 'd0')],
     ['link.add', () => link.add(dead, { kind: 'bridge', name: 'd1' })],
     ['link.add peer', () => link.add(other, { kind: 'veth', name: 'tsfp0', peer: { name: 'tsfp0p', netns: dead } })],
-    ['link.set', () => link.set(dead, 'd0', { mtu: 1400 })], ['link.set netns', () => link.set(other, 'tsfbr0', { netns: dead })],
-    ['link.setUp', () => link.setUp(dead, 'd0')], ['link.setDown', () => link.setDown(dead, 'd0')], ['link.del', () => link.del(dead, 'd0')],
+    ['link.set', () => link.set(dead, 'd0', { mtu: 1400 })],
+    ['link.set netns', () => link.set(other, 'tsfbr0', { netns: dead })],
+    ['link.setUp', () => link.setUp(dead, 'd0')],
+    ['link.setDown', () => link.setDown(dead, 'd0')],
+    ['link.del', () => link.del(dead, 'd0')],
     ['link.setBridgePort', () => link.setBridgePort(dead, 'd0', { hairpin: true })],
-    ['addr.add', () => addr.add(dead, '10.9.0.1/24', 'd0')], ['addr.replace', () => addr.replace(dead, '10.9.0.1/24', 'd0')],
-    ['addr.del', () => addr.del(dead, '10.9.0.1/24', 'd0')], ['addr.list', () => addr.list(dead)],
-    ['route.add', () => route.add(dead, { dst: '10.8.0.0/16', dev: 'd0' })], ['route.replace', () => route.replace(dead, { dst: '10.8.0.0/16', dev: 'd0' })],
-    ['route.del', () => route.del(dead, { dst: '10.8.0.0/16', dev: 'd0' })], ['route.list', () => route.list(dead)], ['route.get', () => route.get(dead, '10.8.0.1')],
-    ['veth.add', () => veth.add(dead, 'tsfv1', 'tsfv1p')], ['veth.add peerNetns', () => veth.add(other, 'tsfv2', 'tsfv2p', { peerNetns: dead })],
-    ['veth.del', () => veth.del(dead, 'd0')], ['veth.list', () => veth.list(dead)],
-    ['bridge.ensure', () => bridge.ensure(dead, 'br9')], ['bridge.del', () => bridge.del(dead, 'br9')], ['bridge.list', () => bridge.list(dead)],
-    ['bridge.addPort', () => bridge.addPort(dead, 'br9', 'd0')], ['bridge.removePort', () => bridge.removePort(dead, 'd0')],
+    ['addr.add', () => addr.add(dead, '10.9.0.1/24', 'd0')],
+    ['addr.replace', () => addr.replace(dead, '10.9.0.1/24', 'd0')],
+    ['addr.del', () => addr.del(dead, '10.9.0.1/24', 'd0')],
+    ['addr.list', () => addr.list(dead)],
+    ['route.add', () => route.add(dead, { dst: '10.8.0.0/16', dev: 'd0' })],
+    ['route.replace', () => route.replace(dead, { dst: '10.8.0.0/16', dev: 'd0' })],
+    ['route.del', () => route.del(dead, { dst: '10.8.0.0/16', dev: 'd0' })],
+    ['route.list', () => route.list(dead)],
+    ['route.get', () => route.get(dead, '10.8.0.1')],
+    ['veth.add', () => veth.add(dead, 'tsfv1', 'tsfv1p')],
+    ['veth.add peerNetns', () => veth.add(other, 'tsfv2', 'tsfv2p', { peerNetns: dead })],
+    ['veth.del', () => veth.del(dead, 'd0')],
+    ['veth.list', () => veth.list(dead)],
+    ['bridge.ensure', () => bridge.ensure(dead, 'br9')],
+    ['bridge.del', () => bridge.del(dead, 'br9')],
+    ['bridge.list', () => bridge.list(dead)],
+    ['bridge.addPort', () => bridge.addPort(dead, 'br9', 'd0')],
+    ['bridge.removePort', () => bridge.removePort(dead, 'd0')],
     ['bridge.setHairpin', () => bridge.setHairpin(dead, 'd0', true)],
     ['attach (namespace)', () => attach.attach(other, dead, { bridge: 'tsfbr0', address: '10.7.0.2/24' })],
     ['attach (host)', () => attach.attach(dead, other, { bridge: 'tsfbr0', address: '10.7.0.2/24' })],
     ['attach.detach', () => attach.detach(dead)],
-    ['sysctl.get', () => sysctl.get(dead, sysctl.keys.ipForward)], ['sysctl.set', () => sysctl.set(dead, sysctl.keys.ipForward, 1)],
-    ['conntrack.list', () => conntrack.list(dead, 4)], ['conntrack.deleteFlows', () => conntrack.deleteFlows(dead, 4, () => true)],
-    ['NatEngine.update', () => new NatEngine({ ns: dead, stateDir: path.join('/tmp', 'tsf-nat'), backend: 'nft' }).update((st) => { st.rules.push({ kind: 'masquerade', source: '10.7.0.0/24' }); })],
+    ['sysctl.get', () => sysctl.get(dead, sysctl.keys.ipForward)],
+    ['sysctl.set', () => sysctl.set(dead, sysctl.keys.ipForward, 1)],
+    ['conntrack.list', () => conntrack.list(dead, 4)],
+    ['conntrack.deleteFlows', () => conntrack.deleteFlows(dead, 4, () => true)],
+    [
+      'NatEngine.update',
+      () =>
+        new NatEngine({ ns: dead, stateDir: path.join('/tmp', 'tsf-nat'), backend: 'nft' }).update((st) => {
+          st.rules.push({ kind: 'masquerade', source: '10.7.0.0/24' });
+        }),
+    ],
   ];
   for (const [what, fn] of calls) await rejectsEbadf(t, what, L, fn);
   t.deepEqual(linksIn(reuser), before, 'nothing landed in the namespace holding the old number');
   t.is(sysctl.get(reuser, sysctl.keys.ipForward), '0');
-  t.deepEqual(linksIn(other).filter((l) => l.startsWith('tsf') && !l.startsWith(MARK)), ['tsfbr0'], 'no half-made veth in the other namespace');
+  t.deepEqual(
+    linksIn(other).filter((l) => l.startsWith('tsf') && !l.startsWith(MARK)),
+    ['tsfbr0'],
+    'no half-made veth in the other namespace',
+  );
   t.regex(ip(host, 'link', 'show'), /^(?![\s\S]*tsfv)/, 'nor on the host');
 });

@@ -4,7 +4,13 @@ import { FrameReader, decodeReply, decodeRequest, encodeReply, encodeRequest, fr
 import { Counter, Histogram, Registry, exponentialBuckets } from '../../src/agent/metrics';
 import { parseDuration } from '../../src/agent/server';
 
-const req = { plugin: 'tsnet-bridge', netns: '4 4026531840', deadlineMs: 120000, env: { CNI_COMMAND: 'ADD', CNI_ARGS: 'A=1;B=x=y', EMPTY: '' }, stdin: '{"cniVersion":"1.1.0","name":"ü"}' };
+const req = {
+  plugin: 'tsnet-bridge',
+  netns: '4 4026531840',
+  deadlineMs: 120000,
+  env: { CNI_COMMAND: 'ADD', CNI_ARGS: 'A=1;B=x=y', EMPTY: '' },
+  stdin: '{"cniVersion":"1.1.0","name":"ü"}',
+};
 
 test('a request survives the wire byte by byte, and frames split or merged anywhere are reassembled', (t) => {
   const bytes = encodeRequest(req);
@@ -48,7 +54,13 @@ test('Prometheus text: counters by label, cumulative histogram buckets with +Inf
   t.true(text.includes('# TYPE x_total counter\n'));
   t.true(text.includes('x_total{command="ADD",result="ok"} 2\n'));
   t.true(text.includes('x_total{command="DEL",result="a\\"b\\\\c"} 1\n'));
-  for (const [le, n] of [['0.01', 1], ['0.1', 2], ['1', 2], ['+Inf', 3]] as const) t.true(text.includes(`x_seconds_bucket{command="ADD",le="${le}"} ${n}\n`), le);
+  for (const [le, n] of [
+    ['0.01', 1],
+    ['0.1', 2],
+    ['1', 2],
+    ['+Inf', 3],
+  ] as const)
+    t.true(text.includes(`x_seconds_bucket{command="ADD",le="${le}"} ${n}\n`), le);
   t.true(text.includes('x_seconds_sum{command="ADD"} 5.055\n'));
   t.true(text.includes('x_seconds_count{command="ADD"} 3\n'));
   t.is(h.count({ command: 'ADD' }), 3);

@@ -24,7 +24,8 @@ test('attributes are 4-byte aligned with a length that excludes padding', (t) =>
 
 test('veth linkinfo encodes the peer as ifinfomsg + IFLA attrs and decodes back', (t) => {
   const obj = {
-    ifname: 'vh1', mtu: 1400,
+    ifname: 'vh1',
+    mtu: 1400,
     linkinfo: { kind: 'veth', data: { peer: { header: { family: 0, type: 0, index: 0, flags: 0, change: 0 }, attrs: { ifname: 'eth0', net_ns_fd: 7 } } } },
   };
   const round = decodeAttrs(IFLA, encodeAttrs(IFLA, obj));

@@ -13,13 +13,19 @@ import { shimConf } from '../../src/cni/install';
 const result = {
   cniVersion: '1.1.0',
   interfaces: [{ name: 'eth0', mac: '02:00:00:00:00:01', mtu: 1400, sandbox: '/run/netns/x' }],
-  ips: [{ address: '10.0.0.2/24', gateway: '10.0.0.1', interface: 0 }, { address: 'fd00::2/64', interface: 0 }],
+  ips: [
+    { address: '10.0.0.2/24', gateway: '10.0.0.1', interface: 0 },
+    { address: 'fd00::2/64', interface: 0 },
+  ],
   routes: [{ dst: '0.0.0.0/0', gw: '10.0.0.1', mtu: 1300 }],
 };
 
 test('results convert to the 0.3/0.4 shape (ips[].version) and back; 1.1-only fields are dropped for older versions', (t) => {
   const old = convertResult(result, '0.4.0') as any;
-  t.deepEqual(old.ips.map((i: any) => i.version), ['4', '6']);
+  t.deepEqual(
+    old.ips.map((i: any) => i.version),
+    ['4', '6'],
+  );
   t.false('mtu' in old.routes[0]);
   t.false('mtu' in old.interfaces[0]);
   const back = parseResult(old);
@@ -76,20 +82,33 @@ test('bridge config: defaults, types checked, port mappings become forwards per 
   const c = parseBridgeConf({ cniVersion: '1.0.0', name: 'n', type: 'tsnet-bridge', ipam: { type: 'tsnet-ipam' } });
   t.is(c.bridge, 'cni0');
   t.false(c.ipMasq);
-  t.true(parseBridgeConf({ cniVersion: '1.0.0', name: 'n', type: 't', isDefaultGateway: true, ipam: { type: 'x' } }).isGateway, 'isDefaultGateway implies isGateway');
+  t.true(
+    parseBridgeConf({ cniVersion: '1.0.0', name: 'n', type: 't', isDefaultGateway: true, ipam: { type: 'x' } }).isGateway,
+    'isDefaultGateway implies isGateway',
+  );
   t.is((t.throws(() => parseBridgeConf({ cniVersion: '1.0.0', name: 'n', type: 't', ipMasq: 'true', ipam: { type: 'x' } })) as CniError).code, 7);
   t.is((t.throws(() => parseBridgeConf({ cniVersion: '1.0.0', name: 'n', type: 't' })) as CniError).code, 7);
-  const f = portForwards('n', 'cid', 'eth0', [{ hostPort: 8080, containerPort: 80 }, { hostPort: 53, containerPort: 53, protocol: 'UDP', hostIP: '10.0.0.1' }], ['10.88.0.2', 'fd00::2']);
-  t.deepEqual(f.map((x) => `${x.proto} ${x.listen ?? '*'}:${x.listenPort} -> ${x.targetIp}:${x.targetPort}`), [
-    'tcp *:8080 -> 10.88.0.2:80', 'tcp *:8080 -> fd00::2:80', 'udp 10.0.0.1:53 -> 10.88.0.2:53',
-  ]);
+  const f = portForwards(
+    'n',
+    'cid',
+    'eth0',
+    [
+      { hostPort: 8080, containerPort: 80 },
+      { hostPort: 53, containerPort: 53, protocol: 'UDP', hostIP: '10.0.0.1' },
+    ],
+    ['10.88.0.2', 'fd00::2'],
+  );
+  t.deepEqual(
+    f.map((x) => `${x.proto} ${x.listen ?? '*'}:${x.listenPort} -> ${x.targetIp}:${x.targetPort}`),
+    ['tcp *:8080 -> 10.88.0.2:80', 'tcp *:8080 -> fd00::2:80', 'udp 10.0.0.1:53 -> 10.88.0.2:53'],
+  );
   t.is((t.throws(() => portForwards('n', 'c', 'e', [{ hostPort: 1, containerPort: 1, protocol: 'sctp' }], ['10.0.0.2'])) as CniError).code, 2);
   t.is(hostVethName('n', 'a', 'eth0'), hostVethName('n', 'a', 'eth0'));
   t.not(hostVethName('n', 'a', 'eth0'), hostVethName('n', 'b', 'eth0'));
   t.true(hostVethName('n', 'a', 'eth0').length <= 15);
 });
 
-test('the shim\'s settings name node, the plugin and the socket by absolute path; bad values are refused', (t) => {
+test("the shim's settings name node, the plugin and the socket by absolute path; bad values are refused", (t) => {
   const s = shimConf({ socket: '/run/tsnet/agent.sock', stateDir: '/var/lib/x', node: '/opt/no de/node', entry: '/x/main.js', timeoutMs: 5000 });
   t.true(s.split('\n').includes('socket=/run/tsnet/agent.sock'));
   t.true(s.split('\n').includes('node=/opt/no de/node'));
@@ -102,11 +121,19 @@ test('the shim\'s settings name node, the plugin and the socket by absolute path
   t.regex(t.throws(() => shimConf({ socket: '/s', stateDir: '', node: '/n', entry: '/e', timeoutMs: 9_999_999_999 }))!.message, /a day/);
 });
 
-test('resolvConf: nameservers, domain, search and options become the result\'s dns', (t) => {
+test("resolvConf: nameservers, domain, search and options become the result's dns", (t) => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tsnet-resolv-'));
   const file = path.join(dir, 'resolv.conf');
-  fs.writeFileSync(file, '# comment\nnameserver 10.0.0.53\nnameserver 10.0.0.54 ; trailing\ndomain example.test\nsearch a.test b.test\noptions ndots:2 rotate\n');
-  t.deepEqual(parseResolvConf(file), { nameservers: ['10.0.0.53', '10.0.0.54'], domain: 'example.test', search: ['a.test', 'b.test'], options: ['ndots:2', 'rotate'] });
+  fs.writeFileSync(
+    file,
+    '# comment\nnameserver 10.0.0.53\nnameserver 10.0.0.54 ; trailing\ndomain example.test\nsearch a.test b.test\noptions ndots:2 rotate\n',
+  );
+  t.deepEqual(parseResolvConf(file), {
+    nameservers: ['10.0.0.53', '10.0.0.54'],
+    domain: 'example.test',
+    search: ['a.test', 'b.test'],
+    options: ['ndots:2', 'rotate'],
+  });
   t.is((t.throws(() => parseResolvConf(path.join(dir, 'missing'))) as CniError).code, 5);
   fs.rmSync(dir, { recursive: true });
 });

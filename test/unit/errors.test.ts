@@ -53,16 +53,19 @@ test('system errors keep errno (positive, as errno(3)), code, syscall and cause,
   t.is(nl.detail, 'ipv4: Address already assigned');
 });
 
-test('CNI: a validator\'s bad input becomes the caller\'s code, anything else keeps its meaning', (t) => {
+test("CNI: a validator's bad input becomes the caller's code, anything else keeps its meaning", (t) => {
   const e = t.throws(() => reportInput(CNI_ERR.invalidEnv, 'CNI_IFNAME', invalid('interface name is empty')));
   t.true(e instanceof CniError);
   t.is((e as CniError).code, CNI_ERR.invalidEnv);
   t.is(e!.message, 'CNI_IFNAME: interface name is empty');
   const bug = new RangeError('boom');
-  t.is(t.throws(() => reportInput(CNI_ERR.invalidConfig, 'x', bug)), bug);
+  t.is(
+    t.throws(() => reportInput(CNI_ERR.invalidConfig, 'x', bug)),
+    bug,
+  );
 });
 
-test('extended ack: the kernel\'s text is read from NLMSG_ERROR attributes, capped or not', (t) => {
+test("extended ack: the kernel's text is read from NLMSG_ERROR attributes, capped or not", (t) => {
   const text = 'Chain not found';
   const attr = Buffer.alloc(4 + ((text.length + 1 + 3) & ~3));
   attr.writeUInt16LE(4 + text.length + 1, 0);

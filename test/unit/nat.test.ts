@@ -1,6 +1,15 @@
 import test from 'ava';
 import { base32, endpointHash, portProtoHash } from '../../src/nat/names';
-import { formatProbability, normalizeService, normalizeState, parseEndpoint, parseHostPort, parseServicesFile, probabilities, type DesiredState } from '../../src/nat/model';
+import {
+  formatProbability,
+  normalizeService,
+  normalizeState,
+  parseEndpoint,
+  parseHostPort,
+  parseServicesFile,
+  probabilities,
+  type DesiredState,
+} from '../../src/nat/model';
 import { chainDigest, render, restorePayload, svcChain, sepChain, type Live } from '../../src/nat/backends/iptables-render';
 import { parseLive } from '../../src/nat/backends/iptables';
 import { render as nftRender } from '../../src/nat/nftables/layout';
@@ -8,7 +17,7 @@ import { fullPlan } from '../../src/nat/nftables/plan';
 import { script as nftScript } from '../../src/nat/nftables/text';
 import { removedUdpEndpoints } from '../../src/nat/engine';
 
-test('chain names match kube-proxy\'s own test vectors (proxier_test.go: ns1/svc1:p80)', (t) => {
+test("chain names match kube-proxy's own test vectors (proxier_test.go: ns1/svc1:p80)", (t) => {
   t.is(portProtoHash('ns1/svc1:p80', 'tcp'), 'XPGD46QRK7WJZT7O');
   t.is(endpointHash('ns1/svc1:p80', 'tcp', '10.180.0.1:80'), 'SXIVWICOYRO3J4NJ');
   t.is(base32(Buffer.from('foobar')), 'MZXW6YTBOI'); // RFC 4648 section 10, padding dropped
@@ -16,14 +25,24 @@ test('chain names match kube-proxy\'s own test vectors (proxier_test.go: ns1/svc
 });
 
 test('probabilities: 1/(n-i) for equal weights, cumulative for weights, the last one open; formatted as kube-proxy does', (t) => {
-  t.deepEqual(probabilities([1, 1, 1]).map((p) => p && formatProbability(p)), ['0.3333333333', '0.5000000000', undefined]);
-  t.deepEqual(probabilities([1, 1, 8]).map((p) => p && formatProbability(p)), ['0.1000000000', '0.1111111111', undefined]);
+  t.deepEqual(
+    probabilities([1, 1, 1]).map((p) => p && formatProbability(p)),
+    ['0.3333333333', '0.5000000000', undefined],
+  );
+  t.deepEqual(
+    probabilities([1, 1, 8]).map((p) => p && formatProbability(p)),
+    ['0.1000000000', '0.1111111111', undefined],
+  );
   t.deepEqual(probabilities([5]), [undefined]);
   // Each endpoint's overall share is its weight over the sum.
   const w = [3, 1, 2, 4];
   const p = probabilities(w);
   let rest = 1;
-  const share = w.map((_, i) => { const s = rest * (p[i] ?? 1); rest -= s; return s; });
+  const share = w.map((_, i) => {
+    const s = rest * (p[i] ?? 1);
+    rest -= s;
+    return s;
+  });
   share.forEach((s, i) => t.true(Math.abs(s - w[i]! / 10) < 1e-12));
 });
 
@@ -45,8 +64,11 @@ test('iptables renderer: kube-proxy-shaped chains, a comment on every service ru
   t.true(lines.includes('-A TSNET-MARK-MASQ -j MARK --or-mark 0x40000'));
   t.true(lines.includes('-I PREROUTING 1 -m comment --comment "tsnet service portals" -j TSNET-SERVICES'));
   t.true(lines.includes('-I INPUT 1 -m comment --comment "tsnet service portals" -m conntrack --ctstate NEW -j TSNET-SERVICES'));
-  t.false(payload.includes('KUBE-'), 'never touches kube-proxy\'s chains');
-  t.false(/^-[FXZ]( |$)|^-[AI] (PREROUTING|OUTPUT|POSTROUTING|INPUT|FORWARD) (?!.*TSNET-)/m.test(payload), 'no flush of anything, only jumps into our own chains');
+  t.false(payload.includes('KUBE-'), "never touches kube-proxy's chains");
+  t.false(
+    /^-[FXZ]( |$)|^-[AI] (PREROUTING|OUTPUT|POSTROUTING|INPUT|FORWARD) (?!.*TSNET-)/m.test(payload),
+    'no flush of anything, only jumps into our own chains',
+  );
   for (const table of ['*nat', '*filter']) t.is(lines.filter((l) => l === table).length, 1);
 });
 
@@ -60,11 +82,20 @@ test('iptables partial sync: one changed service rewrites its chains and the dis
     hooks: parseLive(restorePayload(before, undefined).payload.replace(/^-I (\S+) 1 /gm, '-A $1 ')).hooks,
   };
   const after = structuredClone(web);
-  after.services[0]!.endpoints = [{ ip: '10.0.0.3', port: 8080, weight: 3 }, { ip: '10.0.0.4', port: 8080, weight: 1 }];
+  after.services[0]!.endpoints = [
+    { ip: '10.0.0.3', port: 8080, weight: 3 },
+    { ip: '10.0.0.4', port: 8080, weight: 1 },
+  ];
   const { payload, written, deleted } = restorePayload(render(after, 4), live);
-  const declared = payload.split('\n').filter((l) => l.startsWith(':')).map((l) => l.split(' ')[0]!.slice(1));
+  const declared = payload
+    .split('\n')
+    .filter((l) => l.startsWith(':'))
+    .map((l) => l.split(' ')[0]!.slice(1));
   const svc = svcChain(web.services[0]!);
-  t.deepEqual(declared.sort(), ['TSNET-SERVICES', 'TSNET-SERVICES', svc, sepChain(web.services[0]!, '10.0.0.4', 8080), sepChain(web.services[0]!, '10.0.0.2', 8080)].sort());
+  t.deepEqual(
+    declared.sort(),
+    ['TSNET-SERVICES', 'TSNET-SERVICES', svc, sepChain(web.services[0]!, '10.0.0.4', 8080), sepChain(web.services[0]!, '10.0.0.2', 8080)].sort(),
+  );
   t.true(payload.includes(`-X ${sepChain(web.services[0]!, '10.0.0.2', 8080)}`));
   t.false(payload.includes(`:${sepChain(web.services[0]!, '10.0.0.3', 8080)} `), 'an unchanged endpoint chain is left alone');
   t.false(payload.includes('-I '), 'hooks already present are not inserted twice');
@@ -85,21 +116,37 @@ test('model validation: clear messages for bad addresses, ports, names and weigh
   t.throws(() => parseEndpoint('10.0.0.2:80@1@2'), { message: /IP:PORT\[@WEIGHT\]/ });
   t.throws(() => normalizeService({ name: 'a', vip: '10.96.0.1', port: 80, endpoints: [parseEndpoint('[fd00::2]:80')] }), { message: /not IPv4/ });
   t.throws(() => normalizeService({ name: 'a', vip: '10.96.0.1', port: 80, endpoints: ['10.0.0.2:80', '10.0.0.2:80'] as never }), { message: /listed twice/ });
-  t.throws(() => normalizeState({ services: [{ name: 'a', vip: '10.96.0.1', port: 80, proto: 'tcp', endpoints: [] }, { name: 'b', vip: '10.96.0.1', port: 80, proto: 'tcp', endpoints: [] }], rules: [] }), { message: /both claim 10\.96\.0\.1:80\/tcp/ });
+  t.throws(
+    () =>
+      normalizeState({
+        services: [
+          { name: 'a', vip: '10.96.0.1', port: 80, proto: 'tcp', endpoints: [] },
+          { name: 'b', vip: '10.96.0.1', port: 80, proto: 'tcp', endpoints: [] },
+        ],
+        rules: [],
+      }),
+    { message: /both claim 10\.96\.0\.1:80\/tcp/ },
+  );
 });
 
 test('services.json: malformed JSON and wrong shapes are one-line errors', (t) => {
   t.throws(() => parseServicesFile('[{', 'f.json'), { message: /^f\.json: not valid JSON/ });
   t.throws(() => parseServicesFile('{}', 'f.json'), { message: /expected a JSON array/ });
   t.throws(() => parseServicesFile('[42]', 'f.json'), { message: /entry 0 is not a service object/ });
-  t.deepEqual(parseServicesFile('[{"name":"a","vip":"10.96.0.1","port":80,"endpoints":["10.0.0.2:80@2"]}]', 'f').map((s) => normalizeService(s).endpoints), [[{ ip: '10.0.0.2', port: 80, weight: 2 }]]);
+  t.deepEqual(
+    parseServicesFile('[{"name":"a","vip":"10.96.0.1","port":80,"endpoints":["10.0.0.2:80@2"]}]', 'f').map((s) => normalizeService(s).endpoints),
+    [[{ ip: '10.0.0.2', port: 80, weight: 2 }]],
+  );
 });
 
 test('removed UDP endpoints: what conntrack cleanup targets (TCP is left to finish on its own)', (t) => {
-  const a = normalizeState({ services: [
-    { name: 'dns', vip: '10.96.0.53', port: 53, proto: 'udp', endpoints: [parseEndpoint('10.0.0.2:53'), parseEndpoint('10.0.0.3:53')] },
-    { name: 'web', vip: '10.96.0.80', port: 80, proto: 'tcp', endpoints: [parseEndpoint('10.0.0.2:80')] },
-  ], rules: [] });
+  const a = normalizeState({
+    services: [
+      { name: 'dns', vip: '10.96.0.53', port: 53, proto: 'udp', endpoints: [parseEndpoint('10.0.0.2:53'), parseEndpoint('10.0.0.3:53')] },
+      { name: 'web', vip: '10.96.0.80', port: 80, proto: 'tcp', endpoints: [parseEndpoint('10.0.0.2:80')] },
+    ],
+    rules: [],
+  });
   const b = structuredClone(a);
   b.services[0]!.endpoints = [b.services[0]!.endpoints[1]!];
   b.services[1]!.endpoints = [];
@@ -108,23 +155,51 @@ test('removed UDP endpoints: what conntrack cleanup targets (TCP is left to fini
 });
 
 test('forward rendering: DNAT to local addresses, SNAT of its own flows only (no fixed port), FORWARD accept, localnet guard', (t) => {
-  const st = normalizeState({ services: [], rules: [], forwards: [{ name: 'mysql', target: 'mysql', targetIp: '10.200.0.9', listenPort: 3308, targetPort: 3309, proto: 'tcp', snat: 'auto' }] });
+  const st = normalizeState({
+    services: [],
+    rules: [],
+    forwards: [{ name: 'mysql', target: 'mysql', targetIp: '10.200.0.9', listenPort: 3308, targetPort: 3309, proto: 'tcp', snat: 'auto' }],
+  });
   const ipt = restorePayload(render(st, 4), undefined).payload;
-  t.true(ipt.includes('-A TSNET-DNAT -m comment --comment "tsnet forward mysql" -m addrtype --dst-type LOCAL -p tcp -m tcp --dport 3308 -j DNAT --to-destination 10.200.0.9:3309'));
-  t.true(ipt.includes('-A TSNET-SNAT -m comment --comment "tsnet forward mysql" -d 10.200.0.9/32 -p tcp -m tcp --dport 3309 -m conntrack --ctstate DNAT --ctorigdstport 3308 -j MASQUERADE --random-fully'));
+  t.true(
+    ipt.includes(
+      '-A TSNET-DNAT -m comment --comment "tsnet forward mysql" -m addrtype --dst-type LOCAL -p tcp -m tcp --dport 3308 -j DNAT --to-destination 10.200.0.9:3309',
+    ),
+  );
+  t.true(
+    ipt.includes(
+      '-A TSNET-SNAT -m comment --comment "tsnet forward mysql" -d 10.200.0.9/32 -p tcp -m tcp --dport 3309 -m conntrack --ctstate DNAT --ctorigdstport 3308 -j MASQUERADE --random-fully',
+    ),
+  );
   t.false(/--to-source \S+:\d+/.test(ipt), 'never a fixed source port');
-  t.true(ipt.includes('-A TSNET-FORWARD -m comment --comment "tsnet forward mysql" -p tcp -m conntrack --ctstate DNAT --ctorigdstport 3308 --ctreplsrc 10.200.0.9 --ctreplsrcport 3309 -j ACCEPT'));
-  t.true(ipt.includes('-A TSNET-FIREWALL -m comment --comment "tsnet: block incoming localnet connections (CVE-2020-8558)" ! -s 127.0.0.0/8 -d 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP'));
+  t.true(
+    ipt.includes(
+      '-A TSNET-FORWARD -m comment --comment "tsnet forward mysql" -p tcp -m conntrack --ctstate DNAT --ctorigdstport 3308 --ctreplsrc 10.200.0.9 --ctreplsrcport 3309 -j ACCEPT',
+    ),
+  );
+  t.true(
+    ipt.includes(
+      '-A TSNET-FIREWALL -m comment --comment "tsnet: block incoming localnet connections (CVE-2020-8558)" ! -s 127.0.0.0/8 -d 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP',
+    ),
+  );
   const text = nftScript(fullPlan(nftRender(st, 4)).ops, 4);
-  t.true(text.includes('add rule ip tsnet dnat-rules fib daddr type local meta l4proto tcp th dport 3308 dnat to 10.200.0.9:3309 comment "tsnet forward mysql"'));
-  t.true(text.includes('add rule ip tsnet snat-rules ip daddr 10.200.0.9 meta l4proto tcp th dport 3309 ct status dnat ct original proto-dst 3308 masquerade fully-random comment "tsnet forward mysql"'));
+  t.true(
+    text.includes('add rule ip tsnet dnat-rules fib daddr type local meta l4proto tcp th dport 3308 dnat to 10.200.0.9:3309 comment "tsnet forward mysql"'),
+  );
+  t.true(
+    text.includes(
+      'add rule ip tsnet snat-rules ip daddr 10.200.0.9 meta l4proto tcp th dport 3309 ct status dnat ct original proto-dst 3308 masquerade fully-random comment "tsnet forward mysql"',
+    ),
+  );
   // --listen on a non-loopback address: no route_localnet, so no guard.
   const scoped = normalizeState({ services: [], rules: [], forwards: [{ ...st.forwards[0]!, listen: '192.0.2.1', snat: '192.0.2.1' }] });
   const p2 = restorePayload(render(scoped, 4), undefined).payload;
   t.true(p2.includes('-d 192.0.2.1/32 -p tcp -m tcp --dport 3308 -j DNAT'));
   t.true(p2.includes('-j SNAT --to-source 192.0.2.1 --random-fully'));
   t.false(p2.includes('CVE-2020-8558'));
-  t.throws(() => normalizeState({ services: [], rules: [], forwards: [st.forwards[0]!, { ...st.forwards[0]!, name: 'other' }] }), { message: /both listen on tcp port 3308/ });
+  t.throws(() => normalizeState({ services: [], rules: [], forwards: [st.forwards[0]!, { ...st.forwards[0]!, name: 'other' }] }), {
+    message: /both listen on tcp port 3308/,
+  });
 });
 
 test('iptables partial sync is guarded by the canary in the same transaction, for both tables', (t) => {
@@ -137,5 +212,8 @@ test('iptables partial sync is guarded by the canary in the same transaction, fo
   t.is(g[nat + 2], ':TSNET-SVC-X - [0:0]', 'the change follows the check');
   t.regex(g[filter + 1]!, /^-C TSNET-CANARY /);
   t.is(g[filter + 2], 'COMMIT', 'an unchanged table is still checked');
-  t.false(g.some((l) => l.startsWith(':TSNET-CANARY')), 'never re-declared (that would flush it and defeat the check)');
+  t.false(
+    g.some((l) => l.startsWith(':TSNET-CANARY')),
+    'never re-declared (that would flush it and defeat the check)',
+  );
 });

@@ -35,9 +35,11 @@ function captured(family: 4 | 6): { chain: string; exprs: string[] }[] {
 function lowered(rs: Ruleset): { chain: string; exprs: string[] }[] {
   const sets = new Map(rs.sets.map((s) => [s.name, s]));
   const cx: LowerContext = { family: rs.family, set: (n) => ({ interval: sets.get(n)?.interval ?? false }) };
-  return fullPlan(rs).ops.flatMap((op) => (op.op === 'add-rules'
-    ? op.rules.map((r: Rule) => ({ chain: op.chain, exprs: r.items.flatMap((i) => lowerItem(i, cx, { name: '__map%d', id: 1 })).map(formatExpr) }))
-    : []));
+  return fullPlan(rs).ops.flatMap((op) =>
+    op.op === 'add-rules'
+      ? op.rules.map((r: Rule) => ({ chain: op.chain, exprs: r.items.flatMap((i) => lowerItem(i, cx, { name: '__map%d', id: 1 })).map(formatExpr) }))
+      : [],
+  );
 }
 
 for (const family of [4, 6] as const) {
@@ -53,10 +55,14 @@ for (const family of [4, 6] as const) {
 test('set userdata is nft\'s: byte orders and typeof of key and value, so nft list prints "typeof ..." (bytes captured from nft 1.0.6)', (t) => {
   const rs = render(sampleState(4), 4);
   const byName = new Map(rs.sets.map((s) => [s.name, s]));
-  t.is(setUdata(byName.get(SERVICE_IPS)!, 4).toString('hex'),
-    '000400000000010400000000034400040d000000013c0014000407000000010c00040c00000001040c000000010e00040900000001060004100000000214000407000000010c00040b00000001040200000004080004010000000100060400000000');
-  t.is(setUdata(byName.get('hairpin')!, 4).toString('hex'),
-    '000400000000033400040d000000012c0014000407000000010c00040c00000001040b0000000114000407000000010c00040c00000001040c000000');
+  t.is(
+    setUdata(byName.get(SERVICE_IPS)!, 4).toString('hex'),
+    '000400000000010400000000034400040d000000013c0014000407000000010c00040c00000001040c000000010e00040900000001060004100000000214000407000000010c00040b00000001040200000004080004010000000100060400000000',
+  );
+  t.is(
+    setUdata(byName.get('hairpin')!, 4).toString('hex'),
+    '000400000000033400040d000000012c0014000407000000010c00040c00000001040b0000000114000407000000010c00040c00000001040c000000',
+  );
   t.is(datatype(byName.get(SERVICE_IPS)!.key, 4), 0x730d, 'ipv4_addr . inet_proto . inet_service');
   t.is(datatype(byName.get(ENDPOINTS)!.key, 4), 0x1cc344, '... . integer');
   t.is(datatype(byName.get(SERVICE_IPS)!.key, 6), 0x830d, 'ipv6_addr . inet_proto . inet_service');
@@ -78,7 +84,11 @@ const planFor = (a: DesiredState, b: DesiredState, record = recordOf(a)) => {
   const changes = serviceChanges(a.services, b.services);
   const counted = changePlan(b, 4, changes, record, SharedIndex.build(a.services, 4).others(changes));
   // Looking other users up in the state itself (stored rows, ruled out unparsed by their text) must plan exactly what counting them does.
-  const view = IndexedState.fromRows(b.services.map((s) => JSON.stringify(s)), b.rules, b.forwards);
+  const view = IndexedState.fromRows(
+    b.services.map((s) => JSON.stringify(s)),
+    b.rules,
+    b.forwards,
+  );
   const looked = changePlan(b, 4, changes, record, lookedUp(view, record.lb, changes));
   if (JSON.stringify(looked) !== JSON.stringify(counted)) throw new Error(`looked-up plan differs:\n${JSON.stringify(looked)}\n${JSON.stringify(counted)}`);
   // The lb users a partial sync records are those a full sync of `b` would count.
@@ -122,17 +132,33 @@ test('layout: a service is map elements, not chains; chains are shared by endpoi
 });
 
 test('partial sync: an endpoint change is element operations only; stale chains are flushed before they are deleted', (t) => {
-  const after = normalizeState({ ...web, services: [...web.services, { name: 'dns', vip: '10.96.0.53', port: 53, proto: 'udp', endpoints: [parseEndpoint('10.0.0.9:53')] }] });
+  const after = normalizeState({
+    ...web,
+    services: [...web.services, { name: 'dns', vip: '10.96.0.53', port: 53, proto: 'udp', endpoints: [parseEndpoint('10.0.0.9:53')] }],
+  });
   after.services[0]!.endpoints = [parseEndpoint('10.0.0.2:8080'), parseEndpoint('10.0.0.4:8080')];
   const plan = planFor(web, after)!;
   const lines = script(plan.ops, 4).trim().split('\n');
   t.false(plan.full);
-  t.false(lines.some((l) => l.startsWith('delete table')), 'no rebuild');
+  t.false(
+    lines.some((l) => l.startsWith('delete table')),
+    'no rebuild',
+  );
   t.true(lines.includes('delete element ip tsnet endpoints { 10.96.0.10 . tcp . 80 . 1 }'));
   t.true(lines.includes('delete element ip tsnet hairpin { 10.0.0.3 . 10.0.0.3 }'));
-  t.true(lines.some((l) => l.startsWith('add element ip tsnet endpoints {') && l.includes('10.96.0.10 . tcp . 80 . 1 : 10.0.0.4 . 8080') && l.includes('10.96.0.53 . udp . 53 . 0 : 10.0.0.9 . 53')));
+  t.true(
+    lines.some(
+      (l) =>
+        l.startsWith('add element ip tsnet endpoints {') &&
+        l.includes('10.96.0.10 . tcp . 80 . 1 : 10.0.0.4 . 8080') &&
+        l.includes('10.96.0.53 . udp . 53 . 0 : 10.0.0.9 . 53'),
+    ),
+  );
   t.true(lines.includes('add chain ip tsnet lb-udp-1'), 'the first one-endpoint UDP service brings its shared chain');
-  t.false(lines.some((l) => /^(flush|add rule).*(nat-prerouting|lb-tcp-2)/.test(l)), 'unchanged chains untouched');
+  t.false(
+    lines.some((l) => /^(flush|add rule).*(nat-prerouting|lb-tcp-2)/.test(l)),
+    'unchanged chains untouched',
+  );
 
   // Affinity off: its chains and sets go, after the element pointing at them.
   const withAff = structuredClone(web);
@@ -149,7 +175,10 @@ test('partial sync: an endpoint change is element operations only; stale chains 
 
 test('partial sync: a hairpin pair or lb chain another service still uses stays; the last user takes it along', (t) => {
   const svc = (name: string, vip: string, eps: string[]) => ({ name, vip, port: 80, proto: 'tcp' as const, endpoints: eps.map(parseEndpoint) });
-  const both = normalizeState({ services: [svc('a', '10.96.0.1', ['10.0.0.2:80', '10.0.0.3:80']), svc('b', '10.96.0.2', ['10.0.0.2:81', '10.0.0.4:81'])], rules: [] });
+  const both = normalizeState({
+    services: [svc('a', '10.96.0.1', ['10.0.0.2:80', '10.0.0.3:80']), svc('b', '10.96.0.2', ['10.0.0.2:81', '10.0.0.4:81'])],
+    rules: [],
+  });
   const aLeaves = structuredClone(both);
   aLeaves.services[0]!.endpoints = [parseEndpoint('10.0.0.5:80')];
   const one = script(planFor(both, aLeaves)!.ops, 4);
@@ -169,7 +198,10 @@ test('partial sync: a chain that only grew gets its new rules appended, no flush
   const one = normalizeState({ services: [], rules: [{ kind: 'masquerade', source: '10.88.0.2/32', outNot: 'br0' }] });
   const two = normalizeState({ services: [], rules: [...one.rules, { kind: 'masquerade', source: '10.88.0.3/32', outNot: 'br0' }] });
   const grow = script(planFor(one, two)!.ops, 4);
-  t.is(grow, 'add table ip tsnet\nadd rule ip tsnet snat-rules ip saddr 10.88.0.3 oifname != "br0" masquerade fully-random comment "tsnet masquerade 10.88.0.3/32"\n');
+  t.is(
+    grow,
+    'add table ip tsnet\nadd rule ip tsnet snat-rules ip saddr 10.88.0.3 oifname != "br0" masquerade fully-random comment "tsnet masquerade 10.88.0.3/32"\n',
+  );
   const shrink = script(planFor(two, one)!.ops, 4);
   t.true(shrink.includes('flush chain ip tsnet snat-rules\n'), 'a removed rule needs the chain rewritten');
   const swapped = normalizeState({ services: [], rules: [two.rules[1]!, two.rules[0]!] });
@@ -177,7 +209,16 @@ test('partial sync: a chain that only grew gets its new rules appended, no flush
 });
 
 test('netlink batch: BEGIN, one message per operation (element lists split under the 16-bit nest limit), END', (t) => {
-  const many = normalizeState({ services: Array.from({ length: 3000 }, (_, i) => ({ name: `s${i}`, vip: `10.96.${i >> 8}.${i & 255}`, port: 80, proto: 'tcp' as const, endpoints: [parseEndpoint(`10.1.${i >> 8}.${i & 255}:80`)] })), rules: [] });
+  const many = normalizeState({
+    services: Array.from({ length: 3000 }, (_, i) => ({
+      name: `s${i}`,
+      vip: `10.96.${i >> 8}.${i & 255}`,
+      port: 80,
+      proto: 'tcp' as const,
+      endpoints: [parseEndpoint(`10.1.${i >> 8}.${i & 255}:80`)],
+    })),
+    rules: [],
+  });
   const b = encodePlan(fullPlan(render(many, 4)).ops, 4, [], 100);
   const msgs = decodeBatch(b.bytes);
   t.is(msgs[0], 'BATCH_BEGIN');
@@ -188,5 +229,8 @@ test('netlink batch: BEGIN, one message per operation (element lists split under
   t.is(n, 3000);
   t.is(b.firstSeq, 100);
   t.is(b.lastSeq, 100 + msgs.length - 1);
-  t.regex([...b.what.values()].find((w) => w.startsWith('adding') && w.includes('elements to endpoints'))!, /^adding \d+ elements to endpoints, from 10\.96\.0\.0 \. tcp \. 80 \. 0 : 10\.1\.0\.0 \. 80$/);
+  t.regex(
+    [...b.what.values()].find((w) => w.startsWith('adding') && w.includes('elements to endpoints'))!,
+    /^adding \d+ elements to endpoints, from 10\.96\.0\.0 \. tcp \. 80 \. 0 : 10\.1\.0\.0 \. 80$/,
+  );
 });

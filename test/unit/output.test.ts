@@ -5,7 +5,10 @@ import { printRows, table } from '../../src/cli/output';
 async function captured(fn: () => Promise<void>): Promise<string[]> {
   const pieces: string[] = [];
   const write = process.stdout.write.bind(process.stdout);
-  process.stdout.write = ((chunk: string) => { pieces.push(chunk); return true; }) as typeof process.stdout.write;
+  process.stdout.write = ((chunk: string) => {
+    pieces.push(chunk);
+    return true;
+  }) as typeof process.stdout.write;
   try {
     await fn();
   } finally {
@@ -23,7 +26,10 @@ test.serial('a streamed JSON listing is exactly JSON.stringify(rows, null, 2), w
 });
 
 test.serial('a streamed table is the table', async (t) => {
-  const rows = [{ name: 'a', n: 1 }, { name: 'bbbb', n: undefined }];
+  const rows = [
+    { name: 'a', n: 1 },
+    { name: 'bbbb', n: undefined },
+  ];
   const pieces = await captured(() => printRows(rows, false, ['name', 'n'], (r) => r));
   t.is(pieces.join(''), `${table(rows, ['name', 'n'])}\n`);
 });

@@ -32,7 +32,11 @@ function msg(type: number, flags: number, seq: number, payload: Buffer, pid = 42
   h.writeUInt32LE(pid, 12);
   return Buffer.concat([h, payload]);
 }
-const errorMsg = (seq: number, errno: number) => { const p = Buffer.alloc(20); p.writeInt32LE(-errno, 0); return msg(2, 0, seq, p); };
+const errorMsg = (seq: number, errno: number) => {
+  const p = Buffer.alloc(20);
+  p.writeInt32LE(-errno, 0);
+  return msg(2, 0, seq, p);
+};
 const done = (seq: number, flags: number = NLM_F.MULTI) => msg(3, flags, seq, Buffer.alloc(4));
 
 test('an ack resolves, an error rejects with the errno name', async (t) => {
@@ -57,19 +61,26 @@ test('replies with a foreign sequence number or port are not handed to the calle
     done(r.seq),
   ];
   const got = await s.dump(18, Buffer.alloc(16));
-  t.deepEqual(got.map((m) => m.payload.toString()), ['mine........']);
+  t.deepEqual(
+    got.map((m) => m.payload.toString()),
+    ['mine........'],
+  );
 });
 
 test('a dump flagged NLM_F_DUMP_INTR is retried until consistent', async (t) => {
   const k = new FakeKernel();
   const s = new NetlinkSocket(k.open);
   let n = 0;
-  k.answer = (r) => (++n < 3
-    ? [msg(16, NLM_F.MULTI | NLM_F.DUMP_INTR, r.seq, Buffer.from('old.')), done(r.seq, NLM_F.MULTI | NLM_F.DUMP_INTR)]
-    : [msg(16, NLM_F.MULTI, r.seq, Buffer.from('new.')), done(r.seq)]);
+  k.answer = (r) =>
+    ++n < 3
+      ? [msg(16, NLM_F.MULTI | NLM_F.DUMP_INTR, r.seq, Buffer.from('old.')), done(r.seq, NLM_F.MULTI | NLM_F.DUMP_INTR)]
+      : [msg(16, NLM_F.MULTI, r.seq, Buffer.from('new.')), done(r.seq)];
   const got = await s.dump(18, Buffer.alloc(16));
   t.is(n, 3);
-  t.deepEqual(got.map((m) => m.payload.toString()), ['new.']);
+  t.deepEqual(
+    got.map((m) => m.payload.toString()),
+    ['new.'],
+  );
   t.is(new Set(k.sent.map((x) => x.seq)).size, 3, 'each retry uses a fresh sequence number');
 });
 

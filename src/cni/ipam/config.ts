@@ -40,8 +40,7 @@ export const ipToBig = (ip: string): bigint => {
   return p.family === 4 ? new Address4(p.address).bigInt() : new Address6(p.address).bigInt();
 };
 
-export const bigToIp = (n: bigint, family: Family): string =>
-  family === 4 ? Address4.fromBigInt(n).correctForm() : Address6.fromBigInt(n).correctForm();
+export const bigToIp = (n: bigint, family: Family): string => (family === 4 ? Address4.fromBigInt(n).correctForm() : Address6.fromBigInt(n).correctForm());
 
 /** Whether `ip` lies inside range `r` (same family, between start and end). */
 export function inRange(r: Range, ip: string): boolean {
@@ -67,7 +66,12 @@ export function validateNetworkName(name: unknown): string {
   return name;
 }
 
-interface RawRange { subnet?: unknown; rangeStart?: unknown; rangeEnd?: unknown; gateway?: unknown }
+interface RawRange {
+  subnet?: unknown;
+  rangeStart?: unknown;
+  rangeEnd?: unknown;
+  gateway?: unknown;
+}
 
 function parseRange(raw: RawRange, where: string): Range {
   if (typeof raw !== 'object' || raw === null) throw invalidConfig(`${where}: a range must be an object with "subnet"`);

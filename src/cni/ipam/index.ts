@@ -79,7 +79,10 @@ export function parseResolvConf(file: string): Dns {
   }
   const dns: Dns = {};
   for (const line of text.split('\n')) {
-    const [key, ...vals] = line.replace(/[#;].*/, '').trim().split(/\s+/);
+    const [key, ...vals] = line
+      .replace(/[#;].*/, '')
+      .trim()
+      .split(/\s+/);
     if (!key || vals.length === 0) continue;
     if (key === 'nameserver') (dns.nameservers ??= []).push(vals[0]!);
     else if (key === 'domain') dns.domain = vals[0]!;
@@ -147,7 +150,8 @@ export async function ipamDel(conf: NetConf, env: CniEnv): Promise<void> {
 export async function ipamCheck(conf: NetConf, env: CniEnv, prev: Result | undefined): Promise<void> {
   const c = parseIpamConfig(conf);
   const mine = storeOf(c).byAttachment(env.containerId!, env.ifname!);
-  if (mine.length === 0) throw new CniError(CNI_ERR.internal, `tsnet-ipam: no address is reserved for container ${env.containerId} ${env.ifname} in network ${c.network}`);
+  if (mine.length === 0)
+    throw new CniError(CNI_ERR.internal, `tsnet-ipam: no address is reserved for container ${env.containerId} ${env.ifname} in network ${c.network}`);
   for (const ip of prev?.ips ?? []) {
     const a = ip.address.split('/')[0]!;
     if (inAnySet(c.rangeSets, a) && !mine.some((m) => m.ip === parseIp(a).address)) {
@@ -185,7 +189,9 @@ export async function ipamGc(conf: NetConf, valid: Set<string>): Promise<string[
 /** IPAM STATUS: ready unless a range set has no free address left (error 50). */
 export async function ipamStatus(conf: NetConf): Promise<void> {
   const c = parseIpamConfig(conf);
-  const taken = storeOf(c).list().map((r) => r.ip);
+  const taken = storeOf(c)
+    .list()
+    .map((r) => r.ip);
   for (const set of c.rangeSets) {
     let free = 0n;
     for (const r of set) {

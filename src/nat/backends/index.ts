@@ -42,8 +42,10 @@ export const resolveChoice = (choice: BackendChoice, stored?: BackendName): Back
 /** Makes a backend (its module is loaded only now: a CLI call pays for the one it uses). */
 export async function createBackend(name: BackendName, ns: NetNs, o: { holdFd?: number; iptablesMode?: string } = {}): Promise<Backend> {
   switch (name) {
-    case 'netlink': return new (await import('./netlink')).NetlinkBackend(ns);
-    case 'nft': return new (await import('./nft')).NftBackend(ns, o.holdFd);
+    case 'netlink':
+      return new (await import('./netlink')).NetlinkBackend(ns);
+    case 'nft':
+      return new (await import('./nft')).NftBackend(ns, o.holdFd);
     case 'iptables': {
       const { IptablesBackend, detectMode } = await import('./iptables');
       const mode = o.iptablesMode === 'legacy' || o.iptablesMode === 'nft' ? o.iptablesMode : await detectMode(ns);

@@ -16,7 +16,18 @@
  */
 import { createHash } from 'node:crypto';
 import type { Family } from '../../addr/cidr';
-import { familyOf, ruleFamily, formatProbability, probabilities, servesLoopback, type DesiredState, type Forward, type NatRule, type Proto, type Service } from '../model';
+import {
+  familyOf,
+  ruleFamily,
+  formatProbability,
+  probabilities,
+  servesLoopback,
+  type DesiredState,
+  type Forward,
+  type NatRule,
+  type Proto,
+  type Service,
+} from '../model';
 import { CANARY_COMMENT, IPT_PREFIX as PREFIX, LOCALNET_COMMENT, MASQ_COMMENT, MASQ_MARK } from '../constants';
 import { endpointHash, portProtoHash } from '../names';
 
@@ -93,11 +104,13 @@ function serviceChains(s: Service): Chain[] {
   if (s.masqueradeNotFrom) chain.rules.push({ ...base, src: s.masqueradeNotFrom, srcNot: true, target: { kind: 'jump', chain: MARK_MASQ } });
   const names = s.endpoints.map((e) => sepChain(s, e.ip, e.port));
   if (s.affinitySeconds) {
-    s.endpoints.forEach((e, i) => chain.rules.push({
-      comment: `${s.name} -> ${hostPort(e.ip, e.port)}`,
-      recent: { name: names[i]!, op: 'rcheck', seconds: s.affinitySeconds! },
-      target: { kind: 'jump', chain: names[i]! },
-    }));
+    s.endpoints.forEach((e, i) =>
+      chain.rules.push({
+        comment: `${s.name} -> ${hostPort(e.ip, e.port)}`,
+        recent: { name: names[i]!, op: 'rcheck', seconds: s.affinitySeconds! },
+        target: { kind: 'jump', chain: names[i]! },
+      }),
+    );
   }
   const probs = probabilities(s.endpoints.map((e) => e.weight));
   s.endpoints.forEach((e, i) => {
@@ -107,7 +120,9 @@ function serviceChains(s: Service): Chain[] {
     const dnat: Rule = { comment: s.name, proto: s.proto, target: { kind: 'DNAT', to: hostPort(e.ip, e.port) } };
     if (s.affinitySeconds) dnat.recent = { name: names[i]!, op: 'set' };
     seps.push({
-      table: 'nat', name: names[i]!, rules: [
+      table: 'nat',
+      name: names[i]!,
+      rules: [
         // Hairpin: an endpoint reaching its own service must be masqueraded, or it would answer itself directly.
         { comment: s.name, src: host(e.ip), target: { kind: 'jump', chain: MARK_MASQ } },
         dnat,
@@ -120,7 +135,11 @@ function serviceChains(s: Service): Chain[] {
 function natRuleFor(r: NatRule): { chain: string; rule: Rule } {
   switch (r.kind) {
     case 'masquerade': {
-      const rule: Rule = { comment: `tsnet masquerade ${r.source}${r.destination ? ` to ${r.destination}` : ''}`, src: r.source, target: { kind: 'MASQUERADE', randomFully: true } };
+      const rule: Rule = {
+        comment: `tsnet masquerade ${r.source}${r.destination ? ` to ${r.destination}` : ''}`,
+        src: r.source,
+        target: { kind: 'MASQUERADE', randomFully: true },
+      };
       if (r.destination) rule.dst = r.destination;
       if (r.outNot) rule.outNot = r.outNot;
       return { chain: SNAT_CHAIN, rule };
@@ -134,7 +153,13 @@ function natRuleFor(r: NatRule): { chain: string; rule: Rule } {
     case 'dnat':
       return {
         chain: DNAT_CHAIN,
-        rule: { comment: `tsnet dnat ${hostPort(r.destination, r.port)}`, proto: r.proto, dst: host(r.destination), dport: r.port, target: { kind: 'DNAT', to: hostPort(r.toIp, r.toPort) } },
+        rule: {
+          comment: `tsnet dnat ${hostPort(r.destination, r.port)}`,
+          proto: r.proto,
+          dst: host(r.destination),
+          dport: r.port,
+          target: { kind: 'DNAT', to: hostPort(r.toIp, r.toPort) },
+        },
       };
   }
 }
@@ -151,15 +176,23 @@ function forwardRules(f: Forward): { dnat: Rule; snat: Rule[]; accept: Rule } {
   if (f.snat === 'auto' || f.snat === 'masquerade') snat.push({ ...toTarget, target: { kind: 'MASQUERADE', randomFully: true } });
   else if (f.snat !== 'none') snat.push({ ...toTarget, target: { kind: 'SNAT', to: f.snat, randomFully: true } });
   // Clients of 127.0.0.1 cannot keep that source on the wire, whatever --snat says.
-  if (f.snat === 'none' && servesLoopback(f)) snat.push({ comment, src: '127.0.0.0/8', proto: f.proto, ct: mine, target: { kind: 'MASQUERADE', randomFully: true } });
-  const accept: Rule = { comment, ct: { state: ['DNAT'], origDstPort: f.listenPort, replSrc: f.targetIp, replSrcPort: f.targetPort }, proto: f.proto, target: { kind: 'ACCEPT' } };
+  if (f.snat === 'none' && servesLoopback(f))
+    snat.push({ comment, src: '127.0.0.0/8', proto: f.proto, ct: mine, target: { kind: 'MASQUERADE', randomFully: true } });
+  const accept: Rule = {
+    comment,
+    ct: { state: ['DNAT'], origDstPort: f.listenPort, replSrc: f.targetIp, replSrcPort: f.targetPort },
+    proto: f.proto,
+    target: { kind: 'ACCEPT' },
+  };
   return { dnat, snat, accept };
 }
 
 /** kube-proxy's guard for route_localnet (CVE-2020-8558): nothing from outside reaches 127.0.0.0/8 unless it was DNATed. */
 export const LOCALNET_GUARD: Rule = {
   comment: LOCALNET_COMMENT,
-  dst: '127.0.0.0/8', src: '127.0.0.0/8', srcNot: true,
+  dst: '127.0.0.0/8',
+  src: '127.0.0.0/8',
+  srcNot: true,
   ct: { state: ['RELATED', 'ESTABLISHED', 'DNAT'], stateNot: true },
   target: { kind: 'DROP' },
 };
@@ -196,11 +229,19 @@ export function render(st: DesiredState, family: Family): Ruleset {
   }
   if (forwards.some(servesLoopback)) firewall.rules.push(LOCALNET_GUARD);
   const chains: Chain[] = [
-    canary('nat'), canary('filter'),
-    dispatch, rejects, dnat, snat, forward, firewall,
+    canary('nat'),
+    canary('filter'),
+    dispatch,
+    rejects,
+    dnat,
+    snat,
+    forward,
+    firewall,
     { table: 'nat', name: MARK_MASQ, rules: [{ target: { kind: 'MARK', op: 'or', mark: MASQ_MARK } }] },
     {
-      table: 'nat', name: POSTROUTING, rules: [
+      table: 'nat',
+      name: POSTROUTING,
+      rules: [
         { mark: { mark: MASQ_MARK, not: true }, target: { kind: 'RETURN' } },
         // Clear the mark so a packet that passes this chain again (re-entering via another tool's rules) is not masqueraded twice.
         { target: { kind: 'MARK', op: 'xor', mark: MASQ_MARK } },
@@ -257,12 +298,23 @@ export function formatRule(r: Rule): string {
   if (r.probability !== undefined) p.push('-m statistic --mode random --probability', formatProbability(r.probability));
   const t = r.target;
   switch (t.kind) {
-    case 'jump': p.push('-j', t.chain); break;
-    case 'DNAT': p.push('-j DNAT --to-destination', t.to); break;
-    case 'SNAT': p.push('-j SNAT --to-source', t.to, t.randomFully ? '--random-fully' : ''); break;
-    case 'MASQUERADE': p.push('-j MASQUERADE', t.randomFully ? '--random-fully' : ''); break;
-    case 'MARK': p.push(`-j MARK --${t.op}-mark`, hex(t.mark)); break;
-    default: p.push('-j', t.kind);
+    case 'jump':
+      p.push('-j', t.chain);
+      break;
+    case 'DNAT':
+      p.push('-j DNAT --to-destination', t.to);
+      break;
+    case 'SNAT':
+      p.push('-j SNAT --to-source', t.to, t.randomFully ? '--random-fully' : '');
+      break;
+    case 'MASQUERADE':
+      p.push('-j MASQUERADE', t.randomFully ? '--random-fully' : '');
+      break;
+    case 'MARK':
+      p.push(`-j MARK --${t.op}-mark`, hex(t.mark));
+      break;
+    default:
+      p.push('-j', t.kind);
   }
   return p.filter((x) => x !== '').join(' ');
 }
@@ -339,9 +391,14 @@ function appendedLines(c: Chain, old: Chain | undefined, liveDigest: string | un
  */
 const byName = (a: { name: string }, b: { name: string }) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0);
 
-export function restorePayload(rs: Ruleset, live: Live | undefined, o: { prev?: Ruleset; guardCanary?: boolean } = {}): { payload: string; written: number; deleted: number } {
+export function restorePayload(
+  rs: Ruleset,
+  live: Live | undefined,
+  o: { prev?: Ruleset; guardCanary?: boolean } = {},
+): { payload: string; written: number; deleted: number } {
   const out: string[] = [];
-  let written = 0, deleted = 0;
+  let written = 0,
+    deleted = 0;
   for (const table of ['nat', 'filter'] as const) {
     const want = rs.chains.filter((c) => c.table === table);
     const have = live?.chains[table] ?? new Map<string, string | undefined>();

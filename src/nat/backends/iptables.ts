@@ -9,9 +9,7 @@ import type { NetNs } from '../../netns';
 import { APPLY_TIMEOUT_MS, execIn, mustExec } from '../exec';
 import { IPT_PREFIX, CANARY_COMMENT } from '../constants';
 import { familiesUsed, familyOf, type DesiredState } from '../model';
-import {
-  CANARY, SERVICES, chainDigest, hookKey, hookKeyOf, render, restorePayload, sepChain, svcChain, type IptTable, type Live,
-} from './iptables-render';
+import { CANARY, SERVICES, chainDigest, hookKey, hookKeyOf, render, restorePayload, sepChain, svcChain, type IptTable, type Live } from './iptables-render';
 import { mayHoldRules, type Applied, type Backend, type Counter, type ServiceCounters, type SyncResult, type SyncRound } from './types';
 
 export type IptablesMode = 'legacy' | 'nft';
@@ -61,13 +59,19 @@ export class IptablesBackend implements Backend {
   readonly name = 'iptables' as const;
   readonly tables = 'iptables' as const;
   /** `holdFd`: the engine's lock, kept by every iptables-restore while it runs (see ExecOptions). */
-  constructor(readonly ns: NetNs, readonly mode: IptablesMode, readonly holdFd?: number) {}
+  constructor(
+    readonly ns: NetNs,
+    readonly mode: IptablesMode,
+    readonly holdFd?: number,
+  ) {}
 
   render(st: DesiredState): string {
-    return (familiesUsed(st).length ? familiesUsed(st) : [4 as const]).map((f) => {
-      const rs = render(st, f);
-      return `# ${bin(this.mode, f, '-restore')} -w 5 --noflush\n${restorePayload(rs, undefined).payload}`;
-    }).join('\n');
+    return (familiesUsed(st).length ? familiesUsed(st) : [4 as const])
+      .map((f) => {
+        const rs = render(st, f);
+        return `# ${bin(this.mode, f, '-restore')} -w 5 --noflush\n${restorePayload(rs, undefined).payload}`;
+      })
+      .join('\n');
   }
 
   /** Whether the canary rule is still in both tables of `family`. */
@@ -85,7 +89,11 @@ export class IptablesBackend implements Backend {
   }
 
   private async restore(family: Family, payload: string): Promise<void> {
-    if (payload) await mustExec(this.ns, 'applying NAT rules', bin(this.mode, family, '-restore'), ['-w', '5', '--noflush'], payload, { timeoutMs: APPLY_TIMEOUT_MS, holdFd: this.holdFd });
+    if (payload)
+      await mustExec(this.ns, 'applying NAT rules', bin(this.mode, family, '-restore'), ['-w', '5', '--noflush'], payload, {
+        timeoutMs: APPLY_TIMEOUT_MS,
+        holdFd: this.holdFd,
+      });
   }
 
   async sync(st: DesiredState, applied: Applied | undefined, force: boolean, round?: SyncRound): Promise<SyncResult> {
@@ -102,7 +110,10 @@ export class IptablesBackend implements Backend {
       let done = false;
       if (prev && !force) {
         // Partial: only what changed since the last sync, guarded by the canary in the same transaction.
-        const live: Live = { chains: { nat: new Map(Object.entries(prev.nat ?? {})), filter: new Map(Object.entries(prev.filter ?? {})) }, hooks: new Map(rs.hooks.map((h) => [hookKeyOf(h), []])) };
+        const live: Live = {
+          chains: { nat: new Map(Object.entries(prev.nat ?? {})), filter: new Map(Object.entries(prev.filter ?? {})) },
+          hooks: new Map(rs.hooks.map((h) => [hookKeyOf(h), []])),
+        };
         const { payload, written, deleted } = restorePayload(rs, live, { prev: prevState && render(prevState, family), guardCanary: true });
         try {
           await this.restore(family, payload);
@@ -129,7 +140,10 @@ export class IptablesBackend implements Backend {
   /** Removes every chain and hook of ours in `family` (what is left when the last service goes, or the backend changes). */
   async teardownFamily(family: Family): Promise<void> {
     // A missing tool (no ip6tables) means nothing of ours can be there; any other failure must not pass for "nothing to remove".
-    const live = await this.readLive(family).catch((err: unknown) => { if (hasCode(err, 'ENOENT')) return undefined; throw err; });
+    const live = await this.readLive(family).catch((err: unknown) => {
+      if (hasCode(err, 'ENOENT')) return undefined;
+      throw err;
+    });
     if (!live) return;
     const out: string[] = [];
     for (const table of ['nat', 'filter'] as const) {
@@ -181,4 +195,3 @@ export class IptablesBackend implements Backend {
     return out;
   }
 }
-

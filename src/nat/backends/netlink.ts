@@ -48,9 +48,16 @@ export class NetlinkBackend extends NftablesBackend {
       if (errors.size) {
         // The kernel reports every failing message; the first is the cause (later ones may only echo it).
         const [seq, err] = [...errors].sort(([a], [b]) => a - b)[0]!;
-        throw new TsnetError(`applying NAT rules in ${this.ns.label}: ${what.get(seq) ?? 'the nf_tables batch'} in table ${family === 6 ? 'ip6' : 'ip'} ${NFT_TABLE}: ${err.message}`, { code: err.code, errno: err.errno!, cause: err });
+        throw new TsnetError(
+          `applying NAT rules in ${this.ns.label}: ${what.get(seq) ?? 'the nf_tables batch'} in table ${family === 6 ? 'ip6' : 'ip'} ${NFT_TABLE}: ${err.message}`,
+          { code: err.code, errno: err.errno!, cause: err },
+        );
       }
-      if (overrun) throw new TsnetError(`applying NAT rules in ${this.ns.label}: the kernel's replies overflowed the receive buffer; the outcome is unknown (the next sync is a full one)`, { code: 'ENOBUFS' });
+      if (overrun)
+        throw new TsnetError(
+          `applying NAT rules in ${this.ns.label}: the kernel's replies overflowed the receive buffer; the outcome is unknown (the next sync is a full one)`,
+          { code: 'ENOBUFS' },
+        );
     });
   }
 

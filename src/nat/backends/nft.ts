@@ -29,7 +29,10 @@ function jsonValue(v: unknown): string {
 export class NftBackend extends NftablesBackend {
   readonly name = 'nft' as const;
   /** `holdFd`: the engine's lock, kept by every `nft -f` while it runs (see ExecOptions). */
-  constructor(ns: NetNs, readonly holdFd?: number) {
+  constructor(
+    ns: NetNs,
+    readonly holdFd?: number,
+  ) {
     super(ns);
   }
 
@@ -59,15 +62,17 @@ export class NftBackend extends NftablesBackend {
     const r = await execIn(this.ns, 'nft', ['-j', 'list', 'table', fam(family), NFT_TABLE]);
     if (r.code !== 0) return undefined;
     const out: TableCounters = { elements: new Map(), chains: new Map() };
+    // The parts of `nft -j list table` read here: maps' elements with their counters, rules' counters.
     type Elem = { elem?: { val: unknown; counter?: Counter } };
-    for (const o of (JSON.parse(r.stdout) as { nftables: Record<string, any>[] }).nftables) {
+    type Listed = { map?: { name: string; elem?: [Elem, unknown][] }; rule?: { chain: string; expr?: { counter?: Counter }[] } };
+    for (const o of (JSON.parse(r.stdout) as { nftables: Listed[] }).nftables) {
       if (o.map?.elem) {
         const m = new Map<string, Counter>();
-        for (const [k] of o.map.elem as [Elem, unknown][]) if (k.elem?.counter) m.set(jsonValue(k.elem.val), k.elem.counter);
-        out.elements.set(o.map.name as string, m);
+        for (const [k] of o.map.elem) if (k.elem?.counter) m.set(jsonValue(k.elem.val), k.elem.counter);
+        out.elements.set(o.map.name, m);
       }
-      const counter = o.rule?.expr?.find((e: { counter?: Counter }) => e.counter)?.counter as Counter | undefined;
-      if (counter) out.chains.set(o.rule.chain as string, counter);
+      const counter = o.rule?.expr?.find((e) => e.counter)?.counter;
+      if (counter) out.chains.set(o.rule!.chain, counter);
     }
     return out;
   }

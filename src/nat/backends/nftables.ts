@@ -15,7 +15,17 @@ import { SharedIndex, changePlan, globalRecord, lbRecordAfter, lbRecordOf, looke
 import type { StateView } from '../changes';
 import type { NamedSet } from '../nftables/ruleset';
 import { script } from '../nftables/text';
-import { mayHoldRules, tableKind, type Applied, type Backend, type BackendName, type Counter, type ServiceCounters, type SyncResult, type SyncRound } from './types';
+import {
+  mayHoldRules,
+  tableKind,
+  type Applied,
+  type Backend,
+  type BackendName,
+  type Counter,
+  type ServiceCounters,
+  type SyncResult,
+  type SyncRound,
+} from './types';
 
 /** Where a service's and its endpoints' counters are, in the table's own terms. */
 export interface CounterSources {

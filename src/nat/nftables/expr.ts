@@ -7,8 +7,17 @@
  */
 import type { AttrObject } from '../../netlink/attrs';
 import {
-  NFT_BYTEORDER_OP, NFT_CMP_OP, NFT_CT, NFT_DYNSET_OP, NFT_FIB_RESULT, NFT_META, NFT_NAT_TYPE, NFT_NG,
-  NFT_PAYLOAD_BASE, NFPROTO, VERDICT,
+  NFT_BYTEORDER_OP,
+  NFT_CMP_OP,
+  NFT_CT,
+  NFT_DYNSET_OP,
+  NFT_FIB_RESULT,
+  NFT_META,
+  NFT_NAT_TYPE,
+  NFT_NG,
+  NFT_PAYLOAD_BASE,
+  NFPROTO,
+  VERDICT,
 } from '../../netlink/nftables';
 
 export type Verdict = { code: keyof typeof VERDICT; chain?: string };
@@ -16,7 +25,14 @@ export type Verdict = { code: keyof typeof VERDICT; chain?: string };
 export type Expr =
   | { expr: 'payload'; base: keyof typeof NFT_PAYLOAD_BASE; offset: number; len: number; dreg: number }
   | { expr: 'cmp'; sreg: number; op: keyof typeof NFT_CMP_OP; data: Buffer }
-  | { expr: 'bitwise'; sreg: number; dreg: number; mask: Buffer; xor: Buffer; /** NFTA_BITWISE_OP MASK_XOR, sent by nft for an explicit `&`/`|`/`^` (not for flag tests) */ explicitOp?: true }
+  | {
+      expr: 'bitwise';
+      sreg: number;
+      dreg: number;
+      mask: Buffer;
+      xor: Buffer;
+      /** NFTA_BITWISE_OP MASK_XOR, sent by nft for an explicit `&`/`|`/`^` (not for flag tests) */ explicitOp?: true;
+    }
   | { expr: 'byteorder'; sreg: number; dreg: number; op: keyof typeof NFT_BYTEORDER_OP; len: number; size: number }
   | { expr: 'meta'; key: keyof typeof NFT_META; dreg: number }
   | { expr: 'meta-set'; key: keyof typeof NFT_META; sreg: number }
@@ -43,7 +59,10 @@ export function exprAttrs(e: Expr): AttrObject {
     case 'cmp':
       return { name: 'cmp', data: { sreg: e.sreg, op: NFT_CMP_OP[e.op], data: { value: e.data } } };
     case 'bitwise':
-      return { name: 'bitwise', data: { sreg: e.sreg, dreg: e.dreg, len: e.mask.length, mask: { value: e.mask }, xor: { value: e.xor }, op: e.explicitOp ? 0 : undefined } };
+      return {
+        name: 'bitwise',
+        data: { sreg: e.sreg, dreg: e.dreg, len: e.mask.length, mask: { value: e.mask }, xor: { value: e.xor }, op: e.explicitOp ? 0 : undefined },
+      };
     case 'byteorder':
       return { name: 'byteorder', data: { sreg: e.sreg, dreg: e.dreg, op: NFT_BYTEORDER_OP[e.op], len: e.len, size: e.size } };
     case 'meta':
@@ -63,7 +82,10 @@ export function exprAttrs(e: Expr): AttrObject {
     case 'numgen':
       return { name: 'numgen', data: { dreg: e.dreg, modulus: e.mod, type: NFT_NG.random, offset: 0 } };
     case 'nat':
-      return { name: 'nat', data: { type: NFT_NAT_TYPE[e.type], family: nfproto(e.family), regAddrMin: e.regAddrMin, regProtoMin: e.regProtoMin, flags: e.flags } };
+      return {
+        name: 'nat',
+        data: { type: NFT_NAT_TYPE[e.type], family: nfproto(e.family), regAddrMin: e.regAddrMin, regProtoMin: e.regProtoMin, flags: e.flags },
+      };
     case 'masq':
       return { name: 'masq', data: { flags: e.flags } };
     case 'fib':
@@ -102,7 +124,12 @@ export function decodeExpr(a: AttrObject): Expr | undefined {
         ? { expr: 'meta-set', key: META_KEYS.get(d.key as number) ?? 'mark', sreg: d.sreg as number }
         : { expr: 'meta', key: META_KEYS.get(d.key as number) ?? 'mark', dreg: d.dreg as number };
     case 'ct':
-      return { expr: 'ct', key: CT_KEYS.get(d.key as number) ?? 'state', dreg: d.dreg as number, ...(d.direction === undefined ? {} : { dir: d.direction === 0 ? 'original' as const : 'reply' as const }) };
+      return {
+        expr: 'ct',
+        key: CT_KEYS.get(d.key as number) ?? 'state',
+        dreg: d.dreg as number,
+        ...(d.direction === undefined ? {} : { dir: d.direction === 0 ? ('original' as const) : ('reply' as const) }),
+      };
     case 'immediate': {
       const data = d.data as AttrObject | undefined;
       if (data?.verdict) {
@@ -114,13 +141,32 @@ export function decodeExpr(a: AttrObject): Expr | undefined {
     case 'lookup':
       return { expr: 'lookup', set: d.set as string, sreg: d.sreg as number, ...(d.dreg === undefined ? {} : { dreg: d.dreg as number }) };
     case 'bitwise':
-      return { expr: 'bitwise', sreg: d.sreg as number, dreg: d.dreg as number, mask: value(d.mask), xor: value(d.xor), ...(d.op === 0 ? { explicitOp: true as const } : {}) };
+      return {
+        expr: 'bitwise',
+        sreg: d.sreg as number,
+        dreg: d.dreg as number,
+        mask: value(d.mask),
+        xor: value(d.xor),
+        ...(d.op === 0 ? { explicitOp: true as const } : {}),
+      };
     case 'byteorder':
-      return { expr: 'byteorder', sreg: d.sreg as number, dreg: d.dreg as number, op: BYTEORDER_OPS.get(d.op as number) ?? 'hton', len: d.len as number, size: d.size as number };
+      return {
+        expr: 'byteorder',
+        sreg: d.sreg as number,
+        dreg: d.dreg as number,
+        op: BYTEORDER_OPS.get(d.op as number) ?? 'hton',
+        len: d.len as number,
+        size: d.size as number,
+      };
     case 'numgen':
       return { expr: 'numgen', dreg: d.dreg as number, mod: d.modulus as number };
     case 'nat': {
-      const e: Expr = { expr: 'nat', type: NAT_TYPES.get(d.type as number) ?? 'dnat', family: d.family === NFPROTO.IPV6 ? 6 : 4, regAddrMin: d.regAddrMin as number };
+      const e: Expr = {
+        expr: 'nat',
+        type: NAT_TYPES.get(d.type as number) ?? 'dnat',
+        family: d.family === NFPROTO.IPV6 ? 6 : 4,
+        regAddrMin: d.regAddrMin as number,
+      };
       if (d.regProtoMin !== undefined) e.regProtoMin = d.regProtoMin as number;
       if (d.flags !== undefined) e.flags = d.flags as number;
       return e;
@@ -157,24 +203,40 @@ const CT_NAMES: Partial<Record<keyof typeof NFT_CT, string>> = { src_ip: 'src_ip
 export function formatExpr(e: Expr): string {
   const body = ((): string => {
     switch (e.expr) {
-      case 'payload': return `payload load ${e.len}b @ ${e.base} header + ${e.offset} => reg ${e.dreg}`;
-      case 'cmp': return `cmp ${e.op} reg ${e.sreg} ${words(e.data)}`;
-      case 'bitwise': return `bitwise reg ${e.dreg} = ( reg ${e.sreg} & ${words(e.mask)} ) ^ ${words(e.xor)}`;
-      case 'byteorder': return `byteorder reg ${e.dreg} = ${e.op}(reg ${e.sreg}, ${e.size}, ${e.len})`;
-      case 'meta': return `meta load ${e.key} => reg ${e.dreg}`;
-      case 'meta-set': return `meta set ${e.key} with reg ${e.sreg}`;
-      case 'ct': return `ct load ${CT_NAMES[e.key] ?? e.key} => reg ${e.dreg}${e.dir ? ` , dir ${e.dir}` : ''}`;
-      case 'lookup': return `lookup reg ${e.sreg} set ${e.set}${e.dreg === undefined ? '' : ` dreg ${e.dreg}`}`;
-      case 'dynset': return `dynset ${e.op} reg_key ${e.sregKey} set ${e.set}`;
-      case 'immediate': return `immediate reg ${e.dreg} ${words(e.data)}`;
-      case 'verdict': return `immediate reg 0 ${e.verdict.chain ? `${e.verdict.code} -> ${e.verdict.chain}` : e.verdict.code}`;
-      case 'numgen': return `numgen reg ${e.dreg} = random mod ${e.mod}`;
+      case 'payload':
+        return `payload load ${e.len}b @ ${e.base} header + ${e.offset} => reg ${e.dreg}`;
+      case 'cmp':
+        return `cmp ${e.op} reg ${e.sreg} ${words(e.data)}`;
+      case 'bitwise':
+        return `bitwise reg ${e.dreg} = ( reg ${e.sreg} & ${words(e.mask)} ) ^ ${words(e.xor)}`;
+      case 'byteorder':
+        return `byteorder reg ${e.dreg} = ${e.op}(reg ${e.sreg}, ${e.size}, ${e.len})`;
+      case 'meta':
+        return `meta load ${e.key} => reg ${e.dreg}`;
+      case 'meta-set':
+        return `meta set ${e.key} with reg ${e.sreg}`;
+      case 'ct':
+        return `ct load ${CT_NAMES[e.key] ?? e.key} => reg ${e.dreg}${e.dir ? ` , dir ${e.dir}` : ''}`;
+      case 'lookup':
+        return `lookup reg ${e.sreg} set ${e.set}${e.dreg === undefined ? '' : ` dreg ${e.dreg}`}`;
+      case 'dynset':
+        return `dynset ${e.op} reg_key ${e.sregKey} set ${e.set}`;
+      case 'immediate':
+        return `immediate reg ${e.dreg} ${words(e.data)}`;
+      case 'verdict':
+        return `immediate reg 0 ${e.verdict.chain ? `${e.verdict.code} -> ${e.verdict.chain}` : e.verdict.code}`;
+      case 'numgen':
+        return `numgen reg ${e.dreg} = random mod ${e.mod}`;
       case 'nat':
         return `nat ${e.type} ${e.family === 6 ? 'ip6' : 'ip'} addr_min reg ${e.regAddrMin}${e.regProtoMin === undefined ? '' : ` proto_min reg ${e.regProtoMin}`}${e.flags ? ` flags 0x${e.flags.toString(16)}` : ''}`;
-      case 'masq': return `masq${e.flags ? ` flags 0x${e.flags.toString(16)}` : ''}`;
-      case 'fib': return `fib daddr type => reg ${e.dreg}`;
-      case 'counter': return `counter pkts ${e.packets ?? 0n} bytes ${e.bytes ?? 0n}`;
-      case 'reject': return `reject type ${e.type} code ${e.code}`;
+      case 'masq':
+        return `masq${e.flags ? ` flags 0x${e.flags.toString(16)}` : ''}`;
+      case 'fib':
+        return `fib daddr type => reg ${e.dreg}`;
+      case 'counter':
+        return `counter pkts ${e.packets ?? 0n} bytes ${e.bytes ?? 0n}`;
+      case 'reject':
+        return `reject type ${e.type} code ${e.code}`;
     }
   })();
   return `[ ${body} ]`;

@@ -114,7 +114,10 @@ export function lookedUp(view: StateView, lbUsers: LbRecord | undefined, changes
   return {
     lb: (names) => new Set(names.filter((n) => Number(lbUsers?.[n] ?? 0) > (mine.lb.get(n) ?? 0))),
     hairpin: (ips) => {
-      const found = view.anyOther(except, ips.map((ip) => ({ hint: { endpointIp: ip }, test: (s: Service) => s.endpoints.some((e) => e.ip === ip) })));
+      const found = view.anyOther(
+        except,
+        ips.map((ip) => ({ hint: { endpointIp: ip }, test: (s: Service) => s.endpoints.some((e) => e.ip === ip) })),
+      );
       return new Set(ips.filter((_, i) => found[i]));
     },
   };
@@ -149,7 +152,13 @@ function appended(c: Chain, oldRules: string | undefined): Rule[] | undefined {
  * the changes use. Undefined when only a full sync can get there (another
  * layout).
  */
-export function changePlan(next: Pick<DesiredState, 'rules' | 'forwards'>, family: Family, changes: readonly ServiceChange[], prev: Digests, others: SharedUsers): Plan | undefined {
+export function changePlan(
+  next: Pick<DesiredState, 'rules' | 'forwards'>,
+  family: Family,
+  changes: readonly ServiceChange[],
+  prev: Digests,
+  others: SharedUsers,
+): Plan | undefined {
   if (prev.layout?.version !== LAYOUT) return undefined;
   const newSets: NamedSet[] = [];
   const staleSets = new Set<string>();
@@ -158,7 +167,11 @@ export function changePlan(next: Pick<DesiredState, 'rules' | 'forwards'>, famil
   const staleChains = new Set<string>();
   const del = new Map<string, Element[]>();
   const add = new Map<string, Element[]>();
-  const push = (m: Map<string, Element[]>, set: string, e: Element) => { const l = m.get(set); if (l) l.push(e); else m.set(set, [e]); };
+  const push = (m: Map<string, Element[]>, set: string, e: Element) => {
+    const l = m.get(set);
+    if (l) l.push(e);
+    else m.set(set, [e]);
+  };
   // Shared objects the changed services used before and use after (by name; lb chains with their rules).
   const mineBefore = new SharedIndex();
   const mineAfter = new SharedIndex();
@@ -167,7 +180,10 @@ export function changePlan(next: Pick<DesiredState, 'rules' | 'forwards'>, famil
   for (const ch of changes) {
     const o = ch.old ? serviceParts(ch.old) : EMPTY;
     const n = ch.new ? serviceParts(ch.new) : EMPTY;
-    for (const [p, m] of [[o, mineBefore], [n, mineAfter]] as const) {
+    for (const [p, m] of [
+      [o, mineBefore],
+      [n, mineAfter],
+    ] as const) {
       if (p.lb) lbChains.set(p.lb.name, p.lb);
       m.add({ lb: p.lb?.name, hairpin: p.hairpin }, 1);
     }

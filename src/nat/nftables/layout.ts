@@ -19,9 +19,7 @@
  * rules. Maps count per element: the counters of service-ips are per
  * service, those of the endpoint maps per endpoint.
  */
-import {
-  CANARY_COMMENT, HAIRPIN_COMMENT, LOCALNET_COMMENT, MASQ_COMMENT, MASQ_MARK, PRIORITY,
-} from '../constants';
+import { CANARY_COMMENT, HAIRPIN_COMMENT, LOCALNET_COMMENT, MASQ_COMMENT, MASQ_MARK, PRIORITY } from '../constants';
 import { familyOf, ruleFamily, servesLoopback, type DesiredState, type Forward, type NatRule, type Proto, type Service } from '../model';
 import { endpointHash, portProtoHash } from '../names';
 import type { Chain, Element, Family, Item, KeyExpr, NamedSet, Rule, Ruleset } from './ruleset';
@@ -57,7 +55,14 @@ export const ownChain = (s: Service): boolean => s.affinitySeconds !== undefined
 
 function lbRules(proto: Proto, mod: number, map: string): Rule[] {
   // nft wants a protocol match before a port mapping; it also keeps the chain per protocol honest.
-  return [{ items: [{ t: 'l4proto', proto }, { t: 'dnat-map', key: { ...ENDPOINT_KEY, mod }, map }] }];
+  return [
+    {
+      items: [
+        { t: 'l4proto', proto },
+        { t: 'dnat-map', key: { ...ENDPOINT_KEY, mod }, map },
+      ],
+    },
+  ];
 }
 
 /** The shared lb chains, made once per name (ten thousand services share a handful; chains are never changed once made). */
@@ -65,7 +70,11 @@ const lbChains = new Map<string, Chain>();
 function lbChainOf(s: Service): Chain {
   const name = lbChain(s);
   let c = lbChains.get(name);
-  if (!c) lbChains.set(name, (c = { name, rules: weighted(s) ? lbRules(s.proto, totalWeight(s), ENDPOINTS_WEIGHTED) : lbRules(s.proto, s.endpoints.length, ENDPOINTS) }));
+  if (!c)
+    lbChains.set(
+      name,
+      (c = { name, rules: weighted(s) ? lbRules(s.proto, totalWeight(s), ENDPOINTS_WEIGHTED) : lbRules(s.proto, s.endpoints.length, ENDPOINTS) }),
+    );
   return c;
 }
 
@@ -97,7 +106,11 @@ export interface ServiceParts {
 
 export function serviceParts(s: Service): ServiceParts {
   const elements = new Map<string, Element[]>();
-  const put = (set: string, e: Element) => { const l = elements.get(set); if (l) l.push(e); else elements.set(set, [e]); };
+  const put = (set: string, e: Element) => {
+    const l = elements.get(set);
+    if (l) l.push(e);
+    else elements.set(set, [e]);
+  };
   const out: ServiceParts = { elements, chains: [], sets: [], hairpin: [...new Set(s.endpoints.map((e) => e.ip))] };
   const key = [s.vip, s.proto, s.port];
   if (s.endpoints.length === 0) {
@@ -113,7 +126,13 @@ export function serviceParts(s: Service): ServiceParts {
   if (!ownChain(s)) return out;
   const svc: Chain = { name: svcChain(s), rules: [] };
   if (s.masqueradeNotFrom) {
-    svc.rules.push({ items: [{ t: 'addr', field: 'saddr', cidr: s.masqueradeNotFrom, not: true }, { t: 'jump', chain: MARK_MASQ }], comment: `${s.name} cluster IP` });
+    svc.rules.push({
+      items: [
+        { t: 'addr', field: 'saddr', cidr: s.masqueradeNotFrom, not: true },
+        { t: 'jump', chain: MARK_MASQ },
+      ],
+      comment: `${s.name} cluster IP`,
+    });
   }
   if (s.affinitySeconds === undefined) {
     svc.rules.push({ items: [{ t: 'goto', chain: lbChain(s) }], comment: s.name });
@@ -123,7 +142,13 @@ export function serviceParts(s: Service): ServiceParts {
   const seps = s.endpoints.map((e) => sepChain(s, e.ip, e.port));
   const sets = seps.map((n) => affinitySet(n, s.affinitySeconds!));
   s.endpoints.forEach((e, i) => {
-    svc.rules.push({ items: [{ t: 'in-set', key: { fields: ['saddr'] }, set: sets[i]! }, { t: 'goto', chain: seps[i]! }], comment: `${s.name} -> ${hostPort(e.ip, e.port)}` });
+    svc.rules.push({
+      items: [
+        { t: 'in-set', key: { fields: ['saddr'] }, set: sets[i]! },
+        { t: 'goto', chain: seps[i]! },
+      ],
+      comment: `${s.name} -> ${hostPort(e.ip, e.port)}`,
+    });
     out.sets.push({ name: sets[i]!, key: { fields: ['saddr'] }, timeout: s.affinitySeconds });
   });
   // The choice among endpoints, remembered per client by the set its sep chain updates.
@@ -135,13 +160,15 @@ export function serviceParts(s: Service): ServiceParts {
     svc.rules.push({ items: [{ t: 'vmap', key: { fields: ['numgen'], mod: total }, map: { interval: true, elements: vmap } }], comment: s.name });
   }
   out.chains.push(svc);
-  s.endpoints.forEach((e, i) => out.chains.push({
-    name: seps[i]!,
-    rules: [
-      { items: [{ t: 'set-update', key: { fields: ['saddr'] }, set: sets[i]! }] },
-      { items: [{ t: 'l4proto', proto: s.proto }, { t: 'counter' }, { t: 'dnat', ip: e.ip, port: e.port }], comment: s.name },
-    ],
-  }));
+  s.endpoints.forEach((e, i) =>
+    out.chains.push({
+      name: seps[i]!,
+      rules: [
+        { items: [{ t: 'set-update', key: { fields: ['saddr'] }, set: sets[i]! }] },
+        { items: [{ t: 'l4proto', proto: s.proto }, { t: 'counter' }, { t: 'dnat', ip: e.ip, port: e.port }], comment: s.name },
+      ],
+    }),
+  );
   return out;
 }
 
@@ -173,7 +200,12 @@ function natRuleItems(r: NatRule): { chain: 'dnat-rules' | 'snat-rules'; rule: R
       return {
         chain: 'dnat-rules',
         rule: {
-          items: [{ t: 'addr', field: 'daddr', cidr: r.destination }, { t: 'l4proto', proto: r.proto }, { t: 'dport', port: r.port }, { t: 'dnat', ip: r.toIp, port: r.toPort }],
+          items: [
+            { t: 'addr', field: 'daddr', cidr: r.destination },
+            { t: 'l4proto', proto: r.proto },
+            { t: 'dport', port: r.port },
+            { t: 'dnat', ip: r.toIp, port: r.toPort },
+          ],
           comment: `tsnet dnat ${hostPort(r.destination, r.port)}`,
         },
       };
@@ -184,7 +216,12 @@ function natRuleItems(r: NatRule): { chain: 'dnat-rules' | 'snat-rules'; rule: R
 function forwardRules(f: Forward): { dnat: Rule; snat: Rule[]; accept: Rule } {
   const comment = `tsnet forward ${f.name}`;
   const dnat: Rule = {
-    items: [f.listen ? { t: 'addr', field: 'daddr', cidr: f.listen } : { t: 'local-daddr' }, { t: 'l4proto', proto: f.proto }, { t: 'dport', port: f.listenPort }, { t: 'dnat', ip: f.targetIp, port: f.targetPort }],
+    items: [
+      f.listen ? { t: 'addr', field: 'daddr', cidr: f.listen } : { t: 'local-daddr' },
+      { t: 'l4proto', proto: f.proto },
+      { t: 'dport', port: f.listenPort },
+      { t: 'dnat', ip: f.targetIp, port: f.targetPort },
+    ],
     comment,
   };
   const mine: Item[] = [{ t: 'ct-dnat' }, { t: 'ct-orig-dport', port: f.listenPort }];
@@ -193,9 +230,16 @@ function forwardRules(f: Forward): { dnat: Rule; snat: Rule[]; accept: Rule } {
   if (f.snat === 'auto' || f.snat === 'masquerade') snat.push({ items: [...toTarget, { t: 'masquerade' }], comment });
   else if (f.snat !== 'none') snat.push({ items: [...toTarget, { t: 'snat', ip: f.snat }], comment });
   // Clients of 127.0.0.1 cannot keep that source on the wire, whatever --snat says.
-  if (f.snat === 'none' && servesLoopback(f)) snat.push({ items: [{ t: 'addr', field: 'saddr', cidr: '127.0.0.0/8' }, { t: 'l4proto', proto: f.proto }, ...mine, { t: 'masquerade' }], comment });
+  if (f.snat === 'none' && servesLoopback(f))
+    snat.push({ items: [{ t: 'addr', field: 'saddr', cidr: '127.0.0.0/8' }, { t: 'l4proto', proto: f.proto }, ...mine, { t: 'masquerade' }], comment });
   const accept: Rule = {
-    items: [{ t: 'l4proto', proto: f.proto }, ...mine, { t: 'ct-reply-saddr', ip: f.targetIp }, { t: 'ct-reply-sport', port: f.targetPort }, { t: 'verdict', verdict: 'accept' }],
+    items: [
+      { t: 'l4proto', proto: f.proto },
+      ...mine,
+      { t: 'ct-reply-saddr', ip: f.targetIp },
+      { t: 'ct-reply-sport', port: f.targetPort },
+      { t: 'verdict', verdict: 'accept' },
+    ],
     comment,
   };
   return { dnat, snat, accept };
@@ -204,18 +248,33 @@ function forwardRules(f: Forward): { dnat: Rule; snat: Rule[]; accept: Rule } {
 /** kube-proxy's guard for route_localnet (CVE-2020-8558): nothing from outside reaches 127.0.0.0/8 unless it was DNATed. */
 const LOCALNET_GUARD: Rule = {
   items: [
-    { t: 'addr', field: 'daddr', cidr: '127.0.0.0/8' }, { t: 'addr', field: 'saddr', cidr: '127.0.0.0/8', not: true },
-    { t: 'ct-not-established' }, { t: 'ct-dnat', not: true }, { t: 'verdict', verdict: 'drop' },
+    { t: 'addr', field: 'daddr', cidr: '127.0.0.0/8' },
+    { t: 'addr', field: 'saddr', cidr: '127.0.0.0/8', not: true },
+    { t: 'ct-not-established' },
+    { t: 'ct-dnat', not: true },
+    { t: 'verdict', verdict: 'drop' },
   ],
   comment: LOCALNET_COMMENT,
 };
 
 const serviceSet = (name: string): NamedSet => ({ name, key: SERVICE_KEY, data: 'verdict', counter: true });
-const endpointSet = (name: string, interval: boolean): NamedSet => ({ name, key: ENDPOINT_KEY, data: ENDPOINT_VALUE, counter: true, ...(interval ? { interval } : {}) });
+const endpointSet = (name: string, interval: boolean): NamedSet => ({
+  name,
+  key: ENDPOINT_KEY,
+  data: ENDPOINT_VALUE,
+  counter: true,
+  ...(interval ? { interval } : {}),
+});
 
 /** The sets every table has (the maps services are elements of). */
 export function staticSets(): NamedSet[] {
-  return [serviceSet(SERVICE_IPS), serviceSet(NO_ENDPOINTS), endpointSet(ENDPOINTS, false), endpointSet(ENDPOINTS_WEIGHTED, true), { name: HAIRPIN, key: { fields: ['saddr', 'daddr'] } }];
+  return [
+    serviceSet(SERVICE_IPS),
+    serviceSet(NO_ENDPOINTS),
+    endpointSet(ENDPOINTS, false),
+    endpointSet(ENDPOINTS_WEIGHTED, true),
+    { name: HAIRPIN, key: { fields: ['saddr', 'daddr'] } },
+  ];
 }
 
 /** The chains that do not belong to any one service: dispatch, masquerading, standalone rules, forwards, base chains. */
@@ -237,7 +296,12 @@ export function globalChains(st: Pick<DesiredState, 'rules' | 'forwards'>, famil
     chain(MARK_MASQ, [{ items: [{ t: 'mark-set', op: 'or', bits: MASQ_MARK }] }]),
     chain('masquerading', [
       { items: [{ t: 'ct-dnat' }, { t: 'in-set', key: { fields: ['saddr', 'daddr'] }, set: HAIRPIN }, { t: 'masquerade' }], comment: HAIRPIN_COMMENT },
-      { items: [{ t: 'mark-clear', bits: MASQ_MARK }, { t: 'verdict', verdict: 'return' }] },
+      {
+        items: [
+          { t: 'mark-clear', bits: MASQ_MARK },
+          { t: 'verdict', verdict: 'return' },
+        ],
+      },
       // Clear the mark so a packet that passes this chain again is not masqueraded twice.
       { items: [{ t: 'mark-set', op: 'xor', bits: MASQ_MARK }] },
       { items: [{ t: 'masquerade' }], comment: MASQ_COMMENT },
@@ -248,7 +312,12 @@ export function globalChains(st: Pick<DesiredState, 'rules' | 'forwards'>, famil
     chain('nat-output', [jump('services'), jump('dnat-rules')], { type: 'nat', hook: 'output', priority: PRIORITY.dstnat }),
     chain('nat-postrouting', [jump('masquerading'), jump('snat-rules')], { type: 'nat', hook: 'postrouting', priority: PRIORITY.srcnat }),
     ...(['input', 'forward', 'output'] as const).map((hook) =>
-      chain(`filter-${hook}`, [...firstInFilter[hook], { items: [{ t: 'ct-new' }, { t: 'jump', chain: 'filter-services' }] }], { type: 'filter', hook, priority: PRIORITY.filter })),
+      chain(`filter-${hook}`, [...firstInFilter[hook], { items: [{ t: 'ct-new' }, { t: 'jump', chain: 'filter-services' }] }], {
+        type: 'filter',
+        hook,
+        priority: PRIORITY.filter,
+      }),
+    ),
   ];
 }
 
@@ -273,11 +342,6 @@ export function render(st: DesiredState, family: Family): Ruleset {
   }
   elements.set(HAIRPIN, [...hairpin].map(hairpinElement));
   const global = globalChains(st, family);
-  const chains = [
-    ...global.filter((c) => !isBase(c)),
-    ...[...lb.values()].sort((a, b) => a.name.localeCompare(b.name)),
-    ...own,
-    ...global.filter(isBase),
-  ];
+  const chains = [...global.filter((c) => !isBase(c)), ...[...lb.values()].sort((a, b) => a.name.localeCompare(b.name)), ...own, ...global.filter(isBase)];
   return { family, sets: [...staticSets(), ...ownSets], chains, elements };
 }

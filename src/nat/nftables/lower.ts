@@ -20,8 +20,16 @@ interface FieldSpec {
   encode(v: Value, family: Family): Buffer;
 }
 
-const u32le = (n: number) => { const b = Buffer.alloc(4); b.writeUInt32LE(n >>> 0); return b; };
-const be16 = (n: number) => { const b = Buffer.alloc(2); b.writeUInt16BE(n); return b; };
+const u32le = (n: number) => {
+  const b = Buffer.alloc(4);
+  b.writeUInt32LE(n >>> 0);
+  return b;
+};
+const be16 = (n: number) => {
+  const b = Buffer.alloc(2);
+  b.writeUInt16BE(n);
+  return b;
+};
 const PROTO: Record<string, number> = { tcp: 6, udp: 17 };
 const addrLen = (f: Family) => (f === 6 ? 16 : 4);
 const ADDR_OFFSET = { 4: { saddr: 12, daddr: 16 }, 6: { saddr: 8, daddr: 24 } } as const;
@@ -113,7 +121,11 @@ function writeIp(w: NlWriter, ip: string): void {
     let parts = 0;
     for (let i = 0; i < ip.length; i++) {
       const c = ip.charCodeAt(i);
-      if (c === 46) { w.u8(n); n = 0; parts++; } else n = n * 10 + (c - 48);
+      if (c === 46) {
+        w.u8(n);
+        n = 0;
+        parts++;
+      } else n = n * 10 + (c - 48);
     }
     w.u8(n);
     if (parts !== 3) throw new Error(`not a dotted quad: ${ip}`);
@@ -135,10 +147,26 @@ export function writeKey(w: NlWriter, key: KeyExpr, values: readonly Value[], fa
     const v = values[i]!;
     let len: number;
     switch (f) {
-      case 'saddr': case 'daddr': writeIp(w, String(v)); len = addrLen(family); break;
-      case 'l4proto': w.u8(PROTO[String(v)] ?? Number(v)); len = 1; break;
-      case 'sport': case 'dport': w.u16be(Number(v)); len = 2; break;
-      case 'mark': case 'numgen': if (interval) w.u32be(Number(v)); else w.u32(Number(v)); len = 4; break;
+      case 'saddr':
+      case 'daddr':
+        writeIp(w, String(v));
+        len = addrLen(family);
+        break;
+      case 'l4proto':
+        w.u8(PROTO[String(v)] ?? Number(v));
+        len = 1;
+        break;
+      case 'sport':
+      case 'dport':
+        w.u16be(Number(v));
+        len = 2;
+        break;
+      case 'mark':
+      case 'numgen':
+        if (interval) w.u32be(Number(v));
+        else w.u32(Number(v));
+        len = 4;
+        break;
     }
     if (concat) for (let p = len; p % 4 !== 0; p++) w.u8(0);
   });
@@ -152,10 +180,21 @@ export function decodeKey(key: KeyExpr, buf: Buffer, family: Family, interval: b
     const len = FIELDS[f].len(family);
     const b = buf.subarray(off, off + len);
     switch (f) {
-      case 'saddr': case 'daddr': out.push(bufferToIp(b)); break;
-      case 'l4proto': out.push(Object.entries(PROTO).find(([, n]) => n === b[0])?.[0] ?? b[0]!); break;
-      case 'sport': case 'dport': out.push(b.readUInt16BE(0)); break;
-      case 'mark': case 'numgen': out.push(interval ? b.readUInt32BE(0) : b.readUInt32LE(0)); break;
+      case 'saddr':
+      case 'daddr':
+        out.push(bufferToIp(b));
+        break;
+      case 'l4proto':
+        out.push(Object.entries(PROTO).find(([, n]) => n === b[0])?.[0] ?? b[0]!);
+        break;
+      case 'sport':
+      case 'dport':
+        out.push(b.readUInt16BE(0));
+        break;
+      case 'mark':
+      case 'numgen':
+        out.push(interval ? b.readUInt32BE(0) : b.readUInt32LE(0));
+        break;
     }
     off += key.fields.length === 1 ? len : slots(len) * 4;
   }
@@ -180,11 +219,18 @@ function addrMatch(field: 'saddr' | 'daddr', cidr: string, not: boolean, family:
   const net = ipToBuffer(c.network);
   const op = not ? 'neq' : 'eq';
   const offset = ADDR_OFFSET[family][field];
-  if (c.prefix === full * 8) return [{ expr: 'payload', base: 'network', offset, len: full, dreg: 1 }, { expr: 'cmp', sreg: 1, op, data: ipToBuffer(c.address) }];
+  if (c.prefix === full * 8)
+    return [
+      { expr: 'payload', base: 'network', offset, len: full, dreg: 1 },
+      { expr: 'cmp', sreg: 1, op, data: ipToBuffer(c.address) },
+    ];
   if (c.prefix % 8 === 0) {
     // A byte-aligned prefix: nft loads only the prefix's bytes.
     const n = c.prefix / 8;
-    return [{ expr: 'payload', base: 'network', offset, len: n, dreg: 1 }, { expr: 'cmp', sreg: 1, op, data: net.subarray(0, n) }];
+    return [
+      { expr: 'payload', base: 'network', offset, len: n, dreg: 1 },
+      { expr: 'cmp', sreg: 1, op, data: net.subarray(0, n) },
+    ];
   }
   const mask = Buffer.alloc(full);
   for (let i = 0; i < c.prefix; i++) mask[i >> 3]! |= 0x80 >> (i & 7);
@@ -216,19 +262,43 @@ function ifname(name: string): Buffer {
 export function lowerItem(item: Item, cx: LowerContext, anonymousSet?: { name: string; id: number }): Expr[] {
   const fam = cx.family;
   switch (item.t) {
-    case 'addr': return addrMatch(item.field, item.cidr, item.not ?? false, fam);
+    case 'addr':
+      return addrMatch(item.field, item.cidr, item.not ?? false, fam);
     case 'local-daddr':
-      return [{ expr: 'fib', dreg: 1, result: 'addrtype', flags: NFT_FIB_F.daddr }, { expr: 'cmp', sreg: 1, op: 'eq', data: u32le(2) }];
-    case 'l4proto': return [FIELDS.l4proto.load(fam, 1), { expr: 'cmp', sreg: 1, op: 'eq', data: FIELDS.l4proto.encode(item.proto, fam) }];
-    case 'dport': return [FIELDS.dport.load(fam, 1), { expr: 'cmp', sreg: 1, op: 'eq', data: be16(item.port) }];
-    case 'oifname': return [{ expr: 'meta', key: 'oifname', dreg: 1 }, { expr: 'cmp', sreg: 1, op: item.not ? 'neq' : 'eq', data: ifname(item.name) }];
-    case 'ct-new': return ctBits('state', CT_STATE.new, true);
-    case 'ct-not-established': return ctBits('state', CT_STATE.established | CT_STATE.related, false);
-    case 'ct-dnat': return ctBits('status', IPS_DST_NAT, !item.not);
-    case 'ct-orig-dport': return [{ expr: 'ct', key: 'proto_dst', dir: 'original', dreg: 1 }, { expr: 'cmp', sreg: 1, op: 'eq', data: be16(item.port) }];
+      return [
+        { expr: 'fib', dreg: 1, result: 'addrtype', flags: NFT_FIB_F.daddr },
+        { expr: 'cmp', sreg: 1, op: 'eq', data: u32le(2) },
+      ];
+    case 'l4proto':
+      return [FIELDS.l4proto.load(fam, 1), { expr: 'cmp', sreg: 1, op: 'eq', data: FIELDS.l4proto.encode(item.proto, fam) }];
+    case 'dport':
+      return [FIELDS.dport.load(fam, 1), { expr: 'cmp', sreg: 1, op: 'eq', data: be16(item.port) }];
+    case 'oifname':
+      return [
+        { expr: 'meta', key: 'oifname', dreg: 1 },
+        { expr: 'cmp', sreg: 1, op: item.not ? 'neq' : 'eq', data: ifname(item.name) },
+      ];
+    case 'ct-new':
+      return ctBits('state', CT_STATE.new, true);
+    case 'ct-not-established':
+      return ctBits('state', CT_STATE.established | CT_STATE.related, false);
+    case 'ct-dnat':
+      return ctBits('status', IPS_DST_NAT, !item.not);
+    case 'ct-orig-dport':
+      return [
+        { expr: 'ct', key: 'proto_dst', dir: 'original', dreg: 1 },
+        { expr: 'cmp', sreg: 1, op: 'eq', data: be16(item.port) },
+      ];
     case 'ct-reply-saddr':
-      return [{ expr: 'ct', key: fam === 6 ? 'src_ip6' : 'src_ip', dir: 'reply', dreg: 1 }, { expr: 'cmp', sreg: 1, op: 'eq', data: ipToBuffer(item.ip) }];
-    case 'ct-reply-sport': return [{ expr: 'ct', key: 'proto_src', dir: 'reply', dreg: 1 }, { expr: 'cmp', sreg: 1, op: 'eq', data: be16(item.port) }];
+      return [
+        { expr: 'ct', key: fam === 6 ? 'src_ip6' : 'src_ip', dir: 'reply', dreg: 1 },
+        { expr: 'cmp', sreg: 1, op: 'eq', data: ipToBuffer(item.ip) },
+      ];
+    case 'ct-reply-sport':
+      return [
+        { expr: 'ct', key: 'proto_src', dir: 'reply', dreg: 1 },
+        { expr: 'cmp', sreg: 1, op: 'eq', data: be16(item.port) },
+      ];
     case 'mark-clear':
       return [
         { expr: 'meta', key: 'mark', dreg: 1 },
@@ -239,9 +309,13 @@ export function lowerItem(item: Item, cx: LowerContext, anonymousSet?: { name: s
       const s = cx.set(item.set);
       return [...loadKey(item.key, fam, s.interval), { expr: 'lookup', sreg: 1, set: item.set, ...(s.id === undefined ? {} : { setId: s.id }) }];
     }
-    case 'counter': return [{ expr: 'counter' }];
-    case 'verdict': return [{ expr: 'verdict', verdict: { code: item.verdict } }];
-    case 'jump': case 'goto': return [{ expr: 'verdict', verdict: { code: item.t, chain: item.chain } }];
+    case 'counter':
+      return [{ expr: 'counter' }];
+    case 'verdict':
+      return [{ expr: 'verdict', verdict: { code: item.verdict } }];
+    case 'jump':
+    case 'goto':
+      return [{ expr: 'verdict', verdict: { code: item.t, chain: item.chain } }];
     case 'vmap': {
       if (typeof item.map !== 'string') {
         if (!anonymousSet) throw new Error('lowering an anonymous vmap needs the set it was given');
@@ -266,8 +340,12 @@ export function lowerItem(item: Item, cx: LowerContext, anonymousSet?: { name: s
       ];
     }
     case 'snat':
-      return [{ expr: 'immediate', dreg: 1, data: ipToBuffer(item.ip) }, { expr: 'nat', type: 'snat', family: fam, regAddrMin: 1, flags: NF_NAT_RANGE.PROTO_RANDOM_FULLY }];
-    case 'masquerade': return [{ expr: 'masq', flags: NF_NAT_RANGE.PROTO_RANDOM_FULLY }];
+      return [
+        { expr: 'immediate', dreg: 1, data: ipToBuffer(item.ip) },
+        { expr: 'nat', type: 'snat', family: fam, regAddrMin: 1, flags: NF_NAT_RANGE.PROTO_RANDOM_FULLY },
+      ];
+    case 'masquerade':
+      return [{ expr: 'masq', flags: NF_NAT_RANGE.PROTO_RANDOM_FULLY }];
     case 'mark-set': {
       const mask = item.op === 'or' ? ~item.bits >>> 0 : 0xffffffff;
       return [
@@ -278,9 +356,12 @@ export function lowerItem(item: Item, cx: LowerContext, anonymousSet?: { name: s
     }
     case 'set-update': {
       const s = cx.set(item.set);
-      return [...loadKey(item.key, fam, s.interval), { expr: 'dynset', op: 'update', sregKey: 1, set: item.set, ...(s.id === undefined ? {} : { setId: s.id }) }];
+      return [
+        ...loadKey(item.key, fam, s.interval),
+        { expr: 'dynset', op: 'update', sregKey: 1, set: item.set, ...(s.id === undefined ? {} : { setId: s.id }) },
+      ];
     }
-    case 'reject': return [{ expr: 'reject', type: 0, code: fam === 6 ? 4 : 3 }];
+    case 'reject':
+      return [{ expr: 'reject', type: 0, code: fam === 6 ? 4 : 3 }];
   }
 }
-

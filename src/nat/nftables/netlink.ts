@@ -6,11 +6,26 @@
  * Each message's sequence number maps back to what it does, so an error
  * names the rule, set or element it came from.
  */
-import { NlWriter, binary, nested, type AttrObject } from '../../netlink/attrs';
+import { NlWriter, type AttrObject } from '../../netlink/attrs';
 import {
-  NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END, NFNL_SUBSYS_NFTABLES, NFPROTO, NFTA_CHAIN, NFTA_RULE, NFTA_SET, NFTA_SET_ELEM,
-  NFTA_SET_ELEM_LIST, NFTA_TABLE, NFT_DATA_VERDICT, NFT_MSG, NFT_SET_F, NFT_SET_ELEM_INTERVAL_END, NF_INET_HOOK, NFTA_LIST_ELEM, NFTA_DATA,
-  VERDICT, nftMsg,
+  NFNL_MSG_BATCH_BEGIN,
+  NFNL_MSG_BATCH_END,
+  NFNL_SUBSYS_NFTABLES,
+  NFPROTO,
+  NFTA_CHAIN,
+  NFTA_RULE,
+  NFTA_SET,
+  NFTA_SET_ELEM,
+  NFTA_SET_ELEM_LIST,
+  NFTA_TABLE,
+  NFT_DATA_VERDICT,
+  NFT_MSG,
+  NFT_SET_F,
+  NFT_SET_ELEM_INTERVAL_END,
+  NF_INET_HOOK,
+  NFTA_LIST_ELEM,
+  VERDICT,
+  nftMsg,
 } from '../../netlink/nftables';
 import { NLM_F } from '../../netlink/socket';
 import { NFT_TABLE } from '../constants';
@@ -34,7 +49,6 @@ const nfproto = (f: Family) => (f === 6 ? NFPROTO.IPV6 : NFPROTO.IPV4);
 /** An element list must fit a 16-bit attribute length: split well before. */
 const ELEMENTS_NEST_LIMIT = 60_000;
 const ANON_MAP = '__map%d';
-const NFTA_SET_ELEM_DATA = nested(NFTA_DATA, { setNestedFlag: true });
 
 class BatchWriter {
   readonly w: NlWriter;
@@ -46,7 +60,11 @@ class BatchWriter {
   private seq: number;
 
   /** `size`: the batch's expected size, so the buffer is allocated once instead of doubling through garbage. */
-  constructor(readonly family: Family, seq: number, size: number) {
+  constructor(
+    readonly family: Family,
+    seq: number,
+    size: number,
+  ) {
     this.w = new NlWriter(size);
     this.firstSeq = seq;
     this.seq = seq;
@@ -139,7 +157,7 @@ function valueNest(w: NlWriter, type: number, write: () => void): void {
 function writeElement(w: NlWriter, e: Element, s: Pick<NamedSet, 'key' | 'data' | 'interval'>, family: Family, withData: boolean): void {
   const interval = s.interval ?? false;
   const last = e.key[e.key.length - 1]!;
-  const range = Array.isArray(last) ? last as readonly [number, number] : undefined;
+  const range = Array.isArray(last) ? (last as readonly [number, number]) : undefined;
   const keyAt = (v: number) => [...e.key.slice(0, -1), v];
   valueNest(w, ELEM.KEY, () => writeKey(w, s.key, range ? keyAt(range[0]) : e.key, family, interval));
   if (interval && s.key.fields.length > 1) valueNest(w, ELEM.KEY_END, () => writeKey(w, s.key, range ? keyAt(range[1]) : e.key, family, interval));
@@ -169,7 +187,16 @@ function writeElement(w: NlWriter, e: Element, s: Pick<NamedSet, 'key' | 'data' 
 }
 
 /** NEWSETELEM / DELSETELEM messages for `count` elements that `write(i)` writes, split so each element list fits its attribute. */
-function elementMessages(b: BatchWriter, type: number, flags: number, set: string, info: SetInfo, count: number, write: (i: number) => void, what: (first: number, n: number) => string): void {
+function elementMessages(
+  b: BatchWriter,
+  type: number,
+  flags: number,
+  set: string,
+  info: SetInfo,
+  count: number,
+  write: (i: number) => void,
+  what: (first: number, n: number) => string,
+): void {
   let i = 0;
   while (i < count) {
     const start = i;
@@ -202,7 +229,7 @@ function anonymousVmap(b: BatchWriter, key: KeyExpr, m: AnonymousVmap, chain: st
   let end: number | undefined;
   for (const e of m.elements) {
     const v = e.key[0]!;
-    const [from, to] = Array.isArray(v) ? v as readonly [number, number] : [v as number, v as number];
+    const [from, to] = Array.isArray(v) ? (v as readonly [number, number]) : [v as number, v as number];
     if (end !== undefined && end !== from) kernel.push({ key: { value: encodeKey(key, [end], fam, true) }, flags: NFT_SET_ELEM_INTERVAL_END });
     kernel.push({ key: { value: encodeKey(key, [from], fam, true) }, data: dataAttrs(e, decl, fam) });
     end = to + 1;
@@ -215,7 +242,16 @@ function anonymousVmap(b: BatchWriter, key: KeyExpr, m: AnonymousVmap, chain: st
   attrs.desc = { size: 2 * m.elements.length };
   b.message(NFT_MSG.NEWSET, NLM_F.CREATE, `creating the anonymous map of a rule in chain ${chain}`, () => b.w.attrs(NFTA_SET, attrs));
   const info: SetInfo = { interval: true, id };
-  elementMessages(b, NFT_MSG.NEWSETELEM, NLM_F.CREATE, ANON_MAP, info, kernel.length, (i) => b.w.attrs(NFTA_SET_ELEM, kernel[i]!), () => `adding the elements of an anonymous map in chain ${chain}`);
+  elementMessages(
+    b,
+    NFT_MSG.NEWSETELEM,
+    NLM_F.CREATE,
+    ANON_MAP,
+    info,
+    kernel.length,
+    (i) => b.w.attrs(NFTA_SET_ELEM, kernel[i]!),
+    () => `adding the elements of an anonymous map in chain ${chain}`,
+  );
   return { name: ANON_MAP, id };
 }
 
@@ -235,7 +271,8 @@ function ruleMessage(b: BatchWriter, chain: string, r: Rule, cx: LowerContext): 
 export function encodePlan(ops: readonly Op[], family: Family, declared: readonly NamedSet[], seq: number): Batch {
   // ~96 bytes an element (a 10,000 x 5 sync: 110,000 of them), ~512 a rule or anything else.
   let size = 1 << 16;
-  for (const o of ops) size += o.op === 'add-elements' || o.op === 'delete-elements' ? o.elements.length * 96 : o.op === 'add-rules' ? o.rules.length * 512 : 512;
+  for (const o of ops)
+    size += o.op === 'add-elements' || o.op === 'delete-elements' ? o.elements.length * 96 : o.op === 'add-rules' ? o.rules.length * 512 : 512;
   const b = new BatchWriter(family, seq, size);
   const decls = new Map(declared.map((s) => [s.name, s]));
   const cx: LowerContext = {
@@ -255,7 +292,9 @@ export function encodePlan(ops: readonly Op[], family: Family, declared: readonl
         const id = b.newId();
         decls.set(op.set.name, op.set);
         b.created.set(op.set.name, { interval: op.set.interval ?? false, id });
-        b.message(NFT_MSG.NEWSET, NLM_F.CREATE, `adding ${op.set.data === undefined ? 'set' : 'map'} ${op.set.name}`, () => b.w.attrs(NFTA_SET, setAttrs(b, op.set, id)));
+        b.message(NFT_MSG.NEWSET, NLM_F.CREATE, `adding ${op.set.data === undefined ? 'set' : 'map'} ${op.set.name}`, () =>
+          b.w.attrs(NFTA_SET, setAttrs(b, op.set, id)),
+        );
         break;
       }
       case 'delete-set':
@@ -283,9 +322,17 @@ export function encodePlan(ops: readonly Op[], family: Family, declared: readonl
         if (!decl) throw new Error(`elements of ${op.set}, a set this plan does not know`);
         const adding = op.op === 'add-elements';
         const info = b.created.get(op.set) ?? { interval: decl.interval ?? false };
-        elementMessages(b, adding ? NFT_MSG.NEWSETELEM : NFT_MSG.DELSETELEM, adding ? NLM_F.CREATE : 0, op.set, info, op.elements.length,
+        elementMessages(
+          b,
+          adding ? NFT_MSG.NEWSETELEM : NFT_MSG.DELSETELEM,
+          adding ? NLM_F.CREATE : 0,
+          op.set,
+          info,
+          op.elements.length,
           (i) => writeElement(b.w, op.elements[i]!, decl, family, adding),
-          (first, n) => `${adding ? 'adding' : 'deleting'} ${n === 1 ? 'element' : `${n} elements`} ${adding ? 'to' : 'of'} ${op.set}, from ${elementText(op.elements[first]!)}`);
+          (first, n) =>
+            `${adding ? 'adding' : 'deleting'} ${n === 1 ? 'element' : `${n} elements`} ${adding ? 'to' : 'of'} ${op.set}, from ${elementText(op.elements[first]!)}`,
+        );
         break;
       }
     }

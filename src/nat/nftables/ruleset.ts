@@ -14,11 +14,13 @@ export type Family = 4 | 6;
 
 /** What a set key, a map value or a lookup is made of: nft's `typeof` expressions. */
 export type Field =
-  | 'saddr' | 'daddr'       // ip/ip6 saddr, daddr (the table's family)
-  | 'l4proto'               // meta l4proto
-  | 'sport' | 'dport'       // th sport, th dport
-  | 'mark'                  // meta mark
-  | 'numgen';               // numgen random mod N (the modulus is the rule's, see KeyExpr)
+  | 'saddr'
+  | 'daddr' // ip/ip6 saddr, daddr (the table's family)
+  | 'l4proto' // meta l4proto
+  | 'sport'
+  | 'dport' // th sport, th dport
+  | 'mark' // meta mark
+  | 'numgen'; // numgen random mod N (the modulus is the rule's, see KeyExpr)
 
 /** A key as a rule computes it: fields, with the modulus of a numgen field. */
 export interface KeyExpr {
@@ -32,30 +34,30 @@ export type Value = string | number | readonly [number, number];
 
 export type Item =
   // --- matches
-  | { t: 'addr'; field: 'saddr' | 'daddr'; cidr: string; not?: boolean }   // ip saddr [!=] 10.0.0.0/8
-  | { t: 'local-daddr' }                                                      // fib daddr type local
-  | { t: 'l4proto'; proto: Proto }                                            // meta l4proto tcp
-  | { t: 'dport'; port: number }                                              // th dport 80
-  | { t: 'oifname'; name: string; not?: boolean }                            // oifname [!=] "br0"
-  | { t: 'ct-new' }                                                           // ct state new
-  | { t: 'ct-not-established' }                                               // ct state & (established | related) == 0
-  | { t: 'ct-dnat'; not?: boolean }                                           // ct status dnat | ct status & dnat == 0
-  | { t: 'ct-orig-dport'; port: number }                                      // ct original proto-dst 3308
-  | { t: 'ct-reply-saddr'; ip: string }                                       // ct reply ip saddr 10.0.0.9
-  | { t: 'ct-reply-sport'; port: number }                                     // ct reply proto-src 3309
-  | { t: 'mark-clear'; bits: number }                                         // meta mark & 0x40000 == 0
-  | { t: 'in-set'; key: KeyExpr; set: string }                                // ip saddr . ip daddr @hairpin
+  | { t: 'addr'; field: 'saddr' | 'daddr'; cidr: string; not?: boolean } // ip saddr [!=] 10.0.0.0/8
+  | { t: 'local-daddr' } // fib daddr type local
+  | { t: 'l4proto'; proto: Proto } // meta l4proto tcp
+  | { t: 'dport'; port: number } // th dport 80
+  | { t: 'oifname'; name: string; not?: boolean } // oifname [!=] "br0"
+  | { t: 'ct-new' } // ct state new
+  | { t: 'ct-not-established' } // ct state & (established | related) == 0
+  | { t: 'ct-dnat'; not?: boolean } // ct status dnat | ct status & dnat == 0
+  | { t: 'ct-orig-dport'; port: number } // ct original proto-dst 3308
+  | { t: 'ct-reply-saddr'; ip: string } // ct reply ip saddr 10.0.0.9
+  | { t: 'ct-reply-sport'; port: number } // ct reply proto-src 3309
+  | { t: 'mark-clear'; bits: number } // meta mark & 0x40000 == 0
+  | { t: 'in-set'; key: KeyExpr; set: string } // ip saddr . ip daddr @hairpin
   // --- statements
   | { t: 'counter' }
   | { t: 'verdict'; verdict: 'accept' | 'drop' | 'return' }
   | { t: 'jump' | 'goto'; chain: string }
-  | { t: 'vmap'; key: KeyExpr; map: string | AnonymousVmap }                 // KEY vmap @map, KEY vmap { ... }
-  | { t: 'dnat'; ip: string; port: number }                                   // dnat to 10.0.0.2:8080
-  | { t: 'dnat-map'; key: KeyExpr; map: string }                              // dnat ip to KEY map @map
-  | { t: 'snat'; ip: string }                                                 // snat to 1.2.3.4 fully-random
-  | { t: 'masquerade' }                                                       // masquerade fully-random
-  | { t: 'mark-set'; op: 'or' | 'xor'; bits: number }                         // meta mark set meta mark | 0x40000
-  | { t: 'set-update'; key: KeyExpr; set: string }                            // update @aff { ip saddr }
+  | { t: 'vmap'; key: KeyExpr; map: string | AnonymousVmap } // KEY vmap @map, KEY vmap { ... }
+  | { t: 'dnat'; ip: string; port: number } // dnat to 10.0.0.2:8080
+  | { t: 'dnat-map'; key: KeyExpr; map: string } // dnat ip to KEY map @map
+  | { t: 'snat'; ip: string } // snat to 1.2.3.4 fully-random
+  | { t: 'masquerade' } // masquerade fully-random
+  | { t: 'mark-set'; op: 'or' | 'xor'; bits: number } // meta mark set meta mark | 0x40000
+  | { t: 'set-update'; key: KeyExpr; set: string } // update @aff { ip saddr }
   | { t: 'reject' };
 
 /** An anonymous verdict map written inside its rule (`vmap { 0 : goto a, 1-2 : goto b }`): a first-class set of its own on the wire. */

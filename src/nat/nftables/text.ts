@@ -14,11 +14,18 @@ const hex = (n: number) => `0x${n.toString(16)}`;
 
 function fieldText(f: Field, family: Family, mod?: number): string {
   switch (f) {
-    case 'saddr': case 'daddr': return `${ipf(family)} ${f}`;
-    case 'l4proto': return 'meta l4proto';
-    case 'sport': case 'dport': return `th ${f}`;
-    case 'mark': return 'meta mark';
-    case 'numgen': return `numgen random mod ${mod ?? 1}`;
+    case 'saddr':
+    case 'daddr':
+      return `${ipf(family)} ${f}`;
+    case 'l4proto':
+      return 'meta l4proto';
+    case 'sport':
+    case 'dport':
+      return `th ${f}`;
+    case 'mark':
+      return 'meta mark';
+    case 'numgen':
+      return `numgen random mod ${mod ?? 1}`;
   }
 }
 
@@ -50,33 +57,57 @@ export function elementText(e: Element): string {
 export function formatItem(it: Item, family: Family): string {
   const ip = ipf(family);
   switch (it.t) {
-    case 'addr': return `${ip} ${it.field} ${it.not ? '!= ' : ''}${cidrText(it.cidr)}`;
-    case 'local-daddr': return 'fib daddr type local';
-    case 'l4proto': return `meta l4proto ${it.proto}`;
-    case 'dport': return `th dport ${it.port}`;
-    case 'oifname': return `oifname ${it.not ? '!= ' : ''}${quote(it.name)}`;
-    case 'ct-new': return 'ct state new';
-    case 'ct-not-established': return 'ct state & (established | related) == 0';
-    case 'ct-dnat': return it.not ? 'ct status & dnat == 0' : 'ct status dnat';
-    case 'ct-orig-dport': return `ct original proto-dst ${it.port}`;
-    case 'ct-reply-saddr': return `ct reply ${ip} saddr ${it.ip}`;
-    case 'ct-reply-sport': return `ct reply proto-src ${it.port}`;
-    case 'mark-clear': return `meta mark & ${hex(it.bits)} == 0`;
-    case 'in-set': return `${keyText(it.key, family)} @${it.set}`;
-    case 'counter': return 'counter';
-    case 'verdict': return it.verdict;
-    case 'jump': case 'goto': return `${it.t} ${it.chain}`;
+    case 'addr':
+      return `${ip} ${it.field} ${it.not ? '!= ' : ''}${cidrText(it.cidr)}`;
+    case 'local-daddr':
+      return 'fib daddr type local';
+    case 'l4proto':
+      return `meta l4proto ${it.proto}`;
+    case 'dport':
+      return `th dport ${it.port}`;
+    case 'oifname':
+      return `oifname ${it.not ? '!= ' : ''}${quote(it.name)}`;
+    case 'ct-new':
+      return 'ct state new';
+    case 'ct-not-established':
+      return 'ct state & (established | related) == 0';
+    case 'ct-dnat':
+      return it.not ? 'ct status & dnat == 0' : 'ct status dnat';
+    case 'ct-orig-dport':
+      return `ct original proto-dst ${it.port}`;
+    case 'ct-reply-saddr':
+      return `ct reply ${ip} saddr ${it.ip}`;
+    case 'ct-reply-sport':
+      return `ct reply proto-src ${it.port}`;
+    case 'mark-clear':
+      return `meta mark & ${hex(it.bits)} == 0`;
+    case 'in-set':
+      return `${keyText(it.key, family)} @${it.set}`;
+    case 'counter':
+      return 'counter';
+    case 'verdict':
+      return it.verdict;
+    case 'jump':
+    case 'goto':
+      return `${it.t} ${it.chain}`;
     case 'vmap':
       return typeof it.map === 'string'
         ? `${keyText(it.key, family)} vmap @${it.map}`
         : `${keyText(it.key, family)} vmap { ${it.map.elements.map(elementText).join(', ')} }`;
-    case 'dnat': return `dnat to ${hostPort(it.ip, it.port)}`;
-    case 'dnat-map': return `dnat ${ip} to ${keyText(it.key, family)} map @${it.map}`;
-    case 'snat': return `snat to ${it.ip} fully-random`;
-    case 'masquerade': return 'masquerade fully-random';
-    case 'mark-set': return `meta mark set meta mark ${it.op === 'or' ? '|' : '^'} ${hex(it.bits)}`;
-    case 'set-update': return `update @${it.set} { ${keyText(it.key, family)} }`;
-    case 'reject': return 'reject';
+    case 'dnat':
+      return `dnat to ${hostPort(it.ip, it.port)}`;
+    case 'dnat-map':
+      return `dnat ${ip} to ${keyText(it.key, family)} map @${it.map}`;
+    case 'snat':
+      return `snat to ${it.ip} fully-random`;
+    case 'masquerade':
+      return 'masquerade fully-random';
+    case 'mark-set':
+      return `meta mark set meta mark ${it.op === 'or' ? '|' : '^'} ${hex(it.bits)}`;
+    case 'set-update':
+      return `update @${it.set} { ${keyText(it.key, family)} }`;
+    case 'reject':
+      return 'reject';
   }
 }
 
@@ -106,18 +137,34 @@ export function script(ops: readonly Op[], family: Family): string {
   const lines: string[] = [];
   for (const op of ops) {
     switch (op.op) {
-      case 'add-table': lines.push(`add table ${t}`); break;
-      case 'delete-table': lines.push(`delete table ${t}`); break;
-      case 'add-set': lines.push(`add ${op.set.data === undefined ? 'set' : 'map'} ${t} ${op.set.name} ${setBody(op.set, family)}`); break;
-      case 'delete-set': lines.push(`delete set ${t} ${op.name}`); break;
-      case 'add-chain':
-        lines.push(op.chain.hook
-          ? `add chain ${t} ${op.chain.name} { type ${op.chain.hook.type} hook ${op.chain.hook.hook} priority ${op.chain.hook.priority} ; policy accept ; }`
-          : `add chain ${t} ${op.chain.name}`);
+      case 'add-table':
+        lines.push(`add table ${t}`);
         break;
-      case 'flush-chain': lines.push(`flush chain ${t} ${op.name}`); break;
-      case 'delete-chain': lines.push(`delete chain ${t} ${op.name}`); break;
-      case 'add-rules': for (const r of op.rules) lines.push(`add rule ${t} ${op.chain} ${formatRule(r, family)}`); break;
+      case 'delete-table':
+        lines.push(`delete table ${t}`);
+        break;
+      case 'add-set':
+        lines.push(`add ${op.set.data === undefined ? 'set' : 'map'} ${t} ${op.set.name} ${setBody(op.set, family)}`);
+        break;
+      case 'delete-set':
+        lines.push(`delete set ${t} ${op.name}`);
+        break;
+      case 'add-chain':
+        lines.push(
+          op.chain.hook
+            ? `add chain ${t} ${op.chain.name} { type ${op.chain.hook.type} hook ${op.chain.hook.hook} priority ${op.chain.hook.priority} ; policy accept ; }`
+            : `add chain ${t} ${op.chain.name}`,
+        );
+        break;
+      case 'flush-chain':
+        lines.push(`flush chain ${t} ${op.name}`);
+        break;
+      case 'delete-chain':
+        lines.push(`delete chain ${t} ${op.name}`);
+        break;
+      case 'add-rules':
+        for (const r of op.rules) lines.push(`add rule ${t} ${op.chain} ${formatRule(r, family)}`);
+        break;
       case 'add-elements':
       case 'delete-elements':
         for (let i = 0; i < op.elements.length; i += ELEMENTS_PER_COMMAND) {

@@ -21,15 +21,24 @@ const META_KEY = { l4proto: 16, mark: 3 } as const;
 const BYTEORDER = { concat: 0, host: 1, big: 2 } as const;
 /** nft's datatype ids (include/datatype.h): what NFTA_SET_KEY_TYPE and DATA_TYPE carry. */
 const DATATYPE: Record<Field, (f: Family) => number> = {
-  saddr: (f) => (f === 6 ? 8 : 7), daddr: (f) => (f === 6 ? 8 : 7),
-  l4proto: () => 12, sport: () => 13, dport: () => 13, mark: () => 19, numgen: () => 4,
+  saddr: (f) => (f === 6 ? 8 : 7),
+  daddr: (f) => (f === 6 ? 8 : 7),
+  l4proto: () => 12,
+  sport: () => 13,
+  dport: () => 13,
+  mark: () => 19,
+  numgen: () => 4,
 };
 
 function tlv(type: number, value: Buffer): Buffer {
   if (value.length > 255) throw new Error(`userdata attribute ${type} is ${value.length} bytes (at most 255)`);
   return Buffer.concat([Buffer.from([type, value.length]), value]);
 }
-const u32 = (n: number) => { const b = Buffer.alloc(4); b.writeUInt32LE(n >>> 0); return b; };
+const u32 = (n: number) => {
+  const b = Buffer.alloc(4);
+  b.writeUInt32LE(n >>> 0);
+  return b;
+};
 const asciiz = (s: string) => Buffer.concat([Buffer.from(s, 'utf8'), Buffer.alloc(1)]);
 
 /** A rule's, or an element's, comment. */
@@ -47,11 +56,14 @@ export function writeCommentUdata(w: NlWriter, comment: string): void {
 function fieldTypeof(f: Field, family: Family, mod: number | undefined): { expr: number; data: Buffer } {
   const ip = family === 6 ? 'ip6' : 'ip';
   switch (f) {
-    case 'saddr': case 'daddr':
+    case 'saddr':
+    case 'daddr':
       return { expr: EXPR.payload, data: Buffer.concat([tlv(0, u32(PROTO_DESC[ip])), tlv(1, u32(FIELD_INDEX[ip][f]))]) };
-    case 'sport': case 'dport':
+    case 'sport':
+    case 'dport':
       return { expr: EXPR.payload, data: Buffer.concat([tlv(0, u32(PROTO_DESC.th)), tlv(1, u32(FIELD_INDEX.th[f]))]) };
-    case 'l4proto': case 'mark':
+    case 'l4proto':
+    case 'mark':
       return { expr: EXPR.meta, data: tlv(0, u32(META_KEY[f])) };
     case 'numgen':
       return { expr: EXPR.numgen, data: Buffer.concat([tlv(0, u32(1)), tlv(1, u32(mod ?? 1)), tlv(2, u32(0))]) };
@@ -82,9 +94,12 @@ export function setUdata(s: Pick<NamedSet, 'key' | 'data' | 'comment'>, family: 
   if (s.data !== undefined) parts.push(tlv(SET_UDATA.DATABYTEORDER, u32(s.data === 'verdict' ? BYTEORDER.concat : byteorder(s.data))));
   if (!o.anonymous) parts.push(tlv(SET_UDATA.KEY_TYPEOF, typeofUdata(s.key, family)));
   if (s.data !== undefined) {
-    parts.push(tlv(SET_UDATA.DATA_TYPEOF, s.data === 'verdict'
-      ? Buffer.concat([tlv(TYPEOF.EXPR, u32(EXPR.verdict)), tlv(TYPEOF.DATA, Buffer.alloc(0))])
-      : typeofUdata(s.data, family)));
+    parts.push(
+      tlv(
+        SET_UDATA.DATA_TYPEOF,
+        s.data === 'verdict' ? Buffer.concat([tlv(TYPEOF.EXPR, u32(EXPR.verdict)), tlv(TYPEOF.DATA, Buffer.alloc(0))]) : typeofUdata(s.data, family),
+      ),
+    );
     parts.push(tlv(SET_UDATA.DATA_INTERVAL, u32(0)));
   }
   if (s.comment !== undefined) parts.push(tlv(SET_UDATA.COMMENT, asciiz(s.comment)));
