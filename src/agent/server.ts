@@ -196,8 +196,10 @@ export class Agent {
           res.end(this.metrics.registry.render());
         } else if (req.method === 'GET' && req.url === '/healthz') {
           res.writeHead(200).end('ok\n');
+        } else if (req.method === 'GET' && req.url?.startsWith('/topology')) {
+          void this.topology(req.url.replace(/\?.*$/, ''), res);
         } else {
-          res.writeHead(404).end('not found: try /metrics\n');
+          res.writeHead(404).end('not found: try /metrics or /topology\n');
         }
       });
       await new Promise<void>((resolve, reject) => {
@@ -362,6 +364,33 @@ export class Agent {
     this.log(
       `nat: ${e.trigger}${e.trigger === 'resync' ? ' after flush' : ''} ${e.dir}: ${e.full ? 'full' : 'partial'} ${e.backend}, ${e.written} written, ${e.deleted} deleted in ${e.ms.toFixed(1)} ms`,
     );
+  }
+
+  /** /topology (the page), /topology.json (the node view), /topology.svg (the picture): this node's network, with the NAT state of every directory served. */
+  private async topology(url: string, res: http.ServerResponse): Promise<void> {
+    try {
+      const { TOPOLOGY_PAGE } = await import('../inspect/page');
+      if (url === '/topology' || url === '/topology/') {
+        res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' }).end(TOPOLOGY_PAGE);
+        return;
+      }
+      const { inspectNode } = await import('../inspect/node');
+      const engines = [...this.natDirs]
+        .filter((d) => fs.existsSync(path.join(d, 'nat.json')) || fs.existsSync(path.join(d, 'nat.journal')))
+        .map((d) => NatEngine.shared({ stateDir: d }));
+      const view = await inspectNode((await import('../netns')).current(), engines);
+      if (url === '/topology.json') {
+        res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(view));
+      } else if (url === '/topology.svg') {
+        const { topology, toSvg } = await import('../inspect/topology');
+        res.writeHead(200, { 'content-type': 'image/svg+xml' }).end(await toSvg(topology(view)));
+      } else {
+        res.writeHead(404).end('not found: /topology, /topology.json, /topology.svg\n');
+      }
+    } catch (err) {
+      if (!res.headersSent) res.writeHead(500, { 'content-type': 'text/plain' });
+      res.end(`topology: ${(err as Error).message}\n`);
+    }
   }
 
   /**

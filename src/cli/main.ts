@@ -23,6 +23,7 @@ import { registerNat } from './nat';
 import { registerForward } from './forward';
 import { registerCni } from './cni';
 import { registerAgent } from './agent';
+import { registerInspect } from './inspect';
 
 const program = new Command('tsnet')
   .description('Network plumbing for Linux containers: namespaces, veth pairs, bridges, addresses and routes over rtnetlink; kube-proxy-style NAT')
@@ -356,18 +357,29 @@ const engine = registerNat(program, { ns, json, stateDir, backend: () => program
 registerForward(program, { engine, json });
 registerCni(program, { stateDir });
 registerAgent(program, { stateDir });
+registerInspect(program, {
+  ns,
+  json,
+  stateDir,
+  engines: async () => {
+    const { natEngines } = await import('../inspect/engines');
+    return natEngines(await ns(), stateDir(), program.opts<{ backend?: BackendChoice }>().backend);
+  },
+});
 
 // --- demo --------------------------------------------------------------------
 program
   .command('demo')
-  .description('build a bridged network in a private sandbox, send traffic through it, clean up')
-  .action(async () => {
+  .description('build a bridged network in a private sandbox, send traffic through it, look at it (trace, doctor), clean up')
+  .option('--svg <file>', "also write the demo's topology picture here")
+  .action(async (o: { svg?: string }) => {
     const { inSandbox, runInSandbox } = await import('../sandbox');
+    const svg = o.svg ? path.resolve(o.svg) : undefined;
     if (!inSandbox()) {
-      process.exitCode = await runInSandbox(process.execPath, [__filename, 'demo']);
+      process.exitCode = await runInSandbox(process.execPath, [__filename, 'demo', ...(svg ? ['--svg', svg] : [])]);
       return;
     }
-    await (await import('../demo')).demo();
+    await (await import('../demo')).demo(undefined, svg ? { svg } : {});
   });
 
 async function main(): Promise<void> {

@@ -20,10 +20,19 @@ import * as link from '../link';
 import { attach, detach } from '../attach';
 import { serve, request } from './traffic';
 import { table } from '../format/table';
+import { trace } from '../inspect/trace';
+import { doctor } from '../inspect/doctor';
+import { inspectNode } from '../inspect/node';
+import { topology, toSvg } from '../inspect/topology';
 
 const BR = 'tsnet0';
 
-export async function demo(log: (line: string) => void = (l) => process.stdout.write(`${l}\n`)): Promise<void> {
+export interface DemoOptions {
+  /** Also write the topology picture (SVG) here, while everything is up. */
+  svg?: string;
+}
+
+export async function demo(log: (line: string) => void = (l) => process.stdout.write(`${l}\n`), o: DemoOptions = {}): Promise<void> {
   const host = netns.current();
   const step = (cmd: string) => log(`\n$ ${cmd}`);
   const made: netns.NetNs[] = [];
@@ -93,6 +102,17 @@ export async function demo(log: (line: string) => void = (l) => process.stdout.w
       log(`demo-c1 -> 10.88.0.1:3308: ${r4.ok}/10 ${JSON.stringify(r4.replies)}; this host -> 127.0.0.1:3308: ${r5.ok}/10 ${JSON.stringify(r5.replies)}`);
       if (r3.ok !== 40 || Object.keys(r3.replies).length !== 2 || r4.ok !== 10 || r5.ok !== 10) {
         throw new Error(`NAT traffic failed: ${[...r3.errors, ...r4.errors, ...r5.errors].join('; ')}`);
+      }
+      // Looking at it: the path of a connection, what is wrong, and the picture.
+      step('tsnet trace 10.96.0.10:80 --from 10.88.0.2      # the path of a connection from demo-c1 to the VIP');
+      log((await trace(nat, { dest: '10.96.0.10', port: 80, proto: 'tcp', from: '10.88.0.2' })).steps.join('\n'));
+      step('tsnet doctor      # what would break (here: the demo never routes its containers off the node)');
+      const problems = await doctor(host, { engines: [nat], stateDirs: [stateDir] });
+      log(problems.length ? problems.map((p) => `${p.check}: ${p.where}: ${p.problem}. Fix: ${p.fix}`).join('\n') : 'no problems found');
+      if (o.svg) {
+        step(`tsnet topology --svg ${o.svg}`);
+        fs.writeFileSync(o.svg, await toSvg(topology(await inspectNode(host, [nat]))));
+        log(`wrote ${o.svg}`);
       }
     } finally {
       step('tsnet forward rm demo-db && tsnet service del demo/web      # rules gone, sysctls restored');

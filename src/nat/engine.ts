@@ -18,7 +18,7 @@ import * as netns from '../netns';
 import { stateDir as defaultStateDir, withLock } from '../state';
 import { familyOf, normalizeState, servesLoopback, type DesiredState, type Service } from './model';
 import { createBackend, resolveChoice, type BackendChoice } from './backends';
-import { tableKind, type Backend, type BackendName, type ServiceCounters, type SyncResult } from './backends/types';
+import { tableKind, type AffinityEntry, type Backend, type BackendName, type ServiceCounters, type SyncResult } from './backends/types';
 import { IndexedState, type NatChange, type ServiceDelta } from './changes';
 import { NatStore, type StateFile } from './store';
 
@@ -30,6 +30,8 @@ export interface EngineOptions {
   ns?: netns.NetNs;
   stateDir?: string;
   backend?: BackendChoice;
+  /** `stateDir` is the engine's directory itself, even for another namespace (what a process running inside that namespace used: a CNI record names it so). */
+  exactDir?: boolean;
 }
 
 export interface SyncReport extends Omit<SyncResult, 'applied'> {
@@ -80,7 +82,7 @@ export class NatEngine {
     const ns = opts.ns ?? netns.current();
     let m = shared.get(ns);
     if (!m) shared.set(ns, (m = new Map()));
-    const key = `${defaultStateDir(opts.stateDir)}\0${opts.backend ?? 'auto'}`;
+    const key = `${defaultStateDir(opts.stateDir)}\0${opts.backend ?? 'auto'}\0${opts.exactDir ? 'exact' : ''}`;
     let e = m.get(key);
     if (!e || e.ns.closed) m.set(key, (e = new NatEngine({ ...opts, ns })));
     return e;
@@ -97,7 +99,7 @@ export class NatEngine {
     this.ns = opts.ns ?? netns.current();
     const base = defaultStateDir(opts.stateDir);
     // One desired state per namespace: the rules of c1 are not those of the host.
-    this.dir = this.ns.isCurrent ? base : path.join(base, 'netns', this.ns.name ?? `inode-${this.ns.inode}`);
+    this.dir = this.ns.isCurrent || opts.exactDir ? base : path.join(base, 'netns', this.ns.name ?? `inode-${this.ns.inode}`);
     this.choice = opts.backend ?? 'auto';
     this.store = new NatStore(this.dir);
   }
@@ -241,11 +243,25 @@ export class NatEngine {
     });
   }
 
+  /** The address families whose rules the last sync applied here (none: nothing applied, or torn down). */
+  appliedFamilies(): (4 | 6)[] {
+    const { f } = this.load();
+    return f.applied ? (Object.keys(f.applied.families).map(Number) as (4 | 6)[]) : [];
+  }
+
   /** The kernel's per-service and per-endpoint counters (packets and bytes of the first packet of each connection). */
   async counters(): Promise<Map<string, ServiceCounters>> {
     const { f } = this.load();
     if (!f.applied) return new Map();
     return (await this.backendFor(f)).counters(f.desired);
+  }
+
+  /** Clients pinned to each endpoint of service `name` by affinity, as the kernel holds them (empty without affinity). */
+  async affinity(name: string): Promise<Record<string, AffinityEntry[]>> {
+    const { f, indexed } = this.load();
+    const s = indexed.service(name);
+    if (!s || !f.applied) return {};
+    return (await this.backendFor(f)).affinity(s);
   }
 
   /** What a full sync of the stored (or given) state would apply, for review. */

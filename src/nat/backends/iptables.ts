@@ -3,14 +3,15 @@
  * family per sync, with the binaries of the mode the node uses (legacy or nft,
  * detected as kubernetes-sigs/iptables-wrappers does, never mixed).
  */
+import * as fs from 'node:fs';
 import type { Family } from '../../addr/cidr';
 import { hasCode } from '../../errors';
 import type { NetNs } from '../../netns';
 import { APPLY_TIMEOUT_MS, execIn, mustExec } from '../exec';
 import { IPT_PREFIX, CANARY_COMMENT } from '../constants';
-import { familiesUsed, familyOf, type DesiredState } from '../model';
+import { familiesUsed, familyOf, type DesiredState, type Service } from '../model';
 import { CANARY, SERVICES, chainDigest, hookKey, hookKeyOf, render, restorePayload, sepChain, svcChain, type IptTable, type Live } from './iptables-render';
-import { mayHoldRules, type Applied, type Backend, type Counter, type ServiceCounters, type SyncResult, type SyncRound } from './types';
+import { mayHoldRules, type AffinityEntry, type Applied, type Backend, type Counter, type ServiceCounters, type SyncResult, type SyncRound } from './types';
 
 export type IptablesMode = 'legacy' | 'nft';
 
@@ -157,6 +158,28 @@ export class IptablesBackend implements Backend {
 
   async teardown(): Promise<void> {
     for (const family of [4, 6] as const) await this.teardownFamily(family);
+  }
+
+  /** Affinity pins are `-m recent` lists, one per endpoint chain: /proc/net/xt_recent/NAME in the namespace (no expiry: the kernel keeps last-seen jiffies). */
+  async affinity(s: Service): Promise<Record<string, AffinityEntry[]>> {
+    const out: Record<string, AffinityEntry[]> = {};
+    if (s.affinitySeconds === undefined) return out;
+    for (const e of s.endpoints) {
+      const id = e.ip.includes(':') ? `[${e.ip}]:${e.port}` : `${e.ip}:${e.port}`;
+      let text = '';
+      try {
+        const fd = this.ns.openFile(`/proc/thread-self/net/xt_recent/${sepChain(s, e.ip, e.port)}`);
+        try {
+          text = fs.readFileSync(fd, 'utf8');
+        } finally {
+          fs.closeSync(fd);
+        }
+      } catch (err) {
+        if (!hasCode(err, 'ENOENT')) throw err; // no list yet: nobody pinned
+      }
+      out[id] = [...text.matchAll(/^src=(\S+)/gm)].map((m) => ({ client: m[1]! }));
+    }
+    return out;
   }
 
   /**

@@ -20,7 +20,7 @@ import { encodePlan } from '../nftables/netlink';
 import type { Op } from '../nftables/plan';
 import type { NamedSet } from '../nftables/ruleset';
 import { NftablesBackend, type TableCounters } from './nftables';
-import type { Counter } from './types';
+import type { AffinityEntry, Counter } from './types';
 
 const nfgen = (family: Family) => Buffer.from([family === 6 ? NFPROTO.IPV6 : NFPROTO.IPV4, 0, 0, 0]);
 
@@ -79,6 +79,12 @@ export class NetlinkBackend extends NftablesBackend {
     });
   }
 
+  protected async readAffinitySet(family: Family, set: string): Promise<AffinityEntry[]> {
+    return this.withSocket(async (s) =>
+      affinityEntries((await this.dump(s, family, NFT_MSG.GETSETELEM, { table: NFT_TABLE, set }, NFTA_SET_ELEM_LIST)) ?? [], family),
+    );
+  }
+
   protected async readCounters(family: Family): Promise<TableCounters | undefined> {
     return this.withSocket(async (s) => {
       const out: TableCounters = { elements: new Map(), chains: new Map() };
@@ -105,6 +111,21 @@ export class NetlinkBackend extends NftablesBackend {
       return out;
     });
   }
+}
+
+/** The addresses in a set keyed by `ip saddr` (an affinity set), with the ms each has left. */
+function affinityEntries(lists: AttrObject[], family: Family): AffinityEntry[] {
+  const out: AffinityEntry[] = [];
+  for (const l of lists) {
+    for (const e of (l.elements ?? []) as AttrObject[]) {
+      const key = (e.key as AttrObject | undefined)?.value as Buffer | undefined;
+      if (!key) continue;
+      const [client] = decodeKey({ fields: ['saddr'] }, key, family, false) as [string];
+      const expires = e.expiration as bigint | undefined;
+      out.push(expires === undefined ? { client } : { client, expiresMs: Number(expires) });
+    }
+  }
+  return out;
 }
 
 /** An element's key as nft writes it (`10.96.0.1 . tcp . 80 . 0-1`), from what the kernel dumped. */

@@ -12,7 +12,7 @@ import { CANARY } from '../nftables/layout';
 import type { Op, Plan } from '../nftables/plan';
 import { script } from '../nftables/text';
 import { NftablesBackend, type TableCounters } from './nftables';
-import type { Counter } from './types';
+import type { AffinityEntry, Counter } from './types';
 
 const fam = (f: Family) => (f === 6 ? 'ip6' : 'ip');
 
@@ -50,6 +50,20 @@ export class NftBackend extends NftablesBackend {
   protected async apply(ops: readonly Op[], family: Family): Promise<void> {
     const text = script(ops, family);
     if (text) await mustExec(this.ns, 'applying NAT rules', 'nft', ['-f', '-'], text, { timeoutMs: APPLY_TIMEOUT_MS, holdFd: this.holdFd });
+  }
+
+  protected async readAffinitySet(family: Family, set: string): Promise<AffinityEntry[]> {
+    const r = await execIn(this.ns, 'nft', ['-j', 'list', 'set', fam(family), NFT_TABLE, set]);
+    if (r.code !== 0) return [];
+    type Listed = { set?: { elem?: ({ elem: { val: string; expires?: number } } | string)[] } };
+    const out: AffinityEntry[] = [];
+    for (const o of (JSON.parse(r.stdout) as { nftables: Listed[] }).nftables) {
+      for (const e of o.set?.elem ?? []) {
+        if (typeof e === 'string') out.push({ client: e });
+        else out.push(e.elem.expires === undefined ? { client: e.elem.val } : { client: e.elem.val, expiresMs: e.elem.expires * 1000 });
+      }
+    }
+    return out;
   }
 
   /** Whether the table exists with its canary rule (`nft flush ruleset` or `flush table` remove it). */

@@ -9,7 +9,7 @@
 import type { Family } from '../../addr/cidr';
 import type { NetNs } from '../../netns';
 import { familiesUsed, familyOf, type DesiredState, type Service } from '../model';
-import { ENDPOINTS, ENDPOINTS_WEIGHTED, NO_ENDPOINTS, SERVICE_IPS, render, sepChain, staticSets } from '../nftables/layout';
+import { ENDPOINTS, ENDPOINTS_WEIGHTED, NO_ENDPOINTS, SERVICE_IPS, affinitySet, render, sepChain, staticSets } from '../nftables/layout';
 import { fullPlan, type Op, type Plan } from '../nftables/plan';
 import { SharedIndex, changePlan, globalRecord, lbRecordAfter, lbRecordOf, lookedUp, type LbRecord } from '../nftables/incremental';
 import type { StateView } from '../changes';
@@ -21,6 +21,7 @@ import {
   type Applied,
   type Backend,
   type BackendName,
+  type AffinityEntry,
   type Counter,
   type ServiceCounters,
   type SyncResult,
@@ -81,6 +82,16 @@ export abstract class NftablesBackend implements Backend {
   abstract canaryPresent(family: Family): Promise<boolean>;
   /** Every counter of the table of `family` (element counters of the maps, rule counters of the chains). */
   protected abstract readCounters(family: Family): Promise<TableCounters | undefined>;
+  /** The elements (addresses) of an affinity set, with the ms before each expires. */
+  protected abstract readAffinitySet(family: Family, set: string): Promise<AffinityEntry[]>;
+
+  async affinity(s: Service): Promise<Record<string, AffinityEntry[]>> {
+    const out: Record<string, AffinityEntry[]> = {};
+    if (s.affinitySeconds === undefined) return out;
+    for (const e of s.endpoints)
+      out[hostPort(e.ip, e.port)] = await this.readAffinitySet(familyOf(s.vip), affinitySet(sepChain(s, e.ip, e.port), s.affinitySeconds));
+    return out;
+  }
   /** Whether this applier can carry out a partial plan (else the sync is a full one). */
   protected partialOk(_plan: Plan): boolean {
     return true;

@@ -1,5 +1,5 @@
 import type { Family } from '../../addr/cidr';
-import type { DesiredState } from '../model';
+import type { DesiredState, Service } from '../model';
 import type { ServiceDelta, StateView } from '../changes';
 
 /** The backends: kube-proxy's iptables layout, or tsnet's nftables table written by `nft -f` or over netlink. */
@@ -31,6 +31,12 @@ export interface SyncResult {
 export interface Counter {
   packets: number;
   bytes: number;
+}
+
+/** A client pinned to an endpoint by session affinity; `expiresMs` when the kernel says (nftables' set timeouts). */
+export interface AffinityEntry {
+  client: string;
+  expiresMs?: number;
 }
 
 /** Counters per service (by name) and per endpoint (`ip:port`) of each. */
@@ -80,4 +86,6 @@ export interface Backend {
   teardown(): Promise<void>;
   /** The kernel's counters per service and endpoint of `st`. */
   counters(st: DesiredState): Promise<Map<string, ServiceCounters>>;
+  /** Clients pinned to each endpoint (`ip:port`) of a service with affinity, as the kernel holds them now. */
+  affinity(s: Service): Promise<Record<string, AffinityEntry[]>>;
 }

@@ -44,7 +44,7 @@ const safe = (s: string) => s.replace(/:/g, '.');
 export const svcChain = (s: Pick<Service, 'name' | 'proto'>): string => `svc-${portProtoHash(s.name, s.proto).slice(0, 8)}-${s.name}/${s.proto}`;
 export const sepChain = (s: Pick<Service, 'name' | 'proto'>, ip: string, port: number): string =>
   `sep-${endpointHash(s.name, s.proto, hostPort(ip, port)).slice(0, 8)}-${s.name}/${s.proto}__${safe(ip)}/${port}`;
-const affinitySet = (sep: string, seconds: number) => `aff-${sep.slice(4, 12)}-${seconds}`;
+export const affinitySet = (sep: string, seconds: number) => `aff-${sep.slice(4, 12)}-${seconds}`;
 
 const weighted = (s: Service) => s.endpoints.some((e) => e.weight !== 1);
 const totalWeight = (s: Service) => s.endpoints.reduce((n, e) => n + e.weight, 0);

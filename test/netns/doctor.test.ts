@@ -1,0 +1,225 @@
+/**
+ * `tsnet doctor`: each check breaks exactly its thing in a node of its own,
+ * sees doctor report it (with its fix, exit status 1), fixes it, and sees
+ * the report go. Other checks may report other things about the same node:
+ * each test looks at its own check only.
+ */
+import test from 'ava';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import * as bridge from '../../src/bridge';
+import * as link from '../../src/link';
+import { attach } from '../../src/attach';
+import * as sysctl from '../../src/sysctl';
+import { NatEngine } from '../../src/nat/engine';
+import { doctor, type Problem } from '../../src/inspect/doctor';
+import { request, serve, type Server } from '../../src/demo/traffic';
+import { Topology, natView, run } from '../harness/fixtures';
+
+const topo = new Topology('doc');
+const servers: Server[] = [];
+const dirs: string[] = [];
+test.after.always(async () => {
+  await Promise.all(servers.map((s) => s.stop()));
+  topo.cleanup();
+  for (const d of dirs) fs.rmSync(d, { recursive: true, force: true });
+});
+
+let seq = 0;
+/** A node with br0 (10.66.N.1/24) and two containers on it (.2 and .3), ip_forward on, the masquerade rule in place. */
+async function node(o: { hairpin?: boolean; masquerade?: boolean } = {}) {
+  const n = ++seq;
+  const nd = await topo.ns(`n${n}`);
+  await bridge.ensure(nd, 'br0', { addresses: [`10.66.${n}.1/24`] });
+  const cs = [];
+  for (const i of [2, 3]) {
+    const c = await topo.ns(`n${n}c${i}`);
+    await attach(nd, c, { bridge: 'br0', address: `10.66.${n}.${i}/24`, hairpin: o.hairpin ?? true });
+    cs.push(c);
+  }
+  sysctl.set(nd, 'net.ipv4.ip_forward', 1);
+  const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'tsnet-doctor-'));
+  dirs.push(stateDir);
+  const view = natView(() => nd.name!, 'netlink', stateDir);
+  if (o.masquerade ?? true) view.ok('nat', 'masquerade', 'add', '--source', `10.66.${n}.0/24`, '--out-not', 'br0');
+  /** doctor's findings of one check, through the CLI; also checks the exit status agrees. */
+  const findings = (check: string): Problem[] => {
+    const r = view.cli('--json', 'doctor');
+    const all = JSON.parse(r.stdout) as Problem[];
+    if ((r.status === 0) !== (all.length === 0)) throw new Error(`doctor exit ${r.status} with ${all.length} problems`);
+    return all.filter((p) => p.check === check);
+  };
+  return { n, nd, cs, stateDir, ...view, findings, ip: (i: number) => `10.66.${n}.${i}` };
+}
+
+/** The host end (bridge port) of container `c` of node `nd`. */
+async function portOf(nd: Awaited<ReturnType<typeof node>>, index: number): Promise<string> {
+  const pairs = await (await import('../../src/veth')).list(nd.nd);
+  return pairs.find((p) => p.peer.netns.name === nd.cs[index]!.name)!.name;
+}
+
+test('ip-forward: a gateway bridge with containers and ip_forward off', async (t) => {
+  const nd = await node();
+  t.deepEqual(nd.findings('ip-forward'), []);
+  sysctl.set(nd.nd, 'net.ipv4.ip_forward', 0);
+  const [p] = nd.findings('ip-forward');
+  t.regex(p?.problem ?? '', /net\.ipv4\.ip_forward is off but bridge br0/);
+  t.regex(p?.fix ?? '', /sysctl -w net\.ipv4\.ip_forward=1/);
+  sysctl.set(nd.nd, 'net.ipv4.ip_forward', 1);
+  t.deepEqual(nd.findings('ip-forward'), []);
+});
+
+test('br-netfilter: a service endpoint on a bridge while bridged packets skip netfilter', async (t) => {
+  const nd = await node();
+  nd.ok('service', 'add', 'web', '--vip', `10.96.${nd.n}.1:80`, '--endpoint', `${nd.ip(3)}:8080`);
+  t.deepEqual(nd.findings('br-netfilter'), []);
+  sysctl.set(nd.nd, 'net.bridge.bridge-nf-call-iptables', 0);
+  t.regex(nd.findings('br-netfilter')[0]?.problem ?? '', /services web have endpoints on br0/);
+  sysctl.set(nd.nd, 'net.bridge.bridge-nf-call-iptables', 1);
+  t.deepEqual(nd.findings('br-netfilter'), []);
+});
+
+test('rp-filter: strict reverse-path filtering with a --snat none forward', async (t) => {
+  const nd = await node();
+  servers.push(await serve(nd.cs[1]!, 'tcp', nd.ip(3), 3309, 'db'));
+  nd.ok('forward', nd.ip(3), '3308', '3309', '--name', 'db', '--snat', 'none');
+  sysctl.set(nd.nd, 'net.ipv4.conf.all.rp_filter', 0);
+  t.deepEqual(nd.findings('rp-filter'), []);
+  sysctl.set(nd.nd, 'net.ipv4.conf.all.rp_filter', 1);
+  t.regex(nd.findings('rp-filter')[0]?.problem ?? '', /forward db uses --snat none/);
+  sysctl.set(nd.nd, 'net.ipv4.conf.all.rp_filter', 2);
+  t.deepEqual(nd.findings('rp-filter'), []);
+});
+
+test('bridge-port: a port that does not forward (its link down)', async (t) => {
+  const nd = await node();
+  const port = await portOf(nd, 0);
+  t.deepEqual(nd.findings('bridge-port'), []);
+  await link.set(nd.nd, port, { up: false });
+  const [p] = nd.findings('bridge-port');
+  t.is(p?.where, `br0 port ${port}`);
+  t.regex(p?.problem ?? '', /is disabled: its container is cut off/);
+  await link.set(nd.nd, port, { up: true });
+  for (let i = 0; i < 50 && nd.findings('bridge-port').length; i++) await new Promise((r) => setTimeout(r, 100));
+  t.deepEqual(nd.findings('bridge-port'), []);
+});
+
+test('hairpin: a service endpoint whose bridge port has hairpin off', async (t) => {
+  const nd = await node({ hairpin: false });
+  nd.ok('service', 'add', 'web', '--vip', `10.96.${nd.n}.1:80`, '--endpoint', `${nd.ip(2)}:8080`);
+  const port = await portOf(nd, 0);
+  const [p] = nd.findings('hairpin');
+  t.regex(p?.problem ?? '', new RegExp(`endpoint ${nd.ip(2).replace(/\./g, '\\.')}:8080 of service web cannot reach its own service`));
+  t.is(p?.fix, `tsnet -n ${nd.nd.name} bridge port br0 ${port} --hairpin on`);
+  nd.ok('bridge', 'port', 'br0', port, '--hairpin', 'on');
+  t.deepEqual(nd.findings('hairpin'), []);
+});
+
+test('masquerade: containers behind a gateway bridge with no masquerade rule', async (t) => {
+  const nd = await node({ masquerade: false });
+  const [p] = nd.findings('masquerade');
+  t.regex(p?.problem ?? '', new RegExp(`containers on br0 \\(10\\.66\\.${nd.n}\\.0/24: 10\\.66\\.${nd.n}\\.2, 10\\.66\\.${nd.n}\\.3\\)`));
+  nd.ok(...p!.fix.replace(`tsnet -n ${nd.nd.name} `, '').split(' '));
+  t.deepEqual(nd.findings('masquerade'), []);
+});
+
+test('route-localnet: a forward serving 127.0.0.1 with route_localnet off on the way to its target', async (t) => {
+  const nd = await node();
+  servers.push(await serve(nd.cs[0]!, 'tcp', nd.ip(2), 3309, 'db'));
+  nd.ok('forward', nd.ip(2), '3308', '3309', '--name', 'db');
+  t.deepEqual(nd.findings('route-localnet'), []);
+  sysctl.set(nd.nd, 'net.ipv4.conf.br0.route_localnet', 0);
+  t.regex(nd.findings('route-localnet')[0]?.problem ?? '', /net\.ipv4\.conf\.br0\.route_localnet is 0: 127\.0\.0\.1 clients of a forward are dropped/);
+  nd.ok('sync', '--force');
+  t.deepEqual(nd.findings('route-localnet'), []);
+});
+
+test('conntrack: the table above 90% of its limit (the limit given: net.netfilter.nf_conntrack_max is global, not settable in a namespace)', async (t) => {
+  const nd = await node();
+  servers.push(await serve(nd.cs[1]!, 'udp', nd.ip(3), 5353, 'dns'));
+  const flows = await request(nd.cs[0]!, 'udp', nd.ip(3), 5353, { count: 30, concurrency: 10 });
+  t.is(flows.ok, 30);
+  const count = Number(sysctl.get(nd.nd, 'net.netfilter.nf_conntrack_count'));
+  t.true(count >= 30, `${count} entries`);
+  const only = async (max: number) => (await doctor(nd.nd, { conntrackMax: max, stateDirs: [] })).filter((p) => p.check === 'conntrack');
+  t.regex((await only(count + 1))[0]?.problem ?? '', new RegExp(`holds ${count} of at most ${count + 1} entries`));
+  t.deepEqual(await only(count * 2), []);
+});
+
+test('mtu: a veth whose MTU differs from its bridge (the container end: a host end would drag the bridge down with it)', async (t) => {
+  const nd = await node();
+  t.deepEqual(nd.findings('mtu'), []);
+  await link.set(nd.cs[1]!, 'eth0', { mtu: 1400 });
+  const [p] = nd.findings('mtu');
+  t.is(p?.where, `${nd.cs[1]!.name} eth0`);
+  t.regex(p?.problem ?? '', /eth0 in .* has MTU 1400, the bridge br0 1500/);
+  await link.set(nd.cs[1]!, 'eth0', { mtu: 1500 });
+  t.deepEqual(nd.findings('mtu'), []);
+});
+
+test('cni-state: an attachment whose namespace is gone, a reservation with no attachment', async (t) => {
+  const nd = await node();
+  const data = path.join(nd.stateDir, 'ipam');
+  const rec = (cid: string, netns: string) => ({
+    version: 1,
+    network: 'cnet',
+    containerId: cid,
+    ifname: 'eth0',
+    netns,
+    bridge: 'br0',
+    hostIfname: 'vtx',
+    conf: { cniVersion: '1.0.0', name: 'cnet', type: 'tsnet-bridge', ipam: { type: 'tsnet-ipam', dataDir: data } },
+    nat: { stateDir: nd.stateDir, backend: 'auto', rules: [], forwards: [] },
+    complete: true,
+  });
+  fs.mkdirSync(path.join(nd.stateDir, 'cni', 'cnet'), { recursive: true });
+  fs.mkdirSync(path.join(data, 'cnet'), { recursive: true });
+  fs.writeFileSync(path.join(nd.stateDir, 'cni', 'cnet', 'alive:eth0.json'), JSON.stringify(rec('alive', nd.cs[0]!.path)));
+  fs.writeFileSync(path.join(data, 'cnet', '10.67.0.2'), 'alive\r\neth0');
+  t.deepEqual(nd.findings('cni-state'), [], 'a live attachment and its reservation');
+  fs.writeFileSync(path.join(nd.stateDir, 'cni', 'cnet', 'gone:eth0.json'), JSON.stringify(rec('gone', '/run/netns/no-such-namespace')));
+  fs.writeFileSync(path.join(data, 'cnet', '10.67.0.9'), 'leaked\r\neth0');
+  const found = nd
+    .findings('cni-state')
+    .map((p) => p.where)
+    .sort();
+  t.deepEqual(found, ['cnet 10.67.0.9', 'cnet gone:eth0']);
+  fs.rmSync(path.join(nd.stateDir, 'cni', 'cnet', 'gone:eth0.json'));
+  fs.rmSync(path.join(data, 'cnet', '10.67.0.9'));
+  t.deepEqual(nd.findings('cni-state'), []);
+});
+
+test("nat-canary: tsnet's rules flushed by someone else", async (t) => {
+  const nd = await node();
+  nd.ok('service', 'add', 'web', '--vip', `10.96.${nd.n}.1:80`, '--endpoint', `${nd.ip(3)}:8080`);
+  t.deepEqual(nd.findings('nat-canary'), []);
+  nd.inNs('nft', 'flush', 'ruleset');
+  const [p] = nd.findings('nat-canary');
+  t.regex(p?.problem ?? '', /NAT rules \(netlink\) are gone: someone flushed them/);
+  t.regex(p?.fix ?? '', /sync/);
+  nd.ok('sync');
+  t.deepEqual(nd.findings('nat-canary'), []);
+});
+
+test('forward-drop: another nftables table drops forwarded traffic (tsnet cannot override it)', async (t) => {
+  const nd = await node();
+  t.deepEqual(nd.findings('forward-drop'), []);
+  const r = run('ip', ['netns', 'exec', nd.nd.name!, 'nft', '-f', '-'], {
+    input: 'table inet other {\n chain fw {\n type filter hook forward priority 0; policy drop;\n }\n}\n',
+  });
+  t.is(r.status, 0, r.stderr);
+  const [p] = nd.findings('forward-drop');
+  t.is(p?.where, 'table inet other chain fw');
+  nd.inNs('nft', 'delete', 'table', 'inet', 'other');
+  t.deepEqual(nd.findings('forward-drop'), []);
+});
+
+test('a healthy node: no problems, exit 0, and the library agrees with the CLI', async (t) => {
+  const nd = await node();
+  const r = nd.cli('doctor');
+  t.is(r.status, 0, r.stdout);
+  t.is(r.stdout.trim(), 'no problems found');
+  const engine = new NatEngine({ ns: nd.nd, stateDir: nd.stateDir });
+  t.deepEqual(await doctor(nd.nd, { engines: [engine], stateDirs: [nd.stateDir] }), []);
+});
