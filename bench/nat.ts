@@ -102,23 +102,31 @@ async function inFresh<T>(name: string, fn: (ns: netns.NetNs) => Promise<T> | T)
 
 // --- raw layouts -------------------------------------------------------------
 
+/** What layouts A and B begin with: the table, the dispatch map and its hook. */
+const kubeProxyHead = () => [
+  'add table ip kp',
+  'add chain ip kp nat-prerouting { type nat hook prerouting priority dstnat ; }',
+  'add chain ip kp services',
+  'add map ip kp service-ips { type ipv4_addr . inet_proto . inet_service : verdict ; }',
+  'add rule ip kp nat-prerouting jump services',
+  'add rule ip kp services ip daddr . meta l4proto . th dport vmap @service-ips',
+];
+
+/** The endpoint chains A and B share: mark for masquerade (hairpin), then DNAT. */
+function endpointChains(out: string[], s: Service, i: number): void {
+  s.endpoints.forEach((e, k) => {
+    out.push(
+      `add chain ip kp ep-${i}-${k}`,
+      `add rule ip kp ep-${i}-${k} ip saddr ${e.ip} mark set mark or 0x4000`,
+      `add rule ip kp ep-${i}-${k} meta l4proto tcp dnat to ${e.ip}:${e.port}`,
+    );
+  });
+}
+
 function layoutA(svcs: Service[]): string {
-  const out = [
-    'add table ip kp',
-    'add chain ip kp nat-prerouting { type nat hook prerouting priority dstnat ; }',
-    'add chain ip kp services',
-    'add map ip kp service-ips { type ipv4_addr . inet_proto . inet_service : verdict ; }',
-    'add rule ip kp nat-prerouting jump services',
-    'add rule ip kp services ip daddr . meta l4proto . th dport vmap @service-ips',
-  ];
+  const out = kubeProxyHead();
   svcs.forEach((s, i) => {
-    s.endpoints.forEach((e, k) => {
-      out.push(
-        `add chain ip kp ep-${i}-${k}`,
-        `add rule ip kp ep-${i}-${k} ip saddr ${e.ip} mark set mark or 0x4000`,
-        `add rule ip kp ep-${i}-${k} meta l4proto tcp dnat to ${e.ip}:${e.port}`,
-      );
-    });
+    endpointChains(out, s, i);
     out.push(
       `add chain ip kp svc-${i}`,
       `add rule ip kp svc-${i} numgen random mod ${s.endpoints.length} vmap { ${s.endpoints.map((_, k) => `${k} : goto ep-${i}-${k}`).join(', ')} }`,
@@ -129,23 +137,10 @@ function layoutA(svcs: Service[]): string {
 }
 
 function layoutB(svcs: Service[]): string {
-  const out = [
-    'add table ip kp',
-    'add chain ip kp nat-prerouting { type nat hook prerouting priority dstnat ; }',
-    'add chain ip kp services',
-    'add map ip kp service-ips { type ipv4_addr . inet_proto . inet_service : verdict ; }',
-    'add rule ip kp nat-prerouting jump services',
-    'add rule ip kp services ip daddr . meta l4proto . th dport vmap @service-ips',
-  ];
+  const out = kubeProxyHead();
   svcs.forEach((s, i) => {
     const n = s.endpoints.length;
-    s.endpoints.forEach((e, k) => {
-      out.push(
-        `add chain ip kp ep-${i}-${k}`,
-        `add rule ip kp ep-${i}-${k} ip saddr ${e.ip} mark set mark or 0x4000`,
-        `add rule ip kp ep-${i}-${k} meta l4proto tcp dnat to ${e.ip}:${e.port}`,
-      );
-    });
+    endpointChains(out, s, i);
     out.push(
       `add map ip kp svc-${i}-eps { typeof numgen random mod ${n} : verdict ; }`,
       `add element ip kp svc-${i}-eps { ${s.endpoints.map((_, k) => `${k} : goto ep-${i}-${k}`).join(', ')} }`,

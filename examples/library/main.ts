@@ -20,11 +20,14 @@ function inside(ns: NetNs, script: string, ...args: string[]): { status: number 
   return { status: r.status, out: `${String(r.stdout)}${String(r.stderr)}`.trim() };
 }
 
-/** An HTTP server in `ns` answering `name`, until `stop()`. */
+/** An HTTP server in `ns` answering `name`, until `stop()`; one request per connection, so each GET is a new flow the service balances. */
 async function httpServer(ns: NetNs, ip: string, port: number, name: string): Promise<{ stop(): void }> {
   const child = ns.spawn(
     process.execPath,
-    ['-e', `require('http').createServer((q, r) => r.end(${JSON.stringify(name)})).listen(${port}, ${JSON.stringify(ip)}, () => console.log('up'))`],
+    [
+      '-e',
+      `require('http').createServer((q, r) => r.setHeader('connection', 'close').end(${JSON.stringify(name)})).listen(${port}, ${JSON.stringify(ip)}, () => console.log('up'))`,
+    ],
     { stdio: ['ignore', 'pipe', 'inherit'] },
   );
   await new Promise<void>((resolve, reject) => {

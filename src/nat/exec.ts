@@ -48,8 +48,34 @@ export interface ExecOptions {
   holdFd?: number;
 }
 
+/** What a tool reads on stdin: a string, or pieces written as they come (a large payload, while the tool already parses). */
+export type Input = string | Iterable<string>;
+
+/** Writes `input` to the child's stdin, piece by piece with backpressure, then closes it; stops when the child is gone. */
+async function feed(stdin: NodeJS.WritableStream & { destroyed?: boolean }, input: Input, gone: () => boolean): Promise<void> {
+  if (typeof input === 'string') {
+    stdin.end(input);
+    return;
+  }
+  for (const piece of input) {
+    if (gone()) return;
+    if (!stdin.write(piece)) {
+      await new Promise<void>((resolve) => {
+        const done = () => {
+          stdin.off('drain', done);
+          stdin.off('close', done);
+          resolve();
+        };
+        stdin.on('drain', done);
+        stdin.on('close', done);
+      });
+    }
+  }
+  if (!gone()) stdin.end();
+}
+
 /** Runs `cmd args` inside `ns`, feeding `input` on stdin; resolves with the outcome (never rejects on a non-zero exit). */
-export function execIn(ns: NetNs, cmd: string, args: readonly string[], input = '', o: ExecOptions = {}): Promise<ExecResult> {
+export function execIn(ns: NetNs, cmd: string, args: readonly string[], input: Input = '', o: ExecOptions = {}): Promise<ExecResult> {
   const timeoutMs = o.timeoutMs ?? 60_000;
   return new Promise((resolve, reject) => {
     const child = ns.spawn(systemTool(cmd), args, { stdio: ['pipe', 'pipe', 'pipe', ...(o.holdFd === undefined ? [] : [o.holdFd])] });
@@ -67,12 +93,16 @@ export function execIn(ns: NetNs, cmd: string, args: readonly string[], input = 
       resolve({ code: code ?? (signal ? 128 : 1), stdout: Buffer.concat(out).toString(), stderr: Buffer.concat(err).toString() });
     });
     child.stdin!.on('error', () => undefined); // EPIPE when the tool exits early; its exit code says why
-    child.stdin!.end(input);
+    let closed = false;
+    child.once('close', () => {
+      closed = true;
+    });
+    void feed(child.stdin!, input, () => closed);
   });
 }
 
 /** Like execIn, but a non-zero exit becomes a one-line TsnetError naming the tool and namespace. */
-export async function mustExec(ns: NetNs, what: string, cmd: string, args: readonly string[], input = '', o: ExecOptions = {}): Promise<string> {
+export async function mustExec(ns: NetNs, what: string, cmd: string, args: readonly string[], input: Input = '', o: ExecOptions = {}): Promise<string> {
   const timeoutMs = o.timeoutMs ?? 60_000;
   const r = await execIn(ns, cmd, args, input, o);
   if (r.code !== 0) {

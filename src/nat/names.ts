@@ -4,7 +4,7 @@
  * enough for iptables' 28-character chain names, and each rule carries a
  * comment with the human name.
  */
-import { createHash } from 'node:crypto';
+import { hash } from 'node:crypto';
 
 const B32 = 'ABCDEFGHIJKLMNOPQRSTUVWXYZ234567';
 
@@ -27,18 +27,10 @@ export function base32(buf: Uint8Array): string {
 
 /** kube-proxy's portProtoHash: base32(sha256(servicePortName + protocol))[:16]. */
 export function portProtoHash(servicePortName: string, protocol: string): string {
-  return base32(
-    createHash('sha256')
-      .update(servicePortName + protocol)
-      .digest(),
-  ).slice(0, 16);
+  return base32(hash('sha256', servicePortName + protocol, 'buffer')).slice(0, 16);
 }
 
 /** kube-proxy's servicePortEndpointChainName hash: base32(sha256(servicePortName + protocol + endpoint))[:16]. */
 export function endpointHash(servicePortName: string, protocol: string, endpoint: string): string {
-  return base32(
-    createHash('sha256')
-      .update(servicePortName + protocol + endpoint)
-      .digest(),
-  ).slice(0, 16);
+  return base32(hash('sha256', servicePortName + protocol + endpoint, 'buffer')).slice(0, 16);
 }

@@ -79,9 +79,10 @@ export class AgentProcess {
   }
 }
 
-/** Whether `agent` logs a line matching `re` after `from` within 3 s (its log line follows its reply to the shim). */
+/** Whether `agent` logs a line matching `re` after `from` within 15 s (its log line follows its reply to the shim). */
 async function agentLogged(agent: AgentProcess, from: number, re: RegExp): Promise<boolean> {
-  for (let waited = 0; waited < 3000; waited += 20) {
+  // Generous: the log line crosses the agent's and this process's event loops, both busy under a full parallel run.
+  for (let waited = 0; waited < 15_000; waited += 20) {
     if (re.test(agent.log.slice(from))) return true;
     await new Promise((r) => setTimeout(r, 20));
   }
@@ -173,7 +174,7 @@ export class CniInstall {
         void agentLogged(agent, logFrom, logged).then((yes) => {
           call.servedBy = yes ? 'agent' : 'standalone';
           if (yes) this.served.agent++;
-          else this.served.fellBack.push(`${plugin} ${command} ${e.containerId ?? '-'}`);
+          else this.served.fellBack.push(`${plugin} ${command} ${e.containerId ?? '-'}${/not using the agent.*$/m.exec(err)?.[0].replace(/^/, ': ') ?? ''}`);
           resolve(call);
         });
       });

@@ -6,6 +6,8 @@
  * tsnet did.
  */
 import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import * as netns from '../../src/netns';
 import { inSandbox } from '../../src/sandbox';
@@ -40,6 +42,28 @@ export class Topology {
       if (h.name) netns.del(h.name);
     }
   }
+}
+
+/**
+ * What a test file makes and must remove after its last test: namespaces
+ * (a Topology), traffic servers, temporary directories. Register `cleanup`
+ * with test.after.always.
+ */
+export function scratch(prefix: string) {
+  const topo = new Topology(prefix);
+  const servers: { stop(): Promise<void> }[] = [];
+  const dirs: string[] = [];
+  const tmp = (name: string): string => {
+    const d = fs.mkdtempSync(path.join(os.tmpdir(), `tsnet-${name}-`));
+    dirs.push(d);
+    return d;
+  };
+  const cleanup = async (): Promise<void> => {
+    await Promise.all(servers.splice(0).map((s) => s.stop()));
+    topo.cleanup();
+    for (const d of dirs.splice(0)) fs.rmSync(d, { recursive: true, force: true });
+  };
+  return { topo, servers, tmp, cleanup };
 }
 
 export interface Run {

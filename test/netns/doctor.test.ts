@@ -6,7 +6,6 @@
  */
 import test from 'ava';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import * as bridge from '../../src/bridge';
 import * as link from '../../src/link';
@@ -14,17 +13,11 @@ import { attach } from '../../src/attach';
 import * as sysctl from '../../src/sysctl';
 import { NatEngine } from '../../src/nat/engine';
 import { doctor, type Problem } from '../../src/inspect/doctor';
-import { request, serve, type Server } from '../../src/demo/traffic';
-import { Topology, natView, run } from '../harness/fixtures';
+import { request, serve } from '../../src/demo/traffic';
+import { natView, run, scratch } from '../harness/fixtures';
 
-const topo = new Topology('doc');
-const servers: Server[] = [];
-const dirs: string[] = [];
-test.after.always(async () => {
-  await Promise.all(servers.map((s) => s.stop()));
-  topo.cleanup();
-  for (const d of dirs) fs.rmSync(d, { recursive: true, force: true });
-});
+const { topo, servers, tmp, cleanup } = scratch('doc');
+test.after.always(cleanup);
 
 let seq = 0;
 /** A node with br0 (10.66.N.1/24) and two containers on it (.2 and .3), ip_forward on, the masquerade rule in place. */
@@ -39,8 +32,7 @@ async function node(o: { hairpin?: boolean; masquerade?: boolean } = {}) {
     cs.push(c);
   }
   sysctl.set(nd, 'net.ipv4.ip_forward', 1);
-  const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'tsnet-doctor-'));
-  dirs.push(stateDir);
+  const stateDir = tmp('doctor');
   const view = natView(() => nd.name!, 'netlink', stateDir);
   if (o.masquerade ?? true) view.ok('nat', 'masquerade', 'add', '--source', `10.66.${n}.0/24`, '--out-not', 'br0');
   /** doctor's findings of one check, through the CLI; also checks the exit status agrees. */

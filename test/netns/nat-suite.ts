@@ -88,7 +88,7 @@ export function natSuite(backend: BackendName): void {
   });
 
   /** default/web over the three endpoints, as the first test makes it (a no-op when so): each test builds what it needs and runs alone with --match. */
-  const web = () =>
+  const web = (...extra: string[]) =>
     ok(
       'service',
       'add',
@@ -101,22 +101,11 @@ export function natSuite(backend: BackendName): void {
       '10.80.0.12:8080',
       '--endpoint',
       '10.80.0.13:8080',
+      ...extra,
     );
 
   test.serial('a service spreads hundreds of requests evenly over three endpoints, from outside and from the router itself', async (t) => {
-    ok(
-      'service',
-      'add',
-      'default/web',
-      '--vip',
-      `${VIP}:80`,
-      '--endpoint',
-      '10.80.0.11:8080',
-      '--endpoint',
-      '10.80.0.12:8080',
-      '--endpoint',
-      '10.80.0.13:8080',
-    );
+    web();
     const r = await spread(client, 300);
     t.is(r.ok, 300, r.errors.join('; '));
     for (const b of ['b1', 'b2', 'b3']) t.true((r.replies[b] ?? 0) > 60, `${b} got ${r.replies[b]} of 300: ${JSON.stringify(r.replies)}`);
@@ -125,19 +114,7 @@ export function natSuite(backend: BackendName): void {
     t.is(Object.keys(local.replies).length, 3);
     // The same command again changes nothing; a different one under the same name is refused.
     const before = observe();
-    ok(
-      'service',
-      'add',
-      'default/web',
-      '--vip',
-      `${VIP}:80`,
-      '--endpoint',
-      '10.80.0.11:8080',
-      '--endpoint',
-      '10.80.0.12:8080',
-      '--endpoint',
-      '10.80.0.13:8080',
-    );
+    web();
     t.is(observe(), before);
     const clash = cli('service', 'add', 'default/web', '--vip', `${VIP}:81`, '--endpoint', '10.80.0.11:8080');
     t.is(clash.status, 1);
@@ -201,21 +178,7 @@ export function natSuite(backend: BackendName): void {
 
   test.serial('session affinity pins a client to one endpoint', async (t) => {
     ok('service', 'del', 'default/web');
-    ok(
-      'service',
-      'add',
-      'default/web',
-      '--vip',
-      `${VIP}:80`,
-      '--endpoint',
-      '10.80.0.11:8080',
-      '--endpoint',
-      '10.80.0.12:8080',
-      '--endpoint',
-      '10.80.0.13:8080',
-      '--affinity',
-      '60',
-    );
+    web('--affinity', '60');
     const r = await spread(client, 40);
     t.is(r.ok, 40);
     t.is(Object.keys(r.replies).length, 1, `one endpoint for one client: ${JSON.stringify(r.replies)}`);

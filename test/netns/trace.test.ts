@@ -8,24 +8,15 @@
  *   client 10.71.N.2 --br-cl-- node (10.71.N.1 | 10.72.N.1) --br0-- e1 10.72.N.11, e2 .12, e3 .13
  */
 import test from 'ava';
-import * as fs from 'node:fs';
-import * as os from 'node:os';
-import * as path from 'node:path';
 import * as bridge from '../../src/bridge';
 import { attach } from '../../src/attach';
 import * as sysctl from '../../src/sysctl';
 import type { NetNs } from '../../src/netns';
-import { request, serve, type Server } from '../../src/demo/traffic';
-import { Topology, backendLetter, natView } from '../harness/fixtures';
+import { request, serve } from '../../src/demo/traffic';
+import { backendLetter, natView, scratch } from '../harness/fixtures';
 
-const topo = new Topology('trc');
-const servers: Server[] = [];
-const dirs: string[] = [];
-test.after.always(async () => {
-  await Promise.all(servers.map((s) => s.stop()));
-  topo.cleanup();
-  for (const d of dirs) fs.rmSync(d, { recursive: true, force: true });
-});
+const { topo, servers, tmp, cleanup } = scratch('trc');
+test.after.always(cleanup);
 
 let seq = 0;
 async function nodeFor(backend: string) {
@@ -43,8 +34,7 @@ async function nodeFor(backend: string) {
     eps.push(e);
   }
   sysctl.set(node, 'net.ipv4.ip_forward', 1);
-  const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'tsnet-trace-'));
-  dirs.push(stateDir);
+  const stateDir = tmp('trace');
   const view = natView(() => node.name!, backend, stateDir);
   const trace = (...args: string[]) => JSON.parse(view.ok('--json', 'trace', ...args).stdout);
   return { n, node, client, eps, ...view, trace, ep: (i: number) => `10.72.${n}.1${i}` };

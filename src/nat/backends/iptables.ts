@@ -7,10 +7,23 @@ import * as fs from 'node:fs';
 import type { Family } from '../../addr/cidr';
 import { hasCode } from '../../errors';
 import type { NetNs } from '../../netns';
-import { APPLY_TIMEOUT_MS, execIn, mustExec } from '../exec';
+import { APPLY_TIMEOUT_MS, execIn, mustExec, type Input } from '../exec';
 import { IPT_PREFIX, CANARY_COMMENT } from '../constants';
 import { familiesUsed, familyOf, type DesiredState, type Service } from '../model';
-import { CANARY, SERVICES, chainDigest, hookKey, hookKeyOf, render, restorePayload, sepChain, svcChain, type IptTable, type Live } from './iptables-render';
+import {
+  CANARY,
+  SERVICES,
+  chainDigest,
+  hookKey,
+  hookKeyOf,
+  render,
+  restoreChunks,
+  restorePayload,
+  sepChain,
+  svcChain,
+  type IptTable,
+  type Live,
+} from './iptables-render';
 import { mayHoldRules, type AffinityEntry, type Applied, type Backend, type Counter, type ServiceCounters, type SyncResult, type SyncRound } from './types';
 
 export type IptablesMode = 'legacy' | 'nft';
@@ -89,8 +102,8 @@ export class IptablesBackend implements Backend {
     return parseLive(save);
   }
 
-  private async restore(family: Family, payload: string): Promise<void> {
-    if (payload)
+  private async restore(family: Family, payload: Input): Promise<void> {
+    if (payload !== '')
       await mustExec(this.ns, 'applying NAT rules', bin(this.mode, family, '-restore'), ['-w', '5', '--noflush'], payload, {
         timeoutMs: APPLY_TIMEOUT_MS,
         holdFd: this.holdFd,
@@ -127,8 +140,9 @@ export class IptablesBackend implements Backend {
       }
       if (!done) {
         result.full = true;
-        const { payload, written, deleted } = restorePayload(rs, await this.readLive(family));
-        await this.restore(family, payload);
+        // Streamed: iptables-restore parses the first chains while the rest are formatted.
+        const { chunks, written, deleted } = restoreChunks(rs, await this.readLive(family));
+        await this.restore(family, chunks);
         result.written += written;
         result.deleted += deleted;
       }

@@ -11,7 +11,7 @@
  * chains that belong to no service (dispatch, rules, forwards) are compared
  * by digest with the record of the last sync, as the full plan does.
  */
-import { createHash } from 'node:crypto';
+import { hash } from 'node:crypto';
 import { familyOf, type DesiredState, type Service } from '../model';
 import type { StateView } from '../changes';
 import { elementKeyId, elementValueId } from './ids';
@@ -123,7 +123,7 @@ export function lookedUp(view: StateView, lbUsers: LbRecord | undefined, changes
   };
 }
 
-const digest = (x: unknown) => createHash('sha256').update(JSON.stringify(x)).digest('base64url').slice(0, 22);
+const digest = (x: unknown) => hash('sha256', JSON.stringify(x), 'base64url').slice(0, 22);
 const ruleDigest = (r: Rule) => digest(r).slice(0, 11);
 const EMPTY: ServiceParts = { elements: new Map(), chains: [], sets: [], hairpin: [] };
 
