@@ -169,8 +169,17 @@ export class CniInstall {
           json = undefined;
         }
         const call: CniCall = { status, stdout: out, stderr: err, json, ms: Number(process.hrtime.bigint() - t0) / 1e6 };
-        // A killed call (status null) was served by nobody in full, and a dead agent serves nothing: neither is counted.
-        if (!agent || !tsnetPlugin || status === null || agent.child.exitCode !== null || agent.child.signalCode !== null) return resolve(call);
+        // A killed call (status null) was served by nobody in full, a dead agent serves nothing, and a call told
+        // not to use the agent (TSNET_AGENT_SOCKET overridden) is not its to serve: none is counted.
+        if (
+          !agent ||
+          !tsnetPlugin ||
+          env.TSNET_AGENT_SOCKET !== agent.socket ||
+          status === null ||
+          agent.child.exitCode !== null ||
+          agent.child.signalCode !== null
+        )
+          return resolve(call);
         void agentLogged(agent, logFrom, logged).then((yes) => {
           call.servedBy = yes ? 'agent' : 'standalone';
           if (yes) this.served.agent++;
