@@ -437,7 +437,10 @@ export function restoreChunks(
       if (o.guardCanary) yield `-C ${CANARY} ${formatRule(canary(table).rules[0]!)}`;
       for (const c of changed) if (!appends.get(c.name)) yield `:${c.name} - [0:0]`;
       for (const n of stale) yield `:${n} - [0:0]`;
-      for (const c of changed) yield* appends.get(c.name) ?? chainLines(c);
+      for (const c of changed) {
+        yield* appends.get(c.name) ?? chainLines(c);
+        chainDigest(c); // the sync records every chain's digest: hashed here, while the tool parses, not after it
+      }
       for (const n of stale) yield `-X ${n}`;
       for (const h of hooks) yield `-I ${h.chain} 1 ${formatRule(h.rule)}`;
       yield 'COMMIT';
