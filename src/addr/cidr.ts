@@ -64,6 +64,9 @@ export function parseCidr(text: string, opts: { defaultPrefix?: boolean } = {}):
 
 export const formatCidr = (c: { address: string; prefix: number }): string => `${c.address}/${c.prefix}`;
 
+/** `ip:port`, the IPv6 address in brackets (`[fd00::1]:80`), as iptables, nft and URLs write it. */
+export const formatHostPort = (ip: string, port: number): string => (ip.includes(':') ? `[${ip}]:${port}` : `${ip}:${port}`);
+
 /** Whether `ip` lies inside the network of `cidr`. */
 export function contains(cidr: Cidr, ip: string): boolean {
   const p = parseIp(ip);

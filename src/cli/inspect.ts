@@ -54,12 +54,10 @@ export function registerInspect(program: Command, ctx: InspectContext): void {
     .command('doctor')
     .description("what is wrong with this node's container networking, one line per problem with its fix (exit 1 when there is one)")
     .action(async () => {
-      const { doctor } = await import('../inspect/doctor');
+      const { doctor, formatProblems } = await import('../inspect/doctor');
       const { stateDir } = await import('../state');
       const problems = await doctor(await ctx.ns(), { engines: await ctx.engines(), stateDirs: [stateDir(ctx.stateDir())] });
-      print(problems, ctx.json(), () =>
-        problems.length ? problems.map((p) => `${p.check}: ${p.where}: ${p.problem}. Fix: ${p.fix}`).join('\n') : 'no problems found',
-      );
+      print(problems, ctx.json(), () => formatProblems(problems));
       if (problems.length) process.exitCode = 1;
     });
 

@@ -4,6 +4,7 @@
  */
 import * as fs from 'node:fs';
 import { Command } from 'commander';
+import { formatHostPort } from '../addr/cidr';
 import { invalid } from '../errors';
 import type { NetNs } from '../netns';
 import type { NatEngine, SyncReport } from '../nat/engine';
@@ -90,15 +91,15 @@ export function registerNat(program: Command, ctx: NatContext): () => Promise<Na
       const e = await engine();
       const services = e.read().services;
       const counters = await e.counters();
-      const hp = (ip: string, port: number) => `${ip.includes(':') ? `[${ip}]` : ip}:${port}`;
       const rows = services.map((s) => ({ ...s, counters: counters.get(s.name) }));
       await printRows(rows, ctx.json(), ['name', 'vip', 'proto', 'conns', 'endpoints', 'affinity', 'masq-not-from'], (s) => ({
         name: s.name,
-        vip: hp(s.vip, s.port),
+        vip: formatHostPort(s.vip, s.port),
         proto: s.proto,
         conns: s.counters?.service.packets,
         endpoints: s.endpoints.map(
-          (x) => `${hp(x.ip, x.port)}${x.weight !== 1 ? `@${x.weight}` : ''}${s.counters ? `=${s.counters.endpoints[hp(x.ip, x.port)]?.packets ?? 0}` : ''}`,
+          (x) =>
+            `${formatHostPort(x.ip, x.port)}${x.weight !== 1 ? `@${x.weight}` : ''}${s.counters ? `=${s.counters.endpoints[formatHostPort(x.ip, x.port)]?.packets ?? 0}` : ''}`,
         ),
         affinity: s.affinitySeconds,
         'masq-not-from': s.masqueradeNotFrom,

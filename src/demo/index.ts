@@ -21,7 +21,7 @@ import { attach, detach } from '../attach';
 import { serve, request } from './traffic';
 import { table } from '../format/table';
 import { trace } from '../inspect/trace';
-import { doctor } from '../inspect/doctor';
+import { doctor, formatProblems } from '../inspect/doctor';
 import { inspectNode } from '../inspect/node';
 import { topology, toSvg } from '../inspect/topology';
 
@@ -108,7 +108,7 @@ export async function demo(log: (line: string) => void = (l) => process.stdout.w
       log((await trace(nat, { dest: '10.96.0.10', port: 80, proto: 'tcp', from: '10.88.0.2' })).steps.join('\n'));
       step('tsnet doctor      # what would break (here: the demo never routes its containers off the node)');
       const problems = await doctor(host, { engines: [nat], stateDirs: [stateDir] });
-      log(problems.length ? problems.map((p) => `${p.check}: ${p.where}: ${p.problem}. Fix: ${p.fix}`).join('\n') : 'no problems found');
+      log(formatProblems(problems));
       if (o.svg) {
         step(`tsnet topology --svg ${o.svg}`);
         fs.writeFileSync(o.svg, await toSvg(topology(await inspectNode(host, [nat]))));

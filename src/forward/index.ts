@@ -63,7 +63,7 @@ export function checkTcp(ns: NetNs, ip: string, port: number, timeoutMs = 3000):
         ? resolve()
         : reject(
             new TsnetError(
-              `target ${ip.includes(':') ? `[${ip}]` : ip}:${port} does not accept TCP connections from ${ns.label} (${err.trim() || `exit ${code}`}): nothing changed; fix the target or pass --no-check`,
+              `target ${addr.formatHostPort(ip, port)} does not accept TCP connections from ${ns.label} (${err.trim() || `exit ${code}`}): nothing changed; fix the target or pass --no-check`,
               { code: 'ECONNREFUSED' },
             ),
           ),

@@ -27,6 +27,10 @@ export interface Problem {
   fix: string;
 }
 
+/** doctor's report as text: one line per problem with its fix, or that there is none. */
+export const formatProblems = (problems: readonly Problem[]): string =>
+  problems.length ? problems.map((p) => `${p.check}: ${p.where}: ${p.problem}. Fix: ${p.fix}`).join('\n') : 'no problems found';
+
 export interface DoctorOptions {
   /** NAT engines of the node (one per state directory). */
   engines?: readonly NatEngine[];

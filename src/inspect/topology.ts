@@ -5,6 +5,7 @@
  * algorithm places the boxes and routes the edges; this file only draws
  * what it computed).
  */
+import { formatHostPort } from '../addr/cidr';
 import { ownerOf, type NodeView } from './node';
 
 export type TopoKind = 'node' | 'namespace' | 'bridge' | 'service' | 'forward' | 'address';
@@ -31,8 +32,6 @@ export interface Topology {
   nodes: TopoNode[];
   edges: TopoEdge[];
 }
-
-const hostPort = (ip: string, port: number) => (ip.includes(':') ? `[${ip}]:${port}` : `${ip}:${port}`);
 
 /** The graph of a node view. */
 export function topology(view: NodeView): Topology {
@@ -94,12 +93,12 @@ export function topology(view: NodeView): Topology {
       kind: 'service',
       label: `service ${s.name}`,
       lines: [
-        `${hostPort(s.vip, s.port)}/${s.proto}`,
+        `${formatHostPort(s.vip, s.port)}/${s.proto}`,
         s.endpoints.length ? `${s.endpoints.length} endpoints${c ? `, ${c.service.packets} connections` : ''}` : 'no endpoints: REJECT',
       ],
     });
     for (const e of s.endpoints) {
-      const ep = hostPort(e.ip, e.port);
+      const ep = formatHostPort(e.ip, e.port);
       const n = c?.endpoints[ep]?.packets;
       edges.push({
         id: `ep:${s.name}:${ep}`,
@@ -113,7 +112,7 @@ export function topology(view: NodeView): Topology {
   for (const f of view.nat.forwards) {
     const id = `fwd:${f.name}`;
     nodes.push({ id, kind: 'forward', label: `forward ${f.name}`, lines: [`${f.proto} ${f.listen ?? '*'}:${f.listenPort}`] });
-    edges.push({ id: `fwd:${f.name}:t`, kind: 'forward', from: id, to: target(f.targetIp), label: hostPort(f.targetIp, f.targetPort) });
+    edges.push({ id: `fwd:${f.name}:t`, kind: 'forward', from: id, to: target(f.targetIp), label: formatHostPort(f.targetIp, f.targetPort) });
   }
   return { nodes, edges };
 }

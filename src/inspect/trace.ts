@@ -6,7 +6,7 @@
  * and which namespace answers there, source NAT on the way out, and the
  * endpoint the kernel holds the source to (an existing flow, or affinity).
  */
-import { contains, parseCidr, parseIp } from '../addr/cidr';
+import { contains, formatHostPort, parseCidr, parseIp } from '../addr/cidr';
 import * as conntrack from '../conntrack';
 import * as route from '../route';
 import type { NetNs } from '../netns';
@@ -64,8 +64,6 @@ export interface TraceResult {
   steps: string[];
 }
 
-const hostPort = (ip: string, port: number) => (ip.includes(':') ? `[${ip}]:${port}` : `${ip}:${port}`);
-
 async function via(node: NetNs, view: NodeView, ip: string): Promise<EndpointTrace['via']> {
   const r = await route.get(node, ip).catch(() => undefined);
   const owner = ownerOf(view, ip);
@@ -106,14 +104,14 @@ export async function trace(engine: NatEngine, req: TraceRequest): Promise<Trace
   const view = await inspectNode(node, [engine]);
   const st = view.nat;
   const steps: string[] = [];
-  const destination = `${hostPort(dest, req.port)}/${req.proto}`;
+  const destination = `${formatHostPort(dest, req.port)}/${req.proto}`;
   const result: TraceResult = { destination, from: from ?? 'this node', hit: { kind: 'none' }, verdict: 'pass', endpoints: [], snat: [], steps };
   steps.push(`${destination} from ${from ?? 'this node (nat OUTPUT)'}`);
   // Live flows to the destination (their reply tuple names the endpoint that answered).
   const flows = (await conntrack.list(node, family)).filter(
     (f) => f.proto === conntrack.IPPROTO[req.proto] && f.orig.dst === dest && f.orig.dport === req.port && (!from || f.orig.src === from),
   );
-  const flowText = (f: conntrack.Flow) => `${hostPort(f.orig.src, f.orig.sport ?? 0)} -> ${hostPort(f.reply.src, f.reply.sport ?? 0)}`;
+  const flowText = (f: conntrack.Flow) => `${formatHostPort(f.orig.src, f.orig.sport ?? 0)} -> ${formatHostPort(f.reply.src, f.reply.sport ?? 0)}`;
   const mine = from && req.sport !== undefined ? flows.find((f) => f.orig.sport === req.sport) : undefined;
 
   const s: Service | undefined = st.services.find((x) => x.vip === dest && x.port === req.port && x.proto === req.proto);
@@ -138,7 +136,7 @@ export async function trace(engine: NatEngine, req: TraceRequest): Promise<Trace
     const total = s.endpoints.reduce((n, e) => n + e.weight, 0);
     const pins = s.affinitySeconds !== undefined ? await engine.affinity(s.name) : {};
     for (const e of s.endpoints) {
-      const id = hostPort(e.ip, e.port);
+      const id = formatHostPort(e.ip, e.port);
       const answered = flows.filter((f) => f.reply.src === e.ip && f.reply.sport === e.port);
       result.endpoints.push({
         ip: e.ip,
@@ -153,8 +151,8 @@ export async function trace(engine: NatEngine, req: TraceRequest): Promise<Trace
       });
     }
     const pinned = from ? result.endpoints.find((e) => e.affinity.some((a) => a.client === from)) : undefined;
-    if (mine) result.chosen = { endpoint: hostPort(mine.reply.src, mine.reply.sport ?? 0), reason: 'flow' };
-    else if (pinned) result.chosen = { endpoint: hostPort(pinned.ip, pinned.port), reason: 'affinity' };
+    if (mine) result.chosen = { endpoint: formatHostPort(mine.reply.src, mine.reply.sport ?? 0), reason: 'flow' };
+    else if (pinned) result.chosen = { endpoint: formatHostPort(pinned.ip, pinned.port), reason: 'affinity' };
     steps.push(
       s.affinitySeconds !== undefined
         ? `endpoint: the one ${from ?? 'the client'} is pinned to (affinity ${s.affinitySeconds} s), else at random by weight:`
@@ -163,7 +161,7 @@ export async function trace(engine: NatEngine, req: TraceRequest): Promise<Trace
     for (const e of result.endpoints) {
       const pin = e.affinity.find((a) => a.client === from);
       steps.push(
-        `  ${hostPort(e.ip, e.port).padEnd(21)} weight ${e.weight}  p=${e.probability.toFixed(2)}  ${e.counter.packets} connections` +
+        `  ${formatHostPort(e.ip, e.port).padEnd(21)} weight ${e.weight}  p=${e.probability.toFixed(2)}  ${e.counter.packets} connections` +
           `  leaves by ${e.via.dev ?? '?'}${e.via.namespace ? ` to ${e.via.namespace}` : ''}` +
           `${e.flows.count ? `  ${e.flows.count} live flow${e.flows.count === 1 ? '' : 's'}` : ''}` +
           `${pin ? `  pinned (${pin.expiresMs !== undefined ? `${Math.round(pin.expiresMs / 1000)} s left` : 'affinity'})` : ''}` +
@@ -179,7 +177,7 @@ export async function trace(engine: NatEngine, req: TraceRequest): Promise<Trace
       const hair = result.endpoints.some((e) => e.hairpin);
       if (hair) result.snat.push('masquerade (hairpin: the client is the endpoint)');
       if (s.masqueradeNotFrom && !contains(parseCidr(s.masqueradeNotFrom), from)) result.snat.push(`masquerade (--masquerade-not-from ${s.masqueradeNotFrom})`);
-      const ep = result.endpoints.find((e) => hostPort(e.ip, e.port) === result.chosen?.endpoint) ?? result.endpoints[0]!;
+      const ep = result.endpoints.find((e) => formatHostPort(e.ip, e.port) === result.chosen?.endpoint) ?? result.endpoints[0]!;
       result.snat.push(...snatRules(st.rules, from, ep.ip, ep.via.dev));
     }
   } else {
@@ -205,7 +203,7 @@ export async function trace(engine: NatEngine, req: TraceRequest): Promise<Trace
         hairpin: false,
       });
       steps.push(
-        `forward ${f.name}: ${f.proto} port ${f.listenPort}${f.listen ? ` on ${f.listen}` : ' on any local address'} -> ${hostPort(f.targetIp, f.targetPort)} (${f.target})`,
+        `forward ${f.name}: ${f.proto} port ${f.listenPort}${f.listen ? ` on ${f.listen}` : ' on any local address'} -> ${formatHostPort(f.targetIp, f.targetPort)} (${f.target})`,
       );
       steps.push(
         `  leaves by ${result.endpoints[0]!.via.dev ?? '?'}${result.endpoints[0]!.via.namespace ? ` to ${result.endpoints[0]!.via.namespace}` : ''}${answered.length ? `  ${answered.length} live flows` : ''}`,
@@ -218,9 +216,9 @@ export async function trace(engine: NatEngine, req: TraceRequest): Promise<Trace
             : `snat to ${f.snat}`,
       );
     } else if (d) {
-      result.hit = { kind: 'dnat-rule', to: hostPort(d.toIp, d.toPort) };
+      result.hit = { kind: 'dnat-rule', to: formatHostPort(d.toIp, d.toPort) };
       result.verdict = 'dnat';
-      steps.push(`dnat rule: -> ${hostPort(d.toIp, d.toPort)}`);
+      steps.push(`dnat rule: -> ${formatHostPort(d.toIp, d.toPort)}`);
       if (from) result.snat.push(...snatRules(st.rules, from, d.toIp, (await via(node, view, d.toIp)).dev));
     } else {
       result.route = await via(node, view, dest);

@@ -12,6 +12,7 @@ import type { ChildProcess } from 'node:child_process';
 import * as link from '../../src/link';
 import * as addr from '../../src/addr';
 import { CLI, run, tsnet, type Topology } from './fixtures';
+import { SHIM_CONF } from '../../src/cni/defaults';
 
 export const REFERENCE_DIR = '/usr/lib/cni';
 
@@ -110,6 +111,10 @@ export class CniInstall {
     this.socket = path.join(this.dir, 'run', 'agent.sock');
     const r = tsnet('cni', 'install', '--bin-dir', this.binDir, '--socket', this.socket);
     if (r.status !== 0) throw new Error(`tsnet cni install failed: ${r.stderr}`);
+    // The shim takes an agent that has not greeted within 2 s for a hung one and runs standalone. Under the full
+    // parallel suite a busy agent was seen to miss that (its main thread held by the work of two dozen concurrent
+    // calls): a test of the agent path waits for it longer, so that only an agent that is really gone falls back.
+    fs.appendFileSync(path.join(this.binDir, SHIM_CONF), 'hello_timeout_ms=10000\n');
     this.cniPath = `${this.binDir}:${REFERENCE_DIR}`;
   }
 

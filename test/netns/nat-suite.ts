@@ -347,4 +347,22 @@ export function natSuite(backend: BackendName): void {
     if (backend === 'iptables') t.notRegex(inRouter('iptables-save').stdout, /TSNET/);
     else t.not(inRouter('nft', 'list', 'table', 'ip', 'tsnet').status, 0, 'the table is gone');
   });
+  test.serial('2,000 services in one sync (iptables: a payload of many pieces streamed to iptables-restore): the first and the last answer', async (t) => {
+    const file = path.join(stateDir, 'many.json');
+    const vipOf = (i: number) => `10.96.${100 + (i >> 8)}.${i & 255}`;
+    const many = Array.from({ length: 2000 }, (_, i) => ({
+      name: `many/s${i}`,
+      vip: vipOf(i),
+      port: 80,
+      endpoints: [{ ip: i === 1999 ? '10.80.0.13' : '10.80.0.11', port: 8080 }],
+    }));
+    fs.writeFileSync(file, JSON.stringify(many));
+    ok('service', 'apply', '--file', file);
+    if (backend === 'iptables') t.true(inRouter('iptables-save', '-t', 'nat').stdout.length > 256 * 1024, 'a payload larger than the pipe, several pieces');
+    t.deepEqual((await request(client, 'http', vipOf(0), 80, { count: 5 })).replies, { b1: 5 });
+    t.deepEqual((await request(client, 'http', vipOf(1999), 80, { count: 5 })).replies, { b3: 5 });
+    fs.writeFileSync(file, '[]');
+    ok('service', 'apply', '--file', file);
+    t.is((await request(client, 'http', vipOf(1999), 80, { count: 1, timeoutMs: 500 })).ok, 0);
+  });
 }

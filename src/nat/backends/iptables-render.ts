@@ -15,7 +15,7 @@
  *          TSNET-CANARY
  */
 import { hash } from 'node:crypto';
-import type { Family } from '../../addr/cidr';
+import { formatHostPort, type Family } from '../../addr/cidr';
 import {
   familyOf,
   ruleFamily,
@@ -91,9 +91,8 @@ export const FIREWALL = 'TSNET-FIREWALL';
 
 export const svcChain = (s: Pick<Service, 'name' | 'proto'>): string => `${PREFIX}SVC-${portProtoHash(s.name, s.proto)}`;
 export const sepChain = (s: Pick<Service, 'name' | 'proto'>, ip: string, port: number): string =>
-  `${PREFIX}SEP-${endpointHash(s.name, s.proto, hostPort(ip, port))}`;
+  `${PREFIX}SEP-${endpointHash(s.name, s.proto, formatHostPort(ip, port))}`;
 
-const hostPort = (ip: string, port: number) => (ip.includes(':') ? `[${ip}]:${port}` : `${ip}:${port}`);
 const host = (ip: string) => (ip.includes(':') ? `${ip}/128` : `${ip}/32`);
 
 function serviceChains(s: Service): Chain[] {
@@ -106,7 +105,7 @@ function serviceChains(s: Service): Chain[] {
   if (s.affinitySeconds) {
     s.endpoints.forEach((e, i) =>
       chain.rules.push({
-        comment: `${s.name} -> ${hostPort(e.ip, e.port)}`,
+        comment: `${s.name} -> ${formatHostPort(e.ip, e.port)}`,
         recent: { name: names[i]!, op: 'rcheck', seconds: s.affinitySeconds! },
         target: { kind: 'jump', chain: names[i]! },
       }),
@@ -114,10 +113,10 @@ function serviceChains(s: Service): Chain[] {
   }
   const probs = probabilities(s.endpoints.map((e) => e.weight));
   s.endpoints.forEach((e, i) => {
-    const r: Rule = { comment: `${s.name} -> ${hostPort(e.ip, e.port)}`, target: { kind: 'jump', chain: names[i]! } };
+    const r: Rule = { comment: `${s.name} -> ${formatHostPort(e.ip, e.port)}`, target: { kind: 'jump', chain: names[i]! } };
     if (probs[i] !== undefined) r.probability = probs[i]!;
     chain.rules.push(r);
-    const dnat: Rule = { comment: s.name, proto: s.proto, target: { kind: 'DNAT', to: hostPort(e.ip, e.port) } };
+    const dnat: Rule = { comment: s.name, proto: s.proto, target: { kind: 'DNAT', to: formatHostPort(e.ip, e.port) } };
     if (s.affinitySeconds) dnat.recent = { name: names[i]!, op: 'set' };
     seps.push({
       table: 'nat',
@@ -154,11 +153,11 @@ function natRuleFor(r: NatRule): { chain: string; rule: Rule } {
       return {
         chain: DNAT_CHAIN,
         rule: {
-          comment: `tsnet dnat ${hostPort(r.destination, r.port)}`,
+          comment: `tsnet dnat ${formatHostPort(r.destination, r.port)}`,
           proto: r.proto,
           dst: host(r.destination),
           dport: r.port,
-          target: { kind: 'DNAT', to: hostPort(r.toIp, r.toPort) },
+          target: { kind: 'DNAT', to: formatHostPort(r.toIp, r.toPort) },
         },
       };
   }
@@ -167,7 +166,7 @@ function natRuleFor(r: NatRule): { chain: string; rule: Rule } {
 /** A forward's rules: DNAT in, source NAT of its own flows out, a FORWARD accept for them. */
 function forwardRules(f: Forward): { dnat: Rule; snat: Rule[]; accept: Rule } {
   const comment = `tsnet forward ${f.name}`;
-  const dnat: Rule = { comment, proto: f.proto, dport: f.listenPort, target: { kind: 'DNAT', to: hostPort(f.targetIp, f.targetPort) } };
+  const dnat: Rule = { comment, proto: f.proto, dport: f.listenPort, target: { kind: 'DNAT', to: formatHostPort(f.targetIp, f.targetPort) } };
   if (f.listen) dnat.dst = host(f.listen);
   else dnat.dstLocal = true;
   const mine = { state: ['DNAT'], origDstPort: f.listenPort };

@@ -4,7 +4,7 @@
  * detected as kubernetes-sigs/iptables-wrappers does, never mixed).
  */
 import * as fs from 'node:fs';
-import type { Family } from '../../addr/cidr';
+import { formatHostPort, type Family } from '../../addr/cidr';
 import { hasCode } from '../../errors';
 import type { NetNs } from '../../netns';
 import { APPLY_TIMEOUT_MS, execIn, mustExec, type Input } from '../exec';
@@ -179,7 +179,7 @@ export class IptablesBackend implements Backend {
     const out: Record<string, AffinityEntry[]> = {};
     if (s.affinitySeconds === undefined) return out;
     for (const e of s.endpoints) {
-      const id = e.ip.includes(':') ? `[${e.ip}]:${e.port}` : `${e.ip}:${e.port}`;
+      const id = formatHostPort(e.ip, e.port);
       let text = '';
       try {
         const fd = this.ns.openFile(`/proc/thread-self/net/xt_recent/${sepChain(s, e.ip, e.port)}`);
@@ -224,7 +224,7 @@ export class IptablesBackend implements Backend {
         : rules.get(`${f}/filter/${SERVICES}`)?.find((r) => r.line.includes(JSON.stringify(`${s.name} has no endpoints`)))?.counter;
       const endpoints: Record<string, Counter> = {};
       for (const e of s.endpoints) {
-        const id = e.ip.includes(':') ? `[${e.ip}]:${e.port}` : `${e.ip}:${e.port}`;
+        const id = formatHostPort(e.ip, e.port);
         endpoints[id] = rules.get(`${f}/nat/${sepChain(s, e.ip, e.port)}`)?.find((r) => r.line.includes('-j DNAT'))?.counter ?? zero();
       }
       out.set(s.name, { service: service ?? zero(), endpoints });

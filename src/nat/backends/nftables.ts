@@ -6,7 +6,7 @@
  * netlink (./netlink). Both write the same `table ip tsnet` / `ip6 tsnet`,
  * byte for byte, so either takes over from the other without a teardown.
  */
-import type { Family } from '../../addr/cidr';
+import { formatHostPort, type Family } from '../../addr/cidr';
 import type { NetNs } from '../../netns';
 import { familiesUsed, familyOf, type DesiredState, type Service } from '../model';
 import { ENDPOINTS, ENDPOINTS_WEIGHTED, NO_ENDPOINTS, SERVICE_IPS, affinitySet, render, sepChain, staticSets } from '../nftables/layout';
@@ -36,8 +36,6 @@ export interface CounterSources {
   endpoints: Record<string, { set: string; key: string } | { chain: string }>;
 }
 
-const hostPort = (ip: string, port: number) => (ip.includes(':') ? `[${ip}]:${port}` : `${ip}:${port}`);
-
 /** The table objects whose counters belong to service `s`. */
 export function counterSources(s: Service): CounterSources {
   const vip = `${s.vip} . ${s.proto} . ${s.port}`;
@@ -45,7 +43,7 @@ export function counterSources(s: Service): CounterSources {
   const weighted = s.endpoints.some((e) => e.weight !== 1);
   let from = 0;
   s.endpoints.forEach((e, i) => {
-    const id = hostPort(e.ip, e.port);
+    const id = formatHostPort(e.ip, e.port);
     if (s.affinitySeconds !== undefined) out.endpoints[id] = { chain: sepChain(s, e.ip, e.port) };
     else if (weighted) out.endpoints[id] = { set: ENDPOINTS_WEIGHTED, key: `${vip} . ${e.weight === 1 ? from : `${from}-${from + e.weight - 1}`}` };
     else out.endpoints[id] = { set: ENDPOINTS, key: `${vip} . ${i}` };
@@ -89,7 +87,7 @@ export abstract class NftablesBackend implements Backend {
     const out: Record<string, AffinityEntry[]> = {};
     if (s.affinitySeconds === undefined) return out;
     for (const e of s.endpoints)
-      out[hostPort(e.ip, e.port)] = await this.readAffinitySet(familyOf(s.vip), affinitySet(sepChain(s, e.ip, e.port), s.affinitySeconds));
+      out[formatHostPort(e.ip, e.port)] = await this.readAffinitySet(familyOf(s.vip), affinitySet(sepChain(s, e.ip, e.port), s.affinitySeconds));
     return out;
   }
   /** Whether this applier can carry out a partial plan (else the sync is a full one). */

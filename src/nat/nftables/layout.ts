@@ -19,6 +19,7 @@
  * rules. Maps count per element: the counters of service-ips are per
  * service, those of the endpoint maps per endpoint.
  */
+import { formatHostPort } from '../../addr/cidr';
 import { CANARY_COMMENT, HAIRPIN_COMMENT, LOCALNET_COMMENT, MASQ_COMMENT, MASQ_MARK, PRIORITY } from '../constants';
 import { familyOf, ruleFamily, servesLoopback, type DesiredState, type Forward, type NatRule, type Proto, type Service } from '../model';
 import { endpointHash, portProtoHash } from '../names';
@@ -38,12 +39,11 @@ export const SERVICE_KEY: KeyExpr = { fields: ['daddr', 'l4proto', 'dport'] };
 export const ENDPOINT_KEY: KeyExpr = { fields: ['daddr', 'l4proto', 'dport', 'numgen'], mod: 65536 };
 const ENDPOINT_VALUE: KeyExpr = { fields: ['daddr', 'dport'] };
 
-const hostPort = (ip: string, port: number) => (ip.includes(':') ? `[${ip}]:${port}` : `${ip}:${port}`);
 const safe = (s: string) => s.replace(/:/g, '.');
 
 export const svcChain = (s: Pick<Service, 'name' | 'proto'>): string => `svc-${portProtoHash(s.name, s.proto).slice(0, 8)}-${s.name}/${s.proto}`;
 export const sepChain = (s: Pick<Service, 'name' | 'proto'>, ip: string, port: number): string =>
-  `sep-${endpointHash(s.name, s.proto, hostPort(ip, port)).slice(0, 8)}-${s.name}/${s.proto}__${safe(ip)}/${port}`;
+  `sep-${endpointHash(s.name, s.proto, formatHostPort(ip, port)).slice(0, 8)}-${s.name}/${s.proto}__${safe(ip)}/${port}`;
 export const affinitySet = (sep: string, seconds: number) => `aff-${sep.slice(4, 12)}-${seconds}`;
 
 const weighted = (s: Service) => s.endpoints.some((e) => e.weight !== 1);
@@ -147,7 +147,7 @@ export function serviceParts(s: Service): ServiceParts {
         { t: 'in-set', key: { fields: ['saddr'] }, set: sets[i]! },
         { t: 'goto', chain: seps[i]! },
       ],
-      comment: `${s.name} -> ${hostPort(e.ip, e.port)}`,
+      comment: `${s.name} -> ${formatHostPort(e.ip, e.port)}`,
     });
     out.sets.push({ name: sets[i]!, key: { fields: ['saddr'] }, timeout: s.affinitySeconds });
   });
@@ -206,7 +206,7 @@ function natRuleItems(r: NatRule): { chain: 'dnat-rules' | 'snat-rules'; rule: R
             { t: 'dport', port: r.port },
             { t: 'dnat', ip: r.toIp, port: r.toPort },
           ],
-          comment: `tsnet dnat ${hostPort(r.destination, r.port)}`,
+          comment: `tsnet dnat ${formatHostPort(r.destination, r.port)}`,
         },
       };
   }

@@ -3,7 +3,7 @@
  * rule items as nft syntax. formatItem is the only place that knows nft's
  * rule syntax; ./lower compiles the same items the way nft compiles this text.
  */
-import { parseCidr } from '../../addr/cidr';
+import { formatHostPort, parseCidr } from '../../addr/cidr';
 import { NFT_TABLE } from '../constants';
 import type { Op } from './plan';
 import { isTarget, type Element, type Family, type Field, type Item, type KeyExpr, type NamedSet, type Rule, type Value } from './ruleset';
@@ -36,8 +36,6 @@ function cidrText(cidr: string): string {
   const c = parseCidr(cidr, { defaultPrefix: true });
   return c.prefix === (c.family === 6 ? 128 : 32) ? c.address : `${c.network}/${c.prefix}`;
 }
-
-const hostPort = (ip: string, port: number) => (ip.includes(':') ? `[${ip}]:${port}` : `${ip}:${port}`);
 
 function valueText(v: Value): string {
   if (Array.isArray(v)) return v[0] === v[1] ? String(v[0]) : `${v[0]}-${v[1]}`;
@@ -95,7 +93,7 @@ export function formatItem(it: Item, family: Family): string {
         ? `${keyText(it.key, family)} vmap @${it.map}`
         : `${keyText(it.key, family)} vmap { ${it.map.elements.map(elementText).join(', ')} }`;
     case 'dnat':
-      return `dnat to ${hostPort(it.ip, it.port)}`;
+      return `dnat to ${formatHostPort(it.ip, it.port)}`;
     case 'dnat-map':
       return `dnat ${ip} to ${keyText(it.key, family)} map @${it.map}`;
     case 'snat':
