@@ -25,7 +25,7 @@
  * Run with `npm run bench:nat` (inside the sandbox). BENCH_SERVICES overrides 10,000;
  * BENCH_SKIP=layouts,iptables leaves parts out.
  */
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -76,9 +76,16 @@ interface Timed {
   out: string;
 }
 
-function run(cmd: string, args: string[], o: { input?: string; timeoutS?: number } = {}): Timed {
+function run(cmd: string, args: string[], o: { input?: string; timeoutS?: number; env?: NodeJS.ProcessEnv } = {}): Timed {
   const t0 = process.hrtime.bigint();
-  const r = spawnSync(cmd, args, { input: o.input, encoding: 'utf8', maxBuffer: 1 << 30, timeout: (o.timeoutS ?? 0) * 1000, killSignal: 'SIGKILL' });
+  const r = spawnSync(cmd, args, {
+    input: o.input,
+    encoding: 'utf8',
+    maxBuffer: 1 << 30,
+    timeout: (o.timeoutS ?? 0) * 1000,
+    killSignal: 'SIGKILL',
+    env: { ...process.env, ...o.env },
+  });
   const ms = Number(process.hrtime.bigint() - t0) / 1e6;
   if (r.status !== 0 && !r.signal) throw new Error(`${cmd} ${args.join(' ')}: ${(r.stderr ?? '').slice(0, 500)}`);
   return { ms, ok: r.status === 0, out: r.stdout ?? '' };
@@ -310,6 +317,19 @@ async function oneChange(): Promise<void> {
       );
       node.push(run(process.execPath, ['-e', '0']).ms);
     }
+    // The same CLI with a resident agent (tsnet agent) serving this namespace: it holds the table in memory.
+    const viaAgent = await withAgent(dir, (socket) => {
+      const times: number[] = [];
+      for (let k = 0; k < 16; k++) {
+        const s = svcs[(k * 521 + 11) % (N - 1)]!;
+        const args = ['--netns', ns.name!, '--state-dir', dir, 'service', 'set-endpoints', s.name, '--endpoint', `10.252.0.${k}:8080`];
+        const t = run(process.execPath, [CLI, ...args, ...s.endpoints.slice(1).flatMap((x) => ['--endpoint', `${x.ip}:${x.port}`])], {
+          env: { TSNET_AGENT_SOCKET: socket },
+        }).ms;
+        if (k > 0) times.push(t); // the first loads the table into the agent
+      }
+      return times;
+    });
     fs.rmSync(dir, { recursive: true, force: true });
     line('library (NatEngine.change), median of 50', ms(median(lib)), `p90 ${ms(lib.sort((a, b) => a - b)[Math.floor(lib.length * 0.9)]!).trim()}`);
     line(
@@ -317,7 +337,45 @@ async function oneChange(): Promise<void> {
       ms(median(cli)),
       `node -e 0 ${ms(median(node)).trim()}: CLI = node + ${(median(cli) - median(node)).toFixed(0)} ms`,
     );
+    line(
+      'CLI served by a running tsnet agent, median of 15',
+      ms(median(viaAgent.times)),
+      `node + ${(median(viaAgent.times) - median(node)).toFixed(0)} ms; the agent served ${viaAgent.served} of 16, ${ms(median(viaAgent.inside)).trim()} p50 inside it`,
+    );
   });
+}
+
+/**
+ * Runs `fn` with a `tsnet agent` serving this (the sandbox's) namespace on a
+ * socket of its own; returns what `fn` returned and how many NAT changes the
+ * agent's log says it served (a CLI that fell back is not counted), with the
+ * time each took inside the agent (the first, which loads the table, left out).
+ */
+async function withAgent(stateDir: string, fn: (socket: string) => number[]): Promise<{ times: number[]; served: number; inside: number[] }> {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tsnet-bench-agent-'));
+  const socket = path.join(dir, 'agent.sock');
+  const log = path.join(dir, 'log');
+  const logFd = fs.openSync(log, 'w');
+  const child = spawn(process.execPath, [CLI, '--state-dir', stateDir, 'agent', '--socket', socket, '--metrics', ''], { stdio: ['ignore', 'pipe', logFd] });
+  fs.closeSync(logFd);
+  const exited = new Promise<void>((resolve) => child.on('exit', () => resolve()));
+  try {
+    await new Promise<void>((resolve, reject) => {
+      let out = '';
+      child.stdout!.on('data', (d) => {
+        out += d;
+        if (/^ready /m.test(out)) resolve();
+      });
+      void exited.then(() => reject(new Error(`agent exited before it was ready: ${fs.readFileSync(log, 'utf8')}`)));
+    });
+    const times = fn(socket);
+    const inside = [...fs.readFileSync(log, 'utf8').matchAll(/^\S+ nat: served .*: ok in ([\d.]+) ms$/gm)].map((m) => Number(m[1]));
+    return { times, served: inside.length, inside: inside.slice(1) };
+  } finally {
+    child.kill('SIGTERM');
+    await exited;
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
 }
 
 /** Peak RSS of a process that holds the table: a full sync of 10,000 x 5, then 50 changes. */

@@ -1,16 +1,25 @@
 /** errno numbers, names and texts: one positive-number convention, as errno(3) has it. */
-import { constants } from 'node:os';
+import type * as os from 'node:os';
 
-const NAMES = new Map<number, string>(Object.entries(constants.errno).map(([name, num]) => [num, name]));
+let table: { numbers: Record<string, number>; names: Map<number, string> } | undefined;
+/** Node's errno table, loaded on first use: node:os costs every CLI start ~4 ms, and errnos are needed only when something failed. */
+function errnos(): NonNullable<typeof table> {
+  if (!table) {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports -- loaded lazily on purpose (see above)
+    const numbers = (require('node:os') as typeof os).constants.errno as Record<string, number>;
+    table = { numbers, names: new Map(Object.entries(numbers).map(([name, num]) => [num, name])) };
+  }
+  return table;
+}
 
 /** The symbolic name of an errno value (`17` -> `EEXIST`). */
 export function errnoName(errno: number): string {
-  return NAMES.get(Math.abs(errno)) ?? `E${Math.abs(errno)}`;
+  return errnos().names.get(Math.abs(errno)) ?? `E${Math.abs(errno)}`;
 }
 
 /** The number of an errno name (`EEXIST` -> 17), or undefined for names that are not errnos. */
 export function errnoNumber(code: string): number | undefined {
-  return (constants.errno as Record<string, number>)[code];
+  return errnos().numbers[code];
 }
 
 // glibc's texts for the errnos rtnetlink actually returns; others fall back to the name.
@@ -66,5 +75,5 @@ const TEXT: Record<string, string> = {
 /** glibc's text for an errno (`17` -> `File exists`). */
 export function strerror(errno: number): string {
   const name = errnoName(errno);
-  return TEXT[name] ?? (name in constants.errno ? name : `errno ${errno}`);
+  return TEXT[name] ?? (name in errnos().numbers ? name : `errno ${errno}`);
 }

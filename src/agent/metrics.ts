@@ -119,6 +119,7 @@ export function agentMetrics() {
       new Histogram('tsnet_cni_request_duration_seconds', 'Time the agent took to serve a CNI call, by command.', exponentialBuckets(0.001, 2, 14)),
     ),
     inflight: r.add(new Gauge('tsnet_cni_requests_in_flight', 'CNI calls being served right now.')),
+    natRequests: r.add(new Counter('tsnet_nat_requests_total', 'NAT changes served for the CLI (tsnet service/nat ...), by result (ok or error).')),
     rejected: r.add(
       new Counter('tsnet_agent_rejected_connections_total', 'Connections refused before serving: peer not root, or in another network namespace.'),
     ),

@@ -1,21 +1,27 @@
 /**
- * The wire format between the CNI shim (native/cni_shim.c) and the agent:
- * frames of a little-endian u32 length + bytes.
+ * The wire format between the agent's clients (the CNI shim,
+ * native/cni_shim.c, and the tsnet CLI) and the agent: frames of a
+ * little-endian u32 length + bytes.
  *
- *   agent -> shim   hello    "tsnet-agent/1 DEV INO"  (its network namespace) | "deny REASON"
- *   shim  -> agent  request  "tsnet-cni/1\0PLUGIN\0DEV INO\0DEADLINE_MS\0"
- *                            then the environment ("KEY=VALUE\0" ...), then stdin
- *   agent -> shim   reply    u32 exit status + stdout  | "deny REASON" (refused before acting)
+ *   agent -> client  hello    "tsnet-agent/1 DEV INO"  (its network namespace) | "deny REASON"
+ *   shim  -> agent   request  "tsnet-cni/1\0PLUGIN\0DEV INO\0DEADLINE_MS\0"
+ *                             then the environment ("KEY=VALUE\0" ...), then stdin
+ *   CLI   -> agent   request  "tsnet-nat/1\0DEV INO\0"
+ *                             then the target (JSON NatTarget), then the changes (JSON NatChange[])
+ *   agent -> client  reply    u32 exit status + stdout  | "deny REASON" (refused before acting)
+ *                             (NAT: stdout is the SyncReport as JSON, or {"error","code"} when status is 1)
  *
  * DEV INO is (st_dev, st_ino) of /proc/self/ns/net: the identity of a network
  * namespace, equal for two processes exactly when they share it.
  */
+
 /** Where the agent listens and the shim connects unless told otherwise. */
 export { DEFAULT_SOCKET } from '../cni/defaults';
 /** Where the agent serves Prometheus metrics unless told otherwise (loopback only). */
 export const DEFAULT_METRICS = '127.0.0.1:9470';
 export const HELLO = 'tsnet-agent/1';
 export const REQUEST = 'tsnet-cni/1';
+export const NAT_REQUEST = 'tsnet-nat/1';
 /** Larger frames are refused: a network config is kilobytes. */
 export const MAX_FRAME = 64 << 20;
 
@@ -52,6 +58,12 @@ export interface Request {
   deadlineMs: number;
   env: Record<string, string>;
   stdin: string;
+}
+
+/** Which request the first frame opens. */
+export function requestKind(head: Buffer): 'cni' | 'nat' | undefined {
+  const proto = head.subarray(0, head.indexOf(0)).toString('utf8');
+  return proto === REQUEST ? 'cni' : proto === NAT_REQUEST ? 'nat' : undefined;
 }
 
 /** The three frames of a request, decoded; throws on anything malformed. */
@@ -92,4 +104,53 @@ export function decodeReply(f: Buffer): { exitCode: number; stdout: string } | {
   if (text.startsWith('deny ')) return { deny: text.slice(5) };
   if (f.length < 4) throw new Error('short reply');
   return { exitCode: f.readUInt32LE(0), stdout: f.subarray(4).toString('utf8') };
+}
+
+/** Where a NAT change applies: the engine's state directory, the namespace whose rules it writes, the backend choice. */
+export interface NatTarget {
+  /** Absolute: the agent's working directory is not the caller's. */
+  stateDir: string;
+  /** `--netns` as the caller gave it (name, pid or path) and the identity ("DEV INO") it resolved to there; absent: the caller's own namespace. */
+  netns?: { ref: string; id: string };
+  backend?: string;
+}
+
+export interface NatRequest {
+  /** The caller's network namespace as it saw it ("DEV INO"). */
+  netns: string;
+  target: NatTarget;
+  /** Each an object with an `op`; which ops exist, and each change's content, are checked where they are applied (nat/changes). */
+  changes: { op: string }[];
+}
+
+const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+
+export function encodeNatRequest(r: NatRequest): Buffer {
+  return Buffer.concat([frame(`${NAT_REQUEST}\0${r.netns}\0`), frame(JSON.stringify(r.target)), frame(JSON.stringify(r.changes))]);
+}
+
+/** The three frames of a NAT request, decoded; throws on anything malformed. */
+export function decodeNatRequest(frames: readonly Buffer[]): NatRequest {
+  const [head, target, changes] = frames;
+  if (!head || !target || !changes) throw new Error('incomplete request');
+  const fields = head.toString('utf8').split('\0');
+  if (fields[0] !== NAT_REQUEST || fields.length !== 3 || fields[2] !== '') throw new Error(`not a ${NAT_REQUEST} request`);
+  const netns = fields[1]!;
+  if (!/^\d+ \d+$/.test(netns)) throw new Error(`bad namespace identity ${JSON.stringify(netns)}`);
+  let t: unknown;
+  let c: unknown;
+  try {
+    t = JSON.parse(target.toString('utf8'));
+    c = JSON.parse(changes.toString('utf8'));
+  } catch (err) {
+    throw new Error(`request is not JSON: ${(err as Error).message}`);
+  }
+  if (!isObject(t) || typeof t.stateDir !== 'string' || !t.stateDir.startsWith('/')) throw new Error('the target needs an absolute stateDir');
+  if (t.backend !== undefined && typeof t.backend !== 'string') throw new Error('the target backend must be a string');
+  const ns = t.netns;
+  if (ns !== undefined && !(isObject(ns) && typeof ns.ref === 'string' && ns.ref !== '' && typeof ns.id === 'string' && /^\d+ \d+$/.test(ns.id)))
+    throw new Error('the target namespace needs a ref and an id "DEV INO"');
+  if (!Array.isArray(c) || !c.length) throw new Error('changes must be a non-empty array');
+  for (const x of c) if (!isObject(x) || typeof x.op !== 'string') throw new Error(`not a change: ${JSON.stringify(x).slice(0, 80)}`);
+  return { netns, target: t as unknown as NatTarget, changes: c as { op: string }[] };
 }

@@ -25,10 +25,27 @@ import { TsnetError, contextualize, hasCode, invalid } from '../errors';
 import { readJson, stateDir as defaultStateDir, writeJsonAtomic } from '../state';
 import { errorInvocation, invoke, PLUGINS, type Invocation, type PluginName } from '../cni/plugin';
 import { CniError, CNI_ERR } from '../cni/errors';
-import { NatEngine, onSync, type SyncEvent } from '../nat/engine';
+import { NatEngine, onSync, type NatChange, type SyncEvent } from '../nat/engine';
+import { NAT_OPS } from '../nat/changes';
+import { parseBackend, type BackendChoice } from '../nat/backends';
+import { resolve as netnsResolve, type NetNs } from '../netns';
+import { nsIdentity } from '../netns/ref';
 import { parseHostPort } from '../nat/model';
-import { DEFAULT_METRICS, DEFAULT_SOCKET, FrameReader, HELLO, decodeRequest, encodeReply, frame, type Request } from './protocol';
+import {
+  DEFAULT_METRICS,
+  DEFAULT_SOCKET,
+  FrameReader,
+  HELLO,
+  decodeNatRequest,
+  decodeRequest,
+  encodeReply,
+  frame,
+  requestKind,
+  type Request,
+} from './protocol';
 import { agentMetrics, type AgentMetrics } from './metrics';
+
+export { nsIdentity } from '../netns/ref';
 
 export const DEFAULT_RESYNC_MS = 10_000;
 /** How often the resync loop rewrites everything regardless of the canary (kube-proxy: hourly). */
@@ -48,12 +65,6 @@ export interface AgentOptions {
   /** host:port for Prometheus metrics; '' turns them off. Port 0 picks a free one. */
   metrics?: string;
   log?: (line: string) => void;
-}
-
-/** (st_dev, st_ino) of a namespace file: equal for two processes exactly when they share the namespace. */
-export function nsIdentity(file: string): string {
-  const st = fs.statSync(file, { bigint: true });
-  return `${st.dev} ${st.ino}`;
 }
 
 const UNIT_MS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
@@ -122,6 +133,9 @@ export class Agent {
   private socketIno?: number;
   /** Calls for one attachment run one after another (an ADD whose shim died may still be running when its DEL comes). */
   private readonly queues = new Map<string, Promise<unknown>>();
+  /** Namespaces other than the agent's named by NAT requests, by identity ("DEV INO"): their engines stay in memory while they exist. */
+  private readonly natNamespaces = new Map<string, NetNs>();
+  private natInFlight = 0;
   /** NAT state directories this agent has served: what the resync loop watches (kept across restarts). */
   private readonly natDirs = new Set<string>();
   private readonly log: (line: string) => void;
@@ -256,14 +270,9 @@ export class Agent {
       }
       if (frames.length < 3) return;
       clearTimeout(timer);
-      let req: Request;
-      try {
-        req = decodeRequest(frames);
-      } catch (err) {
-        return this.deny(c, 'protocol', (err as Error).message);
-      }
-      // The shim's own view must agree with what the kernel says about it.
-      if (req.netns !== this.netns) return this.deny(c, 'netns', `request from network namespace ${req.netns}, the agent is in ${this.netns}`);
+      if (requestKind(frames[0]!) === 'nat') return this.acceptNat(c, frames);
+      const req = this.decoded(c, () => decodeRequest(frames));
+      if (!req) return;
       if (!(PLUGINS as readonly string[]).includes(req.plugin)) return this.deny(c, 'protocol', `unknown plugin ${JSON.stringify(req.plugin)}`);
       this.serve(req)
         .then((r) => {
@@ -281,6 +290,121 @@ export class Agent {
         c.destroy();
       }
     });
+  }
+
+  /** A request decoded, its caller's own view of its namespace agreeing with what the kernel says about it; undefined once refused. */
+  private decoded<R extends { netns: string }>(c: net.Socket, decode: () => R): R | undefined {
+    let req: R;
+    try {
+      req = decode();
+    } catch (err) {
+      this.deny(c, 'protocol', (err as Error).message);
+      return undefined;
+    }
+    if (req.netns !== this.netns) {
+      this.deny(c, 'netns', `request from network namespace ${req.netns}, the agent is in ${this.netns}`);
+      return undefined;
+    }
+    return req;
+  }
+
+  /**
+   * A NAT change from the CLI (`tsnet service set-endpoints ...`), applied by
+   * the engine this agent keeps in memory: a diff of what it already holds,
+   * not a fresh process loading the state. Refused (the CLI then applies it
+   * itself) when the target namespace does not resolve here to what the
+   * caller saw.
+   */
+  private acceptNat(c: net.Socket, frames: readonly Buffer[]): void {
+    const req = this.decoded(c, () => decodeNatRequest(frames));
+    if (!req) return;
+    const unknown = req.changes.find((x) => !(NAT_OPS as readonly string[]).includes(x.op));
+    if (unknown) return this.deny(c, 'protocol', `unknown change ${JSON.stringify(unknown.op)}: this agent knows ${NAT_OPS.join(', ')}`);
+    let ns: NetNs | undefined;
+    let backend: BackendChoice | undefined;
+    try {
+      backend = req.target.backend === undefined ? undefined : parseBackend(req.target.backend);
+    } catch (err) {
+      return this.deny(c, 'protocol', (err as Error).message);
+    }
+    try {
+      ns = req.target.netns && this.natNamespace(req.target.netns);
+    } catch (err) {
+      return this.deny(c, 'netns', (err as Error).message);
+    }
+    const t0 = process.hrtime.bigint();
+    const what = `${req.changes.length} change${req.changes.length === 1 ? '' : 's'} (${[...new Set(req.changes.map((x) => x.op))].join(', ')}) in ${req.target.stateDir}${ns ? ` for ${ns.label}` : ''}`;
+    this.natInFlight++;
+    const work = (async () => {
+      const engine = NatEngine.shared({ ...(ns ? { ns } : {}), stateDir: req.target.stateDir, ...(backend ? { backend } : {}) });
+      const report = await engine.change(req.changes as NatChange[]);
+      // The resync loop watches directories of this namespace only.
+      if (!ns) this.remember(engine.dir);
+      return report;
+    })();
+    this.running.add(work);
+    void work
+      .catch(() => undefined)
+      .finally(() => {
+        this.running.delete(work);
+        this.natInFlight--;
+      });
+    work.then(
+      (report) => {
+        this.metrics.natRequests.inc({ result: 'ok' });
+        this.log(`nat: served ${what}: ok in ${(Number(process.hrtime.bigint() - t0) / 1e6).toFixed(1)} ms`);
+        if (!c.destroyed) c.end(encodeReply(0, JSON.stringify(report)));
+      },
+      (err: unknown) => {
+        const e = err as { message?: string; code?: unknown };
+        this.metrics.natRequests.inc({ result: 'error' });
+        this.log(`nat: served ${what}: ${e.message ?? String(err)}`);
+        if (!c.destroyed) c.end(encodeReply(1, JSON.stringify({ error: e.message ?? String(err), ...(typeof e.code === 'string' ? { code: e.code } : {}) })));
+      },
+    );
+  }
+
+  /**
+   * The namespace a NAT request names, as the caller resolved it (ref and
+   * identity): the handle this agent keeps for it, so its engine (and the
+   * state it holds) is the same from one request to the next.
+   */
+  private natNamespace(target: { ref: string; id: string }): NetNs {
+    const fresh = netnsResolve(target.ref);
+    let id: string | undefined;
+    try {
+      id = nsIdentity(fresh.path);
+    } catch {
+      // reported below
+    }
+    if (id !== target.id || String(fresh.inode) !== target.id.split(' ')[1]) {
+      fresh.close();
+      throw new Error(`${target.ref} is namespace ${id ?? '(gone)'} here, ${target.id} for the caller`);
+    }
+    const kept = this.natNamespaces.get(id);
+    if (kept && !kept.closed) {
+      fresh.close();
+      return kept;
+    }
+    this.natNamespaces.set(id, fresh);
+    return fresh;
+  }
+
+  /** Lets go of namespaces kept for NAT requests that no longer resolve to what they were (deleted: the handle would keep them alive). */
+  private releaseNatNamespaces(): void {
+    if (this.natInFlight) return; // a change under way may be using one: next pass
+    for (const [id, h] of this.natNamespaces) {
+      let now: string | undefined;
+      try {
+        now = nsIdentity(h.path);
+      } catch {
+        // gone
+      }
+      if (now !== id) {
+        h.close();
+        this.natNamespaces.delete(id);
+      }
+    }
   }
 
   /** One call: queued behind earlier calls for the same attachment, bounded by the shim's deadline. */
@@ -401,6 +525,7 @@ export class Agent {
    * tsnet itself changed.
    */
   async resync(): Promise<void> {
+    this.releaseNatNamespaces();
     const full = ++this.passes % Math.max(1, Math.round(this.fullSyncIntervalMs / this.resyncIntervalMs)) === 0;
     for (const dir of this.natDirs) {
       if (!fs.existsSync(path.join(dir, 'nat.json')) && !fs.existsSync(path.join(dir, 'nat.journal'))) continue; // no NAT state here (yet)
@@ -437,6 +562,8 @@ export class Agent {
       // already gone
     }
     await closed;
+    for (const h of this.natNamespaces.values()) h.close();
+    this.natNamespaces.clear();
     if (this.http) {
       this.http.closeAllConnections();
       await new Promise<void>((r) => this.http!.close(() => r()));

@@ -7,13 +7,15 @@ import { Command } from 'commander';
 import { formatHostPort } from '../addr/cidr';
 import { invalid } from '../errors';
 import type { NetNs } from '../netns';
-import type { NatEngine, SyncReport } from '../nat/engine';
+import type { NatChange, NatEngine, SyncReport } from '../nat/engine';
 import type { BackendChoice } from '../nat/backends';
 import type { NatRule } from '../nat/model';
 import { print, printRows } from './output';
 
 export interface NatContext {
   ns(): Promise<NetNs>;
+  /** `--netns` as given (the agent resolves the same name), or undefined. */
+  netnsRef(): string | undefined;
   json(): boolean;
   stateDir(): string | undefined;
   backend(): BackendChoice | undefined;
@@ -38,8 +40,13 @@ export function registerNat(program: Command, ctx: NatContext): () => Promise<Na
     return new NatEngine({ ns: await ctx.ns(), stateDir: ctx.stateDir(), backend: ctx.backend() });
   };
   const model = () => import('../nat/model');
-  const verbose = (r: SyncReport) => {
-    if (process.env.TSNET_VERBOSE) process.stderr.write(`tsnet: ${summary(r)}\n`);
+  /** A change, applied by the agent when one serves this namespace (it holds the state in memory), else here. */
+  const change = async (changes: NatChange[]) => {
+    const ref = ctx.netnsRef();
+    const { report, by, why } = await (
+      await import('../agent/client')
+    ).changeNat(changes, { ...(ref ? { netns: { ref, open: ctx.ns } } : {}), stateDir: ctx.stateDir(), backend: ctx.backend() });
+    if (process.env.TSNET_VERBOSE) process.stderr.write(`tsnet: ${summary(report)} (${by === 'agent' ? 'by the agent' : `here: ${why}`})\n`);
   };
 
   // --- service -----------------------------------------------------------------
@@ -64,7 +71,7 @@ export function registerNat(program: Command, ctx: NatContext): () => Promise<Na
         ...(o.affinity !== undefined ? { affinitySeconds: o.affinity } : {}),
         ...(o.masqueradeNotFrom !== undefined ? { masqueradeNotFrom: o.masqueradeNotFrom } : {}),
       });
-      verbose(await (await engine()).change([{ op: 'add-service', service: want }]));
+      await change([{ op: 'add-service', service: want }]);
     });
   svc
     .command('set-endpoints <name>')
@@ -75,13 +82,13 @@ export function registerNat(program: Command, ctx: NatContext): () => Promise<Na
       if (!o.endpoint.length && !o.none) throw invalid('give at least one --endpoint, or --none to reject new connections');
       if (o.endpoint.length && o.none) throw invalid('--none and --endpoint exclude each other');
       const endpoints = o.endpoint.map((await model()).parseEndpoint);
-      verbose(await (await engine()).change([{ op: 'set-endpoints', name, endpoints }]));
+      await change([{ op: 'set-endpoints', name, endpoints }]);
     });
   svc
     .command('del <name>')
     .description('delete a service (missing: no-op)')
     .action(async (name: string) => {
-      verbose(await (await engine()).change([{ op: 'delete-service', name }]));
+      await change([{ op: 'delete-service', name }]);
     });
   svc
     .command('ls')
@@ -112,7 +119,7 @@ export function registerNat(program: Command, ctx: NatContext): () => Promise<Na
     .action(async (o: { file: string }) => {
       const text = o.file === '-' ? fs.readFileSync(0, 'utf8') : readFile(o.file);
       const services = (await model()).parseServicesFile(text, o.file);
-      verbose(await (await engine()).change([{ op: 'replace-services', services }]));
+      await change([{ op: 'replace-services', services }]);
     });
 
   // --- nat ---------------------------------------------------------------------
@@ -122,11 +129,11 @@ export function registerNat(program: Command, ctx: NatContext): () => Promise<Na
     const group = nat.command(kind).description(describe);
     opts(group.command('add').description(`add a ${kind} rule (the same again: no-op)`)).action(async (o: Record<string, string>) => {
       const rule = build(o, await model());
-      verbose(await (await engine()).change([{ op: 'add-rule', rule }]));
+      await change([{ op: 'add-rule', rule }]);
     });
     opts(group.command('del').description(`delete a ${kind} rule (missing: no-op)`)).action(async (o: Record<string, string>) => {
       const rule = build(o, await model());
-      verbose(await (await engine()).change([{ op: 'delete-rule', rule }]));
+      await change([{ op: 'delete-rule', rule }]);
     });
   };
   ruleCommands(

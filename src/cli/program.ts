@@ -370,7 +370,13 @@ function registerAttach(): void {
 }
 
 // --- NAT, forwards, CNI, agent, inspection (their own modules) ----------------
-const natCtx = { ns, json, stateDir, backend: () => program.opts<{ backend?: BackendChoice }>().backend };
+const natCtx = {
+  ns,
+  netnsRef: () => program.opts<{ netns?: string }>().netns,
+  json,
+  stateDir,
+  backend: () => program.opts<{ backend?: BackendChoice }>().backend,
+};
 const natEngine = async () => {
   const { NatEngine } = await import('../nat/engine');
   return new NatEngine({ ns: await ns(), stateDir: stateDir(), backend: natCtx.backend() });

@@ -7,7 +7,7 @@
  * state (one VIP per service, one listener per forward port) are kept
  * through indexes, not by scanning.
  */
-import { TsnetError, invalid } from '../errors';
+import { invalid } from '../errors';
 import type { Family } from '../addr/cidr';
 import {
   familyOf,
@@ -24,6 +24,7 @@ import {
   type Proto,
   type Service,
 } from './model';
+import type { StoredRows } from './rows';
 
 export type NatChange =
   /** A service; the same one again is a no-op, another under the same name is refused ("service add"). */
@@ -44,6 +45,23 @@ export type NatChange =
   | { op: 'delete-forward'; name: string }
   /** Anything else: the whole desired state at once. */
   | { op: 'set-state'; state: DesiredState };
+
+/** Every kind of change (what a request from another process may ask for). */
+export const NAT_OPS = [
+  'add-service',
+  'put-service',
+  'set-endpoints',
+  'delete-service',
+  'replace-services',
+  'add-rule',
+  'delete-rule',
+  'put-forward',
+  'delete-forward',
+  'set-state',
+] as const satisfies readonly NatChange['op'][];
+// Every op of NatChange is listed above (a new one that is not fails to compile here).
+const allOpsListed: Exclude<NatChange['op'], (typeof NAT_OPS)[number]> extends never ? true : never = true;
+void allOpsListed;
 
 /** A service before and after one round of changes (absent: added, or removed). */
 export interface ServiceDelta {
@@ -66,46 +84,31 @@ export interface ServiceHint {
 }
 
 /**
- * A stored service: parsed, or the exact JSON text tsnet wrote for it
- * (trusted: the snapshot's digest matched), parsed when first read. A
- * command that changes one service of ten thousand parses one.
+ * A service: parsed, or the number of its row in the trusted snapshot
+ * (StoredRows: the exact JSON text tsnet wrote, digest checked), parsed when
+ * first read. A command that changes one service of ten thousand parses one.
  */
-type Row = Service | string;
-
-/** A trusted row begins `{"name":"NAME","vip":"VIP",` (normalizeService's key order). */
-const NAME_AT = '{"name":"'.length;
-const HEAD = /^\{"name":"([^"\\]*)","vip":"([^"\\]*)","port":(\d+),"proto":"([a-z]+)"/;
-
-function rowName(row: Row): string {
-  return typeof row === 'string' ? row.slice(NAME_AT, row.indexOf('"', NAME_AT)) : row.name;
-}
-
-function rowVipKey(row: Row): string {
-  if (typeof row !== 'string') return vipKey(row);
-  const m = HEAD.exec(row);
-  if (!m) throw new TsnetError(`stored service row ${row.slice(0, 80)} is not in tsnet's format`, { code: 'EINTERNAL' });
-  return `${m[2]}:${m[3]}/${m[4]}`;
-}
+type Row = Service | number;
 
 const escapeRe = (t: string) => t.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 
 /**
- * A test of stored rows: whether one can satisfy any of `hints`, read from
+ * A test of stored rows: whether row k can satisfy any of `hints`, read from
  * its text without parsing it (no false negatives). Endpoint addresses, the
- * common question, are looked for all at once.
+ * common question, are searched for in the stored bytes all at once.
  */
-function rowsFilter(hints: readonly ServiceHint[]): (row: string) => boolean {
+function rowsFilter(stored: StoredRows, hints: readonly ServiceHint[]): (k: number) => boolean {
   if (hints.every((h) => h.endpointIp !== undefined && h.proto === undefined && h.endpoints === undefined)) {
-    const re = new RegExp(`\\{"ip":"(?:${hints.map((h) => escapeRe(h.endpointIp!)).join('|')})"`);
-    return (row) => re.test(row);
+    const rows = stored.containing(hints.map((h) => `{"ip":${JSON.stringify(h.endpointIp)}`));
+    return (k) => rows.has(k);
   }
   const one = hints.map((hint) => {
     const proto = hint.proto && `"proto":"${hint.proto}"`;
-    const ip = hint.endpointIp && `{"ip":"${hint.endpointIp}"`;
+    const ip = hint.endpointIp && new RegExp(`\\{"ip":"${escapeRe(hint.endpointIp)}"`);
     const count = hint.endpoints;
     return (row: string) => {
       if (proto && !row.includes(proto)) return false;
-      if (ip && !row.includes(ip)) return false;
+      if (ip && !ip.test(row)) return false;
       if (count !== undefined) {
         let n = 0;
         for (let at = row.indexOf('{"ip":"'); at >= 0; at = row.indexOf('{"ip":"', at + 7)) n++;
@@ -114,69 +117,102 @@ function rowsFilter(hints: readonly ServiceHint[]): (row: string) => boolean {
       return true;
     };
   });
-  return (row) => one.some((f) => f(row));
+  return (k) => {
+    const row = stored.text(k);
+    return one.some((f) => f(row));
+  };
 }
 
-/** The services in order, by name and by VIP:port/proto. */
+/**
+ * The services in order, by name and by VIP:port/proto. The indexes are
+ * built when first needed: until then, while the stored rows keep their
+ * places, a name is found by searching the stored bytes.
+ */
 class ServiceRows {
   /** name -> position */
-  names: Map<string, number>;
+  private nameIndex?: Map<string, number>;
   /** VIP:port/proto -> the service that claims it; built when first needed (a change that keeps every VIP never needs it). */
   private vipIndex?: Map<string, string>;
+  /** How many services there are per family of their VIP, counted when first asked and kept since. */
+  private perFamily?: { 4: number; 6: number };
+  /** Whether rows[k] is still stored row k's place for every stored row (no removal or replacement since loading). */
+  private inPlace: boolean;
+  /** Every row parsed and every name indexed (warm()), until the rows are replaced. */
+  private warmed = false;
+  /** While in place: names searched for in the stored rows -> their row (-1: not stored). */
+  private readonly found = new Map<string, number>();
 
-  constructor(public rows: Row[]) {
-    this.names = this.indexNames();
+  constructor(
+    public rows: Row[],
+    private readonly stored?: StoredRows,
+    families?: { 4: number; 6: number },
+  ) {
+    this.inPlace = stored !== undefined;
+    if (families) this.perFamily = { ...families };
   }
 
-  /** How many services there are per family of their VIP (kept so that families() reads no row). */
-  private perFamily = { 4: 0, 6: 0 };
+  private nameOf(r: Row): string {
+    return typeof r === 'number' ? this.stored!.name(r) : r.name;
+  }
 
-  private indexNames(): Map<string, number> {
-    const m = new Map<string, number>();
-    this.perFamily = { 4: 0, 6: 0 };
-    for (let i = 0; i < this.rows.length; i++) {
-      const r = this.rows[i]!;
-      if (typeof r !== 'string') {
-        m.set(r.name, i);
-        this.perFamily[familyOf(r.vip)]++;
-        continue;
-      }
-      const end = r.indexOf('"', NAME_AT);
-      m.set(r.slice(NAME_AT, end), i);
-      // The VIP follows the name (`","vip":"` is 9 characters): a colon before its closing quote means IPv6.
-      let six = false;
-      for (let k = end + 9, c = r.charCodeAt(k); c !== 34 && k < r.length; c = r.charCodeAt(++k)) if (c === 58) six = true;
-      this.perFamily[six ? 6 : 4]++;
+  private familyOfRow(r: Row): Family {
+    return typeof r === 'number' ? (this.stored!.isV6(r) ? 6 : 4) : familyOf(r.vip);
+  }
+
+  /** The position of the service called `name`, or undefined. */
+  position(name: string): number | undefined {
+    if (this.nameIndex) return this.nameIndex.get(name);
+    if (this.inPlace) {
+      let k = this.found.get(name);
+      if (k === undefined) this.found.set(name, (k = this.stored!.find(name)));
+      if (k >= 0) return k;
+      // Not stored: appended since loading, if at all.
+      for (let i = this.stored!.count; i < this.rows.length; i++) if ((this.rows[i] as Service).name === name) return i;
+      return undefined;
     }
-    return m;
+    const m = new Map<string, number>();
+    for (let i = 0; i < this.rows.length; i++) m.set(this.nameOf(this.rows[i]!), i);
+    this.nameIndex = m;
+    return m.get(name);
   }
 
-  /** Appends a service (its name indexed, its family counted). */
+  /** How many services have an IPv4 and an IPv6 VIP. */
+  get familyCounts(): { 4: number; 6: number } {
+    if (!this.perFamily) {
+      this.perFamily = { 4: 0, 6: 0 };
+      for (const r of this.rows) this.perFamily[this.familyOfRow(r)]++;
+    }
+    return this.perFamily;
+  }
+
+  /** Appends a service (its name indexed, its family counted, when they are kept). */
   push(s: Service): void {
-    this.names.set(s.name, this.rows.length);
+    this.nameIndex?.set(s.name, this.rows.length);
     this.rows.push(s);
-    this.perFamily[familyOf(s.vip)]++;
+    if (this.perFamily) this.perFamily[familyOf(s.vip)]++;
   }
 
   /** Takes back the last push. */
   pop(): void {
     const s = this.at(this.rows.length - 1);
     this.rows.pop();
-    this.names.delete(s.name);
-    this.perFamily[familyOf(s.vip)]--;
+    this.nameIndex?.delete(s.name);
+    if (this.perFamily) this.perFamily[familyOf(s.vip)]--;
   }
 
   /** Replaces the service at `i` (same name). */
   set(i: number, s: Service): void {
-    this.perFamily[familyOf(this.at(i).vip)]--;
+    if (this.perFamily) {
+      this.perFamily[familyOf(this.at(i).vip)]--;
+      this.perFamily[familyOf(s.vip)]++;
+    }
     this.rows[i] = s;
-    this.perFamily[familyOf(s.vip)]++;
   }
 
   get vips(): Map<string, string> {
     if (!this.vipIndex) {
       this.vipIndex = new Map();
-      for (const r of this.rows) this.vipIndex.set(rowVipKey(r), rowName(r));
+      for (const r of this.rows) this.vipIndex.set(typeof r === 'number' ? this.stored!.vipKey(r) : vipKey(r), this.nameOf(r));
     }
     return this.vipIndex;
   }
@@ -192,36 +228,50 @@ class ServiceRows {
 
   at(i: number): Service {
     const r = this.rows[i]!;
-    if (typeof r !== 'string') return r;
-    const s = JSON.parse(r) as Service;
+    if (typeof r !== 'number') return r;
+    const s = JSON.parse(this.stored!.text(r)) as Service;
     this.rows[i] = s;
     return s;
   }
 
   get(name: string): Service | undefined {
-    const i = this.names.get(name);
+    const i = this.position(name);
     return i === undefined ? undefined : this.at(i);
+  }
+
+  /** Parses every row and indexes every name: what a resident process does once, so each later change costs map lookups, not searches of the stored bytes. */
+  warm(): void {
+    if (this.warmed) return;
+    const rows = this.all();
+    this.nameIndex ??= new Map(rows.map((s, i) => [s.name, i]));
+    this.warmed = true;
   }
 
   /** Every service, parsed (the array itself: it stays the state's array). */
   all(): Service[] {
-    for (let i = 0; i < this.rows.length; i++) if (typeof this.rows[i] === 'string') this.at(i);
+    for (let i = 0; i < this.rows.length; i++) if (typeof this.rows[i] === 'number') this.at(i);
     return this.rows as Service[];
   }
 
+  /** New rows in place of the old (positions moved: the indexes are rebuilt when next needed). */
   replace(rows: Row[]): void {
     this.rows = rows;
-    this.names = this.indexNames();
+    this.inPlace = false;
+    this.warmed = false;
+    this.found.clear();
+    this.nameIndex = undefined;
     this.vipIndex = undefined;
+    this.perFamily = undefined;
   }
 
   /** The rows as JSON lines, stored texts as they are, one at a time. */
   *texts(): Generator<string> {
-    for (const r of this.rows) yield typeof r === 'string' ? r : JSON.stringify(r);
+    for (const r of this.rows) yield typeof r === 'number' ? this.stored!.text(r) : JSON.stringify(r);
   }
 
   families(): Family[] {
-    return ([4, 6] as const).filter((f) => this.perFamily[f] > 0);
+    const n = this.familyCounts;
+    return ([4, 6] as const).filter((f) => n[f] > 0);
   }
 
   /**
@@ -236,14 +286,19 @@ class ServiceRows {
     if (!open) return found;
     const skip = new Set<number>();
     for (const n of except) {
-      const i = this.names.get(n);
+      const i = this.position(n);
       if (i !== undefined) skip.add(i);
     }
-    const mayMatch = rowsFilter(queries.map((q) => q.hint));
+    const mayMatch = this.stored
+      ? rowsFilter(
+          this.stored,
+          queries.map((q) => q.hint),
+        )
+      : () => true;
     for (let i = 0; i < this.rows.length && open; i++) {
       if (skip.has(i)) continue;
       const r = this.rows[i]!;
-      if (typeof r === 'string' && !mayMatch(r)) continue;
+      if (typeof r === 'number' && !mayMatch(r)) continue;
       const s = this.at(i);
       queries.forEach((q, k) => {
         if (!found[k] && q.test(s)) {
@@ -297,17 +352,30 @@ export class IndexedState implements StateView {
   }
 
   /** A state from stored rows: each service's JSON text as tsnet wrote it (trusted), parsed when read. */
-  static fromRows(rows: string[], rules: NatRule[], forwards: Forward[]): IndexedState {
-    return new IndexedState(new ServiceRows(rows), rules, forwards);
+  static fromRows(stored: StoredRows, rules: NatRule[], forwards: Forward[], families?: { 4: number; 6: number }): IndexedState {
+    const rows: Row[] = new Array<Row>(stored.count);
+    for (let k = 0; k < rows.length; k++) rows[k] = k;
+    return new IndexedState(new ServiceRows(rows, stored, families), rules, forwards);
   }
 
   service(name: string): Service | undefined {
     return this.rows.get(name);
   }
 
+  /** Parses and indexes everything now (see ServiceRows.warm): for a process that keeps the state and applies many changes. */
+  warm(): this {
+    this.rows.warm();
+    return this;
+  }
+
   /** The services as JSON lines (unparsed ones as stored), one at a time. */
   serviceTexts(): Generator<string> {
     return this.rows.texts();
+  }
+
+  /** How many services have an IPv4 and an IPv6 VIP (the snapshot records it, so loading need not count). */
+  familyCounts(): { 4: number; 6: number } {
+    return { ...this.rows.familyCounts };
   }
 
   families(): Family[] {
@@ -375,7 +443,7 @@ class Round {
 
   private put(s: Service): void {
     const x = this.x;
-    const i = x.names.get(s.name);
+    const i = x.position(s.name);
     const old = i === undefined ? undefined : x.at(i);
     const key = vipKey(s);
     if (!old || vipKey(old) !== key) {
@@ -405,7 +473,7 @@ class Round {
 
   private remove(name: string): void {
     const x = this.x;
-    const i = x.names.get(name);
+    const i = x.position(name);
     if (i === undefined) return;
     this.remember(name);
     const old = x.at(i);

@@ -85,6 +85,7 @@ export class NatEngine {
     const key = `${defaultStateDir(opts.stateDir)}\0${opts.backend ?? 'auto'}\0${opts.exactDir ? 'exact' : ''}`;
     let e = m.get(key);
     if (!e || e.ns.closed) m.set(key, (e = new NatEngine({ ...opts, ns })));
+    e.resident = true;
     return e;
   }
 
@@ -92,6 +93,8 @@ export class NatEngine {
   readonly dir: string;
   private readonly choice: BackendChoice;
   private readonly store: NatStore;
+  /** Kept by a resident process (shared()): the state it loads is parsed and indexed once, for the many changes that follow. */
+  private resident = false;
   /** The backend of the last sync, kept while the choice stays the same (it keeps indexes of what it wrote). */
   private kept?: { name: BackendName; mode?: string; backend: Backend };
 
@@ -138,6 +141,7 @@ export class NatEngine {
   /** The stored state, with what a dead sync means for it: what is live is unknown until a full sync, and may be rules no record names. */
   private load(): { f: StateFile; indexed: IndexedState } {
     const { f, indexed } = this.store.load();
+    if (this.resident) indexed.warm();
     const dirty = this.readDirty();
     if (!dirty) return { f, indexed };
     const applied = f.applied
@@ -312,7 +316,7 @@ export class NatEngine {
     const next = round.next.state;
     let result: SyncResult;
     try {
-      result = await backend.sync(next, applied, force, { services: round.services, before: round.before, view: round.next });
+      result = await backend.sync(next, applied, force, { services: round.services, before: round.before, view: round.next, resident: this.resident });
     } catch (err) {
       this.store.forget();
       this.kept = undefined;

@@ -15,9 +15,10 @@
  * files changed under it (another tsnet took the lock meanwhile).
  *
  * The snapshot carries a digest of the bytes after it (sha256: ~2 ms for
- * 10,000 services): a file tsnet wrote is trusted, its services kept as
- * their JSON lines and parsed only when read (a command that changes one
- * service of 10,000 parses one); a hand-edited one is validated in full.
+ * 10,000 services): a file tsnet wrote is trusted, its services left as
+ * their JSON lines in the bytes read (StoredRows), decoded and parsed only
+ * when read (a command that changes one service of 10,000 decodes one); a
+ * hand-edited one is validated in full.
  */
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
@@ -25,6 +26,7 @@ import * as path from 'node:path';
 import { TsnetError, contextualize, hasCode } from '../errors';
 import { writeFileAtomic } from '../state';
 import { IndexedState, type NatChange } from './changes';
+import { StoredRows } from './rows';
 import { emptyState, normalizeState, type DesiredState } from './model';
 import type { Applied, BackendName } from './backends/types';
 
@@ -39,6 +41,8 @@ export interface StateFile {
   applied?: Applied;
   /** Sysctls tsnet changed (path under /proc/sys/ joined by '/') -> the value they had before, restored when no longer needed. */
   sysctls?: Record<string, string>;
+  /** How many services have an IPv4 and an IPv6 VIP (a snapshot's header: a partial sync asks, and counting reads every row). */
+  families?: { 4: number; 6: number };
 }
 
 interface JournalLine {
@@ -123,15 +127,19 @@ export class NatStore {
       }
       throw contextualize(`reading ${this.file}`, err);
     }
-    const text = bytes.toString('utf8');
-    if (text.startsWith(HEAD) && text.slice(HEAD.length, HEAD.length + DIGEST_LEN) === digestOf(bytes.subarray(HEAD.length + DIGEST_LEN))) {
-      // As tsnet wrote it: the header line, closed, and the services as their lines.
-      const nl = text.indexOf('\n');
-      const f = JSON.parse(`${text.slice(0, nl)}]}}`) as StateFile;
-      const body = text.slice(nl + 1, text.lastIndexOf('\n]}}'));
-      const indexed = IndexedState.fromRows(body ? body.split(',\n') : [], f.desired.rules, f.desired.forwards);
+    if (
+      bytes.toString('latin1', 0, HEAD.length) === HEAD &&
+      bytes.toString('latin1', HEAD.length, HEAD.length + DIGEST_LEN) === digestOf(bytes.subarray(HEAD.length + DIGEST_LEN))
+    ) {
+      // As tsnet wrote it: the header line, closed, and the services as their lines, left in the bytes.
+      const nl = bytes.indexOf(0x0a);
+      const f = JSON.parse(`${bytes.toString('utf8', 0, nl)}]}}`) as StateFile;
+      const rows = StoredRows.scan(bytes, nl + 1, bytes.lastIndexOf('\n]}}'));
+      const indexed = IndexedState.fromRows(rows, f.desired.rules, f.desired.forwards, f.families);
+      delete f.families;
       return { f, indexed };
     }
+    const text = bytes.toString('utf8');
     let f: StateFile;
     try {
       f = JSON.parse(text) as StateFile;
@@ -214,7 +222,7 @@ export class NatStore {
  */
 function writeSnapshot(fd: number, st: IndexedState, seq: number, record: Omit<StateFile, 'version' | 'desired' | 'seq' | 'digest'>): void {
   const { rules, forwards } = st.state;
-  const header = JSON.stringify({ version: 3, seq, ...record, desired: { rules, forwards, services: [] } });
+  const header = JSON.stringify({ version: 3, seq, ...record, families: st.familyCounts(), desired: { rules, forwards, services: [] } });
   const hash = createHash('sha256');
   let at = 0;
   const put = (text: string) => {

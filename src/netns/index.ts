@@ -22,9 +22,10 @@ import { native } from '../native';
 import { TsnetError, contextualize, hasCode, invalid, withContextSync } from '../errors';
 import { createNetns, socketHere, socketIn, spawnIn, spawnSyncIn, type NsFd } from './inside';
 import { handles, kernelRef, live, openInside, type HandleState } from './internal';
+import { NETNS_RUN_DIR, parseRef } from './ref';
 
 /** Where iproute2 keeps named namespaces (NETNS_RUN_DIR). */
-export const NETNS_RUN_DIR = '/run/netns';
+export { NETNS_RUN_DIR };
 
 /** Receive room of the nf_tables socket: a dump of a big table, or a batch's error replies. */
 const NETFILTER_BUFFER = 8 << 20;
@@ -216,9 +217,8 @@ export function openPath(p: string): NetNs {
  * /run/netns, `pid:N` or a bare number for a process, or an absolute path.
  */
 export function resolve(ref: string): NetNs {
-  if (/^(pid:)?\d+$/.test(ref)) return openPid(Number(ref.replace(/^pid:/, '')));
-  if (ref.startsWith('/')) return openPath(ref);
-  return open(ref);
+  const r = parseRef(ref);
+  return r.kind === 'pid' ? openPid(r.pid) : r.kind === 'path' ? openPath(r.path) : open(r.name);
 }
 
 /**

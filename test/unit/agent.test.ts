@@ -1,6 +1,17 @@
 /** The agent's pure parts: the shim wire format, Prometheus rendering, flag parsing. */
 import test from 'ava';
-import { FrameReader, decodeReply, decodeRequest, encodeReply, encodeRequest, frame, MAX_FRAME } from '../../src/agent/protocol';
+import {
+  FrameReader,
+  decodeNatRequest,
+  decodeReply,
+  decodeRequest,
+  encodeNatRequest,
+  encodeReply,
+  encodeRequest,
+  frame,
+  requestKind,
+  MAX_FRAME,
+} from '../../src/agent/protocol';
 import { Counter, Histogram, Registry, exponentialBuckets } from '../../src/agent/metrics';
 import { parseDuration } from '../../src/agent/server';
 
@@ -32,6 +43,34 @@ test('malformed requests are refused, not half-read', (t) => {
   const huge = Buffer.alloc(4);
   huge.writeUInt32LE(MAX_FRAME + 1);
   t.throws(() => new FrameReader().push(huge), { message: /larger than/ });
+});
+
+const natReq = {
+  netns: '4 4026531840',
+  target: { stateDir: '/var/lib/tsnet', netns: { ref: 'c1', id: '4 4026532300' }, backend: 'netlink' },
+  changes: [{ op: 'set-endpoints', name: 'web', endpoints: [{ ip: '10.0.0.2', port: 80, weight: 1 }] }],
+};
+
+test('a NAT request (the CLI to the agent) survives the wire and is told apart from a CNI call by its first frame', (t) => {
+  const frames = new FrameReader().push(encodeNatRequest(natReq));
+  t.is(frames.length, 3);
+  t.is(requestKind(frames[0]!), 'nat');
+  t.is(requestKind(new FrameReader().push(encodeRequest(req))[0]!), 'cni');
+  t.is(requestKind(Buffer.from('tsnet-other/1\0')), undefined);
+  t.deepEqual(decodeNatRequest(frames), natReq);
+});
+
+test('malformed NAT requests are refused before anything is applied: relative state dir, bad target namespace, not a change, not JSON', (t) => {
+  const [head, target, changes] = new FrameReader().push(encodeNatRequest(natReq));
+  const with_ = (tg: unknown, ch: unknown = natReq.changes) => [head!, Buffer.from(JSON.stringify(tg)), Buffer.from(JSON.stringify(ch))];
+  t.throws(() => decodeNatRequest([head!, target!]), { message: /incomplete/ });
+  t.throws(() => decodeNatRequest(with_({ ...natReq.target, stateDir: 'state' })), { message: /absolute stateDir/ });
+  t.throws(() => decodeNatRequest(with_({ ...natReq.target, netns: { ref: 'c1' } })), { message: /target namespace/ });
+  t.throws(() => decodeNatRequest(with_({ ...natReq.target, netns: { ref: '', id: '4 1' } })), { message: /target namespace/ });
+  t.throws(() => decodeNatRequest(with_(natReq.target, [{ name: 'web' }])), { message: /not a change/ });
+  t.throws(() => decodeNatRequest(with_(natReq.target, [])), { message: /non-empty array/ });
+  t.throws(() => decodeNatRequest([head!, Buffer.from('{'), changes!]), { message: /not JSON/ });
+  t.throws(() => decodeNatRequest([Buffer.from('tsnet-nat/1\0me\0'), target!, changes!]), { message: /namespace identity/ });
 });
 
 test('replies carry the exit status and stdout; a deny is told apart', (t) => {

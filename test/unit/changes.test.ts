@@ -4,6 +4,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { IndexedState, type NatChange } from '../../src/nat/changes';
 import { NatStore } from '../../src/nat/store';
+import { StoredRows } from '../../src/nat/rows';
 import { normalizeState, parseEndpoint, type DesiredState, type Service } from '../../src/nat/model';
 
 const svc = (name: string, vip: string, eps: string[] = ['10.0.0.2:80']): Service => ({ name, vip, port: 80, proto: 'tcp', endpoints: eps.map(parseEndpoint) });
@@ -161,5 +162,60 @@ test('store: services of a trusted snapshot stay unparsed until read; changing o
     JSON.parse = parse;
   }
   t.deepEqual(new NatStore(dir).load().f.desired, many, 'the rows read back are the services written');
+  fs.rmSync(dir, { recursive: true });
+});
+
+test('stored rows: found by name in the bytes (a name that prefixes another, one with a slash), families counted unparsed, positions right after a deletion', (t) => {
+  const names = ['s1', 's10', 'ns/web', 'a.b_c-d', 'ns/web2', 'v6'];
+  const services = names.map((n, i) => svc(n, n === 'v6' ? 'fd96::1' : `10.96.2.${i}`, [`${n === 'v6' ? '[fd00::2]' : `10.0.2.${i}`}:80`]));
+  const rows = StoredRows.of(services.map((s) => JSON.stringify(s)));
+  t.is(rows.count, names.length);
+  t.deepEqual(
+    names.map((n) => rows.find(n)),
+    names.map((_, i) => i),
+  );
+  t.is(rows.find('s'), -1);
+  t.is(rows.find('nosuch'), -1);
+  t.deepEqual(
+    names.map((_, k) => rows.name(k)),
+    names,
+  );
+  t.deepEqual(
+    names.map((_, k) => rows.isV6(k)),
+    names.map((n) => n === 'v6'),
+  );
+  t.is(rows.vipKey(2), '10.96.2.2:80/tcp');
+  t.is(rows.vipKey(5), 'fd96::1:80/tcp');
+  t.deepEqual([...rows.containing(['{"ip":"10.0.2.1"'])], [1]);
+
+  const x = IndexedState.fromRows(rows, [], []);
+  t.deepEqual(x.families(), [4, 6]);
+  t.is(x.service('ns/web2')?.vip, '10.96.2.4');
+  x.apply([{ op: 'delete-service', name: 's10' }]);
+  t.is(x.service('ns/web')?.vip, '10.96.2.2', 'positions after the deleted row moved');
+  x.apply([{ op: 'set-endpoints', name: 'a.b_c-d', endpoints: [parseEndpoint('10.0.9.9:80')] }]);
+  t.deepEqual(
+    x.state.services.map((s) => [s.name, s.endpoints[0]!.ip]),
+    [
+      ['s1', '10.0.2.0'],
+      ['ns/web', '10.0.2.2'],
+      ['a.b_c-d', '10.0.9.9'],
+      ['ns/web2', '10.0.2.4'],
+      ['v6', 'fd00::2'],
+    ],
+  );
+  x.apply([{ op: 'delete-service', name: 'v6' }]);
+  t.deepEqual(x.families(), [4]);
+});
+
+test('store: the snapshot records how many VIPs are of each family, so a partial sync asks no row', (t) => {
+  const dir = tmp();
+  const st = normalizeState({ services: [svc('a', '10.96.0.1'), svc('b', 'fd96::2', ['[fd00::2]:80'])], rules: [] });
+  new NatStore(dir).save(IndexedState.of(st), { backend: 'netlink' });
+  const head = fs.readFileSync(path.join(dir, 'nat.json'), 'utf8').split('\n')[0]!;
+  t.regex(head, /"families":\{"4":1,"6":1\}/);
+  const { indexed, f } = new NatStore(dir).load();
+  t.deepEqual(indexed.families(), [4, 6]);
+  t.false('families' in f, "the count is the rows' business, not part of the record");
   fs.rmSync(dir, { recursive: true });
 });

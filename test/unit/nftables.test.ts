@@ -6,6 +6,7 @@ import { ENDPOINTS, SERVICE_IPS, lbChain, render, sepChain, svcChain } from '../
 import { fullPlan } from '../../src/nat/nftables/plan';
 import { SharedIndex, changePlan, globalRecord, lbRecordAfter, lbRecordOf, lookedUp, serviceChanges } from '../../src/nat/nftables/incremental';
 import { IndexedState } from '../../src/nat/changes';
+import { StoredRows } from '../../src/nat/rows';
 import { script } from '../../src/nat/nftables/text';
 import { lowerItem, encodeKey, decodeKey, type LowerContext } from '../../src/nat/nftables/lower';
 import { formatExpr } from '../../src/nat/nftables/expr';
@@ -84,11 +85,7 @@ const planFor = (a: DesiredState, b: DesiredState, record = recordOf(a)) => {
   const changes = serviceChanges(a.services, b.services);
   const counted = changePlan(b, 4, changes, record, SharedIndex.build(a.services, 4).others(changes));
   // Looking other users up in the state itself (stored rows, ruled out unparsed by their text) must plan exactly what counting them does.
-  const view = IndexedState.fromRows(
-    b.services.map((s) => JSON.stringify(s)),
-    b.rules,
-    b.forwards,
-  );
+  const view = IndexedState.fromRows(StoredRows.of(b.services.map((s) => JSON.stringify(s))), b.rules, b.forwards);
   const looked = changePlan(b, 4, changes, record, lookedUp(view, record.lb, changes));
   if (JSON.stringify(looked) !== JSON.stringify(counted)) throw new Error(`looked-up plan differs:\n${JSON.stringify(looked)}\n${JSON.stringify(counted)}`);
   // The lb users a partial sync records are those a full sync of `b` would count.

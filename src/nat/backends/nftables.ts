@@ -66,7 +66,7 @@ export interface TableCounters {
  */
 const indexes = new WeakMap<StateView, Map<Family, SharedIndex>>();
 
-/** Rounds up to this many changed services look other users up instead of counting them all. */
+/** Rounds up to this many changed services look other users up instead of counting them all (unless the caller keeps the state: then the count is made once and kept). */
 const LOOKUP_MAX = 16;
 
 export abstract class NftablesBackend implements Backend {
@@ -122,7 +122,7 @@ export abstract class NftablesBackend implements Backend {
         const changes = round.services.filter((c) => familyOf((c.new ?? c.old)!.vip) === family);
         const kept = indexes.get(round.view)?.get(family);
         indexes.get(round.view)?.delete(family);
-        index = kept ?? (changes.length > LOOKUP_MAX ? SharedIndex.build(round.before().services, family) : undefined);
+        index = kept ?? (changes.length > LOOKUP_MAX || round.resident ? SharedIndex.build(round.before().services, family) : undefined);
         plan = changePlan(st, family, changes, prev, index ? index.others(changes) : lookedUp(round.view, prev.lb, changes));
         if (plan && !this.partialOk(plan)) plan = undefined;
         if (plan) lb = lbRecordAfter(prev.lb, changes);

@@ -66,6 +66,8 @@ export interface SyncRound {
   before: () => DesiredState;
   /** The whole state `st`, asked without reading all of it. */
   view: StateView;
+  /** The caller keeps this state for more rounds (the agent): an index of what services share is worth building now, once. */
+  resident?: boolean;
 }
 
 /** One renderer + one applier. */
