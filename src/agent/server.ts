@@ -29,7 +29,8 @@ import { NatEngine, onSync, type NatChange, type SyncEvent } from '../nat/engine
 import { NAT_OPS } from '../nat/changes';
 import { parseBackend, type BackendChoice } from '../nat/backends';
 import { resolve as netnsResolve, type NetNs } from '../netns';
-import { nsIdentity } from '../netns/ref';
+import { nsIdentity, parseRef, refPath } from '../netns/ref';
+import { WHOLE_STATE } from './client';
 import { parseHostPort } from '../nat/model';
 import {
   DEFAULT_METRICS,
@@ -46,6 +47,27 @@ import {
 import { agentMetrics, type AgentMetrics } from './metrics';
 
 export { nsIdentity } from '../netns/ref';
+
+/** A namespace kept for NAT requests: the handle, its identity when opened, and how many changes are using it. */
+interface KeptNamespace {
+  id: string;
+  handle: NetNs;
+  users: number;
+}
+
+/** Most changes one NAT request may carry: the CLI sends one; more is a client gone wrong. */
+const MAX_NAT_CHANGES = 1000;
+
+/** Why a NAT request's changes are refused before anything is done, or undefined. */
+function natRequestProblem(changes: readonly { op: string }[]): string | undefined {
+  if (changes.length > MAX_NAT_CHANGES) return `${changes.length} changes in one request (at most ${MAX_NAT_CHANGES})`;
+  const unknown = changes.find((x) => !(NAT_OPS as readonly string[]).includes(x.op));
+  if (unknown) return `unknown change ${JSON.stringify(unknown.op)}: this agent knows ${NAT_OPS.join(', ')}`;
+  // The CLI applies these itself (src/agent/client.ts): the whole set is not worth sending, nor checking twice.
+  const whole = changes.find((x) => (WHOLE_STATE as readonly string[]).includes(x.op));
+  if (whole) return `${whole.op} is applied by the caller, not the agent`;
+  return undefined;
+}
 
 export const DEFAULT_RESYNC_MS = 10_000;
 /** How often the resync loop rewrites everything regardless of the canary (kube-proxy: hourly). */
@@ -133,9 +155,8 @@ export class Agent {
   private socketIno?: number;
   /** Calls for one attachment run one after another (an ADD whose shim died may still be running when its DEL comes). */
   private readonly queues = new Map<string, Promise<unknown>>();
-  /** Namespaces other than the agent's named by NAT requests, by identity ("DEV INO"): their engines stay in memory while they exist. */
-  private readonly natNamespaces = new Map<string, NetNs>();
-  private natInFlight = 0;
+  /** Namespaces other than the agent's named by NAT requests, by identity ("DEV INO") and name: their engines stay in memory while they exist. */
+  private readonly natNamespaces = new Map<string, KeptNamespace>();
   /** NAT state directories this agent has served: what the resync loop watches (kept across restarts). */
   private readonly natDirs = new Set<string>();
   private readonly log: (line: string) => void;
@@ -159,6 +180,8 @@ export class Agent {
     this.fullSyncIntervalMs = opts.fullSyncIntervalMs ?? DEFAULT_FULL_SYNC_MS;
     this.log = opts.log ?? ((line) => process.stderr.write(`${new Date().toISOString()} ${line}\n`));
     this.unsubscribe = onSync((e) => this.observeSync(e));
+    // This process lives on: the NAT state it loads is worth parsing and indexing once.
+    NatEngine.residentProcess = true;
   }
 
   /** Binds the socket (and the metrics listener), then serves until stop(). */
@@ -316,25 +339,27 @@ export class Agent {
    * caller saw.
    */
   private acceptNat(c: net.Socket, frames: readonly Buffer[]): void {
+    if (this.stopping) return this.deny(c, 'stopping', 'the agent is stopping');
     const req = this.decoded(c, () => decodeNatRequest(frames));
     if (!req) return;
-    const unknown = req.changes.find((x) => !(NAT_OPS as readonly string[]).includes(x.op));
-    if (unknown) return this.deny(c, 'protocol', `unknown change ${JSON.stringify(unknown.op)}: this agent knows ${NAT_OPS.join(', ')}`);
-    let ns: NetNs | undefined;
+    const refused = natRequestProblem(req.changes);
+    if (refused) return this.deny(c, 'protocol', refused);
     let backend: BackendChoice | undefined;
     try {
       backend = req.target.backend === undefined ? undefined : parseBackend(req.target.backend);
     } catch (err) {
       return this.deny(c, 'protocol', (err as Error).message);
     }
+    let kept: KeptNamespace | undefined;
     try {
-      ns = req.target.netns && this.natNamespace(req.target.netns);
+      kept = req.target.netns && this.natNamespace(req.target.netns);
     } catch (err) {
       return this.deny(c, 'netns', (err as Error).message);
     }
+    const ns = kept?.handle;
     const t0 = process.hrtime.bigint();
     const what = `${req.changes.length} change${req.changes.length === 1 ? '' : 's'} (${[...new Set(req.changes.map((x) => x.op))].join(', ')}) in ${req.target.stateDir}${ns ? ` for ${ns.label}` : ''}`;
-    this.natInFlight++;
+    if (kept) kept.users++;
     const work = (async () => {
       const engine = NatEngine.shared({ ...(ns ? { ns } : {}), stateDir: req.target.stateDir, ...(backend ? { backend } : {}) });
       const report = await engine.change(req.changes as NatChange[]);
@@ -347,7 +372,7 @@ export class Agent {
       .catch(() => undefined)
       .finally(() => {
         this.running.delete(work);
-        this.natInFlight--;
+        if (kept) kept.users--;
       });
     work.then(
       (report) => {
@@ -367,42 +392,50 @@ export class Agent {
   /**
    * The namespace a NAT request names, as the caller resolved it (ref and
    * identity): the handle this agent keeps for it, so its engine (and the
-   * state it holds) is the same from one request to the next.
+   * state it holds) is the same from one request to the next. Kept per
+   * identity and name: the engine's directory follows the handle's name
+   * (`netns/NAME`, or `netns/inode-N` for a pid or a path), as in the CLI.
    */
-  private natNamespace(target: { ref: string; id: string }): NetNs {
-    const fresh = netnsResolve(target.ref);
-    let id: string | undefined;
+  private natNamespace(target: { ref: string; id: string }): KeptNamespace {
+    const ref = parseRef(target.ref);
+    // Checked with stat before anything opens it: a path that is not this namespace (a FIFO, a file) is never opened.
+    let seen: string | undefined;
     try {
-      id = nsIdentity(fresh.path);
+      seen = nsIdentity(refPath(ref));
     } catch {
       // reported below
     }
-    if (id !== target.id || String(fresh.inode) !== target.id.split(' ')[1]) {
+    if (seen !== target.id || seen.split(' ')[0] !== this.netns.split(' ')[0])
+      throw new Error(`${target.ref} is ${seen ? `namespace ${seen}` : 'nothing'} here, ${target.id} for the caller`);
+    const fresh = netnsResolve(target.ref);
+    if (String(fresh.inode) !== target.id.split(' ')[1]) {
       fresh.close();
-      throw new Error(`${target.ref} is namespace ${id ?? '(gone)'} here, ${target.id} for the caller`);
+      throw new Error(`${target.ref} changed while it was opened`);
     }
-    const kept = this.natNamespaces.get(id);
-    if (kept && !kept.closed) {
+    const key = `${target.id}\0${fresh.name ?? ''}`;
+    const kept = this.natNamespaces.get(key);
+    if (kept && !kept.handle.closed) {
       fresh.close();
       return kept;
     }
-    this.natNamespaces.set(id, fresh);
-    return fresh;
+    const k = { id: target.id, handle: fresh, users: 0 };
+    this.natNamespaces.set(key, k);
+    return k;
   }
 
-  /** Lets go of namespaces kept for NAT requests that no longer resolve to what they were (deleted: the handle would keep them alive). */
+  /** Lets go of namespaces kept for NAT requests that no longer resolve to what they were (deleted: the handle would keep them alive), unless a change is using them. */
   private releaseNatNamespaces(): void {
-    if (this.natInFlight) return; // a change under way may be using one: next pass
-    for (const [id, h] of this.natNamespaces) {
+    for (const [key, k] of this.natNamespaces) {
+      if (k.users) continue; // next pass
       let now: string | undefined;
       try {
-        now = nsIdentity(h.path);
+        now = nsIdentity(k.handle.path);
       } catch {
         // gone
       }
-      if (now !== id) {
-        h.close();
-        this.natNamespaces.delete(id);
+      if (now !== k.id) {
+        k.handle.close();
+        this.natNamespaces.delete(key);
       }
     }
   }
@@ -562,7 +595,9 @@ export class Agent {
       // already gone
     }
     await closed;
-    for (const h of this.natNamespaces.values()) h.close();
+    // Work accepted while the listener was closing is in `running` now too.
+    await Promise.allSettled([...this.running]);
+    for (const k of this.natNamespaces.values()) k.handle.close();
     this.natNamespaces.clear();
     if (this.http) {
       this.http.closeAllConnections();

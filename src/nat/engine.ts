@@ -85,7 +85,7 @@ export class NatEngine {
     const key = `${defaultStateDir(opts.stateDir)}\0${opts.backend ?? 'auto'}\0${opts.exactDir ? 'exact' : ''}`;
     let e = m.get(key);
     if (!e || e.ns.closed) m.set(key, (e = new NatEngine({ ...opts, ns })));
-    e.resident = true;
+    e.resident = NatEngine.residentProcess;
     return e;
   }
 
@@ -93,7 +93,13 @@ export class NatEngine {
   readonly dir: string;
   private readonly choice: BackendChoice;
   private readonly store: NatStore;
-  /** Kept by a resident process (shared()): the state it loads is parsed and indexed once, for the many changes that follow. */
+  /**
+   * Set by a process that lives on and applies many changes (the agent):
+   * its shared() engines parse and index the state they load once, and keep
+   * the index of what services share. A one-shot process (the CLI, a
+   * standalone CNI plugin) reads only what its change needs.
+   */
+  static residentProcess = false;
   private resident = false;
   /** The backend of the last sync, kept while the choice stays the same (it keeps indexes of what it wrote). */
   private kept?: { name: BackendName; mode?: string; backend: Backend };
@@ -322,9 +328,17 @@ export class NatEngine {
       this.kept = undefined;
       throw err;
     }
-    const conntrackDeleted = await deleteUdpFlows(this.ns, removedUdpEndpoints(round.services, next, next));
-    const sysctls = await this.convergeSysctls(next, f.sysctls ?? {});
-    this.store.save(round.next, { backend: backend.name, applied: result.applied, sysctls }, result.full ? undefined : round.changes);
+    let conntrackDeleted: number;
+    try {
+      conntrackDeleted = await deleteUdpFlows(this.ns, removedUdpEndpoints(round.services, next, next));
+      const sysctls = await this.convergeSysctls(next, f.sysctls ?? {});
+      this.store.save(round.next, { backend: backend.name, applied: result.applied, sysctls }, result.full ? undefined : round.changes);
+    } catch (err) {
+      // The rules changed but the round is not recorded (the dirty mark stays: the next sync is a full one); what this process holds is not the record.
+      this.store.forget();
+      this.kept = undefined;
+      throw err;
+    }
     fs.rmSync(this.dirtyFile, { force: true });
     const { applied: _a, ...rest } = result;
     const report: SyncReport = {

@@ -48,16 +48,16 @@ async function setup() {
   const agent = await cni.startAgent(node);
   const stateDir = fs.mkdtempSync(path.join(cni.dir, 'nat-'));
   /** The CLI run in the node (beside the agent), on the router's rules; `socket: ''` never asks the agent. */
-  const cli = (args: string[], o: { socket?: string; from?: NetNs } = {}) => {
-    const r = (o.from ?? node).spawnSync(process.execPath, [CLI, '--netns', router.name!, '--state-dir', stateDir, ...args], {
+  const cli = (args: string[], o: { socket?: string; from?: NetNs; ref?: string } = {}) => {
+    const r = (o.from ?? node).spawnSync(process.execPath, [CLI, '--netns', o.ref ?? router.name!, '--state-dir', stateDir, ...args], {
       encoding: 'utf8',
       env: { ...process.env, TSNET_AGENT_SOCKET: o.socket ?? agent.socket, TSNET_AGENT_HELLO_MS: '10000', TSNET_VERBOSE: '1' },
       timeout: 60_000,
     });
     return { status: r.status, stdout: String(r.stdout), stderr: String(r.stderr) };
   };
-  const services = () => {
-    const r = tsnet('--netns', router.name!, '--state-dir', stateDir, '-j', 'service', 'ls');
+  const services = (ref = router.name!) => {
+    const r = tsnet('--netns', ref, '--state-dir', stateDir, '-j', 'service', 'ls');
     if (r.status !== 0) throw new Error(`service ls: ${r.stderr}`);
     return Object.fromEntries((JSON.parse(r.stdout) as { name: string; endpoints: { ip: string }[] }[]).map((s) => [s.name, s.endpoints.map((e) => e.ip)]));
   };
@@ -103,8 +103,8 @@ test('the CLI hands NAT changes to the running agent: add, set-endpoints, del, w
   t.is(await logged(agent, SERVED, 4), 4, `the agent's log names the four changes it served:\n${agent.log}`);
 });
 
-test('a change the agent refuses reads exactly as without the agent: same one-line error, same exit status, nothing changed', async (t) => {
-  const { agent, cli, services } = await setup();
+test('a change the agent refuses reads exactly as without the agent: same one-line error, same exit status, nothing changed; requests no CLI sends are refused unread', async (t) => {
+  const { agent, node, cli, services, stateDir } = await setup();
   applied(t, cli(['service', 'add', 'web', '--vip', '10.96.0.10:80', '--endpoint', '10.82.0.11:8080']), 'agent', 'add');
   const bad = [
     ['service', 'set-endpoints', 'nosuch', '--endpoint', '10.82.0.11:8080'],
@@ -120,6 +120,21 @@ test('a change the agent refuses reads exactly as without the agent: same one-li
   }
   t.deepEqual(services(), { web: ['10.82.0.11'] });
   t.is(await logged(agent, / nat: served .*: (no service named|service web already exists|services web and other both claim)/, 3), 3, agent.log);
+
+  // What no CLI sends is refused before anything is done: the whole set, a thousand and one changes, an unknown op.
+  const src = path.join(__dirname, '..', '..', 'src');
+  const raw = (changes: unknown[]) => {
+    const script = `const { natChangeThroughAgent } = require(${JSON.stringify(path.join(src, 'agent', 'client.js'))});
+      const { nsIdentity } = require(${JSON.stringify(path.join(src, 'netns', 'ref.js'))});
+      const req = { netns: nsIdentity('/proc/self/ns/net'), target: { stateDir: ${JSON.stringify(stateDir)} }, changes: JSON.parse(process.argv[2]) };
+      natChangeThroughAgent(process.argv[1], req).then((r) => process.stdout.write(JSON.stringify(r)), (e) => process.stdout.write(JSON.stringify({ error: e.message })));`;
+    const r = node.spawnSync(process.execPath, ['-e', script, agent.socket, JSON.stringify(changes)], { encoding: 'utf8' });
+    return JSON.parse(String(r.stdout) || 'null') as { served?: boolean; why?: string; error?: string } | null;
+  };
+  t.regex(raw([{ op: 'replace-services', services: [] }])?.why ?? '', /replace-services is applied by the caller/);
+  t.regex(raw(Array.from({ length: 1001 }, () => ({ op: 'delete-service', name: 'web' })))?.why ?? '', /1001 changes in one request \(at most 1000\)/);
+  t.regex(raw([{ op: 'flush-everything' }])?.why ?? '', /unknown change "flush-everything"/);
+  t.deepEqual(services(), { web: ['10.82.0.11'] }, 'nothing done');
   t.is(await logged(agent, SERVED, 1), 1);
 });
 
@@ -204,4 +219,14 @@ test('an agent that dies after taking a change (SIGKILL while it waits for the s
   t.regex(stderr, /\(here: .* closed the connection without a reply\)$/m);
   t.deepEqual(services(), { web: ['10.82.0.12'] });
   t.deepEqual(await replies('10.96.0.10'), { b2: 6 });
+});
+
+test('one namespace named two ways (by path, by name) is two desired states through the agent exactly as without it', async (t) => {
+  const { router, cli, services } = await setup();
+  const byPath = `/run/netns/${router.name!}`;
+  applied(t, cli(['service', 'add', 'a', '--vip', '10.96.0.10:80', '--endpoint', '10.82.0.11:8080'], { ref: byPath }), 'agent', 'add a by path');
+  applied(t, cli(['service', 'add', 'b', '--vip', '10.96.0.11:80', '--endpoint', '10.82.0.12:8080']), 'agent', 'add b by name');
+  applied(t, cli(['service', 'add', 'c', '--vip', '10.96.0.12:80', '--endpoint', '10.82.0.12:8080'], { ref: byPath, socket: '' }), 'here', 'add c by path');
+  t.deepEqual(services(byPath), { a: ['10.82.0.11'], c: ['10.82.0.12'] }, 'by path: netns/inode-N');
+  t.deepEqual(services(), { b: ['10.82.0.12'] }, 'by name: netns/NAME');
 });

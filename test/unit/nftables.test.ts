@@ -2,11 +2,13 @@ import test from 'ava';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { normalizeState, parseEndpoint, type DesiredState } from '../../src/nat/model';
-import { ENDPOINTS, SERVICE_IPS, lbChain, render, sepChain, svcChain } from '../../src/nat/nftables/layout';
-import { fullPlan } from '../../src/nat/nftables/plan';
+import { ENDPOINTS, HAIRPIN, SERVICE_IPS, lbChain, render, sepChain, svcChain } from '../../src/nat/nftables/layout';
+import { fullPlan, type Op } from '../../src/nat/nftables/plan';
 import { SharedIndex, changePlan, globalRecord, lbRecordAfter, lbRecordOf, lookedUp, serviceChanges } from '../../src/nat/nftables/incremental';
 import { IndexedState } from '../../src/nat/changes';
 import { StoredRows } from '../../src/nat/rows';
+import { NftablesBackend } from '../../src/nat/backends/nftables';
+import type { NetNs } from '../../src/netns';
 import { script } from '../../src/nat/nftables/text';
 import { lowerItem, encodeKey, decodeKey, type LowerContext } from '../../src/nat/nftables/lower';
 import { formatExpr } from '../../src/nat/nftables/expr';
@@ -230,4 +232,49 @@ test('netlink batch: BEGIN, one message per operation (element lists split under
     [...b.what.values()].find((w) => w.startsWith('adding') && w.includes('elements to endpoints'))!,
     /^adding \d+ elements to endpoints, from 10\.96\.0\.0 \. tcp \. 80 \. 0 : 10\.1\.0\.0 \. 80$/,
   );
+});
+
+/** An nftables backend that records the operations it would send, with the canary under the test's control. */
+class RecordingBackend extends NftablesBackend {
+  readonly name = 'netlink' as const;
+  canary = true;
+  sent: Op[][] = [];
+  constructor() {
+    super(undefined as unknown as NetNs);
+  }
+  protected async apply(ops: readonly Op[]): Promise<void> {
+    this.sent.push([...ops]);
+  }
+  async canaryPresent(): Promise<boolean> {
+    return this.canary;
+  }
+  protected async readCounters(): Promise<undefined> {
+    return undefined;
+  }
+  protected async readAffinitySet(): Promise<[]> {
+    return [];
+  }
+}
+
+test('a resident process keeps the index of shared objects only from syncs it describes: after a full sync (canary gone) it is rebuilt, so a hairpin pair another service still uses stays', async (t) => {
+  const svc = (name: string, vip: string) => ({ name, vip, port: 80, proto: 'tcp' as const, endpoints: [parseEndpoint('10.80.0.11:8080')] });
+  const st = IndexedState.of(normalizeState({ services: [svc('z', '10.96.0.1')], rules: [] }));
+  const b = new RecordingBackend();
+  const sync = async (changes: Parameters<IndexedState['apply']>[0], applied: Awaited<ReturnType<typeof b.sync>>['applied'] | undefined) => {
+    const r = st.apply(changes);
+    return b.sync(st.state, applied, false, { services: r.services, before: r.before, view: st, resident: true });
+  };
+  let last = await b.sync(st.state, undefined, false, { services: [], before: () => st.state, view: st, resident: true });
+  t.true(last.full);
+  last = await sync([{ op: 'add-service', service: { ...svc('x', '10.96.0.3'), endpoints: [parseEndpoint('10.80.0.12:8080')] } }], last.applied);
+  t.false(last.full, 'a partial sync: the index of shared objects is built and kept');
+  b.canary = false; // someone flushed the table
+  last = await sync([{ op: 'add-service', service: svc('y', '10.96.0.2') }], last.applied);
+  t.true(last.full, 'no canary: a full sync');
+  b.canary = true;
+  b.sent = [];
+  last = await sync([{ op: 'delete-service', name: 'z' }], last.applied);
+  t.false(last.full);
+  const deletedHairpin = b.sent.flat().filter((o) => o.op === 'delete-elements' && o.set === HAIRPIN);
+  t.deepEqual(deletedHairpin, [], 'y still uses the pair (10.80.0.11, 10.80.0.11): it stays');
 });

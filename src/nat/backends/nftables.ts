@@ -110,6 +110,9 @@ export abstract class NftablesBackend implements Backend {
     const usable = applied && tableKind(applied.backend) === 'nftables' && applied.clean ? applied : undefined;
     const families = round ? round.view.families() : familiesUsed(st);
     for (const family of [4, 6] as const) {
+      // Taken out now: put back below only by a sync it describes (a full sync, a teardown or a failure drops it).
+      const kept = round && indexes.get(round.view)?.get(family);
+      if (round) indexes.get(round.view)?.delete(family);
       if (!families.includes(family)) {
         if (force || mayHoldRules(applied, 'nftables', family)) await this.teardownFamily(family);
         continue;
@@ -120,24 +123,23 @@ export abstract class NftablesBackend implements Backend {
       let lb: LbRecord | undefined;
       if (prev && round && !force && (await this.canaryPresent(family))) {
         const changes = round.services.filter((c) => familyOf((c.new ?? c.old)!.vip) === family);
-        const kept = indexes.get(round.view)?.get(family);
-        indexes.get(round.view)?.delete(family);
-        index = kept ?? (changes.length > LOOKUP_MAX || round.resident ? SharedIndex.build(round.before().services, family) : undefined);
+        index = kept || (changes.length > LOOKUP_MAX || round.resident ? SharedIndex.build(round.before().services, family) : undefined);
         plan = changePlan(st, family, changes, prev, index ? index.others(changes) : lookedUp(round.view, prev.lb, changes));
         if (plan && !this.partialOk(plan)) plan = undefined;
         if (plan) lb = lbRecordAfter(prev.lb, changes);
-        if (plan && index) {
-          index.update(changes);
-          let m = indexes.get(round.view);
-          if (!m) indexes.set(round.view, (m = new Map()));
-          m.set(family, index);
-        }
+        if (plan && index) index.update(changes);
       }
       if (!plan) {
         plan = fullPlan(render(st, family));
         lb = lbRecordOf(st.services, family);
+        index = round?.resident ? SharedIndex.build(st.services, family) : undefined;
       }
       await this.apply(plan.ops, family, plan.full ? [] : staticSets());
+      if (round && index) {
+        let m = indexes.get(round.view);
+        if (!m) indexes.set(round.view, (m = new Map()));
+        m.set(family, index);
+      }
       result.full ||= plan.full;
       result.written += plan.written;
       result.deleted += plan.deleted;
