@@ -474,6 +474,7 @@ export async function bridgeGc(conf: NetConf, env: CniEnv): Promise<{ released: 
     await teardown(rec, env, records);
     released.push(`${rec.containerId}/${rec.ifname}`);
   }
+  records.removeDeadTemps((containerId, ifname) => valid.has(attachmentKey({ containerId, ifname })));
   await ipam(conf, env).gc(valid);
   return { released };
 }

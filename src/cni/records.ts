@@ -74,10 +74,34 @@ export class RecordStore {
     fs.rmSync(file, { force: true });
   }
 
+  /**
+   * Temporary files of records whose writer died mid-write, for attachments
+   * `keep` does not hold (GC: an ADD killed before its first record was in
+   * place leaves only a temporary, which no listing shows). A live writer's
+   * (its pid still runs) is left alone.
+   */
+  removeDeadTemps(keep: (containerId: string, ifname: string) => boolean): void {
+    for (const name of listDir(this.dir)) {
+      const m = /^\.(.+):([^:]+)\.json\.(\d+)\.tmp$/.exec(name);
+      if (!m || keep(m[1]!, m[2]!) || running(Number(m[3]))) continue;
+      fs.rmSync(path.join(this.dir, name), { force: true });
+    }
+  }
+
   list(): AttachmentRecord[] {
     return listDir(this.dir)
       .filter((n) => n.endsWith('.json') && !n.startsWith('.'))
       .map((n) => this.read(path.join(this.dir, n)))
       .filter((r): r is AttachmentRecord => r !== undefined);
+  }
+}
+
+/** Whether process `pid` exists (kill(pid, 0): EPERM means it does, as another user's). */
+function running(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return hasCode(err, 'EPERM');
   }
 }

@@ -10,6 +10,7 @@
  * mapping makes traffic across work.
  */
 import test, { type ExecutionContext } from 'ava';
+import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as link from '../../src/link';
@@ -36,7 +37,8 @@ export function cniSuite(mode: CniMode, natBackend?: BackendName): void {
       t.deepEqual(fell, [], 'calls the agent did not serve (the shim fell back to the standalone plugin)');
     });
     test.after((t) => {
-      t.true(cni.served.agent > 20, `calls served by the agent: ${cni.served.agent}`);
+      // Every call fell back would show in afterEach; this is the count itself working (a test run alone with --match serves a few).
+      t.true(cni.served.agent > 0, `calls served by the agent: ${cni.served.agent}`);
     });
   }
 
@@ -301,7 +303,16 @@ export function cniSuite(mode: CniMode, natBackend?: BackendName): void {
     );
     t.is(nd.left().reservations.length, 2);
     ok(t, await nd.call('CHECK', cs[0]!, 'gc-0', { ...nd.conf, prevResult: adds[0]!.json }), 'a kept one still checks');
+    // What an ADD killed before its first record was in place leaves: a temporary of that record only (the kill test hits it by chance).
+    const recordsDir = path.join(nd.conf.stateDir, 'cni', nd.network);
+    const dead = spawnSync('true').pid!;
+    const orphan = `.gc-killed:eth0.json.${dead}.tmp`;
+    const keptTemp = `.gc-0:eth0.json.${dead}.tmp`;
+    for (const n of [orphan, keptTemp]) fs.writeFileSync(path.join(recordsDir, n), '{"version":1');
     ok(t, await gc([{ containerID: 'gc-0', ifname: 'eth0' }], 'cni.dev/attachments'), 'GC with the older key');
+    const temps = fs.readdirSync(recordsDir).filter((n) => n.endsWith('.tmp'));
+    t.deepEqual(temps, [keptTemp], "the dead writer's temporary of a released attachment is gone; a kept attachment's stays");
+    fs.rmSync(path.join(recordsDir, keptTemp));
     t.is(nd.left().reservations.length, 1);
     t.is(nd.left().rules.length, 1);
     const bad = await gc(undefined);

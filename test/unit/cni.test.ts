@@ -9,6 +9,8 @@ import { parseIpamConfig, bigToIp, rangeText } from '../../src/cni/ipam/config';
 import { parseBridgeConf, portForwards, hostVethName } from '../../src/cni/bridge';
 import { CniError } from '../../src/cni/errors';
 import { shimConf } from '../../src/cni/install';
+import { RecordStore } from '../../src/cni/records';
+import { spawnSync } from 'node:child_process';
 
 const result = {
   cniVersion: '1.1.0',
@@ -136,4 +138,16 @@ test("resolvConf: nameservers, domain, search and options become the result's dn
   });
   t.is((t.throws(() => parseResolvConf(path.join(dir, 'missing'))) as CniError).code, 5);
   fs.rmSync(dir, { recursive: true });
+});
+
+test("GC's sweep of records' temporary files: a dead writer's, of an attachment GC releases, goes; a live writer's or a kept attachment's stays", (t) => {
+  const state = fs.mkdtempSync(path.join(os.tmpdir(), 'tsnet-records-'));
+  const store = new RecordStore(state, 'net1');
+  fs.mkdirSync(store.dir, { recursive: true });
+  const dead = spawnSync('true').pid!; // exited: its pid runs nothing now
+  const names = [`.gone:eth0.json.${dead}.tmp`, `.busy:eth0.json.${process.pid}.tmp`, `.kept:eth0.json.${dead}.tmp`, 'other:eth0.json'];
+  for (const n of names) fs.writeFileSync(path.join(store.dir, n), '{');
+  store.removeDeadTemps((containerId) => containerId === 'kept');
+  t.deepEqual(fs.readdirSync(store.dir).sort(), [names[1]!, names[2]!, names[3]!].sort());
+  fs.rmSync(state, { recursive: true, force: true });
 });
