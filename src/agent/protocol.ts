@@ -14,7 +14,6 @@
  * DEV INO is (st_dev, st_ino) of /proc/self/ns/net: the identity of a network
  * namespace, equal for two processes exactly when they share it.
  */
-
 /** Where the agent listens and the shim connects unless told otherwise. */
 export { DEFAULT_SOCKET } from '../cni/defaults';
 /** Where the agent serves Prometheus metrics unless told otherwise (loopback only). */

@@ -90,8 +90,6 @@ export interface ServiceHint {
  */
 type Row = Service | number;
 
-const escapeRe = (t: string) => t.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
-
 /**
  * A test of stored rows: whether row k can satisfy any of `hints`, read from
  * its text without parsing it (no false negatives). Endpoint addresses, the
@@ -104,11 +102,11 @@ function rowsFilter(stored: StoredRows, hints: readonly ServiceHint[]): (k: numb
   }
   const one = hints.map((hint) => {
     const proto = hint.proto && `"proto":"${hint.proto}"`;
-    const ip = hint.endpointIp && new RegExp(`\\{"ip":"${escapeRe(hint.endpointIp)}"`);
+    const ip = hint.endpointIp && `{"ip":"${hint.endpointIp}"`;
     const count = hint.endpoints;
     return (row: string) => {
       if (proto && !row.includes(proto)) return false;
-      if (ip && !ip.test(row)) return false;
+      if (ip && !row.includes(ip)) return false;
       if (count !== undefined) {
         let n = 0;
         for (let at = row.indexOf('{"ip":"'); at >= 0; at = row.indexOf('{"ip":"', at + 7)) n++;
@@ -289,12 +287,13 @@ class ServiceRows {
       const i = this.position(n);
       if (i !== undefined) skip.add(i);
     }
-    const mayMatch = this.stored
-      ? rowsFilter(
-          this.stored,
-          queries.map((q) => q.hint),
-        )
-      : () => true;
+    // Made at the first stored row met: rows all parsed (a resident process) search no bytes.
+    let filter: ((k: number) => boolean) | undefined;
+    const mayMatch = (k: number) =>
+      (filter ??= rowsFilter(
+        this.stored!,
+        queries.map((q) => q.hint),
+      ))(k);
     for (let i = 0; i < this.rows.length && open; i++) {
       if (skip.has(i)) continue;
       const r = this.rows[i]!;

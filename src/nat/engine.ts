@@ -321,20 +321,14 @@ export class NatEngine {
     fs.writeFileSync(this.dirtyFile, `${process.pid} ${backend.name}${mode ? ` ${mode}` : ''}\n`);
     const next = round.next.state;
     let result: SyncResult;
-    try {
-      result = await backend.sync(next, applied, force, { services: round.services, before: round.before, view: round.next, resident: this.resident });
-    } catch (err) {
-      this.store.forget();
-      this.kept = undefined;
-      throw err;
-    }
     let conntrackDeleted: number;
     try {
+      result = await backend.sync(next, applied, force, { services: round.services, before: round.before, view: round.next, resident: this.resident });
       conntrackDeleted = await deleteUdpFlows(this.ns, removedUdpEndpoints(round.services, next, next));
       const sysctls = await this.convergeSysctls(next, f.sysctls ?? {});
       this.store.save(round.next, { backend: backend.name, applied: result.applied, sysctls }, result.full ? undefined : round.changes);
     } catch (err) {
-      // The rules changed but the round is not recorded (the dirty mark stays: the next sync is a full one); what this process holds is not the record.
+      // Applied halfway or not recorded (the dirty mark stays: the next sync is a full one): what this process holds is not the record.
       this.store.forget();
       this.kept = undefined;
       throw err;
