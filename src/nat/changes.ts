@@ -440,6 +440,11 @@ class Round {
     if (!this.touched.has(name)) this.touched.set(name, this.current(name) ?? null);
   }
 
+  /** remember(), when the caller already holds what `name` is now (null: absent). */
+  private rememberAs(name: string, now: Service | null): void {
+    if (!this.touched.has(name)) this.touched.set(name, now);
+  }
+
   private put(s: Service): void {
     const x = this.x;
     const i = x.position(s.name);
@@ -528,24 +533,43 @@ class Round {
         this.remove(c.name);
         break;
       case 'replace-services': {
+        // The whole set at once: checked as a whole (one owner per VIP among the wanted; the others go), then
+        // the rows rebuilt in one pass, kept services in their places and new ones last.
         const wanted = new Map<string, Service>();
+        const owners = new Map<string, string>();
         for (const raw of c.services) {
           const s = normalizeService(raw);
           if (wanted.has(s.name)) throw invalid(`duplicate service name ${s.name}`);
+          const key = vipKey(s);
+          const claimed = owners.get(key);
+          if (claimed !== undefined) throw invalid(`services ${claimed} and ${s.name} both claim ${key}`);
+          owners.set(key, s.name);
           wanted.set(s.name, s);
         }
         const x = this.x;
         const rows = x.all();
-        const gone = rows.filter((s) => !wanted.has(s.name));
-        if (gone.length) {
-          // One pass instead of one renumbering per removed service.
-          for (const s of gone) this.remember(s.name);
-          x.replace(rows.filter((s) => wanted.has(s.name)));
-          this.undos.push(() => x.replace(rows));
+        const next: Service[] = [];
+        const kept = new Set<string>();
+        let changed = false;
+        for (const s of rows) {
+          const w = wanted.get(s.name);
+          if (w) kept.add(s.name);
+          if (w && JSON.stringify(w) === JSON.stringify(s)) next.push(s);
+          else {
+            this.rememberAs(s.name, s);
+            if (w) next.push(w);
+            changed = true;
+          }
         }
         for (const s of wanted.values()) {
-          const have = this.current(s.name);
-          if (!have || JSON.stringify(have) !== JSON.stringify(s)) this.put(s);
+          if (kept.has(s.name)) continue;
+          this.rememberAs(s.name, null);
+          next.push(s);
+          changed = true;
+        }
+        if (changed) {
+          x.replace(next);
+          this.undos.push(() => x.replace(rows));
         }
         break;
       }

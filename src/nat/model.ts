@@ -104,6 +104,7 @@ export function validateName(name: string, what = 'service name'): void {
 }
 
 export function parsePort(text: string | number, what = 'port'): number {
+  if (typeof text === 'number' && Number.isInteger(text) && text >= 1 && text <= 65535) return text;
   const s = String(text);
   if (!/^\d{1,5}$/.test(s) || Number(s) < 1 || Number(s) > 65535) throw invalid(`invalid ${what} ${JSON.stringify(s)}: must be 1-65535`);
   return Number(s);

@@ -290,29 +290,44 @@ export class NlWriter {
     this.buf = next;
   }
 
+  // Plain byte stores, not Buffer's write* methods: a sync of 10,000 services writes
+  // millions of these, and the values are the encoder's own (lengths are checked in end()).
   u8(v: number): void {
     this.room(1);
-    this.buf.writeUInt8(v, this.off);
-    this.off += 1;
+    this.buf[this.off++] = v;
   }
   u16(v: number): void {
     this.room(2);
-    this.buf.writeUInt16LE(v, this.off);
+    const b = this.buf;
+    b[this.off] = v;
+    b[this.off + 1] = v >>> 8;
     this.off += 2;
   }
   u16be(v: number): void {
     this.room(2);
-    this.buf.writeUInt16BE(v, this.off);
+    const b = this.buf;
+    b[this.off] = v >>> 8;
+    b[this.off + 1] = v;
     this.off += 2;
   }
   u32(v: number): void {
     this.room(4);
-    this.buf.writeUInt32LE(v >>> 0, this.off);
+    const b = this.buf;
+    const o = this.off;
+    b[o] = v;
+    b[o + 1] = v >>> 8;
+    b[o + 2] = v >>> 16;
+    b[o + 3] = v >>> 24;
     this.off += 4;
   }
   u32be(v: number): void {
     this.room(4);
-    this.buf.writeUInt32BE(v >>> 0, this.off);
+    const b = this.buf;
+    const o = this.off;
+    b[o] = v >>> 24;
+    b[o + 1] = v >>> 16;
+    b[o + 2] = v >>> 8;
+    b[o + 3] = v;
     this.off += 4;
   }
   u64be(v: bigint): void {
@@ -333,10 +348,10 @@ export class NlWriter {
     this.off += n + 1;
   }
   private pad(): void {
-    const p = align4(this.off) - this.off;
+    const p = (4 - (this.off & 3)) & 3;
+    if (!p) return;
     this.room(p);
-    this.buf.fill(0, this.off, this.off + p);
-    this.off += p;
+    for (let i = 0; i < p; i++) this.buf[this.off++] = 0;
   }
 
   /** Starts an attribute (or a nest); returns where its header is, for end(). */
@@ -349,7 +364,10 @@ export class NlWriter {
   }
   /** Ends the attribute begun at `at`: patches its length (unpadded, as the kernel expects). */
   end(at: number): void {
-    this.buf.writeUInt16LE(this.off - at, at);
+    const len = this.off - at;
+    if (len > 0xffff) throw new RangeError(`netlink attribute of ${len} bytes: longer than 65535`);
+    this.buf[at] = len;
+    this.buf[at + 1] = len >>> 8;
     this.pad();
   }
 

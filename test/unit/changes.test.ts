@@ -82,6 +82,25 @@ test('replace-services: one round, only differing services reported', (t) => {
   );
 });
 
+test('replace-services is judged as a whole: two services may swap VIPs in one set; two wanted services claiming one VIP are refused, nothing changed', (t) => {
+  const st = base();
+  const x = IndexedState.of(st);
+  const before = JSON.stringify(st);
+  // b takes a's VIP while a moves away: a check per service in order would refuse b.
+  const r = x.apply([{ op: 'replace-services', services: [svc('b', '10.96.0.1'), svc('a', '10.96.0.9'), svc('c', '10.96.0.3')] }]);
+  t.deepEqual(r.services.map((d) => `${d.old?.vip}>${d.new?.vip}`).sort(), ['10.96.0.1>10.96.0.9', '10.96.0.2>10.96.0.1']);
+  t.deepEqual(
+    x.state.services.map((s) => `${s.name}=${s.vip}`),
+    ['a=10.96.0.9', 'b=10.96.0.1', 'c=10.96.0.3'],
+    'kept services keep their places',
+  );
+  r.undo();
+  t.is(JSON.stringify(st), before);
+  const err = t.throws(() => x.apply([{ op: 'replace-services', services: [svc('a', '10.96.0.1'), svc('z', '10.96.0.1')] }]));
+  t.is(err?.message, 'services a and z both claim 10.96.0.1:80/tcp');
+  t.is(JSON.stringify(st), before, 'a refused set changes nothing');
+});
+
 const tmp = () => fs.mkdtempSync(path.join(os.tmpdir(), 'tsnet-store-'));
 
 test('store: rounds are journal lines; a fresh reader replays them; a torn last line is a round that never happened', (t) => {

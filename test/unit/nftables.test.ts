@@ -2,7 +2,7 @@ import test from 'ava';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { normalizeState, parseEndpoint, type DesiredState } from '../../src/nat/model';
-import { ENDPOINTS, HAIRPIN, SERVICE_IPS, lbChain, render, sepChain, svcChain } from '../../src/nat/nftables/layout';
+import { ENDPOINTS, ENDPOINTS_WEIGHTED, HAIRPIN, SERVICE_IPS, lbChain, render, sepChain, serviceParts, svcChain } from '../../src/nat/nftables/layout';
 import { fullPlan, type Op } from '../../src/nat/nftables/plan';
 import { SharedIndex, changePlan, globalRecord, lbRecordAfter, lbRecordOf, lookedUp, serviceChanges } from '../../src/nat/nftables/incremental';
 import { IndexedState } from '../../src/nat/changes';
@@ -14,7 +14,7 @@ import { lowerItem, encodeKey, decodeKey, type LowerContext } from '../../src/na
 import { formatExpr } from '../../src/nat/nftables/expr';
 import { setUdata, datatype } from '../../src/nat/nftables/udata';
 import { encodePlan } from '../../src/nat/nftables/netlink';
-import type { Rule, Ruleset } from '../../src/nat/nftables/ruleset';
+import { elementsOf, type Element, type Rule, type Ruleset } from '../../src/nat/nftables/ruleset';
 import { sampleState } from '../harness/nat-sample';
 import { decodeBatch } from '../harness/nft-batch';
 
@@ -128,6 +128,46 @@ test('layout: a service is map elements, not chains; chains are shared by endpoi
   const wt = script(fullPlan(render(w, 4)).ops, 4);
   t.true(wt.includes('add element ip tsnet endpoints-weighted { 10.96.0.10 . tcp . 80 . 0-1 : 10.0.0.2 . 8080, 10.96.0.10 . tcp . 80 . 2 : 10.0.0.3 . 8080 }'));
   t.true(wt.includes('goto lbw-tcp-3'));
+});
+
+test("a whole table's element lists, made when read, hold exactly what each service's parts hold, read in order or not", (t) => {
+  const st = normalizeState({
+    services: [
+      { name: 'p', vip: '10.96.0.1', port: 80, proto: 'tcp', endpoints: ['10.0.0.2:80', '10.0.0.3:80'].map(parseEndpoint) },
+      { name: 'empty', vip: '10.96.0.2', port: 80, proto: 'tcp', endpoints: [] },
+      { name: 'w', vip: '10.96.0.3', port: 53, proto: 'udp', endpoints: ['10.0.0.2:53@2', '10.0.0.4:53@5', '10.0.0.5:53'].map(parseEndpoint) },
+      { name: 'aff', vip: '10.96.0.4', port: 80, proto: 'tcp', endpoints: ['10.0.0.6:80'].map(parseEndpoint), affinitySeconds: 10 },
+      { name: 'six', vip: 'fd00::1', port: 80, proto: 'tcp', endpoints: ['[fd00::2]:80'].map(parseEndpoint) },
+      { name: 'q', vip: '10.96.0.5', port: 80, proto: 'tcp', endpoints: ['10.0.0.3:80'].map(parseEndpoint) },
+    ],
+    rules: [],
+  });
+  const rs = render(st, 4);
+  const wanted = new Map<string, Element[]>();
+  for (const s of st.services.filter((x) => !x.vip.includes(':')))
+    for (const [set, es] of serviceParts(s).elements) wanted.set(set, [...(wanted.get(set) ?? []), ...es]);
+  for (const [set, list] of rs.elements) {
+    if (set === HAIRPIN) continue;
+    t.deepEqual(elementsOf(list), wanted.get(set) ?? [], `${set}, in order`);
+    const backwards = Array.from({ length: list.length }, (_, i) => list.at(list.length - 1 - i)).reverse();
+    t.deepEqual(backwards, wanted.get(set) ?? [], `${set}, read backwards`);
+    t.is(list.at(list.length), undefined);
+    t.is(list.at(-1), undefined);
+  }
+  t.deepEqual(
+    elementsOf(rs.elements.get(ENDPOINTS_WEIGHTED)!).map((e) => e.key[3]),
+    [
+      [0, 1],
+      [2, 6],
+      [7, 7],
+    ],
+    'each weighted endpoint owns its range',
+  );
+  t.deepEqual(
+    elementsOf(rs.elements.get(HAIRPIN)!).map((e) => e.key[0]),
+    ['10.0.0.2', '10.0.0.3', '10.0.0.4', '10.0.0.5', '10.0.0.6'],
+    'one hairpin pair per endpoint address',
+  );
 });
 
 test('partial sync: an endpoint change is element operations only; stale chains are flushed before they are deleted', (t) => {

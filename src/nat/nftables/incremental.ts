@@ -15,7 +15,7 @@ import { hash } from 'node:crypto';
 import { familyOf, type DesiredState, type Service } from '../model';
 import type { StateView } from '../changes';
 import { elementKeyId, elementValueId } from './ids';
-import { HAIRPIN, globalChains, hairpinElement, serviceParts, sharedOf, type ServiceParts } from './layout';
+import { HAIRPIN, globalChains, hairpinElement, lbOf, serviceParts, sharedOf, type ServiceParts } from './layout';
 import { LAYOUT, type Digests, type Op, type Plan } from './plan';
 import type { Chain, Element, Family, NamedSet, Rule } from './ruleset';
 
@@ -84,17 +84,22 @@ export type LbRecord = Record<string, string>;
 export function lbRecordAfter(prev: LbRecord | undefined, changes: readonly ServiceChange[]): LbRecord {
   const m = new Map(Object.entries(prev ?? {}).map(([k, v]) => [k, Number(v)]));
   for (const ch of changes) {
-    const was = ch.old && sharedOf(ch.old).lb;
-    const is = ch.new && sharedOf(ch.new).lb;
+    const was = ch.old && lbOf(ch.old);
+    const is = ch.new && lbOf(ch.new);
     if (was) bump(m, was, -1);
     if (is) bump(m, is, 1);
   }
   return Object.fromEntries([...m].map(([k, v]) => [k, String(v)]));
 }
 
-/** The lb users of a whole state, for the record of a full sync. */
+/** The lb users of a whole state, for the record of a full sync (names only: no endpoint is looked at). */
 export function lbRecordOf(services: readonly Service[], family: Family): LbRecord {
-  return Object.fromEntries([...SharedIndex.build(services, family).lb].map(([k, v]) => [k, String(v)]));
+  const m = new Map<string, number>();
+  for (const s of services) {
+    const lb = familyOf(s.vip) === family ? lbOf(s) : undefined;
+    if (lb) bump(m, lb, 1);
+  }
+  return Object.fromEntries([...m].map(([k, v]) => [k, String(v)]));
 }
 
 function bump(m: Map<string, number>, key: string, delta: number): void {

@@ -23,7 +23,7 @@ import { formatHostPort } from '../../addr/cidr';
 import { CANARY_COMMENT, HAIRPIN_COMMENT, LOCALNET_COMMENT, MASQ_COMMENT, MASQ_MARK, PRIORITY } from '../constants';
 import { familyOf, ruleFamily, servesLoopback, type DesiredState, type Forward, type NatRule, type Proto, type Service } from '../model';
 import { endpointHash, portProtoHash } from '../names';
-import type { Chain, Element, Family, Item, KeyExpr, NamedSet, Rule, Ruleset } from './ruleset';
+import type { Chain, Element, ElementList, Family, Item, KeyExpr, NamedSet, Rule, Ruleset } from './ruleset';
 
 export const SERVICE_IPS = 'service-ips';
 export const NO_ENDPOINTS = 'no-endpoint-services';
@@ -104,26 +104,109 @@ export interface ServiceParts {
   hairpin: string[];
 }
 
+/**
+ * What a service puts in each map, one entry per map: how many elements, and
+ * the i-th. A whole table's render (element lists made when read) and one
+ * service's parts (arrays) use the same entries, so a sync writes what a
+ * change would.
+ */
+interface MapShare {
+  set: string;
+  count(s: Service): number;
+  element(s: Service, i: number): Element;
+}
+
+const goesToLb = (s: Service) => s.endpoints.length > 0 && s.affinitySeconds === undefined;
+
+const SHARES: readonly MapShare[] = [
+  {
+    set: SERVICE_IPS,
+    count: (s) => (s.endpoints.length ? 1 : 0),
+    element: (s) => ({ key: [s.vip, s.proto, s.port], data: { verdict: 'goto', chain: ownChain(s) ? svcChain(s) : lbChain(s) }, comment: s.name }),
+  },
+  {
+    set: NO_ENDPOINTS,
+    count: (s) => (s.endpoints.length ? 0 : 1),
+    element: (s) => ({ key: [s.vip, s.proto, s.port], data: { verdict: 'goto', chain: REJECT_CHAIN }, comment: `${s.name} has no endpoints` }),
+  },
+  {
+    set: ENDPOINTS,
+    count: (s) => (goesToLb(s) && !weighted(s) ? s.endpoints.length : 0),
+    element: (s, i) => ({ key: [s.vip, s.proto, s.port, i], data: [s.endpoints[i]!.ip, s.endpoints[i]!.port] }),
+  },
+  {
+    set: ENDPOINTS_WEIGHTED,
+    count: (s) => (goesToLb(s) && weighted(s) ? s.endpoints.length : 0),
+    element: (s, i) => {
+      let from = 0;
+      for (let k = 0; k < i; k++) from += s.endpoints[k]!.weight;
+      const e = s.endpoints[i]!;
+      return { key: [s.vip, s.proto, s.port, [from, from + e.weight - 1]], data: [e.ip, e.port] };
+    },
+  },
+];
+
+/** The elements the services put in one map, each made when it is read (in order, each costs O(1)). */
+class ServiceElements implements ElementList {
+  readonly length: number;
+  /** starts[k]: the position of services[k]'s first element; starts[services.length]: the length. */
+  private readonly starts: Uint32Array;
+  /** The service of the last read. */
+  private k = 0;
+
+  constructor(
+    private readonly services: readonly Service[],
+    private readonly share: MapShare,
+  ) {
+    const starts = new Uint32Array(services.length + 1);
+    let n = 0;
+    for (let k = 0; k < services.length; k++) {
+      starts[k] = n;
+      n += share.count(services[k]!);
+    }
+    starts[services.length] = n;
+    this.starts = starts;
+    this.length = n;
+  }
+
+  at(i: number): Element | undefined {
+    if (!(i >= 0 && i < this.length)) return undefined;
+    const starts = this.starts;
+    let k = this.k;
+    if (i < starts[k]! || i >= starts[k + 1]!) {
+      // The last service starting at or before i (services with no element here start where the next one does).
+      let lo = 0;
+      let hi = this.services.length - 1;
+      while (lo < hi) {
+        const mid = (lo + hi + 1) >> 1;
+        if (starts[mid]! <= i) lo = mid;
+        else hi = mid - 1;
+      }
+      this.k = k = lo;
+    }
+    return this.share.element(this.services[k]!, i - starts[k]!);
+  }
+}
+
 export function serviceParts(s: Service): ServiceParts {
   const elements = new Map<string, Element[]>();
-  const put = (set: string, e: Element) => {
-    const l = elements.get(set);
-    if (l) l.push(e);
-    else elements.set(set, [e]);
-  };
-  const out: ServiceParts = { elements, chains: [], sets: [], hairpin: [...new Set(s.endpoints.map((e) => e.ip))] };
-  const key = [s.vip, s.proto, s.port];
-  if (s.endpoints.length === 0) {
-    put(NO_ENDPOINTS, { key, data: { verdict: 'goto', chain: REJECT_CHAIN }, comment: `${s.name} has no endpoints` });
-    return out;
+  for (const share of SHARES) {
+    const n = share.count(s);
+    if (n)
+      elements.set(
+        share.set,
+        Array.from({ length: n }, (_, i) => share.element(s, i)),
+      );
   }
-  put(SERVICE_IPS, { key, data: { verdict: 'goto', chain: ownChain(s) ? svcChain(s) : lbChain(s) }, comment: s.name });
-  if (s.affinitySeconds === undefined) {
-    if (weighted(s)) ranges(s).forEach((r, i) => put(ENDPOINTS_WEIGHTED, { key: [...key, r], data: [s.endpoints[i]!.ip, s.endpoints[i]!.port] }));
-    else s.endpoints.forEach((e, i) => put(ENDPOINTS, { key: [...key, i], data: [e.ip, e.port] }));
-    out.lb = lbChainOf(s);
-  }
-  if (!ownChain(s)) return out;
+  const parts: ServiceParts = { elements, chains: [], sets: [], hairpin: [...new Set(s.endpoints.map((e) => e.ip))] };
+  if (goesToLb(s)) parts.lb = lbChainOf(s);
+  ownParts(s, parts);
+  return parts;
+}
+
+/** The chains and sets of a service's own (affinity, masquerade-not-from), if it needs them. */
+function ownParts(s: Service, out: { chains: Chain[]; sets: NamedSet[] }): void {
+  if (!s.endpoints.length || !ownChain(s)) return;
   const svc: Chain = { name: svcChain(s), rules: [] };
   if (s.masqueradeNotFrom) {
     svc.rules.push({
@@ -137,7 +220,7 @@ export function serviceParts(s: Service): ServiceParts {
   if (s.affinitySeconds === undefined) {
     svc.rules.push({ items: [{ t: 'goto', chain: lbChain(s) }], comment: s.name });
     out.chains.push(svc);
-    return out;
+    return;
   }
   const seps = s.endpoints.map((e) => sepChain(s, e.ip, e.port));
   const sets = seps.map((n) => affinitySet(n, s.affinitySeconds!));
@@ -169,7 +252,6 @@ export function serviceParts(s: Service): ServiceParts {
       ],
     }),
   );
-  return out;
 }
 
 export const hairpinElement = (ip: string): Element => ({ key: [ip, ip] });
@@ -177,8 +259,12 @@ export const hairpinElement = (ip: string): Element => ({ key: [ip, ip] });
 /** What serviceParts says a service shares, without rendering it: the lb chain's name and the endpoint addresses. */
 export function sharedOf(s: Service): { lb?: string; hairpin: string[] } {
   const hairpin = [...new Set(s.endpoints.map((e) => e.ip))];
-  return s.endpoints.length && s.affinitySeconds === undefined ? { lb: lbChain(s), hairpin } : { hairpin };
+  const lb = lbOf(s);
+  return lb ? { lb, hairpin } : { hairpin };
 }
+
+/** The shared lb chain a service goes to, if any (with affinity or without endpoints, none). */
+export const lbOf = (s: Service): string | undefined => (goesToLb(s) ? lbChain(s) : undefined);
 
 function natRuleItems(r: NatRule): { chain: 'dnat-rules' | 'snat-rules'; rule: Rule } {
   switch (r.kind) {
@@ -324,24 +410,29 @@ export function globalChains(st: Pick<DesiredState, 'rules' | 'forwards'>, famil
 /** Chains that only jump somewhere go last, so everything they name is declared before them. */
 const isBase = (c: Chain) => c.hook !== undefined;
 
-/** The whole desired table of one family. */
+/** The whole desired table of one family. Its service elements are made when read (see ServiceElements). */
 export function render(st: DesiredState, family: Family): Ruleset {
-  const elements = new Map<string, Element[]>(staticSets().map((x) => [x.name, []]));
+  const services = st.services.filter((s) => familyOf(s.vip) === family);
+  const elements = new Map<string, ElementList>(SHARES.map((share) => [share.set, new ServiceElements(services, share)]));
   const hairpin = new Set<string>();
   const lb = new Map<string, Chain>();
-  const own: Chain[] = [];
-  const ownSets: NamedSet[] = [];
-  for (const s of st.services) {
-    if (familyOf(s.vip) !== family) continue;
-    const parts = serviceParts(s);
-    for (const [set, es] of parts.elements) elements.get(set)!.push(...es);
-    if (parts.lb && !lb.has(parts.lb.name)) lb.set(parts.lb.name, parts.lb);
-    own.push(...parts.chains);
-    ownSets.push(...parts.sets);
-    for (const ip of parts.hairpin) hairpin.add(ip);
+  const own = { chains: [] as Chain[], sets: [] as NamedSet[] };
+  for (const s of services) {
+    for (const e of s.endpoints) hairpin.add(e.ip);
+    if (goesToLb(s)) {
+      const c = lbChainOf(s);
+      if (!lb.has(c.name)) lb.set(c.name, c);
+    }
+    ownParts(s, own);
   }
-  elements.set(HAIRPIN, [...hairpin].map(hairpinElement));
+  const ips = [...hairpin];
+  elements.set(HAIRPIN, { length: ips.length, at: (i) => (i >= 0 && i < ips.length ? hairpinElement(ips[i]!) : undefined) });
   const global = globalChains(st, family);
-  const chains = [...global.filter((c) => !isBase(c)), ...[...lb.values()].sort((a, b) => a.name.localeCompare(b.name)), ...own, ...global.filter(isBase)];
-  return { family, sets: [...staticSets(), ...ownSets], chains, elements };
+  const chains = [
+    ...global.filter((c) => !isBase(c)),
+    ...[...lb.values()].sort((a, b) => a.name.localeCompare(b.name)),
+    ...own.chains,
+    ...global.filter(isBase),
+  ];
+  return { family, sets: [...staticSets(), ...own.sets], chains, elements };
 }

@@ -142,8 +142,10 @@ function writeIp(w: NlWriter, ip: string): void {
 
 /** encodeKey, written straight into `w` (no buffer per field): what a sync of tens of thousands of elements uses. */
 export function writeKey(w: NlWriter, key: KeyExpr, values: readonly Value[], family: Family, interval: boolean): void {
-  const concat = key.fields.length > 1;
-  key.fields.forEach((f, i) => {
+  const fields = key.fields;
+  const concat = fields.length > 1;
+  for (let i = 0; i < fields.length; i++) {
+    const f = fields[i]!;
     const v = values[i]!;
     let len: number;
     switch (f) {
@@ -169,7 +171,7 @@ export function writeKey(w: NlWriter, key: KeyExpr, values: readonly Value[], fa
         break;
     }
     if (concat) for (let p = len; p % 4 !== 0; p++) w.u8(0);
-  });
+  }
 }
 
 /** The inverse of encodeKey: a key read back from the kernel (element dumps). */

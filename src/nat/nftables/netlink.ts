@@ -101,7 +101,8 @@ class BatchWriter {
   finish(): Batch {
     const lastSeq = this.seq;
     this.frame(NFNL_MSG_BATCH_END);
-    return { bytes: Buffer.from(this.w.view()), what: this.what, firstSeq: this.firstSeq, lastSeq };
+    // The writer's own buffer, not a copy: nothing writes to it after this (a 10 MB copy cost ~30 ms).
+    return { bytes: this.w.view(), what: this.what, firstSeq: this.firstSeq, lastSeq };
   }
 }
 
@@ -140,11 +141,11 @@ const DATA_VERDICT = 2;
 const VERDICT_CODE = 1;
 const VERDICT_CHAIN = 2;
 
-/** A `{ value }` data nest whose bytes `write` puts in place. */
-function valueNest(w: NlWriter, type: number, write: () => void): void {
+/** A `{ value }` data nest holding one key's bytes. */
+function valueNest(w: NlWriter, type: number, key: KeyExpr, values: readonly Value[], family: Family, interval: boolean): void {
   const outer = w.begin(type, true);
   const inner = w.begin(DATA_VALUE);
-  write();
+  writeKey(w, key, values, family, interval);
   w.end(inner);
   w.end(outer);
 }
@@ -157,10 +158,15 @@ function valueNest(w: NlWriter, type: number, write: () => void): void {
 function writeElement(w: NlWriter, e: Element, s: Pick<NamedSet, 'key' | 'data' | 'interval'>, family: Family, withData: boolean): void {
   const interval = s.interval ?? false;
   const last = e.key[e.key.length - 1]!;
-  const range = Array.isArray(last) ? (last as readonly [number, number]) : undefined;
-  const keyAt = (v: number) => [...e.key.slice(0, -1), v];
-  valueNest(w, ELEM.KEY, () => writeKey(w, s.key, range ? keyAt(range[0]) : e.key, family, interval));
-  if (interval && s.key.fields.length > 1) valueNest(w, ELEM.KEY_END, () => writeKey(w, s.key, range ? keyAt(range[1]) : e.key, family, interval));
+  if (Array.isArray(last)) {
+    const [from, to] = last as readonly [number, number];
+    const head = e.key.slice(0, -1);
+    valueNest(w, ELEM.KEY, s.key, [...head, from], family, interval);
+    if (interval && s.key.fields.length > 1) valueNest(w, ELEM.KEY_END, s.key, [...head, to], family, interval);
+  } else {
+    valueNest(w, ELEM.KEY, s.key, e.key, family, interval);
+    if (interval && s.key.fields.length > 1) valueNest(w, ELEM.KEY_END, s.key, e.key, family, interval);
+  }
   if (!withData) return;
   if (e.data !== undefined) {
     if (isTarget(e.data)) {
@@ -177,7 +183,7 @@ function writeElement(w: NlWriter, e: Element, s: Pick<NamedSet, 'key' | 'data' 
       }
       w.end(verdict);
       w.end(outer);
-    } else valueNest(w, ELEM.DATA, () => writeKey(w, s.data as KeyExpr, e.data as Value[], family, false));
+    } else valueNest(w, ELEM.DATA, s.data as KeyExpr, e.data as Value[], family, false);
   }
   if (e.comment !== undefined) {
     const at = w.begin(ELEM.USERDATA);
@@ -329,9 +335,9 @@ export function encodePlan(ops: readonly Op[], family: Family, declared: readonl
           op.set,
           info,
           op.elements.length,
-          (i) => writeElement(b.w, op.elements[i]!, decl, family, adding),
+          (i) => writeElement(b.w, op.elements.at(i)!, decl, family, adding),
           (first, n) =>
-            `${adding ? 'adding' : 'deleting'} ${n === 1 ? 'element' : `${n} elements`} ${adding ? 'to' : 'of'} ${op.set}, from ${elementText(op.elements[first]!)}`,
+            `${adding ? 'adding' : 'deleting'} ${n === 1 ? 'element' : `${n} elements`} ${adding ? 'to' : 'of'} ${op.set}, from ${elementText(op.elements.at(first)!)}`,
         );
         break;
       }

@@ -4,7 +4,7 @@
  * Planning knows no syntax: ./text and ./netlink serialise the same plan.
  * The full plan lives here; the plan of a change, in ./incremental.
  */
-import type { Chain, Element, NamedSet, Rule, Ruleset } from './ruleset';
+import type { Chain, ElementList, NamedSet, Rule, Ruleset } from './ruleset';
 
 export type Op =
   | { op: 'add-table' }
@@ -15,8 +15,8 @@ export type Op =
   | { op: 'flush-chain'; name: string }
   | { op: 'delete-chain'; name: string }
   | { op: 'add-rules'; chain: string; rules: Rule[] }
-  | { op: 'add-elements'; set: string; elements: Element[] }
-  | { op: 'delete-elements'; set: string; elements: Element[] };
+  | { op: 'add-elements'; set: string; elements: ElementList }
+  | { op: 'delete-elements'; set: string; elements: ElementList };
 
 /** Bumped when the layout changes shape: a record of another layout forces a full sync. */
 export const LAYOUT = '3';

@@ -110,13 +110,30 @@ export interface NamedSet {
   comment?: string;
 }
 
+/**
+ * Elements read by position: an array, or a list that makes each element when
+ * it is read (a whole table's 60,000 elements then never live at once: the
+ * encoder writes each and drops it).
+ */
+export interface ElementList {
+  readonly length: number;
+  at(i: number): Element | undefined;
+}
+
+/** Elements `from` to `to` (exclusive) of a list, as an array. */
+export function elementsOf(list: ElementList, from = 0, to = list.length): Element[] {
+  const out: Element[] = [];
+  for (let i = from; i < Math.min(to, list.length); i++) out.push(list.at(i)!);
+  return out;
+}
+
 /** One table (`table ip tsnet` / `table ip6 tsnet`). Order is declaration order. */
 export interface Ruleset {
   family: Family;
   sets: NamedSet[];
   chains: Chain[];
   /** Elements of the named sets and maps, by set name. */
-  elements: Map<string, Element[]>;
+  elements: Map<string, ElementList>;
 }
 
 export const isTarget = (d: Element['data']): d is Target => d !== undefined && !Array.isArray(d);

@@ -6,7 +6,7 @@
 import { formatHostPort, parseCidr } from '../../addr/cidr';
 import { NFT_TABLE } from '../constants';
 import type { Op } from './plan';
-import { isTarget, type Element, type Family, type Field, type Item, type KeyExpr, type NamedSet, type Rule, type Value } from './ruleset';
+import { elementsOf, isTarget, type Element, type Family, type Field, type Item, type KeyExpr, type NamedSet, type Rule, type Value } from './ruleset';
 
 const ipf = (f: Family) => (f === 6 ? 'ip6' : 'ip');
 const quote = (s: string) => JSON.stringify(s);
@@ -166,7 +166,7 @@ export function script(ops: readonly Op[], family: Family): string {
       case 'add-elements':
       case 'delete-elements':
         for (let i = 0; i < op.elements.length; i += ELEMENTS_PER_COMMAND) {
-          const chunk = op.elements.slice(i, i + ELEMENTS_PER_COMMAND);
+          const chunk = elementsOf(op.elements, i, i + ELEMENTS_PER_COMMAND);
           const text = op.op === 'add-elements' ? chunk.map(elementText) : chunk.map((e) => e.key.map(valueText).join(' . '));
           lines.push(`${op.op === 'add-elements' ? 'add' : 'delete'} element ${t} ${op.set} { ${text.join(', ')} }`);
         }
