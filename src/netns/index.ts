@@ -14,13 +14,12 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { ChildProcess, SpawnOptions, SpawnSyncOptions, SpawnSyncReturns } from 'node:child_process';
-import { spawn, spawnSync } from 'node:child_process';
 import { NetlinkSocket, NETLINK_NETFILTER, NETLINK_ROUTE, nativeTransport } from '../netlink/socket';
 import { RTM, rtgenmsg, NETNSA, AF_UNSPEC } from '../netlink/rtnl';
 import { decodeAttrs, encodeAttrs } from '../netlink/attrs';
 import { native } from '../native';
 import { TsnetError, contextualize, hasCode, invalid, withContextSync } from '../errors';
-import { createNetns, socketHere, socketIn, spawnIn, spawnSyncIn, type NsFd } from './inside';
+import { childProcesses, createNetns, socketHere, socketIn, spawnIn, spawnSyncIn, type NsFd } from './inside';
 import { handles, kernelRef, live, openInside, type HandleState } from './internal';
 import { NETNS_RUN_DIR, parseRef } from './ref';
 
@@ -111,13 +110,13 @@ export class NetNs {
   /** Starts a child process inside this namespace: `ip netns exec NAME CMD ...` (argument arrays, never a shell). */
   spawn(cmd: string, args: readonly string[] = [], opts: SpawnOptions = {}): ChildProcess {
     const st = this.state(`spawning ${cmd} in ${this.label}`);
-    return st.fd ? spawnIn(st.fd, this.label, cmd, args, opts) : spawn(cmd, args, opts);
+    return st.fd ? spawnIn(st.fd, this.label, cmd, args, opts) : childProcesses().spawn(cmd, args, opts);
   }
 
   /** Runs a child process inside this namespace to completion. */
   spawnSync(cmd: string, args: readonly string[] = [], opts: SpawnSyncOptions = {}): SpawnSyncReturns<Buffer | string> {
     const st = this.state(`running ${cmd} in ${this.label}`);
-    return st.fd ? spawnSyncIn(st.fd, this.label, cmd, args, opts) : spawnSync(cmd, args, opts);
+    return st.fd ? spawnSyncIn(st.fd, this.label, cmd, args, opts) : childProcesses().spawnSync(cmd, args, opts);
   }
 
   /**

@@ -33,11 +33,19 @@
  * data; a Worker or the threadpool born inside a namespace; a bracket that
  * "returns" into the wrong namespace because its home fd was reused.
  */
-import { spawn, spawnSync, type ChildProcess, type SpawnOptions, type SpawnSyncOptions, type SpawnSyncReturns, type StdioOptions } from 'node:child_process';
+import type * as ChildProcesses from 'node:child_process';
+import type { ChildProcess, SpawnOptions, SpawnSyncOptions, SpawnSyncReturns, StdioOptions } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { NSEXEC_PATH, native } from '../native';
 import { TsnetError } from '../errors';
+
+let cp: typeof ChildProcesses | undefined;
+/** node:child_process, loaded when a process is first started: most commands start none, and loading it costs every start-up ~8 ms. */
+export function childProcesses(): typeof ChildProcesses {
+  // eslint-disable-next-line @typescript-eslint/no-require-imports -- a synchronous lazy load: spawning is synchronous
+  return (cp ??= require('node:child_process') as typeof ChildProcesses);
+}
 
 /** A namespace fd together with the identity it must still have (see the module comment). */
 export interface NsFd {
@@ -158,7 +166,7 @@ export function spawnIn(ns: NsFd, label: string, cmd: string, args: readonly str
   try {
     const x = nsexecArgs(ns, cmd, args, opts, w);
     checkIdentity(ns, `spawning ${cmd} in ${label}`);
-    const child = spawn(NSEXEC_PATH, x.args, x.opts);
+    const child = childProcesses().spawn(NSEXEC_PATH, x.args, x.opts);
     fs.closeSync(w);
     writerOpen = false;
     // Blocks for the helper's start (well under a millisecond): one byte once it is inside, EOF if it died first.
@@ -175,7 +183,7 @@ export function spawnSyncIn(ns: NsFd, label: string, cmd: string, args: readonly
   requireProgram(cmd, opts, label);
   const x = nsexecArgs(ns, cmd, args, opts);
   checkIdentity(ns, `running ${cmd} in ${label}`);
-  return spawnSync(NSEXEC_PATH, x.args, x.opts as SpawnSyncOptions);
+  return childProcesses().spawnSync(NSEXEC_PATH, x.args, x.opts as SpawnSyncOptions);
 }
 
 /** Refuses an fd whose identity changed (closed and reused): for fds handed to the kernel in a netlink attribute. */
