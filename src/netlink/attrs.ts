@@ -335,6 +335,10 @@ export class NlWriter {
     this.buf.writeBigUInt64BE(v, this.off);
     this.off += 8;
   }
+  zeros(n: number): void {
+    this.room(n);
+    for (let i = 0; i < n; i++) this.buf[this.off++] = 0;
+  }
   bytes(b: Uint8Array): void {
     this.room(b.length);
     this.buf.set(b, this.off);

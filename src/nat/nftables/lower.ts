@@ -117,18 +117,19 @@ const v6cache = new Map<string, Buffer>();
 /** An address's bytes straight into a writer: a dotted quad parsed in place (the hot path of a big sync), IPv6 through ipToBuffer, cached. */
 function writeIp(w: NlWriter, ip: string): void {
   if (!ip.includes(':')) {
+    let addr = 0;
     let n = 0;
     let parts = 0;
     for (let i = 0; i < ip.length; i++) {
       const c = ip.charCodeAt(i);
       if (c === 46) {
-        w.u8(n);
+        addr = addr * 256 + n;
         n = 0;
         parts++;
       } else n = n * 10 + (c - 48);
     }
-    w.u8(n);
     if (parts !== 3) throw new Error(`not a dotted quad: ${ip}`);
+    w.u32be(addr * 256 + n);
     return;
   }
   let b = v6cache.get(ip);
@@ -145,32 +146,27 @@ export function writeKey(w: NlWriter, key: KeyExpr, values: readonly Value[], fa
   const fields = key.fields;
   const concat = fields.length > 1;
   for (let i = 0; i < fields.length; i++) {
-    const f = fields[i]!;
     const v = values[i]!;
-    let len: number;
-    switch (f) {
+    switch (fields[i]!) {
       case 'saddr':
       case 'daddr':
-        writeIp(w, String(v));
-        len = addrLen(family);
+        writeIp(w, v as string);
         break;
       case 'l4proto':
-        w.u8(PROTO[String(v)] ?? Number(v));
-        len = 1;
+        w.u8(PROTO[v as string] ?? Number(v));
+        if (concat) w.zeros(3);
         break;
       case 'sport':
       case 'dport':
-        w.u16be(Number(v));
-        len = 2;
+        w.u16be(v as number);
+        if (concat) w.zeros(2);
         break;
       case 'mark':
       case 'numgen':
-        if (interval) w.u32be(Number(v));
-        else w.u32(Number(v));
-        len = 4;
+        if (interval) w.u32be(v as number);
+        else w.u32(v as number);
         break;
     }
-    if (concat) for (let p = len; p % 4 !== 0; p++) w.u8(0);
   }
 }
 
