@@ -318,6 +318,8 @@ async function oneChange(): Promise<void> {
       node.push(run(process.execPath, ['-e', '0']).ms);
     }
     // The same CLI with a resident agent (tsnet agent) serving this namespace: it holds the table in memory.
+    // Node's start-up measured again between these runs: the machine's speed drifts between the two loops.
+    const nodeBesideAgent: number[] = [];
     const viaAgent = await withAgent(dir, (socket) => {
       const times: number[] = [];
       for (let k = 0; k < 16; k++) {
@@ -327,6 +329,7 @@ async function oneChange(): Promise<void> {
           env: { TSNET_AGENT_SOCKET: socket },
         }).ms;
         if (k > 0) times.push(t); // the first loads the table into the agent
+        nodeBesideAgent.push(run(process.execPath, ['-e', '0']).ms);
       }
       return times;
     });
@@ -340,7 +343,7 @@ async function oneChange(): Promise<void> {
     line(
       'CLI served by a running tsnet agent, median of 15',
       ms(median(viaAgent.times)),
-      `node + ${(median(viaAgent.times) - median(node)).toFixed(0)} ms; the agent served ${viaAgent.served} of 16, ${ms(median(viaAgent.inside)).trim()} p50 inside it`,
+      `node -e 0 ${ms(median(nodeBesideAgent)).trim()}: node + ${(median(viaAgent.times) - median(nodeBesideAgent)).toFixed(0)} ms; the agent served ${viaAgent.served} of 16, ${ms(median(viaAgent.inside)).trim()} p50 inside it`,
     );
   });
 }
@@ -393,12 +396,11 @@ async function memory(): Promise<void> {
   });
 }
 
-async function connectLatency(node: netns.NetNs): Promise<number> {
-  const t0 = process.hrtime.bigint();
-  const r = await request(node, 'tcp', '10.95.0.1', 80, { count: CONNECTS, concurrency: 1 });
-  const t = Number(process.hrtime.bigint() - t0) / 1e6;
-  if (r.ok !== CONNECTS) throw new Error(`connect bench: ${r.fail} failures (${r.errors.join('; ')})`);
-  return t / CONNECTS;
+/** Total ms of `count` sequential connect + reply round trips to the real service's VIP, timed by the client (its process start left out). */
+async function connectLatency(node: netns.NetNs, count: number): Promise<number> {
+  const r = await request(node, 'tcp', '10.95.0.1', 80, { count, concurrency: 1 });
+  if (r.ok !== count) throw new Error(`connect bench: ${r.fail} failures (${r.errors.join('; ')})`);
+  return r.ms;
 }
 
 async function connect(): Promise<void> {
@@ -413,11 +415,19 @@ async function connect(): Promise<void> {
     const server = await serve(srv, 'tcp', '10.99.0.2', 8080, 'real');
     try {
       const e = new NatEngine({ ns: node, stateDir: dir });
-      await e.change([{ op: 'replace-services', services: services(10, EPS) }]);
-      const small = await connectLatency(node);
-      await e.change([{ op: 'replace-services', services: services(N, EPS) }]);
-      const big = await connectLatency(node);
-      console.log('\nconnect + reply to a VIP (netlink), mean of 300');
+      // Three rounds of each table size, alternating, so a machine whose speed drifts slows both alike.
+      const rounds = 3;
+      let small = 0;
+      let big = 0;
+      for (let r = 0; r < rounds; r++) {
+        await e.change([{ op: 'replace-services', services: services(10, EPS) }]);
+        small += await connectLatency(node, CONNECTS / rounds);
+        await e.change([{ op: 'replace-services', services: services(N, EPS) }]);
+        big += await connectLatency(node, CONNECTS / rounds);
+      }
+      small /= CONNECTS;
+      big /= CONNECTS;
+      console.log(`\nconnect + reply to a VIP (netlink), mean of ${CONNECTS} in ${rounds} alternating rounds`);
       line('10 services', ms(small));
       line(`${N} services`, ms(big), `${(big / small).toFixed(2)}x`);
     } finally {

@@ -74,7 +74,8 @@ function once(proto: Proto, host: string, port: number, timeoutMs: number, sport
 }
 
 async function request(proto: Proto, host: string, port: number, count: number, timeoutMs: number, concurrency: number, sport?: number): Promise<void> {
-  const result = { ok: 0, fail: 0, replies: {} as Record<string, number>, errors: [] as string[] };
+  const result = { ok: 0, fail: 0, replies: {} as Record<string, number>, errors: [] as string[], ms: 0 };
+  const t0 = process.hrtime.bigint();
   let next = 0;
   const worker = async () => {
     while (next < count) {
@@ -90,6 +91,7 @@ async function request(proto: Proto, host: string, port: number, count: number, 
     }
   };
   await Promise.all(Array.from({ length: Math.max(1, Math.min(concurrency, count)) }, worker));
+  result.ms = Number(process.hrtime.bigint() - t0) / 1e6;
   process.stdout.write(`${JSON.stringify(result)}\n`);
 }
 

@@ -35,6 +35,8 @@ export interface RequestResult {
   fail: number;
   replies: Record<string, number>;
   errors: string[];
+  /** How long the requests took, measured by the client (its own start-up left out). */
+  ms: number;
 }
 
 /** Makes `count` requests from inside `ns`; never rejects for network failures (they are counted). */
