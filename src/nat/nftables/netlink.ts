@@ -101,7 +101,7 @@ class BatchWriter {
   finish(): Batch {
     const lastSeq = this.seq;
     this.frame(NFNL_MSG_BATCH_END);
-    // The writer's own buffer, not a copy: nothing writes to it after this (a 10 MB copy cost ~30 ms).
+    // The writer's own buffer, not a copy: nothing writes to it after this (copying the 4 MB batch of 10,000 services cost ~30 ms).
     return { bytes: this.w.view(), what: this.what, firstSeq: this.firstSeq, lastSeq };
   }
 }
