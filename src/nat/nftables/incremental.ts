@@ -92,7 +92,7 @@ export function lbRecordAfter(prev: LbRecord | undefined, changes: readonly Serv
   return Object.fromEntries([...m].map(([k, v]) => [k, String(v)]));
 }
 
-/** The lb users of a whole state, for the record of a full sync (names only: no endpoint is looked at). */
+/** The lb users of a whole state, for the record of a full sync (chain names only: no hairpin index is built). */
 export function lbRecordOf(services: readonly Service[], family: Family): LbRecord {
   const m = new Map<string, number>();
   for (const s of services) {

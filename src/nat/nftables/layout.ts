@@ -146,7 +146,7 @@ const SHARES: readonly MapShare[] = [
   },
 ];
 
-/** The elements the services put in one map, each made when it is read (in order, each costs O(1)). */
+/** The elements the services put in one map, each made when it is read (in order, each costs O(1); a weighted endpoint's range, O(endpoints)). */
 class ServiceElements implements ElementList {
   readonly length: number;
   /** starts[k]: the position of services[k]'s first element; starts[services.length]: the length. */
@@ -410,7 +410,11 @@ export function globalChains(st: Pick<DesiredState, 'rules' | 'forwards'>, famil
 /** Chains that only jump somewhere go last, so everything they name is declared before them. */
 const isBase = (c: Chain) => c.hook !== undefined;
 
-/** The whole desired table of one family. Its service elements are made when read (see ServiceElements). */
+/**
+ * The whole desired table of one family. Its service elements are made when
+ * read (see ServiceElements): the services must stay as they are until the
+ * plan is encoded (changes replace a service object, never edit one).
+ */
 export function render(st: DesiredState, family: Family): Ruleset {
   const services = st.services.filter((s) => familyOf(s.vip) === family);
   const elements = new Map<string, ElementList>(SHARES.map((share) => [share.set, new ServiceElements(services, share)]));

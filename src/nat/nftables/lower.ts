@@ -123,12 +123,13 @@ function writeIp(w: NlWriter, ip: string): void {
     for (let i = 0; i < ip.length; i++) {
       const c = ip.charCodeAt(i);
       if (c === 46) {
+        if (n > 255) break;
         addr = addr * 256 + n;
         n = 0;
         parts++;
       } else n = n * 10 + (c - 48);
     }
-    if (parts !== 3) throw new Error(`not a dotted quad: ${ip}`);
+    if (parts !== 3 || n > 255) throw new Error(`not a dotted quad: ${ip}`);
     w.u32be(addr * 256 + n);
     return;
   }
