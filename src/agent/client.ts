@@ -18,12 +18,12 @@ import * as path from 'node:path';
 import { TsnetError } from '../errors';
 import { stateDir as defaultStateDir } from '../state';
 import type { NetNs } from '../netns';
-import { nsIdentity, parseRef, refPath } from '../netns/ref';
+import { nsIdentity, refIdentity } from '../netns/ref';
 import type { NatChange } from '../nat/changes';
 import type { SyncReport } from '../nat/engine';
 import type { BackendChoice } from '../nat/backends';
 import { DEFAULT_SOCKET } from '../cni/defaults';
-import type { NatRequest } from './protocol';
+import { FrameReader, HELLO, WHOLE_STATE, decodeReply, encodeNatRequest, type NatRequest } from './protocol';
 
 /** How long to wait for the agent's hello before doing the work here (an agent that does not greet in time is busy or hung): $TSNET_AGENT_HELLO_MS, default 2 s as the CNI shim. */
 function helloMs(env: NodeJS.ProcessEnv = process.env): number {
@@ -47,8 +47,7 @@ export type Served<T> = { served: true; result: T } | { served: false; why: stri
  * when there is no agent or it refused before acting: do the work here.
  * Throws what the agent reported when the change itself failed.
  */
-export async function natChangeThroughAgent<T>(socket: string, req: NatRequest): Promise<Served<T>> {
-  const { FrameReader, HELLO, decodeReply, encodeNatRequest } = await import('./protocol');
+export function natChangeThroughAgent<T>(socket: string, req: NatRequest): Promise<Served<T>> {
   return new Promise((resolve, reject) => {
     const c = net.createConnection(socket);
     const reader = new FrameReader();
@@ -138,15 +137,6 @@ export async function changeNat(changes: NatChange[], opts: NatChangeOptions = {
   return { report: await engine.change(changes), by: 'self', why };
 }
 
-/**
- * Changes of the whole state (`service apply`) stay here: sending them costs
- * the set's bytes over the socket and its validation twice, and what the
- * agent holds in memory does not help a change that replaces all of it
- * (measured: 1.5 s through the agent against 1.1 s here for 10,000
- * services). The agent reads the new state when it next needs it.
- */
-export const WHOLE_STATE: readonly NatChange['op'][] = ['replace-services', 'set-state'];
-
 /** `changes` sent to the agent, if there is one to send them to. */
 async function throughAgent(changes: NatChange[], opts: NatChangeOptions): Promise<Served<SyncReport>> {
   if (changes.some((c) => WHOLE_STATE.includes(c.op))) return { served: false, why: 'a change of the whole state is applied here' };
@@ -157,7 +147,7 @@ async function throughAgent(changes: NatChange[], opts: NatChangeOptions): Promi
   let target: string | undefined;
   if (opts.netns) {
     try {
-      target = nsIdentity(refPath(parseRef(opts.netns.ref)));
+      target = refIdentity(opts.netns.ref);
     } catch (err) {
       return { served: false, why: (err as Error).message };
     }

@@ -29,8 +29,7 @@ import { NatEngine, onSync, type NatChange, type SyncEvent } from '../nat/engine
 import { NAT_OPS } from '../nat/changes';
 import { parseBackend, type BackendChoice } from '../nat/backends';
 import { resolve as netnsResolve, type NetNs } from '../netns';
-import { nsIdentity, parseRef, refPath } from '../netns/ref';
-import { WHOLE_STATE } from './client';
+import { nsIdentity, refIdentity } from '../netns/ref';
 import { parseHostPort } from '../nat/model';
 import {
   DEFAULT_METRICS,
@@ -40,6 +39,7 @@ import {
   decodeNatRequest,
   decodeRequest,
   encodeReply,
+  WHOLE_STATE,
   frame,
   requestKind,
   type Request,
@@ -64,7 +64,7 @@ function natRequestProblem(changes: readonly { op: string }[]): string | undefin
   const unknown = changes.find((x) => !(NAT_OPS as readonly string[]).includes(x.op));
   if (unknown) return `unknown change ${JSON.stringify(unknown.op)}: this agent knows ${NAT_OPS.join(', ')}`;
   // The CLI applies these itself (src/agent/client.ts): the whole set is not worth sending, nor checking twice.
-  const whole = changes.find((x) => (WHOLE_STATE as readonly string[]).includes(x.op));
+  const whole = changes.find((x) => WHOLE_STATE.includes(x.op));
   if (whole) return `${whole.op} is applied by the caller, not the agent`;
   return undefined;
 }
@@ -397,11 +397,10 @@ export class Agent {
    * (`netns/NAME`, or `netns/inode-N` for a pid or a path), as in the CLI.
    */
   private natNamespace(target: { ref: string; id: string }): KeptNamespace {
-    const ref = parseRef(target.ref);
     // Checked with stat before anything opens it: a path that is not this namespace (a FIFO, a file) is never opened.
     let seen: string | undefined;
     try {
-      seen = nsIdentity(refPath(ref));
+      seen = refIdentity(target.ref);
     } catch {
       // reported below
     }

@@ -7,7 +7,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { listDir, readJson, removeStaleTemps, stateDir as defaultStateDir, writeJsonAtomic, type WriteOptions } from '../state';
+import { deadWritersTemps, listDir, readJson, removeStaleTemps, stateDir as defaultStateDir, writeJsonAtomic, type WriteOptions } from '../state';
 import { hasCode } from '../errors';
 import { validateContainerId, validateIfnameEnv } from './env';
 import { validateNetworkName } from './ipam/config';
@@ -81,10 +81,9 @@ export class RecordStore {
    * (its pid still runs) is left alone.
    */
   removeDeadTemps(keep: (containerId: string, ifname: string) => boolean): void {
-    for (const name of listDir(this.dir)) {
-      const m = /^\.(.+):([^:]+)\.json\.(\d+)\.tmp$/.exec(name);
-      if (!m || keep(m[1]!, m[2]!) || running(Number(m[3]))) continue;
-      fs.rmSync(path.join(this.dir, name), { force: true });
+    for (const { file, temp } of deadWritersTemps(this.dir)) {
+      const m = /^(.+):([^:]+)\.json$/.exec(file);
+      if (m && !keep(m[1]!, m[2]!)) fs.rmSync(temp, { force: true });
     }
   }
 
@@ -93,15 +92,5 @@ export class RecordStore {
       .filter((n) => n.endsWith('.json') && !n.startsWith('.'))
       .map((n) => this.read(path.join(this.dir, n)))
       .filter((r): r is AttachmentRecord => r !== undefined);
-  }
-}
-
-/** Whether process `pid` exists (kill(pid, 0): EPERM means it does, as another user's). */
-function running(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return hasCode(err, 'EPERM');
   }
 }

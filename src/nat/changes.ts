@@ -168,10 +168,16 @@ class ServiceRows {
       for (let i = this.stored!.count; i < this.rows.length; i++) if ((this.rows[i] as Service).name === name) return i;
       return undefined;
     }
-    const m = new Map<string, number>();
-    for (let i = 0; i < this.rows.length; i++) m.set(this.nameOf(this.rows[i]!), i);
-    this.nameIndex = m;
-    return m.get(name);
+    return this.names().get(name);
+  }
+
+  /** name -> position, built when first needed and kept in step since. */
+  private names(): Map<string, number> {
+    if (!this.nameIndex) {
+      this.nameIndex = new Map();
+      for (let i = 0; i < this.rows.length; i++) this.nameIndex.set(this.nameOf(this.rows[i]!), i);
+    }
+    return this.nameIndex;
   }
 
   /** How many services have an IPv4 and an IPv6 VIP. */
@@ -210,7 +216,7 @@ class ServiceRows {
   get vips(): Map<string, string> {
     if (!this.vipIndex) {
       this.vipIndex = new Map();
-      for (const r of this.rows) this.vipIndex.set(typeof r === 'number' ? this.stored!.vipKey(r) : vipKey(r), this.nameOf(r));
+      for (const r of this.rows) this.vipIndex.set(vipKey(typeof r === 'number' ? this.stored!.vipPortProto(r) : r), this.nameOf(r));
     }
     return this.vipIndex;
   }
@@ -240,8 +246,8 @@ class ServiceRows {
   /** Parses every row and indexes every name: what a resident process does once, so each later change costs map lookups, not searches of the stored bytes. */
   warm(): void {
     if (this.warmed) return;
-    const rows = this.all();
-    this.nameIndex ??= new Map(rows.map((s, i) => [s.name, i]));
+    this.all();
+    this.names();
     this.warmed = true;
   }
 

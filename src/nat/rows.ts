@@ -10,6 +10,7 @@
  * so `\n{"name":` marks row starts and nothing else.
  */
 import { TsnetError } from '../errors';
+import type { Proto } from './model';
 
 const NAME_AT = '{"name":'.length;
 const QUOTE = 0x22;
@@ -105,12 +106,12 @@ export class StoredRows {
     return false;
   }
 
-  /** Row k's `VIP:port/proto`, decoded from the bytes after its name. */
-  vipKey(k: number): string {
+  /** Row k's VIP, port and protocol, decoded from the bytes after its name. */
+  vipPortProto(k: number): { vip: string; port: number; proto: Proto } {
     const at = this.nameEnd(k) + 1;
     const m = VIP_PORT_PROTO.exec(this.buf.toString('latin1', at, Math.min(this.ends[k]!, at + 120)));
     if (!m) throw new TsnetError(`stored service row ${this.text(k).slice(0, 80)} is not in tsnet's format`, { code: 'EINTERNAL' });
-    return `${m[1]}:${m[2]}/${m[3]}`;
+    return { vip: m[1]!, port: Number(m[2]), proto: m[3] as Proto };
   }
 
   /** The row of the service called `name`, by a search of the bytes (no index needed); -1 if none. */

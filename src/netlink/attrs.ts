@@ -352,10 +352,7 @@ export class NlWriter {
     this.off += n + 1;
   }
   private pad(): void {
-    const p = (4 - (this.off & 3)) & 3;
-    if (!p) return;
-    this.room(p);
-    for (let i = 0; i < p; i++) this.buf[this.off++] = 0;
+    this.zeros(align4(this.off) - this.off);
   }
 
   /** Starts an attribute (or a nest); returns where its header is, for end(). */

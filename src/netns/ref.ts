@@ -26,3 +26,8 @@ export function nsIdentity(file: string): string {
   const st = fs.statSync(file, { bigint: true });
   return `${st.dev} ${st.ino}`;
 }
+
+/** The identity ("DEV INO") of the namespace a reference names, as this process sees it; throws when it names nothing. */
+export function refIdentity(ref: string): string {
+  return nsIdentity(refPath(parseRef(ref)));
+}

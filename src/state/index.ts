@@ -57,6 +57,29 @@ export function removeStaleTemps(dir: string, file?: string): void {
   }
 }
 
+/**
+ * Temporary files in `dir` whose writer process is gone (killed mid-write),
+ * each with the name of the file it was for. A live writer's are not listed.
+ */
+export function deadWritersTemps(dir: string): { file: string; temp: string }[] {
+  const out: { file: string; temp: string }[] = [];
+  for (const name of listDir(dir)) {
+    const m = /^\.(.+)\.(\d+)\.tmp$/.exec(name);
+    if (m && !running(Number(m[2]))) out.push({ file: m[1]!, temp: path.join(dir, name) });
+  }
+  return out;
+}
+
+/** Whether process `pid` exists (kill(pid, 0): EPERM means it does, as another user's). */
+function running(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return hasCode(err, 'EPERM');
+  }
+}
+
 /** Writes `content` to a temporary name next to `file` (synced when `durable`); returns that name. */
 /** What a file is written with: its content, or a function that writes it to the fd (a large file, in pieces). */
 export type Content = string | Uint8Array | ((fd: number) => void);

@@ -203,8 +203,8 @@ test('stored rows: found by name in the bytes (a name that prefixes another, one
     names.map((_, k) => rows.isV6(k)),
     names.map((n) => n === 'v6'),
   );
-  t.is(rows.vipKey(2), '10.96.2.2:80/tcp');
-  t.is(rows.vipKey(5), 'fd96::1:80/tcp');
+  t.deepEqual(rows.vipPortProto(2), { vip: '10.96.2.2', port: 80, proto: 'tcp' });
+  t.deepEqual(rows.vipPortProto(5), { vip: 'fd96::1', port: 80, proto: 'tcp' });
   t.deepEqual([...rows.containing(['{"ip":"10.0.2.1"'])], [1]);
 
   const x = IndexedState.fromRows(rows, [], []);

@@ -116,6 +116,9 @@ interface MapShare {
   element(s: Service, i: number): Element;
 }
 
+/** The endpoint addresses a service needs hairpin pairs for, each once. */
+const hairpinOf = (s: Service): string[] => [...new Set(s.endpoints.map((e) => e.ip))];
+
 const goesToLb = (s: Service) => s.endpoints.length > 0 && s.affinitySeconds === undefined;
 
 const SHARES: readonly MapShare[] = [
@@ -137,12 +140,7 @@ const SHARES: readonly MapShare[] = [
   {
     set: ENDPOINTS_WEIGHTED,
     count: (s) => (goesToLb(s) && weighted(s) ? s.endpoints.length : 0),
-    element: (s, i) => {
-      let from = 0;
-      for (let k = 0; k < i; k++) from += s.endpoints[k]!.weight;
-      const e = s.endpoints[i]!;
-      return { key: [s.vip, s.proto, s.port, [from, from + e.weight - 1]], data: [e.ip, e.port] };
-    },
+    element: (s, i) => ({ key: [s.vip, s.proto, s.port, ranges(s)[i]!], data: [s.endpoints[i]!.ip, s.endpoints[i]!.port] }),
   },
 ];
 
@@ -198,7 +196,7 @@ export function serviceParts(s: Service): ServiceParts {
         Array.from({ length: n }, (_, i) => share.element(s, i)),
       );
   }
-  const parts: ServiceParts = { elements, chains: [], sets: [], hairpin: [...new Set(s.endpoints.map((e) => e.ip))] };
+  const parts: ServiceParts = { elements, chains: [], sets: [], hairpin: hairpinOf(s) };
   if (goesToLb(s)) parts.lb = lbChainOf(s);
   ownParts(s, parts);
   return parts;
@@ -258,7 +256,7 @@ export const hairpinElement = (ip: string): Element => ({ key: [ip, ip] });
 
 /** What serviceParts says a service shares, without rendering it: the lb chain's name and the endpoint addresses. */
 export function sharedOf(s: Service): { lb?: string; hairpin: string[] } {
-  const hairpin = [...new Set(s.endpoints.map((e) => e.ip))];
+  const hairpin = hairpinOf(s);
   const lb = lbOf(s);
   return lb ? { lb, hairpin } : { hairpin };
 }
