@@ -2,6 +2,7 @@
  * The N-API addon built from native/ by `npm ci` (node-gyp), loaded on first
  * use (never at import: pure modules load without it, and without root).
  */
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 
 /** A netlink socket owned by the addon (native/tsnet_native.cc NlSocket). */
@@ -58,8 +59,13 @@ export interface Native {
   };
 }
 
-/** Package root: dist/src/native.js and src/native.ts both sit two levels below it. */
-export const PACKAGE_ROOT = path.resolve(__dirname, __dirname.includes(`${path.sep}dist${path.sep}`) ? '../..' : '..');
+/** Package root: the nearest directory above this file with a package.json (dist/src/native.js, src/native.ts, or the CLI bundle dist/bundle/cli.js). */
+export const PACKAGE_ROOT = ((): string => {
+  for (let d = __dirname; ; d = path.dirname(d)) {
+    if (fs.existsSync(path.join(d, 'package.json'))) return d;
+    if (path.dirname(d) === d) return path.resolve(__dirname, '..');
+  }
+})();
 
 /** A script tsnet runs as a process of its own (the sandbox's inner side, the demo's traffic peer, the forward probe, the CNI plugin): compiled JavaScript under dist/src. */
 export const builtScript = (rel: string): string => path.join(PACKAGE_ROOT, 'dist', 'src', rel);

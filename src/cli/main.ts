@@ -1,16 +1,82 @@
 #!/usr/bin/env node
 /**
  * The `tsnet` executable. A bare `tsnet --version` is answered here, before
- * anything else loads (scripts ask it in loops); every other command is
- * program.ts, which loads what the command uses.
+ * anything else loads (scripts ask it in loops). Every other command runs
+ * program.ts: from the one-file bundle `npm run build` makes for the
+ * command's module (dist/bundle/FAMILY.js, esbuild: one file read instead of
+ * ~40 module resolutions, and no other command's code), compiled with V8's
+ * code cache when an earlier run left one (dist/bundle/cache/FAMILY.v8: no
+ * parsing or compiling of what that command ran before). Without a bundle
+ * (a plain `tsc` build), program.ts itself.
  */
-import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { commandWord, familyOf } from './table';
+
+type Program = { run(argv: readonly string[]): Promise<number> };
 
 const args = process.argv.slice(2);
+const BUNDLES = path.join(__dirname, '..', '..', 'bundle');
+
+/**
+ * The bundle, compiled with the code cache of `family` when there is a usable
+ * one; `save` writes one (after the command ran, so it holds what the command
+ * compiled) when there was none or V8 rejected it (another Node).
+ */
+function loadBundle(family: string): { program: Program; save(): void } | undefined {
+  const bundle = path.join(BUNDLES, `${family}.js`);
+  let source: string;
+  try {
+    source = fs.readFileSync(bundle, 'latin1'); // esbuild writes ASCII (charset=ascii)
+  } catch {
+    return undefined;
+  }
+  // eslint-disable-next-line @typescript-eslint/no-require-imports -- node:vm and node:module only when there is a bundle
+  const vm = require('node:vm') as typeof import('node:vm');
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const { createRequire, wrap } = require('node:module') as { createRequire: (p: string) => NodeJS.Require; wrap: (s: string) => string };
+  const cacheFile = path.join(BUNDLES, 'cache', `${family}.v8`);
+  let cachedData: Buffer | undefined;
+  try {
+    cachedData = fs.readFileSync(cacheFile);
+  } catch {
+    /* not made yet */
+  }
+  const script = new vm.Script(wrap(source), { filename: bundle, ...(cachedData ? { cachedData } : {}) });
+  const module = { exports: {} as Program };
+  (script.runInThisContext() as (...a: unknown[]) => void).call(module.exports, module.exports, createRequire(bundle), module, bundle, BUNDLES);
+  return {
+    program: module.exports,
+    save: () => {
+      if (cachedData && !script.cachedDataRejected) return;
+      try {
+        fs.mkdirSync(path.dirname(cacheFile), { recursive: true });
+        const tmp = `${cacheFile}.${process.pid}.tmp`;
+        fs.writeFileSync(tmp, script.createCachedData());
+        fs.renameSync(tmp, cacheFile);
+      } catch {
+        /* a read-only install runs without the cache */
+      }
+    },
+  };
+}
+
+async function main(): Promise<number> {
+  // Completion walks every command: it runs from the bundle that has them all, as help and an unknown word do.
+  const family = familyOf(commandWord(args));
+  const bundled = loadBundle(family && family !== 'completion' ? family : 'all');
+  // eslint-disable-next-line @typescript-eslint/no-require-imports -- the unbundled program, only without a bundle
+  const program: Program = bundled?.program ?? (require('./program') as Program);
+  const code = await program.run(args);
+  bundled?.save();
+  return code;
+}
+
 if (args.length === 1 && (args[0] === '--version' || args[0] === '-V')) {
   // dist/src/cli -> the package root
-  process.stdout.write(`${(JSON.parse(readFileSync(join(__dirname, '..', '..', '..', 'package.json'), 'utf8')) as { version: string }).version}\n`);
+  process.stdout.write(`${(JSON.parse(fs.readFileSync(path.join(__dirname, '..', '..', '..', 'package.json'), 'utf8')) as { version: string }).version}\n`);
 } else {
-  void import('./program');
+  // Exit as soon as the command is done (stdout and stderr are synchronous on Linux): a natural exit would
+  // first tear the heap down, ~15 ms of a one-shot command's time. A long-running command (the agent) resolves when it stops.
+  void main().then((code) => process.exit(code));
 }

@@ -17,13 +17,28 @@ import type * as Sysctl from '../sysctl';
 import * as netns from '../netns';
 import { stateDir as defaultStateDir, withLock } from '../state';
 import { familyOf, normalizeState, servesLoopback, type DesiredState, type Service } from './model';
-import { createBackend, resolveChoice, type BackendChoice } from './backends';
+import { resolveChoice, type BackendChoice } from './backends';
 import { tableKind, type AffinityEntry, type Backend, type BackendName, type ServiceCounters, type SyncResult } from './backends/types';
 import { IndexedState, type NatChange, type ServiceDelta } from './changes';
 import { NatStore, type StateFile } from './store';
 
 export type { BackendChoice } from './backends';
 export type { NatChange } from './changes';
+
+/** Makes a backend (its module is loaded only now: a CLI call pays for the one it uses). */
+async function createBackend(name: BackendName, ns: netns.NetNs, o: { holdFd?: number; iptablesMode?: string } = {}): Promise<Backend> {
+  switch (name) {
+    case 'netlink':
+      return new (await import('./backends/netlink')).NetlinkBackend(ns);
+    case 'nft':
+      return new (await import('./backends/nft')).NftBackend(ns, o.holdFd);
+    case 'iptables': {
+      const { IptablesBackend, detectMode } = await import('./backends/iptables');
+      const mode = o.iptablesMode === 'legacy' || o.iptablesMode === 'nft' ? o.iptablesMode : await detectMode(ns);
+      return new IptablesBackend(ns, mode, o.holdFd);
+    }
+  }
+}
 
 export interface EngineOptions {
   /** Namespace whose netfilter rules are managed (default: the current one). */

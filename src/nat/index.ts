@@ -14,7 +14,6 @@ export {
   normalizeState,
   parseEndpoint,
   parseHostPort,
-  parseServicesFile,
   emptyState,
   type Service,
   type Endpoint,
@@ -27,5 +26,6 @@ export {
   type SnatMode,
   type DesiredState,
 } from './model';
+export { parseServicesFile, serviceEntry } from './services-file';
 export { BACKENDS, BACKEND_NAMES, BACKEND_CHOICES, parseBackend, type BackendInfo } from './backends';
 export type { BackendName, ServiceCounters, Counter } from './backends/types';

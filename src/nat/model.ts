@@ -4,8 +4,8 @@
  * masquerade / SNAT / DNAT rules. Nothing here knows iptables or nftables
  * syntax: the backends in ./backends render this.
  */
-import { invalid } from '../errors';
-import { parseCidr, parseIp, type Family } from '../addr/cidr';
+import { TsnetError, invalid } from '../errors';
+import { formatHostPort, parseCidr, parseIp, type Family } from '../addr/cidr';
 import { validateIfname } from '../link/ifname';
 
 export type Proto = 'tcp' | 'udp';
@@ -140,58 +140,47 @@ export function parseEndpoint(text: string): Endpoint {
 /** The family of an address already parsed (normalized state): a colon means IPv6. */
 export const familyOf = (ip: string): Family => (ip.includes(':') ? 6 : 4);
 
-/** Checks a service completely; returns it normalized (canonical addresses, defaults filled in). */
+/** Checks a service completely; returns it normalized (canonical addresses, defaults filled in). Errors name the service and the field. */
 export function normalizeService(s: Partial<Service> & { name: string }): Service {
   validateName(s.name);
-  if (s.vip === undefined || s.port === undefined) throw invalid(`service ${s.name}: needs a VIP and a port`);
-  const vip = parseIp(s.vip);
-  const port = parsePort(s.port, `port of service ${s.name}`);
-  const proto = parseProto(s.proto ?? 'tcp');
-  const endpoints = (s.endpoints ?? []).map((e) => {
-    const ep = typeof e === 'string' ? parseEndpoint(e) : { ip: parseIp(e.ip).address, port: parsePort(e.port, 'endpoint port'), weight: e.weight ?? 1 };
-    if (!Number.isInteger(ep.weight) || ep.weight < 1 || ep.weight > 999999)
-      throw invalid(`service ${s.name}: endpoint weight ${ep.weight} must be a whole number from 1 to 999999`);
-    if (familyOf(ep.ip) !== vip.family) throw invalid(`service ${s.name}: endpoint ${ep.ip} is not IPv${vip.family} like the VIP ${vip.address}`);
-    return ep;
-  });
+  const field = <T>(name: string, f: () => T): T => {
+    try {
+      return f();
+    } catch (err) {
+      throw err instanceof TsnetError && err.code === 'EINVAL' ? invalid(`service ${s.name}: "${name}": ${err.message}`) : err;
+    }
+  };
+  if (s.vip === undefined) throw invalid(`service ${s.name}: "vip": missing (an IP address)`);
+  if (s.port === undefined) throw invalid(`service ${s.name}: "port": missing (1-65535)`);
+  const vip = field('vip', () => parseIp(s.vip!));
+  const port = field('port', () => parsePort(s.port!));
+  const proto = field('proto', () => parseProto(s.proto ?? 'tcp'));
+  const endpoints = (s.endpoints ?? []).map((e, i) =>
+    field(`endpoints[${i}]`, () => {
+      const ep = typeof e === 'string' ? parseEndpoint(e) : { ip: parseIp(e.ip).address, port: parsePort(e.port, 'endpoint port'), weight: e.weight ?? 1 };
+      if (!Number.isInteger(ep.weight) || ep.weight < 1 || ep.weight > 999999) throw invalid(`weight ${ep.weight} must be a whole number from 1 to 999999`);
+      if (familyOf(ep.ip) !== vip.family) throw invalid(`${ep.ip} is not IPv${vip.family} like the VIP ${vip.address}`);
+      return ep;
+    }),
+  );
   const seen = new Set<string>();
   for (const e of endpoints) {
-    const key = `${e.ip}:${e.port}`;
-    if (seen.has(key)) throw invalid(`service ${s.name}: endpoint ${key} listed twice`);
+    const key = formatHostPort(e.ip, e.port);
+    if (seen.has(key)) throw invalid(`service ${s.name}: "endpoints": ${key} listed twice`);
     seen.add(key);
   }
   const out: Service = { name: s.name, vip: vip.address, port, proto, endpoints };
   if (s.affinitySeconds !== undefined) {
     if (!Number.isInteger(s.affinitySeconds) || s.affinitySeconds < 1 || s.affinitySeconds > 86400)
-      throw invalid(`service ${s.name}: affinity must be 1-86400 seconds`);
+      throw invalid(`service ${s.name}: "affinitySeconds": must be 1-86400 seconds, got ${JSON.stringify(s.affinitySeconds)}`);
     out.affinitySeconds = s.affinitySeconds;
   }
   if (s.masqueradeNotFrom !== undefined) {
-    const c = parseCidr(s.masqueradeNotFrom);
-    if (c.family !== vip.family) throw invalid(`service ${s.name}: --masquerade-not-from ${s.masqueradeNotFrom} is not IPv${vip.family}`);
+    const c = field('masqueradeNotFrom', () => parseCidr(s.masqueradeNotFrom!));
+    if (c.family !== vip.family) throw invalid(`service ${s.name}: "masqueradeNotFrom": ${s.masqueradeNotFrom} is not IPv${vip.family} like the VIP`);
     out.masqueradeNotFrom = `${c.network}/${c.prefix}`;
   }
   return out;
-}
-
-/**
- * A services file (`service apply -f`): a JSON array of services, as
- * `service ls --json` prints them. Only its shape is checked here; each
- * service is checked in full once, when the change applies it.
- */
-export function parseServicesFile(text: string, file: string): Service[] {
-  let data: unknown;
-  try {
-    data = JSON.parse(text);
-  } catch (err) {
-    throw invalid(`${file}: not valid JSON (${(err as Error).message})`);
-  }
-  if (!Array.isArray(data)) throw invalid(`${file}: expected a JSON array of services`);
-  data.forEach((s, i) => {
-    if (!s || typeof s !== 'object' || typeof (s as { name?: unknown }).name !== 'string')
-      throw invalid(`${file}: entry ${i} is not a service object with a "name"`);
-  });
-  return data as Service[];
 }
 
 /** Checks a standalone NAT rule; returns it normalized. */

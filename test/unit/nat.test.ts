@@ -1,15 +1,7 @@
 import test from 'ava';
+import { parseServicesFile } from '../../src/nat/services-file';
 import { base32, endpointHash, portProtoHash } from '../../src/nat/names';
-import {
-  formatProbability,
-  normalizeService,
-  normalizeState,
-  parseEndpoint,
-  parseHostPort,
-  parseServicesFile,
-  probabilities,
-  type DesiredState,
-} from '../../src/nat/model';
+import { formatProbability, normalizeService, normalizeState, parseEndpoint, parseHostPort, probabilities, type DesiredState } from '../../src/nat/model';
 import { chainDigest, render, restorePayload, svcChain, sepChain, type Live } from '../../src/nat/backends/iptables-render';
 import { parseLive } from '../../src/nat/backends/iptables';
 import { render as nftRender } from '../../src/nat/nftables/layout';
@@ -132,7 +124,7 @@ test('model validation: clear messages for bad addresses, ports, names and weigh
 test('services.json: malformed JSON and wrong shapes are one-line errors', (t) => {
   t.throws(() => parseServicesFile('[{', 'f.json'), { message: /^f\.json: not valid JSON/ });
   t.throws(() => parseServicesFile('{}', 'f.json'), { message: /expected a JSON array/ });
-  t.throws(() => parseServicesFile('[42]', 'f.json'), { message: /entry 0 is not a service object/ });
+  t.throws(() => parseServicesFile('[42]', 'f.json'), { message: /entry 0: expected a service object, got 42/ });
   t.deepEqual(
     parseServicesFile('[{"name":"a","vip":"10.96.0.1","port":80,"endpoints":["10.0.0.2:80@2"]}]', 'f').map((s) => normalizeService(s).endpoints),
     [[{ ip: '10.0.0.2', port: 80, weight: 2 }]],

@@ -4,8 +4,7 @@
  * config, the engine) asks here.
  */
 import { invalid } from '../../errors';
-import type { NetNs } from '../../netns';
-import type { Backend, BackendName, TableKind } from './types';
+import type { BackendName, TableKind } from './types';
 
 export interface BackendInfo {
   /** What its rules live in: backends of the same kind take over from each other without a teardown. */
@@ -38,18 +37,3 @@ export function parseBackend(text: unknown, where = 'NAT backend'): BackendChoic
  */
 export const resolveChoice = (choice: BackendChoice, stored?: BackendName): BackendName =>
   choice !== 'auto' ? choice : stored === 'iptables' ? 'iptables' : 'netlink';
-
-/** Makes a backend (its module is loaded only now: a CLI call pays for the one it uses). */
-export async function createBackend(name: BackendName, ns: NetNs, o: { holdFd?: number; iptablesMode?: string } = {}): Promise<Backend> {
-  switch (name) {
-    case 'netlink':
-      return new (await import('./netlink')).NetlinkBackend(ns);
-    case 'nft':
-      return new (await import('./nft')).NftBackend(ns, o.holdFd);
-    case 'iptables': {
-      const { IptablesBackend, detectMode } = await import('./iptables');
-      const mode = o.iptablesMode === 'legacy' || o.iptablesMode === 'nft' ? o.iptablesMode : await detectMode(ns);
-      return new IptablesBackend(ns, mode, o.holdFd);
-    }
-  }
-}

@@ -1,15 +1,21 @@
-/** CLI for `tsnet forward`: parsing and printing only; src/forward does the work. */
-import { Command } from 'commander';
-import type { ForwardRequest } from '../forward';
-import type { NatEngine } from '../nat/engine';
-import { print, table } from './output';
+/** `tsnet forward TARGET LISTEN_PORT TARGET_PORT`, `forward ls|rm|restore`: named, reversible port forwards. */
+import type { Command } from 'commander';
+import { formatHostPort } from '../../addr/cidr';
+import * as forward from '../../forward';
+import type { Forward } from '../../nat/model';
+import type { Cli } from '../context';
+import { natEngine } from '../nat-engine';
+import { print, table } from '../output';
 
-export interface ForwardContext {
-  engine(): Promise<NatEngine>;
-  json(): boolean;
-}
+/** Where a forward listens, as ls prints it: `*:3308`, `10.0.0.1:3308`, `[fd00::1]:3308`. */
+const listenOf = (f: Forward) => formatHostPort(f.listen ?? '*', f.listenPort);
+/** Its target: `10.0.0.9:3309`, or the name as given with what it resolved to: `mysql (10.0.0.9):3309`, `db ([fd00::9]):3309`. */
+const targetOf = (f: Forward) =>
+  f.target === f.targetIp
+    ? formatHostPort(f.targetIp, f.targetPort)
+    : `${f.target} (${f.targetIp.includes(':') ? `[${f.targetIp}]` : f.targetIp}):${f.targetPort}`;
 
-export function registerForward(program: Command, ctx: ForwardContext): void {
+export function register(program: Command, cli: Cli): void {
   const fwd = program.command('forward').description("named, reversible port forwards: connections to this host's LISTEN_PORT go to TARGET:TARGET_PORT");
 
   fwd
@@ -29,9 +35,8 @@ export function registerForward(program: Command, ctx: ForwardContext): void {
         targetPort: string,
         o: { name?: string; listen?: string; proto: string; snat: string; check: boolean; cutOver?: boolean; dryRun?: boolean },
       ) => {
-        const forward = await import('../forward');
-        const engine = await ctx.engine();
-        const req: ForwardRequest = {
+        const engine = natEngine(cli);
+        const req: forward.ForwardRequest = {
           target,
           listenPort,
           targetPort,
@@ -48,11 +53,11 @@ export function registerForward(program: Command, ctx: ForwardContext): void {
         }
         const r = await forward.add(engine, req);
         const f = r.forward;
-        const where = f.listen ? `${f.listen}:${f.listenPort}` : `port ${f.listenPort}`;
+        const where = f.listen ? formatHostPort(f.listen, f.listenPort) : `port ${f.listenPort}`;
         // Entries, not live connections: closed ones still in TIME_WAIT are counted too.
         const cut = o.cutOver ? ` (${r.cutOver} conntrack entries of earlier targets cleared)` : '';
-        const line = r.changed ? `forward ${f.name}: ${f.proto} ${where} -> ${f.targetIp}:${f.targetPort}${cut}` : `forward ${f.name}: already in place${cut}`;
-        print(r, ctx.json(), () => line);
+        const line = r.changed ? `forward ${f.name}: ${f.proto} ${where} -> ${formatHostPort(f.targetIp, f.targetPort)}${cut}` : `forward ${f.name}: already in place${cut}`;
+        print(r, cli.json(), () => line);
       },
     );
 
@@ -60,17 +65,11 @@ export function registerForward(program: Command, ctx: ForwardContext): void {
     .command('ls')
     .alias('list')
     .description('forwards as stored')
-    .action(async () => {
-      const rows = (await import('../forward')).list(await ctx.engine());
-      print(rows, ctx.json(), () =>
+    .action(() => {
+      const rows = forward.list(natEngine(cli));
+      print(rows, cli.json(), () =>
         table(
-          rows.map((f) => ({
-            name: f.name,
-            proto: f.proto,
-            listen: `${f.listen ?? '*'}:${f.listenPort}`,
-            target: f.target === f.targetIp ? `${f.targetIp}:${f.targetPort}` : `${f.target} (${f.targetIp}):${f.targetPort}`,
-            snat: f.snat,
-          })),
+          rows.map((f) => ({ name: f.name, proto: f.proto, listen: listenOf(f), target: targetOf(f), snat: f.snat })),
           ['name', 'proto', 'listen', 'target', 'snat'],
         ),
       );
@@ -82,14 +81,14 @@ export function registerForward(program: Command, ctx: ForwardContext): void {
     .description('remove a forward: its rules and the sysctl changes made for it (missing: no-op)')
     .option('--cut', 'also cut its existing connections (delete their conntrack entries)')
     .action(async (name: string, o: { cut?: boolean }) => {
-      await (await import('../forward')).remove(await ctx.engine(), name, { cut: o.cut === true });
+      await forward.remove(natEngine(cli), name, { cut: o.cut === true });
     });
 
   fwd
     .command('restore')
     .description('re-apply every stored forward (after a reboot or a flush); same as `tsnet sync`')
     .action(async () => {
-      const r = await (await ctx.engine()).sync();
-      print(r, ctx.json(), () => `restored with ${r.backend}: ${r.full ? 'full' : 'partial'} sync, ${r.ms.toFixed(1)} ms`);
+      const r = await natEngine(cli).sync();
+      print(r, cli.json(), () => `restored with ${r.backend}: ${r.full ? 'full' : 'partial'} sync, ${r.ms.toFixed(1)} ms`);
     });
 }

@@ -1,0 +1,33 @@
+// The CLI as one file per command module (npm run build, after tsc): dist/bundle/FAMILY.js holds
+// program.js with that module alone (the others resolve to an empty stub), dist/bundle/all.js
+// holds every module (help, completion, an unknown word). main.js loads the one its word names.
+// charset=ascii: main.js reads the bundle as latin1, the cheapest decode.
+import * as esbuild from 'esbuild';
+import { readFileSync } from 'node:fs';
+
+const table = readFileSync('dist/src/cli/table.js', 'utf8');
+const families = [...new Set([...table.matchAll(/^\s+\w+: '(\w+)',$/gm)].map((m) => m[1]))];
+if (families.length < 10) throw new Error(`bundle: found only ${families.length} command modules in dist/src/cli/table.js`);
+
+const only = (family) => ({
+  name: 'only-one-command-module',
+  setup(build) {
+    build.onResolve({ filter: /^\.\/commands\// }, (args) => (args.path === `./commands/${family}` ? undefined : { path: args.path, namespace: 'stub' }));
+    build.onLoad({ filter: /.*/, namespace: 'stub' }, () => ({ contents: 'module.exports = {}', loader: 'js' }));
+  },
+});
+
+const common = {
+  entryPoints: ['dist/src/cli/program.js'],
+  bundle: true,
+  platform: 'node',
+  target: 'node20',
+  format: 'cjs',
+  charset: 'ascii',
+  external: ['elkjs', 'playwright-core'],
+  logLevel: 'error',
+};
+await Promise.all([
+  esbuild.build({ ...common, outfile: 'dist/bundle/all.js' }),
+  ...families.filter((f) => f !== 'completion').map((f) => esbuild.build({ ...common, outfile: `dist/bundle/${f}.js`, plugins: [only(f)] })),
+]);
