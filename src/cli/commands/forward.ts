@@ -56,7 +56,9 @@ export function register(program: Command, cli: Cli): void {
         const where = f.listen ? formatHostPort(f.listen, f.listenPort) : `port ${f.listenPort}`;
         // Entries, not live connections: closed ones still in TIME_WAIT are counted too.
         const cut = o.cutOver ? ` (${r.cutOver} conntrack entries of earlier targets cleared)` : '';
-        const line = r.changed ? `forward ${f.name}: ${f.proto} ${where} -> ${formatHostPort(f.targetIp, f.targetPort)}${cut}` : `forward ${f.name}: already in place${cut}`;
+        const line = r.changed
+          ? `forward ${f.name}: ${f.proto} ${where} -> ${formatHostPort(f.targetIp, f.targetPort)}${cut}`
+          : `forward ${f.name}: already in place${cut}`;
         print(r, cli.json(), () => line);
       },
     );
