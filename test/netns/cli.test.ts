@@ -1,4 +1,7 @@
 import test from 'ava';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
 import * as netns from '../../src/netns';
 import { CLI, Topology, ipJson, run, tsnet } from '../harness/fixtures';
 
@@ -146,4 +149,24 @@ test('the CLI refuses a non-net sysctl-like misuse path: unknown command is an e
   const r = run(process.execPath, [CLI, 'frobnicate']);
   t.not(r.status, 0);
   t.regex(r.stderr, /unknown command 'frobnicate'/);
+});
+
+test('netns exec passes the exit status on, 128+N when the program dies of signal N (as shells do)', async (t) => {
+  await topo.ns('sig');
+  t.is(tsnet('netns', 'exec', 'cli-sig', 'sh', '-c', 'exit 3').status, 3);
+  t.is(tsnet('netns', 'exec', 'cli-sig', 'sh', '-c', 'kill -TERM $$').status, 143);
+  t.is(tsnet('netns', 'exec', 'cli-sig', 'sh', '-c', 'kill -KILL $$').status, 137);
+  t.is(tsnet('netns', 'exec', 'cli-sig', 'no-such-program-here').status, 127);
+});
+
+test('IPv6 addresses are in brackets in every ip:port the CLI prints (forward add, forward ls)', async (t) => {
+  await topo.ns('v6');
+  const c = ['--netns', 'cli-v6', '--state-dir', fs.mkdtempSync(path.join(os.tmpdir(), 'tsnet-cli-v6-'))];
+  t.is(tsnet(...c, 'veth', 'add', 'v6a', 'v6b', '--address', 'fd00:6::1/64', '--peer-address', 'fd00:6::2/64').status, 0);
+  const add = tsnet(...c, 'forward', 'fd00:6::2', '13000', '13001', '--no-check', '--name', 'db6', '--listen', 'fd00:6::1');
+  t.is(add.status, 0, add.stderr);
+  t.is(add.stdout, 'forward db6: tcp [fd00:6::1]:13000 -> [fd00:6::2]:13001\n');
+  const ls = tsnet(...c, 'forward', 'ls');
+  t.regex(ls.stdout, /^db6\s+tcp\s+\[fd00:6::1\]:13000\s+\[fd00:6::2\]:13001\s+auto$/m);
+  t.is(tsnet(...c, 'forward', 'rm', 'db6').status, 0);
 });

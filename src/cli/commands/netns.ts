@@ -1,6 +1,7 @@
 /** `tsnet netns add|del|ls|exec`: named network namespaces, as `ip netns` keeps them. */
 import * as os from 'node:os';
 import type { Command } from 'commander';
+import { hasCode } from '../../errors';
 import * as netns from '../../netns';
 import type { Cli } from '../context';
 import { print, table } from '../output';
@@ -44,8 +45,18 @@ export function register(program: Command, cli: Cli): void {
     .passThroughOptions()
     .action(async (name: string, cmd: string, args: string[]) => {
       const h = netns.resolve(name);
-      const child = h.spawn(cmd, args, { stdio: 'inherit' });
-      h.close();
+      let child: ReturnType<typeof h.spawn>;
+      try {
+        child = h.spawn(cmd, args, { stdio: 'inherit' });
+      } catch (err) {
+        // As shells report a program they cannot run: 127 not found, 126 found but not runnable.
+        if (!hasCode(err, 'ENOENT') && !hasCode(err, 'EACCES')) throw err;
+        process.stderr.write(`tsnet: ${(err as Error).message}\n`);
+        process.exitCode = hasCode(err, 'ENOENT') ? 127 : 126;
+        return;
+      } finally {
+        h.close();
+      }
       process.exitCode = await new Promise<number>((resolve) => {
         child.on('error', (err) => {
           process.stderr.write(`tsnet: cannot run ${cmd} in namespace ${name}: ${err.message}\n`);
