@@ -229,8 +229,10 @@ export class Agent {
       const { host, port } = this.metricsListen;
       const h = http.createServer((req, res) => {
         if (req.method === 'GET' && (req.url === '/metrics' || req.url?.startsWith('/metrics?'))) {
-          res.writeHead(200, { 'content-type': 'text/plain; version=0.0.4; charset=utf-8' });
-          res.end(this.metrics.registry.render());
+          void this.metrics.registry.metrics().then(
+            (text) => res.writeHead(200, { 'content-type': this.metrics.registry.contentType }).end(text),
+            (err: Error) => res.writeHead(500).end(`metrics: ${err.message}\n`),
+          );
         } else if (req.method === 'GET' && req.url === '/healthz') {
           res.writeHead(200).end('ok\n');
         } else if (req.method === 'GET' && req.url?.startsWith('/topology')) {
@@ -451,7 +453,7 @@ export class Agent {
     }
     const key = ['ADD', 'DEL', 'CHECK'].includes(command) ? `${String(conf.name)}/${req.env.CNI_CONTAINERID}/${req.env.CNI_IFNAME}` : undefined;
     const t0 = process.hrtime.bigint();
-    this.metrics.inflight.add(1);
+    this.metrics.inflight.inc();
     // GC of a network waits for the calls under way on it (an ADD whose shim died must not be half torn down).
     const network = `${String(conf.name)}/`;
     const before = key ? [this.queues.get(key)] : command === 'GC' ? [...this.queues].filter(([k]) => k.startsWith(network)).map(([, p]) => p) : [];
@@ -487,11 +489,11 @@ export class Agent {
     });
     const r = await Promise.race([work.catch((err: unknown) => errorInvocation(err, req.stdin)), deadline]);
     clearTimeout(timer);
-    this.metrics.inflight.add(-1);
+    this.metrics.inflight.dec();
     const secs = Number(process.hrtime.bigint() - t0) / 1e9;
     const result = r.exitCode === 0 ? 'ok' : `error_${r.code ?? 'unknown'}`;
     this.metrics.cniRequests.inc({ plugin: req.plugin, command, result });
-    this.metrics.cniDuration.observe(secs, { command });
+    this.metrics.cniDuration.observe({ command }, secs);
     this.log(
       `cni: ${req.plugin} ${command} ${String(conf.name ?? '-')} ${req.env.CNI_CONTAINERID ?? '-'} ${req.env.CNI_IFNAME ?? '-'}: ${result} in ${(secs * 1000).toFixed(1)} ms`,
     );
@@ -515,7 +517,7 @@ export class Agent {
     const m = this.metrics;
     m.syncDuration.observe(secs);
     (e.full ? m.syncFull : m.syncPartial).observe(secs);
-    m.syncLast.set(Date.now() / 1000);
+    m.syncLast.setToCurrentTime();
     if (e.trigger === 'resync') m.resyncAfterFlush.inc();
     this.log(
       `nat: ${e.trigger}${e.trigger === 'resync' ? ' after flush' : ''} ${e.dir}: ${e.full ? 'full' : 'partial'} ${e.backend}, ${e.written} written, ${e.deleted} deleted in ${e.ms.toFixed(1)} ms`,

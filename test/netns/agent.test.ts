@@ -78,9 +78,12 @@ function metrics(ns: netns.NetNs, address: string): string {
   if (r.status !== 0) throw new Error(`metrics from ${address}: ${String(r.stderr)}`);
   return String(r.stdout);
 }
+/** A series' value in an exposition text; labels in any order (`name{a="1",b="2"}`). */
 const sample = (text: string, series: string) => {
-  const line = text.split('\n').find((l) => l.startsWith(`${series} `));
-  return line === undefined ? undefined : Number(line.split(' ')[1]);
+  const canonical = (s: string) => s.replace(/\{(.*)\}/, (_, l: string) => `{${l.split(',').sort().join(',')}}`);
+  const want = canonical(series);
+  const line = text.split('\n').find((l) => !l.startsWith('#') && canonical(l.slice(0, l.lastIndexOf(' '))) === want);
+  return line === undefined ? undefined : Number(line.slice(line.lastIndexOf(' ') + 1));
 };
 
 /**
@@ -306,6 +309,43 @@ test('a restarted agent serves again with no lost reservation, and the standalon
   t.false(ips.includes(ipOf(r3.json)[0]!), 'standalone does not reuse a reservation the agent made');
   for (const [i, c] of cs.entries()) if (i > 0) ok(t, await nd.call('DEL', c, `r${i}`), `DEL r${i}`);
   t.deepEqual(nothingLeft(nd.left()), [0, [], [], []]);
+});
+
+test("/metrics is Prometheus exposition that promtool accepts: the CNI counters and sync histograms by kube-proxy's names, and the process metrics", async (t) => {
+  const nd = await node();
+  const agent = await cni.startAgent(nd.host, ['--metrics', '127.0.0.1:0']);
+  const { metrics: address } = await agent.ready;
+  const c = await nd.container('m');
+  ok(t, await nd.call('ADD', c, 'm0'), 'ADD');
+  ok(t, await nd.call('DEL', c, 'm0'), 'DEL');
+  const text = metrics(nd.host, address!);
+  // promtool (Prometheus' own parser and linter): a parse error exits 1; naming-convention findings are listed (exit 3).
+  // prom-client's default gauges nodejs_active_{handles,requests,resources}_total carry a _total promtool flags:
+  // their names are prom-client's (and the dashboards'), the only findings allowed.
+  const check = run('promtool', ['check', 'metrics'], { input: text });
+  const findings = (check.stdout + check.stderr)
+    .split('\n')
+    .filter((l) => l.trim() && !/^nodejs_active_(handles|requests|resources)_total non-counter metrics should not have "_total" suffix$/.test(l));
+  t.deepEqual(findings, [], 'promtool found nothing in our metrics');
+  t.true(check.status === 0 || check.status === 3, `promtool parsed it: exit ${check.status}`);
+  t.is(sample(text, 'tsnet_cni_requests_total{command="ADD",plugin="tsnet-bridge",result="ok"}'), 1);
+  t.is(sample(text, 'tsnet_cni_requests_total{command="DEL",plugin="tsnet-bridge",result="ok"}'), 1);
+  t.is(sample(text, 'tsnet_cni_request_duration_seconds_count{command="ADD"}'), 1);
+  t.is(sample(text, 'tsnet_cni_requests_in_flight'), 0);
+  t.true(sample(text, 'tsnet_sync_proxy_rules_duration_seconds_count')! >= 2, 'the ADD and the DEL synced NAT rules');
+  t.true(sample(text, 'tsnet_sync_proxy_rules_last_timestamp_seconds')! > Date.now() / 1000 - 120);
+  for (const name of ['tsnet_sync_full_proxy_rules_duration_seconds', 'tsnet_sync_partial_proxy_rules_duration_seconds'])
+    t.regex(text, new RegExp(`^# TYPE ${name} histogram$`, 'm'));
+  // Node's default process metrics: CPU, RSS, event-loop lag, GC, handles.
+  for (const name of [
+    'process_cpu_seconds_total',
+    'process_resident_memory_bytes',
+    'nodejs_eventloop_lag_seconds',
+    'nodejs_gc_duration_seconds',
+    'nodejs_active_handles_total',
+  ])
+    t.regex(text, new RegExp(`^# TYPE ${name} `, 'm'), name);
+  t.true(sample(text, 'process_resident_memory_bytes')! > 10e6);
 });
 
 test('a call past its deadline returns error 11 instead of hanging the runtime; the DEL after it cleans up', async (t) => {

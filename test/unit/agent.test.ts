@@ -1,4 +1,4 @@
-/** The agent's pure parts: the shim wire format, Prometheus rendering, flag parsing. */
+/** The agent's pure parts: the shim wire format, its metrics registry, flag parsing. */
 import test from 'ava';
 import {
   FrameReader,
@@ -12,7 +12,7 @@ import {
   requestKind,
   MAX_FRAME,
 } from '../../src/agent/protocol';
-import { Counter, Histogram, Registry, exponentialBuckets } from '../../src/agent/metrics';
+import { agentMetrics } from '../../src/agent/metrics';
 import { parseDuration } from '../../src/agent/server';
 
 const req = {
@@ -79,32 +79,15 @@ test('replies carry the exit status and stdout; a deny is told apart', (t) => {
   t.deepEqual(decodeReply(Buffer.from('deny peer uid 1000 (pid 5) is not root')), { deny: 'peer uid 1000 (pid 5) is not root' });
 });
 
-test('Prometheus text: counters by label, cumulative histogram buckets with +Inf, sum and count', (t) => {
-  const r = new Registry();
-  const c = r.add(new Counter('x_total', 'things'));
-  const h = r.add(new Histogram('x_seconds', 'time', [0.01, 0.1, 1]));
-  c.inc({ command: 'ADD', result: 'ok' });
-  c.inc({ result: 'ok', command: 'ADD' }); // label order does not make a new series
-  c.inc({ command: 'DEL', result: 'a"b\\c' });
-  h.observe(0.005, { command: 'ADD' });
-  h.observe(0.05, { command: 'ADD' });
-  h.observe(5, { command: 'ADD' });
-  const text = r.render();
-  t.true(text.includes('# TYPE x_total counter\n'));
-  t.true(text.includes('x_total{command="ADD",result="ok"} 2\n'));
-  t.true(text.includes('x_total{command="DEL",result="a\\"b\\\\c"} 1\n'));
-  for (const [le, n] of [
-    ['0.01', 1],
-    ['0.1', 2],
-    ['1', 2],
-    ['+Inf', 3],
-  ] as const)
-    t.true(text.includes(`x_seconds_bucket{command="ADD",le="${le}"} ${n}\n`), le);
-  t.true(text.includes('x_seconds_sum{command="ADD"} 5.055\n'));
-  t.true(text.includes('x_seconds_count{command="ADD"} 3\n'));
-  t.is(h.count({ command: 'ADD' }), 3);
-  t.deepEqual(exponentialBuckets(0.001, 2, 3), [0.001, 0.002, 0.004]);
-  t.true(new Registry().add(new Counter('y_total', 'none yet')).render().includes('y_total 0'), 'an unused counter still shows 0');
+test('metrics: each agent has its own registry (two in one process never count into each other)', async (t) => {
+  const a = agentMetrics();
+  const b = agentMetrics();
+  a.cniRequests.inc({ plugin: 'tsnet-bridge', command: 'ADD', result: 'ok' });
+  a.cniRequests.inc({ plugin: 'tsnet-bridge', command: 'ADD', result: 'ok' });
+  const text = await a.registry.metrics();
+  t.regex(text, /^tsnet_cni_requests_total\{plugin="tsnet-bridge",command="ADD",result="ok"\} 2$/m);
+  t.notRegex(await b.registry.metrics(), /^tsnet_cni_requests_total\{/m);
+  t.regex(text, /^# TYPE process_resident_memory_bytes gauge$/m, "Node's process metrics are in each");
 });
 
 test('durations: 10s, 500ms, 1m, plain seconds; nonsense and sub-100ms refused', (t) => {
