@@ -25,7 +25,7 @@
  * Run with `npm run bench:nat` (inside the sandbox). BENCH_SERVICES overrides 10,000;
  * BENCH_SKIP=layouts,iptables leaves parts out.
  */
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -43,6 +43,7 @@ import { script } from '../src/nat/nftables/text';
 import { render as iptablesRender, restorePayload } from '../src/nat/backends/iptables-render';
 import { request, serve } from '../src/demo/traffic';
 import { CLI, assertSandbox } from '../test/harness/fixtures';
+import { withAgent } from './agent';
 
 const N = Number(process.env.BENCH_SERVICES ?? 10_000);
 const BIG = 44_000;
@@ -342,43 +343,10 @@ async function oneChange(): Promise<void> {
     );
     line(
       'CLI served by a running tsnet agent, median of 15',
-      ms(median(viaAgent.times)),
-      `node -e 0 ${ms(median(nodeBesideAgent)).trim()}: node + ${(median(viaAgent.times) - median(nodeBesideAgent)).toFixed(0)} ms; the agent served ${viaAgent.served} of 16, ${ms(median(viaAgent.inside)).trim()} p50 inside it`,
+      ms(median(viaAgent.result)),
+      `node -e 0 ${ms(median(nodeBesideAgent)).trim()}: node + ${(median(viaAgent.result) - median(nodeBesideAgent)).toFixed(0)} ms; the agent served ${viaAgent.served} of 16, ${ms(median(viaAgent.inside)).trim()} p50 inside it`,
     );
   });
-}
-
-/**
- * Runs `fn` with a `tsnet agent` serving this (the sandbox's) namespace on a
- * socket of its own; returns what `fn` returned and how many NAT changes the
- * agent's log says it served (a CLI that fell back is not counted), with the
- * time each took inside the agent (the first, which loads the table, left out).
- */
-async function withAgent(stateDir: string, fn: (socket: string) => number[]): Promise<{ times: number[]; served: number; inside: number[] }> {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tsnet-bench-agent-'));
-  const socket = path.join(dir, 'agent.sock');
-  const log = path.join(dir, 'log');
-  const logFd = fs.openSync(log, 'w');
-  const child = spawn(process.execPath, [CLI, '--state-dir', stateDir, 'agent', '--socket', socket, '--metrics', ''], { stdio: ['ignore', 'pipe', logFd] });
-  fs.closeSync(logFd);
-  const exited = new Promise<void>((resolve) => child.on('exit', () => resolve()));
-  try {
-    await new Promise<void>((resolve, reject) => {
-      let out = '';
-      child.stdout!.on('data', (d) => {
-        out += d;
-        if (/^ready /m.test(out)) resolve();
-      });
-      void exited.then(() => reject(new Error(`agent exited before it was ready: ${fs.readFileSync(log, 'utf8')}`)));
-    });
-    const times = fn(socket);
-    const inside = [...fs.readFileSync(log, 'utf8').matchAll(/^\S+ nat: served .*: ok in ([\d.]+) ms$/gm)].map((m) => Number(m[1]));
-    return { times, served: inside.length, inside: inside.slice(1) };
-  } finally {
-    child.kill('SIGTERM');
-    await exited;
-    fs.rmSync(dir, { recursive: true, force: true });
-  }
 }
 
 /** Peak RSS of a process that holds the table: a full sync of 10,000 x 5, then 50 changes. */

@@ -33,7 +33,28 @@ function complete(line: string): string[] {
 
 test('command words, subcommands and aliases', (t) => {
   const top = complete('tsnet ');
-  for (const w of ['netns', 'link', 'bridge', 'veth', 'addr', 'route', 'attach', 'detach', 'service', 'nat', 'sync', 'rules', 'forward', 'cni', 'agent', 'trace', 'doctor', 'topology', 'demo', 'completion'])
+  for (const w of [
+    'netns',
+    'link',
+    'bridge',
+    'veth',
+    'addr',
+    'route',
+    'attach',
+    'detach',
+    'service',
+    'nat',
+    'sync',
+    'rules',
+    'forward',
+    'cni',
+    'agent',
+    'trace',
+    'doctor',
+    'topology',
+    'demo',
+    'completion',
+  ])
     t.true(top.includes(w), w);
   t.deepEqual(complete('tsnet se'), ['service']);
   t.deepEqual(complete('tsnet service '), ['add', 'apply', 'del', 'ls', 'set-endpoints']);
@@ -43,10 +64,20 @@ test('command words, subcommands and aliases', (t) => {
   t.deepEqual(complete('tsnet link ls --state-dir /tmp ls'), [], 'no subcommand after the command is complete');
 });
 
-test('options: the command\'s own and the global ones, wherever they go', (t) => {
+test("options: the command's own and the global ones, wherever they go", (t) => {
   t.deepEqual(complete('tsnet link ls --j'), ['--json']);
   t.deepEqual(complete('tsnet service add web --e'), ['--endpoint']);
-  t.deepEqual(complete('tsnet bridge add br0 --'), ['--address', '--backend', '--help', '--json', '--mtu', '--netns', '--state-dir', '--stp', '--vlan-filtering']);
+  t.deepEqual(complete('tsnet bridge add br0 --'), [
+    '--address',
+    '--backend',
+    '--help',
+    '--json',
+    '--mtu',
+    '--netns',
+    '--state-dir',
+    '--stp',
+    '--vlan-filtering',
+  ]);
   t.true(complete('tsnet forward mysql 3308 3309 --').includes('--cut-over'), "forward's default subcommand (add) is the one completed");
 });
 
