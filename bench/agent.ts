@@ -14,12 +14,17 @@ import { CLI } from '../test/harness/fixtures';
  * not counted), with the time each took inside the agent (the first, which
  * loads the table, left out).
  */
-export async function withAgent<T>(stateDir: string, fn: (socket: string) => T): Promise<{ result: T; served: number; inside: number[] }> {
+export async function withAgent<T>(
+  stateDir: string,
+  fn: (socket: string) => T,
+): Promise<{ result: T; served: number; inside: number[] }> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tsnet-bench-agent-'));
   const socket = path.join(dir, 'agent.sock');
   const log = path.join(dir, 'log');
   const logFd = fs.openSync(log, 'w');
-  const child = spawn(process.execPath, [CLI, '--state-dir', stateDir, 'agent', '--socket', socket, '--metrics', ''], { stdio: ['ignore', 'pipe', logFd] });
+  const child = spawn(process.execPath, [CLI, '--state-dir', stateDir, 'agent', '--socket', socket, '--metrics', ''], {
+    stdio: ['ignore', 'pipe', logFd],
+  });
   fs.closeSync(logFd);
   const exited = new Promise<void>((resolve) => child.on('exit', () => resolve()));
   try {
@@ -32,7 +37,9 @@ export async function withAgent<T>(stateDir: string, fn: (socket: string) => T):
       void exited.then(() => reject(new Error(`agent exited before it was ready: ${fs.readFileSync(log, 'utf8')}`)));
     });
     const result = fn(socket);
-    const inside = [...fs.readFileSync(log, 'utf8').matchAll(/^\S+ nat: served .*: ok in ([\d.]+) ms$/gm)].map((m) => Number(m[1]));
+    const inside = [...fs.readFileSync(log, 'utf8').matchAll(/^\S+ nat: served .*: ok in ([\d.]+) ms$/gm)].map((m) =>
+      Number(m[1]),
+    );
     return { result, served: inside.length, inside: inside.slice(1) };
   } finally {
     child.kill('SIGTERM');

@@ -38,7 +38,11 @@ async function main(): Promise<void> {
     isGateway: true,
     ipMasq: true,
     ...(kind === 'ref' ? {} : { stateDir: path.join(cni.dir, `state-${kind}`) }),
-    ipam: { type: kind === 'ref' ? 'host-local' : 'tsnet-ipam', subnet: `10.${201 + KINDS.indexOf(kind)}.0.0/16`, dataDir: path.join(cni.dir, `ipam-${kind}`) },
+    ipam: {
+      type: kind === 'ref' ? 'host-local' : 'tsnet-ipam',
+      subnet: `10.${201 + KINDS.indexOf(kind)}.0.0/16`,
+      dataDir: path.join(cni.dir, `ipam-${kind}`),
+    },
   });
   const made: netns.NetNs[] = [];
   const times: Record<string, number[]> = {};
@@ -49,27 +53,43 @@ async function main(): Promise<void> {
   };
   const agent = await cni.startAgent(node, ['--resync-interval', '10s']);
   const call = (k: Kind, command: string, c: unknown, e: { containerId?: string; netns?: string } = {}) =>
-    cni.call(node, k === 'ref' ? 'bridge' : 'tsnet-bridge', command, c, { ...e, ifname: 'eth0', env: k === 'standalone' ? { TSNET_AGENT_SOCKET: '' } : {} });
+    cni.call(node, k === 'ref' ? 'bridge' : 'tsnet-bridge', command, c, {
+      ...e,
+      ifname: 'eth0',
+      env: k === 'standalone' ? { TSNET_AGENT_SOCKET: '' } : {},
+    });
   const order = (i: number) => KINDS.map((_, j) => KINDS[(i + j) % KINDS.length]!);
   try {
     for (let i = 0; i < N; i++) {
       for (const k of order(i)) {
         const c = netns.add(`bench-${k}-${i}`);
         made.push(c);
-        record(k, 'ADD', must(await call(k, 'ADD', conf(k), { containerId: `${k}-${i}`, netns: c.path }), `${k} ADD ${i}`).ms);
+        record(
+          k,
+          'ADD',
+          must(await call(k, 'ADD', conf(k), { containerId: `${k}-${i}`, netns: c.path }), `${k} ADD ${i}`).ms,
+        );
         record(k, 'VERSION', must(await call(k, 'VERSION', { cniVersion: '1.0.0' }), `${k} VERSION`).ms);
       }
     }
     for (let i = 0; i < N; i++) {
       for (const k of order(i)) {
-        record(k, 'DEL', must(await call(k, 'DEL', conf(k), { containerId: `${k}-${i}`, netns: `/run/netns/bench-${k}-${i}` }), `${k} DEL ${i}`).ms);
+        record(
+          k,
+          'DEL',
+          must(
+            await call(k, 'DEL', conf(k), { containerId: `${k}-${i}`, netns: `/run/netns/bench-${k}-${i}` }),
+            `${k} DEL ${i}`,
+          ).ms,
+        );
       }
     }
     const left = node.spawnSync('iptables-save', ['-t', 'nat'], { encoding: 'utf8' }).stdout as string;
     if (/10\.20[123]\./.test(left)) throw new Error('rules left after DEL');
     if (!/tsnet-bridge ADD bench-agent/.test(agent.log)) throw new Error('the agent served no ADD');
     // The agent's own view: time from a complete request to its reply.
-    for (const m of agent.log.matchAll(/cni: tsnet-bridge (ADD|DEL) bench-agent .*: ok in ([\d.]+) ms/g)) record('agent', `${m[1]} (inside)`, Number(m[2]));
+    for (const m of agent.log.matchAll(/cni: tsnet-bridge (ADD|DEL) bench-agent .*: ok in ([\d.]+) ms/g))
+      record('agent', `${m[1]} (inside)`, Number(m[2]));
   } finally {
     await agent.stop();
     for (const c of made) {
@@ -84,7 +104,9 @@ async function main(): Promise<void> {
   console.log(`${'call'.padEnd(20)} ${'p50'.padStart(8)} ${'p90'.padStart(8)}`);
   for (const op of ['ADD', 'DEL', 'VERSION']) {
     for (const key of [...KINDS.map((k) => `${k} ${op}`), `agent ${op} (inside)`].filter((k) => times[k])) {
-      console.log(`${key.padEnd(20)} ${pct(times[key]!, 50).toFixed(1).padStart(8)} ${pct(times[key]!, 90).toFixed(1).padStart(8)}`);
+      console.log(
+        `${key.padEnd(20)} ${pct(times[key]!, 50).toFixed(1).padStart(8)} ${pct(times[key]!, 90).toFixed(1).padStart(8)}`,
+      );
     }
   }
   for (const op of ['ADD', 'DEL', 'VERSION']) {

@@ -64,7 +64,10 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** Starts a long-running tool inside `ns`; rejects at once if it cannot start. */
 function start(ns: netns.NetNs, cmd: string, args: string[]): ChildProcess {
-  const child = ns.spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, PATH: SYSTEM_PATH } });
+  const child = ns.spawn(cmd, args, {
+    stdio: ['ignore', 'ignore', 'pipe'],
+    env: { ...process.env, PATH: SYSTEM_PATH },
+  });
   let err = '';
   child.stderr?.on('data', (d) => (err += d));
   child.once('exit', (code, signal) => {
@@ -91,7 +94,8 @@ function stop(child: ChildProcess): Promise<void> {
 /** Waits until a TCP socket listens on `port` inside `ns` (ss: a probe connection would disturb iperf3's server). */
 async function waitListening(ns: netns.NetNs, port: number, child: ChildProcess): Promise<void> {
   for (let i = 0; i < 100; i++) {
-    if (child.exitCode !== null || child.signalCode !== null) throw new Error(`${child.spawnfile} exited before listening on port ${port}`);
+    if (child.exitCode !== null || child.signalCode !== null)
+      throw new Error(`${child.spawnfile} exited before listening on port ${port}`);
     const r = run('ip', ['netns', 'exec', ns.name!, 'ss', '-Hltn', `sport = :${port}`]);
     if (r.status === 0 && r.stdout.trim() !== '') return;
     await sleep(50);
@@ -104,7 +108,9 @@ async function timedRequest(clients: netns.NetNs, host: string, port: number, co
   const r = await request(clients, 'tcp', host, port, { count, concurrency: 1 });
   const ms = Number(process.hrtime.bigint() - t0) / 1e6;
   if (r.ok !== count || r.replies.db !== count) {
-    throw new Error(`${host}:${port}: ${r.ok}/${count} answered (${JSON.stringify(r.replies)}), ${r.fail} failed: ${r.errors.join('; ')}`);
+    throw new Error(
+      `${host}:${port}: ${r.ok}/${count} answered (${JSON.stringify(r.replies)}), ${r.fail} failed: ${r.errors.join('; ')}`,
+    );
   }
   return ms;
 }
@@ -141,16 +147,27 @@ function throughput(clients: netns.NetNs, host: string, port: number): Promise<n
       try {
         j = JSON.parse(out);
       } catch {
-        return reject(new Error(`iperf3 -c ${host} -p ${port} exited (${code ?? signal}) without JSON: ${err.trim() || out.slice(0, 300)}`));
+        return reject(
+          new Error(
+            `iperf3 -c ${host} -p ${port} exited (${code ?? signal}) without JSON: ${err.trim() || out.slice(0, 300)}`,
+          ),
+        );
       }
       const bps = j?.end?.sum_received?.bits_per_second;
-      if (j.error || typeof bps !== 'number') return reject(new Error(`iperf3 -c ${host} -p ${port}: ${j.error ?? 'no end.sum_received in its report'}`));
+      if (j.error || typeof bps !== 'number')
+        return reject(new Error(`iperf3 -c ${host} -p ${port}: ${j.error ?? 'no end.sum_received in its report'}`));
       resolve(bps / 1e9);
     });
   });
 }
 
-async function measure(name: string, clients: netns.NetNs, host: string, port: number, iperfPort: number): Promise<Result> {
+async function measure(
+  name: string,
+  clients: netns.NetNs,
+  host: string,
+  port: number,
+  iperfPort: number,
+): Promise<Result> {
   const connectMs = await connectLatency(clients, host, port);
   const gbps = await throughput(clients, host, iperfPort);
   console.log(`  measured ${name.padEnd(24)} ${connectMs.toFixed(3)} ms  ${gbps.toFixed(2)} Gbit/s`);
@@ -240,7 +257,9 @@ async function main(): Promise<void> {
     const direct = results[0]!;
     const socat = results[1]!;
     console.log('');
-    console.log(`${'path'.padEnd(26)}${'connect ms'.padStart(11)}${'Gbit/s'.padStart(9)}${'conn/direct'.padStart(13)}${'Gbit/direct'.padStart(13)}`);
+    console.log(
+      `${'path'.padEnd(26)}${'connect ms'.padStart(11)}${'Gbit/s'.padStart(9)}${'conn/direct'.padStart(13)}${'Gbit/direct'.padStart(13)}`,
+    );
     for (const r of results) {
       console.log(
         `${r.path.padEnd(26)}${r.connectMs.toFixed(3).padStart(11)}${r.gbps.toFixed(2).padStart(9)}${(r.connectMs / direct.connectMs).toFixed(2).padStart(13)}${(r.gbps / direct.gbps).toFixed(2).padStart(13)}`,

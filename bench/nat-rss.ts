@@ -16,7 +16,9 @@ async function main(): Promise<void> {
   await e.change([{ op: 'replace-services', services: svcs }]);
   for (let k = 0; k < 50; k++) {
     const s = svcs[(k * 131) % svcs.length]!;
-    await e.change([{ op: 'set-endpoints', name: s.name, endpoints: [{ ip: `10.252.0.${k}`, port: 8080, weight: 1 }] }]);
+    await e.change([
+      { op: 'set-endpoints', name: s.name, endpoints: [{ ip: `10.252.0.${k}`, port: 8080, weight: 1 }] },
+    ]);
   }
   ns.close();
   process.stdout.write(`${JSON.stringify({ maxRssKiB: process.resourceUsage().maxRSS })}\n`);

@@ -67,7 +67,13 @@ function services(n: number, eps: number): Service[] {
     });
   }
   // The one that answers, last in the table.
-  out.push({ name: 'bench/real', vip: '10.95.0.1', port: 80, proto: 'tcp', endpoints: [{ ip: '10.99.0.2', port: 8080, weight: 1 }] });
+  out.push({
+    name: 'bench/real',
+    vip: '10.95.0.1',
+    port: 80,
+    proto: 'tcp',
+    endpoints: [{ ip: '10.99.0.2', port: 8080, weight: 1 }],
+  });
   return out;
 }
 
@@ -77,7 +83,11 @@ interface Timed {
   out: string;
 }
 
-function run(cmd: string, args: string[], o: { input?: string; timeoutS?: number; env?: NodeJS.ProcessEnv } = {}): Timed {
+function run(
+  cmd: string,
+  args: string[],
+  o: { input?: string; timeoutS?: number; env?: NodeJS.ProcessEnv } = {},
+): Timed {
   const t0 = process.hrtime.bigint();
   const r = spawnSync(cmd, args, {
     input: o.input,
@@ -94,7 +104,8 @@ function run(cmd: string, args: string[], o: { input?: string; timeoutS?: number
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1]!;
 const ms = (x: number) => `${x >= 100 ? x.toFixed(0) : x.toFixed(1)} ms`.padStart(10);
-const line = (what: string, value: string, note = '') => console.log(`  ${what.padEnd(58)} ${value}${note ? `   ${note}` : ''}`);
+const line = (what: string, value: string, note = '') =>
+  console.log(`  ${what.padEnd(58)} ${value}${note ? `   ${note}` : ''}`);
 
 /** A fresh namespace for one measurement, deleted afterwards. */
 async function inFresh<T>(name: string, fn: (ns: netns.NetNs) => Promise<T> | T): Promise<T> {
@@ -185,7 +196,8 @@ function layoutC(svcs: Service[]): string {
     for (const e of s.endpoints) pairs.add(`${e.ip} . ${e.ip}`);
   });
   const all = [...pairs];
-  for (let k = 0; k < all.length; k += 1000) out.push(`add element ip kp hairpin { ${all.slice(k, k + 1000).join(', ')} }`);
+  for (let k = 0; k < all.length; k += 1000)
+    out.push(`add element ip kp hairpin { ${all.slice(k, k + 1000).join(', ')} }`);
   return `${out.join('\n')}\n`;
 }
 
@@ -194,7 +206,9 @@ function layoutD(svcs: Service[]): string {
 }
 
 async function layouts(): Promise<void> {
-  console.log(`\nlayouts: raw nft -f of ${N} services x ${EPS} endpoints into an empty namespace (cap ${LAYOUT_TIMEOUT_S} s)`);
+  console.log(
+    `\nlayouts: raw nft -f of ${N} services x ${EPS} endpoints into an empty namespace (cap ${LAYOUT_TIMEOUT_S} s)`,
+  );
   const svcs = services(N, EPS);
   const rows: [string, (s: Service[]) => string][] = [
     ['A kube-proxy: chain per service (anonymous vmap) + per endpoint', layoutA],
@@ -217,7 +231,10 @@ async function layouts(): Promise<void> {
   console.log(
     `  ratios to D: ${results
       .slice(0, 3)
-      .map((x, i) => `${'ABC'[i]} ${Number.isFinite(x) ? (x / d).toFixed(1) : `> ${((LAYOUT_TIMEOUT_S * 1000) / d).toFixed(0)}`}x`)
+      .map(
+        (x, i) =>
+          `${'ABC'[i]} ${Number.isFinite(x) ? (x / d).toFixed(1) : `> ${((LAYOUT_TIMEOUT_S * 1000) / d).toFixed(0)}`}x`,
+      )
       .join(', ')}`,
   );
 }
@@ -252,7 +269,18 @@ async function fullSyncs(): Promise<void> {
     fs.writeFileSync(file, JSON.stringify(svcs));
     const cli = await inFresh(
       'bn-full-cli',
-      (ns) => run(process.execPath, [CLI, '--netns', ns.name!, '--state-dir', path.join(dir, 'cli'), 'service', 'apply', '--file', file]).ms,
+      (ns) =>
+        run(process.execPath, [
+          CLI,
+          '--netns',
+          ns.name!,
+          '--state-dir',
+          path.join(dir, 'cli'),
+          'service',
+          'apply',
+          '--file',
+          file,
+        ]).ms,
     );
     const lib = await inFresh('bn-full-lib', async (ns) => {
       const e = new NatEngine({ ns, stateDir: path.join(dir, 'lib') });
@@ -264,16 +292,40 @@ async function fullSyncs(): Promise<void> {
     let listing: number | undefined;
     if (n === BIG) {
       await inFresh('bn-full-ls', (ns) => {
-        run(process.execPath, [CLI, '--netns', ns.name!, '--state-dir', path.join(dir, 'ls'), 'service', 'apply', '--file', file]);
+        run(process.execPath, [
+          CLI,
+          '--netns',
+          ns.name!,
+          '--state-dir',
+          path.join(dir, 'ls'),
+          'service',
+          'apply',
+          '--file',
+          file,
+        ]);
         const t = process.hrtime.bigint();
-        const out = run(process.execPath, [CLI, '--netns', ns.name!, '--state-dir', path.join(dir, 'ls'), '--json', 'service', 'ls']).out;
+        const out = run(process.execPath, [
+          CLI,
+          '--netns',
+          ns.name!,
+          '--state-dir',
+          path.join(dir, 'ls'),
+          '--json',
+          'service',
+          'ls',
+        ]).out;
         listing = Number(process.hrtime.bigint() - t) / 1e6;
-        if ((JSON.parse(out) as unknown[]).length !== n) throw new Error('service ls listed the wrong number of services');
+        if ((JSON.parse(out) as unknown[]).length !== n)
+          throw new Error('service ls listed the wrong number of services');
       });
     }
     fs.rmSync(dir, { recursive: true, force: true });
     console.log(` ${n} services x ${eps} endpoint${eps > 1 ? 's' : ''}`);
-    line('tsnet service apply (CLI, a process from start to exit)', ms(cli), `${(cli / floor.kernel).toFixed(2)}x kernel`);
+    line(
+      'tsnet service apply (CLI, a process from start to exit)',
+      ms(cli),
+      `${(cli / floor.kernel).toFixed(2)}x kernel`,
+    );
     line('library (NatEngine.change)', ms(lib), `${(lib / floor.kernel).toFixed(2)}x kernel`);
     line('  of which the kernel: the same batch sent alone (floor)', ms(floor.kernel));
     line('  building that batch (render + encode)', ms(floor.build));
@@ -293,7 +345,11 @@ async function oneChange(): Promise<void> {
       const s = svcs[(k * 197) % (N - 1)]!;
       const t0 = process.hrtime.bigint();
       await e.change([
-        { op: 'set-endpoints', name: s.name, endpoints: [{ ip: `10.250.${k >> 8}.${k & 255}`, port: 8080, weight: 1 }, ...s.endpoints.slice(1)] },
+        {
+          op: 'set-endpoints',
+          name: s.name,
+          endpoints: [{ ip: `10.250.${k >> 8}.${k & 255}`, port: 8080, weight: 1 }, ...s.endpoints.slice(1)],
+        },
       ]);
       lib.push(Number(process.hrtime.bigint() - t0) / 1e6);
     }
@@ -325,17 +381,35 @@ async function oneChange(): Promise<void> {
       const times: number[] = [];
       for (let k = 0; k < 16; k++) {
         const s = svcs[(k * 521 + 11) % (N - 1)]!;
-        const args = ['--netns', ns.name!, '--state-dir', dir, 'service', 'set-endpoints', s.name, '--endpoint', `10.252.0.${k}:8080`];
-        const t = run(process.execPath, [CLI, ...args, ...s.endpoints.slice(1).flatMap((x) => ['--endpoint', `${x.ip}:${x.port}`])], {
-          env: { TSNET_AGENT_SOCKET: socket },
-        }).ms;
+        const args = [
+          '--netns',
+          ns.name!,
+          '--state-dir',
+          dir,
+          'service',
+          'set-endpoints',
+          s.name,
+          '--endpoint',
+          `10.252.0.${k}:8080`,
+        ];
+        const t = run(
+          process.execPath,
+          [CLI, ...args, ...s.endpoints.slice(1).flatMap((x) => ['--endpoint', `${x.ip}:${x.port}`])],
+          {
+            env: { TSNET_AGENT_SOCKET: socket },
+          },
+        ).ms;
         if (k > 0) times.push(t); // the first loads the table into the agent
         nodeBesideAgent.push(run(process.execPath, ['-e', '0']).ms);
       }
       return times;
     });
     fs.rmSync(dir, { recursive: true, force: true });
-    line('library (NatEngine.change), median of 50', ms(median(lib)), `p90 ${ms(lib.sort((a, b) => a - b)[Math.floor(lib.length * 0.9)]!).trim()}`);
+    line(
+      'library (NatEngine.change), median of 50',
+      ms(median(lib)),
+      `p90 ${ms(lib.sort((a, b) => a - b)[Math.floor(lib.length * 0.9)]!).trim()}`,
+    );
     line(
       'CLI (tsnet service set-endpoints), median of 15',
       ms(median(cli)),
@@ -360,7 +434,10 @@ async function memory(): Promise<void> {
     fs.rmSync(dir, { recursive: true, force: true });
     const { maxRssKiB } = JSON.parse(r.out) as { maxRssKiB: number };
     console.log('\nmemory');
-    line(`peak RSS holding ${N} x ${EPS} (full sync, then 50 changes)`, `${(maxRssKiB / 1024).toFixed(0)} MiB`.padStart(10));
+    line(
+      `peak RSS holding ${N} x ${EPS} (full sync, then 50 changes)`,
+      `${(maxRssKiB / 1024).toFixed(0)} MiB`.padStart(10),
+    );
   });
 }
 
@@ -413,7 +490,9 @@ async function connect(): Promise<void> {
 // --- iptables backend ----------------------------------------------------------
 
 async function iptables(): Promise<void> {
-  console.log(`\niptables backend, ${N} x ${EPS} from an empty table: tsnet (CLI) against raw iptables-restore of the same payload (sorted chains)`);
+  console.log(
+    `\niptables backend, ${N} x ${EPS} from an empty table: tsnet (CLI) against raw iptables-restore of the same payload (sorted chains)`,
+  );
   const svcs = services(N, EPS);
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tsnet-bench-ipt-'));
   const file = path.join(dir, 'services.json');
@@ -422,7 +501,20 @@ async function iptables(): Promise<void> {
     for (const mode of ['nft', 'legacy'] as const) {
       // A rule of the mode in the namespace makes tsnet pick it (as on a node whose rules are legacy).
       const seed = (ns: netns.NetNs) =>
-        run(systemTool('ip'), ['netns', 'exec', ns.name!, systemTool(`iptables-${mode}`), '-t', 'nat', '-A', 'OUTPUT', '-d', '192.0.2.1/32', '-j', 'RETURN']);
+        run(systemTool('ip'), [
+          'netns',
+          'exec',
+          ns.name!,
+          systemTool(`iptables-${mode}`),
+          '-t',
+          'nat',
+          '-A',
+          'OUTPUT',
+          '-d',
+          '192.0.2.1/32',
+          '-j',
+          'RETURN',
+        ]);
       const tsnet = await inFresh(`bn-ipt-${mode}`, (ns) => {
         seed(ns);
         return run(process.execPath, [
@@ -440,10 +532,17 @@ async function iptables(): Promise<void> {
         ]).ms;
       });
       // What that full sync wrote: the whole payload, from nothing.
-      const payload = restorePayload(iptablesRender(normalizeState({ services: svcs, rules: [] }), 4), undefined).payload;
+      const payload = restorePayload(
+        iptablesRender(normalizeState({ services: svcs, rules: [] }), 4),
+        undefined,
+      ).payload;
       const raw = await inFresh(`bn-ipt-${mode}-raw`, (ns) => {
         seed(ns);
-        return run(systemTool('ip'), ['netns', 'exec', ns.name!, systemTool(`iptables-${mode}-restore`), '-w', '5', '--noflush'], { input: payload }).ms;
+        return run(
+          systemTool('ip'),
+          ['netns', 'exec', ns.name!, systemTool(`iptables-${mode}-restore`), '-w', '5', '--noflush'],
+          { input: payload },
+        ).ms;
       });
       line(`iptables-${mode}: tsnet service apply (CLI)`, ms(tsnet), `${(tsnet / raw).toFixed(2)}x raw`);
       line(`iptables-${mode}: raw iptables-${mode}-restore --noflush`, ms(raw));

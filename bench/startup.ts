@@ -69,17 +69,33 @@ async function main(): Promise<void> {
   }));
   await new NatEngine({ ns: netns.current(), stateDir: state }).change([{ op: 'replace-services', services }]);
   // One endpoint change: each round moves svc3 to another endpoint, so every run changes a rule.
-  const change = (r: number) => [CLI, '--state-dir', state, 'service', 'set-endpoints', 'svc3', '--endpoint', `10.88.8.${r % 250}:8080`];
+  const change = (r: number) => [
+    CLI,
+    '--state-dir',
+    state,
+    'service',
+    'set-endpoints',
+    'svc3',
+    '--endpoint',
+    `10.88.8.${r % 250}:8080`,
+  ];
 
   const cases: Case[] = [
     { name: 'node -e 0', args: () => ['-e', '0'] },
     { name: 'tsnet --version', args: () => [CLI, '--version'] },
     { name: 'tsnet link ls', args: () => [CLI, 'link', 'ls'] },
-    { name: 'tsnet link ls (first run: no code cache)', args: () => [CLI, 'link', 'ls'], before: () => fs.rmSync(LINK_CACHE, { force: true }) },
+    {
+      name: 'tsnet link ls (first run: no code cache)',
+      args: () => [CLI, 'link', 'ls'],
+      before: () => fs.rmSync(LINK_CACHE, { force: true }),
+    },
     { name: 'tsnet -j service ls (empty)', args: () => [CLI, '--state-dir', empty, '--json', 'service', 'ls'] },
     { name: 'one endpoint change, no agent', args: change, env: { TSNET_AGENT_SOCKET: '' } },
     // Where link ls's time goes: the CLI's parser alone, and the same dump and table without it.
-    { name: '  commander alone (require)', args: () => ['-e', `require(${JSON.stringify(require.resolve('commander'))})`] },
+    {
+      name: '  commander alone (require)',
+      args: () => ['-e', `require(${JSON.stringify(require.resolve('commander'))})`],
+    },
     { name: '  link ls without the CLI layer', args: () => ['-e', LINK_LS_LIBRARY] },
   ];
   const agentCase: Case = { name: 'one endpoint change, through the agent', args: (r) => change(r + 1000) };
@@ -94,7 +110,9 @@ async function main(): Promise<void> {
   console.log(`CLI start-up, ${ROUNDS} interleaved rounds, median (Node ${process.version}, ${os.cpus().length} CPUs)`);
   [...cases, agentCase].forEach((c, i) => {
     const m = median(times[i]!);
-    console.log(`${c.name.padEnd(42)} ${m.toFixed(1).padStart(7)} ms  ${(m / floor).toFixed(2)}x node -e 0  (node + ${(m - floor).toFixed(0)} ms)`);
+    console.log(
+      `${c.name.padEnd(42)} ${m.toFixed(1).padStart(7)} ms  ${(m / floor).toFixed(2)}x node -e 0  (node + ${(m - floor).toFixed(0)} ms)`,
+    );
   });
   console.log(`(the agent served ${served} of ${ROUNDS + 1} changes)`);
   fs.rmSync(empty, { recursive: true, force: true });

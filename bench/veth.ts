@@ -69,7 +69,10 @@ async function main(): Promise<void> {
       }
     });
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tsnet-bench-'));
-    const links = Array.from({ length: N }, (_, i) => `link add ba${i} type veth peer name bap${i} netns bench-batch`).join('\n');
+    const links = Array.from(
+      { length: N },
+      (_, i) => `link add ba${i} type veth peer name bap${i} netns bench-batch`,
+    ).join('\n');
     const addrs = Array.from({ length: N }, (_, i) => `addr add ${addrFor(i)} dev bap${i}`).join('\n');
     fs.writeFileSync(path.join(dir, 'links'), `${links}\n`);
     fs.writeFileSync(path.join(dir, 'addrs'), `${addrs}\n`);

@@ -7,12 +7,15 @@ import { readFileSync } from 'node:fs';
 
 const table = readFileSync('dist/src/cli/table.js', 'utf8');
 const families = [...new Set([...table.matchAll(/^\s+\w+: '(\w+)',$/gm)].map((m) => m[1]))];
-if (families.length < 10) throw new Error(`bundle: found only ${families.length} command modules in dist/src/cli/table.js`);
+if (families.length < 10)
+  throw new Error(`bundle: found only ${families.length} command modules in dist/src/cli/table.js`);
 
 const only = (family) => ({
   name: 'only-one-command-module',
   setup(build) {
-    build.onResolve({ filter: /^\.\/commands\// }, (args) => (args.path === `./commands/${family}` ? undefined : { path: args.path, namespace: 'stub' }));
+    build.onResolve({ filter: /^\.\/commands\// }, (args) =>
+      args.path === `./commands/${family}` ? undefined : { path: args.path, namespace: 'stub' },
+    );
     build.onLoad({ filter: /.*/, namespace: 'stub' }, () => ({ contents: 'module.exports = {}', loader: 'js' }));
   },
 });
@@ -23,7 +26,9 @@ const lazyChildProcess = {
   name: 'lazy-child-process-for-commander',
   setup(build) {
     build.onResolve({ filter: /^node:child_process$/ }, (args) =>
-      args.importer.includes('/node_modules/commander/') ? { path: 'lazy-child-process', namespace: 'lazy' } : undefined,
+      args.importer.includes('/node_modules/commander/')
+        ? { path: 'lazy-child-process', namespace: 'lazy' }
+        : undefined,
     );
     build.onLoad({ filter: /.*/, namespace: 'lazy' }, () => ({
       contents: "let cp; module.exports = new Proxy({}, { get: (_, k) => (cp ??= require('node:child_process'))[k] });",
@@ -44,5 +49,7 @@ const common = {
 };
 await Promise.all([
   esbuild.build({ ...common, outfile: 'dist/bundle/all.js', plugins: [lazyChildProcess] }),
-  ...families.filter((f) => f !== 'completion').map((f) => esbuild.build({ ...common, outfile: `dist/bundle/${f}.js`, plugins: [lazyChildProcess, only(f)] })),
+  ...families
+    .filter((f) => f !== 'completion')
+    .map((f) => esbuild.build({ ...common, outfile: `dist/bundle/${f}.js`, plugins: [lazyChildProcess, only(f)] })),
 ]);

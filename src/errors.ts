@@ -67,7 +67,10 @@ export function isInvalidInput(err: unknown): boolean {
 export function internal(what: string, err?: unknown): TsnetError {
   const e = err as { name?: string; message?: string } | undefined;
   const why = err === undefined ? '' : `: ${e?.name ?? 'Error'}: ${e?.message ?? String(err)}`;
-  return new TsnetError(`${what}: internal error (a bug in tsnet, please report it)${why}`, { code: 'EINTERNAL', cause: err });
+  return new TsnetError(`${what}: internal error (a bug in tsnet, please report it)${why}`, {
+    code: 'EINTERNAL',
+    cause: err,
+  });
 }
 
 /** Whether `err` carries one of the errno codes given. */

@@ -90,7 +90,9 @@ export function native(): Native {
       // eslint-disable-next-line @typescript-eslint/no-require-imports -- a .node file at a path known only at run time
       loaded = require(file) as Native;
     } catch (err) {
-      throw new Error(`tsnet's native addon is not built (${file}): run \`npm ci\` or \`npm rebuild\` in ${PACKAGE_ROOT}: ${(err as Error).message}`);
+      throw new Error(
+        `tsnet's native addon is not built (${file}): run \`npm ci\` or \`npm rebuild\` in ${PACKAGE_ROOT}: ${(err as Error).message}`,
+      );
     }
   }
   return loaded;

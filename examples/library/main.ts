@@ -74,11 +74,17 @@ async function main(): Promise<void> {
     console.log(`node -> 10.96.0.10:80, 30 requests: ${JSON.stringify(viaVip)}`);
 
     // A forward: the node's port 3308 to c2:8080 (tsnet forward 10.77.0.3 3308 8080).
-    const f = await forward.add(engine, { target: '10.77.0.3', listenPort: 3308, targetPort: 8080, name: 'example-db' });
+    const f = await forward.add(engine, {
+      target: '10.77.0.3',
+      listenPort: 3308,
+      targetPort: 8080,
+      name: 'example-db',
+    });
     const viaForward = get(c1, 'http://10.77.0.1:3308/', 5);
     console.log(`forward ${f.forward.name}: c1 -> 10.77.0.1:3308, 5 requests: ${JSON.stringify(viaForward)}`);
 
-    if (Object.keys(viaVip).length !== 2 || viaVip.c1! + viaVip.c2! !== 30 || viaForward.c2 !== 5) throw new Error('traffic did not go where it should');
+    if (Object.keys(viaVip).length !== 2 || viaVip.c1! + viaVip.c2! !== 30 || viaForward.c2 !== 5)
+      throw new Error('traffic did not go where it should');
     await forward.remove(engine, 'example-db');
     await engine.change([{ op: 'delete-service', name: 'example/web' }]);
     console.log('ok');

@@ -42,7 +42,11 @@ export function parseIp(text: string): { family: Family; address: string } {
 export function parseCidr(text: string, opts: { defaultPrefix?: boolean } = {}): Cidr {
   if (typeof text !== 'string' || text.length === 0) throw invalid('empty CIDR');
   const [ip, len, extra] = text.split('/');
-  if (extra !== undefined || (len === undefined && !opts.defaultPrefix) || (len !== undefined && !/^\d{1,3}$/.test(len))) {
+  if (
+    extra !== undefined ||
+    (len === undefined && !opts.defaultPrefix) ||
+    (len !== undefined && !/^\d{1,3}$/.test(len))
+  ) {
     throw invalid(`invalid CIDR ${JSON.stringify(text)}: expected ADDRESS/PREFIX, e.g. 10.88.0.2/16 or fd00::2/64`);
   }
   let parsed: { family: Family; address: string };
@@ -65,7 +69,8 @@ export function parseCidr(text: string, opts: { defaultPrefix?: boolean } = {}):
 export const formatCidr = (c: { address: string; prefix: number }): string => `${c.address}/${c.prefix}`;
 
 /** `ip:port`, the IPv6 address in brackets (`[fd00::1]:80`), as iptables, nft and URLs write it. */
-export const formatHostPort = (ip: string, port: number): string => (ip.includes(':') ? `[${ip}]:${port}` : `${ip}:${port}`);
+export const formatHostPort = (ip: string, port: number): string =>
+  ip.includes(':') ? `[${ip}]:${port}` : `${ip}:${port}`;
 
 /** Whether `ip` lies inside the network of `cidr`. */
 export function contains(cidr: Cidr, ip: string): boolean {

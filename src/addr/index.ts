@@ -41,17 +41,31 @@ function addrMsg(index: number, c: Cidr, opts: AddrOptions): Buffer {
     scope: c.address.startsWith('127.') || c.address === '::1' ? RT_SCOPE.HOST : RT_SCOPE.UNIVERSE,
   });
   // IPv4 carries both IFA_LOCAL (our address) and IFA_ADDRESS (the peer; equal on broadcast links), as iproute2 sends.
-  return Buffer.concat([hdr, encodeAttrs(IFA, { local: c.family === 4 ? c.address : undefined, address: c.address, flags: flags || undefined })]);
+  return Buffer.concat([
+    hdr,
+    encodeAttrs(IFA, { local: c.family === 4 ? c.address : undefined, address: c.address, flags: flags || undefined }),
+  ]);
 }
 
-async function change(h: NetNs, verb: string, type: number, flags: number, cidr: string, dev: LinkRef, opts: AddrOptions = {}): Promise<void> {
+async function change(
+  h: NetNs,
+  verb: string,
+  type: number,
+  flags: number,
+  cidr: string,
+  dev: LinkRef,
+  opts: AddrOptions = {},
+): Promise<void> {
   const c = parseCidr(cidr);
   const link = await mustGet(h, dev);
-  await withContext(`${verb} address ${formatCidr(c)} on ${link.name} in ${h.label}`, () => h.nl.request(type, flags, addrMsg(link.index, c, opts)));
+  await withContext(`${verb} address ${formatCidr(c)} on ${link.name} in ${h.label}`, () =>
+    h.nl.request(type, flags, addrMsg(link.index, c, opts)),
+  );
 }
 
 /** `ip addr add CIDR dev DEV`: fails with EEXIST when the address is already there. */
-export const add = (h: NetNs, cidr: string, dev: LinkRef, opts?: AddrOptions) => change(h, 'adding', RTM.NEWADDR, NLM_F.CREATE | NLM_F.EXCL, cidr, dev, opts);
+export const add = (h: NetNs, cidr: string, dev: LinkRef, opts?: AddrOptions) =>
+  change(h, 'adding', RTM.NEWADDR, NLM_F.CREATE | NLM_F.EXCL, cidr, dev, opts);
 
 /** `ip addr replace CIDR dev DEV`: adds, or updates in place (idempotent). */
 export const replace = (h: NetNs, cidr: string, dev: LinkRef, opts?: AddrOptions) =>
@@ -72,7 +86,8 @@ export async function del(h: NetNs, cidr: string, dev: LinkRef): Promise<boolean
 export async function list(h: NetNs, filter: { dev?: LinkRef; family?: Family } = {}): Promise<Addr[]> {
   // One device: look it up alone (a dump of every link costs O(links) per call, felt on a node with hundreds of veths).
   const one = filter.dev === undefined ? undefined : await getLink(h, filter.dev);
-  if (filter.dev !== undefined && !one) throw new TsnetError(`interface ${filter.dev} not found in ${h.label}`, { code: 'ENODEV' });
+  if (filter.dev !== undefined && !one)
+    throw new TsnetError(`interface ${filter.dev} not found in ${h.label}`, { code: 'ENODEV' });
   const names = new Map((one ? [one] : await listLinks(h)).map((l) => [l.index, l.name]));
   const want = one?.index;
   const family = filter.family === 4 ? AF_INET : filter.family === 6 ? AF_INET6 : AF_UNSPEC;

@@ -64,7 +64,12 @@ export function natChangeThroughAgent<T>(socket: string, req: NatRequest): Promi
     const wait = helloMs();
     let timer = setTimeout(() => finish({ served: false, why: `no hello from ${socket} within ${wait} ms` }), wait);
     c.on('error', (err) => finish({ served: false, why: `${socket}: ${err.message}` }));
-    c.on('close', () => finish({ served: false, why: `${socket} closed the connection ${greeted ? 'without a reply' : 'before its hello'}` }));
+    c.on('close', () =>
+      finish({
+        served: false,
+        why: `${socket} closed the connection ${greeted ? 'without a reply' : 'before its hello'}`,
+      }),
+    );
     c.on('data', (chunk: Buffer) => {
       let frames: Buffer[];
       try {
@@ -100,7 +105,11 @@ export function natChangeThroughAgent<T>(socket: string, req: NatRequest): Promi
           if ('deny' in reply) return finish({ served: false, why: `${socket}: ${reply.deny}` });
           body = JSON.parse(reply.stdout);
         } catch {
-          return finish(new TsnetError(`the agent at ${socket} sent a reply that is not one: ${f.toString('utf8').slice(0, 80)}`, { code: 'EPROTO' }));
+          return finish(
+            new TsnetError(`the agent at ${socket} sent a reply that is not one: ${f.toString('utf8').slice(0, 80)}`, {
+              code: 'EPROTO',
+            }),
+          );
         }
         if (reply.exitCode === 0) return finish({ served: true, result: body as T });
         const e = (body && typeof body === 'object' ? body : {}) as { error?: unknown; code?: unknown };
@@ -128,18 +137,26 @@ export interface NatChangeOptions {
  * engine in this process (the same NatEngine.change either way). Says which
  * did it, and why not the agent.
  */
-export async function changeNat(changes: NatChange[], opts: NatChangeOptions = {}): Promise<{ report: SyncReport; by: 'agent' | 'self'; why?: string }> {
+export async function changeNat(
+  changes: NatChange[],
+  opts: NatChangeOptions = {},
+): Promise<{ report: SyncReport; by: 'agent' | 'self'; why?: string }> {
   const r = await throughAgent(changes, opts);
   if (r.served) return { report: r.result, by: 'agent' };
   const why = r.why;
   const { NatEngine } = await import('../nat/engine');
-  const engine = new NatEngine({ ...(opts.netns ? { ns: await opts.netns.open() } : {}), stateDir: opts.stateDir, backend: opts.backend });
+  const engine = new NatEngine({
+    ...(opts.netns ? { ns: await opts.netns.open() } : {}),
+    stateDir: opts.stateDir,
+    backend: opts.backend,
+  });
   return { report: await engine.change(changes), by: 'self', why };
 }
 
 /** `changes` sent to the agent, if there is one to send them to. */
 async function throughAgent(changes: NatChange[], opts: NatChangeOptions): Promise<Served<SyncReport>> {
-  if (changes.some((c) => WHOLE_STATE.includes(c.op))) return { served: false, why: 'a change of the whole state is applied here' };
+  if (changes.some((c) => WHOLE_STATE.includes(c.op)))
+    return { served: false, why: 'a change of the whole state is applied here' };
   const socket = 'socket' in opts ? opts.socket : agentSocket();
   if (!socket) return { served: false, why: 'no agent socket' };
   if (!fs.existsSync(socket)) return { served: false, why: `no agent at ${socket}` };

@@ -42,10 +42,23 @@ export function agentMetrics() {
       labelNames: ['reason'] as const,
       registers,
     }),
-    syncDuration: histogram('tsnet_sync_proxy_rules_duration_seconds', 'NAT rule sync latency (any sync: CNI changes and resyncs).'),
-    syncFull: histogram('tsnet_sync_full_proxy_rules_duration_seconds', 'Latency of NAT syncs that rewrote every rule.'),
-    syncPartial: histogram('tsnet_sync_partial_proxy_rules_duration_seconds', 'Latency of NAT syncs that rewrote only what changed.'),
-    syncLast: new Gauge({ name: 'tsnet_sync_proxy_rules_last_timestamp_seconds', help: 'When the last NAT sync finished (unix time).', registers }),
+    syncDuration: histogram(
+      'tsnet_sync_proxy_rules_duration_seconds',
+      'NAT rule sync latency (any sync: CNI changes and resyncs).',
+    ),
+    syncFull: histogram(
+      'tsnet_sync_full_proxy_rules_duration_seconds',
+      'Latency of NAT syncs that rewrote every rule.',
+    ),
+    syncPartial: histogram(
+      'tsnet_sync_partial_proxy_rules_duration_seconds',
+      'Latency of NAT syncs that rewrote only what changed.',
+    ),
+    syncLast: new Gauge({
+      name: 'tsnet_sync_proxy_rules_last_timestamp_seconds',
+      help: 'When the last NAT sync finished (unix time).',
+      registers,
+    }),
     resyncAfterFlush: new Counter({
       name: 'tsnet_sync_proxy_rules_resync_after_flush_total',
       help: 'Full re-applies by the resync loop because the canary was gone (rules flushed by someone else).',

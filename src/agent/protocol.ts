@@ -134,7 +134,11 @@ export const WHOLE_STATE: readonly string[] = ['replace-services', 'set-state'];
 const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
 
 export function encodeNatRequest(r: NatRequest): Buffer {
-  return Buffer.concat([frame(`${NAT_REQUEST}\0${r.netns}\0`), frame(JSON.stringify(r.target)), frame(JSON.stringify(r.changes))]);
+  return Buffer.concat([
+    frame(`${NAT_REQUEST}\0${r.netns}\0`),
+    frame(JSON.stringify(r.target)),
+    frame(JSON.stringify(r.changes)),
+  ]);
 }
 
 /** The three frames of a NAT request, decoded; throws on anything malformed. */
@@ -142,7 +146,8 @@ export function decodeNatRequest(frames: readonly Buffer[]): NatRequest {
   const [head, target, changes] = frames;
   if (!head || !target || !changes) throw new Error('incomplete request');
   const fields = head.toString('utf8').split('\0');
-  if (fields[0] !== NAT_REQUEST || fields.length !== 3 || fields[2] !== '') throw new Error(`not a ${NAT_REQUEST} request`);
+  if (fields[0] !== NAT_REQUEST || fields.length !== 3 || fields[2] !== '')
+    throw new Error(`not a ${NAT_REQUEST} request`);
   const netns = fields[1]!;
   if (!/^\d+ \d+$/.test(netns)) throw new Error(`bad namespace identity ${JSON.stringify(netns)}`);
   let t: unknown;
@@ -153,12 +158,23 @@ export function decodeNatRequest(frames: readonly Buffer[]): NatRequest {
   } catch (err) {
     throw new Error(`request is not JSON: ${(err as Error).message}`);
   }
-  if (!isObject(t) || typeof t.stateDir !== 'string' || !t.stateDir.startsWith('/')) throw new Error('the target needs an absolute stateDir');
+  if (!isObject(t) || typeof t.stateDir !== 'string' || !t.stateDir.startsWith('/'))
+    throw new Error('the target needs an absolute stateDir');
   if (t.backend !== undefined && typeof t.backend !== 'string') throw new Error('the target backend must be a string');
   const ns = t.netns;
-  if (ns !== undefined && !(isObject(ns) && typeof ns.ref === 'string' && ns.ref !== '' && typeof ns.id === 'string' && /^\d+ \d+$/.test(ns.id)))
+  if (
+    ns !== undefined &&
+    !(
+      isObject(ns) &&
+      typeof ns.ref === 'string' &&
+      ns.ref !== '' &&
+      typeof ns.id === 'string' &&
+      /^\d+ \d+$/.test(ns.id)
+    )
+  )
     throw new Error('the target namespace needs a ref and an id "DEV INO"');
   if (!Array.isArray(c) || !c.length) throw new Error('changes must be a non-empty array');
-  for (const x of c) if (!isObject(x) || typeof x.op !== 'string') throw new Error(`not a change: ${JSON.stringify(x).slice(0, 80)}`);
+  for (const x of c)
+    if (!isObject(x) || typeof x.op !== 'string') throw new Error(`not a change: ${JSON.stringify(x).slice(0, 80)}`);
   return { netns, target: t as unknown as NatTarget, changes: c as { op: string }[] };
 }

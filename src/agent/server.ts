@@ -105,7 +105,8 @@ function prepareSocketDir(socket: string): void {
   const dir = path.dirname(socket);
   if (!fs.existsSync(dir)) fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
   const st = fs.lstatSync(dir); // not through a symlink someone else could repoint
-  if (st.isSymbolicLink()) throw invalid(`socket directory ${dir} is a symlink: give the socket a real directory of its own, e.g. /run/tsnet`);
+  if (st.isSymbolicLink())
+    throw invalid(`socket directory ${dir} is a symlink: give the socket a real directory of its own, e.g. /run/tsnet`);
   if (st.uid !== process.getuid!() || (st.mode & 0o077) !== 0) {
     throw invalid(
       `socket directory ${dir} must be owned by ${process.getuid!()} with mode 0700 (it is ${(st.mode & 0o777).toString(8)}, uid ${st.uid}): give the socket a directory of its own, e.g. /run/tsnet`,
@@ -202,7 +203,12 @@ export class Agent {
 
   private async listen(): Promise<void> {
     // Load the code a call needs now, not during the first call.
-    await Promise.all([import('../cni/bridge'), import('../nat/backends/iptables'), import('../nat/backends/nft'), import('../nat/backends/netlink')]);
+    await Promise.all([
+      import('../cni/bridge'),
+      import('../nat/backends/iptables'),
+      import('../nat/backends/nft'),
+      import('../nat/backends/netlink'),
+    ]);
     for (const d of readJson<string[]>(this.natDirsFile) ?? []) this.natDirs.add(d);
     this.natDirs.add(this.stateDir);
 
@@ -278,7 +284,8 @@ export class Agent {
     } catch {
       return this.deny(c, 'netns', `cannot read the network namespace of pid ${cred.pid}`);
     }
-    if (peerNs !== this.netns) return this.deny(c, 'netns', `pid ${cred.pid} is in network namespace ${peerNs}, the agent in ${this.netns}`);
+    if (peerNs !== this.netns)
+      return this.deny(c, 'netns', `pid ${cred.pid} is in network namespace ${peerNs}, the agent in ${this.netns}`);
     if (this.stopping) return void c.destroy();
     c.write(frame(`${HELLO} ${this.netns}`));
 
@@ -298,7 +305,8 @@ export class Agent {
       if (requestKind(frames[0]!) === 'nat') return this.acceptNat(c, frames);
       const req = this.decoded(c, () => decodeRequest(frames));
       if (!req) return;
-      if (!(PLUGINS as readonly string[]).includes(req.plugin)) return this.deny(c, 'protocol', `unknown plugin ${JSON.stringify(req.plugin)}`);
+      if (!(PLUGINS as readonly string[]).includes(req.plugin))
+        return this.deny(c, 'protocol', `unknown plugin ${JSON.stringify(req.plugin)}`);
       this.serve(req)
         .then((r) => {
           if (!c.destroyed) c.end(encodeReply(r.exitCode, r.stdout));
@@ -363,7 +371,11 @@ export class Agent {
     const what = `${req.changes.length} change${req.changes.length === 1 ? '' : 's'} (${[...new Set(req.changes.map((x) => x.op))].join(', ')}) in ${req.target.stateDir}${ns ? ` for ${ns.label}` : ''}`;
     if (kept) kept.users++;
     const work = (async () => {
-      const engine = NatEngine.shared({ ...(ns ? { ns } : {}), stateDir: req.target.stateDir, ...(backend ? { backend } : {}) });
+      const engine = NatEngine.shared({
+        ...(ns ? { ns } : {}),
+        stateDir: req.target.stateDir,
+        ...(backend ? { backend } : {}),
+      });
       const report = await engine.change(req.changes as NatChange[]);
       // The resync loop watches directories of this namespace only.
       if (!ns) this.remember(engine.dir);
@@ -386,7 +398,16 @@ export class Agent {
         const e = err as { message?: string; code?: unknown };
         this.metrics.natRequests.inc({ result: 'error' });
         this.log(`nat: served ${what}: ${e.message ?? String(err)}`);
-        if (!c.destroyed) c.end(encodeReply(1, JSON.stringify({ error: e.message ?? String(err), ...(typeof e.code === 'string' ? { code: e.code } : {}) })));
+        if (!c.destroyed)
+          c.end(
+            encodeReply(
+              1,
+              JSON.stringify({
+                error: e.message ?? String(err),
+                ...(typeof e.code === 'string' ? { code: e.code } : {}),
+              }),
+            ),
+          );
       },
     );
   }
@@ -451,12 +472,18 @@ export class Agent {
     } catch {
       // invoke reports it
     }
-    const key = ['ADD', 'DEL', 'CHECK'].includes(command) ? `${String(conf.name)}/${req.env.CNI_CONTAINERID}/${req.env.CNI_IFNAME}` : undefined;
+    const key = ['ADD', 'DEL', 'CHECK'].includes(command)
+      ? `${String(conf.name)}/${req.env.CNI_CONTAINERID}/${req.env.CNI_IFNAME}`
+      : undefined;
     const t0 = process.hrtime.bigint();
     this.metrics.inflight.inc();
     // GC of a network waits for the calls under way on it (an ADD whose shim died must not be half torn down).
     const network = `${String(conf.name)}/`;
-    const before = key ? [this.queues.get(key)] : command === 'GC' ? [...this.queues].filter(([k]) => k.startsWith(network)).map(([, p]) => p) : [];
+    const before = key
+      ? [this.queues.get(key)]
+      : command === 'GC'
+        ? [...this.queues].filter(([k]) => k.startsWith(network)).map(([, p]) => p)
+        : [];
     const work = (async () => {
       await Promise.allSettled(before);
       return invoke(req.plugin as PluginName, req.env, req.stdin, { stateDir: this.stateDir });
@@ -497,7 +524,8 @@ export class Agent {
     this.log(
       `cni: ${req.plugin} ${command} ${String(conf.name ?? '-')} ${req.env.CNI_CONTAINERID ?? '-'} ${req.env.CNI_IFNAME ?? '-'}: ${result} in ${(secs * 1000).toFixed(1)} ms`,
     );
-    if (command !== 'VERSION') this.remember(typeof conf.stateDir === 'string' ? conf.stateDir : req.env.TSNET_STATE_DIR || this.stateDir);
+    if (command !== 'VERSION')
+      this.remember(typeof conf.stateDir === 'string' ? conf.stateDir : req.env.TSNET_STATE_DIR || this.stateDir);
     return r;
   }
 

@@ -53,10 +53,13 @@ export async function attach(host: NetNs, ns: NetNs, o: AttachOptions): Promise<
   link.validateIfname(hostIfname);
 
   const br = await link.mustGet(host, o.bridge);
-  if (br.kind !== 'bridge') throw new TsnetError(`${o.bridge} in ${host.label} is a ${br.kind ?? 'device'}, not a bridge`, { code: 'EINVAL' });
+  if (br.kind !== 'bridge')
+    throw new TsnetError(`${o.bridge} in ${host.label} is a ${br.kind ?? 'device'}, not a bridge`, { code: 'EINVAL' });
   let gateway = o.gateway === undefined ? undefined : addr.parseIp(o.gateway).address;
   if (o.gateway === undefined) {
-    const own = (await addr.list(host, { dev: br.index, family: cidr.family })).find((a) => addr.contains(cidr, a.address));
+    const own = (await addr.list(host, { dev: br.index, family: cidr.family })).find((a) =>
+      addr.contains(cidr, a.address),
+    );
     gateway = own?.address;
   }
 
@@ -65,9 +68,12 @@ export async function attach(host: NetNs, ns: NetNs, o: AttachOptions): Promise<
   if (inside) {
     const hostEnd = await link.get(host, hostIfname);
     if (inside.kind !== 'veth' || !hostEnd || hostEnd.master !== br.index) {
-      throw new TsnetError(`attaching ${ns.label} to ${o.bridge}: ${ifname} already exists in ${ns.label} and is not this attachment (detach it first)`, {
-        code: 'EEXIST',
-      });
+      throw new TsnetError(
+        `attaching ${ns.label} to ${o.bridge}: ${ifname} already exists in ${ns.label} and is not this attachment (detach it first)`,
+        {
+          code: 'EEXIST',
+        },
+      );
     }
   } else {
     await link.add(host, {
@@ -102,6 +108,9 @@ export async function detach(ns: NetNs, ifname = 'eth0'): Promise<boolean> {
   link.validateIfname(ifname);
   const l = await link.get(ns, ifname);
   if (!l) return false;
-  if (l.kind !== 'veth') throw new TsnetError(`${ifname} in ${ns.label} is a ${l.kind ?? 'device'}, not a veth made by attach`, { code: 'EINVAL' });
+  if (l.kind !== 'veth')
+    throw new TsnetError(`${ifname} in ${ns.label} is a ${l.kind ?? 'device'}, not a veth made by attach`, {
+      code: 'EINVAL',
+    });
   return link.del(ns, l.index);
 }

@@ -34,7 +34,10 @@ export function stableMac(name: string): string {
 
 function mustBeBridge(h: NetNs, name: string, l: Link): void {
   if (l.kind !== 'bridge') {
-    throw new TsnetError(`${name} in ${h.label} is a ${l.kind ?? 'device'} link, not a bridge: pick another bridge name or delete it`, { code: 'EEXIST' });
+    throw new TsnetError(
+      `${name} in ${h.label} is a ${l.kind ?? 'device'} link, not a bridge: pick another bridge name or delete it`,
+      { code: 'EEXIST' },
+    );
   }
 }
 
@@ -52,7 +55,14 @@ export async function ensure(h: NetNs, name: string, o: BridgeOptions = {}): Pro
   let created = false;
   if (!existing) {
     try {
-      await link.add(h, { kind: 'bridge', name, stp: o.stp ?? false, vlanFiltering: o.vlanFiltering, mtu: o.mtu, mac: o.mac ?? stableMac(name) });
+      await link.add(h, {
+        kind: 'bridge',
+        name,
+        stp: o.stp ?? false,
+        vlanFiltering: o.vlanFiltering,
+        mtu: o.mtu,
+        mac: o.mac ?? stableMac(name),
+      });
       created = true;
     } catch (err) {
       if (o.vlanFiltering && hasCode(err, 'EOPNOTSUPP')) {
@@ -70,7 +80,8 @@ export async function ensure(h: NetNs, name: string, o: BridgeOptions = {}): Pro
     const want: link.LinkChange = { up: true };
     if (!created) {
       if (o.stp !== undefined && existing.bridge?.stp !== o.stp) (want.bridge ??= {}).stp = o.stp;
-      if (o.vlanFiltering !== undefined && existing.bridge?.vlanFiltering !== o.vlanFiltering) (want.bridge ??= {}).vlanFiltering = o.vlanFiltering;
+      if (o.vlanFiltering !== undefined && existing.bridge?.vlanFiltering !== o.vlanFiltering)
+        (want.bridge ??= {}).vlanFiltering = o.vlanFiltering;
       if (o.mtu !== undefined && existing.mtu !== o.mtu) want.mtu = o.mtu;
     }
     for (const a of o.addresses ?? []) await addr.replace(h, a, existing.index, { noDad: true });
@@ -138,7 +149,11 @@ export async function list(h: NetNs): Promise<BridgeSummary[]> {
         ports: links
           .filter((p) => p.master === b.index)
           .map((p) => {
-            const port: BridgeSummary['ports'][number] = { name: p.name, index: p.index, hairpin: p.port?.hairpin ?? false };
+            const port: BridgeSummary['ports'][number] = {
+              name: p.name,
+              index: p.index,
+              hairpin: p.port?.hairpin ?? false,
+            };
             if (p.port?.state) port.state = p.port.state;
             return port;
           }),

@@ -28,7 +28,8 @@ interface Node {
 const takesValue = (o: Option) => o.required || o.optional;
 
 /** Whether a command's first argument is an existing namespace: `attach NS`, `netns del|exec NAME` (not `netns add NAME`, a new one). */
-const namesNamespace = (path: string, arg: string | undefined) => arg === 'ns' || (path.startsWith('netns ') && path !== 'netns add' && arg === 'name');
+const namesNamespace = (path: string, arg: string | undefined) =>
+  arg === 'ns' || (path.startsWith('netns ') && path !== 'netns add' && arg === 'name');
 
 function valueSource(o: Option): Source | undefined {
   const name = (o.long ?? '').replace(/^--/, '');
@@ -73,7 +74,11 @@ export function bashCompletion(program: Command): string {
     for (const o of [...n.options, ...globals]) {
       if (!takesValue(o)) continue;
       const src = valueSource(o);
-      const body = o.argChoices ? `COMPREPLY=($(compgen -W ${q(o.argChoices.join(' '))} -- "$cur"))` : src ? `_tsnet_from ${src}` : 'COMPREPLY=()';
+      const body = o.argChoices
+        ? `COMPREPLY=($(compgen -W ${q(o.argChoices.join(' '))} -- "$cur"))`
+        : src
+          ? `_tsnet_from ${src}`
+          : 'COMPREPLY=()';
       for (const f of flagsOf([o])) valueCases.push(`    ${q(`${n.path}|${f}`)}) ${body}; return ;;`);
     }
   }

@@ -41,7 +41,8 @@ function matchGlobal(globals: readonly Option[], arg: string): { option: Option;
     if (arg === o.long || arg === o.short) return { option: o };
     if (!takesValue(o)) continue;
     if (o.long && arg.startsWith(`${o.long}=`)) return { option: o, inline: arg.slice(o.long.length + 1) };
-    if (o.short && arg.length > 2 && arg.startsWith(o.short) && !arg.startsWith('--')) return { option: o, inline: arg.slice(2) };
+    if (o.short && arg.length > 2 && arg.startsWith(o.short) && !arg.startsWith('--'))
+      return { option: o, inline: arg.slice(2) };
   }
   return undefined;
 }
@@ -85,7 +86,8 @@ export function hoistGlobals(program: Command, argv: readonly string[]): string[
     if (a.startsWith('-') && a !== '-') {
       // A subcommand's option: its value (the next word) is not a global, whatever it looks like.
       const own = cmd.options.find((o) => o.long === a || o.short === a);
-      if (own && takesValue(own) && i + 1 < argv.length && (own.required || !argv[i + 1]!.startsWith('-'))) rest.push(argv[++i]!);
+      if (own && takesValue(own) && i + 1 < argv.length && (own.required || !argv[i + 1]!.startsWith('-')))
+        rest.push(argv[++i]!);
       continue;
     }
     const sub = operands === 0 ? findSub(cmd, a) : undefined;

@@ -34,7 +34,10 @@ function loadBundle(family: string): { program: Program; save(): void } | undefi
   // eslint-disable-next-line @typescript-eslint/no-require-imports -- node:vm and node:module only when there is a bundle
   const vm = require('node:vm') as typeof import('node:vm');
   // eslint-disable-next-line @typescript-eslint/no-require-imports
-  const { createRequire, wrap } = require('node:module') as { createRequire: (p: string) => NodeJS.Require; wrap: (s: string) => string };
+  const { createRequire, wrap } = require('node:module') as {
+    createRequire: (p: string) => NodeJS.Require;
+    wrap: (s: string) => string;
+  };
   const cacheFile = path.join(BUNDLES, 'cache', `${family}.v8`);
   let cachedData: Buffer | undefined;
   try {
@@ -44,7 +47,14 @@ function loadBundle(family: string): { program: Program; save(): void } | undefi
   }
   const script = new vm.Script(wrap(source), { filename: bundle, ...(cachedData ? { cachedData } : {}) });
   const module = { exports: {} as Program };
-  (script.runInThisContext() as (...a: unknown[]) => void).call(module.exports, module.exports, createRequire(bundle), module, bundle, BUNDLES);
+  (script.runInThisContext() as (...a: unknown[]) => void).call(
+    module.exports,
+    module.exports,
+    createRequire(bundle),
+    module,
+    bundle,
+    BUNDLES,
+  );
   return {
     program: module.exports,
     save: () => {
@@ -74,7 +84,9 @@ async function main(): Promise<number> {
 
 if (args.length === 1 && (args[0] === '--version' || args[0] === '-V')) {
   // dist/src/cli -> the package root
-  process.stdout.write(`${(JSON.parse(fs.readFileSync(path.join(__dirname, '..', '..', '..', 'package.json'), 'utf8')) as { version: string }).version}\n`);
+  process.stdout.write(
+    `${(JSON.parse(fs.readFileSync(path.join(__dirname, '..', '..', '..', 'package.json'), 'utf8')) as { version: string }).version}\n`,
+  );
 } else {
   // Exit as soon as the command is done (stdout and stderr are synchronous on Linux): a natural exit would
   // first tear the heap down, ~15 ms of a one-shot command's time. A long-running command (the agent) resolves when it stops.

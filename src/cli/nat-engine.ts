@@ -4,7 +4,8 @@ import { NatEngine, type NatChange, type SyncReport } from '../nat/engine';
 import type { Cli } from './context';
 import { target } from './target';
 
-export const natEngine = (cli: Cli): NatEngine => new NatEngine({ ns: target(cli), stateDir: cli.stateDir(), backend: cli.globals().backend });
+export const natEngine = (cli: Cli): NatEngine =>
+  new NatEngine({ ns: target(cli), stateDir: cli.stateDir(), backend: cli.globals().backend });
 
 export function summary(r: SyncReport): string {
   return `synced with ${r.backend}: ${r.full ? 'full' : 'partial'}, ${r.written} written, ${r.deleted} deleted${r.conntrackDeleted ? `, ${r.conntrackDeleted} conntrack entries cleared` : ''}, ${r.ms.toFixed(1)} ms`;
@@ -18,6 +19,7 @@ export async function natChange(cli: Cli, changes: NatChange[]): Promise<SyncRep
     stateDir: cli.stateDir(),
     backend: cli.globals().backend,
   });
-  if (process.env.TSNET_VERBOSE) process.stderr.write(`tsnet: ${summary(report)} (${by === 'agent' ? 'by the agent' : `here: ${why}`})\n`);
+  if (process.env.TSNET_VERBOSE)
+    process.stderr.write(`tsnet: ${summary(report)} (${by === 'agent' ? 'by the agent' : `here: ${why}`})\n`);
   return report;
 }

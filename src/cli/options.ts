@@ -7,7 +7,10 @@ export function int(flag: string, range: { min?: number; max?: number } = {}): (
   return (v: string) => {
     const n = Number(v);
     if (!/^\d+$/.test(v) || n < min || n > max) {
-      const bounds = range.min !== undefined || range.max !== undefined ? ` from ${min}${range.max !== undefined ? ` to ${max}` : ' up'}` : '';
+      const bounds =
+        range.min !== undefined || range.max !== undefined
+          ? ` from ${min}${range.max !== undefined ? ` to ${max}` : ' up'}`
+          : '';
       throw invalid(`${flag} must be a whole number${bounds}, got ${JSON.stringify(v)}`);
     }
     return n;

@@ -12,7 +12,12 @@ export function print(data: unknown, json: boolean, render: () => string): void 
  * same text JSON.stringify(rows, null, 2) makes), or a table; in chunks,
  * waiting for stdout to drain, so 44,000 services never become one string.
  */
-export async function printRows<T extends object>(rows: readonly T[], json: boolean, columns: string[], toRow: (x: T) => object): Promise<void> {
+export async function printRows<T extends object>(
+  rows: readonly T[],
+  json: boolean,
+  columns: string[],
+  toRow: (x: T) => object,
+): Promise<void> {
   const out = new Chunked();
   if (json) {
     if (!rows.length) await out.write('[]\n');

@@ -32,7 +32,8 @@ const MODULES: Record<Family, () => Promise<CommandModule>> = {
   completion: () => import('./commands/completion'),
 };
 
-export const version = (): string => (JSON.parse(fs.readFileSync(path.join(PACKAGE_ROOT, 'package.json'), 'utf8')) as { version: string }).version;
+export const version = (): string =>
+  (JSON.parse(fs.readFileSync(path.join(PACKAGE_ROOT, 'package.json'), 'utf8')) as { version: string }).version;
 
 /**
  * The program with the module `word` belongs to; every module (in the
@@ -41,7 +42,9 @@ export const version = (): string => (JSON.parse(fs.readFileSync(path.join(PACKA
  */
 export async function buildProgram(word?: string): Promise<{ program: Command; cli: Cli; close(): void }> {
   const program = new Command('tsnet')
-    .description('Network plumbing for Linux containers: namespaces, veth pairs, bridges, addresses and routes over rtnetlink; kube-proxy-style NAT')
+    .description(
+      'Network plumbing for Linux containers: namespaces, veth pairs, bridges, addresses and routes over rtnetlink; kube-proxy-style NAT',
+    )
     .version(version())
     .enablePositionalOptions() // what is after the command word is the command's: hoistGlobals puts the globals first
     .showHelpAfterError()

@@ -12,9 +12,16 @@ export interface GlobalOptionSpec {
 }
 
 export const GLOBAL_OPTIONS: readonly GlobalOptionSpec[] = [
-  { flags: '-n, --netns <ns>', description: 'run the command inside this namespace (name under /run/netns, pid, or path)' },
+  {
+    flags: '-n, --netns <ns>',
+    description: 'run the command inside this namespace (name under /run/netns, pid, or path)',
+  },
   { flags: '-j, --json', description: 'print listings and reports as JSON' },
-  { flags: '--state-dir <dir>', description: "tsnet's state: NAT desired state, IPAM leases, CNI records (default $TSNET_STATE_DIR, else /var/lib/tsnet)" },
+  {
+    flags: '--state-dir <dir>',
+    description:
+      "tsnet's state: NAT desired state, IPAM leases, CNI records (default $TSNET_STATE_DIR, else /var/lib/tsnet)",
+  },
   { flags: '--backend <name>', description: 'NAT backend (auto: netlink, or the one the state was written with)' },
 ];
 
@@ -73,4 +80,6 @@ export function commandWord(argv: readonly string[]): string | undefined {
 
 /** The module a command word belongs to, if it is one. */
 export const familyOf = (word: string | undefined): Family | undefined =>
-  word !== undefined && Object.hasOwn(COMMAND_FAMILIES, word) ? COMMAND_FAMILIES[word as keyof typeof COMMAND_FAMILIES] : undefined;
+  word !== undefined && Object.hasOwn(COMMAND_FAMILIES, word)
+    ? COMMAND_FAMILIES[word as keyof typeof COMMAND_FAMILIES]
+    : undefined;

@@ -53,7 +53,8 @@ export interface BridgeConf {
 function bool(conf: NetConf, key: string): boolean {
   const v = conf[key];
   if (v === undefined) return false;
-  if (typeof v !== 'boolean') throw invalidConfig(`network ${conf.name}: "${key}" must be true or false, got ${JSON.stringify(v)}`);
+  if (typeof v !== 'boolean')
+    throw invalidConfig(`network ${conf.name}: "${key}" must be true or false, got ${JSON.stringify(v)}`);
   return v;
 }
 
@@ -73,7 +74,10 @@ export function parseBridgeConf(conf: NetConf, env?: Pick<CniEnv, 'stateDir'>): 
     );
   }
   if (conf.macspoofchk === true) {
-    throw new CniError(CNI_ERR.unsupportedField, `network ${name}: "macspoofchk" is not supported by tsnet-bridge yet: remove it or use the reference bridge`);
+    throw new CniError(
+      CNI_ERR.unsupportedField,
+      `network ${name}: "macspoofchk" is not supported by tsnet-bridge yet: remove it or use the reference bridge`,
+    );
   }
   const c: BridgeConf = {
     name,
@@ -100,13 +104,16 @@ export function parseBridgeConf(conf: NetConf, env?: Pick<CniEnv, 'stateDir'>): 
     c.natBackend = parseBackend(conf.natBackend, `network ${name}: natBackend`);
   }
   if (conf.stateDir !== undefined) {
-    if (typeof conf.stateDir !== 'string' || !conf.stateDir.startsWith('/')) throw invalidConfig(`network ${name}: stateDir must be an absolute path`);
+    if (typeof conf.stateDir !== 'string' || !conf.stateDir.startsWith('/'))
+      throw invalidConfig(`network ${name}: stateDir must be an absolute path`);
     c.stateDir = conf.stateDir;
   } else if (env?.stateDir) {
     c.stateDir = env.stateDir;
   }
   if (!conf.ipam || typeof conf.ipam.type !== 'string' || conf.ipam.type === '')
-    throw invalidConfig(`network ${name}: "ipam" with a "type" is required (e.g. {"type": "tsnet-ipam", "subnet": "10.22.0.0/16"})`);
+    throw invalidConfig(
+      `network ${name}: "ipam" with a "type" is required (e.g. {"type": "tsnet-ipam", "subnet": "10.22.0.0/16"})`,
+    );
   c.ipamType = conf.ipam.type;
   return c;
 }
@@ -116,7 +123,8 @@ const attachmentTag = (network: string, containerId: string, ifname: string): st
   createHash('sha256').update(`${network}/${containerId}/${ifname}`).digest('hex');
 
 /** The host end's name: the same for the same attachment (so DEL finds it without a record), distinct across attachments. */
-export const hostVethName = (network: string, containerId: string, ifname: string): string => `veth${attachmentTag(network, containerId, ifname).slice(0, 11)}`;
+export const hostVethName = (network: string, containerId: string, ifname: string): string =>
+  `veth${attachmentTag(network, containerId, ifname).slice(0, 11)}`;
 
 /** The IPAM step: tsnet-ipam in process, anything else executed from CNI_PATH. */
 function ipam(conf: NetConf, env: CniEnv) {
@@ -153,7 +161,10 @@ function openContainer(path: string): netns.NetNs {
     return netns.openPath(path);
   } catch (err) {
     if (hasCode(err, 'ENOENT', 'EINVAL', 'ENOTDIR', 'EACCES'))
-      throw new CniError(CNI_ERR.unknownContainer, `failed to open netns ${JSON.stringify(path)}: ${(err as Error).message}`);
+      throw new CniError(
+        CNI_ERR.unknownContainer,
+        `failed to open netns ${JSON.stringify(path)}: ${(err as Error).message}`,
+      );
     throw err;
   }
 }
@@ -165,14 +176,23 @@ async function engineFor(rec: Pick<AttachmentRecord, 'nat'>, host: netns.NetNs):
 }
 
 /** Port mappings (runtimeConfig.portMappings) as tsnet forwards to each container address of the mapping's family. */
-export function portForwards(network: string, containerId: string, ifname: string, mappings: PortMapping[], ips: string[]): Forward[] {
+export function portForwards(
+  network: string,
+  containerId: string,
+  ifname: string,
+  mappings: PortMapping[],
+  ips: string[],
+): Forward[] {
   if (!Array.isArray(mappings)) throw invalidConfig('runtimeConfig.portMappings must be a list');
   const tag = attachmentTag(network, containerId, ifname).slice(0, 12);
   const out: Forward[] = [];
   for (const m of mappings) {
     const proto = (m.protocol ?? 'tcp').toLowerCase();
     if (proto !== 'tcp' && proto !== 'udp')
-      throw new CniError(CNI_ERR.unsupportedField, `port mapping protocol ${JSON.stringify(m.protocol)} is not supported (tcp or udp)`);
+      throw new CniError(
+        CNI_ERR.unsupportedField,
+        `port mapping protocol ${JSON.stringify(m.protocol)} is not supported (tcp or udp)`,
+      );
     const listen = m.hostIP && m.hostIP !== '0.0.0.0' && m.hostIP !== '::' ? addr.parseIp(m.hostIP) : undefined;
     for (const ip of ips) {
       const fam = addr.parseIp(ip).family;
@@ -209,7 +229,13 @@ async function teardown(rec: AttachmentRecord, env: CniEnv, records: RecordStore
 }
 
 function storedConf(conf: NetConf): NetConf {
-  const { prevResult: _p, runtimeConfig: _r, 'cni.dev/valid-attachments': _v, 'cni.dev/attachments': _a, ...rest } = conf;
+  const {
+    prevResult: _p,
+    runtimeConfig: _r,
+    'cni.dev/valid-attachments': _v,
+    'cni.dev/attachments': _a,
+    ...rest
+  } = conf;
   return rest as NetConf;
 }
 
@@ -232,7 +258,9 @@ async function ensureGateway(host: netns.NetNs, c: BridgeConf, brIndex: number, 
   for (const cidr of cidrs) {
     const want = addr.parseCidr(cidr);
     const have = await addr.list(host, { dev: brIndex, family: want.family });
-    const others = have.filter((a) => a.address !== want.address && addr.contains(want, a.address) && a.scope !== 'link');
+    const others = have.filter(
+      (a) => a.address !== want.address && addr.contains(want, a.address) && a.scope !== 'link',
+    );
     for (const o of others) {
       if (!c.forceAddress)
         throw new CniError(
@@ -241,7 +269,8 @@ async function ensureGateway(host: netns.NetNs, c: BridgeConf, brIndex: number, 
         );
       await addr.del(host, o.cidr, brIndex);
     }
-    if (!have.some((a) => a.address === want.address && a.prefix === want.prefix)) await addr.replace(host, cidr, brIndex, { noDad: true });
+    if (!have.some((a) => a.address === want.address && a.prefix === want.prefix))
+      await addr.replace(host, cidr, brIndex, { noDad: true });
     const key = want.family === 4 ? sysctl.keys.ipForward : sysctl.keys.ipv6Forwarding;
     if (sysctl.get(host, key).trim() !== '1') sysctl.set(host, key, 1);
   }
@@ -257,7 +286,8 @@ export async function bridgeAdd(conf: NetConf, env: CniEnv): Promise<Result> {
   const records = new RecordStore(c.stateDir, c.name);
   try {
     const prior = records.get(cid, ifname);
-    if (prior?.complete && prior.result && prior.netns === env.netns && (await link.get(ns, ifname))) return prior.result; // the same ADD again
+    if (prior?.complete && prior.result && prior.netns === env.netns && (await link.get(ns, ifname)))
+      return prior.result; // the same ADD again
     if (prior) await teardown(prior, env, records); // a leftover of an ADD that died half-way
     // Config errors surface before anything is made.
     if (c.ipamType === BUILTIN_IPAM) parseIpamConfig(conf);
@@ -299,7 +329,8 @@ async function addSteps(
 ): Promise<Result> {
   const ifname = env.ifname!;
   const rc = conf.runtimeConfig ?? {};
-  if (await link.get(ns, ifname)) throw new CniError(CNI_ERR.internal, `container interface ${ifname} already exists in ${env.netns}`);
+  if (await link.get(ns, ifname))
+    throw new CniError(CNI_ERR.internal, `container interface ${ifname} already exists in ${env.netns}`);
   const mtu = rc.mtu ?? c.mtu;
   if (rc.mac !== undefined) {
     try {
@@ -352,7 +383,11 @@ async function addSteps(
     for (const r of routes) {
       const fam = addr.parseCidr(r.dst).family;
       const via = r.gw ?? gwOf(fam);
-      await route.replace(ns, { dst: r.dst === '0.0.0.0/0' || r.dst === '::/0' ? 'default' : r.dst, dev: ifname, ...(via ? { via } : {}) });
+      await route.replace(ns, {
+        dst: r.dst === '0.0.0.0/0' || r.dst === '::/0' ? 'default' : r.dst,
+        dev: ifname,
+        ...(via ? { via } : {}),
+      });
     }
     await waitForwarding(host, rec.hostIfname);
   };
@@ -360,7 +395,9 @@ async function addSteps(
   const nat = async () => {
     const ips = ip.ips!.map((a) => addr.parseCidr(a.address));
     const host32 = (x: addr.Cidr) => `${x.address}/${x.family === 4 ? 32 : 128}`;
-    const rules: NatRule[] = c.ipMasq ? ips.map((x) => ({ kind: 'masquerade', source: host32(x), outNot: c.bridge })) : [];
+    const rules: NatRule[] = c.ipMasq
+      ? ips.map((x) => ({ kind: 'masquerade', source: host32(x), outNot: c.bridge }))
+      : [];
     const forwards = rc.portMappings?.length
       ? portForwards(
           c.name,
@@ -370,16 +407,22 @@ async function addSteps(
           ips.map((x) => x.address),
         )
       : [];
-    if (forwards.length) for (const x of ips) rules.push({ kind: 'masquerade', source: host32(x), destination: host32(x) });
+    if (forwards.length)
+      for (const x of ips) rules.push({ kind: 'masquerade', source: host32(x), destination: host32(x) });
     if (!rules.length && !forwards.length) return;
     rec.nat.rules = rules;
     rec.nat.forwards = forwards.map((f) => f.name);
     records.put(rec); // before the rules exist: a crash from here on leaves a record naming them
     await (
       await engineFor(rec, host)
-    ).change([...rules.map((rule): NatChange => ({ op: 'add-rule', rule })), ...forwards.map((forward): NatChange => ({ op: 'put-forward', forward }))]);
+    ).change([
+      ...rules.map((rule): NatChange => ({ op: 'add-rule', rule })),
+      ...forwards.map((forward): NatChange => ({ op: 'put-forward', forward })),
+    ]);
   };
-  const failed = (await Promise.allSettled([nat(), containerSide()])).find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  const failed = (await Promise.allSettled([nat(), containerSide()])).find(
+    (r): r is PromiseRejectedResult => r.status === 'rejected',
+  );
   if (failed) throw failed.reason; // the caller tears down both halves
 
   const hostEnd = await link.mustGet(host, rec.hostIfname);
@@ -434,7 +477,8 @@ export async function bridgeCheck(conf: NetConf, env: CniEnv, prev: Result | und
     const have = await addr.list(ns, { dev: inside.index });
     for (const a of (prev.ips ?? []).filter((x) => x.interface === idx)) {
       const w = addr.parseCidr(a.address);
-      if (!have.some((h) => h.address === w.address && h.prefix === w.prefix)) throw fail(`address ${a.address} is missing on ${ifname} in ${env.netns}`);
+      if (!have.some((h) => h.address === w.address && h.prefix === w.prefix))
+        throw fail(`address ${a.address} is missing on ${ifname} in ${env.netns}`);
     }
     const rts = await route.list(ns, { table: 'all' });
     for (const r of prev.routes ?? []) {
@@ -446,12 +490,17 @@ export async function bridgeCheck(conf: NetConf, env: CniEnv, prev: Result | und
               return `${x.network}/${x.prefix}`;
             })();
       const fam = addr.parseCidr(r.dst).family;
-      if (!rts.some((x) => x.family === fam && x.dst === d && (r.gw === undefined || x.gateway === addr.parseIp(r.gw).address)))
+      if (
+        !rts.some(
+          (x) => x.family === fam && x.dst === d && (r.gw === undefined || x.gateway === addr.parseIp(r.gw).address),
+        )
+      )
         throw fail(`route ${r.dst}${r.gw ? ` via ${r.gw}` : ''} is missing in ${env.netns}`);
     }
     if (inside.peerIndex === undefined) throw fail(`${ifname} in ${env.netns} has no peer`);
     const hostName =
-      (prev.interfaces ?? []).find((i) => i.sandbox === undefined && i.name !== c.bridge)?.name ?? hostVethName(c.name, env.containerId!, ifname);
+      (prev.interfaces ?? []).find((i) => i.sandbox === undefined && i.name !== c.bridge)?.name ??
+      hostVethName(c.name, env.containerId!, ifname);
     const hostEnd = await link.get(host, hostName);
     const br = await link.get(host, c.bridge);
     if (!br || br.kind !== 'bridge') throw fail(`bridge ${c.bridge} is missing`);

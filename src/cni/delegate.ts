@@ -15,7 +15,8 @@ import type { CniCommand, CniEnv, Result } from './types';
 export const DELEGATE_TIMEOUT_MS = 60_000;
 
 export function findPlugin(type: string, dirs: readonly string[]): string {
-  if (!/^[A-Za-z0-9][A-Za-z0-9_.-]*$/.test(type)) throw invalidConfig(`invalid plugin type ${JSON.stringify(type)}: a file name in CNI_PATH`);
+  if (!/^[A-Za-z0-9][A-Za-z0-9_.-]*$/.test(type))
+    throw invalidConfig(`invalid plugin type ${JSON.stringify(type)}: a file name in CNI_PATH`);
   for (const d of dirs) {
     const p = path.join(d, type);
     try {
@@ -71,15 +72,27 @@ export function execPlugin(type: string, command: CniCommand, env: CniEnv, stdin
         } catch {
           // not a CNI error document
         }
-        const why = e.msg ?? (signal ? `killed by ${signal}` : Buffer.concat(err).toString('utf8').trim() || `exit status ${code}`);
-        reject(new CniError(typeof e.code === 'number' ? e.code : CNI_ERR.internal, `${type} ${command}: ${why}`, e.details ?? ''));
+        const why =
+          e.msg ??
+          (signal ? `killed by ${signal}` : Buffer.concat(err).toString('utf8').trim() || `exit status ${code}`);
+        reject(
+          new CniError(
+            typeof e.code === 'number' ? e.code : CNI_ERR.internal,
+            `${type} ${command}: ${why}`,
+            e.details ?? '',
+          ),
+        );
         return;
       }
       if (command !== 'ADD') return resolve(undefined);
       try {
         resolve(parseResult(JSON.parse(text), `${type}'s result`));
       } catch (e) {
-        reject(e instanceof CniError ? e : new CniError(CNI_ERR.decode, `${type} ADD printed an invalid result: ${(e as Error).message}`));
+        reject(
+          e instanceof CniError
+            ? e
+            : new CniError(CNI_ERR.decode, `${type} ADD printed an invalid result: ${(e as Error).message}`),
+        );
       }
     });
     child.stdin.on('error', () => {

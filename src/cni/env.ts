@@ -24,7 +24,9 @@ export const CNI_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]*$/;
 
 export function validateContainerId(id: string): void {
   if (!CNI_NAME_RE.test(id) || id.length > 256) {
-    throw invalidEnv(`invalid CNI_CONTAINERID ${JSON.stringify(id)}: letters, digits, '_', '.' and '-', starting with a letter or digit`);
+    throw invalidEnv(
+      `invalid CNI_CONTAINERID ${JSON.stringify(id)}: letters, digits, '_', '.' and '-', starting with a letter or digit`,
+    );
   }
 }
 
@@ -52,11 +54,20 @@ export function parseCniArgs(text: string | undefined): Record<string, string> {
 /** The CNI environment of a call; `defaults.stateDir` applies when the caller sets no TSNET_STATE_DIR. */
 export function parseEnv(env: NodeJS.ProcessEnv, defaults: { stateDir?: string } = {}): CniEnv {
   const command = env.CNI_COMMAND as CniCommand | undefined;
-  if (!command) throw invalidEnv('CNI_COMMAND is not set: this is a CNI plugin, run by a container runtime (ADD, DEL, CHECK, VERSION, GC, STATUS)');
-  if (!COMMANDS.includes(command)) throw invalidEnv(`unknown CNI_COMMAND ${JSON.stringify(command)}: expected one of ${COMMANDS.join(', ')}`);
+  if (!command)
+    throw invalidEnv(
+      'CNI_COMMAND is not set: this is a CNI plugin, run by a container runtime (ADD, DEL, CHECK, VERSION, GC, STATUS)',
+    );
+  if (!COMMANDS.includes(command))
+    throw invalidEnv(`unknown CNI_COMMAND ${JSON.stringify(command)}: expected one of ${COMMANDS.join(', ')}`);
   const missing = REQUIRED[command].filter((k) => env[k] === undefined || env[k] === '');
   if (missing.length) throw new CniError(CNI_ERR.invalidEnv, `required env variables [${missing.join(',')}] missing`);
-  const out: CniEnv = { command, args: parseCniArgs(env.CNI_ARGS), path: (env.CNI_PATH ?? '').split(':').filter(Boolean), vars: env };
+  const out: CniEnv = {
+    command,
+    args: parseCniArgs(env.CNI_ARGS),
+    path: (env.CNI_PATH ?? '').split(':').filter(Boolean),
+    vars: env,
+  };
   const stateDir = env.TSNET_STATE_DIR || defaults.stateDir;
   if (stateDir) out.stateDir = stateDir;
   if (env.CNI_CONTAINERID) {

@@ -67,5 +67,8 @@ export function toCniError(err: unknown): CniError {
     return new CniError(CNI_ERR.internal, err.message);
   }
   const e = err as { name?: string; message?: string } | null;
-  return new CniError(CNI_ERR.internal, `internal error (a bug in tsnet, please report it): ${e?.name ?? 'Error'}: ${e?.message ?? String(err)}`);
+  return new CniError(
+    CNI_ERR.internal,
+    `internal error (a bug in tsnet, please report it): ${e?.name ?? 'Error'}: ${e?.message ?? String(err)}`,
+  );
 }

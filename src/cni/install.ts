@@ -16,7 +16,15 @@ import { PLUGINS } from './plugin';
 import { invalid } from '../errors';
 import { CNI_ENTRY, SHIM_PATH } from '../native';
 import { writeFileAtomic } from '../state';
-import { DEFAULT_BIN_DIR, DEFAULT_CONF_DIR, DEFAULT_SOCKET, DEFAULT_TIMEOUT_MS, EXAMPLE_CONFLIST, MAX_TIMEOUT_MS, SHIM_CONF } from './defaults';
+import {
+  DEFAULT_BIN_DIR,
+  DEFAULT_CONF_DIR,
+  DEFAULT_SOCKET,
+  DEFAULT_TIMEOUT_MS,
+  EXAMPLE_CONFLIST,
+  MAX_TIMEOUT_MS,
+  SHIM_CONF,
+} from './defaults';
 
 export { DEFAULT_BIN_DIR, DEFAULT_CONF_DIR, DEFAULT_TIMEOUT_MS, EXAMPLE_CONFLIST, MAX_TIMEOUT_MS, SHIM_CONF };
 
@@ -35,7 +43,8 @@ export function shimConf(s: ShimSettings): string {
   for (const [k, v] of Object.entries(s)) {
     if (/[\r\n]/.test(String(v))) throw invalid(`${k} must not contain a line break`);
   }
-  if (s.socket && Buffer.byteLength(s.socket) > 107) throw invalid(`socket path ${s.socket} is longer than a unix socket address allows (107 bytes)`);
+  if (s.socket && Buffer.byteLength(s.socket) > 107)
+    throw invalid(`socket path ${s.socket} is longer than a unix socket address allows (107 bytes)`);
   if (s.socket && !path.isAbsolute(s.socket)) throw invalid(`socket path ${s.socket} must be absolute`);
   if (s.stateDir && !path.isAbsolute(s.stateDir)) throw invalid(`state directory ${s.stateDir} must be absolute`);
   if (!Number.isSafeInteger(s.timeoutMs) || s.timeoutMs <= 0 || s.timeoutMs > MAX_TIMEOUT_MS)
@@ -57,7 +66,11 @@ export function exampleConflist(o: { name?: string; bridge?: string; subnet?: st
         ipMasq: true,
         hairpinMode: true,
         capabilities: { portMappings: true, ips: true, mac: true, mtu: true },
-        ipam: { type: 'tsnet-ipam', ranges: [[{ subnet: o.subnet ?? '10.89.0.0/24' }]], routes: [{ dst: '0.0.0.0/0' }] },
+        ipam: {
+          type: 'tsnet-ipam',
+          ranges: [[{ subnet: o.subnet ?? '10.89.0.0/24' }]],
+          routes: [{ dst: '0.0.0.0/0' }],
+        },
       },
     ],
   };
@@ -68,11 +81,21 @@ export interface InstallResult {
   conflist?: string;
 }
 
-export function install(o: { binDir?: string; confDir?: string; force?: boolean; socket?: string; stateDir?: string; timeoutMs?: number } = {}): InstallResult {
+export function install(
+  o: {
+    binDir?: string;
+    confDir?: string;
+    force?: boolean;
+    socket?: string;
+    stateDir?: string;
+    timeoutMs?: number;
+  } = {},
+): InstallResult {
   const binDir = path.resolve(o.binDir ?? DEFAULT_BIN_DIR);
   const entry = CNI_ENTRY;
   if (!fs.existsSync(entry)) throw invalid(`${entry} is missing: build tsnet first (npm run build)`);
-  if (!fs.existsSync(SHIM_PATH)) throw invalid(`${SHIM_PATH} is missing: build the native part first (npm ci, or npm rebuild)`);
+  if (!fs.existsSync(SHIM_PATH))
+    throw invalid(`${SHIM_PATH} is missing: build the native part first (npm ci, or npm rebuild)`);
   const settings = shimConf({
     socket: o.socket ?? DEFAULT_SOCKET,
     stateDir: o.stateDir ?? '',

@@ -19,7 +19,9 @@ function readStdin(): string {
 async function main(): Promise<void> {
   const name = (process.argv[2] ?? path.basename(process.argv[1] ?? '')) as PluginName;
   if (!PLUGINS.includes(name)) {
-    process.stderr.write(`usage: main.js ${PLUGINS.join('|')} (a CNI plugin: run by a container runtime with CNI_COMMAND set)\n`);
+    process.stderr.write(
+      `usage: main.js ${PLUGINS.join('|')} (a CNI plugin: run by a container runtime with CNI_COMMAND set)\n`,
+    );
     process.exitCode = 2;
     return;
   }

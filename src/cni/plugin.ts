@@ -5,7 +5,15 @@
  */
 import { CniError, CNI_ERR, toCniError } from './errors';
 import { parseEnv } from './env';
-import { LATEST, MIN_VERSION, SUPPORTED_VERSIONS, compare, convertResult, parseResult, requireSupported } from './version';
+import {
+  LATEST,
+  MIN_VERSION,
+  SUPPORTED_VERSIONS,
+  compare,
+  convertResult,
+  parseResult,
+  requireSupported,
+} from './version';
 import { bridgeAdd, bridgeCheck, bridgeDel, bridgeGc, bridgeStatus } from './bridge';
 import { ipamAdd, ipamCheck, ipamDel, ipamGc, ipamStatus, validAttachments } from './ipam';
 import type { CniEnv, NetConf, Result } from './types';
@@ -36,7 +44,13 @@ interface Ops {
 
 const OPS: Record<PluginName, Ops> = {
   'tsnet-bridge': { add: bridgeAdd, del: bridgeDel, check: bridgeCheck, gc: bridgeGc, status: bridgeStatus },
-  'tsnet-ipam': { add: ipamAdd, del: ipamDel, check: ipamCheck, gc: (conf) => ipamGc(conf, validAttachments(conf)), status: ipamStatus },
+  'tsnet-ipam': {
+    add: ipamAdd,
+    del: ipamDel,
+    check: ipamCheck,
+    gc: (conf) => ipamGc(conf, validAttachments(conf)),
+    status: ipamStatus,
+  },
 };
 
 function decode(stdin: string): NetConf {
@@ -46,7 +60,8 @@ function decode(stdin: string): NetConf {
   } catch (err) {
     throw new CniError(CNI_ERR.decode, `network config on stdin is not valid JSON: ${(err as Error).message}`);
   }
-  if (typeof conf !== 'object' || conf === null || Array.isArray(conf)) throw new CniError(CNI_ERR.decode, 'network config on stdin is not a JSON object');
+  if (typeof conf !== 'object' || conf === null || Array.isArray(conf))
+    throw new CniError(CNI_ERR.decode, 'network config on stdin is not a JSON object');
   return conf as NetConf;
 }
 
@@ -66,19 +81,33 @@ export interface InvokeOptions {
   stateDir?: string;
 }
 
-export async function invoke(plugin: PluginName, envVars: NodeJS.ProcessEnv, stdin: string, opts: InvokeOptions = {}): Promise<Invocation> {
+export async function invoke(
+  plugin: PluginName,
+  envVars: NodeJS.ProcessEnv,
+  stdin: string,
+  opts: InvokeOptions = {},
+): Promise<Invocation> {
   try {
     const env = parseEnv(envVars, opts);
     if (env.command === 'VERSION') {
-      return { stdout: `${JSON.stringify({ cniVersion: errorVersion(stdin), supportedVersions: SUPPORTED_VERSIONS })}\n`, exitCode: 0 };
+      return {
+        stdout: `${JSON.stringify({ cniVersion: errorVersion(stdin), supportedVersions: SUPPORTED_VERSIONS })}\n`,
+        exitCode: 0,
+      };
     }
     const conf = decode(stdin);
     const version = requireSupported(conf.cniVersion);
     const min = MIN_VERSION[env.command];
     if (min && compare(version, min) < 0)
-      throw new CniError(CNI_ERR.incompatibleVersion, `config version ${version} does not allow ${env.command} (needs ${min} or later)`);
+      throw new CniError(
+        CNI_ERR.incompatibleVersion,
+        `config version ${version} does not allow ${env.command} (needs ${min} or later)`,
+      );
     if (conf.type !== undefined && conf.type !== plugin && !(plugin === 'tsnet-ipam' && conf.ipam?.type === plugin)) {
-      throw new CniError(CNI_ERR.invalidConfig, `network ${conf.name}: this is ${plugin}, but the config's type is ${JSON.stringify(conf.type)}`);
+      throw new CniError(
+        CNI_ERR.invalidConfig,
+        `network ${conf.name}: this is ${plugin}, but the config's type is ${JSON.stringify(conf.type)}`,
+      );
     }
     const ops = OPS[plugin];
     switch (env.command) {

@@ -7,7 +7,15 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { deadWritersTemps, listDir, readJson, removeStaleTemps, stateDir as defaultStateDir, writeJsonAtomic, type WriteOptions } from '../state';
+import {
+  deadWritersTemps,
+  listDir,
+  readJson,
+  removeStaleTemps,
+  stateDir as defaultStateDir,
+  writeJsonAtomic,
+  type WriteOptions,
+} from '../state';
 import { hasCode } from '../errors';
 import { validateContainerId, validateIfnameEnv } from './env';
 import { validateNetworkName } from './ipam/config';

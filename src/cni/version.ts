@@ -10,7 +10,12 @@ export const SUPPORTED_VERSIONS = ['0.3.0', '0.3.1', '0.4.0', '1.0.0', '1.1.0'] 
 export const LATEST = '1.1.0';
 
 function parts(v: string): number[] {
-  if (!/^\d+\.\d+\.\d+$/.test(v)) throw new CniError(CNI_ERR.incompatibleVersion, `invalid cniVersion ${JSON.stringify(v)}`, 'expected MAJOR.MINOR.PATCH');
+  if (!/^\d+\.\d+\.\d+$/.test(v))
+    throw new CniError(
+      CNI_ERR.incompatibleVersion,
+      `invalid cniVersion ${JSON.stringify(v)}`,
+      'expected MAJOR.MINOR.PATCH',
+    );
   return v.split('.').map(Number);
 }
 
@@ -23,7 +28,11 @@ export function compare(a: string, b: string): number {
 
 export function requireSupported(v: unknown): string {
   if (typeof v !== 'string' || v === '')
-    throw new CniError(CNI_ERR.incompatibleVersion, 'network config has no cniVersion', `supported: ${SUPPORTED_VERSIONS.join(', ')}`);
+    throw new CniError(
+      CNI_ERR.incompatibleVersion,
+      'network config has no cniVersion',
+      `supported: ${SUPPORTED_VERSIONS.join(', ')}`,
+    );
   if (!(SUPPORTED_VERSIONS as readonly string[]).includes(v)) {
     throw new CniError(
       CNI_ERR.incompatibleVersion,
@@ -41,7 +50,8 @@ const isV6 = (cidr: string) => cidr.includes(':');
 
 /** Reads a result in any supported version (a prevResult, a delegated IPAM's output) into the 1.x shape. */
 export function parseResult(raw: unknown, what = 'prevResult'): Result {
-  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new CniError(CNI_ERR.decode, `${what} is not a JSON object`);
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw))
+    throw new CniError(CNI_ERR.decode, `${what} is not a JSON object`);
   const r = raw as Record<string, unknown>;
   const version = typeof r.cniVersion === 'string' ? r.cniVersion : LATEST;
   requireSupported(version);
@@ -77,7 +87,13 @@ export function convertResult(r: Result, to: string): Record<string, unknown> {
   const out: Record<string, unknown> = { cniVersion: to };
   if (r.interfaces)
     out.interfaces = r.interfaces.map((i) =>
-      v11 ? { ...i } : { name: i.name, ...(i.mac ? { mac: i.mac } : {}), ...(i.sandbox !== undefined ? { sandbox: i.sandbox } : {}) },
+      v11
+        ? { ...i }
+        : {
+            name: i.name,
+            ...(i.mac ? { mac: i.mac } : {}),
+            ...(i.sandbox !== undefined ? { sandbox: i.sandbox } : {}),
+          },
     );
   if (r.ips) out.ips = r.ips.map((ip) => (v1 ? { ...ip } : { version: isV6(ip.address) ? '6' : '4', ...ip }));
   if (r.routes) {

@@ -71,13 +71,20 @@ export async function deleteFlows(ns: NetNs, family: 4 | 6, match: (f: Flow) => 
     const victims = (await dump(ns, sock, family)).filter(match);
     await Promise.all(
       victims.map(async (f) => {
-        const parts = [nfgenmsg(family === 4 ? AF_INET : AF_INET6), encodeAttr(CTA_TUPLE_ORIG, encodeAttrs(CTA_TUPLE, f.raw.tuple), true)];
+        const parts = [
+          nfgenmsg(family === 4 ? AF_INET : AF_INET6),
+          encodeAttr(CTA_TUPLE_ORIG, encodeAttrs(CTA_TUPLE, f.raw.tuple), true),
+        ];
         if (f.raw.zone) parts.push(encodeAttr(CTA_ZONE, f.raw.zone));
         try {
           await sock.request(ctMsg(IPCTNL_MSG.DELETE), 0, Buffer.concat(parts));
           n++;
         } catch (err) {
-          if (!hasCode(err, 'ENOENT')) throw contextualize(`deleting conntrack entry ${f.orig.src}->${f.orig.dst}:${f.orig.dport} in ${ns.label}`, err);
+          if (!hasCode(err, 'ENOENT'))
+            throw contextualize(
+              `deleting conntrack entry ${f.orig.src}->${f.orig.dst}:${f.orig.dport} in ${ns.label}`,
+              err,
+            );
         }
       }),
     );

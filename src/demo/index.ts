@@ -32,13 +32,18 @@ export interface DemoOptions {
   svg?: string;
 }
 
-export async function demo(log: (line: string) => void = (l) => process.stdout.write(`${l}\n`), o: DemoOptions = {}): Promise<void> {
+export async function demo(
+  log: (line: string) => void = (l) => process.stdout.write(`${l}\n`),
+  o: DemoOptions = {},
+): Promise<void> {
   const host = netns.current();
   const step = (cmd: string) => log(`\n$ ${cmd}`);
   const made: netns.NetNs[] = [];
   const servers: { stop(): Promise<void> }[] = [];
   try {
-    step(`tsnet bridge add ${BR} --address 10.88.0.1/16      # ip link add ${BR} type bridge; ip addr add ...; ip link set ${BR} up`);
+    step(
+      `tsnet bridge add ${BR} --address 10.88.0.1/16      # ip link add ${BR} type bridge; ip addr add ...; ip link set ${BR} up`,
+    );
     const br = await bridge.ensure(host, BR, { addresses: ['10.88.0.1/16'] });
     log(`bridge ${br.name} ifindex ${br.index} mac ${br.mac} stp ${br.bridge?.stp ? 'on' : 'off'}`);
 
@@ -99,7 +104,9 @@ export async function demo(log: (line: string) => void = (l) => process.stdout.w
       await forward.add(nat, { target: '10.88.0.3', listenPort: 3308, targetPort: 8080, name: 'demo-db' });
       const r4 = await request(c1, 'tcp', '10.88.0.1', 3308, { count: 10, concurrency: 5 });
       const r5 = await request(host, 'tcp', '127.0.0.1', 3308, { count: 10, concurrency: 5 });
-      log(`demo-c1 -> 10.88.0.1:3308: ${r4.ok}/10 ${JSON.stringify(r4.replies)}; this host -> 127.0.0.1:3308: ${r5.ok}/10 ${JSON.stringify(r5.replies)}`);
+      log(
+        `demo-c1 -> 10.88.0.1:3308: ${r4.ok}/10 ${JSON.stringify(r4.replies)}; this host -> 127.0.0.1:3308: ${r5.ok}/10 ${JSON.stringify(r5.replies)}`,
+      );
       if (r3.ok !== 40 || Object.keys(r3.replies).length !== 2 || r4.ok !== 10 || r5.ok !== 10) {
         throw new Error(`NAT traffic failed: ${[...r3.errors, ...r4.errors, ...r5.errors].join('; ')}`);
       }
@@ -146,7 +153,8 @@ export async function demo(log: (line: string) => void = (l) => process.stdout.w
     await bridge.del(host, BR).catch(() => false);
   }
   const left = (await link.list(host)).filter((l) => l.name !== 'lo').map((l) => l.name);
-  if (left.length || netns.list().length) throw new Error(`cleanup incomplete: links ${left.join(',')} namespaces ${netns.list().join(',')}`);
+  if (left.length || netns.list().length)
+    throw new Error(`cleanup incomplete: links ${left.join(',')} namespaces ${netns.list().join(',')}`);
   log(
     'nothing left behind.\n\ndemo OK: bridge, namespaces, veth pairs, addresses and routes built over rtnetlink; TCP flowed directly, through a service VIP, and through a port forward.',
   );

@@ -73,7 +73,15 @@ function once(proto: Proto, host: string, port: number, timeoutMs: number, sport
   });
 }
 
-async function request(proto: Proto, host: string, port: number, count: number, timeoutMs: number, concurrency: number, sport?: number): Promise<void> {
+async function request(
+  proto: Proto,
+  host: string,
+  port: number,
+  count: number,
+  timeoutMs: number,
+  concurrency: number,
+  sport?: number,
+): Promise<void> {
   const result = { ok: 0, fail: 0, replies: {} as Record<string, number>, errors: [] as string[], ms: 0 };
   const t0 = process.hrtime.bigint();
   let next = 0;
@@ -98,7 +106,15 @@ async function request(proto: Proto, host: string, port: number, count: number, 
 const [mode, proto, host, port, a, b, c, d] = process.argv.slice(2);
 if (mode === 'serve' && proto && host && port && a) serve(proto as Proto, host, Number(port), a);
 else if (mode === 'request' && proto && host && port) {
-  void request(proto as Proto, host, Number(port), Number(a ?? 1), Number(b ?? 2000), Number(c ?? 1), d ? Number(d) : undefined);
+  void request(
+    proto as Proto,
+    host,
+    Number(port),
+    Number(a ?? 1),
+    Number(b ?? 2000),
+    Number(c ?? 1),
+    d ? Number(d) : undefined,
+  );
 } else {
   process.stderr.write('usage: peer.js serve|request tcp|udp|http HOST PORT ...\n');
   process.exit(2);

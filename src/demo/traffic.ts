@@ -14,7 +14,9 @@ export interface Server {
 
 /** Starts a server inside `ns` answering `name`; resolves once it listens. */
 export function serve(ns: NetNs, proto: Proto, host: string, port: number, name: string): Promise<Server> {
-  const child = ns.spawn(process.execPath, [PEER, 'serve', proto, host, String(port), name], { stdio: ['pipe', 'pipe', 'pipe'] });
+  const child = ns.spawn(process.execPath, [PEER, 'serve', proto, host, String(port), name], {
+    stdio: ['pipe', 'pipe', 'pipe'],
+  });
   const stop = () =>
     new Promise<void>((resolve) => {
       if (child.exitCode !== null || child.signalCode !== null) return resolve();
@@ -26,7 +28,9 @@ export function serve(ns: NetNs, proto: Proto, host: string, port: number, name:
     let err = '';
     child.stderr?.on('data', (d) => (err += d));
     child.stdout?.once('data', () => resolve({ child, stop }));
-    child.once('exit', (code) => reject(new Error(`${proto} server ${host}:${port} in ${ns.label} exited (${code}): ${err.trim()}`)));
+    child.once('exit', (code) =>
+      reject(new Error(`${proto} server ${host}:${port} in ${ns.label} exited (${code}): ${err.trim()}`)),
+    );
   });
 }
 
@@ -47,7 +51,16 @@ export function request(
   port: number,
   opts: { count?: number; timeoutMs?: number; concurrency?: number; sourcePort?: number } = {},
 ): Promise<RequestResult> {
-  const args = [PEER, 'request', proto, host, String(port), String(opts.count ?? 1), String(opts.timeoutMs ?? 2000), String(opts.concurrency ?? 1)];
+  const args = [
+    PEER,
+    'request',
+    proto,
+    host,
+    String(port),
+    String(opts.count ?? 1),
+    String(opts.timeoutMs ?? 2000),
+    String(opts.concurrency ?? 1),
+  ];
   if (opts.sourcePort) args.push(String(opts.sourcePort));
   const child = ns.spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   return new Promise((resolve, reject) => {

@@ -13,7 +13,15 @@ import * as conntrack from '../conntrack';
 import type { NetNs } from '../netns';
 import { neededSysctls, type NatEngine, type SyncReport } from '../nat/engine';
 import * as sysctl from '../sysctl';
-import { normalizeForward, parsePort, parseProto, validateName, type Forward, type Proto, type SnatMode } from '../nat/model';
+import {
+  normalizeForward,
+  parsePort,
+  parseProto,
+  validateName,
+  type Forward,
+  type Proto,
+  type SnatMode,
+} from '../nat/model';
 import { builtScript } from '../native';
 
 export interface ForwardRequest {
@@ -43,18 +51,24 @@ export interface ForwardResult {
 /** TARGET through the system resolver (/etc/hosts included), as the clients would have. */
 export async function resolveTarget(target: string): Promise<string> {
   if (net.isIP(target)) return target;
-  if (!/^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$/.test(target)) throw invalid(`invalid target ${JSON.stringify(target)}: a host name or an IP address`);
+  if (!/^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$/.test(target))
+    throw invalid(`invalid target ${JSON.stringify(target)}: a host name or an IP address`);
   try {
     return (await dns.lookup(target, { family: 0, verbatim: true })).address;
   } catch (err) {
-    throw new TsnetError(`cannot resolve target ${target}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, { code: 'ENOENT' });
+    throw new TsnetError(
+      `cannot resolve target ${target}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`,
+      { code: 'ENOENT' },
+    );
   }
 }
 
 /** Whether ip:port accepts a TCP connection, seen from inside `ns`. */
 export function checkTcp(ns: NetNs, ip: string, port: number, timeoutMs = 3000): Promise<void> {
   return new Promise((resolve, reject) => {
-    const child = ns.spawn(process.execPath, [builtScript('forward/probe.js'), ip, String(port), String(timeoutMs)], { stdio: ['ignore', 'ignore', 'pipe'] });
+    const child = ns.spawn(process.execPath, [builtScript('forward/probe.js'), ip, String(port), String(timeoutMs)], {
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
     let err = '';
     child.stderr!.on('data', (d) => (err += d));
     child.on('error', reject);
@@ -91,7 +105,8 @@ export async function plan(ns: NetNs, req: ForwardRequest): Promise<Forward> {
   });
   if (f.listen) {
     const mine = (await addr.list(ns)).map((a) => a.address);
-    if (!mine.includes(f.listen)) throw invalid(`--listen ${f.listen} is not an address of ${ns.label} (it has ${mine.join(', ') || 'none'})`);
+    if (!mine.includes(f.listen))
+      throw invalid(`--listen ${f.listen} is not an address of ${ns.label} (it has ${mine.join(', ') || 'none'})`);
   }
   return f;
 }
@@ -147,7 +162,11 @@ export const list = (engine: NatEngine): Forward[] => engine.read().forwards;
 export async function dryRun(engine: NatEngine, req: ForwardRequest): Promise<string> {
   const f = await plan(engine.ns, req);
   const now = engine.read();
-  const st = { services: now.services, rules: now.rules, forwards: [...now.forwards.filter((x) => x.name !== f.name), f] };
+  const st = {
+    services: now.services,
+    rules: now.rules,
+    forwards: [...now.forwards.filter((x) => x.name !== f.name), f],
+  };
   const sysctls = [...(await neededSysctls(engine.ns, st))]
     .filter(([k, v]) => sysctl.get(engine.ns, k.split('/')) !== v)
     .map(([k, v]) => `# sysctl -w ${k.replace(/\//g, '.')}=${v}\n`);

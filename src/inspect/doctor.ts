@@ -29,7 +29,9 @@ export interface Problem {
 
 /** doctor's report as text: one line per problem with its fix, or that there is none. */
 export const formatProblems = (problems: readonly Problem[]): string =>
-  problems.length ? problems.map((p) => `${p.check}: ${p.where}: ${p.problem}. Fix: ${p.fix}`).join('\n') : 'no problems found';
+  problems.length
+    ? problems.map((p) => `${p.check}: ${p.where}: ${p.problem}. Fix: ${p.fix}`).join('\n')
+    : 'no problems found';
 
 export interface DoctorOptions {
   /** NAT engines of the node (one per state directory). */
@@ -70,7 +72,9 @@ export async function doctor(host: NetNs, o: DoctorOptions = {}): Promise<Proble
   ] as const) {
     const why = [
       ...st.forwards.filter((f) => familyOf(f.targetIp) === fam).map((f) => `forward ${f.name}`),
-      ...gatewayBridges.filter((b) => b.addresses.some((a) => familyOf(a.split('/')[0]!) === fam)).map((b) => `bridge ${b.name} (gateway for its containers)`),
+      ...gatewayBridges
+        .filter((b) => b.addresses.some((a) => familyOf(a.split('/')[0]!) === fam))
+        .map((b) => `bridge ${b.name} (gateway for its containers)`),
     ];
     if (why.length && read(host, key) !== '1') {
       add(
@@ -103,7 +107,9 @@ export async function doctor(host: NetNs, o: DoctorOptions = {}): Promise<Proble
   const asymmetric = st.forwards.filter((f) => f.snat === 'none');
   if (asymmetric.length) {
     const all = Number(read(host, 'net.ipv4.conf.all.rp_filter') ?? 0);
-    const strict = node.interfaces.filter((i) => i.name !== 'lo' && Math.max(all, Number(read(host, `net.ipv4.conf.${i.name}.rp_filter`) ?? 0)) === 1);
+    const strict = node.interfaces.filter(
+      (i) => i.name !== 'lo' && Math.max(all, Number(read(host, `net.ipv4.conf.${i.name}.rp_filter`) ?? 0)) === 1,
+    );
     if (strict.length) {
       add(
         'rp-filter',
@@ -122,7 +128,9 @@ export async function doctor(host: NetNs, o: DoctorOptions = {}): Promise<Proble
           'bridge-port',
           `${b.name} port ${p.name}`,
           `port ${p.name} of bridge ${b.name} is ${p.state}: its container is cut off`,
-          p.state === 'disabled' ? `tsnet${on} link set ${p.name} --up` : `check STP on ${b.name} (tsnet bridge add ${b.name} without --stp turns it off)`,
+          p.state === 'disabled'
+            ? `tsnet${on} link set ${p.name} --up`
+            : `check STP on ${b.name} (tsnet bridge add ${b.name} without --stp turns it off)`,
         );
       }
     }
@@ -143,7 +151,9 @@ export async function doctor(host: NetNs, o: DoctorOptions = {}): Promise<Proble
   }
 
   // masquerade: containers behind a gateway bridge with no source NAT out of the node.
-  const snatSources = st.rules.filter((r) => r.kind !== 'dnat').map((r) => parseCidr(r.source, { defaultPrefix: true }));
+  const snatSources = st.rules
+    .filter((r) => r.kind !== 'dnat')
+    .map((r) => parseCidr(r.source, { defaultPrefix: true }));
   for (const b of gatewayBridges) {
     for (const a of b.addresses.filter((x) => familyOf(x.split('/')[0]!) === 4)) {
       const subnet = parseCidr(a);
@@ -259,7 +269,8 @@ function bridgeOf(view: NodeView, ip: string): string | undefined {
   const owner = ownerOf(view, ip);
   if (!owner || owner.ns.node) return undefined;
   const node = view.namespaces.find((n) => n.node)!;
-  const hostEnd = owner.iface.peer?.ns === node.id ? node.interfaces.find((i) => i.name === owner.iface.peer!.name) : undefined;
+  const hostEnd =
+    owner.iface.peer?.ns === node.id ? node.interfaces.find((i) => i.name === owner.iface.peer!.name) : undefined;
   return hostEnd?.master;
 }
 

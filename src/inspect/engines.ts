@@ -21,5 +21,8 @@ export function natEngines(ns: NetNs, stateDir?: string, backend?: BackendChoice
   }
   dirs.delete(base);
   const opts = backend ? { backend } : {};
-  return [NatEngine.shared({ ns, stateDir: base, ...opts }), ...[...dirs].map((d) => NatEngine.shared({ ns, stateDir: d, exactDir: true, ...opts }))];
+  return [
+    NatEngine.shared({ ns, stateDir: base, ...opts }),
+    ...[...dirs].map((d) => NatEngine.shared({ ns, stateDir: d, exactDir: true, ...opts })),
+  ];
 }

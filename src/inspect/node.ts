@@ -95,7 +95,11 @@ export async function inspectNode(host: netns.NetNs, engines: readonly NatEngine
     }
     let h: netns.NetNs | undefined;
     try {
-      h = p.peer.netns.name ? netns.open(p.peer.netns.name) : p.peer.netns.pid !== undefined ? netns.openPid(p.peer.netns.pid) : undefined;
+      h = p.peer.netns.name
+        ? netns.open(p.peer.netns.name)
+        : p.peer.netns.pid !== undefined
+          ? netns.openPid(p.peer.netns.pid)
+          : undefined;
     } catch {
       h = undefined; // gone meanwhile
     }

@@ -47,7 +47,13 @@ export function topology(view: NodeView): Topology {
     label: `${node.id} (node)`,
     lines: [
       ...node.interfaces
-        .filter((i) => !bridgeNames.has(i.name) && !i.master && i.name !== 'lo' && !(i.kind === 'veth' && i.peer && i.peer.ns !== node.id))
+        .filter(
+          (i) =>
+            !bridgeNames.has(i.name) &&
+            !i.master &&
+            i.name !== 'lo' &&
+            !(i.kind === 'veth' && i.peer && i.peer.ns !== node.id),
+        )
         .map((i) => `${i.name} ${i.addresses.join(' ') || (i.up ? 'up' : 'down')}`),
       ...node.gateways.map((g) => `default via ${g}`),
     ],
@@ -75,7 +81,13 @@ export function topology(view: NodeView): Topology {
       if (i.peer?.ns !== node.id) continue;
       const hostEnd = node.interfaces.find((x) => x.name === i.peer!.name);
       const from = hostEnd?.master && bridgeNames.has(hostEnd.master) ? `br:${hostEnd.master}` : nsId(node.id);
-      edges.push({ id: `veth:${ns.id}:${i.name}`, kind: 'veth', from, to: nsId(ns.id), label: `${i.peer.name ?? '?'} ⇄ ${i.name}` });
+      edges.push({
+        id: `veth:${ns.id}:${i.name}`,
+        kind: 'veth',
+        from,
+        to: nsId(ns.id),
+        label: `${i.peer.name ?? '?'} ⇄ ${i.name}`,
+      });
     }
   }
   const target = (ip: string): string => {
@@ -94,7 +106,9 @@ export function topology(view: NodeView): Topology {
       label: `service ${s.name}`,
       lines: [
         `${formatHostPort(s.vip, s.port)}/${s.proto}`,
-        s.endpoints.length ? `${s.endpoints.length} endpoints${c ? `, ${c.service.packets} connections` : ''}` : 'no endpoints: REJECT',
+        s.endpoints.length
+          ? `${s.endpoints.length} endpoints${c ? `, ${c.service.packets} connections` : ''}`
+          : 'no endpoints: REJECT',
       ],
     });
     for (const e of s.endpoints) {
@@ -111,8 +125,19 @@ export function topology(view: NodeView): Topology {
   }
   for (const f of view.nat.forwards) {
     const id = `fwd:${f.name}`;
-    nodes.push({ id, kind: 'forward', label: `forward ${f.name}`, lines: [`${f.proto} ${f.listen ?? '*'}:${f.listenPort}`] });
-    edges.push({ id: `fwd:${f.name}:t`, kind: 'forward', from: id, to: target(f.targetIp), label: formatHostPort(f.targetIp, f.targetPort) });
+    nodes.push({
+      id,
+      kind: 'forward',
+      label: `forward ${f.name}`,
+      lines: [`${f.proto} ${f.listen ?? '*'}:${f.listenPort}`],
+    });
+    edges.push({
+      id: `fwd:${f.name}:t`,
+      kind: 'forward',
+      from: id,
+      to: target(f.targetIp),
+      label: formatHostPort(f.targetIp, f.targetPort),
+    });
   }
   return { nodes, edges };
 }
@@ -129,10 +154,18 @@ export function toDot(t: Topology): string {
     forward: 'box, style="rounded,filled", fillcolor="#fdf3e1"',
     address: 'box, style=dashed',
   };
-  const lines = ['digraph tsnet {', '  rankdir=LR;', '  node [fontname="monospace", fontsize=10];', '  edge [fontname="monospace", fontsize=9];'];
-  for (const n of t.nodes) lines.push(`  ${quote(n.id)} [shape=${shape[n.kind]}, label=${quote([n.label, ...n.lines].join('\n'))}];`);
+  const lines = [
+    'digraph tsnet {',
+    '  rankdir=LR;',
+    '  node [fontname="monospace", fontsize=10];',
+    '  edge [fontname="monospace", fontsize=9];',
+  ];
+  for (const n of t.nodes)
+    lines.push(`  ${quote(n.id)} [shape=${shape[n.kind]}, label=${quote([n.label, ...n.lines].join('\n'))}];`);
   for (const e of t.edges)
-    lines.push(`  ${quote(e.from)} -> ${quote(e.to)} [label=${quote(e.label)}${e.kind === 'veth' || e.kind === 'member' ? ', dir=none' : ''}];`);
+    lines.push(
+      `  ${quote(e.from)} -> ${quote(e.to)} [label=${quote(e.label)}${e.kind === 'veth' || e.kind === 'member' ? ', dir=none' : ''}];`,
+    );
   lines.push('}');
   return `${lines.join('\n')}\n`;
 }
@@ -155,7 +188,11 @@ interface ElkEdge {
   sources: string[];
   targets: string[];
   labels?: { text: string; width: number; height: number; x?: number; y?: number }[];
-  sections?: { startPoint: { x: number; y: number }; endPoint: { x: number; y: number }; bendPoints?: { x: number; y: number }[] }[];
+  sections?: {
+    startPoint: { x: number; y: number };
+    endPoint: { x: number; y: number };
+    bendPoints?: { x: number; y: number }[];
+  }[];
 }
 interface ElkGraph {
   id: string;
@@ -170,7 +207,9 @@ const esc = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replac
 
 /** Box sizes from the text they hold; ELK does the rest. */
 async function layout(t: Topology): Promise<ElkGraph> {
-  const { default: ELK } = (await import('elkjs')) as unknown as { default: new () => { layout(g: ElkGraph): Promise<ElkGraph> } };
+  const { default: ELK } = (await import('elkjs')) as unknown as {
+    default: new () => { layout(g: ElkGraph): Promise<ElkGraph> };
+  };
   const graph: ElkGraph = {
     id: 'root',
     layoutOptions: {
@@ -203,7 +242,9 @@ export async function toSvg(t: Topology): Promise<string> {
   const out: string[] = [];
   const w = Math.ceil(g.width ?? 100);
   const h = Math.ceil(g.height ?? 100);
-  out.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${w}" height="${h}" viewBox="0 0 ${w} ${h}" font-family="monospace" font-size="12">`);
+  out.push(
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${w}" height="${h}" viewBox="0 0 ${w} ${h}" font-family="monospace" font-size="12">`,
+  );
   out.push(
     '<style>.node rect{fill:#fff;stroke:#333;stroke-width:1.6}.namespace rect{fill:#fff;stroke:#555}.bridge rect{fill:#e8eefc;stroke:#3b5bdb}',
     '.service rect{fill:#e9f7ec;stroke:#2b8a3e}.forward rect{fill:#fdf3e1;stroke:#e67700}.address rect{fill:#fff;stroke:#999;stroke-dasharray:4 3}',
@@ -215,17 +256,22 @@ export async function toSvg(t: Topology): Promise<string> {
     const te = t.edges.find((x) => x.id === e.id)!;
     const s = e.sections?.[0];
     if (!s) continue;
-    const pts = [s.startPoint, ...(s.bendPoints ?? []), s.endPoint].map((p) => `${p.x.toFixed(1)},${p.y.toFixed(1)}`).join(' L');
+    const pts = [s.startPoint, ...(s.bendPoints ?? []), s.endPoint]
+      .map((p) => `${p.x.toFixed(1)},${p.y.toFixed(1)}`)
+      .join(' L');
     const marker = te.kind === 'veth' || te.kind === 'member' ? '' : ' marker-end="url(#arrow)"';
     const label = e.labels?.[0];
     out.push(`<g class="edge ${te.kind}" data-edge="${esc(te.id)}"><path d="M${pts}"${marker}/>`);
-    if (label?.x !== undefined && label.y !== undefined) out.push(`<text x="${label.x.toFixed(1)}" y="${(label.y + 10).toFixed(1)}">${esc(label.text)}</text>`);
+    if (label?.x !== undefined && label.y !== undefined)
+      out.push(`<text x="${label.x.toFixed(1)}" y="${(label.y + 10).toFixed(1)}">${esc(label.text)}</text>`);
     out.push('</g>');
   }
   for (const c of g.children) {
     const n = byId.get(c.id)!;
     const attr = n.kind === 'service' ? ` data-service="${esc(n.label.replace(/^service /, ''))}"` : '';
-    out.push(`<g class="${n.kind}" data-id="${esc(n.id)}"${attr} transform="translate(${(c.x ?? 0).toFixed(1)},${(c.y ?? 0).toFixed(1)})">`);
+    out.push(
+      `<g class="${n.kind}" data-id="${esc(n.id)}"${attr} transform="translate(${(c.x ?? 0).toFixed(1)},${(c.y ?? 0).toFixed(1)})">`,
+    );
     out.push(`<rect width="${c.width}" height="${c.height}" rx="6"/>`);
     out.push(`<text x="${PAD}" y="${PAD + 11}" font-weight="bold">${esc(n.label)}</text>`);
     n.lines.forEach((l, i) => out.push(`<text x="${PAD}" y="${PAD + 11 + LINE_H * (i + 1)}">${esc(l)}</text>`));

@@ -92,7 +92,9 @@ function snatRules(rules: readonly NatRule[], src: string, dst: string, dev: str
 }
 
 function forwardFor(forwards: readonly Forward[], req: TraceRequest, local: boolean): Forward | undefined {
-  return forwards.find((f) => f.proto === req.proto && f.listenPort === req.port && (f.listen ? f.listen === req.dest : local));
+  return forwards.find(
+    (f) => f.proto === req.proto && f.listenPort === req.port && (f.listen ? f.listen === req.dest : local),
+  );
 }
 
 /** Traces a connection to `req.dest:req.port` through the NAT state `engine` keeps in its namespace. */
@@ -105,16 +107,31 @@ export async function trace(engine: NatEngine, req: TraceRequest): Promise<Trace
   const st = view.nat;
   const steps: string[] = [];
   const destination = `${formatHostPort(dest, req.port)}/${req.proto}`;
-  const result: TraceResult = { destination, from: from ?? 'this node', hit: { kind: 'none' }, verdict: 'pass', endpoints: [], snat: [], steps };
+  const result: TraceResult = {
+    destination,
+    from: from ?? 'this node',
+    hit: { kind: 'none' },
+    verdict: 'pass',
+    endpoints: [],
+    snat: [],
+    steps,
+  };
   steps.push(`${destination} from ${from ?? 'this node (nat OUTPUT)'}`);
   // Live flows to the destination (their reply tuple names the endpoint that answered).
   const flows = (await conntrack.list(node, family)).filter(
-    (f) => f.proto === conntrack.IPPROTO[req.proto] && f.orig.dst === dest && f.orig.dport === req.port && (!from || f.orig.src === from),
+    (f) =>
+      f.proto === conntrack.IPPROTO[req.proto] &&
+      f.orig.dst === dest &&
+      f.orig.dport === req.port &&
+      (!from || f.orig.src === from),
   );
-  const flowText = (f: conntrack.Flow) => `${formatHostPort(f.orig.src, f.orig.sport ?? 0)} -> ${formatHostPort(f.reply.src, f.reply.sport ?? 0)}`;
+  const flowText = (f: conntrack.Flow) =>
+    `${formatHostPort(f.orig.src, f.orig.sport ?? 0)} -> ${formatHostPort(f.reply.src, f.reply.sport ?? 0)}`;
   const mine = from && req.sport !== undefined ? flows.find((f) => f.orig.sport === req.sport) : undefined;
 
-  const s: Service | undefined = st.services.find((x) => x.vip === dest && x.port === req.port && x.proto === req.proto);
+  const s: Service | undefined = st.services.find(
+    (x) => x.vip === dest && x.port === req.port && x.proto === req.proto,
+  );
   if (s) {
     const c = view.counters[s.name];
     result.hit = {
@@ -176,16 +193,21 @@ export async function trace(engine: NatEngine, req: TraceRequest): Promise<Trace
     if (from) {
       const hair = result.endpoints.some((e) => e.hairpin);
       if (hair) result.snat.push('masquerade (hairpin: the client is the endpoint)');
-      if (s.masqueradeNotFrom && !contains(parseCidr(s.masqueradeNotFrom), from)) result.snat.push(`masquerade (--masquerade-not-from ${s.masqueradeNotFrom})`);
-      const ep = result.endpoints.find((e) => formatHostPort(e.ip, e.port) === result.chosen?.endpoint) ?? result.endpoints[0]!;
+      if (s.masqueradeNotFrom && !contains(parseCidr(s.masqueradeNotFrom), from))
+        result.snat.push(`masquerade (--masquerade-not-from ${s.masqueradeNotFrom})`);
+      const ep =
+        result.endpoints.find((e) => formatHostPort(e.ip, e.port) === result.chosen?.endpoint) ?? result.endpoints[0]!;
       result.snat.push(...snatRules(st.rules, from, ep.ip, ep.via.dev));
     }
   } else {
     const local =
-      view.namespaces.find((n) => n.node)!.interfaces.some((i) => i.addresses.some((a) => a.split('/')[0] === dest)) || /^127\./.test(dest) || dest === '::1';
+      view.namespaces.find((n) => n.node)!.interfaces.some((i) => i.addresses.some((a) => a.split('/')[0] === dest)) ||
+      /^127\./.test(dest) ||
+      dest === '::1';
     const f = forwardFor(st.forwards, { ...req, dest }, local);
     const d = st.rules.find(
-      (r): r is Extract<NatRule, { kind: 'dnat' }> => r.kind === 'dnat' && r.destination === dest && r.port === req.port && r.proto === req.proto,
+      (r): r is Extract<NatRule, { kind: 'dnat' }> =>
+        r.kind === 'dnat' && r.destination === dest && r.port === req.port && r.proto === req.proto,
     );
     if (f) {
       result.hit = { kind: 'forward', name: f.name, snat: f.snat };
@@ -228,6 +250,9 @@ export async function trace(engine: NatEngine, req: TraceRequest): Promise<Trace
       if (from) result.snat.push(...snatRules(st.rules, from, dest, result.route.dev));
     }
   }
-  if (from) steps.push(`on the way out: ${result.snat.length ? result.snat.join('; ') : "no source NAT (the endpoint sees the client's address)"}`);
+  if (from)
+    steps.push(
+      `on the way out: ${result.snat.length ? result.snat.join('; ') : "no source NAT (the endpoint sees the client's address)"}`,
+    );
   return result;
 }

@@ -8,7 +8,9 @@ export const IFNAMSIZ = 16;
 export function validateIfname(name: string): void {
   if (typeof name !== 'string' || name.length === 0) throw invalid('interface name is empty');
   if (Buffer.byteLength(name) >= IFNAMSIZ) {
-    throw invalid(`interface name ${JSON.stringify(name)} is ${Buffer.byteLength(name)} bytes; Linux allows at most ${IFNAMSIZ - 1}`);
+    throw invalid(
+      `interface name ${JSON.stringify(name)} is ${Buffer.byteLength(name)} bytes; Linux allows at most ${IFNAMSIZ - 1}`,
+    );
   }
   if (name === '.' || name === '..' || /[/:\s]/.test(name)) {
     throw invalid(`invalid interface name ${JSON.stringify(name)}: no '/', ':' or white space, and not '.' or '..'`);

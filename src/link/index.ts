@@ -72,12 +72,15 @@ const OPERSTATE = ['unknown', 'notpresent', 'down', 'lowerlayerdown', 'testing',
 const MAC_RE = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/i;
 
 export function validateMac(mac: string): void {
-  if (!MAC_RE.test(mac)) throw invalid(`invalid MAC address ${JSON.stringify(mac)}: expected six hex octets like 02:42:ac:11:00:02`);
-  if (parseInt(mac.slice(0, 2), 16) & 1) throw invalid(`invalid MAC address ${mac}: multicast bit set in the first octet`);
+  if (!MAC_RE.test(mac))
+    throw invalid(`invalid MAC address ${JSON.stringify(mac)}: expected six hex octets like 02:42:ac:11:00:02`);
+  if (parseInt(mac.slice(0, 2), 16) & 1)
+    throw invalid(`invalid MAC address ${mac}: multicast bit set in the first octet`);
 }
 
 export function validateMtu(mtu: number): void {
-  if (!Number.isInteger(mtu) || mtu < 68 || mtu > 65535) throw invalid(`invalid MTU ${mtu}: must be an integer from 68 to 65535`);
+  if (!Number.isInteger(mtu) || mtu < 68 || mtu > 65535)
+    throw invalid(`invalid MTU ${mtu}: must be an integer from 68 to 65535`);
 }
 
 function decodeLink(payload: Buffer): Link {
@@ -166,7 +169,10 @@ export async function mustGet(h: NetNs, ref: LinkRef): Promise<Link> {
 }
 
 const optNum = (b: boolean | undefined) => (b === undefined ? undefined : Number(b));
-const bridgeData = (o: { stp?: boolean; vlanFiltering?: boolean }): AttrObject => ({ stp_state: optNum(o.stp), vlan_filtering: optNum(o.vlanFiltering) });
+const bridgeData = (o: { stp?: boolean; vlanFiltering?: boolean }): AttrObject => ({
+  stp_state: optNum(o.stp),
+  vlan_filtering: optNum(o.vlanFiltering),
+});
 
 function specAttrs(spec: LinkSpec): AttrObject {
   validateIfname(spec.name);
@@ -181,7 +187,12 @@ function specAttrs(spec: LinkSpec): AttrObject {
       if (p.mac !== undefined) validateMac(p.mac);
       // The peer is created directly inside its namespace, under its final name:
       // moving a link later would bring it down and drop its addresses.
-      const peerAttrs: AttrObject = { ifname: p.name, mtu: p.mtu ?? spec.mtu, address: p.mac, ...nsAttr(p.netns, `creating the peer ${p.name}`) };
+      const peerAttrs: AttrObject = {
+        ifname: p.name,
+        mtu: p.mtu ?? spec.mtu,
+        address: p.mac,
+        ...nsAttr(p.netns, `creating the peer ${p.name}`),
+      };
       // No IFF_UP for the peer here: veth_open() refuses (ENOTCONN) until the pair is joined; bring it up afterwards.
       attrs.linkinfo = { kind: 'veth', data: { peer: { header: { family: AF_UNSPEC }, attrs: peerAttrs } } };
       break;
@@ -201,7 +212,9 @@ export async function add(h: NetNs, spec: LinkSpec): Promise<void> {
   const attrs = specAttrs(spec);
   const up = spec.up ? { flags: IFF.UP, change: IFF.UP } : {};
   const where = spec.kind === 'veth' && spec.peer.netns ? ` (peer ${spec.peer.name} in ${spec.peer.netns.label})` : '';
-  await withContext(`creating ${spec.kind} ${spec.name}${where} in ${h.label}`, () => h.nl.request(RTM.NEWLINK, NLM_F.CREATE | NLM_F.EXCL, linkMsg(up, attrs)));
+  await withContext(`creating ${spec.kind} ${spec.name}${where} in ${h.label}`, () =>
+    h.nl.request(RTM.NEWLINK, NLM_F.CREATE | NLM_F.EXCL, linkMsg(up, attrs)),
+  );
 }
 
 /** Changes to an existing link, applied in one RTM_NEWLINK: `ip link set dev NAME ...`. */
@@ -227,7 +240,8 @@ export async function set(h: NetNs, ref: LinkRef, change: LinkChange): Promise<v
   if (change.mac !== undefined) validateMac(change.mac);
   const { hdr, attrs } = refAttrs(ref);
   const mask = (change.up === undefined ? 0 : IFF.UP) | (change.promisc === undefined ? 0 : IFF.PROMISC);
-  const flags = mask === 0 ? {} : { flags: (change.up ? IFF.UP : 0) | (change.promisc ? IFF.PROMISC : 0), change: mask };
+  const flags =
+    mask === 0 ? {} : { flags: (change.up ? IFF.UP : 0) | (change.promisc ? IFF.PROMISC : 0), change: mask };
   // Renaming by name: the old name selects (ifname) only when there is no new one; otherwise look up the index.
   if (change.name !== undefined && typeof ref === 'string') {
     hdr.index = (await mustGet(h, ref)).index;
@@ -244,7 +258,9 @@ export async function set(h: NetNs, ref: LinkRef, change: LinkChange): Promise<v
   const what = Object.entries(change)
     .map(([k, v]) => `${k} ${typeof v === 'object' && v !== null ? (v as NetNs).label : String(v)}`)
     .join(', ');
-  await withContext(`setting ${what} on ${show(ref)} in ${h.label}`, () => h.nl.request(RTM.NEWLINK, 0, linkMsg({ ...hdr, ...flags }, attrs)));
+  await withContext(`setting ${what} on ${show(ref)} in ${h.label}`, () =>
+    h.nl.request(RTM.NEWLINK, 0, linkMsg({ ...hdr, ...flags }, attrs)),
+  );
 }
 
 export const setUp = (h: NetNs, ref: LinkRef) => set(h, ref, { up: true });
@@ -266,11 +282,19 @@ export async function del(h: NetNs, ref: LinkRef): Promise<boolean> {
 }
 
 /** Per-port bridge options, sent as AF_BRIDGE IFLA_PROTINFO: `bridge link set dev PORT hairpin on`. */
-export async function setBridgePort(h: NetNs, port: LinkRef, opts: { hairpin?: boolean; learning?: boolean }): Promise<void> {
+export async function setBridgePort(
+  h: NetNs,
+  port: LinkRef,
+  opts: { hairpin?: boolean; learning?: boolean },
+): Promise<void> {
   const index = typeof port === 'number' ? port : (await mustGet(h, port)).index;
   const protinfo: AttrObject = { mode: optNum(opts.hairpin), learning: optNum(opts.learning) };
   await withContext(`setting bridge port options on ${show(port)} in ${h.label}`, () =>
-    h.nl.request(RTM.SETLINK, 0, Buffer.concat([ifinfomsg.encode({ family: AF_BRIDGE, index }), encodeAttrs(IFLA, { protinfo })])),
+    h.nl.request(
+      RTM.SETLINK,
+      0,
+      Buffer.concat([ifinfomsg.encode({ family: AF_BRIDGE, index }), encodeAttrs(IFLA, { protinfo })]),
+    ),
   );
 }
 

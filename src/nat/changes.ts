@@ -216,7 +216,8 @@ class ServiceRows {
   get vips(): Map<string, string> {
     if (!this.vipIndex) {
       this.vipIndex = new Map();
-      for (const r of this.rows) this.vipIndex.set(vipKey(typeof r === 'number' ? this.stored!.vipPortProto(r) : r), this.nameOf(r));
+      for (const r of this.rows)
+        this.vipIndex.set(vipKey(typeof r === 'number' ? this.stored!.vipPortProto(r) : r), this.nameOf(r));
     }
     return this.vipIndex;
   }
@@ -357,7 +358,12 @@ export class IndexedState implements StateView {
   }
 
   /** A state from stored rows: each service's JSON text as tsnet wrote it (trusted), parsed when read. */
-  static fromRows(stored: StoredRows, rules: NatRule[], forwards: Forward[], families?: { 4: number; 6: number }): IndexedState {
+  static fromRows(
+    stored: StoredRows,
+    rules: NatRule[],
+    forwards: Forward[],
+    families?: { 4: number; 6: number },
+  ): IndexedState {
     const rows: Row[] = new Array<Row>(stored.count);
     for (let k = 0; k < rows.length; k++) rows[k] = k;
     return new IndexedState(new ServiceRows(rows, stored, families), rules, forwards);
@@ -387,7 +393,10 @@ export class IndexedState implements StateView {
     const st = this.state;
     const services = this.rows.families();
     return ([4, 6] as const).filter(
-      (f) => services.includes(f) || st.rules.some((r) => ruleFamily(r) === f) || st.forwards.some((x) => familyOf(x.targetIp) === f),
+      (f) =>
+        services.includes(f) ||
+        st.rules.some((r) => ruleFamily(r) === f) ||
+        st.forwards.some((x) => familyOf(x.targetIp) === f),
     );
   }
 
@@ -458,7 +467,8 @@ class Round {
     const key = vipKey(s);
     if (!old || vipKey(old) !== key) {
       const claimed = x.vips.get(key);
-      if (claimed !== undefined && claimed !== s.name) throw invalid(`services ${claimed} and ${s.name} both claim ${key}`);
+      if (claimed !== undefined && claimed !== s.name)
+        throw invalid(`services ${claimed} and ${s.name} both claim ${key}`);
     }
     this.remember(s.name);
     if (i === undefined) {
@@ -522,7 +532,9 @@ class Round {
         const s = normalizeService(c.service);
         const have = this.current(s.name);
         if (have && JSON.stringify(have) !== JSON.stringify(s))
-          throw invalid(`service ${s.name} already exists with other settings: use "service set-endpoints", or "service del" first`);
+          throw invalid(
+            `service ${s.name} already exists with other settings: use "service set-endpoints", or "service del" first`,
+          );
         if (!have) this.put(s);
         break;
       }
@@ -600,7 +612,8 @@ class Round {
         break;
       }
       case 'delete-forward':
-        if (this.st.forwards.some((x) => x.name === c.name)) this.setForwards(this.st.forwards.filter((x) => x.name !== c.name));
+        if (this.st.forwards.some((x) => x.name === c.name))
+          this.setForwards(this.st.forwards.filter((x) => x.name !== c.name));
         break;
       case 'set-state': {
         const st = normalizeState(c.state);

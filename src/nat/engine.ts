@@ -18,7 +18,14 @@ import * as netns from '../netns';
 import { stateDir as defaultStateDir, withLock } from '../state';
 import { familyOf, normalizeState, servesLoopback, type DesiredState, type Service } from './model';
 import { resolveChoice, type BackendChoice } from './backends';
-import { tableKind, type AffinityEntry, type Backend, type BackendName, type ServiceCounters, type SyncResult } from './backends/types';
+import {
+  tableKind,
+  type AffinityEntry,
+  type Backend,
+  type BackendName,
+  type ServiceCounters,
+  type SyncResult,
+} from './backends/types';
 import { IndexedState, type NatChange, type ServiceDelta } from './changes';
 import { NatStore, type StateFile } from './store';
 
@@ -26,7 +33,11 @@ export type { BackendChoice } from './backends';
 export type { NatChange } from './changes';
 
 /** Makes a backend (its module is loaded only now: a CLI call pays for the one it uses). */
-async function createBackend(name: BackendName, ns: netns.NetNs, o: { holdFd?: number; iptablesMode?: string } = {}): Promise<Backend> {
+async function createBackend(
+  name: BackendName,
+  ns: netns.NetNs,
+  o: { holdFd?: number; iptablesMode?: string } = {},
+): Promise<Backend> {
   switch (name) {
     case 'netlink':
       return new (await import('./backends/netlink')).NetlinkBackend(ns);
@@ -123,7 +134,8 @@ export class NatEngine {
     this.ns = opts.ns ?? netns.current();
     const base = defaultStateDir(opts.stateDir);
     // One desired state per namespace: the rules of c1 are not those of the host.
-    this.dir = this.ns.isCurrent || opts.exactDir ? base : path.join(base, 'netns', this.ns.name ?? `inode-${this.ns.inode}`);
+    this.dir =
+      this.ns.isCurrent || opts.exactDir ? base : path.join(base, 'netns', this.ns.name ?? `inode-${this.ns.inode}`);
     this.choice = opts.backend ?? 'auto';
     this.store = new NatStore(this.dir);
   }
@@ -180,7 +192,8 @@ export class NatEngine {
   private async backendFor(f: StateFile, lockFd?: number): Promise<Backend> {
     const name = resolveChoice(this.choice, f.backend);
     const mode = f.applied?.backend === 'iptables' ? f.applied.mode : undefined;
-    if (this.kept && this.kept.name === name && this.kept.mode === mode && lockFd === undefined) return this.kept.backend;
+    if (this.kept && this.kept.name === name && this.kept.mode === mode && lockFd === undefined)
+      return this.kept.backend;
     const backend = await createBackend(name, this.ns, { holdFd: lockFd, iptablesMode: mode });
     if (lockFd === undefined) this.kept = { name, mode, backend };
     return backend;
@@ -203,7 +216,13 @@ export class NatEngine {
       const round = indexed.apply(changes);
       if (!opts.force && !round.global && !round.services.length && this.upToDate(f)) return this.unchanged(f);
       try {
-        return await this.apply(f, { next: indexed, services: round.services, before: round.before, changes }, opts.force ?? false, 'update', lockFd);
+        return await this.apply(
+          f,
+          { next: indexed, services: round.services, before: round.before, changes },
+          opts.force ?? false,
+          'update',
+          lockFd,
+        );
       } catch (err) {
         round.undo();
         throw err;
@@ -224,7 +243,13 @@ export class NatEngine {
       const round = indexed.apply([{ op: 'set-state', state: wanted }]);
       if (!opts.force && !round.global && !round.services.length && this.upToDate(f)) return this.unchanged(f);
       try {
-        return await this.apply(f, { next: indexed, services: round.services, before: round.before }, opts.force ?? false, 'update', lockFd);
+        return await this.apply(
+          f,
+          { next: indexed, services: round.services, before: round.before },
+          opts.force ?? false,
+          'update',
+          lockFd,
+        );
       } catch (err) {
         round.undo();
         throw err;
@@ -237,14 +262,27 @@ export class NatEngine {
   }
 
   private unchanged(f: StateFile): SyncReport {
-    return { full: false, written: 0, deleted: 0, backend: f.backend + (f.applied?.mode ? `/${f.applied.mode}` : ''), ms: 0, conntrackDeleted: 0 };
+    return {
+      full: false,
+      written: 0,
+      deleted: 0,
+      backend: f.backend + (f.applied?.mode ? `/${f.applied.mode}` : ''),
+      ms: 0,
+      conntrackDeleted: 0,
+    };
   }
 
   /** Re-applies the stored desired state (after a reboot, a flush, or a crash). */
   async sync(opts: { force?: boolean } = {}): Promise<SyncReport> {
     return withLock(this.dir, 'nat', async (lockFd) => {
       const { f, indexed } = this.load();
-      return this.apply(f, { next: indexed, services: [], before: () => indexed.state }, opts.force ?? false, 'sync', lockFd);
+      return this.apply(
+        f,
+        { next: indexed, services: [], before: () => indexed.state },
+        opts.force ?? false,
+        'sync',
+        lockFd,
+      );
     });
   }
 
@@ -317,7 +355,13 @@ export class NatEngine {
     return out;
   }
 
-  private async apply(f: StateFile, round: Round, force: boolean, trigger: SyncEvent['trigger'], lockFd: number): Promise<SyncReport> {
+  private async apply(
+    f: StateFile,
+    round: Round,
+    force: boolean,
+    trigger: SyncEvent['trigger'],
+    lockFd: number,
+  ): Promise<SyncReport> {
     const t0 = process.hrtime.bigint();
     const backend = await this.backendFor(f, lockFd);
     let applied = f.applied;
@@ -338,10 +382,19 @@ export class NatEngine {
     let result: SyncResult;
     let conntrackDeleted: number;
     try {
-      result = await backend.sync(next, applied, force, { services: round.services, before: round.before, view: round.next, resident: this.resident });
+      result = await backend.sync(next, applied, force, {
+        services: round.services,
+        before: round.before,
+        view: round.next,
+        resident: this.resident,
+      });
       conntrackDeleted = await deleteUdpFlows(this.ns, removedUdpEndpoints(round.services, next, next));
       const sysctls = await this.convergeSysctls(next, f.sysctls ?? {});
-      this.store.save(round.next, { backend: backend.name, applied: result.applied, sysctls }, result.full ? undefined : round.changes);
+      this.store.save(
+        round.next,
+        { backend: backend.name, applied: result.applied, sysctls },
+        result.full ? undefined : round.changes,
+      );
     } catch (err) {
       // Applied halfway or not recorded (the dirty mark stays: the next sync is a full one): what this process holds is not the record.
       this.store.forget();
@@ -403,7 +456,8 @@ export function removedUdpEndpoints(
     if (old.proto !== 'udp') continue;
     const now = now0 && key(now0) === key(old) ? now0 : undefined;
     for (const e of old.endpoints) {
-      if (!now?.endpoints.some((n) => n.ip === e.ip && n.port === e.port)) out.push({ vip: old.vip, port: old.port, ip: e.ip, epPort: e.port });
+      if (!now?.endpoints.some((n) => n.ip === e.ip && n.port === e.port))
+        out.push({ vip: old.vip, port: old.port, ip: e.ip, epPort: e.port });
     }
   }
   return out;
@@ -422,7 +476,9 @@ async function deleteUdpFlows(ns: netns.NetNs, gone: ReturnType<typeof removedUd
       family,
       (f) =>
         f.proto === conntrack.IPPROTO.udp &&
-        mine.some((g) => f.orig.dst === g.vip && f.orig.dport === g.port && f.reply.src === g.ip && f.reply.sport === g.epPort),
+        mine.some(
+          (g) => f.orig.dst === g.vip && f.orig.dport === g.port && f.reply.src === g.ip && f.reply.sport === g.epPort,
+        ),
     );
   }
   return n;

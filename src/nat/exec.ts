@@ -52,7 +52,11 @@ export interface ExecOptions {
 export type Input = string | Iterable<string>;
 
 /** Writes `input` to the child's stdin, piece by piece with backpressure, then closes it; stops when the child is gone. */
-async function feed(stdin: NodeJS.WritableStream & { destroyed?: boolean }, input: Input, gone: () => boolean): Promise<void> {
+async function feed(
+  stdin: NodeJS.WritableStream & { destroyed?: boolean },
+  input: Input,
+  gone: () => boolean,
+): Promise<void> {
   if (typeof input === 'string') {
     stdin.end(input);
     return;
@@ -75,10 +79,18 @@ async function feed(stdin: NodeJS.WritableStream & { destroyed?: boolean }, inpu
 }
 
 /** Runs `cmd args` inside `ns`, feeding `input` on stdin; resolves with the outcome (never rejects on a non-zero exit). */
-export function execIn(ns: NetNs, cmd: string, args: readonly string[], input: Input = '', o: ExecOptions = {}): Promise<ExecResult> {
+export function execIn(
+  ns: NetNs,
+  cmd: string,
+  args: readonly string[],
+  input: Input = '',
+  o: ExecOptions = {},
+): Promise<ExecResult> {
   const timeoutMs = o.timeoutMs ?? 60_000;
   return new Promise((resolve, reject) => {
-    const child = ns.spawn(systemTool(cmd), args, { stdio: ['pipe', 'pipe', 'pipe', ...(o.holdFd === undefined ? [] : [o.holdFd])] });
+    const child = ns.spawn(systemTool(cmd), args, {
+      stdio: ['pipe', 'pipe', 'pipe', ...(o.holdFd === undefined ? [] : [o.holdFd])],
+    });
     const out: Buffer[] = [];
     const err: Buffer[] = [];
     const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
@@ -86,11 +98,19 @@ export function execIn(ns: NetNs, cmd: string, args: readonly string[], input: I
     child.stderr!.on('data', (d: Buffer) => err.push(d));
     child.on('error', (e) => {
       clearTimeout(timer);
-      reject(new TsnetError(`cannot run ${cmd} in ${ns.label}: ${e.message}`, { code: (e as { code?: string }).code ?? 'ENOENT' }));
+      reject(
+        new TsnetError(`cannot run ${cmd} in ${ns.label}: ${e.message}`, {
+          code: (e as { code?: string }).code ?? 'ENOENT',
+        }),
+      );
     });
     child.on('close', (code, signal) => {
       clearTimeout(timer);
-      resolve({ code: code ?? (signal ? 128 : 1), stdout: Buffer.concat(out).toString(), stderr: Buffer.concat(err).toString() });
+      resolve({
+        code: code ?? (signal ? 128 : 1),
+        stdout: Buffer.concat(out).toString(),
+        stderr: Buffer.concat(err).toString(),
+      });
     });
     child.stdin!.on('error', () => undefined); // EPIPE when the tool exits early; its exit code says why
     let closed = false;
@@ -102,12 +122,20 @@ export function execIn(ns: NetNs, cmd: string, args: readonly string[], input: I
 }
 
 /** Like execIn, but a non-zero exit becomes a one-line TsnetError naming the tool and namespace. */
-export async function mustExec(ns: NetNs, what: string, cmd: string, args: readonly string[], input: Input = '', o: ExecOptions = {}): Promise<string> {
+export async function mustExec(
+  ns: NetNs,
+  what: string,
+  cmd: string,
+  args: readonly string[],
+  input: Input = '',
+  o: ExecOptions = {},
+): Promise<string> {
   const timeoutMs = o.timeoutMs ?? 60_000;
   const r = await execIn(ns, cmd, args, input, o);
   if (r.code !== 0) {
     const first =
-      r.stderr.trim().split('\n').filter(Boolean).slice(0, 2).join('; ') || (r.code === 128 ? `killed after ${timeoutMs / 1000} s` : `exit ${r.code}`);
+      r.stderr.trim().split('\n').filter(Boolean).slice(0, 2).join('; ') ||
+      (r.code === 128 ? `killed after ${timeoutMs / 1000} s` : `exit ${r.code}`);
     throw new TsnetError(`${what} in ${ns.label}: ${cmd} failed: ${first}`, { code: 'EIO' });
   }
   return r.stdout;

@@ -6,7 +6,16 @@
  *   const nat = new NatEngine({ ns: host, stateDir });
  *   await nat.change([{ op: 'add-service', service: normalizeService({ name: 'web', vip: '10.96.0.10', port: 80, endpoints: ['10.88.0.2:8080'] }) }]);
  */
-export { NatEngine, onSync, neededSysctls, type EngineOptions, type SyncReport, type SyncEvent, type NatChange, type BackendChoice } from './engine';
+export {
+  NatEngine,
+  onSync,
+  neededSysctls,
+  type EngineOptions,
+  type SyncReport,
+  type SyncEvent,
+  type NatChange,
+  type BackendChoice,
+} from './engine';
 export {
   normalizeService,
   normalizeRule,

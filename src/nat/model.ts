@@ -99,14 +99,17 @@ const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$/;
 
 export function validateName(name: string, what = 'service name'): void {
   if (typeof name !== 'string' || !NAME_RE.test(name)) {
-    throw invalid(`invalid ${what} ${JSON.stringify(name)}: use letters, digits, '.', '_', '-' and '/', at most 63, starting with a letter or digit`);
+    throw invalid(
+      `invalid ${what} ${JSON.stringify(name)}: use letters, digits, '.', '_', '-' and '/', at most 63, starting with a letter or digit`,
+    );
   }
 }
 
 export function parsePort(text: string | number, what = 'port'): number {
   if (typeof text === 'number' && Number.isInteger(text) && text >= 1 && text <= 65535) return text;
   const s = String(text);
-  if (!/^\d{1,5}$/.test(s) || Number(s) < 1 || Number(s) > 65535) throw invalid(`invalid ${what} ${JSON.stringify(s)}: must be 1-65535`);
+  if (!/^\d{1,5}$/.test(s) || Number(s) < 1 || Number(s) > 65535)
+    throw invalid(`invalid ${what} ${JSON.stringify(s)}: must be 1-65535`);
   return Number(s);
 }
 
@@ -117,11 +120,19 @@ export function parseProto(text: string): Proto {
 
 /** "10.0.0.1:80", "[fd00::1]:80" -> address and port; the port is required. */
 /** "IP:PORT" or "[IPv6]:PORT"; `listen` also takes port 0 (a listener's "pick a free one"). */
-export function parseHostPort(text: string, what = 'address', o: { listen?: boolean } = {}): { ip: string; family: Family; port: number } {
+export function parseHostPort(
+  text: string,
+  what = 'address',
+  o: { listen?: boolean } = {},
+): { ip: string; family: Family; port: number } {
   const m = /^\[([^\]]+)\]:(\d+)$/.exec(text) ?? /^([^:[\]]+):([^:]+)$/.exec(text);
   if (!m) throw invalid(`invalid ${what} ${JSON.stringify(text)}: expected IP:PORT (or [IPv6]:PORT)`);
   const { address, family } = parseIp(m[1]!);
-  return { ip: address, family, port: o.listen && m[2] === '0' ? 0 : parsePort(m[2]!, `port in ${what} ${JSON.stringify(text)}`) };
+  return {
+    ip: address,
+    family,
+    port: o.listen && m[2] === '0' ? 0 : parsePort(m[2]!, `port in ${what} ${JSON.stringify(text)}`),
+  };
 }
 
 /** "10.0.0.2:8080" or "10.0.0.2:8080@3" (weight 3). */
@@ -131,7 +142,8 @@ export function parseEndpoint(text: string): Endpoint {
   const { ip, port } = parseHostPort(hp!, 'endpoint');
   let weight = 1;
   if (w !== undefined) {
-    if (!/^\d{1,6}$/.test(w) || Number(w) < 1) throw invalid(`invalid weight in endpoint ${JSON.stringify(text)}: a whole number from 1 to 999999`);
+    if (!/^\d{1,6}$/.test(w) || Number(w) < 1)
+      throw invalid(`invalid weight in endpoint ${JSON.stringify(text)}: a whole number from 1 to 999999`);
     weight = Number(w);
   }
   return { ip, port, weight };
@@ -147,7 +159,9 @@ export function normalizeService(s: Partial<Service> & { name: string }): Servic
     try {
       return f();
     } catch (err) {
-      throw err instanceof TsnetError && err.code === 'EINVAL' ? invalid(`service ${s.name}: "${name}": ${err.message}`) : err;
+      throw err instanceof TsnetError && err.code === 'EINVAL'
+        ? invalid(`service ${s.name}: "${name}": ${err.message}`)
+        : err;
     }
   };
   if (s.vip === undefined) throw invalid(`service ${s.name}: "vip": missing (an IP address)`);
@@ -157,8 +171,12 @@ export function normalizeService(s: Partial<Service> & { name: string }): Servic
   const proto = field('proto', () => parseProto(s.proto ?? 'tcp'));
   const endpoints = (s.endpoints ?? []).map((e, i) =>
     field(`endpoints[${i}]`, () => {
-      const ep = typeof e === 'string' ? parseEndpoint(e) : { ip: parseIp(e.ip).address, port: parsePort(e.port, 'endpoint port'), weight: e.weight ?? 1 };
-      if (!Number.isInteger(ep.weight) || ep.weight < 1 || ep.weight > 999999) throw invalid(`weight ${ep.weight} must be a whole number from 1 to 999999`);
+      const ep =
+        typeof e === 'string'
+          ? parseEndpoint(e)
+          : { ip: parseIp(e.ip).address, port: parsePort(e.port, 'endpoint port'), weight: e.weight ?? 1 };
+      if (!Number.isInteger(ep.weight) || ep.weight < 1 || ep.weight > 999999)
+        throw invalid(`weight ${ep.weight} must be a whole number from 1 to 999999`);
       if (familyOf(ep.ip) !== vip.family) throw invalid(`${ep.ip} is not IPv${vip.family} like the VIP ${vip.address}`);
       return ep;
     }),
@@ -172,12 +190,17 @@ export function normalizeService(s: Partial<Service> & { name: string }): Servic
   const out: Service = { name: s.name, vip: vip.address, port, proto, endpoints };
   if (s.affinitySeconds !== undefined) {
     if (!Number.isInteger(s.affinitySeconds) || s.affinitySeconds < 1 || s.affinitySeconds > 86400)
-      throw invalid(`service ${s.name}: "affinitySeconds": must be 1-86400 seconds, got ${JSON.stringify(s.affinitySeconds)}`);
+      throw invalid(
+        `service ${s.name}: "affinitySeconds": must be 1-86400 seconds, got ${JSON.stringify(s.affinitySeconds)}`,
+      );
     out.affinitySeconds = s.affinitySeconds;
   }
   if (s.masqueradeNotFrom !== undefined) {
     const c = field('masqueradeNotFrom', () => parseCidr(s.masqueradeNotFrom!));
-    if (c.family !== vip.family) throw invalid(`service ${s.name}: "masqueradeNotFrom": ${s.masqueradeNotFrom} is not IPv${vip.family} like the VIP`);
+    if (c.family !== vip.family)
+      throw invalid(
+        `service ${s.name}: "masqueradeNotFrom": ${s.masqueradeNotFrom} is not IPv${vip.family} like the VIP`,
+      );
     out.masqueradeNotFrom = `${c.network}/${c.prefix}`;
   }
   return out;
@@ -214,7 +237,14 @@ export function normalizeRule(r: NatRule): NatRule {
       const to = parseIp(r.toIp);
       const dest = parseIp(r.destination);
       if (to.family !== dest.family) throw invalid(`dnat: ${dest.address} and ${to.address} are different families`);
-      return { kind: 'dnat', destination: dest.address, proto: parseProto(r.proto), port: parsePort(r.port), toIp: to.address, toPort: parsePort(r.toPort) };
+      return {
+        kind: 'dnat',
+        destination: dest.address,
+        proto: parseProto(r.proto),
+        port: parsePort(r.port),
+        toIp: to.address,
+        toPort: parsePort(r.toPort),
+      };
     }
     default:
       throw invalid(`unknown NAT rule kind ${JSON.stringify((r as { kind?: unknown }).kind)}`);
@@ -240,19 +270,24 @@ export function normalizeForward(f: Forward): Forward {
     throw invalid(`invalid forward target ${JSON.stringify(f.target)}: a host name or an IP address`);
   if (f.listen !== undefined) {
     const l = parseIp(f.listen);
-    if (l.family !== targetIp.family) throw invalid(`forward ${f.name}: listen address ${l.address} and target ${targetIp.address} are different families`);
+    if (l.family !== targetIp.family)
+      throw invalid(
+        `forward ${f.name}: listen address ${l.address} and target ${targetIp.address} are different families`,
+      );
     out.listen = l.address;
   }
   if (!['auto', 'masquerade', 'none'].includes(out.snat)) {
     const ip = parseIp(out.snat);
-    if (ip.family !== targetIp.family) throw invalid(`forward ${f.name}: --snat ${ip.address} is not IPv${targetIp.family} like the target`);
+    if (ip.family !== targetIp.family)
+      throw invalid(`forward ${f.name}: --snat ${ip.address} is not IPv${targetIp.family} like the target`);
     out.snat = ip.address;
   }
   return out;
 }
 
 /** Whether clients of this host itself using 127.0.0.1 are forwarded (needs route_localnet on the way out). */
-export const servesLoopback = (f: Forward): boolean => familyOf(f.targetIp) === 4 && (f.listen === undefined || f.listen.startsWith('127.'));
+export const servesLoopback = (f: Forward): boolean =>
+  familyOf(f.targetIp) === 4 && (f.listen === undefined || f.listen.startsWith('127.'));
 
 /** Checks a whole desired state (for `service apply` and for state read back from disk). */
 export function normalizeState(st: Omit<DesiredState, 'forwards'> & { forwards?: Forward[] }): DesiredState {
@@ -277,7 +312,12 @@ export function normalizeState(st: Omit<DesiredState, 'forwards'> & { forwards?:
   });
   for (const a of forwards) {
     for (const b of forwards) {
-      if (a !== b && a.proto === b.proto && a.listenPort === b.listenPort && (a.listen === undefined || b.listen === undefined || a.listen === b.listen)) {
+      if (
+        a !== b &&
+        a.proto === b.proto &&
+        a.listenPort === b.listenPort &&
+        (a.listen === undefined || b.listen === undefined || a.listen === b.listen)
+      ) {
         throw invalid(`forwards ${a.name} and ${b.name} both listen on ${a.proto} port ${a.listenPort}`);
       }
     }
@@ -310,6 +350,9 @@ export const ruleFamily = (r: NatRule): Family => familyOf(r.kind === 'dnat' ? r
 /** Which address families the state has anything for (a backend leaves the others' tables absent). */
 export function familiesUsed(st: DesiredState): Family[] {
   return ([4, 6] as const).filter(
-    (f) => st.services.some((s) => familyOf(s.vip) === f) || st.rules.some((r) => ruleFamily(r) === f) || st.forwards.some((x) => familyOf(x.targetIp) === f),
+    (f) =>
+      st.services.some((s) => familyOf(s.vip) === f) ||
+      st.rules.some((r) => ruleFamily(r) === f) ||
+      st.forwards.some((x) => familyOf(x.targetIp) === f),
   );
 }

@@ -81,7 +81,9 @@ export class StoredRows {
     for (;;) {
       at = buf.indexOf(QUOTE, at);
       if (at < 0 || at >= this.ends[k]!)
-        throw new TsnetError(`stored service row ${this.text(k).slice(0, 80)} is not in tsnet's format`, { code: 'EINTERNAL' });
+        throw new TsnetError(`stored service row ${this.text(k).slice(0, 80)} is not in tsnet's format`, {
+          code: 'EINTERNAL',
+        });
       let slashes = 0;
       while (buf[at - 1 - slashes] === BACKSLASH) slashes++;
       if (slashes % 2 === 0) return at;
@@ -110,7 +112,10 @@ export class StoredRows {
   vipPortProto(k: number): { vip: string; port: number; proto: Proto } {
     const at = this.nameEnd(k) + 1;
     const m = VIP_PORT_PROTO.exec(this.buf.toString('latin1', at, Math.min(this.ends[k]!, at + 120)));
-    if (!m) throw new TsnetError(`stored service row ${this.text(k).slice(0, 80)} is not in tsnet's format`, { code: 'EINTERNAL' });
+    if (!m)
+      throw new TsnetError(`stored service row ${this.text(k).slice(0, 80)} is not in tsnet's format`, {
+        code: 'EINTERNAL',
+      });
     return { vip: m[1]!, port: Number(m[2]), proto: m[3] as Proto };
   }
 

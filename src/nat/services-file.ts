@@ -32,7 +32,8 @@ export function parseServicesFile(text: string, file: string): Service[] {
   } catch (err) {
     throw invalid(`${file}: not valid JSON (${(err as Error).message})`);
   }
-  if (!Array.isArray(data)) throw invalid(`${file}: expected a JSON array of services, got ${data === null ? 'null' : typeof data}`);
+  if (!Array.isArray(data))
+    throw invalid(`${file}: expected a JSON array of services, got ${data === null ? 'null' : typeof data}`);
   return data.map((entry, i) => serviceEntry(entry, `${file}: entry ${i}`));
 }
 
@@ -41,9 +42,11 @@ export function serviceEntry(entry: unknown, where: string): Service {
   if (!isObject(entry)) throw invalid(`${where}: expected a service object, got ${show(entry)}`);
   if (typeof entry.name !== 'string') throw invalid(`${where}: "name": expected a string, got ${show(entry.name)}`);
   const at = `${where} (service ${entry.name})`;
-  const bad = (field: string, expected: string, got: unknown = entry[field]) => invalid(`${at}: "${field}": expected ${expected}, got ${show(got)}`);
+  const bad = (field: string, expected: string, got: unknown = entry[field]) =>
+    invalid(`${at}: "${field}": expected ${expected}, got ${show(got)}`);
   for (const k of Object.keys(entry)) {
-    if (!FIELDS.includes(k) && !READ_ONLY.has(k)) throw invalid(`${at}: unknown field "${k}" (a service has ${FIELDS.join(', ')})`);
+    if (!FIELDS.includes(k) && !READ_ONLY.has(k))
+      throw invalid(`${at}: unknown field "${k}" (a service has ${FIELDS.join(', ')})`);
   }
 
   // "vip": an address with "port" beside it, or IP:PORT in one string.
@@ -57,7 +60,8 @@ export function serviceEntry(entry: unknown, where: string): Service {
     } catch {
       throw bad('vip', 'an IP address, or IP:PORT');
     }
-    if (port !== undefined && Number(port) !== hp.port) throw invalid(`${at}: "vip" ${show(vip)} and "port" ${show(port)} name different ports`);
+    if (port !== undefined && Number(port) !== hp.port)
+      throw invalid(`${at}: "vip" ${show(vip)} and "port" ${show(port)} name different ports`);
     vip = hp.ip;
     port = hp.port;
   }
@@ -65,18 +69,33 @@ export function serviceEntry(entry: unknown, where: string): Service {
   if (typeof port !== 'number') throw bad('port', 'a port number 1-65535 (or "vip" as IP:PORT)', port);
 
   if (entry.proto !== undefined && entry.proto !== 'tcp' && entry.proto !== 'udp') throw bad('proto', '"tcp" or "udp"');
-  if (entry.endpoints !== undefined && entry.endpoints !== null && !Array.isArray(entry.endpoints)) throw bad('endpoints', 'an array of endpoints');
-  const endpoints = ((entry.endpoints as unknown[] | undefined | null) ?? []).map((e, j) => endpointEntry(e, `${at}: "endpoints"[${j}]`));
+  if (entry.endpoints !== undefined && entry.endpoints !== null && !Array.isArray(entry.endpoints))
+    throw bad('endpoints', 'an array of endpoints');
+  const endpoints = ((entry.endpoints as unknown[] | undefined | null) ?? []).map((e, j) =>
+    endpointEntry(e, `${at}: "endpoints"[${j}]`),
+  );
 
   if (entry.affinity !== undefined && entry.affinitySeconds !== undefined && entry.affinity !== entry.affinitySeconds)
-    throw invalid(`${at}: "affinity" ${show(entry.affinity)} and "affinitySeconds" ${show(entry.affinitySeconds)} differ: give one`);
+    throw invalid(
+      `${at}: "affinity" ${show(entry.affinity)} and "affinitySeconds" ${show(entry.affinitySeconds)} differ: give one`,
+    );
   const affinity = entry.affinitySeconds ?? entry.affinity;
   if (affinity !== undefined && affinity !== null && typeof affinity !== 'number')
     throw bad(entry.affinitySeconds !== undefined ? 'affinitySeconds' : 'affinity', 'seconds (1-86400)', affinity);
-  if (entry.masqueradeNotFrom !== undefined && entry.masqueradeNotFrom !== null && typeof entry.masqueradeNotFrom !== 'string')
+  if (
+    entry.masqueradeNotFrom !== undefined &&
+    entry.masqueradeNotFrom !== null &&
+    typeof entry.masqueradeNotFrom !== 'string'
+  )
     throw bad('masqueradeNotFrom', 'a CIDR such as 10.0.0.0/8');
 
-  const s: Service = { name: entry.name, vip, port, proto: (entry.proto as Service['proto'] | undefined) ?? 'tcp', endpoints };
+  const s: Service = {
+    name: entry.name,
+    vip,
+    port,
+    proto: (entry.proto as Service['proto'] | undefined) ?? 'tcp',
+    endpoints,
+  };
   if (typeof affinity === 'number') s.affinitySeconds = affinity;
   if (typeof entry.masqueradeNotFrom === 'string') s.masqueradeNotFrom = entry.masqueradeNotFrom;
   return s;
@@ -96,7 +115,9 @@ function endpointEntry(e: unknown, where: string): Endpoint {
     return { ip: hp.ip, port: hp.port, weight: m[2] === undefined ? 1 : Number(m[2]) };
   }
   if (!isObject(e)) throw invalid(`${where}: expected ${expected}, got ${show(e)}`);
-  for (const k of Object.keys(e)) if (!['ip', 'port', 'weight'].includes(k)) throw invalid(`${where}: unknown field "${k}" (an endpoint has ip, port, weight)`);
+  for (const k of Object.keys(e))
+    if (!['ip', 'port', 'weight'].includes(k))
+      throw invalid(`${where}: unknown field "${k}" (an endpoint has ip, port, weight)`);
   if (typeof e.ip !== 'string') throw invalid(`${where}: "ip": expected an IP address, got ${show(e.ip)}`);
   const port = typeof e.port === 'string' && /^\d+$/.test(e.port) ? Number(e.port) : e.port;
   if (typeof port !== 'number') throw invalid(`${where}: "port": expected a port number 1-65535, got ${show(e.port)}`);

@@ -129,7 +129,8 @@ export class NatStore {
     }
     if (
       bytes.toString('latin1', 0, HEAD.length) === HEAD &&
-      bytes.toString('latin1', HEAD.length, HEAD.length + DIGEST_LEN) === digestOf(bytes.subarray(HEAD.length + DIGEST_LEN))
+      bytes.toString('latin1', HEAD.length, HEAD.length + DIGEST_LEN) ===
+        digestOf(bytes.subarray(HEAD.length + DIGEST_LEN))
     ) {
       // As tsnet wrote it: the header line, closed, and the services as their lines, left in the bytes.
       const nl = bytes.indexOf(0x0a);
@@ -144,12 +145,22 @@ export class NatStore {
     try {
       f = JSON.parse(text) as StateFile;
     } catch (err) {
-      throw new TsnetError(`${this.file} is not valid JSON (${(err as Error).message}): restore it from a backup or remove it`, { code: 'EINVAL' });
+      throw new TsnetError(
+        `${this.file} is not valid JSON (${(err as Error).message}): restore it from a backup or remove it`,
+        { code: 'EINVAL' },
+      );
     }
     try {
-      f.desired = normalizeState({ services: f.desired?.services ?? [], rules: f.desired?.rules ?? [], forwards: f.desired?.forwards ?? [] });
+      f.desired = normalizeState({
+        services: f.desired?.services ?? [],
+        rules: f.desired?.rules ?? [],
+        forwards: f.desired?.forwards ?? [],
+      });
     } catch (err) {
-      throw new TsnetError(`${this.file} holds an invalid desired state (${(err as Error).message}): fix or remove it`, { code: 'EINVAL' });
+      throw new TsnetError(
+        `${this.file} holds an invalid desired state (${(err as Error).message}): fix or remove it`,
+        { code: 'EINVAL' },
+      );
     }
     return { f, indexed: IndexedState.of(f.desired) };
   }
@@ -179,7 +190,11 @@ export class NatStore {
    * `next`. One journal line when small; a new snapshot otherwise (no
    * changes given, a large record, or a long journal).
    */
-  save(next: IndexedState, record: Omit<StateFile, 'version' | 'desired' | 'seq' | 'digest'>, changes?: readonly NatChange[]): Loaded {
+  save(
+    next: IndexedState,
+    record: Omit<StateFile, 'version' | 'desired' | 'seq' | 'digest'>,
+    changes?: readonly NatChange[],
+  ): Loaded {
     fs.mkdirSync(this.dir, { recursive: true, mode: 0o700 });
     const seq = (this.cache?.seq ?? 0) + 1;
     const lines = this.cache?.lines ?? 0;
@@ -220,9 +235,20 @@ export class NatStore {
  * thousand services at a time, hashing as it goes; the digest goes in place
  * last. Ten thousand services never become one 3 MB string.
  */
-function writeSnapshot(fd: number, st: IndexedState, seq: number, record: Omit<StateFile, 'version' | 'desired' | 'seq' | 'digest'>): void {
+function writeSnapshot(
+  fd: number,
+  st: IndexedState,
+  seq: number,
+  record: Omit<StateFile, 'version' | 'desired' | 'seq' | 'digest'>,
+): void {
   const { rules, forwards } = st.state;
-  const header = JSON.stringify({ version: 3, seq, ...record, families: st.familyCounts(), desired: { rules, forwards, services: [] } });
+  const header = JSON.stringify({
+    version: 3,
+    seq,
+    ...record,
+    families: st.familyCounts(),
+    desired: { rules, forwards, services: [] },
+  });
   const hash = createHash('sha256');
   let at = 0;
   const put = (text: string) => {

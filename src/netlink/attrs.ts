@@ -219,7 +219,10 @@ export function selectBy(sibling: string, choices: Record<string, Codec<any>>): 
 }
 
 /** A fixed C struct in front of attributes (ifinfomsg + IFLA_*, as in VETH_INFO_PEER). */
-export function withHeader<H extends object>(header: Struct<H>, table: Table | (() => Table)): Codec<{ header: H; attrs: AttrObject }> {
+export function withHeader<H extends object>(
+  header: Struct<H>,
+  table: Table | (() => Table),
+): Codec<{ header: H; attrs: AttrObject }> {
   const t = () => (typeof table === 'function' ? table() : table);
   return {
     encode: (v) => Buffer.concat([header.encode(v.header), encodeAttrs(t(), v.attrs)]),

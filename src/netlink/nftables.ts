@@ -7,7 +7,21 @@
  * Integers inside nf_tables attributes are big-endian; the values of
  * meta/ct/fib keys inside registers are host order (see src/nat/nftables/expr).
  */
-import { asciiz, be16, be32, be64, binary, list, nested, s32be, selectBy, u8, type AttrObject, type Codec, type Table } from './attrs';
+import {
+  asciiz,
+  be16,
+  be32,
+  be64,
+  binary,
+  list,
+  nested,
+  s32be,
+  selectBy,
+  u8,
+  type AttrObject,
+  type Codec,
+  type Table,
+} from './attrs';
 
 export const NFNL_SUBSYS_NFTABLES = 10;
 /** The batch wrapper's message types (subsystem 0). */
@@ -85,7 +99,13 @@ export const NFT_CT = {
 } as const;
 export const NFT_NAT_TYPE = { snat: 0, dnat: 1 } as const;
 /** NF_NAT_RANGE_* flags. */
-export const NF_NAT_RANGE = { MAP_IPS: 0x1, PROTO_SPECIFIED: 0x2, PROTO_RANDOM: 0x4, PERSISTENT: 0x8, PROTO_RANDOM_FULLY: 0x10 } as const;
+export const NF_NAT_RANGE = {
+  MAP_IPS: 0x1,
+  PROTO_SPECIFIED: 0x2,
+  PROTO_RANDOM: 0x4,
+  PERSISTENT: 0x8,
+  PROTO_RANDOM_FULLY: 0x10,
+} as const;
 export const NFT_FIB_RESULT = { oif: 1, oifname: 2, addrtype: 3 } as const;
 export const NFT_FIB_F = { saddr: 0x1, daddr: 0x2, mark: 0x4, iif: 0x8, oif: 0x10, present: 0x20 } as const;
 export const NFT_DYNSET_OP = { add: 0, update: 1, delete: 2 } as const;
@@ -237,7 +257,10 @@ export const NFTA_EXPR: Table = [
   {
     type: 2,
     name: 'data',
-    codec: selectBy('name', Object.fromEntries(Object.entries(EXPR_TABLES).map(([k, t]) => [k, nested(t, { setNestedFlag: true })]))) as Codec<AttrObject>,
+    codec: selectBy(
+      'name',
+      Object.fromEntries(Object.entries(EXPR_TABLES).map(([k, t]) => [k, nested(t, { setNestedFlag: true })])),
+    ) as Codec<AttrObject>,
   },
 ];
 export const NFTA_LIST_ELEM = 1;
@@ -290,7 +313,11 @@ export const NFTA_SET_ELEM: Table = [
 export const NFTA_SET_ELEM_LIST: Table = [
   { type: 1, name: 'table', codec: asciiz },
   { type: 2, name: 'set', codec: asciiz },
-  { type: 3, name: 'elements', codec: list(NFTA_LIST_ELEM, nested(NFTA_SET_ELEM, { setNestedFlag: true }), { anyType: true }) },
+  {
+    type: 3,
+    name: 'elements',
+    codec: list(NFTA_LIST_ELEM, nested(NFTA_SET_ELEM, { setNestedFlag: true }), { anyType: true }),
+  },
   { type: 4, name: 'setId', codec: be32 },
 ];
 

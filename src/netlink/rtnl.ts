@@ -4,7 +4,21 @@
  * <linux/if_addr.h>, <linux/rtnetlink.h> and <linux/net_namespace.h>.
  * Only wire layout lives here; meaning lives in src/link, src/addr, src/route.
  */
-import { asciiz, binary, ipaddr, mac, nested, s32, selectBy, struct, u16, u32, u8, withHeader, type Table } from './attrs';
+import {
+  asciiz,
+  binary,
+  ipaddr,
+  mac,
+  nested,
+  s32,
+  selectBy,
+  struct,
+  u16,
+  u32,
+  u8,
+  withHeader,
+  type Table,
+} from './attrs';
 
 export const AF_UNSPEC = 0;
 export const AF_INET = 2;
@@ -53,7 +67,16 @@ export const IFA_F = {
 export const RT_TABLE = { UNSPEC: 0, DEFAULT: 253, MAIN: 254, LOCAL: 255 } as const;
 export const RTPROT = { UNSPEC: 0, KERNEL: 2, BOOT: 3, STATIC: 4 } as const;
 export const RT_SCOPE = { UNIVERSE: 0, SITE: 200, LINK: 253, HOST: 254, NOWHERE: 255 } as const;
-export const RTN = { UNICAST: 1, LOCAL: 2, BROADCAST: 3, ANYCAST: 4, MULTICAST: 5, BLACKHOLE: 6, UNREACHABLE: 7, PROHIBIT: 8 } as const;
+export const RTN = {
+  UNICAST: 1,
+  LOCAL: 2,
+  BROADCAST: 3,
+  ANYCAST: 4,
+  MULTICAST: 5,
+  BLACKHOLE: 6,
+  UNREACHABLE: 7,
+  PROHIBIT: 8,
+} as const;
 
 /** BR_STATE_* from <linux/if_bridge.h>. */
 export const BR_STATE = ['disabled', 'listening', 'learning', 'forwarding', 'blocking'] as const;

@@ -88,7 +88,8 @@ export function extackText(flags: number, payload: Buffer): string | undefined {
     const len = payload.readUInt16LE(off);
     const type = payload.readUInt16LE(off + 2) & 0x3fff;
     if (len < 4 || off + len > payload.length) break;
-    if (type === NLMSGERR_ATTR_MSG) return payload.toString('utf8', off + 4, off + len).replace(/\0.*$/s, '') || undefined;
+    if (type === NLMSGERR_ATTR_MSG)
+      return payload.toString('utf8', off + 4, off + len).replace(/\0.*$/s, '') || undefined;
     off += (len + 3) & ~3;
   }
   return undefined;
@@ -164,7 +165,10 @@ export class NetlinkSocket {
       } catch (err) {
         if (!(err instanceof DumpInterrupted)) throw err;
         if (attempt >= DUMP_RETRIES) {
-          throw new TsnetError(`dump of message type ${type} kept changing under us (NLM_F_DUMP_INTR ${DUMP_RETRIES + 1} times)`, { code: 'EINTR' });
+          throw new TsnetError(
+            `dump of message type ${type} kept changing under us (NLM_F_DUMP_INTR ${DUMP_RETRIES + 1} times)`,
+            { code: 'EINTR' },
+          );
         }
       }
     }
@@ -177,7 +181,10 @@ export class NetlinkSocket {
    * one it used. Successful messages are not acknowledged (as nft does): no
    * error means the whole batch was committed.
    */
-  transact(build: (firstSeq: number) => { bytes: Buffer; lastSeq: number }): { errors: Map<number, NetlinkError>; overrun: boolean } {
+  transact(build: (firstSeq: number) => { bytes: Buffer; lastSeq: number }): {
+    errors: Map<number, NetlinkError>;
+    overrun: boolean;
+  } {
     if (this.closed) throw new TsnetError('netlink socket is closed', { code: 'EBADF' });
     if (!this.raw.transact) throw new TsnetError('this transport cannot carry a batch', { code: 'EINTERNAL' });
     const first = (this.seq + 1) & 0x7fffffff;

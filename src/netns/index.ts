@@ -155,15 +155,30 @@ let currentHandle: NetNs | undefined;
 export function current(): NetNs {
   if (!currentHandle) {
     const st = fs.statSync('/proc/self/ns/net');
-    currentHandle = NetNs.of(undefined, '/proc/self/ns/net', true, { closed: false, dev: st.dev, ino: st.ino, label: 'the current namespace' });
+    currentHandle = NetNs.of(undefined, '/proc/self/ns/net', true, {
+      closed: false,
+      dev: st.dev,
+      ino: st.ino,
+      label: 'the current namespace',
+    });
   }
   return currentHandle;
 }
 
 /** Checks a namespace name the way a file name under /run/netns must be. */
 export function validateName(name: string): void {
-  if (typeof name !== 'string' || !name || name === '.' || name === '..' || name.includes('/') || name.includes('\0') || Buffer.byteLength(name) > 255) {
-    throw invalid(`invalid namespace name ${JSON.stringify(name)}: must be a plain file name (no '/'), at most 255 bytes`);
+  if (
+    typeof name !== 'string' ||
+    !name ||
+    name === '.' ||
+    name === '..' ||
+    name.includes('/') ||
+    name.includes('\0') ||
+    Buffer.byteLength(name) > 255
+  ) {
+    throw invalid(
+      `invalid namespace name ${JSON.stringify(name)}: must be a plain file name (no '/'), at most 255 bytes`,
+    );
   }
 }
 
@@ -171,13 +186,21 @@ function adopt(fd: number, name: string | undefined, p: string, what: string): N
   try {
     const st = fs.fstatSync(fd);
     const type = native().nsType(fd);
-    if (type !== native().constants.CLONE_NEWNET) throw new TsnetError(`${what} is not a network namespace (${p})`, { code: 'EINVAL' });
+    if (type !== native().constants.CLONE_NEWNET)
+      throw new TsnetError(`${what} is not a network namespace (${p})`, { code: 'EINVAL' });
     const label = `namespace ${name ?? p}`;
-    return NetNs.of(name, p, false, { closed: false, fd: { fd, dev: st.dev, ino: st.ino }, dev: st.dev, ino: st.ino, label });
+    return NetNs.of(name, p, false, {
+      closed: false,
+      fd: { fd, dev: st.dev, ino: st.ino },
+      dev: st.dev,
+      ino: st.ino,
+      label,
+    });
   } catch (err) {
     fs.closeSync(fd);
     // A plain file at /run/netns/NAME (left by a crashed `ip netns add`) is not a namespace.
-    if (hasCode(err, 'ENOTTY', 'EINVAL') && !(err instanceof TsnetError)) throw new TsnetError(`${what} is not a network namespace (${p})`, { code: 'EINVAL' });
+    if (hasCode(err, 'ENOTTY', 'EINVAL') && !(err instanceof TsnetError))
+      throw new TsnetError(`${what} is not a network namespace (${p})`, { code: 'EINVAL' });
     throw err;
   }
 }
@@ -207,7 +230,8 @@ export function openPid(pid: number): NetNs {
 
 /** Opens a namespace by path (a bind mount, /proc/PID/ns/net, /proc/PID/task/TID/ns/net ...). */
 export function openPath(p: string): NetNs {
-  if (typeof p !== 'string' || !p.startsWith('/')) throw invalid(`invalid namespace path ${JSON.stringify(p)}: must be absolute`);
+  if (typeof p !== 'string' || !p.startsWith('/'))
+    throw invalid(`invalid namespace path ${JSON.stringify(p)}: must be absolute`);
   return openAt(p, undefined, `namespace ${p}`);
 }
 

@@ -118,7 +118,10 @@ function nsexecArgs(
   opts: SpawnOptions | SpawnSyncOptions,
   ready?: number,
 ): { args: string[]; opts: SpawnOptions } {
-  if (opts.shell) throw new TsnetError('spawning in a namespace: the shell option is refused (argument arrays only)', { code: 'EINVAL' });
+  if (opts.shell)
+    throw new TsnetError('spawning in a namespace: the shell option is refused (argument arrays only)', {
+      code: 'EINVAL',
+    });
   const stdio = stdioArray(opts.stdio);
   const nsIndex = stdio.length;
   stdio.push(ns.fd);
@@ -145,13 +148,18 @@ function checkIdentity(ns: NsFd, where: string): void {
     throw new TsnetError(`${where}: its namespace fd ${ns.fd} was closed behind its back`, { code: 'EBADF' });
   }
   if (st.dev !== ns.dev || st.ino !== ns.ino) {
-    throw new TsnetError(`${where}: its namespace fd ${ns.fd} now refers to something else (closed and reused behind its back)`, { code: 'EBADF' });
+    throw new TsnetError(
+      `${where}: its namespace fd ${ns.fd} now refers to something else (closed and reused behind its back)`,
+      { code: 'EBADF' },
+    );
   }
 }
 
 function requireProgram(cmd: string, opts: SpawnOptions | SpawnSyncOptions, label: string): void {
   if (!findProgram(cmd, opts.env))
-    throw new TsnetError(`cannot run ${cmd} in ${label}: not found (PATH ${(opts.env ?? process.env).PATH ?? ''})`, { code: 'ENOENT' });
+    throw new TsnetError(`cannot run ${cmd} in ${label}: not found (PATH ${(opts.env ?? process.env).PATH ?? ''})`, {
+      code: 'ENOENT',
+    });
 }
 
 /**
@@ -159,7 +167,13 @@ function requireProgram(cmd: string, opts: SpawnOptions | SpawnSyncOptions, labe
  * once the child is inside (so /proc/PID/ns/net is already the namespace:
  * a caller may open it by pid at once).
  */
-export function spawnIn(ns: NsFd, label: string, cmd: string, args: readonly string[], opts: SpawnOptions): ChildProcess {
+export function spawnIn(
+  ns: NsFd,
+  label: string,
+  cmd: string,
+  args: readonly string[],
+  opts: SpawnOptions,
+): ChildProcess {
   requireProgram(cmd, opts, label);
   const [r, w] = native().pipe();
   let writerOpen = true;
@@ -179,7 +193,13 @@ export function spawnIn(ns: NsFd, label: string, cmd: string, args: readonly str
 }
 
 /** Runs `cmd args` inside the namespace to completion through tsnet-nsexec. */
-export function spawnSyncIn(ns: NsFd, label: string, cmd: string, args: readonly string[], opts: SpawnSyncOptions): SpawnSyncReturns<Buffer | string> {
+export function spawnSyncIn(
+  ns: NsFd,
+  label: string,
+  cmd: string,
+  args: readonly string[],
+  opts: SpawnSyncOptions,
+): SpawnSyncReturns<Buffer | string> {
   requireProgram(cmd, opts, label);
   const x = nsexecArgs(ns, cmd, args, opts);
   checkIdentity(ns, `running ${cmd} in ${label}`);

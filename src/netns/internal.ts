@@ -22,8 +22,14 @@ export const handles = new WeakMap<NetNs, HandleState>();
 export function live(h: NetNs, doing?: string): HandleState {
   const pre = doing ? `${doing}: ` : '';
   const st = handles.get(h);
-  if (!st) throw new TsnetError(`${pre}${String(h)} is not a namespace handle (netns.open, add, current make them)`, { code: 'EINVAL' });
-  if (st.closed) throw new TsnetError(`${pre}the handle for ${h.label} is closed (EBADF): open the namespace again`, { code: 'EBADF' });
+  if (!st)
+    throw new TsnetError(`${pre}${String(h)} is not a namespace handle (netns.open, add, current make them)`, {
+      code: 'EINVAL',
+    });
+  if (st.closed)
+    throw new TsnetError(`${pre}the handle for ${h.label} is closed (EBADF): open the namespace again`, {
+      code: 'EBADF',
+    });
   return st;
 }
 

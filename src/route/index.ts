@@ -35,7 +35,13 @@ export interface Route {
 
 const PROTOS: Record<number, Route['protocol']> = { 2: 'kernel', 3: 'boot', 4: 'static' };
 const SCOPES: Record<number, Route['scope']> = { 0: 'global', 253: 'link', 254: 'host' };
-const TYPES: Record<number, Route['type']> = { 1: 'unicast', 2: 'local', 3: 'broadcast', 6: 'blackhole', 7: 'unreachable' };
+const TYPES: Record<number, Route['type']> = {
+  1: 'unicast',
+  2: 'local',
+  3: 'broadcast',
+  6: 'blackhole',
+  7: 'unreachable',
+};
 
 async function routeMsg(h: NetNs, r: RouteSpec, forDelete: boolean): Promise<{ msg: Buffer; text: string }> {
   const dst = r.dst === 'default' ? undefined : parseCidr(r.dst, { defaultPrefix: true });
@@ -46,7 +52,8 @@ async function routeMsg(h: NetNs, r: RouteSpec, forDelete: boolean): Promise<{ m
     throw invalid(`route ${r.dst}: mixed IPv4 and IPv6 (dst, via and src must be one family)`);
   }
   if (!gw && r.dev === undefined && !forDelete) throw invalid(`route ${r.dst}: needs --via GATEWAY or --dev DEVICE`);
-  if (r.metric !== undefined && (!Number.isInteger(r.metric) || r.metric < 0 || r.metric > 0xffffffff)) throw invalid(`invalid metric ${r.metric}`);
+  if (r.metric !== undefined && (!Number.isInteger(r.metric) || r.metric < 0 || r.metric > 0xffffffff))
+    throw invalid(`invalid metric ${r.metric}`);
   const oif = r.dev === undefined ? undefined : (await mustGet(h, r.dev)).index;
   const table = r.table ?? RT_TABLE.MAIN;
   const hdr = rtmsg.encode({
@@ -86,7 +93,8 @@ async function change(h: NetNs, verb: string, type: number, flags: number, r: Ro
 export const add = (h: NetNs, r: RouteSpec) => change(h, 'adding', RTM.NEWROUTE, NLM_F.CREATE | NLM_F.EXCL, r);
 
 /** `ip route replace ...`: adds or replaces (idempotent). */
-export const replace = (h: NetNs, r: RouteSpec) => change(h, 'replacing', RTM.NEWROUTE, NLM_F.CREATE | NLM_F.REPLACE, r);
+export const replace = (h: NetNs, r: RouteSpec) =>
+  change(h, 'replacing', RTM.NEWROUTE, NLM_F.CREATE | NLM_F.REPLACE, r);
 
 /** `ip route del ...`. A route that is not there is not an error (returns false). */
 export async function del(h: NetNs, r: RouteSpec): Promise<boolean> {
@@ -134,7 +142,10 @@ export async function list(h: NetNs, filter: { family?: Family; table?: number |
 }
 
 /** What the kernel would do with a packet to `dst`: `ip route get DST` (the egress device, gateway, and source it would pick). */
-export async function get(h: NetNs, dst: string): Promise<{ dev?: string; gateway?: string; prefsrc?: string; type: Route['type'] }> {
+export async function get(
+  h: NetNs,
+  dst: string,
+): Promise<{ dev?: string; gateway?: string; prefsrc?: string; type: Route['type'] }> {
   const ip = parseIp(dst);
   const hdr = rtmsg.encode({ family: ip.family === 4 ? AF_INET : AF_INET6, dst_len: ip.family === 4 ? 32 : 128 });
   const replies = await withContext(`looking up the route to ${ip.address} in ${h.label}`, () =>
@@ -144,7 +155,9 @@ export async function get(h: NetNs, dst: string): Promise<{ dev?: string; gatewa
   if (!m) throw invalid(`no route to ${ip.address} in ${h.label}`);
   const rh = rtmsg.decode(m.payload);
   const a = decodeAttrs(RTA, m.payload.subarray(rtmsg.size));
-  const out: { dev?: string; gateway?: string; prefsrc?: string; type: Route['type'] } = { type: TYPES[rh.type] ?? rh.type };
+  const out: { dev?: string; gateway?: string; prefsrc?: string; type: Route['type'] } = {
+    type: TYPES[rh.type] ?? rh.type,
+  };
   if (a.oif !== undefined) out.dev = (await listLinks(h)).find((l) => l.index === a.oif)?.name ?? String(a.oif);
   if (a.gateway !== undefined) out.gateway = a.gateway as string;
   if (a.prefsrc !== undefined) out.prefsrc = a.prefsrc as string;

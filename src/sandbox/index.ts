@@ -20,20 +20,32 @@ export function inSandbox(): boolean {
 
 export function requireRoot(what: string, uid: number | undefined = process.getuid?.()): void {
   if (uid !== undefined && uid !== 0) {
-    throw new TsnetError(`${what} needs root (network namespaces, bind mounts): run it with sudo or as root`, { code: 'EPERM' });
+    throw new TsnetError(`${what} needs root (network namespaces, bind mounts): run it with sudo or as root`, {
+      code: 'EPERM',
+    });
   }
 }
 
 /** Runs `cmd args` inside a fresh sandbox and resolves with its exit code. */
-export async function runInSandbox(cmd: string, args: readonly string[], opts: { env?: NodeJS.ProcessEnv } = {}): Promise<number> {
+export async function runInSandbox(
+  cmd: string,
+  args: readonly string[],
+  opts: { env?: NodeJS.ProcessEnv } = {},
+): Promise<number> {
   requireRoot('the tsnet sandbox');
   const inner = builtScript('sandbox/inner.js');
-  const child = spawn('unshare', ['--net', '--mount', '--propagation', 'private', '--', process.execPath, inner, cmd, ...args], {
-    stdio: 'inherit',
-    env: { ...process.env, ...opts.env },
-  });
+  const child = spawn(
+    'unshare',
+    ['--net', '--mount', '--propagation', 'private', '--', process.execPath, inner, cmd, ...args],
+    {
+      stdio: 'inherit',
+      env: { ...process.env, ...opts.env },
+    },
+  );
   return new Promise((resolve, reject) => {
-    child.on('error', (err) => reject(contextualize('starting the sandbox with unshare(1) (is util-linux installed?)', err)));
+    child.on('error', (err) =>
+      reject(contextualize('starting the sandbox with unshare(1) (is util-linux installed?)', err)),
+    );
     child.on('exit', (code, signal) => resolve(code ?? (signal ? 128 + os.constants.signals[signal] : 1)));
   });
 }

@@ -28,7 +28,10 @@ export function readJson<T>(file: string): T | undefined {
   try {
     return JSON.parse(text) as T;
   } catch (err) {
-    throw new TsnetError(`${file} is not valid JSON (${(err as Error).message}): restore it from a backup or remove it`, { code: 'EINVAL' });
+    throw new TsnetError(
+      `${file} is not valid JSON (${(err as Error).message}): restore it from a backup or remove it`,
+      { code: 'EINVAL' },
+    );
   }
 }
 
@@ -136,7 +139,12 @@ export function writeJsonAtomic(file: string, data: unknown, o: WriteOptions = {
  * DIR/NAME.lock). Waits up to `timeoutMs` for another holder, polling so the
  * event loop keeps running.
  */
-export async function withLock<T>(dir: string, name: string, fn: (lockFd: number) => Promise<T> | T, timeoutMs = 30_000): Promise<T> {
+export async function withLock<T>(
+  dir: string,
+  name: string,
+  fn: (lockFd: number) => Promise<T> | T,
+  timeoutMs = 30_000,
+): Promise<T> {
   return withLockFile(path.join(dir, `${name}.lock`), fn, timeoutMs);
 }
 
@@ -145,14 +153,21 @@ export async function withLock<T>(dir: string, name: string, fn: (lockFd: number
  * withLock. `fn` gets the lock's fd, to hand to child processes that must
  * hold the lock as long as they run.
  */
-export async function withLockFile<T>(file: string, fn: (lockFd: number) => Promise<T> | T, timeoutMs = 30_000): Promise<T> {
+export async function withLockFile<T>(
+  file: string,
+  fn: (lockFd: number) => Promise<T> | T,
+  timeoutMs = 30_000,
+): Promise<T> {
   fs.mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
   const fd = fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600);
   try {
     const deadline = Date.now() + timeoutMs;
     for (let wait = 1; !native().tryLock(fd); wait = Math.min(wait * 2, 50)) {
       if (Date.now() > deadline)
-        throw new TsnetError(`timed out after ${timeoutMs} ms waiting for ${file} (another tsnet is working; try again)`, { code: 'EAGAIN' });
+        throw new TsnetError(
+          `timed out after ${timeoutMs} ms waiting for ${file} (another tsnet is working; try again)`,
+          { code: 'EAGAIN' },
+        );
       await new Promise((r) => setTimeout(r, wait));
     }
     return await fn(fd);

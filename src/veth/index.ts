@@ -42,7 +42,8 @@ export async function add(h: NetNs, name: string, peer: string, o: VethOptions =
   let master: number | undefined;
   if (o.master !== undefined) {
     const br = await link.mustGet(h, o.master);
-    if (br.kind !== 'bridge') throw new TsnetError(`${o.master} in ${h.label} is a ${br.kind ?? 'device'}, not a bridge`, { code: 'EINVAL' });
+    if (br.kind !== 'bridge')
+      throw new TsnetError(`${o.master} in ${h.label} is a ${br.kind ?? 'device'}, not a bridge`, { code: 'EINVAL' });
     master = br.index;
   }
   await link.add(h, {
@@ -68,7 +69,8 @@ export async function add(h: NetNs, name: string, peer: string, o: VethOptions =
 export async function del(h: NetNs, name: string): Promise<boolean> {
   const l = await link.get(h, name);
   if (!l) return false;
-  if (l.kind !== 'veth') throw new TsnetError(`${name} in ${h.label} is a ${l.kind ?? 'device'}, not a veth`, { code: 'EINVAL' });
+  if (l.kind !== 'veth')
+    throw new TsnetError(`${name} in ${h.label} is a ${l.kind ?? 'device'}, not a veth`, { code: 'EINVAL' });
   return link.del(h, l.index);
 }
 
@@ -131,7 +133,10 @@ export async function list(h: NetNs): Promise<VethPair[]> {
  * namespaces of running processes for the rest (deduplicated by inode).
  * Handles in the result are open; the caller closes them.
  */
-async function resolveNsids(h: NetNs, wanted: Set<number>): Promise<Map<number, { handle: NetNs; info: PeerNamespace }>> {
+async function resolveNsids(
+  h: NetNs,
+  wanted: Set<number>,
+): Promise<Map<number, { handle: NetNs; info: PeerNamespace }>> {
   const found = new Map<number, { handle: NetNs; info: PeerNamespace }>();
   if (wanted.size === 0) return found;
   const seen = new Set<number>([h.inode]);

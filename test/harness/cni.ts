@@ -53,9 +53,13 @@ export class AgentProcess {
     args: string[],
     stateDir?: string,
   ) {
-    this.child = node.spawn(process.execPath, [CLI, ...(stateDir ? ['--state-dir', stateDir] : []), 'agent', '--socket', socket, ...args], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
+    this.child = node.spawn(
+      process.execPath,
+      [CLI, ...(stateDir ? ['--state-dir', stateDir] : []), 'agent', '--socket', socket, ...args],
+      {
+        stdio: ['ignore', 'pipe', 'pipe'],
+      },
+    );
     this.child.stderr!.on('data', (d) => (this.log += d));
     this.exited = new Promise((resolve) => this.child.on('exit', (code) => resolve(code)));
     this.ready = new Promise((resolve, reject) => {
@@ -122,7 +126,12 @@ export class CniInstall {
   async startAgent(node: netns.NetNs, args: string[] = []): Promise<AgentProcess> {
     const dir = fs.mkdtempSync(path.join(this.dir, 'agent-'));
     fs.chmodSync(dir, 0o700);
-    const a = new AgentProcess(node, path.join(dir, 'agent.sock'), ['--metrics', '', '--resync-interval', '1s', ...args], path.join(dir, 'state'));
+    const a = new AgentProcess(
+      node,
+      path.join(dir, 'agent.sock'),
+      ['--metrics', '', '--resync-interval', '1s', ...args],
+      path.join(dir, 'state'),
+    );
     this.agents.set(node.name!, a);
     await a.ready;
     return a;
@@ -139,9 +148,21 @@ export class CniInstall {
   }
 
   /** As call, with the plugin's pid (to kill it half-way). */
-  start(node: netns.NetNs, plugin: string, command: string, conf: unknown, e: CallEnv = {}): { pid: number; done: Promise<CniCall> } {
-    const file = fs.existsSync(path.join(this.binDir, plugin)) ? path.join(this.binDir, plugin) : path.join(REFERENCE_DIR, plugin);
-    const env: Record<string, string> = { PATH: '/usr/local/sbin:/usr/sbin:/sbin:/usr/local/bin:/usr/bin:/bin', CNI_COMMAND: command, CNI_PATH: this.cniPath };
+  start(
+    node: netns.NetNs,
+    plugin: string,
+    command: string,
+    conf: unknown,
+    e: CallEnv = {},
+  ): { pid: number; done: Promise<CniCall> } {
+    const file = fs.existsSync(path.join(this.binDir, plugin))
+      ? path.join(this.binDir, plugin)
+      : path.join(REFERENCE_DIR, plugin);
+    const env: Record<string, string> = {
+      PATH: '/usr/local/sbin:/usr/sbin:/sbin:/usr/local/bin:/usr/bin:/bin',
+      CNI_COMMAND: command,
+      CNI_PATH: this.cniPath,
+    };
     const agent = this.agents.get(node.name!);
     if (agent) env.TSNET_AGENT_SOCKET = agent.socket;
     const logFrom = agent?.log.length ?? 0;
@@ -156,7 +177,9 @@ export class CniInstall {
     }
     // The agent logs every call it serves: "cni: PLUGIN COMMAND NETWORK CONTAINERID IFNAME: result in N ms", from the call's environment.
     const esc = (x: string) => x.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
-    const logged = new RegExp(`cni: ${esc(plugin)} ${esc(env.CNI_COMMAND ?? '')} \\S+ ${esc(env.CNI_CONTAINERID ?? '-')} `);
+    const logged = new RegExp(
+      `cni: ${esc(plugin)} ${esc(env.CNI_COMMAND ?? '')} \\S+ ${esc(env.CNI_CONTAINERID ?? '-')} `,
+    );
     const t0 = process.hrtime.bigint();
     // cwd '/': the plugin must not depend on the caller's working directory.
     const child = node.spawn(file, [], { env, cwd: '/', stdio: ['pipe', 'pipe', 'pipe'] });
@@ -173,7 +196,13 @@ export class CniInstall {
         } catch {
           json = undefined;
         }
-        const call: CniCall = { status, stdout: out, stderr: err, json, ms: Number(process.hrtime.bigint() - t0) / 1e6 };
+        const call: CniCall = {
+          status,
+          stdout: out,
+          stderr: err,
+          json,
+          ms: Number(process.hrtime.bigint() - t0) / 1e6,
+        };
         // A killed call (status null) was served by nobody in full, a dead agent serves nothing, and a call told
         // not to use the agent (TSNET_AGENT_SOCKET overridden) is not its to serve: none is counted.
         if (
@@ -188,7 +217,10 @@ export class CniInstall {
         void agentLogged(agent, logFrom, logged).then((yes) => {
           call.servedBy = yes ? 'agent' : 'standalone';
           if (yes) this.served.agent++;
-          else this.served.fellBack.push(`${plugin} ${command} ${e.containerId ?? '-'}${/not using the agent.*$/m.exec(err)?.[0].replace(/^/, ': ') ?? ''}`);
+          else
+            this.served.fellBack.push(
+              `${plugin} ${command} ${e.containerId ?? '-'}${/not using the agent.*$/m.exec(err)?.[0].replace(/^/, ': ') ?? ''}`,
+            );
           resolve(call);
         });
       });
@@ -224,9 +256,14 @@ export async function nodeWithUplink(topo: Topology, cni: CniInstall, n: number,
 
 /** What a network left in a node: veths, reservations, records, NAT rules. */
 export function leftovers(node: netns.NetNs, o: { ipamDir: string; stateDir: string; network: string; match: string }) {
-  const veths = run('ip', ['-n', node.name!, '-o', 'link', 'show', 'type', 'veth']).stdout.trim().split('\n').filter(Boolean);
+  const veths = run('ip', ['-n', node.name!, '-o', 'link', 'show', 'type', 'veth'])
+    .stdout.trim()
+    .split('\n')
+    .filter(Boolean);
   const list = (d: string) => (fs.existsSync(d) ? fs.readdirSync(d) : []);
-  const reservations = list(path.join(o.ipamDir, o.network)).filter((f) => f !== 'lock' && !f.startsWith('last_reserved_ip.'));
+  const reservations = list(path.join(o.ipamDir, o.network)).filter(
+    (f) => f !== 'lock' && !f.startsWith('last_reserved_ip.'),
+  );
   const records = list(path.join(o.stateDir, 'cni', o.network));
   const rules = natRules(node).filter((l) => l.includes(o.match));
   return { veths, reservations, records, rules };
@@ -247,12 +284,17 @@ export function natRules(node: netns.NetNs): string[] {
     .join('\n')
     .split('\n')
     .map((l) => l.trim())
-    .filter((l) => /(masquerade|snat|dnat|accept|drop|jump|goto)\b.*$/.test(l) && !l.startsWith('chain') && !l.startsWith('type '));
+    .filter(
+      (l) =>
+        /(masquerade|snat|dnat|accept|drop|jump|goto)\b.*$/.test(l) && !l.startsWith('chain') && !l.startsWith('type '),
+    );
   return [...ipt, ...nft];
 }
 
 /** A container's masquerade rule (`-s IP/32 ! -o BR ... -j MASQUERADE`, or nft's `ip saddr IP oifname != "BR" masquerade`). */
 export function masqueradeRule(ip: string, bridge: string): RegExp {
   const e = ip.replace(/[.:]/g, (c) => `\\${c}`);
-  return new RegExp(`(-s ${e}/(32|128) ! -o ${bridge} .*-j MASQUERADE)|(ip6? saddr ${e} oifname != "${bridge}" masquerade)`);
+  return new RegExp(
+    `(-s ${e}/(32|128) ! -o ${bridge} .*-j MASQUERADE)|(ip6? saddr ${e} oifname != "${bridge}" masquerade)`,
+  );
 }

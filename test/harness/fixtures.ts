@@ -76,8 +76,17 @@ export interface Run {
 const PATH = `/usr/local/sbin:/usr/sbin:/sbin:/usr/local/bin:/usr/bin:/bin:${process.env.PATH ?? ''}`;
 
 /** Runs a command (argument array, no shell). */
-export function run(cmd: string, args: string[], opts: { input?: string; env?: NodeJS.ProcessEnv; timeoutMs?: number } = {}): Run {
-  const r = spawnSync(cmd, args, { encoding: 'utf8', input: opts.input, env: { ...process.env, PATH, ...opts.env }, timeout: opts.timeoutMs ?? 60_000 });
+export function run(
+  cmd: string,
+  args: string[],
+  opts: { input?: string; env?: NodeJS.ProcessEnv; timeoutMs?: number } = {},
+): Run {
+  const r = spawnSync(cmd, args, {
+    encoding: 'utf8',
+    input: opts.input,
+    env: { ...process.env, PATH, ...opts.env },
+    timeout: opts.timeoutMs ?? 60_000,
+  });
   return { status: r.status, stdout: r.stdout ?? '', stderr: r.stderr ?? '' };
 }
 
@@ -111,7 +120,8 @@ export function tsnet(...args: string[]): Run {
  * suites create their namespaces in test.before.
  */
 export function natView(nsName: () => string, backend: string, stateDir: string) {
-  const cli = (...args: string[]): Run => tsnet('--netns', nsName(), '--backend', backend, '--state-dir', stateDir, ...args);
+  const cli = (...args: string[]): Run =>
+    tsnet('--netns', nsName(), '--backend', backend, '--state-dir', stateDir, ...args);
   const ok = (...args: string[]): Run => {
     const r = cli(...args);
     if (r.status !== 0) throw new Error(`tsnet ${args.join(' ')} failed: ${r.stderr.trim()}`);
@@ -128,4 +138,5 @@ export function natView(nsName: () => string, backend: string, stateDir: string)
 }
 
 /** One letter per NAT backend, for namespace prefixes of suites that run once per backend (nati-, natn-, natl-). */
-export const backendLetter = (b: string): string => (({ iptables: 'i', nft: 'n', netlink: 'l' }) as Record<string, string>)[b] ?? b;
+export const backendLetter = (b: string): string =>
+  (({ iptables: 'i', nft: 'n', netlink: 'l' }) as Record<string, string>)[b] ?? b;

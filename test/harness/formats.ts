@@ -80,7 +80,12 @@ export function copySample(rel: string, prefix = 'tsnet-formats-'): string {
       const src = path.join(from, e.name);
       const dst = path.join(to, e.name);
       if (e.isDirectory()) copy(src, dst);
-      else fs.writeFileSync(dst, fs.readFileSync(src, 'latin1').replace(/\/tmp\/formats-work\/[0-9a-f]{7}\/scratch(\/cni-state)?/g, into), 'latin1');
+      else
+        fs.writeFileSync(
+          dst,
+          fs.readFileSync(src, 'latin1').replace(/\/tmp\/formats-work\/[0-9a-f]{7}\/scratch(\/cni-state)?/g, into),
+          'latin1',
+        );
     }
   };
   copy(path.join(FORMATS, rel), into);

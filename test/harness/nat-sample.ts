@@ -56,11 +56,34 @@ export function sampleState(family: 4 | 6): DesiredState {
     rules: [
       { kind: 'masquerade', source: a('10.0.0.0/24', 'fd00::/64'), outNot: 'br0' },
       { kind: 'snat', source: a('10.1.0.0/24', 'fd01::/64'), toSource: a('192.0.2.1', 'fd09::1'), out: 'eth0' },
-      { kind: 'dnat', destination: a('192.0.2.2', 'fd09::2'), proto: 'tcp', port: 8443, toIp: a('10.0.0.2', 'fd00::2'), toPort: 443 },
+      {
+        kind: 'dnat',
+        destination: a('192.0.2.2', 'fd09::2'),
+        proto: 'tcp',
+        port: 8443,
+        toIp: a('10.0.0.2', 'fd00::2'),
+        toPort: 443,
+      },
     ],
     forwards: [
-      { name: 'mysql', target: a('10.9.9.9', 'fd09::9'), targetIp: a('10.9.9.9', 'fd09::9'), listenPort: 3308, targetPort: 3309, proto: 'tcp', snat: 'auto' },
-      { name: 'lo', target: a('10.9.9.8', 'fd09::8'), targetIp: a('10.9.9.8', 'fd09::8'), listenPort: 3310, targetPort: 3311, proto: 'tcp', snat: 'none' },
+      {
+        name: 'mysql',
+        target: a('10.9.9.9', 'fd09::9'),
+        targetIp: a('10.9.9.9', 'fd09::9'),
+        listenPort: 3308,
+        targetPort: 3309,
+        proto: 'tcp',
+        snat: 'auto',
+      },
+      {
+        name: 'lo',
+        target: a('10.9.9.8', 'fd09::8'),
+        targetIp: a('10.9.9.8', 'fd09::8'),
+        listenPort: 3310,
+        targetPort: 3311,
+        proto: 'tcp',
+        snat: 'none',
+      },
       {
         name: 'ip',
         target: a('10.9.9.7', 'fd09::7'),

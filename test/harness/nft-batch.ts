@@ -6,7 +6,15 @@
  * mean nothing once applied).
  */
 import { decodeAttrs, type AttrObject, type Table } from '../../src/netlink/attrs';
-import { NFTA_CHAIN, NFTA_RULE, NFTA_SET, NFTA_SET_ELEM_LIST, NFTA_TABLE, NFT_MSG, NFNL_SUBSYS_NFTABLES } from '../../src/netlink/nftables';
+import {
+  NFTA_CHAIN,
+  NFTA_RULE,
+  NFTA_SET,
+  NFTA_SET_ELEM_LIST,
+  NFTA_TABLE,
+  NFT_MSG,
+  NFNL_SUBSYS_NFTABLES,
+} from '../../src/netlink/nftables';
 import { decodeExpr, formatExpr } from '../../src/nat/nftables/expr';
 
 const NAMES = new Map<number, string>(Object.entries(NFT_MSG).map(([k, v]) => [v, k]));
@@ -60,7 +68,9 @@ export function decodeBatch(buf: Buffer): string[] {
         return d ? formatExpr(d) : `[ ${String(e.name)} ${JSON.stringify(show(e.data))} ]`;
       });
       delete a.expressions;
-      out.push(`${name} flags=0x${flags.toString(16)} family=${family} ${JSON.stringify(show(a))}\n  ${exprs.join('\n  ')}`);
+      out.push(
+        `${name} flags=0x${flags.toString(16)} family=${family} ${JSON.stringify(show(a))}\n  ${exprs.join('\n  ')}`,
+      );
     } else {
       out.push(`${name} flags=0x${flags.toString(16)} family=${family} ${JSON.stringify(show(a))}`);
     }

@@ -19,8 +19,11 @@ const cli = (...args: string[]) => spawnSync(process.execPath, [CLI, ...args], {
 
 async function main(): Promise<Record<string, unknown>> {
   const out: Record<string, unknown> = {};
-  const which = (tool: string) => ['/usr/sbin', '/sbin', '/usr/local/sbin', '/usr/bin', '/bin'].some((d) => fs.existsSync(path.join(d, tool)));
-  out.toolsPresent = ['iptables', 'iptables-save', 'iptables-restore', 'iptables-nft', 'ip6tables', 'nft'].filter(which);
+  const which = (tool: string) =>
+    ['/usr/sbin', '/sbin', '/usr/local/sbin', '/usr/bin', '/bin'].some((d) => fs.existsSync(path.join(d, tool)));
+  out.toolsPresent = ['iptables', 'iptables-save', 'iptables-restore', 'iptables-nft', 'ip6tables', 'nft'].filter(
+    which,
+  );
 
   let lines = 0;
   await demo(() => {
@@ -36,7 +39,17 @@ async function main(): Promise<Record<string, unknown>> {
   const srv = await serve(ep, 'tcp', '0.0.0.0', 8080, 'ep');
   const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'tsnet-nonf-'));
   try {
-    const svc = cli('--state-dir', stateDir, 'service', 'add', 'web', '--vip', '10.96.7.1:80', '--endpoint', '10.77.0.2:8080');
+    const svc = cli(
+      '--state-dir',
+      stateDir,
+      'service',
+      'add',
+      'web',
+      '--vip',
+      '10.96.7.1:80',
+      '--endpoint',
+      '10.77.0.2:8080',
+    );
     out.serviceAdd = svc.status === 0 ? 'ok' : svc.stderr.trim();
     // A route for the VIPs, so locally generated traffic reaches nat OUTPUT.
     const r1 = cli('route', 'add', '10.96.7.0/24', '--dev', 'nonfbr');
@@ -47,7 +60,10 @@ async function main(): Promise<Record<string, unknown>> {
     out.forwardTraffic = (await request(host, 'tcp', '127.0.0.1', 3308, { count: 5 })).replies;
     const ls = cli('--state-dir', stateDir, '--json', 'service', 'ls');
     out.counters = ls.status === 0 ? JSON.parse(ls.stdout)[0].counters.service.packets : ls.stderr.trim();
-    out.cleanup = [cli('--state-dir', stateDir, 'forward', 'rm', 'db').status, cli('--state-dir', stateDir, 'service', 'del', 'web').status];
+    out.cleanup = [
+      cli('--state-dir', stateDir, 'forward', 'rm', 'db').status,
+      cli('--state-dir', stateDir, 'service', 'del', 'web').status,
+    ];
   } finally {
     await srv.stop();
     ep.close();

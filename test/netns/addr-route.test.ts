@@ -36,7 +36,9 @@ test('addresses: add, replace, list, delete for IPv4 and IPv6', async (t) => {
   );
   t.true(await addr.del(h, 'fd80::1/64', 'd0'));
   t.false(await addr.del(h, 'fd80::1/64', 'd0'));
-  await t.throwsAsync(addr.add(h, '10.80.0.1/24', 'nope0'), { message: 'interface nope0 not found in namespace art-a' });
+  await t.throwsAsync(addr.add(h, '10.80.0.1/24', 'nope0'), {
+    message: 'interface nope0 not found in namespace art-a',
+  });
 });
 
 test('routes: via a gateway, on a device, default; list; delete is idempotent', async (t) => {
@@ -48,11 +50,24 @@ test('routes: via a gateway, on a device, default; list; delete is idempotent', 
   await route.replace(h, { dst: 'default', via: '10.81.0.254', metric: 50 });
   await route.replace(h, { dst: 'default', via: '10.81.0.254', metric: 50 });
   const seen = ipJson(h, 'route', 'show').map((r: any) => `${r.dst} ${r.gateway ?? '-'} ${r.dev} ${r.metric ?? 0}`);
-  t.deepEqual(seen.sort(), ['10.81.0.0/24 - d1 0', '10.98.1.1 - d1 0', '10.99.0.0/16 10.81.0.254 d1 0', 'default 10.81.0.254 d1 50'].sort());
+  t.deepEqual(
+    seen.sort(),
+    ['10.81.0.0/24 - d1 0', '10.98.1.1 - d1 0', '10.99.0.0/16 10.81.0.254 d1 0', 'default 10.81.0.254 d1 50'].sort(),
+  );
   const ours = await route.list(h, { family: 4 });
   t.deepEqual(
     ours.find((r) => r.dst === 'default'),
-    { family: 4, dst: 'default', gateway: '10.81.0.254', dev: 'd1', metric: 50, table: 254, protocol: 'boot', scope: 'global', type: 'unicast' },
+    {
+      family: 4,
+      dst: 'default',
+      gateway: '10.81.0.254',
+      dev: 'd1',
+      metric: 50,
+      table: 254,
+      protocol: 'boot',
+      scope: 'global',
+      type: 'unicast',
+    },
   );
   t.truthy(ours.find((r) => r.dst === '10.98.1.1/32' && r.scope === 'link'));
   t.true(await route.del(h, { dst: '10.99.0.0/16', via: '10.81.0.254' }));
@@ -82,7 +97,11 @@ test('a router namespace forwards only once ip_forward is set inside it; the cal
   }
   t.is(sysctl.get(netns.current(), sysctl.keys.ipForward), before);
   sysctl.set(r, sysctl.keys.rpFilter('to-a'), 2);
-  t.is(run('ip', ['netns', 'exec', 'art-rr', 'cat', '/proc/sys/net/ipv4/conf/to-a/rp_filter']).stdout.trim(), '2', 'seen from inside by another tool');
+  t.is(
+    run('ip', ['netns', 'exec', 'art-rr', 'cat', '/proc/sys/net/ipv4/conf/to-a/rp_filter']).stdout.trim(),
+    '2',
+    'seen from inside by another tool',
+  );
 });
 
 test('sysctl refuses keys that are not per namespace', (t) => {

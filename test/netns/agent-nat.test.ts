@@ -49,24 +49,43 @@ async function setup() {
   const stateDir = fs.mkdtempSync(path.join(cni.dir, 'nat-'));
   /** The CLI run in the node (beside the agent), on the router's rules; `socket: ''` never asks the agent. */
   const cli = (args: string[], o: { socket?: string; from?: NetNs; ref?: string } = {}) => {
-    const r = (o.from ?? node).spawnSync(process.execPath, [CLI, '--netns', o.ref ?? router.name!, '--state-dir', stateDir, ...args], {
-      encoding: 'utf8',
-      env: { ...process.env, TSNET_AGENT_SOCKET: o.socket ?? agent.socket, TSNET_AGENT_HELLO_MS: '10000', TSNET_VERBOSE: '1' },
-      timeout: 60_000,
-    });
+    const r = (o.from ?? node).spawnSync(
+      process.execPath,
+      [CLI, '--netns', o.ref ?? router.name!, '--state-dir', stateDir, ...args],
+      {
+        encoding: 'utf8',
+        env: {
+          ...process.env,
+          TSNET_AGENT_SOCKET: o.socket ?? agent.socket,
+          TSNET_AGENT_HELLO_MS: '10000',
+          TSNET_VERBOSE: '1',
+        },
+        timeout: 60_000,
+      },
+    );
     return { status: r.status, stdout: String(r.stdout), stderr: String(r.stderr) };
   };
   const services = (ref = router.name!) => {
     const r = tsnet('--netns', ref, '--state-dir', stateDir, '-j', 'service', 'ls');
     if (r.status !== 0) throw new Error(`service ls: ${r.stderr}`);
-    return Object.fromEntries((JSON.parse(r.stdout) as { name: string; endpoints: { ip: string }[] }[]).map((s) => [s.name, s.endpoints.map((e) => e.ip)]));
+    return Object.fromEntries(
+      (JSON.parse(r.stdout) as { name: string; endpoints: { ip: string }[] }[]).map((s) => [
+        s.name,
+        s.endpoints.map((e) => e.ip),
+      ]),
+    );
   };
   const replies = async (vip: string) => (await request(router, 'http', vip, 80, { count: 6 })).replies;
   return { node, router, agent, cli, services, replies, stateDir };
 }
 
 /** Asserts the CLI succeeded and says who applied the change ("by the agent", or "here: WHY"). */
-function applied(t: ExecutionContext, r: { status: number | null; stderr: string }, by: 'agent' | 'here', what: string) {
+function applied(
+  t: ExecutionContext,
+  r: { status: number | null; stderr: string },
+  by: 'agent' | 'here',
+  what: string,
+) {
   t.is(r.status, 0, `${what}: ${r.stderr}`);
   t.regex(r.stderr, by === 'agent' ? /\(by the agent\)$/m : /\(here: .+\)$/m, `${what}: ${r.stderr}`);
 }
@@ -91,15 +110,33 @@ test('the CLI hands NAT changes to the running agent: add, set-endpoints, del, w
   t.deepEqual(await replies('10.96.0.10'), { b2: 6 });
 
   // Another tsnet (no agent) changes the state under the agent, which holds it in memory.
-  applied(t, cli(['service', 'set-endpoints', 'web', '--endpoint', '10.82.0.11:8080'], { socket: '' }), 'here', 'set-endpoints without the agent');
-  applied(t, cli(['service', 'add', 'api', '--vip', '10.96.0.11:80', '--endpoint', '10.82.0.12:8080']), 'agent', 'add api');
-  t.deepEqual(services(), { web: ['10.82.0.11'], api: ['10.82.0.12'] }, 'the agent read the change it did not make before applying its own');
+  applied(
+    t,
+    cli(['service', 'set-endpoints', 'web', '--endpoint', '10.82.0.11:8080'], { socket: '' }),
+    'here',
+    'set-endpoints without the agent',
+  );
+  applied(
+    t,
+    cli(['service', 'add', 'api', '--vip', '10.96.0.11:80', '--endpoint', '10.82.0.12:8080']),
+    'agent',
+    'add api',
+  );
+  t.deepEqual(
+    services(),
+    { web: ['10.82.0.11'], api: ['10.82.0.12'] },
+    'the agent read the change it did not make before applying its own',
+  );
   t.deepEqual(await replies('10.96.0.10'), { b1: 6 });
   t.deepEqual(await replies('10.96.0.11'), { b2: 6 });
 
   applied(t, cli(['service', 'del', 'web']), 'agent', 'del');
   t.deepEqual(services(), { api: ['10.82.0.12'] });
-  t.is((await request(router, 'http', '10.96.0.10', 80, { count: 1, timeoutMs: 500 })).ok, 0, 'the deleted VIP answers no more');
+  t.is(
+    (await request(router, 'http', '10.96.0.10', 80, { count: 1, timeoutMs: 500 })).ok,
+    0,
+    'the deleted VIP answers no more',
+  );
   t.is(await logged(agent, SERVED, 4), 4, `the agent's log names the four changes it served:\n${agent.log}`);
 });
 
@@ -119,7 +156,15 @@ test('a change the agent refuses reads exactly as without the agent: same one-li
     t.is(via.stderr.trim().split('\n').length, 1, `one line: ${via.stderr}`);
   }
   t.deepEqual(services(), { web: ['10.82.0.11'] });
-  t.is(await logged(agent, / nat: served .*: (no service named|service web already exists|services web and other both claim)/, 3), 3, agent.log);
+  t.is(
+    await logged(
+      agent,
+      / nat: served .*: (no service named|service web already exists|services web and other both claim)/,
+      3,
+    ),
+    3,
+    agent.log,
+  );
 
   // What no CLI sends is refused before anything is done: the whole set, a thousand and one changes, an unknown op.
   const src = path.join(__dirname, '..', '..', 'src');
@@ -128,11 +173,16 @@ test('a change the agent refuses reads exactly as without the agent: same one-li
       const { nsIdentity } = require(${JSON.stringify(path.join(src, 'netns', 'ref.js'))});
       const req = { netns: nsIdentity('/proc/self/ns/net'), target: { stateDir: ${JSON.stringify(stateDir)} }, changes: JSON.parse(process.argv[2]) };
       natChangeThroughAgent(process.argv[1], req).then((r) => process.stdout.write(JSON.stringify(r)), (e) => process.stdout.write(JSON.stringify({ error: e.message })));`;
-    const r = node.spawnSync(process.execPath, ['-e', script, agent.socket, JSON.stringify(changes)], { encoding: 'utf8' });
+    const r = node.spawnSync(process.execPath, ['-e', script, agent.socket, JSON.stringify(changes)], {
+      encoding: 'utf8',
+    });
     return JSON.parse(String(r.stdout) || 'null') as { served?: boolean; why?: string; error?: string } | null;
   };
   t.regex(raw([{ op: 'replace-services', services: [] }])?.why ?? '', /replace-services is applied by the caller/);
-  t.regex(raw(Array.from({ length: 1001 }, () => ({ op: 'delete-service', name: 'web' })))?.why ?? '', /1001 changes in one request \(at most 1000\)/);
+  t.regex(
+    raw(Array.from({ length: 1001 }, () => ({ op: 'delete-service', name: 'web' })))?.why ?? '',
+    /1001 changes in one request \(at most 1000\)/,
+  );
   t.regex(raw([{ op: 'flush-everything' }])?.why ?? '', /unknown change "flush-everything"/);
   t.deepEqual(services(), { web: ['10.82.0.11'] }, 'nothing done');
   t.is(await logged(agent, SERVED, 1), 1);
@@ -151,7 +201,12 @@ test('a CLI no agent can serve applies the change itself: from another network n
 
   // The whole set (`service apply`) is applied by the CLI even with the agent there (the agent would validate it again).
   const file = path.join(os.tmpdir(), `tsnet-agn-apply-${process.pid}.json`);
-  fs.writeFileSync(file, JSON.stringify([{ name: 'web', vip: '10.96.0.10', port: 80, proto: 'tcp', endpoints: [{ ip: '10.82.0.11', port: 8080 }] }]));
+  fs.writeFileSync(
+    file,
+    JSON.stringify([
+      { name: 'web', vip: '10.96.0.10', port: 80, proto: 'tcp', endpoints: [{ ip: '10.82.0.11', port: 8080 }] },
+    ]),
+  );
   const whole = cli(['service', 'apply', '--file', file]);
   fs.rmSync(file);
   applied(t, whole, 'here', 'apply');
@@ -203,14 +258,33 @@ test('an agent that dies after taking a change (SIGKILL while it waits for the s
   t.true(native().tryLock(fd), 'the test holds the NAT state lock');
   const child = node.spawn(
     process.execPath,
-    [CLI, '--netns', router.name!, '--state-dir', stateDir, 'service', 'add', 'web', '--vip', '10.96.0.10:80', '--endpoint', '10.82.0.12:8080'],
-    { env: { ...process.env, TSNET_AGENT_SOCKET: agent.socket, TSNET_AGENT_HELLO_MS: '10000', TSNET_VERBOSE: '1' }, stdio: ['ignore', 'pipe', 'pipe'] },
+    [
+      CLI,
+      '--netns',
+      router.name!,
+      '--state-dir',
+      stateDir,
+      'service',
+      'add',
+      'web',
+      '--vip',
+      '10.96.0.10:80',
+      '--endpoint',
+      '10.82.0.12:8080',
+    ],
+    {
+      env: { ...process.env, TSNET_AGENT_SOCKET: agent.socket, TSNET_AGENT_HELLO_MS: '10000', TSNET_VERBOSE: '1' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    },
   );
   let stderr = '';
   child.stderr!.on('data', (d) => (stderr += d));
   const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
   // The agent took the request when it holds the lock file open, waiting for the lock.
-  const waiting = () => fs.readdirSync(`/proc/${agent.pid}/fd`).some((f) => fs.readlinkSync(`/proc/${agent.pid}/fd/${f}`, { encoding: 'utf8' }) === lockFile);
+  const waiting = () =>
+    fs
+      .readdirSync(`/proc/${agent.pid}/fd`)
+      .some((f) => fs.readlinkSync(`/proc/${agent.pid}/fd/${f}`, { encoding: 'utf8' }) === lockFile);
   for (let waited = 0; !waiting() && waited < 15_000; waited += 20) await new Promise((r) => setTimeout(r, 20));
   t.true(waiting(), 'the agent is waiting for the lock with the change in hand');
   await agent.stop('SIGKILL');
@@ -224,9 +298,27 @@ test('an agent that dies after taking a change (SIGKILL while it waits for the s
 test('one namespace named two ways (by path, by name) is two desired states through the agent exactly as without it', async (t) => {
   const { router, cli, services } = await setup();
   const byPath = `/run/netns/${router.name!}`;
-  applied(t, cli(['service', 'add', 'a', '--vip', '10.96.0.10:80', '--endpoint', '10.82.0.11:8080'], { ref: byPath }), 'agent', 'add a by path');
-  applied(t, cli(['service', 'add', 'b', '--vip', '10.96.0.11:80', '--endpoint', '10.82.0.12:8080']), 'agent', 'add b by name');
-  applied(t, cli(['service', 'add', 'c', '--vip', '10.96.0.12:80', '--endpoint', '10.82.0.12:8080'], { ref: byPath, socket: '' }), 'here', 'add c by path');
+  applied(
+    t,
+    cli(['service', 'add', 'a', '--vip', '10.96.0.10:80', '--endpoint', '10.82.0.11:8080'], { ref: byPath }),
+    'agent',
+    'add a by path',
+  );
+  applied(
+    t,
+    cli(['service', 'add', 'b', '--vip', '10.96.0.11:80', '--endpoint', '10.82.0.12:8080']),
+    'agent',
+    'add b by name',
+  );
+  applied(
+    t,
+    cli(['service', 'add', 'c', '--vip', '10.96.0.12:80', '--endpoint', '10.82.0.12:8080'], {
+      ref: byPath,
+      socket: '',
+    }),
+    'here',
+    'add c by path',
+  );
   t.deepEqual(services(byPath), { a: ['10.82.0.11'], c: ['10.82.0.12'] }, 'by path: netns/inode-N');
   t.deepEqual(services(), { b: ['10.82.0.12'] }, 'by name: netns/NAME');
 });

@@ -14,14 +14,23 @@ import type * as netns from '../../src/netns';
 import { native } from '../../src/native';
 import { serve, request } from '../../src/demo/traffic';
 import { CLI, Topology, run, tsnet } from '../harness/fixtures';
-import { AgentProcess, CniInstall, leftovers, masqueradeRule, natRules, nodeWithUplink, type CniCall } from '../harness/cni';
+import {
+  AgentProcess,
+  CniInstall,
+  leftovers,
+  masqueradeRule,
+  natRules,
+  nodeWithUplink,
+  type CniCall,
+} from '../harness/cni';
 
 const topo = new Topology('agt');
 const cni = new CniInstall('agt');
 test.after.always(async () => {
   await cni.cleanup();
   topo.cleanup();
-  if (readableClient) fs.rmSync(path.dirname(path.dirname(path.dirname(readableClient))), { recursive: true, force: true });
+  if (readableClient)
+    fs.rmSync(path.dirname(path.dirname(path.dirname(readableClient))), { recursive: true, force: true });
 });
 
 const CLIENT = path.join(__dirname, '..', 'harness', 'agent-client.js');
@@ -50,8 +59,15 @@ async function node(extra: Record<string, unknown> = {}) {
     c: netns.NetNs | undefined,
     cid: string,
     o: { conf?: unknown; env?: Record<string, string | undefined>; on?: netns.NetNs } = {},
-  ) => cni.call(o.on ?? host, 'tsnet-bridge', command, o.conf ?? conf, { containerId: cid, ...(c ? { netns: c.path } : {}), ifname: 'eth0', env: o.env ?? {} });
-  const left = () => leftovers(host, { ipamDir: conf.ipam.dataDir, stateDir: conf.stateDir, network, match: `10.${150 + n}.` });
+  ) =>
+    cni.call(o.on ?? host, 'tsnet-bridge', command, o.conf ?? conf, {
+      containerId: cid,
+      ...(c ? { netns: c.path } : {}),
+      ifname: 'eth0',
+      env: o.env ?? {},
+    });
+  const left = () =>
+    leftovers(host, { ipamDir: conf.ipam.dataDir, stateDir: conf.stateDir, network, match: `10.${150 + n}.` });
   /** Holds the network's IPAM lock (host-local's `lock` file), so an ADD stops half-way; returns the release. */
   const holdIpamLock = () => {
     const file = path.join(conf.ipam.dataDir, network, 'lock');
@@ -68,13 +84,22 @@ function ok(t: ExecutionContext, r: CniCall, what: string) {
 }
 
 const ipOf = (result: any) => (result.ips as { address: string }[]).map((i) => i.address.split('/')[0]!);
-const nothingLeft = (l: ReturnType<typeof leftovers>) => [l.veths.filter((v) => !v.includes('uplink')).length, l.reservations, l.records, l.rules];
+const nothingLeft = (l: ReturnType<typeof leftovers>) => [
+  l.veths.filter((v) => !v.includes('uplink')).length,
+  l.reservations,
+  l.records,
+  l.rules,
+];
 
 /** GET /metrics from inside `ns` (the listener is on the node's loopback). */
 function metrics(ns: netns.NetNs, address: string): string {
-  const r = ns.spawnSync(process.execPath, ['-e', `fetch('http://${address}/metrics').then((r) => r.text()).then((t) => process.stdout.write(t))`], {
-    encoding: 'utf8',
-  });
+  const r = ns.spawnSync(
+    process.execPath,
+    ['-e', `fetch('http://${address}/metrics').then((r) => r.text()).then((t) => process.stdout.write(t))`],
+    {
+      encoding: 'utf8',
+    },
+  );
   if (r.status !== 0) throw new Error(`metrics from ${address}: ${String(r.stderr)}`);
   return String(r.stdout);
 }
@@ -110,7 +135,12 @@ function clientScript(): string {
 }
 
 /** Runs the raw client inside `ns` (optionally as another uid). */
-function client(ns: netns.NetNs, socket: string, req?: object, uid?: number): { error?: string; hello?: string; reply?: any } {
+function client(
+  ns: netns.NetNs,
+  socket: string,
+  req?: object,
+  uid?: number,
+): { error?: string; hello?: string; reply?: any } {
   const script = uid === undefined ? CLIENT : clientScript();
   const r = ns.spawnSync(process.execPath, [script, socket, ...(req ? [JSON.stringify(req)] : [])], {
     encoding: 'utf8',
@@ -119,7 +149,10 @@ function client(ns: netns.NetNs, socket: string, req?: object, uid?: number): { 
     timeout: 20_000,
   });
   const out = String(r.stdout);
-  if (!out) throw new Error(`the raw client${uid !== undefined ? ` (uid ${uid})` : ''} printed nothing: exit ${r.status}, ${String(r.stderr).trim()}`);
+  if (!out)
+    throw new Error(
+      `the raw client${uid !== undefined ? ` (uid ${uid})` : ''} printed nothing: exit ${r.status}, ${String(r.stderr).trim()}`,
+    );
   return JSON.parse(out) as { error?: string; hello?: string; reply?: any };
 }
 
@@ -131,12 +164,17 @@ test('the socket is root-only (0600 in a 0700 directory); a non-root peer is ref
   t.is(fs.statSync(path.dirname(agent.socket)).mode & 0o777, 0o700);
   t.true(fs.statSync(agent.socket).isSocket());
 
-  t.regex(client(nd.host, agent.socket).hello ?? '', /^tsnet-agent\/1 \d+ \d+$/, 'root in the same namespace is greeted');
+  t.regex(
+    client(nd.host, agent.socket).hello ?? '',
+    /^tsnet-agent\/1 \d+ \d+$/,
+    'root in the same namespace is greeted',
+  );
   t.is(client(nd.host, agent.socket, undefined, 65534).error, 'EACCES', 'uid 65534 cannot reach the socket');
 
   // Loosen every mode on the way (a misconfiguration): the agent's own check still refuses.
   const opened: [string, number][] = [];
-  for (let p = path.dirname(agent.socket); p !== path.dirname(p) && p.startsWith(cni.dir); p = path.dirname(p)) opened.push([p, fs.statSync(p).mode & 0o777]);
+  for (let p = path.dirname(agent.socket); p !== path.dirname(p) && p.startsWith(cni.dir); p = path.dirname(p))
+    opened.push([p, fs.statSync(p).mode & 0o777]);
   opened.push([cni.dir, fs.statSync(cni.dir).mode & 0o777]);
   try {
     for (const [p] of opened) fs.chmodSync(p, 0o755);
@@ -154,11 +192,17 @@ test('the socket is root-only (0600 in a 0700 directory); a non-root peer is ref
   // Refusals at start: a directory others can enter, and a socket a live agent serves.
   const loose = fs.mkdtempSync(path.join(cni.dir, 'loose-'));
   fs.chmodSync(loose, 0o755);
-  const bad = nd.host.spawnSync(process.execPath, [CLI, 'agent', '--socket', path.join(loose, 'a.sock'), '--metrics', ''], { encoding: 'utf8' });
+  const bad = nd.host.spawnSync(
+    process.execPath,
+    [CLI, 'agent', '--socket', path.join(loose, 'a.sock'), '--metrics', ''],
+    { encoding: 'utf8' },
+  );
   t.is(bad.status, 1);
   t.regex(String(bad.stderr), /^tsnet: socket directory .* must be owned by 0 with mode 0700 \(it is 755, uid 0\)/);
   t.is(String(bad.stderr).trim().split('\n').length, 1);
-  const twice = nd.host.spawnSync(process.execPath, [CLI, 'agent', '--socket', agent.socket, '--metrics', ''], { encoding: 'utf8' });
+  const twice = nd.host.spawnSync(process.execPath, [CLI, 'agent', '--socket', agent.socket, '--metrics', ''], {
+    encoding: 'utf8',
+  });
   t.is(twice.status, 1);
   t.regex(String(twice.stderr), /another agent is serving/);
   t.regex(client(nd.host, agent.socket).hello ?? '', /^tsnet-agent\/1 /, 'the running agent is untouched');
@@ -171,13 +215,26 @@ test('a malformed call costs that call, not the agent: null config, unknown plug
   const base = { plugin: 'tsnet-bridge', netns: id, deadlineMs: 5000 };
   const nul = client(nd.host, agent.socket, {
     ...base,
-    env: { CNI_COMMAND: 'ADD', CNI_CONTAINERID: 'x', CNI_NETNS: '/proc/self/ns/net', CNI_IFNAME: 'eth0', CNI_PATH: '/x' },
+    env: {
+      CNI_COMMAND: 'ADD',
+      CNI_CONTAINERID: 'x',
+      CNI_NETNS: '/proc/self/ns/net',
+      CNI_IFNAME: 'eth0',
+      CNI_PATH: '/x',
+    },
     stdin: 'null',
   });
   t.is(nul.reply?.exitCode, 1);
   t.is(JSON.parse(nul.reply?.stdout ?? '{}').code, 6, nul.reply?.stdout);
-  t.regex(client(nd.host, agent.socket, { ...base, plugin: 'tsnet-other', env: {}, stdin: '{}' }).reply?.deny ?? '', /unknown plugin/);
-  const version = client(nd.host, agent.socket, { ...base, env: { CNI_COMMAND: 'VERSION' }, stdin: '{"cniVersion":"1.0.0"}' });
+  t.regex(
+    client(nd.host, agent.socket, { ...base, plugin: 'tsnet-other', env: {}, stdin: '{}' }).reply?.deny ?? '',
+    /unknown plugin/,
+  );
+  const version = client(nd.host, agent.socket, {
+    ...base,
+    env: { CNI_COMMAND: 'VERSION' },
+    stdin: '{"cniVersion":"1.0.0"}',
+  });
   t.is(version.reply?.exitCode, 0, 'still serving');
   t.is(JSON.parse(version.reply!.stdout).cniVersion, '1.0.0');
   t.is(agent.child.exitCode, null);
@@ -192,7 +249,10 @@ test("a shim called in another network namespace does not use the agent: it fall
   const env = { TSNET_AGENT_SOCKET: agent.socket };
   const add = await nd.call('ADD', c, 'x1', { on: nested, env });
   ok(t, add, 'ADD from the nested namespace');
-  t.regex(add.stderr, /not using the agent at .* \(deny pid \d+ is in network namespace \d+ \d+, the agent in \d+ \d+\): running standalone/);
+  t.regex(
+    add.stderr,
+    /not using the agent at .* \(deny pid \d+ is in network namespace \d+ \d+, the agent in \d+ \d+\): running standalone/,
+  );
   t.truthy(await link.get(nested, nd.conf.bridge), "the bridge is in the caller's namespace");
   t.falsy(await link.get(nd.host, nd.conf.bridge), "and not in the agent's");
   t.deepEqual(
@@ -203,8 +263,16 @@ test("a shim called in another network namespace does not use the agent: it fall
     [],
   );
   t.deepEqual(natRules(nd.host), [], "no rule in the agent's namespace");
-  t.regex(natRules(nested).join('\n'), masqueradeRule(ipOf(add.json)[0]!, nd.conf.bridge), "the masquerade rule is in the caller's");
-  t.is(sample(metrics(nd.host, address!), 'tsnet_cni_requests_total{command="ADD",plugin="tsnet-bridge",result="ok"}'), undefined, 'the agent served nothing');
+  t.regex(
+    natRules(nested).join('\n'),
+    masqueradeRule(ipOf(add.json)[0]!, nd.conf.bridge),
+    "the masquerade rule is in the caller's",
+  );
+  t.is(
+    sample(metrics(nd.host, address!), 'tsnet_cni_requests_total{command="ADD",plugin="tsnet-bridge",result="ok"}'),
+    undefined,
+    'the agent served nothing',
+  );
 
   // A client that lies about its namespace is refused too: the agent asks the kernel (SO_PEERCRED pid -> /proc/PID/ns/net).
   const hello = client(nd.host, agent.socket).hello!;
@@ -223,7 +291,10 @@ test("a shim called in another network namespace does not use the agent: it fall
 });
 
 test('agent SIGKILLed in the middle of ADD: the shim answers code 11, and DEL or GC afterwards leave nothing', async (t) => {
-  const nd = await node({ capabilities: { portMappings: true }, runtimeConfig: { portMappings: [{ hostPort: 19080, containerPort: 80, protocol: 'tcp' }] } });
+  const nd = await node({
+    capabilities: { portMappings: true },
+    runtimeConfig: { portMappings: [{ hostPort: 19080, containerPort: 80, protocol: 'tcp' }] },
+  });
   for (const cleanup of ['DEL', 'GC'] as const) {
     const agent = await cni.startAgent(nd.host);
     const c = await nd.container(`k${cleanup}`);
@@ -232,9 +303,11 @@ test('agent SIGKILLed in the middle of ADD: the shim answers code 11, and DEL or
     try {
       const p = cni.start(nd.host, 'tsnet-bridge', 'ADD', nd.conf, { containerId: cid, netns: c.path, ifname: 'eth0' });
       // The ADD is under way in the agent once the host veth exists (it is made before IPAM).
-      const underWay = () => run('ip', ['-n', nd.host.name!, '-o', 'link', 'show', 'type', 'veth']).stdout.includes('veth');
+      const underWay = () =>
+        run('ip', ['-n', nd.host.name!, '-o', 'link', 'show', 'type', 'veth']).stdout.includes('veth');
       for (let i = 0; i < 100 && !underWay(); i++) await new Promise((r) => setTimeout(r, 50));
-      if (!underWay()) throw new Error('the ADD never reached the agent (no host veth within 5 s): the kill below would test nothing');
+      if (!underWay())
+        throw new Error('the ADD never reached the agent (no host veth within 5 s): the kill below would test nothing');
       await agent.stop('SIGKILL');
       const r = await p.done;
       t.is(r.status, 1);
@@ -260,7 +333,11 @@ test('agent SIGKILLed in the middle of ADD: the shim answers code 11, and DEL or
   for (const delay of [5, 15, 30, 60]) {
     const agent = await cni.startAgent(nd.host);
     const c = await nd.container(`r${delay}`);
-    const p = cni.start(nd.host, 'tsnet-bridge', 'ADD', nd.conf, { containerId: `r${delay}`, netns: c.path, ifname: 'eth0' });
+    const p = cni.start(nd.host, 'tsnet-bridge', 'ADD', nd.conf, {
+      containerId: `r${delay}`,
+      netns: c.path,
+      ifname: 'eth0',
+    });
     await new Promise((r) => setTimeout(r, delay));
     await agent.stop('SIGKILL');
     const r = await p.done;
@@ -287,11 +364,20 @@ test('a restarted agent serves again with no lost reservation, and the standalon
     ips.push(ipOf(r.json)[0]!);
   }
   const { metrics: address } = await first.ready;
-  t.is(sample(metrics(nd.host, address!), 'tsnet_cni_requests_total{command="ADD",plugin="tsnet-bridge",result="ok"}'), 2, 'served by the agent');
+  t.is(
+    sample(metrics(nd.host, address!), 'tsnet_cni_requests_total{command="ADD",plugin="tsnet-bridge",result="ok"}'),
+    2,
+    'served by the agent',
+  );
   await first.stop('SIGKILL');
   t.true(fs.existsSync(first.socket), 'a killed agent leaves its socket file');
 
-  const second = new AgentProcess(nd.host, first.socket, ['--metrics', '127.0.0.1:0'], path.join(path.dirname(first.socket), 'state'));
+  const second = new AgentProcess(
+    nd.host,
+    first.socket,
+    ['--metrics', '127.0.0.1:0'],
+    path.join(path.dirname(first.socket), 'state'),
+  );
   cni.agents.set(nd.host.name!, second);
   const { metrics: address2 } = await second.ready;
   const r2 = await nd.call('ADD', cs[2], 'r2');
@@ -299,7 +385,10 @@ test('a restarted agent serves again with no lost reservation, and the standalon
   ips.push(ipOf(r2.json)[0]!);
   t.is(new Set(ips).size, 3, `distinct addresses ${ips.join(' ')}`);
   ok(t, await nd.call('DEL', cs[0], 'r0'), 'DEL of an attachment the first agent made');
-  t.is(sample(metrics(nd.host, address2!), 'tsnet_cni_requests_total{command="DEL",plugin="tsnet-bridge",result="ok"}'), 1);
+  t.is(
+    sample(metrics(nd.host, address2!), 'tsnet_cni_requests_total{command="DEL",plugin="tsnet-bridge",result="ok"}'),
+    1,
+  );
   t.deepEqual(nd.left().reservations.sort(), [ips[1], ips[2]].sort());
 
   await second.stop('SIGTERM');
@@ -325,7 +414,13 @@ test("/metrics is Prometheus exposition that promtool accepts: the CNI counters 
   const check = run('promtool', ['check', 'metrics'], { input: text });
   const findings = (check.stdout + check.stderr)
     .split('\n')
-    .filter((l) => l.trim() && !/^nodejs_active_(handles|requests|resources)_total non-counter metrics should not have "_total" suffix$/.test(l));
+    .filter(
+      (l) =>
+        l.trim() &&
+        !/^nodejs_active_(handles|requests|resources)_total non-counter metrics should not have "_total" suffix$/.test(
+          l,
+        ),
+    );
   t.deepEqual(findings, [], 'promtool found nothing in our metrics');
   t.true(check.status === 0 || check.status === 3, `promtool parsed it: exit ${check.status}`);
   t.is(sample(text, 'tsnet_cni_requests_total{command="ADD",plugin="tsnet-bridge",result="ok"}'), 1);
@@ -334,7 +429,10 @@ test("/metrics is Prometheus exposition that promtool accepts: the CNI counters 
   t.is(sample(text, 'tsnet_cni_requests_in_flight'), 0);
   t.true(sample(text, 'tsnet_sync_proxy_rules_duration_seconds_count')! >= 2, 'the ADD and the DEL synced NAT rules');
   t.true(sample(text, 'tsnet_sync_proxy_rules_last_timestamp_seconds')! > Date.now() / 1000 - 120);
-  for (const name of ['tsnet_sync_full_proxy_rules_duration_seconds', 'tsnet_sync_partial_proxy_rules_duration_seconds'])
+  for (const name of [
+    'tsnet_sync_full_proxy_rules_duration_seconds',
+    'tsnet_sync_partial_proxy_rules_duration_seconds',
+  ])
     t.regex(text, new RegExp(`^# TYPE ${name} histogram$`, 'm'));
   // Node's default process metrics: CPU, RSS, event-loop lag, GC, handles.
   for (const name of [
@@ -396,7 +494,8 @@ async function behindPortMapping(
   const srv = await serve(c, 'http', ipOf(add.json)[0]!, 80, 'web');
   /** Polls the mapping from beyond the node; the ms since `since` when it answered, undefined if not within `limitMs`. */
   const answersAgain = async (since: number, limitMs: number) => {
-    while (Date.now() - since < limitMs) if ((await request(nd.ext, 'http', nd.nodeIp, hostPort, { timeoutMs: 200 })).ok === 1) return Date.now() - since;
+    while (Date.now() - since < limitMs)
+      if ((await request(nd.ext, 'http', nd.nodeIp, hostPort, { timeoutMs: 200 })).ok === 1) return Date.now() - since;
     return undefined;
   };
   try {
@@ -411,48 +510,75 @@ async function behindPortMapping(
 
 for (const backend of ['iptables', 'nft', 'netlink'] as const) {
   test(`${backend}: rules flushed while the agent runs are back within two resync intervals, and the metric shows it`, (t) =>
-    behindPortMapping(t, 18090, { natBackend: backend }, ['--metrics', '127.0.0.1:0', '--resync-interval', '1s'], async ({ nd, agent, answersAgain }) => {
-      const { metrics: address } = await agent.ready;
-      const before = sample(metrics(nd.host, address!), 'tsnet_sync_proxy_rules_resync_after_flush_total') ?? 0;
-      const t0 = Date.now();
-      const flushed =
-        backend === 'iptables'
-          ? run('ip', ['netns', 'exec', nd.host.name!, 'iptables', '-t', 'nat', '-F'])
-          : run('ip', ['netns', 'exec', nd.host.name!, 'nft', 'flush', 'ruleset']);
-      t.is(flushed.status, 0, flushed.stderr);
-      // The claim is checked on the agent's log below; the client only has to see it, and under a full parallel run a fresh client process per request is slow.
-      const ms = await answersAgain(t0, 15_000);
-      t.truthy(ms, 'the mapping answers again');
-      // The agent's log says when the rules were back; the client's polling adds its own granularity on top.
-      const resync = /^(\S+) nat: resync after flush .*: full .* in [\d.]+ ms$/m.exec(agent.log);
-      t.truthy(resync, agent.log);
-      const restoredMs = Date.parse(resync![1]!) - t0;
-      t.true(restoredMs <= 2 * 1000, `rules back ${restoredMs} ms after the flush (two intervals: 2000 ms)`);
-      t.log(`answering again ${ms} ms after the flush (the client polls with a fresh process per request)`);
-      const text = metrics(nd.host, address!);
-      t.true(sample(text, 'tsnet_sync_proxy_rules_resync_after_flush_total')! > before, 'resync counted');
-      t.true(sample(text, 'tsnet_sync_full_proxy_rules_duration_seconds_count')! >= 2, 'first sync and the resync were full');
-    }));
+    behindPortMapping(
+      t,
+      18090,
+      { natBackend: backend },
+      ['--metrics', '127.0.0.1:0', '--resync-interval', '1s'],
+      async ({ nd, agent, answersAgain }) => {
+        const { metrics: address } = await agent.ready;
+        const before = sample(metrics(nd.host, address!), 'tsnet_sync_proxy_rules_resync_after_flush_total') ?? 0;
+        const t0 = Date.now();
+        const flushed =
+          backend === 'iptables'
+            ? run('ip', ['netns', 'exec', nd.host.name!, 'iptables', '-t', 'nat', '-F'])
+            : run('ip', ['netns', 'exec', nd.host.name!, 'nft', 'flush', 'ruleset']);
+        t.is(flushed.status, 0, flushed.stderr);
+        // The claim is checked on the agent's log below; the client only has to see it, and under a full parallel run a fresh client process per request is slow.
+        const ms = await answersAgain(t0, 15_000);
+        t.truthy(ms, 'the mapping answers again');
+        // The agent's log says when the rules were back; the client's polling adds its own granularity on top.
+        const resync = /^(\S+) nat: resync after flush .*: full .* in [\d.]+ ms$/m.exec(agent.log);
+        t.truthy(resync, agent.log);
+        const restoredMs = Date.parse(resync![1]!) - t0;
+        t.true(restoredMs <= 2 * 1000, `rules back ${restoredMs} ms after the flush (two intervals: 2000 ms)`);
+        t.log(`answering again ${ms} ms after the flush (the client polls with a fresh process per request)`);
+        const text = metrics(nd.host, address!);
+        t.true(sample(text, 'tsnet_sync_proxy_rules_resync_after_flush_total')! > before, 'resync counted');
+        t.true(
+          sample(text, 'tsnet_sync_full_proxy_rules_duration_seconds_count')! >= 2,
+          'first sync and the resync were full',
+        );
+      },
+    ));
 }
 
 test('a chain emptied by hand under an intact canary is repaired by the periodic full sync', (t) =>
-  behindPortMapping(t, 18095, {}, ['--resync-interval', '500ms', '--full-sync-interval', '2s'], async ({ nd, agent, answersAgain }) => {
-    const t0 = Date.now();
-    const inNode = (...args: string[]) => run('ip', ['netns', 'exec', nd.host.name!, 'nft', ...args]);
-    const emptied = inNode('flush', 'chain', 'ip', 'tsnet', 'dnat-rules');
-    t.is(emptied.status, 0, emptied.stderr);
-    t.regex(inNode('list', 'chain', 'ip', 'tsnet', 'canary').stdout, /tsnet canary/, 'the canary is intact: a flush check sees nothing');
-    t.truthy(await answersAgain(t0, 8000), 'the mapping answers again');
-    const full = [...agent.log.matchAll(/^(\S+) nat: sync \S+: full /gm)].map((m) => Date.parse(m[1]!)).filter((ts) => ts >= t0);
-    t.true(full.length >= 1, `a periodic full sync after the edit: ${agent.log}`);
-  }));
+  behindPortMapping(
+    t,
+    18095,
+    {},
+    ['--resync-interval', '500ms', '--full-sync-interval', '2s'],
+    async ({ nd, agent, answersAgain }) => {
+      const t0 = Date.now();
+      const inNode = (...args: string[]) => run('ip', ['netns', 'exec', nd.host.name!, 'nft', ...args]);
+      const emptied = inNode('flush', 'chain', 'ip', 'tsnet', 'dnat-rules');
+      t.is(emptied.status, 0, emptied.stderr);
+      t.regex(
+        inNode('list', 'chain', 'ip', 'tsnet', 'canary').stdout,
+        /tsnet canary/,
+        'the canary is intact: a flush check sees nothing',
+      );
+      t.truthy(await answersAgain(t0, 8000), 'the mapping answers again');
+      const full = [...agent.log.matchAll(/^(\S+) nat: sync \S+: full /gm)]
+        .map((m) => Date.parse(m[1]!))
+        .filter((ts) => ts >= t0);
+      t.true(full.length >= 1, `a periodic full sync after the edit: ${agent.log}`);
+    },
+  ));
 
 test('standalone and agent give identical results: same addresses, routes, reservations and rules', async (t) => {
   const shape = async (useAgent: boolean) => {
     const nd = await node();
     if (useAgent) await cni.startAgent(nd.host);
     // Same network everywhere except the namespaces: the name, bridge and subnet of the first node.
-    const conf = { ...nd.conf, name: 'same', bridge: 'samebr', ipam: { ...nd.conf.ipam, subnet: '10.199.0.0/24' }, capabilities: { portMappings: true } };
+    const conf = {
+      ...nd.conf,
+      name: 'same',
+      bridge: 'samebr',
+      ipam: { ...nd.conf.ipam, subnet: '10.199.0.0/24' },
+      capabilities: { portMappings: true },
+    };
     const env = useAgent ? {} : { TSNET_AGENT_SOCKET: '' };
     let served = 0;
     const results: unknown[] = [];

@@ -28,7 +28,8 @@ test('ensure creates an up bridge with STP off, a stable MAC and its address, an
 
 test('vlan_filtering on create and on an existing bridge (or a clear refusal where the kernel lacks it)', async (t) => {
   const h = await topo.ns('b');
-  const kernelHasIt = run('ip', ['-n', 'brt-b', 'link', 'add', 'probe0', 'type', 'bridge', 'vlan_filtering', '1']).status === 0;
+  const kernelHasIt =
+    run('ip', ['-n', 'brt-b', 'link', 'add', 'probe0', 'type', 'bridge', 'vlan_filtering', '1']).status === 0;
   run('ip', ['-n', 'brt-b', 'link', 'del', 'probe0']);
   if (!kernelHasIt) {
     const err = await t.throwsAsync(bridge.ensure(h, 'brv', { vlanFiltering: true }));

@@ -32,7 +32,8 @@ test.before(async () => {
   ok('nat', 'masquerade', 'add', '--source', '10.97.0.0/24', '--out-not', 'br0');
   ok('forward', '10.97.0.2', '13308', '13309', '--no-check', '--name', 'db');
   // The links' IPv6 link-local addresses leave DAD (tentative) a moment later: two listings must not straddle that.
-  for (let i = 0; i < 100 && run('ip', ['-n', NODE, 'addr', 'show', 'tentative']).stdout.trim(); i++) await new Promise((r) => setTimeout(r, 100));
+  for (let i = 0; i < 100 && run('ip', ['-n', NODE, 'addr', 'show', 'tentative']).stdout.trim(); i++)
+    await new Promise((r) => setTimeout(r, 100));
 });
 
 /** JSON printed by a run, with what changes between two runs (timings, counters) left out. */
@@ -62,7 +63,8 @@ for (const cmd of LISTINGS) {
     const before = tsnet('-n', NODE, '--state-dir', state, '--backend', 'netlink', '-j', ...cmd);
     const after = tsnet(...cmd, '--json', '--netns', NODE, '--backend', 'netlink', '--state-dir', state);
     const mixed = tsnet('-j', ...cmd, `--netns=${NODE}`, `--state-dir=${state}`);
-    for (const r of [before, after, mixed]) t.true(r.status === 0 || (cmd[0] === 'doctor' && r.status === 1), `exit ${r.status}: ${r.stderr}`);
+    for (const r of [before, after, mixed])
+      t.true(r.status === 0 || (cmd[0] === 'doctor' && r.status === 1), `exit ${r.status}: ${r.stderr}`);
     t.deepEqual(parsed(after), parsed(before));
     t.deepEqual(parsed(mixed), parsed(before));
     t.notThrows(() => JSON.parse(before.stdout), 'JSON, not a table');
@@ -82,7 +84,10 @@ test('-n/--netns after the command acts in that namespace (the node has br0, thi
 test('--state-dir after the command reads and writes that directory', (t) => {
   const other = tmp('glob-other');
   t.is(tsnet('service', 'add', 'solo', '--vip', '10.96.9.9:80', '-n', NODE, '--state-dir', other).status, 0);
-  const ls = (dir: string) => (JSON.parse(tsnet('service', 'ls', '-j', '-n', NODE, '--state-dir', dir).stdout) as { name: string }[]).map((s) => s.name);
+  const ls = (dir: string) =>
+    (JSON.parse(tsnet('service', 'ls', '-j', '-n', NODE, '--state-dir', dir).stdout) as { name: string }[]).map(
+      (s) => s.name,
+    );
   t.deepEqual(ls(other), ['solo']);
   t.deepEqual(ls(state), ['web']);
   t.true(fs.existsSync(path.join(other, 'netns', NODE, 'nat.json')));
@@ -112,7 +117,19 @@ test("a subcommand keeps its own arguments: what follows `netns exec NS CMD` is 
   t.is(r.status, 0, r.stderr);
   t.is((JSON.parse(r.stdout) as { ifname: string }[])[0]!.ifname, 'br0');
   // A value of a subcommand's option that looks like a global is that option's value.
-  const v = tsnet('-n', NODE, '--state-dir', state, 'forward', '10.97.0.2', '13400', '13401', '--no-check', '--name', '-j');
+  const v = tsnet(
+    '-n',
+    NODE,
+    '--state-dir',
+    state,
+    'forward',
+    '10.97.0.2',
+    '13400',
+    '13401',
+    '--no-check',
+    '--name',
+    '-j',
+  );
   t.not(v.status, 0);
   t.regex(v.stderr, /invalid forward name "-j"/);
 });

@@ -47,7 +47,11 @@ test.serial('bridge, attach, veth ls --json maps every veth to the right namespa
   const holder = await topo.ns('pidonly');
   const sleeper = holder.spawn('sleep', ['60'], { stdio: 'ignore' });
   try {
-    t.is(tsnet('--netns', 'cli-node', 'attach', String(sleeper.pid), '--bridge', 'br0', '--address', '10.90.0.9/24').status, 0);
+    t.is(
+      tsnet('--netns', 'cli-node', 'attach', String(sleeper.pid), '--bridge', 'br0', '--address', '10.90.0.9/24')
+        .status,
+      0,
+    );
     holder.close();
     netns.del('cli-pidonly');
 
@@ -123,21 +127,49 @@ test.serial('bad input: one line, non-zero exit, nothing half-created', async (t
   const n = ['--netns', 'cli-bad'];
   const before = JSON.stringify(ipJson(undefined, '-n', 'cli-bad', '-d', 'link', 'show'));
 
-  fails(t, tsnet(...n, 'bridge', 'add', 'br0', '--address', '10.0.0.1/33'), /invalid CIDR "10\.0\.0\.1\/33": prefix \/33 is longer than 32 bits/);
-  fails(t, tsnet(...n, 'bridge', 'add', 'br0', '--address', '10.0.0.300/24'), /"10\.0\.0\.300" is not an IPv4 or IPv6 address/);
-  fails(t, tsnet(...n, 'bridge', 'add', 'this-name-is-too-long'), /"this-name-is-too-long" is 21 bytes; Linux allows at most 15/);
+  fails(
+    t,
+    tsnet(...n, 'bridge', 'add', 'br0', '--address', '10.0.0.1/33'),
+    /invalid CIDR "10\.0\.0\.1\/33": prefix \/33 is longer than 32 bits/,
+  );
+  fails(
+    t,
+    tsnet(...n, 'bridge', 'add', 'br0', '--address', '10.0.0.300/24'),
+    /"10\.0\.0\.300" is not an IPv4 or IPv6 address/,
+  );
+  fails(
+    t,
+    tsnet(...n, 'bridge', 'add', 'this-name-is-too-long'),
+    /"this-name-is-too-long" is 21 bytes; Linux allows at most 15/,
+  );
   fails(t, tsnet(...n, 'veth', 'add', 'ok0', 'peer-name-far-too-long'), /allows at most 15/);
-  fails(t, tsnet(...n, 'veth', 'add', 'ok0', 'okp', '--peer-netns', 'no-such-ns'), /namespace no-such-ns does not exist/);
+  fails(
+    t,
+    tsnet(...n, 'veth', 'add', 'ok0', 'okp', '--peer-netns', 'no-such-ns'),
+    /namespace no-such-ns does not exist/,
+  );
   fails(t, tsnet('--netns', 'no-such-ns', 'link', 'ls'), /namespace no-such-ns does not exist/);
-  fails(t, tsnet(...n, 'attach', 'no-such-ns', '--bridge', 'br0', '--address', '10.0.0.2/24'), /namespace no-such-ns does not exist/);
-  fails(t, tsnet(...n, 'addr', 'add', '10.0.0.1/24', '--dev', 'nope0'), /interface nope0 not found in namespace cli-bad/);
+  fails(
+    t,
+    tsnet(...n, 'attach', 'no-such-ns', '--bridge', 'br0', '--address', '10.0.0.2/24'),
+    /namespace no-such-ns does not exist/,
+  );
+  fails(
+    t,
+    tsnet(...n, 'addr', 'add', '10.0.0.1/24', '--dev', 'nope0'),
+    /interface nope0 not found in namespace cli-bad/,
+  );
   fails(t, tsnet(...n, 'route', 'add', 'default', '--via', 'nonsense'), /invalid IP address "nonsense"/);
   fails(t, tsnet(...n, 'bridge', 'add', 'br0', '--mtu', '12x'), /--mtu must be a whole number/);
   t.is(JSON.stringify(ipJson(undefined, '-n', 'cli-bad', '-d', 'link', 'show')), before, 'no link appeared or changed');
 
   // A bridge name taken by a non-bridge link.
   t.is(tsnet(...n, 'veth', 'add', 'taken0', 'taken1').status, 0);
-  fails(t, tsnet(...n, 'bridge', 'add', 'taken0', '--address', '10.93.0.1/24'), /taken0 in namespace cli-bad is a veth link, not a bridge/);
+  fails(
+    t,
+    tsnet(...n, 'bridge', 'add', 'taken0', '--address', '10.93.0.1/24'),
+    /taken0 in namespace cli-bad is a veth link, not a bridge/,
+  );
   t.deepEqual(ipJson(undefined, '-n', 'cli-bad', '-4', 'addr', 'show', 'taken0')[0]?.addr_info ?? [], []);
   fails(t, tsnet('netns', 'add', '../escape'), /invalid namespace name/);
   const usage = tsnet('bridge', 'add');
@@ -162,8 +194,22 @@ test('netns exec passes the exit status on, 128+N when the program dies of signa
 test('IPv6 addresses are in brackets in every ip:port the CLI prints (forward add, forward ls)', async (t) => {
   await topo.ns('v6');
   const c = ['--netns', 'cli-v6', '--state-dir', fs.mkdtempSync(path.join(os.tmpdir(), 'tsnet-cli-v6-'))];
-  t.is(tsnet(...c, 'veth', 'add', 'v6a', 'v6b', '--address', 'fd00:6::1/64', '--peer-address', 'fd00:6::2/64').status, 0);
-  const add = tsnet(...c, 'forward', 'fd00:6::2', '13000', '13001', '--no-check', '--name', 'db6', '--listen', 'fd00:6::1');
+  t.is(
+    tsnet(...c, 'veth', 'add', 'v6a', 'v6b', '--address', 'fd00:6::1/64', '--peer-address', 'fd00:6::2/64').status,
+    0,
+  );
+  const add = tsnet(
+    ...c,
+    'forward',
+    'fd00:6::2',
+    '13000',
+    '13001',
+    '--no-check',
+    '--name',
+    'db6',
+    '--listen',
+    'fd00:6::1',
+  );
   t.is(add.status, 0, add.stderr);
   t.is(add.stdout, 'forward db6: tcp [fd00:6::1]:13000 -> [fd00:6::2]:13001\n');
   const ls = tsnet(...c, 'forward', 'ls');

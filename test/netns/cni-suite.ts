@@ -18,7 +18,15 @@ import * as netns from '../../src/netns';
 import { serve, request } from '../../src/demo/traffic';
 import { SUPPORTED_VERSIONS } from '../../src/cni/version';
 import { Topology, backendLetter, ipJson, run } from '../harness/fixtures';
-import { CniInstall, leftovers, masqueradeRule, natRules, nodeWithUplink, REFERENCE_DIR, type CniMode } from '../harness/cni';
+import {
+  CniInstall,
+  leftovers,
+  masqueradeRule,
+  natRules,
+  nodeWithUplink,
+  REFERENCE_DIR,
+  type CniMode,
+} from '../harness/cni';
 import type { BackendName } from '../../src/nat/backends/types';
 
 /** Registers the suite; `mode` decides who serves the installed shims, `natBackend` which NAT backend the network config names (default: auto). */
@@ -60,7 +68,12 @@ export function cniSuite(mode: CniMode, natBackend?: BackendName): void {
       ipMasq: true,
       stateDir: path.join(dir, 'state'),
       ...(natBackend ? { natBackend } : {}),
-      ipam: { type: 'tsnet-ipam', subnet: opts.subnet ?? `10.${100 + n}.0.0/24`, dataDir: path.join(dir, 'ipam'), ...(opts.ipam ?? {}) },
+      ipam: {
+        type: 'tsnet-ipam',
+        subnet: opts.subnet ?? `10.${100 + n}.0.0/24`,
+        dataDir: path.join(dir, 'ipam'),
+        ...(opts.ipam ?? {}),
+      },
       ...(opts.extra ?? {}),
     } as Record<string, any>;
     const containers: netns.NetNs[] = [];
@@ -69,8 +82,19 @@ export function cniSuite(mode: CniMode, natBackend?: BackendName): void {
       containers.push(c);
       return c;
     };
-    const call = (command: string, c: netns.NetNs | undefined, cid: string, conf2: unknown = conf, extra: Record<string, string | undefined> = {}) =>
-      cni.call(host, 'tsnet-bridge', command, conf2, { containerId: cid, ...(c ? { netns: c.path } : {}), ifname: 'eth0', env: extra });
+    const call = (
+      command: string,
+      c: netns.NetNs | undefined,
+      cid: string,
+      conf2: unknown = conf,
+      extra: Record<string, string | undefined> = {},
+    ) =>
+      cni.call(host, 'tsnet-bridge', command, conf2, {
+        containerId: cid,
+        ...(c ? { netns: c.path } : {}),
+        ifname: 'eth0',
+        env: extra,
+      });
     const left = () =>
       leftovers(host, {
         ipamDir: conf.ipam.dataDir,
@@ -123,9 +147,21 @@ export function cniSuite(mode: CniMode, natBackend?: BackendName): void {
         );
         t.is(ipJson(nd.host, 'link', 'show', res.interfaces[1].name)[0].master, nd.conf.bridge);
         // Real traffic: another container on the bridge, the gateway, and (masqueraded) beyond the node.
-        t.deepEqual((await request(c, 'http', srvIp, 8080, { count: 5 })).replies, { srv: 5 }, `${v}: container to container`);
-        t.deepEqual((await request(c, 'tcp', `10.${100 + nd.n}.0.1`, 9000)).replies, { gateway: 1 }, `${v}: the gateway`);
-        t.deepEqual((await request(c, 'tcp', nd.extIp, 9001)).replies, { ext: 1 }, `${v}: beyond the node, masqueraded`);
+        t.deepEqual(
+          (await request(c, 'http', srvIp, 8080, { count: 5 })).replies,
+          { srv: 5 },
+          `${v}: container to container`,
+        );
+        t.deepEqual(
+          (await request(c, 'tcp', `10.${100 + nd.n}.0.1`, 9000)).replies,
+          { gateway: 1 },
+          `${v}: the gateway`,
+        );
+        t.deepEqual(
+          (await request(c, 'tcp', nd.extIp, 9001)).replies,
+          { ext: 1 },
+          `${v}: beyond the node, masqueraded`,
+        );
         // CHECK needs 0.4.0 or later.
         const check = await nd.call('CHECK', c, cid, { ...conf, prevResult: res });
         if (v.startsWith('0.3')) {
@@ -146,7 +182,11 @@ export function cniSuite(mode: CniMode, natBackend?: BackendName): void {
     }
     ok(t, await nd.call('DEL', server, 'srv'), 'server DEL');
     const left = nd.left();
-    t.deepEqual([left.veths.length, left.reservations, left.records, left.rules], [1, [], [], []], 'only the uplink is left');
+    t.deepEqual(
+      [left.veths.length, left.reservations, left.records, left.rules],
+      [1, [], [], []],
+      'only the uplink is left',
+    );
   });
 
   test('masquerade rules appear with ADD and go with DEL; without them traffic beyond the node fails', async (t) => {
@@ -244,7 +284,11 @@ export function cniSuite(mode: CniMode, natBackend?: BackendName): void {
         const delay = Math.round(estimate * share);
         const c = await nd.container(`k${attempt}`);
         const cid = `killed-${attempt++}`;
-        const p = cni.start(nd.host, 'tsnet-bridge', 'ADD', nd.conf, { containerId: cid, netns: c.path, ifname: 'eth0' });
+        const p = cni.start(nd.host, 'tsnet-bridge', 'ADD', nd.conf, {
+          containerId: cid,
+          netns: c.path,
+          ifname: 'eth0',
+        });
         await new Promise((r) => setTimeout(r, delay));
         // Standalone, the shim execs node, so this pid is the plugin itself. Through an agent it is the
         // shim (which may be done already): the agent finishes the ADD, and the DEL or GC after it must still clean up.
@@ -261,12 +305,22 @@ export function cniSuite(mode: CniMode, natBackend?: BackendName): void {
         } else {
           ok(
             t,
-            await nd.call('GC', undefined, '', { ...nd.conf, 'cni.dev/valid-attachments': [] }, { CNI_CONTAINERID: undefined, CNI_IFNAME: undefined }),
+            await nd.call(
+              'GC',
+              undefined,
+              '',
+              { ...nd.conf, 'cni.dev/valid-attachments': [] },
+              { CNI_CONTAINERID: undefined, CNI_IFNAME: undefined },
+            ),
             `GC after kill at ${delay} ms`,
           );
         }
         const left = nd.left();
-        t.deepEqual([left.veths.length, left.reservations, left.records, left.rules], [1, [], [], []], `after a kill at ${delay} ms`);
+        t.deepEqual(
+          [left.veths.length, left.reservations, left.records, left.rules],
+          [1, [], [], []],
+          `after a kill at ${delay} ms`,
+        );
         t.deepEqual(
           (await link.list(c)).map((l) => l.name),
           ['lo'],
@@ -311,7 +365,11 @@ export function cniSuite(mode: CniMode, natBackend?: BackendName): void {
     for (const n of [orphan, keptTemp]) fs.writeFileSync(path.join(recordsDir, n), '{"version":1');
     ok(t, await gc([{ containerID: 'gc-0', ifname: 'eth0' }], 'cni.dev/attachments'), 'GC with the older key');
     const temps = fs.readdirSync(recordsDir).filter((n) => n.endsWith('.tmp'));
-    t.deepEqual(temps, [keptTemp], "the dead writer's temporary of a released attachment is gone; a kept attachment's stays");
+    t.deepEqual(
+      temps,
+      [keptTemp],
+      "the dead writer's temporary of a released attachment is gone; a kept attachment's stays",
+    );
     fs.rmSync(path.join(recordsDir, keptTemp));
     t.is(nd.left().reservations.length, 1);
     t.is(nd.left().rules.length, 1);
@@ -332,7 +390,8 @@ export function cniSuite(mode: CniMode, natBackend?: BackendName): void {
 
   test('STATUS reports an exhausted range (50) and readiness again after a DEL', async (t) => {
     const nd = await node({ subnet: '10.99.0.0/30' }); // one usable address: .2 (.1 is the gateway, .3 broadcast)
-    const status = () => nd.call('STATUS', undefined, '', nd.conf, { CNI_CONTAINERID: undefined, CNI_IFNAME: undefined });
+    const status = () =>
+      nd.call('STATUS', undefined, '', nd.conf, { CNI_CONTAINERID: undefined, CNI_IFNAME: undefined });
     ok(t, await status(), 'STATUS with room');
     const c = await nd.container('only');
     ok(t, await nd.call('ADD', c, 'only'), 'ADD');
@@ -430,7 +489,9 @@ export function cniSuite(mode: CniMode, natBackend?: BackendName): void {
   });
 
   test('dual stack: an IPv4 and an IPv6 range set, TCP over both, IPv6 masquerade', async (t) => {
-    const nd = await node({ ipam: { subnet: undefined, ranges: [[{ subnet: `10.${180 + seq}.0.0/24` }], [{ subnet: `fd00:${seq}::/64` }]] } });
+    const nd = await node({
+      ipam: { subnet: undefined, ranges: [[{ subnet: `10.${180 + seq}.0.0/24` }], [{ subnet: `fd00:${seq}::/64` }]] },
+    });
     const [a, b] = await Promise.all([nd.container('6a'), nd.container('6b')]);
     const ra = await nd.call('ADD', a, 'v6a');
     const rb = await nd.call('ADD', b, 'v6b');
@@ -465,7 +526,11 @@ export function cniSuite(mode: CniMode, natBackend?: BackendName): void {
   test('another IPAM type is delegated through CNI_PATH: the reference host-local', async (t) => {
     const nd = await node();
     const dataDir = path.join(cni.dir, `hl-${nd.n}`);
-    const conf = { ...nd.conf, cniVersion: '1.0.0', ipam: { type: 'host-local', subnet: `10.${100 + nd.n}.0.0/24`, dataDir } };
+    const conf = {
+      ...nd.conf,
+      cniVersion: '1.0.0',
+      ipam: { type: 'host-local', subnet: `10.${100 + nd.n}.0.0/24`, dataDir },
+    };
     const c = await nd.container('hl');
     const add = await nd.call('ADD', c, 'hl', conf);
     ok(t, add, 'ADD with host-local');
@@ -494,9 +559,21 @@ export function cniSuite(mode: CniMode, natBackend?: BackendName): void {
     const ip = ipOf(add.json)[0]!;
     const srv = await serve(c, 'http', ip, 80, 'web');
     try {
-      t.deepEqual((await request(nd.ext, 'http', nd.nodeIp, 18080, { count: 5 })).replies, { web: 5 }, 'from beyond the node');
-      t.deepEqual((await request(nd.host, 'http', '127.0.0.1', 18080)).replies, { web: 1 }, 'from the node via localhost');
-      t.deepEqual((await request(c, 'http', nd.nodeIp, 18080)).replies, { web: 1 }, 'hairpin: the container via the node');
+      t.deepEqual(
+        (await request(nd.ext, 'http', nd.nodeIp, 18080, { count: 5 })).replies,
+        { web: 5 },
+        'from beyond the node',
+      );
+      t.deepEqual(
+        (await request(nd.host, 'http', '127.0.0.1', 18080)).replies,
+        { web: 1 },
+        'from the node via localhost',
+      );
+      t.deepEqual(
+        (await request(c, 'http', nd.nodeIp, 18080)).replies,
+        { web: 1 },
+        'hairpin: the container via the node',
+      );
       ok(t, await nd.call('DEL', c, 'pm', conf), 'DEL');
       t.is((await request(nd.ext, 'http', nd.nodeIp, 18080, { timeoutMs: 500 })).ok, 0, 'the mapping is gone');
       t.deepEqual(nd.left().rules, []);
@@ -516,11 +593,19 @@ export function cniSuite(mode: CniMode, natBackend?: BackendName): void {
         runtimeConfig: { portMappings: [{ hostPort: 18081, containerPort: 81, protocol: 'tcp' }] },
         prevResult: { ...r1.json, cniVersion: '1.0.0' },
       };
-      const r2 = await cni.call(nd.host, 'portmap', 'ADD', pmConf, { containerId: 'pm2', netns: c.path, ifname: 'eth0' });
+      const r2 = await cni.call(nd.host, 'portmap', 'ADD', pmConf, {
+        containerId: 'pm2',
+        netns: c.path,
+        ifname: 'eth0',
+      });
       ok(t, r2, 'portmap ADD');
       t.deepEqual(r2.json.ips, r1.json.ips, "portmap passed tsnet-bridge's result on");
       t.deepEqual((await request(nd.ext, 'http', nd.nodeIp, 18081, { count: 3 })).replies, { web2: 3 });
-      ok(t, await cni.call(nd.host, 'portmap', 'DEL', pmConf, { containerId: 'pm2', netns: c.path, ifname: 'eth0' }), 'portmap DEL');
+      ok(
+        t,
+        await cni.call(nd.host, 'portmap', 'DEL', pmConf, { containerId: 'pm2', netns: c.path, ifname: 'eth0' }),
+        'portmap DEL',
+      );
       ok(t, await nd.call('DEL', c, 'pm2', { ...bridgeConf, prevResult: r1.json }), 'tsnet-bridge DEL');
       await srv2.stop();
     } finally {
@@ -543,12 +628,17 @@ export function cniSuite(mode: CniMode, natBackend?: BackendName): void {
         routes: [{ dst: '0.0.0.0/0' }],
       },
     };
-    const call = (cmd: string, cid: string) => cni.call(nd.host, 'tsnet-ipam', cmd, conf, { containerId: cid, netns: '/proc/self/ns/net', ifname: 'eth0' });
+    const call = (cmd: string, cid: string) =>
+      cni.call(nd.host, 'tsnet-ipam', cmd, conf, { containerId: cid, netns: '/proc/self/ns/net', ifname: 'eth0' });
     const a = await call('ADD', 'i1');
     ok(t, a, 'ADD');
     t.deepEqual(a.json.ips, [{ address: '10.66.0.3/29', gateway: '10.66.0.1' }]);
     t.deepEqual(a.json.routes, [{ dst: '0.0.0.0/0' }]);
-    t.is(fs.readFileSync(path.join(conf.ipam.dataDir, 'ipamonly', '10.66.0.3'), 'utf8'), 'i1\r\neth0', "host-local's file format");
+    t.is(
+      fs.readFileSync(path.join(conf.ipam.dataDir, 'ipamonly', '10.66.0.3'), 'utf8'),
+      'i1\r\neth0',
+      "host-local's file format",
+    );
     ok(t, await call('DEL', 'i1'), 'DEL');
     const b = await call('ADD', 'i2');
     t.deepEqual(ipOf(b.json), ['10.66.0.4'], 'continues after the last reserved address, not the freed one');

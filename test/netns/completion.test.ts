@@ -78,7 +78,10 @@ test("options: the command's own and the global ones, wherever they go", (t) => 
     '--stp',
     '--vlan-filtering',
   ]);
-  t.true(complete('tsnet forward mysql 3308 3309 --').includes('--cut-over'), "forward's default subcommand (add) is the one completed");
+  t.true(
+    complete('tsnet forward mysql 3308 3309 --').includes('--cut-over'),
+    "forward's default subcommand (add) is the one completed",
+  );
 });
 
 test('values: fixed sets, namespaces where one is asked for', (t) => {

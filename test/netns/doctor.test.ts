@@ -102,7 +102,10 @@ test('hairpin: a service endpoint whose bridge port has hairpin off', async (t) 
   nd.ok('service', 'add', 'web', '--vip', `10.96.${nd.n}.1:80`, '--endpoint', `${nd.ip(2)}:8080`);
   const port = await portOf(nd, 0);
   const [p] = nd.findings('hairpin');
-  t.regex(p?.problem ?? '', new RegExp(`endpoint ${nd.ip(2).replace(/\./g, '\\.')}:8080 of service web cannot reach its own service`));
+  t.regex(
+    p?.problem ?? '',
+    new RegExp(`endpoint ${nd.ip(2).replace(/\./g, '\\.')}:8080 of service web cannot reach its own service`),
+  );
   t.is(p?.fix, `tsnet -n ${nd.nd.name} bridge port br0 ${port} --hairpin on`);
   nd.ok('bridge', 'port', 'br0', port, '--hairpin', 'on');
   t.deepEqual(nd.findings('hairpin'), []);
@@ -111,7 +114,10 @@ test('hairpin: a service endpoint whose bridge port has hairpin off', async (t) 
 test('masquerade: containers behind a gateway bridge with no masquerade rule', async (t) => {
   const nd = await node({ masquerade: false });
   const [p] = nd.findings('masquerade');
-  t.regex(p?.problem ?? '', new RegExp(`containers on br0 \\(10\\.66\\.${nd.n}\\.0/24: 10\\.66\\.${nd.n}\\.2, 10\\.66\\.${nd.n}\\.3\\)`));
+  t.regex(
+    p?.problem ?? '',
+    new RegExp(`containers on br0 \\(10\\.66\\.${nd.n}\\.0/24: 10\\.66\\.${nd.n}\\.2, 10\\.66\\.${nd.n}\\.3\\)`),
+  );
   nd.ok(...p!.fix.replace(`tsnet -n ${nd.nd.name} `, '').split(' '));
   t.deepEqual(nd.findings('masquerade'), []);
 });
@@ -122,7 +128,10 @@ test('route-localnet: a forward serving 127.0.0.1 with route_localnet off on the
   nd.ok('forward', nd.ip(2), '3308', '3309', '--name', 'db');
   t.deepEqual(nd.findings('route-localnet'), []);
   sysctl.set(nd.nd, 'net.ipv4.conf.br0.route_localnet', 0);
-  t.regex(nd.findings('route-localnet')[0]?.problem ?? '', /net\.ipv4\.conf\.br0\.route_localnet is 0: 127\.0\.0\.1 clients of a forward are dropped/);
+  t.regex(
+    nd.findings('route-localnet')[0]?.problem ?? '',
+    /net\.ipv4\.conf\.br0\.route_localnet is 0: 127\.0\.0\.1 clients of a forward are dropped/,
+  );
   nd.ok('sync', '--force');
   t.deepEqual(nd.findings('route-localnet'), []);
 });
@@ -135,7 +144,8 @@ test('conntrack: the table above 90% of its limit (the limit given: net.netfilte
   const count = Number(sysctl.get(nd.nd, 'net.netfilter.nf_conntrack_count'));
   // One entry per flow; two of the 30 may pick the same ephemeral source port and share one.
   t.true(count >= 25, `${count} entries`);
-  const only = async (max: number) => (await doctor(nd.nd, { conntrackMax: max, stateDirs: [] })).filter((p) => p.check === 'conntrack');
+  const only = async (max: number) =>
+    (await doctor(nd.nd, { conntrackMax: max, stateDirs: [] })).filter((p) => p.check === 'conntrack');
   t.regex((await only(count + 1))[0]?.problem ?? '', new RegExp(`holds ${count} of at most ${count + 1} entries`));
   t.deepEqual(await only(count * 2), []);
 });
@@ -168,10 +178,16 @@ test('cni-state: an attachment whose namespace is gone, a reservation with no at
   });
   fs.mkdirSync(path.join(nd.stateDir, 'cni', 'cnet'), { recursive: true });
   fs.mkdirSync(path.join(data, 'cnet'), { recursive: true });
-  fs.writeFileSync(path.join(nd.stateDir, 'cni', 'cnet', 'alive:eth0.json'), JSON.stringify(rec('alive', nd.cs[0]!.path)));
+  fs.writeFileSync(
+    path.join(nd.stateDir, 'cni', 'cnet', 'alive:eth0.json'),
+    JSON.stringify(rec('alive', nd.cs[0]!.path)),
+  );
   fs.writeFileSync(path.join(data, 'cnet', '10.67.0.2'), 'alive\r\neth0');
   t.deepEqual(nd.findings('cni-state'), [], 'a live attachment and its reservation');
-  fs.writeFileSync(path.join(nd.stateDir, 'cni', 'cnet', 'gone:eth0.json'), JSON.stringify(rec('gone', '/run/netns/no-such-namespace')));
+  fs.writeFileSync(
+    path.join(nd.stateDir, 'cni', 'cnet', 'gone:eth0.json'),
+    JSON.stringify(rec('gone', '/run/netns/no-such-namespace')),
+  );
   fs.writeFileSync(path.join(data, 'cnet', '10.67.0.9'), 'leaked\r\neth0');
   const found = nd
     .findings('cni-state')

@@ -77,7 +77,9 @@ for (const release of ['291a2be', '5e5a506']) {
     const n = await topo.ns(`cni${release.slice(0, 3)}`);
     const dir = copySample(`cni-${release}`);
     try {
-      const conf = JSON.parse(fs.readFileSync(path.join(FORMATS, 'cni-5e5a506', 'cni-input', 'v4.json'), 'utf8')) as Record<string, any>;
+      const conf = JSON.parse(
+        fs.readFileSync(path.join(FORMATS, 'cni-5e5a506', 'cni-input', 'v4.json'), 'utf8'),
+      ) as Record<string, any>;
       conf.stateDir = dir;
       delete conf.runtimeConfig;
       // The release ran with host-local's default data directory; here it is the copy's (in the record's conf too).
@@ -86,15 +88,26 @@ for (const release of ['291a2be', '5e5a506']) {
       const record = JSON.parse(fs.readFileSync(recordFile, 'utf8')) as Record<string, any>;
       record.conf.ipam.dataDir = conf.ipam.dataDir;
       fs.writeFileSync(recordFile, JSON.stringify(record, null, 1));
-      const del = await cni.call(n, 'tsnet-bridge', 'DEL', conf, { containerId: 'ctr4', netns: '/run/netns/fmt-gone', ifname: 'eth0' });
+      const del = await cni.call(n, 'tsnet-bridge', 'DEL', conf, {
+        containerId: 'ctr4',
+        netns: '/run/netns/fmt-gone',
+        ifname: 'eth0',
+      });
       t.is(del.status, 0, del.stderr + del.stdout);
       t.false(fs.existsSync(path.join(dir, 'ipam', 'networks', 'fmtnet4', '10.89.0.2')), 'lease released');
       t.false(fs.existsSync(path.join(dir, 'cni', 'fmtnet4', 'ctr4:eth0.json')), 'record removed');
-      t.true(fs.existsSync(path.join(dir, 'ipam', 'networks', 'fmtnet46', '10.90.0.2')), "the other attachment's lease stays");
+      t.true(
+        fs.existsSync(path.join(dir, 'ipam', 'networks', 'fmtnet46', '10.90.0.2')),
+        "the other attachment's lease stays",
+      );
       const nat = onNode(n.name!, '--state-dir', dir, '-j', 'nat', 'ls');
       t.is(nat.status, 0, nat.stderr);
       const rules = JSON.parse(nat.stdout) as { source?: string }[];
-      t.deepEqual(rules.map((r) => r.source).sort(), ['10.90.0.2/32', 'fd00:90::2/128'], "only the other attachment's masquerade rules are left");
+      t.deepEqual(
+        rules.map((r) => r.source).sort(),
+        ['10.90.0.2/32', 'fd00:90::2/128'],
+        "only the other attachment's masquerade rules are left",
+      );
       const fwd = onNode(n.name!, '--state-dir', dir, '-j', 'forward', 'ls');
       t.deepEqual(JSON.parse(fwd.stdout), [], 'the port mapping is gone');
     } finally {
@@ -113,8 +126,14 @@ test('CNI: the shim reads the settings file `tsnet cni install` wrote at 5e5a506
     fs.chmodSync(path.join(bin, 'tsnet-bridge'), 0o755);
     const old = fs.readFileSync(path.join(dir, 'cni-install', SHIM_CONF), 'utf8');
     // Only what moved with the install is filled in: this checkout's node and plugin entry.
-    fs.writeFileSync(path.join(bin, SHIM_CONF), old.replace(/^node=.*$/m, `node=${process.execPath}`).replace(/^entry=.*$/m, `entry=${CNI_ENTRY}`));
-    const r = run(path.join(bin, 'tsnet-bridge'), [], { input: '{"cniVersion":"1.1.0"}', env: { CNI_COMMAND: 'VERSION' } });
+    fs.writeFileSync(
+      path.join(bin, SHIM_CONF),
+      old.replace(/^node=.*$/m, `node=${process.execPath}`).replace(/^entry=.*$/m, `entry=${CNI_ENTRY}`),
+    );
+    const r = run(path.join(bin, 'tsnet-bridge'), [], {
+      input: '{"cniVersion":"1.1.0"}',
+      env: { CNI_COMMAND: 'VERSION' },
+    });
     t.is(r.status, 0, r.stderr);
     t.true((JSON.parse(r.stdout) as { supportedVersions: string[] }).supportedVersions.includes('1.1.0'));
   } finally {

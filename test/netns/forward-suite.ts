@@ -65,20 +65,23 @@ export function forwardSuite(backend: BackendName): void {
     fs.rmSync(stateDir, { recursive: true, force: true });
   });
 
-  test.serial('`tsnet forward mysql 3308 3309`: remote clients (50 at once) and clients on the host itself, 127.0.0.1 included', async (t) => {
-    t.is(sysctl('net.ipv4.ip_forward'), '0');
-    const r = ok('forward', 'mysql', '3308', '3309');
-    t.regex(r.stdout, /^forward mysql: tcp port 3308 -> 10\.90\.0\.2:3309/);
-    const remote = await request(clients, 'tcp', '10.91.0.1', 3308, { count: 200, concurrency: 50 });
-    t.deepEqual(remote.replies, { db: 200 }, remote.errors.join('; '));
-    const local = await request(fwd, 'tcp', '127.0.0.1', 3308, { count: 20, concurrency: 5 });
-    t.deepEqual(local.replies, { db: 20 }, `127.0.0.1 on the forwarder: ${local.errors.join('; ')}`);
-    t.deepEqual((await request(fwd, 'tcp', '10.91.0.1', 3308, { count: 5 })).replies, { db: 5 });
-    t.is(sysctl('net.ipv4.ip_forward'), '1');
-    t.is(sysctl('net.ipv4.conf.br-db.route_localnet'), '1', 'route_localnet on the interface towards the target');
-    t.is(sysctl('net.ipv4.conf.all.route_localnet'), '0', '...and not on all of them');
-    t.regex(rules(), /CVE-2020-8558/, 'the localnet guard is in place');
-  });
+  test.serial(
+    '`tsnet forward mysql 3308 3309`: remote clients (50 at once) and clients on the host itself, 127.0.0.1 included',
+    async (t) => {
+      t.is(sysctl('net.ipv4.ip_forward'), '0');
+      const r = ok('forward', 'mysql', '3308', '3309');
+      t.regex(r.stdout, /^forward mysql: tcp port 3308 -> 10\.90\.0\.2:3309/);
+      const remote = await request(clients, 'tcp', '10.91.0.1', 3308, { count: 200, concurrency: 50 });
+      t.deepEqual(remote.replies, { db: 200 }, remote.errors.join('; '));
+      const local = await request(fwd, 'tcp', '127.0.0.1', 3308, { count: 20, concurrency: 5 });
+      t.deepEqual(local.replies, { db: 20 }, `127.0.0.1 on the forwarder: ${local.errors.join('; ')}`);
+      t.deepEqual((await request(fwd, 'tcp', '10.91.0.1', 3308, { count: 5 })).replies, { db: 5 });
+      t.is(sysctl('net.ipv4.ip_forward'), '1');
+      t.is(sysctl('net.ipv4.conf.br-db.route_localnet'), '1', 'route_localnet on the interface towards the target');
+      t.is(sysctl('net.ipv4.conf.all.route_localnet'), '0', '...and not on all of them');
+      t.regex(rules(), /CVE-2020-8558/, 'the localnet guard is in place');
+    },
+  );
 
   test.serial("only the forward's own flows are source-NATed: a direct connection to the target is not", async (t) => {
     mysql();
@@ -92,7 +95,17 @@ export function forwardSuite(backend: BackendName): void {
     t.regex(ok('forward', 'mysql', '3308', '3309').stdout, /already in place/);
     t.is(rules(), before);
     const ls = JSON.parse(ok('--json', 'forward', 'ls').stdout);
-    t.deepEqual(ls, [{ name: 'mysql', target: 'mysql', targetIp: '10.90.0.2', listenPort: 3308, targetPort: 3309, proto: 'tcp', snat: 'auto' }]);
+    t.deepEqual(ls, [
+      {
+        name: 'mysql',
+        target: 'mysql',
+        targetIp: '10.90.0.2',
+        listenPort: 3308,
+        targetPort: 3309,
+        proto: 'tcp',
+        snat: 'auto',
+      },
+    ]);
   });
 
   test.serial('--dry-run prints the exact rules and sysctls and changes nothing', (t) => {
@@ -103,7 +116,9 @@ export function forwardSuite(backend: BackendName): void {
     t.notRegex(r.stdout, /# sysctl -w net\.ipv4\.ip_forward/, 'ip_forward is already 1: only changes are listed');
     t.regex(
       r.stdout,
-      backend === 'iptables' ? /-A TSNET-DNAT .*--dport 3310 -j DNAT --to-destination 10\.90\.0\.3:3309/ : /th dport 3310 dnat to 10\.90\.0\.3:3309/,
+      backend === 'iptables'
+        ? /-A TSNET-DNAT .*--dport 3310 -j DNAT --to-destination 10\.90\.0\.3:3309/
+        : /th dport 3310 dnat to 10\.90\.0\.3:3309/,
     );
     t.is(rules(), before);
     t.is(JSON.parse(ok('--json', 'forward', 'ls').stdout).length, 1);
@@ -118,7 +133,10 @@ export function forwardSuite(backend: BackendName): void {
       [['forward', 'no-such-host.invalid', '3308', '3309'], /cannot resolve target no-such-host\.invalid/],
       [['forward', 'mysql', '3311', '3309', '--name', 'a;b'], /invalid forward name/],
       [['forward', 'mysql', '3311', '3309', '--name', '-j ACCEPT'], /invalid forward name|unknown option/],
-      [['forward', 'mysql', '3311', '3309', '--listen', '10.91.0.99'], /--listen 10\.91\.0\.99 is not an address of namespace/],
+      [
+        ['forward', 'mysql', '3311', '3309', '--listen', '10.91.0.99'],
+        /--listen 10\.91\.0\.99 is not an address of namespace/,
+      ],
       [['forward', 'mysql', '3311', '3399'], /does not accept TCP connections .*--no-check/],
       [['forward', 'mysql-new', '3308', '3309', '--name', 'other'], /both listen on tcp port 3308/],
     ];
@@ -137,7 +155,11 @@ export function forwardSuite(backend: BackendName): void {
     t.deepEqual((await flow()).replies, { 'db-udp': 3 });
     ok('forward', 'mysql-new', '5300', '5353', '--proto', 'udp', '--name', 'dns');
     t.deepEqual((await flow()).replies, { 'db-udp': 3 }, 'an existing flow keeps its conntrack entry (documented)');
-    t.deepEqual((await request(clients, 'udp', '10.91.0.1', 5300, { count: 3 })).replies, { 'db2-udp': 3 }, 'new flows go to the new target');
+    t.deepEqual(
+      (await request(clients, 'udp', '10.91.0.1', 5300, { count: 3 })).replies,
+      { 'db2-udp': 3 },
+      'new flows go to the new target',
+    );
     t.regex(
       ok('forward', 'mysql-new', '5300', '5353', '--proto', 'udp', '--name', 'dns', '--cut-over').stdout,
       /already in place \(1 conntrack entries of earlier targets cleared\)/,
@@ -146,12 +168,15 @@ export function forwardSuite(backend: BackendName): void {
     ok('forward', 'rm', 'dns');
   });
 
-  test.serial('--snat none: only targets that route back work (here: none do), 127.0.0.1 clients still do', async (t) => {
-    ok('forward', 'mysql', '3320', '3309', '--name', 'nosnat', '--snat', 'none');
-    t.is((await request(clients, 'tcp', '10.91.0.1', 3320, { count: 1, timeoutMs: 1000 })).ok, 0);
-    t.deepEqual((await request(fwd, 'tcp', '127.0.0.1', 3320, { count: 3 })).replies, { db: 3 });
-    ok('forward', 'rm', 'nosnat');
-  });
+  test.serial(
+    '--snat none: only targets that route back work (here: none do), 127.0.0.1 clients still do',
+    async (t) => {
+      ok('forward', 'mysql', '3320', '3309', '--name', 'nosnat', '--snat', 'none');
+      t.is((await request(clients, 'tcp', '10.91.0.1', 3320, { count: 1, timeoutMs: 1000 })).ok, 0);
+      t.deepEqual((await request(fwd, 'tcp', '127.0.0.1', 3320, { count: 3 })).replies, { db: 3 });
+      ok('forward', 'rm', 'nosnat');
+    },
+  );
 
   test.serial('after a flush, `tsnet forward restore` brings the forward back', async (t) => {
     mysql();
@@ -172,7 +197,9 @@ export function forwardSuite(backend: BackendName): void {
         t.deepEqual((await direct()).replies, { db2: 1 }, 'routed straight through while FORWARD accepts');
         inFwd('iptables', '-P', 'FORWARD', 'DROP');
         try {
-          t.deepEqual((await request(clients, 'tcp', '10.91.0.1', 3308, { count: 20, concurrency: 10 })).replies, { db: 20 });
+          t.deepEqual((await request(clients, 'tcp', '10.91.0.1', 3308, { count: 20, concurrency: 10 })).replies, {
+            db: 20,
+          });
           t.is((await direct()).ok, 0, 'and only them: the direct flow is dropped by the policy');
         } finally {
           inFwd('iptables', '-P', 'FORWARD', 'ACCEPT');

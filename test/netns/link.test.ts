@@ -67,7 +67,9 @@ test('errors name the object and the namespace; bad names fail before the kernel
 
 test('a dump of hundreds of links is complete (multi-part netlink replies)', async (t) => {
   const e = await topo.ns('e');
-  await Promise.all(Array.from({ length: 150 }, (_, i) => link.add(e, { kind: 'veth', name: `va${i}`, peer: { name: `vb${i}` } })));
+  await Promise.all(
+    Array.from({ length: 150 }, (_, i) => link.add(e, { kind: 'veth', name: `va${i}`, peer: { name: `vb${i}` } })),
+  );
   const names = new Set((await link.list(e)).map((l) => l.name));
   t.is(names.size, 301);
   t.is(ipJson(e, 'link', 'show').length, 301);

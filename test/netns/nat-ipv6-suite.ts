@@ -46,7 +46,12 @@ export function natIpv6Suite(backend: BackendName): void {
     }
     // IPv6 is ready once duplicate address detection is over everywhere (a tentative address sends nothing).
     const deadline = Date.now() + 10_000;
-    while ([router, client, ...b].some((ns) => run('ip', ['-n', ns.name!, '-6', 'addr', 'show', 'tentative']).stdout.trim()) && Date.now() < deadline) {
+    while (
+      [router, client, ...b].some((ns) =>
+        run('ip', ['-n', ns.name!, '-6', 'addr', 'show', 'tentative']).stdout.trim(),
+      ) &&
+      Date.now() < deadline
+    ) {
       await new Promise((r) => setTimeout(r, 100));
     }
   });
@@ -57,15 +62,31 @@ export function natIpv6Suite(backend: BackendName): void {
     fs.rmSync(stateDir, { recursive: true, force: true });
   });
 
-  test.serial('an IPv6 service spreads connections over its endpoints, from a client and from the router itself', async (t) => {
-    ok('service', 'add', 'web6', '--vip', `[${VIP}]:80`, '--endpoint', '[fd80::11]:8080', '--endpoint', '[fd80::12]:8080');
-    const r = await request(client, 'http', VIP, 80, { count: 60, concurrency: 6 });
-    t.is(r.ok, 60, r.errors.join('; '));
-    t.true((r.replies.b1 ?? 0) > 10 && (r.replies.b2 ?? 0) > 10, JSON.stringify(r.replies));
-    const local = await request(router, 'http', VIP, 80, { count: 10 });
-    t.is(local.ok, 10, `nat OUTPUT: ${local.errors.join('; ')}`);
-    t.regex(inNs('nft', 'list', 'table', 'ip6', 'tsnet').stdout, /fd96::10 \. tcp \. 80 counter packets 70 bytes \d+ comment "web6"/);
-  });
+  test.serial(
+    'an IPv6 service spreads connections over its endpoints, from a client and from the router itself',
+    async (t) => {
+      ok(
+        'service',
+        'add',
+        'web6',
+        '--vip',
+        `[${VIP}]:80`,
+        '--endpoint',
+        '[fd80::11]:8080',
+        '--endpoint',
+        '[fd80::12]:8080',
+      );
+      const r = await request(client, 'http', VIP, 80, { count: 60, concurrency: 6 });
+      t.is(r.ok, 60, r.errors.join('; '));
+      t.true((r.replies.b1 ?? 0) > 10 && (r.replies.b2 ?? 0) > 10, JSON.stringify(r.replies));
+      const local = await request(router, 'http', VIP, 80, { count: 10 });
+      t.is(local.ok, 10, `nat OUTPUT: ${local.errors.join('; ')}`);
+      t.regex(
+        inNs('nft', 'list', 'table', 'ip6', 'tsnet').stdout,
+        /fd96::10 \. tcp \. 80 counter packets 70 bytes \d+ comment "web6"/,
+      );
+    },
+  );
 
   test.serial('IPv6 hairpin: an endpoint reaching its own service through the VIP is answered', async (t) => {
     ok('service', 'add', 'solo6', '--vip', `[${VIP}]:81`, '--endpoint', '[fd80::11]:8080');
@@ -81,17 +102,31 @@ export function natIpv6Suite(backend: BackendName): void {
     ok('nat', 'masquerade', 'del', '--source', 'fd81::/64', '--out-not', 'br1');
   });
 
-  test.serial("an IPv6 forward: the router's port 3308 reaches [fd80::12]:3309, and only its own flows are source-NATed", async (t) => {
-    ok('forward', 'fd80::12', '3308', '3309', '--name', 'db6');
-    const r = await request(client, 'tcp', 'fd81::1', 3308, { count: 10, concurrency: 5 });
-    t.deepEqual(r.replies, { 'b2-db': 10 }, r.errors.join('; '));
-    const flows = inNs('conntrack', '-L', '-f', 'ipv6', '-p', 'tcp', '--orig-port-dst', '3308').stdout;
-    t.regex(flows, /src=fd81::2 dst=fd81::1 .*dport=3308 .*src=fd80::12 dst=fd80::1 sport=3309/, flows);
-    // A direct connection to the target is not the forward's: not source-NATed.
-    t.deepEqual((await request(client, 'tcp', 'fd80::12', 3309, { count: 1 })).replies, { 'b2-db': 1 });
-    const direct = inNs('conntrack', '-L', '-f', 'ipv6', '-p', 'tcp', '--orig-dst', 'fd80::12', '--orig-port-dst', '3309').stdout;
-    t.regex(direct, /src=fd81::2 dst=fd80::12 .*src=fd80::12 dst=fd81::2 /, direct);
-    ok('forward', 'rm', 'db6');
-    t.is((await request(client, 'tcp', 'fd81::1', 3308, { count: 1, timeoutMs: 500 })).ok, 0);
-  });
+  test.serial(
+    "an IPv6 forward: the router's port 3308 reaches [fd80::12]:3309, and only its own flows are source-NATed",
+    async (t) => {
+      ok('forward', 'fd80::12', '3308', '3309', '--name', 'db6');
+      const r = await request(client, 'tcp', 'fd81::1', 3308, { count: 10, concurrency: 5 });
+      t.deepEqual(r.replies, { 'b2-db': 10 }, r.errors.join('; '));
+      const flows = inNs('conntrack', '-L', '-f', 'ipv6', '-p', 'tcp', '--orig-port-dst', '3308').stdout;
+      t.regex(flows, /src=fd81::2 dst=fd81::1 .*dport=3308 .*src=fd80::12 dst=fd80::1 sport=3309/, flows);
+      // A direct connection to the target is not the forward's: not source-NATed.
+      t.deepEqual((await request(client, 'tcp', 'fd80::12', 3309, { count: 1 })).replies, { 'b2-db': 1 });
+      const direct = inNs(
+        'conntrack',
+        '-L',
+        '-f',
+        'ipv6',
+        '-p',
+        'tcp',
+        '--orig-dst',
+        'fd80::12',
+        '--orig-port-dst',
+        '3309',
+      ).stdout;
+      t.regex(direct, /src=fd81::2 dst=fd80::12 .*src=fd80::12 dst=fd81::2 /, direct);
+      ok('forward', 'rm', 'db6');
+      t.is((await request(client, 'tcp', 'fd81::1', 3308, { count: 1, timeoutMs: 500 })).ok, 0);
+    },
+  );
 }

@@ -87,22 +87,28 @@ async function rejectsEbadf(t: ExecutionContext, what: string, label: string, fn
     err = e;
   }
   t.is((err as { code?: string } | undefined)?.code, 'EBADF', `${what}: EBADF`);
-  t.true(String((err as Error | undefined)?.message).includes(label), `${what}: the error names the handle (${String((err as Error | undefined)?.message)})`);
+  t.true(
+    String((err as Error | undefined)?.message).includes(label),
+    `${what}: the error names the handle (${String((err as Error | undefined)?.message)})`,
+  );
 }
 
-test.serial('a closed handle is refused with EBADF naming it, and never acts on the namespace that got its fd number', async (t) => {
-  const x1 = await marked('x1');
-  x1.close();
-  const x2 = await marked('x2'); // the lowest free fd: very likely x1's old number
-  const before = linksIn(x2);
-  await rejectsEbadf(t, 'sysctl.set', 'namespace tsf-x1', () => sysctl.set(x1, sysctl.keys.ipForward, 1));
-  await rejectsEbadf(t, 'spawnSync', 'namespace tsf-x1', () => x1.spawnSync('true'));
-  await rejectsEbadf(t, 'inode', 'namespace tsf-x1', () => x1.inode);
-  await rejectsEbadf(t, 'link.add', 'namespace tsf-x1', () => link.add(x1, { kind: 'bridge', name: 'wrong0' }));
-  t.is(sysctl.get(x2, sysctl.keys.ipForward), '0', 'the sysctl did not land in x2');
-  t.deepEqual(linksIn(x2), before, 'no link landed in x2');
-  x1.close(); // twice: a no-op
-});
+test.serial(
+  'a closed handle is refused with EBADF naming it, and never acts on the namespace that got its fd number',
+  async (t) => {
+    const x1 = await marked('x1');
+    x1.close();
+    const x2 = await marked('x2'); // the lowest free fd: very likely x1's old number
+    const before = linksIn(x2);
+    await rejectsEbadf(t, 'sysctl.set', 'namespace tsf-x1', () => sysctl.set(x1, sysctl.keys.ipForward, 1));
+    await rejectsEbadf(t, 'spawnSync', 'namespace tsf-x1', () => x1.spawnSync('true'));
+    await rejectsEbadf(t, 'inode', 'namespace tsf-x1', () => x1.inode);
+    await rejectsEbadf(t, 'link.add', 'namespace tsf-x1', () => link.add(x1, { kind: 'bridge', name: 'wrong0' }));
+    t.is(sysctl.get(x2, sysctl.keys.ipForward), '0', 'the sysctl did not land in x2');
+    t.deepEqual(linksIn(x2), before, 'no link landed in x2');
+    x1.close(); // twice: a no-op
+  },
+);
 
 test.serial('a handle whose fd was closed behind its back and reused is refused, not acted on', async (t) => {
   const victim = await marked('v1');
@@ -117,7 +123,9 @@ test.serial('a handle whose fd was closed behind its back and reused is refused,
   await rejectsEbadf(t, 'spawnSync', 'namespace tsf-v1', () => victim.spawnSync('true'));
   await rejectsEbadf(t, 'spawn', 'namespace tsf-v1', () => victim.spawn('true'));
   await rejectsEbadf(t, 'a new netlink socket', 'namespace tsf-v1', () => victim.openNetlink(NETLINK_NETFILTER));
-  await rejectsEbadf(t, 'a veth peer into it', 'namespace tsf-v1', () => veth.add(host, 'tsfv0', 'tsfv0p', { peerNetns: victim }));
+  await rejectsEbadf(t, 'a veth peer into it', 'namespace tsf-v1', () =>
+    veth.add(host, 'tsfv0', 'tsfv0p', { peerNetns: victim }),
+  );
   await rejectsEbadf(t, 'its nsid', 'namespace tsf-v1', () => netns.nsid(host, victim));
   t.is(sysctl.get(reuser, sysctl.keys.ipForward), '0');
   t.deepEqual(linksIn(reuser), before);
@@ -135,30 +143,36 @@ test.serial('netns.current() cannot be closed: close() is a no-op and the handle
   t.is(host.inode, fs.statSync('/proc/self/ns/net').ino);
 });
 
-test.serial('no API runs caller code inside a namespace: run() and inNetns are gone; explicit operations replace them', async (t) => {
-  const h = await marked('e1');
-  t.false('run' in h, 'NetNs has no run()');
-  t.false('inNetns' in netns, 'netns exports no inNetns');
-  t.false('openPath_' in netns, 'openPath_ is not public');
-  // What run() was used for, as explicit operations: a proc file opened inside and read later from the threadpool ...
-  const fd = h.openFile('/proc/net/dev');
-  try {
-    const buf = Buffer.alloc(65536);
-    const { bytesRead } = await new Promise<{ bytesRead: number }>((resolve, reject) =>
-      fs.read(fd, buf, 0, buf.length, 0, (err, n) => (err ? reject(err) : resolve({ bytesRead: n }))),
-    );
-    t.true(buf.toString('utf8', 0, bytesRead).includes(`${MARK}e1`), '/proc/net/dev opened inside shows the namespace, read from any thread');
-  } finally {
-    fs.closeSync(fd);
-  }
-  // ... and a child process inside, which is inside by the time spawn() returns.
-  const child = h.spawn('sleep', ['30'], { stdio: 'ignore' });
-  try {
-    t.is(fs.readlinkSync(`/proc/${child.pid}/ns/net`), `net:[${h.inode}]`);
-  } finally {
-    child.kill();
-  }
-});
+test.serial(
+  'no API runs caller code inside a namespace: run() and inNetns are gone; explicit operations replace them',
+  async (t) => {
+    const h = await marked('e1');
+    t.false('run' in h, 'NetNs has no run()');
+    t.false('inNetns' in netns, 'netns exports no inNetns');
+    t.false('openPath_' in netns, 'openPath_ is not public');
+    // What run() was used for, as explicit operations: a proc file opened inside and read later from the threadpool ...
+    const fd = h.openFile('/proc/net/dev');
+    try {
+      const buf = Buffer.alloc(65536);
+      const { bytesRead } = await new Promise<{ bytesRead: number }>((resolve, reject) =>
+        fs.read(fd, buf, 0, buf.length, 0, (err, n) => (err ? reject(err) : resolve({ bytesRead: n }))),
+      );
+      t.true(
+        buf.toString('utf8', 0, bytesRead).includes(`${MARK}e1`),
+        '/proc/net/dev opened inside shows the namespace, read from any thread',
+      );
+    } finally {
+      fs.closeSync(fd);
+    }
+    // ... and a child process inside, which is inside by the time spawn() returns.
+    const child = h.spawn('sleep', ['30'], { stdio: 'ignore' });
+    try {
+      t.is(fs.readlinkSync(`/proc/${child.pid}/ns/net`), `net:[${h.inode}]`);
+    } finally {
+      child.kill();
+    }
+  },
+);
 
 test.serial('async work around namespace operations stays at home: fs, both listen() forms, Workers', async (t) => {
   const h = await marked('a1');
@@ -172,7 +186,10 @@ test.serial('async work around namespace operations stays at home: fs, both list
   );
   h.spawnSync('true');
   const servers = [net.createServer((s) => s.end('home\n')), net.createServer((s) => s.end('home\n'))];
-  await Promise.all([new Promise<void>((r) => servers[0]!.listen(0, '127.0.0.1', r)), new Promise<void>((r) => servers[1]!.listen(0, r))]);
+  await Promise.all([
+    new Promise<void>((r) => servers[0]!.listen(0, '127.0.0.1', r)),
+    new Promise<void>((r) => servers[1]!.listen(0, r)),
+  ]);
   await op;
   const [wns, wdev] = await new Promise<[string, string]>((r) => worker.once('message', r));
   await worker.terminate();
@@ -182,7 +199,11 @@ test.serial('async work around namespace operations stays at home: fs, both list
   try {
     for (const s of servers) {
       const port = (s.address() as net.AddressInfo).port;
-      t.deepEqual((await request(netns.current(), 'tcp', '127.0.0.1', port)).replies, { home: 1 }, `listen on ${JSON.stringify(s.address())} is at home`);
+      t.deepEqual(
+        (await request(netns.current(), 'tcp', '127.0.0.1', port)).replies,
+        { home: 1 },
+        `listen on ${JSON.stringify(s.address())} is at home`,
+      );
       t.is((await request(h, 'tcp', '127.0.0.1', port, { timeoutMs: 500 })).ok, 0, 'and not inside');
     }
   } finally {
@@ -226,24 +247,27 @@ test.serial('async_hooks init hooks (tracing agents) never run inside a namespac
   );
 });
 
-test.serial('closing and reusing every fd of the process that refers to the home namespace changes nothing', async (t) => {
-  const home = fs.statSync('/proc/self/ns/net').ino;
-  const closed = fdsOf(home);
-  closed.forEach((fd) => fs.closeSync(fd));
-  // Occupy the freed numbers (and more) with foreign namespaces.
-  const squatters = [await marked('s1'), await marked('s2'), await marked('s3')];
-  const target = await marked('s4');
-  await link.add(target, { kind: 'bridge', name: 'landed0' });
-  sysctl.set(target, sysctl.keys.ipForward, 1);
-  const child = target.spawnSync('cat', ['/proc/thread-self/net/dev'], { encoding: 'utf8' });
-  t.true(String(child.stdout).includes('landed0'));
-  t.true(linksIn(target).includes('landed0'));
-  for (const s of squatters) t.false(linksIn(s).includes('landed0'));
-  t.is(sysctl.get(netns.current(), sysctl.keys.ipForward), '0');
-  t.is(fs.readlinkSync('/proc/thread-self/ns/net'), HOME);
-  t.deepEqual(threadsAway(), []);
-  t.log(`${closed.length} fd(s) to the home namespace closed and reused`);
-});
+test.serial(
+  'closing and reusing every fd of the process that refers to the home namespace changes nothing',
+  async (t) => {
+    const home = fs.statSync('/proc/self/ns/net').ino;
+    const closed = fdsOf(home);
+    closed.forEach((fd) => fs.closeSync(fd));
+    // Occupy the freed numbers (and more) with foreign namespaces.
+    const squatters = [await marked('s1'), await marked('s2'), await marked('s3')];
+    const target = await marked('s4');
+    await link.add(target, { kind: 'bridge', name: 'landed0' });
+    sysctl.set(target, sysctl.keys.ipForward, 1);
+    const child = target.spawnSync('cat', ['/proc/thread-self/net/dev'], { encoding: 'utf8' });
+    t.true(String(child.stdout).includes('landed0'));
+    t.true(linksIn(target).includes('landed0'));
+    for (const s of squatters) t.false(linksIn(s).includes('landed0'));
+    t.is(sysctl.get(netns.current(), sysctl.keys.ipForward), '0');
+    t.is(fs.readlinkSync('/proc/thread-self/ns/net'), HOME);
+    t.deepEqual(threadsAway(), []);
+    t.log(`${closed.length} fd(s) to the home namespace closed and reused`);
+  },
+);
 
 test.serial(
   'stress: hundreds of operations in other namespaces while the threadpool, a Worker and async hooks watch /proc/net: no foreign observation anywhere',
@@ -284,7 +308,10 @@ test.serial(
     let running = true;
     const poolReaders = Array.from({ length: 6 }, async () => {
       while (running) {
-        const [dev, ns] = await Promise.all([fs.promises.readFile('/proc/net/dev', 'utf8'), fs.promises.readlink('/proc/thread-self/ns/net')]);
+        const [dev, ns] = await Promise.all([
+          fs.promises.readFile('/proc/net/dev', 'utf8'),
+          fs.promises.readlink('/proc/thread-self/ns/net'),
+        ]);
         pool.reads++;
         if (dev.includes(MARK) || ns !== HOME) pool.foreign++;
       }
@@ -345,10 +372,14 @@ test.serial(
       await Promise.all(poolReaders);
       Atomics.store(stop, 0, 1);
     }
-    const w = await new Promise<{ reads: number; foreign: string[]; foreignCount: number }>((r) => worker.once('message', r));
+    const w = await new Promise<{ reads: number; foreign: string[]; foreignCount: number }>((r) =>
+      worker.once('message', r),
+    );
     await worker.terminate();
     t.true(done >= OPS);
-    t.log(`${done} operations; observations: worker ${w.reads * 4}, threadpool ${pool.reads * 2}, init hooks ${hookSeen.n}, thread samples of every thread`);
+    t.log(
+      `${done} operations; observations: worker ${w.reads * 4}, threadpool ${pool.reads * 2}, init hooks ${hookSeen.n}, thread samples of every thread`,
+    );
     t.true(w.reads > 50 && pool.reads >= POOL_MIN && hookSeen.n > 100, 'every observer really observed');
     t.deepEqual(
       { worker: w.foreignCount, pool: pool.foreign, hooks: hookSeen.foreign, threads: away.length },
@@ -359,77 +390,80 @@ test.serial(
   },
 );
 
-test.serial('every public operation that takes a handle refuses a closed one (EBADF, naming it) and touches nothing', async (t) => {
-  const host = netns.current();
-  const other = await marked('u2');
-  await bridge.ensure(other, 'tsfbr0');
-  const dead = await marked('u1');
-  await link.add(dead, { kind: 'bridge', name: 'd0' });
-  dead.close();
-  const reuser = await marked('u3'); // may hold dead's old fd number
-  const before = linksIn(reuser);
-  const L = 'namespace tsf-u1';
-  const calls: [string, () => unknown][] = [
-    ['inode', () => dead.inode],
-    ['nl', () => dead.nl],
-    ['openNetlink', () => dead.openNetlink(0)],
-    ['openFile', () => dead.openFile('/proc/net/dev')],
-    ['spawn', () => dead.spawn('true')],
-    ['spawnSync', () => dead.spawnSync('true')],
-    ['netns.nsid(h)', () => netns.nsid(dead, host)],
-    ['netns.nsid(of)', () => netns.nsid(host, dead)],
-    ['link.list', () => link.list(dead)],
-    ['link.get', () => link.get(dead, 'd0')],
-    ['link.mustGet', () => link.mustGet(dead, 'd0')],
-    ['link.add', () => link.add(dead, { kind: 'bridge', name: 'd1' })],
-    ['link.add peer', () => link.add(other, { kind: 'veth', name: 'tsfp0', peer: { name: 'tsfp0p', netns: dead } })],
-    ['link.set', () => link.set(dead, 'd0', { mtu: 1400 })],
-    ['link.set netns', () => link.set(other, 'tsfbr0', { netns: dead })],
-    ['link.setUp', () => link.setUp(dead, 'd0')],
-    ['link.setDown', () => link.setDown(dead, 'd0')],
-    ['link.del', () => link.del(dead, 'd0')],
-    ['link.setBridgePort', () => link.setBridgePort(dead, 'd0', { hairpin: true })],
-    ['addr.add', () => addr.add(dead, '10.9.0.1/24', 'd0')],
-    ['addr.replace', () => addr.replace(dead, '10.9.0.1/24', 'd0')],
-    ['addr.del', () => addr.del(dead, '10.9.0.1/24', 'd0')],
-    ['addr.list', () => addr.list(dead)],
-    ['route.add', () => route.add(dead, { dst: '10.8.0.0/16', dev: 'd0' })],
-    ['route.replace', () => route.replace(dead, { dst: '10.8.0.0/16', dev: 'd0' })],
-    ['route.del', () => route.del(dead, { dst: '10.8.0.0/16', dev: 'd0' })],
-    ['route.list', () => route.list(dead)],
-    ['route.get', () => route.get(dead, '10.8.0.1')],
-    ['veth.add', () => veth.add(dead, 'tsfv1', 'tsfv1p')],
-    ['veth.add peerNetns', () => veth.add(other, 'tsfv2', 'tsfv2p', { peerNetns: dead })],
-    ['veth.del', () => veth.del(dead, 'd0')],
-    ['veth.list', () => veth.list(dead)],
-    ['bridge.ensure', () => bridge.ensure(dead, 'br9')],
-    ['bridge.del', () => bridge.del(dead, 'br9')],
-    ['bridge.list', () => bridge.list(dead)],
-    ['bridge.addPort', () => bridge.addPort(dead, 'br9', 'd0')],
-    ['bridge.removePort', () => bridge.removePort(dead, 'd0')],
-    ['bridge.setHairpin', () => bridge.setHairpin(dead, 'd0', true)],
-    ['attach (namespace)', () => attach.attach(other, dead, { bridge: 'tsfbr0', address: '10.7.0.2/24' })],
-    ['attach (host)', () => attach.attach(dead, other, { bridge: 'tsfbr0', address: '10.7.0.2/24' })],
-    ['attach.detach', () => attach.detach(dead)],
-    ['sysctl.get', () => sysctl.get(dead, sysctl.keys.ipForward)],
-    ['sysctl.set', () => sysctl.set(dead, sysctl.keys.ipForward, 1)],
-    ['conntrack.list', () => conntrack.list(dead, 4)],
-    ['conntrack.deleteFlows', () => conntrack.deleteFlows(dead, 4, () => true)],
-    [
-      'NatEngine.update',
-      () =>
-        new NatEngine({ ns: dead, stateDir: path.join('/tmp', 'tsf-nat'), backend: 'nft' }).update((st) => {
-          st.rules.push({ kind: 'masquerade', source: '10.7.0.0/24' });
-        }),
-    ],
-  ];
-  for (const [what, fn] of calls) await rejectsEbadf(t, what, L, fn);
-  t.deepEqual(linksIn(reuser), before, 'nothing landed in the namespace holding the old number');
-  t.is(sysctl.get(reuser, sysctl.keys.ipForward), '0');
-  t.deepEqual(
-    linksIn(other).filter((l) => l.startsWith('tsf') && !l.startsWith(MARK)),
-    ['tsfbr0'],
-    'no half-made veth in the other namespace',
-  );
-  t.regex(ip(host, 'link', 'show'), /^(?![\s\S]*tsfv)/, 'nor on the host');
-});
+test.serial(
+  'every public operation that takes a handle refuses a closed one (EBADF, naming it) and touches nothing',
+  async (t) => {
+    const host = netns.current();
+    const other = await marked('u2');
+    await bridge.ensure(other, 'tsfbr0');
+    const dead = await marked('u1');
+    await link.add(dead, { kind: 'bridge', name: 'd0' });
+    dead.close();
+    const reuser = await marked('u3'); // may hold dead's old fd number
+    const before = linksIn(reuser);
+    const L = 'namespace tsf-u1';
+    const calls: [string, () => unknown][] = [
+      ['inode', () => dead.inode],
+      ['nl', () => dead.nl],
+      ['openNetlink', () => dead.openNetlink(0)],
+      ['openFile', () => dead.openFile('/proc/net/dev')],
+      ['spawn', () => dead.spawn('true')],
+      ['spawnSync', () => dead.spawnSync('true')],
+      ['netns.nsid(h)', () => netns.nsid(dead, host)],
+      ['netns.nsid(of)', () => netns.nsid(host, dead)],
+      ['link.list', () => link.list(dead)],
+      ['link.get', () => link.get(dead, 'd0')],
+      ['link.mustGet', () => link.mustGet(dead, 'd0')],
+      ['link.add', () => link.add(dead, { kind: 'bridge', name: 'd1' })],
+      ['link.add peer', () => link.add(other, { kind: 'veth', name: 'tsfp0', peer: { name: 'tsfp0p', netns: dead } })],
+      ['link.set', () => link.set(dead, 'd0', { mtu: 1400 })],
+      ['link.set netns', () => link.set(other, 'tsfbr0', { netns: dead })],
+      ['link.setUp', () => link.setUp(dead, 'd0')],
+      ['link.setDown', () => link.setDown(dead, 'd0')],
+      ['link.del', () => link.del(dead, 'd0')],
+      ['link.setBridgePort', () => link.setBridgePort(dead, 'd0', { hairpin: true })],
+      ['addr.add', () => addr.add(dead, '10.9.0.1/24', 'd0')],
+      ['addr.replace', () => addr.replace(dead, '10.9.0.1/24', 'd0')],
+      ['addr.del', () => addr.del(dead, '10.9.0.1/24', 'd0')],
+      ['addr.list', () => addr.list(dead)],
+      ['route.add', () => route.add(dead, { dst: '10.8.0.0/16', dev: 'd0' })],
+      ['route.replace', () => route.replace(dead, { dst: '10.8.0.0/16', dev: 'd0' })],
+      ['route.del', () => route.del(dead, { dst: '10.8.0.0/16', dev: 'd0' })],
+      ['route.list', () => route.list(dead)],
+      ['route.get', () => route.get(dead, '10.8.0.1')],
+      ['veth.add', () => veth.add(dead, 'tsfv1', 'tsfv1p')],
+      ['veth.add peerNetns', () => veth.add(other, 'tsfv2', 'tsfv2p', { peerNetns: dead })],
+      ['veth.del', () => veth.del(dead, 'd0')],
+      ['veth.list', () => veth.list(dead)],
+      ['bridge.ensure', () => bridge.ensure(dead, 'br9')],
+      ['bridge.del', () => bridge.del(dead, 'br9')],
+      ['bridge.list', () => bridge.list(dead)],
+      ['bridge.addPort', () => bridge.addPort(dead, 'br9', 'd0')],
+      ['bridge.removePort', () => bridge.removePort(dead, 'd0')],
+      ['bridge.setHairpin', () => bridge.setHairpin(dead, 'd0', true)],
+      ['attach (namespace)', () => attach.attach(other, dead, { bridge: 'tsfbr0', address: '10.7.0.2/24' })],
+      ['attach (host)', () => attach.attach(dead, other, { bridge: 'tsfbr0', address: '10.7.0.2/24' })],
+      ['attach.detach', () => attach.detach(dead)],
+      ['sysctl.get', () => sysctl.get(dead, sysctl.keys.ipForward)],
+      ['sysctl.set', () => sysctl.set(dead, sysctl.keys.ipForward, 1)],
+      ['conntrack.list', () => conntrack.list(dead, 4)],
+      ['conntrack.deleteFlows', () => conntrack.deleteFlows(dead, 4, () => true)],
+      [
+        'NatEngine.update',
+        () =>
+          new NatEngine({ ns: dead, stateDir: path.join('/tmp', 'tsf-nat'), backend: 'nft' }).update((st) => {
+            st.rules.push({ kind: 'masquerade', source: '10.7.0.0/24' });
+          }),
+      ],
+    ];
+    for (const [what, fn] of calls) await rejectsEbadf(t, what, L, fn);
+    t.deepEqual(linksIn(reuser), before, 'nothing landed in the namespace holding the old number');
+    t.is(sysctl.get(reuser, sysctl.keys.ipForward), '0');
+    t.deepEqual(
+      linksIn(other).filter((l) => l.startsWith('tsf') && !l.startsWith(MARK)),
+      ['tsfbr0'],
+      'no half-made veth in the other namespace',
+    );
+    t.regex(ip(host, 'link', 'show'), /^(?![\s\S]*tsfv)/, 'nor on the host');
+  },
+);

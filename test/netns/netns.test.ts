@@ -38,12 +38,17 @@ test.serial('add, list, open, del; del is idempotent; add refuses an existing na
 test.serial('iproute2 compatibility both ways: ip netns exec on ours, tsnet on ip netns add', async (t) => {
   const ours = await topo.ns('ours');
   await link.add(ours, { kind: 'veth', name: 'marker0', peer: { name: 'marker0p' } });
-  const seen = JSON.parse(run('ip', ['netns', 'exec', 'nst-ours', 'ip', '-j', 'link', 'show']).stdout) as { ifname: string }[];
+  const seen = JSON.parse(run('ip', ['netns', 'exec', 'nst-ours', 'ip', '-j', 'link', 'show']).stdout) as {
+    ifname: string;
+  }[];
   t.deepEqual(seen.map((l) => l.ifname).sort(), ['lo', 'marker0', 'marker0p']);
 
   t.is(run('ip', ['netns', 'add', 'nst-theirs']).status, 0);
   try {
-    t.is(run('ip', ['-n', 'nst-theirs', 'link', 'add', 'theirs0', 'type', 'veth', 'peer', 'name', 'theirs1']).status, 0);
+    t.is(
+      run('ip', ['-n', 'nst-theirs', 'link', 'add', 'theirs0', 'type', 'veth', 'peer', 'name', 'theirs1']).status,
+      0,
+    );
     const h = netns.open('nst-theirs');
     t.truthy(await link.get(h, 'theirs0'));
     t.falsy(await link.get(netns.current(), 'theirs0'), 'the link is not in the caller namespace');
@@ -53,42 +58,45 @@ test.serial('iproute2 compatibility both ways: ip netns exec on ours, tsnet on i
   }
 });
 
-test.serial('the main thread is never left switched; threads, async fs, DNS and new sockets stay on the host side', async (t) => {
-  const other = await topo.ns('other');
-  t.is(threadNs(), originNs);
-  t.is(native().gettid(), process.pid, 'tests run on the main thread');
+test.serial(
+  'the main thread is never left switched; threads, async fs, DNS and new sockets stay on the host side',
+  async (t) => {
+    const other = await topo.ns('other');
+    t.is(threadNs(), originNs);
+    t.is(native().gettid(), process.pid, 'tests run on the main thread');
 
-  // Work inside the other namespace in every way the library does.
-  await link.add(other, { kind: 'veth', name: 'work0', peer: { name: 'work0p' }, up: true });
-  await addr.replace(other, '10.250.0.1/24', 'work0');
-  sysctl.set(other, sysctl.keys.ipForward, 1);
-  const child = other.spawnSync('cat', ['/proc/self/net/dev'], { encoding: 'utf8' });
-  t.regex(String(child.stdout), /work0/, 'a child spawned for the namespace runs inside it');
-  t.is(threadNs(), originNs);
+    // Work inside the other namespace in every way the library does.
+    await link.add(other, { kind: 'veth', name: 'work0', peer: { name: 'work0p' }, up: true });
+    await addr.replace(other, '10.250.0.1/24', 'work0');
+    sysctl.set(other, sysctl.keys.ipForward, 1);
+    const child = other.spawnSync('cat', ['/proc/self/net/dev'], { encoding: 'utf8' });
+    t.regex(String(child.stdout), /work0/, 'a child spawned for the namespace runs inside it');
+    t.is(threadNs(), originNs);
 
-  // Every thread of the process (libuv pool, V8 helpers) is in the origin namespace.
-  for (const tid of fs.readdirSync('/proc/self/task')) {
-    t.is(fs.readlinkSync(`/proc/self/task/${tid}/ns/net`), originNs, `thread ${tid}`);
-  }
-  // Async fs and DNS run on the pool and still work.
-  t.true((await fs.promises.readFile('/proc/self/net/dev', 'utf8')).includes('lo:'));
-  t.false((await fs.promises.readFile('/proc/thread-self/net/dev', 'utf8')).includes('work0'));
-  t.truthy((await dns.lookup('localhost')).address);
+    // Every thread of the process (libuv pool, V8 helpers) is in the origin namespace.
+    for (const tid of fs.readdirSync('/proc/self/task')) {
+      t.is(fs.readlinkSync(`/proc/self/task/${tid}/ns/net`), originNs, `thread ${tid}`);
+    }
+    // Async fs and DNS run on the pool and still work.
+    t.true((await fs.promises.readFile('/proc/self/net/dev', 'utf8')).includes('lo:'));
+    t.false((await fs.promises.readFile('/proc/thread-self/net/dev', 'utf8')).includes('work0'));
+    t.truthy((await dns.lookup('localhost')).address);
 
-  // A socket made now belongs to the host side: a host-side child reaches it, the other namespace does not.
-  const server = net.createServer((s) => s.end('host\n'));
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  const port = (server.address() as net.AddressInfo).port;
-  try {
-    const fromHost = await request(netns.current(), 'tcp', '127.0.0.1', port);
-    t.deepEqual(fromHost.replies, { host: 1 });
-    const fromOther = await request(other, 'tcp', '127.0.0.1', port, { timeoutMs: 500 });
-    t.is(fromOther.ok, 0);
-  } finally {
-    server.close();
-  }
-  t.is(sysctl.get(netns.current(), sysctl.keys.ipForward), '0', 'the sysctl went to the other namespace only');
-});
+    // A socket made now belongs to the host side: a host-side child reaches it, the other namespace does not.
+    const server = net.createServer((s) => s.end('host\n'));
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const port = (server.address() as net.AddressInfo).port;
+    try {
+      const fromHost = await request(netns.current(), 'tcp', '127.0.0.1', port);
+      t.deepEqual(fromHost.replies, { host: 1 });
+      const fromOther = await request(other, 'tcp', '127.0.0.1', port, { timeoutMs: 500 });
+      t.is(fromOther.ok, 0);
+    } finally {
+      server.close();
+    }
+    t.is(sysctl.get(netns.current(), sysctl.keys.ipForward), '0', 'the sysctl went to the other namespace only');
+  },
+);
 
 test.serial('a namespace referenced by pid (as Docker names containers) gets a working veth', async (t) => {
   const node = await topo.ns('node');

@@ -97,78 +97,97 @@ function sequence(): [string, DesiredState][] {
         delete st.services.find((s) => s.name === 'default/mnf')!.masqueradeNotFrom;
       }),
     ],
-    ['rules and forwards gone, IPv6 gone', normalizeState({ services: sampleState(4).services.slice(0, 2), rules: [], forwards: [] })],
+    [
+      'rules and forwards gone, IPv6 gone',
+      normalizeState({ services: sampleState(4).services.slice(0, 2), rules: [], forwards: [] }),
+    ],
     ['nothing', normalizeState({ services: [], rules: [] })],
   ];
 }
 
-test.serial('for the same desired state, netlink and nft write the same table: every step of a sequence, and after a flush and resync', async (t) => {
-  const [a, b] = [await space('netlink'), await space('nft')];
-  const engines = [new NatEngine({ ns: a, stateDir: tmp(), backend: 'netlink' }), new NatEngine({ ns: b, stateDir: tmp(), backend: 'nft' })];
-  for (const [what, st] of sequence()) {
+test.serial(
+  'for the same desired state, netlink and nft write the same table: every step of a sequence, and after a flush and resync',
+  async (t) => {
+    const [a, b] = [await space('netlink'), await space('nft')];
+    const engines = [
+      new NatEngine({ ns: a, stateDir: tmp(), backend: 'netlink' }),
+      new NatEngine({ ns: b, stateDir: tmp(), backend: 'nft' }),
+    ];
+    for (const [what, st] of sequence()) {
+      await Promise.all(
+        engines.map((e) =>
+          e.update((s) => {
+            Object.assign(s, structuredClone(st));
+          }),
+        ),
+      );
+      t.deepEqual(observed(a), observed(b), what);
+    }
+    const last = sequence()[2]![1];
     await Promise.all(
       engines.map((e) =>
         e.update((s) => {
-          Object.assign(s, structuredClone(st));
+          Object.assign(s, structuredClone(last));
         }),
       ),
     );
-    t.deepEqual(observed(a), observed(b), what);
-  }
-  const last = sequence()[2]![1];
-  await Promise.all(
-    engines.map((e) =>
-      e.update((s) => {
-        Object.assign(s, structuredClone(last));
-      }),
-    ),
-  );
-  for (const ns of [a, b]) t.is(run('ip', ['netns', 'exec', ns.name!, 'nft', 'flush', 'ruleset']).status, 0);
-  const resync = await Promise.all(engines.map((e) => e.sync()));
-  t.deepEqual(
-    resync.map((r) => r.full),
-    [true, true],
-    'a flush is seen by both canaries',
-  );
-  t.deepEqual(observed(a), observed(b), 'after the resync');
-  t.not(JSON.stringify(observed(a)), JSON.stringify(['ip: no table', 'ip6: no table']));
-});
+    for (const ns of [a, b]) t.is(run('ip', ['netns', 'exec', ns.name!, 'nft', 'flush', 'ruleset']).status, 0);
+    const resync = await Promise.all(engines.map((e) => e.sync()));
+    t.deepEqual(
+      resync.map((r) => r.full),
+      [true, true],
+      'a flush is seen by both canaries',
+    );
+    t.deepEqual(observed(a), observed(b), 'after the resync');
+    t.not(JSON.stringify(observed(a)), JSON.stringify(['ip: no table', 'ip6: no table']));
+  },
+);
 
-test.serial('switching between netlink and nft needs no teardown: the other carries on with a partial sync', async (t) => {
-  const ns = await space('switch');
-  const dir = tmp();
-  // Steps whose changes are elements only (nft 1.0.6 makes the text backend rebuild when a new lb chain appears).
-  const first = sequence()[0]![1];
-  const second = structuredClone(first);
-  second.services[0]!.endpoints = [parseEndpoint('10.0.0.2:8080'), parseEndpoint('10.0.0.9:8080')];
-  await new NatEngine({ ns, stateDir: dir, backend: 'netlink' }).update((s) => {
-    Object.assign(s, structuredClone(first));
-  });
-  const viaNft = await new NatEngine({ ns, stateDir: dir, backend: 'nft' }).update((s) => {
-    Object.assign(s, structuredClone(second));
-  });
-  t.false(viaNft.full, 'nft carried on from what netlink wrote');
-  const back = await new NatEngine({ ns, stateDir: dir, backend: 'netlink' }).update((s) => {
-    Object.assign(s, structuredClone(first));
-  });
-  t.false(back.full, 'and netlink from what nft wrote');
-  const ref = await space('switchref');
-  await new NatEngine({ ns: ref, stateDir: tmp(), backend: 'nft' }).update((s) => {
-    Object.assign(s, structuredClone(first));
-  });
-  t.deepEqual(observed(ns), observed(ref), 'the result is what a fresh sync would write');
-});
+test.serial(
+  'switching between netlink and nft needs no teardown: the other carries on with a partial sync',
+  async (t) => {
+    const ns = await space('switch');
+    const dir = tmp();
+    // Steps whose changes are elements only (nft 1.0.6 makes the text backend rebuild when a new lb chain appears).
+    const first = sequence()[0]![1];
+    const second = structuredClone(first);
+    second.services[0]!.endpoints = [parseEndpoint('10.0.0.2:8080'), parseEndpoint('10.0.0.9:8080')];
+    await new NatEngine({ ns, stateDir: dir, backend: 'netlink' }).update((s) => {
+      Object.assign(s, structuredClone(first));
+    });
+    const viaNft = await new NatEngine({ ns, stateDir: dir, backend: 'nft' }).update((s) => {
+      Object.assign(s, structuredClone(second));
+    });
+    t.false(viaNft.full, 'nft carried on from what netlink wrote');
+    const back = await new NatEngine({ ns, stateDir: dir, backend: 'netlink' }).update((s) => {
+      Object.assign(s, structuredClone(first));
+    });
+    t.false(back.full, 'and netlink from what nft wrote');
+    const ref = await space('switchref');
+    await new NatEngine({ ns: ref, stateDir: tmp(), backend: 'nft' }).update((s) => {
+      Object.assign(s, structuredClone(first));
+    });
+    t.deepEqual(observed(ns), observed(ref), 'the result is what a fresh sync would write');
+  },
+);
 
-test.serial("nft list shows the netlink backend's table as if nft had written it: typeof, comments, counters", async (t) => {
-  const ns = await space('read');
-  await new NatEngine({ ns, stateDir: tmp(), backend: 'netlink' }).update((s) => {
-    Object.assign(s, sampleState(4));
-  });
-  const text = run('ip', ['netns', 'exec', ns.name!, 'nft', 'list', 'table', 'ip', 'tsnet']).stdout;
-  t.regex(text, /map service-ips \{\n\t\ttypeof ip daddr \. meta l4proto \. th dport : verdict\n\t\tcounter\n/);
-  t.regex(text, /typeof ip daddr \. meta l4proto \. th dport \. numgen random mod 65536 : ip daddr \. th dport/);
-  t.regex(text, /10\.96\.0\.1 \. tcp \. 80 counter packets 0 bytes 0 comment "default\/web" : goto lb-tcp-2\b/);
-  t.regex(text, /set hairpin \{\n\t\ttypeof ip saddr \. ip daddr\n/);
-  t.regex(text, /comment "tsnet forward mysql"/);
-  t.notRegex(text, /type (ipv4_addr|integer|inet_proto)/, 'no set falls back to `type` (the typeof userdata is there)');
-});
+test.serial(
+  "nft list shows the netlink backend's table as if nft had written it: typeof, comments, counters",
+  async (t) => {
+    const ns = await space('read');
+    await new NatEngine({ ns, stateDir: tmp(), backend: 'netlink' }).update((s) => {
+      Object.assign(s, sampleState(4));
+    });
+    const text = run('ip', ['netns', 'exec', ns.name!, 'nft', 'list', 'table', 'ip', 'tsnet']).stdout;
+    t.regex(text, /map service-ips \{\n\t\ttypeof ip daddr \. meta l4proto \. th dport : verdict\n\t\tcounter\n/);
+    t.regex(text, /typeof ip daddr \. meta l4proto \. th dport \. numgen random mod 65536 : ip daddr \. th dport/);
+    t.regex(text, /10\.96\.0\.1 \. tcp \. 80 counter packets 0 bytes 0 comment "default\/web" : goto lb-tcp-2\b/);
+    t.regex(text, /set hairpin \{\n\t\ttypeof ip saddr \. ip daddr\n/);
+    t.regex(text, /comment "tsnet forward mysql"/);
+    t.notRegex(
+      text,
+      /type (ipv4_addr|integer|inet_proto)/,
+      'no set falls back to `type` (the typeof userdata is there)',
+    );
+  },
+);

@@ -15,10 +15,14 @@ const SCRIPT = path.join(ROOT, 'test', 'harness', 'no-netfilter.js');
 
 test('with iptables, iptables-save and nft absent: the demo, a service, a forward and a CNI ADD/DEL work', (t) => {
   assertSandbox();
-  const r = spawnSync(process.execPath, [SANDBOX, 'sh', '-c', 'mount -t tmpfs tsnet-no-sbin /usr/sbin && exec "$0" "$@"', process.execPath, SCRIPT], {
-    encoding: 'utf8',
-    timeout: 120_000,
-  });
+  const r = spawnSync(
+    process.execPath,
+    [SANDBOX, 'sh', '-c', 'mount -t tmpfs tsnet-no-sbin /usr/sbin && exec "$0" "$@"', process.execPath, SCRIPT],
+    {
+      encoding: 'utf8',
+      timeout: 120_000,
+    },
+  );
   t.is(r.status, 0, r.stderr + r.stdout);
   const out = JSON.parse(r.stdout.trim().split('\n').pop()!);
   t.deepEqual(out.toolsPresent, [], 'no netfilter binary anywhere');

@@ -19,7 +19,11 @@ for (const mode of ['standalone', 'agent'] as const) {
     const r = run('bash', [SCRIPT, ...(mode === 'agent' ? ['--agent'] : [])], { timeoutMs: 220_000 });
     t.is(r.status, 0, `${r.stdout}\n${r.stderr}`);
     t.regex(r.stdout, /container address \(from tsnet-ipam\): 10\.89\.0\.\d+/);
-    t.is(r.stdout.match(/hello from a podman container on tsnet/g)?.length, 4, 'node, container, gateway:port and 127.0.0.1:port all reached it');
+    t.is(
+      r.stdout.match(/hello from a podman container on tsnet/g)?.length,
+      4,
+      'node, container, gateway:port and 127.0.0.1:port all reached it',
+    );
     t.regex(r.stdout, /reservations left: none; NAT rules naming \S+: 0; attachment records: 0/);
     if (mode === 'agent') t.regex(r.stdout, /served by the agent: ADD [2-9], DEL [2-9]/);
     else t.notRegex(r.stdout, /served by the agent/);

@@ -94,7 +94,10 @@ const SCENARIOS: Record<string, Scenario> = {
     check: (t, _out, dir) => t.regex(fs.readFileSync(path.join(dir, '_tsnet'), 'utf8'), /^#compdef tsnet/),
   },
   'nat-session': {
-    files: { 'cli-shape.json': '[{"name": "web", "vip": "10.96.0.10:80", "endpoints": ["10.88.0.3:8080@3", "10.88.0.5:8080"]}]\n' },
+    files: {
+      'cli-shape.json':
+        '[{"name": "web", "vip": "10.96.0.10:80", "endpoints": ["10.88.0.3:8080@3", "10.88.0.5:8080"]}]\n',
+    },
     check: (t, out, dir) => {
       t.regex(out[2]!, /^web\s+10\.96\.0\.10:80\s+tcp\s+0\s+10\.88\.0\.3:8080=0,10\.88\.0\.4:8080=0\s+30/m);
       t.is((JSON.parse(fs.readFileSync(path.join(dir, 'services.json'), 'utf8')) as unknown[]).length, 1);
@@ -121,7 +124,10 @@ const SCENARIOS: Record<string, Scenario> = {
     paths: { '/var/lib/tsnet': 'DIR/state', '/opt/cni/bin': 'DIR/bin', '/etc/cni/net.d': 'DIR/net.d' },
     check: (t, _out, dir) => {
       t.true(fs.existsSync(path.join(dir, 'bin', 'tsnet-bridge')));
-      t.regex(fs.readFileSync(path.join(dir, 'bin', 'tsnet-cni.conf'), 'utf8'), new RegExp(`^state_dir=${dir}/state$`, 'm'));
+      t.regex(
+        fs.readFileSync(path.join(dir, 'bin', 'tsnet-cni.conf'), 'utf8'),
+        new RegExp(`^state_dir=${dir}/state$`, 'm'),
+      );
       t.true(fs.existsSync(path.join(dir, 'net.d', '10-tsnet.conflist')));
     },
   },
@@ -183,7 +189,8 @@ function runBlock(b: Block, s: Scenario): { out: string[]; failed?: string; dir:
   fs.writeFileSync(path.join(bin, 'tsnet'), `#!/bin/sh\nexec ${process.execPath} ${CLI} "$@"\n`, { mode: 0o755 });
   for (const [f, text] of Object.entries(s.files ?? {})) fs.writeFileSync(path.join(dir, f), text);
   const lines = commands(b);
-  const local = (text: string) => Object.entries(s.paths ?? {}).reduce((x, [from, to]) => x.split(from).join(to.replace('DIR', dir)), text);
+  const local = (text: string) =>
+    Object.entries(s.paths ?? {}).reduce((x, [from, to]) => x.split(from).join(to.replace('DIR', dir)), text);
   const script = [
     'set -o pipefail',
     `export PATH=${bin}:/usr/local/sbin:/usr/sbin:/sbin:/usr/local/bin:/usr/bin:/bin TSNET_STATE_DIR=${dir}/state TSNET_AGENT_SOCKET=`,
@@ -201,7 +208,17 @@ function runBlock(b: Block, s: Scenario): { out: string[]; failed?: string; dir:
   fs.writeFileSync(path.join(dir, '.script.sh'), script);
   const r = run(
     'unshare',
-    ['--net', '--mount', '--propagation', 'private', '--', process.execPath, builtScript('sandbox/inner.js'), 'bash', path.join(dir, '.script.sh')],
+    [
+      '--net',
+      '--mount',
+      '--propagation',
+      'private',
+      '--',
+      process.execPath,
+      builtScript('sandbox/inner.js'),
+      'bash',
+      path.join(dir, '.script.sh'),
+    ],
     {
       timeoutMs: 90_000,
     },
@@ -222,14 +239,20 @@ for (const b of all.filter((x) => x.scenario)) {
   const s = SCENARIOS[b.scenario!];
   test(`README ${b.lang} block "${b.scenario}" (line ${b.line}) runs`, (t) => {
     assertSandbox();
-    if (!s && b.scenario !== 'quick-start') return t.fail(`no scenario "${b.scenario}" in ${path.basename(__filename)}: this block is run by no test`);
+    if (!s && b.scenario !== 'quick-start')
+      return t.fail(`no scenario "${b.scenario}" in ${path.basename(__filename)}: this block is run by no test`);
     if (b.scenario === 'quick-start') return quickStart(t, b);
     const r = runBlock(b, s!);
     try {
       t.is(r.failed, undefined);
       if (r.failed) return;
       commands(b).forEach((l, i) => {
-        if (l.expect) t.deepEqual(r.out[i]!.trimEnd().split('\n').map(normalize), l.expect.map(normalize), `README line ${l.n}: ${l.text}`);
+        if (l.expect)
+          t.deepEqual(
+            r.out[i]!.trimEnd().split('\n').map(normalize),
+            l.expect.map(normalize),
+            `README line ${l.n}: ${l.text}`,
+          );
       });
       s!.check?.(t, r.out, r.dir);
     } finally {
@@ -239,9 +262,13 @@ for (const b of all.filter((x) => x.scenario)) {
 }
 
 test('every README block with commands is run or checked by a test, and every scenario has its block', (t) => {
-  const untagged = all.filter((b) => ['sh', 'console', 'shell', 'bash'].includes(b.lang) && !b.scenario).map((b) => `${b.lang} block at line ${b.line}`);
+  const untagged = all
+    .filter((b) => ['sh', 'console', 'shell', 'bash'].includes(b.lang) && !b.scenario)
+    .map((b) => `${b.lang} block at line ${b.line}`);
   t.deepEqual(untagged, [], 'precede each with <!-- test: NAME --> and give NAME a scenario');
-  const bare = all.filter((b) => b.lang === '' && b.lines.some((l) => /^(tsnet|[$#]) /.test(l))).map((b) => `untagged block at line ${b.line}`);
+  const bare = all
+    .filter((b) => b.lang === '' && b.lines.some((l) => /^(tsnet|[$#]) /.test(l)))
+    .map((b) => `untagged block at line ${b.line}`);
   t.deepEqual(bare, [], 'a block of commands is sh, console (with prompts) or text (usage)');
   const used = new Set(all.map((b) => b.scenario));
   t.deepEqual(
@@ -255,7 +282,9 @@ test('every README block with commands is run or checked by a test, and every sc
 function quickStart(t: ExecutionContext, b: Block): void {
   const [demoLine, testLine] = commands(b);
   const ci = fs.readFileSync(path.join(ROOT, '.ci', 'run'), 'utf8');
-  const scripts = (JSON.parse(fs.readFileSync(path.join(ROOT, 'package.json'), 'utf8')) as { scripts: Record<string, string> }).scripts;
+  const scripts = (
+    JSON.parse(fs.readFileSync(path.join(ROOT, 'package.json'), 'utf8')) as { scripts: Record<string, string> }
+  ).scripts;
   t.regex(demoLine!.text, /^npm ci && npm run demo\b/);
   t.regex(ci, /^npm ci\b/m, '.ci/run installs with npm ci');
   t.is(scripts.demo, 'npm run build && node dist/src/cli/main.js demo');
@@ -264,9 +293,13 @@ function quickStart(t: ExecutionContext, b: Block): void {
   const m = /^apt-get install -y ([\w .-]+?) && npm test\b/.exec(testLine!.text);
   t.truthy(m, `README line ${testLine!.n}: apt-get install -y PACKAGES && npm test`);
   const pkgs = /^pkgs=\(([^)]*)\)/m.exec(ci)![1]!.split(/\s+/);
-  for (const p of m![1]!.split(' ')) t.true(pkgs.includes(p), `${p}: in README's install line, not installed by .ci/run`);
+  for (const p of m![1]!.split(' '))
+    t.true(pkgs.includes(p), `${p}: in README's install line, not installed by .ci/run`);
   for (const p of pkgs.filter((x) => !['util-linux', 'gcc', 'g++', 'make', 'python3'].includes(x)))
-    t.true(m![1]!.split(' ').includes(p), `${p}: installed by .ci/run for the tests, missing from the README's install line`);
+    t.true(
+      m![1]!.split(' ').includes(p),
+      `${p}: installed by .ci/run for the tests, missing from the README's install line`,
+    );
   t.regex(ci, /^npm test$/m, ".ci/run runs the README's test command");
 }
 
@@ -283,10 +316,15 @@ test('every `tsnet ...` usage line in a text block names commands and options th
       let parent: Command | undefined;
       // Leading global options in brackets (`tsnet [--state-dir DIR] agent ...`) come before the command words.
       let last: Command | undefined;
-      for (const alt of splitTop(line.slice('tsnet '.length)).map((x, k) => (k ? x : x.replace(/^(\[-[^\]]*\]\s*)+/, '')))) {
+      for (const alt of splitTop(line.slice('tsnet '.length)).map((x, k) =>
+        k ? x : x.replace(/^(\[-[^\]]*\]\s*)+/, ''),
+      )) {
         for (const words of expandWords(alt)) {
           // An alternative of options (`--endpoint ... | --none`) belongs to the command before it.
-          const { cmd, parentOf } = alt.trim().startsWith('-') && last ? { cmd: last, parentOf: parent! } : resolve(program, parent ?? program, words);
+          const { cmd, parentOf } =
+            alt.trim().startsWith('-') && last
+              ? { cmd: last, parentOf: parent! }
+              : resolve(program, parent ?? program, words);
           if (!parent) parent = parentOf;
           last = cmd;
           if (!cmd) {
@@ -294,7 +332,11 @@ test('every `tsnet ...` usage line in a text block names commands and options th
             continue;
           }
           for (const opt of alt.match(/(?<![\w-])--?[a-z0-9][a-z0-9-]*/g) ?? []) {
-            if (!globals.has(opt) && !cmd.options.some((o) => o.long === opt || o.short === opt) && !['-h', '--help'].includes(opt))
+            if (
+              !globals.has(opt) &&
+              !cmd.options.some((o) => o.long === opt || o.short === opt) &&
+              !['-h', '--help'].includes(opt)
+            )
               problems.push(`line ${b.line + i}: ${opt} is not an option of "${cmdPath(cmd)}"`);
           }
         }
@@ -362,4 +404,5 @@ function resolve(program: Command, start: Command, words: string[]): { cmd?: Com
   return { parentOf: program };
 }
 
-const cmdPath = (c: Command): string => (c.parent && c.parent.name() !== 'tsnet' ? `${cmdPath(c.parent)} ${c.name()}` : c.name());
+const cmdPath = (c: Command): string =>
+  c.parent && c.parent.name() !== 'tsnet' ? `${cmdPath(c.parent)} ${c.name()}` : c.name();

@@ -54,7 +54,17 @@ test('tsnet topology: JSON, dot and SVG hold every namespace, veth link, bridge 
   const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'tsnet-topo-'));
   dirs.push(stateDir);
   const v = natView(() => nd.name!, 'netlink', stateDir);
-  v.ok('service', 'add', 'web', '--vip', '10.96.1.10:80', '--endpoint', '10.68.1.2:8080', '--endpoint', '10.68.1.3:8080@2');
+  v.ok(
+    'service',
+    'add',
+    'web',
+    '--vip',
+    '10.96.1.10:80',
+    '--endpoint',
+    '10.68.1.2:8080',
+    '--endpoint',
+    '10.68.1.3:8080@2',
+  );
   const j = JSON.parse(v.ok('topology').stdout) as {
     nodes: { id: string; kind: string; lines: string[] }[];
     edges: { kind: string; from: string; to: string; label: string }[];
@@ -110,14 +120,32 @@ test("the agent's /topology page in chromium: every namespace and link, a clicke
   const sockDir = fs.mkdtempSync(path.join(os.tmpdir(), 'tsnet-topo-sock-'));
   dirs.push(sockDir);
   fs.chmodSync(sockDir, 0o700);
-  const agent = new AgentProcess(nd, path.join(sockDir, 'agent.sock'), ['--metrics', '10.79.2.2:0', '--resync-interval', '1s'], stateDir);
+  const agent = new AgentProcess(
+    nd,
+    path.join(sockDir, 'agent.sock'),
+    ['--metrics', '10.79.2.2:0', '--resync-interval', '1s'],
+    stateDir,
+  );
   cni.agents.set(nd.name!, agent);
   const { metrics } = await agent.ready;
   t.truthy(metrics);
   // A service in the agent's own state (the CLI run inside the node, as an operator on it would).
   const add = nd.spawnSync(
     process.execPath,
-    [CLI, '--state-dir', stateDir, 'service', 'add', 'web', '--vip', '10.96.2.10:80', '--endpoint', '10.68.2.2:8080', '--endpoint', '10.68.2.3:8080'],
+    [
+      CLI,
+      '--state-dir',
+      stateDir,
+      'service',
+      'add',
+      'web',
+      '--vip',
+      '10.96.2.10:80',
+      '--endpoint',
+      '10.68.2.2:8080',
+      '--endpoint',
+      '10.68.2.3:8080',
+    ],
     { encoding: 'utf8' },
   );
   t.is(add.status, 0, String(add.stderr));
@@ -125,7 +153,10 @@ test("the agent's /topology page in chromium: every namespace and link, a clicke
   const calls = await request(nd, 'http', '10.96.2.10', 80, { count: 10 });
   t.is(calls.ok, 10, calls.errors.join('; '));
 
-  browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage'] });
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    args: ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage'],
+  });
   const page = await browser.newPage();
   await page.goto(`http://${metrics}/topology`);
   await page.waitForSelector('svg [data-service="web"]', { timeout: 15_000 });
@@ -155,15 +186,26 @@ test("the agent's /topology page in chromium: every namespace and link, a clicke
     bridge: 'br0',
     isGateway: true,
     stateDir: path.join(stateDir, 'cni-state'),
-    ipam: { type: 'tsnet-ipam', subnet: '10.68.2.0/24', rangeStart: '10.68.2.50', dataDir: path.join(stateDir, 'ipam') },
+    ipam: {
+      type: 'tsnet-ipam',
+      subnet: '10.68.2.0/24',
+      rangeStart: '10.68.2.50',
+      dataDir: path.join(stateDir, 'ipam'),
+    },
   };
   const r = await cni.call(nd, 'tsnet-bridge', 'ADD', conf, { containerId: 'topo-d', netns: c4.path, ifname: 'eth0' });
   t.is(r.status, 0, r.stdout + r.stderr);
   t.is(r.servedBy, 'agent');
   await page.waitForSelector(`svg [data-id="ns:${c4.name}"]`, { timeout: 15_000 });
   t.is(await page.locator(`svg [data-edge="veth:${c4.name}:eth0"]`).count(), 1, 'with its veth link');
-  t.true(await page.locator('#service-title').isVisible(), 'the same page: no reload happened (the clicked service is still shown)');
-  t.is((await cni.call(nd, 'tsnet-bridge', 'DEL', conf, { containerId: 'topo-d', netns: c4.path, ifname: 'eth0' })).status, 0);
+  t.true(
+    await page.locator('#service-title').isVisible(),
+    'the same page: no reload happened (the clicked service is still shown)',
+  );
+  t.is(
+    (await cni.call(nd, 'tsnet-bridge', 'DEL', conf, { containerId: 'topo-d', netns: c4.path, ifname: 'eth0' })).status,
+    0,
+  );
   await agent.stop();
   await link.del(netns.current(), 'topo-up0');
 });

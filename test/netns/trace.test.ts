@@ -46,7 +46,19 @@ for (const backend of ['netlink', 'nft', 'iptables'] as const) {
     const vip = `10.96.${nd.n}.10`;
     const client = `10.71.${nd.n}.2`;
     // Weighted UDP service: one flow (fixed source port) keeps its endpoint while its conntrack entry lives.
-    nd.ok('service', 'add', 'dns', '--vip', `${vip}:53`, '--proto', 'udp', '--endpoint', `${nd.ep(1)}:5353@1`, '--endpoint', `${nd.ep(2)}:5353@3`);
+    nd.ok(
+      'service',
+      'add',
+      'dns',
+      '--vip',
+      `${vip}:53`,
+      '--proto',
+      'udp',
+      '--endpoint',
+      `${nd.ep(1)}:5353@1`,
+      '--endpoint',
+      `${nd.ep(2)}:5353@3`,
+    );
     const flow = await request(nd.client, 'udp', vip, 53, { count: 3, sourcePort: 41000 });
     t.is(flow.ok, 3, flow.errors.join('; '));
     const [answered] = Object.keys(flow.replies);
@@ -60,7 +72,11 @@ for (const backend of ['netlink', 'nft', 'iptables'] as const) {
       ],
     );
     t.is(r.chosen?.reason, 'flow');
-    t.is(r.chosen?.endpoint, `${nd.ep(Number(answered!.slice(1)))}:5353`, `trace says ${r.chosen?.endpoint}, ${answered} answered`);
+    t.is(
+      r.chosen?.endpoint,
+      `${nd.ep(Number(answered!.slice(1)))}:5353`,
+      `trace says ${r.chosen?.endpoint}, ${answered} answered`,
+    );
     t.true(
       r.endpoints.every((e: any) => e.via.dev === 'br0' && e.via.namespace?.startsWith('trc-')),
       JSON.stringify(r.endpoints.map((e: any) => e.via)),

@@ -37,9 +37,15 @@ test('a request survives the wire byte by byte, and frames split or merged anywh
 test('malformed requests are refused, not half-read', (t) => {
   const [head, env, stdin] = new FrameReader().push(encodeRequest(req));
   t.throws(() => decodeRequest([head!, env!]), { message: /incomplete/ });
-  t.throws(() => decodeRequest([Buffer.from('tsnet-cni/2\0tsnet-bridge\x004 1\x001000\0'), env!, stdin!]), { message: /not a tsnet-cni\/1 request/ });
-  t.throws(() => decodeRequest([Buffer.from('tsnet-cni/1\0tsnet-bridge\0me\x001000\0'), env!, stdin!]), { message: /namespace identity/ });
-  t.throws(() => decodeRequest([Buffer.from('tsnet-cni/1\0tsnet-bridge\x004 1\x00-5\0'), env!, stdin!]), { message: /deadline/ });
+  t.throws(() => decodeRequest([Buffer.from('tsnet-cni/2\0tsnet-bridge\x004 1\x001000\0'), env!, stdin!]), {
+    message: /not a tsnet-cni\/1 request/,
+  });
+  t.throws(() => decodeRequest([Buffer.from('tsnet-cni/1\0tsnet-bridge\0me\x001000\0'), env!, stdin!]), {
+    message: /namespace identity/,
+  });
+  t.throws(() => decodeRequest([Buffer.from('tsnet-cni/1\0tsnet-bridge\x004 1\x00-5\0'), env!, stdin!]), {
+    message: /deadline/,
+  });
   const huge = Buffer.alloc(4);
   huge.writeUInt32LE(MAX_FRAME + 1);
   t.throws(() => new FrameReader().push(huge), { message: /larger than/ });
@@ -62,21 +68,31 @@ test('a NAT request (the CLI to the agent) survives the wire and is told apart f
 
 test('malformed NAT requests are refused before anything is applied: relative state dir, bad target namespace, not a change, not JSON', (t) => {
   const [head, target, changes] = new FrameReader().push(encodeNatRequest(natReq));
-  const with_ = (tg: unknown, ch: unknown = natReq.changes) => [head!, Buffer.from(JSON.stringify(tg)), Buffer.from(JSON.stringify(ch))];
+  const with_ = (tg: unknown, ch: unknown = natReq.changes) => [
+    head!,
+    Buffer.from(JSON.stringify(tg)),
+    Buffer.from(JSON.stringify(ch)),
+  ];
   t.throws(() => decodeNatRequest([head!, target!]), { message: /incomplete/ });
   t.throws(() => decodeNatRequest(with_({ ...natReq.target, stateDir: 'state' })), { message: /absolute stateDir/ });
   t.throws(() => decodeNatRequest(with_({ ...natReq.target, netns: { ref: 'c1' } })), { message: /target namespace/ });
-  t.throws(() => decodeNatRequest(with_({ ...natReq.target, netns: { ref: '', id: '4 1' } })), { message: /target namespace/ });
+  t.throws(() => decodeNatRequest(with_({ ...natReq.target, netns: { ref: '', id: '4 1' } })), {
+    message: /target namespace/,
+  });
   t.throws(() => decodeNatRequest(with_(natReq.target, [{ name: 'web' }])), { message: /not a change/ });
   t.throws(() => decodeNatRequest(with_(natReq.target, [])), { message: /non-empty array/ });
   t.throws(() => decodeNatRequest([head!, Buffer.from('{'), changes!]), { message: /not JSON/ });
-  t.throws(() => decodeNatRequest([Buffer.from('tsnet-nat/1\0me\0'), target!, changes!]), { message: /namespace identity/ });
+  t.throws(() => decodeNatRequest([Buffer.from('tsnet-nat/1\0me\0'), target!, changes!]), {
+    message: /namespace identity/,
+  });
 });
 
 test('replies carry the exit status and stdout; a deny is told apart', (t) => {
   const [f] = new FrameReader().push(encodeReply(1, '{"code":7}\n'));
   t.deepEqual(decodeReply(f!), { exitCode: 1, stdout: '{"code":7}\n' });
-  t.deepEqual(decodeReply(Buffer.from('deny peer uid 1000 (pid 5) is not root')), { deny: 'peer uid 1000 (pid 5) is not root' });
+  t.deepEqual(decodeReply(Buffer.from('deny peer uid 1000 (pid 5) is not root')), {
+    deny: 'peer uid 1000 (pid 5) is not root',
+  });
 });
 
 test('metrics: each agent has its own registry (two in one process never count into each other)', async (t) => {

@@ -26,7 +26,15 @@ test('veth linkinfo encodes the peer as ifinfomsg + IFLA attrs and decodes back'
   const obj = {
     ifname: 'vh1',
     mtu: 1400,
-    linkinfo: { kind: 'veth', data: { peer: { header: { family: 0, type: 0, index: 0, flags: 0, change: 0 }, attrs: { ifname: 'eth0', net_ns_fd: 7 } } } },
+    linkinfo: {
+      kind: 'veth',
+      data: {
+        peer: {
+          header: { family: 0, type: 0, index: 0, flags: 0, change: 0 },
+          attrs: { ifname: 'eth0', net_ns_fd: 7 },
+        },
+      },
+    },
   };
   const round = decodeAttrs(IFLA, encodeAttrs(IFLA, obj));
   t.like(round, { ifname: 'vh1', mtu: 1400 });

@@ -7,8 +7,15 @@ import { NatStore } from '../../src/nat/store';
 import { StoredRows } from '../../src/nat/rows';
 import { normalizeState, parseEndpoint, type DesiredState, type Service } from '../../src/nat/model';
 
-const svc = (name: string, vip: string, eps: string[] = ['10.0.0.2:80']): Service => ({ name, vip, port: 80, proto: 'tcp', endpoints: eps.map(parseEndpoint) });
-const base = (): DesiredState => normalizeState({ services: [svc('a', '10.96.0.1'), svc('b', '10.96.0.2'), svc('c', '10.96.0.3')], rules: [] });
+const svc = (name: string, vip: string, eps: string[] = ['10.0.0.2:80']): Service => ({
+  name,
+  vip,
+  port: 80,
+  proto: 'tcp',
+  endpoints: eps.map(parseEndpoint),
+});
+const base = (): DesiredState =>
+  normalizeState({ services: [svc('a', '10.96.0.1'), svc('b', '10.96.0.2'), svc('c', '10.96.0.3')], rules: [] });
 
 test('changes apply in place; the round says which services changed; undo restores the state exactly', (t) => {
   const st = base();
@@ -33,7 +40,10 @@ test('changes apply in place; the round says which services changed; undo restor
     ],
   );
   t.true(r.global);
-  const byName = (x: DesiredState) => ({ ...x, services: [...x.services].sort((p, q) => p.name.localeCompare(q.name)) });
+  const byName = (x: DesiredState) => ({
+    ...x,
+    services: [...x.services].sort((p, q) => p.name.localeCompare(q.name)),
+  });
   t.deepEqual(byName(r.before()), byName(JSON.parse(snapshot)), 'the state before, rebuilt (order aside)');
   t.is(x.service('d')!.vip, '10.96.0.4');
   r.undo();
@@ -54,15 +64,25 @@ test('a refused change undoes the whole round: VIP claimed twice, other settings
       ],
       /services b and e both claim 10\.96\.0\.2:80\/tcp/,
     ],
-    [[{ op: 'add-service', service: svc('a', '10.96.0.1', ['10.0.0.3:80']) }], /service a already exists with other settings/],
+    [
+      [{ op: 'add-service', service: svc('a', '10.96.0.1', ['10.0.0.3:80']) }],
+      /service a already exists with other settings/,
+    ],
     [[{ op: 'set-endpoints', name: 'nope', endpoints: [] }], /no service named nope/],
-    [[{ op: 'replace-services', services: [svc('x', '10.96.0.9'), svc('x', '10.96.0.8')] }], /duplicate service name x/],
+    [
+      [{ op: 'replace-services', services: [svc('x', '10.96.0.9'), svc('x', '10.96.0.8')] }],
+      /duplicate service name x/,
+    ],
   ];
   for (const [changes, re] of refused) {
     t.throws(() => x.apply(changes), { message: re });
     t.is(JSON.stringify(st), snapshot, `nothing changed by ${re}`);
   }
-  t.deepEqual(x.apply([{ op: 'add-service', service: svc('a', '10.96.0.1') }]).services, [], 'the same add twice changes nothing');
+  t.deepEqual(
+    x.apply([{ op: 'add-service', service: svc('a', '10.96.0.1') }]).services,
+    [],
+    'the same add twice changes nothing',
+  );
   // A VIP freed and claimed in one round is fine.
   x.apply([
     { op: 'delete-service', name: 'a' },
@@ -74,7 +94,12 @@ test('a refused change undoes the whole round: VIP claimed twice, other settings
 test('replace-services: one round, only differing services reported', (t) => {
   const st = base();
   const x = IndexedState.of(st);
-  const r = x.apply([{ op: 'replace-services', services: [svc('a', '10.96.0.1'), svc('c', '10.96.0.3', ['10.0.0.7:80']), svc('z', '10.96.0.26')] }]);
+  const r = x.apply([
+    {
+      op: 'replace-services',
+      services: [svc('a', '10.96.0.1'), svc('c', '10.96.0.3', ['10.0.0.7:80']), svc('z', '10.96.0.26')],
+    },
+  ]);
   t.deepEqual(r.services.map((d) => `${d.old?.name ?? '-'}>${d.new?.name ?? '-'}`).sort(), ['->z', 'b>-', 'c>c']);
   t.deepEqual(
     x.state.services.map((s) => s.name),
@@ -87,8 +112,13 @@ test('replace-services is judged as a whole: two services may swap VIPs in one s
   const x = IndexedState.of(st);
   const before = JSON.stringify(st);
   // b takes a's VIP while a moves away: a check per service in order would refuse b.
-  const r = x.apply([{ op: 'replace-services', services: [svc('b', '10.96.0.1'), svc('a', '10.96.0.9'), svc('c', '10.96.0.3')] }]);
-  t.deepEqual(r.services.map((d) => `${d.old?.vip}>${d.new?.vip}`).sort(), ['10.96.0.1>10.96.0.9', '10.96.0.2>10.96.0.1']);
+  const r = x.apply([
+    { op: 'replace-services', services: [svc('b', '10.96.0.1'), svc('a', '10.96.0.9'), svc('c', '10.96.0.3')] },
+  ]);
+  t.deepEqual(r.services.map((d) => `${d.old?.vip}>${d.new?.vip}`).sort(), [
+    '10.96.0.1>10.96.0.9',
+    '10.96.0.2>10.96.0.1',
+  ]);
   t.deepEqual(
     x.state.services.map((s) => `${s.name}=${s.vip}`),
     ['a=10.96.0.9', 'b=10.96.0.1', 'c=10.96.0.3'],
@@ -96,7 +126,9 @@ test('replace-services is judged as a whole: two services may swap VIPs in one s
   );
   r.undo();
   t.is(JSON.stringify(st), before);
-  const err = t.throws(() => x.apply([{ op: 'replace-services', services: [svc('a', '10.96.0.1'), svc('z', '10.96.0.1')] }]));
+  const err = t.throws(() =>
+    x.apply([{ op: 'replace-services', services: [svc('a', '10.96.0.1'), svc('z', '10.96.0.1')] }]),
+  );
   t.is(err?.message, 'services a and z both claim 10.96.0.1:80/tcp');
   t.is(JSON.stringify(st), before, 'a refused set changes nothing');
 });
@@ -156,7 +188,10 @@ test('store: a snapshot tsnet wrote is trusted (digest), a hand-edited one is va
 
 test('store: services of a trusted snapshot stay unparsed until read; changing one parses that one', (t) => {
   const dir = tmp();
-  const many = normalizeState({ services: Array.from({ length: 200 }, (_, i) => svc(`s${i}`, `10.96.1.${i}`, [`10.0.1.${i}:80`])), rules: [] });
+  const many = normalizeState({
+    services: Array.from({ length: 200 }, (_, i) => svc(`s${i}`, `10.96.1.${i}`, [`10.0.1.${i}:80`])),
+    rules: [],
+  });
   new NatStore(dir).save(IndexedState.of(many), { backend: 'netlink' });
   const parse = JSON.parse;
   let parsed = 0;
@@ -173,10 +208,19 @@ test('store: services of a trusted snapshot stay unparsed until read; changing o
       r.services.map((d) => [d.old?.endpoints[0]?.ip, d.new?.endpoints[0]?.ip]),
       [['10.0.1.150', '10.0.9.9']],
     );
-    const uses = (ip: string) => ({ hint: { endpointIp: ip }, test: (s: Service) => s.endpoints.some((e) => e.ip === ip) });
-    t.deepEqual(indexed.anyOther(new Set(['s150']), [uses('10.0.1.7'), uses('10.0.1.150'), uses('10.0.9.9')]), [true, false, false]);
+    const uses = (ip: string) => ({
+      hint: { endpointIp: ip },
+      test: (s: Service) => s.endpoints.some((e) => e.ip === ip),
+    });
+    t.deepEqual(indexed.anyOther(new Set(['s150']), [uses('10.0.1.7'), uses('10.0.1.150'), uses('10.0.9.9')]), [
+      true,
+      false,
+      false,
+    ]);
     t.is(parsed, 2, 'a lookup parses only the rows whose text can match (s7; s150 is the changed one, already parsed)');
-    t.throws(() => indexed.apply([{ op: 'add-service', service: svc('new', '10.96.1.3') }]), { message: /services s3 and new both claim/ });
+    t.throws(() => indexed.apply([{ op: 'add-service', service: svc('new', '10.96.1.3') }]), {
+      message: /services s3 and new both claim/,
+    });
   } finally {
     JSON.parse = parse;
   }
@@ -186,7 +230,9 @@ test('store: services of a trusted snapshot stay unparsed until read; changing o
 
 test('stored rows: found by name in the bytes (a name that prefixes another, one with a slash), families counted unparsed, positions right after a deletion', (t) => {
   const names = ['s1', 's10', 'ns/web', 'a.b_c-d', 'ns/web2', 'v6'];
-  const services = names.map((n, i) => svc(n, n === 'v6' ? 'fd96::1' : `10.96.2.${i}`, [`${n === 'v6' ? '[fd00::2]' : `10.0.2.${i}`}:80`]));
+  const services = names.map((n, i) =>
+    svc(n, n === 'v6' ? 'fd96::1' : `10.96.2.${i}`, [`${n === 'v6' ? '[fd00::2]' : `10.0.2.${i}`}:80`]),
+  );
   const rows = StoredRows.of(services.map((s) => JSON.stringify(s)));
   t.is(rows.count, names.length);
   t.deepEqual(

@@ -30,13 +30,37 @@ test('global options are moved before the command word; subcommand options keep 
   const h = (...argv: string[]) => hoistGlobals(program, argv);
   t.deepEqual(h('link', 'ls', '-j', '-n', 'c1'), ['--json', '--netns', 'c1', 'link', 'ls']);
   t.deepEqual(h('-j', 'link', 'ls'), ['--json', 'link', 'ls']);
-  t.deepEqual(h('service', 'ls', '--state-dir=/s', '--backend', 'nft'), ['--state-dir', '/s', '--backend', 'nft', 'service', 'ls']);
+  t.deepEqual(h('service', 'ls', '--state-dir=/s', '--backend', 'nft'), [
+    '--state-dir',
+    '/s',
+    '--backend',
+    'nft',
+    'service',
+    'ls',
+  ]);
   t.deepEqual(h('link', 'ls', '-nc1'), ['--netns', 'c1', 'link', 'ls']);
   // A value of the subcommand's own option stays with it, whatever it looks like.
-  t.deepEqual(h('forward', '10.0.0.1', '1', '2', '--name', '-j', '-j'), ['--json', 'forward', '10.0.0.1', '1', '2', '--name', '-j']);
+  t.deepEqual(h('forward', '10.0.0.1', '1', '2', '--name', '-j', '-j'), [
+    '--json',
+    'forward',
+    '10.0.0.1',
+    '1',
+    '2',
+    '--name',
+    '-j',
+  ]);
   t.deepEqual(h('link', 'set', 'eth0', '--name', '--json'), ['link', 'set', 'eth0', '--name', '--json']);
   // What follows `netns exec NS CMD` is the program's; `--` ends tsnet's options.
-  t.deepEqual(h('netns', 'exec', 'c1', 'ip', '-j', '-n', 'x', 'link'), ['netns', 'exec', 'c1', 'ip', '-j', '-n', 'x', 'link']);
+  t.deepEqual(h('netns', 'exec', 'c1', 'ip', '-j', '-n', 'x', 'link'), [
+    'netns',
+    'exec',
+    'c1',
+    'ip',
+    '-j',
+    '-n',
+    'x',
+    'link',
+  ]);
   t.deepEqual(h('-j', 'netns', 'exec', 'c1', '--', 'ip', '-j'), ['--json', 'netns', 'exec', 'c1', '--', 'ip', '-j']);
   t.deepEqual(h('netns', 'exec', '-j', 'c1', 'ls'), ['--json', 'netns', 'exec', 'c1', 'ls']);
   t.throws(() => h('link', 'ls', '--state-dir'), { message: "option '--state-dir <dir>' argument missing" });
@@ -53,7 +77,12 @@ test('the command word is found past global options and their values', (t) => {
 
 test('help lists the global options in every command', async (t) => {
   const { program } = await buildProgram('service');
-  const add = (program.commands.find((c) => c.name() === 'service') as Command).commands.find((c) => c.name() === 'add')!;
+  const add = (program.commands.find((c) => c.name() === 'service') as Command).commands.find(
+    (c) => c.name() === 'add',
+  )!;
   const help = add.helpInformation();
-  t.regex(help, /Global Options:[\s\S]*-n, --netns <ns>[\s\S]*-j, --json[\s\S]*--state-dir <dir>[\s\S]*--backend <name>/);
+  t.regex(
+    help,
+    /Global Options:[\s\S]*-n, --netns <ns>[\s\S]*-j, --json[\s\S]*--state-dir <dir>[\s\S]*--backend <name>/,
+  );
 });

@@ -51,8 +51,22 @@ test('env: required variables per command (error 4 naming them), container id an
   const e = t.throws(() => parseEnv({ CNI_COMMAND: 'ADD', CNI_PATH: '/x' })) as CniError;
   t.is(e.code, 4);
   t.regex(e.message, /CNI_CONTAINERID,CNI_NETNS,CNI_IFNAME/);
-  t.is((t.throws(() => parseEnv({ CNI_COMMAND: 'DEL', CNI_PATH: '/x', CNI_CONTAINERID: 'a/../b', CNI_IFNAME: 'eth0' })) as CniError).code, 4);
-  t.is((t.throws(() => parseEnv({ CNI_COMMAND: 'DEL', CNI_PATH: '/x', CNI_CONTAINERID: 'a', CNI_IFNAME: 'x'.repeat(16) })) as CniError).code, 4);
+  t.is(
+    (
+      t.throws(() =>
+        parseEnv({ CNI_COMMAND: 'DEL', CNI_PATH: '/x', CNI_CONTAINERID: 'a/../b', CNI_IFNAME: 'eth0' }),
+      ) as CniError
+    ).code,
+    4,
+  );
+  t.is(
+    (
+      t.throws(() =>
+        parseEnv({ CNI_COMMAND: 'DEL', CNI_PATH: '/x', CNI_CONTAINERID: 'a', CNI_IFNAME: 'x'.repeat(16) }),
+      ) as CniError
+    ).code,
+    4,
+  );
   t.is((t.throws(() => parseEnv({ CNI_COMMAND: 'FOO' })) as CniError).code, 4);
   t.deepEqual(parseEnv({ CNI_COMMAND: 'GC', CNI_PATH: '/a:/b' }).path, ['/a', '/b']);
   t.deepEqual(parseCniArgs('IgnoreUnknown=1;IP=10.0.0.5'), { IgnoreUnknown: '1', IP: '10.0.0.5' });
@@ -60,14 +74,26 @@ test('env: required variables per command (error 4 naming them), container id an
 });
 
 test('IPAM config: host-local defaults (first usable to broadcast-1, gateway .1), ranges, and clear errors', (t) => {
-  const c = parseIpamConfig({ cniVersion: '1.0.0', name: 'n', type: 'x', ipam: { type: 'tsnet-ipam', subnet: '10.1.0.0/24' } });
+  const c = parseIpamConfig({
+    cniVersion: '1.0.0',
+    name: 'n',
+    type: 'x',
+    ipam: { type: 'tsnet-ipam', subnet: '10.1.0.0/24' },
+  });
   t.is(rangeText(c.rangeSets[0]![0]!), '10.1.0.1-10.1.0.254');
   t.is(c.rangeSets[0]![0]!.gateway, '10.1.0.1');
   t.is(c.dataDir, '/var/lib/cni/networks');
-  const v6 = parseIpamConfig({ cniVersion: '1.0.0', name: 'n', type: 'x', ipam: { type: 't', ranges: [[{ subnet: 'fd00::/120', rangeStart: 'fd00::10' }]] } });
+  const v6 = parseIpamConfig({
+    cniVersion: '1.0.0',
+    name: 'n',
+    type: 'x',
+    ipam: { type: 't', ranges: [[{ subnet: 'fd00::/120', rangeStart: 'fd00::10' }]] },
+  });
   t.is(bigToIp(v6.rangeSets[0]![0]!.end, 6), 'fd00::ff');
   const bad = (ipam: Record<string, unknown>, re: RegExp, name = 'n') => {
-    const e = t.throws(() => parseIpamConfig({ cniVersion: '1.0.0', name, type: 'x', ipam: { type: 't', ...ipam } })) as CniError;
+    const e = t.throws(() =>
+      parseIpamConfig({ cniVersion: '1.0.0', name, type: 'x', ipam: { type: 't', ...ipam } }),
+    ) as CniError;
     t.is(e.code, 7);
     t.regex(e.message, re);
   };
@@ -85,10 +111,18 @@ test('bridge config: defaults, types checked, port mappings become forwards per 
   t.is(c.bridge, 'cni0');
   t.false(c.ipMasq);
   t.true(
-    parseBridgeConf({ cniVersion: '1.0.0', name: 'n', type: 't', isDefaultGateway: true, ipam: { type: 'x' } }).isGateway,
+    parseBridgeConf({ cniVersion: '1.0.0', name: 'n', type: 't', isDefaultGateway: true, ipam: { type: 'x' } })
+      .isGateway,
     'isDefaultGateway implies isGateway',
   );
-  t.is((t.throws(() => parseBridgeConf({ cniVersion: '1.0.0', name: 'n', type: 't', ipMasq: 'true', ipam: { type: 'x' } })) as CniError).code, 7);
+  t.is(
+    (
+      t.throws(() =>
+        parseBridgeConf({ cniVersion: '1.0.0', name: 'n', type: 't', ipMasq: 'true', ipam: { type: 'x' } }),
+      ) as CniError
+    ).code,
+    7,
+  );
   t.is((t.throws(() => parseBridgeConf({ cniVersion: '1.0.0', name: 'n', type: 't' })) as CniError).code, 7);
   const f = portForwards(
     'n',
@@ -104,23 +138,51 @@ test('bridge config: defaults, types checked, port mappings become forwards per 
     f.map((x) => `${x.proto} ${x.listen ?? '*'}:${x.listenPort} -> ${x.targetIp}:${x.targetPort}`),
     ['tcp *:8080 -> 10.88.0.2:80', 'tcp *:8080 -> fd00::2:80', 'udp 10.0.0.1:53 -> 10.88.0.2:53'],
   );
-  t.is((t.throws(() => portForwards('n', 'c', 'e', [{ hostPort: 1, containerPort: 1, protocol: 'sctp' }], ['10.0.0.2'])) as CniError).code, 2);
+  t.is(
+    (
+      t.throws(() =>
+        portForwards('n', 'c', 'e', [{ hostPort: 1, containerPort: 1, protocol: 'sctp' }], ['10.0.0.2']),
+      ) as CniError
+    ).code,
+    2,
+  );
   t.is(hostVethName('n', 'a', 'eth0'), hostVethName('n', 'a', 'eth0'));
   t.not(hostVethName('n', 'a', 'eth0'), hostVethName('n', 'b', 'eth0'));
   t.true(hostVethName('n', 'a', 'eth0').length <= 15);
 });
 
 test("the shim's settings name node, the plugin and the socket by absolute path; bad values are refused", (t) => {
-  const s = shimConf({ socket: '/run/tsnet/agent.sock', stateDir: '/var/lib/x', node: '/opt/no de/node', entry: '/x/main.js', timeoutMs: 5000 });
+  const s = shimConf({
+    socket: '/run/tsnet/agent.sock',
+    stateDir: '/var/lib/x',
+    node: '/opt/no de/node',
+    entry: '/x/main.js',
+    timeoutMs: 5000,
+  });
   t.true(s.split('\n').includes('socket=/run/tsnet/agent.sock'));
   t.true(s.split('\n').includes('node=/opt/no de/node'));
   t.true(s.split('\n').includes('timeout_ms=5000'));
   t.true(s.split('\n').includes('state_dir=/var/lib/x'));
   t.true(shimConf({ socket: '', stateDir: '', node: '/n', entry: '/e', timeoutMs: 1 }).includes('socket=\n'));
-  t.regex(t.throws(() => shimConf({ socket: 'rel.sock', stateDir: '', node: '/n', entry: '/e', timeoutMs: 1 }))!.message, /must be absolute/);
-  t.regex(t.throws(() => shimConf({ socket: `/${'x'.repeat(120)}`, stateDir: '', node: '/n', entry: '/e', timeoutMs: 1 }))!.message, /107 bytes/);
-  t.regex(t.throws(() => shimConf({ socket: '/s', stateDir: '', node: '/n\nsocket=/evil', entry: '/e', timeoutMs: 1 }))!.message, /line break/);
-  t.regex(t.throws(() => shimConf({ socket: '/s', stateDir: '', node: '/n', entry: '/e', timeoutMs: 9_999_999_999 }))!.message, /a day/);
+  t.regex(
+    t.throws(() => shimConf({ socket: 'rel.sock', stateDir: '', node: '/n', entry: '/e', timeoutMs: 1 }))!.message,
+    /must be absolute/,
+  );
+  t.regex(
+    t.throws(() => shimConf({ socket: `/${'x'.repeat(120)}`, stateDir: '', node: '/n', entry: '/e', timeoutMs: 1 }))!
+      .message,
+    /107 bytes/,
+  );
+  t.regex(
+    t.throws(() => shimConf({ socket: '/s', stateDir: '', node: '/n\nsocket=/evil', entry: '/e', timeoutMs: 1 }))!
+      .message,
+    /line break/,
+  );
+  t.regex(
+    t.throws(() => shimConf({ socket: '/s', stateDir: '', node: '/n', entry: '/e', timeoutMs: 9_999_999_999 }))!
+      .message,
+    /a day/,
+  );
 });
 
 test("resolvConf: nameservers, domain, search and options become the result's dns", (t) => {
@@ -145,7 +207,12 @@ test("GC's sweep of records' temporary files: a dead writer's, of an attachment 
   const store = new RecordStore(state, 'net1');
   fs.mkdirSync(store.dir, { recursive: true });
   const dead = spawnSync('true').pid!; // exited: its pid runs nothing now
-  const names = [`.gone:eth0.json.${dead}.tmp`, `.busy:eth0.json.${process.pid}.tmp`, `.kept:eth0.json.${dead}.tmp`, 'other:eth0.json'];
+  const names = [
+    `.gone:eth0.json.${dead}.tmp`,
+    `.busy:eth0.json.${process.pid}.tmp`,
+    `.kept:eth0.json.${dead}.tmp`,
+    'other:eth0.json',
+  ];
   for (const n of names) fs.writeFileSync(path.join(store.dir, n), '{');
   store.removeDeadTemps((containerId) => containerId === 'kept');
   t.deepEqual(fs.readdirSync(store.dir).sort(), [names[1]!, names[2]!, names[3]!].sort());

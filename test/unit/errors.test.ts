@@ -9,7 +9,10 @@ test('a bug (TypeError) re-wrapped with context is an internal error, never bad 
   const e = contextualize('creating veth v1 in namespace c1', bug);
   t.is(e.code, 'EINTERNAL');
   t.false(isInvalidInput(e));
-  t.regex(e.message, /^creating veth v1 in namespace c1: internal error \(a bug in tsnet, please report it\): TypeError: Cannot read/);
+  t.regex(
+    e.message,
+    /^creating veth v1 in namespace c1: internal error \(a bug in tsnet, please report it\): TypeError: Cannot read/,
+  );
   t.is(e.cause, bug, 'the cause is kept');
   const cni = toCniError(e);
   t.is(cni.code, CNI_ERR.internal, 'a bug is CNI 999, not 7 "invalid network config"');

@@ -64,21 +64,40 @@ for (const [file, what] of servicesFiles) {
 }
 
 test('services file: the shape of --vip IP:PORT --endpoint IP:PORT applies; wrong files name the service, the field and what was expected', (t) => {
-  t.deepEqual(parseServicesFile('[{"name":"a","vip":"10.1.0.2:80","endpoints":["10.2.0.1:80"]}]', 'f').map(normalizeService), [
-    { name: 'a', vip: '10.1.0.2', port: 80, proto: 'tcp', endpoints: [{ ip: '10.2.0.1', port: 80, weight: 1 }] },
-  ]);
+  t.deepEqual(
+    parseServicesFile('[{"name":"a","vip":"10.1.0.2:80","endpoints":["10.2.0.1:80"]}]', 'f').map(normalizeService),
+    [{ name: 'a', vip: '10.1.0.2', port: 80, proto: 'tcp', endpoints: [{ ip: '10.2.0.1', port: 80, weight: 1 }] }],
+  );
   const bad: [string, RegExp][] = [
-    ['[{"name":"a","vip":"10.1.0.2"}]', /^f: entry 0 \(service a\): "port": expected a port number 1-65535 \(or "vip" as IP:PORT\), got nothing$/],
-    ['[{"name":"a","vip":42,"port":80}]', /^f: entry 0 \(service a\): "vip": expected an IP address, or IP:PORT, got 42$/],
-    ['[{"name":"a","vip":"10.1.0.2:80","port":81}]', /^f: entry 0 \(service a\): "vip" "10.1.0.2:80" and "port" 81 name different ports$/],
+    [
+      '[{"name":"a","vip":"10.1.0.2"}]',
+      /^f: entry 0 \(service a\): "port": expected a port number 1-65535 \(or "vip" as IP:PORT\), got nothing$/,
+    ],
+    [
+      '[{"name":"a","vip":42,"port":80}]',
+      /^f: entry 0 \(service a\): "vip": expected an IP address, or IP:PORT, got 42$/,
+    ],
+    [
+      '[{"name":"a","vip":"10.1.0.2:80","port":81}]',
+      /^f: entry 0 \(service a\): "vip" "10.1.0.2:80" and "port" 81 name different ports$/,
+    ],
     ['[{"name":"a","vip":"10.1.0.2:80","proto":"sctp"}]', /"proto": expected "tcp" or "udp", got "sctp"$/],
-    ['[{"name":"a","vip":"10.1.0.2:80","endpoints":"10.2.0.1:80"}]', /"endpoints": expected an array of endpoints, got "10.2.0.1:80"$/],
+    [
+      '[{"name":"a","vip":"10.1.0.2:80","endpoints":"10.2.0.1:80"}]',
+      /"endpoints": expected an array of endpoints, got "10.2.0.1:80"$/,
+    ],
     [
       '[{"name":"a","vip":"10.1.0.2:80","endpoints":["10.2.0.1"]}]',
       /^f: entry 0 \(service a\): "endpoints"\[0\]: expected an endpoint "IP:PORT\[@WEIGHT\]" or \{"ip", "port", "weight"\}, got "10.2.0.1"$/,
     ],
-    ['[{"name":"a","vip":"10.1.0.2:80","endpoints":[{"ip":"10.2.0.1","port":"x"}]}]', /"endpoints"\[0\]: "port": expected a port number 1-65535, got "x"$/],
-    ['[{"name":"a","vip":"10.1.0.2:80","endpoint":["10.2.0.1:80"]}]', /^f: entry 0 \(service a\): unknown field "endpoint" \(a service has name, vip, port/],
+    [
+      '[{"name":"a","vip":"10.1.0.2:80","endpoints":[{"ip":"10.2.0.1","port":"x"}]}]',
+      /"endpoints"\[0\]: "port": expected a port number 1-65535, got "x"$/,
+    ],
+    [
+      '[{"name":"a","vip":"10.1.0.2:80","endpoint":["10.2.0.1:80"]}]',
+      /^f: entry 0 \(service a\): unknown field "endpoint" \(a service has name, vip, port/,
+    ],
     ['[{"name":"a","vip":"10.1.0.2:80","affinity":"30"}]', /"affinity": expected seconds \(1-86400\), got "30"$/],
     ['[{"vip":"10.1.0.2:80"}]', /^f: entry 0: "name": expected a string, got nothing$/],
   ];
@@ -87,9 +106,13 @@ test('services file: the shape of --vip IP:PORT --endpoint IP:PORT applies; wron
   t.throws(() => normalizeService(parseServicesFile('[{"name":"a","vip":"10.1.0.999","port":80}]', 'f')[0]!), {
     message: /^service a: "vip": invalid IP address "10.1.0.999"$/,
   });
-  t.throws(() => normalizeService(parseServicesFile('[{"name":"a","vip":"10.1.0.2:80","endpoints":["10.2.0.1:80@0"]}]', 'f')[0]!), {
-    message: /^service a: "endpoints\[0\]": weight 0 must be a whole number from 1 to 999999$/,
-  });
+  t.throws(
+    () =>
+      normalizeService(parseServicesFile('[{"name":"a","vip":"10.1.0.2:80","endpoints":["10.2.0.1:80@0"]}]', 'f')[0]!),
+    {
+      message: /^service a: "endpoints\[0\]": weight 0 must be a whole number from 1 to 999999$/,
+    },
+  );
 });
 
 test('listings: `nat ls` and `forward ls` JSON of every release parse back to the stored rules and forwards', (t) => {
@@ -116,7 +139,11 @@ for (const release of ['291a2be', '5e5a506']) {
       t.true(r4.complete);
       const r46 = new RecordStore(dir, 'fmtnet46').list();
       t.deepEqual(
-        r46.map((r) => [r.containerId, r.ifname, r.nat.rules.map((x) => (x.kind === 'dnat' ? x.destination : x.source))]),
+        r46.map((r) => [
+          r.containerId,
+          r.ifname,
+          r.nat.rules.map((x) => (x.kind === 'dnat' ? x.destination : x.source)),
+        ]),
         [['ctr46', 'eth0', ['10.90.0.2/32', 'fd00:90::2/128']]],
       );
 

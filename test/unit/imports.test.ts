@@ -11,7 +11,15 @@ import * as path from 'node:path';
 
 const SRC = path.join(__dirname, '..', '..', 'src');
 /** Executables: running them is their job (they are not modules a library user imports). */
-const ENTRY_POINTS = ['cli/main.js', 'cli/program.js', 'cni/main.js', 'sandbox/run.js', 'sandbox/inner.js', 'demo/peer.js', 'forward/probe.js'];
+const ENTRY_POINTS = [
+  'cli/main.js',
+  'cli/program.js',
+  'cni/main.js',
+  'sandbox/run.js',
+  'sandbox/inner.js',
+  'demo/peer.js',
+  'forward/probe.js',
+];
 
 function modules(dir: string): string[] {
   return fs.readdirSync(dir, { withFileTypes: true }).flatMap((e) => {

@@ -1,8 +1,23 @@
 import test from 'ava';
 import { parseServicesFile } from '../../src/nat/services-file';
 import { base32, endpointHash, portProtoHash } from '../../src/nat/names';
-import { formatProbability, normalizeService, normalizeState, parseEndpoint, parseHostPort, probabilities, type DesiredState } from '../../src/nat/model';
-import { chainDigest, render, restorePayload, svcChain, sepChain, type Live } from '../../src/nat/backends/iptables-render';
+import {
+  formatProbability,
+  normalizeService,
+  normalizeState,
+  parseEndpoint,
+  parseHostPort,
+  probabilities,
+  type DesiredState,
+} from '../../src/nat/model';
+import {
+  chainDigest,
+  render,
+  restorePayload,
+  svcChain,
+  sepChain,
+  type Live,
+} from '../../src/nat/backends/iptables-render';
 import { parseLive } from '../../src/nat/backends/iptables';
 import { render as nftRender } from '../../src/nat/nftables/layout';
 import { fullPlan } from '../../src/nat/nftables/plan';
@@ -39,7 +54,15 @@ test('probabilities: 1/(n-i) for equal weights, cumulative for weights, the last
 });
 
 const web: DesiredState = normalizeState({
-  services: [{ name: 'default/web', vip: '10.96.0.10', port: 80, proto: 'tcp', endpoints: [parseEndpoint('10.0.0.2:8080'), parseEndpoint('10.0.0.3:8080@3')] }],
+  services: [
+    {
+      name: 'default/web',
+      vip: '10.96.0.10',
+      port: 80,
+      proto: 'tcp',
+      endpoints: [parseEndpoint('10.0.0.2:8080'), parseEndpoint('10.0.0.3:8080@3')],
+    },
+  ],
   rules: [{ kind: 'masquerade', source: '10.88.0.0/16', outNot: 'br0' }],
 });
 
@@ -48,14 +71,30 @@ test('iptables renderer: kube-proxy-shaped chains, a comment on every service ru
   const svc = svcChain(web.services[0]!);
   const sep = sepChain(web.services[0]!, '10.0.0.2', 8080);
   const lines = payload.split('\n');
-  t.true(lines.includes(`-A TSNET-SERVICES -m comment --comment "default/web cluster IP" -d 10.96.0.10/32 -p tcp -m tcp --dport 80 -j ${svc}`));
-  t.true(lines.includes(`-A ${svc} -m comment --comment "default/web -> 10.0.0.2:8080" -m statistic --mode random --probability 0.2500000000 -j ${sep}`));
+  t.true(
+    lines.includes(
+      `-A TSNET-SERVICES -m comment --comment "default/web cluster IP" -d 10.96.0.10/32 -p tcp -m tcp --dport 80 -j ${svc}`,
+    ),
+  );
+  t.true(
+    lines.includes(
+      `-A ${svc} -m comment --comment "default/web -> 10.0.0.2:8080" -m statistic --mode random --probability 0.2500000000 -j ${sep}`,
+    ),
+  );
   t.true(lines.includes(`-A ${sep} -m comment --comment "default/web" -s 10.0.0.2/32 -j TSNET-MARK-MASQ`));
   t.true(lines.includes(`-A ${sep} -m comment --comment "default/web" -p tcp -j DNAT --to-destination 10.0.0.2:8080`));
-  t.true(lines.includes('-A TSNET-SNAT -m comment --comment "tsnet masquerade 10.88.0.0/16" -s 10.88.0.0/16 ! -o br0 -j MASQUERADE --random-fully'));
+  t.true(
+    lines.includes(
+      '-A TSNET-SNAT -m comment --comment "tsnet masquerade 10.88.0.0/16" -s 10.88.0.0/16 ! -o br0 -j MASQUERADE --random-fully',
+    ),
+  );
   t.true(lines.includes('-A TSNET-MARK-MASQ -j MARK --or-mark 0x40000'));
   t.true(lines.includes('-I PREROUTING 1 -m comment --comment "tsnet service portals" -j TSNET-SERVICES'));
-  t.true(lines.includes('-I INPUT 1 -m comment --comment "tsnet service portals" -m conntrack --ctstate NEW -j TSNET-SERVICES'));
+  t.true(
+    lines.includes(
+      '-I INPUT 1 -m comment --comment "tsnet service portals" -m conntrack --ctstate NEW -j TSNET-SERVICES',
+    ),
+  );
   t.false(payload.includes('KUBE-'), "never touches kube-proxy's chains");
   t.false(
     /^-[FXZ]( |$)|^-[AI] (PREROUTING|OUTPUT|POSTROUTING|INPUT|FORWARD) (?!.*TSNET-)/m.test(payload),
@@ -86,10 +125,19 @@ test('iptables partial sync: one changed service rewrites its chains and the dis
   const svc = svcChain(web.services[0]!);
   t.deepEqual(
     declared.sort(),
-    ['TSNET-SERVICES', 'TSNET-SERVICES', svc, sepChain(web.services[0]!, '10.0.0.4', 8080), sepChain(web.services[0]!, '10.0.0.2', 8080)].sort(),
+    [
+      'TSNET-SERVICES',
+      'TSNET-SERVICES',
+      svc,
+      sepChain(web.services[0]!, '10.0.0.4', 8080),
+      sepChain(web.services[0]!, '10.0.0.2', 8080),
+    ].sort(),
   );
   t.true(payload.includes(`-X ${sepChain(web.services[0]!, '10.0.0.2', 8080)}`));
-  t.false(payload.includes(`:${sepChain(web.services[0]!, '10.0.0.3', 8080)} `), 'an unchanged endpoint chain is left alone');
+  t.false(
+    payload.includes(`:${sepChain(web.services[0]!, '10.0.0.3', 8080)} `),
+    'an unchanged endpoint chain is left alone',
+  );
   t.false(payload.includes('-I '), 'hooks already present are not inserted twice');
   t.is(written, 4, 'nat and filter dispatch, the service chain, the new endpoint chain');
   t.is(deleted, 1);
@@ -106,8 +154,15 @@ test('model validation: clear messages for bad addresses, ports, names and weigh
   }
   t.throws(() => parseEndpoint('10.0.0.2:80@0'), { message: /weight/ });
   t.throws(() => parseEndpoint('10.0.0.2:80@1@2'), { message: /IP:PORT\[@WEIGHT\]/ });
-  t.throws(() => normalizeService({ name: 'a', vip: '10.96.0.1', port: 80, endpoints: [parseEndpoint('[fd00::2]:80')] }), { message: /not IPv4/ });
-  t.throws(() => normalizeService({ name: 'a', vip: '10.96.0.1', port: 80, endpoints: ['10.0.0.2:80', '10.0.0.2:80'] as never }), { message: /listed twice/ });
+  t.throws(
+    () => normalizeService({ name: 'a', vip: '10.96.0.1', port: 80, endpoints: [parseEndpoint('[fd00::2]:80')] }),
+    { message: /not IPv4/ },
+  );
+  t.throws(
+    () =>
+      normalizeService({ name: 'a', vip: '10.96.0.1', port: 80, endpoints: ['10.0.0.2:80', '10.0.0.2:80'] as never }),
+    { message: /listed twice/ },
+  );
   t.throws(
     () =>
       normalizeState({
@@ -126,7 +181,9 @@ test('services.json: malformed JSON and wrong shapes are one-line errors', (t) =
   t.throws(() => parseServicesFile('{}', 'f.json'), { message: /expected a JSON array/ });
   t.throws(() => parseServicesFile('[42]', 'f.json'), { message: /entry 0: expected a service object, got 42/ });
   t.deepEqual(
-    parseServicesFile('[{"name":"a","vip":"10.96.0.1","port":80,"endpoints":["10.0.0.2:80@2"]}]', 'f').map((s) => normalizeService(s).endpoints),
+    parseServicesFile('[{"name":"a","vip":"10.96.0.1","port":80,"endpoints":["10.0.0.2:80@2"]}]', 'f').map(
+      (s) => normalizeService(s).endpoints,
+    ),
     [[{ ip: '10.0.0.2', port: 80, weight: 2 }]],
   );
 });
@@ -134,7 +191,13 @@ test('services.json: malformed JSON and wrong shapes are one-line errors', (t) =
 test('removed UDP endpoints: what conntrack cleanup targets (TCP is left to finish on its own)', (t) => {
   const a = normalizeState({
     services: [
-      { name: 'dns', vip: '10.96.0.53', port: 53, proto: 'udp', endpoints: [parseEndpoint('10.0.0.2:53'), parseEndpoint('10.0.0.3:53')] },
+      {
+        name: 'dns',
+        vip: '10.96.0.53',
+        port: 53,
+        proto: 'udp',
+        endpoints: [parseEndpoint('10.0.0.2:53'), parseEndpoint('10.0.0.3:53')],
+      },
       { name: 'web', vip: '10.96.0.80', port: 80, proto: 'tcp', endpoints: [parseEndpoint('10.0.0.2:80')] },
     ],
     rules: [],
@@ -143,14 +206,28 @@ test('removed UDP endpoints: what conntrack cleanup targets (TCP is left to fini
   b.services[0]!.endpoints = [b.services[0]!.endpoints[1]!];
   b.services[1]!.endpoints = [];
   t.deepEqual(removedUdpEndpoints(undefined, a, b), [{ vip: '10.96.0.53', port: 53, ip: '10.0.0.2', epPort: 53 }]);
-  t.is(removedUdpEndpoints(undefined, a, { services: [], rules: [], forwards: [] }).length, 2, 'deleting the service clears all its flows');
+  t.is(
+    removedUdpEndpoints(undefined, a, { services: [], rules: [], forwards: [] }).length,
+    2,
+    'deleting the service clears all its flows',
+  );
 });
 
 test('forward rendering: DNAT to local addresses, SNAT of its own flows only (no fixed port), FORWARD accept, localnet guard', (t) => {
   const st = normalizeState({
     services: [],
     rules: [],
-    forwards: [{ name: 'mysql', target: 'mysql', targetIp: '10.200.0.9', listenPort: 3308, targetPort: 3309, proto: 'tcp', snat: 'auto' }],
+    forwards: [
+      {
+        name: 'mysql',
+        target: 'mysql',
+        targetIp: '10.200.0.9',
+        listenPort: 3308,
+        targetPort: 3309,
+        proto: 'tcp',
+        snat: 'auto',
+      },
+    ],
   });
   const ipt = restorePayload(render(st, 4), undefined).payload;
   t.true(
@@ -176,7 +253,9 @@ test('forward rendering: DNAT to local addresses, SNAT of its own flows only (no
   );
   const text = nftScript(fullPlan(nftRender(st, 4)).ops, 4);
   t.true(
-    text.includes('add rule ip tsnet dnat-rules fib daddr type local meta l4proto tcp th dport 3308 dnat to 10.200.0.9:3309 comment "tsnet forward mysql"'),
+    text.includes(
+      'add rule ip tsnet dnat-rules fib daddr type local meta l4proto tcp th dport 3308 dnat to 10.200.0.9:3309 comment "tsnet forward mysql"',
+    ),
   );
   t.true(
     text.includes(
@@ -184,19 +263,35 @@ test('forward rendering: DNAT to local addresses, SNAT of its own flows only (no
     ),
   );
   // --listen on a non-loopback address: no route_localnet, so no guard.
-  const scoped = normalizeState({ services: [], rules: [], forwards: [{ ...st.forwards[0]!, listen: '192.0.2.1', snat: '192.0.2.1' }] });
+  const scoped = normalizeState({
+    services: [],
+    rules: [],
+    forwards: [{ ...st.forwards[0]!, listen: '192.0.2.1', snat: '192.0.2.1' }],
+  });
   const p2 = restorePayload(render(scoped, 4), undefined).payload;
   t.true(p2.includes('-d 192.0.2.1/32 -p tcp -m tcp --dport 3308 -j DNAT'));
   t.true(p2.includes('-j SNAT --to-source 192.0.2.1 --random-fully'));
   t.false(p2.includes('CVE-2020-8558'));
-  t.throws(() => normalizeState({ services: [], rules: [], forwards: [st.forwards[0]!, { ...st.forwards[0]!, name: 'other' }] }), {
-    message: /both listen on tcp port 3308/,
-  });
+  t.throws(
+    () =>
+      normalizeState({ services: [], rules: [], forwards: [st.forwards[0]!, { ...st.forwards[0]!, name: 'other' }] }),
+    {
+      message: /both listen on tcp port 3308/,
+    },
+  );
 });
 
 test('iptables partial sync is guarded by the canary in the same transaction, for both tables', (t) => {
-  const rs = { family: 4 as const, chains: [{ table: 'nat' as const, name: 'TSNET-SVC-X', rules: [{ target: { kind: 'RETURN' as const } }] }], hooks: [] };
-  const g = restorePayload(rs, { chains: { nat: new Map(), filter: new Map() }, hooks: new Map() }, { guardCanary: true }).payload.split('\n');
+  const rs = {
+    family: 4 as const,
+    chains: [{ table: 'nat' as const, name: 'TSNET-SVC-X', rules: [{ target: { kind: 'RETURN' as const } }] }],
+    hooks: [],
+  };
+  const g = restorePayload(
+    rs,
+    { chains: { nat: new Map(), filter: new Map() }, hooks: new Map() },
+    { guardCanary: true },
+  ).payload.split('\n');
   const nat = g.indexOf('*nat');
   const filter = g.indexOf('*filter');
   t.true(nat >= 0 && filter > nat);

@@ -2,9 +2,27 @@ import test from 'ava';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { normalizeState, parseEndpoint, type DesiredState } from '../../src/nat/model';
-import { ENDPOINTS, ENDPOINTS_WEIGHTED, HAIRPIN, SERVICE_IPS, lbChain, render, sepChain, serviceParts, svcChain } from '../../src/nat/nftables/layout';
+import {
+  ENDPOINTS,
+  ENDPOINTS_WEIGHTED,
+  HAIRPIN,
+  SERVICE_IPS,
+  lbChain,
+  render,
+  sepChain,
+  serviceParts,
+  svcChain,
+} from '../../src/nat/nftables/layout';
 import { fullPlan, type Op } from '../../src/nat/nftables/plan';
-import { SharedIndex, changePlan, globalRecord, lbRecordAfter, lbRecordOf, lookedUp, serviceChanges } from '../../src/nat/nftables/incremental';
+import {
+  SharedIndex,
+  changePlan,
+  globalRecord,
+  lbRecordAfter,
+  lbRecordOf,
+  lookedUp,
+  serviceChanges,
+} from '../../src/nat/nftables/incremental';
 import { IndexedState } from '../../src/nat/changes';
 import { StoredRows } from '../../src/nat/rows';
 import { NftablesBackend } from '../../src/nat/backends/nftables';
@@ -40,7 +58,10 @@ function lowered(rs: Ruleset): { chain: string; exprs: string[] }[] {
   const cx: LowerContext = { family: rs.family, set: (n) => ({ interval: sets.get(n)?.interval ?? false }) };
   return fullPlan(rs).ops.flatMap((op) =>
     op.op === 'add-rules'
-      ? op.rules.map((r: Rule) => ({ chain: op.chain, exprs: r.items.flatMap((i) => lowerItem(i, cx, { name: '__map%d', id: 1 })).map(formatExpr) }))
+      ? op.rules.map((r: Rule) => ({
+          chain: op.chain,
+          exprs: r.items.flatMap((i) => lowerItem(i, cx, { name: '__map%d', id: 1 })).map(formatExpr),
+        }))
       : [],
   );
 }
@@ -76,9 +97,18 @@ test('element keys: concatenations padded to 4 bytes per field, numgen in host o
   const k = { fields: [...key.fields] };
   t.is(encodeKey(k, ['10.96.0.1', 'tcp', 80, 1], 4, false).toString('hex'), '0a600001060000000050000001000000');
   t.is(encodeKey(k, ['10.96.0.1', 'tcp', 80, 1], 4, true).toString('hex'), '0a600001060000000050000000000001');
-  t.deepEqual(decodeKey(k, Buffer.from('0a600001060000000050000001000000', 'hex'), 4, false), ['10.96.0.1', 'tcp', 80, 1]);
+  t.deepEqual(decodeKey(k, Buffer.from('0a600001060000000050000001000000', 'hex'), 4, false), [
+    '10.96.0.1',
+    'tcp',
+    80,
+    1,
+  ]);
   t.deepEqual(decodeKey(k, encodeKey(k, ['fd96::1', 'udp', 53, 7], 6, true), 6, true), ['fd96::1', 'udp', 53, 7]);
-  t.is(encodeKey({ fields: ['saddr'] }, ['10.0.0.2'], 4, false).toString('hex'), '0a000002', 'one field keeps its natural length');
+  t.is(
+    encodeKey({ fields: ['saddr'] }, ['10.0.0.2'], 4, false).toString('hex'),
+    '0a000002',
+    'one field keeps its natural length',
+  );
 });
 
 /** The plan of a change from `a` to `b`, as a sync whose last record is `a`'s makes it. */
@@ -89,25 +119,48 @@ const planFor = (a: DesiredState, b: DesiredState, record = recordOf(a)) => {
   // Looking other users up in the state itself (stored rows, ruled out unparsed by their text) must plan exactly what counting them does.
   const view = IndexedState.fromRows(StoredRows.of(b.services.map((s) => JSON.stringify(s))), b.rules, b.forwards);
   const looked = changePlan(b, 4, changes, record, lookedUp(view, record.lb, changes));
-  if (JSON.stringify(looked) !== JSON.stringify(counted)) throw new Error(`looked-up plan differs:\n${JSON.stringify(looked)}\n${JSON.stringify(counted)}`);
+  if (JSON.stringify(looked) !== JSON.stringify(counted))
+    throw new Error(`looked-up plan differs:\n${JSON.stringify(looked)}\n${JSON.stringify(counted)}`);
   // The lb users a partial sync records are those a full sync of `b` would count.
   const sorted = (r: Record<string, string>) => JSON.stringify(Object.entries(r).sort());
-  if (sorted(lbRecordAfter(record.lb, changes)) !== sorted(lbRecordOf(b.services, 4))) throw new Error('lb record after the changes differs from a full count');
+  if (sorted(lbRecordAfter(record.lb, changes)) !== sorted(lbRecordOf(b.services, 4)))
+    throw new Error('lb record after the changes differs from a full count');
   return counted;
 };
 
 const web: DesiredState = normalizeState({
-  services: [{ name: 'default/web', vip: '10.96.0.10', port: 80, proto: 'tcp', endpoints: [parseEndpoint('10.0.0.2:8080'), parseEndpoint('10.0.0.3:8080')] }],
+  services: [
+    {
+      name: 'default/web',
+      vip: '10.96.0.10',
+      port: 80,
+      proto: 'tcp',
+      endpoints: [parseEndpoint('10.0.0.2:8080'), parseEndpoint('10.0.0.3:8080')],
+    },
+  ],
   rules: [{ kind: 'masquerade', source: '10.88.0.0/16', outNot: 'br0' }],
 });
 
 test('layout: a service is map elements, not chains; chains are shared by endpoint count; features get their own chain', (t) => {
   const text = script(fullPlan(render(web, 4)).ops, 4);
-  t.true(text.startsWith('add table ip tsnet\ndelete table ip tsnet\nadd table ip tsnet\n'), 'a full sync replaces the table in one transaction');
+  t.true(
+    text.startsWith('add table ip tsnet\ndelete table ip tsnet\nadd table ip tsnet\n'),
+    'a full sync replaces the table in one transaction',
+  );
   t.regex(text, /add rule ip tsnet services ip daddr \. meta l4proto \. th dport vmap @service-ips\n/);
-  t.true(text.includes('add rule ip tsnet lb-tcp-2 meta l4proto tcp dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 2 map @endpoints'));
-  t.true(text.includes('add element ip tsnet service-ips { 10.96.0.10 . tcp . 80 comment "default/web" : goto lb-tcp-2 }'));
-  t.true(text.includes('add element ip tsnet endpoints { 10.96.0.10 . tcp . 80 . 0 : 10.0.0.2 . 8080, 10.96.0.10 . tcp . 80 . 1 : 10.0.0.3 . 8080 }'));
+  t.true(
+    text.includes(
+      'add rule ip tsnet lb-tcp-2 meta l4proto tcp dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 2 map @endpoints',
+    ),
+  );
+  t.true(
+    text.includes('add element ip tsnet service-ips { 10.96.0.10 . tcp . 80 comment "default/web" : goto lb-tcp-2 }'),
+  );
+  t.true(
+    text.includes(
+      'add element ip tsnet endpoints { 10.96.0.10 . tcp . 80 . 0 : 10.0.0.2 . 8080, 10.96.0.10 . tcp . 80 . 1 : 10.0.0.3 . 8080 }',
+    ),
+  );
   t.true(text.includes('add element ip tsnet hairpin { 10.0.0.2 . 10.0.0.2, 10.0.0.3 . 10.0.0.3 }'));
   t.true(text.includes('add rule ip tsnet snat-rules ip saddr 10.88.0.0/16 oifname != "br0" masquerade fully-random'));
   t.false(text.includes('svc-'), 'a plain service has no chain of its own');
@@ -119,24 +172,51 @@ test('layout: a service is map elements, not chains; chains are shared by endpoi
   const aff = script(fullPlan(render(st, 4)).ops, 4);
   const svc = svcChain(st.services[0]!);
   const [a, b] = [sepChain(st.services[0]!, '10.0.0.2', 8080), sepChain(st.services[0]!, '10.0.0.3', 8080)];
-  t.true(aff.includes(`add rule ip tsnet ${svc} numgen random mod 4 vmap { 0 : goto ${a}, 1-3 : goto ${b} } comment "default/web"`));
+  t.true(
+    aff.includes(
+      `add rule ip tsnet ${svc} numgen random mod 4 vmap { 0 : goto ${a}, 1-3 : goto ${b} } comment "default/web"`,
+    ),
+  );
   t.regex(aff, /add set ip tsnet aff-[A-Z2-7]{8}-30 \{ typeof ip saddr ; flags dynamic,timeout ; timeout 30s ; \}/);
   t.true(aff.includes(`add rule ip tsnet ${a} update @aff-`));
 
   const w = structuredClone(web);
   w.services[0]!.endpoints[0]!.weight = 2;
   const wt = script(fullPlan(render(w, 4)).ops, 4);
-  t.true(wt.includes('add element ip tsnet endpoints-weighted { 10.96.0.10 . tcp . 80 . 0-1 : 10.0.0.2 . 8080, 10.96.0.10 . tcp . 80 . 2 : 10.0.0.3 . 8080 }'));
+  t.true(
+    wt.includes(
+      'add element ip tsnet endpoints-weighted { 10.96.0.10 . tcp . 80 . 0-1 : 10.0.0.2 . 8080, 10.96.0.10 . tcp . 80 . 2 : 10.0.0.3 . 8080 }',
+    ),
+  );
   t.true(wt.includes('goto lbw-tcp-3'));
 });
 
 test("a whole table's element lists, made when read, hold exactly what each service's parts hold, read in order or not", (t) => {
   const st = normalizeState({
     services: [
-      { name: 'p', vip: '10.96.0.1', port: 80, proto: 'tcp', endpoints: ['10.0.0.2:80', '10.0.0.3:80'].map(parseEndpoint) },
+      {
+        name: 'p',
+        vip: '10.96.0.1',
+        port: 80,
+        proto: 'tcp',
+        endpoints: ['10.0.0.2:80', '10.0.0.3:80'].map(parseEndpoint),
+      },
       { name: 'empty', vip: '10.96.0.2', port: 80, proto: 'tcp', endpoints: [] },
-      { name: 'w', vip: '10.96.0.3', port: 53, proto: 'udp', endpoints: ['10.0.0.2:53@2', '10.0.0.4:53@5', '10.0.0.5:53'].map(parseEndpoint) },
-      { name: 'aff', vip: '10.96.0.4', port: 80, proto: 'tcp', endpoints: ['10.0.0.6:80'].map(parseEndpoint), affinitySeconds: 10 },
+      {
+        name: 'w',
+        vip: '10.96.0.3',
+        port: 53,
+        proto: 'udp',
+        endpoints: ['10.0.0.2:53@2', '10.0.0.4:53@5', '10.0.0.5:53'].map(parseEndpoint),
+      },
+      {
+        name: 'aff',
+        vip: '10.96.0.4',
+        port: 80,
+        proto: 'tcp',
+        endpoints: ['10.0.0.6:80'].map(parseEndpoint),
+        affinitySeconds: 10,
+      },
       { name: 'six', vip: 'fd00::1', port: 80, proto: 'tcp', endpoints: ['[fd00::2]:80'].map(parseEndpoint) },
       { name: 'q', vip: '10.96.0.5', port: 80, proto: 'tcp', endpoints: ['10.0.0.3:80'].map(parseEndpoint) },
     ],
@@ -173,7 +253,10 @@ test("a whole table's element lists, made when read, hold exactly what each serv
 test('partial sync: an endpoint change is element operations only; stale chains are flushed before they are deleted', (t) => {
   const after = normalizeState({
     ...web,
-    services: [...web.services, { name: 'dns', vip: '10.96.0.53', port: 53, proto: 'udp', endpoints: [parseEndpoint('10.0.0.9:53')] }],
+    services: [
+      ...web.services,
+      { name: 'dns', vip: '10.96.0.53', port: 53, proto: 'udp', endpoints: [parseEndpoint('10.0.0.9:53')] },
+    ],
   });
   after.services[0]!.endpoints = [parseEndpoint('10.0.0.2:8080'), parseEndpoint('10.0.0.4:8080')];
   const plan = planFor(web, after)!;
@@ -207,15 +290,27 @@ test('partial sync: an endpoint change is element operations only; stale chains 
   const svc = svcChain(withAff.services[0]!);
   const del = text.indexOf(`delete chain ip tsnet ${svc}`);
   t.true(text.indexOf(`flush chain ip tsnet ${svc}`) < del && del > 0);
-  t.true(text.findIndex((l) => l.startsWith('delete element ip tsnet service-ips')) < del, 'the map element goes before the chain it points to');
+  t.true(
+    text.findIndex((l) => l.startsWith('delete element ip tsnet service-ips')) < del,
+    'the map element goes before the chain it points to',
+  );
   t.true(text.some((l) => /^delete set ip tsnet aff-/.test(l)));
   t.is(planFor(web, after, { ...recordOf(web), layout: { version: '1' } }), undefined, 'another layout: full sync');
 });
 
 test('partial sync: a hairpin pair or lb chain another service still uses stays; the last user takes it along', (t) => {
-  const svc = (name: string, vip: string, eps: string[]) => ({ name, vip, port: 80, proto: 'tcp' as const, endpoints: eps.map(parseEndpoint) });
+  const svc = (name: string, vip: string, eps: string[]) => ({
+    name,
+    vip,
+    port: 80,
+    proto: 'tcp' as const,
+    endpoints: eps.map(parseEndpoint),
+  });
   const both = normalizeState({
-    services: [svc('a', '10.96.0.1', ['10.0.0.2:80', '10.0.0.3:80']), svc('b', '10.96.0.2', ['10.0.0.2:81', '10.0.0.4:81'])],
+    services: [
+      svc('a', '10.96.0.1', ['10.0.0.2:80', '10.0.0.3:80']),
+      svc('b', '10.96.0.2', ['10.0.0.2:81', '10.0.0.4:81']),
+    ],
     rules: [],
   });
   const aLeaves = structuredClone(both);
@@ -228,14 +323,20 @@ test('partial sync: a hairpin pair or lb chain another service still uses stays;
   const bLeaves = structuredClone(aLeaves);
   bLeaves.services[1]!.endpoints = [parseEndpoint('10.0.0.6:81')];
   const two = script(planFor(aLeaves, bLeaves)!.ops, 4);
-  t.true(two.includes('delete element ip tsnet hairpin { 10.0.0.2 . 10.0.0.2, 10.0.0.4 . 10.0.0.4 }'), 'the last user of 10.0.0.2 is gone');
+  t.true(
+    two.includes('delete element ip tsnet hairpin { 10.0.0.2 . 10.0.0.2, 10.0.0.4 . 10.0.0.4 }'),
+    'the last user of 10.0.0.2 is gone',
+  );
   t.true(two.includes('delete chain ip tsnet lb-tcp-2'));
   t.false(two.includes('add chain ip tsnet lb-tcp-1'), 'a already brought it');
 });
 
 test('partial sync: a chain that only grew gets its new rules appended, no flush (deleting rules costs the kernel an RCU grace period)', (t) => {
   const one = normalizeState({ services: [], rules: [{ kind: 'masquerade', source: '10.88.0.2/32', outNot: 'br0' }] });
-  const two = normalizeState({ services: [], rules: [...one.rules, { kind: 'masquerade', source: '10.88.0.3/32', outNot: 'br0' }] });
+  const two = normalizeState({
+    services: [],
+    rules: [...one.rules, { kind: 'masquerade', source: '10.88.0.3/32', outNot: 'br0' }],
+  });
   const grow = script(planFor(one, two)!.ops, 4);
   t.is(
     grow,
@@ -264,7 +365,10 @@ test('netlink batch: BEGIN, one message per operation (element lists split under
   t.is(msgs[msgs.length - 1], 'BATCH_END');
   const endpointMsgs = msgs.filter((m) => m.startsWith('NEWSETELEM') && m.includes('"set":"endpoints"'));
   t.true(endpointMsgs.length > 1, 'split');
-  const n = endpointMsgs.reduce((sum, m) => sum + (JSON.parse(m.slice(m.indexOf('{'))) as { elements: unknown[] }).elements.length, 0);
+  const n = endpointMsgs.reduce(
+    (sum, m) => sum + (JSON.parse(m.slice(m.indexOf('{'))) as { elements: unknown[] }).elements.length,
+    0,
+  );
   t.is(n, 3000);
   t.is(b.firstSeq, 100);
   t.is(b.lastSeq, 100 + msgs.length - 1);
@@ -297,16 +401,33 @@ class RecordingBackend extends NftablesBackend {
 }
 
 test('a resident process keeps the index of shared objects only from syncs it describes: after a full sync (canary gone) it is rebuilt, so a hairpin pair another service still uses stays', async (t) => {
-  const svc = (name: string, vip: string) => ({ name, vip, port: 80, proto: 'tcp' as const, endpoints: [parseEndpoint('10.80.0.11:8080')] });
+  const svc = (name: string, vip: string) => ({
+    name,
+    vip,
+    port: 80,
+    proto: 'tcp' as const,
+    endpoints: [parseEndpoint('10.80.0.11:8080')],
+  });
   const st = IndexedState.of(normalizeState({ services: [svc('z', '10.96.0.1')], rules: [] }));
   const b = new RecordingBackend();
-  const sync = async (changes: Parameters<IndexedState['apply']>[0], applied: Awaited<ReturnType<typeof b.sync>>['applied'] | undefined) => {
+  const sync = async (
+    changes: Parameters<IndexedState['apply']>[0],
+    applied: Awaited<ReturnType<typeof b.sync>>['applied'] | undefined,
+  ) => {
     const r = st.apply(changes);
     return b.sync(st.state, applied, false, { services: r.services, before: r.before, view: st, resident: true });
   };
-  let last = await b.sync(st.state, undefined, false, { services: [], before: () => st.state, view: st, resident: true });
+  let last = await b.sync(st.state, undefined, false, {
+    services: [],
+    before: () => st.state,
+    view: st,
+    resident: true,
+  });
   t.true(last.full);
-  last = await sync([{ op: 'add-service', service: { ...svc('x', '10.96.0.3'), endpoints: [parseEndpoint('10.80.0.12:8080')] } }], last.applied);
+  last = await sync(
+    [{ op: 'add-service', service: { ...svc('x', '10.96.0.3'), endpoints: [parseEndpoint('10.80.0.12:8080')] } }],
+    last.applied,
+  );
   t.false(last.full, 'a partial sync: the index of shared objects is built and kept');
   b.canary = false; // someone flushed the table
   last = await sync([{ op: 'add-service', service: svc('y', '10.96.0.2') }], last.applied);

@@ -17,13 +17,20 @@ async function captured(fn: () => Promise<void>): Promise<string[]> {
   return pieces;
 }
 
-test.serial('a streamed JSON listing is exactly JSON.stringify(rows, null, 2), written in pieces, not one string', async (t) => {
-  const rows = Array.from({ length: 3000 }, (_, i) => ({ name: `s${i}`, endpoints: [{ ip: `10.0.${i >> 8}.${i & 255}`, port: 80 }], nested: { a: [1, 2] } }));
-  const pieces = await captured(() => printRows(rows, true, [], (r) => r));
-  t.is(pieces.join(''), `${JSON.stringify(rows, null, 2)}\n`);
-  t.true(pieces.length > 1, 'more than one write');
-  t.is((await captured(() => printRows([], true, [], (r) => r))).join(''), '[]\n');
-});
+test.serial(
+  'a streamed JSON listing is exactly JSON.stringify(rows, null, 2), written in pieces, not one string',
+  async (t) => {
+    const rows = Array.from({ length: 3000 }, (_, i) => ({
+      name: `s${i}`,
+      endpoints: [{ ip: `10.0.${i >> 8}.${i & 255}`, port: 80 }],
+      nested: { a: [1, 2] },
+    }));
+    const pieces = await captured(() => printRows(rows, true, [], (r) => r));
+    t.is(pieces.join(''), `${JSON.stringify(rows, null, 2)}\n`);
+    t.true(pieces.length > 1, 'more than one write');
+    t.is((await captured(() => printRows([], true, [], (r) => r))).join(''), '[]\n');
+  },
+);
 
 test.serial('a streamed table is the table', async (t) => {
   const rows = [

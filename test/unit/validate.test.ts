@@ -11,7 +11,17 @@ test('CIDR parsing: canonical address, prefix and network', (t) => {
 });
 
 test('bad CIDRs are refused with a message naming the input', (t) => {
-  for (const bad of ['10.0.0.1', '10.0.0.300/24', '10.0.0.1/33', 'fd00::1/129', '10.0.0.1/24/1', 'eth0/24', '', '10.0.0.1/-1', '10.0.0.1/']) {
+  for (const bad of [
+    '10.0.0.1',
+    '10.0.0.300/24',
+    '10.0.0.1/33',
+    'fd00::1/129',
+    '10.0.0.1/24/1',
+    'eth0/24',
+    '',
+    '10.0.0.1/-1',
+    '10.0.0.1/',
+  ]) {
     const err = t.throws(() => parseCidr(bad), undefined, bad);
     t.true(err!.message.includes(JSON.stringify(bad)) || bad === '', err!.message);
     t.false(err!.message.includes('\n'));

@@ -8,9 +8,16 @@ import type { Cli } from '../context';
 export function register(program: Command, cli: Cli): void {
   program
     .command('agent')
-    .description('serve CNI calls from the tsnet-bridge/tsnet-ipam shim over a unix socket and keep NAT rules converged (runs until SIGTERM)')
+    .description(
+      'serve CNI calls from the tsnet-bridge/tsnet-ipam shim over a unix socket and keep NAT rules converged (runs until SIGTERM)',
+    )
     .option('--socket <path>', 'unix socket the shim connects to (its directory: mode 0700)', DEFAULT_SOCKET)
-    .option('--resync-interval <duration>', 'how often NAT rules are checked for flushes and re-applied (e.g. 10s, 500ms)', parseDuration, parseDuration('10s'))
+    .option(
+      '--resync-interval <duration>',
+      'how often NAT rules are checked for flushes and re-applied (e.g. 10s, 500ms)',
+      parseDuration,
+      parseDuration('10s'),
+    )
     .option(
       '--full-sync-interval <duration>',
       'how often a resync rewrites every rule, repairing hand edits the canary cannot see',

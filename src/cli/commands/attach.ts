@@ -17,19 +17,29 @@ export function register(program: Command, cli: Cli): void {
     .option('--ifname <name>', 'name inside', 'eth0')
     .option('--mtu <n>', 'MTU', int('--mtu'))
     .option('--hairpin', 'hairpin mode on the bridge port')
-    .action(async (ref: string, o: { bridge: string; address: string; gateway?: string; ifname: string; mtu?: number; hairpin?: boolean }) => {
-      const c = netns.resolve(ref);
-      try {
-        const opts: AttachOptions = { bridge: o.bridge, address: o.address, ifname: o.ifname };
-        if (o.gateway) opts.gateway = o.gateway;
-        if (o.mtu !== undefined) opts.mtu = o.mtu;
-        if (o.hairpin) opts.hairpin = true;
-        const a = await attach(target(cli), c, opts);
-        print(a, cli.json(), () => `${ref}: ${a.ifname} ${a.address}${a.gateway ? ` via ${a.gateway}` : ''}, host end ${a.hostIfname} on ${o.bridge}`);
-      } finally {
-        c.close();
-      }
-    });
+    .action(
+      async (
+        ref: string,
+        o: { bridge: string; address: string; gateway?: string; ifname: string; mtu?: number; hairpin?: boolean },
+      ) => {
+        const c = netns.resolve(ref);
+        try {
+          const opts: AttachOptions = { bridge: o.bridge, address: o.address, ifname: o.ifname };
+          if (o.gateway) opts.gateway = o.gateway;
+          if (o.mtu !== undefined) opts.mtu = o.mtu;
+          if (o.hairpin) opts.hairpin = true;
+          const a = await attach(target(cli), c, opts);
+          print(
+            a,
+            cli.json(),
+            () =>
+              `${ref}: ${a.ifname} ${a.address}${a.gateway ? ` via ${a.gateway}` : ''}, host end ${a.hostIfname} on ${o.bridge}`,
+          );
+        } finally {
+          c.close();
+        }
+      },
+    );
   program
     .command('detach <ns>')
     .description('remove what attach made (missing: no-op)')

@@ -37,7 +37,12 @@ export function register(program: Command, cli: Cli): void {
       const brs = await bridge.list(target(cli));
       print(brs, cli.json(), () =>
         table(
-          brs.map((b) => ({ ...b, state: b.up ? 'up' : 'down', stp: b.stp ? 'on' : 'off', ports: b.ports.map((p) => p.name) })),
+          brs.map((b) => ({
+            ...b,
+            state: b.up ? 'up' : 'down',
+            stp: b.stp ? 'on' : 'off',
+            ports: b.ports.map((p) => p.name),
+          })),
           ['name', 'state', 'mac', 'mtu', 'stp', 'addresses', 'ports'],
         ),
       );

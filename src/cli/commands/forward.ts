@@ -16,7 +16,9 @@ const targetOf = (f: Forward) =>
     : `${f.target} (${f.targetIp.includes(':') ? `[${f.targetIp}]` : f.targetIp}):${f.targetPort}`;
 
 export function register(program: Command, cli: Cli): void {
-  const fwd = program.command('forward').description("named, reversible port forwards: connections to this host's LISTEN_PORT go to TARGET:TARGET_PORT");
+  const fwd = program
+    .command('forward')
+    .description("named, reversible port forwards: connections to this host's LISTEN_PORT go to TARGET:TARGET_PORT");
 
   fwd
     .command('add <target> <listen-port> <target-port>', { isDefault: true })
@@ -24,16 +26,31 @@ export function register(program: Command, cli: Cli): void {
     .option('--name <name>', "the forward's name (default: TARGET)")
     .option('--listen <ip>', 'only connections to this local address (default: any local address, 127.0.0.1 included)')
     .option('--proto <proto>', 'tcp or udp', 'tcp')
-    .option('--snat <mode>', "return path: auto (masquerade this forward's flows), masquerade, none, or a source IP", 'auto')
+    .option(
+      '--snat <mode>',
+      "return path: auto (masquerade this forward's flows), masquerade, none, or a source IP",
+      'auto',
+    )
     .option('--no-check', 'do not check that TARGET:TARGET_PORT accepts a TCP connection first')
-    .option('--cut-over', 'also move existing connections still going to an earlier target (delete their conntrack entries)')
+    .option(
+      '--cut-over',
+      'also move existing connections still going to an earlier target (delete their conntrack entries)',
+    )
     .option('--dry-run', 'print the rules and sysctls that would be applied, change nothing')
     .action(
       async (
         target: string,
         listenPort: string,
         targetPort: string,
-        o: { name?: string; listen?: string; proto: string; snat: string; check: boolean; cutOver?: boolean; dryRun?: boolean },
+        o: {
+          name?: string;
+          listen?: string;
+          proto: string;
+          snat: string;
+          check: boolean;
+          cutOver?: boolean;
+          dryRun?: boolean;
+        },
       ) => {
         const engine = natEngine(cli);
         const req: forward.ForwardRequest = {
@@ -91,6 +108,10 @@ export function register(program: Command, cli: Cli): void {
     .description('re-apply every stored forward (after a reboot or a flush); same as `tsnet sync`')
     .action(async () => {
       const r = await natEngine(cli).sync();
-      print(r, cli.json(), () => `restored with ${r.backend}: ${r.full ? 'full' : 'partial'} sync, ${r.ms.toFixed(1)} ms`);
+      print(
+        r,
+        cli.json(),
+        () => `restored with ${r.backend}: ${r.full ? 'full' : 'partial'} sync, ${r.ms.toFixed(1)} ms`,
+      );
     });
 }

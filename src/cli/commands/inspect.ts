@@ -33,7 +33,9 @@ async function addressIn(ref: string, family: 4 | 6): Promise<string> {
 export function register(program: Command, cli: Cli): void {
   program
     .command('trace <dest>')
-    .description('what happens to a new connection to DEST:PORT: service or forward, endpoints with weights and counters, live flows, source NAT, the way out')
+    .description(
+      'what happens to a new connection to DEST:PORT: service or forward, endpoints with weights and counters, live flows, source NAT, the way out',
+    )
     .addOption(new Option('--proto <proto>', 'tcp or udp').choices(['tcp', 'udp']).default('tcp'))
     .option('--from <ip>', "the client's address (default: this node itself)")
     .option('--from-netns <ns>', 'the client: the first address of this namespace')
@@ -55,16 +57,23 @@ export function register(program: Command, cli: Cli): void {
 
   program
     .command('doctor')
-    .description("what is wrong with this node's container networking, one line per problem with its fix (exit 1 when there is one)")
+    .description(
+      "what is wrong with this node's container networking, one line per problem with its fix (exit 1 when there is one)",
+    )
     .action(async () => {
-      const problems = await doctor(target(cli), { engines: await engines(cli), stateDirs: [stateDir(cli.stateDir())] });
+      const problems = await doctor(target(cli), {
+        engines: await engines(cli),
+        stateDirs: [stateDir(cli.stateDir())],
+      });
       print(problems, cli.json(), () => formatProblems(problems));
       if (problems.length) process.exitCode = 1;
     });
 
   program
     .command('topology')
-    .description("this node's network as a picture: namespaces, bridges, veth pairs, addresses, services -> endpoints, forwards (JSON by default)")
+    .description(
+      "this node's network as a picture: namespaces, bridges, veth pairs, addresses, services -> endpoints, forwards (JSON by default)",
+    )
     .option('--svg <file>', 'write an SVG (laid out by ELK) to FILE ("-": stdout)')
     .option('--dot', 'print Graphviz dot')
     .action(async (o: { svg?: string; dot?: boolean }) => {

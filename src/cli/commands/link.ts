@@ -15,7 +15,11 @@ export function register(program: Command, cli: Cli): void {
     .action(async () => {
       const links = await link.list(target(cli));
       const names = new Map(links.map((l) => [l.index, l.name]));
-      const rows = links.map((l) => ({ ...l, state: l.up ? 'up' : 'down', masterName: l.master === undefined ? undefined : names.get(l.master) }));
+      const rows = links.map((l) => ({
+        ...l,
+        state: l.up ? 'up' : 'down',
+        masterName: l.master === undefined ? undefined : names.get(l.master),
+      }));
       print(links, cli.json(), () => table(rows, ['index', 'name', 'kind', 'state', 'mtu', 'mac', 'masterName']));
     });
   linkCmd
@@ -28,17 +32,30 @@ export function register(program: Command, cli: Cli): void {
     .option('--mac <mac>')
     .option('--master <bridge>')
     .option('--nomaster')
-    .action(async (dev: string, o: { up?: boolean; down?: boolean; name?: string; mtu?: number; mac?: string; master?: string; nomaster?: boolean }) => {
-      const h = target(cli);
-      const change: link.LinkChange = {};
-      if (o.up || o.down) change.up = !!o.up;
-      if (o.name) change.name = o.name;
-      if (o.mtu !== undefined) change.mtu = o.mtu;
-      if (o.mac) change.mac = o.mac;
-      if (o.master) change.master = (await link.mustGet(h, o.master)).index;
-      if (o.nomaster) change.master = null;
-      await link.set(h, dev, change);
-    });
+    .action(
+      async (
+        dev: string,
+        o: {
+          up?: boolean;
+          down?: boolean;
+          name?: string;
+          mtu?: number;
+          mac?: string;
+          master?: string;
+          nomaster?: boolean;
+        },
+      ) => {
+        const h = target(cli);
+        const change: link.LinkChange = {};
+        if (o.up || o.down) change.up = !!o.up;
+        if (o.name) change.name = o.name;
+        if (o.mtu !== undefined) change.mtu = o.mtu;
+        if (o.mac) change.mac = o.mac;
+        if (o.master) change.master = (await link.mustGet(h, o.master)).index;
+        if (o.nomaster) change.master = null;
+        await link.set(h, dev, change);
+      },
+    );
   linkCmd
     .command('del <dev>')
     .description('delete a link (missing: no-op)')

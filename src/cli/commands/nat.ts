@@ -9,47 +9,70 @@ import { print } from '../output';
 type RuleOpts = Record<string, string | undefined>;
 
 /** Each rule kind: what it does, its options, and the rule its options make. */
-const KINDS: { kind: NatRule['kind']; describe: string; options(c: Command): Command; build(o: RuleOpts): NatRule }[] = [
-  {
-    kind: 'masquerade',
-    describe: 'masquerade traffic from a source CIDR (iptables -t nat -A POSTROUTING -s CIDR ! -o IF -j MASQUERADE)',
-    options: (c) => c.requiredOption('--source <cidr>').option('--out-not <if>', 'except when leaving through this interface'),
-    build: (o) => ({ kind: 'masquerade', source: o.source!, ...(o.outNot ? { outNot: o.outNot } : {}) }),
-  },
-  {
-    kind: 'snat',
-    describe: 'rewrite the source of traffic from a CIDR (iptables -t nat -A POSTROUTING -s CIDR -j SNAT --to-source IP)',
-    options: (c) => c.requiredOption('--source <cidr>').requiredOption('--to <ip>').option('--destination <cidr>').option('--out <if>'),
-    build: (o) => ({
-      kind: 'snat',
-      source: o.source!,
-      toSource: o.to!,
-      ...(o.destination ? { destination: o.destination } : {}),
-      ...(o.out ? { out: o.out } : {}),
-    }),
-  },
-  {
-    kind: 'dnat',
-    describe: 'rewrite the destination of IP:PORT (iptables -t nat -A PREROUTING/OUTPUT -d IP --dport PORT -j DNAT)',
-    options: (c) => c.requiredOption('--destination <ip:port>').requiredOption('--to <ip:port>').option('--proto <proto>', 'tcp or udp', 'tcp'),
-    build: (o) => {
-      const d = parseHostPort(o.destination!, '--destination');
-      const t = parseHostPort(o.to!, '--to');
-      return { kind: 'dnat', destination: d.ip, port: d.port, proto: parseProto(o.proto ?? 'tcp'), toIp: t.ip, toPort: t.port };
+const KINDS: { kind: NatRule['kind']; describe: string; options(c: Command): Command; build(o: RuleOpts): NatRule }[] =
+  [
+    {
+      kind: 'masquerade',
+      describe: 'masquerade traffic from a source CIDR (iptables -t nat -A POSTROUTING -s CIDR ! -o IF -j MASQUERADE)',
+      options: (c) =>
+        c.requiredOption('--source <cidr>').option('--out-not <if>', 'except when leaving through this interface'),
+      build: (o) => ({ kind: 'masquerade', source: o.source!, ...(o.outNot ? { outNot: o.outNot } : {}) }),
     },
-  },
-];
+    {
+      kind: 'snat',
+      describe:
+        'rewrite the source of traffic from a CIDR (iptables -t nat -A POSTROUTING -s CIDR -j SNAT --to-source IP)',
+      options: (c) =>
+        c
+          .requiredOption('--source <cidr>')
+          .requiredOption('--to <ip>')
+          .option('--destination <cidr>')
+          .option('--out <if>'),
+      build: (o) => ({
+        kind: 'snat',
+        source: o.source!,
+        toSource: o.to!,
+        ...(o.destination ? { destination: o.destination } : {}),
+        ...(o.out ? { out: o.out } : {}),
+      }),
+    },
+    {
+      kind: 'dnat',
+      describe: 'rewrite the destination of IP:PORT (iptables -t nat -A PREROUTING/OUTPUT -d IP --dport PORT -j DNAT)',
+      options: (c) =>
+        c
+          .requiredOption('--destination <ip:port>')
+          .requiredOption('--to <ip:port>')
+          .option('--proto <proto>', 'tcp or udp', 'tcp'),
+      build: (o) => {
+        const d = parseHostPort(o.destination!, '--destination');
+        const t = parseHostPort(o.to!, '--to');
+        return {
+          kind: 'dnat',
+          destination: d.ip,
+          port: d.port,
+          proto: parseProto(o.proto ?? 'tcp'),
+          toIp: t.ip,
+          toPort: t.port,
+        };
+      },
+    },
+  ];
 
 export function register(program: Command, cli: Cli): void {
   const nat = program.command('nat').description('standalone MASQUERADE, SNAT and DNAT rules');
   for (const k of KINDS) {
     const group = nat.command(k.kind).description(k.describe);
-    k.options(group.command('add').description(`add a ${k.kind} rule (the same again: no-op)`)).action(async (o: RuleOpts) => {
-      await natChange(cli, [{ op: 'add-rule', rule: k.build(o) }]);
-    });
-    k.options(group.command('del').description(`delete a ${k.kind} rule (missing: no-op)`)).action(async (o: RuleOpts) => {
-      await natChange(cli, [{ op: 'delete-rule', rule: k.build(o) }]);
-    });
+    k.options(group.command('add').description(`add a ${k.kind} rule (the same again: no-op)`)).action(
+      async (o: RuleOpts) => {
+        await natChange(cli, [{ op: 'add-rule', rule: k.build(o) }]);
+      },
+    );
+    k.options(group.command('del').description(`delete a ${k.kind} rule (missing: no-op)`)).action(
+      async (o: RuleOpts) => {
+        await natChange(cli, [{ op: 'delete-rule', rule: k.build(o) }]);
+      },
+    );
   }
   nat
     .command('ls')

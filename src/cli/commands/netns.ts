@@ -41,7 +41,9 @@ export function register(program: Command, cli: Cli): void {
   nsCmd.enablePositionalOptions();
   nsCmd
     .command('exec <name> <cmd> [args...]')
-    .description('run CMD inside the namespace (ip netns exec); its exit status is ours, 128+N when it dies of signal N')
+    .description(
+      'run CMD inside the namespace (ip netns exec); its exit status is ours, 128+N when it dies of signal N',
+    )
     .passThroughOptions()
     .action(async (name: string, cmd: string, args: string[]) => {
       const h = netns.resolve(name);

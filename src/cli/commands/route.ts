@@ -22,13 +22,18 @@ function routeSpec(dst: string, o: RouteOpts): route.RouteSpec {
 
 export function register(program: Command, cli: Cli): void {
   const routeCmd = program.command('route').description('routes in the main table (ip route)');
-  const spec = (c: Command) => c.option('--via <gw>').option('--dev <if>').option('--metric <n>', 'metric', int('--metric'));
-  spec(routeCmd.command('add <dst>').description('add or replace a route; DST is a CIDR or "default"')).action(async (dst: string, o: RouteOpts) => {
-    await route.replace(target(cli), routeSpec(dst, o));
-  });
-  spec(routeCmd.command('del <dst>').description('delete a route (missing: no-op)')).action(async (dst: string, o: RouteOpts) => {
-    await route.del(target(cli), routeSpec(dst, o));
-  });
+  const spec = (c: Command) =>
+    c.option('--via <gw>').option('--dev <if>').option('--metric <n>', 'metric', int('--metric'));
+  spec(routeCmd.command('add <dst>').description('add or replace a route; DST is a CIDR or "default"')).action(
+    async (dst: string, o: RouteOpts) => {
+      await route.replace(target(cli), routeSpec(dst, o));
+    },
+  );
+  spec(routeCmd.command('del <dst>').description('delete a route (missing: no-op)')).action(
+    async (dst: string, o: RouteOpts) => {
+      await route.del(target(cli), routeSpec(dst, o));
+    },
+  );
   routeCmd
     .command('ls')
     .alias('list')

@@ -11,35 +11,48 @@ import { collect, int } from '../options';
 import { printRows } from '../output';
 
 export function register(program: Command, cli: Cli): void {
-  const svc = program.command('service').alias('svc').description('kube-proxy-style services: a VIP:port balanced over endpoints');
+  const svc = program
+    .command('service')
+    .alias('svc')
+    .description('kube-proxy-style services: a VIP:port balanced over endpoints');
   svc
     .command('add <name>')
     .description('add a service (the same one again: no-op)')
     .requiredOption('--vip <ip:port>', 'virtual IP and port')
     .option('--proto <proto>', 'tcp or udp', 'tcp')
     .option('--endpoint <ip:port[@weight]>', 'an endpoint, repeatable (none: connections are rejected)', collect, [])
-    .option('--affinity <seconds>', 'pin each client IP to one endpoint for this long', int('--affinity', { min: 1, max: 86400 }))
+    .option(
+      '--affinity <seconds>',
+      'pin each client IP to one endpoint for this long',
+      int('--affinity', { min: 1, max: 86400 }),
+    )
     .option('--masquerade-not-from <cidr>', 'masquerade traffic to the VIP from outside this CIDR')
-    .action(async (name: string, o: { vip: string; proto: string; endpoint: string[]; affinity?: number; masqueradeNotFrom?: string }) => {
-      const vip = parseHostPort(o.vip, '--vip');
-      const want = normalizeService({
-        name,
-        vip: vip.ip,
-        port: vip.port,
-        proto: parseProto(o.proto),
-        endpoints: o.endpoint.map(parseEndpoint),
-        ...(o.affinity !== undefined ? { affinitySeconds: o.affinity } : {}),
-        ...(o.masqueradeNotFrom !== undefined ? { masqueradeNotFrom: o.masqueradeNotFrom } : {}),
-      });
-      await natChange(cli, [{ op: 'add-service', service: want }]);
-    });
+    .action(
+      async (
+        name: string,
+        o: { vip: string; proto: string; endpoint: string[]; affinity?: number; masqueradeNotFrom?: string },
+      ) => {
+        const vip = parseHostPort(o.vip, '--vip');
+        const want = normalizeService({
+          name,
+          vip: vip.ip,
+          port: vip.port,
+          proto: parseProto(o.proto),
+          endpoints: o.endpoint.map(parseEndpoint),
+          ...(o.affinity !== undefined ? { affinitySeconds: o.affinity } : {}),
+          ...(o.masqueradeNotFrom !== undefined ? { masqueradeNotFrom: o.masqueradeNotFrom } : {}),
+        });
+        await natChange(cli, [{ op: 'add-service', service: want }]);
+      },
+    );
   svc
     .command('set-endpoints <name>')
     .description('replace the endpoints of a service')
     .option('--endpoint <ip:port[@weight]>', 'an endpoint, repeatable', collect, [])
     .option('--none', 'no endpoints: new connections are rejected')
     .action(async (name: string, o: { endpoint: string[]; none?: boolean }) => {
-      if (!o.endpoint.length && !o.none) throw invalid('give at least one --endpoint, or --none to reject new connections');
+      if (!o.endpoint.length && !o.none)
+        throw invalid('give at least one --endpoint, or --none to reject new connections');
       if (o.endpoint.length && o.none) throw invalid('--none and --endpoint exclude each other');
       await natChange(cli, [{ op: 'set-endpoints', name, endpoints: o.endpoint.map(parseEndpoint) }]);
     });
@@ -58,22 +71,29 @@ export function register(program: Command, cli: Cli): void {
       const services = e.read().services;
       const counters = await e.counters();
       const rows = services.map((s) => ({ ...s, counters: counters.get(s.name) }));
-      await printRows(rows, cli.json(), ['name', 'vip', 'proto', 'conns', 'endpoints', 'affinity', 'masq-not-from'], (s) => ({
-        name: s.name,
-        vip: formatHostPort(s.vip, s.port),
-        proto: s.proto,
-        conns: s.counters?.service.packets,
-        endpoints: s.endpoints.map(
-          (x) =>
-            `${formatHostPort(x.ip, x.port)}${x.weight !== 1 ? `@${x.weight}` : ''}${s.counters ? `=${s.counters.endpoints[formatHostPort(x.ip, x.port)]?.packets ?? 0}` : ''}`,
-        ),
-        affinity: s.affinitySeconds,
-        'masq-not-from': s.masqueradeNotFrom,
-      }));
+      await printRows(
+        rows,
+        cli.json(),
+        ['name', 'vip', 'proto', 'conns', 'endpoints', 'affinity', 'masq-not-from'],
+        (s) => ({
+          name: s.name,
+          vip: formatHostPort(s.vip, s.port),
+          proto: s.proto,
+          conns: s.counters?.service.packets,
+          endpoints: s.endpoints.map(
+            (x) =>
+              `${formatHostPort(x.ip, x.port)}${x.weight !== 1 ? `@${x.weight}` : ''}${s.counters ? `=${s.counters.endpoints[formatHostPort(x.ip, x.port)]?.packets ?? 0}` : ''}`,
+          ),
+          affinity: s.affinitySeconds,
+          'masq-not-from': s.masqueradeNotFrom,
+        }),
+      );
     });
   svc
     .command('apply')
-    .description('replace the whole set of services with a JSON array (as `service ls` prints it, or in --vip/--endpoint shape), in one sync')
+    .description(
+      'replace the whole set of services with a JSON array (as `service ls` prints it, or in --vip/--endpoint shape), in one sync',
+    )
     .requiredOption('-f, --file <file>', 'services.json, or - for stdin')
     .action(async (o: { file: string }) => {
       await natChange(cli, [{ op: 'replace-services', services: parseServicesFile(readInput(o.file), o.file) }]);

@@ -9,7 +9,9 @@ import { target } from '../target';
 
 /** A peer's namespace as `veth ls` shows it: its name, else a pid inside it, else its nsid. */
 const where = (n: veth.PeerNamespace) =>
-  n.same ? '(same)' : (n.name ?? (n.pid !== undefined ? `pid ${n.pid}` : n.nsid !== undefined ? `nsid ${n.nsid}` : '?'));
+  n.same
+    ? '(same)'
+    : (n.name ?? (n.pid !== undefined ? `pid ${n.pid}` : n.nsid !== undefined ? `nsid ${n.nsid}` : '?'));
 
 export function register(program: Command, cli: Cli): void {
   const vethCmd = program.command('veth').description('veth pairs');
@@ -21,21 +23,27 @@ export function register(program: Command, cli: Cli): void {
     .option('--address <cidr>')
     .option('--peer-address <cidr>')
     .option('--mtu <n>', 'MTU', int('--mtu'))
-    .action(async (name: string, peer: string, o: { peerNetns?: string; master?: string; address?: string; peerAddress?: string; mtu?: number }) => {
-      const h = target(cli);
-      const peerNs = o.peerNetns ? netns.resolve(o.peerNetns) : undefined;
-      try {
-        const opts: veth.VethOptions = { existOk: true };
-        if (peerNs) opts.peerNetns = peerNs;
-        if (o.master) opts.master = o.master;
-        if (o.address) opts.address = o.address;
-        if (o.peerAddress) opts.peerAddress = o.peerAddress;
-        if (o.mtu !== undefined) opts.mtu = o.mtu;
-        await veth.add(h, name, peer, opts);
-      } finally {
-        peerNs?.close();
-      }
-    });
+    .action(
+      async (
+        name: string,
+        peer: string,
+        o: { peerNetns?: string; master?: string; address?: string; peerAddress?: string; mtu?: number },
+      ) => {
+        const h = target(cli);
+        const peerNs = o.peerNetns ? netns.resolve(o.peerNetns) : undefined;
+        try {
+          const opts: veth.VethOptions = { existOk: true };
+          if (peerNs) opts.peerNetns = peerNs;
+          if (o.master) opts.master = o.master;
+          if (o.address) opts.address = o.address;
+          if (o.peerAddress) opts.peerAddress = o.peerAddress;
+          if (o.mtu !== undefined) opts.mtu = o.mtu;
+          await veth.add(h, name, peer, opts);
+        } finally {
+          peerNs?.close();
+        }
+      },
+    );
   vethCmd
     .command('del <name>')
     .description('delete a veth pair by either end (missing: no-op)')

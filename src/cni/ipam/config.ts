@@ -40,7 +40,8 @@ export const ipToBig = (ip: string): bigint => {
   return p.family === 4 ? new Address4(p.address).bigInt() : new Address6(p.address).bigInt();
 };
 
-export const bigToIp = (n: bigint, family: Family): string => (family === 4 ? Address4.fromBigInt(n).correctForm() : Address6.fromBigInt(n).correctForm());
+export const bigToIp = (n: bigint, family: Family): string =>
+  family === 4 ? Address4.fromBigInt(n).correctForm() : Address6.fromBigInt(n).correctForm();
 
 /** Whether `ip` lies inside range `r` (same family, between start and end). */
 export function inRange(r: Range, ip: string): boolean {
@@ -61,7 +62,9 @@ export const rangeSetText = (s: RangeSet) => s.map(rangeText).join(',');
 /** The network name as a directory name: the spec's grammar, so never '..' or a path. */
 export function validateNetworkName(name: unknown): string {
   if (typeof name !== 'string' || !CNI_NAME_RE.test(name) || name.length > 200) {
-    throw invalidConfig(`invalid network name ${JSON.stringify(name)}: letters, digits, '_', '.' and '-', starting with a letter or digit`);
+    throw invalidConfig(
+      `invalid network name ${JSON.stringify(name)}: letters, digits, '_', '.' and '-', starting with a letter or digit`,
+    );
   }
   return name;
 }
@@ -84,7 +87,10 @@ function parseRange(raw: RawRange, where: string): Range {
   }
   const bits = c.family === 4 ? 32 : 128;
   if (c.prefix > bits - 2) throw invalidConfig(`${where}: network ${raw.subnet} is too small to allocate from`);
-  if (c.address !== c.network) throw invalidConfig(`${where}: network ${raw.subnet} has host bits set; for a /${c.prefix} the network address is ${c.network}`);
+  if (c.address !== c.network)
+    throw invalidConfig(
+      `${where}: network ${raw.subnet} has host bits set; for a /${c.prefix} the network address is ${c.network}`,
+    );
   const first = ipToBig(c.network);
   const size = 1n << BigInt(bits - c.prefix);
   const last = first + size - 1n;
@@ -98,15 +104,24 @@ function parseRange(raw: RawRange, where: string): Range {
       throw invalidConfig(`${where}: ${key} ${JSON.stringify(v)} is not an IP address`);
     }
     const n = ipToBig(ip.address);
-    if (ip.family !== c.family || n < first || n > last) throw invalidConfig(`${where}: ${key} ${ip.address} is not in ${raw.subnet}`);
+    if (ip.family !== c.family || n < first || n > last)
+      throw invalidConfig(`${where}: ${key} ${ip.address} is not in ${raw.subnet}`);
     return n;
   };
   const start = inSubnet('rangeStart') ?? first + 1n;
   // IPv4 never hands out the broadcast address; IPv6 has none.
   const end = inSubnet('rangeEnd') ?? (c.family === 4 ? last - 1n : last);
-  if (start > end) throw invalidConfig(`${where}: rangeStart ${bigToIp(start, c.family)} is after rangeEnd ${bigToIp(end, c.family)}`);
+  if (start > end)
+    throw invalidConfig(`${where}: rangeStart ${bigToIp(start, c.family)} is after rangeEnd ${bigToIp(end, c.family)}`);
   const gw = inSubnet('gateway');
-  return { family: c.family, subnet: `${c.network}/${c.prefix}`, prefix: c.prefix, start, end, gateway: bigToIp(gw ?? first + 1n, c.family) };
+  return {
+    family: c.family,
+    subnet: `${c.network}/${c.prefix}`,
+    prefix: c.prefix,
+    start,
+    end,
+    gateway: bigToIp(gw ?? first + 1n, c.family),
+  };
 }
 
 const overlaps = (a: Range, b: Range) => a.family === b.family && a.start <= b.end && b.start <= a.end;
@@ -119,27 +134,35 @@ export function parseIpamConfig(conf: NetConf): IpamConfig {
   let rawSets: RawRange[][];
   if (ipam.ranges !== undefined) {
     if (!Array.isArray(ipam.ranges) || ipam.ranges.some((s) => !Array.isArray(s) || s.length === 0)) {
-      throw invalidConfig(`network ${network}: ipam.ranges must be a list of non-empty lists of ranges, e.g. [[{"subnet": "10.22.0.0/16"}]]`);
+      throw invalidConfig(
+        `network ${network}: ipam.ranges must be a list of non-empty lists of ranges, e.g. [[{"subnet": "10.22.0.0/16"}]]`,
+      );
     }
-    if (ipam.subnet !== undefined) throw invalidConfig(`network ${network}: ipam has both "subnet" and "ranges"; use one`);
+    if (ipam.subnet !== undefined)
+      throw invalidConfig(`network ${network}: ipam has both "subnet" and "ranges"; use one`);
     rawSets = ipam.ranges as RawRange[][];
   } else if (ipam.subnet !== undefined) {
     rawSets = [[{ subnet: ipam.subnet, rangeStart: ipam.rangeStart, rangeEnd: ipam.rangeEnd, gateway: ipam.gateway }]];
   } else {
     throw invalidConfig(`network ${network}: ipam needs "subnet" or "ranges"`);
   }
-  const rangeSets = rawSets.map((set, i) => set.map((r, j) => parseRange(r, `network ${network}: ipam range ${i}.${j}`)));
+  const rangeSets = rawSets.map((set, i) =>
+    set.map((r, j) => parseRange(r, `network ${network}: ipam range ${i}.${j}`)),
+  );
   const all = rangeSets.flatMap((s, i) => s.map((r) => ({ r, i })));
   for (const [k, a] of all.entries()) {
     for (const b of all.slice(k + 1)) {
-      if (overlaps(a.r, b.r)) throw invalidConfig(`network ${network}: ipam ranges ${rangeText(a.r)} and ${rangeText(b.r)} overlap`);
+      if (overlaps(a.r, b.r))
+        throw invalidConfig(`network ${network}: ipam ranges ${rangeText(a.r)} and ${rangeText(b.r)} overlap`);
     }
   }
   for (const [i, s] of rangeSets.entries()) {
-    if (new Set(s.map((r) => r.family)).size > 1) throw invalidConfig(`network ${network}: ipam range set ${i} mixes IPv4 and IPv6 (one family per set)`);
+    if (new Set(s.map((r) => r.family)).size > 1)
+      throw invalidConfig(`network ${network}: ipam range set ${i} mixes IPv4 and IPv6 (one family per set)`);
   }
   const routes = (ipam.routes ?? []) as { dst?: unknown; gw?: unknown }[];
-  if (!Array.isArray(routes)) throw invalidConfig(`network ${network}: ipam.routes must be a list of {"dst": CIDR, "gw": IP}`);
+  if (!Array.isArray(routes))
+    throw invalidConfig(`network ${network}: ipam.routes must be a list of {"dst": CIDR, "gw": IP}`);
   const parsedRoutes = routes.map((rt) => {
     try {
       const dst = parseCidr(rt.dst as string);
@@ -151,7 +174,8 @@ export function parseIpamConfig(conf: NetConf): IpamConfig {
     }
   });
   const dataDir = ipam.dataDir ?? DEFAULT_DATA_DIR;
-  if (typeof dataDir !== 'string' || !dataDir.startsWith('/')) throw invalidConfig(`network ${network}: ipam.dataDir must be an absolute path`);
+  if (typeof dataDir !== 'string' || !dataDir.startsWith('/'))
+    throw invalidConfig(`network ${network}: ipam.dataDir must be an absolute path`);
   const out: IpamConfig = { type: String(ipam.type), network, rangeSets, routes: parsedRoutes, dataDir };
   if (typeof ipam.resolvConf === 'string') out.resolvConf = ipam.resolvConf;
   return out;

@@ -8,7 +8,18 @@
 import * as fs from 'node:fs';
 import { parseIp } from '../../addr/cidr';
 import { CniError, CNI_ERR, invalidConfig } from '../errors';
-import { bigToIp, inAnySet, inRange, ipToBig, parseIpamConfig, rangeOf, rangeSetText, type IpamConfig, type Range, type RangeSet } from './config';
+import {
+  bigToIp,
+  inAnySet,
+  inRange,
+  ipToBig,
+  parseIpamConfig,
+  rangeOf,
+  rangeSetText,
+  type IpamConfig,
+  type Range,
+  type RangeSet,
+} from './config';
 import { IpamStore } from './store';
 import type { Attachment, CniEnv, Dns, NetConf, Result } from '../types';
 
@@ -49,19 +60,31 @@ function* candidates(set: RangeSet, after: bigint | undefined): Generator<{ ip: 
   for (let ip = first.start; ip < from; ip++) yield { ip, range: first };
 }
 
-function allocateIn(store: IpamStore, set: RangeSet, idx: number, taken: Set<string>, env: CniEnv, requested: string[]): { ip: string; range: Range } {
+function allocateIn(
+  store: IpamStore,
+  set: RangeSet,
+  idx: number,
+  taken: Set<string>,
+  env: CniEnv,
+  requested: string[],
+): { ip: string; range: Range } {
   const cid = env.containerId!;
   const ifname = env.ifname!;
   const fam = set[0]!.family;
   const want = requested.find((ip) => rangeOf(set, ip) !== undefined);
   if (want !== undefined) {
     const range = rangeOf(set, want)!;
-    if (range.gateway === want) throw new CniError(CNI_ERR.invalidConfig, `requested IP ${want} is the gateway of ${range.subnet}`);
-    if (!store.reserve(want, cid, ifname, idx)) throw new CniError(CNI_ERR.internal, `requested IP ${want} is already reserved in network ${store.dir}`);
+    if (range.gateway === want)
+      throw new CniError(CNI_ERR.invalidConfig, `requested IP ${want} is the gateway of ${range.subnet}`);
+    if (!store.reserve(want, cid, ifname, idx))
+      throw new CniError(CNI_ERR.internal, `requested IP ${want} is already reserved in network ${store.dir}`);
     return { ip: want, range };
   }
   const last = store.lastReserved(idx);
-  for (const { ip, range } of candidates(set, last === undefined || parseIp(last).family !== fam ? undefined : ipToBig(last))) {
+  for (const { ip, range } of candidates(
+    set,
+    last === undefined || parseIp(last).family !== fam ? undefined : ipToBig(last),
+  )) {
     const text = bigToIp(ip, fam);
     if (text === range.gateway || taken.has(text)) continue;
     if (store.reserve(text, cid, ifname, idx)) return { ip: text, range };
@@ -128,7 +151,10 @@ export async function ipamAdd(conf: NetConf, env: CniEnv): Promise<Result> {
   });
   const result: Result = {
     cniVersion: conf.cniVersion,
-    ips: ips.map(({ ip, range }) => ({ address: `${ip}/${range.prefix}`, ...(range.gateway ? { gateway: range.gateway } : {}) })),
+    ips: ips.map(({ ip, range }) => ({
+      address: `${ip}/${range.prefix}`,
+      ...(range.gateway ? { gateway: range.gateway } : {}),
+    })),
     routes: c.routes.map((r) => ({ ...r })),
   };
   if (c.resolvConf) result.dns = parseResolvConf(c.resolvConf);
@@ -151,22 +177,32 @@ export async function ipamCheck(conf: NetConf, env: CniEnv, prev: Result | undef
   const c = parseIpamConfig(conf);
   const mine = storeOf(c).byAttachment(env.containerId!, env.ifname!);
   if (mine.length === 0)
-    throw new CniError(CNI_ERR.internal, `tsnet-ipam: no address is reserved for container ${env.containerId} ${env.ifname} in network ${c.network}`);
+    throw new CniError(
+      CNI_ERR.internal,
+      `tsnet-ipam: no address is reserved for container ${env.containerId} ${env.ifname} in network ${c.network}`,
+    );
   for (const ip of prev?.ips ?? []) {
     const a = ip.address.split('/')[0]!;
     if (inAnySet(c.rangeSets, a) && !mine.some((m) => m.ip === parseIp(a).address)) {
-      throw new CniError(CNI_ERR.internal, `tsnet-ipam: ${a} is not reserved for container ${env.containerId} ${env.ifname} in network ${c.network}`);
+      throw new CniError(
+        CNI_ERR.internal,
+        `tsnet-ipam: ${a} is not reserved for container ${env.containerId} ${env.ifname} in network ${c.network}`,
+      );
     }
   }
 }
 
-export const attachmentKey = (a: { containerID?: string; containerId?: string; ifname: string }) => `${a.containerID ?? a.containerId}\n${a.ifname}`;
+export const attachmentKey = (a: { containerID?: string; containerId?: string; ifname: string }) =>
+  `${a.containerID ?? a.containerId}\n${a.ifname}`;
 
 /** The attachments GC must keep: `cni.dev/valid-attachments`, or the pre-1.1 `cni.dev/attachments`. */
 export function validAttachments(conf: NetConf): Set<string> {
   const list = conf['cni.dev/valid-attachments'] ?? conf['cni.dev/attachments'];
   if (list === undefined) throw invalidConfig('GC needs "cni.dev/valid-attachments" in the network config');
-  if (!Array.isArray(list) || list.some((a: Attachment) => typeof a?.containerID !== 'string' || typeof a?.ifname !== 'string')) {
+  if (
+    !Array.isArray(list) ||
+    list.some((a: Attachment) => typeof a?.containerID !== 'string' || typeof a?.ifname !== 'string')
+  ) {
     throw invalidConfig('"cni.dev/valid-attachments" must be a list of {"containerID", "ifname"}');
   }
   return new Set(list.map(attachmentKey));
@@ -198,6 +234,10 @@ export async function ipamStatus(conf: NetConf): Promise<void> {
       const gwIn = r.gateway !== undefined && inRange(r, r.gateway) ? 1n : 0n;
       free += r.end - r.start + 1n - gwIn - BigInt(taken.filter((ip) => inRange(r, ip)).length);
     }
-    if (free <= 0n) throw new CniError(CNI_ERR.notAvailable, `network ${c.network}: no free address left in range set ${rangeSetText(set)}`);
+    if (free <= 0n)
+      throw new CniError(
+        CNI_ERR.notAvailable,
+        `network ${c.network}: no free address left in range set ${rangeSetText(set)}`,
+      );
   }
 }

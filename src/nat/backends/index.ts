@@ -15,9 +15,17 @@ export interface BackendInfo {
 }
 
 export const BACKENDS: Record<BackendName, BackendInfo> = {
-  netlink: { tables: 'nftables', binaries: [], description: 'table ip/ip6 tsnet written over netlink (nf_tables), no binary needed' },
+  netlink: {
+    tables: 'nftables',
+    binaries: [],
+    description: 'table ip/ip6 tsnet written over netlink (nf_tables), no binary needed',
+  },
   nft: { tables: 'nftables', binaries: ['nft'], description: 'the same table, written with nft -f' },
-  iptables: { tables: 'iptables', binaries: ['iptables-restore', 'iptables-save'], description: "kube-proxy's iptables layout (legacy or nft mode, detected)" },
+  iptables: {
+    tables: 'iptables',
+    binaries: ['iptables-restore', 'iptables-save'],
+    description: "kube-proxy's iptables layout (legacy or nft mode, detected)",
+  },
 };
 
 export const BACKEND_NAMES = Object.keys(BACKENDS) as BackendName[];
@@ -27,7 +35,9 @@ export const BACKEND_CHOICES: readonly BackendChoice[] = ['auto', ...BACKEND_NAM
 /** A backend name as a user wrote it (CLI, CNI config). */
 export function parseBackend(text: unknown, where = 'NAT backend'): BackendChoice {
   if (typeof text === 'string' && (BACKEND_CHOICES as readonly string[]).includes(text)) return text as BackendChoice;
-  throw invalid(`${where} must be one of ${BACKEND_CHOICES.map((b) => `"${b}"`).join(', ')}, got ${JSON.stringify(text)}`);
+  throw invalid(
+    `${where} must be one of ${BACKEND_CHOICES.map((b) => `"${b}"`).join(', ')}, got ${JSON.stringify(text)}`,
+  );
 }
 
 /**

@@ -89,7 +89,8 @@ export const CANARY = 'TSNET-CANARY';
 export const FORWARD_CHAIN = 'TSNET-FORWARD';
 export const FIREWALL = 'TSNET-FIREWALL';
 
-export const svcChain = (s: Pick<Service, 'name' | 'proto'>): string => `${PREFIX}SVC-${portProtoHash(s.name, s.proto)}`;
+export const svcChain = (s: Pick<Service, 'name' | 'proto'>): string =>
+  `${PREFIX}SVC-${portProtoHash(s.name, s.proto)}`;
 export const sepChain = (s: Pick<Service, 'name' | 'proto'>, ip: string, port: number): string =>
   `${PREFIX}SEP-${endpointHash(s.name, s.proto, formatHostPort(ip, port))}`;
 
@@ -97,10 +98,16 @@ const host = (ip: string) => (ip.includes(':') ? `${ip}/128` : `${ip}/32`);
 
 function serviceChains(s: Service): Chain[] {
   const svc = svcChain(s);
-  const base: Omit<Rule, 'target'> = { comment: `${s.name} cluster IP`, proto: s.proto, dst: host(s.vip), dport: s.port };
+  const base: Omit<Rule, 'target'> = {
+    comment: `${s.name} cluster IP`,
+    proto: s.proto,
+    dst: host(s.vip),
+    dport: s.port,
+  };
   const chain: Chain = { table: 'nat', name: svc, rules: [] };
   const seps: Chain[] = [];
-  if (s.masqueradeNotFrom) chain.rules.push({ ...base, src: s.masqueradeNotFrom, srcNot: true, target: { kind: 'jump', chain: MARK_MASQ } });
+  if (s.masqueradeNotFrom)
+    chain.rules.push({ ...base, src: s.masqueradeNotFrom, srcNot: true, target: { kind: 'jump', chain: MARK_MASQ } });
   const names = s.endpoints.map((e) => sepChain(s, e.ip, e.port));
   if (s.affinitySeconds) {
     s.endpoints.forEach((e, i) =>
@@ -113,7 +120,10 @@ function serviceChains(s: Service): Chain[] {
   }
   const probs = probabilities(s.endpoints.map((e) => e.weight));
   s.endpoints.forEach((e, i) => {
-    const r: Rule = { comment: `${s.name} -> ${formatHostPort(e.ip, e.port)}`, target: { kind: 'jump', chain: names[i]! } };
+    const r: Rule = {
+      comment: `${s.name} -> ${formatHostPort(e.ip, e.port)}`,
+      target: { kind: 'jump', chain: names[i]! },
+    };
     if (probs[i] !== undefined) r.probability = probs[i]!;
     chain.rules.push(r);
     const dnat: Rule = { comment: s.name, proto: s.proto, target: { kind: 'DNAT', to: formatHostPort(e.ip, e.port) } };
@@ -144,7 +154,11 @@ function natRuleFor(r: NatRule): { chain: string; rule: Rule } {
       return { chain: SNAT_CHAIN, rule };
     }
     case 'snat': {
-      const rule: Rule = { comment: `tsnet snat ${r.source}`, src: r.source, target: { kind: 'SNAT', to: r.toSource, randomFully: true } };
+      const rule: Rule = {
+        comment: `tsnet snat ${r.source}`,
+        src: r.source,
+        target: { kind: 'SNAT', to: r.toSource, randomFully: true },
+      };
       if (r.destination) rule.dst = r.destination;
       if (r.out) rule.out = r.out;
       return { chain: SNAT_CHAIN, rule };
@@ -166,17 +180,29 @@ function natRuleFor(r: NatRule): { chain: string; rule: Rule } {
 /** A forward's rules: DNAT in, source NAT of its own flows out, a FORWARD accept for them. */
 function forwardRules(f: Forward): { dnat: Rule; snat: Rule[]; accept: Rule } {
   const comment = `tsnet forward ${f.name}`;
-  const dnat: Rule = { comment, proto: f.proto, dport: f.listenPort, target: { kind: 'DNAT', to: formatHostPort(f.targetIp, f.targetPort) } };
+  const dnat: Rule = {
+    comment,
+    proto: f.proto,
+    dport: f.listenPort,
+    target: { kind: 'DNAT', to: formatHostPort(f.targetIp, f.targetPort) },
+  };
   if (f.listen) dnat.dst = host(f.listen);
   else dnat.dstLocal = true;
   const mine = { state: ['DNAT'], origDstPort: f.listenPort };
   const snat: Rule[] = [];
   const toTarget = { comment, dst: host(f.targetIp), proto: f.proto, dport: f.targetPort, ct: mine };
-  if (f.snat === 'auto' || f.snat === 'masquerade') snat.push({ ...toTarget, target: { kind: 'MASQUERADE', randomFully: true } });
+  if (f.snat === 'auto' || f.snat === 'masquerade')
+    snat.push({ ...toTarget, target: { kind: 'MASQUERADE', randomFully: true } });
   else if (f.snat !== 'none') snat.push({ ...toTarget, target: { kind: 'SNAT', to: f.snat, randomFully: true } });
   // Clients of 127.0.0.1 cannot keep that source on the wire, whatever --snat says.
   if (f.snat === 'none' && servesLoopback(f))
-    snat.push({ comment, src: '127.0.0.0/8', proto: f.proto, ct: mine, target: { kind: 'MASQUERADE', randomFully: true } });
+    snat.push({
+      comment,
+      src: '127.0.0.0/8',
+      proto: f.proto,
+      ct: mine,
+      target: { kind: 'MASQUERADE', randomFully: true },
+    });
   const accept: Rule = {
     comment,
     ct: { state: ['DNAT'], origDstPort: f.listenPort, replSrc: f.targetIp, replSrcPort: f.targetPort },
@@ -205,10 +231,22 @@ export function render(st: DesiredState, family: Family): Ruleset {
   const perService: Chain[] = [];
   for (const s of services) {
     if (s.endpoints.length === 0) {
-      rejects.rules.push({ comment: `${s.name} has no endpoints`, proto: s.proto, dst: host(s.vip), dport: s.port, target: { kind: 'REJECT' } });
+      rejects.rules.push({
+        comment: `${s.name} has no endpoints`,
+        proto: s.proto,
+        dst: host(s.vip),
+        dport: s.port,
+        target: { kind: 'REJECT' },
+      });
       continue;
     }
-    dispatch.rules.push({ comment: `${s.name} cluster IP`, proto: s.proto, dst: host(s.vip), dport: s.port, target: { kind: 'jump', chain: svcChain(s) } });
+    dispatch.rules.push({
+      comment: `${s.name} cluster IP`,
+      proto: s.proto,
+      dst: host(s.vip),
+      dport: s.port,
+      target: { kind: 'jump', chain: svcChain(s) },
+    });
     perService.push(...serviceChains(s));
   }
   const dnat: Chain = { table: 'nat', name: DNAT_CHAIN, rules: [] };
@@ -250,7 +288,11 @@ export function render(st: DesiredState, family: Family): Ruleset {
     ...perService,
   ];
   const jump = (chain: string, comment: string) => ({ comment, target: { kind: 'jump' as const, chain } });
-  const newOnly = (chain: string, comment: string) => ({ comment, ct: { state: ['NEW'] }, target: { kind: 'jump' as const, chain } });
+  const newOnly = (chain: string, comment: string) => ({
+    comment,
+    ct: { state: ['NEW'] },
+    target: { kind: 'jump' as const, chain },
+  });
   const hooks: Hook[] = [
     { table: 'nat', chain: 'PREROUTING', rule: jump(SERVICES, 'tsnet service portals') },
     { table: 'nat', chain: 'OUTPUT', rule: jump(SERVICES, 'tsnet service portals') },
@@ -270,7 +312,11 @@ export function render(st: DesiredState, family: Family): Ruleset {
 const hex = (n: number) => `0x${n.toString(16)}`;
 
 /** One rule as iptables-restore / iptables-save text, without the leading `-A CHAIN`. */
-const canary = (table: IptTable): Chain => ({ table, name: CANARY, rules: [{ comment: CANARY_COMMENT, target: { kind: 'RETURN' } }] });
+const canary = (table: IptTable): Chain => ({
+  table,
+  name: CANARY,
+  rules: [{ comment: CANARY_COMMENT, target: { kind: 'RETURN' } }],
+});
 
 export function formatRule(r: Rule): string {
   const p: string[] = [];
@@ -410,7 +456,13 @@ export function restoreChunks(
   live: Live | undefined,
   o: { prev?: Ruleset; guardCanary?: boolean } = {},
 ): { chunks: Iterable<string>; written: number; deleted: number } {
-  const plans: { table: IptTable; changed: Chain[]; stale: string[]; hooks: Hook[]; appends: Map<string, string[] | undefined> }[] = [];
+  const plans: {
+    table: IptTable;
+    changed: Chain[];
+    stale: string[];
+    hooks: Hook[];
+    appends: Map<string, string[] | undefined>;
+  }[] = [];
   let written = 0,
     deleted = 0;
   for (const table of ['nat', 'filter'] as const) {
@@ -419,13 +471,22 @@ export function restoreChunks(
     // Declared and filled in sorted order: iptables-nft-restore takes minutes instead of seconds for
     // 10,000 services when a payload's chains come in any other order (kube-proxy sorts them too).
     // A chain with no recorded digest is rewritten without computing its own (a full sync formats each once, when written).
-    const changed = want.filter((c) => c.name === SERVICES || !live || have.get(c.name) === undefined || have.get(c.name) !== chainDigest(c)).sort(byName);
+    const changed = want
+      .filter(
+        (c) => c.name === SERVICES || !live || have.get(c.name) === undefined || have.get(c.name) !== chainDigest(c),
+      )
+      .sort(byName);
     const wanted = new Set(want.map((c) => c.name));
     const stale = [...have.keys()].filter((n) => !wanted.has(n)).sort();
     const hooks = rs.hooks.filter((h) => h.table === table && !live?.hooks.has(hookKeyOf(h)));
     if (!changed.length && !stale.length && !hooks.length && !o.guardCanary) continue;
     const before = new Map((o.prev?.chains ?? []).filter((c) => c.table === table).map((c) => [c.name, c]));
-    const appends = new Map(changed.map((c) => [c.name, live && before.size ? appendedLines(c, before.get(c.name), have.get(c.name)) : undefined]));
+    const appends = new Map(
+      changed.map((c) => [
+        c.name,
+        live && before.size ? appendedLines(c, before.get(c.name), have.get(c.name)) : undefined,
+      ]),
+    );
     plans.push({ table, changed, stale, hooks, appends });
     written += changed.length;
     deleted += stale.length;

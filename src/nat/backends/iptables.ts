@@ -24,11 +24,21 @@ import {
   type IptTable,
   type Live,
 } from './iptables-render';
-import { mayHoldRules, type AffinityEntry, type Applied, type Backend, type Counter, type ServiceCounters, type SyncResult, type SyncRound } from './types';
+import {
+  mayHoldRules,
+  type AffinityEntry,
+  type Applied,
+  type Backend,
+  type Counter,
+  type ServiceCounters,
+  type SyncResult,
+  type SyncRound,
+} from './types';
 
 export type IptablesMode = 'legacy' | 'nft';
 
-const bin = (mode: IptablesMode, family: Family, tool: '' | '-save' | '-restore') => `${family === 6 ? 'ip6tables' : 'iptables'}-${mode}${tool}`;
+const bin = (mode: IptablesMode, family: Family, tool: '' | '-save' | '-restore') =>
+  `${family === 6 ? 'ip6tables' : 'iptables'}-${mode}${tool}`;
 
 /**
  * Which iptables the node's other users (kubelet, Docker, a CNI plugin) write
@@ -104,19 +114,34 @@ export class IptablesBackend implements Backend {
 
   private async restore(family: Family, payload: Input): Promise<void> {
     if (payload !== '')
-      await mustExec(this.ns, 'applying NAT rules', bin(this.mode, family, '-restore'), ['-w', '5', '--noflush'], payload, {
-        timeoutMs: APPLY_TIMEOUT_MS,
-        holdFd: this.holdFd,
-      });
+      await mustExec(
+        this.ns,
+        'applying NAT rules',
+        bin(this.mode, family, '-restore'),
+        ['-w', '5', '--noflush'],
+        payload,
+        {
+          timeoutMs: APPLY_TIMEOUT_MS,
+          holdFd: this.holdFd,
+        },
+      );
   }
 
   async sync(st: DesiredState, applied: Applied | undefined, force: boolean, round?: SyncRound): Promise<SyncResult> {
     const prevState = round?.before();
-    const result: SyncResult = { full: false, written: 0, deleted: 0, applied: { backend: this.name, mode: this.mode, clean: true, families: {} } };
+    const result: SyncResult = {
+      full: false,
+      written: 0,
+      deleted: 0,
+      applied: { backend: this.name, mode: this.mode, clean: true, families: {} },
+    };
     for (const family of [4, 6] as const) {
       const rs = render(st, family);
       const used = familiesUsed(st).includes(family);
-      const prev = applied?.backend === this.name && applied.mode === this.mode && applied.clean ? applied.families[family] : undefined;
+      const prev =
+        applied?.backend === this.name && applied.mode === this.mode && applied.clean
+          ? applied.families[family]
+          : undefined;
       if (!used) {
         if (force || mayHoldRules(applied, 'iptables', family)) await this.teardownFamily(family);
         continue;
@@ -128,7 +153,10 @@ export class IptablesBackend implements Backend {
           chains: { nat: new Map(Object.entries(prev.nat ?? {})), filter: new Map(Object.entries(prev.filter ?? {})) },
           hooks: new Map(rs.hooks.map((h) => [hookKeyOf(h), []])),
         };
-        const { payload, written, deleted } = restorePayload(rs, live, { prev: prevState && render(prevState, family), guardCanary: true });
+        const { payload, written, deleted } = restorePayload(rs, live, {
+          prev: prevState && render(prevState, family),
+          guardCanary: true,
+        });
         try {
           await this.restore(family, payload);
           result.written += written;
@@ -146,7 +174,8 @@ export class IptablesBackend implements Backend {
         result.written += written;
         result.deleted += deleted;
       }
-      const digests = (t: IptTable) => Object.fromEntries(rs.chains.filter((c) => c.table === t).map((c) => [c.name, chainDigest(c)]));
+      const digests = (t: IptTable) =>
+        Object.fromEntries(rs.chains.filter((c) => c.table === t).map((c) => [c.name, chainDigest(c)]));
       result.applied.families[family] = { nat: digests('nat'), filter: digests('filter') };
     }
     return result;
@@ -165,7 +194,13 @@ export class IptablesBackend implements Backend {
       const hooks = [...live.hooks].filter(([k]) => k.startsWith(`${table}:`)).flatMap(([, lines]) => lines);
       const chains = [...live.chains[table].keys()];
       if (!hooks.length && !chains.length) continue;
-      out.push(`*${table}`, ...chains.map((c) => `:${c} - [0:0]`), ...hooks.map((h) => h.replace(/^-A/, '-D')), ...chains.map((c) => `-X ${c}`), 'COMMIT');
+      out.push(
+        `*${table}`,
+        ...chains.map((c) => `:${c} - [0:0]`),
+        ...hooks.map((h) => h.replace(/^-A/, '-D')),
+        ...chains.map((c) => `-X ${c}`),
+        'COMMIT',
+      );
     }
     if (out.length) await this.restore(family, `${out.join('\n')}\n`);
   }
@@ -212,7 +247,10 @@ export class IptablesBackend implements Backend {
         const m = /^\[(\d+):(\d+)\] -A (\S+) (.*)$/.exec(line);
         if (!m || !m[3]!.startsWith(IPT_PREFIX)) continue;
         const key = `${family}/${table}/${m[3]}`;
-        rules.set(key, [...(rules.get(key) ?? []), { counter: { packets: Number(m[1]), bytes: Number(m[2]) }, line: m[4]! }]);
+        rules.set(key, [
+          ...(rules.get(key) ?? []),
+          { counter: { packets: Number(m[1]), bytes: Number(m[2]) }, line: m[4]! },
+        ]);
       }
     }
     const zero = (): Counter => ({ packets: 0, bytes: 0 });
@@ -221,11 +259,15 @@ export class IptablesBackend implements Backend {
       const f = familyOf(s.vip);
       const service = s.endpoints.length
         ? rules.get(`${f}/nat/${SERVICES}`)?.find((r) => r.line.endsWith(`-j ${svcChain(s)}`))?.counter
-        : rules.get(`${f}/filter/${SERVICES}`)?.find((r) => r.line.includes(JSON.stringify(`${s.name} has no endpoints`)))?.counter;
+        : rules
+            .get(`${f}/filter/${SERVICES}`)
+            ?.find((r) => r.line.includes(JSON.stringify(`${s.name} has no endpoints`)))?.counter;
       const endpoints: Record<string, Counter> = {};
       for (const e of s.endpoints) {
         const id = formatHostPort(e.ip, e.port);
-        endpoints[id] = rules.get(`${f}/nat/${sepChain(s, e.ip, e.port)}`)?.find((r) => r.line.includes('-j DNAT'))?.counter ?? zero();
+        endpoints[id] =
+          rules.get(`${f}/nat/${sepChain(s, e.ip, e.port)}`)?.find((r) => r.line.includes('-j DNAT'))?.counter ??
+          zero();
       }
       out.set(s.name, { service: service ?? zero(), endpoints });
     }

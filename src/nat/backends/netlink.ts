@@ -13,7 +13,15 @@ import { decodeAttrs, encodeAttrs, type AttrObject } from '../../netlink/attrs';
 import { NFPROTO, NFTA_RULE, NFTA_SET_ELEM_LIST, NFT_MSG, nftMsg } from '../../netlink/nftables';
 import { CANARY_COMMENT, NFT_TABLE } from '../constants';
 import { decodeExpr } from '../nftables/expr';
-import { CANARY, ENDPOINTS, ENDPOINTS_WEIGHTED, ENDPOINT_KEY, NO_ENDPOINTS, SERVICE_IPS, SERVICE_KEY } from '../nftables/layout';
+import {
+  CANARY,
+  ENDPOINTS,
+  ENDPOINTS_WEIGHTED,
+  ENDPOINT_KEY,
+  NO_ENDPOINTS,
+  SERVICE_IPS,
+  SERVICE_KEY,
+} from '../nftables/layout';
 import { decodeKey } from '../nftables/lower';
 import { elementKeyId } from '../nftables/ids';
 import { encodePlan } from '../nftables/netlink';
@@ -61,7 +69,13 @@ export class NetlinkBackend extends NftablesBackend {
     });
   }
 
-  private async dump(s: NetlinkSocket, family: Family, msg: number, attrs: AttrObject, table: typeof NFTA_RULE): Promise<AttrObject[] | undefined> {
+  private async dump(
+    s: NetlinkSocket,
+    family: Family,
+    msg: number,
+    attrs: AttrObject,
+    table: typeof NFTA_RULE,
+  ): Promise<AttrObject[] | undefined> {
     try {
       const msgs = await s.dump(nftMsg(msg), Buffer.concat([nfgen(family), encodeAttrs(table, attrs)]));
       return msgs.filter((m) => m.type === nftMsg(msg - 1)).map((m) => decodeAttrs(table, m.payload.subarray(4)));
@@ -75,13 +89,18 @@ export class NetlinkBackend extends NftablesBackend {
   async canaryPresent(family: Family): Promise<boolean> {
     return this.withSocket(async (s) => {
       const rules = await this.dump(s, family, NFT_MSG.GETRULE, { table: NFT_TABLE, chain: CANARY }, NFTA_RULE);
-      return (rules ?? []).some((r) => r.chain === CANARY && (r.userdata as Buffer | undefined)?.includes(CANARY_COMMENT));
+      return (rules ?? []).some(
+        (r) => r.chain === CANARY && (r.userdata as Buffer | undefined)?.includes(CANARY_COMMENT),
+      );
     });
   }
 
   protected async readAffinitySet(family: Family, set: string): Promise<AffinityEntry[]> {
     return this.withSocket(async (s) =>
-      affinityEntries((await this.dump(s, family, NFT_MSG.GETSETELEM, { table: NFT_TABLE, set }, NFTA_SET_ELEM_LIST)) ?? [], family),
+      affinityEntries(
+        (await this.dump(s, family, NFT_MSG.GETSETELEM, { table: NFT_TABLE, set }, NFTA_SET_ELEM_LIST)) ?? [],
+        family,
+      ),
     );
   }
 
@@ -105,7 +124,8 @@ export class NetlinkBackend extends NftablesBackend {
         if (!chain.startsWith('sep-')) continue;
         for (const x of (r.expressions ?? []) as AttrObject[]) {
           const e = decodeExpr(x);
-          if (e?.expr === 'counter') out.chains.set(chain, { packets: Number(e.packets ?? 0n), bytes: Number(e.bytes ?? 0n) });
+          if (e?.expr === 'counter')
+            out.chains.set(chain, { packets: Number(e.packets ?? 0n), bytes: Number(e.bytes ?? 0n) });
         }
       }
       return out;

@@ -44,12 +44,18 @@ export class NftBackend extends NftablesBackend {
    * the usual case, stay partial. The netlink backend has no such limit.
    */
   protected override partialOk(plan: Plan): boolean {
-    return !plan.ops.some((op) => op.op === 'add-rules' && op.rules.some((r) => r.items.some((i) => i.t === 'dnat-map')));
+    return !plan.ops.some(
+      (op) => op.op === 'add-rules' && op.rules.some((r) => r.items.some((i) => i.t === 'dnat-map')),
+    );
   }
 
   protected async apply(ops: readonly Op[], family: Family): Promise<void> {
     const text = script(ops, family);
-    if (text) await mustExec(this.ns, 'applying NAT rules', 'nft', ['-f', '-'], text, { timeoutMs: APPLY_TIMEOUT_MS, holdFd: this.holdFd });
+    if (text)
+      await mustExec(this.ns, 'applying NAT rules', 'nft', ['-f', '-'], text, {
+        timeoutMs: APPLY_TIMEOUT_MS,
+        holdFd: this.holdFd,
+      });
   }
 
   protected async readAffinitySet(family: Family, set: string): Promise<AffinityEntry[]> {
@@ -60,7 +66,12 @@ export class NftBackend extends NftablesBackend {
     for (const o of (JSON.parse(r.stdout) as { nftables: Listed[] }).nftables) {
       for (const e of o.set?.elem ?? []) {
         if (typeof e === 'string') out.push({ client: e });
-        else out.push(e.elem.expires === undefined ? { client: e.elem.val } : { client: e.elem.val, expiresMs: e.elem.expires * 1000 });
+        else
+          out.push(
+            e.elem.expires === undefined
+              ? { client: e.elem.val }
+              : { client: e.elem.val, expiresMs: e.elem.expires * 1000 },
+          );
       }
     }
     return out;
@@ -78,7 +89,10 @@ export class NftBackend extends NftablesBackend {
     const out: TableCounters = { elements: new Map(), chains: new Map() };
     // The parts of `nft -j list table` read here: maps' elements with their counters, rules' counters.
     type Elem = { elem?: { val: unknown; counter?: Counter } };
-    type Listed = { map?: { name: string; elem?: [Elem, unknown][] }; rule?: { chain: string; expr?: { counter?: Counter }[] } };
+    type Listed = {
+      map?: { name: string; elem?: [Elem, unknown][] };
+      rule?: { chain: string; expr?: { counter?: Counter }[] };
+    };
     for (const o of (JSON.parse(r.stdout) as { nftables: Listed[] }).nftables) {
       if (o.map?.elem) {
         const m = new Map<string, Counter>();

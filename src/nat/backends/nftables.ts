@@ -9,9 +9,26 @@
 import { formatHostPort, type Family } from '../../addr/cidr';
 import type { NetNs } from '../../netns';
 import { familiesUsed, familyOf, type DesiredState, type Service } from '../model';
-import { ENDPOINTS, ENDPOINTS_WEIGHTED, NO_ENDPOINTS, SERVICE_IPS, affinitySet, render, sepChain, staticSets } from '../nftables/layout';
+import {
+  ENDPOINTS,
+  ENDPOINTS_WEIGHTED,
+  NO_ENDPOINTS,
+  SERVICE_IPS,
+  affinitySet,
+  render,
+  sepChain,
+  staticSets,
+} from '../nftables/layout';
 import { fullPlan, type Op, type Plan } from '../nftables/plan';
-import { SharedIndex, changePlan, globalRecord, lbRecordAfter, lbRecordOf, lookedUp, type LbRecord } from '../nftables/incremental';
+import {
+  SharedIndex,
+  changePlan,
+  globalRecord,
+  lbRecordAfter,
+  lbRecordOf,
+  lookedUp,
+  type LbRecord,
+} from '../nftables/incremental';
 import type { StateView } from '../changes';
 import type { NamedSet } from '../nftables/ruleset';
 import { script } from '../nftables/text';
@@ -39,13 +56,20 @@ export interface CounterSources {
 /** The table objects whose counters belong to service `s`. */
 export function counterSources(s: Service): CounterSources {
   const vip = `${s.vip} . ${s.proto} . ${s.port}`;
-  const out: CounterSources = { service: { set: s.endpoints.length ? SERVICE_IPS : NO_ENDPOINTS, key: vip }, endpoints: {} };
+  const out: CounterSources = {
+    service: { set: s.endpoints.length ? SERVICE_IPS : NO_ENDPOINTS, key: vip },
+    endpoints: {},
+  };
   const weighted = s.endpoints.some((e) => e.weight !== 1);
   let from = 0;
   s.endpoints.forEach((e, i) => {
     const id = formatHostPort(e.ip, e.port);
     if (s.affinitySeconds !== undefined) out.endpoints[id] = { chain: sepChain(s, e.ip, e.port) };
-    else if (weighted) out.endpoints[id] = { set: ENDPOINTS_WEIGHTED, key: `${vip} . ${e.weight === 1 ? from : `${from}-${from + e.weight - 1}`}` };
+    else if (weighted)
+      out.endpoints[id] = {
+        set: ENDPOINTS_WEIGHTED,
+        key: `${vip} . ${e.weight === 1 ? from : `${from}-${from + e.weight - 1}`}`,
+      };
     else out.endpoints[id] = { set: ENDPOINTS, key: `${vip} . ${i}` };
     from += e.weight;
   });
@@ -87,7 +111,10 @@ export abstract class NftablesBackend implements Backend {
     const out: Record<string, AffinityEntry[]> = {};
     if (s.affinitySeconds === undefined) return out;
     for (const e of s.endpoints)
-      out[formatHostPort(e.ip, e.port)] = await this.readAffinitySet(familyOf(s.vip), affinitySet(sepChain(s, e.ip, e.port), s.affinitySeconds));
+      out[formatHostPort(e.ip, e.port)] = await this.readAffinitySet(
+        familyOf(s.vip),
+        affinitySet(sepChain(s, e.ip, e.port), s.affinitySeconds),
+      );
     return out;
   }
   /** Whether this applier can carry out a partial plan (else the sync is a full one). */
@@ -96,7 +123,9 @@ export abstract class NftablesBackend implements Backend {
   }
 
   render(st: DesiredState): string {
-    return (familiesUsed(st).length ? familiesUsed(st) : [4 as const]).map((f) => `# nft -f -\n${script(fullPlan(render(st, f)).ops, f)}`).join('\n');
+    return (familiesUsed(st).length ? familiesUsed(st) : [4 as const])
+      .map((f) => `# nft -f -\n${script(fullPlan(render(st, f)).ops, f)}`)
+      .join('\n');
   }
 
   /**
@@ -106,7 +135,12 @@ export abstract class NftablesBackend implements Backend {
    * the table is rebuilt in one transaction.
    */
   async sync(st: DesiredState, applied: Applied | undefined, force: boolean, round?: SyncRound): Promise<SyncResult> {
-    const result: SyncResult = { full: false, written: 0, deleted: 0, applied: { backend: this.name, clean: true, families: {} } };
+    const result: SyncResult = {
+      full: false,
+      written: 0,
+      deleted: 0,
+      applied: { backend: this.name, clean: true, families: {} },
+    };
     const usable = applied && tableKind(applied.backend) === 'nftables' && applied.clean ? applied : undefined;
     const families = round ? round.view.families() : familiesUsed(st);
     for (const family of [4, 6] as const) {
@@ -123,8 +157,18 @@ export abstract class NftablesBackend implements Backend {
       let lb: LbRecord | undefined;
       if (prev && round && !force && (await this.canaryPresent(family))) {
         const changes = round.services.filter((c) => familyOf((c.new ?? c.old)!.vip) === family);
-        index = kept || (changes.length > LOOKUP_MAX || round.resident ? SharedIndex.build(round.before().services, family) : undefined);
-        plan = changePlan(st, family, changes, prev, index ? index.others(changes) : lookedUp(round.view, prev.lb, changes));
+        index =
+          kept ||
+          (changes.length > LOOKUP_MAX || round.resident
+            ? SharedIndex.build(round.before().services, family)
+            : undefined);
+        plan = changePlan(
+          st,
+          family,
+          changes,
+          prev,
+          index ? index.others(changes) : lookedUp(round.view, prev.lb, changes),
+        );
         if (plan && !this.partialOk(plan)) plan = undefined;
         if (plan) lb = lbRecordAfter(prev.lb, changes);
         if (plan && index) index.update(changes);
@@ -166,7 +210,10 @@ export abstract class NftablesBackend implements Backend {
       const src = counterSources(s);
       const get = (x: { set: string; key: string } | { chain: string }) =>
         ('chain' in x ? t?.chains.get(x.chain) : t?.elements.get(x.set)?.get(x.key)) ?? zero();
-      out.set(s.name, { service: get(src.service), endpoints: Object.fromEntries(Object.entries(src.endpoints).map(([k, v]) => [k, get(v)])) });
+      out.set(s.name, {
+        service: get(src.service),
+        endpoints: Object.fromEntries(Object.entries(src.endpoints).map(([k, v]) => [k, get(v)])),
+      });
     }
     return out;
   }

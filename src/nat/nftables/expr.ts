@@ -42,7 +42,14 @@ export type Expr =
   | { expr: 'immediate'; dreg: number; data: Buffer }
   | { expr: 'verdict'; verdict: Verdict }
   | { expr: 'numgen'; dreg: number; mod: number }
-  | { expr: 'nat'; type: keyof typeof NFT_NAT_TYPE; family: 4 | 6; regAddrMin: number; regProtoMin?: number; flags?: number }
+  | {
+      expr: 'nat';
+      type: keyof typeof NFT_NAT_TYPE;
+      family: 4 | 6;
+      regAddrMin: number;
+      regProtoMin?: number;
+      flags?: number;
+    }
   | { expr: 'masq'; flags?: number }
   | { expr: 'fib'; dreg: number; result: keyof typeof NFT_FIB_RESULT; flags: number }
   | { expr: 'counter'; packets?: bigint; bytes?: bigint }
@@ -61,16 +68,33 @@ export function exprAttrs(e: Expr): AttrObject {
     case 'bitwise':
       return {
         name: 'bitwise',
-        data: { sreg: e.sreg, dreg: e.dreg, len: e.mask.length, mask: { value: e.mask }, xor: { value: e.xor }, op: e.explicitOp ? 0 : undefined },
+        data: {
+          sreg: e.sreg,
+          dreg: e.dreg,
+          len: e.mask.length,
+          mask: { value: e.mask },
+          xor: { value: e.xor },
+          op: e.explicitOp ? 0 : undefined,
+        },
       };
     case 'byteorder':
-      return { name: 'byteorder', data: { sreg: e.sreg, dreg: e.dreg, op: NFT_BYTEORDER_OP[e.op], len: e.len, size: e.size } };
+      return {
+        name: 'byteorder',
+        data: { sreg: e.sreg, dreg: e.dreg, op: NFT_BYTEORDER_OP[e.op], len: e.len, size: e.size },
+      };
     case 'meta':
       return { name: 'meta', data: { dreg: e.dreg, key: NFT_META[e.key] } };
     case 'meta-set':
       return { name: 'meta', data: { key: NFT_META[e.key], sreg: e.sreg } };
     case 'ct':
-      return { name: 'ct', data: { dreg: e.dreg, key: NFT_CT[e.key], direction: e.dir === undefined ? undefined : e.dir === 'original' ? 0 : 1 } };
+      return {
+        name: 'ct',
+        data: {
+          dreg: e.dreg,
+          key: NFT_CT[e.key],
+          direction: e.dir === undefined ? undefined : e.dir === 'original' ? 0 : 1,
+        },
+      };
     case 'lookup':
       return { name: 'lookup', data: { set: e.set, sreg: e.sreg, dreg: e.dreg, setId: e.setId } };
     case 'dynset':
@@ -84,7 +108,13 @@ export function exprAttrs(e: Expr): AttrObject {
     case 'nat':
       return {
         name: 'nat',
-        data: { type: NFT_NAT_TYPE[e.type], family: nfproto(e.family), regAddrMin: e.regAddrMin, regProtoMin: e.regProtoMin, flags: e.flags },
+        data: {
+          type: NFT_NAT_TYPE[e.type],
+          family: nfproto(e.family),
+          regAddrMin: e.regAddrMin,
+          regProtoMin: e.regProtoMin,
+          flags: e.flags,
+        },
       };
     case 'masq':
       return { name: 'masq', data: { flags: e.flags } };
@@ -97,7 +127,8 @@ export function exprAttrs(e: Expr): AttrObject {
   }
 }
 
-const invert = <T extends Record<string, number>>(o: T) => new Map<number, keyof T>(Object.entries(o).map(([k, v]) => [v, k as keyof T]));
+const invert = <T extends Record<string, number>>(o: T) =>
+  new Map<number, keyof T>(Object.entries(o).map(([k, v]) => [v, k as keyof T]));
 const BASES = invert(NFT_PAYLOAD_BASE);
 const CMP_OPS = invert(NFT_CMP_OP);
 const META_KEYS = invert(NFT_META);
@@ -114,9 +145,19 @@ export function decodeExpr(a: AttrObject): Expr | undefined {
   const value = (x: unknown) => ((x as AttrObject | undefined)?.value as Buffer | undefined) ?? Buffer.alloc(0);
   switch (a.name) {
     case 'counter':
-      return { expr: 'counter', packets: (d.packets as bigint | undefined) ?? 0n, bytes: (d.bytes as bigint | undefined) ?? 0n };
+      return {
+        expr: 'counter',
+        packets: (d.packets as bigint | undefined) ?? 0n,
+        bytes: (d.bytes as bigint | undefined) ?? 0n,
+      };
     case 'payload':
-      return { expr: 'payload', base: BASES.get(d.base as number) ?? 'network', offset: d.offset as number, len: d.len as number, dreg: d.dreg as number };
+      return {
+        expr: 'payload',
+        base: BASES.get(d.base as number) ?? 'network',
+        offset: d.offset as number,
+        len: d.len as number,
+        dreg: d.dreg as number,
+      };
     case 'cmp':
       return { expr: 'cmp', sreg: d.sreg as number, op: CMP_OPS.get(d.op as number) ?? 'eq', data: value(d.data) };
     case 'meta':
@@ -134,12 +175,23 @@ export function decodeExpr(a: AttrObject): Expr | undefined {
       const data = d.data as AttrObject | undefined;
       if (data?.verdict) {
         const v = data.verdict as AttrObject;
-        return { expr: 'verdict', verdict: { code: VERDICTS.get(v.code as number) ?? 'continue', ...(v.chain ? { chain: v.chain as string } : {}) } };
+        return {
+          expr: 'verdict',
+          verdict: {
+            code: VERDICTS.get(v.code as number) ?? 'continue',
+            ...(v.chain ? { chain: v.chain as string } : {}),
+          },
+        };
       }
       return { expr: 'immediate', dreg: d.dreg as number, data: value(data) };
     }
     case 'lookup':
-      return { expr: 'lookup', set: d.set as string, sreg: d.sreg as number, ...(d.dreg === undefined ? {} : { dreg: d.dreg as number }) };
+      return {
+        expr: 'lookup',
+        set: d.set as string,
+        sreg: d.sreg as number,
+        ...(d.dreg === undefined ? {} : { dreg: d.dreg as number }),
+      };
     case 'bitwise':
       return {
         expr: 'bitwise',
@@ -174,9 +226,19 @@ export function decodeExpr(a: AttrObject): Expr | undefined {
     case 'masq':
       return d.flags === undefined ? { expr: 'masq' } : { expr: 'masq', flags: d.flags as number };
     case 'fib':
-      return { expr: 'fib', dreg: d.dreg as number, result: FIB_RESULTS.get(d.result as number) ?? 'addrtype', flags: d.flags as number };
+      return {
+        expr: 'fib',
+        dreg: d.dreg as number,
+        result: FIB_RESULTS.get(d.result as number) ?? 'addrtype',
+        flags: d.flags as number,
+      };
     case 'dynset':
-      return { expr: 'dynset', op: DYNSET_OPS.get(d.op as number) ?? 'add', set: d.set as string, sregKey: d.sregKey as number };
+      return {
+        expr: 'dynset',
+        op: DYNSET_OPS.get(d.op as number) ?? 'add',
+        set: d.set as string,
+        sregKey: d.sregKey as number,
+      };
     case 'reject':
       return { expr: 'reject', type: d.type as number, code: d.icmpCode as number };
     default:
@@ -197,7 +259,12 @@ export function words(b: Buffer): string {
   return out.join(' ');
 }
 
-const CT_NAMES: Partial<Record<keyof typeof NFT_CT, string>> = { src_ip: 'src_ip', dst_ip: 'dst_ip', src_ip6: 'src_ip6', dst_ip6: 'dst_ip6' };
+const CT_NAMES: Partial<Record<keyof typeof NFT_CT, string>> = {
+  src_ip: 'src_ip',
+  dst_ip: 'dst_ip',
+  src_ip6: 'src_ip6',
+  dst_ip6: 'dst_ip6',
+};
 
 /** One expression as `nft --debug=netlink` prints it. */
 export function formatExpr(e: Expr): string {

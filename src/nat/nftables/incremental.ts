@@ -113,7 +113,11 @@ function bump(m: Map<string, number>, key: string, delta: number): void {
  * counts, hairpin addresses looked up in the state itself (one pass for all
  * of them; stored services that cannot match stay unparsed).
  */
-export function lookedUp(view: StateView, lbUsers: LbRecord | undefined, changes: readonly ServiceChange[]): SharedUsers {
+export function lookedUp(
+  view: StateView,
+  lbUsers: LbRecord | undefined,
+  changes: readonly ServiceChange[],
+): SharedUsers {
   const except = new Set(changes.map((c) => (c.new ?? c.old)!.name));
   const mine = SharedIndex.of(changes, 'old');
   return {
@@ -196,8 +200,10 @@ export function changePlan(
     for (const set of new Set([...o.elements.keys(), ...n.elements.keys()])) {
       const before = new Map((o.elements.get(set) ?? []).map((e) => [elementKeyId(e), e]));
       const after = new Map((n.elements.get(set) ?? []).map((e) => [elementKeyId(e), e]));
-      for (const [k, e] of before) if (!after.has(k) || elementValueId(after.get(k)!) !== elementValueId(e)) push(del, set, e);
-      for (const [k, e] of after) if (!before.has(k) || elementValueId(before.get(k)!) !== elementValueId(e)) push(add, set, e);
+      for (const [k, e] of before)
+        if (!after.has(k) || elementValueId(after.get(k)!) !== elementValueId(e)) push(del, set, e);
+      for (const [k, e] of after)
+        if (!before.has(k) || elementValueId(before.get(k)!) !== elementValueId(e)) push(add, set, e);
     }
     // The service's own chains and sets, by name.
     const oldChains = new Map(o.chains.map((c) => [c.name, c]));
@@ -225,7 +231,8 @@ export function changePlan(
   }
   const ipFlipped = flipped(mineBefore.hairpin, mineAfter.hairpin);
   const ipKept = ipFlipped.length ? others.hairpin(ipFlipped) : new Set<string>();
-  for (const ip of ipFlipped) if (!ipKept.has(ip)) push(mineBefore.hairpin.has(ip) ? del : add, HAIRPIN, hairpinElement(ip));
+  for (const ip of ipFlipped)
+    if (!ipKept.has(ip)) push(mineBefore.hairpin.has(ip) ? del : add, HAIRPIN, hairpinElement(ip));
   // The chains that belong to no service, against the record.
   for (const c of globalChains(next, family)) {
     const was = prev.chain?.[c.name];

@@ -21,7 +21,16 @@
  */
 import { formatHostPort } from '../../addr/cidr';
 import { CANARY_COMMENT, HAIRPIN_COMMENT, LOCALNET_COMMENT, MASQ_COMMENT, MASQ_MARK, PRIORITY } from '../constants';
-import { familyOf, ruleFamily, servesLoopback, type DesiredState, type Forward, type NatRule, type Proto, type Service } from '../model';
+import {
+  familyOf,
+  ruleFamily,
+  servesLoopback,
+  type DesiredState,
+  type Forward,
+  type NatRule,
+  type Proto,
+  type Service,
+} from '../model';
 import { endpointHash, portProtoHash } from '../names';
 import type { Chain, Element, ElementList, Family, Item, KeyExpr, NamedSet, Rule, Ruleset } from './ruleset';
 
@@ -41,7 +50,8 @@ const ENDPOINT_VALUE: KeyExpr = { fields: ['daddr', 'dport'] };
 
 const safe = (s: string) => s.replace(/:/g, '.');
 
-export const svcChain = (s: Pick<Service, 'name' | 'proto'>): string => `svc-${portProtoHash(s.name, s.proto).slice(0, 8)}-${s.name}/${s.proto}`;
+export const svcChain = (s: Pick<Service, 'name' | 'proto'>): string =>
+  `svc-${portProtoHash(s.name, s.proto).slice(0, 8)}-${s.name}/${s.proto}`;
 export const sepChain = (s: Pick<Service, 'name' | 'proto'>, ip: string, port: number): string =>
   `sep-${endpointHash(s.name, s.proto, formatHostPort(ip, port)).slice(0, 8)}-${s.name}/${s.proto}__${safe(ip)}/${port}`;
 export const affinitySet = (sep: string, seconds: number) => `aff-${sep.slice(4, 12)}-${seconds}`;
@@ -49,7 +59,8 @@ export const affinitySet = (sep: string, seconds: number) => `aff-${sep.slice(4,
 const weighted = (s: Service) => s.endpoints.some((e) => e.weight !== 1);
 const totalWeight = (s: Service) => s.endpoints.reduce((n, e) => n + e.weight, 0);
 /** The shared chain that picks among a service's endpoints: by count (equal weights) or by total weight. */
-export const lbChain = (s: Service): string => (weighted(s) ? `lbw-${s.proto}-${totalWeight(s)}` : `lb-${s.proto}-${s.endpoints.length}`);
+export const lbChain = (s: Service): string =>
+  weighted(s) ? `lbw-${s.proto}-${totalWeight(s)}` : `lb-${s.proto}-${s.endpoints.length}`;
 /** Whether a service needs a chain of its own (features the shared chains cannot express). */
 export const ownChain = (s: Service): boolean => s.affinitySeconds !== undefined || s.masqueradeNotFrom !== undefined;
 
@@ -73,7 +84,12 @@ function lbChainOf(s: Service): Chain {
   if (!c)
     lbChains.set(
       name,
-      (c = { name, rules: weighted(s) ? lbRules(s.proto, totalWeight(s), ENDPOINTS_WEIGHTED) : lbRules(s.proto, s.endpoints.length, ENDPOINTS) }),
+      (c = {
+        name,
+        rules: weighted(s)
+          ? lbRules(s.proto, totalWeight(s), ENDPOINTS_WEIGHTED)
+          : lbRules(s.proto, s.endpoints.length, ENDPOINTS),
+      }),
     );
   return c;
 }
@@ -125,12 +141,20 @@ const SHARES: readonly MapShare[] = [
   {
     set: SERVICE_IPS,
     count: (s) => (s.endpoints.length ? 1 : 0),
-    element: (s) => ({ key: [s.vip, s.proto, s.port], data: { verdict: 'goto', chain: ownChain(s) ? svcChain(s) : lbChain(s) }, comment: s.name }),
+    element: (s) => ({
+      key: [s.vip, s.proto, s.port],
+      data: { verdict: 'goto', chain: ownChain(s) ? svcChain(s) : lbChain(s) },
+      comment: s.name,
+    }),
   },
   {
     set: NO_ENDPOINTS,
     count: (s) => (s.endpoints.length ? 0 : 1),
-    element: (s) => ({ key: [s.vip, s.proto, s.port], data: { verdict: 'goto', chain: REJECT_CHAIN }, comment: `${s.name} has no endpoints` }),
+    element: (s) => ({
+      key: [s.vip, s.proto, s.port],
+      data: { verdict: 'goto', chain: REJECT_CHAIN },
+      comment: `${s.name} has no endpoints`,
+    }),
   },
   {
     set: ENDPOINTS,
@@ -140,7 +164,10 @@ const SHARES: readonly MapShare[] = [
   {
     set: ENDPOINTS_WEIGHTED,
     count: (s) => (goesToLb(s) && weighted(s) ? s.endpoints.length : 0),
-    element: (s, i) => ({ key: [s.vip, s.proto, s.port, ranges(s)[i]!], data: [s.endpoints[i]!.ip, s.endpoints[i]!.port] }),
+    element: (s, i) => ({
+      key: [s.vip, s.proto, s.port, ranges(s)[i]!],
+      data: [s.endpoints[i]!.ip, s.endpoints[i]!.port],
+    }),
   },
 ];
 
@@ -237,8 +264,14 @@ function ownParts(s: Service, out: { chains: Chain[]; sets: NamedSet[] }): void 
     svc.rules.push({ items: [{ t: 'goto', chain: seps[0]! }], comment: s.name });
   } else {
     const total = totalWeight(s);
-    const vmap: Element[] = ranges(s).map((r, i) => ({ key: [r[0] === r[1] ? r[0] : r], data: { verdict: 'goto', chain: seps[i]! } }));
-    svc.rules.push({ items: [{ t: 'vmap', key: { fields: ['numgen'], mod: total }, map: { interval: true, elements: vmap } }], comment: s.name });
+    const vmap: Element[] = ranges(s).map((r, i) => ({
+      key: [r[0] === r[1] ? r[0] : r],
+      data: { verdict: 'goto', chain: seps[i]! },
+    }));
+    svc.rules.push({
+      items: [{ t: 'vmap', key: { fields: ['numgen'], mod: total }, map: { interval: true, elements: vmap } }],
+      comment: s.name,
+    });
   }
   out.chains.push(svc);
   s.endpoints.forEach((e, i) =>
@@ -246,7 +279,10 @@ function ownParts(s: Service, out: { chains: Chain[]; sets: NamedSet[] }): void 
       name: seps[i]!,
       rules: [
         { items: [{ t: 'set-update', key: { fields: ['saddr'] }, set: sets[i]! }] },
-        { items: [{ t: 'l4proto', proto: s.proto }, { t: 'counter' }, { t: 'dnat', ip: e.ip, port: e.port }], comment: s.name },
+        {
+          items: [{ t: 'l4proto', proto: s.proto }, { t: 'counter' }, { t: 'dnat', ip: e.ip, port: e.port }],
+          comment: s.name,
+        },
       ],
     }),
   );
@@ -271,7 +307,10 @@ function natRuleItems(r: NatRule): { chain: 'dnat-rules' | 'snat-rules'; rule: R
       if (r.destination) items.push({ t: 'addr', field: 'daddr', cidr: r.destination });
       if (r.outNot) items.push({ t: 'oifname', name: r.outNot, not: true });
       items.push({ t: 'masquerade' });
-      return { chain: 'snat-rules', rule: { items, comment: `tsnet masquerade ${r.source}${r.destination ? ` to ${r.destination}` : ''}` } };
+      return {
+        chain: 'snat-rules',
+        rule: { items, comment: `tsnet masquerade ${r.source}${r.destination ? ` to ${r.destination}` : ''}` },
+      };
     }
     case 'snat': {
       const items: Item[] = [{ t: 'addr', field: 'saddr', cidr: r.source }];
@@ -309,13 +348,26 @@ function forwardRules(f: Forward): { dnat: Rule; snat: Rule[]; accept: Rule } {
     comment,
   };
   const mine: Item[] = [{ t: 'ct-dnat' }, { t: 'ct-orig-dport', port: f.listenPort }];
-  const toTarget: Item[] = [{ t: 'addr', field: 'daddr', cidr: f.targetIp }, { t: 'l4proto', proto: f.proto }, { t: 'dport', port: f.targetPort }, ...mine];
+  const toTarget: Item[] = [
+    { t: 'addr', field: 'daddr', cidr: f.targetIp },
+    { t: 'l4proto', proto: f.proto },
+    { t: 'dport', port: f.targetPort },
+    ...mine,
+  ];
   const snat: Rule[] = [];
   if (f.snat === 'auto' || f.snat === 'masquerade') snat.push({ items: [...toTarget, { t: 'masquerade' }], comment });
   else if (f.snat !== 'none') snat.push({ items: [...toTarget, { t: 'snat', ip: f.snat }], comment });
   // Clients of 127.0.0.1 cannot keep that source on the wire, whatever --snat says.
   if (f.snat === 'none' && servesLoopback(f))
-    snat.push({ items: [{ t: 'addr', field: 'saddr', cidr: '127.0.0.0/8' }, { t: 'l4proto', proto: f.proto }, ...mine, { t: 'masquerade' }], comment });
+    snat.push({
+      items: [
+        { t: 'addr', field: 'saddr', cidr: '127.0.0.0/8' },
+        { t: 'l4proto', proto: f.proto },
+        ...mine,
+        { t: 'masquerade' },
+      ],
+      comment,
+    });
   const accept: Rule = {
     items: [
       { t: 'l4proto', proto: f.proto },
@@ -365,10 +417,12 @@ export function staticSets(): NamedSet[] {
 export function globalChains(st: Pick<DesiredState, 'rules' | 'forwards'>, family: Family): Chain[] {
   const rules = st.rules.filter((r) => ruleFamily(r) === family).map(natRuleItems);
   const forwards = st.forwards.filter((f) => familyOf(f.targetIp) === family).map(forwardRules);
-  const chain = (name: string, rs: Rule[], hook?: Chain['hook']): Chain => (hook ? { name, hook, rules: rs } : { name, rules: rs });
+  const chain = (name: string, rs: Rule[], hook?: Chain['hook']): Chain =>
+    hook ? { name, hook, rules: rs } : { name, rules: rs };
   const jump = (c: string): Rule => ({ items: [{ t: 'jump', chain: c }] });
   const firstInFilter: Record<'input' | 'forward' | 'output', Rule[]> = {
-    input: family === 4 && st.forwards.some((f) => familyOf(f.targetIp) === 4 && servesLoopback(f)) ? [LOCALNET_GUARD] : [],
+    input:
+      family === 4 && st.forwards.some((f) => familyOf(f.targetIp) === 4 && servesLoopback(f)) ? [LOCALNET_GUARD] : [],
     forward: forwards.map((f) => f.accept),
     output: [],
   };
@@ -379,7 +433,14 @@ export function globalChains(st: Pick<DesiredState, 'rules' | 'forwards'>, famil
     chain(REJECT_CHAIN, [{ items: [{ t: 'reject' }] }]),
     chain(MARK_MASQ, [{ items: [{ t: 'mark-set', op: 'or', bits: MASQ_MARK }] }]),
     chain('masquerading', [
-      { items: [{ t: 'ct-dnat' }, { t: 'in-set', key: { fields: ['saddr', 'daddr'] }, set: HAIRPIN }, { t: 'masquerade' }], comment: HAIRPIN_COMMENT },
+      {
+        items: [
+          { t: 'ct-dnat' },
+          { t: 'in-set', key: { fields: ['saddr', 'daddr'] }, set: HAIRPIN },
+          { t: 'masquerade' },
+        ],
+        comment: HAIRPIN_COMMENT,
+      },
       {
         items: [
           { t: 'mark-clear', bits: MASQ_MARK },
@@ -390,17 +451,39 @@ export function globalChains(st: Pick<DesiredState, 'rules' | 'forwards'>, famil
       { items: [{ t: 'mark-set', op: 'xor', bits: MASQ_MARK }] },
       { items: [{ t: 'masquerade' }], comment: MASQ_COMMENT },
     ]),
-    chain('dnat-rules', [...rules.filter((r) => r.chain === 'dnat-rules').map((r) => r.rule), ...forwards.map((f) => f.dnat)]),
-    chain('snat-rules', [...rules.filter((r) => r.chain === 'snat-rules').map((r) => r.rule), ...forwards.flatMap((f) => f.snat)]),
-    chain('nat-prerouting', [jump('services'), jump('dnat-rules')], { type: 'nat', hook: 'prerouting', priority: PRIORITY.dstnat }),
-    chain('nat-output', [jump('services'), jump('dnat-rules')], { type: 'nat', hook: 'output', priority: PRIORITY.dstnat }),
-    chain('nat-postrouting', [jump('masquerading'), jump('snat-rules')], { type: 'nat', hook: 'postrouting', priority: PRIORITY.srcnat }),
+    chain('dnat-rules', [
+      ...rules.filter((r) => r.chain === 'dnat-rules').map((r) => r.rule),
+      ...forwards.map((f) => f.dnat),
+    ]),
+    chain('snat-rules', [
+      ...rules.filter((r) => r.chain === 'snat-rules').map((r) => r.rule),
+      ...forwards.flatMap((f) => f.snat),
+    ]),
+    chain('nat-prerouting', [jump('services'), jump('dnat-rules')], {
+      type: 'nat',
+      hook: 'prerouting',
+      priority: PRIORITY.dstnat,
+    }),
+    chain('nat-output', [jump('services'), jump('dnat-rules')], {
+      type: 'nat',
+      hook: 'output',
+      priority: PRIORITY.dstnat,
+    }),
+    chain('nat-postrouting', [jump('masquerading'), jump('snat-rules')], {
+      type: 'nat',
+      hook: 'postrouting',
+      priority: PRIORITY.srcnat,
+    }),
     ...(['input', 'forward', 'output'] as const).map((hook) =>
-      chain(`filter-${hook}`, [...firstInFilter[hook], { items: [{ t: 'ct-new' }, { t: 'jump', chain: 'filter-services' }] }], {
-        type: 'filter',
-        hook,
-        priority: PRIORITY.filter,
-      }),
+      chain(
+        `filter-${hook}`,
+        [...firstInFilter[hook], { items: [{ t: 'ct-new' }, { t: 'jump', chain: 'filter-services' }] }],
+        {
+          type: 'filter',
+          hook,
+          priority: PRIORITY.filter,
+        },
+      ),
     ),
   ];
 }
@@ -415,7 +498,9 @@ const isBase = (c: Chain) => c.hook !== undefined;
  */
 export function render(st: DesiredState, family: Family): Ruleset {
   const services = st.services.filter((s) => familyOf(s.vip) === family);
-  const elements = new Map<string, ElementList>(SHARES.map((share) => [share.set, new ServiceElements(services, share)]));
+  const elements = new Map<string, ElementList>(
+    SHARES.map((share) => [share.set, new ServiceElements(services, share)]),
+  );
   const hairpin = new Set<string>();
   const lb = new Map<string, Chain>();
   const own = { chains: [] as Chain[], sets: [] as NamedSet[] };
@@ -428,7 +513,10 @@ export function render(st: DesiredState, family: Family): Ruleset {
     ownParts(s, own);
   }
   const ips = [...hairpin];
-  elements.set(HAIRPIN, { length: ips.length, at: (i) => (i >= 0 && i < ips.length ? hairpinElement(ips[i]!) : undefined) });
+  elements.set(HAIRPIN, {
+    length: ips.length,
+    at: (i) => (i >= 0 && i < ips.length ? hairpinElement(ips[i]!) : undefined),
+  });
   const global = globalChains(st, family);
   const chains = [
     ...global.filter((c) => !isBase(c)),

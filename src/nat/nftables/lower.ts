@@ -94,7 +94,8 @@ export function loadKey(key: KeyExpr, family: Family, interval: boolean): Expr[]
     const spec = FIELDS[f];
     const reg = regOf(slot);
     out.push(spec.load(family, reg, key.mod));
-    if (interval && spec.host) out.push({ expr: 'byteorder', op: 'hton', sreg: reg, dreg: reg, size: spec.host.size, len: spec.len(family) });
+    if (interval && spec.host)
+      out.push({ expr: 'byteorder', op: 'hton', sreg: reg, dreg: reg, size: spec.host.size, len: spec.len(family) });
     slot += slots(spec.len(family));
   }
   return out;
@@ -269,7 +270,10 @@ export function lowerItem(item: Item, cx: LowerContext, anonymousSet?: { name: s
         { expr: 'cmp', sreg: 1, op: 'eq', data: u32le(2) },
       ];
     case 'l4proto':
-      return [FIELDS.l4proto.load(fam, 1), { expr: 'cmp', sreg: 1, op: 'eq', data: FIELDS.l4proto.encode(item.proto, fam) }];
+      return [
+        FIELDS.l4proto.load(fam, 1),
+        { expr: 'cmp', sreg: 1, op: 'eq', data: FIELDS.l4proto.encode(item.proto, fam) },
+      ];
     case 'dport':
       return [FIELDS.dport.load(fam, 1), { expr: 'cmp', sreg: 1, op: 'eq', data: be16(item.port) }];
     case 'oifname':
@@ -306,7 +310,10 @@ export function lowerItem(item: Item, cx: LowerContext, anonymousSet?: { name: s
       ];
     case 'in-set': {
       const s = cx.set(item.set);
-      return [...loadKey(item.key, fam, s.interval), { expr: 'lookup', sreg: 1, set: item.set, ...(s.id === undefined ? {} : { setId: s.id }) }];
+      return [
+        ...loadKey(item.key, fam, s.interval),
+        { expr: 'lookup', sreg: 1, set: item.set, ...(s.id === undefined ? {} : { setId: s.id }) },
+      ];
     }
     case 'counter':
       return [{ expr: 'counter' }];
@@ -318,10 +325,16 @@ export function lowerItem(item: Item, cx: LowerContext, anonymousSet?: { name: s
     case 'vmap': {
       if (typeof item.map !== 'string') {
         if (!anonymousSet) throw new Error('lowering an anonymous vmap needs the set it was given');
-        return [...loadKey(item.key, fam, item.map.interval), { expr: 'lookup', sreg: 1, set: anonymousSet.name, setId: anonymousSet.id, dreg: 0 }];
+        return [
+          ...loadKey(item.key, fam, item.map.interval),
+          { expr: 'lookup', sreg: 1, set: anonymousSet.name, setId: anonymousSet.id, dreg: 0 },
+        ];
       }
       const s = cx.set(item.map);
-      return [...loadKey(item.key, fam, s.interval), { expr: 'lookup', sreg: 1, set: item.map, dreg: 0, ...(s.id === undefined ? {} : { setId: s.id }) }];
+      return [
+        ...loadKey(item.key, fam, s.interval),
+        { expr: 'lookup', sreg: 1, set: item.map, dreg: 0, ...(s.id === undefined ? {} : { setId: s.id }) },
+      ];
     }
     case 'dnat':
       return [

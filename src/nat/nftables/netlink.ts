@@ -32,7 +32,16 @@ import { NFT_TABLE } from '../constants';
 import { exprAttrs } from './expr';
 import { encodeKey, keyLen, lowerItem, writeKey, type LowerContext, type SetInfo } from './lower';
 import type { Op } from './plan';
-import { isTarget, type AnonymousVmap, type Element, type Family, type KeyExpr, type NamedSet, type Rule, type Value } from './ruleset';
+import {
+  isTarget,
+  type AnonymousVmap,
+  type Element,
+  type Family,
+  type KeyExpr,
+  type NamedSet,
+  type Rule,
+  type Value,
+} from './ruleset';
 import { elementText, formatRule } from './text';
 import { commentUdata, datatype, setUdata, writeCommentUdata } from './udata';
 
@@ -117,7 +126,14 @@ function setAttrs(b: BatchWriter, s: NamedSet, id: number): AttrObject {
   if (s.data !== undefined) flags |= NFT_SET_F.MAP;
   if (s.interval) flags |= NFT_SET_F.INTERVAL | (s.key.fields.length > 1 ? NFT_SET_F.CONCAT : 0);
   if (s.timeout !== undefined) flags |= NFT_SET_F.TIMEOUT | NFT_SET_F.EVAL;
-  const a: AttrObject = { table: NFT_TABLE, name: s.name, flags, ...keyAttrs(s.key, fam), id, userdata: setUdata(s, fam) };
+  const a: AttrObject = {
+    table: NFT_TABLE,
+    name: s.name,
+    flags,
+    ...keyAttrs(s.key, fam),
+    id,
+    userdata: setUdata(s, fam),
+  };
   if (s.data === 'verdict') Object.assign(a, { dataType: NFT_DATA_VERDICT, dataLen: 0 });
   else if (s.data !== undefined) Object.assign(a, { dataType: datatype(s.data, fam), dataLen: keyLen(s.data, fam) });
   if (s.interval && s.key.fields.length > 1) {
@@ -142,7 +158,14 @@ const VERDICT_CODE = 1;
 const VERDICT_CHAIN = 2;
 
 /** A `{ value }` data nest holding one key's bytes. */
-function valueNest(w: NlWriter, type: number, key: KeyExpr, values: readonly Value[], family: Family, interval: boolean): void {
+function valueNest(
+  w: NlWriter,
+  type: number,
+  key: KeyExpr,
+  values: readonly Value[],
+  family: Family,
+  interval: boolean,
+): void {
   const outer = w.begin(type, true);
   const inner = w.begin(DATA_VALUE);
   writeKey(w, key, values, family, interval);
@@ -155,7 +178,13 @@ function valueNest(w: NlWriter, type: number, key: KeyExpr, values: readonly Val
  * (the hot path: a sync of 10,000 services writes 60,000 of them). An interval
  * of a concatenation is key + key end (pipapo).
  */
-function writeElement(w: NlWriter, e: Element, s: Pick<NamedSet, 'key' | 'data' | 'interval'>, family: Family, withData: boolean): void {
+function writeElement(
+  w: NlWriter,
+  e: Element,
+  s: Pick<NamedSet, 'key' | 'data' | 'interval'>,
+  family: Family,
+  withData: boolean,
+): void {
   const interval = s.interval ?? false;
   const last = e.key[e.key.length - 1]!;
   if (Array.isArray(last)) {
@@ -236,17 +265,21 @@ function anonymousVmap(b: BatchWriter, key: KeyExpr, m: AnonymousVmap, chain: st
   for (const e of m.elements) {
     const v = e.key[0]!;
     const [from, to] = Array.isArray(v) ? (v as readonly [number, number]) : [v as number, v as number];
-    if (end !== undefined && end !== from) kernel.push({ key: { value: encodeKey(key, [end], fam, true) }, flags: NFT_SET_ELEM_INTERVAL_END });
+    if (end !== undefined && end !== from)
+      kernel.push({ key: { value: encodeKey(key, [end], fam, true) }, flags: NFT_SET_ELEM_INTERVAL_END });
     kernel.push({ key: { value: encodeKey(key, [from], fam, true) }, data: dataAttrs(e, decl, fam) });
     end = to + 1;
   }
-  if (end !== undefined) kernel.push({ key: { value: encodeKey(key, [end], fam, true) }, flags: NFT_SET_ELEM_INTERVAL_END });
+  if (end !== undefined)
+    kernel.push({ key: { value: encodeKey(key, [end], fam, true) }, flags: NFT_SET_ELEM_INTERVAL_END });
   const attrs = setAttrs(b, decl, id);
   attrs.flags = (attrs.flags as number) | NFT_SET_F.ANONYMOUS | NFT_SET_F.CONSTANT;
   attrs.userdata = setUdata(decl, fam, { anonymous: true });
   // nft sizes an anonymous interval set at two elements per range.
   attrs.desc = { size: 2 * m.elements.length };
-  b.message(NFT_MSG.NEWSET, NLM_F.CREATE, `creating the anonymous map of a rule in chain ${chain}`, () => b.w.attrs(NFTA_SET, attrs));
+  b.message(NFT_MSG.NEWSET, NLM_F.CREATE, `creating the anonymous map of a rule in chain ${chain}`, () =>
+    b.w.attrs(NFTA_SET, attrs),
+  );
   const info: SetInfo = { interval: true, id };
   elementMessages(
     b,
@@ -267,7 +300,12 @@ function ruleMessage(b: BatchWriter, chain: string, r: Rule, cx: LowerContext): 
   const exprs = r.items.flatMap((i) => lowerItem(i, cx, i === anon ? anonSet : undefined)).map(exprAttrs);
   const attrs: AttrObject = { table: NFT_TABLE, chain, expressions: exprs };
   if (r.comment !== undefined) attrs.userdata = commentUdata(r.comment);
-  b.message(NFT_MSG.NEWRULE, NLM_F.CREATE | NLM_F.APPEND, `adding rule "${formatRule(r, cx.family)}" to chain ${chain}`, () => b.w.attrs(NFTA_RULE, attrs));
+  b.message(
+    NFT_MSG.NEWRULE,
+    NLM_F.CREATE | NLM_F.APPEND,
+    `adding rule "${formatRule(r, cx.family)}" to chain ${chain}`,
+    () => b.w.attrs(NFTA_RULE, attrs),
+  );
 }
 
 /**
@@ -278,7 +316,12 @@ export function encodePlan(ops: readonly Op[], family: Family, declared: readonl
   // ~96 bytes an element (a 10,000 x 5 sync: 110,000 of them), ~512 a rule or anything else.
   let size = 1 << 16;
   for (const o of ops)
-    size += o.op === 'add-elements' || o.op === 'delete-elements' ? o.elements.length * 96 : o.op === 'add-rules' ? o.rules.length * 512 : 512;
+    size +=
+      o.op === 'add-elements' || o.op === 'delete-elements'
+        ? o.elements.length * 96
+        : o.op === 'add-rules'
+          ? o.rules.length * 512
+          : 512;
   const b = new BatchWriter(family, seq, size);
   const decls = new Map(declared.map((s) => [s.name, s]));
   const cx: LowerContext = {
@@ -298,8 +341,11 @@ export function encodePlan(ops: readonly Op[], family: Family, declared: readonl
         const id = b.newId();
         decls.set(op.set.name, op.set);
         b.created.set(op.set.name, { interval: op.set.interval ?? false, id });
-        b.message(NFT_MSG.NEWSET, NLM_F.CREATE, `adding ${op.set.data === undefined ? 'set' : 'map'} ${op.set.name}`, () =>
-          b.w.attrs(NFTA_SET, setAttrs(b, op.set, id)),
+        b.message(
+          NFT_MSG.NEWSET,
+          NLM_F.CREATE,
+          `adding ${op.set.data === undefined ? 'set' : 'map'} ${op.set.name}`,
+          () => b.w.attrs(NFTA_SET, setAttrs(b, op.set, id)),
         );
         break;
       }
@@ -309,15 +355,24 @@ export function encodePlan(ops: readonly Op[], family: Family, declared: readonl
       case 'add-chain': {
         const c = op.chain;
         const a: AttrObject = { table: t, name: c.name };
-        if (c.hook) Object.assign(a, { hook: { hooknum: NF_INET_HOOK[c.hook.hook], priority: c.hook.priority }, policy: VERDICT.accept, type: c.hook.type });
+        if (c.hook)
+          Object.assign(a, {
+            hook: { hooknum: NF_INET_HOOK[c.hook.hook], priority: c.hook.priority },
+            policy: VERDICT.accept,
+            type: c.hook.type,
+          });
         b.message(NFT_MSG.NEWCHAIN, NLM_F.CREATE, `adding chain ${c.name}`, () => b.w.attrs(NFTA_CHAIN, a));
         break;
       }
       case 'flush-chain':
-        b.message(NFT_MSG.DELRULE, 0, `flushing chain ${op.name}`, () => b.w.attrs(NFTA_RULE, { table: t, chain: op.name }));
+        b.message(NFT_MSG.DELRULE, 0, `flushing chain ${op.name}`, () =>
+          b.w.attrs(NFTA_RULE, { table: t, chain: op.name }),
+        );
         break;
       case 'delete-chain':
-        b.message(NFT_MSG.DELCHAIN, 0, `deleting chain ${op.name}`, () => b.w.attrs(NFTA_CHAIN, { table: t, name: op.name }));
+        b.message(NFT_MSG.DELCHAIN, 0, `deleting chain ${op.name}`, () =>
+          b.w.attrs(NFTA_CHAIN, { table: t, name: op.name }),
+        );
         break;
       case 'add-rules':
         for (const r of op.rules) ruleMessage(b, op.chain, r, cx);

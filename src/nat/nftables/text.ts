@@ -6,7 +6,18 @@
 import { formatHostPort, parseCidr } from '../../addr/cidr';
 import { NFT_TABLE } from '../constants';
 import type { Op } from './plan';
-import { elementsOf, isTarget, type Element, type Family, type Field, type Item, type KeyExpr, type NamedSet, type Rule, type Value } from './ruleset';
+import {
+  elementsOf,
+  isTarget,
+  type Element,
+  type Family,
+  type Field,
+  type Item,
+  type KeyExpr,
+  type NamedSet,
+  type Rule,
+  type Value,
+} from './ruleset';
 
 const ipf = (f: Family) => (f === 6 ? 'ip6' : 'ip');
 const quote = (s: string) => JSON.stringify(s);
@@ -29,7 +40,8 @@ function fieldText(f: Field, family: Family, mod?: number): string {
   }
 }
 
-export const keyText = (k: KeyExpr, family: Family): string => k.fields.map((f) => fieldText(f, family, k.mod)).join(' . ');
+export const keyText = (k: KeyExpr, family: Family): string =>
+  k.fields.map((f) => fieldText(f, family, k.mod)).join(' . ');
 
 /** A CIDR as nft prints it: a host prefix is the bare address. */
 function cidrText(cidr: string): string {
@@ -117,7 +129,9 @@ export function formatRule(r: Rule, family: Family): string {
 
 /** A set or map declaration body (what goes inside `{ }`). */
 export function setBody(s: NamedSet, family: Family): string {
-  const parts: string[] = [`typeof ${keyText(s.key, family)}${s.data === undefined ? '' : ` : ${s.data === 'verdict' ? 'verdict' : keyText(s.data, family)}`}`];
+  const parts: string[] = [
+    `typeof ${keyText(s.key, family)}${s.data === undefined ? '' : ` : ${s.data === 'verdict' ? 'verdict' : keyText(s.data, family)}`}`,
+  ];
   const flags = [...(s.interval ? ['interval'] : []), ...(s.timeout !== undefined ? ['dynamic', 'timeout'] : [])];
   if (flags.length) parts.push(`flags ${flags.join(',')}`);
   if (s.timeout !== undefined) parts.push(`timeout ${s.timeout}s`);
@@ -167,7 +181,8 @@ export function script(ops: readonly Op[], family: Family): string {
       case 'delete-elements':
         for (let i = 0; i < op.elements.length; i += ELEMENTS_PER_COMMAND) {
           const chunk = elementsOf(op.elements, i, i + ELEMENTS_PER_COMMAND);
-          const text = op.op === 'add-elements' ? chunk.map(elementText) : chunk.map((e) => e.key.map(valueText).join(' . '));
+          const text =
+            op.op === 'add-elements' ? chunk.map(elementText) : chunk.map((e) => e.key.map(valueText).join(' . '));
           lines.push(`${op.op === 'add-elements' ? 'add' : 'delete'} element ${t} ${op.set} { ${text.join(', ')} }`);
         }
         break;

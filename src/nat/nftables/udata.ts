@@ -9,7 +9,14 @@ import type { NlWriter } from '../../netlink/attrs';
 import type { Family, Field, KeyExpr, NamedSet } from './ruleset';
 
 const UDATA_COMMENT = 0;
-const SET_UDATA = { KEYBYTEORDER: 0, DATABYTEORDER: 1, KEY_TYPEOF: 3, DATA_TYPEOF: 4, DATA_INTERVAL: 6, COMMENT: 7 } as const;
+const SET_UDATA = {
+  KEYBYTEORDER: 0,
+  DATABYTEORDER: 1,
+  KEY_TYPEOF: 3,
+  DATA_TYPEOF: 4,
+  DATA_INTERVAL: 6,
+  COMMENT: 7,
+} as const;
 const TYPEOF = { EXPR: 0, DATA: 1 } as const;
 /** nft's expression type ids (enum expr_types). */
 const EXPR = { verdict: 1, payload: 7, meta: 9, concat: 13, numgen: 23 } as const;
@@ -58,7 +65,10 @@ function fieldTypeof(f: Field, family: Family, mod: number | undefined): { expr:
   switch (f) {
     case 'saddr':
     case 'daddr':
-      return { expr: EXPR.payload, data: Buffer.concat([tlv(0, u32(PROTO_DESC[ip])), tlv(1, u32(FIELD_INDEX[ip][f]))]) };
+      return {
+        expr: EXPR.payload,
+        data: Buffer.concat([tlv(0, u32(PROTO_DESC[ip])), tlv(1, u32(FIELD_INDEX[ip][f]))]),
+      };
     case 'sport':
     case 'dport':
       return { expr: EXPR.payload, data: Buffer.concat([tlv(0, u32(PROTO_DESC.th)), tlv(1, u32(FIELD_INDEX.th[f]))]) };
@@ -89,15 +99,22 @@ function byteorder(k: KeyExpr): number {
 }
 
 /** A set's or map's userdata: byte orders, typeof of key and value (an anonymous set written in a rule has no typeof key), comment. */
-export function setUdata(s: Pick<NamedSet, 'key' | 'data' | 'comment'>, family: Family, o: { anonymous?: boolean } = {}): Buffer {
+export function setUdata(
+  s: Pick<NamedSet, 'key' | 'data' | 'comment'>,
+  family: Family,
+  o: { anonymous?: boolean } = {},
+): Buffer {
   const parts = [tlv(SET_UDATA.KEYBYTEORDER, u32(byteorder(s.key)))];
-  if (s.data !== undefined) parts.push(tlv(SET_UDATA.DATABYTEORDER, u32(s.data === 'verdict' ? BYTEORDER.concat : byteorder(s.data))));
+  if (s.data !== undefined)
+    parts.push(tlv(SET_UDATA.DATABYTEORDER, u32(s.data === 'verdict' ? BYTEORDER.concat : byteorder(s.data))));
   if (!o.anonymous) parts.push(tlv(SET_UDATA.KEY_TYPEOF, typeofUdata(s.key, family)));
   if (s.data !== undefined) {
     parts.push(
       tlv(
         SET_UDATA.DATA_TYPEOF,
-        s.data === 'verdict' ? Buffer.concat([tlv(TYPEOF.EXPR, u32(EXPR.verdict)), tlv(TYPEOF.DATA, Buffer.alloc(0))]) : typeofUdata(s.data, family),
+        s.data === 'verdict'
+          ? Buffer.concat([tlv(TYPEOF.EXPR, u32(EXPR.verdict)), tlv(TYPEOF.DATA, Buffer.alloc(0))])
+          : typeofUdata(s.data, family),
       ),
     );
     parts.push(tlv(SET_UDATA.DATA_INTERVAL, u32(0)));
