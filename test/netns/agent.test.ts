@@ -6,6 +6,7 @@
  * Each test has its own node namespace with its own agent.
  */
 import test, { type ExecutionContext } from 'ava';
+import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -605,6 +606,25 @@ test('standalone and agent give identical results: same addresses, routes, reser
   t.deepEqual(b.rules, a.rules);
   t.deepEqual(b.reservations, a.reservations);
   t.deepEqual(b.hostAddrs, a.hostAddrs);
+});
+
+test('a SIGTERM right after the ready line (a supervisor stopping a fresh agent) stops it cleanly: exit 0, socket removed, 20 of 20', async (t) => {
+  const nd = await node();
+  // The race is between the agent's ready line and its signal handler: two busy loops (ours, stopped by pid) make
+  // the agent lose the CPU right after writing, as on a loaded node.
+  const burners = [0, 1].map(() => spawn('sh', ['-c', 'while :; do :; done'], { stdio: 'ignore' }));
+  try {
+    for (let i = 0; i < 20; i++) {
+      const dir = fs.mkdtempSync(path.join(cni.dir, 'sig-'));
+      fs.chmodSync(dir, 0o700);
+      const a = new AgentProcess(nd.host, path.join(dir, 'agent.sock'), ['--metrics', ''], path.join(dir, 'state'));
+      await a.ready;
+      t.is(await a.stop(), 0, `run ${i}: ${a.log}`);
+      t.false(fs.existsSync(a.socket), `run ${i}: the socket is removed`);
+    }
+  } finally {
+    for (const b of burners) b.kill('SIGKILL');
+  }
 });
 
 test('tsnet agent: bad flags are one-line errors', (t) => {

@@ -110,7 +110,10 @@ const SCENARIOS: Record<string, Scenario> = {
     setup: [
       'tsnet netns add db',
       'tsnet veth add vdb eth0 --peer-netns db --address 10.77.0.1/24 --peer-address 10.77.0.2/24',
+      // Whatever /etc/hosts the sandbox was made with (another test's copy, too) is unmounted first.
+      'while umount /etc/hosts 2>/dev/null; do :; done',
       'echo "10.77.0.2 mysql" > hosts && mount --bind hosts /etc/hosts',
+      'getent hosts mysql | grep -q "^10.77.0.2 "',
       SERVE('db', 'tcp', '10.77.0.2', 3309, 'mysql'),
     ].join('\n'),
     check: (t, out) => {

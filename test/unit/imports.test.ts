@@ -39,7 +39,7 @@ for (const f of ['openSync', 'readFileSync', 'writeFileSync', 'readdirSync', 'st
   fs[f] = (...args) => {
     // Module loading itself reads the module files: allow JavaScript and package.json of node_modules only.
     const p = String(args[0]);
-    if (/\\.(js|json)$/.test(p) && (p.includes('/node_modules/') || p.includes('/dist/'))) return orig.apply(fs, args);
+    if (/\\.(c?js|json)$/.test(p) && (p.includes('/node_modules/') || p.includes('/dist/'))) return orig.apply(fs, args);
     return record('fs.' + f)(...args);
   };
 }

@@ -26,6 +26,17 @@ export function register(program: Command, cli: Cli): void {
     )
     .option('--metrics <host:port>', 'Prometheus metrics listener ("" to turn off)', DEFAULT_METRICS)
     .action(async (o: { socket: string; resyncInterval: number; fullSyncInterval: number; metrics: string }) => {
+      // The signal handlers first: a handler registered in the same tick as the ready line is not in place yet when
+      // a supervisor's SIGTERM follows at once (Node installs it asynchronously), and the agent would die mid-way.
+      let signalled: string | undefined;
+      let wake = () => {};
+      const stop = (sig: string) => {
+        process.stderr.write(`${new Date().toISOString()} agent: ${sig}: finishing calls under way\n`);
+        signalled = sig;
+        wake();
+      };
+      process.once('SIGTERM', () => stop('SIGTERM'));
+      process.once('SIGINT', () => stop('SIGINT'));
       const agent = await Agent.start({
         socket: o.socket,
         stateDir: cli.stateDir(),
@@ -36,14 +47,7 @@ export function register(program: Command, cli: Cli): void {
       // One line on stdout once serving: what supervisors and tests wait for.
       const m = agent.metricsAddress;
       process.stdout.write(`ready ${agent.socket}${m ? ` metrics=${formatHostPort(m.host, m.port)}` : ''}\n`);
-      await new Promise<void>((resolve) => {
-        const stop = (sig: string) => {
-          process.stderr.write(`${new Date().toISOString()} agent: ${sig}: finishing calls under way\n`);
-          resolve();
-        };
-        process.once('SIGTERM', () => stop('SIGTERM'));
-        process.once('SIGINT', () => stop('SIGINT'));
-      });
+      if (!signalled) await new Promise<void>((resolve) => (wake = resolve));
       await agent.stop();
     });
 }
