@@ -19,7 +19,13 @@ export function register(program: Command, cli: Cli): void {
   const fwd = program
     .command('forward')
     .description("named, reversible port forwards: connections to this host's LISTEN_PORT go to TARGET:TARGET_PORT");
+  addCommand(fwd, cli);
+  lsCommand(fwd, cli);
+  rmCommand(fwd, cli);
+  restoreCommand(fwd, cli);
+}
 
+function addCommand(fwd: Command, cli: Cli): void {
   fwd
     .command('add <target> <listen-port> <target-port>', { isDefault: true })
     .description('forward LISTEN_PORT to TARGET:TARGET_PORT (tsnet forward mysql 3308 3309); the same again: no-op')
@@ -79,7 +85,9 @@ export function register(program: Command, cli: Cli): void {
         print(r, cli.json(), () => line);
       },
     );
+}
 
+function lsCommand(fwd: Command, cli: Cli): void {
   fwd
     .command('ls')
     .alias('list')
@@ -93,7 +101,9 @@ export function register(program: Command, cli: Cli): void {
         ),
       );
     });
+}
 
+function rmCommand(fwd: Command, cli: Cli): void {
   fwd
     .command('rm <name>')
     .alias('del')
@@ -102,7 +112,9 @@ export function register(program: Command, cli: Cli): void {
     .action(async (name: string, o: { cut?: boolean }) => {
       await forward.remove(natEngine(cli), name, { cut: o.cut === true });
     });
+}
 
+function restoreCommand(fwd: Command, cli: Cli): void {
   fwd
     .command('restore')
     .description('re-apply every stored forward (after a reboot or a flush); same as `tsnet sync`')

@@ -15,6 +15,14 @@ export function register(program: Command, cli: Cli): void {
     .command('service')
     .alias('svc')
     .description('kube-proxy-style services: a VIP:port balanced over endpoints');
+  addCommand(svc, cli);
+  setEndpointsCommand(svc, cli);
+  delCommand(svc, cli);
+  lsCommand(svc, cli);
+  applyCommand(svc, cli);
+}
+
+function addCommand(svc: Command, cli: Cli): void {
   svc
     .command('add <name>')
     .description('add a service (the same one again: no-op)')
@@ -45,6 +53,9 @@ export function register(program: Command, cli: Cli): void {
         await natChange(cli, [{ op: 'add-service', service: want }]);
       },
     );
+}
+
+function setEndpointsCommand(svc: Command, cli: Cli): void {
   svc
     .command('set-endpoints <name>')
     .description('replace the endpoints of a service')
@@ -56,12 +67,18 @@ export function register(program: Command, cli: Cli): void {
       if (o.endpoint.length && o.none) throw invalid('--none and --endpoint exclude each other');
       await natChange(cli, [{ op: 'set-endpoints', name, endpoints: o.endpoint.map(parseEndpoint) }]);
     });
+}
+
+function delCommand(svc: Command, cli: Cli): void {
   svc
     .command('del <name>')
     .description('delete a service (missing: no-op)')
     .action(async (name: string) => {
       await natChange(cli, [{ op: 'delete-service', name }]);
     });
+}
+
+function lsCommand(svc: Command, cli: Cli): void {
   svc
     .command('ls')
     .alias('list')
@@ -89,6 +106,9 @@ export function register(program: Command, cli: Cli): void {
         }),
       );
     });
+}
+
+function applyCommand(svc: Command, cli: Cli): void {
   svc
     .command('apply')
     .description(
