@@ -205,9 +205,9 @@ export class Agent {
     // Load the code a call needs now, not during the first call.
     await Promise.all([
       import('../cni/bridge'),
-      import('../nat/backends/iptables'),
-      import('../nat/backends/nft'),
-      import('../nat/backends/netlink'),
+      import('../nat/iptables/backend'),
+      import('../nat/nftables/backend-nft'),
+      import('../nat/nftables/backend-netlink'),
     ]);
     for (const d of readJson<string[]>(this.natDirsFile) ?? []) this.natDirs.add(d);
     this.natDirs.add(this.stateDir);

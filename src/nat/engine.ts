@@ -40,11 +40,11 @@ async function createBackend(
 ): Promise<Backend> {
   switch (name) {
     case 'netlink':
-      return new (await import('./backends/netlink')).NetlinkBackend(ns);
+      return new (await import('./nftables/backend-netlink')).NetlinkBackend(ns);
     case 'nft':
-      return new (await import('./backends/nft')).NftBackend(ns, o.holdFd);
+      return new (await import('./nftables/backend-nft')).NftBackend(ns, o.holdFd);
     case 'iptables': {
-      const { IptablesBackend, detectMode } = await import('./backends/iptables');
+      const { IptablesBackend, detectMode } = await import('./iptables/backend');
       const mode = o.iptablesMode === 'legacy' || o.iptablesMode === 'nft' ? o.iptablesMode : await detectMode(ns);
       return new IptablesBackend(ns, mode, o.holdFd);
     }

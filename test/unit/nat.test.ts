@@ -10,15 +10,8 @@ import {
   probabilities,
   type DesiredState,
 } from '../../src/nat/model';
-import {
-  chainDigest,
-  render,
-  restorePayload,
-  svcChain,
-  sepChain,
-  type Live,
-} from '../../src/nat/backends/iptables-render';
-import { parseLive } from '../../src/nat/backends/iptables';
+import { chainDigest, render, restorePayload, svcChain, sepChain, type Live } from '../../src/nat/iptables/ruleset';
+import { parseLive } from '../../src/nat/iptables/backend';
 import { render as nftRender } from '../../src/nat/nftables/layout';
 import { fullPlan } from '../../src/nat/nftables/plan';
 import { script as nftScript } from '../../src/nat/nftables/text';

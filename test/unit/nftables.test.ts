@@ -25,13 +25,13 @@ import {
 } from '../../src/nat/nftables/incremental';
 import { IndexedState } from '../../src/nat/changes';
 import { StoredRows } from '../../src/nat/rows';
-import { NftablesBackend } from '../../src/nat/backends/nftables';
+import { NftablesBackend } from '../../src/nat/nftables/backend';
 import type { NetNs } from '../../src/netns';
 import { script } from '../../src/nat/nftables/text';
-import { lowerItem, encodeKey, decodeKey, type LowerContext } from '../../src/nat/nftables/lower';
+import { lowerItem, encodeKey, decodeKey, type LowerContext } from '../../src/nat/nftables/lowering';
 import { formatExpr } from '../../src/nat/nftables/expr';
 import { setUdata, datatype } from '../../src/nat/nftables/udata';
-import { encodePlan } from '../../src/nat/nftables/netlink';
+import { encodePlan } from '../../src/nat/nftables/batch';
 import { elementsOf, type Element, type Rule, type Ruleset } from '../../src/nat/nftables/ruleset';
 import { sampleState } from '../harness/nat-sample';
 import { decodeBatch } from '../harness/nft-batch';

@@ -23,7 +23,7 @@ import {
   svcChain,
   type IptTable,
   type Live,
-} from './iptables-render';
+} from './ruleset';
 import {
   mayHoldRules,
   type AffinityEntry,
@@ -33,7 +33,7 @@ import {
   type ServiceCounters,
   type SyncResult,
   type SyncRound,
-} from './types';
+} from '../backends/types';
 
 export type IptablesMode = 'legacy' | 'nft';
 

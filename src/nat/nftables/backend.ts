@@ -18,8 +18,8 @@ import {
   render,
   sepChain,
   staticSets,
-} from '../nftables/layout';
-import { fullPlan, type Op, type Plan } from '../nftables/plan';
+} from './layout';
+import { fullPlan, type Op, type Plan } from './plan';
 import {
   SharedIndex,
   changePlan,
@@ -28,10 +28,10 @@ import {
   lbRecordOf,
   lookedUp,
   type LbRecord,
-} from '../nftables/incremental';
+} from './incremental';
 import type { StateView } from '../changes';
-import type { NamedSet } from '../nftables/ruleset';
-import { script } from '../nftables/text';
+import type { NamedSet } from './ruleset';
+import { script } from './text';
 import {
   mayHoldRules,
   tableKind,
@@ -43,7 +43,7 @@ import {
   type ServiceCounters,
   type SyncResult,
   type SyncRound,
-} from './types';
+} from '../backends/types';
 
 /** Where a service's and its endpoints' counters are, in the table's own terms. */
 export interface CounterSources {

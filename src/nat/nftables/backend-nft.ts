@@ -8,11 +8,11 @@ import type { Family } from '../../addr/cidr';
 import type { NetNs } from '../../netns';
 import { CANARY_COMMENT, NFT_TABLE } from '../constants';
 import { APPLY_TIMEOUT_MS, execIn, mustExec } from '../exec';
-import { CANARY } from '../nftables/layout';
-import type { Op, Plan } from '../nftables/plan';
-import { script } from '../nftables/text';
-import { NftablesBackend, type TableCounters } from './nftables';
-import type { AffinityEntry, Counter } from './types';
+import { CANARY } from './layout';
+import type { Op, Plan } from './plan';
+import { script } from './text';
+import { NftablesBackend, type TableCounters } from './backend';
+import type { AffinityEntry, Counter } from '../backends/types';
 
 const fam = (f: Family) => (f === 6 ? 'ip6' : 'ip');
 

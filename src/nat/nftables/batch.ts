@@ -30,7 +30,7 @@ import {
 import { NLM_F } from '../../netlink/socket';
 import { NFT_TABLE } from '../constants';
 import { exprAttrs } from './expr';
-import { encodeKey, keyLen, lowerItem, writeKey, type LowerContext, type SetInfo } from './lower';
+import { encodeKey, keyLen, lowerItem, writeKey, type LowerContext, type SetInfo } from './lowering';
 import type { Op } from './plan';
 import {
   isTarget,

@@ -12,23 +12,15 @@ import type { NetlinkSocket } from '../../netlink/socket';
 import { decodeAttrs, encodeAttrs, type AttrObject } from '../../netlink/attrs';
 import { NFPROTO, NFTA_RULE, NFTA_SET_ELEM_LIST, NFT_MSG, nftMsg } from '../../netlink/nftables';
 import { CANARY_COMMENT, NFT_TABLE } from '../constants';
-import { decodeExpr } from '../nftables/expr';
-import {
-  CANARY,
-  ENDPOINTS,
-  ENDPOINTS_WEIGHTED,
-  ENDPOINT_KEY,
-  NO_ENDPOINTS,
-  SERVICE_IPS,
-  SERVICE_KEY,
-} from '../nftables/layout';
-import { decodeKey } from '../nftables/lower';
-import { elementKeyId } from '../nftables/ids';
-import { encodePlan } from '../nftables/netlink';
-import type { Op } from '../nftables/plan';
-import type { NamedSet } from '../nftables/ruleset';
-import { NftablesBackend, type TableCounters } from './nftables';
-import type { AffinityEntry, Counter } from './types';
+import { decodeExpr } from './expr';
+import { CANARY, ENDPOINTS, ENDPOINTS_WEIGHTED, ENDPOINT_KEY, NO_ENDPOINTS, SERVICE_IPS, SERVICE_KEY } from './layout';
+import { decodeKey } from './lowering';
+import { elementKeyId } from './ids';
+import { encodePlan } from './batch';
+import type { Op } from './plan';
+import type { NamedSet } from './ruleset';
+import { NftablesBackend, type TableCounters } from './backend';
+import type { AffinityEntry, Counter } from '../backends/types';
 
 const nfgen = (family: Family) => Buffer.from([family === 6 ? NFPROTO.IPV6 : NFPROTO.IPV4, 0, 0, 0]);
 
