@@ -10,7 +10,12 @@ import {
   probabilities,
   type DesiredState,
 } from '../../src/nat/model';
-import { chainDigest, render, restorePayload, svcChain, sepChain, type Live } from '../../src/nat/iptables/ruleset';
+import {
+  kubeSepChain as sepChain,
+  kubeSvcChain as svcChain,
+  renderIptables as render,
+} from '../../src/nat/iptables/ruleset';
+import { chainDigest, restorePayload, type Live } from '../../src/nat/iptables/restore';
 import { parseLive } from '../../src/nat/iptables/backend';
 import { render as nftRender } from '../../src/nat/nftables/layout';
 import { fullPlan } from '../../src/nat/nftables/plan';

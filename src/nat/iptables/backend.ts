@@ -10,20 +10,8 @@ import type { NetNs } from '../../netns';
 import { APPLY_TIMEOUT_MS, execIn, mustExec, type Input } from '../exec';
 import { IPT_PREFIX, CANARY_COMMENT } from '../constants';
 import { familiesUsed, familyOf, type DesiredState, type Service } from '../model';
-import {
-  CANARY,
-  SERVICES,
-  chainDigest,
-  hookKey,
-  hookKeyOf,
-  render,
-  restoreChunks,
-  restorePayload,
-  sepChain,
-  svcChain,
-  type IptTable,
-  type Live,
-} from './ruleset';
+import { IPT_CANARY, SERVICES, kubeSepChain, kubeSvcChain, renderIptables, type IptTable } from './ruleset';
+import { chainDigest, hookKey, hookKeyOf, restoreChunks, restorePayload, type Live } from './restore';
 import {
   mayHoldRules,
   type AffinityEntry,
@@ -92,7 +80,7 @@ export class IptablesBackend implements Backend {
   render(st: DesiredState): string {
     return (familiesUsed(st).length ? familiesUsed(st) : [4 as const])
       .map((f) => {
-        const rs = render(st, f);
+        const rs = renderIptables(st, f);
         return `# ${bin(this.mode, f, '-restore')} -w 5 --noflush\n${restorePayload(rs, undefined).payload}`;
       })
       .join('\n');
@@ -101,7 +89,7 @@ export class IptablesBackend implements Backend {
   /** Whether the canary rule is still in both tables of `family`. */
   async canaryPresent(family: Family): Promise<boolean> {
     for (const table of ['nat', 'filter']) {
-      const r = await execIn(this.ns, bin(this.mode, family, ''), ['-w', '5', '-t', table, '-S', CANARY]);
+      const r = await execIn(this.ns, bin(this.mode, family, ''), ['-w', '5', '-t', table, '-S', IPT_CANARY]);
       if (r.code !== 0 || !r.stdout.includes(CANARY_COMMENT)) return false;
     }
     return true;
@@ -136,7 +124,7 @@ export class IptablesBackend implements Backend {
       applied: { backend: this.name, mode: this.mode, clean: true, families: {} },
     };
     for (const family of [4, 6] as const) {
-      const rs = render(st, family);
+      const rs = renderIptables(st, family);
       const used = familiesUsed(st).includes(family);
       const prev =
         applied?.backend === this.name && applied.mode === this.mode && applied.clean
@@ -154,7 +142,7 @@ export class IptablesBackend implements Backend {
           hooks: new Map(rs.hooks.map((h) => [hookKeyOf(h), []])),
         };
         const { payload, written, deleted } = restorePayload(rs, live, {
-          prev: prevState && render(prevState, family),
+          prev: prevState && renderIptables(prevState, family),
           guardCanary: true,
         });
         try {
@@ -217,7 +205,7 @@ export class IptablesBackend implements Backend {
       const id = formatHostPort(e.ip, e.port);
       let text = '';
       try {
-        const fd = this.ns.openFile(`/proc/thread-self/net/xt_recent/${sepChain(s, e.ip, e.port)}`);
+        const fd = this.ns.openFile(`/proc/thread-self/net/xt_recent/${kubeSepChain(s, e.ip, e.port)}`);
         try {
           text = fs.readFileSync(fd, 'utf8');
         } finally {
@@ -258,7 +246,7 @@ export class IptablesBackend implements Backend {
     for (const s of st.services) {
       const f = familyOf(s.vip);
       const service = s.endpoints.length
-        ? rules.get(`${f}/nat/${SERVICES}`)?.find((r) => r.line.endsWith(`-j ${svcChain(s)}`))?.counter
+        ? rules.get(`${f}/nat/${SERVICES}`)?.find((r) => r.line.endsWith(`-j ${kubeSvcChain(s)}`))?.counter
         : rules
             .get(`${f}/filter/${SERVICES}`)
             ?.find((r) => r.line.includes(JSON.stringify(`${s.name} has no endpoints`)))?.counter;
@@ -266,7 +254,7 @@ export class IptablesBackend implements Backend {
       for (const e of s.endpoints) {
         const id = formatHostPort(e.ip, e.port);
         endpoints[id] =
-          rules.get(`${f}/nat/${sepChain(s, e.ip, e.port)}`)?.find((r) => r.line.includes('-j DNAT'))?.counter ??
+          rules.get(`${f}/nat/${kubeSepChain(s, e.ip, e.port)}`)?.find((r) => r.line.includes('-j DNAT'))?.counter ??
           zero();
       }
       out.set(s.name, { service: service ?? zero(), endpoints });

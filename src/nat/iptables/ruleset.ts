@@ -10,9 +10,9 @@
  *          TSNET-MARK-MASQ    sets the masquerade mark
  *          TSNET-POSTROUTING  masquerades marked packets            (from POSTROUTING)
  *          TSNET-DNAT / TSNET-SNAT   standalone DNAT and MASQUERADE/SNAT rules
- *          TSNET-CANARY       one rule; when it is gone, someone flushed the table
+ *          TSNET-IPT_CANARY       one rule; when it is gone, someone flushed the table
  *   filter TSNET-SERVICES     REJECT for services without endpoints (from INPUT, FORWARD, OUTPUT, new connections)
- *          TSNET-CANARY
+ *          TSNET-IPT_CANARY
  */
 import { hash } from 'node:crypto';
 import { formatHostPort, type Family } from '../../addr/cidr';
@@ -33,7 +33,7 @@ import { endpointHash, portProtoHash } from '../names';
 
 export type IptTable = 'nat' | 'filter';
 
-export type Target =
+export type IptTarget =
   | { kind: 'jump'; chain: string }
   | { kind: 'DNAT'; to: string }
   | { kind: 'SNAT'; to: string; randomFully?: boolean }
@@ -42,7 +42,7 @@ export type Target =
   | { kind: 'RETURN' | 'ACCEPT' | 'REJECT' | 'DROP' };
 
 /** One iptables rule as data; fields render in this order. */
-export interface Rule {
+export interface IptRule {
   comment?: string;
   proto?: Proto;
   src?: string;
@@ -58,26 +58,26 @@ export interface Rule {
   mark?: { mark: number; not?: boolean };
   recent?: { name: string; op: 'set' } | { name: string; op: 'rcheck'; seconds: number };
   probability?: number;
-  target: Target;
+  target: IptTarget;
 }
 
-export interface Chain {
+export interface IptChain {
   table: IptTable;
   name: string;
-  rules: Rule[];
+  rules: IptRule[];
 }
 
 /** A rule tsnet keeps in a built-in chain (always a jump into one of ours). */
-export interface Hook {
+export interface IptHook {
   table: IptTable;
   chain: 'PREROUTING' | 'OUTPUT' | 'POSTROUTING' | 'INPUT' | 'FORWARD';
-  rule: Rule & { target: { kind: 'jump'; chain: string } };
+  rule: IptRule & { target: { kind: 'jump'; chain: string } };
 }
 
-export interface Ruleset {
+export interface IptRuleset {
   family: Family;
-  chains: Chain[];
-  hooks: Hook[];
+  chains: IptChain[];
+  hooks: IptHook[];
 }
 
 export const SERVICES = 'TSNET-SERVICES';
@@ -85,30 +85,30 @@ export const MARK_MASQ = 'TSNET-MARK-MASQ';
 export const POSTROUTING = 'TSNET-POSTROUTING';
 export const DNAT_CHAIN = 'TSNET-DNAT';
 export const SNAT_CHAIN = 'TSNET-SNAT';
-export const CANARY = 'TSNET-CANARY';
+export const IPT_CANARY = 'TSNET-IPT_CANARY';
 export const FORWARD_CHAIN = 'TSNET-FORWARD';
 export const FIREWALL = 'TSNET-FIREWALL';
 
-export const svcChain = (s: Pick<Service, 'name' | 'proto'>): string =>
+export const kubeSvcChain = (s: Pick<Service, 'name' | 'proto'>): string =>
   `${PREFIX}SVC-${portProtoHash(s.name, s.proto)}`;
-export const sepChain = (s: Pick<Service, 'name' | 'proto'>, ip: string, port: number): string =>
+export const kubeSepChain = (s: Pick<Service, 'name' | 'proto'>, ip: string, port: number): string =>
   `${PREFIX}SEP-${endpointHash(s.name, s.proto, formatHostPort(ip, port))}`;
 
 const host = (ip: string) => (ip.includes(':') ? `${ip}/128` : `${ip}/32`);
 
-function serviceChains(s: Service): Chain[] {
-  const svc = svcChain(s);
-  const base: Omit<Rule, 'target'> = {
+function serviceChains(s: Service): IptChain[] {
+  const svc = kubeSvcChain(s);
+  const base: Omit<IptRule, 'target'> = {
     comment: `${s.name} cluster IP`,
     proto: s.proto,
     dst: host(s.vip),
     dport: s.port,
   };
-  const chain: Chain = { table: 'nat', name: svc, rules: [] };
-  const seps: Chain[] = [];
+  const chain: IptChain = { table: 'nat', name: svc, rules: [] };
+  const seps: IptChain[] = [];
   if (s.masqueradeNotFrom)
     chain.rules.push({ ...base, src: s.masqueradeNotFrom, srcNot: true, target: { kind: 'jump', chain: MARK_MASQ } });
-  const names = s.endpoints.map((e) => sepChain(s, e.ip, e.port));
+  const names = s.endpoints.map((e) => kubeSepChain(s, e.ip, e.port));
   if (s.affinitySeconds) {
     s.endpoints.forEach((e, i) =>
       chain.rules.push({
@@ -120,13 +120,17 @@ function serviceChains(s: Service): Chain[] {
   }
   const probs = probabilities(s.endpoints.map((e) => e.weight));
   s.endpoints.forEach((e, i) => {
-    const r: Rule = {
+    const r: IptRule = {
       comment: `${s.name} -> ${formatHostPort(e.ip, e.port)}`,
       target: { kind: 'jump', chain: names[i]! },
     };
     if (probs[i] !== undefined) r.probability = probs[i]!;
     chain.rules.push(r);
-    const dnat: Rule = { comment: s.name, proto: s.proto, target: { kind: 'DNAT', to: formatHostPort(e.ip, e.port) } };
+    const dnat: IptRule = {
+      comment: s.name,
+      proto: s.proto,
+      target: { kind: 'DNAT', to: formatHostPort(e.ip, e.port) },
+    };
     if (s.affinitySeconds) dnat.recent = { name: names[i]!, op: 'set' };
     seps.push({
       table: 'nat',
@@ -141,10 +145,10 @@ function serviceChains(s: Service): Chain[] {
   return [chain, ...seps];
 }
 
-function natRuleFor(r: NatRule): { chain: string; rule: Rule } {
+function natRuleFor(r: NatRule): { chain: string; rule: IptRule } {
   switch (r.kind) {
     case 'masquerade': {
-      const rule: Rule = {
+      const rule: IptRule = {
         comment: `tsnet masquerade ${r.source}${r.destination ? ` to ${r.destination}` : ''}`,
         src: r.source,
         target: { kind: 'MASQUERADE', randomFully: true },
@@ -154,7 +158,7 @@ function natRuleFor(r: NatRule): { chain: string; rule: Rule } {
       return { chain: SNAT_CHAIN, rule };
     }
     case 'snat': {
-      const rule: Rule = {
+      const rule: IptRule = {
         comment: `tsnet snat ${r.source}`,
         src: r.source,
         target: { kind: 'SNAT', to: r.toSource, randomFully: true },
@@ -178,9 +182,9 @@ function natRuleFor(r: NatRule): { chain: string; rule: Rule } {
 }
 
 /** A forward's rules: DNAT in, source NAT of its own flows out, a FORWARD accept for them. */
-function forwardRules(f: Forward): { dnat: Rule; snat: Rule[]; accept: Rule } {
+function forwardRules(f: Forward): { dnat: IptRule; snat: IptRule[]; accept: IptRule } {
   const comment = `tsnet forward ${f.name}`;
-  const dnat: Rule = {
+  const dnat: IptRule = {
     comment,
     proto: f.proto,
     dport: f.listenPort,
@@ -189,7 +193,7 @@ function forwardRules(f: Forward): { dnat: Rule; snat: Rule[]; accept: Rule } {
   if (f.listen) dnat.dst = host(f.listen);
   else dnat.dstLocal = true;
   const mine = { state: ['DNAT'], origDstPort: f.listenPort };
-  const snat: Rule[] = [];
+  const snat: IptRule[] = [];
   const toTarget = { comment, dst: host(f.targetIp), proto: f.proto, dport: f.targetPort, ct: mine };
   if (f.snat === 'auto' || f.snat === 'masquerade')
     snat.push({ ...toTarget, target: { kind: 'MASQUERADE', randomFully: true } });
@@ -203,7 +207,7 @@ function forwardRules(f: Forward): { dnat: Rule; snat: Rule[]; accept: Rule } {
       ct: mine,
       target: { kind: 'MASQUERADE', randomFully: true },
     });
-  const accept: Rule = {
+  const accept: IptRule = {
     comment,
     ct: { state: ['DNAT'], origDstPort: f.listenPort, replSrc: f.targetIp, replSrcPort: f.targetPort },
     proto: f.proto,
@@ -213,7 +217,7 @@ function forwardRules(f: Forward): { dnat: Rule; snat: Rule[]; accept: Rule } {
 }
 
 /** kube-proxy's guard for route_localnet (CVE-2020-8558): nothing from outside reaches 127.0.0.0/8 unless it was DNATed. */
-export const LOCALNET_GUARD: Rule = {
+export const LOCALNET_GUARD: IptRule = {
   comment: LOCALNET_COMMENT,
   dst: '127.0.0.0/8',
   src: '127.0.0.0/8',
@@ -223,12 +227,12 @@ export const LOCALNET_GUARD: Rule = {
 };
 
 /** The whole desired ruleset of one address family. */
-export function render(st: DesiredState, family: Family): Ruleset {
+export function renderIptables(st: DesiredState, family: Family): IptRuleset {
   const services = st.services.filter((s) => familyOf(s.vip) === family);
   const rules = st.rules.filter((r) => ruleFamily(r) === family);
-  const dispatch: Chain = { table: 'nat', name: SERVICES, rules: [] };
-  const rejects: Chain = { table: 'filter', name: SERVICES, rules: [] };
-  const perService: Chain[] = [];
+  const dispatch: IptChain = { table: 'nat', name: SERVICES, rules: [] };
+  const rejects: IptChain = { table: 'filter', name: SERVICES, rules: [] };
+  const perService: IptChain[] = [];
   for (const s of services) {
     if (s.endpoints.length === 0) {
       rejects.rules.push({
@@ -245,18 +249,18 @@ export function render(st: DesiredState, family: Family): Ruleset {
       proto: s.proto,
       dst: host(s.vip),
       dport: s.port,
-      target: { kind: 'jump', chain: svcChain(s) },
+      target: { kind: 'jump', chain: kubeSvcChain(s) },
     });
     perService.push(...serviceChains(s));
   }
-  const dnat: Chain = { table: 'nat', name: DNAT_CHAIN, rules: [] };
-  const snat: Chain = { table: 'nat', name: SNAT_CHAIN, rules: [] };
+  const dnat: IptChain = { table: 'nat', name: DNAT_CHAIN, rules: [] };
+  const snat: IptChain = { table: 'nat', name: SNAT_CHAIN, rules: [] };
   for (const r of rules) {
     const { chain, rule } = natRuleFor(r);
     (chain === DNAT_CHAIN ? dnat : snat).rules.push(rule);
   }
-  const forward: Chain = { table: 'filter', name: FORWARD_CHAIN, rules: [] };
-  const firewall: Chain = { table: 'filter', name: FIREWALL, rules: [] };
+  const forward: IptChain = { table: 'filter', name: FORWARD_CHAIN, rules: [] };
+  const firewall: IptChain = { table: 'filter', name: FIREWALL, rules: [] };
   const forwards = st.forwards.filter((f) => familyOf(f.targetIp) === family);
   for (const f of forwards) {
     const r = forwardRules(f);
@@ -265,9 +269,9 @@ export function render(st: DesiredState, family: Family): Ruleset {
     forward.rules.push(r.accept);
   }
   if (forwards.some(servesLoopback)) firewall.rules.push(LOCALNET_GUARD);
-  const chains: Chain[] = [
-    canary('nat'),
-    canary('filter'),
+  const chains: IptChain[] = [
+    canaryChain('nat'),
+    canaryChain('filter'),
     dispatch,
     rejects,
     dnat,
@@ -293,7 +297,7 @@ export function render(st: DesiredState, family: Family): Ruleset {
     ct: { state: ['NEW'] },
     target: { kind: 'jump' as const, chain },
   });
-  const hooks: Hook[] = [
+  const hooks: IptHook[] = [
     { table: 'nat', chain: 'PREROUTING', rule: jump(SERVICES, 'tsnet service portals') },
     { table: 'nat', chain: 'OUTPUT', rule: jump(SERVICES, 'tsnet service portals') },
     { table: 'nat', chain: 'PREROUTING', rule: jump(DNAT_CHAIN, 'tsnet dnat rules') },
@@ -309,216 +313,9 @@ export function render(st: DesiredState, family: Family): Ruleset {
   return { family, chains, hooks };
 }
 
-const hex = (n: number) => `0x${n.toString(16)}`;
-
-/** One rule as iptables-restore / iptables-save text, without the leading `-A CHAIN`. */
-const canary = (table: IptTable): Chain => ({
+/** The canary chain of `table`: one rule; when it is gone, someone flushed the table. */
+export const canaryChain = (table: IptTable): IptChain => ({
   table,
-  name: CANARY,
+  name: IPT_CANARY,
   rules: [{ comment: CANARY_COMMENT, target: { kind: 'RETURN' } }],
 });
-
-export function formatRule(r: Rule): string {
-  const p: string[] = [];
-  if (r.comment !== undefined) p.push('-m comment --comment', JSON.stringify(r.comment));
-  if (r.src !== undefined) p.push(r.srcNot ? '!' : '', '-s', r.src);
-  if (r.dst !== undefined) p.push('-d', r.dst);
-  if (r.dstLocal) p.push('-m addrtype --dst-type LOCAL');
-  if (r.out !== undefined) p.push('-o', r.out);
-  if (r.outNot !== undefined) p.push('!', '-o', r.outNot);
-  if (r.proto !== undefined) p.push('-p', r.proto);
-  if (r.dport !== undefined) p.push(`-m ${r.proto} --dport`, String(r.dport));
-  if (r.ct) {
-    p.push('-m conntrack');
-    if (r.ct.state) p.push(r.ct.stateNot ? '!' : '', '--ctstate', r.ct.state.join(','));
-    if (r.ct.origDstPort !== undefined) p.push('--ctorigdstport', String(r.ct.origDstPort));
-    if (r.ct.replSrc !== undefined) p.push('--ctreplsrc', r.ct.replSrc);
-    if (r.ct.replSrcPort !== undefined) p.push('--ctreplsrcport', String(r.ct.replSrcPort));
-  }
-  if (r.mark) p.push('-m mark', r.mark.not ? '!' : '', '--mark', `${hex(r.mark.mark)}/${hex(r.mark.mark)}`);
-  if (r.recent) {
-    p.push('-m recent --name', r.recent.name);
-    p.push(r.recent.op === 'set' ? '--set' : `--rcheck --seconds ${r.recent.seconds} --reap`);
-  }
-  if (r.probability !== undefined) p.push('-m statistic --mode random --probability', formatProbability(r.probability));
-  const t = r.target;
-  switch (t.kind) {
-    case 'jump':
-      p.push('-j', t.chain);
-      break;
-    case 'DNAT':
-      p.push('-j DNAT --to-destination', t.to);
-      break;
-    case 'SNAT':
-      p.push('-j SNAT --to-source', t.to, t.randomFully ? '--random-fully' : '');
-      break;
-    case 'MASQUERADE':
-      p.push('-j MASQUERADE', t.randomFully ? '--random-fully' : '');
-      break;
-    case 'MARK':
-      p.push(`-j MARK --${t.op}-mark`, hex(t.mark));
-      break;
-    default:
-      p.push('-j', t.kind);
-  }
-  return p.filter((x) => x !== '').join(' ');
-}
-
-/**
- * A chain's rendered lines, and a digest of them (what partial sync
- * compares). Both are kept per chain object: a sync asks for each several
- * times (is it changed, its payload, the record), and 60,000 chains
- * formatted three times cost seconds.
- */
-const linesOf = new WeakMap<Chain, string[]>();
-const digestOf = new WeakMap<Chain, string>();
-export function chainLines(c: Chain): string[] {
-  let lines = linesOf.get(c);
-  if (!lines) linesOf.set(c, (lines = c.rules.map((r) => `-A ${c.name} ${formatRule(r)}`)));
-  return lines;
-}
-export function chainDigest(c: Chain): string {
-  let d = digestOf.get(c);
-  // crypto.hash (one call, no Hash object): three times faster for 60,000 small chains.
-  if (!d) digestOf.set(c, (d = hash('sha256', chainLines(c).join('\n'), 'base64url').slice(0, 22)));
-  return d;
-}
-
-/** What the applier knows about the live tables: which of our chains exist, which hooks are present. */
-export interface Live {
-  /** table -> chain -> digest of what was last written (undefined: exists, content unknown). */
-  chains: Record<IptTable, Map<string, string | undefined>>;
-  /** Hooks already present: hookKey -> their lines as iptables-save prints them. */
-  hooks: Map<string, string[]>;
-}
-
-/**
- * A hook's identity: table, built-in chain, and our chain it jumps to (OUTPUT
- * exists in both nat and filter). Matching on this rather than on the whole
- * line keeps us independent of how iptables-save orders match options.
- */
-export const hookKey = (table: IptTable, chain: string, target: string): string => `${table}:${chain}->${target}`;
-export const hookKeyOf = (h: Hook): string => hookKey(h.table, h.chain, h.rule.target.chain);
-
-/**
- * The iptables-restore --noflush payload that turns `live` into `rs`:
- * declaring a chain (`:NAME - [0:0]`) flushes it, so only chains whose digest
- * changed are declared and rewritten (MinimizeIPTablesRestore); the dispatch
- * chains are always rewritten; chains of ours that are no longer wanted are
- * flushed and deleted in the same transaction; missing hooks are inserted at
- * the top of their built-in chain. Nothing else in the tables is touched.
- */
-/**
- * The rules `c` adds at the end of what `old` (the chain as last written,
- * when its digest confirms that) already holds; undefined when the chain
- * must be rewritten. Appending spares the kernel deleting and re-adding the
- * chain's rules, which iptables-nft pays ~12 ms for per transaction.
- */
-function appendedLines(c: Chain, old: Chain | undefined, liveDigest: string | undefined): string[] | undefined {
-  if (!old || c.name === SERVICES || liveDigest !== chainDigest(old)) return undefined;
-  const before = chainLines(old);
-  const after = chainLines(c);
-  if (after.length <= before.length || before.some((l, i) => l !== after[i])) return undefined;
-  return after.slice(before.length);
-}
-
-/**
- * The iptables-restore --noflush payload taking the live tables to `rs`:
- * changed chains rewritten (or only appended to, when `o.prev`, the ruleset
- * last written, shows they only grew), stale chains deleted, missing hooks
- * inserted. Without `live` everything is written (a full sync).
- *
- * `o.guardCanary` puts a check of the canary in front of each table's
- * changes (both tables, changed or not): `-C` fails the table's transaction
- * when the rule is gone (the table was flushed), so a partial sync and its
- * flush check cost one iptables-restore instead of three processes. (`-C` is
- * also the cheap test: with iptables-nft a `-D`/`-R` of the canary costs
- * ~15 ms of cache loading, `-C` ~1.5.)
- */
-const byName = (a: { name: string }, b: { name: string }) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0);
-
-export function restorePayload(
-  rs: Ruleset,
-  live: Live | undefined,
-  o: { prev?: Ruleset; guardCanary?: boolean } = {},
-): { payload: string; written: number; deleted: number } {
-  const r = restoreChunks(rs, live, o);
-  return { payload: [...r.chunks].join(''), written: r.written, deleted: r.deleted };
-}
-
-/**
- * restorePayload as pieces of ~64 KiB, formatted as they are taken: a full
- * sync feeds iptables-restore while the rest is still being written, so the
- * tool parses on one core while tsnet formats on the other.
- */
-export function restoreChunks(
-  rs: Ruleset,
-  live: Live | undefined,
-  o: { prev?: Ruleset; guardCanary?: boolean } = {},
-): { chunks: Iterable<string>; written: number; deleted: number } {
-  const plans: {
-    table: IptTable;
-    changed: Chain[];
-    stale: string[];
-    hooks: Hook[];
-    appends: Map<string, string[] | undefined>;
-  }[] = [];
-  let written = 0,
-    deleted = 0;
-  for (const table of ['nat', 'filter'] as const) {
-    const want = rs.chains.filter((c) => c.table === table);
-    const have = live?.chains[table] ?? new Map<string, string | undefined>();
-    // Declared and filled in sorted order: iptables-nft-restore takes minutes instead of seconds for
-    // 10,000 services when a payload's chains come in any other order (kube-proxy sorts them too).
-    // A chain with no recorded digest is rewritten without computing its own (a full sync formats each once, when written).
-    const changed = want
-      .filter(
-        (c) => c.name === SERVICES || !live || have.get(c.name) === undefined || have.get(c.name) !== chainDigest(c),
-      )
-      .sort(byName);
-    const wanted = new Set(want.map((c) => c.name));
-    const stale = [...have.keys()].filter((n) => !wanted.has(n)).sort();
-    const hooks = rs.hooks.filter((h) => h.table === table && !live?.hooks.has(hookKeyOf(h)));
-    if (!changed.length && !stale.length && !hooks.length && !o.guardCanary) continue;
-    const before = new Map((o.prev?.chains ?? []).filter((c) => c.table === table).map((c) => [c.name, c]));
-    const appends = new Map(
-      changed.map((c) => [
-        c.name,
-        live && before.size ? appendedLines(c, before.get(c.name), have.get(c.name)) : undefined,
-      ]),
-    );
-    plans.push({ table, changed, stale, hooks, appends });
-    written += changed.length;
-    deleted += stale.length;
-  }
-  function* lines(): Generator<string> {
-    for (const { table, changed, stale, hooks, appends } of plans) {
-      yield `*${table}`;
-      if (o.guardCanary) yield `-C ${CANARY} ${formatRule(canary(table).rules[0]!)}`;
-      for (const c of changed) if (!appends.get(c.name)) yield `:${c.name} - [0:0]`;
-      for (const n of stale) yield `:${n} - [0:0]`;
-      for (const c of changed) {
-        yield* appends.get(c.name) ?? chainLines(c);
-        chainDigest(c); // the sync records every chain's digest: hashed here, while the tool parses, not after it
-      }
-      for (const n of stale) yield `-X ${n}`;
-      for (const h of hooks) yield `-I ${h.chain} 1 ${formatRule(h.rule)}`;
-      yield 'COMMIT';
-    }
-  }
-  function* chunks(): Generator<string> {
-    let buf: string[] = [];
-    let size = 0;
-    for (const l of lines()) {
-      buf.push(l);
-      size += l.length + 1;
-      if (size >= 64 * 1024) {
-        yield `${buf.join('\n')}\n`;
-        buf = [];
-        size = 0;
-      }
-    }
-    if (buf.length) yield `${buf.join('\n')}\n`;
-  }
-  return { chunks: { [Symbol.iterator]: chunks }, written, deleted };
-}
