@@ -6,8 +6,6 @@
  * 10,000 services), streamed in chunks.
  */
 import { hash } from 'node:crypto';
-import type { Family } from '../../addr/cidr';
-import { CANARY_COMMENT } from '../constants';
 import { formatProbability } from '../model';
 import {
   IPT_CANARY,

@@ -10,16 +10,14 @@
  *          TSNET-MARK-MASQ    sets the masquerade mark
  *          TSNET-POSTROUTING  masquerades marked packets            (from POSTROUTING)
  *          TSNET-DNAT / TSNET-SNAT   standalone DNAT and MASQUERADE/SNAT rules
- *          TSNET-IPT_CANARY       one rule; when it is gone, someone flushed the table
+ *          TSNET-CANARY       one rule; when it is gone, someone flushed the table
  *   filter TSNET-SERVICES     REJECT for services without endpoints (from INPUT, FORWARD, OUTPUT, new connections)
- *          TSNET-IPT_CANARY
+ *          TSNET-CANARY
  */
-import { hash } from 'node:crypto';
 import { formatHostPort, type Family } from '../../addr/cidr';
 import {
   familyOf,
   ruleFamily,
-  formatProbability,
   probabilities,
   servesLoopback,
   type DesiredState,
@@ -85,7 +83,7 @@ export const MARK_MASQ = 'TSNET-MARK-MASQ';
 export const POSTROUTING = 'TSNET-POSTROUTING';
 export const DNAT_CHAIN = 'TSNET-DNAT';
 export const SNAT_CHAIN = 'TSNET-SNAT';
-export const IPT_CANARY = 'TSNET-IPT_CANARY';
+export const IPT_CANARY = 'TSNET-CANARY';
 export const FORWARD_CHAIN = 'TSNET-FORWARD';
 export const FIREWALL = 'TSNET-FIREWALL';
 
