@@ -13,11 +13,11 @@ async function main(): Promise<void> {
   const ns = netns.open(name);
   const svcs = JSON.parse(fs.readFileSync(file, 'utf8')) as Service[];
   const e = new NatEngine({ ns, stateDir: dir });
-  await e.change([{ op: 'replace-services', services: svcs }]);
+  await e.change([{ kind: 'replace-services', services: svcs }]);
   for (let k = 0; k < 50; k++) {
     const s = svcs[(k * 131) % svcs.length]!;
     await e.change([
-      { op: 'set-endpoints', name: s.name, endpoints: [{ ip: `10.252.0.${k}`, port: 8080, weight: 1 }] },
+      { kind: 'set-endpoints', name: s.name, endpoints: [{ ip: `10.252.0.${k}`, port: 8080, weight: 1 }] },
     ]);
   }
   ns.close();

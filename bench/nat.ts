@@ -286,7 +286,7 @@ async function fullSyncs(): Promise<void> {
     const lib = await inFresh('bn-full-lib', async (ns) => {
       const e = new NatEngine({ ns, stateDir: path.join(dir, 'lib') });
       const t0 = process.hrtime.bigint();
-      await e.change([{ op: 'replace-services', services: structuredClone(svcs) }]);
+      await e.change([{ kind: 'replace-services', services: structuredClone(svcs) }]);
       return Number(process.hrtime.bigint() - t0) / 1e6;
     });
     const floor = await inFresh('bn-full-floor', (ns) => kernelFloor(ns, svcs));
@@ -340,14 +340,14 @@ async function oneChange(): Promise<void> {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tsnet-bench-change-'));
     const svcs = services(N, EPS);
     const e = new NatEngine({ ns, stateDir: dir });
-    await e.change([{ op: 'replace-services', services: svcs }]);
+    await e.change([{ kind: 'replace-services', services: svcs }]);
     const lib: number[] = [];
     for (let k = 0; k < 50; k++) {
       const s = svcs[(k * 197) % (N - 1)]!;
       const t0 = process.hrtime.bigint();
       await e.change([
         {
-          op: 'set-endpoints',
+          kind: 'set-endpoints',
           name: s.name,
           endpoints: [{ ip: `10.250.${k >> 8}.${k & 255}`, port: 8080, weight: 1 }, ...s.endpoints.slice(1)],
         },
@@ -466,9 +466,9 @@ async function connect(): Promise<void> {
       let small = 0;
       let big = 0;
       for (let r = 0; r < rounds; r++) {
-        await e.change([{ op: 'replace-services', services: services(10, EPS) }]);
+        await e.change([{ kind: 'replace-services', services: services(10, EPS) }]);
         small += await connectLatency(node, CONNECTS / rounds);
-        await e.change([{ op: 'replace-services', services: services(N, EPS) }]);
+        await e.change([{ kind: 'replace-services', services: services(N, EPS) }]);
         big += await connectLatency(node, CONNECTS / rounds);
       }
       small /= CONNECTS;

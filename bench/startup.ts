@@ -67,7 +67,7 @@ async function main(): Promise<void> {
     proto: 'tcp' as const,
     endpoints: [{ ip: `10.88.7.${i + 1}`, port: 8080, weight: 1 }],
   }));
-  await new NatEngine({ ns: netns.current(), stateDir: state }).change([{ op: 'replace-services', services }]);
+  await new NatEngine({ ns: netns.current(), stateDir: state }).change([{ kind: 'replace-services', services }]);
   // One endpoint change: each round moves svc3 to another endpoint, so every run changes a rule.
   const change = (r: number) => [
     CLI,

@@ -68,7 +68,7 @@ async function main(): Promise<void> {
       port: 80,
       endpoints: [nat.parseEndpoint('10.77.0.2:8080'), nat.parseEndpoint('10.77.0.3:8080')],
     });
-    const report = await engine.change([{ op: 'add-service', service: web }]);
+    const report = await engine.change([{ kind: 'add-service', service: web }]);
     console.log(`service example/web 10.96.0.10:80 -> c1, c2 (${report.backend}, ${report.ms.toFixed(1)} ms)`);
     const viaVip = get(node, 'http://10.96.0.10/', 30);
     console.log(`node -> 10.96.0.10:80, 30 requests: ${JSON.stringify(viaVip)}`);
@@ -86,7 +86,7 @@ async function main(): Promise<void> {
     if (Object.keys(viaVip).length !== 2 || viaVip.c1! + viaVip.c2! !== 30 || viaForward.c2 !== 5)
       throw new Error('traffic did not go where it should');
     await forward.remove(engine, 'example-db');
-    await engine.change([{ op: 'delete-service', name: 'example/web' }]);
+    await engine.change([{ kind: 'delete-service', name: 'example/web' }]);
     console.log('ok');
   } finally {
     for (const s of servers) s.stop();

@@ -155,7 +155,7 @@ export async function changeNat(
 
 /** `changes` sent to the agent, if there is one to send them to. */
 async function throughAgent(changes: NatChange[], opts: NatChangeOptions): Promise<Served<SyncReport>> {
-  if (changes.some((c) => WHOLE_STATE.includes(c.op)))
+  if (changes.some((c) => WHOLE_STATE.includes(c.kind)))
     return { served: false, why: 'a change of the whole state is applied here' };
   const socket = 'socket' in opts ? opts.socket : agentSocket();
   if (!socket) return { served: false, why: 'no agent socket' };

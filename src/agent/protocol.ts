@@ -118,8 +118,8 @@ export interface NatRequest {
   /** The caller's network namespace as it saw it ("DEV INO"). */
   netns: string;
   target: NatTarget;
-  /** Each an object with an `op`; which ops exist, and each change's content, are checked where they are applied (nat/changes). */
-  changes: { op: string }[];
+  /** Each an object with a `kind` (`op` from an older CLI); which kinds exist, and each change's content, are checked where they are applied (nat/changes). */
+  changes: { kind: string }[];
 }
 
 /**
@@ -174,7 +174,13 @@ export function decodeNatRequest(frames: readonly Buffer[]): NatRequest {
   )
     throw new Error('the target namespace needs a ref and an id "DEV INO"');
   if (!Array.isArray(c) || !c.length) throw new Error('changes must be a non-empty array');
-  for (const x of c)
-    if (!isObject(x) || typeof x.op !== 'string') throw new Error(`not a change: ${JSON.stringify(x).slice(0, 80)}`);
-  return { netns, target: t as unknown as NatTarget, changes: c as { op: string }[] };
+  const parsed = c.map((x) => {
+    if (isObject(x) && typeof x.kind === 'string') return x as { kind: string };
+    if (isObject(x) && typeof x.op === 'string') {
+      const { op, ...rest } = x;
+      return { kind: op, ...rest };
+    }
+    throw new Error(`not a change: ${JSON.stringify(x).slice(0, 80)}`);
+  });
+  return { netns, target: t as unknown as NatTarget, changes: parsed };
 }

@@ -59,13 +59,13 @@ interface KeptNamespace {
 const MAX_NAT_CHANGES = 1000;
 
 /** Why a NAT request's changes are refused before anything is done, or undefined. */
-function natRequestProblem(changes: readonly { op: string }[]): string | undefined {
+function natRequestProblem(changes: readonly { kind: string }[]): string | undefined {
   if (changes.length > MAX_NAT_CHANGES) return `${changes.length} changes in one request (at most ${MAX_NAT_CHANGES})`;
-  const unknown = changes.find((x) => !(NAT_OPS as readonly string[]).includes(x.op));
-  if (unknown) return `unknown change ${JSON.stringify(unknown.op)}: this agent knows ${NAT_OPS.join(', ')}`;
+  const unknown = changes.find((x) => !(NAT_OPS as readonly string[]).includes(x.kind));
+  if (unknown) return `unknown change ${JSON.stringify(unknown.kind)}: this agent knows ${NAT_OPS.join(', ')}`;
   // The CLI applies these itself (src/agent/client.ts): the whole set is not worth sending, nor checking twice.
-  const whole = changes.find((x) => WHOLE_STATE.includes(x.op));
-  if (whole) return `${whole.op} is applied by the caller, not the agent`;
+  const whole = changes.find((x) => WHOLE_STATE.includes(x.kind));
+  if (whole) return `${whole.kind} is applied by the caller, not the agent`;
   return undefined;
 }
 
@@ -368,7 +368,7 @@ export class Agent {
     }
     const ns = kept?.handle;
     const t0 = process.hrtime.bigint();
-    const what = `${req.changes.length} change${req.changes.length === 1 ? '' : 's'} (${[...new Set(req.changes.map((x) => x.op))].join(', ')}) in ${req.target.stateDir}${ns ? ` for ${ns.label}` : ''}`;
+    const what = `${req.changes.length} change${req.changes.length === 1 ? '' : 's'} (${[...new Set(req.changes.map((x) => x.kind))].join(', ')}) in ${req.target.stateDir}${ns ? ` for ${ns.label}` : ''}`;
     if (kept) kept.users++;
     const work = (async () => {
       const engine = NatEngine.shared({

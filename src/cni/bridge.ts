@@ -219,8 +219,8 @@ async function teardown(rec: AttachmentRecord, env: CniEnv, records: RecordStore
     await (
       await engineFor(rec, host)
     ).change([
-      ...rec.nat.rules.map((rule): NatChange => ({ op: 'delete-rule', rule })),
-      ...rec.nat.forwards.map((name): NatChange => ({ op: 'delete-forward', name })),
+      ...rec.nat.rules.map((rule): NatChange => ({ kind: 'delete-rule', rule })),
+      ...rec.nat.forwards.map((name): NatChange => ({ kind: 'delete-forward', name })),
     ]);
   }
   await link.del(host, rec.hostIfname); // takes the container end with it; gone already if the namespace is
@@ -416,8 +416,8 @@ async function addSteps(
     await (
       await engineFor(rec, host)
     ).change([
-      ...rules.map((rule): NatChange => ({ op: 'add-rule', rule })),
-      ...forwards.map((forward): NatChange => ({ op: 'put-forward', forward })),
+      ...rules.map((rule): NatChange => ({ kind: 'add-rule', rule })),
+      ...forwards.map((forward): NatChange => ({ kind: 'put-forward', forward })),
     ]);
   };
   const failed = (await Promise.allSettled([nat(), containerSide()])).find(

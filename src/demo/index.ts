@@ -81,7 +81,7 @@ export async function demo(
       step('tsnet service add demo/web --vip 10.96.0.10:80 --endpoint 10.88.0.2:8080 --endpoint 10.88.0.3:8080');
       const sync = await nat.change([
         {
-          op: 'add-service',
+          kind: 'add-service',
           service: {
             name: 'demo/web',
             vip: '10.96.0.10',
@@ -124,7 +124,7 @@ export async function demo(
     } finally {
       step('tsnet forward rm demo-db && tsnet service del demo/web      # rules gone, sysctls restored');
       await forward.remove(nat, 'demo-db').catch(() => false);
-      await nat.change([{ op: 'delete-service', name: 'demo/web' }]).catch(() => undefined);
+      await nat.change([{ kind: 'delete-service', name: 'demo/web' }]).catch(() => undefined);
       fs.rmSync(stateDir, { recursive: true, force: true });
     }
 

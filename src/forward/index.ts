@@ -118,7 +118,7 @@ export async function add(engine: NatEngine, req: ForwardRequest): Promise<Forwa
   let report: SyncReport | undefined;
   if (!old || JSON.stringify(old) !== JSON.stringify(f)) {
     if (req.check !== false && f.proto === 'tcp') await checkTcp(engine.ns, f.targetIp, f.targetPort);
-    report = await engine.change([{ op: 'put-forward', forward: f }]);
+    report = await engine.change([{ kind: 'put-forward', forward: f }]);
   }
   const cut = req.cutOver ? await cutConnections(engine.ns, f, { stale: true }) : 0;
   return { forward: f, changed: report !== undefined, ...(report ? { report } : {}), cutOver: cut };
@@ -147,7 +147,7 @@ export async function cutConnections(ns: NetNs, f: Forward, opts: { stale?: bool
 export async function remove(engine: NatEngine, name: string, opts: { cut?: boolean } = {}): Promise<boolean> {
   const old = engine.read().forwards.find((x) => x.name === name);
   if (!old) return false;
-  await engine.change([{ op: 'delete-forward', name }]);
+  await engine.change([{ kind: 'delete-forward', name }]);
   if (opts.cut) await cutConnections(engine.ns, old);
   return true;
 }

@@ -28,23 +28,23 @@ import type { StoredRows } from './rows';
 
 export type NatChange =
   /** A service; the same one again is a no-op, another under the same name is refused ("service add"). */
-  | { op: 'add-service'; service: Service }
+  | { kind: 'add-service'; service: Service }
   /** A service, added or replacing the one of that name. */
-  | { op: 'put-service'; service: Service }
+  | { kind: 'put-service'; service: Service }
   /** New endpoints for an existing service ("service set-endpoints"). */
-  | { op: 'set-endpoints'; name: string; endpoints: Endpoint[] }
+  | { kind: 'set-endpoints'; name: string; endpoints: Endpoint[] }
   /** Removes a service; a missing one is a no-op. */
-  | { op: 'delete-service'; name: string }
+  | { kind: 'delete-service'; name: string }
   /** The whole set of services ("service apply"). */
-  | { op: 'replace-services'; services: Service[] }
+  | { kind: 'replace-services'; services: Service[] }
   /** A standalone rule (the same again: no-op), or its removal (missing: no-op). */
-  | { op: 'add-rule'; rule: NatRule }
-  | { op: 'delete-rule'; rule: NatRule }
+  | { kind: 'add-rule'; rule: NatRule }
+  | { kind: 'delete-rule'; rule: NatRule }
   /** A forward, added or replacing the one of that name; its removal (missing: no-op). */
-  | { op: 'put-forward'; forward: Forward }
-  | { op: 'delete-forward'; name: string }
+  | { kind: 'put-forward'; forward: Forward }
+  | { kind: 'delete-forward'; name: string }
   /** Anything else: the whole desired state at once. */
-  | { op: 'set-state'; state: DesiredState };
+  | { kind: 'set-state'; state: DesiredState };
 
 /** Every kind of change (what a request from another process may ask for). */
 export const NAT_OPS = [
@@ -58,10 +58,28 @@ export const NAT_OPS = [
   'put-forward',
   'delete-forward',
   'set-state',
-] as const satisfies readonly NatChange['op'][];
-// Every op of NatChange is listed above (a new one that is not fails to compile here).
-const allOpsListed: Exclude<NatChange['op'], (typeof NAT_OPS)[number]> extends never ? true : never = true;
+] as const satisfies readonly NatChange['kind'][];
+// Every kind of NatChange is listed above (a new one that is not fails to compile here).
+const allOpsListed: Exclude<NatChange['kind'], (typeof NAT_OPS)[number]> extends never ? true : never = true;
 void allOpsListed;
+
+/**
+ * A change as any release wrote it: until 0.1.0's restructure its
+ * discriminant was `op` (journal lines, an older CLI's request to the
+ * agent); today it is `kind`, as everywhere else. Contents are checked
+ * where the change is applied.
+ */
+export function readChange(x: unknown): NatChange {
+  if (typeof x === 'object' && x !== null) {
+    const c = x as { kind?: unknown; op?: unknown };
+    if (typeof c.kind === 'string') return x as NatChange;
+    if (typeof c.op === 'string') {
+      const { op, ...rest } = c;
+      return { kind: op, ...rest } as NatChange;
+    }
+  }
+  throw invalid(`not a NAT change: ${JSON.stringify(x)?.slice(0, 80)}`);
+}
 
 /** A service before and after one round of changes (absent: added, or removed). */
 export interface ServiceDelta {
@@ -527,7 +545,7 @@ class Round {
   }
 
   apply(c: NatChange): void {
-    switch (c.op) {
+    switch (c.kind) {
       case 'add-service': {
         const s = normalizeService(c.service);
         const have = this.current(s.name);
@@ -617,7 +635,7 @@ class Round {
         break;
       case 'set-state': {
         const st = normalizeState(c.state);
-        this.apply({ op: 'replace-services', services: st.services });
+        this.apply({ kind: 'replace-services', services: st.services });
         if (JSON.stringify(st.rules) !== JSON.stringify(this.st.rules)) this.setRules(st.rules);
         if (JSON.stringify(st.forwards) !== JSON.stringify(this.st.forwards)) this.setForwards(st.forwards);
         break;

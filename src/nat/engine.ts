@@ -240,7 +240,7 @@ export class NatEngine {
       const { f, indexed } = this.load();
       const draft = structuredClone(indexed.state);
       const wanted = normalizeState(change(draft) ?? draft);
-      const round = indexed.apply([{ op: 'set-state', state: wanted }]);
+      const round = indexed.apply([{ kind: 'set-state', state: wanted }]);
       if (!opts.force && !round.global && !round.services.length && this.upToDate(f)) return this.unchanged(f);
       try {
         return await this.apply(

@@ -4,7 +4,7 @@
  * backends to choose from.
  *
  *   const nat = new NatEngine({ ns: host, stateDir });
- *   await nat.change([{ op: 'add-service', service: normalizeService({ name: 'web', vip: '10.96.0.10', port: 80, endpoints: ['10.88.0.2:8080'] }) }]);
+ *   await nat.change([{ kind: 'add-service', service: normalizeService({ name: 'web', vip: '10.96.0.10', port: 80, endpoints: ['10.88.0.2:8080'] }) }]);
  */
 export {
   NatEngine,

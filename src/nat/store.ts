@@ -25,7 +25,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { TsnetError, contextualize, hasCode } from '../errors';
 import { writeFileAtomic } from '../state';
-import { IndexedState, type NatChange } from './changes';
+import { IndexedState, readChange, type NatChange } from './changes';
 import { StoredRows } from './rows';
 import { emptyState, normalizeState, type DesiredState } from './model';
 import type { Applied, BackendName } from './backends/types';
@@ -177,7 +177,8 @@ export class NatStore {
     for (const line of text.split('\n')) {
       if (!line) continue;
       try {
-        out.push(JSON.parse(line) as JournalLine);
+        const parsed = JSON.parse(line) as JournalLine;
+        out.push({ ...parsed, changes: parsed.changes.map(readChange) });
       } catch {
         break; // torn by a crash mid-append: that round never completed
       }

@@ -178,9 +178,9 @@ test('a change the agent refuses reads exactly as without the agent: same one-li
     });
     return JSON.parse(String(r.stdout) || 'null') as { served?: boolean; why?: string; error?: string } | null;
   };
-  t.regex(raw([{ op: 'replace-services', services: [] }])?.why ?? '', /replace-services is applied by the caller/);
+  t.regex(raw([{ kind: 'replace-services', services: [] }])?.why ?? '', /replace-services is applied by the caller/);
   t.regex(
-    raw(Array.from({ length: 1001 }, () => ({ op: 'delete-service', name: 'web' })))?.why ?? '',
+    raw(Array.from({ length: 1001 }, () => ({ kind: 'delete-service', name: 'web' })))?.why ?? '',
     /1001 changes in one request \(at most 1000\)/,
   );
   t.regex(raw([{ op: 'flush-everything' }])?.why ?? '', /unknown change "flush-everything"/);

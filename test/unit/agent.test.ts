@@ -54,7 +54,7 @@ test('malformed requests are refused, not half-read', (t) => {
 const natReq = {
   netns: '4 4026531840',
   target: { stateDir: '/var/lib/tsnet', netns: { ref: 'c1', id: '4 4026532300' }, backend: 'netlink' },
-  changes: [{ op: 'set-endpoints', name: 'web', endpoints: [{ ip: '10.0.0.2', port: 80, weight: 1 }] }],
+  changes: [{ kind: 'set-endpoints', name: 'web', endpoints: [{ ip: '10.0.0.2', port: 80, weight: 1 }] }],
 };
 
 test('a NAT request (the CLI to the agent) survives the wire and is told apart from a CNI call by its first frame', (t) => {

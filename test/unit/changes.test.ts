@@ -22,10 +22,10 @@ test('changes apply in place; the round says which services changed; undo restor
   const x = IndexedState.of(st);
   const snapshot = JSON.stringify(st);
   const r = x.apply([
-    { op: 'set-endpoints', name: 'a', endpoints: [parseEndpoint('10.0.0.9:80')] },
-    { op: 'delete-service', name: 'b' },
-    { op: 'add-service', service: svc('d', '10.96.0.4') },
-    { op: 'add-rule', rule: { kind: 'masquerade', source: '10.88.0.0/16' } },
+    { kind: 'set-endpoints', name: 'a', endpoints: [parseEndpoint('10.0.0.9:80')] },
+    { kind: 'delete-service', name: 'b' },
+    { kind: 'add-service', service: svc('d', '10.96.0.4') },
+    { kind: 'add-rule', rule: { kind: 'masquerade', source: '10.88.0.0/16' } },
   ]);
   t.deepEqual(
     st.services.map((s) => s.name),
@@ -59,18 +59,18 @@ test('a refused change undoes the whole round: VIP claimed twice, other settings
   const refused: [NatChange[], RegExp][] = [
     [
       [
-        { op: 'delete-service', name: 'a' },
-        { op: 'add-service', service: svc('e', '10.96.0.2') },
+        { kind: 'delete-service', name: 'a' },
+        { kind: 'add-service', service: svc('e', '10.96.0.2') },
       ],
       /services b and e both claim 10\.96\.0\.2:80\/tcp/,
     ],
     [
-      [{ op: 'add-service', service: svc('a', '10.96.0.1', ['10.0.0.3:80']) }],
+      [{ kind: 'add-service', service: svc('a', '10.96.0.1', ['10.0.0.3:80']) }],
       /service a already exists with other settings/,
     ],
-    [[{ op: 'set-endpoints', name: 'nope', endpoints: [] }], /no service named nope/],
+    [[{ kind: 'set-endpoints', name: 'nope', endpoints: [] }], /no service named nope/],
     [
-      [{ op: 'replace-services', services: [svc('x', '10.96.0.9'), svc('x', '10.96.0.8')] }],
+      [{ kind: 'replace-services', services: [svc('x', '10.96.0.9'), svc('x', '10.96.0.8')] }],
       /duplicate service name x/,
     ],
   ];
@@ -79,14 +79,14 @@ test('a refused change undoes the whole round: VIP claimed twice, other settings
     t.is(JSON.stringify(st), snapshot, `nothing changed by ${re}`);
   }
   t.deepEqual(
-    x.apply([{ op: 'add-service', service: svc('a', '10.96.0.1') }]).services,
+    x.apply([{ kind: 'add-service', service: svc('a', '10.96.0.1') }]).services,
     [],
     'the same add twice changes nothing',
   );
   // A VIP freed and claimed in one round is fine.
   x.apply([
-    { op: 'delete-service', name: 'a' },
-    { op: 'add-service', service: svc('e', '10.96.0.1') },
+    { kind: 'delete-service', name: 'a' },
+    { kind: 'add-service', service: svc('e', '10.96.0.1') },
   ]);
   t.is(x.service('e')!.vip, '10.96.0.1');
 });
@@ -96,7 +96,7 @@ test('replace-services: one round, only differing services reported', (t) => {
   const x = IndexedState.of(st);
   const r = x.apply([
     {
-      op: 'replace-services',
+      kind: 'replace-services',
       services: [svc('a', '10.96.0.1'), svc('c', '10.96.0.3', ['10.0.0.7:80']), svc('z', '10.96.0.26')],
     },
   ]);
@@ -113,7 +113,7 @@ test('replace-services is judged as a whole: two services may swap VIPs in one s
   const before = JSON.stringify(st);
   // b takes a's VIP while a moves away: a check per service in order would refuse b.
   const r = x.apply([
-    { op: 'replace-services', services: [svc('b', '10.96.0.1'), svc('a', '10.96.0.9'), svc('c', '10.96.0.3')] },
+    { kind: 'replace-services', services: [svc('b', '10.96.0.1'), svc('a', '10.96.0.9'), svc('c', '10.96.0.3')] },
   ]);
   t.deepEqual(r.services.map((d) => `${d.old?.vip}>${d.new?.vip}`).sort(), [
     '10.96.0.1>10.96.0.9',
@@ -127,7 +127,7 @@ test('replace-services is judged as a whole: two services may swap VIPs in one s
   r.undo();
   t.is(JSON.stringify(st), before);
   const err = t.throws(() =>
-    x.apply([{ op: 'replace-services', services: [svc('a', '10.96.0.1'), svc('z', '10.96.0.1')] }]),
+    x.apply([{ kind: 'replace-services', services: [svc('a', '10.96.0.1'), svc('z', '10.96.0.1')] }]),
   );
   t.is(err?.message, 'services a and z both claim 10.96.0.1:80/tcp');
   t.is(JSON.stringify(st), before, 'a refused set changes nothing');
@@ -141,7 +141,7 @@ test('store: rounds are journal lines; a fresh reader replays them; a torn last 
   const x = IndexedState.of(base());
   w.save(x, { backend: 'netlink' }); // the first record: a snapshot
   for (const [i, name] of ['a', 'b'].entries()) {
-    const changes: NatChange[] = [{ op: 'set-endpoints', name, endpoints: [parseEndpoint(`10.0.0.${20 + i}:80`)] }];
+    const changes: NatChange[] = [{ kind: 'set-endpoints', name, endpoints: [parseEndpoint(`10.0.0.${20 + i}:80`)] }];
     x.apply(changes);
     w.save(x, { backend: 'netlink', applied: { backend: 'netlink', clean: true, families: {} } }, changes);
   }
@@ -159,7 +159,7 @@ test('store: a snapshot folds the journal; lines it already holds are not replay
   const w = new NatStore(dir);
   const x = IndexedState.of(base());
   w.save(x, { backend: 'netlink' });
-  const changes: NatChange[] = [{ op: 'delete-service', name: 'c' }];
+  const changes: NatChange[] = [{ kind: 'delete-service', name: 'c' }];
   x.apply(changes);
   w.save(x, { backend: 'netlink' }, changes);
   const journal = fs.readFileSync(path.join(dir, 'nat.journal'), 'utf8');
@@ -202,7 +202,7 @@ test('store: services of a trusted snapshot stay unparsed until read; changing o
   try {
     const { indexed } = new NatStore(dir).load();
     t.is(parsed, 0, 'loading parses no service');
-    const r = indexed.apply([{ op: 'set-endpoints', name: 's150', endpoints: [parseEndpoint('10.0.9.9:80')] }]);
+    const r = indexed.apply([{ kind: 'set-endpoints', name: 's150', endpoints: [parseEndpoint('10.0.9.9:80')] }]);
     t.is(parsed, 1, 'one change, one service parsed');
     t.deepEqual(
       r.services.map((d) => [d.old?.endpoints[0]?.ip, d.new?.endpoints[0]?.ip]),
@@ -218,7 +218,7 @@ test('store: services of a trusted snapshot stay unparsed until read; changing o
       false,
     ]);
     t.is(parsed, 2, 'a lookup parses only the rows whose text can match (s7; s150 is the changed one, already parsed)');
-    t.throws(() => indexed.apply([{ op: 'add-service', service: svc('new', '10.96.1.3') }]), {
+    t.throws(() => indexed.apply([{ kind: 'add-service', service: svc('new', '10.96.1.3') }]), {
       message: /services s3 and new both claim/,
     });
   } finally {
@@ -256,9 +256,9 @@ test('stored rows: found by name in the bytes (a name that prefixes another, one
   const x = IndexedState.fromRows(rows, [], []);
   t.deepEqual(x.families(), [4, 6]);
   t.is(x.service('ns/web2')?.vip, '10.96.2.4');
-  x.apply([{ op: 'delete-service', name: 's10' }]);
+  x.apply([{ kind: 'delete-service', name: 's10' }]);
   t.is(x.service('ns/web')?.vip, '10.96.2.2', 'positions after the deleted row moved');
-  x.apply([{ op: 'set-endpoints', name: 'a.b_c-d', endpoints: [parseEndpoint('10.0.9.9:80')] }]);
+  x.apply([{ kind: 'set-endpoints', name: 'a.b_c-d', endpoints: [parseEndpoint('10.0.9.9:80')] }]);
   t.deepEqual(
     x.state.services.map((s) => [s.name, s.endpoints[0]!.ip]),
     [
@@ -269,7 +269,7 @@ test('stored rows: found by name in the bytes (a name that prefixes another, one
       ['v6', 'fd00::2'],
     ],
   );
-  x.apply([{ op: 'delete-service', name: 'v6' }]);
+  x.apply([{ kind: 'delete-service', name: 'v6' }]);
   t.deepEqual(x.families(), [4]);
 });
 

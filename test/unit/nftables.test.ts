@@ -57,7 +57,7 @@ function lowered(rs: Ruleset): { chain: string; exprs: string[] }[] {
   const sets = new Map(rs.sets.map((s) => [s.name, s]));
   const cx: LowerContext = { family: rs.family, set: (n) => ({ interval: sets.get(n)?.interval ?? false }) };
   return fullPlan(rs).ops.flatMap((op) =>
-    op.op === 'add-rules'
+    op.kind === 'add-rules'
       ? op.rules.map((r: Rule) => ({
           chain: op.chain,
           exprs: r.items.flatMap((i) => lowerItem(i, cx, { name: '__map%d', id: 1 })).map(formatExpr),
@@ -425,17 +425,17 @@ test('a resident process keeps the index of shared objects only from syncs it de
   });
   t.true(last.full);
   last = await sync(
-    [{ op: 'add-service', service: { ...svc('x', '10.96.0.3'), endpoints: [parseEndpoint('10.80.0.12:8080')] } }],
+    [{ kind: 'add-service', service: { ...svc('x', '10.96.0.3'), endpoints: [parseEndpoint('10.80.0.12:8080')] } }],
     last.applied,
   );
   t.false(last.full, 'a partial sync: the index of shared objects is built and kept');
   b.canary = false; // someone flushed the table
-  last = await sync([{ op: 'add-service', service: svc('y', '10.96.0.2') }], last.applied);
+  last = await sync([{ kind: 'add-service', service: svc('y', '10.96.0.2') }], last.applied);
   t.true(last.full, 'no canary: a full sync');
   b.canary = true;
   b.sent = [];
-  last = await sync([{ op: 'delete-service', name: 'z' }], last.applied);
+  last = await sync([{ kind: 'delete-service', name: 'z' }], last.applied);
   t.false(last.full);
-  const deletedHairpin = b.sent.flat().filter((o) => o.op === 'delete-elements' && o.set === HAIRPIN);
+  const deletedHairpin = b.sent.flat().filter((o) => o.kind === 'delete-elements' && o.set === HAIRPIN);
   t.deepEqual(deletedHairpin, [], 'y still uses the pair (10.80.0.11, 10.80.0.11): it stays');
 });

@@ -65,12 +65,12 @@ export function register(program: Command, cli: Cli): void {
     const group = nat.command(k.kind).description(k.describe);
     k.options(group.command('add').description(`add a ${k.kind} rule (the same again: no-op)`)).action(
       async (o: RuleOpts) => {
-        await natChange(cli, [{ op: 'add-rule', rule: k.build(o) }]);
+        await natChange(cli, [{ kind: 'add-rule', rule: k.build(o) }]);
       },
     );
     k.options(group.command('del').description(`delete a ${k.kind} rule (missing: no-op)`)).action(
       async (o: RuleOpts) => {
-        await natChange(cli, [{ op: 'delete-rule', rule: k.build(o) }]);
+        await natChange(cli, [{ kind: 'delete-rule', rule: k.build(o) }]);
       },
     );
   }

@@ -50,7 +50,7 @@ function addCommand(svc: Command, cli: Cli): void {
           ...(o.affinity !== undefined ? { affinitySeconds: o.affinity } : {}),
           ...(o.masqueradeNotFrom !== undefined ? { masqueradeNotFrom: o.masqueradeNotFrom } : {}),
         });
-        await natChange(cli, [{ op: 'add-service', service: want }]);
+        await natChange(cli, [{ kind: 'add-service', service: want }]);
       },
     );
 }
@@ -65,7 +65,7 @@ function setEndpointsCommand(svc: Command, cli: Cli): void {
       if (!o.endpoint.length && !o.none)
         throw invalid('give at least one --endpoint, or --none to reject new connections');
       if (o.endpoint.length && o.none) throw invalid('--none and --endpoint exclude each other');
-      await natChange(cli, [{ op: 'set-endpoints', name, endpoints: o.endpoint.map(parseEndpoint) }]);
+      await natChange(cli, [{ kind: 'set-endpoints', name, endpoints: o.endpoint.map(parseEndpoint) }]);
     });
 }
 
@@ -74,7 +74,7 @@ function delCommand(svc: Command, cli: Cli): void {
     .command('del <name>')
     .description('delete a service (missing: no-op)')
     .action(async (name: string) => {
-      await natChange(cli, [{ op: 'delete-service', name }]);
+      await natChange(cli, [{ kind: 'delete-service', name }]);
     });
 }
 
@@ -116,7 +116,7 @@ function applyCommand(svc: Command, cli: Cli): void {
     )
     .requiredOption('-f, --file <file>', 'services.json, or - for stdin')
     .action(async (o: { file: string }) => {
-      await natChange(cli, [{ op: 'replace-services', services: parseServicesFile(readInput(o.file), o.file) }]);
+      await natChange(cli, [{ kind: 'replace-services', services: parseServicesFile(readInput(o.file), o.file) }]);
     });
 }
 

@@ -116,7 +116,7 @@ export class NetlinkBackend extends NftablesBackend {
         if (!chain.startsWith('sep-')) continue;
         for (const x of (r.expressions ?? []) as AttrObject[]) {
           const e = decodeExpr(x);
-          if (e?.expr === 'counter')
+          if (e?.kind === 'counter')
             out.chains.set(chain, { packets: Number(e.packets ?? 0n), bytes: Number(e.bytes ?? 0n) });
         }
       }
@@ -158,7 +158,7 @@ function counterOf(e: AttrObject): Counter | undefined {
   const exprs = [e.expr, ...((e.expressions ?? []) as AttrObject[])].filter(Boolean) as AttrObject[];
   for (const x of exprs) {
     const d = decodeExpr(x);
-    if (d?.expr === 'counter') return { packets: Number(d.packets ?? 0n), bytes: Number(d.bytes ?? 0n) };
+    if (d?.kind === 'counter') return { packets: Number(d.packets ?? 0n), bytes: Number(d.bytes ?? 0n) };
   }
   return undefined;
 }

@@ -45,7 +45,7 @@ export class NftBackend extends NftablesBackend {
    */
   protected override partialOk(plan: Plan): boolean {
     return !plan.ops.some(
-      (op) => op.op === 'add-rules' && op.rules.some((r) => r.items.some((i) => i.t === 'dnat-map')),
+      (op) => op.kind === 'add-rules' && op.rules.some((r) => r.items.some((i) => i.kind === 'dnat-map')),
     );
   }
 

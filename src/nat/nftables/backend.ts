@@ -193,7 +193,7 @@ export abstract class NftablesBackend implements Backend {
   }
 
   async teardownFamily(family: Family): Promise<void> {
-    await this.apply([{ op: 'add-table' }, { op: 'delete-table' }], family, []);
+    await this.apply([{ kind: 'add-table' }, { kind: 'delete-table' }], family, []);
   }
 
   async teardown(): Promise<void> {

@@ -295,7 +295,9 @@ function anonymousVmap(b: BatchWriter, key: KeyExpr, m: AnonymousVmap, chain: st
 }
 
 function ruleMessage(b: BatchWriter, chain: string, r: Rule, cx: LowerContext): void {
-  const anon = r.items.find((i): i is Extract<typeof i, { t: 'vmap' }> => i.t === 'vmap' && typeof i.map !== 'string');
+  const anon = r.items.find(
+    (i): i is Extract<typeof i, { kind: 'vmap' }> => i.kind === 'vmap' && typeof i.map !== 'string',
+  );
   const anonSet = anon ? anonymousVmap(b, anon.key, anon.map as AnonymousVmap, chain) : undefined;
   const exprs = r.items.flatMap((i) => lowerItem(i, cx, i === anon ? anonSet : undefined)).map(exprAttrs);
   const attrs: AttrObject = { table: NFT_TABLE, chain, expressions: exprs };
@@ -317,9 +319,9 @@ export function encodePlan(ops: readonly Op[], family: Family, declared: readonl
   let size = 1 << 16;
   for (const o of ops)
     size +=
-      o.op === 'add-elements' || o.op === 'delete-elements'
+      o.kind === 'add-elements' || o.kind === 'delete-elements'
         ? o.elements.length * 96
-        : o.op === 'add-rules'
+        : o.kind === 'add-rules'
           ? o.rules.length * 512
           : 512;
   const b = new BatchWriter(family, seq, size);
@@ -330,7 +332,7 @@ export function encodePlan(ops: readonly Op[], family: Family, declared: readonl
   };
   const t = NFT_TABLE;
   for (const op of ops) {
-    switch (op.op) {
+    switch (op.kind) {
       case 'add-table':
         b.message(NFT_MSG.NEWTABLE, 0, `adding table ${t}`, () => b.w.attrs(NFTA_TABLE, { name: t, flags: 0 }));
         break;
@@ -381,7 +383,7 @@ export function encodePlan(ops: readonly Op[], family: Family, declared: readonl
       case 'delete-elements': {
         const decl = decls.get(op.set);
         if (!decl) throw new Error(`elements of ${op.set}, a set this plan does not know`);
-        const adding = op.op === 'add-elements';
+        const adding = op.kind === 'add-elements';
         const info = b.created.get(op.set) ?? { interval: decl.interval ?? false };
         elementMessages(
           b,

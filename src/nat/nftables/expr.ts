@@ -23,44 +23,44 @@ import {
 export type Verdict = { code: keyof typeof VERDICT; chain?: string };
 
 export type Expr =
-  | { expr: 'payload'; base: keyof typeof NFT_PAYLOAD_BASE; offset: number; len: number; dreg: number }
-  | { expr: 'cmp'; sreg: number; op: keyof typeof NFT_CMP_OP; data: Buffer }
+  | { kind: 'payload'; base: keyof typeof NFT_PAYLOAD_BASE; offset: number; len: number; dreg: number }
+  | { kind: 'cmp'; sreg: number; op: keyof typeof NFT_CMP_OP; data: Buffer }
   | {
-      expr: 'bitwise';
+      kind: 'bitwise';
       sreg: number;
       dreg: number;
       mask: Buffer;
       xor: Buffer;
       /** NFTA_BITWISE_OP MASK_XOR, sent by nft for an explicit `&`/`|`/`^` (not for flag tests) */ explicitOp?: true;
     }
-  | { expr: 'byteorder'; sreg: number; dreg: number; op: keyof typeof NFT_BYTEORDER_OP; len: number; size: number }
-  | { expr: 'meta'; key: keyof typeof NFT_META; dreg: number }
-  | { expr: 'meta-set'; key: keyof typeof NFT_META; sreg: number }
-  | { expr: 'ct'; key: keyof typeof NFT_CT; dir?: 'original' | 'reply'; dreg: number }
-  | { expr: 'lookup'; set: string; setId?: number; sreg: number; dreg?: number }
-  | { expr: 'dynset'; op: keyof typeof NFT_DYNSET_OP; set: string; setId?: number; sregKey: number }
-  | { expr: 'immediate'; dreg: number; data: Buffer }
-  | { expr: 'verdict'; verdict: Verdict }
-  | { expr: 'numgen'; dreg: number; mod: number }
+  | { kind: 'byteorder'; sreg: number; dreg: number; op: keyof typeof NFT_BYTEORDER_OP; len: number; size: number }
+  | { kind: 'meta'; key: keyof typeof NFT_META; dreg: number }
+  | { kind: 'meta-set'; key: keyof typeof NFT_META; sreg: number }
+  | { kind: 'ct'; key: keyof typeof NFT_CT; dir?: 'original' | 'reply'; dreg: number }
+  | { kind: 'lookup'; set: string; setId?: number; sreg: number; dreg?: number }
+  | { kind: 'dynset'; op: keyof typeof NFT_DYNSET_OP; set: string; setId?: number; sregKey: number }
+  | { kind: 'immediate'; dreg: number; data: Buffer }
+  | { kind: 'verdict'; verdict: Verdict }
+  | { kind: 'numgen'; dreg: number; mod: number }
   | {
-      expr: 'nat';
+      kind: 'nat';
       type: keyof typeof NFT_NAT_TYPE;
       family: 4 | 6;
       regAddrMin: number;
       regProtoMin?: number;
       flags?: number;
     }
-  | { expr: 'masq'; flags?: number }
-  | { expr: 'fib'; dreg: number; result: keyof typeof NFT_FIB_RESULT; flags: number }
-  | { expr: 'counter'; packets?: bigint; bytes?: bigint }
-  | { expr: 'reject'; type: number; code: number };
+  | { kind: 'masq'; flags?: number }
+  | { kind: 'fib'; dreg: number; result: keyof typeof NFT_FIB_RESULT; flags: number }
+  | { kind: 'counter'; packets?: bigint; bytes?: bigint }
+  | { kind: 'reject'; type: number; code: number };
 
 const nfproto = (f: 4 | 6) => (f === 6 ? NFPROTO.IPV6 : NFPROTO.IPV4);
 const verdictAttrs = (v: Verdict): AttrObject => ({ verdict: { code: VERDICT[v.code], chain: v.chain } });
 
 /** The NFTA_EXPR_* attributes of an expression: its kernel name and data. */
 export function exprAttrs(e: Expr): AttrObject {
-  switch (e.expr) {
+  switch (e.kind) {
     case 'payload':
       return { name: 'payload', data: { dreg: e.dreg, base: NFT_PAYLOAD_BASE[e.base], offset: e.offset, len: e.len } };
     case 'cmp':
@@ -146,27 +146,27 @@ export function decodeExpr(a: AttrObject): Expr | undefined {
   switch (a.name) {
     case 'counter':
       return {
-        expr: 'counter',
+        kind: 'counter',
         packets: (d.packets as bigint | undefined) ?? 0n,
         bytes: (d.bytes as bigint | undefined) ?? 0n,
       };
     case 'payload':
       return {
-        expr: 'payload',
+        kind: 'payload',
         base: BASES.get(d.base as number) ?? 'network',
         offset: d.offset as number,
         len: d.len as number,
         dreg: d.dreg as number,
       };
     case 'cmp':
-      return { expr: 'cmp', sreg: d.sreg as number, op: CMP_OPS.get(d.op as number) ?? 'eq', data: value(d.data) };
+      return { kind: 'cmp', sreg: d.sreg as number, op: CMP_OPS.get(d.op as number) ?? 'eq', data: value(d.data) };
     case 'meta':
       return d.sreg !== undefined
-        ? { expr: 'meta-set', key: META_KEYS.get(d.key as number) ?? 'mark', sreg: d.sreg as number }
-        : { expr: 'meta', key: META_KEYS.get(d.key as number) ?? 'mark', dreg: d.dreg as number };
+        ? { kind: 'meta-set', key: META_KEYS.get(d.key as number) ?? 'mark', sreg: d.sreg as number }
+        : { kind: 'meta', key: META_KEYS.get(d.key as number) ?? 'mark', dreg: d.dreg as number };
     case 'ct':
       return {
-        expr: 'ct',
+        kind: 'ct',
         key: CT_KEYS.get(d.key as number) ?? 'state',
         dreg: d.dreg as number,
         ...(d.direction === undefined ? {} : { dir: d.direction === 0 ? ('original' as const) : ('reply' as const) }),
@@ -176,25 +176,25 @@ export function decodeExpr(a: AttrObject): Expr | undefined {
       if (data?.verdict) {
         const v = data.verdict as AttrObject;
         return {
-          expr: 'verdict',
+          kind: 'verdict',
           verdict: {
             code: VERDICTS.get(v.code as number) ?? 'continue',
             ...(v.chain ? { chain: v.chain as string } : {}),
           },
         };
       }
-      return { expr: 'immediate', dreg: d.dreg as number, data: value(data) };
+      return { kind: 'immediate', dreg: d.dreg as number, data: value(data) };
     }
     case 'lookup':
       return {
-        expr: 'lookup',
+        kind: 'lookup',
         set: d.set as string,
         sreg: d.sreg as number,
         ...(d.dreg === undefined ? {} : { dreg: d.dreg as number }),
       };
     case 'bitwise':
       return {
-        expr: 'bitwise',
+        kind: 'bitwise',
         sreg: d.sreg as number,
         dreg: d.dreg as number,
         mask: value(d.mask),
@@ -203,7 +203,7 @@ export function decodeExpr(a: AttrObject): Expr | undefined {
       };
     case 'byteorder':
       return {
-        expr: 'byteorder',
+        kind: 'byteorder',
         sreg: d.sreg as number,
         dreg: d.dreg as number,
         op: BYTEORDER_OPS.get(d.op as number) ?? 'hton',
@@ -211,10 +211,10 @@ export function decodeExpr(a: AttrObject): Expr | undefined {
         size: d.size as number,
       };
     case 'numgen':
-      return { expr: 'numgen', dreg: d.dreg as number, mod: d.modulus as number };
+      return { kind: 'numgen', dreg: d.dreg as number, mod: d.modulus as number };
     case 'nat': {
       const e: Expr = {
-        expr: 'nat',
+        kind: 'nat',
         type: NAT_TYPES.get(d.type as number) ?? 'dnat',
         family: d.family === NFPROTO.IPV6 ? 6 : 4,
         regAddrMin: d.regAddrMin as number,
@@ -224,23 +224,23 @@ export function decodeExpr(a: AttrObject): Expr | undefined {
       return e;
     }
     case 'masq':
-      return d.flags === undefined ? { expr: 'masq' } : { expr: 'masq', flags: d.flags as number };
+      return d.flags === undefined ? { kind: 'masq' } : { kind: 'masq', flags: d.flags as number };
     case 'fib':
       return {
-        expr: 'fib',
+        kind: 'fib',
         dreg: d.dreg as number,
         result: FIB_RESULTS.get(d.result as number) ?? 'addrtype',
         flags: d.flags as number,
       };
     case 'dynset':
       return {
-        expr: 'dynset',
+        kind: 'dynset',
         op: DYNSET_OPS.get(d.op as number) ?? 'add',
         set: d.set as string,
         sregKey: d.sregKey as number,
       };
     case 'reject':
-      return { expr: 'reject', type: d.type as number, code: d.icmpCode as number };
+      return { kind: 'reject', type: d.type as number, code: d.icmpCode as number };
     default:
       return undefined;
   }
@@ -269,7 +269,7 @@ const CT_NAMES: Partial<Record<keyof typeof NFT_CT, string>> = {
 /** One expression as `nft --debug=netlink` prints it. */
 export function formatExpr(e: Expr): string {
   const body = ((): string => {
-    switch (e.expr) {
+    switch (e.kind) {
       case 'payload':
         return `payload load ${e.len}b @ ${e.base} header + ${e.offset} => reg ${e.dreg}`;
       case 'cmp':

@@ -242,20 +242,20 @@ export function changePlan(
   // A chain both stale (one service) and new (another): it stays, refilled.
   for (const c of newChains) staleChains.delete(c.name);
 
-  const ops: Op[] = [{ op: 'add-table' }];
-  for (const x of newSets) ops.push({ op: 'add-set', set: x });
-  for (const c of newChains) ops.push({ op: 'add-chain', chain: c });
-  for (const [set, es] of del) ops.push({ op: 'delete-elements', set, elements: es });
+  const ops: Op[] = [{ kind: 'add-table' }];
+  for (const x of newSets) ops.push({ kind: 'add-set', set: x });
+  for (const c of newChains) ops.push({ kind: 'add-chain', chain: c });
+  for (const [set, es] of del) ops.push({ kind: 'delete-elements', set, elements: es });
   for (const { chain, tail } of changedChains) {
-    if (!tail) ops.push({ op: 'flush-chain', name: chain.name });
+    if (!tail) ops.push({ kind: 'flush-chain', name: chain.name });
     const rules = tail ?? chain.rules;
-    if (rules.length) ops.push({ op: 'add-rules', chain: chain.name, rules });
+    if (rules.length) ops.push({ kind: 'add-rules', chain: chain.name, rules });
   }
-  for (const c of newChains) if (c.rules.length) ops.push({ op: 'add-rules', chain: c.name, rules: c.rules });
-  for (const [set, es] of add) ops.push({ op: 'add-elements', set, elements: es });
-  for (const name of staleChains) ops.push({ op: 'flush-chain', name });
-  for (const name of staleChains) ops.push({ op: 'delete-chain', name });
-  for (const name of staleSets) ops.push({ op: 'delete-set', name });
+  for (const c of newChains) if (c.rules.length) ops.push({ kind: 'add-rules', chain: c.name, rules: c.rules });
+  for (const [set, es] of add) ops.push({ kind: 'add-elements', set, elements: es });
+  for (const name of staleChains) ops.push({ kind: 'flush-chain', name });
+  for (const name of staleChains) ops.push({ kind: 'delete-chain', name });
+  for (const name of staleSets) ops.push({ kind: 'delete-set', name });
   const count = (m: Map<string, Element[]>) => [...m.values()].reduce((n, l) => n + l.length, 0);
   return {
     ops,

@@ -69,8 +69,8 @@ function lbRules(proto: Proto, mod: number, map: string): Rule[] {
   return [
     {
       items: [
-        { t: 'l4proto', proto },
-        { t: 'dnat-map', key: { ...ENDPOINT_KEY, mod }, map },
+        { kind: 'l4proto', proto },
+        { kind: 'dnat-map', key: { ...ENDPOINT_KEY, mod }, map },
       ],
     },
   ];
@@ -236,14 +236,14 @@ function ownParts(s: Service, out: { chains: Chain[]; sets: NamedSet[] }): void 
   if (s.masqueradeNotFrom) {
     svc.rules.push({
       items: [
-        { t: 'addr', field: 'saddr', cidr: s.masqueradeNotFrom, not: true },
-        { t: 'jump', chain: MARK_MASQ },
+        { kind: 'addr', field: 'saddr', cidr: s.masqueradeNotFrom, not: true },
+        { kind: 'jump', chain: MARK_MASQ },
       ],
       comment: `${s.name} cluster IP`,
     });
   }
   if (s.affinitySeconds === undefined) {
-    svc.rules.push({ items: [{ t: 'goto', chain: lbChain(s) }], comment: s.name });
+    svc.rules.push({ items: [{ kind: 'goto', chain: lbChain(s) }], comment: s.name });
     out.chains.push(svc);
     return;
   }
@@ -252,8 +252,8 @@ function ownParts(s: Service, out: { chains: Chain[]; sets: NamedSet[] }): void 
   s.endpoints.forEach((e, i) => {
     svc.rules.push({
       items: [
-        { t: 'in-set', key: { fields: ['saddr'] }, set: sets[i]! },
-        { t: 'goto', chain: seps[i]! },
+        { kind: 'in-set', key: { fields: ['saddr'] }, set: sets[i]! },
+        { kind: 'goto', chain: seps[i]! },
       ],
       comment: `${s.name} -> ${formatHostPort(e.ip, e.port)}`,
     });
@@ -261,7 +261,7 @@ function ownParts(s: Service, out: { chains: Chain[]; sets: NamedSet[] }): void 
   });
   // The choice among endpoints, remembered per client by the set its sep chain updates.
   if (s.endpoints.length === 1) {
-    svc.rules.push({ items: [{ t: 'goto', chain: seps[0]! }], comment: s.name });
+    svc.rules.push({ items: [{ kind: 'goto', chain: seps[0]! }], comment: s.name });
   } else {
     const total = totalWeight(s);
     const vmap: Element[] = ranges(s).map((r, i) => ({
@@ -269,7 +269,7 @@ function ownParts(s: Service, out: { chains: Chain[]; sets: NamedSet[] }): void 
       data: { verdict: 'goto', chain: seps[i]! },
     }));
     svc.rules.push({
-      items: [{ t: 'vmap', key: { fields: ['numgen'], mod: total }, map: { interval: true, elements: vmap } }],
+      items: [{ kind: 'vmap', key: { fields: ['numgen'], mod: total }, map: { interval: true, elements: vmap } }],
       comment: s.name,
     });
   }
@@ -278,9 +278,9 @@ function ownParts(s: Service, out: { chains: Chain[]; sets: NamedSet[] }): void 
     out.chains.push({
       name: seps[i]!,
       rules: [
-        { items: [{ t: 'set-update', key: { fields: ['saddr'] }, set: sets[i]! }] },
+        { items: [{ kind: 'set-update', key: { fields: ['saddr'] }, set: sets[i]! }] },
         {
-          items: [{ t: 'l4proto', proto: s.proto }, { t: 'counter' }, { t: 'dnat', ip: e.ip, port: e.port }],
+          items: [{ kind: 'l4proto', proto: s.proto }, { kind: 'counter' }, { kind: 'dnat', ip: e.ip, port: e.port }],
           comment: s.name,
         },
       ],
@@ -303,20 +303,20 @@ export const lbOf = (s: Service): string | undefined => (goesToLb(s) ? lbChain(s
 function natRuleItems(r: NatRule): { chain: 'dnat-rules' | 'snat-rules'; rule: Rule } {
   switch (r.kind) {
     case 'masquerade': {
-      const items: Item[] = [{ t: 'addr', field: 'saddr', cidr: r.source }];
-      if (r.destination) items.push({ t: 'addr', field: 'daddr', cidr: r.destination });
-      if (r.outNot) items.push({ t: 'oifname', name: r.outNot, not: true });
-      items.push({ t: 'masquerade' });
+      const items: Item[] = [{ kind: 'addr', field: 'saddr', cidr: r.source }];
+      if (r.destination) items.push({ kind: 'addr', field: 'daddr', cidr: r.destination });
+      if (r.outNot) items.push({ kind: 'oifname', name: r.outNot, not: true });
+      items.push({ kind: 'masquerade' });
       return {
         chain: 'snat-rules',
         rule: { items, comment: `tsnet masquerade ${r.source}${r.destination ? ` to ${r.destination}` : ''}` },
       };
     }
     case 'snat': {
-      const items: Item[] = [{ t: 'addr', field: 'saddr', cidr: r.source }];
-      if (r.destination) items.push({ t: 'addr', field: 'daddr', cidr: r.destination });
-      if (r.out) items.push({ t: 'oifname', name: r.out });
-      items.push({ t: 'snat', ip: r.toSource });
+      const items: Item[] = [{ kind: 'addr', field: 'saddr', cidr: r.source }];
+      if (r.destination) items.push({ kind: 'addr', field: 'daddr', cidr: r.destination });
+      if (r.out) items.push({ kind: 'oifname', name: r.out });
+      items.push({ kind: 'snat', ip: r.toSource });
       return { chain: 'snat-rules', rule: { items, comment: `tsnet snat ${r.source}` } };
     }
     case 'dnat':
@@ -324,10 +324,10 @@ function natRuleItems(r: NatRule): { chain: 'dnat-rules' | 'snat-rules'; rule: R
         chain: 'dnat-rules',
         rule: {
           items: [
-            { t: 'addr', field: 'daddr', cidr: r.destination },
-            { t: 'l4proto', proto: r.proto },
-            { t: 'dport', port: r.port },
-            { t: 'dnat', ip: r.toIp, port: r.toPort },
+            { kind: 'addr', field: 'daddr', cidr: r.destination },
+            { kind: 'l4proto', proto: r.proto },
+            { kind: 'dport', port: r.port },
+            { kind: 'dnat', ip: r.toIp, port: r.toPort },
           ],
           comment: `tsnet dnat ${formatHostPort(r.destination, r.port)}`,
         },
@@ -340,41 +340,42 @@ function forwardRules(f: Forward): { dnat: Rule; snat: Rule[]; accept: Rule } {
   const comment = `tsnet forward ${f.name}`;
   const dnat: Rule = {
     items: [
-      f.listen ? { t: 'addr', field: 'daddr', cidr: f.listen } : { t: 'local-daddr' },
-      { t: 'l4proto', proto: f.proto },
-      { t: 'dport', port: f.listenPort },
-      { t: 'dnat', ip: f.targetIp, port: f.targetPort },
+      f.listen ? { kind: 'addr', field: 'daddr', cidr: f.listen } : { kind: 'local-daddr' },
+      { kind: 'l4proto', proto: f.proto },
+      { kind: 'dport', port: f.listenPort },
+      { kind: 'dnat', ip: f.targetIp, port: f.targetPort },
     ],
     comment,
   };
-  const mine: Item[] = [{ t: 'ct-dnat' }, { t: 'ct-orig-dport', port: f.listenPort }];
+  const mine: Item[] = [{ kind: 'ct-dnat' }, { kind: 'ct-orig-dport', port: f.listenPort }];
   const toTarget: Item[] = [
-    { t: 'addr', field: 'daddr', cidr: f.targetIp },
-    { t: 'l4proto', proto: f.proto },
-    { t: 'dport', port: f.targetPort },
+    { kind: 'addr', field: 'daddr', cidr: f.targetIp },
+    { kind: 'l4proto', proto: f.proto },
+    { kind: 'dport', port: f.targetPort },
     ...mine,
   ];
   const snat: Rule[] = [];
-  if (f.snat === 'auto' || f.snat === 'masquerade') snat.push({ items: [...toTarget, { t: 'masquerade' }], comment });
-  else if (f.snat !== 'none') snat.push({ items: [...toTarget, { t: 'snat', ip: f.snat }], comment });
+  if (f.snat === 'auto' || f.snat === 'masquerade')
+    snat.push({ items: [...toTarget, { kind: 'masquerade' }], comment });
+  else if (f.snat !== 'none') snat.push({ items: [...toTarget, { kind: 'snat', ip: f.snat }], comment });
   // Clients of 127.0.0.1 cannot keep that source on the wire, whatever --snat says.
   if (f.snat === 'none' && servesLoopback(f))
     snat.push({
       items: [
-        { t: 'addr', field: 'saddr', cidr: '127.0.0.0/8' },
-        { t: 'l4proto', proto: f.proto },
+        { kind: 'addr', field: 'saddr', cidr: '127.0.0.0/8' },
+        { kind: 'l4proto', proto: f.proto },
         ...mine,
-        { t: 'masquerade' },
+        { kind: 'masquerade' },
       ],
       comment,
     });
   const accept: Rule = {
     items: [
-      { t: 'l4proto', proto: f.proto },
+      { kind: 'l4proto', proto: f.proto },
       ...mine,
-      { t: 'ct-reply-saddr', ip: f.targetIp },
-      { t: 'ct-reply-sport', port: f.targetPort },
-      { t: 'verdict', verdict: 'accept' },
+      { kind: 'ct-reply-saddr', ip: f.targetIp },
+      { kind: 'ct-reply-sport', port: f.targetPort },
+      { kind: 'verdict', verdict: 'accept' },
     ],
     comment,
   };
@@ -384,11 +385,11 @@ function forwardRules(f: Forward): { dnat: Rule; snat: Rule[]; accept: Rule } {
 /** kube-proxy's guard for route_localnet (CVE-2020-8558): nothing from outside reaches 127.0.0.0/8 unless it was DNATed. */
 const LOCALNET_GUARD: Rule = {
   items: [
-    { t: 'addr', field: 'daddr', cidr: '127.0.0.0/8' },
-    { t: 'addr', field: 'saddr', cidr: '127.0.0.0/8', not: true },
-    { t: 'ct-not-established' },
-    { t: 'ct-dnat', not: true },
-    { t: 'verdict', verdict: 'drop' },
+    { kind: 'addr', field: 'daddr', cidr: '127.0.0.0/8' },
+    { kind: 'addr', field: 'saddr', cidr: '127.0.0.0/8', not: true },
+    { kind: 'ct-not-established' },
+    { kind: 'ct-dnat', not: true },
+    { kind: 'verdict', verdict: 'drop' },
   ],
   comment: LOCALNET_COMMENT,
 };
@@ -419,7 +420,7 @@ export function globalChains(st: Pick<DesiredState, 'rules' | 'forwards'>, famil
   const forwards = st.forwards.filter((f) => familyOf(f.targetIp) === family).map(forwardRules);
   const chain = (name: string, rs: Rule[], hook?: Chain['hook']): Chain =>
     hook ? { name, hook, rules: rs } : { name, rules: rs };
-  const jump = (c: string): Rule => ({ items: [{ t: 'jump', chain: c }] });
+  const jump = (c: string): Rule => ({ items: [{ kind: 'jump', chain: c }] });
   const firstInFilter: Record<'input' | 'forward' | 'output', Rule[]> = {
     input:
       family === 4 && st.forwards.some((f) => familyOf(f.targetIp) === 4 && servesLoopback(f)) ? [LOCALNET_GUARD] : [],
@@ -427,29 +428,29 @@ export function globalChains(st: Pick<DesiredState, 'rules' | 'forwards'>, famil
     output: [],
   };
   return [
-    chain(CANARY, [{ items: [{ t: 'counter' }], comment: CANARY_COMMENT }]),
-    chain('services', [{ items: [{ t: 'vmap', key: SERVICE_KEY, map: SERVICE_IPS }] }]),
-    chain('filter-services', [{ items: [{ t: 'vmap', key: SERVICE_KEY, map: NO_ENDPOINTS }] }]),
-    chain(REJECT_CHAIN, [{ items: [{ t: 'reject' }] }]),
-    chain(MARK_MASQ, [{ items: [{ t: 'mark-set', op: 'or', bits: MASQ_MARK }] }]),
+    chain(CANARY, [{ items: [{ kind: 'counter' }], comment: CANARY_COMMENT }]),
+    chain('services', [{ items: [{ kind: 'vmap', key: SERVICE_KEY, map: SERVICE_IPS }] }]),
+    chain('filter-services', [{ items: [{ kind: 'vmap', key: SERVICE_KEY, map: NO_ENDPOINTS }] }]),
+    chain(REJECT_CHAIN, [{ items: [{ kind: 'reject' }] }]),
+    chain(MARK_MASQ, [{ items: [{ kind: 'mark-set', op: 'or', bits: MASQ_MARK }] }]),
     chain('masquerading', [
       {
         items: [
-          { t: 'ct-dnat' },
-          { t: 'in-set', key: { fields: ['saddr', 'daddr'] }, set: HAIRPIN },
-          { t: 'masquerade' },
+          { kind: 'ct-dnat' },
+          { kind: 'in-set', key: { fields: ['saddr', 'daddr'] }, set: HAIRPIN },
+          { kind: 'masquerade' },
         ],
         comment: HAIRPIN_COMMENT,
       },
       {
         items: [
-          { t: 'mark-clear', bits: MASQ_MARK },
-          { t: 'verdict', verdict: 'return' },
+          { kind: 'mark-clear', bits: MASQ_MARK },
+          { kind: 'verdict', verdict: 'return' },
         ],
       },
       // Clear the mark so a packet that passes this chain again is not masqueraded twice.
-      { items: [{ t: 'mark-set', op: 'xor', bits: MASQ_MARK }] },
-      { items: [{ t: 'masquerade' }], comment: MASQ_COMMENT },
+      { items: [{ kind: 'mark-set', op: 'xor', bits: MASQ_MARK }] },
+      { items: [{ kind: 'masquerade' }], comment: MASQ_COMMENT },
     ]),
     chain('dnat-rules', [
       ...rules.filter((r) => r.chain === 'dnat-rules').map((r) => r.rule),
@@ -477,7 +478,7 @@ export function globalChains(st: Pick<DesiredState, 'rules' | 'forwards'>, famil
     ...(['input', 'forward', 'output'] as const).map((hook) =>
       chain(
         `filter-${hook}`,
-        [...firstInFilter[hook], { items: [{ t: 'ct-new' }, { t: 'jump', chain: 'filter-services' }] }],
+        [...firstInFilter[hook], { items: [{ kind: 'ct-new' }, { kind: 'jump', chain: 'filter-services' }] }],
         {
           type: 'filter',
           hook,

@@ -37,40 +37,40 @@ const ADDR_OFFSET = { 4: { saddr: 12, daddr: 16 }, 6: { saddr: 8, daddr: 24 } } 
 export const FIELDS: Record<Field, FieldSpec> = {
   saddr: {
     len: addrLen,
-    load: (f, dreg) => ({ expr: 'payload', base: 'network', offset: ADDR_OFFSET[f].saddr, len: addrLen(f), dreg }),
+    load: (f, dreg) => ({ kind: 'payload', base: 'network', offset: ADDR_OFFSET[f].saddr, len: addrLen(f), dreg }),
     encode: (v) => ipToBuffer(String(v)),
   },
   daddr: {
     len: addrLen,
-    load: (f, dreg) => ({ expr: 'payload', base: 'network', offset: ADDR_OFFSET[f].daddr, len: addrLen(f), dreg }),
+    load: (f, dreg) => ({ kind: 'payload', base: 'network', offset: ADDR_OFFSET[f].daddr, len: addrLen(f), dreg }),
     encode: (v) => ipToBuffer(String(v)),
   },
   l4proto: {
     len: () => 1,
     host: { size: 2 },
-    load: (_f, dreg) => ({ expr: 'meta', key: 'l4proto', dreg }),
+    load: (_f, dreg) => ({ kind: 'meta', key: 'l4proto', dreg }),
     encode: (v) => Buffer.from([PROTO[String(v)] ?? Number(v)]),
   },
   sport: {
     len: () => 2,
-    load: (_f, dreg) => ({ expr: 'payload', base: 'transport', offset: 0, len: 2, dreg }),
+    load: (_f, dreg) => ({ kind: 'payload', base: 'transport', offset: 0, len: 2, dreg }),
     encode: (v) => be16(Number(v)),
   },
   dport: {
     len: () => 2,
-    load: (_f, dreg) => ({ expr: 'payload', base: 'transport', offset: 2, len: 2, dreg }),
+    load: (_f, dreg) => ({ kind: 'payload', base: 'transport', offset: 2, len: 2, dreg }),
     encode: (v) => be16(Number(v)),
   },
   mark: {
     len: () => 4,
     host: { size: 4 },
-    load: (_f, dreg) => ({ expr: 'meta', key: 'mark', dreg }),
+    load: (_f, dreg) => ({ kind: 'meta', key: 'mark', dreg }),
     encode: (v) => u32le(Number(v)),
   },
   numgen: {
     len: () => 4,
     host: { size: 4 },
-    load: (_f, dreg, mod) => ({ expr: 'numgen', dreg, mod: mod ?? 1 }),
+    load: (_f, dreg, mod) => ({ kind: 'numgen', dreg, mod: mod ?? 1 }),
     encode: (v) => u32le(Number(v)),
   },
 };
@@ -95,7 +95,7 @@ export function loadKey(key: KeyExpr, family: Family, interval: boolean): Expr[]
     const reg = regOf(slot);
     out.push(spec.load(family, reg, key.mod));
     if (interval && spec.host)
-      out.push({ expr: 'byteorder', op: 'hton', sreg: reg, dreg: reg, size: spec.host.size, len: spec.len(family) });
+      out.push({ kind: 'byteorder', op: 'hton', sreg: reg, dreg: reg, size: spec.host.size, len: spec.len(family) });
     slot += slots(spec.len(family));
   }
   return out;
@@ -221,32 +221,32 @@ function addrMatch(field: 'saddr' | 'daddr', cidr: string, not: boolean, family:
   const offset = ADDR_OFFSET[family][field];
   if (c.prefix === full * 8)
     return [
-      { expr: 'payload', base: 'network', offset, len: full, dreg: 1 },
-      { expr: 'cmp', sreg: 1, op, data: ipToBuffer(c.address) },
+      { kind: 'payload', base: 'network', offset, len: full, dreg: 1 },
+      { kind: 'cmp', sreg: 1, op, data: ipToBuffer(c.address) },
     ];
   if (c.prefix % 8 === 0) {
     // A byte-aligned prefix: nft loads only the prefix's bytes.
     const n = c.prefix / 8;
     return [
-      { expr: 'payload', base: 'network', offset, len: n, dreg: 1 },
-      { expr: 'cmp', sreg: 1, op, data: net.subarray(0, n) },
+      { kind: 'payload', base: 'network', offset, len: n, dreg: 1 },
+      { kind: 'cmp', sreg: 1, op, data: net.subarray(0, n) },
     ];
   }
   const mask = Buffer.alloc(full);
   for (let i = 0; i < c.prefix; i++) mask[i >> 3]! |= 0x80 >> (i & 7);
   return [
-    { expr: 'payload', base: 'network', offset, len: full, dreg: 1 },
-    { expr: 'bitwise', sreg: 1, dreg: 1, mask, xor: Buffer.alloc(full) },
-    { expr: 'cmp', sreg: 1, op, data: net },
+    { kind: 'payload', base: 'network', offset, len: full, dreg: 1 },
+    { kind: 'bitwise', sreg: 1, dreg: 1, mask, xor: Buffer.alloc(full) },
+    { kind: 'cmp', sreg: 1, op, data: net },
   ];
 }
 
 /** ct state / ct status bits, tested the way nft does: `& BITS` then `!= 0` (any set) or `== 0` (none set). */
 function ctBits(key: 'state' | 'status', bits: number, any: boolean): Expr[] {
   return [
-    { expr: 'ct', key, dreg: 1 },
-    { expr: 'bitwise', sreg: 1, dreg: 1, mask: u32le(bits), xor: u32le(0) },
-    { expr: 'cmp', sreg: 1, op: any ? 'neq' : 'eq', data: u32le(0) },
+    { kind: 'ct', key, dreg: 1 },
+    { kind: 'bitwise', sreg: 1, dreg: 1, mask: u32le(bits), xor: u32le(0) },
+    { kind: 'cmp', sreg: 1, op: any ? 'neq' : 'eq', data: u32le(0) },
   ];
 }
 const CT_STATE = { established: 0x2, related: 0x4, new: 0x8 };
@@ -261,25 +261,25 @@ function ifname(name: string): Buffer {
 /** The kernel expressions of one rule item; `anonymousSet` names the set an anonymous vmap was given in this batch. */
 export function lowerItem(item: Item, cx: LowerContext, anonymousSet?: { name: string; id: number }): Expr[] {
   const fam = cx.family;
-  switch (item.t) {
+  switch (item.kind) {
     case 'addr':
       return addrMatch(item.field, item.cidr, item.not ?? false, fam);
     case 'local-daddr':
       return [
-        { expr: 'fib', dreg: 1, result: 'addrtype', flags: NFT_FIB_F.daddr },
-        { expr: 'cmp', sreg: 1, op: 'eq', data: u32le(2) },
+        { kind: 'fib', dreg: 1, result: 'addrtype', flags: NFT_FIB_F.daddr },
+        { kind: 'cmp', sreg: 1, op: 'eq', data: u32le(2) },
       ];
     case 'l4proto':
       return [
         FIELDS.l4proto.load(fam, 1),
-        { expr: 'cmp', sreg: 1, op: 'eq', data: FIELDS.l4proto.encode(item.proto, fam) },
+        { kind: 'cmp', sreg: 1, op: 'eq', data: FIELDS.l4proto.encode(item.proto, fam) },
       ];
     case 'dport':
-      return [FIELDS.dport.load(fam, 1), { expr: 'cmp', sreg: 1, op: 'eq', data: be16(item.port) }];
+      return [FIELDS.dport.load(fam, 1), { kind: 'cmp', sreg: 1, op: 'eq', data: be16(item.port) }];
     case 'oifname':
       return [
-        { expr: 'meta', key: 'oifname', dreg: 1 },
-        { expr: 'cmp', sreg: 1, op: item.not ? 'neq' : 'eq', data: ifname(item.name) },
+        { kind: 'meta', key: 'oifname', dreg: 1 },
+        { kind: 'cmp', sreg: 1, op: item.not ? 'neq' : 'eq', data: ifname(item.name) },
       ];
     case 'ct-new':
       return ctBits('state', CT_STATE.new, true);
@@ -289,91 +289,91 @@ export function lowerItem(item: Item, cx: LowerContext, anonymousSet?: { name: s
       return ctBits('status', IPS_DST_NAT, !item.not);
     case 'ct-orig-dport':
       return [
-        { expr: 'ct', key: 'proto_dst', dir: 'original', dreg: 1 },
-        { expr: 'cmp', sreg: 1, op: 'eq', data: be16(item.port) },
+        { kind: 'ct', key: 'proto_dst', dir: 'original', dreg: 1 },
+        { kind: 'cmp', sreg: 1, op: 'eq', data: be16(item.port) },
       ];
     case 'ct-reply-saddr':
       return [
-        { expr: 'ct', key: fam === 6 ? 'src_ip6' : 'src_ip', dir: 'reply', dreg: 1 },
-        { expr: 'cmp', sreg: 1, op: 'eq', data: ipToBuffer(item.ip) },
+        { kind: 'ct', key: fam === 6 ? 'src_ip6' : 'src_ip', dir: 'reply', dreg: 1 },
+        { kind: 'cmp', sreg: 1, op: 'eq', data: ipToBuffer(item.ip) },
       ];
     case 'ct-reply-sport':
       return [
-        { expr: 'ct', key: 'proto_src', dir: 'reply', dreg: 1 },
-        { expr: 'cmp', sreg: 1, op: 'eq', data: be16(item.port) },
+        { kind: 'ct', key: 'proto_src', dir: 'reply', dreg: 1 },
+        { kind: 'cmp', sreg: 1, op: 'eq', data: be16(item.port) },
       ];
     case 'mark-clear':
       return [
-        { expr: 'meta', key: 'mark', dreg: 1 },
-        { expr: 'bitwise', sreg: 1, dreg: 1, mask: u32le(item.bits), xor: u32le(0), explicitOp: true },
-        { expr: 'cmp', sreg: 1, op: 'eq', data: u32le(0) },
+        { kind: 'meta', key: 'mark', dreg: 1 },
+        { kind: 'bitwise', sreg: 1, dreg: 1, mask: u32le(item.bits), xor: u32le(0), explicitOp: true },
+        { kind: 'cmp', sreg: 1, op: 'eq', data: u32le(0) },
       ];
     case 'in-set': {
       const s = cx.set(item.set);
       return [
         ...loadKey(item.key, fam, s.interval),
-        { expr: 'lookup', sreg: 1, set: item.set, ...(s.id === undefined ? {} : { setId: s.id }) },
+        { kind: 'lookup', sreg: 1, set: item.set, ...(s.id === undefined ? {} : { setId: s.id }) },
       ];
     }
     case 'counter':
-      return [{ expr: 'counter' }];
+      return [{ kind: 'counter' }];
     case 'verdict':
-      return [{ expr: 'verdict', verdict: { code: item.verdict } }];
+      return [{ kind: 'verdict', verdict: { code: item.verdict } }];
     case 'jump':
     case 'goto':
-      return [{ expr: 'verdict', verdict: { code: item.t, chain: item.chain } }];
+      return [{ kind: 'verdict', verdict: { code: item.kind, chain: item.chain } }];
     case 'vmap': {
       if (typeof item.map !== 'string') {
         if (!anonymousSet) throw new Error('lowering an anonymous vmap needs the set it was given');
         return [
           ...loadKey(item.key, fam, item.map.interval),
-          { expr: 'lookup', sreg: 1, set: anonymousSet.name, setId: anonymousSet.id, dreg: 0 },
+          { kind: 'lookup', sreg: 1, set: anonymousSet.name, setId: anonymousSet.id, dreg: 0 },
         ];
       }
       const s = cx.set(item.map);
       return [
         ...loadKey(item.key, fam, s.interval),
-        { expr: 'lookup', sreg: 1, set: item.map, dreg: 0, ...(s.id === undefined ? {} : { setId: s.id }) },
+        { kind: 'lookup', sreg: 1, set: item.map, dreg: 0, ...(s.id === undefined ? {} : { setId: s.id }) },
       ];
     }
     case 'dnat':
       return [
-        { expr: 'immediate', dreg: 1, data: ipToBuffer(item.ip) },
-        { expr: 'immediate', dreg: 2, data: be16(item.port) },
-        { expr: 'nat', type: 'dnat', family: fam, regAddrMin: 1, regProtoMin: 2, flags: NF_NAT_RANGE.PROTO_SPECIFIED },
+        { kind: 'immediate', dreg: 1, data: ipToBuffer(item.ip) },
+        { kind: 'immediate', dreg: 2, data: be16(item.port) },
+        { kind: 'nat', type: 'dnat', family: fam, regAddrMin: 1, regProtoMin: 2, flags: NF_NAT_RANGE.PROTO_SPECIFIED },
       ];
     case 'dnat-map': {
       const s = cx.set(item.map);
       // The map's value is address . port: the port starts in the slot after the address.
       return [
         ...loadKey(item.key, fam, s.interval),
-        { expr: 'lookup', sreg: 1, set: item.map, dreg: 1, ...(s.id === undefined ? {} : { setId: s.id }) },
-        { expr: 'nat', type: 'dnat', family: fam, regAddrMin: 1, regProtoMin: regOf(slots(addrLen(fam))) },
+        { kind: 'lookup', sreg: 1, set: item.map, dreg: 1, ...(s.id === undefined ? {} : { setId: s.id }) },
+        { kind: 'nat', type: 'dnat', family: fam, regAddrMin: 1, regProtoMin: regOf(slots(addrLen(fam))) },
       ];
     }
     case 'snat':
       return [
-        { expr: 'immediate', dreg: 1, data: ipToBuffer(item.ip) },
-        { expr: 'nat', type: 'snat', family: fam, regAddrMin: 1, flags: NF_NAT_RANGE.PROTO_RANDOM_FULLY },
+        { kind: 'immediate', dreg: 1, data: ipToBuffer(item.ip) },
+        { kind: 'nat', type: 'snat', family: fam, regAddrMin: 1, flags: NF_NAT_RANGE.PROTO_RANDOM_FULLY },
       ];
     case 'masquerade':
-      return [{ expr: 'masq', flags: NF_NAT_RANGE.PROTO_RANDOM_FULLY }];
+      return [{ kind: 'masq', flags: NF_NAT_RANGE.PROTO_RANDOM_FULLY }];
     case 'mark-set': {
       const mask = item.op === 'or' ? ~item.bits >>> 0 : 0xffffffff;
       return [
-        { expr: 'meta', key: 'mark', dreg: 1 },
-        { expr: 'bitwise', sreg: 1, dreg: 1, mask: u32le(mask), xor: u32le(item.bits), explicitOp: true },
-        { expr: 'meta-set', key: 'mark', sreg: 1 },
+        { kind: 'meta', key: 'mark', dreg: 1 },
+        { kind: 'bitwise', sreg: 1, dreg: 1, mask: u32le(mask), xor: u32le(item.bits), explicitOp: true },
+        { kind: 'meta-set', key: 'mark', sreg: 1 },
       ];
     }
     case 'set-update': {
       const s = cx.set(item.set);
       return [
         ...loadKey(item.key, fam, s.interval),
-        { expr: 'dynset', op: 'update', sregKey: 1, set: item.set, ...(s.id === undefined ? {} : { setId: s.id }) },
+        { kind: 'dynset', op: 'update', sregKey: 1, set: item.set, ...(s.id === undefined ? {} : { setId: s.id }) },
       ];
     }
     case 'reject':
-      return [{ expr: 'reject', type: 0, code: fam === 6 ? 4 : 3 }];
+      return [{ kind: 'reject', type: 0, code: fam === 6 ? 4 : 3 }];
   }
 }

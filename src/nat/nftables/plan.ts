@@ -7,16 +7,16 @@
 import type { Chain, ElementList, NamedSet, Rule, Ruleset } from './ruleset';
 
 export type Op =
-  | { op: 'add-table' }
-  | { op: 'delete-table' }
-  | { op: 'add-set'; set: NamedSet }
-  | { op: 'delete-set'; name: string }
-  | { op: 'add-chain'; chain: Chain }
-  | { op: 'flush-chain'; name: string }
-  | { op: 'delete-chain'; name: string }
-  | { op: 'add-rules'; chain: string; rules: Rule[] }
-  | { op: 'add-elements'; set: string; elements: ElementList }
-  | { op: 'delete-elements'; set: string; elements: ElementList };
+  | { kind: 'add-table' }
+  | { kind: 'delete-table' }
+  | { kind: 'add-set'; set: NamedSet }
+  | { kind: 'delete-set'; name: string }
+  | { kind: 'add-chain'; chain: Chain }
+  | { kind: 'flush-chain'; name: string }
+  | { kind: 'delete-chain'; name: string }
+  | { kind: 'add-rules'; chain: string; rules: Rule[] }
+  | { kind: 'add-elements'; set: string; elements: ElementList }
+  | { kind: 'delete-elements'; set: string; elements: ElementList };
 
 /** Bumped when the layout changes shape: a record of another layout forces a full sync. */
 export const LAYOUT = '3';
@@ -33,13 +33,13 @@ export interface Plan {
 
 /** Everything, from nothing: the table is deleted and rebuilt in the same transaction, so there is no moment without rules. */
 export function fullPlan(rs: Ruleset): Plan {
-  const ops: Op[] = [{ op: 'add-table' }, { op: 'delete-table' }, { op: 'add-table' }];
-  for (const s of rs.sets) ops.push({ op: 'add-set', set: s });
-  for (const c of rs.chains) ops.push({ op: 'add-chain', chain: c });
-  for (const c of rs.chains) if (c.rules.length) ops.push({ op: 'add-rules', chain: c.name, rules: c.rules });
+  const ops: Op[] = [{ kind: 'add-table' }, { kind: 'delete-table' }, { kind: 'add-table' }];
+  for (const s of rs.sets) ops.push({ kind: 'add-set', set: s });
+  for (const c of rs.chains) ops.push({ kind: 'add-chain', chain: c });
+  for (const c of rs.chains) if (c.rules.length) ops.push({ kind: 'add-rules', chain: c.name, rules: c.rules });
   let elements = 0;
   for (const [set, es] of rs.elements) {
-    if (es.length) ops.push({ op: 'add-elements', set, elements: es });
+    if (es.length) ops.push({ kind: 'add-elements', set, elements: es });
     elements += es.length;
   }
   return { ops, full: true, written: rs.chains.length + elements, deleted: 0 };

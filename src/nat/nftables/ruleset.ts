@@ -34,31 +34,31 @@ export type Value = string | number | readonly [number, number];
 
 export type Item =
   // --- matches
-  | { t: 'addr'; field: 'saddr' | 'daddr'; cidr: string; not?: boolean } // ip saddr [!=] 10.0.0.0/8
-  | { t: 'local-daddr' } // fib daddr type local
-  | { t: 'l4proto'; proto: Proto } // meta l4proto tcp
-  | { t: 'dport'; port: number } // th dport 80
-  | { t: 'oifname'; name: string; not?: boolean } // oifname [!=] "br0"
-  | { t: 'ct-new' } // ct state new
-  | { t: 'ct-not-established' } // ct state & (established | related) == 0
-  | { t: 'ct-dnat'; not?: boolean } // ct status dnat | ct status & dnat == 0
-  | { t: 'ct-orig-dport'; port: number } // ct original proto-dst 3308
-  | { t: 'ct-reply-saddr'; ip: string } // ct reply ip saddr 10.0.0.9
-  | { t: 'ct-reply-sport'; port: number } // ct reply proto-src 3309
-  | { t: 'mark-clear'; bits: number } // meta mark & 0x40000 == 0
-  | { t: 'in-set'; key: KeyExpr; set: string } // ip saddr . ip daddr @hairpin
+  | { kind: 'addr'; field: 'saddr' | 'daddr'; cidr: string; not?: boolean } // ip saddr [!=] 10.0.0.0/8
+  | { kind: 'local-daddr' } // fib daddr type local
+  | { kind: 'l4proto'; proto: Proto } // meta l4proto tcp
+  | { kind: 'dport'; port: number } // th dport 80
+  | { kind: 'oifname'; name: string; not?: boolean } // oifname [!=] "br0"
+  | { kind: 'ct-new' } // ct state new
+  | { kind: 'ct-not-established' } // ct state & (established | related) == 0
+  | { kind: 'ct-dnat'; not?: boolean } // ct status dnat | ct status & dnat == 0
+  | { kind: 'ct-orig-dport'; port: number } // ct original proto-dst 3308
+  | { kind: 'ct-reply-saddr'; ip: string } // ct reply ip saddr 10.0.0.9
+  | { kind: 'ct-reply-sport'; port: number } // ct reply proto-src 3309
+  | { kind: 'mark-clear'; bits: number } // meta mark & 0x40000 == 0
+  | { kind: 'in-set'; key: KeyExpr; set: string } // ip saddr . ip daddr @hairpin
   // --- statements
-  | { t: 'counter' }
-  | { t: 'verdict'; verdict: 'accept' | 'drop' | 'return' }
-  | { t: 'jump' | 'goto'; chain: string }
-  | { t: 'vmap'; key: KeyExpr; map: string | AnonymousVmap } // KEY vmap @map, KEY vmap { ... }
-  | { t: 'dnat'; ip: string; port: number } // dnat to 10.0.0.2:8080
-  | { t: 'dnat-map'; key: KeyExpr; map: string } // dnat ip to KEY map @map
-  | { t: 'snat'; ip: string } // snat to 1.2.3.4 fully-random
-  | { t: 'masquerade' } // masquerade fully-random
-  | { t: 'mark-set'; op: 'or' | 'xor'; bits: number } // meta mark set meta mark | 0x40000
-  | { t: 'set-update'; key: KeyExpr; set: string } // update @aff { ip saddr }
-  | { t: 'reject' };
+  | { kind: 'counter' }
+  | { kind: 'verdict'; verdict: 'accept' | 'drop' | 'return' }
+  | { kind: 'jump' | 'goto'; chain: string }
+  | { kind: 'vmap'; key: KeyExpr; map: string | AnonymousVmap } // KEY vmap @map, KEY vmap { ... }
+  | { kind: 'dnat'; ip: string; port: number } // dnat to 10.0.0.2:8080
+  | { kind: 'dnat-map'; key: KeyExpr; map: string } // dnat ip to KEY map @map
+  | { kind: 'snat'; ip: string } // snat to 1.2.3.4 fully-random
+  | { kind: 'masquerade' } // masquerade fully-random
+  | { kind: 'mark-set'; op: 'or' | 'xor'; bits: number } // meta mark set meta mark | 0x40000
+  | { kind: 'set-update'; key: KeyExpr; set: string } // update @aff { ip saddr }
+  | { kind: 'reject' };
 
 /** An anonymous verdict map written inside its rule (`vmap { 0 : goto a, 1-2 : goto b }`): a first-class set of its own on the wire. */
 export interface AnonymousVmap {

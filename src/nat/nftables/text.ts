@@ -66,7 +66,7 @@ export function elementText(e: Element): string {
 /** One rule item in nft syntax. */
 export function formatItem(it: Item, family: Family): string {
   const ip = ipf(family);
-  switch (it.t) {
+  switch (it.kind) {
     case 'addr':
       return `${ip} ${it.field} ${it.not ? '!= ' : ''}${cidrText(it.cidr)}`;
     case 'local-daddr':
@@ -99,7 +99,7 @@ export function formatItem(it: Item, family: Family): string {
       return it.verdict;
     case 'jump':
     case 'goto':
-      return `${it.t} ${it.chain}`;
+      return `${it.kind} ${it.chain}`;
     case 'vmap':
       return typeof it.map === 'string'
         ? `${keyText(it.key, family)} vmap @${it.map}`
@@ -148,7 +148,7 @@ export function script(ops: readonly Op[], family: Family): string {
   const t = `${ipf(family)} ${NFT_TABLE}`;
   const lines: string[] = [];
   for (const op of ops) {
-    switch (op.op) {
+    switch (op.kind) {
       case 'add-table':
         lines.push(`add table ${t}`);
         break;
@@ -182,8 +182,8 @@ export function script(ops: readonly Op[], family: Family): string {
         for (let i = 0; i < op.elements.length; i += ELEMENTS_PER_COMMAND) {
           const chunk = elementsOf(op.elements, i, i + ELEMENTS_PER_COMMAND);
           const text =
-            op.op === 'add-elements' ? chunk.map(elementText) : chunk.map((e) => e.key.map(valueText).join(' . '));
-          lines.push(`${op.op === 'add-elements' ? 'add' : 'delete'} element ${t} ${op.set} { ${text.join(', ')} }`);
+            op.kind === 'add-elements' ? chunk.map(elementText) : chunk.map((e) => e.key.map(valueText).join(' . '));
+          lines.push(`${op.kind === 'add-elements' ? 'add' : 'delete'} element ${t} ${op.set} { ${text.join(', ')} }`);
         }
         break;
     }
