@@ -25,7 +25,7 @@ import { TsnetError, contextualize, hasCode, invalid } from '../errors';
 import { readJson, stateDir as defaultStateDir, writeJsonAtomic } from '../state';
 import { errorInvocation, invoke, PLUGINS, type Invocation, type PluginName } from '../cni/plugin';
 import { CniError, CNI_ERR } from '../cni/errors';
-import { NatEngine, onSync, type NatChange, type SyncEvent } from '../nat/engine';
+import { EnginePool, type NatChange, type SyncEvent } from '../nat/engine';
 import { NAT_OPS } from '../nat/changes';
 import { parseBackend, type BackendChoice } from '../nat/backends';
 import { resolve as netnsResolve, type NetNs } from '../netns';
@@ -161,7 +161,8 @@ export class Agent {
   /** NAT state directories this agent has served: what the resync loop watches (kept across restarts). */
   private readonly natDirs = new Set<string>();
   private readonly log: (line: string) => void;
-  private readonly unsubscribe: () => void;
+  /** This agent's NAT engines: resident (the state parsed and indexed once), every sync observed for metrics and the log. */
+  readonly engines: EnginePool;
   private resyncing?: Promise<void>;
   private passes = 0;
 
@@ -180,9 +181,7 @@ export class Agent {
     this.resyncIntervalMs = opts.resyncIntervalMs ?? DEFAULT_RESYNC_MS;
     this.fullSyncIntervalMs = opts.fullSyncIntervalMs ?? DEFAULT_FULL_SYNC_MS;
     this.log = opts.log ?? ((line) => process.stderr.write(`${new Date().toISOString()} ${line}\n`));
-    this.unsubscribe = onSync((e) => this.observeSync(e));
-    // This process lives on: the NAT state it loads is worth parsing and indexing once.
-    NatEngine.residentProcess = true;
+    this.engines = new EnginePool({ resident: true, onSync: (e) => this.observeSync(e) });
   }
 
   /** Binds the socket (and the metrics listener), then serves until stop(). */
@@ -371,7 +370,7 @@ export class Agent {
     const what = `${req.changes.length} change${req.changes.length === 1 ? '' : 's'} (${[...new Set(req.changes.map((x) => x.kind))].join(', ')}) in ${req.target.stateDir}${ns ? ` for ${ns.label}` : ''}`;
     if (kept) kept.users++;
     const work = (async () => {
-      const engine = NatEngine.shared({
+      const engine = this.engines.get({
         ...(ns ? { ns } : {}),
         stateDir: req.target.stateDir,
         ...(backend ? { backend } : {}),
@@ -486,7 +485,7 @@ export class Agent {
         : [];
     const work = (async () => {
       await Promise.allSettled(before);
-      return invoke(req.plugin as PluginName, req.env, req.stdin, { stateDir: this.stateDir });
+      return invoke(req.plugin as PluginName, req.env, req.stdin, { stateDir: this.stateDir, engines: this.engines });
     })();
     this.running.add(work);
     void work.catch(() => undefined).finally(() => this.running.delete(work));
@@ -563,7 +562,7 @@ export class Agent {
       const { inspectNode } = await import('../inspect/node');
       const engines = [...this.natDirs]
         .filter((d) => fs.existsSync(path.join(d, 'nat.json')) || fs.existsSync(path.join(d, 'nat.journal')))
-        .map((d) => NatEngine.shared({ stateDir: d }));
+        .map((d) => this.engines.get({ stateDir: d }));
       const view = await inspectNode((await import('../netns')).current(), engines);
       if (url === '/topology.json') {
         res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(view));
@@ -592,7 +591,7 @@ export class Agent {
     for (const dir of this.natDirs) {
       if (!fs.existsSync(path.join(dir, 'nat.json')) && !fs.existsSync(path.join(dir, 'nat.journal'))) continue; // no NAT state here (yet)
       try {
-        const engine = NatEngine.shared({ stateDir: dir });
+        const engine = this.engines.get({ stateDir: dir });
         await (full ? engine.sync({ force: true }) : engine.converge());
       } catch (err) {
         this.metrics.resyncErrors.inc();
@@ -632,6 +631,5 @@ export class Agent {
       this.http.closeAllConnections();
       await new Promise<void>((r) => this.http!.close(() => r()));
     }
-    this.unsubscribe();
   }
 }

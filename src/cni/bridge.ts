@@ -170,9 +170,11 @@ function openContainer(path: string): netns.NetNs {
 }
 
 /** The NAT engine, loaded only by calls that change rules (a plugin process pays for what it uses); the agent keeps it between calls. */
-async function engineFor(rec: Pick<AttachmentRecord, 'nat'>, host: netns.NetNs): Promise<NatEngine> {
+async function engineFor(rec: Pick<AttachmentRecord, 'nat'>, host: netns.NetNs, env: CniEnv): Promise<NatEngine> {
+  const opts = { ns: host, stateDir: rec.nat.stateDir, backend: rec.nat.backend as BackendChoice };
+  if (env.engines) return env.engines.get(opts);
   const { NatEngine: Engine } = await import('../nat/engine');
-  return Engine.shared({ ns: host, stateDir: rec.nat.stateDir, backend: rec.nat.backend as BackendChoice });
+  return new Engine(opts);
 }
 
 /** Port mappings (runtimeConfig.portMappings) as tsnet forwards to each container address of the mapping's family. */
@@ -217,7 +219,7 @@ async function teardown(rec: AttachmentRecord, env: CniEnv, records: RecordStore
   const host = netns.current();
   if (rec.nat.rules.length || rec.nat.forwards.length) {
     await (
-      await engineFor(rec, host)
+      await engineFor(rec, host, env)
     ).change([
       ...rec.nat.rules.map((rule): NatChange => ({ kind: 'delete-rule', rule })),
       ...rec.nat.forwards.map((name): NatChange => ({ kind: 'delete-forward', name })),
@@ -414,7 +416,7 @@ async function addSteps(
     rec.nat.forwards = forwards.map((f) => f.name);
     records.put(rec); // before the rules exist: a crash from here on leaves a record naming them
     await (
-      await engineFor(rec, host)
+      await engineFor(rec, host, env)
     ).change([
       ...rules.map((rule): NatChange => ({ kind: 'add-rule', rule })),
       ...forwards.map((forward): NatChange => ({ kind: 'put-forward', forward })),

@@ -17,6 +17,7 @@ import {
 import { bridgeAdd, bridgeCheck, bridgeDel, bridgeGc, bridgeStatus } from './bridge';
 import { ipamAdd, ipamCheck, ipamDel, ipamGc, ipamStatus, validAttachments } from './ipam';
 import type { CniEnv, NetConf, Result } from './types';
+import type { EnginePool } from '../nat/engine';
 
 export const PLUGINS = ['tsnet-bridge', 'tsnet-ipam'] as const;
 export type PluginName = (typeof PLUGINS)[number];
@@ -79,6 +80,8 @@ function errorVersion(stdin: string): string {
 export interface InvokeOptions {
   /** State directory when neither the config (stateDir) nor the caller (TSNET_STATE_DIR) names one: the agent's --state-dir. */
   stateDir?: string;
+  /** The NAT engines of the serving process (the agent's): the call's rules are a diff of what they hold. */
+  engines?: EnginePool;
 }
 
 export async function invoke(
@@ -89,6 +92,7 @@ export async function invoke(
 ): Promise<Invocation> {
   try {
     const env = parseEnv(envVars, opts);
+    if (opts.engines) env.engines = opts.engines;
     if (env.command === 'VERSION') {
       return {
         stdout: `${JSON.stringify({ cniVersion: errorVersion(stdin), supportedVersions: SUPPORTED_VERSIONS })}\n`,

@@ -3,6 +3,7 @@
  * environment and results, as TypeScript types. Results are kept in 1.x form
  * internally; ./version converts to and from the older shapes.
  */
+import type { EnginePool } from '../nat/engine';
 
 /** `CNI_COMMAND` values. */
 export type CniCommand = 'ADD' | 'DEL' | 'CHECK' | 'VERSION' | 'GC' | 'STATUS';
@@ -22,6 +23,8 @@ export interface CniEnv {
   stateDir?: string;
   /** The caller's whole environment: what a delegated plugin inherits. */
   vars: Readonly<Record<string, string | undefined>>;
+  /** The NAT engines of the process serving the call (the agent's, resident); a standalone call makes its own. */
+  engines?: EnginePool;
 }
 
 export interface PortMapping {

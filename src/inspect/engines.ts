@@ -2,10 +2,11 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { NetNs } from '../netns';
-import { NatEngine, type BackendChoice } from '../nat/engine';
+import { NatEngine, type BackendChoice, type EnginePool } from '../nat/engine';
 import { stateDir as defaultStateDir } from '../state';
 
-export function natEngines(ns: NetNs, stateDir?: string, backend?: BackendChoice): NatEngine[] {
+/** `pool`: a long-lived process's engines (the agent's); without one, engines made for this call. */
+export function natEngines(ns: NetNs, stateDir?: string, backend?: BackendChoice, pool?: EnginePool): NatEngine[] {
   const base = defaultStateDir(stateDir);
   const dirs = new Set<string>();
   const cni = path.join(base, 'cni');
@@ -21,8 +22,7 @@ export function natEngines(ns: NetNs, stateDir?: string, backend?: BackendChoice
   }
   dirs.delete(base);
   const opts = backend ? { backend } : {};
-  return [
-    NatEngine.shared({ ns, stateDir: base, ...opts }),
-    ...[...dirs].map((d) => NatEngine.shared({ ns, stateDir: d, exactDir: true, ...opts })),
-  ];
+  const engine = (o: { stateDir: string; exactDir?: boolean }) =>
+    pool ? pool.get({ ns, ...o, ...opts }) : new NatEngine({ ns, ...o, ...opts });
+  return [engine({ stateDir: base }), ...[...dirs].map((d) => engine({ stateDir: d, exactDir: true }))];
 }

@@ -58,6 +58,15 @@ export interface EngineOptions {
   backend?: BackendChoice;
   /** `stateDir` is the engine's directory itself, even for another namespace (what a process running inside that namespace used: a CNI record names it so). */
   exactDir?: boolean;
+  /**
+   * A process that lives on and applies many changes (the agent): the state
+   * it loads is parsed and indexed once, and the index of what services
+   * share is kept. A one-shot process (the CLI, a standalone CNI plugin)
+   * reads only what its change needs.
+   */
+  resident?: boolean;
+  /** Called after every sync this engine makes (the agent's metrics and log). */
+  onSync?: (e: SyncEvent) => void;
 }
 
 export interface SyncReport extends Omit<SyncResult, 'applied'> {
@@ -74,14 +83,6 @@ export interface SyncEvent extends SyncReport {
   trigger: 'update' | 'sync' | 'resync';
 }
 
-const syncListeners = new Set<(e: SyncEvent) => void>();
-
-/** Calls `fn` after every sync this process makes; returns the unsubscribe function. */
-export function onSync(fn: (e: SyncEvent) => void): () => void {
-  syncListeners.add(fn);
-  return () => syncListeners.delete(fn);
-}
-
 /** What one round changed, for the backend (what to rewrite) and the journal (what to record). */
 interface Round {
   /** The state after the round (changed in place: see ./changes). */
@@ -94,39 +95,36 @@ interface Round {
   changes?: readonly NatChange[];
 }
 
-/** Engines a resident process reuses: per namespace handle, then state directory and backend choice. */
-const shared = new WeakMap<netns.NetNs, Map<string, NatEngine>>();
+/**
+ * The engines a long-lived process keeps (the agent's): one per namespace,
+ * state directory and backend choice, made once, so what each loaded and
+ * the indexes of what it wrote stay in memory and every change is applied
+ * as a diff (the state is read again only when another process changed the
+ * files). Engines of two pools never share anything.
+ */
+export class EnginePool {
+  private readonly byNs = new WeakMap<netns.NetNs, Map<string, NatEngine>>();
 
-export class NatEngine {
-  /**
-   * The engine of this process for these options, made once: what it loaded
-   * and the indexes of what it wrote stay in memory, so a resident process
-   * (the agent) applies each change as a diff without reading the state
-   * again (it re-reads only when another process changed the files).
-   */
-  static shared(opts: EngineOptions = {}): NatEngine {
+  constructor(private readonly defaults: Pick<EngineOptions, 'resident' | 'onSync'> = {}) {}
+
+  get(opts: EngineOptions = {}): NatEngine {
     const ns = opts.ns ?? netns.current();
-    let m = shared.get(ns);
-    if (!m) shared.set(ns, (m = new Map()));
+    let m = this.byNs.get(ns);
+    if (!m) this.byNs.set(ns, (m = new Map()));
     const key = `${defaultStateDir(opts.stateDir)}\0${opts.backend ?? 'auto'}\0${opts.exactDir ? 'exact' : ''}`;
     let e = m.get(key);
-    if (!e || e.ns.closed) m.set(key, (e = new NatEngine({ ...opts, ns })));
-    e.resident = NatEngine.residentProcess;
+    if (!e || e.ns.closed) m.set(key, (e = new NatEngine({ ...this.defaults, ...opts, ns })));
     return e;
   }
+}
 
+export class NatEngine {
   readonly ns: netns.NetNs;
   readonly dir: string;
   private readonly choice: BackendChoice;
   private readonly store: NatStore;
-  /**
-   * Set by a process that lives on and applies many changes (the agent):
-   * its shared() engines parse and index the state they load once, and keep
-   * the index of what services share. A one-shot process (the CLI, a
-   * standalone CNI plugin) reads only what its change needs.
-   */
-  static residentProcess = false;
-  private resident = false;
+  private readonly resident: boolean;
+  private readonly onSync?: (e: SyncEvent) => void;
   /** The backend of the last sync, kept while the choice stays the same (it keeps indexes of what it wrote). */
   private kept?: { name: BackendName; mode?: string; backend: Backend };
 
@@ -138,6 +136,8 @@ export class NatEngine {
       this.ns.isCurrent || opts.exactDir ? base : path.join(base, 'netns', this.ns.name ?? `inode-${this.ns.inode}`);
     this.choice = opts.backend ?? 'auto';
     this.store = new NatStore(this.dir);
+    this.resident = opts.resident ?? false;
+    if (opts.onSync) this.onSync = opts.onSync;
   }
 
   /** Where the desired state is kept (the snapshot; see ./store for the journal beside it). */
@@ -409,7 +409,7 @@ export class NatEngine {
       ms: Number(process.hrtime.bigint() - t0) / 1e6,
       conntrackDeleted,
     };
-    for (const fn of syncListeners) fn({ ...report, dir: this.dir, trigger });
+    this.onSync?.({ ...report, dir: this.dir, trigger });
     return report;
   }
 }

@@ -8,7 +8,7 @@
  */
 export {
   NatEngine,
-  onSync,
+  EnginePool,
   neededSysctls,
   type EngineOptions,
   type SyncReport,
