@@ -6,7 +6,7 @@
  * what it computed).
  */
 import { formatHostPort } from '../addr/cidr';
-import { ownerOf, type NodeView } from './node';
+import { ownerOf, type NamespaceView, type NodeView } from './node';
 
 export type TopoKind = 'node' | 'namespace' | 'bridge' | 'service' | 'forward' | 'address';
 
@@ -33,14 +33,36 @@ export interface Topology {
   edges: TopoEdge[];
 }
 
+/** The parts of the picture, drawn in this order (the order of the JSON's nodes and edges). */
+const PARTS: readonly ((d: Drawing) => void)[] = [theNode, bridges, namespaces, services, forwards];
+
 /** The graph of a node view. */
 export function topology(view: NodeView): Topology {
-  const nodes: TopoNode[] = [];
-  const edges: TopoEdge[] = [];
-  const nsId = (id: string) => `ns:${id}`;
-  const node = view.namespaces.find((n) => n.node)!;
-  const bridgeNames = new Set(view.bridges.map((b) => b.name));
-  // The node: its own interfaces that are neither bridges nor bridge ports (lo, uplinks, unbridged veths).
+  const d: Drawing = {
+    view,
+    node: view.namespaces.find((n) => n.node)!,
+    bridgeNames: new Set(view.bridges.map((b) => b.name)),
+    nodes: [],
+    edges: [],
+  };
+  for (const draw of PARTS) draw(d);
+  return { nodes: d.nodes, edges: d.edges };
+}
+
+/** A topology being drawn: the view, and the nodes and edges so far. */
+interface Drawing {
+  view: NodeView;
+  /** The node's own namespace. */
+  node: NamespaceView;
+  bridgeNames: Set<string>;
+  nodes: TopoNode[];
+  edges: TopoEdge[];
+}
+
+const nsId = (id: string) => `ns:${id}`;
+
+/** The node: its own interfaces that are neither bridges nor bridge ports (lo, uplinks, unbridged veths). */
+function theNode({ node, bridgeNames, nodes }: Drawing) {
   nodes.push({
     id: nsId(node.id),
     kind: 'node',
@@ -58,6 +80,9 @@ export function topology(view: NodeView): Topology {
       ...node.gateways.map((g) => `default via ${g}`),
     ],
   });
+}
+
+function bridges({ view, node, nodes, edges }: Drawing) {
   for (const b of view.bridges) {
     nodes.push({
       id: `br:${b.name}`,
@@ -67,6 +92,10 @@ export function topology(view: NodeView): Topology {
     });
     edges.push({ id: `member:${b.name}`, kind: 'member', from: nsId(node.id), to: `br:${b.name}`, label: '' });
   }
+}
+
+/** The other namespaces, each linked by its veths to the bridge (or the node) its host end is on. */
+function namespaces({ view, node, bridgeNames, nodes, edges }: Drawing) {
   for (const ns of view.namespaces.filter((n) => !n.node)) {
     nodes.push({
       id: nsId(ns.id),
@@ -90,17 +119,13 @@ export function topology(view: NodeView): Topology {
       });
     }
   }
-  const target = (ip: string): string => {
-    const o = ownerOf(view, ip);
-    if (o) return o.ns.node ? (o.iface.kind === 'bridge' ? `br:${o.iface.name}` : nsId(o.ns.id)) : nsId(o.ns.id);
-    const id = `addr:${ip}`;
-    if (!nodes.some((n) => n.id === id)) nodes.push({ id, kind: 'address', label: ip, lines: ['not on this node'] });
-    return id;
-  };
-  for (const s of view.nat.services) {
-    const c = view.counters[s.name];
+}
+
+function services(d: Drawing) {
+  for (const s of d.view.nat.services) {
+    const c = d.view.counters[s.name];
     const id = `svc:${s.name}`;
-    nodes.push({
+    d.nodes.push({
       id,
       kind: 'service',
       label: `service ${s.name}`,
@@ -114,32 +139,43 @@ export function topology(view: NodeView): Topology {
     for (const e of s.endpoints) {
       const ep = formatHostPort(e.ip, e.port);
       const n = c?.endpoints[ep]?.packets;
-      edges.push({
+      d.edges.push({
         id: `ep:${s.name}:${ep}`,
         kind: 'endpoint',
         from: id,
-        to: target(e.ip),
+        to: target(d, e.ip),
         label: `${ep}${e.weight !== 1 ? ` w${e.weight}` : ''}${n !== undefined ? ` (${n})` : ''}`,
       });
     }
   }
-  for (const f of view.nat.forwards) {
+}
+
+function forwards(d: Drawing) {
+  for (const f of d.view.nat.forwards) {
     const id = `fwd:${f.name}`;
-    nodes.push({
+    d.nodes.push({
       id,
       kind: 'forward',
       label: `forward ${f.name}`,
       lines: [`${f.proto} ${f.listen ?? '*'}:${f.listenPort}`],
     });
-    edges.push({
+    d.edges.push({
       id: `fwd:${f.name}:t`,
       kind: 'forward',
       from: id,
-      to: target(f.targetIp),
+      to: target(d, f.targetIp),
       label: formatHostPort(f.targetIp, f.targetPort),
     });
   }
-  return { nodes, edges };
+}
+
+/** Where NAT sends `ip`: the namespace (or node bridge) holding it, else a box of its own, added on first use. */
+function target({ view, nodes }: Drawing, ip: string): string {
+  const o = ownerOf(view, ip);
+  if (o) return o.ns.node ? (o.iface.kind === 'bridge' ? `br:${o.iface.name}` : nsId(o.ns.id)) : nsId(o.ns.id);
+  const id = `addr:${ip}`;
+  if (!nodes.some((n) => n.id === id)) nodes.push({ id, kind: 'address', label: ip, lines: ['not on this node'] });
+  return id;
 }
 
 const quote = (s: string) => `"${s.replace(/\\/g, '\\\\').replace(/"/g, '\\"')}"`;

@@ -5,13 +5,18 @@
  * hits, each endpoint's weight and probability, where each leaves the node
  * and which namespace answers there, source NAT on the way out, and the
  * endpoint the kernel holds the source to (an existing flow, or affinity).
+ *
+ * The node's view is gathered once; what tsnet does with the packet (a
+ * service, a forward, a DNAT rule, or nothing) is decided once; then the
+ * STEPS below run in order, each for its kind of match, each adding its
+ * lines to the story.
  */
 import { contains, formatHostPort, parseCidr, parseIp } from '../addr/cidr';
 import * as conntrack from '../conntrack';
 import * as route from '../route';
 import type { NetNs } from '../netns';
 import type { NatEngine } from '../nat/engine';
-import { familyOf, type Forward, type NatRule, type Proto, type Service } from '../nat/model';
+import { familyOf, type DnatRule, type Forward, type NatRule, type Proto, type Service } from '../nat/model';
 import type { AffinityEntry, Counter } from '../nat/backends/types';
 import { inspectNode, ownerOf, type NodeView } from './node';
 
@@ -64,14 +69,288 @@ export interface TraceResult {
   steps: string[];
 }
 
-async function via(node: NetNs, view: NodeView, ip: string): Promise<EndpointTrace['via']> {
-  const r = await route.get(node, ip).catch(() => undefined);
-  const owner = ownerOf(view, ip);
+/** A trace under way: what every step reads (the node's view, gathered once) and the result it adds to. */
+interface Tracing {
+  engine: NatEngine;
+  node: NetNs;
+  view: NodeView;
+  req: TraceRequest;
+  dest: string;
+  from?: string;
+  /** Live flows to DEST:PORT (from FROM, when given): the reply tuple names the endpoint that answered. */
+  flows: conntrack.Flow[];
+  /** FROM:SPORT's own flow, when both were given and the kernel has it. */
+  mine?: conntrack.Flow;
+  result: TraceResult;
+}
+
+/** What tsnet does with a packet to DEST:PORT: the first of a service VIP, a forward, a DNAT rule; else nothing. */
+type Match =
+  | { kind: 'service'; service: Service }
+  | { kind: 'forward'; forward: Forward }
+  | { kind: 'dnat-rule'; rule: DnatRule }
+  | { kind: 'none' };
+
+/** A step adds lines (and facts) to the trace; 'stop' ends it there (the packet goes no further). */
+interface Step {
+  name: string;
+  run(t: Tracing, m: Match): void | 'stop' | Promise<void | 'stop'>;
+}
+
+/** A step for one kind of match only. */
+function on<K extends Match['kind']>(
+  kind: K,
+  name: string,
+  run: (t: Tracing, m: Extract<Match, { kind: K }>) => void | 'stop' | Promise<void | 'stop'>,
+): Step {
+  return { name, run: (t, m) => (m.kind === kind ? run(t, m as Extract<Match, { kind: K }>) : undefined) };
+}
+
+/** The story of a packet, in the order it happens to it. */
+const STEPS: readonly Step[] = [
+  { name: 'destination', run: (t) => say(t, `${t.result.destination} from ${t.from ?? 'this node (nat OUTPUT)'}`) },
+  on('service', 'service', serviceHit),
+  on('service', 'reject', rejectEmpty),
+  on('service', 'endpoints', serviceEndpoints),
+  on('service', 'held', heldEndpoint),
+  on('service', 'choice', endpointChoice),
+  on('service', 'source NAT', serviceSnat),
+  on('forward', 'forward', forwardHit),
+  on('dnat-rule', 'dnat rule', dnatRuleHit),
+  on('none', 'route', routed),
+  { name: 'way out', run: wayOut },
+];
+
+/** Traces a connection to `req.dest:req.port` through the NAT state `engine` keeps in its namespace. */
+export async function trace(engine: NatEngine, req: TraceRequest): Promise<TraceResult> {
+  const t = await tracing(engine, req);
+  const m = match(t);
+  for (const step of STEPS) if ((await step.run(t, m)) === 'stop') break;
+  return t.result;
+}
+
+async function tracing(engine: NatEngine, req: TraceRequest): Promise<Tracing> {
+  const node = engine.ns;
+  const dest = parseIp(req.dest).address;
+  const from = req.from ? parseIp(req.from).address : undefined;
+  const view = await inspectNode(node, [engine]);
+  const result: TraceResult = {
+    destination: `${formatHostPort(dest, req.port)}/${req.proto}`,
+    from: from ?? 'this node',
+    hit: { kind: 'none' },
+    verdict: 'pass',
+    endpoints: [],
+    snat: [],
+    steps: [],
+  };
+  const flows = (await conntrack.list(node, familyOf(dest))).filter(
+    (f) =>
+      f.proto === conntrack.IPPROTO[req.proto] &&
+      f.orig.dst === dest &&
+      f.orig.dport === req.port &&
+      (!from || f.orig.src === from),
+  );
+  const mine = from && req.sport !== undefined ? flows.find((f) => f.orig.sport === req.sport) : undefined;
+  return { engine, node, view, req, dest, ...(from ? { from } : {}), flows, ...(mine ? { mine } : {}), result };
+}
+
+function match(t: Tracing): Match {
+  const { dest, req } = t;
+  const st = t.view.nat;
+  const service = st.services.find((x) => x.vip === dest && x.port === req.port && x.proto === req.proto);
+  if (service) return { kind: 'service', service };
+  // A forward without --listen serves every local address (and loopback).
+  const local =
+    t.view.namespaces.find((n) => n.node)!.interfaces.some((i) => i.addresses.some((a) => a.split('/')[0] === dest)) ||
+    /^127\./.test(dest) ||
+    dest === '::1';
+  const forward = st.forwards.find(
+    (f) => f.proto === req.proto && f.listenPort === req.port && (f.listen ? f.listen === dest : local),
+  );
+  if (forward) return { kind: 'forward', forward };
+  const rule = st.rules.find(
+    (r): r is DnatRule => r.kind === 'dnat' && r.destination === dest && r.port === req.port && r.proto === req.proto,
+  );
+  return rule ? { kind: 'dnat-rule', rule } : { kind: 'none' };
+}
+
+const say = (t: Tracing, line: string) => {
+  t.result.steps.push(line);
+};
+
+// --- a service VIP ---------------------------------------------------------
+
+function serviceHit(t: Tracing, { service: s }: { service: Service }) {
+  const c = t.view.counters[s.name];
+  t.result.hit = {
+    kind: 'service',
+    name: s.name,
+    ...(s.affinitySeconds !== undefined ? { affinitySeconds: s.affinitySeconds } : {}),
+    ...(s.masqueradeNotFrom ? { masqueradeNotFrom: s.masqueradeNotFrom } : {}),
+    ...(c ? { counter: c.service } : {}),
+  };
+  const n = s.endpoints.length;
+  say(
+    t,
+    `service ${s.name}: ${n} endpoint${n === 1 ? '' : 's'}${c ? `, ${c.service.packets} connections so far` : ''}`,
+  );
+}
+
+function rejectEmpty(t: Tracing, { service: s }: { service: Service }): 'stop' | void {
+  if (s.endpoints.length) return;
+  t.result.verdict = 'reject';
+  say(t, 'no endpoints: rejected at once (filter: tcp reset / icmp port unreachable)');
+  return 'stop';
+}
+
+async function serviceEndpoints(t: Tracing, { service: s }: { service: Service }) {
+  t.result.verdict = 'dnat';
+  const c = t.view.counters[s.name];
+  const total = s.endpoints.reduce((n, e) => n + e.weight, 0);
+  const pins = s.affinitySeconds !== undefined ? await t.engine.affinity(s.name) : {};
+  for (const e of s.endpoints) {
+    const id = formatHostPort(e.ip, e.port);
+    t.result.endpoints.push({
+      ip: e.ip,
+      port: e.port,
+      weight: e.weight,
+      probability: e.weight / total,
+      counter: c?.endpoints[id] ?? { packets: 0, bytes: 0 },
+      via: await via(t, e.ip),
+      affinity: pins[id] ?? [],
+      flows: answeredBy(t, e.ip, e.port),
+      hairpin: t.from === e.ip,
+    });
+  }
+}
+
+/** The endpoint the kernel holds the client to: its live flow first, else its affinity entry. */
+function heldEndpoint(t: Tracing) {
+  const { from, mine, result } = t;
+  const pinned = from ? result.endpoints.find((e) => e.affinity.some((a) => a.client === from)) : undefined;
+  if (mine) result.chosen = { endpoint: formatHostPort(mine.reply.src, mine.reply.sport ?? 0), reason: 'flow' };
+  else if (pinned) result.chosen = { endpoint: formatHostPort(pinned.ip, pinned.port), reason: 'affinity' };
+}
+
+function endpointChoice(t: Tracing, { service: s }: { service: Service }) {
+  const { from, result } = t;
+  say(
+    t,
+    s.affinitySeconds !== undefined
+      ? `endpoint: the one ${from ?? 'the client'} is pinned to (affinity ${s.affinitySeconds} s), else at random by weight:`
+      : 'endpoint: at random by weight (numgen random mod total weight):',
+  );
+  for (const e of result.endpoints) say(t, endpointLine(e, from));
+  if (result.chosen) {
+    const by = result.chosen.reason === 'flow' ? 'its conntrack entry' : 'its affinity entry';
+    say(t, `the kernel holds ${from}${t.mine ? `:${t.req.sport}` : ''} to ${result.chosen.endpoint} (${by})`);
+  }
+}
+
+function endpointLine(e: EndpointTrace, from: string | undefined): string {
+  const pin = e.affinity.find((a) => a.client === from);
+  return (
+    `  ${formatHostPort(e.ip, e.port).padEnd(21)} weight ${e.weight}  p=${e.probability.toFixed(2)}  ${e.counter.packets} connections` +
+    `  ${leaves(e.via)}` +
+    `${e.flows.count ? `  ${e.flows.count} live flow${e.flows.count === 1 ? '' : 's'}` : ''}` +
+    `${pin ? `  pinned (${pin.expiresMs !== undefined ? `${Math.round(pin.expiresMs / 1000)} s left` : 'affinity'})` : ''}` +
+    `${e.hairpin ? '  hairpin: masqueraded back to itself' : ''}`
+  );
+}
+
+/** Hairpin, the service's own masquerade, then the standalone rules on the way to the endpoint. */
+function serviceSnat(t: Tracing, { service: s }: { service: Service }) {
+  const { from, result } = t;
+  if (!from) return;
+  if (result.endpoints.some((e) => e.hairpin)) result.snat.push('masquerade (hairpin: the client is the endpoint)');
+  if (s.masqueradeNotFrom && !contains(parseCidr(s.masqueradeNotFrom), from))
+    result.snat.push(`masquerade (--masquerade-not-from ${s.masqueradeNotFrom})`);
+  const ep =
+    result.endpoints.find((e) => formatHostPort(e.ip, e.port) === result.chosen?.endpoint) ?? result.endpoints[0]!;
+  result.snat.push(...snatRules(t.view.nat.rules, from, ep.ip, ep.via.dev));
+}
+
+// --- a forward, a DNAT rule, or nothing -----------------------------------------
+
+async function forwardHit(t: Tracing, { forward: f }: { forward: Forward }) {
+  const { result } = t;
+  result.hit = { kind: 'forward', name: f.name, snat: f.snat };
+  result.verdict = 'dnat';
+  const flows = answeredBy(t, f.targetIp, f.targetPort);
+  const target: EndpointTrace = {
+    ip: f.targetIp,
+    port: f.targetPort,
+    weight: 1,
+    probability: 1,
+    counter: { packets: 0, bytes: 0 },
+    via: await via(t, f.targetIp),
+    affinity: [],
+    flows,
+    hairpin: false,
+  };
+  result.endpoints.push(target);
+  const listen = f.listen ? ` on ${f.listen}` : ' on any local address';
+  say(
+    t,
+    `forward ${f.name}: ${f.proto} port ${f.listenPort}${listen} -> ${formatHostPort(f.targetIp, f.targetPort)} (${f.target})`,
+  );
+  say(t, `  ${leaves(target.via)}${flows.count ? `  ${flows.count} live flows` : ''}`);
+  result.snat.push(
+    f.snat === 'none'
+      ? 'none (--snat none: the target must route replies back)'
+      : f.snat === 'auto' || f.snat === 'masquerade'
+        ? "masquerade (this forward's flows only)"
+        : `snat to ${f.snat}`,
+  );
+}
+
+async function dnatRuleHit(t: Tracing, { rule: d }: { rule: DnatRule }) {
+  const { from, result } = t;
+  result.hit = { kind: 'dnat-rule', to: formatHostPort(d.toIp, d.toPort) };
+  result.verdict = 'dnat';
+  say(t, `dnat rule: -> ${formatHostPort(d.toIp, d.toPort)}`);
+  if (from) result.snat.push(...snatRules(t.view.nat.rules, from, d.toIp, (await via(t, d.toIp)).dev));
+}
+
+async function routed(t: Tracing) {
+  const { from, result } = t;
+  const r = (result.route = await via(t, t.dest));
+  say(
+    t,
+    `no service, forward or DNAT rule of tsnet: routed as is, leaves by ${r.dev ?? '?'}${r.gateway ? ` via ${r.gateway}` : ''}${r.namespace ? ` to ${r.namespace}` : ''}`,
+  );
+  if (from) result.snat.push(...snatRules(t.view.nat.rules, from, t.dest, r.dev));
+}
+
+function wayOut(t: Tracing) {
+  if (!t.from) return;
+  const snat = t.result.snat.length
+    ? t.result.snat.join('; ')
+    : "no source NAT (the endpoint sees the client's address)";
+  say(t, `on the way out: ${snat}`);
+}
+
+// --- helpers ---------------------------------------------------------------
+
+/** Where a packet to `ip` leaves the node (the kernel's route), and which namespace of the view holds `ip`. */
+async function via(t: Tracing, ip: string): Promise<EndpointTrace['via']> {
+  const r = await route.get(t.node, ip).catch(() => undefined);
+  const owner = ownerOf(t.view, ip);
   const out: EndpointTrace['via'] = {};
   if (r?.dev) out.dev = r.dev;
   if (r?.gateway) out.gateway = r.gateway;
   if (owner) out.namespace = owner.ns.id;
   return out;
+}
+
+const leaves = (v: EndpointTrace['via']) => `leaves by ${v.dev ?? '?'}${v.namespace ? ` to ${v.namespace}` : ''}`;
+
+/** The live flows `ip:port` answered (the reply's source), with up to three as samples. */
+function answeredBy(t: Tracing, ip: string, port: number): EndpointTrace['flows'] {
+  const answered = t.flows.filter((f) => f.reply.src === ip && f.reply.sport === port);
+  const text = (f: conntrack.Flow) =>
+    `${formatHostPort(f.orig.src, f.orig.sport ?? 0)} -> ${formatHostPort(f.reply.src, f.reply.sport ?? 0)}`;
+  return { count: answered.length, samples: answered.slice(0, 3).map(text) };
 }
 
 /** The standalone SNAT/MASQUERADE rules that would rewrite a packet from `src` to `dst` leaving by `dev`. */
@@ -89,170 +368,4 @@ function snatRules(rules: readonly NatRule[], src: string, dst: string, dev: str
     }
   }
   return out;
-}
-
-function forwardFor(forwards: readonly Forward[], req: TraceRequest, local: boolean): Forward | undefined {
-  return forwards.find(
-    (f) => f.proto === req.proto && f.listenPort === req.port && (f.listen ? f.listen === req.dest : local),
-  );
-}
-
-/** Traces a connection to `req.dest:req.port` through the NAT state `engine` keeps in its namespace. */
-export async function trace(engine: NatEngine, req: TraceRequest): Promise<TraceResult> {
-  const node = engine.ns;
-  const dest = parseIp(req.dest).address;
-  const from = req.from ? parseIp(req.from).address : undefined;
-  const family = familyOf(dest);
-  const view = await inspectNode(node, [engine]);
-  const st = view.nat;
-  const steps: string[] = [];
-  const destination = `${formatHostPort(dest, req.port)}/${req.proto}`;
-  const result: TraceResult = {
-    destination,
-    from: from ?? 'this node',
-    hit: { kind: 'none' },
-    verdict: 'pass',
-    endpoints: [],
-    snat: [],
-    steps,
-  };
-  steps.push(`${destination} from ${from ?? 'this node (nat OUTPUT)'}`);
-  // Live flows to the destination (their reply tuple names the endpoint that answered).
-  const flows = (await conntrack.list(node, family)).filter(
-    (f) =>
-      f.proto === conntrack.IPPROTO[req.proto] &&
-      f.orig.dst === dest &&
-      f.orig.dport === req.port &&
-      (!from || f.orig.src === from),
-  );
-  const flowText = (f: conntrack.Flow) =>
-    `${formatHostPort(f.orig.src, f.orig.sport ?? 0)} -> ${formatHostPort(f.reply.src, f.reply.sport ?? 0)}`;
-  const mine = from && req.sport !== undefined ? flows.find((f) => f.orig.sport === req.sport) : undefined;
-
-  const s: Service | undefined = st.services.find(
-    (x) => x.vip === dest && x.port === req.port && x.proto === req.proto,
-  );
-  if (s) {
-    const c = view.counters[s.name];
-    result.hit = {
-      kind: 'service',
-      name: s.name,
-      ...(s.affinitySeconds !== undefined ? { affinitySeconds: s.affinitySeconds } : {}),
-      ...(s.masqueradeNotFrom ? { masqueradeNotFrom: s.masqueradeNotFrom } : {}),
-      ...(c ? { counter: c.service } : {}),
-    };
-    steps.push(
-      `service ${s.name}: ${s.endpoints.length} endpoint${s.endpoints.length === 1 ? '' : 's'}${c ? `, ${c.service.packets} connections so far` : ''}`,
-    );
-    if (!s.endpoints.length) {
-      result.verdict = 'reject';
-      steps.push('no endpoints: rejected at once (filter: tcp reset / icmp port unreachable)');
-      return result;
-    }
-    result.verdict = 'dnat';
-    const total = s.endpoints.reduce((n, e) => n + e.weight, 0);
-    const pins = s.affinitySeconds !== undefined ? await engine.affinity(s.name) : {};
-    for (const e of s.endpoints) {
-      const id = formatHostPort(e.ip, e.port);
-      const answered = flows.filter((f) => f.reply.src === e.ip && f.reply.sport === e.port);
-      result.endpoints.push({
-        ip: e.ip,
-        port: e.port,
-        weight: e.weight,
-        probability: e.weight / total,
-        counter: c?.endpoints[id] ?? { packets: 0, bytes: 0 },
-        via: await via(node, view, e.ip),
-        affinity: pins[id] ?? [],
-        flows: { count: answered.length, samples: answered.slice(0, 3).map(flowText) },
-        hairpin: from === e.ip,
-      });
-    }
-    const pinned = from ? result.endpoints.find((e) => e.affinity.some((a) => a.client === from)) : undefined;
-    if (mine) result.chosen = { endpoint: formatHostPort(mine.reply.src, mine.reply.sport ?? 0), reason: 'flow' };
-    else if (pinned) result.chosen = { endpoint: formatHostPort(pinned.ip, pinned.port), reason: 'affinity' };
-    steps.push(
-      s.affinitySeconds !== undefined
-        ? `endpoint: the one ${from ?? 'the client'} is pinned to (affinity ${s.affinitySeconds} s), else at random by weight:`
-        : 'endpoint: at random by weight (numgen random mod total weight):',
-    );
-    for (const e of result.endpoints) {
-      const pin = e.affinity.find((a) => a.client === from);
-      steps.push(
-        `  ${formatHostPort(e.ip, e.port).padEnd(21)} weight ${e.weight}  p=${e.probability.toFixed(2)}  ${e.counter.packets} connections` +
-          `  leaves by ${e.via.dev ?? '?'}${e.via.namespace ? ` to ${e.via.namespace}` : ''}` +
-          `${e.flows.count ? `  ${e.flows.count} live flow${e.flows.count === 1 ? '' : 's'}` : ''}` +
-          `${pin ? `  pinned (${pin.expiresMs !== undefined ? `${Math.round(pin.expiresMs / 1000)} s left` : 'affinity'})` : ''}` +
-          `${e.hairpin ? '  hairpin: masqueraded back to itself' : ''}`,
-      );
-    }
-    if (result.chosen)
-      steps.push(
-        `the kernel holds ${from}${mine ? `:${req.sport}` : ''} to ${result.chosen.endpoint} (${result.chosen.reason === 'flow' ? 'its conntrack entry' : 'its affinity entry'})`,
-      );
-    // Source NAT on the way out.
-    if (from) {
-      const hair = result.endpoints.some((e) => e.hairpin);
-      if (hair) result.snat.push('masquerade (hairpin: the client is the endpoint)');
-      if (s.masqueradeNotFrom && !contains(parseCidr(s.masqueradeNotFrom), from))
-        result.snat.push(`masquerade (--masquerade-not-from ${s.masqueradeNotFrom})`);
-      const ep =
-        result.endpoints.find((e) => formatHostPort(e.ip, e.port) === result.chosen?.endpoint) ?? result.endpoints[0]!;
-      result.snat.push(...snatRules(st.rules, from, ep.ip, ep.via.dev));
-    }
-  } else {
-    const local =
-      view.namespaces.find((n) => n.node)!.interfaces.some((i) => i.addresses.some((a) => a.split('/')[0] === dest)) ||
-      /^127\./.test(dest) ||
-      dest === '::1';
-    const f = forwardFor(st.forwards, { ...req, dest }, local);
-    const d = st.rules.find(
-      (r): r is Extract<NatRule, { kind: 'dnat' }> =>
-        r.kind === 'dnat' && r.destination === dest && r.port === req.port && r.proto === req.proto,
-    );
-    if (f) {
-      result.hit = { kind: 'forward', name: f.name, snat: f.snat };
-      result.verdict = 'dnat';
-      const answered = flows.filter((x) => x.reply.src === f.targetIp && x.reply.sport === f.targetPort);
-      result.endpoints.push({
-        ip: f.targetIp,
-        port: f.targetPort,
-        weight: 1,
-        probability: 1,
-        counter: { packets: 0, bytes: 0 },
-        via: await via(node, view, f.targetIp),
-        affinity: [],
-        flows: { count: answered.length, samples: answered.slice(0, 3).map(flowText) },
-        hairpin: false,
-      });
-      steps.push(
-        `forward ${f.name}: ${f.proto} port ${f.listenPort}${f.listen ? ` on ${f.listen}` : ' on any local address'} -> ${formatHostPort(f.targetIp, f.targetPort)} (${f.target})`,
-      );
-      steps.push(
-        `  leaves by ${result.endpoints[0]!.via.dev ?? '?'}${result.endpoints[0]!.via.namespace ? ` to ${result.endpoints[0]!.via.namespace}` : ''}${answered.length ? `  ${answered.length} live flows` : ''}`,
-      );
-      result.snat.push(
-        f.snat === 'none'
-          ? 'none (--snat none: the target must route replies back)'
-          : f.snat === 'auto' || f.snat === 'masquerade'
-            ? "masquerade (this forward's flows only)"
-            : `snat to ${f.snat}`,
-      );
-    } else if (d) {
-      result.hit = { kind: 'dnat-rule', to: formatHostPort(d.toIp, d.toPort) };
-      result.verdict = 'dnat';
-      steps.push(`dnat rule: -> ${formatHostPort(d.toIp, d.toPort)}`);
-      if (from) result.snat.push(...snatRules(st.rules, from, d.toIp, (await via(node, view, d.toIp)).dev));
-    } else {
-      result.route = await via(node, view, dest);
-      steps.push(
-        `no service, forward or DNAT rule of tsnet: routed as is, leaves by ${result.route.dev ?? '?'}${result.route.gateway ? ` via ${result.route.gateway}` : ''}${result.route.namespace ? ` to ${result.route.namespace}` : ''}`,
-      );
-      if (from) result.snat.push(...snatRules(st.rules, from, dest, result.route.dev));
-    }
-  }
-  if (from)
-    steps.push(
-      `on the way out: ${result.snat.length ? result.snat.join('; ') : "no source NAT (the endpoint sees the client's address)"}`,
-    );
-  return result;
 }
