@@ -76,22 +76,14 @@ function lbRules(proto: Proto, mod: number, map: string): Rule[] {
   ];
 }
 
-/** The shared lb chains, made once per name (ten thousand services share a handful; chains are never changed once made). */
-const lbChains = new Map<string, Chain>();
-function lbChainOf(s: Service): Chain {
-  const name = lbChain(s);
-  let c = lbChains.get(name);
-  if (!c)
-    lbChains.set(
-      name,
-      (c = {
-        name,
-        rules: weighted(s)
-          ? lbRules(s.proto, totalWeight(s), ENDPOINTS_WEIGHTED)
-          : lbRules(s.proto, s.endpoints.length, ENDPOINTS),
-      }),
-    );
-  return c;
+/** The shared chain that picks among the endpoints of services like `s` (same protocol and endpoint count, or total weight). */
+function lbChainFor(s: Service): Chain {
+  return {
+    name: lbChain(s),
+    rules: weighted(s)
+      ? lbRules(s.proto, totalWeight(s), ENDPOINTS_WEIGHTED)
+      : lbRules(s.proto, s.endpoints.length, ENDPOINTS),
+  };
 }
 
 /** Each endpoint's range of [0, total weight). */
@@ -224,7 +216,7 @@ export function serviceParts(s: Service): ServiceParts {
       );
   }
   const parts: ServiceParts = { elements, chains: [], sets: [], hairpin: hairpinOf(s) };
-  if (goesToLb(s)) parts.lb = lbChainOf(s);
+  if (goesToLb(s)) parts.lb = lbChainFor(s);
   ownParts(s, parts);
   return parts;
 }
@@ -507,10 +499,7 @@ export function render(st: DesiredState, family: Family): Ruleset {
   const own = { chains: [] as Chain[], sets: [] as NamedSet[] };
   for (const s of services) {
     for (const e of s.endpoints) hairpin.add(e.ip);
-    if (goesToLb(s)) {
-      const c = lbChainOf(s);
-      if (!lb.has(c.name)) lb.set(c.name, c);
-    }
+    if (goesToLb(s) && !lb.has(lbChain(s))) lb.set(lbChain(s), lbChainFor(s));
     ownParts(s, own);
   }
   const ips = [...hairpin];

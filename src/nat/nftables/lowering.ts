@@ -113,10 +113,8 @@ export function encodeKey(key: KeyExpr, values: readonly Value[], family: Family
   return Buffer.concat(parts.map((p) => Buffer.concat([p, Buffer.alloc(slots(p.length) * 4 - p.length)])));
 }
 
-const v6cache = new Map<string, Buffer>();
-
-/** An address's bytes straight into a writer: a dotted quad parsed in place (the hot path of a big sync), IPv6 through ipToBuffer, cached. */
-function writeIp(w: NlWriter, ip: string): void {
+/** An address's bytes straight into a writer: a dotted quad parsed in place (the hot path of a big sync), IPv6 through ipToBuffer, once per address of a batch (`v6`). */
+function writeIp(w: NlWriter, ip: string, v6?: Map<string, Buffer>): void {
   if (!ip.includes(':')) {
     let addr = 0;
     let n = 0;
@@ -134,17 +132,23 @@ function writeIp(w: NlWriter, ip: string): void {
     w.u32be(addr * 256 + n);
     return;
   }
-  let b = v6cache.get(ip);
+  let b = v6?.get(ip);
   if (!b) {
     b = ipToBuffer(ip);
-    if (v6cache.size > 100_000) v6cache.clear();
-    v6cache.set(ip, b);
+    v6?.set(ip, b);
   }
   w.bytes(b);
 }
 
 /** encodeKey, written straight into `w` (no buffer per field): what a sync of tens of thousands of elements uses. */
-export function writeKey(w: NlWriter, key: KeyExpr, values: readonly Value[], family: Family, interval: boolean): void {
+export function writeKey(
+  w: NlWriter,
+  key: KeyExpr,
+  values: readonly Value[],
+  family: Family,
+  interval: boolean,
+  v6?: Map<string, Buffer>,
+): void {
   const fields = key.fields;
   const concat = fields.length > 1;
   for (let i = 0; i < fields.length; i++) {
@@ -152,7 +156,7 @@ export function writeKey(w: NlWriter, key: KeyExpr, values: readonly Value[], fa
     switch (fields[i]!) {
       case 'saddr':
       case 'daddr':
-        writeIp(w, v as string);
+        writeIp(w, v as string, v6);
         break;
       case 'l4proto':
         w.u8(PROTO[v as string] ?? Number(v));
