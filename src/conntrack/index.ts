@@ -7,7 +7,8 @@
 import { hasCode, contextualize } from '../errors';
 import type { NetNs } from '../netns';
 import { decodeAttrs, encodeAttr, encodeAttrs, type AttrObject } from '../netlink/attrs';
-import { CTA, CTA_TUPLE, CTA_TUPLE_ORIG, CTA_ZONE, IPCTNL_MSG, ctMsg, nfgenmsg } from '../netlink/ctnetlink';
+import { CTA, CTA_TUPLE, CTA_TUPLE_ORIG, CTA_ZONE, IPCTNL_MSG, ctMsg } from '../netlink/ctnetlink';
+import { nfgenmsg } from '../netlink/nfnetlink';
 import { AF_INET, AF_INET6 } from '../netlink/rtnl';
 import type { NetlinkSocket } from '../netlink/socket';
 

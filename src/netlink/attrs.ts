@@ -9,6 +9,8 @@
  * so nothing the kernel sent is silently lost.
  */
 
+import type { NlWriter } from './writer';
+
 export const NLA_F_NESTED = 0x8000;
 export const NLA_F_NET_BYTEORDER = 0x4000;
 const NLA_TYPE_MASK = ~(NLA_F_NESTED | NLA_F_NET_BYTEORDER) & 0xffff;
@@ -36,6 +38,22 @@ export interface AttrSpec {
 }
 
 export type Table = readonly AttrSpec[];
+
+/**
+ * What decodeAttrs makes of `T`: each attribute under its name, typed by its
+ * codec, absent when the kernel did not send it. A table declared
+ * `as const satisfies Table` gives exact types; any other, AttrObject's.
+ */
+export type Decoded<T extends Table> = {
+  -readonly [S in T[number] as S['name']]?: S['codec'] extends Codec<infer V> ? V : never;
+} & { unknown?: Record<number, Buffer> };
+
+/** The attribute number `name` has in `table`: the one place fast-path writers take their numbers from. */
+export function attrType<T extends Table>(table: T, name: T[number]['name']): number {
+  const spec = table.find((s) => s.name === name);
+  if (!spec) throw new Error(`no attribute ${name} in this table`);
+  return spec.type;
+}
 
 export interface AttrObject {
   [name: string]: unknown;
@@ -152,13 +170,16 @@ export const flag: Codec<boolean> = {
 };
 
 /** Attributes nested inside one attribute, described by their own table. */
-export function nested(table: Table | (() => Table), opts: { setNestedFlag?: boolean } = {}): Codec<AttrObject> {
+export function nested<T extends Table>(
+  table: T | (() => T),
+  opts: { setNestedFlag?: boolean } = {},
+): Codec<Decoded<T>> {
   const t = () => (typeof table === 'function' ? table() : table);
   return {
     nested: opts.setNestedFlag ?? false,
-    encode: (v) => encodeAttrs(t(), v),
+    encode: (v) => encodeAttrs(t(), v as AttrObject),
     decode: (b) => decodeAttrs(t(), b),
-    write: (w, v) => w.attrs(t(), v),
+    write: (w, v) => w.attrs(t(), v as AttrObject),
   };
 }
 
@@ -250,7 +271,7 @@ export function encodeAttrs(table: Table, obj: AttrObject): Buffer {
   return Buffer.concat(parts);
 }
 
-export function decodeAttrs(table: Table, buf: Buffer): AttrObject {
+export function decodeAttrs<T extends Table>(table: T, buf: Buffer): Decoded<T> {
   const byType = new Map<number, AttrSpec>(table.map((s) => [s.type, s]));
   const out: AttrObject = {};
   let off = 0;
@@ -264,154 +285,7 @@ export function decodeAttrs(table: Table, buf: Buffer): AttrObject {
     else (out.unknown ??= {})[type] = Buffer.from(payload);
     off += align4(len);
   }
-  return out;
-}
-
-/**
- * Appends netlink messages and their attributes into one growing buffer:
- * what a batch of thousands of messages needs (one allocation per growth,
- * not one per attribute). Lengths are patched in when a message or a nest
- * ends. Attributes are laid out by the same declarative tables as
- * encodeAttrs/decodeAttrs.
- */
-export class NlWriter {
-  private buf: Buffer;
-  private off = 0;
-
-  constructor(size = 1 << 16) {
-    this.buf = Buffer.allocUnsafe(size);
-  }
-
-  get length(): number {
-    return this.off;
-  }
-
-  private room(n: number): void {
-    if (this.off + n <= this.buf.length) return;
-    const next = Buffer.allocUnsafe(Math.max(this.buf.length * 2, this.off + n));
-    this.buf.copy(next, 0, 0, this.off);
-    this.buf = next;
-  }
-
-  // Plain byte stores, not Buffer's write* methods: a sync of 10,000 services writes
-  // millions of these, and the values are the encoder's own (lengths are checked in end()).
-  u8(v: number): void {
-    this.room(1);
-    this.buf[this.off++] = v;
-  }
-  u16(v: number): void {
-    this.room(2);
-    const b = this.buf;
-    b[this.off] = v;
-    b[this.off + 1] = v >>> 8;
-    this.off += 2;
-  }
-  u16be(v: number): void {
-    this.room(2);
-    const b = this.buf;
-    b[this.off] = v >>> 8;
-    b[this.off + 1] = v;
-    this.off += 2;
-  }
-  u32(v: number): void {
-    this.room(4);
-    const b = this.buf;
-    const o = this.off;
-    b[o] = v;
-    b[o + 1] = v >>> 8;
-    b[o + 2] = v >>> 16;
-    b[o + 3] = v >>> 24;
-    this.off += 4;
-  }
-  u32be(v: number): void {
-    this.room(4);
-    const b = this.buf;
-    const o = this.off;
-    b[o] = v >>> 24;
-    b[o + 1] = v >>> 16;
-    b[o + 2] = v >>> 8;
-    b[o + 3] = v;
-    this.off += 4;
-  }
-  u64be(v: bigint): void {
-    this.room(8);
-    this.buf.writeBigUInt64BE(v, this.off);
-    this.off += 8;
-  }
-  zeros(n: number): void {
-    this.room(n);
-    for (let i = 0; i < n; i++) this.buf[this.off++] = 0;
-  }
-  bytes(b: Uint8Array): void {
-    this.room(b.length);
-    this.buf.set(b, this.off);
-    this.off += b.length;
-  }
-  asciiz(s: string): void {
-    const n = Buffer.byteLength(s);
-    this.room(n + 1);
-    this.buf.write(s, this.off, 'utf8');
-    this.buf[this.off + n] = 0;
-    this.off += n + 1;
-  }
-  private pad(): void {
-    this.zeros(align4(this.off) - this.off);
-  }
-
-  /** Starts an attribute (or a nest); returns where its header is, for end(). */
-  begin(type: number, nestedFlag = false): number {
-    this.pad();
-    const at = this.off;
-    this.u16(0);
-    this.u16(type | (nestedFlag ? NLA_F_NESTED : 0));
-    return at;
-  }
-  /** Ends the attribute begun at `at`: patches its length (unpadded, as the kernel expects). */
-  end(at: number): void {
-    const len = this.off - at;
-    if (len > 0xffff) throw new RangeError(`netlink attribute of ${len} bytes: longer than 65535`);
-    this.buf[at] = len;
-    this.buf[at + 1] = len >>> 8;
-    this.pad();
-  }
-
-  /** One attribute whose payload `codec` writes. */
-  attr<T>(type: number, codec: Codec<T>, value: T, siblings: Siblings = {}): void {
-    const at = this.begin(type, codec.nested ?? false);
-    if (codec.write) codec.write(this, value, siblings);
-    else this.bytes(codec.encode(value, siblings));
-    this.end(at);
-  }
-
-  /** The named values of `obj` present in `table`, in table order (undefined: absent), as encodeAttrs does. */
-  attrs(table: Table, obj: AttrObject): void {
-    for (const spec of table) {
-      const v = obj[spec.name];
-      if (v === undefined || (v === false && spec.codec === flag)) continue;
-      this.attr(spec.type, spec.codec, v, obj);
-    }
-  }
-
-  /** Starts a netlink message (struct nlmsghdr); returns where it starts, for endMessage(). */
-  beginMessage(type: number, flags: number, seq: number, port = 0): number {
-    this.pad();
-    const at = this.off;
-    this.u32(0);
-    this.u16(type);
-    this.u16(flags);
-    this.u32(seq);
-    this.u32(port);
-    return at;
-  }
-  endMessage(at: number): void {
-    this.pad();
-    this.buf.writeUInt32LE(this.off - at, at);
-  }
-
-  /** What has been written (a view of the internal buffer until the next write). */
-  view(): Buffer {
-    return this.buf.subarray(0, this.off);
-  }
+  return out as Decoded<T>;
 }
 
 /** A fixed-layout C struct of integers (little-endian host order, as the kernel uses). */

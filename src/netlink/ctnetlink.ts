@@ -10,13 +10,6 @@ export const IPCTNL_MSG = { NEW: 0, GET: 1, DELETE: 2 } as const;
 /** nlmsg_type of a ctnetlink message: subsystem in the high byte. */
 export const ctMsg = (m: number): number => (NFNL_SUBSYS_CTNETLINK << 8) | m;
 
-/** struct nfgenmsg: family, version (NFNETLINK_V0), resource id (big-endian). */
-export function nfgenmsg(family: number): Buffer {
-  const b = Buffer.alloc(4);
-  b.writeUInt8(family, 0);
-  return b;
-}
-
 export const CTA_IP: Table = [
   { type: 1, name: 'v4src', codec: ipaddr },
   { type: 2, name: 'v4dst', codec: ipaddr },

@@ -20,6 +20,7 @@ import {
   u8,
   type AttrObject,
   type Codec,
+  type Decoded,
   type Table,
 } from './attrs';
 
@@ -57,6 +58,8 @@ export const nftMsg = (m: number): number => (NFNL_SUBSYS_NFTABLES << 8) | m;
 
 /** NFPROTO_*: the table family in struct nfgenmsg. */
 export const NFPROTO = { UNSPEC: 0, INET: 1, IPV4: 2, IPV6: 10 } as const;
+/** The NFPROTO of an ip (4) or ip6 (6) table. */
+export const nfproto = (family: 4 | 6): number => (family === 6 ? NFPROTO.IPV6 : NFPROTO.IPV4);
 
 /** nf_inet_hooks. */
 export const NF_INET_HOOK = { prerouting: 0, input: 1, forward: 2, output: 3, postrouting: 4 } as const;
@@ -116,25 +119,25 @@ export const NFT_BYTEORDER_OP = { ntoh: 0, hton: 1 } as const;
 // ---------------------------------------------------------------------------
 // Attribute tables.
 
-export const NFTA_TABLE: Table = [
+export const NFTA_TABLE = [
   { type: 1, name: 'name', codec: asciiz },
   { type: 2, name: 'flags', codec: be32 },
   { type: 3, name: 'use', codec: be32 },
   { type: 4, name: 'handle', codec: be64 },
   { type: 6, name: 'userdata', codec: binary },
-];
+] as const satisfies Table;
 
-export const NFTA_HOOK: Table = [
+export const NFTA_HOOK = [
   { type: 1, name: 'hooknum', codec: be32 },
   { type: 2, name: 'priority', codec: s32be },
-];
+] as const satisfies Table;
 
-export const NFTA_COUNTER: Table = [
+export const NFTA_COUNTER = [
   { type: 1, name: 'bytes', codec: be64 },
   { type: 2, name: 'packets', codec: be64 },
-];
+] as const satisfies Table;
 
-export const NFTA_CHAIN: Table = [
+export const NFTA_CHAIN = [
   { type: 1, name: 'table', codec: asciiz },
   { type: 2, name: 'handle', codec: be64 },
   { type: 3, name: 'name', codec: asciiz },
@@ -145,23 +148,23 @@ export const NFTA_CHAIN: Table = [
   { type: 8, name: 'counters', codec: nested(NFTA_COUNTER, { setNestedFlag: true }) },
   { type: 10, name: 'flags', codec: be32 },
   { type: 12, name: 'userdata', codec: binary },
-];
+] as const satisfies Table;
 
 /** NFTA_VERDICT_*: a verdict code and, for jump/goto, the chain. */
-export const NFTA_VERDICT: Table = [
+export const NFTA_VERDICT = [
   { type: 1, name: 'code', codec: s32be },
   { type: 2, name: 'chain', codec: asciiz },
-];
+] as const satisfies Table;
 
 /** NFTA_DATA_*: a value, or a verdict. */
-export const NFTA_DATA: Table = [
+export const NFTA_DATA = [
   { type: 1, name: 'value', codec: binary },
   { type: 2, name: 'verdict', codec: nested(NFTA_VERDICT, { setNestedFlag: true }) },
-];
+] as const satisfies Table;
 const data = nested(NFTA_DATA, { setNestedFlag: true });
 
 // One table per expression (NFTA_<NAME>_*), chosen by the expression's name.
-const EXPR_TABLES: Record<string, Table> = {
+export const EXPR_TABLES = {
   payload: [
     { type: 1, name: 'dreg', codec: be32 },
     { type: 2, name: 'base', codec: be32 },
@@ -249,10 +252,14 @@ const EXPR_TABLES: Record<string, Table> = {
     { type: 1, name: 'type', codec: be32 },
     { type: 2, name: 'icmpCode', codec: u8 },
   ],
-};
+} as const satisfies Record<string, Table>;
+
+export type ExprName = keyof typeof EXPR_TABLES;
+/** An NFTA_EXPR as decoded: its name, and its data decoded by that name's table. */
+export type ExprAttrs = { [N in ExprName]: { name: N; data?: Decoded<(typeof EXPR_TABLES)[N]> } }[ExprName];
 
 /** NFTA_EXPR_*: an expression is its name plus the attributes of that name's table. */
-export const NFTA_EXPR: Table = [
+export const NFTA_EXPR = [
   { type: 1, name: 'name', codec: asciiz },
   {
     type: 2,
@@ -262,27 +269,28 @@ export const NFTA_EXPR: Table = [
       Object.fromEntries(Object.entries(EXPR_TABLES).map(([k, t]) => [k, nested(t, { setNestedFlag: true })])),
     ) as Codec<AttrObject>,
   },
-];
+] as const satisfies Table;
 export const NFTA_LIST_ELEM = 1;
-const expr = nested(NFTA_EXPR, { setNestedFlag: true });
+// NFTA_EXPR_DATA's table is the one its sibling NFTA_EXPR_NAME names (selectBy): what decodes is an ExprAttrs.
+const expr = nested(NFTA_EXPR, { setNestedFlag: true }) as unknown as Codec<ExprAttrs>;
 const exprs = list(NFTA_LIST_ELEM, expr);
 
-export const NFTA_RULE: Table = [
+export const NFTA_RULE = [
   { type: 1, name: 'table', codec: asciiz },
   { type: 2, name: 'chain', codec: asciiz },
   { type: 3, name: 'handle', codec: be64 },
   { type: 4, name: 'expressions', codec: exprs },
   { type: 6, name: 'position', codec: be64 },
   { type: 7, name: 'userdata', codec: binary },
-];
+] as const satisfies Table;
 
-export const NFTA_SET_FIELD: Table = [{ type: 1, name: 'len', codec: be32 }];
-export const NFTA_SET_DESC: Table = [
+export const NFTA_SET_FIELD = [{ type: 1, name: 'len', codec: be32 }] as const satisfies Table;
+export const NFTA_SET_DESC = [
   { type: 1, name: 'size', codec: be32 },
   { type: 2, name: 'concat', codec: list(NFTA_LIST_ELEM, nested(NFTA_SET_FIELD, { setNestedFlag: true })) },
-];
+] as const satisfies Table;
 
-export const NFTA_SET: Table = [
+export const NFTA_SET = [
   { type: 1, name: 'table', codec: asciiz },
   { type: 2, name: 'name', codec: asciiz },
   { type: 3, name: 'flags', codec: be32 },
@@ -296,9 +304,9 @@ export const NFTA_SET: Table = [
   { type: 12, name: 'gcInterval', codec: be32 },
   { type: 13, name: 'userdata', codec: binary },
   { type: 17, name: 'expr', codec: expr },
-];
+] as const satisfies Table;
 
-export const NFTA_SET_ELEM: Table = [
+export const NFTA_SET_ELEM = [
   { type: 1, name: 'key', codec: data },
   { type: 2, name: 'data', codec: data },
   { type: 3, name: 'flags', codec: be32 },
@@ -308,9 +316,9 @@ export const NFTA_SET_ELEM: Table = [
   { type: 7, name: 'expr', codec: expr },
   { type: 10, name: 'keyEnd', codec: data },
   { type: 11, name: 'expressions', codec: exprs },
-];
+] as const satisfies Table;
 
-export const NFTA_SET_ELEM_LIST: Table = [
+export const NFTA_SET_ELEM_LIST = [
   { type: 1, name: 'table', codec: asciiz },
   { type: 2, name: 'set', codec: asciiz },
   {
@@ -319,8 +327,6 @@ export const NFTA_SET_ELEM_LIST: Table = [
     codec: list(NFTA_LIST_ELEM, nested(NFTA_SET_ELEM, { setNestedFlag: true }), { anyType: true }),
   },
   { type: 4, name: 'setId', codec: be32 },
-];
-
-export const NFTA_GEN: Table = [{ type: 1, name: 'id', codec: be32 }];
+] as const satisfies Table;
 
 export { be16 };

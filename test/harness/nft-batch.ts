@@ -5,7 +5,7 @@
  * Sequence numbers and set ids are left out (they differ between writers and
  * mean nothing once applied).
  */
-import { decodeAttrs, type AttrObject, type Table } from '../../src/netlink/attrs';
+import { decodeAttrs, type Table } from '../../src/netlink/attrs';
 import {
   NFTA_CHAIN,
   NFTA_RULE,
@@ -14,6 +14,7 @@ import {
   NFTA_TABLE,
   NFT_MSG,
   NFNL_SUBSYS_NFTABLES,
+  type ExprAttrs,
 } from '../../src/netlink/nftables';
 import { decodeExpr, formatExpr } from '../../src/nat/nftables/expr';
 
@@ -63,7 +64,7 @@ export function decodeBatch(buf: Buffer): string[] {
     const name = NAMES.get(type & 0xff) ?? String(type & 0xff);
     const a = TABLES[name] ? decodeAttrs(TABLES[name]!, payload) : {};
     if (name === 'NEWRULE') {
-      const exprs = ((a.expressions ?? []) as AttrObject[]).map((e) => {
+      const exprs = ((a.expressions ?? []) as ExprAttrs[]).map((e) => {
         const d = decodeExpr(e);
         return d ? formatExpr(d) : `[ ${String(e.name)} ${JSON.stringify(show(e.data))} ]`;
       });

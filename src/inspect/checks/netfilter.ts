@@ -1,6 +1,7 @@
 /** Doctor checks on netfilter: tsnet's rules gone, or another table's verdict that overrides them. */
-import { NFPROTO, NFTA_CHAIN, NFT_MSG, NF_INET_HOOK, nftMsg } from '../../netlink/nftables';
-import { decodeAttrs, type AttrObject } from '../../netlink/attrs';
+import { NFPROTO, NFTA_CHAIN, NFT_MSG, NF_INET_HOOK, VERDICT, nftMsg } from '../../netlink/nftables';
+import { decodeAttrs } from '../../netlink/attrs';
+import { nfgenmsg } from '../../netlink/nfnetlink';
 import { NFT_TABLE } from '../../nat/constants';
 import type { NetNs } from '../../netns';
 import type { Check, Finding } from './check';
@@ -46,15 +47,13 @@ export const forwardDrop: Check = {
 /** Base chains on the forward hook with policy drop, in tables other than tsnet's (nf_tables over netlink: iptables-nft's too). */
 async function dropForwardChains(h: NetNs): Promise<{ family: string; table: string; chain: string }[]> {
   const out: { family: string; table: string; chain: string }[] = [];
-  const NF_DROP = 0;
   const fams: Record<number, string> = { [NFPROTO.IPV4]: 'ip', [NFPROTO.IPV6]: 'ip6', [NFPROTO.INET]: 'inet' };
-  const msgs = await h.netfilter.dump(nftMsg(NFT_MSG.GETCHAIN), Buffer.from([NFPROTO.UNSPEC, 0, 0, 0]));
+  const msgs = await h.netfilter.dump(nftMsg(NFT_MSG.GETCHAIN), nfgenmsg(NFPROTO.UNSPEC));
   for (const m of msgs) {
     if (m.type !== nftMsg(NFT_MSG.NEWCHAIN)) continue;
     const fam = m.payload[0]!;
     const c = decodeAttrs(NFTA_CHAIN, m.payload.subarray(4));
-    const hook = c.hook as AttrObject | undefined;
-    if (c.table === NFT_TABLE || !hook || hook.hooknum !== NF_INET_HOOK.forward || c.policy !== NF_DROP) continue;
+    if (c.table === NFT_TABLE || c.hook?.hooknum !== NF_INET_HOOK.forward || c.policy !== VERDICT.drop) continue;
     out.push({ family: fams[fam] ?? String(fam), table: String(c.table), chain: String(c.name) });
   }
   return out;

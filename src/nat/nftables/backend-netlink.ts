@@ -9,20 +9,19 @@ import type { Family } from '../../addr/cidr';
 import { TsnetError } from '../../errors';
 import type { NetNs } from '../../netns';
 import type { NetlinkSocket } from '../../netlink/socket';
-import { decodeAttrs, encodeAttrs, type AttrObject } from '../../netlink/attrs';
-import { NFPROTO, NFTA_RULE, NFTA_SET_ELEM_LIST, NFT_MSG, nftMsg } from '../../netlink/nftables';
+import { decodeAttrs, encodeAttrs, type AttrObject, type Decoded, type Table } from '../../netlink/attrs';
+import { NFTA_RULE, NFTA_SET_ELEM, NFTA_SET_ELEM_LIST, NFT_MSG, nfproto, nftMsg } from '../../netlink/nftables';
+import { nfgenmsg } from '../../netlink/nfnetlink';
 import { CANARY_COMMENT, NFT_TABLE } from '../constants';
 import { decodeExpr } from './expr';
 import { CANARY, ENDPOINTS, ENDPOINTS_WEIGHTED, ENDPOINT_KEY, NO_ENDPOINTS, SERVICE_IPS, SERVICE_KEY } from './layout';
 import { decodeKey } from './lowering';
-import { elementKeyId } from './ids';
+import { keyId } from './ruleset';
 import { encodePlan } from './batch';
 import type { Op } from './plan';
 import type { NamedSet } from './ruleset';
 import { NftablesBackend, type TableCounters } from './backend';
 import type { AffinityEntry, Counter } from '../backends/types';
-
-const nfgen = (family: Family) => Buffer.from([family === 6 ? NFPROTO.IPV6 : NFPROTO.IPV4, 0, 0, 0]);
 
 export class NetlinkBackend extends NftablesBackend {
   readonly name = 'netlink' as const;
@@ -61,15 +60,16 @@ export class NetlinkBackend extends NftablesBackend {
     });
   }
 
-  private async dump(
+  /** A dump of `msg` objects of `table`'s kind matching `attrs`, decoded; undefined when the table or set is not there. */
+  private async dump<T extends Table>(
     s: NetlinkSocket,
     family: Family,
     msg: number,
     attrs: AttrObject,
-    table: typeof NFTA_RULE,
-  ): Promise<AttrObject[] | undefined> {
+    table: T,
+  ): Promise<Decoded<T>[] | undefined> {
     try {
-      const msgs = await s.dump(nftMsg(msg), Buffer.concat([nfgen(family), encodeAttrs(table, attrs)]));
+      const msgs = await s.dump(nftMsg(msg), Buffer.concat([nfgenmsg(nfproto(family)), encodeAttrs(table, attrs)]));
       return msgs.filter((m) => m.type === nftMsg(msg - 1)).map((m) => decodeAttrs(table, m.payload.subarray(4)));
     } catch (err) {
       if ((err as { code?: string }).code === 'ENOENT') return undefined; // no such table or set
@@ -81,9 +81,7 @@ export class NetlinkBackend extends NftablesBackend {
   async canaryPresent(family: Family): Promise<boolean> {
     return this.withSocket(async (s) => {
       const rules = await this.dump(s, family, NFT_MSG.GETRULE, { table: NFT_TABLE, chain: CANARY }, NFTA_RULE);
-      return (rules ?? []).some(
-        (r) => r.chain === CANARY && (r.userdata as Buffer | undefined)?.includes(CANARY_COMMENT),
-      );
+      return (rules ?? []).some((r) => r.chain === CANARY && r.userdata?.includes(CANARY_COMMENT));
     });
   }
 
@@ -104,59 +102,54 @@ export class NetlinkBackend extends NftablesBackend {
         if (!lists) return undefined;
         const m = new Map<string, Counter>();
         for (const l of lists) {
-          for (const e of (l.elements ?? []) as AttrObject[]) {
+          for (const e of l.elements ?? []) {
             const c = counterOf(e);
-            if (c && e.key) m.set(elementKey(set, family, e), c);
+            if (c && e.key?.value) m.set(elementKey(set, family, e), c);
           }
         }
         out.elements.set(set, m);
       }
       for (const r of (await this.dump(s, family, NFT_MSG.GETRULE, { table: NFT_TABLE }, NFTA_RULE)) ?? []) {
-        const chain = r.chain as string;
-        if (!chain.startsWith('sep-')) continue;
-        for (const x of (r.expressions ?? []) as AttrObject[]) {
-          const e = decodeExpr(x);
-          if (e?.kind === 'counter')
-            out.chains.set(chain, { packets: Number(e.packets ?? 0n), bytes: Number(e.bytes ?? 0n) });
-        }
+        if (!r.chain?.startsWith('sep-')) continue;
+        const c = counterOf({ expressions: r.expressions });
+        if (c) out.chains.set(r.chain, c);
       }
       return out;
     });
   }
 }
 
+type ElementAttrs = Decoded<typeof NFTA_SET_ELEM>;
+
 /** The addresses in a set keyed by `ip saddr` (an affinity set), with the ms each has left. */
-function affinityEntries(lists: AttrObject[], family: Family): AffinityEntry[] {
+function affinityEntries(lists: Decoded<typeof NFTA_SET_ELEM_LIST>[], family: Family): AffinityEntry[] {
   const out: AffinityEntry[] = [];
   for (const l of lists) {
-    for (const e of (l.elements ?? []) as AttrObject[]) {
-      const key = (e.key as AttrObject | undefined)?.value as Buffer | undefined;
-      if (!key) continue;
-      const [client] = decodeKey({ fields: ['saddr'] }, key, family, false) as [string];
-      const expires = e.expiration as bigint | undefined;
-      out.push(expires === undefined ? { client } : { client, expiresMs: Number(expires) });
+    for (const e of l.elements ?? []) {
+      if (!e.key?.value) continue;
+      const [client] = decodeKey({ fields: ['saddr'] }, e.key.value, family, false) as [string];
+      out.push(e.expiration === undefined ? { client } : { client, expiresMs: Number(e.expiration) });
     }
   }
   return out;
 }
 
-/** An element's key as nft writes it (`10.96.0.1 . tcp . 80 . 0-1`), from what the kernel dumped. */
-function elementKey(set: string, family: Family, e: AttrObject): string {
+/** An element's keyId, from what the kernel dumped (an interval's end joined to its start: `... . 0-1`). */
+function elementKey(set: string, family: Family, e: ElementAttrs): string {
   const key = set === SERVICE_IPS || set === NO_ENDPOINTS ? SERVICE_KEY : ENDPOINT_KEY;
   const interval = set === ENDPOINTS_WEIGHTED;
-  const start = decodeKey(key, (e.key as AttrObject).value as Buffer, family, interval);
-  if (interval && e.keyEnd) {
-    const end = decodeKey(key, (e.keyEnd as AttrObject).value as Buffer, family, interval);
+  const start = decodeKey(key, e.key!.value!, family, interval);
+  if (interval && e.keyEnd?.value) {
+    const end = decodeKey(key, e.keyEnd.value, family, interval);
     const [a, b] = [start[start.length - 1], end[end.length - 1]];
     if (a !== b) start[start.length - 1] = [a as number, b as number];
   }
-  return elementKeyId({ key: start });
+  return keyId(start);
 }
 
-/** An element's counter (NFTA_SET_ELEM_EXPR, or the first of NFTA_SET_ELEM_EXPRESSIONS). */
-function counterOf(e: AttrObject): Counter | undefined {
-  const exprs = [e.expr, ...((e.expressions ?? []) as AttrObject[])].filter(Boolean) as AttrObject[];
-  for (const x of exprs) {
+/** The counter among an element's or a rule's expressions (NFTA_SET_ELEM_EXPR, or one of ..._EXPRESSIONS). */
+function counterOf(e: Pick<ElementAttrs, 'expr' | 'expressions'>): Counter | undefined {
+  for (const x of [...(e.expr ? [e.expr] : []), ...(e.expressions ?? [])]) {
     const d = decodeExpr(x);
     if (d?.kind === 'counter') return { packets: Number(d.packets ?? 0n), bytes: Number(d.bytes ?? 0n) };
   }

@@ -10,20 +10,21 @@ import { CANARY_COMMENT, NFT_TABLE } from '../constants';
 import { APPLY_TIMEOUT_MS, execIn, mustExec } from '../exec';
 import { CANARY } from './layout';
 import type { Op, Plan } from './plan';
+import { keyId, type Value } from './ruleset';
 import { script } from './text';
 import { NftablesBackend, type TableCounters } from './backend';
 import type { AffinityEntry, Counter } from '../backends/types';
 
 const fam = (f: Family) => (f === 6 ? 'ip6' : 'ip');
 
-/** A value of `nft -j` as nft writes it in text (`10.96.0.1 . tcp . 80 . 0-1`). */
-function jsonValue(v: unknown): string {
+/** A key of `nft -j` (`{"concat": ["10.96.0.1", "tcp", 80, {"range": [0, 1]}]}`) as the values it holds. */
+function jsonValues(v: unknown): Value[] {
   if (v && typeof v === 'object') {
-    const o = v as { concat?: unknown[]; range?: unknown[] };
-    if (o.concat) return o.concat.map(jsonValue).join(' . ');
-    if (o.range) return `${String(o.range[0])}-${String(o.range[1])}`;
+    const o = v as { concat?: unknown[]; range?: [number, number] };
+    if (o.concat) return o.concat.flatMap(jsonValues);
+    if (o.range) return [[o.range[0], o.range[1]]];
   }
-  return String(v);
+  return [v as string | number];
 }
 
 export class NftBackend extends NftablesBackend {
@@ -96,7 +97,7 @@ export class NftBackend extends NftablesBackend {
     for (const o of (JSON.parse(r.stdout) as { nftables: Listed[] }).nftables) {
       if (o.map?.elem) {
         const m = new Map<string, Counter>();
-        for (const [k] of o.map.elem) if (k.elem?.counter) m.set(jsonValue(k.elem.val), k.elem.counter);
+        for (const [k] of o.map.elem) if (k.elem?.counter) m.set(keyId(jsonValues(k.elem.val)), k.elem.counter);
         out.elements.set(o.map.name, m);
       }
       const counter = o.rule?.expr?.find((e) => e.counter)?.counter;

@@ -9,16 +9,7 @@
 import { formatHostPort, type Family } from '../../addr/cidr';
 import type { NetNs } from '../../netns';
 import { familiesUsed, familyOf, type DesiredState, type Service } from '../model';
-import {
-  ENDPOINTS,
-  ENDPOINTS_WEIGHTED,
-  NO_ENDPOINTS,
-  SERVICE_IPS,
-  affinitySet,
-  render,
-  sepChain,
-  staticSets,
-} from './layout';
+import { affinitySet, counterPlaces, render, sepChain, staticSets, type CounterPlace } from './layout';
 import { fullPlan, type Op, type Plan } from './plan';
 import {
   SharedIndex,
@@ -44,37 +35,6 @@ import {
   type SyncResult,
   type SyncRound,
 } from '../backends/types';
-
-/** Where a service's and its endpoints' counters are, in the table's own terms. */
-export interface CounterSources {
-  /** Element keys of service-ips / no-endpoint-services, as nft writes them. */
-  service: { set: string; key: string };
-  /** Per endpoint (`ip:port`): an element of an endpoint map, or (affinity) the counter rule of its sep chain. */
-  endpoints: Record<string, { set: string; key: string } | { chain: string }>;
-}
-
-/** The table objects whose counters belong to service `s`. */
-export function counterSources(s: Service): CounterSources {
-  const vip = `${s.vip} . ${s.proto} . ${s.port}`;
-  const out: CounterSources = {
-    service: { set: s.endpoints.length ? SERVICE_IPS : NO_ENDPOINTS, key: vip },
-    endpoints: {},
-  };
-  const weighted = s.endpoints.some((e) => e.weight !== 1);
-  let from = 0;
-  s.endpoints.forEach((e, i) => {
-    const id = formatHostPort(e.ip, e.port);
-    if (s.affinitySeconds !== undefined) out.endpoints[id] = { chain: sepChain(s, e.ip, e.port) };
-    else if (weighted)
-      out.endpoints[id] = {
-        set: ENDPOINTS_WEIGHTED,
-        key: `${vip} . ${e.weight === 1 ? from : `${from}-${from + e.weight - 1}`}`,
-      };
-    else out.endpoints[id] = { set: ENDPOINTS, key: `${vip} . ${i}` };
-    from += e.weight;
-  });
-  return out;
-}
 
 /** Counters read from the kernel: set -> element key -> counter, and chain -> the counter of its counted rule. */
 export interface TableCounters {
@@ -207,12 +167,14 @@ export abstract class NftablesBackend implements Backend {
     const zero = (): Counter => ({ packets: 0, bytes: 0 });
     for (const s of st.services) {
       const t = tables.get(familyOf(s.vip));
-      const src = counterSources(s);
-      const get = (x: { set: string; key: string } | { chain: string }) =>
-        ('chain' in x ? t?.chains.get(x.chain) : t?.elements.get(x.set)?.get(x.key)) ?? zero();
+      const places = counterPlaces(s);
+      const get = (p: CounterPlace) =>
+        ('chain' in p ? t?.chains.get(p.chain) : t?.elements.get(p.set)?.get(p.key)) ?? zero();
       out.set(s.name, {
-        service: get(src.service),
-        endpoints: Object.fromEntries(Object.entries(src.endpoints).map(([k, v]) => [k, get(v)])),
+        service: get(places.service),
+        endpoints: Object.fromEntries(
+          s.endpoints.map((e, i) => [formatHostPort(e.ip, e.port), get(places.endpoints[i]!)]),
+        ),
       });
     }
     return out;

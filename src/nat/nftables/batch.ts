@@ -6,7 +6,8 @@
  * Each message's sequence number maps back to what it does, so an error
  * names the rule, set or element it came from.
  */
-import { NlWriter, type AttrObject } from '../../netlink/attrs';
+import { type AttrObject } from '../../netlink/attrs';
+import { NlWriter } from '../../netlink/writer';
 import {
   NFNL_MSG_BATCH_BEGIN,
   NFNL_MSG_BATCH_END,

@@ -18,6 +18,8 @@ import {
   NFT_PAYLOAD_BASE,
   NFPROTO,
   VERDICT,
+  nfproto,
+  type ExprAttrs,
 } from '../../netlink/nftables';
 
 export type Verdict = { code: keyof typeof VERDICT; chain?: string };
@@ -55,7 +57,6 @@ export type Expr =
   | { kind: 'counter'; packets?: bigint; bytes?: bigint }
   | { kind: 'reject'; type: number; code: number };
 
-const nfproto = (f: 4 | 6) => (f === 6 ? NFPROTO.IPV6 : NFPROTO.IPV4);
 const verdictAttrs = (v: Verdict): AttrObject => ({ verdict: { code: VERDICT[v.code], chain: v.chain } });
 
 /** The NFTA_EXPR_* attributes of an expression: its kernel name and data. */
@@ -139,111 +140,112 @@ const FIB_RESULTS = invert(NFT_FIB_RESULT);
 const DYNSET_OPS = invert(NFT_DYNSET_OP);
 const BYTEORDER_OPS = invert(NFT_BYTEORDER_OP);
 
-/** An expression read back from the kernel (a rule dump); undefined for kinds tsnet never writes. */
-export function decodeExpr(a: AttrObject): Expr | undefined {
-  const d = (a.data ?? {}) as AttrObject;
-  const value = (x: unknown) => ((x as AttrObject | undefined)?.value as Buffer | undefined) ?? Buffer.alloc(0);
+/** A value or verdict nest's bytes (empty when absent). */
+const value = (d: { value?: Buffer } | undefined): Buffer => d?.value ?? Buffer.alloc(0);
+
+/** An expression read back from the kernel (a rule dump); undefined for kinds tsnet never writes. Absent numbers read as 0. */
+export function decodeExpr(a: ExprAttrs): Expr | undefined {
   switch (a.name) {
     case 'counter':
-      return {
-        kind: 'counter',
-        packets: (d.packets as bigint | undefined) ?? 0n,
-        bytes: (d.bytes as bigint | undefined) ?? 0n,
-      };
-    case 'payload':
+      return { kind: 'counter', packets: a.data?.packets ?? 0n, bytes: a.data?.bytes ?? 0n };
+    case 'payload': {
+      const d = a.data ?? {};
       return {
         kind: 'payload',
-        base: BASES.get(d.base as number) ?? 'network',
-        offset: d.offset as number,
-        len: d.len as number,
-        dreg: d.dreg as number,
+        base: BASES.get(d.base ?? 1) ?? 'network',
+        offset: d.offset ?? 0,
+        len: d.len ?? 0,
+        dreg: d.dreg ?? 0,
       };
-    case 'cmp':
-      return { kind: 'cmp', sreg: d.sreg as number, op: CMP_OPS.get(d.op as number) ?? 'eq', data: value(d.data) };
-    case 'meta':
-      return d.sreg !== undefined
-        ? { kind: 'meta-set', key: META_KEYS.get(d.key as number) ?? 'mark', sreg: d.sreg as number }
-        : { kind: 'meta', key: META_KEYS.get(d.key as number) ?? 'mark', dreg: d.dreg as number };
-    case 'ct':
+    }
+    case 'cmp': {
+      const d = a.data ?? {};
+      return { kind: 'cmp', sreg: d.sreg ?? 0, op: CMP_OPS.get(d.op ?? 0) ?? 'eq', data: value(d.data) };
+    }
+    case 'meta': {
+      const d = a.data ?? {};
+      const key = META_KEYS.get(d.key ?? 0) ?? 'mark';
+      return d.sreg !== undefined ? { kind: 'meta-set', key, sreg: d.sreg } : { kind: 'meta', key, dreg: d.dreg ?? 0 };
+    }
+    case 'ct': {
+      const d = a.data ?? {};
       return {
         kind: 'ct',
-        key: CT_KEYS.get(d.key as number) ?? 'state',
-        dreg: d.dreg as number,
+        key: CT_KEYS.get(d.key ?? 0) ?? 'state',
+        dreg: d.dreg ?? 0,
         ...(d.direction === undefined ? {} : { dir: d.direction === 0 ? ('original' as const) : ('reply' as const) }),
       };
-    case 'immediate': {
-      const data = d.data as AttrObject | undefined;
-      if (data?.verdict) {
-        const v = data.verdict as AttrObject;
-        return {
-          kind: 'verdict',
-          verdict: {
-            code: VERDICTS.get(v.code as number) ?? 'continue',
-            ...(v.chain ? { chain: v.chain as string } : {}),
-          },
-        };
-      }
-      return { kind: 'immediate', dreg: d.dreg as number, data: value(data) };
     }
-    case 'lookup':
-      return {
-        kind: 'lookup',
-        set: d.set as string,
-        sreg: d.sreg as number,
-        ...(d.dreg === undefined ? {} : { dreg: d.dreg as number }),
-      };
-    case 'bitwise':
+    case 'immediate':
+      return immediate(a.data ?? {});
+    case 'lookup': {
+      const d = a.data ?? {};
+      return { kind: 'lookup', set: d.set ?? '', sreg: d.sreg ?? 0, ...(d.dreg === undefined ? {} : { dreg: d.dreg }) };
+    }
+    case 'bitwise': {
+      const d = a.data ?? {};
       return {
         kind: 'bitwise',
-        sreg: d.sreg as number,
-        dreg: d.dreg as number,
+        sreg: d.sreg ?? 0,
+        dreg: d.dreg ?? 0,
         mask: value(d.mask),
         xor: value(d.xor),
         ...(d.op === 0 ? { explicitOp: true as const } : {}),
       };
-    case 'byteorder':
-      return {
-        kind: 'byteorder',
-        sreg: d.sreg as number,
-        dreg: d.dreg as number,
-        op: BYTEORDER_OPS.get(d.op as number) ?? 'hton',
-        len: d.len as number,
-        size: d.size as number,
-      };
-    case 'numgen':
-      return { kind: 'numgen', dreg: d.dreg as number, mod: d.modulus as number };
-    case 'nat': {
-      const e: Expr = {
-        kind: 'nat',
-        type: NAT_TYPES.get(d.type as number) ?? 'dnat',
-        family: d.family === NFPROTO.IPV6 ? 6 : 4,
-        regAddrMin: d.regAddrMin as number,
-      };
-      if (d.regProtoMin !== undefined) e.regProtoMin = d.regProtoMin as number;
-      if (d.flags !== undefined) e.flags = d.flags as number;
-      return e;
     }
+    case 'byteorder': {
+      const d = a.data ?? {};
+      const op = BYTEORDER_OPS.get(d.op ?? 1) ?? 'hton';
+      return { kind: 'byteorder', sreg: d.sreg ?? 0, dreg: d.dreg ?? 0, op, len: d.len ?? 0, size: d.size ?? 0 };
+    }
+    case 'numgen':
+      return { kind: 'numgen', dreg: a.data?.dreg ?? 0, mod: a.data?.modulus ?? 0 };
+    case 'nat':
+      return nat(a.data ?? {});
     case 'masq':
-      return d.flags === undefined ? { kind: 'masq' } : { kind: 'masq', flags: d.flags as number };
-    case 'fib':
+      return a.data?.flags === undefined ? { kind: 'masq' } : { kind: 'masq', flags: a.data.flags };
+    case 'fib': {
+      const d = a.data ?? {};
       return {
         kind: 'fib',
-        dreg: d.dreg as number,
-        result: FIB_RESULTS.get(d.result as number) ?? 'addrtype',
-        flags: d.flags as number,
+        dreg: d.dreg ?? 0,
+        result: FIB_RESULTS.get(d.result ?? 0) ?? 'addrtype',
+        flags: d.flags ?? 0,
       };
-    case 'dynset':
-      return {
-        kind: 'dynset',
-        op: DYNSET_OPS.get(d.op as number) ?? 'add',
-        set: d.set as string,
-        sregKey: d.sregKey as number,
-      };
+    }
+    case 'dynset': {
+      const d = a.data ?? {};
+      return { kind: 'dynset', op: DYNSET_OPS.get(d.op ?? 0) ?? 'add', set: d.set ?? '', sregKey: d.sregKey ?? 0 };
+    }
     case 'reject':
-      return { kind: 'reject', type: d.type as number, code: d.icmpCode as number };
+      return { kind: 'reject', type: a.data?.type ?? 0, code: a.data?.icmpCode ?? 0 };
     default:
       return undefined;
   }
+}
+
+type ExprData<N extends ExprAttrs['name']> = NonNullable<Extract<ExprAttrs, { name: N }>['data']>;
+
+function immediate(d: ExprData<'immediate'>): Expr {
+  const v = d.data?.verdict;
+  if (v)
+    return {
+      kind: 'verdict',
+      verdict: { code: VERDICTS.get(v.code ?? 0) ?? 'continue', ...(v.chain ? { chain: v.chain } : {}) },
+    };
+  return { kind: 'immediate', dreg: d.dreg ?? 0, data: value(d.data) };
+}
+
+function nat(d: ExprData<'nat'>): Expr {
+  const e: Expr = {
+    kind: 'nat',
+    type: NAT_TYPES.get(d.type ?? 1) ?? 'dnat',
+    family: d.family === NFPROTO.IPV6 ? 6 : 4,
+    regAddrMin: d.regAddrMin ?? 0,
+  };
+  if (d.regProtoMin !== undefined) e.regProtoMin = d.regProtoMin;
+  if (d.flags !== undefined) e.flags = d.flags;
+  return e;
 }
 
 // --- libnftnl's text (nft --debug=netlink) ---------------------------------

@@ -14,10 +14,9 @@
 import { hash } from 'node:crypto';
 import { familyOf, type DesiredState, type Service } from '../model';
 import type { StateView } from '../changes';
-import { elementKeyId, elementValueId } from './ids';
 import { HAIRPIN, globalChains, hairpinElement, lbOf, serviceParts, sharedOf, type ServiceParts } from './layout';
 import { LAYOUT, type Digests, type Op, type Plan } from './plan';
-import type { Chain, Element, Family, NamedSet, Rule } from './ruleset';
+import { keyId, sameElement, type Chain, type Element, type Family, type NamedSet, type Rule } from './ruleset';
 
 /** One service before and after (absent: added or removed). */
 export interface ServiceChange {
@@ -198,12 +197,10 @@ export function changePlan(
     }
     // Elements, set by set: gone or changed ones deleted, new or changed ones added.
     for (const set of new Set([...o.elements.keys(), ...n.elements.keys()])) {
-      const before = new Map((o.elements.get(set) ?? []).map((e) => [elementKeyId(e), e]));
-      const after = new Map((n.elements.get(set) ?? []).map((e) => [elementKeyId(e), e]));
-      for (const [k, e] of before)
-        if (!after.has(k) || elementValueId(after.get(k)!) !== elementValueId(e)) push(del, set, e);
-      for (const [k, e] of after)
-        if (!before.has(k) || elementValueId(before.get(k)!) !== elementValueId(e)) push(add, set, e);
+      const before = new Map((o.elements.get(set) ?? []).map((e) => [keyId(e.key), e]));
+      const after = new Map((n.elements.get(set) ?? []).map((e) => [keyId(e.key), e]));
+      for (const [k, e] of before) if (!after.has(k) || !sameElement(after.get(k)!, e)) push(del, set, e);
+      for (const [k, e] of after) if (!before.has(k) || !sameElement(before.get(k)!, e)) push(add, set, e);
     }
     // The service's own chains and sets, by name.
     const oldChains = new Map(o.chains.map((c) => [c.name, c]));

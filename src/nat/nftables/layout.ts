@@ -32,7 +32,18 @@ import {
   type Service,
 } from '../model';
 import { endpointHash, portProtoHash } from '../names';
-import type { Chain, Element, ElementList, Family, Item, KeyExpr, NamedSet, Rule, Ruleset } from './ruleset';
+import {
+  keyId,
+  type Chain,
+  type Element,
+  type ElementList,
+  type Family,
+  type Item,
+  type KeyExpr,
+  type NamedSet,
+  type Rule,
+  type Ruleset,
+} from './ruleset';
 
 export const SERVICE_IPS = 'service-ips';
 export const NO_ENDPOINTS = 'no-endpoint-services';
@@ -204,6 +215,28 @@ class ServiceElements implements ElementList {
     return this.share.element(this.services[k]!, i - starts[k]!);
   }
 }
+
+/** Where the kernel counts: an element of one of the table's maps (by keyId), or the counted rule of a chain. */
+export type CounterPlace = { set: string; key: string } | { chain: string };
+
+/**
+ * Where a service's connections are counted (its element in service-ips or
+ * no-endpoint-services), and each endpoint's (its element in an endpoint
+ * map, or with affinity the counted rule of its own chain): the same
+ * shares its elements are made from, so the join cannot drift from the layout.
+ */
+export function counterPlaces(s: Service): { service: CounterPlace; endpoints: CounterPlace[] } {
+  const at = (set: string, i: number): CounterPlace => ({ set, key: keyId(shareOf(set).element(s, i).key) });
+  const endpointMap = [ENDPOINTS, ENDPOINTS_WEIGHTED].find((set) => shareOf(set).count(s) > 0);
+  return {
+    service: at(s.endpoints.length ? SERVICE_IPS : NO_ENDPOINTS, 0),
+    endpoints: s.endpoints.map((e, i) =>
+      s.affinitySeconds !== undefined || !endpointMap ? { chain: sepChain(s, e.ip, e.port) } : at(endpointMap, i),
+    ),
+  };
+}
+
+const shareOf = (set: string): MapShare => SHARES.find((x) => x.set === set)!;
 
 export function serviceParts(s: Service): ServiceParts {
   const elements = new Map<string, Element[]>();

@@ -5,7 +5,8 @@
  * changes nothing in the kernel). Each item is spelled out once, in
  * lowerItem; the field table says how each key field is loaded and encoded.
  */
-import { bufferToIp, ipToBuffer, type NlWriter } from '../../netlink/attrs';
+import { bufferToIp, ipToBuffer } from '../../netlink/attrs';
+import { type NlWriter } from '../../netlink/writer';
 import { NFT_FIB_F, NF_NAT_RANGE, NFT_REG32_00 } from '../../netlink/nftables';
 import { parseCidr } from '../../addr/cidr';
 import type { Expr } from './expr';

@@ -137,3 +137,23 @@ export interface Ruleset {
 }
 
 export const isTarget = (d: Element['data']): d is Target => d !== undefined && !Array.isArray(d);
+
+// A range of one (`3-3`) is the value itself, as nft writes and dumps it.
+const valueText = (v: Value) => (!Array.isArray(v) ? String(v) : v[0] === v[1] ? String(v[0]) : `${v[0]}-${v[1]}`);
+
+/**
+ * A key's identity, as nft writes it (`10.96.0.1 . tcp . 80 . 0-1`; `3`, not
+ * `3-3`): what
+ * the kernel indexes an element by. The one spelling diffs, counter joins
+ * and both backends' read-backs compare.
+ */
+export const keyId = (values: readonly Value[]): string => values.map(valueText).join(' . ');
+
+/** Same key, same value, same comment: an element that needs no rewrite. */
+export function sameElement(a: Element, b: Element): boolean {
+  if (keyId(a.key) !== keyId(b.key) || a.comment !== b.comment) return false;
+  if (a.data === undefined || b.data === undefined) return a.data === b.data;
+  if (isTarget(a.data) || isTarget(b.data))
+    return isTarget(a.data) && isTarget(b.data) && a.data.verdict === b.data.verdict && a.data.chain === b.data.chain;
+  return keyId(a.data) === keyId(b.data);
+}

@@ -5,7 +5,7 @@
  * byte order, and comments. With it, `nft list table ip tsnet` shows tsnet's
  * rules as readably as if nft had written them.
  */
-import type { NlWriter } from '../../netlink/attrs';
+import type { NlWriter } from '../../netlink/writer';
 import type { Family, Field, KeyExpr, NamedSet } from './ruleset';
 
 const UDATA_COMMENT = 0;
