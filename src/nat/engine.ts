@@ -21,6 +21,7 @@ import { resolveChoice, type BackendChoice } from './backends';
 import {
   tableKind,
   type AffinityEntry,
+  type Applied,
   type Backend,
   type BackendName,
   type ServiceCounters,
@@ -177,9 +178,11 @@ export class NatEngine {
     if (this.resident) indexed.warm();
     const dirty = this.readDirty();
     if (!dirty) return { f, indexed };
-    const applied = f.applied
+    const applied: Applied = f.applied
       ? { ...f.applied, clean: false }
-      : { backend: dirty.backend, ...(dirty.mode ? { mode: dirty.mode } : {}), clean: false, families: {} };
+      : dirty.backend === 'iptables'
+        ? { backend: 'iptables', ...(dirty.mode ? { mode: dirty.mode } : {}), clean: false, families: {} }
+        : { backend: dirty.backend, clean: false, families: {} };
     return { f: { ...f, applied }, indexed };
   }
 

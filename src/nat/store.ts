@@ -28,7 +28,7 @@ import { writeFileAtomic } from '../state';
 import { IndexedState, readChange, type NatChange } from './changes';
 import { StoredRows } from './rows';
 import { emptyState, normalizeState, type DesiredState } from './model';
-import type { Applied, BackendName } from './backends/types';
+import { readApplied, type Applied, type BackendName } from './backends/types';
 
 export interface StateFile {
   version: 1 | 2 | 3;
@@ -78,6 +78,14 @@ function stampOf(file: string): string {
   }
 }
 
+/** The sync record of a state file in today's shape (one an earlier release wrote is read as such). */
+function withRecord(f: StateFile): StateFile {
+  const applied = readApplied(f.applied);
+  if (applied) f.applied = applied;
+  else delete f.applied;
+  return f;
+}
+
 export class NatStore {
   readonly file: string;
   readonly journal: string;
@@ -103,7 +111,8 @@ export class NatStore {
       if (line.seq <= seq) continue;
       indexed.apply(line.changes);
       f.backend = line.backend;
-      if (line.applied) f.applied = line.applied;
+      const applied = readApplied(line.applied);
+      if (applied) f.applied = applied;
       else delete f.applied;
       if (line.sysctls) f.sysctls = line.sysctls;
       else delete f.sysctls;
@@ -134,7 +143,7 @@ export class NatStore {
     ) {
       // As tsnet wrote it: the header line, closed, and the services as their lines, left in the bytes.
       const nl = bytes.indexOf(0x0a);
-      const f = JSON.parse(`${bytes.toString('utf8', 0, nl)}]}}`) as StateFile;
+      const f = withRecord(JSON.parse(`${bytes.toString('utf8', 0, nl)}]}}`) as StateFile);
       const rows = StoredRows.scan(bytes, nl + 1, bytes.lastIndexOf('\n]}}'));
       const indexed = IndexedState.fromRows(rows, f.desired.rules, f.desired.forwards, f.families);
       delete f.families;
@@ -162,7 +171,7 @@ export class NatStore {
         { code: 'EINVAL' },
       );
     }
-    return { f, indexed: IndexedState.of(f.desired) };
+    return { f: withRecord(f), indexed: IndexedState.of(f.desired) };
   }
 
   private readJournal(): JournalLine[] {

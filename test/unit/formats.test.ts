@@ -9,6 +9,7 @@ import test from 'ava';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { NatStore } from '../../src/nat/store';
+import type { IptablesRecord, NftablesRecord } from '../../src/nat/backends/types';
 import { normalizeService } from '../../src/nat/model';
 import { parseServicesFile } from '../../src/nat/services-file';
 import { RecordStore } from '../../src/cni/records';
@@ -170,3 +171,33 @@ for (const release of ['291a2be', '5e5a506']) {
     }
   });
 }
+
+test("sync records as earlier releases wrote them are read in today's typed shape: an nftables record's strings as numbers and lists", (t) => {
+  const dir = copySample('nat-v3-5e5a506-netlink');
+  try {
+    const applied = new NatStore(dir).load().f.applied!;
+    t.is(applied.backend, 'netlink');
+    const rec = applied.families[4] as NftablesRecord;
+    t.is(rec.layout, 3, 'layout {version: "3"} read as 3: the next sync can stay partial');
+    t.deepEqual(rec.lb, { 'lbw-tcp-5': 1 });
+    t.is(rec.chains.masquerading!.rules.length, 4, 'a chain\'s rule digests, "D1 D2 D3 D4", as a list');
+    t.regex(rec.chains.canary!.digest, /^[\w-]{22}$/);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+  const v1 = copySample('nat-v1-291a2be-nft');
+  try {
+    const rec = new NatStore(v1).load().f.applied!.families[4] as NftablesRecord;
+    t.is(rec.layout, 0, 'a record of the layout before layouts had versions: the next sync is a full one');
+  } finally {
+    fs.rmSync(v1, { recursive: true, force: true });
+  }
+  const ipt = copySample('nat-v1-291a2be-iptables');
+  try {
+    const a = new NatStore(ipt).load().f.applied!;
+    t.is(a.backend, 'iptables');
+    t.regex((a.families[4] as IptablesRecord).nat['TSNET-SERVICES']!, /^[\w-]+$/);
+  } finally {
+    fs.rmSync(ipt, { recursive: true, force: true });
+  }
+});

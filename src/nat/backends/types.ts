@@ -8,14 +8,69 @@ export type BackendName = 'iptables' | 'nft' | 'netlink';
 /** What a backend's rules live in: backends that write the same tables take over from each other without a teardown. */
 export type TableKind = 'iptables' | 'nftables';
 
-/** What the last successful sync wrote, per family: object name -> digest. Lets the next sync write only what changed. */
-export interface Applied {
-  backend: BackendName;
-  mode?: string;
+/** What an nftables backend remembers of one family's table: enough for the next sync to write only what changed. */
+export interface NftablesRecord {
+  /** The layout's shape (nftables/plan LAYOUT): a record of another forces a full sync. */
+  layout: number;
+  /** The chains that belong to no service: the chain's digest, and its rules' digests in order (a chain that only grew gets its new rules appended). */
+  chains: Record<string, { digest: string; rules: string[] }>;
+  /** Each shared lb chain and how many services use it (few chains: every sync carries them). */
+  lb: Record<string, number>;
+}
+
+/** What the iptables backend remembers of one family: per table, chain -> digest. */
+export interface IptablesRecord {
+  nat: Record<string, string>;
+  filter: Record<string, string>;
+}
+
+/** What the last successful sync wrote, per family. Lets the next sync write only what changed. */
+export type Applied = (
+  | { backend: 'iptables'; mode?: string; families: Partial<Record<Family, IptablesRecord>> }
+  | { backend: 'nft' | 'netlink'; mode?: undefined; families: Partial<Record<Family, NftablesRecord>> }
+) & {
   /** false while a sync is under way: a crash mid-sync leaves it false, and the next sync is a full one. */
   clean: boolean;
-  /** family -> kind of object -> object name -> digest. */
-  families: Partial<Record<Family, Record<string, Record<string, string>>>>;
+};
+
+type Loose = Record<string, unknown>;
+const isObj = (x: unknown): x is Loose => typeof x === 'object' && x !== null && !Array.isArray(x);
+const strings = (x: unknown): Record<string, string> =>
+  isObj(x) ? Object.fromEntries(Object.entries(x).filter((e): e is [string, string] => typeof e[1] === 'string')) : {};
+
+/**
+ * A record as any release wrote it, in today's shape. Until 0.1.0's
+ * restructure an nftables record was strings only (`{layout: {version:
+ * "3"}, chain: {NAME: DIGEST}, rules: {NAME: "D1 D2"}, lb: {NAME: "1"}}`);
+ * older ones had no layout at all (read as layout 0: the next sync is full).
+ */
+export function readApplied(x: unknown): Applied | undefined {
+  if (!isObj(x) || typeof x.backend !== 'string' || !isObj(x.families)) return undefined;
+  const clean = x.clean === true;
+  const fams = Object.entries(x.families).filter(([k, v]) => (k === '4' || k === '6') && isObj(v)) as [string, Loose][];
+  if (x.backend === 'iptables')
+    return {
+      backend: 'iptables',
+      ...(typeof x.mode === 'string' ? { mode: x.mode } : {}),
+      clean,
+      families: Object.fromEntries(fams.map(([k, v]) => [k, { nat: strings(v.nat), filter: strings(v.filter) }])),
+    };
+  if (x.backend !== 'nft' && x.backend !== 'netlink') return undefined;
+  return { backend: x.backend, clean, families: Object.fromEntries(fams.map(([k, v]) => [k, readNftablesRecord(v)])) };
+}
+
+function readNftablesRecord(v: Loose): NftablesRecord {
+  if (typeof v.layout === 'number' && isObj(v.chains) && isObj(v.lb)) return v as unknown as NftablesRecord;
+  const layout = isObj(v.layout) ? Number(v.layout.version) || 0 : 0;
+  const rules = strings(v.rules);
+  const chains = Object.fromEntries(
+    Object.entries(strings(v.chain)).map(([name, digest]) => [
+      name,
+      { digest, rules: (rules[name] ?? '').split(' ').filter(Boolean) },
+    ]),
+  );
+  const lb = Object.fromEntries(Object.entries(strings(v.lb)).map(([k, n]) => [k, Number(n)]));
+  return { layout, chains, lb };
 }
 
 export interface SyncResult {

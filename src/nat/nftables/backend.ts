@@ -11,21 +11,12 @@ import type { NetNs } from '../../netns';
 import { familiesUsed, familyOf, type DesiredState, type Service } from '../model';
 import { affinitySet, counterPlaces, render, sepChain, staticSets, type CounterPlace } from './layout';
 import { fullPlan, type Op, type Plan } from './plan';
-import {
-  SharedIndex,
-  changePlan,
-  globalRecord,
-  lbRecordAfter,
-  lbRecordOf,
-  lookedUp,
-  type LbRecord,
-} from './incremental';
+import { SharedIndex, changePlan, globalRecord, lbRecordAfter, lbRecordOf, lookedUp } from './incremental';
 import type { StateView } from '../changes';
 import type { NamedSet } from './ruleset';
 import { script } from './text';
 import {
   mayHoldRules,
-  tableKind,
   type Applied,
   type Backend,
   type BackendName,
@@ -34,6 +25,7 @@ import {
   type ServiceCounters,
   type SyncResult,
   type SyncRound,
+  type NftablesRecord,
 } from '../backends/types';
 
 /** Counters read from the kernel: set -> element key -> counter, and chain -> the counter of its counted rule. */
@@ -42,20 +34,19 @@ export interface TableCounters {
   chains: Map<string, Counter>;
 }
 
-/**
- * The shared-object index of the table last written from a state: kept
- * across syncs by a process that syncs the same state again (the agent),
- * built when a round changes many services. Taken out while a sync uses it:
- * a failed sync leaves it changed halfway, and it is dropped.
- */
-const indexes = new WeakMap<StateView, Map<Family, SharedIndex>>();
-
 /** Rounds up to this many changed services look other users up instead of counting them all (unless the caller keeps the state: then the count is made once and kept). */
 const LOOKUP_MAX = 16;
 
 export abstract class NftablesBackend implements Backend {
   abstract readonly name: BackendName;
   readonly tables = 'nftables' as const;
+  /**
+   * The shared-object index of the table last written from a state: kept
+   * across syncs by a process that syncs the same state again (the agent),
+   * built when a round changes many services. Taken out while a sync uses it:
+   * a failed sync leaves it changed halfway, and it is dropped.
+   */
+  private readonly indexes = new WeakMap<StateView, Map<Family, SharedIndex>>();
 
   constructor(readonly ns: NetNs) {}
 
@@ -101,12 +92,12 @@ export abstract class NftablesBackend implements Backend {
       deleted: 0,
       applied: { backend: this.name, clean: true, families: {} },
     };
-    const usable = applied && tableKind(applied.backend) === 'nftables' && applied.clean ? applied : undefined;
+    const usable = applied && applied.backend !== 'iptables' && applied.clean ? applied : undefined;
     const families = round ? round.view.families() : familiesUsed(st);
     for (const family of [4, 6] as const) {
       // Taken out now: put back below only by a sync it describes (a full sync, a teardown or a failure drops it).
-      const kept = round && indexes.get(round.view)?.get(family);
-      if (round) indexes.get(round.view)?.delete(family);
+      const kept = round && this.indexes.get(round.view)?.get(family);
+      if (round) this.indexes.get(round.view)?.delete(family);
       if (!families.includes(family)) {
         if (force || mayHoldRules(applied, 'nftables', family)) await this.teardownFamily(family);
         continue;
@@ -114,7 +105,7 @@ export abstract class NftablesBackend implements Backend {
       const prev = usable?.families[family];
       let plan: Plan | undefined;
       let index: SharedIndex | undefined;
-      let lb: LbRecord | undefined;
+      let lb: NftablesRecord['lb'] | undefined;
       if (prev && round && !force && (await this.canaryPresent(family))) {
         const changes = round.services.filter((c) => familyOf((c.new ?? c.old)!.vip) === family);
         index =
@@ -140,8 +131,8 @@ export abstract class NftablesBackend implements Backend {
       }
       await this.apply(plan.ops, family, plan.full ? [] : staticSets());
       if (round && index) {
-        let m = indexes.get(round.view);
-        if (!m) indexes.set(round.view, (m = new Map()));
+        let m = this.indexes.get(round.view);
+        if (!m) this.indexes.set(round.view, (m = new Map()));
         m.set(family, index);
       }
       result.full ||= plan.full;

@@ -15,7 +15,8 @@ import { hash } from 'node:crypto';
 import { familyOf, type DesiredState, type Service } from '../model';
 import type { StateView } from '../changes';
 import { HAIRPIN, globalChains, hairpinElement, lbOf, serviceParts, sharedOf, type ServiceParts } from './layout';
-import { LAYOUT, type Digests, type Op, type Plan } from './plan';
+import { LAYOUT, type Op, type Plan } from './plan';
+import type { NftablesRecord } from '../backends/types';
 import { keyId, sameElement, type Chain, type Element, type Family, type NamedSet, type Rule } from './ruleset';
 
 /** One service before and after (absent: added or removed). */
@@ -76,19 +77,19 @@ export class SharedIndex {
   }
 }
 
-/** The lb chains' users as the record keeps them (chain -> count): few chains, so every sync carries them. */
-export type LbRecord = Record<string, string>;
+/** The lb chains' users as the record keeps them (chain -> count). */
+type LbRecord = NftablesRecord['lb'];
 
 /** The record's lb users after `changes`. */
 export function lbRecordAfter(prev: LbRecord | undefined, changes: readonly ServiceChange[]): LbRecord {
-  const m = new Map(Object.entries(prev ?? {}).map(([k, v]) => [k, Number(v)]));
+  const m = new Map(Object.entries(prev ?? {}));
   for (const ch of changes) {
     const was = ch.old && lbOf(ch.old);
     const is = ch.new && lbOf(ch.new);
     if (was) bump(m, was, -1);
     if (is) bump(m, is, 1);
   }
-  return Object.fromEntries([...m].map(([k, v]) => [k, String(v)]));
+  return Object.fromEntries(m);
 }
 
 /** The lb users of a whole state, for the record of a full sync (chain names only: no hairpin index is built). */
@@ -98,7 +99,7 @@ export function lbRecordOf(services: readonly Service[], family: Family): LbReco
     const lb = familyOf(s.vip) === family ? lbOf(s) : undefined;
     if (lb) bump(m, lb, 1);
   }
-  return Object.fromEntries([...m].map(([k, v]) => [k, String(v)]));
+  return Object.fromEntries(m);
 }
 
 function bump(m: Map<string, number>, key: string, delta: number): void {
@@ -120,7 +121,7 @@ export function lookedUp(
   const except = new Set(changes.map((c) => (c.new ?? c.old)!.name));
   const mine = SharedIndex.of(changes, 'old');
   return {
-    lb: (names) => new Set(names.filter((n) => Number(lbUsers?.[n] ?? 0) > (mine.lb.get(n) ?? 0))),
+    lb: (names) => new Set(names.filter((n) => (lbUsers?.[n] ?? 0) > (mine.lb.get(n) ?? 0))),
     hairpin: (ips) => {
       const found = view.anyOther(
         except,
@@ -136,19 +137,19 @@ const ruleDigest = (r: Rule) => digest(r).slice(0, 11);
 const EMPTY: ServiceParts = { elements: new Map(), chains: [], sets: [], hairpin: [] };
 
 /** What a sync remembers: the chains that belong to no service (by digest), and who uses each lb chain. */
-export function globalRecord(st: Pick<DesiredState, 'rules' | 'forwards'>, family: Family, lb: LbRecord): Digests {
-  const out: Digests = { layout: { version: LAYOUT }, chain: {}, rules: {}, lb };
-  for (const c of globalChains(st, family)) {
-    out.chain![c.name] = digest(c);
-    out.rules![c.name] = c.rules.map(ruleDigest).join(' ');
-  }
-  return out;
+export function globalRecord(
+  st: Pick<DesiredState, 'rules' | 'forwards'>,
+  family: Family,
+  lb: LbRecord,
+): NftablesRecord {
+  const chains: NftablesRecord['chains'] = {};
+  for (const c of globalChains(st, family)) chains[c.name] = { digest: digest(c), rules: c.rules.map(ruleDigest) };
+  return { layout: LAYOUT, chains, lb };
 }
 
 /** The rules a chain gains at its end, when its old rules (by digest) are unchanged before them. */
-function appended(c: Chain, oldRules: string | undefined): Rule[] | undefined {
-  if (oldRules === undefined) return undefined;
-  const old = oldRules ? oldRules.split(' ') : [];
+function appended(c: Chain, old: readonly string[] | undefined): Rule[] | undefined {
+  if (old === undefined) return undefined;
   const now = c.rules.map(ruleDigest);
   if (now.length <= old.length || old.some((d, i) => d !== now[i])) return undefined;
   return c.rules.slice(old.length);
@@ -164,10 +165,10 @@ export function changePlan(
   next: Pick<DesiredState, 'rules' | 'forwards'>,
   family: Family,
   changes: readonly ServiceChange[],
-  prev: Digests,
+  prev: NftablesRecord,
   others: SharedUsers,
 ): Plan | undefined {
-  if (prev.layout?.version !== LAYOUT) return undefined;
+  if (prev.layout !== LAYOUT) return undefined;
   const newSets: NamedSet[] = [];
   const staleSets = new Set<string>();
   const newChains: Chain[] = [];
@@ -232,9 +233,9 @@ export function changePlan(
     if (!ipKept.has(ip)) push(mineBefore.hairpin.has(ip) ? del : add, HAIRPIN, hairpinElement(ip));
   // The chains that belong to no service, against the record.
   for (const c of globalChains(next, family)) {
-    const was = prev.chain?.[c.name];
+    const was = prev.chains[c.name];
     if (was === undefined) newChains.push(c);
-    else if (was !== digest(c)) changedChains.push({ chain: c, tail: appended(c, prev.rules?.[c.name]) });
+    else if (was.digest !== digest(c)) changedChains.push({ chain: c, tail: appended(c, was.rules) });
   }
   // A chain both stale (one service) and new (another): it stays, refilled.
   for (const c of newChains) staleChains.delete(c.name);

@@ -19,10 +19,7 @@ export type Op =
   | { kind: 'delete-elements'; set: string; elements: ElementList };
 
 /** Bumped when the layout changes shape: a record of another layout forces a full sync. */
-export const LAYOUT = '3';
-
-/** What a sync remembers of the table it wrote: see ./incremental (globalRecord). */
-export type Digests = Record<string, Record<string, string>>;
+export const LAYOUT = 3;
 
 export interface Plan {
   ops: Op[];
