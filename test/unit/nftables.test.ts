@@ -13,7 +13,7 @@ import {
   serviceParts,
   svcChain,
 } from '../../src/nat/nftables/layout';
-import { fullPlan, type Op } from '../../src/nat/nftables/plan';
+import { PlanBuilder, fullPlan, type Op, type Plan } from '../../src/nat/nftables/plan';
 import {
   SharedIndex,
   changePlan,
@@ -32,7 +32,7 @@ import { lowerItem, encodeKey, decodeKey, type LowerContext } from '../../src/na
 import { formatExpr } from '../../src/nat/nftables/expr';
 import { setUdata, datatype } from '../../src/nat/nftables/udata';
 import { encodePlan } from '../../src/nat/nftables/batch';
-import { elementsOf, type Element, type Rule, type Ruleset } from '../../src/nat/nftables/ruleset';
+import { elementsOf, type Element, type NamedSet, type Rule, type Ruleset } from '../../src/nat/nftables/ruleset';
 import { sampleState } from '../harness/nat-sample';
 import { decodeBatch } from '../harness/nft-batch';
 
@@ -359,7 +359,7 @@ test('netlink batch: BEGIN, one message per operation (element lists split under
     })),
     rules: [],
   });
-  const b = encodePlan(fullPlan(render(many, 4)).ops, 4, [], 100);
+  const b = encodePlan(fullPlan(render(many, 4)), 4, 100);
   const msgs = decodeBatch(b.bytes);
   t.is(msgs[0], 'BATCH_BEGIN');
   t.is(msgs[msgs.length - 1], 'BATCH_END');
@@ -372,10 +372,17 @@ test('netlink batch: BEGIN, one message per operation (element lists split under
   t.is(n, 3000);
   t.is(b.firstSeq, 100);
   t.is(b.lastSeq, 100 + msgs.length - 1);
+  // Labels are made when asked (the kernel refused that message): the first endpoints message's.
+  const seq = b.firstSeq + msgs.findIndex((m) => m.startsWith('NEWSETELEM') && m.includes('"set":"endpoints"'));
   t.regex(
-    [...b.what.values()].find((w) => w.startsWith('adding') && w.includes('elements to endpoints'))!,
+    b.describe(seq)!,
     /^adding \d+ elements to endpoints, from 10\.96\.0\.0 \. tcp \. 80 \. 0 : 10\.1\.0\.0 \. 80$/,
   );
+  t.regex(
+    b.describe(b.firstSeq + msgs.indexOf(msgs.find((m) => m.startsWith('NEWRULE'))!))!,
+    /^adding rule ".*" to chain \S+$/,
+  );
+  t.is(b.describe(b.firstSeq), undefined, 'BEGIN is no operation of the plan');
 });
 
 /** An nftables backend that records the operations it would send, with the canary under the test's control. */
@@ -386,8 +393,8 @@ class RecordingBackend extends NftablesBackend {
   constructor() {
     super(undefined as unknown as NetNs);
   }
-  protected async apply(ops: readonly Op[]): Promise<void> {
-    this.sent.push([...ops]);
+  protected async apply(plan: Pick<Plan, 'ops'>): Promise<void> {
+    this.sent.push([...plan.ops]);
   }
   async canaryPresent(): Promise<boolean> {
     return this.canary;
@@ -438,4 +445,47 @@ test('a resident process keeps the index of shared objects only from syncs it de
   t.false(last.full);
   const deletedHairpin = b.sent.flat().filter((o) => o.kind === 'delete-elements' && o.set === HAIRPIN);
   t.deepEqual(deletedHairpin, [], 'y still uses the pair (10.80.0.11, 10.80.0.11): it stays');
+});
+
+test('a plan refuses an operation on a set or chain it neither has nor added, when the operation is added (knftables Transaction)', (t) => {
+  const el = {
+    length: 1,
+    at: () => ({ key: ['10.96.0.1', 'tcp', 80], data: { verdict: 'goto' as const, chain: 'lb-tcp-1' } }),
+  };
+  const refused = (f: () => unknown, re: RegExp) => t.throws(f, { message: re, code: 'EINTERNAL' } as never);
+  refused(
+    () => new PlanBuilder().add({ kind: 'add-elements', set: 'service-ips', elements: el }),
+    /add-elements operation: set service-ips is neither in the table nor added before/,
+  );
+  refused(
+    () => new PlanBuilder().add({ kind: 'add-rules', chain: 'c', rules: [] }),
+    /add-rules operation: chain c is neither/,
+  );
+  const svcIps: NamedSet = { name: 'service-ips', key: { fields: ['daddr', 'l4proto', 'dport'] }, data: 'verdict' };
+  refused(
+    () => new PlanBuilder({ sets: [svcIps] }).add({ kind: 'add-elements', set: 'service-ips', elements: el }),
+    /chain lb-tcp-1 is neither/,
+  );
+  refused(
+    () =>
+      new PlanBuilder({ chains: ['c'] }).add({
+        kind: 'add-rules',
+        chain: 'c',
+        rules: [{ items: [{ kind: 'in-set', key: { fields: ['saddr'] }, set: 'hairpin' }] }],
+      }),
+    /set hairpin is neither/,
+  );
+  refused(
+    () =>
+      new PlanBuilder({ sets: [svcIps], chains: ['c'] }).add(
+        { kind: 'delete-table' },
+        { kind: 'flush-chain', name: 'c' },
+      ),
+    /chain c is neither/,
+  );
+  const ok = new PlanBuilder({ sets: [svcIps], chains: ['lb-tcp-1'] })
+    .add({ kind: 'add-elements', set: 'service-ips', elements: el })
+    .plan({ full: false, written: 1, deleted: 0 });
+  t.is(ok.ops.length, 1);
+  t.deepEqual(ok.existing, [svcIps], 'what the plan takes the table to have travels with it to the encoder');
 });

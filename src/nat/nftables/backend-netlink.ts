@@ -17,9 +17,8 @@ import { decodeExpr } from './expr';
 import { CANARY, ENDPOINTS, ENDPOINTS_WEIGHTED, ENDPOINT_KEY, NO_ENDPOINTS, SERVICE_IPS, SERVICE_KEY } from './layout';
 import { decodeKey } from './lowering';
 import { keyId } from './ruleset';
-import { encodePlan } from './batch';
-import type { Op } from './plan';
-import type { NamedSet } from './ruleset';
+import { encodePlan, type Batch } from './batch';
+import type { Plan } from './plan';
 import { NftablesBackend, type TableCounters } from './backend';
 import type { AffinityEntry, Counter } from '../backends/types';
 
@@ -35,20 +34,16 @@ export class NetlinkBackend extends NftablesBackend {
     return fn(this.ns.netfilter);
   }
 
-  protected async apply(ops: readonly Op[], family: Family, declared: readonly NamedSet[]): Promise<void> {
-    if (!ops.length) return;
+  protected async apply(plan: Pick<Plan, 'ops' | 'existing'>, family: Family): Promise<void> {
+    if (!plan.ops.length) return;
     await this.withSocket(async (s) => {
-      let what = new Map<number, string>();
-      const { errors, overrun } = s.transact((seq) => {
-        const batch = encodePlan(ops, family, declared, seq);
-        what = batch.what;
-        return batch;
-      });
+      let batch: Batch | undefined;
+      const { errors, overrun } = s.transact((seq) => (batch = encodePlan(plan, family, seq)));
       if (errors.size) {
         // The kernel reports every failing message; the first is the cause (later ones may only echo it).
         const [seq, err] = [...errors].sort(([a], [b]) => a - b)[0]!;
         throw new TsnetError(
-          `applying NAT rules in ${this.ns.label}: ${what.get(seq) ?? 'the nf_tables batch'} in table ${family === 6 ? 'ip6' : 'ip'} ${NFT_TABLE}: ${err.message}`,
+          `applying NAT rules in ${this.ns.label}: ${batch?.describe(seq) ?? 'the nf_tables batch'} in table ${family === 6 ? 'ip6' : 'ip'} ${NFT_TABLE}: ${err.message}`,
           { code: err.code, errno: err.errno!, cause: err },
         );
       }

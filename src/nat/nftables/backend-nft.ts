@@ -9,7 +9,7 @@ import type { NetNs } from '../../netns';
 import { CANARY_COMMENT, NFT_TABLE } from '../constants';
 import { APPLY_TIMEOUT_MS, execIn, mustExec } from '../exec';
 import { CANARY } from './layout';
-import type { Op, Plan } from './plan';
+import type { Plan } from './plan';
 import { keyId, type Value } from './ruleset';
 import { script } from './text';
 import { NftablesBackend, type TableCounters } from './backend';
@@ -50,8 +50,8 @@ export class NftBackend extends NftablesBackend {
     );
   }
 
-  protected async apply(ops: readonly Op[], family: Family): Promise<void> {
-    const text = script(ops, family);
+  protected async apply(plan: Pick<Plan, 'ops'>, family: Family): Promise<void> {
+    const text = script(plan.ops, family);
     if (text)
       await mustExec(this.ns, 'applying NAT rules', 'nft', ['-f', '-'], text, {
         timeoutMs: APPLY_TIMEOUT_MS,

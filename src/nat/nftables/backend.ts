@@ -9,11 +9,10 @@
 import { formatHostPort, type Family } from '../../addr/cidr';
 import type { NetNs } from '../../netns';
 import { familiesUsed, familyOf, type DesiredState, type Service } from '../model';
-import { affinitySet, counterPlaces, render, sepChain, staticSets, type CounterPlace } from './layout';
-import { fullPlan, type Op, type Plan } from './plan';
+import { affinitySet, counterPlaces, render, sepChain, type CounterPlace } from './layout';
+import { PlanBuilder, fullPlan, type Plan } from './plan';
 import { SharedIndex, changePlan, globalRecord, lbRecordAfter, lbRecordOf, lookedUp } from './incremental';
 import type { StateView } from '../changes';
-import type { NamedSet } from './ruleset';
 import { script } from './text';
 import {
   mayHoldRules,
@@ -50,8 +49,8 @@ export abstract class NftablesBackend implements Backend {
 
   constructor(readonly ns: NetNs) {}
 
-  /** Takes the table of `family` through `ops` in one transaction. `declared`: the sets already there (a partial plan declares only new ones). */
-  protected abstract apply(ops: readonly Op[], family: Family, declared: readonly NamedSet[]): Promise<void>;
+  /** Takes the table of `family` through the plan's operations in one transaction. */
+  protected abstract apply(plan: Pick<Plan, 'ops' | 'existing'>, family: Family): Promise<void>;
   abstract canaryPresent(family: Family): Promise<boolean>;
   /** Every counter of the table of `family` (element counters of the maps, rule counters of the chains). */
   protected abstract readCounters(family: Family): Promise<TableCounters | undefined>;
@@ -129,7 +128,7 @@ export abstract class NftablesBackend implements Backend {
         lb = lbRecordOf(st.services, family);
         index = round?.resident ? SharedIndex.build(st.services, family) : undefined;
       }
-      await this.apply(plan.ops, family, plan.full ? [] : staticSets());
+      await this.apply(plan, family);
       if (round && index) {
         let m = this.indexes.get(round.view);
         if (!m) this.indexes.set(round.view, (m = new Map()));
@@ -144,7 +143,12 @@ export abstract class NftablesBackend implements Backend {
   }
 
   async teardownFamily(family: Family): Promise<void> {
-    await this.apply([{ kind: 'add-table' }, { kind: 'delete-table' }], family, []);
+    await this.apply(
+      new PlanBuilder()
+        .add({ kind: 'add-table' }, { kind: 'delete-table' })
+        .plan({ full: true, written: 0, deleted: 0 }),
+      family,
+    );
   }
 
   async teardown(): Promise<void> {

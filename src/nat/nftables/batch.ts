@@ -3,10 +3,14 @@
  * batch (NFNL_MSG_BATCH_BEGIN .. END), which the kernel applies as one
  * transaction. Messages carry the flags nft gives the same commands; rules
  * are the expressions ./lower compiles; sets carry nft's userdata (./udata).
- * Each message's sequence number maps back to what it does, so an error
- * names the rule, set or element it came from.
+ * Each message's sequence number maps back to the operation it came from,
+ * and its label ("adding rule ... to chain ...") is made from that only when
+ * the kernel refuses the message (google/nftables keeps each message's rule
+ * and formats it in handleReceiveError): a sync of 10,000 services formats
+ * no rule.
  */
-import { type AttrObject } from '../../netlink/attrs';
+import { attrType, type AttrObject } from '../../netlink/attrs';
+import { nfgenmsg } from '../../netlink/nfnetlink';
 import { NlWriter } from '../../netlink/writer';
 import {
   NFNL_MSG_BATCH_BEGIN,
@@ -14,11 +18,13 @@ import {
   NFNL_SUBSYS_NFTABLES,
   NFPROTO,
   NFTA_CHAIN,
+  NFTA_DATA,
   NFTA_RULE,
   NFTA_SET,
   NFTA_SET_ELEM,
   NFTA_SET_ELEM_LIST,
   NFTA_TABLE,
+  NFTA_VERDICT,
   NFT_DATA_VERDICT,
   NFT_MSG,
   NFT_SET_F,
@@ -26,13 +32,14 @@ import {
   NF_INET_HOOK,
   NFTA_LIST_ELEM,
   VERDICT,
+  nfproto,
   nftMsg,
 } from '../../netlink/nftables';
 import { NLM_F } from '../../netlink/socket';
 import { NFT_TABLE } from '../constants';
 import { exprAttrs } from './expr';
 import { encodeKey, keyLen, lowerItem, writeKey, type LowerContext, type SetInfo } from './lowering';
-import type { Op } from './plan';
+import type { Op, Plan } from './plan';
 import {
   isTarget,
   type AnonymousVmap,
@@ -41,28 +48,83 @@ import {
   type KeyExpr,
   type NamedSet,
   type Rule,
+  type Target,
   type Value,
 } from './ruleset';
 import { elementText, formatRule } from './text';
 import { commentUdata, datatype, setUdata, writeCommentUdata } from './udata';
 
-/** One batch, ready to send: the bytes, and what each sequence number was doing (for error messages). */
+/** One batch, ready to send: the bytes, and what the message of a sequence number was doing (for an error). */
 export interface Batch {
   bytes: Buffer;
-  /** seq -> "adding rule ... to chain ...": every message but BEGIN and END. */
-  what: Map<number, string>;
   firstSeq: number;
   lastSeq: number;
+  /** "adding rule ... to chain ...": made when asked (the kernel refused that message). */
+  describe(seq: number): string | undefined;
 }
 
-const nfproto = (f: Family) => (f === 6 ? NFPROTO.IPV6 : NFPROTO.IPV4);
+/** What a message came from: its operation, and which of its rules or elements. */
+interface MessageRef {
+  op: Op;
+  rule?: Rule;
+  /** Elements [first, first + count) of the operation's list. */
+  first?: number;
+  count?: number;
+  /** The anonymous map (and its elements) of a rule in this chain. */
+  anonIn?: string;
+}
+
+function describe(ref: MessageRef, family: Family): string {
+  const { op } = ref;
+  if (ref.anonIn !== undefined) return `creating the anonymous map of a rule in chain ${ref.anonIn}`;
+  switch (op.kind) {
+    case 'add-table':
+      return `adding table ${NFT_TABLE}`;
+    case 'delete-table':
+      return `deleting table ${NFT_TABLE}`;
+    case 'add-set':
+      return `adding ${op.set.data === undefined ? 'set' : 'map'} ${op.set.name}`;
+    case 'delete-set':
+      return `deleting set ${op.name}`;
+    case 'add-chain':
+      return `adding chain ${op.chain.name}`;
+    case 'flush-chain':
+      return `flushing chain ${op.name}`;
+    case 'delete-chain':
+      return `deleting chain ${op.name}`;
+    case 'add-rules':
+      return `adding rule "${formatRule(ref.rule!, family)}" to chain ${op.chain}`;
+    case 'add-elements':
+    case 'delete-elements': {
+      const adding = op.kind === 'add-elements';
+      const n = ref.count ?? 0;
+      return `${adding ? 'adding' : 'deleting'} ${n === 1 ? 'element' : `${n} elements`} ${adding ? 'to' : 'of'} ${op.set}, from ${elementText(op.elements.at(ref.first ?? 0)!)}`;
+    }
+  }
+}
+
 /** An element list must fit a 16-bit attribute length: split well before. */
 const ELEMENTS_NEST_LIMIT = 60_000;
 const ANON_MAP = '__map%d';
 
+// The attribute numbers the element fast path writes, from the tables that define them.
+const ELEM = {
+  KEY: attrType(NFTA_SET_ELEM, 'key'),
+  DATA: attrType(NFTA_SET_ELEM, 'data'),
+  USERDATA: attrType(NFTA_SET_ELEM, 'userdata'),
+  KEY_END: attrType(NFTA_SET_ELEM, 'keyEnd'),
+};
+const LIST_ELEMENTS = attrType(NFTA_SET_ELEM_LIST, 'elements');
+const DATA_VALUE = attrType(NFTA_DATA, 'value');
+const DATA_VERDICT = attrType(NFTA_DATA, 'verdict');
+const VERDICT_CODE = attrType(NFTA_VERDICT, 'code');
+const VERDICT_CHAIN = attrType(NFTA_VERDICT, 'chain');
+
 class BatchWriter {
   readonly w: NlWriter;
-  readonly what = new Map<number, string>();
+  readonly refs = new Map<number, MessageRef>();
+  /** IPv6 key bytes, made once per address in this batch. */
+  readonly v6 = new Map<string, Buffer>();
   private nextId = 1;
   /** Sets created in this batch, by name: lookups find them by id (the kernel resolves names only at commit). */
   readonly created = new Map<string, SetInfo>();
@@ -83,25 +145,18 @@ class BatchWriter {
 
   private frame(type: number): void {
     const at = this.w.beginMessage(type, NLM_F.REQUEST, this.seq++);
-    this.nfgen(0, NFNL_SUBSYS_NFTABLES);
+    this.w.bytes(nfgenmsg(NFPROTO.UNSPEC, NFNL_SUBSYS_NFTABLES));
     this.w.endMessage(at);
   }
 
-  private nfgen(family: number, resId = 0): void {
-    this.w.u8(family);
-    this.w.u8(0);
-    this.w.u16be(resId);
-  }
-
-  /** One nf_tables message of this table's family; `fill` writes its attributes. */
-  message(type: number, flags: number, what: string, fill: () => void): number {
+  /** One nf_tables message of this table's family, from `ref`; `fill` writes its attributes. */
+  message(type: number, flags: number, ref: MessageRef, fill: () => void): void {
     const seq = this.seq++;
     const at = this.w.beginMessage(nftMsg(type), NLM_F.REQUEST | flags, seq);
-    this.nfgen(nfproto(this.family));
+    this.w.bytes(nfgenmsg(nfproto(this.family)));
     fill();
     this.w.endMessage(at);
-    this.what.set(seq, what);
-    return seq;
+    this.refs.set(seq, ref);
   }
 
   newId(): number {
@@ -111,8 +166,17 @@ class BatchWriter {
   finish(): Batch {
     const lastSeq = this.seq;
     this.frame(NFNL_MSG_BATCH_END);
-    // The writer's own buffer, not a copy: nothing writes to it after this (copying the 4 MB batch of 10,000 services cost ~30 ms).
-    return { bytes: this.w.view(), what: this.what, firstSeq: this.firstSeq, lastSeq };
+    const { refs, family } = this;
+    // The writer's own buffer, not a copy: nothing writes to it after this (a 10,000-service batch is megabytes).
+    return {
+      bytes: this.w.view(),
+      firstSeq: this.firstSeq,
+      lastSeq,
+      describe: (seq) => {
+        const ref = refs.get(seq);
+        return ref && describe(ref, family);
+      },
+    };
   }
 }
 
@@ -151,26 +215,28 @@ function dataAttrs(e: Element, s: Pick<NamedSet, 'data'>, family: Family): AttrO
   return { value: encodeKey(s.data as KeyExpr, e.data as Value[], family, false) };
 }
 
-// NFTA_SET_ELEM_* and NFTA_DATA_* numbers, for the element fast path below.
-const ELEM = { KEY: 1, DATA: 2, USERDATA: 6, KEY_END: 10 } as const;
-const DATA_VALUE = 1;
-const DATA_VERDICT = 2;
-const VERDICT_CODE = 1;
-const VERDICT_CHAIN = 2;
-
 /** A `{ value }` data nest holding one key's bytes. */
-function valueNest(
-  w: NlWriter,
-  type: number,
-  key: KeyExpr,
-  values: readonly Value[],
-  family: Family,
-  interval: boolean,
-): void {
-  const outer = w.begin(type, true);
-  const inner = w.begin(DATA_VALUE);
-  writeKey(w, key, values, family, interval);
-  w.end(inner);
+function valueNest(b: BatchWriter, type: number, key: KeyExpr, values: readonly Value[], interval: boolean): void {
+  const outer = b.w.begin(type, true);
+  const inner = b.w.begin(DATA_VALUE);
+  writeKey(b.w, key, values, b.family, interval, b.v6);
+  b.w.end(inner);
+  b.w.end(outer);
+}
+
+/** NFTA_SET_ELEM_DATA { NFTA_DATA_VERDICT { CODE (s32be), CHAIN } }: the element of a verdict map. */
+function verdictNest(w: NlWriter, t: Target): void {
+  const outer = w.begin(ELEM.DATA, true);
+  const verdict = w.begin(DATA_VERDICT, true);
+  const code = w.begin(VERDICT_CODE);
+  w.u32be(VERDICT[t.verdict]);
+  w.end(code);
+  if (t.chain !== undefined) {
+    const chain = w.begin(VERDICT_CHAIN);
+    w.asciiz(t.chain);
+    w.end(chain);
+  }
+  w.end(verdict);
   w.end(outer);
 }
 
@@ -180,45 +246,32 @@ function valueNest(
  * of a concatenation is key + key end (pipapo).
  */
 function writeElement(
-  w: NlWriter,
+  b: BatchWriter,
   e: Element,
   s: Pick<NamedSet, 'key' | 'data' | 'interval'>,
-  family: Family,
   withData: boolean,
 ): void {
   const interval = s.interval ?? false;
+  const pipapo = interval && s.key.fields.length > 1;
   const last = e.key[e.key.length - 1]!;
   if (Array.isArray(last)) {
     const [from, to] = last as readonly [number, number];
     const head = e.key.slice(0, -1);
-    valueNest(w, ELEM.KEY, s.key, [...head, from], family, interval);
-    if (interval && s.key.fields.length > 1) valueNest(w, ELEM.KEY_END, s.key, [...head, to], family, interval);
+    valueNest(b, ELEM.KEY, s.key, [...head, from], interval);
+    if (pipapo) valueNest(b, ELEM.KEY_END, s.key, [...head, to], interval);
   } else {
-    valueNest(w, ELEM.KEY, s.key, e.key, family, interval);
-    if (interval && s.key.fields.length > 1) valueNest(w, ELEM.KEY_END, s.key, e.key, family, interval);
+    valueNest(b, ELEM.KEY, s.key, e.key, interval);
+    if (pipapo) valueNest(b, ELEM.KEY_END, s.key, e.key, interval);
   }
   if (!withData) return;
   if (e.data !== undefined) {
-    if (isTarget(e.data)) {
-      // NFTA_SET_ELEM_DATA { NFTA_DATA_VERDICT { CODE (s32be), CHAIN } }: the element of a verdict map.
-      const outer = w.begin(ELEM.DATA, true);
-      const verdict = w.begin(DATA_VERDICT, true);
-      const code = w.begin(VERDICT_CODE);
-      w.u32be(VERDICT[e.data.verdict]);
-      w.end(code);
-      if (e.data.chain !== undefined) {
-        const chain = w.begin(VERDICT_CHAIN);
-        w.asciiz(e.data.chain);
-        w.end(chain);
-      }
-      w.end(verdict);
-      w.end(outer);
-    } else valueNest(w, ELEM.DATA, s.data as KeyExpr, e.data as Value[], family, false);
+    if (isTarget(e.data)) verdictNest(b.w, e.data);
+    else valueNest(b, ELEM.DATA, s.data as KeyExpr, e.data as Value[], false);
   }
   if (e.comment !== undefined) {
-    const at = w.begin(ELEM.USERDATA);
-    writeCommentUdata(w, e.comment);
-    w.end(at);
+    const at = b.w.begin(ELEM.USERDATA);
+    writeCommentUdata(b.w, e.comment);
+    b.w.end(at);
   }
 }
 
@@ -231,24 +284,25 @@ function elementMessages(
   info: SetInfo,
   count: number,
   write: (i: number) => void,
-  what: (first: number, n: number) => string,
+  ref: (first: number, n: number) => MessageRef,
 ): void {
   let i = 0;
   while (i < count) {
     const start = i;
-    const seq = b.message(type, flags, '', () => {
+    const r = ref(start, 0);
+    b.message(type, flags, r, () => {
       b.w.attrs(NFTA_SET_ELEM_LIST, { table: NFT_TABLE, set, setId: info.id });
-      const nest = b.w.begin(3, true); // NFTA_SET_ELEM_LIST_ELEMENTS
+      const nest = b.w.begin(LIST_ELEMENTS, true);
       const begun = b.w.length;
       while (i < count && b.w.length - begun < ELEMENTS_NEST_LIMIT) {
-        const at = b.w.begin(NFTA_LIST_ELEM, true);
+        const e = b.w.begin(NFTA_LIST_ELEM, true);
         write(i);
-        b.w.end(at);
+        b.w.end(e);
         i++;
       }
       b.w.end(nest);
     });
-    b.what.set(seq, what(start, i - start));
+    r.count = i - start; // known once written: the ref says how many the message holds
   }
 }
 
@@ -257,7 +311,12 @@ function elementMessages(
  * its own constant set, created just before the rule, with the ranges as
  * start elements and one end element after the last (adjacent ranges share edges).
  */
-function anonymousVmap(b: BatchWriter, key: KeyExpr, m: AnonymousVmap, chain: string): { name: string; id: number } {
+function anonymousVmap(
+  b: BatchWriter,
+  key: KeyExpr,
+  m: AnonymousVmap,
+  op: Op & { kind: 'add-rules' },
+): { name: string; id: number } {
   const fam = b.family;
   const id = b.newId();
   const decl: NamedSet = { name: ANON_MAP, key, data: 'verdict', interval: m.interval };
@@ -278,9 +337,8 @@ function anonymousVmap(b: BatchWriter, key: KeyExpr, m: AnonymousVmap, chain: st
   attrs.userdata = setUdata(decl, fam, { anonymous: true });
   // nft sizes an anonymous interval set at two elements per range.
   attrs.desc = { size: 2 * m.elements.length };
-  b.message(NFT_MSG.NEWSET, NLM_F.CREATE, `creating the anonymous map of a rule in chain ${chain}`, () =>
-    b.w.attrs(NFTA_SET, attrs),
-  );
+  const ref: MessageRef = { op, anonIn: op.chain };
+  b.message(NFT_MSG.NEWSET, NLM_F.CREATE, ref, () => b.w.attrs(NFTA_SET, attrs));
   const info: SetInfo = { interval: true, id };
   elementMessages(
     b,
@@ -290,33 +348,24 @@ function anonymousVmap(b: BatchWriter, key: KeyExpr, m: AnonymousVmap, chain: st
     info,
     kernel.length,
     (i) => b.w.attrs(NFTA_SET_ELEM, kernel[i]!),
-    () => `adding the elements of an anonymous map in chain ${chain}`,
+    () => ref,
   );
   return { name: ANON_MAP, id };
 }
 
-function ruleMessage(b: BatchWriter, chain: string, r: Rule, cx: LowerContext): void {
+function ruleMessage(b: BatchWriter, op: Op & { kind: 'add-rules' }, r: Rule, cx: LowerContext): void {
   const anon = r.items.find(
     (i): i is Extract<typeof i, { kind: 'vmap' }> => i.kind === 'vmap' && typeof i.map !== 'string',
   );
-  const anonSet = anon ? anonymousVmap(b, anon.key, anon.map as AnonymousVmap, chain) : undefined;
+  const anonSet = anon ? anonymousVmap(b, anon.key, anon.map as AnonymousVmap, op) : undefined;
   const exprs = r.items.flatMap((i) => lowerItem(i, cx, i === anon ? anonSet : undefined)).map(exprAttrs);
-  const attrs: AttrObject = { table: NFT_TABLE, chain, expressions: exprs };
+  const attrs: AttrObject = { table: NFT_TABLE, chain: op.chain, expressions: exprs };
   if (r.comment !== undefined) attrs.userdata = commentUdata(r.comment);
-  b.message(
-    NFT_MSG.NEWRULE,
-    NLM_F.CREATE | NLM_F.APPEND,
-    `adding rule "${formatRule(r, cx.family)}" to chain ${chain}`,
-    () => b.w.attrs(NFTA_RULE, attrs),
-  );
+  b.message(NFT_MSG.NEWRULE, NLM_F.CREATE | NLM_F.APPEND, { op, rule: r }, () => b.w.attrs(NFTA_RULE, attrs));
 }
 
-/**
- * A plan as one nf_tables batch. `declared` describes the named sets that
- * already exist in the kernel (a partial sync's plan declares only new ones).
- */
-export function encodePlan(ops: readonly Op[], family: Family, declared: readonly NamedSet[], seq: number): Batch {
-  // ~96 bytes an element (a 10,000 x 5 sync: 110,000 of them), ~512 a rule or anything else.
+/** ~96 bytes an element (a 10,000 x 5 sync: 110,000 of them), ~512 a rule or anything else. */
+function expectedSize(ops: readonly Op[]): number {
   let size = 1 << 16;
   for (const o of ops)
     size +=
@@ -325,81 +374,70 @@ export function encodePlan(ops: readonly Op[], family: Family, declared: readonl
         : o.kind === 'add-rules'
           ? o.rules.length * 512
           : 512;
-  const b = new BatchWriter(family, seq, size);
-  const decls = new Map(declared.map((s) => [s.name, s]));
+  return size;
+}
+
+/** The messages of one operation. `decls`: the sets the table has at this point (the plan checked they do). */
+function encodeOp(b: BatchWriter, op: Op, decls: Map<string, NamedSet>, cx: LowerContext): void {
+  const t = NFT_TABLE;
+  const ref = { op };
+  switch (op.kind) {
+    case 'add-table':
+      return b.message(NFT_MSG.NEWTABLE, 0, ref, () => b.w.attrs(NFTA_TABLE, { name: t, flags: 0 }));
+    case 'delete-table':
+      return b.message(NFT_MSG.DELTABLE, 0, ref, () => b.w.attrs(NFTA_TABLE, { name: t }));
+    case 'add-set': {
+      const id = b.newId();
+      decls.set(op.set.name, op.set);
+      b.created.set(op.set.name, { interval: op.set.interval ?? false, id });
+      return b.message(NFT_MSG.NEWSET, NLM_F.CREATE, ref, () => b.w.attrs(NFTA_SET, setAttrs(b, op.set, id)));
+    }
+    case 'delete-set':
+      return b.message(NFT_MSG.DELSET, 0, ref, () => b.w.attrs(NFTA_SET, { table: t, name: op.name }));
+    case 'add-chain': {
+      const c = op.chain;
+      const a: AttrObject = { table: t, name: c.name };
+      if (c.hook)
+        Object.assign(a, {
+          hook: { hooknum: NF_INET_HOOK[c.hook.hook], priority: c.hook.priority },
+          policy: VERDICT.accept,
+          type: c.hook.type,
+        });
+      return b.message(NFT_MSG.NEWCHAIN, NLM_F.CREATE, ref, () => b.w.attrs(NFTA_CHAIN, a));
+    }
+    case 'flush-chain':
+      return b.message(NFT_MSG.DELRULE, 0, ref, () => b.w.attrs(NFTA_RULE, { table: t, chain: op.name }));
+    case 'delete-chain':
+      return b.message(NFT_MSG.DELCHAIN, 0, ref, () => b.w.attrs(NFTA_CHAIN, { table: t, name: op.name }));
+    case 'add-rules':
+      for (const r of op.rules) ruleMessage(b, op, r, cx);
+      return;
+    case 'add-elements':
+    case 'delete-elements': {
+      const decl = decls.get(op.set)!;
+      const adding = op.kind === 'add-elements';
+      return elementMessages(
+        b,
+        adding ? NFT_MSG.NEWSETELEM : NFT_MSG.DELSETELEM,
+        adding ? NLM_F.CREATE : 0,
+        op.set,
+        b.created.get(op.set) ?? { interval: decl.interval ?? false },
+        op.elements.length,
+        (i) => writeElement(b, op.elements.at(i)!, decl, adding),
+        (first, count) => ({ op, first, count }),
+      );
+    }
+  }
+}
+
+/** A plan as one nf_tables batch, its first message numbered `seq`. */
+export function encodePlan(plan: Pick<Plan, 'ops' | 'existing'>, family: Family, seq: number): Batch {
+  const b = new BatchWriter(family, seq, expectedSize(plan.ops));
+  const decls = new Map(plan.existing.map((s) => [s.name, s]));
   const cx: LowerContext = {
     family,
     set: (name) => b.created.get(name) ?? { interval: decls.get(name)?.interval ?? false },
   };
-  const t = NFT_TABLE;
-  for (const op of ops) {
-    switch (op.kind) {
-      case 'add-table':
-        b.message(NFT_MSG.NEWTABLE, 0, `adding table ${t}`, () => b.w.attrs(NFTA_TABLE, { name: t, flags: 0 }));
-        break;
-      case 'delete-table':
-        b.message(NFT_MSG.DELTABLE, 0, `deleting table ${t}`, () => b.w.attrs(NFTA_TABLE, { name: t }));
-        break;
-      case 'add-set': {
-        const id = b.newId();
-        decls.set(op.set.name, op.set);
-        b.created.set(op.set.name, { interval: op.set.interval ?? false, id });
-        b.message(
-          NFT_MSG.NEWSET,
-          NLM_F.CREATE,
-          `adding ${op.set.data === undefined ? 'set' : 'map'} ${op.set.name}`,
-          () => b.w.attrs(NFTA_SET, setAttrs(b, op.set, id)),
-        );
-        break;
-      }
-      case 'delete-set':
-        b.message(NFT_MSG.DELSET, 0, `deleting set ${op.name}`, () => b.w.attrs(NFTA_SET, { table: t, name: op.name }));
-        break;
-      case 'add-chain': {
-        const c = op.chain;
-        const a: AttrObject = { table: t, name: c.name };
-        if (c.hook)
-          Object.assign(a, {
-            hook: { hooknum: NF_INET_HOOK[c.hook.hook], priority: c.hook.priority },
-            policy: VERDICT.accept,
-            type: c.hook.type,
-          });
-        b.message(NFT_MSG.NEWCHAIN, NLM_F.CREATE, `adding chain ${c.name}`, () => b.w.attrs(NFTA_CHAIN, a));
-        break;
-      }
-      case 'flush-chain':
-        b.message(NFT_MSG.DELRULE, 0, `flushing chain ${op.name}`, () =>
-          b.w.attrs(NFTA_RULE, { table: t, chain: op.name }),
-        );
-        break;
-      case 'delete-chain':
-        b.message(NFT_MSG.DELCHAIN, 0, `deleting chain ${op.name}`, () =>
-          b.w.attrs(NFTA_CHAIN, { table: t, name: op.name }),
-        );
-        break;
-      case 'add-rules':
-        for (const r of op.rules) ruleMessage(b, op.chain, r, cx);
-        break;
-      case 'add-elements':
-      case 'delete-elements': {
-        const decl = decls.get(op.set);
-        if (!decl) throw new Error(`elements of ${op.set}, a set this plan does not know`);
-        const adding = op.kind === 'add-elements';
-        const info = b.created.get(op.set) ?? { interval: decl.interval ?? false };
-        elementMessages(
-          b,
-          adding ? NFT_MSG.NEWSETELEM : NFT_MSG.DELSETELEM,
-          adding ? NLM_F.CREATE : 0,
-          op.set,
-          info,
-          op.elements.length,
-          (i) => writeElement(b.w, op.elements.at(i)!, decl, family, adding),
-          (first, n) =>
-            `${adding ? 'adding' : 'deleting'} ${n === 1 ? 'element' : `${n} elements`} ${adding ? 'to' : 'of'} ${op.set}, from ${elementText(op.elements.at(first)!)}`,
-        );
-        break;
-      }
-    }
-  }
+  for (const op of plan.ops) encodeOp(b, op, decls, cx);
   return b.finish();
 }

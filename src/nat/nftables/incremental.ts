@@ -14,8 +14,17 @@
 import { hash } from 'node:crypto';
 import { familyOf, type DesiredState, type Service } from '../model';
 import type { StateView } from '../changes';
-import { HAIRPIN, globalChains, hairpinElement, lbOf, serviceParts, sharedOf, type ServiceParts } from './layout';
-import { LAYOUT, type Op, type Plan } from './plan';
+import {
+  HAIRPIN,
+  globalChains,
+  hairpinElement,
+  lbOf,
+  serviceParts,
+  sharedOf,
+  staticSets,
+  type ServiceParts,
+} from './layout';
+import { LAYOUT, PlanBuilder, type Plan } from './plan';
 import type { NftablesRecord } from '../backends/types';
 import { keyId, sameElement, type Chain, type Element, type Family, type NamedSet, type Rule } from './ruleset';
 
@@ -171,6 +180,8 @@ export function changePlan(
   if (prev.layout !== LAYOUT) return undefined;
   const newSets: NamedSet[] = [];
   const staleSets = new Set<string>();
+  const oldSets: NamedSet[] = [];
+  const oldOwnChains: string[] = [];
   const newChains: Chain[] = [];
   const changedChains: { chain: Chain; tail?: Rule[] }[] = [];
   const staleChains = new Set<string>();
@@ -212,10 +223,12 @@ export function changePlan(
       else if (digest(was) !== digest(c)) changedChains.push({ chain: c });
     }
     for (const name of oldChains.keys()) if (!newChainNames.has(name)) staleChains.add(name);
-    const oldSets = new Set(o.sets.map((x) => x.name));
+    const oldSetNames = new Set(o.sets.map((x) => x.name));
     const newSetNames = new Set(n.sets.map((x) => x.name));
-    for (const x of n.sets) if (!oldSets.has(x.name)) newSets.push(x);
-    for (const name of oldSets) if (!newSetNames.has(name)) staleSets.add(name);
+    for (const x of n.sets) if (!oldSetNames.has(x.name)) newSets.push(x);
+    for (const name of oldSetNames) if (!newSetNames.has(name)) staleSets.add(name);
+    oldSets.push(...o.sets);
+    oldOwnChains.push(...o.chains.map((c) => c.name));
   }
   // Shared objects the changed services took up or gave up: added or deleted unless another service uses them.
   const flipped = (before: Map<string, number>, after: Map<string, number>) =>
@@ -240,27 +253,30 @@ export function changePlan(
   // A chain both stale (one service) and new (another): it stays, refilled.
   for (const c of newChains) staleChains.delete(c.name);
 
-  const ops: Op[] = [{ kind: 'add-table' }];
-  for (const x of newSets) ops.push({ kind: 'add-set', set: x });
-  for (const c of newChains) ops.push({ kind: 'add-chain', chain: c });
-  for (const [set, es] of del) ops.push({ kind: 'delete-elements', set, elements: es });
+  // What the table has before the plan: the static sets, the record's chains, the changed services' own old objects.
+  const b = new PlanBuilder({
+    sets: [...staticSets(), ...oldSets],
+    chains: [...Object.keys(prev.chains), ...Object.keys(prev.lb), ...oldOwnChains],
+  }).add({ kind: 'add-table' });
+  for (const x of newSets) b.add({ kind: 'add-set', set: x });
+  for (const c of newChains) b.add({ kind: 'add-chain', chain: c });
+  for (const [set, es] of del) b.add({ kind: 'delete-elements', set, elements: es });
   for (const { chain, tail } of changedChains) {
-    if (!tail) ops.push({ kind: 'flush-chain', name: chain.name });
+    if (!tail) b.add({ kind: 'flush-chain', name: chain.name });
     const rules = tail ?? chain.rules;
-    if (rules.length) ops.push({ kind: 'add-rules', chain: chain.name, rules });
+    if (rules.length) b.add({ kind: 'add-rules', chain: chain.name, rules });
   }
-  for (const c of newChains) if (c.rules.length) ops.push({ kind: 'add-rules', chain: c.name, rules: c.rules });
-  for (const [set, es] of add) ops.push({ kind: 'add-elements', set, elements: es });
-  for (const name of staleChains) ops.push({ kind: 'flush-chain', name });
-  for (const name of staleChains) ops.push({ kind: 'delete-chain', name });
-  for (const name of staleSets) ops.push({ kind: 'delete-set', name });
+  for (const c of newChains) if (c.rules.length) b.add({ kind: 'add-rules', chain: c.name, rules: c.rules });
+  for (const [set, es] of add) b.add({ kind: 'add-elements', set, elements: es });
+  for (const name of staleChains) b.add({ kind: 'flush-chain', name });
+  for (const name of staleChains) b.add({ kind: 'delete-chain', name });
+  for (const name of staleSets) b.add({ kind: 'delete-set', name });
   const count = (m: Map<string, Element[]>) => [...m.values()].reduce((n, l) => n + l.length, 0);
-  return {
-    ops,
+  return b.plan({
     full: false,
     written: newChains.length + changedChains.length + count(add),
     deleted: staleChains.size + staleSets.size + count(del),
-  };
+  });
 }
 
 /** Which services differ between two states, by name (the slow path, when the caller does not say). */
