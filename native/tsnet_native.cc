@@ -705,19 +705,14 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
 
   Napi::Object c = Napi::Object::New(env);
   c.Set("CLONE_NEWNET", Napi::Number::New(env, CLONE_NEWNET));
-  c.Set("CLONE_NEWNS", Napi::Number::New(env, CLONE_NEWNS));
   c.Set("MS_BIND", Napi::Number::New(env, MS_BIND));
   c.Set("MS_REC", Napi::Number::New(env, MS_REC));
   c.Set("MS_SHARED", Napi::Number::New(env, MS_SHARED));
-  c.Set("MS_SLAVE", Napi::Number::New(env, MS_SLAVE));
-  c.Set("MS_PRIVATE", Napi::Number::New(env, MS_PRIVATE));
   c.Set("MNT_DETACH", Napi::Number::New(env, MNT_DETACH));
   c.Set("AF_NETLINK", Napi::Number::New(env, AF_NETLINK));
   c.Set("AF_INET", Napi::Number::New(env, AF_INET));
   c.Set("AF_INET6", Napi::Number::New(env, AF_INET6));
   c.Set("SOCK_RAW", Napi::Number::New(env, SOCK_RAW));
-  c.Set("SOCK_STREAM", Napi::Number::New(env, SOCK_STREAM));
-  c.Set("SOCK_DGRAM", Napi::Number::New(env, SOCK_DGRAM));
   exports.Set("constants", c);
   return exports;
 }

@@ -2,7 +2,7 @@
 import type * as os from 'node:os';
 
 let table: { numbers: Record<string, number>; names: Map<number, string> } | undefined;
-/** Node's errno table, loaded on first use: node:os costs every CLI start ~4 ms, and errnos are needed only when something failed. */
+/** Node's errno table, loaded on first use: node:os is a measurable share of every CLI start (bench:startup), and errnos are needed only when something failed. */
 function errnos(): NonNullable<typeof table> {
   if (!table) {
     // eslint-disable-next-line @typescript-eslint/no-require-imports -- loaded lazily on purpose (see above)

@@ -43,19 +43,14 @@ export interface Native {
   peerCred(fd: number): { pid: number; uid: number; gid: number };
   constants: {
     CLONE_NEWNET: number;
-    CLONE_NEWNS: number;
     MS_BIND: number;
     MS_REC: number;
     MS_SHARED: number;
-    MS_SLAVE: number;
-    MS_PRIVATE: number;
     MNT_DETACH: number;
     AF_NETLINK: number;
     AF_INET: number;
     AF_INET6: number;
     SOCK_RAW: number;
-    SOCK_STREAM: number;
-    SOCK_DGRAM: number;
   };
 }
 

@@ -89,6 +89,6 @@ if (args.length === 1 && (args[0] === '--version' || args[0] === '-V')) {
   );
 } else {
   // Exit as soon as the command is done (stdout and stderr are synchronous on Linux): a natural exit would
-  // first tear the heap down, ~15 ms of a one-shot command's time. A long-running command (the agent) resolves when it stops.
+  // first tear the heap down, a share of a one-shot command's time (bench:startup). A long-running command (the agent) resolves when it stops.
   void main().then((code) => process.exit(code));
 }

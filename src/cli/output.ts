@@ -10,7 +10,7 @@ export function print(data: unknown, json: boolean, render: () => string): void 
 /**
  * A long listing, streamed: a JSON array written element by element (the
  * same text JSON.stringify(rows, null, 2) makes), or a table; in chunks,
- * waiting for stdout to drain, so 44,000 services never become one string.
+ * waiting for stdout to drain, so a big listing never becomes one string.
  */
 export async function printRows<T extends object>(
   rows: readonly T[],

@@ -424,7 +424,7 @@ export class IndexedState implements StateView {
 
   /**
    * Applies `changes` in place, in time proportional to them (no copy of
-   * the state: 10,000 services would cost milliseconds to copy). Returns
+   * the state: a big table is not cheap to copy). Returns
    * which services changed, whether rules or forwards did, and `undo`, which
    * puts everything back: a refused change (it throws, after undoing the
    * round) or a failed sync leaves the state as it was.

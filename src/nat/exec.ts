@@ -141,5 +141,5 @@ export async function mustExec(
   return r.stdout;
 }
 
-/** A full sync of a kube-proxy-sized table through iptables-nft-restore takes minutes (10,000 services: measured in bench/nat.ts). */
+/** A full sync of a kube-proxy-sized table through iptables-nft-restore takes minutes (bench/nat.ts). */
 export const APPLY_TIMEOUT_MS = 10 * 60_000;

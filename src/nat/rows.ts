@@ -3,7 +3,7 @@
  * service in one buffer, found by their offsets and never decoded as a
  * whole. A command that changes one service of ten thousand decodes that
  * one line (and finds it by searching the bytes for its name), instead of
- * turning 3 MB into a string and indexing every name first.
+ * turning the whole file into a string and indexing every name first.
  *
  * A row begins `{"name":NAME,"vip":"VIP","port":...` (normalizeService's key
  * order) right after a newline; JSON never puts a raw newline inside a row,

@@ -14,8 +14,8 @@
  * lived process (the agent) keeps what it loaded and re-reads only when the
  * files changed under it (another tsnet took the lock meanwhile).
  *
- * The snapshot carries a digest of the bytes after it (sha256: ~2 ms for
- * 10,000 services): a file tsnet wrote is trusted, its services left as
+ * The snapshot carries a digest of the bytes after it (sha256): a file tsnet
+ * wrote is trusted, its services left as
  * their JSON lines in the bytes read (StoredRows), decoded and parsed only
  * when read (a command that changes one service of 10,000 decodes one); a
  * hand-edited one is validated in full.
@@ -243,7 +243,7 @@ export class NatStore {
 /**
  * Writes the snapshot file (see the top of this file) to `fd` in pieces, a
  * thousand services at a time, hashing as it goes; the digest goes in place
- * last. Ten thousand services never become one 3 MB string.
+ * last. A big table never becomes one string.
  */
 function writeSnapshot(
   fd: number,

@@ -126,15 +126,6 @@ export const be64: Codec<bigint> = {
   write: (w, v) => w.u64be(v),
 };
 
-export const u64: Codec<bigint> = {
-  encode(v) {
-    const b = Buffer.alloc(8);
-    b.writeBigUInt64LE(v);
-    return b;
-  },
-  decode: (b) => b.readBigUInt64LE(0),
-};
-
 /** NUL-terminated string (IFLA_IFNAME, IFLA_INFO_KIND, ...). */
 export const asciiz: Codec<string> = {
   encode: (v) => Buffer.concat([Buffer.from(v, 'utf8'), Buffer.alloc(1)]),

@@ -68,8 +68,9 @@ export const NF_INET_HOOK = { prerouting: 0, input: 1, forward: 2, output: 3, po
 export const VERDICT = { drop: 0, accept: 1, continue: -1, break: -2, jump: -3, goto: -4, return: -5 } as const;
 export const NFT_DATA_VERDICT = 0xffffff00;
 
-/** Registers: the verdict, and the 4-byte data registers NFT_REG32_00 .. 15 (slot k is 8 + k). */
+/** Registers (enum nft_registers): the verdict, the 16-byte NFT_REG_1 .. 4, and the 4-byte NFT_REG32_00 .. 15 (slot k is 8 + k). */
 export const NFT_REG_VERDICT = 0;
+export const NFT_REG_1 = 1;
 export const NFT_REG32_00 = 8;
 
 export const NFT_SET_F = {
@@ -114,6 +115,8 @@ export const NFT_FIB_F = { saddr: 0x1, daddr: 0x2, mark: 0x4, iif: 0x8, oif: 0x1
 export const NFT_DYNSET_OP = { add: 0, update: 1, delete: 2 } as const;
 export const NFT_NG = { incremental: 0, random: 1 } as const;
 export const NFT_REJECT = { icmp_unreach: 0, tcp_rst: 1, icmpx_unreach: 2 } as const;
+/** The ICMP code `reject` sends (linux/icmp.h ICMP_PORT_UNREACH, icmpv6.h ICMPV6_PORT_UNREACH): port unreachable, as nft's plain `reject`. */
+export const ICMP_PORT_UNREACH = { 4: 3, 6: 4 } as const;
 export const NFT_BYTEORDER_OP = { ntoh: 0, hton: 1 } as const;
 
 // ---------------------------------------------------------------------------

@@ -26,7 +26,7 @@ export class NlWriter {
     this.buf = next;
   }
 
-  // Plain byte stores, not Buffer's write* methods: a sync of 10,000 services writes
+  // Plain byte stores, not Buffer's write* methods: a big sync writes
   // millions of these, and the values are the encoder's own (lengths are checked in end()).
   u8(v: number): void {
     this.room(1);

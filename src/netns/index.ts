@@ -80,7 +80,7 @@ export class NetNs {
   /**
    * The NETLINK_NETFILTER socket of this namespace (nf_tables batches and
    * dumps), created inside it on first use and kept: closing one makes the
-   * kernel wait for the RCU grace period of the last deletion (10-30 ms).
+   * kernel wait for the RCU grace period of the last deletion.
    */
   get netfilter(): NetlinkSocket {
     this.state();

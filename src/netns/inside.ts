@@ -41,7 +41,7 @@ import { NSEXEC_PATH, native } from '../native';
 import { TsnetError } from '../errors';
 
 let cp: typeof ChildProcesses | undefined;
-/** node:child_process, loaded when a process is first started: most commands start none, and loading it costs every start-up ~8 ms. */
+/** node:child_process, loaded when a process is first started: most commands start none, and loading it is a measurable share of every start-up (bench:startup). */
 export function childProcesses(): typeof ChildProcesses {
   // eslint-disable-next-line @typescript-eslint/no-require-imports -- a synchronous lazy load: spawning is synchronous
   return (cp ??= require('node:child_process') as typeof ChildProcesses);

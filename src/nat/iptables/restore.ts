@@ -2,8 +2,7 @@
  * The iptables ruleset as iptables-restore text: each rule formatted (the
  * only place that knows iptables syntax), each chain's lines and digest made
  * once, and the payload of a full or partial sync in sorted chain order
- * (with iptables-nft, any other order takes minutes instead of seconds at
- * 10,000 services), streamed in chunks.
+ * (with iptables-nft, any other order is many times slower at scale: bench/nat.ts), streamed in chunks.
  */
 import { hash } from 'node:crypto';
 import { formatProbability } from '../model';
@@ -115,7 +114,7 @@ export const hookKeyOf = (h: IptHook): string => hookKey(h.table, h.chain, h.rul
  * The rules `c` adds at the end of what `old` (the chain as last written,
  * when its digest confirms that) already holds; undefined when the chain
  * must be rewritten. Appending spares the kernel deleting and re-adding the
- * chain's rules, which iptables-nft pays ~12 ms for per transaction.
+ * chain's rules, which iptables-nft pays for in every transaction (see bench/nat.ts).
  */
 function appendedLines(c: IptChain, old: IptChain | undefined, liveDigest: string | undefined): string[] | undefined {
   if (!old || c.name === SERVICES || liveDigest !== chainDigest(old)) return undefined;
@@ -135,8 +134,8 @@ function appendedLines(c: IptChain, old: IptChain | undefined, liveDigest: strin
  * changes (both tables, changed or not): `-C` fails the table's transaction
  * when the rule is gone (the table was flushed), so a partial sync and its
  * flush check cost one iptables-restore instead of three processes. (`-C` is
- * also the cheap test: with iptables-nft a `-D`/`-R` of the canary costs
- * ~15 ms of cache loading, `-C` ~1.5.)
+ * also the cheap test: with iptables-nft a `-D`/`-R` of the canary loads
+ * the whole cache, `-C` does not.)
  */
 const byName = (a: { name: string }, b: { name: string }) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0);
 
@@ -171,8 +170,8 @@ export function restoreChunks(
   for (const table of ['nat', 'filter'] as const) {
     const want = rs.chains.filter((c) => c.table === table);
     const have = live?.chains[table] ?? new Map<string, string | undefined>();
-    // Declared and filled in sorted order: iptables-nft-restore takes minutes instead of seconds for
-    // 10,000 services when a payload's chains come in any other order (kube-proxy sorts them too).
+    // Declared and filled in sorted order: iptables-nft-restore is many times slower at scale when a payload's
+    // chains come in any other order (kube-proxy sorts them too; bench/nat.ts).
     // A chain with no recorded digest is rewritten without computing its own (a full sync formats each once, when written).
     const changed = want
       .filter(

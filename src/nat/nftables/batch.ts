@@ -6,8 +6,8 @@
  * Each message's sequence number maps back to the operation it came from,
  * and its label ("adding rule ... to chain ...") is made from that only when
  * the kernel refuses the message (google/nftables keeps each message's rule
- * and formats it in handleReceiveError): a sync of 10,000 services formats
- * no rule.
+ * and formats it in handleReceiveError): a sync of a big table formats no
+ * rule.
  */
 import { attrType, type AttrObject } from '../../netlink/attrs';
 import { nfgenmsg } from '../../netlink/nfnetlink';
@@ -242,7 +242,7 @@ function verdictNest(w: NlWriter, t: Target): void {
 
 /**
  * One model element as the kernel's element, written straight into the batch
- * (the hot path: a sync of 10,000 services writes 60,000 of them). An interval
+ * (the hot path: a big sync writes one per endpoint and service). An interval
  * of a concatenation is key + key end (pipapo).
  */
 function writeElement(
@@ -364,7 +364,7 @@ function ruleMessage(b: BatchWriter, op: Op & { kind: 'add-rules' }, r: Rule, cx
   b.message(NFT_MSG.NEWRULE, NLM_F.CREATE | NLM_F.APPEND, { op, rule: r }, () => b.w.attrs(NFTA_RULE, attrs));
 }
 
-/** ~96 bytes an element (a 10,000 x 5 sync: 110,000 of them), ~512 a rule or anything else. */
+/** About 96 bytes an element, 512 a rule or anything else: the buffer is allocated once. */
 function expectedSize(ops: readonly Op[]): number {
   let size = 1 << 16;
   for (const o of ops)

@@ -18,6 +18,7 @@ import {
   NFT_PAYLOAD_BASE,
   NFPROTO,
   VERDICT,
+  NFT_REG_VERDICT,
   nfproto,
   type ExprAttrs,
 } from '../../netlink/nftables';
@@ -103,7 +104,7 @@ export function exprAttrs(e: Expr): AttrObject {
     case 'immediate':
       return { name: 'immediate', data: { dreg: e.dreg, data: { value: e.data } } };
     case 'verdict':
-      return { name: 'immediate', data: { dreg: 0, data: verdictAttrs(e.verdict) } };
+      return { name: 'immediate', data: { dreg: NFT_REG_VERDICT, data: verdictAttrs(e.verdict) } };
     case 'numgen':
       return { name: 'numgen', data: { dreg: e.dreg, modulus: e.mod, type: NFT_NG.random, offset: 0 } };
     case 'nat':

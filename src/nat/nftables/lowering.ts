@@ -7,7 +7,15 @@
  */
 import { bufferToIp, ipToBuffer } from '../../netlink/attrs';
 import { type NlWriter } from '../../netlink/writer';
-import { NFT_FIB_F, NF_NAT_RANGE, NFT_REG32_00 } from '../../netlink/nftables';
+import {
+  ICMP_PORT_UNREACH,
+  NFT_FIB_F,
+  NFT_REG32_00,
+  NFT_REG_1,
+  NFT_REG_VERDICT,
+  NFT_REJECT,
+  NF_NAT_RANGE,
+} from '../../netlink/nftables';
 import { parseCidr } from '../../addr/cidr';
 import type { Expr } from './expr';
 import type { Family, Field, Item, KeyExpr, Value } from './ruleset';
@@ -77,7 +85,7 @@ export const FIELDS: Record<Field, FieldSpec> = {
 };
 
 /** The wire register of 4-byte slot k (nft's rule: a 16-byte NFT_REG_n when aligned, else NFT_REG32_k). */
-export const regOf = (slot: number): number => (slot % 4 === 0 ? 1 + slot / 4 : NFT_REG32_00 + slot);
+export const regOf = (slot: number): number => (slot % 4 === 0 ? NFT_REG_1 + slot / 4 : NFT_REG32_00 + slot);
 
 const slots = (len: number) => Math.ceil(len / 4);
 
@@ -226,32 +234,32 @@ function addrMatch(field: 'saddr' | 'daddr', cidr: string, not: boolean, family:
   const offset = ADDR_OFFSET[family][field];
   if (c.prefix === full * 8)
     return [
-      { kind: 'payload', base: 'network', offset, len: full, dreg: 1 },
-      { kind: 'cmp', sreg: 1, op, data: ipToBuffer(c.address) },
+      { kind: 'payload', base: 'network', offset, len: full, dreg: NFT_REG_1 },
+      { kind: 'cmp', sreg: NFT_REG_1, op, data: ipToBuffer(c.address) },
     ];
   if (c.prefix % 8 === 0) {
     // A byte-aligned prefix: nft loads only the prefix's bytes.
     const n = c.prefix / 8;
     return [
-      { kind: 'payload', base: 'network', offset, len: n, dreg: 1 },
-      { kind: 'cmp', sreg: 1, op, data: net.subarray(0, n) },
+      { kind: 'payload', base: 'network', offset, len: n, dreg: NFT_REG_1 },
+      { kind: 'cmp', sreg: NFT_REG_1, op, data: net.subarray(0, n) },
     ];
   }
   const mask = Buffer.alloc(full);
   for (let i = 0; i < c.prefix; i++) mask[i >> 3]! |= 0x80 >> (i & 7);
   return [
-    { kind: 'payload', base: 'network', offset, len: full, dreg: 1 },
-    { kind: 'bitwise', sreg: 1, dreg: 1, mask, xor: Buffer.alloc(full) },
-    { kind: 'cmp', sreg: 1, op, data: net },
+    { kind: 'payload', base: 'network', offset, len: full, dreg: NFT_REG_1 },
+    { kind: 'bitwise', sreg: NFT_REG_1, dreg: NFT_REG_1, mask, xor: Buffer.alloc(full) },
+    { kind: 'cmp', sreg: NFT_REG_1, op, data: net },
   ];
 }
 
 /** ct state / ct status bits, tested the way nft does: `& BITS` then `!= 0` (any set) or `== 0` (none set). */
 function ctBits(key: 'state' | 'status', bits: number, any: boolean): Expr[] {
   return [
-    { kind: 'ct', key, dreg: 1 },
-    { kind: 'bitwise', sreg: 1, dreg: 1, mask: u32le(bits), xor: u32le(0) },
-    { kind: 'cmp', sreg: 1, op: any ? 'neq' : 'eq', data: u32le(0) },
+    { kind: 'ct', key, dreg: NFT_REG_1 },
+    { kind: 'bitwise', sreg: NFT_REG_1, dreg: NFT_REG_1, mask: u32le(bits), xor: u32le(0) },
+    { kind: 'cmp', sreg: NFT_REG_1, op: any ? 'neq' : 'eq', data: u32le(0) },
   ];
 }
 const CT_STATE = { established: 0x2, related: 0x4, new: 0x8 };
@@ -271,20 +279,20 @@ export function lowerItem(item: Item, cx: LowerContext, anonymousSet?: { name: s
       return addrMatch(item.field, item.cidr, item.not ?? false, fam);
     case 'local-daddr':
       return [
-        { kind: 'fib', dreg: 1, result: 'addrtype', flags: NFT_FIB_F.daddr },
-        { kind: 'cmp', sreg: 1, op: 'eq', data: u32le(2) },
+        { kind: 'fib', dreg: NFT_REG_1, result: 'addrtype', flags: NFT_FIB_F.daddr },
+        { kind: 'cmp', sreg: NFT_REG_1, op: 'eq', data: u32le(2) },
       ];
     case 'l4proto':
       return [
         FIELDS.l4proto.load(fam, 1),
-        { kind: 'cmp', sreg: 1, op: 'eq', data: FIELDS.l4proto.encode(item.proto, fam) },
+        { kind: 'cmp', sreg: NFT_REG_1, op: 'eq', data: FIELDS.l4proto.encode(item.proto, fam) },
       ];
     case 'dport':
-      return [FIELDS.dport.load(fam, 1), { kind: 'cmp', sreg: 1, op: 'eq', data: be16(item.port) }];
+      return [FIELDS.dport.load(fam, 1), { kind: 'cmp', sreg: NFT_REG_1, op: 'eq', data: be16(item.port) }];
     case 'oifname':
       return [
-        { kind: 'meta', key: 'oifname', dreg: 1 },
-        { kind: 'cmp', sreg: 1, op: item.not ? 'neq' : 'eq', data: ifname(item.name) },
+        { kind: 'meta', key: 'oifname', dreg: NFT_REG_1 },
+        { kind: 'cmp', sreg: NFT_REG_1, op: item.not ? 'neq' : 'eq', data: ifname(item.name) },
       ];
     case 'ct-new':
       return ctBits('state', CT_STATE.new, true);
@@ -294,30 +302,30 @@ export function lowerItem(item: Item, cx: LowerContext, anonymousSet?: { name: s
       return ctBits('status', IPS_DST_NAT, !item.not);
     case 'ct-orig-dport':
       return [
-        { kind: 'ct', key: 'proto_dst', dir: 'original', dreg: 1 },
-        { kind: 'cmp', sreg: 1, op: 'eq', data: be16(item.port) },
+        { kind: 'ct', key: 'proto_dst', dir: 'original', dreg: NFT_REG_1 },
+        { kind: 'cmp', sreg: NFT_REG_1, op: 'eq', data: be16(item.port) },
       ];
     case 'ct-reply-saddr':
       return [
-        { kind: 'ct', key: fam === 6 ? 'src_ip6' : 'src_ip', dir: 'reply', dreg: 1 },
-        { kind: 'cmp', sreg: 1, op: 'eq', data: ipToBuffer(item.ip) },
+        { kind: 'ct', key: fam === 6 ? 'src_ip6' : 'src_ip', dir: 'reply', dreg: NFT_REG_1 },
+        { kind: 'cmp', sreg: NFT_REG_1, op: 'eq', data: ipToBuffer(item.ip) },
       ];
     case 'ct-reply-sport':
       return [
-        { kind: 'ct', key: 'proto_src', dir: 'reply', dreg: 1 },
-        { kind: 'cmp', sreg: 1, op: 'eq', data: be16(item.port) },
+        { kind: 'ct', key: 'proto_src', dir: 'reply', dreg: NFT_REG_1 },
+        { kind: 'cmp', sreg: NFT_REG_1, op: 'eq', data: be16(item.port) },
       ];
     case 'mark-clear':
       return [
-        { kind: 'meta', key: 'mark', dreg: 1 },
-        { kind: 'bitwise', sreg: 1, dreg: 1, mask: u32le(item.bits), xor: u32le(0), explicitOp: true },
-        { kind: 'cmp', sreg: 1, op: 'eq', data: u32le(0) },
+        { kind: 'meta', key: 'mark', dreg: NFT_REG_1 },
+        { kind: 'bitwise', sreg: NFT_REG_1, dreg: NFT_REG_1, mask: u32le(item.bits), xor: u32le(0), explicitOp: true },
+        { kind: 'cmp', sreg: NFT_REG_1, op: 'eq', data: u32le(0) },
       ];
     case 'in-set': {
       const s = cx.set(item.set);
       return [
         ...loadKey(item.key, fam, s.interval),
-        { kind: 'lookup', sreg: 1, set: item.set, ...(s.id === undefined ? {} : { setId: s.id }) },
+        { kind: 'lookup', sreg: NFT_REG_1, set: item.set, ...(s.id === undefined ? {} : { setId: s.id }) },
       ];
     }
     case 'counter':
@@ -332,43 +340,69 @@ export function lowerItem(item: Item, cx: LowerContext, anonymousSet?: { name: s
         if (!anonymousSet) throw new Error('lowering an anonymous vmap needs the set it was given');
         return [
           ...loadKey(item.key, fam, item.map.interval),
-          { kind: 'lookup', sreg: 1, set: anonymousSet.name, setId: anonymousSet.id, dreg: 0 },
+          { kind: 'lookup', sreg: NFT_REG_1, set: anonymousSet.name, setId: anonymousSet.id, dreg: NFT_REG_VERDICT },
         ];
       }
       const s = cx.set(item.map);
       return [
         ...loadKey(item.key, fam, s.interval),
-        { kind: 'lookup', sreg: 1, set: item.map, dreg: 0, ...(s.id === undefined ? {} : { setId: s.id }) },
+        {
+          kind: 'lookup',
+          sreg: NFT_REG_1,
+          set: item.map,
+          dreg: NFT_REG_VERDICT,
+          ...(s.id === undefined ? {} : { setId: s.id }),
+        },
       ];
     }
     case 'dnat':
       return [
-        { kind: 'immediate', dreg: 1, data: ipToBuffer(item.ip) },
-        { kind: 'immediate', dreg: 2, data: be16(item.port) },
-        { kind: 'nat', type: 'dnat', family: fam, regAddrMin: 1, regProtoMin: 2, flags: NF_NAT_RANGE.PROTO_SPECIFIED },
+        { kind: 'immediate', dreg: NFT_REG_1, data: ipToBuffer(item.ip) },
+        { kind: 'immediate', dreg: NFT_REG_1 + 1, data: be16(item.port) },
+        {
+          kind: 'nat',
+          type: 'dnat',
+          family: fam,
+          regAddrMin: NFT_REG_1,
+          regProtoMin: NFT_REG_1 + 1,
+          flags: NF_NAT_RANGE.PROTO_SPECIFIED,
+        },
       ];
     case 'dnat-map': {
       const s = cx.set(item.map);
       // The map's value is address . port: the port starts in the slot after the address.
       return [
         ...loadKey(item.key, fam, s.interval),
-        { kind: 'lookup', sreg: 1, set: item.map, dreg: 1, ...(s.id === undefined ? {} : { setId: s.id }) },
-        { kind: 'nat', type: 'dnat', family: fam, regAddrMin: 1, regProtoMin: regOf(slots(addrLen(fam))) },
+        {
+          kind: 'lookup',
+          sreg: NFT_REG_1,
+          set: item.map,
+          dreg: NFT_REG_1,
+          ...(s.id === undefined ? {} : { setId: s.id }),
+        },
+        { kind: 'nat', type: 'dnat', family: fam, regAddrMin: NFT_REG_1, regProtoMin: regOf(slots(addrLen(fam))) },
       ];
     }
     case 'snat':
       return [
-        { kind: 'immediate', dreg: 1, data: ipToBuffer(item.ip) },
-        { kind: 'nat', type: 'snat', family: fam, regAddrMin: 1, flags: NF_NAT_RANGE.PROTO_RANDOM_FULLY },
+        { kind: 'immediate', dreg: NFT_REG_1, data: ipToBuffer(item.ip) },
+        { kind: 'nat', type: 'snat', family: fam, regAddrMin: NFT_REG_1, flags: NF_NAT_RANGE.PROTO_RANDOM_FULLY },
       ];
     case 'masquerade':
       return [{ kind: 'masq', flags: NF_NAT_RANGE.PROTO_RANDOM_FULLY }];
     case 'mark-set': {
       const mask = item.op === 'or' ? ~item.bits >>> 0 : 0xffffffff;
       return [
-        { kind: 'meta', key: 'mark', dreg: 1 },
-        { kind: 'bitwise', sreg: 1, dreg: 1, mask: u32le(mask), xor: u32le(item.bits), explicitOp: true },
-        { kind: 'meta-set', key: 'mark', sreg: 1 },
+        { kind: 'meta', key: 'mark', dreg: NFT_REG_1 },
+        {
+          kind: 'bitwise',
+          sreg: NFT_REG_1,
+          dreg: NFT_REG_1,
+          mask: u32le(mask),
+          xor: u32le(item.bits),
+          explicitOp: true,
+        },
+        { kind: 'meta-set', key: 'mark', sreg: NFT_REG_1 },
       ];
     }
     case 'set-update': {
@@ -379,6 +413,6 @@ export function lowerItem(item: Item, cx: LowerContext, anonymousSet?: { name: s
       ];
     }
     case 'reject':
-      return [{ kind: 'reject', type: 0, code: fam === 6 ? 4 : 3 }];
+      return [{ kind: 'reject', type: NFT_REJECT.icmp_unreach, code: ICMP_PORT_UNREACH[fam] }];
   }
 }

@@ -112,7 +112,7 @@ export interface NamedSet {
 
 /**
  * Elements read by position: an array, or a list that makes each element when
- * it is read (a whole table's 60,000 elements then never live at once: the
+ * it is read (a whole table's elements then never live at once: the
  * encoder writes each and drops it).
  */
 export interface ElementList {
