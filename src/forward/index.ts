@@ -17,7 +17,9 @@ import {
   normalizeForward,
   parsePort,
   parseProto,
+  sameForward,
   validateName,
+  type DesiredState,
   type Forward,
   type Proto,
   type SnatMode,
@@ -114,11 +116,13 @@ export async function plan(ns: NetNs, req: ForwardRequest): Promise<Forward> {
 /** `tsnet forward TARGET LISTEN_PORT TARGET_PORT`: adds (or retargets) the forward; the same request twice changes nothing. */
 export async function add(engine: NatEngine, req: ForwardRequest): Promise<ForwardResult> {
   const f = await plan(engine.ns, req);
-  const old = engine.read().forwards.find((x) => x.name === f.name);
+  const same = (st: Pick<DesiredState, 'forwards'>) => st.forwards.some((x) => sameForward(x, f));
   let report: SyncReport | undefined;
-  if (!old || JSON.stringify(old) !== JSON.stringify(f)) {
+  // The same forward again changes nothing and probes nothing; otherwise the target is probed first (outside the
+  // lock: it may take seconds), and the forward put in place under it, unless another tsnet put the same one meanwhile.
+  if (!same(engine.read())) {
     if (req.check !== false && f.proto === 'tcp') await checkTcp(engine.ns, f.targetIp, f.targetPort);
-    report = await engine.change([{ kind: 'put-forward', forward: f }]);
+    report = await engine.changeWith((st) => (same(st) ? [] : [{ kind: 'put-forward', forward: f }]));
   }
   const cut = req.cutOver ? await cutConnections(engine.ns, f, { stale: true }) : 0;
   return { forward: f, changed: report !== undefined, ...(report ? { report } : {}), cutOver: cut };
@@ -145,9 +149,12 @@ export async function cutConnections(ns: NetNs, f: Forward, opts: { stale?: bool
 
 /** `tsnet forward rm NAME`: removes its rules and the sysctl changes made for it; missing: no-op (returns false). */
 export async function remove(engine: NatEngine, name: string, opts: { cut?: boolean } = {}): Promise<boolean> {
-  const old = engine.read().forwards.find((x) => x.name === name);
+  let old: Forward | undefined;
+  await engine.changeWith((st) => {
+    old = st.forwards.find((x) => x.name === name);
+    return old ? [{ kind: 'delete-forward', name }] : [];
+  });
   if (!old) return false;
-  await engine.change([{ kind: 'delete-forward', name }]);
   if (opts.cut) await cutConnections(engine.ns, old);
   return true;
 }

@@ -14,9 +14,16 @@ import {
   normalizeForward,
   normalizeRule,
   normalizeService,
+  normalizeServices,
   normalizeState,
   ruleFamily,
   ruleKey,
+  sameForward,
+  sameForwards,
+  sameRules,
+  sameService,
+  vipClaimed,
+  vipKey,
   type DesiredState,
   type Endpoint,
   type Forward,
@@ -86,8 +93,6 @@ export interface ServiceDelta {
   old?: Service;
   new?: Service;
 }
-
-const vipKey = (s: Pick<Service, 'vip' | 'port' | 'proto'>) => `${s.vip}:${s.port}/${s.proto}`;
 
 /**
  * What a service must look like to pass a test, stated so that a stored row
@@ -484,9 +489,8 @@ class Round {
     const old = i === undefined ? undefined : x.at(i);
     const key = vipKey(s);
     if (!old || vipKey(old) !== key) {
-      const claimed = x.vips.get(key);
-      if (claimed !== undefined && claimed !== s.name)
-        throw invalid(`services ${claimed} and ${s.name} both claim ${key}`);
+      const owner = x.vips.get(key);
+      if (owner !== undefined && owner !== s.name) throw vipClaimed(key, owner, s.name);
     }
     this.remember(s.name);
     if (i === undefined) {
@@ -549,7 +553,7 @@ class Round {
       case 'add-service': {
         const s = normalizeService(c.service);
         const have = this.current(s.name);
-        if (have && JSON.stringify(have) !== JSON.stringify(s))
+        if (have && !sameService(have, s))
           throw invalid(
             `service ${s.name} already exists with other settings: use "service set-endpoints", or "service del" first`,
           );
@@ -571,17 +575,7 @@ class Round {
       case 'replace-services': {
         // The whole set at once: checked as a whole (one owner per VIP among the wanted; the others go), then
         // the rows rebuilt in one pass, kept services in their places and new ones last.
-        const wanted = new Map<string, Service>();
-        const owners = new Map<string, string>();
-        for (const raw of c.services) {
-          const s = normalizeService(raw);
-          if (wanted.has(s.name)) throw invalid(`duplicate service name ${s.name}`);
-          const key = vipKey(s);
-          const claimed = owners.get(key);
-          if (claimed !== undefined) throw invalid(`services ${claimed} and ${s.name} both claim ${key}`);
-          owners.set(key, s.name);
-          wanted.set(s.name, s);
-        }
+        const wanted = normalizeServices(c.services);
         const x = this.x;
         const rows = x.all();
         const next: Service[] = [];
@@ -590,7 +584,7 @@ class Round {
         for (const s of rows) {
           const w = wanted.get(s.name);
           if (w) kept.add(s.name);
-          if (w && JSON.stringify(w) === JSON.stringify(s)) next.push(s);
+          if (w && sameService(w, s)) next.push(s);
           else {
             this.rememberAs(s.name, s);
             if (w) next.push(w);
@@ -622,7 +616,7 @@ class Round {
       case 'put-forward': {
         const f = normalizeForward(c.forward);
         const same = this.st.forwards.find((x) => x.name === f.name);
-        if (same && JSON.stringify(same) === JSON.stringify(f)) break;
+        if (same && sameForward(same, f)) break;
         const next = [...this.st.forwards.filter((x) => x.name !== f.name), f];
         // The whole-state checks (one listener per port) are cheap: forwards are few.
         normalizeState({ services: [], rules: [], forwards: next });
@@ -636,8 +630,8 @@ class Round {
       case 'set-state': {
         const st = normalizeState(c.state);
         this.apply({ kind: 'replace-services', services: st.services });
-        if (JSON.stringify(st.rules) !== JSON.stringify(this.st.rules)) this.setRules(st.rules);
-        if (JSON.stringify(st.forwards) !== JSON.stringify(this.st.forwards)) this.setForwards(st.forwards);
+        if (!sameRules(st.rules, this.st.rules)) this.setRules(st.rules);
+        if (!sameForwards(st.forwards, this.st.forwards)) this.setForwards(st.forwards);
         break;
       }
     }
@@ -651,7 +645,7 @@ class Round {
     const deltas: ServiceDelta[] = [];
     for (const [name, old] of this.touched) {
       const now = this.current(name);
-      if (old && now && (old === now || JSON.stringify(old) === JSON.stringify(now))) continue;
+      if (old && now && (old === now || sameService(old, now))) continue;
       const d: ServiceDelta = {};
       if (old) d.old = old;
       if (now) d.new = now;

@@ -214,8 +214,23 @@ export class NatEngine {
    * `add` twice) syncs nothing.
    */
   async change(changes: readonly NatChange[], opts: { force?: boolean } = {}): Promise<SyncReport> {
+    return (await this.changeWith(() => changes, opts))!;
+  }
+
+  /**
+   * The changes `decide` makes of the stored rules and forwards, decided
+   * and applied under the lock, so no other process's round slips between
+   * reading the state and changing it (a forward's add or remove).
+   * Undefined when `decide` asks for nothing.
+   */
+  async changeWith(
+    decide: (st: Pick<DesiredState, 'rules' | 'forwards'>) => readonly NatChange[],
+    opts: { force?: boolean } = {},
+  ): Promise<SyncReport | undefined> {
     return withLock(this.dir, 'nat', async (lockFd) => {
       const { f, indexed } = this.load();
+      const changes = decide({ rules: indexed.state.rules, forwards: indexed.state.forwards });
+      if (!changes.length && !opts.force) return undefined;
       const round = indexed.apply(changes);
       if (!opts.force && !round.global && !round.services.length && this.upToDate(f)) return this.unchanged(f);
       try {

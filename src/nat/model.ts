@@ -289,20 +289,65 @@ export function normalizeForward(f: Forward): Forward {
 export const servesLoopback = (f: Forward): boolean =>
   familyOf(f.targetIp) === 4 && (f.listen === undefined || f.listen.startsWith('127.'));
 
+/** What a service claims on a node: its VIP, port and protocol (one service each). */
+export const vipKey = (s: Pick<Service, 'vip' | 'port' | 'proto'>): string => `${s.vip}:${s.port}/${s.proto}`;
+
+/** The refusal of a second claim on one VIP:port/proto. */
+export const vipClaimed = (key: string, owner: string, name: string): TsnetError =>
+  invalid(`services ${owner} and ${name} both claim ${key}`);
+
+/** A set of services checked as one: each normalized, names unique, one service per VIP:port/proto. By name, in order. */
+export function normalizeServices(services: readonly Service[]): Map<string, Service> {
+  const out = new Map<string, Service>();
+  const owners = new Map<string, string>();
+  for (const raw of services) {
+    const s = normalizeService(raw);
+    if (out.has(s.name)) throw invalid(`duplicate service name ${s.name}`);
+    const key = vipKey(s);
+    const owner = owners.get(key);
+    if (owner !== undefined) throw vipClaimed(key, owner, s.name);
+    owners.set(key, s.name);
+    out.set(s.name, s);
+  }
+  return out;
+}
+
+/** Two normalized services are the same service (every field, endpoints in order). */
+export function sameService(a: Service, b: Service): boolean {
+  return (
+    a.name === b.name &&
+    a.vip === b.vip &&
+    a.port === b.port &&
+    a.proto === b.proto &&
+    a.affinitySeconds === b.affinitySeconds &&
+    a.masqueradeNotFrom === b.masqueradeNotFrom &&
+    a.endpoints.length === b.endpoints.length &&
+    a.endpoints.every(
+      (e, i) => e.ip === b.endpoints[i]!.ip && e.port === b.endpoints[i]!.port && e.weight === b.endpoints[i]!.weight,
+    )
+  );
+}
+
+/** Two normalized forwards are the same forward. */
+export const sameForward = (a: Forward, b: Forward): boolean =>
+  a.name === b.name &&
+  a.target === b.target &&
+  a.targetIp === b.targetIp &&
+  a.listenPort === b.listenPort &&
+  a.targetPort === b.targetPort &&
+  a.listen === b.listen &&
+  a.proto === b.proto &&
+  a.snat === b.snat;
+
+/** Two lists of normalized rules or forwards hold the same, in the same order. */
+export const sameRules = (a: readonly NatRule[], b: readonly NatRule[]): boolean =>
+  a.length === b.length && a.every((r, i) => ruleKey(r) === ruleKey(b[i]!));
+export const sameForwards = (a: readonly Forward[], b: readonly Forward[]): boolean =>
+  a.length === b.length && a.every((f, i) => sameForward(f, b[i]!));
+
 /** Checks a whole desired state (for `service apply` and for state read back from disk). */
 export function normalizeState(st: Omit<DesiredState, 'forwards'> & { forwards?: Forward[] }): DesiredState {
-  const names = new Set<string>();
-  const vips = new Map<string, string>();
-  const services = st.services.map((s) => {
-    const n = normalizeService(s);
-    if (names.has(n.name)) throw invalid(`duplicate service name ${n.name}`);
-    names.add(n.name);
-    const key = `${n.vip}:${n.port}/${n.proto}`;
-    const other = vips.get(key);
-    if (other) throw invalid(`services ${other} and ${n.name} both claim ${key}`);
-    vips.set(key, n.name);
-    return n;
-  });
+  const services = [...normalizeServices(st.services).values()];
   const fwdNames = new Set<string>();
   const forwards = (st.forwards ?? []).map((f) => {
     const n = normalizeForward(f);

@@ -12,7 +12,7 @@
  * by digest with the record of the last sync, as the full plan does.
  */
 import { hash } from 'node:crypto';
-import { familyOf, type DesiredState, type Service } from '../model';
+import { familyOf, sameService, type DesiredState, type Service } from '../model';
 import type { StateView } from '../changes';
 import {
   HAIRPIN,
@@ -287,7 +287,7 @@ export function serviceChanges(prev: readonly Service[], next: readonly Service[
     const o = before.get(s.name);
     before.delete(s.name);
     if (!o) out.push({ new: s });
-    else if (o !== s && JSON.stringify(o) !== JSON.stringify(s)) out.push({ old: o, new: s });
+    else if (o !== s && !sameService(o, s)) out.push({ old: o, new: s });
   }
   for (const o of before.values()) out.push({ old: o });
   return out;
