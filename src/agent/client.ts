@@ -15,7 +15,7 @@
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
-import { TsnetError } from '../errors';
+import { TsnetError, isTsnetCode } from '../errors';
 import { stateDir as defaultStateDir } from '../state';
 import type { NetNs } from '../netns';
 import { nsIdentity, refIdentity } from '../netns/ref';
@@ -115,7 +115,7 @@ export function natChangeThroughAgent<T>(socket: string, req: NatRequest): Promi
         const e = (body && typeof body === 'object' ? body : {}) as { error?: unknown; code?: unknown };
         return finish(
           new TsnetError(typeof e.error === 'string' ? e.error : `the agent at ${socket} failed the change`, {
-            code: typeof e.code === 'string' ? e.code : 'EAGENT',
+            code: isTsnetCode(e.code) ? e.code : 'EAGENT',
           }),
         );
       }

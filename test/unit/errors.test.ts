@@ -1,6 +1,18 @@
 import test from 'ava';
 import * as fs from 'node:fs';
-import { NetlinkError, TsnetError, contextualize, internal, invalid, isInvalidInput } from '../../src/errors';
+import * as os from 'node:os';
+import {
+  NetlinkError,
+  TsnetError,
+  contextualize,
+  internal,
+  invalid,
+  isExists,
+  isInvalidInput,
+  isNotFound,
+  isTsnetCode,
+} from '../../src/errors';
+import { ERRNO_NAMES } from '../../src/errno';
 import { CNI_ERR, CniError, reportInput, toCniError } from '../../src/cni/errors';
 import { extackText } from '../../src/netlink/socket';
 
@@ -81,4 +93,26 @@ test("extended ack: the kernel's text is read from NLMSG_ERROR attributes, cappe
   const full = Buffer.concat([Buffer.from([0xfe, 0xff, 0xff, 0xff]), orig, Buffer.alloc(8), attr]);
   t.is(extackText(0x200, full), text);
   t.is(extackText(0x100, capped), undefined, 'no NLM_F_ACK_TLVS: no text');
+});
+
+test("codes are a union: the errno names Node knows, and tsnet's own; the predicates ask what kind of failure it is", (t) => {
+  t.deepEqual([...ERRNO_NAMES].sort(), Object.keys(os.constants.errno).sort(), "the type's list is Node's");
+  // @ts-expect-error ENOTFOUND is getaddrinfo's, not a code tsnet uses
+  t.truthy(new TsnetError('x', { code: 'ENOTFOUND' }));
+  t.true(isTsnetCode('EEXIST') && isTsnetCode('E135') && isTsnetCode('EINTERNAL'));
+  t.false(isTsnetCode('ERR_INVALID_ARG_TYPE') || isTsnetCode('ENOTFOUND') || isTsnetCode(22));
+
+  let fsErr: unknown;
+  try {
+    fs.readFileSync('/nonexistent/tsnet-test');
+  } catch (err) {
+    fsErr = err;
+  }
+  t.true(isNotFound(fsErr), "Node's own ENOENT");
+  t.true(isNotFound(new TsnetError('interface eth9 not found in namespace c1', { code: 'ENODEV' })));
+  t.true(isNotFound(contextualize('opening namespace c1', fsErr)), 'through a re-wrap');
+  t.false(isNotFound(new NetlinkError(17)));
+  t.true(isExists(contextualize('creating veth v1', new NetlinkError(17))));
+  t.false(isExists(invalid('x')));
+  t.false(isExists(undefined) || isNotFound(null) || isInvalidInput('EINVAL'));
 });
