@@ -13,7 +13,9 @@
  *   (ENOENT for a missing namespace, EBADF for a closed handle, EAGAIN for a
  *   lock held too long);
  * - a bug in tsnet (a TypeError and the like): code EINTERNAL, and the
- *   message says "internal error".
+ *   message says "internal error";
+ * - an install problem: code ENOADDON (the native addon is not built), and
+ *   the message says what to run.
  *
  * Ask with the predicates (isNotFound, isExists, isInvalidInput), as
  * knftables has IsNotFound and IsAlreadyExists, rather than comparing codes.
@@ -27,6 +29,7 @@ export { errnoName, type ErrnoName } from './errno';
 /** tsnet's own codes, for failures no errno names. */
 const OWN_CODES = [
   'EINTERNAL', // a bug in tsnet (internal())
+  'ENOADDON', // the native addon is not built or does not load: an install problem (native.ts)
   'EAGENT', // the agent failed a change and did not say how (agent/client.ts)
 ] as const;
 
