@@ -97,18 +97,22 @@ export class Transport {
     prepareSocketDir(socket);
     await claimSocket(socket);
     const server = net.createServer({ allowHalfOpen: true }, (c) => this.accept(c));
-    const old = process.umask(0o177); // the socket is born 0600: no window where others could connect
-    try {
-      await new Promise<void>((resolve, reject) => {
-        server.once('error', reject);
-        server.listen(socket, () => {
-          server.off('error', reject);
-          resolve();
-        });
+    const bound = new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.once('listening', () => {
+        server.off('error', reject);
+        resolve();
       });
+    });
+    // The socket is born 0600: no window where others could connect. listen() binds before it returns, so the
+    // process-wide umask is back before any other code (another agent in this process) runs.
+    const old = process.umask(0o177);
+    try {
+      server.listen(socket);
     } finally {
       process.umask(old);
     }
+    await bound;
     fs.chmodSync(socket, 0o600);
     this.ino = fs.lstatSync(socket).ino;
     this.server = server;

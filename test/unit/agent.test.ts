@@ -1,5 +1,9 @@
-/** The agent's pure parts: the shim wire format, its metrics registry, flag parsing. */
+/** The agent's pure parts: the shim wire format, its metrics registry, flag parsing; two agents in one process. */
 import test from 'ava';
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as os from 'node:os';
+import * as path from 'node:path';
 import {
   FrameReader,
   decodeNatRequest,
@@ -13,7 +17,7 @@ import {
   MAX_FRAME,
 } from '../../src/agent/protocol';
 import { agentMetrics } from '../../src/agent/metrics';
-import { parseDuration } from '../../src/agent/server';
+import { Agent, parseDuration } from '../../src/agent/server';
 
 const req = {
   plugin: 'tsnet-bridge',
@@ -114,4 +118,37 @@ test('durations: 10s, 500ms, 1m, plain seconds; nonsense and sub-100ms refused',
   t.is(parseDuration('1h'), 3_600_000);
   t.throws(() => parseDuration('soon'), { message: /invalid duration/ });
   t.throws(() => parseDuration('5ms'), { message: /too short/ });
+});
+
+test('two agents in one process share nothing: starting side by side leaves the umask as it was, each stops alone and removes only its own socket', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tsnet-unit-agents-'));
+  const umask = process.umask();
+  const opts = (name: string) => ({
+    socket: path.join(dir, name, 'run', 'agent.sock'),
+    stateDir: path.join(dir, name, 'state'),
+    metrics: '',
+    log: () => {},
+  });
+  const [a, b] = await Promise.all([Agent.start(opts('a')), Agent.start(opts('b'))]);
+  try {
+    t.is(process.umask(), umask, 'the umask the sockets were born under is not left behind');
+    t.is(fs.statSync(a.socket).mode & 0o777, 0o600);
+    t.is(fs.statSync(b.socket).mode & 0o777, 0o600);
+    t.not(a.metrics.registry, b.metrics.registry);
+    await a.stop();
+    t.false(fs.existsSync(a.socket));
+    t.true(fs.statSync(b.socket).isSocket(), "the other agent's socket is still there");
+    const hello = await new Promise<string>((resolve, reject) => {
+      const c = net.connect(b.socket);
+      c.once('data', (d: Buffer) => {
+        c.destroy();
+        resolve(new FrameReader().push(d)[0]!.toString());
+      });
+      c.once('error', reject);
+    });
+    t.regex(hello, /^(tsnet-agent\/1 \d+ \d+|deny peer uid \d+ .* is not root)$/, 'and it still answers');
+  } finally {
+    await Promise.all([a.stop(), b.stop()]);
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
 });
