@@ -16,7 +16,7 @@ import { nsIdentity, refIdentity } from '../netns/ref';
 import { NAT_OPS } from '../nat/changes';
 import { parseBackend, type BackendChoice } from '../nat/backends';
 import type { NatChange, SyncReport } from '../nat/engine';
-import { WHOLE_STATE, decodeNatRequest, type NatRequest } from './protocol';
+import { WHOLE_STATE, decodeNatRequest, encodeNatFailure, type NatRequest } from './protocol';
 import type { AgentEngines } from './engines';
 import type { AgentMetrics } from './metrics';
 import type { Call } from './transport';
@@ -87,13 +87,9 @@ export class NatService {
         call.reply(0, JSON.stringify(report));
       },
       (err: unknown) => {
-        const e = err as { message?: string; code?: unknown };
         this.o.metrics.natRequests.inc({ result: 'error' });
-        this.o.log(`nat: served ${what}: ${e.message ?? String(err)}`);
-        call.reply(
-          1,
-          JSON.stringify({ error: e.message ?? String(err), ...(typeof e.code === 'string' ? { code: e.code } : {}) }),
-        );
+        this.o.log(`nat: served ${what}: ${(err as { message?: string }).message ?? String(err)}`);
+        call.reply(1, encodeNatFailure(err));
       },
     );
   }
