@@ -12,14 +12,35 @@ function errnos(): NonNullable<typeof table> {
   return table;
 }
 
+/** The errno names Node knows on Linux (os.constants.errno): what a system error's `code` can be (a unit test keeps the two equal). */
+// prettier-ignore
+export const ERRNO_NAMES = [
+  'E2BIG', 'EACCES', 'EADDRINUSE', 'EADDRNOTAVAIL', 'EAFNOSUPPORT', 'EAGAIN', 'EALREADY', 'EBADF', 'EBADMSG', 'EBUSY',
+  'ECANCELED', 'ECHILD', 'ECONNABORTED', 'ECONNREFUSED', 'ECONNRESET', 'EDEADLK', 'EDESTADDRREQ', 'EDOM', 'EDQUOT',
+  'EEXIST', 'EFAULT', 'EFBIG', 'EHOSTUNREACH', 'EIDRM', 'EILSEQ', 'EINPROGRESS', 'EINTR', 'EINVAL', 'EIO', 'EISCONN',
+  'EISDIR', 'ELOOP', 'EMFILE', 'EMLINK', 'EMSGSIZE', 'EMULTIHOP', 'ENAMETOOLONG', 'ENETDOWN', 'ENETRESET', 'ENETUNREACH',
+  'ENFILE', 'ENOBUFS', 'ENODATA', 'ENODEV', 'ENOENT', 'ENOEXEC', 'ENOLCK', 'ENOLINK', 'ENOMEM', 'ENOMSG', 'ENOPROTOOPT',
+  'ENOSPC', 'ENOSR', 'ENOSTR', 'ENOSYS', 'ENOTCONN', 'ENOTDIR', 'ENOTEMPTY', 'ENOTSOCK', 'ENOTSUP', 'ENOTTY', 'ENXIO',
+  'EOPNOTSUPP', 'EOVERFLOW', 'EPERM', 'EPIPE', 'EPROTO', 'EPROTONOSUPPORT', 'EPROTOTYPE', 'ERANGE', 'EROFS', 'ESPIPE',
+  'ESRCH', 'ESTALE', 'ETIME', 'ETIMEDOUT', 'ETXTBSY', 'EWOULDBLOCK', 'EXDEV',
+] as const;
+
+/** An errno by name; `E<number>` for one Node has no name for (the kernel may return any). */
+export type ErrnoName = (typeof ERRNO_NAMES)[number] | `E${number}`;
+
 /** The symbolic name of an errno value (`17` -> `EEXIST`). */
-export function errnoName(errno: number): string {
-  return errnos().names.get(Math.abs(errno)) ?? `E${Math.abs(errno)}`;
+export function errnoName(errno: number): ErrnoName {
+  return (errnos().names.get(Math.abs(errno)) as ErrnoName | undefined) ?? `E${Math.abs(errno)}`;
 }
 
 /** The number of an errno name (`EEXIST` -> 17), or undefined for names that are not errnos. */
 export function errnoNumber(code: string): number | undefined {
   return errnos().numbers[code];
+}
+
+/** Whether `code` names an errno (a system error's code, not one of Node's ERR_* or tsnet's own). */
+export function isErrnoName(code: string): code is ErrnoName {
+  return errnoNumber(code) !== undefined || /^E\d+$/.test(code);
 }
 
 // glibc's texts for the errnos rtnetlink actually returns; others fall back to the name.

@@ -13,16 +13,36 @@
  *   (ENOENT for a missing namespace, EBADF for a closed handle, EAGAIN for a
  *   lock held too long);
  * - a bug in tsnet (a TypeError and the like): code EINTERNAL, and the
- *   message says "internal error".
+ *   message says "internal error";
+ * - an install problem: code ENOADDON (the native addon is not built), and
+ *   the message says what to run.
+ *
+ * Ask with the predicates (isNotFound, isExists, isInvalidInput), as
+ * knftables has IsNotFound and IsAlreadyExists, rather than comparing codes.
  *
  * Re-wrapping (`contextualize`) keeps code, errno, syscall and the cause.
  */
-import { errnoName, errnoNumber, strerror } from './errno';
+import { errnoName, errnoNumber, isErrnoName, strerror, type ErrnoName } from './errno';
 
-export { errnoName } from './errno';
+export { errnoName, type ErrnoName } from './errno';
+
+/** tsnet's own codes, for failures no errno names. */
+const OWN_CODES = [
+  'EINTERNAL', // a bug in tsnet (internal())
+  'ENOADDON', // the native addon is not built or does not load: an install problem (native.ts)
+  'EAGENT', // the agent failed a change and did not say how (agent/client.ts)
+] as const;
+
+/** What kind of failure a TsnetError is: an errno's name (a refusal by the kernel or a system call, or a state tsnet names with the errno that fits), or one of tsnet's own. */
+export type TsnetCode = ErrnoName | (typeof OWN_CODES)[number];
+
+/** Whether `code` is one tsnet's errors carry (a code read off the wire or another library's error may be anything). */
+export function isTsnetCode(code: unknown): code is TsnetCode {
+  return typeof code === 'string' && (isErrnoName(code) || (OWN_CODES as readonly string[]).includes(code));
+}
 
 export interface TsnetErrorOptions {
-  code: string;
+  code: TsnetCode;
   errno?: number;
   syscall?: string;
   cause?: unknown;
@@ -30,7 +50,7 @@ export interface TsnetErrorOptions {
 
 export class TsnetError extends Error {
   override name = 'TsnetError';
-  readonly code: string;
+  readonly code: TsnetCode;
   readonly errno?: number;
   readonly syscall?: string;
 
@@ -63,6 +83,16 @@ export function isInvalidInput(err: unknown): boolean {
   return err instanceof TsnetError && err.code === 'EINVAL' && err.errno === undefined;
 }
 
+/** Whether `err` says the thing named is not there: no such file, namespace or nftables object (ENOENT), no such interface (ENODEV). A TsnetError or Node's own system error. */
+export function isNotFound(err: unknown): boolean {
+  return hasCode(err, 'ENOENT', 'ENODEV');
+}
+
+/** Whether `err` says what was to be created is there already (EEXIST). */
+export function isExists(err: unknown): boolean {
+  return hasCode(err, 'EEXIST');
+}
+
 /** A bug in tsnet: what it was doing and what broke. */
 export function internal(what: string, err?: unknown): TsnetError {
   const e = err as { name?: string; message?: string } | undefined;
@@ -74,8 +104,8 @@ export function internal(what: string, err?: unknown): TsnetError {
 }
 
 /** Whether `err` carries one of the errno codes given. */
-export function hasCode(err: unknown, ...codes: string[]): boolean {
-  return typeof err === 'object' && err !== null && codes.includes((err as { code?: string }).code ?? '');
+export function hasCode(err: unknown, ...codes: TsnetCode[]): boolean {
+  return typeof err === 'object' && err !== null && (codes as string[]).includes((err as { code?: string }).code ?? '');
 }
 
 /**
@@ -112,7 +142,7 @@ export function contextualize(what: string, err: unknown): TsnetError {
     return new TsnetError(`${what}: ${err.message}`, opts);
   }
   const e = err as { code?: unknown; errno?: unknown; syscall?: unknown } | null;
-  const code = typeof e?.code === 'string' ? e.code : undefined;
+  const code = typeof e?.code === 'string' && isErrnoName(e.code) ? e.code : undefined;
   const num = code === undefined ? undefined : errnoNumber(code);
   if (code !== undefined && num !== undefined) {
     const opts: TsnetErrorOptions = { code, errno: num, cause: err };

@@ -24,5 +24,5 @@ export * as forward from './forward';
 export * as conntrack from './conntrack';
 export * as cni from './cni';
 export * as agent from './agent';
-export { TsnetError } from './errors';
+export { TsnetError, isExists, isInvalidInput, isNotFound, type TsnetCode } from './errors';
 export type { NetNs } from './netns';

@@ -4,6 +4,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { TsnetError } from './errors';
 
 /** A netlink socket owned by the addon (native/tsnet_native.cc NlSocket). */
 export interface NativeNlSocket {
@@ -76,19 +77,27 @@ export const SHIM_PATH = path.join(RELEASE, 'tsnet-cni-shim');
 /** The exec helper (native/nsexec.c) that starts a program inside a namespace. */
 export const NSEXEC_PATH = path.join(RELEASE, 'tsnet-nsexec');
 
+/** The addon `npm ci` builds (node-gyp). */
+export const ADDON_PATH = path.join(RELEASE, 'tsnet_native.node');
+
 let loaded: Native | undefined;
 
 export function native(): Native {
-  if (!loaded) {
-    const file = path.join(RELEASE, 'tsnet_native.node');
-    try {
-      // eslint-disable-next-line @typescript-eslint/no-require-imports -- a .node file at a path known only at run time
-      loaded = require(file) as Native;
-    } catch (err) {
-      throw new Error(
-        `tsnet's native addon is not built (${file}): run \`npm ci\` or \`npm rebuild\` in ${PACKAGE_ROOT}: ${(err as Error).message}`,
-      );
-    }
+  return (loaded ??= loadAddon(ADDON_PATH));
+}
+
+/** The addon at `file`; when it does not load, an install error that says what to run (ENOADDON), not a bug. */
+export function loadAddon(file: string): Native {
+  try {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports -- a .node file at a path known only at run time
+    return require(file) as Native;
+  } catch (err) {
+    const e = err as { code?: unknown; message?: unknown };
+    // One line: require's own message goes on with its require stack.
+    const why = e.code === 'MODULE_NOT_FOUND' ? 'is not built' : `does not load (${String(e.message).split('\n')[0]})`;
+    throw new TsnetError(`tsnet's native addon ${why}: ${file}: run \`npm ci\` or \`npm rebuild\` in ${PACKAGE_ROOT}`, {
+      code: 'ENOADDON',
+      cause: err,
+    });
   }
-  return loaded;
 }

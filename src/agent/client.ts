@@ -15,7 +15,7 @@
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
-import { TsnetError } from '../errors';
+import { TsnetError, isTsnetCode } from '../errors';
 import { stateDir as defaultStateDir } from '../state';
 import type { NetNs } from '../netns';
 import { nsIdentity, refIdentity } from '../netns/ref';
@@ -23,7 +23,15 @@ import type { NatChange } from '../nat/changes';
 import type { SyncReport } from '../nat/engine';
 import type { BackendChoice } from '../nat/backends';
 import { DEFAULT_SOCKET } from '../cni/defaults';
-import { FrameReader, HELLO, WHOLE_STATE, decodeReply, encodeNatRequest, type NatRequest } from './protocol';
+import {
+  FrameReader,
+  HELLO,
+  WHOLE_STATE,
+  decodeNatFailure,
+  decodeReply,
+  encodeNatRequest,
+  type NatRequest,
+} from './protocol';
 
 /** How long to wait for the agent's hello before doing the work here (an agent that does not greet in time is busy or hung): $TSNET_AGENT_HELLO_MS, default 2 s as the CNI shim. */
 function helloMs(env: NodeJS.ProcessEnv = process.env): number {
@@ -39,6 +47,16 @@ export function agentSocket(env: NodeJS.ProcessEnv = process.env): string | unde
 
 /** How long a change may take inside the agent before this process applies it itself (a 44,000-service round takes seconds). */
 const REPLY_MS = 120_000;
+
+/** The error the agent at `socket` reported, as this process would have raised it (errno and syscall too: a kernel EINVAL is not bad input). */
+function agentError(socket: string, body: unknown): TsnetError {
+  const f = decodeNatFailure(body);
+  return new TsnetError(f.error ?? `the agent at ${socket} failed the change`, {
+    code: isTsnetCode(f.code) ? f.code : 'EAGENT',
+    ...(f.errno !== undefined ? { errno: f.errno } : {}),
+    ...(f.syscall !== undefined ? { syscall: f.syscall } : {}),
+  });
+}
 
 export type Served<T> = { served: true; result: T } | { served: false; why: string };
 
@@ -112,12 +130,7 @@ export function natChangeThroughAgent<T>(socket: string, req: NatRequest): Promi
           );
         }
         if (reply.exitCode === 0) return finish({ served: true, result: body as T });
-        const e = (body && typeof body === 'object' ? body : {}) as { error?: unknown; code?: unknown };
-        return finish(
-          new TsnetError(typeof e.error === 'string' ? e.error : `the agent at ${socket} failed the change`, {
-            code: typeof e.code === 'string' ? e.code : 'EAGENT',
-          }),
-        );
+        return finish(agentError(socket, body));
       }
     });
   });

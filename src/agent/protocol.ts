@@ -9,7 +9,7 @@
  *   CLI   -> agent   request  "tsnet-nat/1\0DEV INO\0"
  *                             then the target (JSON NatTarget), then the changes (JSON NatChange[])
  *   agent -> client  reply    u32 exit status + stdout  | "deny REASON" (refused before acting)
- *                             (NAT: stdout is the SyncReport as JSON, or {"error","code"} when status is 1)
+ *                             (NAT: stdout is the SyncReport as JSON, or NatFailure when status is 1)
  *
  * DEV INO is (st_dev, st_ino) of /proc/self/ns/net: the identity of a network
  * namespace, equal for two processes exactly when they share it.
@@ -183,4 +183,34 @@ export function decodeNatRequest(frames: readonly Buffer[]): NatRequest {
     throw new Error(`not a change: ${JSON.stringify(x).slice(0, 80)}`);
   });
   return { netns, target: t as unknown as NatTarget, changes: parsed };
+}
+
+/** A NAT change's failure as the agent sends it (status 1): enough for the CLI to raise the error it would have raised itself. */
+export interface NatFailure {
+  error: string;
+  code?: string;
+  /** A refusal by the kernel or a system call: without them, a kernel EINVAL would read as bad input (isInvalidInput). */
+  errno?: number;
+  syscall?: string;
+}
+
+/** What a NAT change failed with, for the reply (Node's negative errnos made positive, as errno(3) has them). */
+export function encodeNatFailure(err: unknown): string {
+  const e = (err ?? {}) as { message?: unknown; code?: unknown; errno?: unknown; syscall?: unknown };
+  const out: NatFailure = { error: typeof e.message === 'string' ? e.message : String(err) };
+  if (typeof e.code === 'string') out.code = e.code;
+  if (typeof e.errno === 'number') out.errno = Math.abs(e.errno);
+  if (typeof e.syscall === 'string') out.syscall = e.syscall;
+  return JSON.stringify(out);
+}
+
+/** The failure a NAT reply carries (its body parsed); a field of the wrong type is left out. */
+export function decodeNatFailure(body: unknown): Partial<NatFailure> {
+  const f = isObject(body) ? body : {};
+  const out: Partial<NatFailure> = {};
+  if (typeof f.error === 'string') out.error = f.error;
+  if (typeof f.code === 'string') out.code = f.code;
+  if (typeof f.errno === 'number') out.errno = f.errno;
+  if (typeof f.syscall === 'string') out.syscall = f.syscall;
+  return out;
 }

@@ -5,7 +5,7 @@
 import { createHash } from 'node:crypto';
 import * as link from '../link';
 import * as addr from '../addr';
-import { TsnetError, hasCode } from '../errors';
+import { TsnetError, hasCode, isExists } from '../errors';
 import type { NetNs } from '../netns';
 import type { Link } from '../link';
 
@@ -71,7 +71,7 @@ export async function ensure(h: NetNs, name: string, o: BridgeOptions = {}): Pro
           { code: 'EOPNOTSUPP' },
         );
       }
-      if (!hasCode(err, 'EEXIST')) throw err; // lost a race: someone else made it; verify below
+      if (!isExists(err)) throw err; // lost a race: someone else made it; verify below
     }
     existing = await link.mustGet(h, name);
   }

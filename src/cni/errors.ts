@@ -55,8 +55,9 @@ export function reportInput(code: number, prefix: string, err: unknown): never {
 /**
  * Maps any failure to a CniError: lock timeouts are "try again later", bad
  * input (and only bad input) is "invalid network config", I/O failures are
- * I/O errors, and the rest, kernel refusals and bugs alike, is internal (999)
- * with a message that says which.
+ * I/O errors, and the rest, kernel refusals, a missing native addon
+ * (ENOADDON) and bugs alike, is internal (999) with a message that says
+ * which (and for the addon, what to run).
  */
 export function toCniError(err: unknown): CniError {
   if (err instanceof CniError) return err;

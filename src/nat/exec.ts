@@ -1,7 +1,7 @@
 /** Running the sanctioned netfilter binaries (iptables-restore/-save, nft) inside a namespace: argument arrays and stdin, never a shell. */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { TsnetError } from '../errors';
+import { TsnetError, type TsnetCode } from '../errors';
 import type { NetNs } from '../netns';
 
 export interface ExecResult {
@@ -100,7 +100,7 @@ export function execIn(
       clearTimeout(timer);
       reject(
         new TsnetError(`cannot run ${cmd} in ${ns.label}: ${e.message}`, {
-          code: (e as { code?: string }).code ?? 'ENOENT',
+          code: (e as { code?: TsnetCode }).code ?? 'ENOENT', // spawn's errors are errno names
         }),
       );
     });

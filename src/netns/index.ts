@@ -18,7 +18,7 @@ import { NetlinkSocket, NETLINK_NETFILTER, NETLINK_ROUTE, nativeTransport } from
 import { RTM, rtgenmsg, NETNSA, AF_UNSPEC } from '../netlink/rtnl';
 import { decodeAttrs, encodeAttrs } from '../netlink/attrs';
 import { native } from '../native';
-import { TsnetError, contextualize, hasCode, invalid, withContextSync } from '../errors';
+import { TsnetError, contextualize, hasCode, invalid, isExists, isNotFound, withContextSync } from '../errors';
 import { childProcesses, createNetns, socketHere, socketIn, spawnIn, spawnSyncIn, type NsFd } from './inside';
 import { handles, kernelRef, live, openInside, type HandleState } from './internal';
 import { NETNS_RUN_DIR, parseRef } from './ref';
@@ -280,7 +280,7 @@ export function add(name: string, opts: { existOk?: boolean } = {}): NetNs {
   try {
     fs.closeSync(fs.openSync(p, fs.constants.O_RDONLY | fs.constants.O_CREAT | fs.constants.O_EXCL, 0));
   } catch (err) {
-    if (hasCode(err, 'EEXIST')) {
+    if (isExists(err)) {
       if (opts.existOk) return open(name);
       throw new TsnetError(`creating namespace ${name}: it already exists (${p})`, { code: 'EEXIST' });
     }
@@ -323,7 +323,7 @@ export function list(): string[] {
   try {
     return fs.readdirSync(NETNS_RUN_DIR).sort();
   } catch (err) {
-    if (hasCode(err, 'ENOENT')) return [];
+    if (isNotFound(err)) return [];
     throw contextualize(`listing ${NETNS_RUN_DIR}`, err);
   }
 }

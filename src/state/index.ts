@@ -8,7 +8,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { native } from '../native';
-import { TsnetError, contextualize, hasCode } from '../errors';
+import { TsnetError, contextualize, hasCode, isExists, isNotFound } from '../errors';
 
 export const DEFAULT_STATE_DIR = '/var/lib/tsnet';
 
@@ -22,7 +22,7 @@ export function readJson<T>(file: string): T | undefined {
   try {
     text = fs.readFileSync(file, 'utf8');
   } catch (err) {
-    if (hasCode(err, 'ENOENT')) return undefined;
+    if (isNotFound(err)) return undefined;
     throw contextualize(`reading ${file}`, err);
   }
   try {
@@ -40,7 +40,7 @@ export function listDir(dir: string): string[] {
   try {
     return fs.readdirSync(dir);
   } catch (err) {
-    if (hasCode(err, 'ENOENT')) return [];
+    if (isNotFound(err)) return [];
     throw contextualize(`listing ${dir}`, err);
   }
 }
@@ -189,7 +189,7 @@ export function createExclusive(file: string, content: string): boolean {
     try {
       fs.linkSync(tmp, file);
     } catch (err) {
-      if (hasCode(err, 'EEXIST')) return false;
+      if (isExists(err)) return false;
       throw err;
     }
     syncDir(path.dirname(file));

@@ -1,5 +1,9 @@
-/** The agent's pure parts: the shim wire format, its metrics registry, flag parsing. */
+/** The agent's pure parts: the shim wire format, its metrics registry, flag parsing; its NAT service over a socket without root. */
 import test from 'ava';
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as os from 'node:os';
+import * as path from 'node:path';
 import {
   FrameReader,
   decodeNatRequest,
@@ -10,10 +14,16 @@ import {
   encodeRequest,
   frame,
   requestKind,
+  HELLO,
   MAX_FRAME,
 } from '../../src/agent/protocol';
 import { agentMetrics } from '../../src/agent/metrics';
-import { parseDuration } from '../../src/agent/server';
+import { Agent, parseDuration } from '../../src/agent/server';
+import { NatService } from '../../src/agent/nat-service';
+import type { AgentEngines } from '../../src/agent/engines';
+import type { Call } from '../../src/agent/transport';
+import { changeNat } from '../../src/agent/client';
+import { TsnetError, contextualize, invalid, isInvalidInput } from '../../src/errors';
 
 const req = {
   plugin: 'tsnet-bridge',
@@ -114,4 +124,116 @@ test('durations: 10s, 500ms, 1m, plain seconds; nonsense and sub-100ms refused',
   t.is(parseDuration('1h'), 3_600_000);
   t.throws(() => parseDuration('soon'), { message: /invalid duration/ });
   t.throws(() => parseDuration('5ms'), { message: /too short/ });
+});
+
+/**
+ * An agent's NAT service behind a unix socket, as the transport would hand it
+ * calls (no peer checks: no root here), over engines whose every change fails
+ * with `fail`.
+ */
+async function failingAgent(fail: unknown): Promise<{ socket: string; close(): Promise<void> }> {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tsnet-unit-agent-'));
+  const socket = path.join(dir, 'agent.sock');
+  const netns = '4 4026531840';
+  const engines = {
+    get: () => ({ dir, change: () => Promise.reject(fail) }),
+    close: () => {},
+  } as unknown as AgentEngines;
+  const nat = new NatService({
+    netns,
+    engines,
+    metrics: agentMetrics(),
+    log: () => {},
+    stopping: () => false,
+    track: () => {},
+    remember: () => {},
+  });
+  const server = net.createServer((c) => {
+    c.write(frame(`${HELLO} ${netns}`));
+    const reader = new FrameReader();
+    const frames: Buffer[] = [];
+    c.on('data', (chunk: Buffer) => {
+      frames.push(...reader.push(chunk));
+      if (frames.length !== 3) return;
+      const call: Call = {
+        kind: requestKind(frames[0]!),
+        frames,
+        deny: (_reason, why) => c.end(frame(`deny ${why}`)),
+        decode: (decode) => ({ ...decode(frames), netns }),
+        reply: (status, stdout) => c.end(encodeReply(status, stdout)),
+        drop: () => c.destroy(),
+      };
+      nat.serve(call);
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(socket, resolve));
+  return {
+    socket,
+    close: async () => {
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+      fs.rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** What the CLI would see of an error: the parts a caller can ask about. */
+const seen = (e: unknown) => {
+  const x = e as TsnetError;
+  return { message: x.message, code: x.code, errno: x.errno, syscall: x.syscall, invalidInput: isInvalidInput(x) };
+};
+
+test('a NAT change failed in the agent raises in the CLI as it would have here: a kernel EINVAL keeps errno and syscall (not bad input), bad input stays bad input', async (t) => {
+  const kernel = contextualize(
+    'writing sysctl net.ipv4.conf.all.route_localnet in namespace r1',
+    Object.assign(new Error('EINVAL: invalid argument, write'), { code: 'EINVAL', errno: -22, syscall: 'write' }),
+  );
+  const bad = invalid('service web: port 70000 is not a port (1-65535)');
+  const change = [{ kind: 'delete-service' as const, name: 'web' }];
+  for (const [what, err] of [
+    ['kernel EINVAL', kernel],
+    ['bad input', bad],
+  ] as const) {
+    const agent = await failingAgent(err);
+    try {
+      const e = await t.throwsAsync(changeNat(change, { socket: agent.socket, stateDir: '/nonexistent/tsnet' }));
+      t.deepEqual(seen(e), seen(err), what);
+    } finally {
+      await agent.close();
+    }
+  }
+  t.like(seen(kernel), { code: 'EINVAL', errno: 22, syscall: 'write', invalidInput: false });
+  t.like(seen(bad), { code: 'EINVAL', errno: undefined, invalidInput: true });
+});
+
+test('two agents in one process share nothing: starting side by side leaves the umask as it was, each stops alone and removes only its own socket', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tsnet-unit-agents-'));
+  const umask = process.umask();
+  const opts = (name: string) => ({
+    socket: path.join(dir, name, 'run', 'agent.sock'),
+    stateDir: path.join(dir, name, 'state'),
+    metrics: '',
+    log: () => {},
+  });
+  const [a, b] = await Promise.all([Agent.start(opts('a')), Agent.start(opts('b'))]);
+  try {
+    t.is(process.umask(), umask, 'the umask the sockets were born under is not left behind');
+    t.is(fs.statSync(a.socket).mode & 0o777, 0o600);
+    t.is(fs.statSync(b.socket).mode & 0o777, 0o600);
+    t.not(a.metrics.registry, b.metrics.registry);
+    await a.stop();
+    t.false(fs.existsSync(a.socket));
+    t.true(fs.statSync(b.socket).isSocket(), "the other agent's socket is still there");
+    const hello = await new Promise<string>((resolve, reject) => {
+      const c = net.connect(b.socket);
+      c.once('data', (d: Buffer) => {
+        c.destroy();
+        resolve(new FrameReader().push(d)[0]!.toString());
+      });
+      c.once('error', reject);
+    });
+    t.regex(hello, /^(tsnet-agent\/1 \d+ \d+|deny peer uid \d+ .* is not root)$/, 'and it still answers');
+  } finally {
+    await Promise.all([a.stop(), b.stop()]);
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
 });

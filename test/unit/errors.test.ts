@@ -1,7 +1,23 @@
 import test from 'ava';
+import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
-import { NetlinkError, TsnetError, contextualize, internal, invalid, isInvalidInput } from '../../src/errors';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import {
+  NetlinkError,
+  TsnetError,
+  contextualize,
+  internal,
+  invalid,
+  isExists,
+  isInvalidInput,
+  isNotFound,
+  isTsnetCode,
+} from '../../src/errors';
+import { ERRNO_NAMES } from '../../src/errno';
 import { CNI_ERR, CniError, reportInput, toCniError } from '../../src/cni/errors';
+import { errorInvocation } from '../../src/cni/plugin';
+import { PACKAGE_ROOT, loadAddon } from '../../src/native';
 import { extackText } from '../../src/netlink/socket';
 
 test('a bug (TypeError) re-wrapped with context is an internal error, never bad input', (t) => {
@@ -81,4 +97,62 @@ test("extended ack: the kernel's text is read from NLMSG_ERROR attributes, cappe
   const full = Buffer.concat([Buffer.from([0xfe, 0xff, 0xff, 0xff]), orig, Buffer.alloc(8), attr]);
   t.is(extackText(0x200, full), text);
   t.is(extackText(0x100, capped), undefined, 'no NLM_F_ACK_TLVS: no text');
+});
+
+test("codes are a union: the errno names Node knows, and tsnet's own; the predicates ask what kind of failure it is", (t) => {
+  t.deepEqual([...ERRNO_NAMES].sort(), Object.keys(os.constants.errno).sort(), "the type's list is Node's");
+  // @ts-expect-error ENOTFOUND is getaddrinfo's, not a code tsnet uses
+  t.truthy(new TsnetError('x', { code: 'ENOTFOUND' }));
+  t.true(isTsnetCode('EEXIST') && isTsnetCode('E135') && isTsnetCode('EINTERNAL') && isTsnetCode('ENOADDON'));
+  t.false(isTsnetCode('ERR_INVALID_ARG_TYPE') || isTsnetCode('ENOTFOUND') || isTsnetCode(22));
+
+  let fsErr: unknown;
+  try {
+    fs.readFileSync('/nonexistent/tsnet-test');
+  } catch (err) {
+    fsErr = err;
+  }
+  t.true(isNotFound(fsErr), "Node's own ENOENT");
+  t.true(isNotFound(new TsnetError('interface eth9 not found in namespace c1', { code: 'ENODEV' })));
+  t.true(isNotFound(contextualize('opening namespace c1', fsErr)), 'through a re-wrap');
+  t.false(isNotFound(new NetlinkError(17)));
+  t.true(isExists(contextualize('creating veth v1', new NetlinkError(17))));
+  t.false(isExists(invalid('x')));
+  t.false(isExists(undefined) || isNotFound(null) || isInvalidInput('EINVAL'));
+});
+
+test('a missing native addon is an install error that says what to run (ENOADDON), not a bug, in the library, CNI and the CLI', (t) => {
+  const e = t.throws(() => loadAddon('/nonexistent/tsnet/tsnet_native.node')) as TsnetError;
+  t.is(e.code, 'ENOADDON');
+  t.is(
+    e.message,
+    `tsnet's native addon is not built: /nonexistent/tsnet/tsnet_native.node: run \`npm ci\` or \`npm rebuild\` in ${PACKAGE_ROOT}`,
+  );
+  const wrapped = contextualize('opening namespace c1', e);
+  t.is(wrapped.code, 'ENOADDON', 'a re-wrap keeps it');
+  t.notRegex(wrapped.message, /internal error|bug/);
+  const cni = JSON.parse(errorInvocation(wrapped, '{"cniVersion":"1.1.0"}').stdout) as { code: number; msg: string };
+  t.is(cni.msg, wrapped.message, 'CNI: the same words, no "bug in tsnet"');
+  t.is(cni.code, CNI_ERR.internal);
+
+  // A copy of the CLI (its bundle) whose package has no native/build: a command that needs the addon says what to run.
+  const dist = path.join(__dirname, '..', '..');
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), 'tsnet-noaddon-'));
+  try {
+    fs.copyFileSync(path.join(dist, '..', 'package.json'), path.join(root, 'package.json'));
+    for (const rel of ['src/cli/main.js', 'src/cli/table.js', 'bundle/link.js']) {
+      fs.mkdirSync(path.dirname(path.join(root, 'dist', rel)), { recursive: true });
+      fs.copyFileSync(path.join(dist, rel), path.join(root, 'dist', rel));
+    }
+    const r = spawnSync(process.execPath, [path.join(root, 'dist/src/cli/main.js'), 'link', 'ls'], {
+      encoding: 'utf8',
+    });
+    t.is(r.status, 1, r.stderr);
+    t.is(r.stdout, '');
+    t.regex(r.stderr, /^tsnet: .*tsnet's native addon is not built: .*: run `npm ci` or `npm rebuild` in \S+\n$/);
+    t.true(r.stderr.includes(root), `names the package root of the copy: ${r.stderr}`);
+    t.notRegex(r.stderr, /internal error|bug/);
+  } finally {
+    fs.rmSync(root, { recursive: true, force: true });
+  }
 });
