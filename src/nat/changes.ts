@@ -28,10 +28,12 @@ import {
   type Endpoint,
   type Forward,
   type NatRule,
-  type Proto,
   type Service,
 } from './model';
-import type { StoredRows } from './rows';
+import type { RowMeta } from './snapshot-index';
+import { ServiceTable, type ServiceQuery, type StoredServices } from './service-table';
+
+export type { ServiceHint, ServiceQuery } from './service-table';
 
 export type NatChange =
   /** A service; the same one again is a no-op, another under the same name is refused ("service add"). */
@@ -94,348 +96,91 @@ export interface ServiceDelta {
   new?: Service;
 }
 
-/**
- * What a service must look like to pass a test, stated so that a stored row
- * can be ruled out from its text without parsing it (see ServiceRows.anyOther).
- */
-export interface ServiceHint {
-  proto?: Proto;
-  /** The number of endpoints. */
-  endpoints?: number;
-  /** An endpoint's address. */
-  endpointIp?: string;
-}
-
-/**
- * A service: parsed, or the number of its row in the trusted snapshot
- * (StoredRows: the exact JSON text tsnet wrote, digest checked), parsed when
- * first read. A command that changes one service of ten thousand parses one.
- */
-type Row = Service | number;
-
-/**
- * A test of stored rows: whether row k can satisfy any of `hints`, read from
- * its text without parsing it (no false negatives). Endpoint addresses, the
- * common question, are searched for in the stored bytes all at once.
- */
-function rowsFilter(stored: StoredRows, hints: readonly ServiceHint[]): (k: number) => boolean {
-  if (hints.every((h) => h.endpointIp !== undefined && h.proto === undefined && h.endpoints === undefined)) {
-    const rows = stored.containing(hints.map((h) => `{"ip":${JSON.stringify(h.endpointIp)}`));
-    return (k) => rows.has(k);
-  }
-  const one = hints.map((hint) => {
-    const proto = hint.proto && `"proto":"${hint.proto}"`;
-    const ip = hint.endpointIp && `{"ip":"${hint.endpointIp}"`;
-    const count = hint.endpoints;
-    return (row: string) => {
-      if (proto && !row.includes(proto)) return false;
-      if (ip && !row.includes(ip)) return false;
-      if (count !== undefined) {
-        let n = 0;
-        for (let at = row.indexOf('{"ip":"'); at >= 0; at = row.indexOf('{"ip":"', at + 7)) n++;
-        if (n !== count) return false;
-      }
-      return true;
-    };
-  });
-  return (k) => {
-    const row = stored.text(k);
-    return one.some((f) => f(row));
-  };
-}
-
-/**
- * The services in order, by name and by VIP:port/proto. The indexes are
- * built when first needed: until then, while the stored rows keep their
- * places, a name is found by searching the stored bytes.
- */
-class ServiceRows {
-  /** name -> position */
-  private nameIndex?: Map<string, number>;
-  /** VIP:port/proto -> the service that claims it; built when first needed (a change that keeps every VIP never needs it). */
-  private vipIndex?: Map<string, string>;
-  /** How many services there are per family of their VIP, counted when first asked and kept since. */
-  private perFamily?: { 4: number; 6: number };
-  /** Whether rows[k] is still stored row k's place for every stored row (no removal or replacement since loading). */
-  private inPlace: boolean;
-  /** Every row parsed and every name indexed (warm()), until the rows are replaced. */
-  private warmed = false;
-  /** While in place: names searched for in the stored rows -> their row (-1: not stored). */
-  private readonly found = new Map<string, number>();
-
-  constructor(
-    public rows: Row[],
-    private readonly stored?: StoredRows,
-    families?: { 4: number; 6: number },
-  ) {
-    this.inPlace = stored !== undefined;
-    if (families) this.perFamily = { ...families };
-  }
-
-  private nameOf(r: Row): string {
-    return typeof r === 'number' ? this.stored!.name(r) : r.name;
-  }
-
-  private familyOfRow(r: Row): Family {
-    return typeof r === 'number' ? (this.stored!.isV6(r) ? 6 : 4) : familyOf(r.vip);
-  }
-
-  /** The position of the service called `name`, or undefined. */
-  position(name: string): number | undefined {
-    if (this.nameIndex) return this.nameIndex.get(name);
-    if (this.inPlace) {
-      let k = this.found.get(name);
-      if (k === undefined) this.found.set(name, (k = this.stored!.find(name)));
-      if (k >= 0) return k;
-      // Not stored: appended since loading, if at all.
-      for (let i = this.stored!.count; i < this.rows.length; i++) if ((this.rows[i] as Service).name === name) return i;
-      return undefined;
-    }
-    return this.names().get(name);
-  }
-
-  /** name -> position, built when first needed and kept in step since. */
-  private names(): Map<string, number> {
-    if (!this.nameIndex) {
-      this.nameIndex = new Map();
-      for (let i = 0; i < this.rows.length; i++) this.nameIndex.set(this.nameOf(this.rows[i]!), i);
-    }
-    return this.nameIndex;
-  }
-
-  /** How many services have an IPv4 and an IPv6 VIP. */
-  get familyCounts(): { 4: number; 6: number } {
-    if (!this.perFamily) {
-      this.perFamily = { 4: 0, 6: 0 };
-      for (const r of this.rows) this.perFamily[this.familyOfRow(r)]++;
-    }
-    return this.perFamily;
-  }
-
-  /** Appends a service (its name indexed, its family counted, when they are kept). */
-  push(s: Service): void {
-    this.nameIndex?.set(s.name, this.rows.length);
-    this.rows.push(s);
-    if (this.perFamily) this.perFamily[familyOf(s.vip)]++;
-  }
-
-  /** Takes back the last push. */
-  pop(): void {
-    const s = this.at(this.rows.length - 1);
-    this.rows.pop();
-    this.nameIndex?.delete(s.name);
-    if (this.perFamily) this.perFamily[familyOf(s.vip)]--;
-  }
-
-  /** Replaces the service at `i` (same name). */
-  set(i: number, s: Service): void {
-    if (this.perFamily) {
-      this.perFamily[familyOf(this.at(i).vip)]--;
-      this.perFamily[familyOf(s.vip)]++;
-    }
-    this.rows[i] = s;
-  }
-
-  get vips(): Map<string, string> {
-    if (!this.vipIndex) {
-      this.vipIndex = new Map();
-      for (const r of this.rows)
-        this.vipIndex.set(vipKey(typeof r === 'number' ? this.stored!.vipPortProto(r) : r), this.nameOf(r));
-    }
-    return this.vipIndex;
-  }
-
-  /** Keeps the VIP index in step, when it was built (else it is built from the rows when needed). */
-  claim(key: string, name: string): void {
-    this.vipIndex?.set(key, name);
-  }
-
-  unclaim(key: string): void {
-    this.vipIndex?.delete(key);
-  }
-
-  at(i: number): Service {
-    const r = this.rows[i]!;
-    if (typeof r !== 'number') return r;
-    const s = JSON.parse(this.stored!.text(r)) as Service;
-    this.rows[i] = s;
-    return s;
-  }
-
-  get(name: string): Service | undefined {
-    const i = this.position(name);
-    return i === undefined ? undefined : this.at(i);
-  }
-
-  /** Parses every row and indexes every name: what a resident process does once, so each later change costs map lookups, not searches of the stored bytes. */
-  warm(): void {
-    if (this.warmed) return;
-    this.all();
-    this.names();
-    this.warmed = true;
-  }
-
-  /** Every service, parsed (the array itself: it stays the state's array). */
-  all(): Service[] {
-    for (let i = 0; i < this.rows.length; i++) if (typeof this.rows[i] === 'number') this.at(i);
-    return this.rows as Service[];
-  }
-
-  /** New rows in place of the old (positions moved: the indexes are rebuilt when next needed). */
-  replace(rows: Row[]): void {
-    this.rows = rows;
-    this.inPlace = false;
-    this.warmed = false;
-    this.found.clear();
-    this.nameIndex = undefined;
-    this.vipIndex = undefined;
-    this.perFamily = undefined;
-  }
-
-  /** The rows as JSON lines, stored texts as they are, one at a time. */
-  *texts(): Generator<string> {
-    for (const r of this.rows) yield typeof r === 'number' ? this.stored!.text(r) : JSON.stringify(r);
-  }
-
-  families(): Family[] {
-    const n = this.familyCounts;
-    return ([4, 6] as const).filter((f) => n[f] > 0);
-  }
-
-  /**
-   * For each query, whether a service not named in `except` passes its
-   * test, in one pass over the rows. Stored rows that can match no
-   * query's hint are skipped unparsed; the pass ends when every query has
-   * its answer.
-   */
-  anyOther(except: ReadonlySet<string>, queries: readonly ServiceQuery[]): boolean[] {
-    const found = queries.map(() => false);
-    let open = queries.length;
-    if (!open) return found;
-    const skip = new Set<number>();
-    for (const n of except) {
-      const i = this.position(n);
-      if (i !== undefined) skip.add(i);
-    }
-    // Made at the first stored row met: rows all parsed (a resident process) search no bytes.
-    let filter: ((k: number) => boolean) | undefined;
-    const mayMatch = (k: number) =>
-      (filter ??= rowsFilter(
-        this.stored!,
-        queries.map((q) => q.hint),
-      ))(k);
-    for (let i = 0; i < this.rows.length && open; i++) {
-      if (skip.has(i)) continue;
-      const r = this.rows[i]!;
-      if (typeof r === 'number' && !mayMatch(r)) continue;
-      const s = this.at(i);
-      queries.forEach((q, k) => {
-        if (!found[k] && q.test(s)) {
-          found[k] = true;
-          open--;
-        }
-      });
-    }
-    return found;
-  }
-}
-
-/** A question about the services: `test`, and what a passing service must look like (`hint`, checked on stored text). */
-export interface ServiceQuery {
-  hint: ServiceHint;
-  test: (s: Service) => boolean;
-}
-
 /** What a partial sync may ask of the whole state without reading all of it. */
 export interface StateView {
   /** familiesUsed(), from the services' VIPs without parsing them. */
   families(): Family[];
-  /** For each query, whether a service not named in `except` passes it (see ServiceRows.anyOther). */
+  /** For each query, whether a service not named in `except` passes it (see ServiceTable.anyOther). */
   anyOther(except: ReadonlySet<string>, queries: readonly ServiceQuery[]): boolean[];
 }
 
-/** A desired state with the indexes that let a change check it without a scan. */
-export class IndexedState implements StateView {
-  /** The state; `services` is read on demand (reading it parses every stored service). */
-  readonly state: DesiredState;
+/** A desired state whose services may still be lines of the snapshot read: `services()` reads them all (O(state)). */
+export interface NatState {
+  rules: NatRule[];
+  forwards: Forward[];
+  services(): Service[];
+}
 
+/** A desired state with the indexes that let a change check it without a scan. */
+export class IndexedState implements StateView, NatState {
   private constructor(
-    private readonly rows: ServiceRows,
-    rules: NatRule[],
-    forwards: Forward[],
-  ) {
-    this.state = {
-      get services() {
-        return rows.all();
-      },
-      set services(v: Service[]) {
-        rows.replace(v);
-      },
-      rules,
-      forwards,
-    };
-  }
+    private readonly table: ServiceTable,
+    public rules: NatRule[],
+    public forwards: Forward[],
+  ) {}
 
   static of(state: DesiredState): IndexedState {
-    return new IndexedState(new ServiceRows(state.services), state.rules, state.forwards);
+    return new IndexedState(ServiceTable.of(state.services), state.rules, state.forwards);
   }
 
-  /** A state from stored rows: each service's JSON text as tsnet wrote it (trusted), parsed when read. */
-  static fromRows(
-    stored: StoredRows,
-    rules: NatRule[],
-    forwards: Forward[],
-    families?: { 4: number; 6: number },
-  ): IndexedState {
-    const rows: Row[] = new Array<Row>(stored.count);
-    for (let k = 0; k < rows.length; k++) rows[k] = k;
-    return new IndexedState(new ServiceRows(rows, stored, families), rules, forwards);
+  /** A state from a snapshot's service lines (trusted: tsnet wrote them), parsed when read. */
+  static stored(services: StoredServices, rules: NatRule[], forwards: Forward[]): IndexedState {
+    return new IndexedState(ServiceTable.stored(services), rules, forwards);
   }
 
   service(name: string): Service | undefined {
-    return this.rows.get(name);
+    return this.table.get(name);
   }
 
-  /** Parses and indexes everything now (see ServiceRows.warm): for a process that keeps the state and applies many changes. */
+  /** Every service, in order: parses every stored line not parsed yet (O(state)). */
+  services(): Service[] {
+    return this.table.list();
+  }
+
+  /** The whole state as data (O(state)). */
+  desired(): DesiredState {
+    return { services: this.services(), rules: this.rules, forwards: this.forwards };
+  }
+
+  /** Parses and indexes everything now: for a process that keeps the state and applies many changes. */
   warm(): this {
-    this.rows.warm();
+    this.table.warm();
     return this;
   }
 
-  /** The services as JSON lines (unparsed ones as stored), one at a time. */
-  serviceTexts(): Generator<string> {
-    return this.rows.texts();
+  /** The services as snapshot lines with their index entries (unchanged ones as read). */
+  serviceLines(): Generator<{ text: string; meta: RowMeta }> {
+    return this.table.lines();
   }
 
-  /** How many services have an IPv4 and an IPv6 VIP (the snapshot records it, so loading need not count). */
+  /** How many services have an IPv4 and an IPv6 VIP. */
   familyCounts(): { 4: number; 6: number } {
-    return { ...this.rows.familyCounts };
+    return this.table.familyCounts();
   }
 
   families(): Family[] {
-    const st = this.state;
-    const services = this.rows.families();
+    const services = this.table.families();
     return ([4, 6] as const).filter(
       (f) =>
         services.includes(f) ||
-        st.rules.some((r) => ruleFamily(r) === f) ||
-        st.forwards.some((x) => familyOf(x.targetIp) === f),
+        this.rules.some((r) => ruleFamily(r) === f) ||
+        this.forwards.some((x) => familyOf(x.targetIp) === f),
     );
   }
 
   anyOther(except: ReadonlySet<string>, queries: readonly ServiceQuery[]): boolean[] {
-    return this.rows.anyOther(except, queries);
+    return this.table.anyOther(except, queries);
   }
 
   /**
    * Applies `changes` in place, in time proportional to them (no copy of
-   * the state: a big table is not cheap to copy). Returns
-   * which services changed, whether rules or forwards did, and `undo`, which
-   * puts everything back: a refused change (it throws, after undoing the
-   * round) or a failed sync leaves the state as it was.
+   * the state: a big table is not cheap to copy). Returns which services
+   * changed, whether rules or forwards did, and `undo`, which puts
+   * everything back: a refused change (it throws, after undoing the round)
+   * or a failed sync leaves the state as it was.
    */
   apply(changes: readonly NatChange[]): RoundResult {
-    const r = new Round(this.rows, this.state);
+    const r = new Round(this.table, this);
     try {
       for (const c of changes) r.apply(c);
     } catch (err) {
@@ -465,9 +210,9 @@ class Round {
   private global = false;
 
   constructor(
-    private readonly x: ServiceRows,
+    private readonly x: ServiceTable,
     /** For rules and forwards (services go through `x`). */
-    private readonly st: DesiredState,
+    private readonly st: Pick<NatState, 'rules' | 'forwards'>,
   ) {}
 
   private current(name: string): Service | undefined {
@@ -484,48 +229,22 @@ class Round {
   }
 
   private put(s: Service): void {
-    const x = this.x;
-    const i = x.position(s.name);
-    const old = i === undefined ? undefined : x.at(i);
+    const old = this.current(s.name);
     const key = vipKey(s);
     if (!old || vipKey(old) !== key) {
-      const owner = x.vips.get(key);
+      const owner = this.x.owner(key);
       if (owner !== undefined && owner !== s.name) throw vipClaimed(key, owner, s.name);
     }
     this.remember(s.name);
-    if (i === undefined) {
-      x.push(s);
-      x.claim(key, s.name);
-      this.undos.push(() => {
-        x.pop();
-        x.unclaim(key);
-      });
-    } else {
-      const was = old!;
-      x.set(i, s);
-      x.unclaim(vipKey(was));
-      x.claim(key, s.name);
-      this.undos.push(() => {
-        x.set(i, was);
-        x.unclaim(key);
-        x.claim(vipKey(was), was.name);
-      });
-    }
+    this.undos.push(this.x.mark(s.name));
+    this.x.put(s);
   }
 
   private remove(name: string): void {
-    const x = this.x;
-    const i = x.position(name);
-    if (i === undefined) return;
+    if (!this.current(name)) return;
     this.remember(name);
-    const old = x.at(i);
-    x.rows.splice(i, 1);
-    // Positions after it moved down by one: renumber (deletions are the rare change).
-    x.replace(x.rows);
-    this.undos.push(() => {
-      x.rows.splice(i, 0, old);
-      x.replace(x.rows);
-    });
+    this.undos.push(this.x.mark(name));
+    this.x.delete(name);
   }
 
   private setRules(rules: NatRule[]): void {
@@ -574,33 +293,27 @@ class Round {
         break;
       case 'replace-services': {
         // The whole set at once: checked as a whole (one owner per VIP among the wanted; the others go), then
-        // the rows rebuilt in one pass, kept services in their places and new ones last.
+        // the table rebuilt in one pass, kept services in their places and new ones last.
         const wanted = normalizeServices(c.services);
-        const x = this.x;
-        const rows = x.all();
+        const rows = this.x.list();
         const next: Service[] = [];
-        const kept = new Set<string>();
         let changed = false;
         for (const s of rows) {
           const w = wanted.get(s.name);
-          if (w) kept.add(s.name);
           if (w && sameService(w, s)) next.push(s);
           else {
             this.rememberAs(s.name, s);
             if (w) next.push(w);
             changed = true;
           }
+          wanted.delete(s.name);
         }
         for (const s of wanted.values()) {
-          if (kept.has(s.name)) continue;
           this.rememberAs(s.name, null);
           next.push(s);
           changed = true;
         }
-        if (changed) {
-          x.replace(next);
-          this.undos.push(() => x.replace(rows));
-        }
+        if (changed) this.undos.push(this.x.reset(next));
         break;
       }
       case 'add-rule': {
@@ -654,7 +367,7 @@ class Round {
     const before = (): DesiredState => {
       const back = new Map(deltas.map((d) => [(d.new ?? d.old)!.name, d.old]));
       const services: Service[] = [];
-      for (const s of this.x.all()) {
+      for (const s of this.x.list()) {
         if (!back.has(s.name)) services.push(s);
         else if (back.get(s.name)) services.push(back.get(s.name)!);
       }

@@ -28,7 +28,7 @@ import {
   type SyncResult,
 } from './backends/types';
 import { IndexedState, type NatChange, type ServiceDelta } from './changes';
-import { NatStore, type StateFile } from './store';
+import { NatStore, type StateRecord } from './store';
 
 export type { BackendChoice } from './backends';
 export type { NatChange } from './changes';
@@ -173,7 +173,7 @@ export class NatEngine {
   }
 
   /** The stored state, with what a dead sync means for it: what is live is unknown until a full sync, and may be rules no record names. */
-  private load(): { f: StateFile; indexed: IndexedState } {
+  private load(): { f: StateRecord; indexed: IndexedState } {
     const { f, indexed } = this.store.load();
     if (this.resident) indexed.warm();
     const dirty = this.readDirty();
@@ -188,11 +188,11 @@ export class NatEngine {
 
   /** The desired state as stored. */
   read(): DesiredState {
-    return this.load().f.desired;
+    return this.load().indexed.desired();
   }
 
   /** The backend for state `f`; `lockFd` is held by the tools it runs (a killed tsnet's last restore keeps the lock till it is done). */
-  private async backendFor(f: StateFile, lockFd?: number): Promise<Backend> {
+  private async backendFor(f: StateRecord, lockFd?: number): Promise<Backend> {
     const name = resolveChoice(this.choice, f.backend);
     const mode = f.applied?.backend === 'iptables' ? f.applied.mode : undefined;
     if (this.kept && this.kept.name === name && this.kept.mode === mode && lockFd === undefined)
@@ -229,7 +229,7 @@ export class NatEngine {
   ): Promise<SyncReport | undefined> {
     return withLock(this.dir, 'nat', async (lockFd) => {
       const { f, indexed } = this.load();
-      const changes = decide({ rules: indexed.state.rules, forwards: indexed.state.forwards });
+      const changes = decide({ rules: indexed.rules, forwards: indexed.forwards });
       if (!changes.length && !opts.force) return undefined;
       const round = indexed.apply(changes);
       if (!opts.force && !round.global && !round.services.length && this.upToDate(f)) return this.unchanged(f);
@@ -256,7 +256,7 @@ export class NatEngine {
   async update(change: (st: DesiredState) => DesiredState | void, opts: { force?: boolean } = {}): Promise<SyncReport> {
     return withLock(this.dir, 'nat', async (lockFd) => {
       const { f, indexed } = this.load();
-      const draft = structuredClone(indexed.state);
+      const draft = structuredClone(indexed.desired());
       const wanted = normalizeState(change(draft) ?? draft);
       const round = indexed.apply([{ kind: 'set-state', state: wanted }]);
       if (!opts.force && !round.global && !round.services.length && this.upToDate(f)) return this.unchanged(f);
@@ -275,11 +275,11 @@ export class NatEngine {
     });
   }
 
-  private upToDate(f: StateFile): boolean {
+  private upToDate(f: StateRecord): boolean {
     return f.applied?.clean === true && resolveChoice(this.choice, f.backend) === f.backend;
   }
 
-  private unchanged(f: StateFile): SyncReport {
+  private unchanged(f: StateRecord): SyncReport {
     return {
       full: false,
       written: 0,
@@ -296,7 +296,7 @@ export class NatEngine {
       const { f, indexed } = this.load();
       return this.apply(
         f,
-        { next: indexed, services: [], before: () => indexed.state },
+        { next: indexed, services: [], before: () => indexed.desired() },
         opts.force ?? false,
         'sync',
         lockFd,
@@ -320,7 +320,7 @@ export class NatEngine {
       let intact = applied.clean && backend.tables === tableKind(applied.backend);
       for (const fam of families) if (intact && !(await backend.canaryPresent(fam))) intact = false;
       if (intact) return undefined;
-      return this.apply(f, { next: indexed, services: [], before: () => indexed.state }, true, 'resync', lockFd);
+      return this.apply(f, { next: indexed, services: [], before: () => indexed.desired() }, true, 'resync', lockFd);
     });
   }
 
@@ -332,9 +332,9 @@ export class NatEngine {
 
   /** The kernel's per-service and per-endpoint counters (packets and bytes of the first packet of each connection). */
   async counters(): Promise<Map<string, ServiceCounters>> {
-    const { f } = this.load();
+    const { f, indexed } = this.load();
     if (!f.applied) return new Map();
-    return (await this.backendFor(f)).counters(f.desired);
+    return (await this.backendFor(f)).counters(indexed.desired());
   }
 
   /** Clients pinned to each endpoint of service `name` by affinity, as the kernel holds them (empty without affinity). */
@@ -347,12 +347,15 @@ export class NatEngine {
 
   /** What a full sync of the stored (or given) state would apply, for review. */
   async rules(st?: DesiredState): Promise<string> {
-    const { f } = this.load();
-    return (await this.backendFor(f)).render(st ? normalizeState(st) : f.desired);
+    const { f, indexed } = this.load();
+    return (await this.backendFor(f)).render(st ? normalizeState(st) : indexed.desired());
   }
 
   /** Sets what is needed, remembering the old values; restores what is no longer needed. */
-  private async convergeSysctls(st: DesiredState, saved: Record<string, string>): Promise<Record<string, string>> {
+  private async convergeSysctls(
+    st: Pick<DesiredState, 'forwards'>,
+    saved: Record<string, string>,
+  ): Promise<Record<string, string>> {
     const want = await neededSysctls(this.ns, st);
     if (!want.size && !Object.keys(saved).length) return {}; // the common case: nothing to set or restore (no module to load)
     const sysctl = await import('../sysctl');
@@ -374,7 +377,7 @@ export class NatEngine {
   }
 
   private async apply(
-    f: StateFile,
+    f: StateRecord,
     round: Round,
     force: boolean,
     trigger: SyncEvent['trigger'],
@@ -396,7 +399,7 @@ export class NatEngine {
     fs.mkdirSync(this.dir, { recursive: true, mode: 0o700 });
     const mode = (backend as { mode?: string }).mode;
     fs.writeFileSync(this.dirtyFile, `${process.pid} ${backend.name}${mode ? ` ${mode}` : ''}\n`);
-    const next = round.next.state;
+    const next = round.next;
     let result: SyncResult;
     let conntrackDeleted: number;
     try {
@@ -406,7 +409,7 @@ export class NatEngine {
         view: round.next,
         resident: this.resident,
       });
-      conntrackDeleted = await deleteUdpFlows(this.ns, removedUdpEndpoints(round.services, next, next));
+      conntrackDeleted = await deleteUdpFlows(this.ns, removedUdpEndpoints(round.services));
       const sysctls = await this.convergeSysctls(next, f.sysctls ?? {});
       this.store.save(
         round.next,
@@ -438,7 +441,7 @@ export class NatEngine {
  * 127.0.0.1 clients (that interface only, not `all`: the narrowest scope the
  * kernel's check accepts).
  */
-export async function neededSysctls(ns: netns.NetNs, st: DesiredState): Promise<Map<string, string>> {
+export async function neededSysctls(ns: netns.NetNs, st: Pick<DesiredState, 'forwards'>): Promise<Map<string, string>> {
   const out = new Map<string, string>();
   if (!st.forwards.length) return out;
   const keys: typeof Sysctl.keys = (await import('../sysctl')).keys;
@@ -458,20 +461,12 @@ export async function neededSysctls(ns: netns.NetNs, st: DesiredState): Promise<
  * known; else from the two whole states.
  */
 export function removedUdpEndpoints(
-  changed: readonly ServiceDelta[] | undefined,
-  before: DesiredState,
-  after: DesiredState,
+  changed: readonly ServiceDelta[],
 ): { vip: string; port: number; ip: string; epPort: number }[] {
   const out: { vip: string; port: number; ip: string; epPort: number }[] = [];
   const key = (s: Service) => `${s.name} ${s.vip} ${s.port} ${s.proto}`;
-  const pairs: [Service, Service | undefined][] = changed
-    ? changed.filter((d) => d.old).map((d) => [d.old!, d.new])
-    : (() => {
-        const byKey = new Map(after.services.map((s) => [key(s), s]));
-        return before.services.map((s): [Service, Service | undefined] => [s, byKey.get(key(s))]);
-      })();
-  for (const [old, now0] of pairs) {
-    if (old.proto !== 'udp') continue;
+  for (const { old, new: now0 } of changed) {
+    if (!old || old.proto !== 'udp') continue;
     const now = now0 && key(now0) === key(old) ? now0 : undefined;
     for (const e of old.endpoints) {
       if (!now?.endpoints.some((n) => n.ip === e.ip && n.port === e.port))

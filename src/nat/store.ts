@@ -1,10 +1,12 @@
 /**
- * Where the NAT engine keeps its desired state: a snapshot (nat.json) and a
- * journal of the changes applied since (nat.journal), so that recording one
- * changed service costs one appended line, not a rewrite of ten thousand.
+ * Where the NAT engine keeps its desired state: a snapshot (nat.json) with
+ * its index (nat.index), and a journal of the changes applied since
+ * (nat.journal), so that recording one changed service costs one appended
+ * line, not a rewrite of ten thousand.
  *
- *   nat.json      { version: 3, digest, seq, backend, applied, sysctls, desired: { rules, forwards, services } }
+ *   nat.json      { version: 3, digest, seq, backend, applied, sysctls, families, desired: { rules, forwards, services } }
  *                 one line up to `"services":[`, then one line per service, then `]}}`
+ *   nat.index     where each service line is and what a change asks of it (./snapshot-index), for the digest above
  *   nat.journal   one JSON line per successful round: { seq, changes, backend, applied, sysctls }
  *
  * Loading replays the journal lines whose seq follows the snapshot's (a line
@@ -15,10 +17,10 @@
  * files changed under it (another tsnet took the lock meanwhile).
  *
  * The snapshot carries a digest of the bytes after it (sha256): a file tsnet
- * wrote is trusted, its services left as
- * their JSON lines in the bytes read (StoredRows), decoded and parsed only
- * when read (a command that changes one service of 10,000 decodes one); a
- * hand-edited one is validated in full.
+ * wrote is trusted, its services left as lines in the bytes read, found
+ * through the index and parsed only when read; a hand-edited one is
+ * validated in full. An index of another snapshot (or none: an earlier
+ * release wrote the snapshot) is made again from the lines themselves.
  */
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
@@ -26,8 +28,9 @@ import * as path from 'node:path';
 import { TsnetError, contextualize, hasCode } from '../errors';
 import { writeFileAtomic } from '../state';
 import { IndexedState, readChange, type NatChange } from './changes';
-import { StoredRows } from './rows';
-import { emptyState, normalizeState, type DesiredState } from './model';
+import { emptyState, normalizeState, type DesiredState, type Service } from './model';
+import { SnapshotIndex, metaOf } from './snapshot-index';
+import type { StoredServices } from './service-table';
 import { readApplied, type Applied, type BackendName } from './backends/types';
 
 export interface StateFile {
@@ -41,9 +44,12 @@ export interface StateFile {
   applied?: Applied;
   /** Sysctls tsnet changed (path under /proc/sys/ joined by '/') -> the value they had before, restored when no longer needed. */
   sysctls?: Record<string, string>;
-  /** How many services have an IPv4 and an IPv6 VIP (a snapshot's header: a partial sync asks, and counting reads every row). */
+  /** How many services have an IPv4 and an IPv6 VIP (written for readers without the index). */
   families?: { 4: number; 6: number };
 }
+
+/** What a load gives: the record of the last round (no desired state: that is `indexed`'s). */
+export type StateRecord = Omit<StateFile, 'desired' | 'families' | 'digest'>;
 
 interface JournalLine {
   seq: number;
@@ -54,7 +60,7 @@ interface JournalLine {
 }
 
 export interface Loaded {
-  f: StateFile;
+  f: StateRecord;
   indexed: IndexedState;
 }
 
@@ -78,21 +84,24 @@ function stampOf(file: string): string {
   }
 }
 
-/** The sync record of a state file in today's shape (one an earlier release wrote is read as such). */
-function withRecord(f: StateFile): StateFile {
-  const applied = readApplied(f.applied);
-  if (applied) f.applied = applied;
-  else delete f.applied;
-  return f;
+/** The sync record in today's shape (one an earlier release wrote is read as such). */
+function recordOf(f: Partial<StateFile>): StateRecord {
+  const { desired: _d, families: _f, digest: _g, ...rec } = f;
+  const applied = readApplied(rec.applied);
+  if (applied) rec.applied = applied;
+  else delete rec.applied;
+  return { version: 3, ...rec } as StateRecord;
 }
 
 export class NatStore {
   readonly file: string;
+  readonly index: string;
   readonly journal: string;
   private cache?: { stamp: string; loaded: Loaded; seq: number; lines: number };
 
   constructor(readonly dir: string) {
     this.file = path.join(dir, 'nat.json');
+    this.index = path.join(dir, 'nat.index');
     this.journal = path.join(dir, 'nat.journal');
   }
 
@@ -119,7 +128,6 @@ export class NatStore {
       seq = line.seq;
       lines++;
     }
-    f.desired = indexed.state;
     const loaded = { f, indexed };
     this.cache = { stamp, loaded, seq, lines };
     return loaded;
@@ -130,37 +138,47 @@ export class NatStore {
     try {
       bytes = fs.readFileSync(this.file);
     } catch (err) {
-      if (hasCode(err, 'ENOENT')) {
-        const f: StateFile = { version: 3, desired: emptyState() };
-        return { f, indexed: IndexedState.of(f.desired) };
-      }
+      if (hasCode(err, 'ENOENT')) return { f: { version: 3 }, indexed: IndexedState.of(emptyState()) };
       throw contextualize(`reading ${this.file}`, err);
     }
+    const digest = bytes.toString('latin1', HEAD.length, HEAD.length + DIGEST_LEN);
     if (
       bytes.toString('latin1', 0, HEAD.length) === HEAD &&
-      bytes.toString('latin1', HEAD.length, HEAD.length + DIGEST_LEN) ===
-        digestOf(bytes.subarray(HEAD.length + DIGEST_LEN))
+      digest === digestOf(bytes.subarray(HEAD.length + DIGEST_LEN))
     ) {
-      // As tsnet wrote it: the header line, closed, and the services as their lines, left in the bytes.
+      // As tsnet wrote it: the header line, closed, and the service lines left in the bytes, found through the index.
       const nl = bytes.indexOf(0x0a);
-      const f = withRecord(JSON.parse(`${bytes.toString('utf8', 0, nl)}]}}`) as StateFile);
-      const rows = StoredRows.scan(bytes, nl + 1, bytes.lastIndexOf('\n]}}'));
-      const indexed = IndexedState.fromRows(rows, f.desired.rules, f.desired.forwards, f.families);
-      delete f.families;
-      return { f, indexed };
+      const f = JSON.parse(`${bytes.toString('utf8', 0, nl)}]}}`) as StateFile;
+      const index = this.readIndex(digest) ?? indexLines(bytes, nl + 1, bytes.lastIndexOf('\n]}}'), digest);
+      return { f: recordOf(f), indexed: IndexedState.stored({ bytes, index }, f.desired.rules, f.desired.forwards) };
     }
-    const text = bytes.toString('utf8');
+    return this.readEdited(bytes);
+  }
+
+  /** nat.index, when it indexes the snapshot of `digest`. */
+  private readIndex(digest: string): SnapshotIndex | undefined {
+    try {
+      return SnapshotIndex.decode(fs.readFileSync(this.index), digest);
+    } catch (err) {
+      if (hasCode(err, 'ENOENT')) return undefined;
+      throw contextualize(`reading ${this.index}`, err);
+    }
+  }
+
+  /** A snapshot someone edited (or of format 1): every service checked. */
+  private readEdited(bytes: Buffer): Loaded {
     let f: StateFile;
     try {
-      f = JSON.parse(text) as StateFile;
+      f = JSON.parse(bytes.toString('utf8')) as StateFile;
     } catch (err) {
       throw new TsnetError(
         `${this.file} is not valid JSON (${(err as Error).message}): restore it from a backup or remove it`,
         { code: 'EINVAL' },
       );
     }
+    let desired: DesiredState;
     try {
-      f.desired = normalizeState({
+      desired = normalizeState({
         services: f.desired?.services ?? [],
         rules: f.desired?.rules ?? [],
         forwards: f.desired?.forwards ?? [],
@@ -171,7 +189,7 @@ export class NatStore {
         { code: 'EINVAL' },
       );
     }
-    return { f: withRecord(f), indexed: IndexedState.of(f.desired) };
+    return { f: recordOf(f), indexed: IndexedState.of(desired) };
   }
 
   private readJournal(): JournalLine[] {
@@ -189,7 +207,7 @@ export class NatStore {
         const parsed = JSON.parse(line) as JournalLine;
         out.push({ ...parsed, changes: parsed.changes.map(readChange) });
       } catch {
-        break; // torn by a crash mid-append: that round never completed
+        break; // a torn last line: that round never completed
       }
     }
     return out;
@@ -200,15 +218,11 @@ export class NatStore {
    * `next`. One journal line when small; a new snapshot otherwise (no
    * changes given, a large record, or a long journal).
    */
-  save(
-    next: IndexedState,
-    record: Omit<StateFile, 'version' | 'desired' | 'seq' | 'digest'>,
-    changes?: readonly NatChange[],
-  ): Loaded {
+  save(next: IndexedState, record: Omit<StateRecord, 'version' | 'seq'>, changes?: readonly NatChange[]): Loaded {
     fs.mkdirSync(this.dir, { recursive: true, mode: 0o700 });
     const seq = (this.cache?.seq ?? 0) + 1;
     const lines = this.cache?.lines ?? 0;
-    const f: StateFile = { version: 3, ...record, desired: next.state };
+    const f: StateRecord = { version: 3, seq, ...record };
     let line: string | undefined;
     if (changes && lines < FOLD_LINES && record.backend) {
       const entry: JournalLine = { seq, changes: [...changes], backend: record.backend };
@@ -227,7 +241,10 @@ export class NatStore {
       }
       this.cache = { stamp: this.stamp(), loaded: { f, indexed: next }, seq, lines: lines + 1 };
     } else {
-      writeFileAtomic(this.file, (fd) => writeSnapshot(fd, next, seq, record));
+      // The index first: a crash between the two leaves an index of another digest, which is not used.
+      let index: SnapshotIndex | undefined;
+      writeFileAtomic(this.file, (fd) => (index = writeSnapshot(fd, next, seq, record)));
+      writeFileAtomic(this.index, (fd) => fs.writeSync(fd, index!.encode()));
       fs.rmSync(this.journal, { force: true });
       this.cache = { stamp: this.stamp(), loaded: { f, indexed: next }, seq, lines: 0 };
     }
@@ -240,18 +257,40 @@ export class NatStore {
   }
 }
 
+/** Services as a snapshot holds them, one line each (`line`: how each is written), with their index: a stored state without a file. */
+export function storedServices(
+  services: readonly Service[],
+  line: (s: Service) => string = (s) => JSON.stringify(s),
+): StoredServices {
+  const bytes = Buffer.from(`\n${services.map(line).join(',\n')}\n`);
+  return { bytes, index: indexLines(bytes, 1, bytes.length - 1, '-'.repeat(DIGEST_LEN)) };
+}
+
+/** An index of the service lines in `bytes[from, to)` (a snapshot without its index): each line parsed once. */
+function indexLines(bytes: Buffer, from: number, to: number, digest: string): SnapshotIndex {
+  const spans: [number, number][] = [];
+  for (let at = from; at < to;) {
+    let nl = bytes.indexOf(0x0a, at);
+    if (nl < 0 || nl > to) nl = to;
+    spans.push([at, bytes[nl - 1] === 0x2c ? nl - 1 : nl]); // a line's `,` separates, it is not the service's
+    at = nl + 1;
+  }
+  const metas = spans.map(([a, b]) => metaOf(JSON.parse(bytes.toString('utf8', a, b)) as Service));
+  return SnapshotIndex.build(digest, spans, metas);
+}
+
 /**
  * Writes the snapshot file (see the top of this file) to `fd` in pieces, a
  * thousand services at a time, hashing as it goes; the digest goes in place
- * last. A big table never becomes one string.
+ * last. A big table never becomes one string. Returns the index of what it wrote.
  */
 function writeSnapshot(
   fd: number,
   st: IndexedState,
   seq: number,
-  record: Omit<StateFile, 'version' | 'desired' | 'seq' | 'digest'>,
-): void {
-  const { rules, forwards } = st.state;
+  record: Omit<StateRecord, 'version' | 'seq'>,
+): SnapshotIndex {
+  const { rules, forwards } = st;
   const header = JSON.stringify({
     version: 3,
     seq,
@@ -268,19 +307,27 @@ function writeSnapshot(
   at = fs.writeSync(fd, `${HEAD}${'-'.repeat(DIGEST_LEN)}`, 0);
   // After the digest: the header without its `{"version":3,` and closing `]}}`, the service lines, the closing.
   put(`",${header.slice('{"version":3,'.length, -3)}\n`);
+  const spans: [number, number][] = [];
+  const metas: ReturnType<typeof metaOf>[] = [];
   let batch: string[] = [];
-  let first = true;
   const flush = () => {
     if (!batch.length) return;
-    put(`${first ? '' : ',\n'}${batch.join(',\n')}`);
-    first = false;
+    put(`${spans.length > batch.length ? ',\n' : ''}${batch.join(',\n')}`);
     batch = [];
   };
-  for (const line of st.serviceTexts()) {
-    batch.push(line);
+  let next = at;
+  for (const { text, meta } of st.serviceLines()) {
+    if (spans.length) next += 2; // ",\n" before every line but the first
+    const len = Buffer.byteLength(text);
+    spans.push([next, next + len]);
+    next += len;
+    metas.push(meta);
+    batch.push(text);
     if (batch.length === 1000) flush();
   }
   flush();
-  put(`${first ? '' : '\n'}]}}\n`);
-  fs.writeSync(fd, hash.digest('base64url'), HEAD.length);
+  put(`${spans.length ? '\n' : ''}]}}\n`);
+  const digest = hash.digest('base64url');
+  fs.writeSync(fd, digest, HEAD.length);
+  return SnapshotIndex.build(digest, spans, metas);
 }

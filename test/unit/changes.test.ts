@@ -3,8 +3,8 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { IndexedState, type NatChange } from '../../src/nat/changes';
-import { NatStore } from '../../src/nat/store';
-import { StoredRows } from '../../src/nat/rows';
+import { NatStore, storedServices } from '../../src/nat/store';
+import { SnapshotIndex, metaOf } from '../../src/nat/snapshot-index';
 import { normalizeState, parseEndpoint, type DesiredState, type Service } from '../../src/nat/model';
 
 const svc = (name: string, vip: string, eps: string[] = ['10.0.0.2:80']): Service => ({
@@ -20,7 +20,7 @@ const base = (): DesiredState =>
 test('changes apply in place; the round says which services changed; undo restores the state exactly', (t) => {
   const st = base();
   const x = IndexedState.of(st);
-  const snapshot = JSON.stringify(st);
+  const snapshot = JSON.stringify(x.desired());
   const r = x.apply([
     { kind: 'set-endpoints', name: 'a', endpoints: [parseEndpoint('10.0.0.9:80')] },
     { kind: 'delete-service', name: 'b' },
@@ -28,7 +28,7 @@ test('changes apply in place; the round says which services changed; undo restor
     { kind: 'add-rule', rule: { kind: 'masquerade', source: '10.88.0.0/16' } },
   ]);
   t.deepEqual(
-    st.services.map((s) => s.name),
+    x.services().map((s) => s.name),
     ['a', 'c', 'd'],
   );
   t.deepEqual(
@@ -47,7 +47,7 @@ test('changes apply in place; the round says which services changed; undo restor
   t.deepEqual(byName(r.before()), byName(JSON.parse(snapshot)), 'the state before, rebuilt (order aside)');
   t.is(x.service('d')!.vip, '10.96.0.4');
   r.undo();
-  t.is(JSON.stringify(st), snapshot);
+  t.is(JSON.stringify(x.desired()), snapshot);
   t.is(x.service('d'), undefined);
   t.is(x.service('b')!.vip, '10.96.0.2', 'the index is back too');
 });
@@ -55,7 +55,7 @@ test('changes apply in place; the round says which services changed; undo restor
 test('a refused change undoes the whole round: VIP claimed twice, other settings under one name, unknown service', (t) => {
   const st = base();
   const x = IndexedState.of(st);
-  const snapshot = JSON.stringify(st);
+  const snapshot = JSON.stringify(x.desired());
   const refused: [NatChange[], RegExp][] = [
     [
       [
@@ -76,7 +76,7 @@ test('a refused change undoes the whole round: VIP claimed twice, other settings
   ];
   for (const [changes, re] of refused) {
     t.throws(() => x.apply(changes), { message: re });
-    t.is(JSON.stringify(st), snapshot, `nothing changed by ${re}`);
+    t.is(JSON.stringify(x.desired()), snapshot, `nothing changed by ${re}`);
   }
   t.deepEqual(
     x.apply([{ kind: 'add-service', service: svc('a', '10.96.0.1') }]).services,
@@ -102,7 +102,7 @@ test('replace-services: one round, only differing services reported', (t) => {
   ]);
   t.deepEqual(r.services.map((d) => `${d.old?.name ?? '-'}>${d.new?.name ?? '-'}`).sort(), ['->z', 'b>-', 'c>c']);
   t.deepEqual(
-    x.state.services.map((s) => s.name),
+    x.services().map((s) => s.name),
     ['a', 'c', 'z'],
   );
 });
@@ -110,7 +110,7 @@ test('replace-services: one round, only differing services reported', (t) => {
 test('replace-services is judged as a whole: two services may swap VIPs in one set; two wanted services claiming one VIP are refused, nothing changed', (t) => {
   const st = base();
   const x = IndexedState.of(st);
-  const before = JSON.stringify(st);
+  const before = JSON.stringify(x.desired());
   // b takes a's VIP while a moves away: a check per service in order would refuse b.
   const r = x.apply([
     { kind: 'replace-services', services: [svc('b', '10.96.0.1'), svc('a', '10.96.0.9'), svc('c', '10.96.0.3')] },
@@ -120,17 +120,17 @@ test('replace-services is judged as a whole: two services may swap VIPs in one s
     '10.96.0.2>10.96.0.1',
   ]);
   t.deepEqual(
-    x.state.services.map((s) => `${s.name}=${s.vip}`),
+    x.services().map((s) => `${s.name}=${s.vip}`),
     ['a=10.96.0.9', 'b=10.96.0.1', 'c=10.96.0.3'],
     'kept services keep their places',
   );
   r.undo();
-  t.is(JSON.stringify(st), before);
+  t.is(JSON.stringify(x.desired()), before);
   const err = t.throws(() =>
     x.apply([{ kind: 'replace-services', services: [svc('a', '10.96.0.1'), svc('z', '10.96.0.1')] }]),
   );
   t.is(err?.message, 'services a and z both claim 10.96.0.1:80/tcp');
-  t.is(JSON.stringify(st), before, 'a refused set changes nothing');
+  t.is(JSON.stringify(x.desired()), before, 'a refused set changes nothing');
 });
 
 const tmp = () => fs.mkdtempSync(path.join(os.tmpdir(), 'tsnet-store-'));
@@ -147,10 +147,10 @@ test('store: rounds are journal lines; a fresh reader replays them; a torn last 
   }
   t.is(fs.readFileSync(path.join(dir, 'nat.journal'), 'utf8').trim().split('\n').length, 2);
   const r = new NatStore(dir).load();
-  t.deepEqual(r.f.desired, x.state);
+  t.deepEqual(r.indexed.desired(), x.desired());
   t.is(r.f.applied?.backend, 'netlink');
   fs.appendFileSync(path.join(dir, 'nat.journal'), '{"seq":4,"changes":[{"op":"delete-ser');
-  t.deepEqual(new NatStore(dir).load().f.desired, x.state, 'the torn line is ignored');
+  t.deepEqual(new NatStore(dir).load().indexed.desired(), x.desired(), 'the torn line is ignored');
   fs.rmSync(dir, { recursive: true });
 });
 
@@ -168,7 +168,10 @@ test('store: a snapshot folds the journal; lines it already holds are not replay
   // A crash between writing the snapshot and removing the journal leaves both: the old line is skipped.
   fs.writeFileSync(path.join(dir, 'nat.journal'), journal);
   t.deepEqual(
-    new NatStore(dir).load().f.desired.services.map((s) => s.name),
+    new NatStore(dir)
+      .load()
+      .indexed.services()
+      .map((s) => s.name),
     ['a', 'b'],
   );
   fs.rmSync(dir, { recursive: true });
@@ -224,43 +227,48 @@ test('store: services of a trusted snapshot stay unparsed until read; changing o
   } finally {
     JSON.parse = parse;
   }
-  t.deepEqual(new NatStore(dir).load().f.desired, many, 'the rows read back are the services written');
+  t.deepEqual(new NatStore(dir).load().indexed.desired(), many, 'the rows read back are the services written');
   fs.rmSync(dir, { recursive: true });
 });
 
-test('stored rows: found by name in the bytes (a name that prefixes another, one with a slash), families counted unparsed, positions right after a deletion', (t) => {
+test('the snapshot index: names, VIP keys and addresses found through it (a name that prefixes another, one with a slash, any key order in the line), families counted unparsed, a deletion in place', (t) => {
   const names = ['s1', 's10', 'ns/web', 'a.b_c-d', 'ns/web2', 'v6'];
   const services = names.map((n, i) =>
     svc(n, n === 'v6' ? 'fd96::1' : `10.96.2.${i}`, [`${n === 'v6' ? '[fd00::2]' : `10.0.2.${i}`}:80`]),
   );
-  const rows = StoredRows.of(services.map((s) => JSON.stringify(s)));
-  t.is(rows.count, names.length);
+  // Lines with their keys in another order than tsnet writes them: the index does not read key order.
+  const { bytes, index } = storedServices(services, ({ endpoints, ...rest }) => JSON.stringify({ endpoints, ...rest }));
+  t.is(index.count, names.length);
+  const nameOf = (k: number) => (JSON.parse(bytes.toString('utf8', ...index.span(k))) as { name: string }).name;
   t.deepEqual(
-    names.map((n) => rows.find(n)),
-    names.map((_, i) => i),
+    names.map((n) => index.byName(n).filter((k) => nameOf(k) === n)),
+    names.map((_, i) => [i]),
   );
-  t.is(rows.find('s'), -1);
-  t.is(rows.find('nosuch'), -1);
+  t.deepEqual(index.byName('s'), []);
+  t.deepEqual(index.byVip('10.96.2.2:80/tcp'), [2]);
+  t.deepEqual(index.byIp('10.0.2.1'), [1]);
   t.deepEqual(
-    names.map((_, k) => rows.name(k)),
-    names,
+    names.map((_, k) => index.family(k)),
+    names.map((n) => (n === 'v6' ? 6 : 4)),
   );
+  t.deepEqual(index.meta(5), { ...metaOf(services[5]!) }, 'what the index keeps of a line is what the service says');
+  const again = SnapshotIndex.decode(index.encode(), index.digest)!;
   t.deepEqual(
-    names.map((_, k) => rows.isV6(k)),
-    names.map((n) => n === 'v6'),
+    names.map((n) => again.byName(n)),
+    names.map((n) => index.byName(n)),
+    'an index survives its file',
   );
-  t.deepEqual(rows.vipPortProto(2), { vip: '10.96.2.2', port: 80, proto: 'tcp' });
-  t.deepEqual(rows.vipPortProto(5), { vip: 'fd96::1', port: 80, proto: 'tcp' });
-  t.deepEqual([...rows.containing(['{"ip":"10.0.2.1"'])], [1]);
+  t.is(SnapshotIndex.decode(index.encode(), 'another digest'), undefined, 'an index of another snapshot is not used');
 
-  const x = IndexedState.fromRows(rows, [], []);
+  const x = IndexedState.stored({ bytes, index }, [], []);
   t.deepEqual(x.families(), [4, 6]);
   t.is(x.service('ns/web2')?.vip, '10.96.2.4');
   x.apply([{ kind: 'delete-service', name: 's10' }]);
-  t.is(x.service('ns/web')?.vip, '10.96.2.2', 'positions after the deleted row moved');
+  t.is(x.service('ns/web')?.vip, '10.96.2.2');
+  t.is(x.service('s10'), undefined);
   x.apply([{ kind: 'set-endpoints', name: 'a.b_c-d', endpoints: [parseEndpoint('10.0.9.9:80')] }]);
   t.deepEqual(
-    x.state.services.map((s) => [s.name, s.endpoints[0]!.ip]),
+    x.services().map((s) => [s.name, s.endpoints[0]!.ip]),
     [
       ['s1', '10.0.2.0'],
       ['ns/web', '10.0.2.2'],
@@ -271,6 +279,9 @@ test('stored rows: found by name in the bytes (a name that prefixes another, one
   );
   x.apply([{ kind: 'delete-service', name: 'v6' }]);
   t.deepEqual(x.families(), [4]);
+  t.throws(() => x.apply([{ kind: 'add-service', service: svc('z', '10.96.2.4') }]), {
+    message: 'services ns/web2 and z both claim 10.96.2.4:80/tcp',
+  });
 });
 
 test('store: the snapshot records how many VIPs are of each family, so a partial sync asks no row', (t) => {

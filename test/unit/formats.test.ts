@@ -20,10 +20,10 @@ for (const s of NAT_STATES) {
   test(`NAT state ${s.dir}: format ${s.version} as ${s.release} wrote it loads with every service, rule and forward`, (t) => {
     const dir = copySample(s.dir);
     try {
-      const { f } = new NatStore(dir).load();
-      t.deepEqual(f.desired.services, SERVICES);
-      t.deepEqual(f.desired.rules, RULES);
-      t.deepEqual(f.desired.forwards, FORWARDS);
+      const { f, indexed } = new NatStore(dir).load();
+      t.deepEqual(indexed.services(), SERVICES);
+      t.deepEqual(indexed.rules, RULES);
+      t.deepEqual(indexed.forwards, FORWARDS);
       t.is(f.backend, s.backend);
       t.deepEqual(f.sysctls, { 'net/ipv4/ip_forward': '0', 'net/ipv4/conf/vdb/route_localnet': '0' });
     } finally {
@@ -45,7 +45,7 @@ test('NAT state: an old format is migrated by the next write (format 3, its jour
     });
     t.regex(fs.readFileSync(path.join(dir, 'nat.json'), 'utf8'), /^\{"version":3,"digest":"/);
     const again = new NatStore(dir).load().f;
-    t.deepEqual(again.desired, f.desired);
+    t.deepEqual(new NatStore(dir).load().indexed.desired(), indexed.desired());
     t.is(again.backend, 'iptables');
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
@@ -160,7 +160,7 @@ for (const release of ['291a2be', '5e5a506']) {
       ]);
       t.is(new IpamStore(path.join(dir, 'ipam', 'networks'), 'fmtnet46').lastReserved(1), 'fd00:90::2');
       // The NAT state the plugin kept beside the records.
-      const nat = new NatStore(dir).load().f.desired;
+      const nat = new NatStore(dir).load().indexed;
       t.is(nat.rules.length, 4);
       t.deepEqual(
         nat.forwards.map((f) => [f.listenPort, f.targetIp, f.targetPort, f.snat]),

@@ -21,6 +21,7 @@ import { render as nftRender } from '../../src/nat/nftables/layout';
 import { fullPlan } from '../../src/nat/nftables/plan';
 import { script as nftScript } from '../../src/nat/nftables/text';
 import { removedUdpEndpoints } from '../../src/nat/engine';
+import { serviceChanges } from '../../src/nat/nftables/incremental';
 
 test("chain names match kube-proxy's own test vectors (proxier_test.go: ns1/svc1:p80)", (t) => {
   t.is(portProtoHash('ns1/svc1:p80', 'tcp'), 'XPGD46QRK7WJZT7O');
@@ -203,12 +204,10 @@ test('removed UDP endpoints: what conntrack cleanup targets (TCP is left to fini
   const b = structuredClone(a);
   b.services[0]!.endpoints = [b.services[0]!.endpoints[1]!];
   b.services[1]!.endpoints = [];
-  t.deepEqual(removedUdpEndpoints(undefined, a, b), [{ vip: '10.96.0.53', port: 53, ip: '10.0.0.2', epPort: 53 }]);
-  t.is(
-    removedUdpEndpoints(undefined, a, { services: [], rules: [], forwards: [] }).length,
-    2,
-    'deleting the service clears all its flows',
-  );
+  t.deepEqual(removedUdpEndpoints(serviceChanges(a.services, b.services)), [
+    { vip: '10.96.0.53', port: 53, ip: '10.0.0.2', epPort: 53 },
+  ]);
+  t.is(removedUdpEndpoints(serviceChanges(a.services, [])).length, 2, 'deleting the service clears all its flows');
 });
 
 test('forward rendering: DNAT to local addresses, SNAT of its own flows only (no fixed port), FORWARD accept, localnet guard', (t) => {

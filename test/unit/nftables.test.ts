@@ -24,7 +24,7 @@ import {
   serviceChanges,
 } from '../../src/nat/nftables/incremental';
 import { IndexedState } from '../../src/nat/changes';
-import { StoredRows } from '../../src/nat/rows';
+import { storedServices } from '../../src/nat/store';
 import { NftablesBackend } from '../../src/nat/nftables/backend';
 import type { NetNs } from '../../src/netns';
 import { script } from '../../src/nat/nftables/text';
@@ -117,7 +117,7 @@ const planFor = (a: DesiredState, b: DesiredState, record = recordOf(a)) => {
   const changes = serviceChanges(a.services, b.services);
   const counted = changePlan(b, 4, changes, record, SharedIndex.build(a.services, 4).others(changes));
   // Looking other users up in the state itself (stored rows, ruled out unparsed by their text) must plan exactly what counting them does.
-  const view = IndexedState.fromRows(StoredRows.of(b.services.map((s) => JSON.stringify(s))), b.rules, b.forwards);
+  const view = IndexedState.stored(storedServices(b.services), b.rules, b.forwards);
   const looked = changePlan(b, 4, changes, record, lookedUp(view, record.lb, changes));
   if (JSON.stringify(looked) !== JSON.stringify(counted))
     throw new Error(`looked-up plan differs:\n${JSON.stringify(looked)}\n${JSON.stringify(counted)}`);
@@ -422,11 +422,11 @@ test('a resident process keeps the index of shared objects only from syncs it de
     applied: Awaited<ReturnType<typeof b.sync>>['applied'] | undefined,
   ) => {
     const r = st.apply(changes);
-    return b.sync(st.state, applied, false, { services: r.services, before: r.before, view: st, resident: true });
+    return b.sync(st, applied, false, { services: r.services, before: r.before, view: st, resident: true });
   };
-  let last = await b.sync(st.state, undefined, false, {
+  let last = await b.sync(st, undefined, false, {
     services: [],
-    before: () => st.state,
+    before: () => st.desired(),
     view: st,
     resident: true,
   });

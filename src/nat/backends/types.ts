@@ -1,6 +1,6 @@
 import type { Family } from '../../addr/cidr';
 import type { DesiredState, Service } from '../model';
-import type { ServiceDelta, StateView } from '../changes';
+import type { NatState, ServiceDelta, StateView } from '../changes';
 
 /** The backends: kube-proxy's iptables layout, or tsnet's nftables table written by `nft -f` or over netlink. */
 export type BackendName = 'iptables' | 'nft' | 'netlink';
@@ -136,7 +136,7 @@ export interface Backend {
    * last left, everything is rewritten; with it, only what the changed
    * services change (a partial sync).
    */
-  sync(st: DesiredState, applied: Applied | undefined, force: boolean, round?: SyncRound): Promise<SyncResult>;
+  sync(st: NatState, applied: Applied | undefined, force: boolean, round?: SyncRound): Promise<SyncResult>;
   /** Whether tsnet's canary (chain rule, or table) of `family` is still there: gone means someone flushed the rules. */
   canaryPresent(family: Family): Promise<boolean>;
   /** Removes everything of tsnet's that this backend put in place. */

@@ -10,6 +10,7 @@ import type { NetNs } from '../../netns';
 import { APPLY_TIMEOUT_MS, execIn, mustExec, type Input } from '../exec';
 import { IPT_PREFIX, CANARY_COMMENT } from '../constants';
 import { familiesUsed, familyOf, type DesiredState, type Service } from '../model';
+import type { NatState } from '../changes';
 import { IPT_CANARY, SERVICES, kubeSepChain, kubeSvcChain, renderIptables, type IptTable } from './ruleset';
 import { chainDigest, hookKey, hookKeyOf, restoreChunks, restorePayload, type Live } from './restore';
 import {
@@ -115,7 +116,9 @@ export class IptablesBackend implements Backend {
       );
   }
 
-  async sync(st: DesiredState, applied: Applied | undefined, force: boolean, round?: SyncRound): Promise<SyncResult> {
+  async sync(state: NatState, applied: Applied | undefined, force: boolean, round?: SyncRound): Promise<SyncResult> {
+    // Every sync renders the whole ruleset (then writes only the chains that differ).
+    const st: DesiredState = { services: state.services(), rules: state.rules, forwards: state.forwards };
     const prevState = round?.before();
     const result: SyncResult = {
       full: false,

@@ -12,7 +12,7 @@ import { familiesUsed, familyOf, type DesiredState, type Service } from '../mode
 import { affinitySet, counterPlaces, render, sepChain, type CounterPlace } from './layout';
 import { PlanBuilder, fullPlan, type Plan } from './plan';
 import { SharedIndex, changePlan, globalRecord, lbRecordAfter, lbRecordOf, lookedUp } from './incremental';
-import type { StateView } from '../changes';
+import type { NatState, StateView } from '../changes';
 import { script } from './text';
 import {
   mayHoldRules,
@@ -84,7 +84,10 @@ export abstract class NftablesBackend implements Backend {
    * changed services' objects are written (./nftables/incremental). Otherwise
    * the table is rebuilt in one transaction.
    */
-  async sync(st: DesiredState, applied: Applied | undefined, force: boolean, round?: SyncRound): Promise<SyncResult> {
+  async sync(st: NatState, applied: Applied | undefined, force: boolean, round?: SyncRound): Promise<SyncResult> {
+    // The whole state, read only by a full sync (a partial one asks `round.view`).
+    let whole: DesiredState | undefined;
+    const desired = () => (whole ??= { services: st.services(), rules: st.rules, forwards: st.forwards });
     const result: SyncResult = {
       full: false,
       written: 0,
@@ -92,7 +95,7 @@ export abstract class NftablesBackend implements Backend {
       applied: { backend: this.name, clean: true, families: {} },
     };
     const usable = applied && applied.backend !== 'iptables' && applied.clean ? applied : undefined;
-    const families = round ? round.view.families() : familiesUsed(st);
+    const families = round ? round.view.families() : familiesUsed(desired());
     for (const family of [4, 6] as const) {
       // Taken out now: put back below only by a sync it describes (a full sync, a teardown or a failure drops it).
       const kept = round && this.indexes.get(round.view)?.get(family);
@@ -124,9 +127,9 @@ export abstract class NftablesBackend implements Backend {
         if (plan && index) index.update(changes);
       }
       if (!plan) {
-        plan = fullPlan(render(st, family));
-        lb = lbRecordOf(st.services, family);
-        index = round?.resident ? SharedIndex.build(st.services, family) : undefined;
+        plan = fullPlan(render(desired(), family));
+        lb = lbRecordOf(desired().services, family);
+        index = round?.resident ? SharedIndex.build(desired().services, family) : undefined;
       }
       await this.apply(plan, family);
       if (round && index) {

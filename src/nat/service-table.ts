@@ -1,0 +1,247 @@
+/**
+ * The services of a desired state, changed in place in time proportional to
+ * the change. Two parts: the snapshot's service lines as read (bytes and
+ * their index, ./snapshot-index: parsed only when a change or a question
+ * needs a row), and the services changed since (a deletion is a tombstone),
+ * in the order they first changed. A table with no snapshot (made from a
+ * list, or after warm()) is all changes.
+ *
+ * Order: the snapshot's rows in place (a changed one with its new value),
+ * then the services added since, in the order they were added.
+ */
+import type { Family } from '../addr/cidr';
+import { familyOf, vipKey, type Proto, type Service } from './model';
+import { metaOf, type RowMeta, type SnapshotIndex } from './snapshot-index';
+
+/** A snapshot's service lines: the bytes read and their index. */
+export interface StoredServices {
+  bytes: Buffer;
+  index: SnapshotIndex;
+}
+
+/**
+ * What a service must look like to pass a test, stated so that a stored row
+ * can be ruled out from the index without parsing it.
+ */
+export interface ServiceHint {
+  proto?: Proto;
+  /** The number of endpoints. */
+  endpoints?: number;
+  /** An endpoint's address. */
+  endpointIp?: string;
+}
+
+/** A question about the services: `test`, and what a passing service must look like (`hint`). */
+export interface ServiceQuery {
+  hint: ServiceHint;
+  test: (s: Service) => boolean;
+}
+
+type Counts = { 4: number; 6: number };
+
+export class ServiceTable {
+  private stored?: StoredServices;
+  /** Services changed since the snapshot (null: deleted), in the order they first changed. */
+  private changed = new Map<string, Service | null>();
+  /** Which names in `changed` have a row in the snapshot (found once, when first changed). */
+  private changedStored = new Set<string>();
+  /** Hashes of the names in `changed`, counted: a row whose name hash is not here is unchanged, unparsed. */
+  private changedHashes = new Map<number, number>();
+  /** VIP key -> name, for the services in `changed`. */
+  private changedVips = new Map<string, string>();
+  /** Stored rows parsed so far. */
+  private parsed = new Map<number, Service>();
+  private counts: Counts;
+
+  private constructor(stored: StoredServices | undefined, counts: Counts) {
+    if (stored) this.stored = stored;
+    this.counts = counts;
+  }
+
+  static of(services: readonly Service[]): ServiceTable {
+    const t = new ServiceTable(undefined, { 4: 0, 6: 0 });
+    for (const s of services) t.put(s);
+    return t;
+  }
+
+  static stored(stored: StoredServices): ServiceTable {
+    const counts: Counts = { 4: 0, 6: 0 };
+    for (let k = 0; k < stored.index.count; k++) counts[stored.index.family(k)]++;
+    return new ServiceTable(stored, counts);
+  }
+
+  private row(k: number): Service {
+    let s = this.parsed.get(k);
+    if (!s) {
+      const [from, to] = this.stored!.index.span(k);
+      this.parsed.set(k, (s = JSON.parse(this.stored!.bytes.toString('utf8', from, to)) as Service));
+    }
+    return s;
+  }
+
+  /** The snapshot's row of the service called `name`, if it has one. */
+  private storedRow(name: string): number | undefined {
+    return this.stored?.index.byName(name).find((k) => this.row(k).name === name);
+  }
+
+  get(name: string): Service | undefined {
+    const c = this.changed.get(name);
+    if (c !== undefined) return c ?? undefined;
+    const k = this.storedRow(name);
+    return k === undefined ? undefined : this.row(k);
+  }
+
+  /** The service that claims VIP key `key` (see model vipKey), if any. */
+  owner(key: string): string | undefined {
+    const name = this.changedVips.get(key);
+    if (name !== undefined) return name;
+    for (const k of this.stored?.index.byVip(key) ?? []) {
+      const s = this.row(k);
+      if (vipKey(s) === key && !this.changed.has(s.name)) return s.name;
+    }
+    return undefined;
+  }
+
+  familyCounts(): Counts {
+    return { ...this.counts };
+  }
+
+  families(): Family[] {
+    return ([4, 6] as const).filter((f) => this.counts[f] > 0);
+  }
+
+  /** Sets `name` to `now` (null: deleted), keeping the counts and the VIP index in step. */
+  private set(name: string, now: Service | null): void {
+    const was = this.get(name);
+    if (was) {
+      this.counts[familyOf(was.vip)]--;
+      if (this.changedVips.get(vipKey(was)) === name) this.changedVips.delete(vipKey(was));
+    }
+    if (!this.changed.has(name)) {
+      if (this.storedRow(name) !== undefined) this.changedStored.add(name);
+      if (this.stored) this.bumpHash(name, 1);
+    }
+    this.changed.set(name, now);
+    if (now) {
+      this.counts[familyOf(now.vip)]++;
+      this.changedVips.set(vipKey(now), name);
+    }
+  }
+
+  private bumpHash(name: string, by: number): void {
+    const h = hashOf(name);
+    const n = (this.changedHashes.get(h) ?? 0) + by;
+    if (n > 0) this.changedHashes.set(h, n);
+    else this.changedHashes.delete(h);
+  }
+
+  put(s: Service): void {
+    this.set(s.name, s);
+  }
+
+  delete(name: string): boolean {
+    if (!this.get(name)) return false;
+    this.set(name, null);
+    return true;
+  }
+
+  /** What `name` is now, as a function that puts it back so (a round's undo). */
+  mark(name: string): () => void {
+    const had = this.changed.has(name);
+    const prev = this.changed.get(name);
+    return () => {
+      const now = this.get(name);
+      if (now) {
+        this.counts[familyOf(now.vip)]--;
+        if (this.changedVips.get(vipKey(now)) === name) this.changedVips.delete(vipKey(now));
+      }
+      if (had) this.changed.set(name, prev!);
+      else {
+        this.changed.delete(name);
+        this.changedStored.delete(name);
+        if (this.stored) this.bumpHash(name, -1);
+      }
+      const back = this.get(name);
+      if (back) {
+        this.counts[familyOf(back.vip)]++;
+        if (had && prev) this.changedVips.set(vipKey(back), name);
+      }
+    };
+  }
+
+  /** Every service, in order (parses every row not parsed yet: O(state)). */
+  list(): Service[] {
+    const out: Service[] = [];
+    for (const { service } of this.entries(true)) out.push(service!);
+    return out;
+  }
+
+  /** The services as snapshot lines with what the index keeps of each: unchanged rows as read, unparsed. */
+  *lines(): Generator<{ text: string; meta: RowMeta }> {
+    for (const e of this.entries(false)) {
+      if (e.service) yield { text: JSON.stringify(e.service), meta: metaOf(e.service) };
+      else {
+        const [from, to] = this.stored!.index.span(e.row!);
+        yield { text: this.stored!.bytes.toString('utf8', from, to), meta: this.stored!.index.meta(e.row!) };
+      }
+    }
+  }
+
+  /** The services in order: a service, or (not `parse`, an unchanged row) its row number. */
+  private *entries(parse: boolean): Generator<{ service?: Service; row?: number }> {
+    const index = this.stored?.index;
+    for (let k = 0; index && k < index.count; k++) {
+      if (!parse && !this.changedHashes.has(index.nameHash(k))) {
+        yield { row: k };
+        continue;
+      }
+      const s = this.row(k);
+      const c = this.changed.get(s.name);
+      if (c === undefined) yield parse ? { service: s } : { row: k };
+      else if (c) yield { service: c };
+    }
+    for (const [name, s] of this.changed) if (s && !this.changedStored.has(name)) yield { service: s };
+  }
+
+  /**
+   * For each query, whether a service not named in `except` passes it:
+   * stored rows are ruled out by the index (address, protocol, endpoint
+   * count) and parsed only when they can pass.
+   */
+  anyOther(except: ReadonlySet<string>, queries: readonly ServiceQuery[]): boolean[] {
+    return queries.map((q) => {
+      const passes = (s: Service | null | undefined) => !!s && !except.has(s.name) && q.test(s);
+      for (const s of this.changed.values()) if (passes(s)) return true;
+      const index = this.stored?.index;
+      if (!index) return false;
+      const rows = q.hint.endpointIp !== undefined ? index.byIp(q.hint.endpointIp) : [...Array(index.count).keys()];
+      return rows.some((k) => {
+        const m = index.meta(k);
+        if (q.hint.proto !== undefined && m.proto !== q.hint.proto) return false;
+        if (q.hint.endpoints !== undefined && m.endpoints !== q.hint.endpoints) return false;
+        const s = this.row(k);
+        return !this.changed.has(s.name) && passes(s);
+      });
+    });
+  }
+
+  /** Every row parsed and the snapshot let go: a process that keeps the state answers from memory since. */
+  warm(): void {
+    if (!this.stored) return;
+    this.reset(this.list());
+  }
+
+  /** The whole set replaced by `services` (in that order); returns what puts the old one back. */
+  reset(services: readonly Service[]): () => void {
+    const old = { ...this };
+    const fresh = ServiceTable.of(services);
+    Object.assign(this, { ...fresh, stored: undefined });
+    return () => Object.assign(this, old);
+  }
+}
+
+const hashOf = (name: string): number => {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < name.length; i++) h = Math.imul(h ^ name.charCodeAt(i), 0x01000193);
+  return h >>> 0;
+};
