@@ -180,6 +180,7 @@ export class IndexedState implements StateView, NatState {
    * or a failed sync leaves the state as it was.
    */
   apply(changes: readonly NatChange[]): RoundResult {
+    this.table.compact();
     const r = new Round(this.table, this);
     try {
       for (const c of changes) r.apply(c);

@@ -11,7 +11,7 @@
  */
 import type { Family } from '../addr/cidr';
 import { familyOf, vipKey, type Proto, type Service } from './model';
-import { metaOf, type RowMeta, type SnapshotIndex } from './snapshot-index';
+import { hash32, metaOf, type RowMeta, type SnapshotIndex } from './snapshot-index';
 
 /** A snapshot's service lines: the bytes read and their index. */
 export interface StoredServices {
@@ -51,6 +51,8 @@ export class ServiceTable {
   private changedVips = new Map<string, string>();
   /** Stored rows parsed so far. */
   private parsed = new Map<number, Service>();
+  /** Tombstones of services that are not in the snapshot (compact() drops them). */
+  private dead = 0;
   private counts: Counts;
 
   private constructor(stored: StoredServices | undefined, counts: Counts) {
@@ -121,15 +123,24 @@ export class ServiceTable {
       if (this.storedRow(name) !== undefined) this.changedStored.add(name);
       if (this.stored) this.bumpHash(name, 1);
     }
-    this.changed.set(name, now);
+    this.entry(name, now);
     if (now) {
       this.counts[familyOf(now.vip)]++;
       this.changedVips.set(vipKey(now), name);
     }
   }
 
+  /** Sets `name`'s entry in `changed`, counting the tombstones compact() may drop (undefined: no entry). */
+  private entry(name: string, now: Service | null | undefined): void {
+    const droppable = !this.changedStored.has(name);
+    if (droppable && this.changed.get(name) === null) this.dead--;
+    if (now === undefined) this.changed.delete(name);
+    else this.changed.set(name, now);
+    if (droppable && now === null) this.dead++;
+  }
+
   private bumpHash(name: string, by: number): void {
-    const h = hashOf(name);
+    const h = hash32(name);
     const n = (this.changedHashes.get(h) ?? 0) + by;
     if (n > 0) this.changedHashes.set(h, n);
     else this.changedHashes.delete(h);
@@ -155,9 +166,9 @@ export class ServiceTable {
         this.counts[familyOf(now.vip)]--;
         if (this.changedVips.get(vipKey(now)) === name) this.changedVips.delete(vipKey(now));
       }
-      if (had) this.changed.set(name, prev!);
+      if (had) this.entry(name, prev!);
       else {
-        this.changed.delete(name);
+        this.entry(name, undefined);
         this.changedStored.delete(name);
         if (this.stored) this.bumpHash(name, -1);
       }
@@ -225,6 +236,21 @@ export class ServiceTable {
     });
   }
 
+  /**
+   * Drops the tombstones of services added since the snapshot (a long-lived
+   * process deletes and adds many): called between rounds, never within one,
+   * as a round's undo may need them.
+   */
+  compact(): void {
+    if (this.dead < 64 || this.dead * 2 < this.changed.size) return;
+    for (const [name, s] of [...this.changed]) {
+      if (s || this.changedStored.has(name)) continue;
+      this.changed.delete(name);
+      if (this.stored) this.bumpHash(name, -1);
+    }
+    this.dead = 0;
+  }
+
   /** Every row parsed and the snapshot let go: a process that keeps the state answers from memory since. */
   warm(): void {
     if (!this.stored) return;
@@ -233,15 +259,17 @@ export class ServiceTable {
 
   /** The whole set replaced by `services` (in that order); returns what puts the old one back. */
   reset(services: readonly Service[]): () => void {
-    const old = { ...this };
-    const fresh = ServiceTable.of(services);
-    Object.assign(this, { ...fresh, stored: undefined });
-    return () => Object.assign(this, old);
+    const old = this.parts();
+    this.assign(ServiceTable.of(services).parts());
+    return () => this.assign(old);
+  }
+
+  private parts() {
+    const { stored, changed, changedStored, changedHashes, changedVips, parsed, counts, dead } = this;
+    return { stored, changed, changedStored, changedHashes, changedVips, parsed, counts, dead };
+  }
+
+  private assign(p: ReturnType<ServiceTable['parts']>): void {
+    Object.assign(this, p);
   }
 }
-
-const hashOf = (name: string): number => {
-  let h = 0x811c9dc5;
-  for (let i = 0; i < name.length; i++) h = Math.imul(h ^ name.charCodeAt(i), 0x01000193);
-  return h >>> 0;
-};
