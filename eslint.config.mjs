@@ -49,6 +49,11 @@ export default tseslint.config(
     rules: { 'max-lines-per-function': ['error', { max: 80 }], 'max-lines': ['error', { max: 450 }] },
   },
   {
+    // The CNI plugins and the demo read as named steps: held to the same measure as src/inspect.
+    files: ['src/cni/**/*.ts', 'src/demo/**/*.ts'],
+    rules: { 'max-lines-per-function': ['error', { max: 80 }], 'max-lines': ['error', { max: 450 }] },
+  },
+  {
     // Only src/netns/inside.ts acts inside a namespace (the addon's helper thread, tsnet-nsexec).
     files: ['src/**/*.ts', 'bench/**/*.ts', 'examples/**/*.ts'],
     ignores: ['src/netns/inside.ts', 'src/native.ts'],

@@ -1,0 +1,123 @@
+/**
+ * CNI ADD, in the reference bridge's order, as named steps:
+ *
+ *   checkContainer -> plugVeth (bridge, veth with its peer made inside the
+ *   container as CNI_IFNAME) -> IPAM -> ensureGateway (gateway on the bridge,
+ *   forwarding) -> at once: configureContainer (addresses + routes inside,
+ *   then the wait for the port to forward) and addNat (masquerade, port
+ *   mappings) -> the result, recorded.
+ *
+ * The attachment record is written before the first step and names what the
+ * steps make (the host veth, the IPAM reservation, the NAT rules before they
+ * exist), so a failing step is undone by one teardown of the record, as a
+ * DEL or a GC after a crash would.
+ */
+import * as link from '../../link';
+import * as netns from '../../netns';
+import { findPlugin } from '../delegate';
+import { CniError, CNI_ERR } from '../errors';
+import { parseIpamConfig } from '../ipam/config';
+import { RecordStore, type AttachmentRecord } from '../records';
+import type { CniEnv, NetConf, Result, RouteResult } from '../types';
+import { newRecord, openContainer } from './attachment';
+import { BUILTIN_IPAM, parseBridgeConf, type BridgeConf } from './config';
+import { checkContainer, configureContainer, containerRoutes } from './container';
+import { ensureGateway, gatewayCidrs, plugVeth, waitForwarding } from './host';
+import { ipam } from './ipam-step';
+import { addNat } from './nat';
+import { teardown } from './teardown';
+
+/** What the steps of one ADD share. */
+interface Add {
+  c: BridgeConf;
+  conf: NetConf;
+  env: CniEnv;
+  host: netns.NetNs;
+  /** The container's namespace. */
+  ns: netns.NetNs;
+  rec: AttachmentRecord;
+  records: RecordStore;
+}
+
+/** CNI ADD. */
+export async function bridgeAdd(conf: NetConf, env: CniEnv): Promise<Result> {
+  const c = parseBridgeConf(conf, env);
+  const cid = env.containerId!;
+  const ifname = env.ifname!;
+  const host = netns.current();
+  const ns = openContainer(env.netns!);
+  const records = new RecordStore(c.stateDir, c.name);
+  try {
+    const prior = records.get(cid, ifname);
+    if (prior?.complete && prior.result && prior.netns === env.netns && (await link.get(ns, ifname)))
+      return prior.result; // the same ADD again
+    if (prior) await teardown(prior, env, records); // a leftover of an ADD that died half-way
+    // Config errors surface before anything is made.
+    if (c.ipamType === BUILTIN_IPAM) parseIpamConfig(conf);
+    else findPlugin(c.ipamType, env.path);
+    const rec = newRecord(c, conf, env);
+    records.put(rec, { durable: false }); // before the first change: whatever happens next, DEL and GC can find it (a new file: nothing durable is replaced)
+    try {
+      return await addSteps({ c, conf, env, host, ns, rec, records });
+    } catch (err) {
+      await teardown(rec, env, records).catch(() => {
+        /* the original error is the one to report; GC retries the rest */
+      });
+      throw err;
+    }
+  } finally {
+    ns.close();
+  }
+}
+
+/** The steps, in order; the first to fail ends the ADD (bridgeAdd tears down what the record names). */
+async function addSteps(a: Add): Promise<Result> {
+  const { c, conf, env, host, ns, rec } = a;
+  const ifname = env.ifname!;
+  const rc = conf.runtimeConfig ?? {};
+  await checkContainer(ns, ifname, env.netns!, rc);
+  const mtu = rc.mtu ?? c.mtu;
+  const br = await plugVeth(host, c, rec.hostIfname, { name: ifname, netns: ns, mtu, mac: rc.mac });
+
+  const ip = await ipam(conf, env).add();
+  if (!ip.ips?.length) throw new CniError(CNI_ERR.internal, `IPAM plugin ${c.ipamType} returned no IP configuration`);
+  const routes = containerRoutes(c, ip);
+  // The gateway first: a port mapping's route_localnet goes on the interface the host routes the container by.
+  if (c.isGateway) await ensureGateway(host, c, br.index, gatewayCidrs(ip.ips));
+
+  // Then two independent halves at once: the container side, and the NAT rules on the host.
+  const containerSide = async () => {
+    await configureContainer(ns, ifname, ip.ips!, routes, c);
+    await waitForwarding(host, rec.hostIfname);
+  };
+  const failed = (
+    await Promise.allSettled([addNat(c, rec, a.records, host, env, ip.ips, rc.portMappings), containerSide()])
+  ).find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (failed) throw failed.reason; // the caller tears down both halves
+
+  return recordResult(a, ip, routes);
+}
+
+/** The result (bridge, host end, container end with their MACs; IPAM's addresses on the container end), recorded as complete. */
+async function recordResult(a: Add, ip: Result, routes: RouteResult[]): Promise<Result> {
+  const { c, conf, env, host, ns, rec } = a;
+  const ifname = env.ifname!;
+  const hostEnd = await link.mustGet(host, rec.hostIfname);
+  const inside = await link.mustGet(ns, ifname);
+  const brNow = await link.mustGet(host, c.bridge);
+  const result: Result = {
+    cniVersion: conf.cniVersion,
+    interfaces: [
+      { name: c.bridge, ...(brNow.mac ? { mac: brNow.mac } : {}) },
+      { name: rec.hostIfname, ...(hostEnd.mac ? { mac: hostEnd.mac } : {}) },
+      { name: ifname, ...(inside.mac ? { mac: inside.mac } : {}), sandbox: env.netns! },
+    ],
+    ips: ip.ips!.map((x) => ({ ...x, interface: 2 })),
+    routes,
+    dns: conf.dns && Object.keys(conf.dns).length ? conf.dns : (ip.dns ?? {}),
+  };
+  rec.result = result;
+  rec.complete = true;
+  a.records.put(rec); // replaces the durable version naming the NAT rules, so it is durable too
+  return result;
+}
