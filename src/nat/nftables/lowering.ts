@@ -271,148 +271,162 @@ function ifname(name: string): Buffer {
   return b;
 }
 
+/** How one kind of rule item lowers: `anonymousSet`, the set an anonymous vmap was given in this batch. */
+type ItemOf<K extends Item['kind']> = Item extends infer I
+  ? I extends { kind: infer KK }
+    ? K extends KK
+      ? I
+      : never
+    : never
+  : never;
+type Lowerer<K extends Item['kind']> = (
+  item: ItemOf<K>,
+  cx: LowerContext,
+  anonymousSet?: { name: string; id: number },
+) => Expr[];
+
+/** Each rule item's kernel expressions, kind by kind (nft's compilation of the same text). */
+const LOWER: { [K in Item['kind']]: Lowerer<K> } = {
+  addr: (item, { family: fam }) => addrMatch(item.field, item.cidr, item.not ?? false, fam),
+  'local-daddr': () => [
+    { kind: 'fib', dreg: NFT_REG_1, result: 'addrtype', flags: NFT_FIB_F.daddr },
+    { kind: 'cmp', sreg: NFT_REG_1, op: 'eq', data: u32le(2) },
+  ],
+  l4proto: (item, { family: fam }) => [
+    FIELDS.l4proto.load(fam, 1),
+    { kind: 'cmp', sreg: NFT_REG_1, op: 'eq', data: FIELDS.l4proto.encode(item.proto, fam) },
+  ],
+  dport: (item, { family: fam }) => [
+    FIELDS.dport.load(fam, 1),
+    { kind: 'cmp', sreg: NFT_REG_1, op: 'eq', data: be16(item.port) },
+  ],
+  oifname: (item) => [
+    { kind: 'meta', key: 'oifname', dreg: NFT_REG_1 },
+    { kind: 'cmp', sreg: NFT_REG_1, op: item.not ? 'neq' : 'eq', data: ifname(item.name) },
+  ],
+  'ct-new': () => ctBits('state', CT_STATE.new, true),
+  'ct-not-established': () => ctBits('state', CT_STATE.established | CT_STATE.related, false),
+  'ct-dnat': (item) => ctBits('status', IPS_DST_NAT, !item.not),
+  'ct-orig-dport': (item) => [
+    { kind: 'ct', key: 'proto_dst', dir: 'original', dreg: NFT_REG_1 },
+    { kind: 'cmp', sreg: NFT_REG_1, op: 'eq', data: be16(item.port) },
+  ],
+  'ct-reply-saddr': (item, { family: fam }) => [
+    { kind: 'ct', key: fam === 6 ? 'src_ip6' : 'src_ip', dir: 'reply', dreg: NFT_REG_1 },
+    { kind: 'cmp', sreg: NFT_REG_1, op: 'eq', data: ipToBuffer(item.ip) },
+  ],
+  'ct-reply-sport': (item) => [
+    { kind: 'ct', key: 'proto_src', dir: 'reply', dreg: NFT_REG_1 },
+    { kind: 'cmp', sreg: NFT_REG_1, op: 'eq', data: be16(item.port) },
+  ],
+  'mark-clear': (item) => [
+    { kind: 'meta', key: 'mark', dreg: NFT_REG_1 },
+    { kind: 'bitwise', sreg: NFT_REG_1, dreg: NFT_REG_1, mask: u32le(item.bits), xor: u32le(0), explicitOp: true },
+    { kind: 'cmp', sreg: NFT_REG_1, op: 'eq', data: u32le(0) },
+  ],
+  'in-set': (item, cx) => {
+    const fam = cx.family;
+    const s = cx.set(item.set);
+    return [
+      ...loadKey(item.key, fam, s.interval),
+      { kind: 'lookup', sreg: NFT_REG_1, set: item.set, ...(s.id === undefined ? {} : { setId: s.id }) },
+    ];
+  },
+  counter: () => [{ kind: 'counter' }],
+  verdict: (item) => [{ kind: 'verdict', verdict: { code: item.verdict } }],
+  jump: (item) => [{ kind: 'verdict', verdict: { code: item.kind, chain: item.chain } }],
+  goto: (item) => [{ kind: 'verdict', verdict: { code: item.kind, chain: item.chain } }],
+  vmap: (item, cx, anonymousSet) => {
+    const fam = cx.family;
+    if (typeof item.map !== 'string') {
+      if (!anonymousSet) throw new Error('lowering an anonymous vmap needs the set it was given');
+      return [
+        ...loadKey(item.key, fam, item.map.interval),
+        { kind: 'lookup', sreg: NFT_REG_1, set: anonymousSet.name, setId: anonymousSet.id, dreg: NFT_REG_VERDICT },
+      ];
+    }
+    const s = cx.set(item.map);
+    return [
+      ...loadKey(item.key, fam, s.interval),
+      {
+        kind: 'lookup',
+        sreg: NFT_REG_1,
+        set: item.map,
+        dreg: NFT_REG_VERDICT,
+        ...(s.id === undefined ? {} : { setId: s.id }),
+      },
+    ];
+  },
+  dnat: (item, { family: fam }) => [
+    { kind: 'immediate', dreg: NFT_REG_1, data: ipToBuffer(item.ip) },
+    { kind: 'immediate', dreg: NFT_REG_1 + 1, data: be16(item.port) },
+    {
+      kind: 'nat',
+      type: 'dnat',
+      family: fam,
+      regAddrMin: NFT_REG_1,
+      regProtoMin: NFT_REG_1 + 1,
+      flags: NF_NAT_RANGE.PROTO_SPECIFIED,
+    },
+  ],
+  'dnat-map': (item, cx) => {
+    const fam = cx.family;
+    const s = cx.set(item.map);
+    // The map's value is address . port: the port starts in the slot after the address.
+    return [
+      ...loadKey(item.key, fam, s.interval),
+      {
+        kind: 'lookup',
+        sreg: NFT_REG_1,
+        set: item.map,
+        dreg: NFT_REG_1,
+        ...(s.id === undefined ? {} : { setId: s.id }),
+      },
+      { kind: 'nat', type: 'dnat', family: fam, regAddrMin: NFT_REG_1, regProtoMin: regOf(slots(addrLen(fam))) },
+    ];
+  },
+  snat: (item, { family: fam }) => [
+    { kind: 'immediate', dreg: NFT_REG_1, data: ipToBuffer(item.ip) },
+    { kind: 'nat', type: 'snat', family: fam, regAddrMin: NFT_REG_1, flags: NF_NAT_RANGE.PROTO_RANDOM_FULLY },
+  ],
+  masquerade: () => [{ kind: 'masq', flags: NF_NAT_RANGE.PROTO_RANDOM_FULLY }],
+  'mark-set': (item) => {
+    const mask = item.op === 'or' ? ~item.bits >>> 0 : 0xffffffff;
+    return [
+      { kind: 'meta', key: 'mark', dreg: NFT_REG_1 },
+      {
+        kind: 'bitwise',
+        sreg: NFT_REG_1,
+        dreg: NFT_REG_1,
+        mask: u32le(mask),
+        xor: u32le(item.bits),
+        explicitOp: true,
+      },
+      { kind: 'meta-set', key: 'mark', sreg: NFT_REG_1 },
+    ];
+  },
+  'set-update': (item, cx) => {
+    const fam = cx.family;
+    const s = cx.set(item.set);
+    return [
+      ...loadKey(item.key, fam, s.interval),
+      {
+        kind: 'dynset',
+        op: 'update',
+        sregKey: NFT_REG_1,
+        set: item.set,
+        ...(s.id === undefined ? {} : { setId: s.id }),
+      },
+    ];
+  },
+  reject: (item, cx) => {
+    const fam = cx.family;
+    return [{ kind: 'reject', type: NFT_REJECT.icmp_unreach, code: ICMP_PORT_UNREACH[fam] }];
+  },
+};
+
 /** The kernel expressions of one rule item; `anonymousSet` names the set an anonymous vmap was given in this batch. */
 export function lowerItem(item: Item, cx: LowerContext, anonymousSet?: { name: string; id: number }): Expr[] {
-  const fam = cx.family;
-  switch (item.kind) {
-    case 'addr':
-      return addrMatch(item.field, item.cidr, item.not ?? false, fam);
-    case 'local-daddr':
-      return [
-        { kind: 'fib', dreg: NFT_REG_1, result: 'addrtype', flags: NFT_FIB_F.daddr },
-        { kind: 'cmp', sreg: NFT_REG_1, op: 'eq', data: u32le(2) },
-      ];
-    case 'l4proto':
-      return [
-        FIELDS.l4proto.load(fam, 1),
-        { kind: 'cmp', sreg: NFT_REG_1, op: 'eq', data: FIELDS.l4proto.encode(item.proto, fam) },
-      ];
-    case 'dport':
-      return [FIELDS.dport.load(fam, 1), { kind: 'cmp', sreg: NFT_REG_1, op: 'eq', data: be16(item.port) }];
-    case 'oifname':
-      return [
-        { kind: 'meta', key: 'oifname', dreg: NFT_REG_1 },
-        { kind: 'cmp', sreg: NFT_REG_1, op: item.not ? 'neq' : 'eq', data: ifname(item.name) },
-      ];
-    case 'ct-new':
-      return ctBits('state', CT_STATE.new, true);
-    case 'ct-not-established':
-      return ctBits('state', CT_STATE.established | CT_STATE.related, false);
-    case 'ct-dnat':
-      return ctBits('status', IPS_DST_NAT, !item.not);
-    case 'ct-orig-dport':
-      return [
-        { kind: 'ct', key: 'proto_dst', dir: 'original', dreg: NFT_REG_1 },
-        { kind: 'cmp', sreg: NFT_REG_1, op: 'eq', data: be16(item.port) },
-      ];
-    case 'ct-reply-saddr':
-      return [
-        { kind: 'ct', key: fam === 6 ? 'src_ip6' : 'src_ip', dir: 'reply', dreg: NFT_REG_1 },
-        { kind: 'cmp', sreg: NFT_REG_1, op: 'eq', data: ipToBuffer(item.ip) },
-      ];
-    case 'ct-reply-sport':
-      return [
-        { kind: 'ct', key: 'proto_src', dir: 'reply', dreg: NFT_REG_1 },
-        { kind: 'cmp', sreg: NFT_REG_1, op: 'eq', data: be16(item.port) },
-      ];
-    case 'mark-clear':
-      return [
-        { kind: 'meta', key: 'mark', dreg: NFT_REG_1 },
-        { kind: 'bitwise', sreg: NFT_REG_1, dreg: NFT_REG_1, mask: u32le(item.bits), xor: u32le(0), explicitOp: true },
-        { kind: 'cmp', sreg: NFT_REG_1, op: 'eq', data: u32le(0) },
-      ];
-    case 'in-set': {
-      const s = cx.set(item.set);
-      return [
-        ...loadKey(item.key, fam, s.interval),
-        { kind: 'lookup', sreg: NFT_REG_1, set: item.set, ...(s.id === undefined ? {} : { setId: s.id }) },
-      ];
-    }
-    case 'counter':
-      return [{ kind: 'counter' }];
-    case 'verdict':
-      return [{ kind: 'verdict', verdict: { code: item.verdict } }];
-    case 'jump':
-    case 'goto':
-      return [{ kind: 'verdict', verdict: { code: item.kind, chain: item.chain } }];
-    case 'vmap': {
-      if (typeof item.map !== 'string') {
-        if (!anonymousSet) throw new Error('lowering an anonymous vmap needs the set it was given');
-        return [
-          ...loadKey(item.key, fam, item.map.interval),
-          { kind: 'lookup', sreg: NFT_REG_1, set: anonymousSet.name, setId: anonymousSet.id, dreg: NFT_REG_VERDICT },
-        ];
-      }
-      const s = cx.set(item.map);
-      return [
-        ...loadKey(item.key, fam, s.interval),
-        {
-          kind: 'lookup',
-          sreg: NFT_REG_1,
-          set: item.map,
-          dreg: NFT_REG_VERDICT,
-          ...(s.id === undefined ? {} : { setId: s.id }),
-        },
-      ];
-    }
-    case 'dnat':
-      return [
-        { kind: 'immediate', dreg: NFT_REG_1, data: ipToBuffer(item.ip) },
-        { kind: 'immediate', dreg: NFT_REG_1 + 1, data: be16(item.port) },
-        {
-          kind: 'nat',
-          type: 'dnat',
-          family: fam,
-          regAddrMin: NFT_REG_1,
-          regProtoMin: NFT_REG_1 + 1,
-          flags: NF_NAT_RANGE.PROTO_SPECIFIED,
-        },
-      ];
-    case 'dnat-map': {
-      const s = cx.set(item.map);
-      // The map's value is address . port: the port starts in the slot after the address.
-      return [
-        ...loadKey(item.key, fam, s.interval),
-        {
-          kind: 'lookup',
-          sreg: NFT_REG_1,
-          set: item.map,
-          dreg: NFT_REG_1,
-          ...(s.id === undefined ? {} : { setId: s.id }),
-        },
-        { kind: 'nat', type: 'dnat', family: fam, regAddrMin: NFT_REG_1, regProtoMin: regOf(slots(addrLen(fam))) },
-      ];
-    }
-    case 'snat':
-      return [
-        { kind: 'immediate', dreg: NFT_REG_1, data: ipToBuffer(item.ip) },
-        { kind: 'nat', type: 'snat', family: fam, regAddrMin: NFT_REG_1, flags: NF_NAT_RANGE.PROTO_RANDOM_FULLY },
-      ];
-    case 'masquerade':
-      return [{ kind: 'masq', flags: NF_NAT_RANGE.PROTO_RANDOM_FULLY }];
-    case 'mark-set': {
-      const mask = item.op === 'or' ? ~item.bits >>> 0 : 0xffffffff;
-      return [
-        { kind: 'meta', key: 'mark', dreg: NFT_REG_1 },
-        {
-          kind: 'bitwise',
-          sreg: NFT_REG_1,
-          dreg: NFT_REG_1,
-          mask: u32le(mask),
-          xor: u32le(item.bits),
-          explicitOp: true,
-        },
-        { kind: 'meta-set', key: 'mark', sreg: NFT_REG_1 },
-      ];
-    }
-    case 'set-update': {
-      const s = cx.set(item.set);
-      return [
-        ...loadKey(item.key, fam, s.interval),
-        { kind: 'dynset', op: 'update', sregKey: 1, set: item.set, ...(s.id === undefined ? {} : { setId: s.id }) },
-      ];
-    }
-    case 'reject':
-      return [{ kind: 'reject', type: NFT_REJECT.icmp_unreach, code: ICMP_PORT_UNREACH[fam] }];
-  }
+  // The table is indexed by the item's own kind: the lowerer it finds takes that item.
+  return (LOWER[item.kind] as Lowerer<Item['kind']>)(item, cx, anonymousSet);
 }
