@@ -11,7 +11,8 @@ import { TsnetError, invalid } from '../errors';
 import * as addr from '../addr';
 import * as conntrack from '../conntrack';
 import type { NetNs } from '../netns';
-import { neededSysctls, type NatEngine, type SyncReport } from '../nat/engine';
+import type { NatEngine, SyncReport } from '../nat/engine';
+import { neededSysctls } from '../nat/sysctls';
 import * as sysctl from '../sysctl';
 import {
   normalizeForward,

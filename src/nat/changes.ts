@@ -268,18 +268,55 @@ class Round {
     });
   }
 
+  private addService(s: Service): void {
+    const have = this.current(s.name);
+    if (have && !sameService(have, s))
+      throw invalid(
+        `service ${s.name} already exists with other settings: use "service set-endpoints", or "service del" first`,
+      );
+    if (!have) this.put(s);
+  }
+
+  /**
+   * The whole set at once: checked as a whole (one owner per VIP among the wanted; the others go), then the
+   * table rebuilt in one pass, kept services in their places and new ones last.
+   */
+  private replaceServices(services: readonly Service[]): void {
+    const wanted = normalizeServices(services);
+    const next: Service[] = [];
+    let changed = false;
+    for (const s of this.x.list()) {
+      const w = wanted.get(s.name);
+      if (w && sameService(w, s)) next.push(s);
+      else {
+        this.rememberAs(s.name, s);
+        if (w) next.push(w);
+        changed = true;
+      }
+      wanted.delete(s.name);
+    }
+    for (const s of wanted.values()) {
+      this.rememberAs(s.name, null);
+      next.push(s);
+      changed = true;
+    }
+    if (changed) this.undos.push(this.x.reset(next));
+  }
+
+  private putForward(f: Forward): void {
+    const same = this.st.forwards.find((x) => x.name === f.name);
+    if (same && sameForward(same, f)) return;
+    const next = [...this.st.forwards.filter((x) => x.name !== f.name), f];
+    // The whole-state checks (one listener per port) are cheap: forwards are few.
+    normalizeState({ services: [], rules: [], forwards: next });
+    this.setForwards(next);
+  }
+
   apply(c: NatChange): void {
     switch (c.kind) {
-      case 'add-service': {
-        const s = normalizeService(c.service);
-        const have = this.current(s.name);
-        if (have && !sameService(have, s))
-          throw invalid(
-            `service ${s.name} already exists with other settings: use "service set-endpoints", or "service del" first`,
-          );
-        if (!have) this.put(s);
+      case 'add-service':
+        this.addService(normalizeService(c.service));
         break;
-      }
       case 'put-service':
         this.put(normalizeService(c.service));
         break;
@@ -292,31 +329,9 @@ class Round {
       case 'delete-service':
         this.remove(c.name);
         break;
-      case 'replace-services': {
-        // The whole set at once: checked as a whole (one owner per VIP among the wanted; the others go), then
-        // the table rebuilt in one pass, kept services in their places and new ones last.
-        const wanted = normalizeServices(c.services);
-        const rows = this.x.list();
-        const next: Service[] = [];
-        let changed = false;
-        for (const s of rows) {
-          const w = wanted.get(s.name);
-          if (w && sameService(w, s)) next.push(s);
-          else {
-            this.rememberAs(s.name, s);
-            if (w) next.push(w);
-            changed = true;
-          }
-          wanted.delete(s.name);
-        }
-        for (const s of wanted.values()) {
-          this.rememberAs(s.name, null);
-          next.push(s);
-          changed = true;
-        }
-        if (changed) this.undos.push(this.x.reset(next));
+      case 'replace-services':
+        this.replaceServices(c.services);
         break;
-      }
       case 'add-rule': {
         const r = normalizeRule(c.rule);
         if (!this.st.rules.some((x) => ruleKey(x) === ruleKey(r))) this.setRules([...this.st.rules, r]);
@@ -327,16 +342,9 @@ class Round {
         if (this.st.rules.some((x) => ruleKey(x) === k)) this.setRules(this.st.rules.filter((x) => ruleKey(x) !== k));
         break;
       }
-      case 'put-forward': {
-        const f = normalizeForward(c.forward);
-        const same = this.st.forwards.find((x) => x.name === f.name);
-        if (same && sameForward(same, f)) break;
-        const next = [...this.st.forwards.filter((x) => x.name !== f.name), f];
-        // The whole-state checks (one listener per port) are cheap: forwards are few.
-        normalizeState({ services: [], rules: [], forwards: next });
-        this.setForwards(next);
+      case 'put-forward':
+        this.putForward(normalizeForward(c.forward));
         break;
-      }
       case 'delete-forward':
         if (this.st.forwards.some((x) => x.name === c.name))
           this.setForwards(this.st.forwards.filter((x) => x.name !== c.name));

@@ -13,10 +13,9 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { hasCode } from '../errors';
-import type * as Sysctl from '../sysctl';
 import * as netns from '../netns';
 import { stateDir as defaultStateDir, withLock } from '../state';
-import { familyOf, normalizeState, servesLoopback, type DesiredState, type Service } from './model';
+import { normalizeState, type DesiredState } from './model';
 import { resolveChoice, type BackendChoice } from './backends';
 import {
   tableKind,
@@ -29,6 +28,8 @@ import {
 } from './backends/types';
 import { IndexedState, type NatChange, type ServiceDelta } from './changes';
 import { NatStore, type StateRecord } from './store';
+import { convergeSysctls } from './sysctls';
+import { deleteUdpFlows, removedUdpEndpoints } from './udp-flows';
 
 export type { BackendChoice } from './backends';
 export type { NatChange } from './changes';
@@ -351,31 +352,6 @@ export class NatEngine {
     return (await this.backendFor(f)).render(st ? normalizeState(st) : indexed.desired());
   }
 
-  /** Sets what is needed, remembering the old values; restores what is no longer needed. */
-  private async convergeSysctls(
-    st: Pick<DesiredState, 'forwards'>,
-    saved: Record<string, string>,
-  ): Promise<Record<string, string>> {
-    const want = await neededSysctls(this.ns, st);
-    if (!want.size && !Object.keys(saved).length) return {}; // the common case: nothing to set or restore (no module to load)
-    const sysctl = await import('../sysctl');
-    const out = { ...saved };
-    for (const [key, value] of want) {
-      const old = sysctl.set(this.ns, key.split('/'), value);
-      if (!(key in out)) out[key] = old;
-    }
-    for (const key of Object.keys(out)) {
-      if (want.has(key)) continue;
-      try {
-        sysctl.set(this.ns, key.split('/'), out[key]!);
-      } catch (err) {
-        if (!hasCode(err, 'ENOENT')) throw err; // the interface is gone, and its setting with it
-      }
-      delete out[key];
-    }
-    return out;
-  }
-
   private async apply(
     f: StateRecord,
     round: Round,
@@ -410,7 +386,7 @@ export class NatEngine {
         resident: this.resident,
       });
       conntrackDeleted = await deleteUdpFlows(this.ns, removedUdpEndpoints(round.services));
-      const sysctls = await this.convergeSysctls(next, f.sysctls ?? {});
+      const sysctls = await convergeSysctls(this.ns, next, f.sysctls ?? {});
       this.store.save(
         round.next,
         { backend: backend.name, applied: result.applied, sysctls },
@@ -433,66 +409,4 @@ export class NatEngine {
     this.onSync?.({ ...report, dir: this.dir, trigger });
     return report;
   }
-}
-
-/**
- * The sysctls the desired state needs: forwarding for forwards, and
- * route_localnet on the interface towards each target whose forward serves
- * 127.0.0.1 clients (that interface only, not `all`: the narrowest scope the
- * kernel's check accepts).
- */
-export async function neededSysctls(ns: netns.NetNs, st: Pick<DesiredState, 'forwards'>): Promise<Map<string, string>> {
-  const out = new Map<string, string>();
-  if (!st.forwards.length) return out;
-  const keys: typeof Sysctl.keys = (await import('../sysctl')).keys;
-  if (st.forwards.some((f) => familyOf(f.targetIp) === 4)) out.set(keys.ipForward.join('/'), '1');
-  if (st.forwards.some((f) => familyOf(f.targetIp) === 6)) out.set(keys.ipv6Forwarding.join('/'), '1');
-  const route = await import('../route');
-  for (const f of st.forwards.filter(servesLoopback)) {
-    const r = await route.get(ns, f.targetIp);
-    if (r.dev && r.type !== 'local') out.set(keys.routeLocalnet(r.dev).join('/'), '1');
-  }
-  return out;
-}
-
-/**
- * UDP flows that were going to endpoints no longer in their service: (vip,
- * port, endpoint ip, endpoint port). From the services that changed, when
- * known; else from the two whole states.
- */
-export function removedUdpEndpoints(
-  changed: readonly ServiceDelta[],
-): { vip: string; port: number; ip: string; epPort: number }[] {
-  const out: { vip: string; port: number; ip: string; epPort: number }[] = [];
-  const key = (s: Service) => `${s.name} ${s.vip} ${s.port} ${s.proto}`;
-  for (const { old, new: now0 } of changed) {
-    if (!old || old.proto !== 'udp') continue;
-    const now = now0 && key(now0) === key(old) ? now0 : undefined;
-    for (const e of old.endpoints) {
-      if (!now?.endpoints.some((n) => n.ip === e.ip && n.port === e.port))
-        out.push({ vip: old.vip, port: old.port, ip: e.ip, epPort: e.port });
-    }
-  }
-  return out;
-}
-
-/** Deletes the conntrack entries of UDP flows still translated to endpoints that left their service. */
-async function deleteUdpFlows(ns: netns.NetNs, gone: ReturnType<typeof removedUdpEndpoints>): Promise<number> {
-  if (!gone.length) return 0;
-  const conntrack = await import('../conntrack');
-  let n = 0;
-  for (const family of [4, 6] as const) {
-    const mine = gone.filter((g) => familyOf(g.vip) === family);
-    if (!mine.length) continue;
-    n += await conntrack.deleteFlows(
-      ns,
-      family,
-      (f) =>
-        f.proto === conntrack.IPPROTO.udp &&
-        mine.some(
-          (g) => f.orig.dst === g.vip && f.orig.dport === g.port && f.reply.src === g.ip && f.reply.sport === g.epPort,
-        ),
-    );
-  }
-  return n;
 }

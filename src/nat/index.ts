@@ -9,13 +9,13 @@
 export {
   NatEngine,
   EnginePool,
-  neededSysctls,
   type EngineOptions,
   type SyncReport,
   type SyncEvent,
   type NatChange,
   type BackendChoice,
 } from './engine';
+export { neededSysctls } from './sysctls';
 export {
   normalizeService,
   normalizeRule,

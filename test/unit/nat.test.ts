@@ -20,7 +20,7 @@ import { parseLive } from '../../src/nat/iptables/backend';
 import { render as nftRender } from '../../src/nat/nftables/layout';
 import { fullPlan } from '../../src/nat/nftables/plan';
 import { script as nftScript } from '../../src/nat/nftables/text';
-import { removedUdpEndpoints } from '../../src/nat/engine';
+import { removedUdpEndpoints } from '../../src/nat/udp-flows';
 import { serviceChanges } from '../../src/nat/nftables/incremental';
 
 test("chain names match kube-proxy's own test vectors (proxier_test.go: ns1/svc1:p80)", (t) => {

@@ -1,5 +1,5 @@
 /** Doctor checks on the kernel's knobs: a sysctl that silently drops what tsnet set up. */
-import { neededSysctls } from '../../nat/engine';
+import { neededSysctls } from '../../nat/sysctls';
 import { familyOf } from '../../nat/model';
 import type { Check, Finding } from './check';
 

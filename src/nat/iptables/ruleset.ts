@@ -226,8 +226,44 @@ export const LOCALNET_GUARD: IptRule = {
 
 /** The whole desired ruleset of one address family. */
 export function renderIptables(st: DesiredState, family: Family): IptRuleset {
-  const services = st.services.filter((s) => familyOf(s.vip) === family);
-  const rules = st.rules.filter((r) => ruleFamily(r) === family);
+  const { dispatch, rejects, perService } = serviceChainsOf(st.services.filter((s) => familyOf(s.vip) === family));
+  const dnat: IptChain = { table: 'nat', name: DNAT_CHAIN, rules: [] };
+  const snat: IptChain = { table: 'nat', name: SNAT_CHAIN, rules: [] };
+  for (const r of st.rules.filter((r) => ruleFamily(r) === family)) {
+    const { chain, rule } = natRuleFor(r);
+    (chain === DNAT_CHAIN ? dnat : snat).rules.push(rule);
+  }
+  const forward: IptChain = { table: 'filter', name: FORWARD_CHAIN, rules: [] };
+  const firewall: IptChain = { table: 'filter', name: FIREWALL, rules: [] };
+  const forwards = st.forwards.filter((f) => familyOf(f.targetIp) === family);
+  for (const f of forwards) {
+    const r = forwardRules(f);
+    dnat.rules.push(r.dnat);
+    snat.rules.push(...r.snat);
+    forward.rules.push(r.accept);
+  }
+  if (forwards.some(servesLoopback)) firewall.rules.push(LOCALNET_GUARD);
+  const chains: IptChain[] = [
+    canaryChain('nat'),
+    canaryChain('filter'),
+    dispatch,
+    rejects,
+    dnat,
+    snat,
+    forward,
+    firewall,
+    ...MASQ_CHAINS,
+    ...perService,
+  ];
+  return { family, chains, hooks: [...HOOKS] };
+}
+
+/** The services' portals (nat), their rejects when they have no endpoints (filter), and each one's chains. */
+function serviceChainsOf(services: readonly Service[]): {
+  dispatch: IptChain;
+  rejects: IptChain;
+  perService: IptChain[];
+} {
   const dispatch: IptChain = { table: 'nat', name: SERVICES, rules: [] };
   const rejects: IptChain = { table: 'filter', name: SERVICES, rules: [] };
   const perService: IptChain[] = [];
@@ -251,65 +287,45 @@ export function renderIptables(st: DesiredState, family: Family): IptRuleset {
     });
     perService.push(...serviceChains(s));
   }
-  const dnat: IptChain = { table: 'nat', name: DNAT_CHAIN, rules: [] };
-  const snat: IptChain = { table: 'nat', name: SNAT_CHAIN, rules: [] };
-  for (const r of rules) {
-    const { chain, rule } = natRuleFor(r);
-    (chain === DNAT_CHAIN ? dnat : snat).rules.push(rule);
-  }
-  const forward: IptChain = { table: 'filter', name: FORWARD_CHAIN, rules: [] };
-  const firewall: IptChain = { table: 'filter', name: FIREWALL, rules: [] };
-  const forwards = st.forwards.filter((f) => familyOf(f.targetIp) === family);
-  for (const f of forwards) {
-    const r = forwardRules(f);
-    dnat.rules.push(r.dnat);
-    snat.rules.push(...r.snat);
-    forward.rules.push(r.accept);
-  }
-  if (forwards.some(servesLoopback)) firewall.rules.push(LOCALNET_GUARD);
-  const chains: IptChain[] = [
-    canaryChain('nat'),
-    canaryChain('filter'),
-    dispatch,
-    rejects,
-    dnat,
-    snat,
-    forward,
-    firewall,
-    { table: 'nat', name: MARK_MASQ, rules: [{ target: { kind: 'MARK', op: 'or', mark: MASQ_MARK } }] },
-    {
-      table: 'nat',
-      name: POSTROUTING,
-      rules: [
-        { mark: { mark: MASQ_MARK, not: true }, target: { kind: 'RETURN' } },
-        // Clear the mark so a packet that passes this chain again (re-entering via another tool's rules) is not masqueraded twice.
-        { target: { kind: 'MARK', op: 'xor', mark: MASQ_MARK } },
-        { comment: MASQ_COMMENT, target: { kind: 'MASQUERADE', randomFully: true } },
-      ],
-    },
-    ...perService,
-  ];
-  const jump = (chain: string, comment: string) => ({ comment, target: { kind: 'jump' as const, chain } });
-  const newOnly = (chain: string, comment: string) => ({
-    comment,
-    ct: { state: ['NEW'] },
-    target: { kind: 'jump' as const, chain },
-  });
-  const hooks: IptHook[] = [
-    { table: 'nat', chain: 'PREROUTING', rule: jump(SERVICES, 'tsnet service portals') },
-    { table: 'nat', chain: 'OUTPUT', rule: jump(SERVICES, 'tsnet service portals') },
-    { table: 'nat', chain: 'PREROUTING', rule: jump(DNAT_CHAIN, 'tsnet dnat rules') },
-    { table: 'nat', chain: 'OUTPUT', rule: jump(DNAT_CHAIN, 'tsnet dnat rules') },
-    { table: 'nat', chain: 'POSTROUTING', rule: jump(POSTROUTING, 'tsnet postrouting rules') },
-    { table: 'nat', chain: 'POSTROUTING', rule: jump(SNAT_CHAIN, 'tsnet snat and masquerade rules') },
-    { table: 'filter', chain: 'INPUT', rule: newOnly(SERVICES, 'tsnet service portals') },
-    { table: 'filter', chain: 'FORWARD', rule: newOnly(SERVICES, 'tsnet service portals') },
-    { table: 'filter', chain: 'OUTPUT', rule: newOnly(SERVICES, 'tsnet service portals') },
-    { table: 'filter', chain: 'FORWARD', rule: jump(FORWARD_CHAIN, 'tsnet forwards') },
-    { table: 'filter', chain: 'INPUT', rule: jump(FIREWALL, 'tsnet firewall') },
-  ];
-  return { family, chains, hooks };
+  return { dispatch, rejects, perService };
 }
+
+/** kube-proxy's masquerade by mark: MARK_MASQ sets it, POSTROUTING masquerades what carries it. */
+const MASQ_CHAINS: readonly IptChain[] = [
+  { table: 'nat', name: MARK_MASQ, rules: [{ target: { kind: 'MARK', op: 'or', mark: MASQ_MARK } }] },
+  {
+    table: 'nat',
+    name: POSTROUTING,
+    rules: [
+      { mark: { mark: MASQ_MARK, not: true }, target: { kind: 'RETURN' } },
+      // Clear the mark so a packet that passes this chain again (re-entering via another tool's rules) is not masqueraded twice.
+      { target: { kind: 'MARK', op: 'xor', mark: MASQ_MARK } },
+      { comment: MASQ_COMMENT, target: { kind: 'MASQUERADE', randomFully: true } },
+    ],
+  },
+];
+
+const jump = (chain: string, comment: string): IptHook['rule'] => ({ comment, target: { kind: 'jump', chain } });
+const newOnly = (chain: string, comment: string): IptHook['rule'] => ({
+  comment,
+  ct: { state: ['NEW'] },
+  target: { kind: 'jump', chain },
+});
+
+/** Where the built-in chains jump into ours. */
+const HOOKS: readonly IptHook[] = [
+  { table: 'nat', chain: 'PREROUTING', rule: jump(SERVICES, 'tsnet service portals') },
+  { table: 'nat', chain: 'OUTPUT', rule: jump(SERVICES, 'tsnet service portals') },
+  { table: 'nat', chain: 'PREROUTING', rule: jump(DNAT_CHAIN, 'tsnet dnat rules') },
+  { table: 'nat', chain: 'OUTPUT', rule: jump(DNAT_CHAIN, 'tsnet dnat rules') },
+  { table: 'nat', chain: 'POSTROUTING', rule: jump(POSTROUTING, 'tsnet postrouting rules') },
+  { table: 'nat', chain: 'POSTROUTING', rule: jump(SNAT_CHAIN, 'tsnet snat and masquerade rules') },
+  { table: 'filter', chain: 'INPUT', rule: newOnly(SERVICES, 'tsnet service portals') },
+  { table: 'filter', chain: 'FORWARD', rule: newOnly(SERVICES, 'tsnet service portals') },
+  { table: 'filter', chain: 'OUTPUT', rule: newOnly(SERVICES, 'tsnet service portals') },
+  { table: 'filter', chain: 'FORWARD', rule: jump(FORWARD_CHAIN, 'tsnet forwards') },
+  { table: 'filter', chain: 'INPUT', rule: jump(FIREWALL, 'tsnet firewall') },
+];
 
 /** The canary chain of `table`: one rule; when it is gone, someone flushed the table. */
 export const canaryChain = (table: IptTable): IptChain => ({

@@ -178,105 +178,122 @@ export function changePlan(
   others: SharedUsers,
 ): Plan | undefined {
   if (prev.layout !== LAYOUT) return undefined;
-  const newSets: NamedSet[] = [];
-  const staleSets = new Set<string>();
-  const oldSets: NamedSet[] = [];
-  const oldOwnChains: string[] = [];
-  const newChains: Chain[] = [];
-  const changedChains: { chain: Chain; tail?: Rule[] }[] = [];
-  const staleChains = new Set<string>();
-  const del = new Map<string, Element[]>();
-  const add = new Map<string, Element[]>();
-  const push = (m: Map<string, Element[]>, set: string, e: Element) => {
-    const l = m.get(set);
-    if (l) l.push(e);
-    else m.set(set, [e]);
-  };
-  // Shared objects the changed services used before and use after (by name; lb chains with their rules).
-  const mineBefore = new SharedIndex();
-  const mineAfter = new SharedIndex();
-  const lbChains = new Map<string, Chain>();
+  const d = new Delta();
+  for (const ch of changes) d.service(ch.old ? serviceParts(ch.old) : EMPTY, ch.new ? serviceParts(ch.new) : EMPTY);
+  d.shared(others);
+  d.global(globalChains(next, family), prev);
+  return d.plan(prev);
+}
 
-  for (const ch of changes) {
-    const o = ch.old ? serviceParts(ch.old) : EMPTY;
-    const n = ch.new ? serviceParts(ch.new) : EMPTY;
+/** What a change round does to the table, gathered service by service, then written as one plan. */
+class Delta {
+  private readonly newSets: NamedSet[] = [];
+  private readonly staleSets = new Set<string>();
+  private readonly oldSets: NamedSet[] = [];
+  private readonly oldOwnChains: string[] = [];
+  private readonly newChains: Chain[] = [];
+  private readonly changedChains: { chain: Chain; tail?: Rule[] }[] = [];
+  private readonly staleChains = new Set<string>();
+  private readonly del = new Map<string, Element[]>();
+  private readonly add = new Map<string, Element[]>();
+  // Shared objects the changed services used before and use after (by name; lb chains with their rules).
+  private readonly mineBefore = new SharedIndex();
+  private readonly mineAfter = new SharedIndex();
+  private readonly lbChains = new Map<string, Chain>();
+
+  /** One service's old and new parts. */
+  service(o: ServiceParts, n: ServiceParts): void {
     for (const [p, m] of [
-      [o, mineBefore],
-      [n, mineAfter],
+      [o, this.mineBefore],
+      [n, this.mineAfter],
     ] as const) {
-      if (p.lb) lbChains.set(p.lb.name, p.lb);
+      if (p.lb) this.lbChains.set(p.lb.name, p.lb);
       m.add({ lb: p.lb?.name, hairpin: p.hairpin }, 1);
     }
     // Elements, set by set: gone or changed ones deleted, new or changed ones added.
     for (const set of new Set([...o.elements.keys(), ...n.elements.keys()])) {
       const before = new Map((o.elements.get(set) ?? []).map((e) => [keyId(e.key), e]));
       const after = new Map((n.elements.get(set) ?? []).map((e) => [keyId(e.key), e]));
-      for (const [k, e] of before) if (!after.has(k) || !sameElement(after.get(k)!, e)) push(del, set, e);
-      for (const [k, e] of after) if (!before.has(k) || !sameElement(before.get(k)!, e)) push(add, set, e);
+      for (const [k, e] of before) if (!after.has(k) || !sameElement(after.get(k)!, e)) push(this.del, set, e);
+      for (const [k, e] of after) if (!before.has(k) || !sameElement(before.get(k)!, e)) push(this.add, set, e);
     }
     // The service's own chains and sets, by name.
     const oldChains = new Map(o.chains.map((c) => [c.name, c]));
     const newChainNames = new Set(n.chains.map((c) => c.name));
     for (const c of n.chains) {
       const was = oldChains.get(c.name);
-      if (!was) newChains.push(c);
-      else if (digest(was) !== digest(c)) changedChains.push({ chain: c });
+      if (!was) this.newChains.push(c);
+      else if (digest(was) !== digest(c)) this.changedChains.push({ chain: c });
     }
-    for (const name of oldChains.keys()) if (!newChainNames.has(name)) staleChains.add(name);
+    for (const name of oldChains.keys()) if (!newChainNames.has(name)) this.staleChains.add(name);
     const oldSetNames = new Set(o.sets.map((x) => x.name));
     const newSetNames = new Set(n.sets.map((x) => x.name));
-    for (const x of n.sets) if (!oldSetNames.has(x.name)) newSets.push(x);
-    for (const name of oldSetNames) if (!newSetNames.has(name)) staleSets.add(name);
-    oldSets.push(...o.sets);
-    oldOwnChains.push(...o.chains.map((c) => c.name));
+    for (const x of n.sets) if (!oldSetNames.has(x.name)) this.newSets.push(x);
+    for (const name of oldSetNames) if (!newSetNames.has(name)) this.staleSets.add(name);
+    this.oldSets.push(...o.sets);
+    this.oldOwnChains.push(...o.chains.map((c) => c.name));
   }
-  // Shared objects the changed services took up or gave up: added or deleted unless another service uses them.
-  const flipped = (before: Map<string, number>, after: Map<string, number>) =>
-    [...new Set([...before.keys(), ...after.keys()])].filter((k) => before.has(k) !== after.has(k));
-  const lbFlipped = flipped(mineBefore.lb, mineAfter.lb);
-  const lbKept = lbFlipped.length ? others.lb(lbFlipped) : new Set<string>();
-  for (const name of lbFlipped) {
-    if (lbKept.has(name)) continue;
-    if (mineBefore.lb.has(name)) staleChains.add(name);
-    else newChains.push(lbChains.get(name)!);
-  }
-  const ipFlipped = flipped(mineBefore.hairpin, mineAfter.hairpin);
-  const ipKept = ipFlipped.length ? others.hairpin(ipFlipped) : new Set<string>();
-  for (const ip of ipFlipped)
-    if (!ipKept.has(ip)) push(mineBefore.hairpin.has(ip) ? del : add, HAIRPIN, hairpinElement(ip));
-  // The chains that belong to no service, against the record.
-  for (const c of globalChains(next, family)) {
-    const was = prev.chains[c.name];
-    if (was === undefined) newChains.push(c);
-    else if (was.digest !== digest(c)) changedChains.push({ chain: c, tail: appended(c, was.rules) });
-  }
-  // A chain both stale (one service) and new (another): it stays, refilled.
-  for (const c of newChains) staleChains.delete(c.name);
 
-  // What the table has before the plan: the static sets, the record's chains, the changed services' own old objects.
-  const b = new PlanBuilder({
-    sets: [...staticSets(), ...oldSets],
-    chains: [...Object.keys(prev.chains), ...Object.keys(prev.lb), ...oldOwnChains],
-  }).add({ kind: 'add-table' });
-  for (const x of newSets) b.add({ kind: 'add-set', set: x });
-  for (const c of newChains) b.add({ kind: 'add-chain', chain: c });
-  for (const [set, es] of del) b.add({ kind: 'delete-elements', set, elements: es });
-  for (const { chain, tail } of changedChains) {
-    if (!tail) b.add({ kind: 'flush-chain', name: chain.name });
-    const rules = tail ?? chain.rules;
-    if (rules.length) b.add({ kind: 'add-rules', chain: chain.name, rules });
+  /** Shared objects the changed services took up or gave up: added or deleted unless another service uses them. */
+  shared(others: SharedUsers): void {
+    const flipped = (before: Map<string, number>, after: Map<string, number>) =>
+      [...new Set([...before.keys(), ...after.keys()])].filter((k) => before.has(k) !== after.has(k));
+    const lbFlipped = flipped(this.mineBefore.lb, this.mineAfter.lb);
+    const lbKept = lbFlipped.length ? others.lb(lbFlipped) : new Set<string>();
+    for (const name of lbFlipped) {
+      if (lbKept.has(name)) continue;
+      if (this.mineBefore.lb.has(name)) this.staleChains.add(name);
+      else this.newChains.push(this.lbChains.get(name)!);
+    }
+    const ipFlipped = flipped(this.mineBefore.hairpin, this.mineAfter.hairpin);
+    const ipKept = ipFlipped.length ? others.hairpin(ipFlipped) : new Set<string>();
+    for (const ip of ipFlipped)
+      if (!ipKept.has(ip)) push(this.mineBefore.hairpin.has(ip) ? this.del : this.add, HAIRPIN, hairpinElement(ip));
   }
-  for (const c of newChains) if (c.rules.length) b.add({ kind: 'add-rules', chain: c.name, rules: c.rules });
-  for (const [set, es] of add) b.add({ kind: 'add-elements', set, elements: es });
-  for (const name of staleChains) b.add({ kind: 'flush-chain', name });
-  for (const name of staleChains) b.add({ kind: 'delete-chain', name });
-  for (const name of staleSets) b.add({ kind: 'delete-set', name });
-  const count = (m: Map<string, Element[]>) => [...m.values()].reduce((n, l) => n + l.length, 0);
-  return b.plan({
-    full: false,
-    written: newChains.length + changedChains.length + count(add),
-    deleted: staleChains.size + staleSets.size + count(del),
-  });
+
+  /** The chains that belong to no service, against the record. */
+  global(chains: readonly Chain[], prev: NftablesRecord): void {
+    for (const c of chains) {
+      const was = prev.chains[c.name];
+      if (was === undefined) this.newChains.push(c);
+      else if (was.digest !== digest(c)) this.changedChains.push({ chain: c, tail: appended(c, was.rules) });
+    }
+  }
+
+  plan(prev: NftablesRecord): Plan {
+    // A chain both stale (one service) and new (another): it stays, refilled.
+    for (const c of this.newChains) this.staleChains.delete(c.name);
+    // What the table has before the plan: the static sets, the record's chains, the changed services' own old objects.
+    const b = new PlanBuilder({
+      sets: [...staticSets(), ...this.oldSets],
+      chains: [...Object.keys(prev.chains), ...Object.keys(prev.lb), ...this.oldOwnChains],
+    }).add({ kind: 'add-table' });
+    for (const x of this.newSets) b.add({ kind: 'add-set', set: x });
+    for (const c of this.newChains) b.add({ kind: 'add-chain', chain: c });
+    for (const [set, es] of this.del) b.add({ kind: 'delete-elements', set, elements: es });
+    for (const { chain, tail } of this.changedChains) {
+      if (!tail) b.add({ kind: 'flush-chain', name: chain.name });
+      const rules = tail ?? chain.rules;
+      if (rules.length) b.add({ kind: 'add-rules', chain: chain.name, rules });
+    }
+    for (const c of this.newChains) if (c.rules.length) b.add({ kind: 'add-rules', chain: c.name, rules: c.rules });
+    for (const [set, es] of this.add) b.add({ kind: 'add-elements', set, elements: es });
+    for (const name of this.staleChains) b.add({ kind: 'flush-chain', name });
+    for (const name of this.staleChains) b.add({ kind: 'delete-chain', name });
+    for (const name of this.staleSets) b.add({ kind: 'delete-set', name });
+    const count = (m: Map<string, Element[]>) => [...m.values()].reduce((n, l) => n + l.length, 0);
+    return b.plan({
+      full: false,
+      written: this.newChains.length + this.changedChains.length + count(this.add),
+      deleted: this.staleChains.size + this.staleSets.size + count(this.del),
+    });
+  }
+}
+
+function push(m: Map<string, Element[]>, set: string, e: Element): void {
+  const l = m.get(set);
+  if (l) l.push(e);
+  else m.set(set, [e]);
 }
 
 /** Which services differ between two states, by name (the slow path, when the caller does not say). */

@@ -20,25 +20,16 @@
  * service, those of the endpoint maps per endpoint.
  */
 import { formatHostPort } from '../../addr/cidr';
-import { CANARY_COMMENT, HAIRPIN_COMMENT, LOCALNET_COMMENT, MASQ_COMMENT, MASQ_MARK, PRIORITY } from '../constants';
-import {
-  familyOf,
-  ruleFamily,
-  servesLoopback,
-  type DesiredState,
-  type Forward,
-  type NatRule,
-  type Proto,
-  type Service,
-} from '../model';
+import { CANARY_COMMENT, HAIRPIN_COMMENT, MASQ_COMMENT, MASQ_MARK, PRIORITY } from '../constants';
+import { familyOf, ruleFamily, servesLoopback, type DesiredState, type Proto, type Service } from '../model';
 import { endpointHash, portProtoHash } from '../names';
+import { LOCALNET_GUARD, forwardRules, natRuleItems } from './rules';
 import {
   keyId,
   type Chain,
   type Element,
   type ElementList,
   type Family,
-  type Item,
   type KeyExpr,
   type NamedSet,
   type Rule,
@@ -324,100 +315,6 @@ export function sharedOf(s: Service): { lb?: string; hairpin: string[] } {
 
 /** The shared lb chain a service goes to, if any (with affinity or without endpoints, none). */
 export const lbOf = (s: Service): string | undefined => (goesToLb(s) ? lbChain(s) : undefined);
-
-function natRuleItems(r: NatRule): { chain: 'dnat-rules' | 'snat-rules'; rule: Rule } {
-  switch (r.kind) {
-    case 'masquerade': {
-      const items: Item[] = [{ kind: 'addr', field: 'saddr', cidr: r.source }];
-      if (r.destination) items.push({ kind: 'addr', field: 'daddr', cidr: r.destination });
-      if (r.outNot) items.push({ kind: 'oifname', name: r.outNot, not: true });
-      items.push({ kind: 'masquerade' });
-      return {
-        chain: 'snat-rules',
-        rule: { items, comment: `tsnet masquerade ${r.source}${r.destination ? ` to ${r.destination}` : ''}` },
-      };
-    }
-    case 'snat': {
-      const items: Item[] = [{ kind: 'addr', field: 'saddr', cidr: r.source }];
-      if (r.destination) items.push({ kind: 'addr', field: 'daddr', cidr: r.destination });
-      if (r.out) items.push({ kind: 'oifname', name: r.out });
-      items.push({ kind: 'snat', ip: r.toSource });
-      return { chain: 'snat-rules', rule: { items, comment: `tsnet snat ${r.source}` } };
-    }
-    case 'dnat':
-      return {
-        chain: 'dnat-rules',
-        rule: {
-          items: [
-            { kind: 'addr', field: 'daddr', cidr: r.destination },
-            { kind: 'l4proto', proto: r.proto },
-            { kind: 'dport', port: r.port },
-            { kind: 'dnat', ip: r.toIp, port: r.toPort },
-          ],
-          comment: `tsnet dnat ${formatHostPort(r.destination, r.port)}`,
-        },
-      };
-  }
-}
-
-/** A forward's rules: DNAT in, source NAT of its own flows out, an accept in forward (as in the iptables backend). */
-function forwardRules(f: Forward): { dnat: Rule; snat: Rule[]; accept: Rule } {
-  const comment = `tsnet forward ${f.name}`;
-  const dnat: Rule = {
-    items: [
-      f.listen ? { kind: 'addr', field: 'daddr', cidr: f.listen } : { kind: 'local-daddr' },
-      { kind: 'l4proto', proto: f.proto },
-      { kind: 'dport', port: f.listenPort },
-      { kind: 'dnat', ip: f.targetIp, port: f.targetPort },
-    ],
-    comment,
-  };
-  const mine: Item[] = [{ kind: 'ct-dnat' }, { kind: 'ct-orig-dport', port: f.listenPort }];
-  const toTarget: Item[] = [
-    { kind: 'addr', field: 'daddr', cidr: f.targetIp },
-    { kind: 'l4proto', proto: f.proto },
-    { kind: 'dport', port: f.targetPort },
-    ...mine,
-  ];
-  const snat: Rule[] = [];
-  if (f.snat === 'auto' || f.snat === 'masquerade')
-    snat.push({ items: [...toTarget, { kind: 'masquerade' }], comment });
-  else if (f.snat !== 'none') snat.push({ items: [...toTarget, { kind: 'snat', ip: f.snat }], comment });
-  // Clients of 127.0.0.1 cannot keep that source on the wire, whatever --snat says.
-  if (f.snat === 'none' && servesLoopback(f))
-    snat.push({
-      items: [
-        { kind: 'addr', field: 'saddr', cidr: '127.0.0.0/8' },
-        { kind: 'l4proto', proto: f.proto },
-        ...mine,
-        { kind: 'masquerade' },
-      ],
-      comment,
-    });
-  const accept: Rule = {
-    items: [
-      { kind: 'l4proto', proto: f.proto },
-      ...mine,
-      { kind: 'ct-reply-saddr', ip: f.targetIp },
-      { kind: 'ct-reply-sport', port: f.targetPort },
-      { kind: 'verdict', verdict: 'accept' },
-    ],
-    comment,
-  };
-  return { dnat, snat, accept };
-}
-
-/** kube-proxy's guard for route_localnet (CVE-2020-8558): nothing from outside reaches 127.0.0.0/8 unless it was DNATed. */
-const LOCALNET_GUARD: Rule = {
-  items: [
-    { kind: 'addr', field: 'daddr', cidr: '127.0.0.0/8' },
-    { kind: 'addr', field: 'saddr', cidr: '127.0.0.0/8', not: true },
-    { kind: 'ct-not-established' },
-    { kind: 'ct-dnat', not: true },
-    { kind: 'verdict', verdict: 'drop' },
-  ],
-  comment: LOCALNET_COMMENT,
-};
 
 const serviceSet = (name: string): NamedSet => ({ name, key: SERVICE_KEY, data: 'verdict', counter: true });
 const endpointSet = (name: string, interval: boolean): NamedSet => ({
