@@ -27,6 +27,9 @@ export class NotInTime extends Error {
   }
 }
 
+/** What a truthy result of a condition can be (TypeScript cannot express "a number other than 0"). */
+export type Truthy<T> = Exclude<T, false | 0 | 0n | '' | null | undefined>;
+
 const brief = (x: unknown) => inspect(x, { depth: 2, breakLength: Infinity, maxStringLength: 500 });
 
 /**
@@ -36,7 +39,7 @@ const brief = (x: unknown) => inspect(x, { depth: 2, breakLength: Infinity, maxS
  * NotInTime: "WHAT: not within MS ms (N checks; the last returned X | threw Y)".
  * To wait while something still holds, negate it: `eventually(() => !still(), ...)`.
  */
-export async function eventually<T>(condition: () => T | Promise<T>, o: EventuallyOptions): Promise<T> {
+export async function eventually<T>(condition: () => T | Promise<T>, o: EventuallyOptions): Promise<Truthy<T>> {
   const every = o.every ?? 20;
   const end = Date.now() + o.ms;
   let checks = 0;
@@ -46,7 +49,7 @@ export async function eventually<T>(condition: () => T | Promise<T>, o: Eventual
     checks++;
     try {
       const value = await condition();
-      if (value) return value;
+      if (value) return value as Truthy<T>;
       last = { value };
     } catch (error) {
       last = { error };
@@ -60,4 +63,15 @@ export async function eventually<T>(condition: () => T | Promise<T>, o: Eventual
     }
     await new Promise((r) => setTimeout(r, Math.max(0, Math.min(every, end - Date.now()))));
   }
+}
+
+/**
+ * For a wait whose caller decides what a timeout means (a query such as "did the agent log it?"):
+ * `await eventually(...).catch(orElse(false))` turns NotInTime into `fallback`; anything else is rethrown.
+ */
+export function orElse<U>(fallback: U): (err: unknown) => U {
+  return (err) => {
+    if (err instanceof NotInTime) return fallback;
+    throw err;
+  };
 }
