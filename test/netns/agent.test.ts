@@ -24,6 +24,7 @@ import {
   nodeWithUplink,
   type CniCall,
 } from '../harness/cni';
+import { eventually, orElse } from '../harness/eventually';
 
 const topo = new Topology('agt');
 const cni = new CniInstall('agt');
@@ -306,9 +307,11 @@ test('agent SIGKILLed in the middle of ADD: the shim answers code 11, and DEL or
       // The ADD is under way in the agent once the host veth exists (it is made before IPAM).
       const underWay = () =>
         run('ip', ['-n', nd.host.name!, '-o', 'link', 'show', 'type', 'veth']).stdout.includes('veth');
-      for (let i = 0; i < 100 && !underWay(); i++) await new Promise((r) => setTimeout(r, 50));
-      if (!underWay())
-        throw new Error('the ADD never reached the agent (no host veth within 5 s): the kill below would test nothing');
+      await eventually(underWay, {
+        ms: 5000,
+        every: 50,
+        what: 'the ADD reaching the agent (a host veth): the kill below would test nothing',
+      });
       await agent.stop('SIGKILL');
       const r = await p.done;
       t.is(r.status, 1);
@@ -494,11 +497,12 @@ async function behindPortMapping(
   ok(t, add, 'ADD with a port mapping');
   const srv = await serve(c, 'http', ipOf(add.json)[0]!, 80, 'web');
   /** Polls the mapping from beyond the node; the ms since `since` when it answered, undefined if not within `limitMs`. */
-  const answersAgain = async (since: number, limitMs: number) => {
-    while (Date.now() - since < limitMs)
-      if ((await request(nd.ext, 'http', nd.nodeIp, hostPort, { timeoutMs: 200 })).ok === 1) return Date.now() - since;
-    return undefined;
-  };
+  const answersAgain = (since: number, limitMs: number) =>
+    eventually(
+      async () =>
+        (await request(nd.ext, 'http', nd.nodeIp, hostPort, { timeoutMs: 200 })).ok === 1 && Date.now() - since,
+      { ms: since + limitMs - Date.now(), what: `the mapping ${nd.nodeIp}:${hostPort} answering` },
+    ).catch(orElse(undefined));
   try {
     t.deepEqual((await request(nd.ext, 'http', nd.nodeIp, hostPort)).replies, { web: 1 }, 'the mapping answers');
     await body({ nd, agent, answersAgain });
