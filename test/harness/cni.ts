@@ -45,6 +45,8 @@ export class AgentProcess {
   readonly child: ChildProcess;
   readonly ready: Promise<{ metrics?: string }>;
   log = '';
+  /** Resolves once the process has exited and its stdio is closed: from then on `log` is all it wrote. */
+  readonly closed: Promise<void>;
   private readonly exited: Promise<number | null>;
 
   /** `stateDir`: tsnet's global --state-dir (it goes before the command). */
@@ -63,6 +65,7 @@ export class AgentProcess {
     );
     this.child.stderr!.on('data', (d) => (this.log += d));
     this.exited = new Promise((resolve) => this.child.on('exit', (code) => resolve(code)));
+    this.closed = new Promise((resolve) => this.child.on('close', () => resolve()));
     this.ready = new Promise((resolve, reject) => {
       let out = '';
       this.child.stdout!.on('data', (d) => {
