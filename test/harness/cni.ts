@@ -12,6 +12,7 @@ import type { ChildProcess } from 'node:child_process';
 import * as link from '../../src/link';
 import * as addr from '../../src/addr';
 import { CLI, run, tsnet, type Topology } from './fixtures';
+import { eventually, orElse } from './eventually';
 import { SHIM_CONF } from '../../src/cni/defaults';
 
 export const REFERENCE_DIR = '/usr/lib/cni';
@@ -44,6 +45,8 @@ export class AgentProcess {
   readonly child: ChildProcess;
   readonly ready: Promise<{ metrics?: string }>;
   log = '';
+  /** Resolves once the process has exited and its stdio is closed: from then on `log` is all it wrote. */
+  readonly closed: Promise<void>;
   private readonly exited: Promise<number | null>;
 
   /** `stateDir`: tsnet's global --state-dir (it goes before the command). */
@@ -62,6 +65,7 @@ export class AgentProcess {
     );
     this.child.stderr!.on('data', (d) => (this.log += d));
     this.exited = new Promise((resolve) => this.child.on('exit', (code) => resolve(code)));
+    this.closed = new Promise((resolve) => this.child.on('close', () => resolve()));
     this.ready = new Promise((resolve, reject) => {
       let out = '';
       this.child.stdout!.on('data', (d) => {
@@ -85,13 +89,12 @@ export class AgentProcess {
 }
 
 /** Whether `agent` logs a line matching `re` after `from` within 15 s (its log line follows its reply to the shim). */
-async function agentLogged(agent: AgentProcess, from: number, re: RegExp): Promise<boolean> {
+function agentLogged(agent: AgentProcess, from: number, re: RegExp): Promise<boolean> {
   // Generous: the log line crosses the agent's and this process's event loops, both busy under a full parallel run.
-  for (let waited = 0; waited < 15_000; waited += 20) {
-    if (re.test(agent.log.slice(from))) return true;
-    await new Promise((r) => setTimeout(r, 20));
-  }
-  return false;
+  return eventually(() => re.test(agent.log.slice(from)), {
+    ms: 15_000,
+    what: `the agent logging ${re}`,
+  }).catch(orElse(false));
 }
 
 /** A temporary CNI install: bin dir with tsnet's plugins, CNI_PATH with the reference plugins after them. */

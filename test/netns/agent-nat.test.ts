@@ -22,6 +22,7 @@ import { native } from '../../src/native';
 import { serve, request, type Server } from '../../src/demo/traffic';
 import { CLI, Topology, run, tsnet } from '../harness/fixtures';
 import { CniInstall, type AgentProcess } from '../harness/cni';
+import { eventually, orElse } from '../harness/eventually';
 
 const topo = new Topology('agn');
 const cni = new CniInstall('agn');
@@ -97,7 +98,11 @@ function applied(
  */
 async function logged(agent: AgentProcess, re: RegExp, want: number): Promise<number> {
   const count = () => (agent.log.match(new RegExp(re.source, 'g')) ?? []).length;
-  for (let waited = 0; count() < want && waited < 15_000; waited += 20) await new Promise((r) => setTimeout(r, 20));
+  // The caller asserts the count (with the log in its message): a timeout returns what there is.
+  await eventually(() => count() >= want, {
+    ms: 15_000,
+    what: `${want} lines matching ${re} in the agent's log`,
+  }).catch(orElse(false));
   return count();
 }
 const SERVED = / nat: served .*: ok in /;
@@ -242,12 +247,15 @@ test('the agent holds a namespace named by a NAT request only while the name sti
   t.true(heldInodes(agent.pid).includes(ino), 'the agent keeps the handle (its engine holds the state)');
   const r = run('ip', ['netns', 'del', router.name!]);
   t.is(r.status, 0, r.stderr);
-  let still = true;
-  for (let waited = 0; still && waited < 10_000; waited += 100) {
-    await new Promise((res) => setTimeout(res, 100));
-    still = heldInodes(agent.pid).includes(ino);
-  }
-  t.false(still, 'after a resync pass (1 s here) the agent no longer holds the deleted namespace');
+  await eventually(() => !heldInodes(agent.pid).includes(ino), {
+    ms: 10_000,
+    every: 100,
+    what: `the agent (pid ${agent.pid}) letting go of the deleted namespace (inode ${ino})`,
+  });
+  t.false(
+    heldInodes(agent.pid).includes(ino),
+    'after a resync pass (1 s here) the agent no longer holds the deleted namespace',
+  );
 });
 
 test('an agent that dies after taking a change (SIGKILL while it waits for the state lock): the CLI applies the change itself, once', async (t) => {
@@ -285,7 +293,7 @@ test('an agent that dies after taking a change (SIGKILL while it waits for the s
     fs
       .readdirSync(`/proc/${agent.pid}/fd`)
       .some((f) => fs.readlinkSync(`/proc/${agent.pid}/fd/${f}`, { encoding: 'utf8' }) === lockFile);
-  for (let waited = 0; !waiting() && waited < 15_000; waited += 20) await new Promise((r) => setTimeout(r, 20));
+  await eventually(waiting, { ms: 15_000, what: `the agent (pid ${agent.pid}) holding ${lockFile} open` });
   t.true(waiting(), 'the agent is waiting for the lock with the change in hand');
   await agent.stop('SIGKILL');
   fs.closeSync(fd);

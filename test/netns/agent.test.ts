@@ -24,6 +24,7 @@ import {
   nodeWithUplink,
   type CniCall,
 } from '../harness/cni';
+import { eventually, orElse } from '../harness/eventually';
 
 const topo = new Topology('agt');
 const cni = new CniInstall('agt');
@@ -306,9 +307,11 @@ test('agent SIGKILLed in the middle of ADD: the shim answers code 11, and DEL or
       // The ADD is under way in the agent once the host veth exists (it is made before IPAM).
       const underWay = () =>
         run('ip', ['-n', nd.host.name!, '-o', 'link', 'show', 'type', 'veth']).stdout.includes('veth');
-      for (let i = 0; i < 100 && !underWay(); i++) await new Promise((r) => setTimeout(r, 50));
-      if (!underWay())
-        throw new Error('the ADD never reached the agent (no host veth within 5 s): the kill below would test nothing');
+      await eventually(underWay, {
+        ms: 5000,
+        every: 50,
+        what: 'the ADD reaching the agent (a host veth): the kill below would test nothing',
+      });
       await agent.stop('SIGKILL');
       const r = await p.done;
       t.is(r.status, 1);
@@ -331,19 +334,22 @@ test('agent SIGKILLed in the middle of ADD: the shim answers code 11, and DEL or
     t.deepEqual(nothingLeft(nd.left()), [0, [], [], []], `after ${cleanup}`);
   }
   // And at arbitrary points of an ADD: the shim reports success or 11, never hangs; DEL cleans up either way.
-  for (const delay of [5, 15, 30, 60]) {
+  // Each kill is told by where it landed (`landed`); one at least must land while the agent has the call in hand.
+  const seen: Record<Landed, number[]> = { before: [], 'in flight': [], answered: [] };
+  let kills = 0;
+  const killAt = async (delay: number) => {
+    const cid = `r${kills++}`;
     const agent = await cni.startAgent(nd.host);
-    const c = await nd.container(`r${delay}`);
-    const p = cni.start(nd.host, 'tsnet-bridge', 'ADD', nd.conf, {
-      containerId: `r${delay}`,
-      netns: c.path,
-      ifname: 'eth0',
-    });
+    const c = await nd.container(cid);
+    const p = cni.start(nd.host, 'tsnet-bridge', 'ADD', nd.conf, { containerId: cid, netns: c.path, ifname: 'eth0' });
     await new Promise((r) => setTimeout(r, delay));
     await agent.stop('SIGKILL');
     const r = await p.done;
     t.true(r.status === 0 || r.json?.code === 11, `kill at ${delay} ms: ${r.stdout}`);
-    const del = await nd.call('DEL', c, `r${delay}`);
+    await agent.closed; // all of its log: whether it answered
+    const where = landed(r, agent, cid);
+    if (where) seen[where].push(delay);
+    const del = await nd.call('DEL', c, cid);
     ok(t, del, `DEL after a kill at ${delay} ms`);
     const natFile = path.join(nd.conf.stateDir, 'nat.json');
     t.deepEqual(
@@ -351,8 +357,38 @@ test('agent SIGKILLed in the middle of ADD: the shim answers code 11, and DEL or
       [0, [], [], []],
       `after a kill at ${delay} ms (ADD: ${r.stdout.trim()}; agent: ${agent.log.trim().split('\n').slice(-3).join(' | ')}; DEL: ${del.stderr}; nat.json: ${fs.existsSync(natFile) ? fs.readFileSync(natFile, 'utf8').replace(/\s+/g, ' ').slice(0, 1500) : 'none'})`,
     );
+  };
+  for (const delay of [5, 15, 30, 60]) await killAt(delay);
+  // Where a delay lands depends on the machine (an ADD here takes tens of ms, more under load). Should none of
+  // them have caught the call in flight, aim between the latest kill that came too early and the earliest that
+  // came after the answer (doubling the latest when all came too early), a few times.
+  for (let extra = 0; extra < 4 && seen['in flight'].length === 0; extra++) {
+    const early = Math.max(0, ...seen.before);
+    const late = seen.answered.length ? Math.min(...seen.answered) : 2 * early;
+    await killAt(Math.round((early + late) / 2));
   }
+  const summary = Object.entries(seen)
+    .map(([where, at]) => `${where}: ${at.length ? at.map((ms) => `${ms} ms`).join(', ') : 'none'}`)
+    .join('; ');
+  t.log(`where the kills landed: ${summary}`);
+  t.true(seen['in flight'].length >= 1, `a kill while the agent had the ADD in hand (${summary})`);
 });
+
+/** Where a kill of the agent landed in a call through it: before it took the call, with the call in hand, after it answered. */
+type Landed = 'before' | 'in flight' | 'answered';
+
+/**
+ * Where a SIGKILL of `agent` landed in the shim's call `r` (container `cid`), from the shim's answer and the
+ * agent's whole log (read after `closed`); undefined for an answer that is neither success nor code 11.
+ * The agent logs a call before it replies: a success the agent never logged was the standalone plugin's,
+ * the shim falling back because the agent was gone before it had the whole request.
+ */
+function landed(r: CniCall, agent: AgentProcess, cid: string): Landed | undefined {
+  if (r.status === 1 && r.json?.code === 11 && /went away in the middle of the request/.test(r.json?.msg ?? ''))
+    return 'in flight';
+  if (r.status !== 0) return undefined;
+  return new RegExp(`cni: tsnet-bridge ADD \\S+ ${cid} eth0: ok in `).test(agent.log) ? 'answered' : 'before';
+}
 
 test('a restarted agent serves again with no lost reservation, and the standalone plugin can take over from it', async (t) => {
   const nd = await node();
@@ -494,11 +530,12 @@ async function behindPortMapping(
   ok(t, add, 'ADD with a port mapping');
   const srv = await serve(c, 'http', ipOf(add.json)[0]!, 80, 'web');
   /** Polls the mapping from beyond the node; the ms since `since` when it answered, undefined if not within `limitMs`. */
-  const answersAgain = async (since: number, limitMs: number) => {
-    while (Date.now() - since < limitMs)
-      if ((await request(nd.ext, 'http', nd.nodeIp, hostPort, { timeoutMs: 200 })).ok === 1) return Date.now() - since;
-    return undefined;
-  };
+  const answersAgain = (since: number, limitMs: number) =>
+    eventually(
+      async () =>
+        (await request(nd.ext, 'http', nd.nodeIp, hostPort, { timeoutMs: 200 })).ok === 1 && Date.now() - since,
+      { ms: since + limitMs - Date.now(), what: `the mapping ${nd.nodeIp}:${hostPort} answering` },
+    ).catch(orElse(undefined));
   try {
     t.deepEqual((await request(nd.ext, 'http', nd.nodeIp, hostPort)).replies, { web: 1 }, 'the mapping answers');
     await body({ nd, agent, answersAgain });

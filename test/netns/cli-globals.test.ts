@@ -11,6 +11,7 @@ import * as path from 'node:path';
 import test from 'ava';
 import { AgentProcess } from '../harness/cni';
 import { run, scratch, tsnet, type Run } from '../harness/fixtures';
+import { eventually } from '../harness/eventually';
 
 const { topo, tmp, cleanup } = scratch('glob');
 test.after.always(cleanup);
@@ -32,8 +33,11 @@ test.before(async () => {
   ok('nat', 'masquerade', 'add', '--source', '10.97.0.0/24', '--out-not', 'br0');
   ok('forward', '10.97.0.2', '13308', '13309', '--no-check', '--name', 'db');
   // The links' IPv6 link-local addresses leave DAD (tentative) a moment later: two listings must not straddle that.
-  for (let i = 0; i < 100 && run('ip', ['-n', NODE, 'addr', 'show', 'tentative']).stdout.trim(); i++)
-    await new Promise((r) => setTimeout(r, 100));
+  await eventually(() => !run('ip', ['-n', NODE, 'addr', 'show', 'tentative']).stdout.trim(), {
+    ms: 10_000,
+    every: 100,
+    what: `duplicate address detection ending in ${NODE} (no tentative address)`,
+  });
 });
 
 /** JSON printed by a run, with what changes between two runs (timings, counters) left out. */

@@ -27,6 +27,7 @@ import {
   REFERENCE_DIR,
   type CniMode,
 } from '../harness/cni';
+import { eventually } from '../harness/eventually';
 import type { BackendName } from '../../src/nat/backends/types';
 
 /** Registers the suite; `mode` decides who serves the installed shims, `natBackend` which NAT backend the network config names (default: auto). */
@@ -223,7 +224,10 @@ export function cniSuite(mode: CniMode, natBackend?: BackendName): void {
     t.is(nd.left().rules.length, 1);
     netns.del(c.name!); // the runtime removed the namespace first (and the kernel the veth pair with it)
     c.close();
-    await waitFor(() => nd.left().veths.length === 1);
+    await eventually(() => nd.left().veths.length === 1, {
+      ms: 5000,
+      what: "the container's veth pair going with its namespace (only the node's uplink left)",
+    });
     const del = await nd.call('DEL', undefined, 'gone', nd.conf, { CNI_NETNS: undefined });
     ok(t, del, 'DEL with the namespace gone');
     ok(t, await nd.call('DEL', undefined, 'gone'), 'DEL again');
@@ -653,12 +657,4 @@ export function cniSuite(mode: CniMode, natBackend?: BackendName): void {
       [],
     );
   });
-
-  async function waitFor(cond: () => boolean, ms = 5000): Promise<void> {
-    const end = Date.now() + ms;
-    while (!cond()) {
-      if (Date.now() > end) throw new Error('timed out waiting');
-      await new Promise((r) => setTimeout(r, 20));
-    }
-  }
 }

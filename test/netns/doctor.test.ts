@@ -15,6 +15,7 @@ import { NatEngine } from '../../src/nat/engine';
 import { doctor, type Problem } from '../../src/inspect/doctor';
 import { request, serve } from '../../src/demo/traffic';
 import { natView, run, scratch } from '../harness/fixtures';
+import { eventually } from '../harness/eventually';
 
 const { topo, servers, tmp, cleanup } = scratch('doc');
 test.after.always(cleanup);
@@ -93,7 +94,11 @@ test('bridge-port: a port that does not forward (its link down)', async (t) => {
   t.is(p?.where, `br0 port ${port}`);
   t.regex(p?.problem ?? '', /is disabled: its container is cut off/);
   await link.set(nd.nd, port, { up: true });
-  for (let i = 0; i < 50 && nd.findings('bridge-port').length; i++) await new Promise((r) => setTimeout(r, 100));
+  await eventually(() => nd.findings('bridge-port').length === 0, {
+    ms: 5000,
+    every: 100,
+    what: `doctor's bridge-port finding going once ${port} is up again`,
+  });
   t.deepEqual(nd.findings('bridge-port'), []);
 });
 

@@ -19,6 +19,7 @@ import type { NetNs } from '../../src/netns';
 import type { BackendName } from '../../src/nat/backends/types';
 import { serve, request, type Server } from '../../src/demo/traffic';
 import { Topology, backendLetter, natView, run } from '../harness/fixtures';
+import { eventually } from '../harness/eventually';
 
 export function natIpv6Suite(backend: BackendName): void {
   const topo = new Topology(`v6${backendLetter(backend)}`);
@@ -45,15 +46,13 @@ export function natIpv6Suite(backend: BackendName): void {
       servers.push(await serve(ns, 'tcp', '::', 3309, `b${i}-db`));
     }
     // IPv6 is ready once duplicate address detection is over everywhere (a tentative address sends nothing).
-    const deadline = Date.now() + 10_000;
-    while (
-      [router, client, ...b].some((ns) =>
-        run('ip', ['-n', ns.name!, '-6', 'addr', 'show', 'tentative']).stdout.trim(),
-      ) &&
-      Date.now() < deadline
-    ) {
-      await new Promise((r) => setTimeout(r, 100));
-    }
+    await eventually(
+      () =>
+        [router, client, ...b].every(
+          (ns) => !run('ip', ['-n', ns.name!, '-6', 'addr', 'show', 'tentative']).stdout.trim(),
+        ),
+      { ms: 10_000, every: 100, what: 'duplicate address detection ending in the router, the client and the backends' },
+    );
   });
 
   test.after.always(async () => {

@@ -10,6 +10,7 @@ import * as sysctl from '../../src/sysctl';
 import { native } from '../../src/native';
 import { serve, request } from '../../src/demo/traffic';
 import { Topology, ip, run } from '../harness/fixtures';
+import { eventually } from '../harness/eventually';
 
 const topo = new Topology('nst');
 test.after.always(() => topo.cleanup());
@@ -125,7 +126,10 @@ test.serial('a namespace referenced by pid (as Docker names containers) gets a w
     sleeper.kill();
   }
   // When the last process leaves, the kernel tears the namespace down (asynchronously) and the pair with it.
-  const deadline = Date.now() + 10_000;
-  while (/to-pid/.test(ip(node, 'link', 'show')) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+  await eventually(() => !/to-pid/.test(ip(node, 'link', 'show')), {
+    ms: 10_000,
+    every: 100,
+    what: 'to-pid going with the namespace of its peer',
+  });
   t.notRegex(ip(node, 'link', 'show'), /to-pid/);
 });
