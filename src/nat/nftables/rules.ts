@@ -101,4 +101,3 @@ export const LOCALNET_GUARD: Rule = {
   ],
   comment: LOCALNET_COMMENT,
 };
-
