@@ -285,6 +285,21 @@ type Lowerer<K extends Item['kind']> = (
   anonymousSet?: { name: string; id: number },
 ) => Expr[];
 
+/** The key loaded, then looked up in a set of the table (a map's value to `dreg`; none: a match). */
+function lookupIn(cx: LowerContext, key: KeyExpr, set: string, dreg?: number): Expr[] {
+  const s = cx.set(set);
+  return [
+    ...loadKey(key, cx.family, s.interval),
+    {
+      kind: 'lookup',
+      sreg: NFT_REG_1,
+      set,
+      ...(dreg === undefined ? {} : { dreg }),
+      ...(s.id === undefined ? {} : { setId: s.id }),
+    },
+  ];
+}
+
 /** Each rule item's kernel expressions, kind by kind (nft's compilation of the same text). */
 const LOWER: { [K in Item['kind']]: Lowerer<K> } = {
   addr: (item, { family: fam }) => addrMatch(item.field, item.cidr, item.not ?? false, fam),
@@ -324,14 +339,7 @@ const LOWER: { [K in Item['kind']]: Lowerer<K> } = {
     { kind: 'bitwise', sreg: NFT_REG_1, dreg: NFT_REG_1, mask: u32le(item.bits), xor: u32le(0), explicitOp: true },
     { kind: 'cmp', sreg: NFT_REG_1, op: 'eq', data: u32le(0) },
   ],
-  'in-set': (item, cx) => {
-    const fam = cx.family;
-    const s = cx.set(item.set);
-    return [
-      ...loadKey(item.key, fam, s.interval),
-      { kind: 'lookup', sreg: NFT_REG_1, set: item.set, ...(s.id === undefined ? {} : { setId: s.id }) },
-    ];
-  },
+  'in-set': (item, cx) => lookupIn(cx, item.key, item.set),
   counter: () => [{ kind: 'counter' }],
   verdict: (item) => [{ kind: 'verdict', verdict: { code: item.verdict } }],
   jump: (item) => [{ kind: 'verdict', verdict: { code: item.kind, chain: item.chain } }],
@@ -345,17 +353,7 @@ const LOWER: { [K in Item['kind']]: Lowerer<K> } = {
         { kind: 'lookup', sreg: NFT_REG_1, set: anonymousSet.name, setId: anonymousSet.id, dreg: NFT_REG_VERDICT },
       ];
     }
-    const s = cx.set(item.map);
-    return [
-      ...loadKey(item.key, fam, s.interval),
-      {
-        kind: 'lookup',
-        sreg: NFT_REG_1,
-        set: item.map,
-        dreg: NFT_REG_VERDICT,
-        ...(s.id === undefined ? {} : { setId: s.id }),
-      },
-    ];
+    return lookupIn(cx, item.key, item.map, NFT_REG_VERDICT);
   },
   dnat: (item, { family: fam }) => [
     { kind: 'immediate', dreg: NFT_REG_1, data: ipToBuffer(item.ip) },
@@ -371,17 +369,9 @@ const LOWER: { [K in Item['kind']]: Lowerer<K> } = {
   ],
   'dnat-map': (item, cx) => {
     const fam = cx.family;
-    const s = cx.set(item.map);
     // The map's value is address . port: the port starts in the slot after the address.
     return [
-      ...loadKey(item.key, fam, s.interval),
-      {
-        kind: 'lookup',
-        sreg: NFT_REG_1,
-        set: item.map,
-        dreg: NFT_REG_1,
-        ...(s.id === undefined ? {} : { setId: s.id }),
-      },
+      ...lookupIn(cx, item.key, item.map, NFT_REG_1),
       { kind: 'nat', type: 'dnat', family: fam, regAddrMin: NFT_REG_1, regProtoMin: regOf(slots(addrLen(fam))) },
     ];
   },
