@@ -30,7 +30,6 @@ import {
   type NatRule,
   type Service,
 } from './model';
-import type { RowMeta } from './snapshot-index';
 import { ServiceTable, type ServiceQuery, type StoredServices } from './service-table';
 
 export type { ServiceHint, ServiceQuery } from './service-table';
@@ -148,8 +147,8 @@ export class IndexedState implements StateView, NatState {
     return this;
   }
 
-  /** The services as snapshot lines with their index entries (unchanged ones as read). */
-  serviceLines(): Generator<{ text: string; meta: RowMeta }> {
+  /** The services as snapshot lines (unchanged ones as read). */
+  serviceLines(): ReturnType<ServiceTable['lines']> {
     return this.table.lines();
   }
 
@@ -282,7 +281,7 @@ class Round {
    * table rebuilt in one pass, kept services in their places and new ones last.
    */
   private replaceServices(services: readonly Service[]): void {
-    const wanted = normalizeServices(services);
+    const { byName: wanted, byVip } = normalizeServices(services);
     const next: Service[] = [];
     let changed = false;
     for (const s of this.x.list()) {
@@ -300,7 +299,7 @@ class Round {
       next.push(s);
       changed = true;
     }
-    if (changed) this.undos.push(this.x.reset(next));
+    if (changed) this.undos.push(this.x.reset(next, byVip));
   }
 
   private putForward(f: Forward): void {

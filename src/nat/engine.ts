@@ -28,6 +28,7 @@ import {
 } from './backends/types';
 import { IndexedState, type NatChange, type ServiceDelta } from './changes';
 import { NatStore, type StateRecord } from './store';
+import type { HeldLock } from './exec';
 import { convergeSysctls } from './sysctls';
 import { deleteUdpFlows, removedUdpEndpoints } from './udp-flows';
 
@@ -38,17 +39,17 @@ export type { NatChange } from './changes';
 async function createBackend(
   name: BackendName,
   ns: netns.NetNs,
-  o: { holdFd?: number; iptablesMode?: string } = {},
+  o: { lock?: HeldLock; iptablesMode?: string } = {},
 ): Promise<Backend> {
   switch (name) {
     case 'netlink':
       return new (await import('./nftables/backend-netlink')).NetlinkBackend(ns);
     case 'nft':
-      return new (await import('./nftables/backend-nft')).NftBackend(ns, o.holdFd);
+      return new (await import('./nftables/backend-nft')).NftBackend(ns, o.lock);
     case 'iptables': {
       const { IptablesBackend, detectMode } = await import('./iptables/backend');
       const mode = o.iptablesMode === 'legacy' || o.iptablesMode === 'nft' ? o.iptablesMode : await detectMode(ns);
-      return new IptablesBackend(ns, mode, o.holdFd);
+      return new IptablesBackend(ns, mode, o.lock);
     }
   }
 }
@@ -129,6 +130,7 @@ export class NatEngine {
   private readonly onSync?: (e: SyncEvent) => void;
   /** The backend of the last sync, kept while the choice stays the same (it keeps indexes of what it wrote). */
   private kept?: { name: BackendName; mode?: string; backend: Backend };
+  private readonly lock: HeldLock = {};
 
   constructor(opts: EngineOptions = {}) {
     this.ns = opts.ns ?? netns.current();
@@ -192,15 +194,30 @@ export class NatEngine {
     return this.load().indexed.desired();
   }
 
-  /** The backend for state `f`; `lockFd` is held by the tools it runs (a killed tsnet's last restore keeps the lock till it is done). */
-  private async backendFor(f: StateRecord, lockFd?: number): Promise<Backend> {
+  /**
+   * The backend for state `f`, kept while the state names the same one (what it remembers of the table it last
+   * wrote serves the next sync). The tools it runs hold the engine's lock while the engine holds it (a killed
+   * tsnet's last restore keeps the lock till it is done).
+   */
+  private async backendFor(f: StateRecord): Promise<Backend> {
     const name = resolveChoice(this.choice, f.backend);
     const mode = f.applied?.backend === 'iptables' ? f.applied.mode : undefined;
-    if (this.kept && this.kept.name === name && this.kept.mode === mode && lockFd === undefined)
-      return this.kept.backend;
-    const backend = await createBackend(name, this.ns, { holdFd: lockFd, iptablesMode: mode });
-    if (lockFd === undefined) this.kept = { name, mode, backend };
+    if (this.kept && this.kept.name === name && this.kept.mode === mode) return this.kept.backend;
+    const backend = await createBackend(name, this.ns, { lock: this.lock, iptablesMode: mode });
+    this.kept = { name, mode, backend };
     return backend;
+  }
+
+  /** Runs `fn` under the engine's lock, which the backend's tools then hold too. */
+  private locked<T>(fn: () => Promise<T>): Promise<T> {
+    return withLock(this.dir, 'nat', async (fd) => {
+      this.lock.fd = fd;
+      try {
+        return await fn();
+      } finally {
+        this.lock.fd = undefined;
+      }
+    });
   }
 
   /** The backend that applies this engine's rules (what `auto` resolves to for its state). */
@@ -228,7 +245,7 @@ export class NatEngine {
     decide: (st: Pick<DesiredState, 'rules' | 'forwards'>) => readonly NatChange[],
     opts: { force?: boolean } = {},
   ): Promise<SyncReport | undefined> {
-    return withLock(this.dir, 'nat', async (lockFd) => {
+    return this.locked(async () => {
       const { f, indexed } = this.load();
       const changes = decide({ rules: indexed.rules, forwards: indexed.forwards });
       if (!changes.length && !opts.force) return undefined;
@@ -240,7 +257,6 @@ export class NatEngine {
           { next: indexed, services: round.services, before: round.before, changes },
           opts.force ?? false,
           'update',
-          lockFd,
         );
       } catch (err) {
         round.undo();
@@ -255,7 +271,7 @@ export class NatEngine {
    * then. Costs O(state); `change()` costs O(changes).
    */
   async update(change: (st: DesiredState) => DesiredState | void, opts: { force?: boolean } = {}): Promise<SyncReport> {
-    return withLock(this.dir, 'nat', async (lockFd) => {
+    return this.locked(async () => {
       const { f, indexed } = this.load();
       const draft = structuredClone(indexed.desired());
       const wanted = normalizeState(change(draft) ?? draft);
@@ -267,7 +283,6 @@ export class NatEngine {
           { next: indexed, services: round.services, before: round.before },
           opts.force ?? false,
           'update',
-          lockFd,
         );
       } catch (err) {
         round.undo();
@@ -293,14 +308,13 @@ export class NatEngine {
 
   /** Re-applies the stored desired state (after a reboot, a flush, or a crash). */
   async sync(opts: { force?: boolean } = {}): Promise<SyncReport> {
-    return withLock(this.dir, 'nat', async (lockFd) => {
+    return this.locked(async () => {
       const { f, indexed } = this.load();
       return this.apply(
         f,
         { next: indexed, services: [], before: () => indexed.desired() },
         opts.force ?? false,
         'sync',
-        lockFd,
       );
     });
   }
@@ -312,7 +326,7 @@ export class NatEngine {
    * desired state. Returns the sync's report, or undefined when none was needed.
    */
   async converge(): Promise<SyncReport | undefined> {
-    return withLock(this.dir, 'nat', async (lockFd) => {
+    return this.locked(async () => {
       const { f, indexed } = this.load();
       const applied = f.applied;
       if (!applied) return undefined; // nothing was ever applied here (or it was torn down)
@@ -321,7 +335,7 @@ export class NatEngine {
       let intact = applied.clean && backend.tables === tableKind(applied.backend);
       for (const fam of families) if (intact && !(await backend.canaryPresent(fam))) intact = false;
       if (intact) return undefined;
-      return this.apply(f, { next: indexed, services: [], before: () => indexed.desired() }, true, 'resync', lockFd);
+      return this.apply(f, { next: indexed, services: [], before: () => indexed.desired() }, true, 'resync');
     });
   }
 
@@ -357,15 +371,14 @@ export class NatEngine {
     round: Round,
     force: boolean,
     trigger: SyncEvent['trigger'],
-    lockFd: number,
   ): Promise<SyncReport> {
     const t0 = process.hrtime.bigint();
-    const backend = await this.backendFor(f, lockFd);
+    const backend = await this.backendFor(f);
     let applied = f.applied;
     if (f.backend && tableKind(f.backend) !== backend.tables) {
       // Switching between iptables and nftables: the old rules go first, so traffic is never handled twice.
       // (The nft and netlink backends write the same table: one simply carries on from the other.)
-      const old = await createBackend(f.backend, this.ns, { holdFd: lockFd, iptablesMode: f.applied?.mode });
+      const old = await createBackend(f.backend, this.ns, { lock: this.lock, iptablesMode: f.applied?.mode });
       await old.teardown();
       applied = undefined;
     }

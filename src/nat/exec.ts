@@ -48,6 +48,11 @@ export interface ExecOptions {
   holdFd?: number;
 }
 
+/** The engine's lock as it is held at the moment (no fd between rounds): what a backend's tools keep open while they run. */
+export interface HeldLock {
+  fd?: number;
+}
+
 /** What a tool reads on stdin: a string, or pieces written as they come (a large payload, while the tool already parses). */
 export type Input = string | Iterable<string>;
 

@@ -296,8 +296,14 @@ export const vipKey = (s: Pick<Service, 'vip' | 'port' | 'proto'>): string => `$
 export const vipClaimed = (key: string, owner: string, name: string): TsnetError =>
   invalid(`services ${owner} and ${name} both claim ${key}`);
 
-/** A set of services checked as one: each normalized, names unique, one service per VIP:port/proto. By name, in order. */
-export function normalizeServices(services: readonly Service[]): Map<string, Service> {
+/**
+ * A set of services checked as one: each normalized, names unique, one
+ * service per VIP:port/proto. By name, in order; and the name of each VIP key.
+ */
+export function normalizeServices(services: readonly Service[]): {
+  byName: Map<string, Service>;
+  byVip: Map<string, string>;
+} {
   const out = new Map<string, Service>();
   const owners = new Map<string, string>();
   for (const raw of services) {
@@ -309,7 +315,7 @@ export function normalizeServices(services: readonly Service[]): Map<string, Ser
     owners.set(key, s.name);
     out.set(s.name, s);
   }
-  return out;
+  return { byName: out, byVip: owners };
 }
 
 /** Two normalized services are the same service (every field, endpoints in order). */
@@ -347,7 +353,7 @@ export const sameForwards = (a: readonly Forward[], b: readonly Forward[]): bool
 
 /** Checks a whole desired state (for `service apply` and for state read back from disk). */
 export function normalizeState(st: Omit<DesiredState, 'forwards'> & { forwards?: Forward[] }): DesiredState {
-  const services = [...normalizeServices(st.services).values()];
+  const services = [...normalizeServices(st.services).byName.values()];
   const fwdNames = new Set<string>();
   const forwards = (st.forwards ?? []).map((f) => {
     const n = normalizeForward(f);

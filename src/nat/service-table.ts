@@ -11,7 +11,7 @@
  */
 import type { Family } from '../addr/cidr';
 import { familyOf, vipKey, type Proto, type Service } from './model';
-import { hash32, metaOf, type RowMeta, type SnapshotIndex } from './snapshot-index';
+import { hash32, type SnapshotIndex } from './snapshot-index';
 
 /** A snapshot's service lines: the bytes read and their index. */
 export interface StoredServices {
@@ -60,9 +60,20 @@ export class ServiceTable {
     this.counts = counts;
   }
 
-  static of(services: readonly Service[]): ServiceTable {
+  /** `vips`: the name of each VIP key among `services` (unique names), when the caller has it; the table takes it over. */
+  static of(services: readonly Service[], vips?: Map<string, string>): ServiceTable {
     const t = new ServiceTable(undefined, { 4: 0, 6: 0 });
-    for (const s of services) t.put(s);
+    if (vips) t.changedVips = vips;
+    for (const s of services) {
+      if (t.changed.has(s.name)) {
+        t.put(s); // a name again: the later one wins, as put() keeps it
+        continue;
+      }
+      // A first name in a table with no snapshot: what put() would do, without its lookups.
+      t.changed.set(s.name, s);
+      if (!vips) t.changedVips.set(vipKey(s), s.name);
+      t.counts[familyOf(s.vip)]++;
+    }
     return t;
   }
 
@@ -187,13 +198,13 @@ export class ServiceTable {
     return out;
   }
 
-  /** The services as snapshot lines with what the index keeps of each: unchanged rows as read, unparsed. */
-  *lines(): Generator<{ text: string; meta: RowMeta }> {
+  /** The services as snapshot lines: a changed service's written anew, an unchanged row's as read (unparsed). */
+  *lines(): Generator<{ text: string; service: Service } | { text: string; row: number; index: SnapshotIndex }> {
     for (const e of this.entries(false)) {
-      if (e.service) yield { text: JSON.stringify(e.service), meta: metaOf(e.service) };
+      if (e.service) yield { text: JSON.stringify(e.service), service: e.service };
       else {
         const [from, to] = this.stored!.index.span(e.row!);
-        yield { text: this.stored!.bytes.toString('utf8', from, to), meta: this.stored!.index.meta(e.row!) };
+        yield { text: this.stored!.bytes.toString('utf8', from, to), row: e.row!, index: this.stored!.index };
       }
     }
   }
@@ -258,9 +269,9 @@ export class ServiceTable {
   }
 
   /** The whole set replaced by `services` (in that order); returns what puts the old one back. */
-  reset(services: readonly Service[]): () => void {
+  reset(services: readonly Service[], vips?: Map<string, string>): () => void {
     const old = this.parts();
-    this.assign(ServiceTable.of(services).parts());
+    this.assign(ServiceTable.of(services, vips).parts());
     return () => this.assign(old);
   }
 

@@ -3,10 +3,11 @@
  * service line of the snapshot, where it is (offset, length) and what a
  * change asks of it without parsing it: its name, its VIP:port/proto, its
  * family, protocol and endpoint count, its endpoints' addresses. Names, VIP
- * keys and addresses are kept as 32-bit hashes in sorted (hash, row) pairs,
- * found by binary search; a hash names candidates, and the one row parsed
- * settles it. Loading is reading the file: a command that changes one
- * service of ten thousand parses one.
+ * keys and addresses are kept as 32-bit hashes in open-addressing tables of
+ * (hash, row) slots (built in one pass as the snapshot is written, no sort);
+ * a hash names candidates, and the one row parsed settles it. Loading is
+ * reading the file: a command that changes one service of ten thousand
+ * parses one.
  *
  * The file carries the digest of the snapshot it indexes: an index of
  * another snapshot (a crash between writing the two, a hand edit) is not
@@ -15,13 +16,14 @@
  *   u32 magic, version, byte-order mark; 44 bytes: the snapshot's digest (43 + NUL)
  *   u32 rows, ipEntries
  *   rows x 7 u32     offset, length, name hash, VIP hash, family | proto << 8 | endpoints << 16, ipStart, ipCount
- *   rows x 2 u32     (name hash, row) sorted      rows x 2 u32  (VIP hash, row) sorted
- *   ipEntries x 2    (address hash, row) sorted   ipEntries     each row's address hashes, rows' slices in order
+ *   slots(rows) x 2 u32       (name hash, row) table      slots(rows) x 2 u32  (VIP hash, row) table
+ *   slots(ipEntries) x 2 u32  (address hash, row) table   ipEntries u32        each row's address hashes, in row order
+ *   (slots(n): the power of two at or above 1.5 n; an empty slot's row is 0xffffffff)
  */
 import { familyOf, vipKey, type Service } from './model';
 
 const MAGIC = 0x584e5354; // "TSNX"
-const VERSION = 1;
+const VERSION = 2;
 const BOM = 0x01020304;
 const DIGEST_BYTES = 44;
 const HEAD_WORDS = 3 + DIGEST_BYTES / 4 + 2;
@@ -57,38 +59,56 @@ export function metaOf(s: Service): RowMeta {
   };
 }
 
-/** The rows whose `pairs` hash is `h` (pairs: sorted (hash, row)). */
-function lookup(pairs: Uint32Array, h: number): number[] {
-  let lo = 0;
-  let hi = pairs.length / 2;
-  while (lo < hi) {
-    const mid = (lo + hi) >> 1;
-    if (pairs[2 * mid]! < h) lo = mid + 1;
-    else hi = mid;
+const EMPTY = 0xffffffff;
+
+/** A table's slot count for n entries: a power of two, at most two thirds full. */
+function slots(n: number): number {
+  let c = 2;
+  while (c < n + (n >> 1)) c *= 2;
+  return c;
+}
+
+/** Where hash `h` starts probing in a table of `size` slots (Fibonacci hashing: the product's high bits). */
+const home = (h: number, size: number) => Math.imul(h, 0x9e3779b1) >>> (32 - Math.log2(size));
+
+/**
+ * The (hash, row) table of `hashes` (row i, or rows[i]), by linear probing.
+ * Entries go in row order, so equal hashes are met in row order.
+ */
+function table(hashes: Uint32Array, rows?: Uint32Array): Uint32Array {
+  const size = slots(hashes.length);
+  const t = new Uint32Array(size * 2).fill(EMPTY);
+  for (let i = 0; i < hashes.length; i++) {
+    const h = hashes[i]!;
+    let k = home(h, size);
+    while (t[2 * k + 1] !== EMPTY) k = (k + 1) & (size - 1);
+    t[2 * k] = h;
+    t[2 * k + 1] = rows ? rows[i]! : i;
   }
+  return t;
+}
+
+/** The rows whose hash in table `t` is `h`. */
+function lookup(t: Uint32Array, h: number): number[] {
+  const size = t.length / 2;
   const out: number[] = [];
-  for (let i = lo; 2 * i < pairs.length && pairs[2 * i] === h; i++) out.push(pairs[2 * i + 1]!);
+  for (let k = home(h, size); t[2 * k + 1] !== EMPTY; k = (k + 1) & (size - 1))
+    if (t[2 * k] === h) out.push(t[2 * k + 1]!);
   return out;
 }
 
-function sortedPairs(entries: [number, number][]): Uint32Array {
-  entries.sort((a, b) => a[0] - b[0] || a[1] - b[1]);
-  const out = new Uint32Array(entries.length * 2);
-  entries.forEach(([h, r], i) => {
-    out[2 * i] = h;
-    out[2 * i + 1] = r;
-  });
-  return out;
-}
+/** The words after the header, for n rows and m address entries. */
+const fileWords = (n: number, m: number) => n * ROW_WORDS + 4 * slots(n) + 2 * slots(m) + m;
 
 export class SnapshotIndex {
-  private constructor(
+  /** (Made by IndexBuilder.finish or decode.) */
+  constructor(
     readonly digest: string,
-    private readonly rows: Uint32Array,
+    readonly rows: Uint32Array,
     private readonly names: Uint32Array,
     private readonly vips: Uint32Array,
-    private readonly ipPairs: Uint32Array,
-    private readonly ipHashes: Uint32Array,
+    private readonly ipTable: Uint32Array,
+    readonly ipHashes: Uint32Array,
   ) {}
 
   get count(): number {
@@ -127,53 +147,19 @@ export class SnapshotIndex {
   /** Candidate rows of a name, a VIP key, an endpoint address (hash matches: the row itself says). */
   byName = (name: string): number[] => lookup(this.names, hash32(name));
   byVip = (key: string): number[] => lookup(this.vips, hash32(key));
-  byIp = (ip: string): number[] => lookup(this.ipPairs, hash32(ip));
-
-  /** Rows described by `metas`, at `spans` of the snapshot whose digest is `digest`. */
-  static build(digest: string, spans: readonly [number, number][], metas: readonly RowMeta[]): SnapshotIndex {
-    const rows = new Uint32Array(metas.length * ROW_WORDS);
-    const ipEntries: [number, number][] = [];
-    const ipHashes: number[] = [];
-    metas.forEach((m, k) => {
-      const [from, to] = spans[k]!;
-      rows.set(
-        [
-          from,
-          to - from,
-          m.nameHash,
-          m.vipHash,
-          m.family | (PROTOS.indexOf(m.proto) << 8) | (m.endpoints << 16),
-          ipHashes.length,
-          m.ips.length,
-        ],
-        k * ROW_WORDS,
-      );
-      for (const h of m.ips) {
-        ipHashes.push(h);
-        ipEntries.push([h, k]);
-      }
-    });
-    return new SnapshotIndex(
-      digest,
-      rows,
-      sortedPairs(metas.map((m, k) => [m.nameHash, k])),
-      sortedPairs(metas.map((m, k) => [m.vipHash, k])),
-      sortedPairs(ipEntries),
-      Uint32Array.from(ipHashes),
-    );
-  }
+  byIp = (ip: string): number[] => lookup(this.ipTable, hash32(ip));
 
   /** The file's bytes. */
   encode(): Buffer {
     const n = this.count;
-    const words = new Uint32Array(HEAD_WORDS + n * (ROW_WORDS + 4) + this.ipHashes.length * 3);
+    const words = new Uint32Array(HEAD_WORDS + fileWords(n, this.ipHashes.length));
     words.set([MAGIC, VERSION, BOM]);
     const digest = Buffer.alloc(DIGEST_BYTES);
     digest.write(this.digest, 'latin1');
     new Uint8Array(words.buffer).set(digest, 12);
     words.set([n, this.ipHashes.length], 3 + DIGEST_BYTES / 4);
     let at = HEAD_WORDS;
-    for (const part of [this.rows, this.names, this.vips, this.ipPairs, this.ipHashes]) {
+    for (const part of [this.rows, this.names, this.vips, this.ipTable, this.ipHashes]) {
       words.set(part, at);
       at += part.length;
     }
@@ -190,9 +176,95 @@ export class SnapshotIndex {
     if (bytes.toString('latin1', 12, 12 + digest.length) !== digest) return undefined;
     const n = words[3 + DIGEST_BYTES / 4]!;
     const m = words[4 + DIGEST_BYTES / 4]!;
-    if (words.length !== HEAD_WORDS + n * (ROW_WORDS + 4) + m * 3) return undefined;
+    if (words.length !== HEAD_WORDS + fileWords(n, m)) return undefined;
     let at = HEAD_WORDS;
     const take = (len: number) => words.subarray(at, (at += len));
-    return new SnapshotIndex(digest, take(n * ROW_WORDS), take(2 * n), take(2 * n), take(2 * m), take(m));
+    const t = 2 * slots(n);
+    return new SnapshotIndex(digest, take(n * ROW_WORDS), take(t), take(t), take(2 * slots(m)), take(m));
   }
+}
+
+/**
+ * An index made as its snapshot is written: each line added where it lands,
+ * a changed service's from the service, an unchanged row's copied from the
+ * index it had (nothing parsed, nothing allocated per line).
+ */
+export class IndexBuilder {
+  private rows = new Uint32Array(ROW_WORDS * 1024);
+  private ips = new Uint32Array(4096);
+  private ipRows = new Uint32Array(4096);
+  private n = 0;
+  private m = 0;
+
+  /** A service's line at [from, to). */
+  service(s: Service, from: number, to: number): void {
+    const r = this.row(from, to);
+    this.rows[r + 2] = hash32(s.name);
+    this.rows[r + 3] = hash32(vipKey(s));
+    this.rows[r + 4] = familyOf(s.vip) | (PROTOS.indexOf(s.proto) << 8) | (s.endpoints.length << 16);
+    const start = this.m;
+    // Each address once (by hash: a candidate list, settled by the row itself); a Set only for long lists.
+    const seen = s.endpoints.length > 16 ? new Set<number>() : undefined;
+    for (const e of s.endpoints) {
+      const h = hash32(e.ip);
+      if (seen ? seen.has(h) : this.has(h, start)) continue;
+      seen?.add(h);
+      this.ip(h);
+    }
+    this.rows[r + 6] = this.m - start;
+  }
+
+  /** Row `k` of `index`, unchanged, now at [from, to). */
+  copy(index: SnapshotIndex, k: number, from: number, to: number): void {
+    const r = this.row(from, to);
+    const b = k * ROW_WORDS;
+    this.rows.set(index.rows.subarray(b + 2, b + 5), r + 2);
+    const start = index.rows[b + 5]!;
+    const count = index.rows[b + 6]!;
+    for (let i = start; i < start + count; i++) this.ip(index.ipHashes[i]!);
+    this.rows[r + 6] = count;
+  }
+
+  finish(digest: string): SnapshotIndex {
+    const n = this.n;
+    const rows = this.rows.slice(0, n * ROW_WORDS);
+    const names = new Uint32Array(n);
+    const vips = new Uint32Array(n);
+    for (let k = 0; k < n; k++) {
+      names[k] = rows[k * ROW_WORDS + 2]!;
+      vips[k] = rows[k * ROW_WORDS + 3]!;
+    }
+    const ips = this.ips.slice(0, this.m);
+    return new SnapshotIndex(digest, rows, table(names), table(vips), table(ips, this.ipRows.subarray(0, this.m)), ips);
+  }
+
+  private row(from: number, to: number): number {
+    if ((this.n + 1) * ROW_WORDS > this.rows.length) this.rows = grown(this.rows);
+    const r = this.n++ * ROW_WORDS;
+    this.rows[r] = from;
+    this.rows[r + 1] = to - from;
+    this.rows[r + 5] = this.m;
+    return r;
+  }
+
+  /** Whether the current row lists address hash `h` (its list starts at `start`). */
+  private has(h: number, start: number): boolean {
+    for (let i = start; i < this.m; i++) if (this.ips[i] === h) return true;
+    return false;
+  }
+
+  private ip(h: number): void {
+    if (this.m === this.ips.length) {
+      this.ips = grown(this.ips);
+      this.ipRows = grown(this.ipRows);
+    }
+    this.ips[this.m] = h;
+    this.ipRows[this.m++] = this.n - 1;
+  }
+}
+
+function grown(a: Uint32Array<ArrayBuffer>): Uint32Array<ArrayBuffer> {
+  const b = new Uint32Array(a.length * 2);
+  b.set(a);
+  return b;
 }

@@ -29,7 +29,7 @@ import { TsnetError, contextualize, hasCode } from '../errors';
 import { writeFileAtomic } from '../state';
 import { IndexedState, readChange, type NatChange } from './changes';
 import { emptyState, normalizeState, type DesiredState, type Service } from './model';
-import { SnapshotIndex, metaOf } from './snapshot-index';
+import { IndexBuilder, SnapshotIndex } from './snapshot-index';
 import type { StoredServices } from './service-table';
 import { readApplied, type Applied, type BackendName } from './backends/types';
 
@@ -241,10 +241,11 @@ export class NatStore {
       }
       this.cache = { stamp: this.stamp(), loaded: { f, indexed: next }, seq, lines: lines + 1 };
     } else {
-      // The index first: a crash between the two leaves an index of another digest, which is not used.
+      // The snapshot, then its index: a crash between the two leaves an index of another digest, which is not
+      // used (the snapshot is indexed from its lines). The index is derived, so it needs no sync to disk.
       let index: SnapshotIndex | undefined;
       writeFileAtomic(this.file, (fd) => (index = writeSnapshot(fd, next, seq, record)));
-      writeFileAtomic(this.index, (fd) => fs.writeSync(fd, index!.encode()));
+      writeFileAtomic(this.index, (fd) => fs.writeSync(fd, index!.encode()), 0o600, { durable: false });
       fs.rmSync(this.journal, { force: true });
       this.cache = { stamp: this.stamp(), loaded: { f, indexed: next }, seq, lines: 0 };
     }
@@ -275,8 +276,9 @@ function indexLines(bytes: Buffer, from: number, to: number, digest: string): Sn
     spans.push([at, bytes[nl - 1] === 0x2c ? nl - 1 : nl]); // a line's `,` separates, it is not the service's
     at = nl + 1;
   }
-  const metas = spans.map(([a, b]) => metaOf(JSON.parse(bytes.toString('utf8', a, b)) as Service));
-  return SnapshotIndex.build(digest, spans, metas);
+  const index = new IndexBuilder();
+  for (const [a, b] of spans) index.service(JSON.parse(bytes.toString('utf8', a, b)) as Service, a, b);
+  return index.finish(digest);
 }
 
 /**
@@ -307,27 +309,27 @@ function writeSnapshot(
   at = fs.writeSync(fd, `${HEAD}${'-'.repeat(DIGEST_LEN)}`, 0);
   // After the digest: the header without its `{"version":3,` and closing `]}}`, the service lines, the closing.
   put(`",${header.slice('{"version":3,'.length, -3)}\n`);
-  const spans: [number, number][] = [];
-  const metas: ReturnType<typeof metaOf>[] = [];
+  const index = new IndexBuilder();
+  let lines = 0;
   let batch: string[] = [];
   const flush = () => {
     if (!batch.length) return;
-    put(`${spans.length > batch.length ? ',\n' : ''}${batch.join(',\n')}`);
+    put(`${lines > batch.length ? ',\n' : ''}${batch.join(',\n')}`);
     batch = [];
   };
   let next = at;
-  for (const { text, meta } of st.serviceLines()) {
-    if (spans.length) next += 2; // ",\n" before every line but the first
-    const len = Buffer.byteLength(text);
-    spans.push([next, next + len]);
-    next += len;
-    metas.push(meta);
-    batch.push(text);
+  for (const line of st.serviceLines()) {
+    if (lines++) next += 2; // ",\n" before every line but the first
+    const end = next + Buffer.byteLength(line.text);
+    if ('service' in line) index.service(line.service, next, end);
+    else index.copy(line.index, line.row, next, end);
+    next = end;
+    batch.push(line.text);
     if (batch.length === 1000) flush();
   }
   flush();
-  put(`${spans.length ? '\n' : ''}]}}\n`);
+  put(`${lines ? '\n' : ''}]}}\n`);
   const digest = hash.digest('base64url');
   fs.writeSync(fd, digest, HEAD.length);
-  return SnapshotIndex.build(digest, spans, metas);
+  return index.finish(digest);
 }

@@ -83,10 +83,10 @@ function running(pid: number): boolean {
   }
 }
 
-/** Writes `content` to a temporary name next to `file` (synced when `durable`); returns that name. */
 /** What a file is written with: its content, or a function that writes it to the fd (a large file, in pieces). */
 export type Content = string | Uint8Array | ((fd: number) => void);
 
+/** Writes `content` to a temporary name next to `file` (synced when `durable`); returns that name. */
 function writeTemp(file: string, content: Content, mode: number, durable = true): string {
   const tmp = tempName(file);
   const fd = fs.openSync(tmp, 'w', mode);

@@ -4,7 +4,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { IndexedState, type NatChange } from '../../src/nat/changes';
 import { NatStore, storedServices } from '../../src/nat/store';
-import { SnapshotIndex, metaOf } from '../../src/nat/snapshot-index';
+import { SnapshotIndex, hash32, metaOf } from '../../src/nat/snapshot-index';
 import { normalizeState, parseEndpoint, type DesiredState, type Service } from '../../src/nat/model';
 
 const svc = (name: string, vip: string, eps: string[] = ['10.0.0.2:80']): Service => ({
@@ -294,4 +294,25 @@ test('store: the snapshot records how many VIPs are of each family, so a partial
   t.deepEqual(indexed.families(), [4, 6]);
   t.false('families' in f, "the count is the rows' business, not part of the record");
   fs.rmSync(dir, { recursive: true });
+});
+
+test('the snapshot index: names whose hashes collide are both candidates, each settled by its row; a table of thousands finds every name', (t) => {
+  // Two names with one 32-bit hash (found once by a search over 2^22 names).
+  const [a, b] = ['ns21/svc-ti7', 'ns1/svc-3ixt'];
+  t.is(hash32(a), hash32(b), 'the two names share a hash');
+  const services = [svc('first', '10.96.3.1'), svc(a, '10.96.3.2'), svc('middle', '10.96.3.3'), svc(b, '10.96.3.4')];
+  const { bytes, index } = storedServices(services);
+  t.deepEqual(index.byName(a), [1, 3], 'both rows of the shared hash, in row order');
+  t.deepEqual(index.byName(b), [1, 3]);
+  const x = IndexedState.stored({ bytes, index }, [], []);
+  t.is(x.service(a)?.vip, '10.96.3.2', 'the row read settles which name is which');
+  t.is(x.service(b)?.vip, '10.96.3.4');
+
+  const many = Array.from({ length: 5000 }, (_, i) => svc(`m${i}`, `10.97.${i >> 8}.${i & 255}`));
+  const big = storedServices(many).index;
+  t.true(
+    many.every((s, i) => big.byName(s.name).includes(i) && big.byVip(`${s.vip}:80/tcp`).includes(i)),
+    'every name and VIP key found in its row',
+  );
+  t.deepEqual(big.byName('not-there'), []);
 });

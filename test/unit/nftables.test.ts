@@ -2,17 +2,16 @@ import test from 'ava';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { normalizeState, parseEndpoint, type DesiredState } from '../../src/nat/model';
+import { render, serviceParts } from '../../src/nat/nftables/layout';
 import {
   ENDPOINTS,
   ENDPOINTS_WEIGHTED,
   HAIRPIN,
   SERVICE_IPS,
   lbChain,
-  render,
   sepChain,
-  serviceParts,
   svcChain,
-} from '../../src/nat/nftables/layout';
+} from '../../src/nat/nftables/table-names';
 import { PlanBuilder, fullPlan, type Op, type Plan } from '../../src/nat/nftables/plan';
 import {
   SharedIndex,

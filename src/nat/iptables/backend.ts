@@ -7,7 +7,7 @@ import * as fs from 'node:fs';
 import { formatHostPort, type Family } from '../../addr/cidr';
 import { hasCode } from '../../errors';
 import type { NetNs } from '../../netns';
-import { APPLY_TIMEOUT_MS, execIn, mustExec, type Input } from '../exec';
+import { APPLY_TIMEOUT_MS, execIn, mustExec, type HeldLock, type Input } from '../exec';
 import { IPT_PREFIX, CANARY_COMMENT } from '../constants';
 import { familiesUsed, familyOf, type DesiredState, type Service } from '../model';
 import type { NatState } from '../changes';
@@ -71,11 +71,11 @@ export function parseLive(save: string): Live {
 export class IptablesBackend implements Backend {
   readonly name = 'iptables' as const;
   readonly tables = 'iptables' as const;
-  /** `holdFd`: the engine's lock, kept by every iptables-restore while it runs (see ExecOptions). */
+  /** `lock`: the engine's, kept by every iptables-restore while it runs (see ExecOptions). */
   constructor(
     readonly ns: NetNs,
     readonly mode: IptablesMode,
-    readonly holdFd?: number,
+    private readonly lock: HeldLock = {},
   ) {}
 
   render(st: DesiredState): string {
@@ -111,7 +111,7 @@ export class IptablesBackend implements Backend {
         payload,
         {
           timeoutMs: APPLY_TIMEOUT_MS,
-          holdFd: this.holdFd,
+          holdFd: this.lock.fd,
         },
       );
   }

@@ -14,7 +14,15 @@ import { NFTA_RULE, NFTA_SET_ELEM, NFTA_SET_ELEM_LIST, NFT_MSG, nfproto, nftMsg 
 import { nfgenmsg } from '../../netlink/nfnetlink';
 import { CANARY_COMMENT, NFT_TABLE } from '../constants';
 import { decodeExpr } from './expr';
-import { CANARY, ENDPOINTS, ENDPOINTS_WEIGHTED, ENDPOINT_KEY, NO_ENDPOINTS, SERVICE_IPS, SERVICE_KEY } from './layout';
+import {
+  CANARY,
+  ENDPOINTS,
+  ENDPOINTS_WEIGHTED,
+  ENDPOINT_KEY,
+  NO_ENDPOINTS,
+  SERVICE_IPS,
+  SERVICE_KEY,
+} from './table-names';
 import { decodeKey } from './lowering';
 import { keyId } from './ruleset';
 import { encodePlan, type Batch } from './batch';

@@ -7,8 +7,8 @@
 import type { Family } from '../../addr/cidr';
 import type { NetNs } from '../../netns';
 import { CANARY_COMMENT, NFT_TABLE } from '../constants';
-import { APPLY_TIMEOUT_MS, execIn, mustExec } from '../exec';
-import { CANARY } from './layout';
+import { APPLY_TIMEOUT_MS, execIn, mustExec, type HeldLock } from '../exec';
+import { CANARY } from './table-names';
 import type { Plan } from './plan';
 import { keyId, type Value } from './ruleset';
 import { script } from './text';
@@ -29,10 +29,10 @@ function jsonValues(v: unknown): Value[] {
 
 export class NftBackend extends NftablesBackend {
   readonly name = 'nft' as const;
-  /** `holdFd`: the engine's lock, kept by every `nft -f` while it runs (see ExecOptions). */
+  /** `lock`: the engine's, kept by every `nft -f` while it runs (see ExecOptions). */
   constructor(
     ns: NetNs,
-    readonly holdFd?: number,
+    private readonly lock: HeldLock = {},
   ) {
     super(ns);
   }
@@ -55,7 +55,7 @@ export class NftBackend extends NftablesBackend {
     if (text)
       await mustExec(this.ns, 'applying NAT rules', 'nft', ['-f', '-'], text, {
         timeoutMs: APPLY_TIMEOUT_MS,
-        holdFd: this.holdFd,
+        holdFd: this.lock.fd,
       });
   }
 

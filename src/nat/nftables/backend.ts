@@ -9,7 +9,8 @@
 import { formatHostPort, type Family } from '../../addr/cidr';
 import type { NetNs } from '../../netns';
 import { familiesUsed, familyOf, type DesiredState, type Service } from '../model';
-import { affinitySet, counterPlaces, render, sepChain, type CounterPlace } from './layout';
+import { counterPlaces, render, type CounterPlace } from './layout';
+import { affinitySet, sepChain } from './table-names';
 import { PlanBuilder, fullPlan, type Plan } from './plan';
 import { SharedIndex, changePlan, globalRecord, lbRecordAfter, lbRecordOf, lookedUp } from './incremental';
 import type { NatState, StateView } from '../changes';

@@ -14,16 +14,8 @@
 import { hash } from 'node:crypto';
 import { familyOf, sameService, type DesiredState, type Service } from '../model';
 import type { StateView } from '../changes';
-import {
-  HAIRPIN,
-  globalChains,
-  hairpinElement,
-  lbOf,
-  serviceParts,
-  sharedOf,
-  staticSets,
-  type ServiceParts,
-} from './layout';
+import { HAIRPIN, staticSets } from './table-names';
+import { globalChains, hairpinElement, lbOf, serviceParts, sharedOf, type ServiceParts } from './layout';
 import { LAYOUT, PlanBuilder, type Plan } from './plan';
 import type { NftablesRecord } from '../backends/types';
 import { keyId, sameElement, type Chain, type Element, type Family, type NamedSet, type Rule } from './ruleset';

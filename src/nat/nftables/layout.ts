@@ -22,49 +22,37 @@
 import { formatHostPort } from '../../addr/cidr';
 import { CANARY_COMMENT, HAIRPIN_COMMENT, MASQ_COMMENT, MASQ_MARK, PRIORITY } from '../constants';
 import { familyOf, ruleFamily, servesLoopback, type DesiredState, type Proto, type Service } from '../model';
-import { endpointHash, portProtoHash } from '../names';
 import { LOCALNET_GUARD, forwardRules, natRuleItems } from './rules';
+import {
+  CANARY,
+  ENDPOINTS,
+  ENDPOINTS_WEIGHTED,
+  ENDPOINT_KEY,
+  HAIRPIN,
+  MARK_MASQ,
+  NO_ENDPOINTS,
+  REJECT_CHAIN,
+  SERVICE_IPS,
+  SERVICE_KEY,
+  staticSets,
+  affinitySet,
+  lbChain,
+  ownChain,
+  sepChain,
+  svcChain,
+  totalWeight,
+  weighted,
+} from './table-names';
 import {
   keyId,
   type Chain,
   type Element,
   type ElementList,
   type Family,
-  type KeyExpr,
   type NamedSet,
   type Rule,
   type Ruleset,
 } from './ruleset';
-
-export const SERVICE_IPS = 'service-ips';
-export const NO_ENDPOINTS = 'no-endpoint-services';
-export const ENDPOINTS = 'endpoints';
-export const ENDPOINTS_WEIGHTED = 'endpoints-weighted';
-export const HAIRPIN = 'hairpin';
-export const CANARY = 'canary';
-const MARK_MASQ = 'mark-for-masquerade';
-const REJECT_CHAIN = 'reject-no-endpoints';
-
-export const SERVICE_KEY: KeyExpr = { fields: ['daddr', 'l4proto', 'dport'] };
-/** The numgen field of the endpoint maps' key: its modulus is each lb chain's own (the map's typeof only names the field). */
-export const ENDPOINT_KEY: KeyExpr = { fields: ['daddr', 'l4proto', 'dport', 'numgen'], mod: 65536 };
-const ENDPOINT_VALUE: KeyExpr = { fields: ['daddr', 'dport'] };
-
-const safe = (s: string) => s.replace(/:/g, '.');
-
-export const svcChain = (s: Pick<Service, 'name' | 'proto'>): string =>
-  `svc-${portProtoHash(s.name, s.proto).slice(0, 8)}-${s.name}/${s.proto}`;
-export const sepChain = (s: Pick<Service, 'name' | 'proto'>, ip: string, port: number): string =>
-  `sep-${endpointHash(s.name, s.proto, formatHostPort(ip, port)).slice(0, 8)}-${s.name}/${s.proto}__${safe(ip)}/${port}`;
-export const affinitySet = (sep: string, seconds: number) => `aff-${sep.slice(4, 12)}-${seconds}`;
-
-const weighted = (s: Service) => s.endpoints.some((e) => e.weight !== 1);
-const totalWeight = (s: Service) => s.endpoints.reduce((n, e) => n + e.weight, 0);
-/** The shared chain that picks among a service's endpoints: by count (equal weights) or by total weight. */
-export const lbChain = (s: Service): string =>
-  weighted(s) ? `lbw-${s.proto}-${totalWeight(s)}` : `lb-${s.proto}-${s.endpoints.length}`;
-/** Whether a service needs a chain of its own (features the shared chains cannot express). */
-export const ownChain = (s: Service): boolean => s.affinitySeconds !== undefined || s.masqueradeNotFrom !== undefined;
 
 function lbRules(proto: Proto, mod: number, map: string): Rule[] {
   // nft wants a protocol match before a port mapping; it also keeps the chain per protocol honest.
@@ -124,6 +112,8 @@ interface MapShare {
   set: string;
   count(s: Service): number;
   element(s: Service, i: number): Element;
+  /** A verdict map's: the chain a service's elements go to. */
+  target?(s: Service): string;
 }
 
 /** The endpoint addresses a service needs hairpin pairs for, each once. */
@@ -131,15 +121,19 @@ const hairpinOf = (s: Service): string[] => [...new Set(s.endpoints.map((e) => e
 
 const goesToLb = (s: Service) => s.endpoints.length > 0 && s.affinitySeconds === undefined;
 
+/** Where a service's element in service-ips sends its packets: its own chain, or the shared lb chain. */
+const serviceTarget = (s: Service) => (ownChain(s) ? svcChain(s) : lbChain(s));
+
 const SHARES: readonly MapShare[] = [
   {
     set: SERVICE_IPS,
     count: (s) => (s.endpoints.length ? 1 : 0),
     element: (s) => ({
       key: [s.vip, s.proto, s.port],
-      data: { verdict: 'goto', chain: ownChain(s) ? svcChain(s) : lbChain(s) },
+      data: { verdict: 'goto', chain: serviceTarget(s) },
       comment: s.name,
     }),
+    target: (s) => serviceTarget(s),
   },
   {
     set: NO_ENDPOINTS,
@@ -149,6 +143,7 @@ const SHARES: readonly MapShare[] = [
       data: { verdict: 'goto', chain: REJECT_CHAIN },
       comment: `${s.name} has no endpoints`,
     }),
+    target: () => REJECT_CHAIN,
   },
   {
     set: ENDPOINTS,
@@ -204,6 +199,14 @@ class ServiceElements implements ElementList {
       this.k = k = lo;
     }
     return this.share.element(this.services[k]!, i - starts[k]!);
+  }
+
+  targets(): Iterable<string> {
+    const target = this.share.target;
+    if (!target) return [];
+    const out = new Set<string>();
+    for (const s of this.services) if (this.share.count(s)) out.add(target(s));
+    return out;
   }
 }
 
@@ -315,26 +318,6 @@ export function sharedOf(s: Service): { lb?: string; hairpin: string[] } {
 
 /** The shared lb chain a service goes to, if any (with affinity or without endpoints, none). */
 export const lbOf = (s: Service): string | undefined => (goesToLb(s) ? lbChain(s) : undefined);
-
-const serviceSet = (name: string): NamedSet => ({ name, key: SERVICE_KEY, data: 'verdict', counter: true });
-const endpointSet = (name: string, interval: boolean): NamedSet => ({
-  name,
-  key: ENDPOINT_KEY,
-  data: ENDPOINT_VALUE,
-  counter: true,
-  ...(interval ? { interval } : {}),
-});
-
-/** The sets every table has (the maps services are elements of). */
-export function staticSets(): NamedSet[] {
-  return [
-    serviceSet(SERVICE_IPS),
-    serviceSet(NO_ENDPOINTS),
-    endpointSet(ENDPOINTS, false),
-    endpointSet(ENDPOINTS_WEIGHTED, true),
-    { name: HAIRPIN, key: { fields: ['saddr', 'daddr'] } },
-  ];
-}
 
 /** The chains that do not belong to any one service: dispatch, masquerading, standalone rules, forwards, base chains. */
 export function globalChains(st: Pick<DesiredState, 'rules' | 'forwards'>, family: Family): Chain[] {

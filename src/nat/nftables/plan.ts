@@ -136,8 +136,10 @@ export class PlanBuilder {
         this.needSet(op, op.set);
         // A verdict map's elements send packets to chains (service-ips: a service's lb chain or its own).
         if (this.sets.get(op.set)!.data !== 'verdict') return;
-        for (let i = 0; i < op.elements.length; i++)
-          for (const c of targetOf(op.elements.at(i)!)) this.needChain(op, c);
+        if (op.elements.targets) for (const c of op.elements.targets()) this.needChain(op, c);
+        else
+          for (let i = 0; i < op.elements.length; i++)
+            for (const c of targetOf(op.elements.at(i)!)) this.needChain(op, c);
         return;
       }
       case 'delete-elements':

@@ -118,6 +118,8 @@ export interface NamedSet {
 export interface ElementList {
   readonly length: number;
   at(i: number): Element | undefined;
+  /** The chains its elements' verdicts name, each once, when the list can say without making its elements. */
+  targets?(): Iterable<string>;
 }
 
 /** Elements `from` to `to` (exclusive) of a list, as an array. */
