@@ -354,25 +354,17 @@ async function oneChange(): Promise<void> {
       ]);
       lib.push(Number(process.hrtime.bigint() - t0) / 1e6);
     }
+    // The CLI's arguments that replace the first endpoint of `s` with `first`.
+    const setFirstEndpoint = (s: Service, first: string) => [
+      CLI,
+      ...['--netns', ns.name!, '--state-dir', dir, 'service', 'set-endpoints', s.name, '--endpoint', first],
+      ...s.endpoints.slice(1).flatMap((x) => ['--endpoint', `${x.ip}:${x.port}`]),
+    ];
     const cli: number[] = [];
     const node: number[] = [];
     for (let k = 0; k < 15; k++) {
       const s = svcs[(k * 389 + 7) % (N - 1)]!;
-      cli.push(
-        run(process.execPath, [
-          CLI,
-          '--netns',
-          ns.name!,
-          '--state-dir',
-          dir,
-          'service',
-          'set-endpoints',
-          s.name,
-          '--endpoint',
-          `10.251.0.${k}:8080`,
-          ...s.endpoints.slice(1).flatMap((x) => ['--endpoint', `${x.ip}:${x.port}`]),
-        ]).ms,
-      );
+      cli.push(run(process.execPath, setFirstEndpoint(s, `10.251.0.${k}:8080`)).ms);
       node.push(run(process.execPath, ['-e', '0']).ms);
     }
     // The same CLI with a resident agent (tsnet agent) serving this namespace: it holds the table in memory.
@@ -382,24 +374,9 @@ async function oneChange(): Promise<void> {
       const times: number[] = [];
       for (let k = 0; k < 16; k++) {
         const s = svcs[(k * 521 + 11) % (N - 1)]!;
-        const args = [
-          '--netns',
-          ns.name!,
-          '--state-dir',
-          dir,
-          'service',
-          'set-endpoints',
-          s.name,
-          '--endpoint',
-          `10.252.0.${k}:8080`,
-        ];
-        const t = run(
-          process.execPath,
-          [CLI, ...args, ...s.endpoints.slice(1).flatMap((x) => ['--endpoint', `${x.ip}:${x.port}`])],
-          {
-            env: { TSNET_AGENT_SOCKET: socket },
-          },
-        ).ms;
+        const t = run(process.execPath, setFirstEndpoint(s, `10.252.0.${k}:8080`), {
+          env: { TSNET_AGENT_SOCKET: socket },
+        }).ms;
         if (k > 0) times.push(t); // the first loads the table into the agent
         nodeBesideAgent.push(run(process.execPath, ['-e', '0']).ms);
       }
