@@ -710,8 +710,6 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   c.Set("MS_SHARED", Napi::Number::New(env, MS_SHARED));
   c.Set("MNT_DETACH", Napi::Number::New(env, MNT_DETACH));
   c.Set("AF_NETLINK", Napi::Number::New(env, AF_NETLINK));
-  c.Set("AF_INET", Napi::Number::New(env, AF_INET));
-  c.Set("AF_INET6", Napi::Number::New(env, AF_INET6));
   c.Set("SOCK_RAW", Napi::Number::New(env, SOCK_RAW));
   exports.Set("constants", c);
   return exports;

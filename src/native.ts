@@ -49,8 +49,6 @@ export interface Native {
     MS_SHARED: number;
     MNT_DETACH: number;
     AF_NETLINK: number;
-    AF_INET: number;
-    AF_INET6: number;
     SOCK_RAW: number;
   };
 }
@@ -78,7 +76,7 @@ export const SHIM_PATH = path.join(RELEASE, 'tsnet-cni-shim');
 export const NSEXEC_PATH = path.join(RELEASE, 'tsnet-nsexec');
 
 /** The addon `npm ci` builds (node-gyp). */
-export const ADDON_PATH = path.join(RELEASE, 'tsnet_native.node');
+const ADDON_PATH = path.join(RELEASE, 'tsnet_native.node');
 
 let loaded: Native | undefined;
 

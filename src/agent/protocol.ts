@@ -14,6 +14,9 @@
  * DEV INO is (st_dev, st_ino) of /proc/self/ns/net: the identity of a network
  * namespace, equal for two processes exactly when they share it.
  */
+import { isObject } from '../json';
+import { readChange } from '../nat/changes';
+
 /** Where the agent listens and the shim connects unless told otherwise. */
 export { DEFAULT_SOCKET } from '../cni/defaults';
 /** Where the agent serves Prometheus metrics unless told otherwise (loopback only). */
@@ -131,7 +134,6 @@ export interface NatRequest {
  * it next needs it.
  */
 export const WHOLE_STATE: readonly string[] = ['replace-services', 'set-state'];
-const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
 
 export function encodeNatRequest(r: NatRequest): Buffer {
   return Buffer.concat([
@@ -175,12 +177,11 @@ export function decodeNatRequest(frames: readonly Buffer[]): NatRequest {
     throw new Error('the target namespace needs a ref and an id "DEV INO"');
   if (!Array.isArray(c) || !c.length) throw new Error('changes must be a non-empty array');
   const parsed = c.map((x) => {
-    if (isObject(x) && typeof x.kind === 'string') return x as { kind: string };
-    if (isObject(x) && typeof x.op === 'string') {
-      const { op, ...rest } = x;
-      return { kind: op, ...rest };
+    try {
+      return readChange(x);
+    } catch {
+      throw new Error(`not a change: ${JSON.stringify(x).slice(0, 80)}`);
     }
-    throw new Error(`not a change: ${JSON.stringify(x).slice(0, 80)}`);
   });
   return { netns, target: t as unknown as NatTarget, changes: parsed };
 }

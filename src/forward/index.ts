@@ -121,7 +121,7 @@ export async function add(engine: NatEngine, req: ForwardRequest): Promise<Forwa
   let report: SyncReport | undefined;
   // The same forward again changes nothing and probes nothing; otherwise the target is probed first (outside the
   // lock: it may take seconds), and the forward put in place under it, unless another tsnet put the same one meanwhile.
-  if (!same(engine.read())) {
+  if (!same(engine.globals())) {
     if (req.check !== false && f.proto === 'tcp') await checkTcp(engine.ns, f.targetIp, f.targetPort);
     report = await engine.changeWith((st) => (same(st) ? [] : [{ kind: 'put-forward', forward: f }]));
   }
@@ -160,7 +160,7 @@ export async function remove(engine: NatEngine, name: string, opts: { cut?: bool
   return true;
 }
 
-export const list = (engine: NatEngine): Forward[] => engine.read().forwards;
+export const list = (engine: NatEngine): Forward[] => engine.globals().forwards;
 
 /**
  * What `add` would do, changing nothing: the sysctls it would set (only

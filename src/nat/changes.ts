@@ -8,15 +8,15 @@
  * through indexes, not by scanning.
  */
 import { invalid } from '../errors';
+import { isObject } from '../json';
 import type { Family } from '../addr/cidr';
 import {
-  familyOf,
+  familiesOf,
   normalizeForward,
   normalizeRule,
   normalizeService,
   normalizeServices,
   normalizeState,
-  ruleFamily,
   ruleKey,
   sameForward,
   sameForwards,
@@ -30,9 +30,7 @@ import {
   type NatRule,
   type Service,
 } from './model';
-import { ServiceTable, type ServiceQuery, type StoredServices } from './service-table';
-
-export type { ServiceHint, ServiceQuery } from './service-table';
+import { ServiceTable, type StoredServices } from './service-table';
 
 export type NatChange =
   /** A service; the same one again is a no-op, another under the same name is refused ("service add"). */
@@ -78,12 +76,11 @@ void allOpsListed;
  * where the change is applied.
  */
 export function readChange(x: unknown): NatChange {
-  if (typeof x === 'object' && x !== null) {
-    const c = x as { kind?: unknown; op?: unknown };
-    if (typeof c.kind === 'string') return x as NatChange;
-    if (typeof c.op === 'string') {
-      const { op, ...rest } = c;
-      return { kind: op, ...rest } as NatChange;
+  if (isObject(x)) {
+    if (typeof x.kind === 'string') return x as unknown as NatChange;
+    if (typeof x.op === 'string') {
+      const { op, ...rest } = x;
+      return { kind: op, ...rest } as unknown as NatChange;
     }
   }
   throw invalid(`not a NAT change: ${JSON.stringify(x)?.slice(0, 80)}`);
@@ -99,19 +96,19 @@ export interface ServiceDelta {
 export interface StateView {
   /** familiesUsed(), from the services' VIPs without parsing them. */
   families(): Family[];
-  /** For each query, whether a service not named in `except` passes it (see ServiceTable.anyOther). */
-  anyOther(except: ReadonlySet<string>, queries: readonly ServiceQuery[]): boolean[];
+  /** For each address, whether a service not named in `except` has an endpoint there (see ServiceTable). */
+  endpointUsed(except: ReadonlySet<string>, ips: readonly string[]): boolean[];
 }
 
 /** A desired state whose services may still be lines of the snapshot read: `services()` reads them all (O(state)). */
-export interface NatState {
+export interface NatState extends StateView {
   rules: NatRule[];
   forwards: Forward[];
   services(): Service[];
 }
 
 /** A desired state with the indexes that let a change check it without a scan. */
-export class IndexedState implements StateView, NatState {
+export class IndexedState implements NatState {
   private constructor(
     private readonly table: ServiceTable,
     public rules: NatRule[],
@@ -158,17 +155,11 @@ export class IndexedState implements StateView, NatState {
   }
 
   families(): Family[] {
-    const services = this.table.families();
-    return ([4, 6] as const).filter(
-      (f) =>
-        services.includes(f) ||
-        this.rules.some((r) => ruleFamily(r) === f) ||
-        this.forwards.some((x) => familyOf(x.targetIp) === f),
-    );
+    return familiesOf(this.table.families(), this);
   }
 
-  anyOther(except: ReadonlySet<string>, queries: readonly ServiceQuery[]): boolean[] {
-    return this.table.anyOther(except, queries);
+  endpointUsed(except: ReadonlySet<string>, ips: readonly string[]): boolean[] {
+    return this.table.endpointUsed(except, ips);
   }
 
   /**

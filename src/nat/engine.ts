@@ -35,6 +35,9 @@ import { deleteUdpFlows, removedUdpEndpoints } from './udp-flows';
 export type { BackendChoice } from './backends';
 export type { NatChange } from './changes';
 
+/** A round that re-applies the whole stored state (no service known to have changed). */
+const whole = (indexed: IndexedState): Round => ({ next: indexed, services: [], before: () => indexed.desired() });
+
 /** Makes a backend (its module is loaded only now: a CLI call pays for the one it uses). */
 async function createBackend(
   name: BackendName,
@@ -189,9 +192,15 @@ export class NatEngine {
     return { f: { ...f, applied }, indexed };
   }
 
-  /** The desired state as stored. */
+  /** The desired state as stored (every service parsed: O(services)). */
   read(): DesiredState {
     return this.load().indexed.desired();
+  }
+
+  /** The stored rules and forwards, no service parsed. */
+  globals(): Pick<DesiredState, 'rules' | 'forwards'> {
+    const { rules, forwards } = this.load().indexed;
+    return { rules, forwards };
   }
 
   /**
@@ -202,9 +211,10 @@ export class NatEngine {
   private async backendFor(f: StateRecord): Promise<Backend> {
     const name = resolveChoice(this.choice, f.backend);
     const mode = f.applied?.backend === 'iptables' ? f.applied.mode : undefined;
-    if (this.kept && this.kept.name === name && this.kept.mode === mode) return this.kept.backend;
+    // No mode on record: the kept backend's, which it detected, will do.
+    if (this.kept?.name === name && (mode === undefined || this.kept.mode === mode)) return this.kept.backend;
     const backend = await createBackend(name, this.ns, { lock: this.lock, iptablesMode: mode });
-    this.kept = { name, mode, backend };
+    this.kept = { name, mode: (backend as { mode?: string }).mode, backend };
     return backend;
   }
 
@@ -232,7 +242,10 @@ export class NatEngine {
    * `add` twice) syncs nothing.
    */
   async change(changes: readonly NatChange[], opts: { force?: boolean } = {}): Promise<SyncReport> {
-    return (await this.changeWith(() => changes, opts))!;
+    return this.locked(async () => {
+      const { f, indexed } = this.load();
+      return this.changeRound(f, indexed, changes, opts.force ?? false, true);
+    });
   }
 
   /**
@@ -249,19 +262,7 @@ export class NatEngine {
       const { f, indexed } = this.load();
       const changes = decide({ rules: indexed.rules, forwards: indexed.forwards });
       if (!changes.length && !opts.force) return undefined;
-      const round = indexed.apply(changes);
-      if (!opts.force && !round.global && !round.services.length && this.upToDate(f)) return this.unchanged(f);
-      try {
-        return await this.apply(
-          f,
-          { next: indexed, services: round.services, before: round.before, changes },
-          opts.force ?? false,
-          'update',
-        );
-      } catch (err) {
-        round.undo();
-        throw err;
-      }
+      return this.changeRound(f, indexed, changes, opts.force ?? false, true);
     });
   }
 
@@ -275,20 +276,34 @@ export class NatEngine {
       const { f, indexed } = this.load();
       const draft = structuredClone(indexed.desired());
       const wanted = normalizeState(change(draft) ?? draft);
-      const round = indexed.apply([{ kind: 'set-state', state: wanted }]);
-      if (!opts.force && !round.global && !round.services.length && this.upToDate(f)) return this.unchanged(f);
-      try {
-        return await this.apply(
-          f,
-          { next: indexed, services: round.services, before: round.before },
-          opts.force ?? false,
-          'update',
-        );
-      } catch (err) {
-        round.undo();
-        throw err;
-      }
+      return this.changeRound(f, indexed, [{ kind: 'set-state', state: wanted }], opts.force ?? false, false);
     });
+  }
+
+  /**
+   * Applies `changes` to the loaded state and syncs what they changed (nothing, when the rules are as last left);
+   * a failed sync undoes them. `journal`: the changes are small enough to record as a journal line.
+   */
+  private async changeRound(
+    f: StateRecord,
+    indexed: IndexedState,
+    changes: readonly NatChange[],
+    force: boolean,
+    journal: boolean,
+  ): Promise<SyncReport> {
+    const round = indexed.apply(changes);
+    if (!force && !round.global && !round.services.length && this.upToDate(f)) return this.unchanged(f);
+    try {
+      return await this.apply(
+        f,
+        { next: indexed, services: round.services, before: round.before, ...(journal ? { changes } : {}) },
+        force,
+        'update',
+      );
+    } catch (err) {
+      round.undo();
+      throw err;
+    }
   }
 
   private upToDate(f: StateRecord): boolean {
@@ -310,12 +325,7 @@ export class NatEngine {
   async sync(opts: { force?: boolean } = {}): Promise<SyncReport> {
     return this.locked(async () => {
       const { f, indexed } = this.load();
-      return this.apply(
-        f,
-        { next: indexed, services: [], before: () => indexed.desired() },
-        opts.force ?? false,
-        'sync',
-      );
+      return this.apply(f, whole(indexed), opts.force ?? false, 'sync');
     });
   }
 
@@ -335,7 +345,7 @@ export class NatEngine {
       let intact = applied.clean && backend.tables === tableKind(applied.backend);
       for (const fam of families) if (intact && !(await backend.canaryPresent(fam))) intact = false;
       if (intact) return undefined;
-      return this.apply(f, { next: indexed, services: [], before: () => indexed.desired() }, true, 'resync');
+      return this.apply(f, whole(indexed), true, 'resync');
     });
   }
 
@@ -395,7 +405,6 @@ export class NatEngine {
       result = await backend.sync(next, applied, force, {
         services: round.services,
         before: round.before,
-        view: round.next,
         resident: this.resident,
       });
       conntrackDeleted = await deleteUdpFlows(this.ns, removedUdpEndpoints(round.services));

@@ -400,9 +400,17 @@ export const ruleFamily = (r: NatRule): Family => familyOf(r.kind === 'dnat' ? r
 
 /** Which address families the state has anything for (a backend leaves the others' tables absent). */
 export function familiesUsed(st: DesiredState): Family[] {
+  return familiesOf(
+    ([4, 6] as const).filter((f) => st.services.some((s) => familyOf(s.vip) === f)),
+    st,
+  );
+}
+
+/** The families of `services` (the VIPs' families, however counted) and of the rules and forwards. */
+export function familiesOf(services: readonly Family[], st: Pick<DesiredState, 'rules' | 'forwards'>): Family[] {
   return ([4, 6] as const).filter(
     (f) =>
-      st.services.some((s) => familyOf(s.vip) === f) ||
+      services.includes(f) ||
       st.rules.some((r) => ruleFamily(r) === f) ||
       st.forwards.some((x) => familyOf(x.targetIp) === f),
   );

@@ -10,31 +10,13 @@
  * then the services added since, in the order they were added.
  */
 import type { Family } from '../addr/cidr';
-import { familyOf, vipKey, type Proto, type Service } from './model';
+import { familyOf, vipKey, type Service } from './model';
 import { hash32, type SnapshotIndex } from './snapshot-index';
 
 /** A snapshot's service lines: the bytes read and their index. */
 export interface StoredServices {
   bytes: Buffer;
   index: SnapshotIndex;
-}
-
-/**
- * What a service must look like to pass a test, stated so that a stored row
- * can be ruled out from the index without parsing it.
- */
-export interface ServiceHint {
-  proto?: Proto;
-  /** The number of endpoints. */
-  endpoints?: number;
-  /** An endpoint's address. */
-  endpointIp?: string;
-}
-
-/** A question about the services: `test`, and what a passing service must look like (`hint`). */
-export interface ServiceQuery {
-  hint: ServiceHint;
-  test: (s: Service) => boolean;
 }
 
 type Counts = { 4: number; 6: number };
@@ -71,8 +53,7 @@ export class ServiceTable {
       }
       // A first name in a table with no snapshot: what put() would do, without its lookups.
       t.changed.set(s.name, s);
-      if (!vips) t.changedVips.set(vipKey(s), s.name);
-      t.counts[familyOf(s.vip)]++;
+      t.enter(s.name, s, !vips);
     }
     return t;
   }
@@ -124,21 +105,28 @@ export class ServiceTable {
   }
 
   /** Sets `name` to `now` (null: deleted), keeping the counts and the VIP index in step. */
+  /** `s`, which `name` was, leaves the counts and the VIP map. */
+  private leave(name: string, s: Service | undefined): void {
+    if (!s) return;
+    this.counts[familyOf(s.vip)]--;
+    if (this.changedVips.get(vipKey(s)) === name) this.changedVips.delete(vipKey(s));
+  }
+
+  /** `s`, which `name` now is, enters the counts, and the VIP map when it is a changed service (`changed`). */
+  private enter(name: string, s: Service | undefined, changed: boolean): void {
+    if (!s) return;
+    this.counts[familyOf(s.vip)]++;
+    if (changed) this.changedVips.set(vipKey(s), name);
+  }
+
   private set(name: string, now: Service | null): void {
-    const was = this.get(name);
-    if (was) {
-      this.counts[familyOf(was.vip)]--;
-      if (this.changedVips.get(vipKey(was)) === name) this.changedVips.delete(vipKey(was));
-    }
+    this.leave(name, this.get(name));
     if (!this.changed.has(name)) {
       if (this.storedRow(name) !== undefined) this.changedStored.add(name);
       if (this.stored) this.bumpHash(name, 1);
     }
     this.entry(name, now);
-    if (now) {
-      this.counts[familyOf(now.vip)]++;
-      this.changedVips.set(vipKey(now), name);
-    }
+    this.enter(name, now ?? undefined, true);
   }
 
   /** Sets `name`'s entry in `changed`, counting the tombstones compact() may drop (undefined: no entry). */
@@ -172,22 +160,15 @@ export class ServiceTable {
     const had = this.changed.has(name);
     const prev = this.changed.get(name);
     return () => {
-      const now = this.get(name);
-      if (now) {
-        this.counts[familyOf(now.vip)]--;
-        if (this.changedVips.get(vipKey(now)) === name) this.changedVips.delete(vipKey(now));
-      }
+      this.leave(name, this.get(name));
       if (had) this.entry(name, prev!);
       else {
         this.entry(name, undefined);
         this.changedStored.delete(name);
         if (this.stored) this.bumpHash(name, -1);
       }
-      const back = this.get(name);
-      if (back) {
-        this.counts[familyOf(back.vip)]++;
-        if (had && prev) this.changedVips.set(vipKey(back), name);
-      }
+      // Back in the snapshot (not had), its VIP is the index's to find.
+      this.enter(name, this.get(name), had && !!prev);
     };
   }
 
@@ -198,14 +179,11 @@ export class ServiceTable {
     return out;
   }
 
-  /** The services as snapshot lines: a changed service's written anew, an unchanged row's as read (unparsed). */
-  *lines(): Generator<{ text: string; service: Service } | { text: string; row: number; index: SnapshotIndex }> {
+  /** The services as snapshot lines: a changed service's written anew, an unchanged row where it is read (unparsed). */
+  *lines(): Generator<{ text: string; service: Service } | { row: number; stored: StoredServices }> {
     for (const e of this.entries(false)) {
       if (e.service) yield { text: JSON.stringify(e.service), service: e.service };
-      else {
-        const [from, to] = this.stored!.index.span(e.row!);
-        yield { text: this.stored!.bytes.toString('utf8', from, to), row: e.row!, index: this.stored!.index };
-      }
+      else yield { row: e.row!, stored: this.stored! };
     }
   }
 
@@ -226,23 +204,18 @@ export class ServiceTable {
   }
 
   /**
-   * For each query, whether a service not named in `except` passes it:
-   * stored rows are ruled out by the index (address, protocol, endpoint
-   * count) and parsed only when they can pass.
+   * For each address, whether a service not named in `except` has an
+   * endpoint there: stored rows found through the index's addresses, and
+   * only those parsed.
    */
-  anyOther(except: ReadonlySet<string>, queries: readonly ServiceQuery[]): boolean[] {
-    return queries.map((q) => {
-      const passes = (s: Service | null | undefined) => !!s && !except.has(s.name) && q.test(s);
-      for (const s of this.changed.values()) if (passes(s)) return true;
-      const index = this.stored?.index;
-      if (!index) return false;
-      const rows = q.hint.endpointIp !== undefined ? index.byIp(q.hint.endpointIp) : [...Array(index.count).keys()];
-      return rows.some((k) => {
-        const m = index.meta(k);
-        if (q.hint.proto !== undefined && m.proto !== q.hint.proto) return false;
-        if (q.hint.endpoints !== undefined && m.endpoints !== q.hint.endpoints) return false;
+  endpointUsed(except: ReadonlySet<string>, ips: readonly string[]): boolean[] {
+    return ips.map((ip) => {
+      const uses = (s: Service | null | undefined) =>
+        !!s && !except.has(s.name) && s.endpoints.some((e) => e.ip === ip);
+      for (const s of this.changed.values()) if (uses(s)) return true;
+      return (this.stored?.index.byIp(ip) ?? []).some((k) => {
         const s = this.row(k);
-        return !this.changed.has(s.name) && passes(s);
+        return !this.changed.has(s.name) && uses(s);
       });
     });
   }

@@ -15,14 +15,13 @@
  * (normalizeService, whose errors name the field too).
  */
 import { invalid } from '../errors';
+import { isObject } from '../json';
 import { parseHostPort, type Endpoint, type Service } from './model';
 
 /** Fields `service ls` prints that a file may carry back but never sets. */
 const READ_ONLY = new Set(['counters']);
 const FIELDS = ['name', 'vip', 'port', 'proto', 'endpoints', 'affinitySeconds', 'affinity', 'masqueradeNotFrom'];
 
-type Json = Record<string, unknown>;
-const isObject = (v: unknown): v is Json => typeof v === 'object' && v !== null && !Array.isArray(v);
 const show = (v: unknown) => (v === undefined ? 'nothing' : JSON.stringify(v));
 
 export function parseServicesFile(text: string, file: string): Service[] {

@@ -48,17 +48,6 @@ export interface RowMeta {
   ips: number[];
 }
 
-export function metaOf(s: Service): RowMeta {
-  return {
-    nameHash: hash32(s.name),
-    vipHash: hash32(vipKey(s)),
-    family: familyOf(s.vip),
-    proto: s.proto,
-    endpoints: s.endpoints.length,
-    ips: [...new Set(s.endpoints.map((e) => e.ip))].map(hash32),
-  };
-}
-
 const EMPTY = 0xffffffff;
 
 /** A table's slot count for n entries: a power of two, at most two thirds full. */

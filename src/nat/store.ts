@@ -149,10 +149,26 @@ export class NatStore {
       // As tsnet wrote it: the header line, closed, and the service lines left in the bytes, found through the index.
       const nl = bytes.indexOf(0x0a);
       const f = JSON.parse(`${bytes.toString('utf8', 0, nl)}]}}`) as StateFile;
-      const index = this.readIndex(digest) ?? indexLines(bytes, nl + 1, bytes.lastIndexOf('\n]}}'), digest);
+      const index = this.readIndex(digest) ?? this.reindex(bytes, nl + 1, digest);
       return { f: recordOf(f), indexed: IndexedState.stored({ bytes, index }, f.desired.rules, f.desired.forwards) };
     }
     return this.readEdited(bytes);
+  }
+
+  /**
+   * A snapshot without its index (an earlier release's, a crash between the two writes): indexed from its lines,
+   * and the index written, so the next load reads it. Best effort: a state a reader cannot write is still read.
+   */
+  private reindex(bytes: Buffer, from: number, digest: string): SnapshotIndex {
+    const index = indexLines(bytes, from, bytes.lastIndexOf('\n]}}'), digest);
+    try {
+      this.writeIndex(index);
+    } catch {}
+    return index;
+  }
+
+  private writeIndex(index: SnapshotIndex): void {
+    writeFileAtomic(this.index, (fd) => fs.writeSync(fd, index.encode()));
   }
 
   /** nat.index, when it indexes the snapshot of `digest`. */
@@ -242,10 +258,11 @@ export class NatStore {
       this.cache = { stamp: this.stamp(), loaded: { f, indexed: next }, seq, lines: lines + 1 };
     } else {
       // The snapshot, then its index: a crash between the two leaves an index of another digest, which is not
-      // used (the snapshot is indexed from its lines). The index is derived, so it needs no sync to disk.
+      // used (the snapshot is indexed from its lines). Synced like the snapshot: the digest binds the index to
+      // it, but only the sync vouches for the index's own bytes after a power loss.
       let index: SnapshotIndex | undefined;
       writeFileAtomic(this.file, (fd) => (index = writeSnapshot(fd, next, seq, record)));
-      writeFileAtomic(this.index, (fd) => fs.writeSync(fd, index!.encode()), 0o600, { durable: false });
+      this.writeIndex(index!);
       fs.rmSync(this.journal, { force: true });
       this.cache = { stamp: this.stamp(), loaded: { f, indexed: next }, seq, lines: 0 };
     }
@@ -286,6 +303,9 @@ function indexLines(bytes: Buffer, from: number, to: number, digest: string): Sn
  * thousand services at a time, hashing as it goes; the digest goes in place
  * last. A big table never becomes one string. Returns the index of what it wrote.
  */
+/** What separates service lines in a snapshot. */
+const SEPARATOR = Buffer.from(',\n');
+
 function writeSnapshot(
   fd: number,
   st: IndexedState,
@@ -302,30 +322,60 @@ function writeSnapshot(
   });
   const hash = createHash('sha256');
   let at = 0;
-  const put = (text: string) => {
+  const put = (text: string | Buffer) => {
     hash.update(text);
-    at += fs.writeSync(fd, text, at);
+    at += typeof text === 'string' ? fs.writeSync(fd, text, at) : fs.writeSync(fd, text, 0, text.length, at);
   };
   at = fs.writeSync(fd, `${HEAD}${'-'.repeat(DIGEST_LEN)}`, 0);
   // After the digest: the header without its `{"version":3,` and closing `]}}`, the service lines, the closing.
   put(`",${header.slice('{"version":3,'.length, -3)}\n`);
+  // The lines go out in pieces: changed services' texts in batches, and runs of unchanged rows that lay
+  // side by side in the snapshot read as one slice of its bytes (separators and all: nothing decoded).
   const index = new IndexBuilder();
   let lines = 0;
+  let written = false;
   let batch: string[] = [];
+  let run: { bytes: Buffer; from: number; to: number } | undefined;
   const flush = () => {
-    if (!batch.length) return;
-    put(`${lines > batch.length ? ',\n' : ''}${batch.join(',\n')}`);
+    if (batch.length) put(`${written ? ',\n' : ''}${batch.join(',\n')}`);
+    else if (run)
+      put(
+        written
+          ? Buffer.concat([SEPARATOR, run.bytes.subarray(run.from, run.to)])
+          : run.bytes.subarray(run.from, run.to),
+      );
+    else return;
+    written = true;
     batch = [];
+    run = undefined;
   };
   let next = at;
   for (const line of st.serviceLines()) {
     if (lines++) next += 2; // ",\n" before every line but the first
-    const end = next + Buffer.byteLength(line.text);
-    if ('service' in line) index.service(line.service, next, end);
-    else index.copy(line.index, line.row, next, end);
-    next = end;
-    batch.push(line.text);
-    if (batch.length === 1000) flush();
+    if ('service' in line) {
+      if (run) flush();
+      const end = next + Buffer.byteLength(line.text);
+      index.service(line.service, next, end);
+      next = end;
+      batch.push(line.text);
+      if (batch.length === 1000) flush();
+      continue;
+    }
+    const [from, to] = line.stored.index.span(line.row);
+    index.copy(line.stored.index, line.row, next, next + to - from);
+    next += to - from;
+    // The next row of the same bytes extends the run; anything else ends it.
+    if (
+      run &&
+      run.bytes === line.stored.bytes &&
+      from === run.to + 2 &&
+      SEPARATOR.equals(run.bytes.subarray(run.to, from))
+    )
+      run.to = to;
+    else {
+      flush();
+      run = { bytes: line.stored.bytes, from, to };
+    }
   }
   flush();
   put(`${lines ? '\n' : ''}]}}\n`);

@@ -9,8 +9,7 @@ import type { ServiceDelta } from './changes';
 
 /**
  * UDP flows that were going to endpoints no longer in their service: (vip,
- * port, endpoint ip, endpoint port). From the services that changed, when
- * known; else from the two whole states.
+ * port, endpoint ip, endpoint port), from the services that changed.
  */
 export function removedUdpEndpoints(
   changed: readonly ServiceDelta[],

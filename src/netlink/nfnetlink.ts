@@ -5,7 +5,7 @@
  * nf_tables, ctnetlink. The one place it is written (google/nftables'
  * extraHeader).
  */
-export const NFNETLINK_V0 = 0;
+const NFNETLINK_V0 = 0;
 
 /** The 4 bytes of struct nfgenmsg. */
 export const nfgenmsg = (family: number, resId = 0): Buffer =>

@@ -167,7 +167,7 @@ export const NFTA_DATA = [
 const data = nested(NFTA_DATA, { setNestedFlag: true });
 
 // One table per expression (NFTA_<NAME>_*), chosen by the expression's name.
-export const EXPR_TABLES = {
+const EXPR_TABLES = {
   payload: [
     { type: 1, name: 'dreg', codec: be32 },
     { type: 2, name: 'base', codec: be32 },
@@ -257,7 +257,7 @@ export const EXPR_TABLES = {
   ],
 } as const satisfies Record<string, Table>;
 
-export type ExprName = keyof typeof EXPR_TABLES;
+type ExprName = keyof typeof EXPR_TABLES;
 /** An NFTA_EXPR as decoded: its name, and its data decoded by that name's table. */
 export type ExprAttrs = { [N in ExprName]: { name: N; data?: Decoded<(typeof EXPR_TABLES)[N]> } }[ExprName];
 

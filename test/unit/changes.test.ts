@@ -4,7 +4,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { IndexedState, type NatChange } from '../../src/nat/changes';
 import { NatStore, storedServices } from '../../src/nat/store';
-import { SnapshotIndex, hash32, metaOf } from '../../src/nat/snapshot-index';
+import { SnapshotIndex, hash32, type RowMeta } from '../../src/nat/snapshot-index';
 import { normalizeState, parseEndpoint, type DesiredState, type Service } from '../../src/nat/model';
 
 const svc = (name: string, vip: string, eps: string[] = ['10.0.0.2:80']): Service => ({
@@ -133,6 +133,16 @@ test('replace-services is judged as a whole: two services may swap VIPs in one s
   t.is(JSON.stringify(x.desired()), before, 'a refused set changes nothing');
 });
 
+/** What the index should keep of a service's line, derived here apart from the index's own builder. */
+const metaOf = (s: Service): RowMeta => ({
+  nameHash: hash32(s.name),
+  vipHash: hash32(`${s.vip}:${s.port}/${s.proto}`),
+  family: s.vip.includes(':') ? 6 : 4,
+  proto: s.proto,
+  endpoints: s.endpoints.length,
+  ips: [...new Set(s.endpoints.map((e) => e.ip))].map(hash32),
+});
+
 const tmp = () => fs.mkdtempSync(path.join(os.tmpdir(), 'tsnet-store-'));
 
 test('store: rounds are journal lines; a fresh reader replays them; a torn last line is a round that never happened', (t) => {
@@ -211,15 +221,7 @@ test('store: services of a trusted snapshot stay unparsed until read; changing o
       r.services.map((d) => [d.old?.endpoints[0]?.ip, d.new?.endpoints[0]?.ip]),
       [['10.0.1.150', '10.0.9.9']],
     );
-    const uses = (ip: string) => ({
-      hint: { endpointIp: ip },
-      test: (s: Service) => s.endpoints.some((e) => e.ip === ip),
-    });
-    t.deepEqual(indexed.anyOther(new Set(['s150']), [uses('10.0.1.7'), uses('10.0.1.150'), uses('10.0.9.9')]), [
-      true,
-      false,
-      false,
-    ]);
+    t.deepEqual(indexed.endpointUsed(new Set(['s150']), ['10.0.1.7', '10.0.1.150', '10.0.9.9']), [true, false, false]);
     t.is(parsed, 2, 'a lookup parses only the rows whose text can match (s7; s150 is the changed one, already parsed)');
     t.throws(() => indexed.apply([{ kind: 'add-service', service: svc('new', '10.96.1.3') }]), {
       message: /services s3 and new both claim/,
@@ -315,4 +317,37 @@ test('the snapshot index: names whose hashes collide are both candidates, each s
     'every name and VIP key found in its row',
   );
   t.deepEqual(big.byName('not-there'), []);
+});
+
+test('store: a snapshot found without its index is indexed once, and the index written back for the next load', (t) => {
+  const dir = tmp();
+  const st = normalizeState({ services: [svc('a', '10.96.0.1'), svc('b', '10.96.0.2')], rules: [] });
+  new NatStore(dir).save(IndexedState.of(st), { backend: 'netlink' });
+  const indexFile = path.join(dir, 'nat.index');
+  const written = fs.readFileSync(indexFile);
+  fs.rmSync(indexFile);
+  t.deepEqual(new NatStore(dir).load().indexed.desired(), st);
+  t.deepEqual(fs.readFileSync(indexFile), written, 'the index written back is the one the snapshot was saved with');
+  fs.rmSync(dir, { recursive: true });
+});
+
+test('store: a snapshot written over a loaded one keeps the unchanged rows as they were read, the changed ones in their places', (t) => {
+  const dir = tmp();
+  const services = Array.from({ length: 50 }, (_, i) => svc(`s${i}`, `10.96.4.${i}`, [`10.0.4.${i}:80`]));
+  new NatStore(dir).save(IndexedState.of(normalizeState({ services, rules: [] })), { backend: 'netlink' });
+  const { indexed } = new NatStore(dir).load();
+  indexed.apply([
+    { kind: 'set-endpoints', name: 's10', endpoints: [parseEndpoint('10.0.9.10:80')] },
+    { kind: 'delete-service', name: 's20' },
+    { kind: 'set-endpoints', name: 's49', endpoints: [parseEndpoint('10.0.9.49:80')] },
+    { kind: 'add-service', service: svc('late', '10.96.5.1') },
+  ]);
+  const want = indexed.desired();
+  new NatStore(dir).save(indexed, { backend: 'netlink' }); // no changes given: a whole snapshot
+  const again = new NatStore(dir).load().indexed;
+  t.deepEqual(again.desired(), want);
+  t.is(again.service('s10')?.endpoints[0]?.ip, '10.0.9.10', 'a changed row found through the new index');
+  t.is(again.service('s21')?.vip, '10.96.4.21', 'an unchanged row after a deleted one, found through the new index');
+  t.is(again.service('s20'), undefined);
+  fs.rmSync(dir, { recursive: true });
 });

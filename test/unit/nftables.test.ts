@@ -27,7 +27,7 @@ import { storedServices } from '../../src/nat/store';
 import { NftablesBackend } from '../../src/nat/nftables/backend';
 import type { NetNs } from '../../src/netns';
 import { script } from '../../src/nat/nftables/text';
-import { lowerItem, encodeKey, decodeKey, type LowerContext } from '../../src/nat/nftables/lowering';
+import { ANON_MAP, lowerItem, encodeKey, decodeKey, type LowerContext } from '../../src/nat/nftables/lowering';
 import { formatExpr } from '../../src/nat/nftables/expr';
 import { setUdata, datatype } from '../../src/nat/nftables/udata';
 import { encodePlan } from '../../src/nat/nftables/batch';
@@ -54,12 +54,16 @@ function captured(family: 4 | 6): { chain: string; exprs: string[] }[] {
 
 function lowered(rs: Ruleset): { chain: string; exprs: string[] }[] {
   const sets = new Map(rs.sets.map((s) => [s.name, s]));
-  const cx: LowerContext = { family: rs.family, set: (n) => ({ interval: sets.get(n)?.interval ?? false }) };
+  // An anonymous map (the layout's are interval maps) as the batch knows it: made just before its rule.
+  const cx: LowerContext = {
+    family: rs.family,
+    set: (n) => (n === ANON_MAP ? { interval: true, id: 1 } : { interval: sets.get(n)?.interval ?? false }),
+  };
   return fullPlan(rs).ops.flatMap((op) =>
     op.kind === 'add-rules'
       ? op.rules.map((r: Rule) => ({
           chain: op.chain,
-          exprs: r.items.flatMap((i) => lowerItem(i, cx, { name: '__map%d', id: 1 })).map(formatExpr),
+          exprs: r.items.flatMap((i) => lowerItem(i, cx)).map(formatExpr),
         }))
       : [],
   );
@@ -421,12 +425,11 @@ test('a resident process keeps the index of shared objects only from syncs it de
     applied: Awaited<ReturnType<typeof b.sync>>['applied'] | undefined,
   ) => {
     const r = st.apply(changes);
-    return b.sync(st, applied, false, { services: r.services, before: r.before, view: st, resident: true });
+    return b.sync(st, applied, false, { services: r.services, before: r.before, resident: true });
   };
   let last = await b.sync(st, undefined, false, {
     services: [],
     before: () => st.desired(),
-    view: st,
     resident: true,
   });
   t.true(last.full);

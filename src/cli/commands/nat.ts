@@ -79,7 +79,7 @@ export function register(program: Command, cli: Cli): void {
     .alias('list')
     .description('standalone rules as stored')
     .action(() => {
-      const rules = natEngine(cli).read().rules;
+      const rules = natEngine(cli).globals().rules;
       print(rules, cli.json(), () => rules.map((r) => JSON.stringify(r)).join('\n'));
     });
 

@@ -1,6 +1,7 @@
 import type { Family } from '../../addr/cidr';
+import { isObject } from '../../json';
 import type { DesiredState, Service } from '../model';
-import type { NatState, ServiceDelta, StateView } from '../changes';
+import type { NatState, ServiceDelta } from '../changes';
 
 /** The backends: kube-proxy's iptables layout, or tsnet's nftables table written by `nft -f` or over netlink. */
 export type BackendName = 'iptables' | 'nft' | 'netlink';
@@ -34,9 +35,10 @@ export type Applied = (
 };
 
 type Loose = Record<string, unknown>;
-const isObj = (x: unknown): x is Loose => typeof x === 'object' && x !== null && !Array.isArray(x);
 const strings = (x: unknown): Record<string, string> =>
-  isObj(x) ? Object.fromEntries(Object.entries(x).filter((e): e is [string, string] => typeof e[1] === 'string')) : {};
+  isObject(x)
+    ? Object.fromEntries(Object.entries(x).filter((e): e is [string, string] => typeof e[1] === 'string'))
+    : {};
 
 /**
  * A record as any release wrote it, in today's shape. Until 0.1.0's
@@ -45,9 +47,12 @@ const strings = (x: unknown): Record<string, string> =>
  * older ones had no layout at all (read as layout 0: the next sync is full).
  */
 export function readApplied(x: unknown): Applied | undefined {
-  if (!isObj(x) || typeof x.backend !== 'string' || !isObj(x.families)) return undefined;
+  if (!isObject(x) || typeof x.backend !== 'string' || !isObject(x.families)) return undefined;
   const clean = x.clean === true;
-  const fams = Object.entries(x.families).filter(([k, v]) => (k === '4' || k === '6') && isObj(v)) as [string, Loose][];
+  const fams = Object.entries(x.families).filter(([k, v]) => (k === '4' || k === '6') && isObject(v)) as [
+    string,
+    Loose,
+  ][];
   if (x.backend === 'iptables')
     return {
       backend: 'iptables',
@@ -60,8 +65,8 @@ export function readApplied(x: unknown): Applied | undefined {
 }
 
 function readNftablesRecord(v: Loose): NftablesRecord {
-  if (typeof v.layout === 'number' && isObj(v.chains) && isObj(v.lb)) return v as unknown as NftablesRecord;
-  const layout = isObj(v.layout) ? Number(v.layout.version) || 0 : 0;
+  if (typeof v.layout === 'number' && isObject(v.chains) && isObject(v.lb)) return v as unknown as NftablesRecord;
+  const layout = isObject(v.layout) ? Number(v.layout.version) || 0 : 0;
   const rules = strings(v.rules);
   const chains = Object.fromEntries(
     Object.entries(strings(v.chain)).map(([name, digest]) => [
@@ -119,8 +124,6 @@ export interface SyncRound {
   services: readonly ServiceDelta[];
   /** That state, rebuilt (O(state): for what needs it whole). */
   before: () => DesiredState;
-  /** The whole state `st`, asked without reading all of it. */
-  view: StateView;
   /** The caller keeps this state for more rounds (the agent): an index of what services share is worth building now, once. */
   resident?: boolean;
 }

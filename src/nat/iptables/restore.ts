@@ -103,14 +103,6 @@ export const hookKey = (table: IptTable, chain: string, target: string): string 
 export const hookKeyOf = (h: IptHook): string => hookKey(h.table, h.chain, h.rule.target.chain);
 
 /**
- * The iptables-restore --noflush payload that turns `live` into `rs`:
- * declaring a chain (`:NAME - [0:0]`) flushes it, so only chains whose digest
- * changed are declared and rewritten (MinimizeIPTablesRestore); the dispatch
- * chains are always rewritten; chains of ours that are no longer wanted are
- * flushed and deleted in the same transaction; missing hooks are inserted at
- * the top of their built-in chain. Nothing else in the tables is touched.
- */
-/**
  * The rules `c` adds at the end of what `old` (the chain as last written,
  * when its digest confirms that) already holds; undefined when the chain
  * must be rewritten. Appending spares the kernel deleting and re-adding the
@@ -124,11 +116,17 @@ function appendedLines(c: IptChain, old: IptChain | undefined, liveDigest: strin
   return after.slice(before.length);
 }
 
+const byName = (a: { name: string }, b: { name: string }) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0);
+
 /**
  * The iptables-restore --noflush payload taking the live tables to `rs`:
- * changed chains rewritten (or only appended to, when `o.prev`, the ruleset
- * last written, shows they only grew), stale chains deleted, missing hooks
- * inserted. Without `live` everything is written (a full sync).
+ * declaring a chain (`:NAME - [0:0]`) flushes it, so only chains whose digest
+ * changed are declared and rewritten (MinimizeIPTablesRestore; or only
+ * appended to, when `o.prev`, the ruleset last written, shows they only
+ * grew); the dispatch chains are always rewritten; stale chains of ours are
+ * flushed and deleted in the same transaction; missing hooks are inserted at
+ * the top of their built-in chain. Nothing else in the tables is touched.
+ * Without `live` everything is written (a full sync).
  *
  * `o.guardCanary` puts a check of the canary in front of each table's
  * changes (both tables, changed or not): `-C` fails the table's transaction
@@ -137,8 +135,6 @@ function appendedLines(c: IptChain, old: IptChain | undefined, liveDigest: strin
  * also the cheap test: with iptables-nft a `-D`/`-R` of the canary loads
  * the whole cache, `-C` does not.)
  */
-const byName = (a: { name: string }, b: { name: string }) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0);
-
 export function restorePayload(
   rs: IptRuleset,
   live: Live | undefined,

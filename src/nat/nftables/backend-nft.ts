@@ -1,7 +1,7 @@
 /**
  * The nftables backend through the `nft` binary: one `nft -f -` transaction
  * per family and sync, read back with `nft list`. It writes exactly what the
- * netlink backend writes (see ./nftables); it stays for nodes that want nft
+ * netlink backend writes (see ./backend); it stays for nodes that want nft
  * itself in the loop.
  */
 import type { Family } from '../../addr/cidr';

@@ -2,8 +2,8 @@
  * What the two nftables backends share: the layout (src/nat/nftables/layout),
  * the plan between what was last written and what is wanted, and the record
  * of it. They differ only in how a plan reaches the kernel and how the table
- * is read back: `nft -f` and `nft list` (./nft), or nf_tables messages over
- * netlink (./netlink). Both write the same `table ip tsnet` / `ip6 tsnet`,
+ * is read back: `nft -f` and `nft list` (./backend-nft), or nf_tables messages over
+ * netlink (./backend-netlink). Both write the same `table ip tsnet` / `ip6 tsnet`,
  * byte for byte, so either takes over from the other without a teardown.
  */
 import { formatHostPort, type Family } from '../../addr/cidr';
@@ -82,11 +82,11 @@ export abstract class NftablesBackend implements Backend {
   /**
    * A partial sync when the table is as last left (a clean record, the
    * canary in place) and the caller says what was there before: only the
-   * changed services' objects are written (./nftables/incremental). Otherwise
+   * changed services' objects are written (./incremental). Otherwise
    * the table is rebuilt in one transaction.
    */
   async sync(st: NatState, applied: Applied | undefined, force: boolean, round?: SyncRound): Promise<SyncResult> {
-    // The whole state, read only by a full sync (a partial one asks `round.view`).
+    // The whole state, read only by a full sync (a partial one asks `st` what it needs).
     let whole: DesiredState | undefined;
     const desired = () => (whole ??= { services: st.services(), rules: st.rules, forwards: st.forwards });
     const result: SyncResult = {
@@ -96,11 +96,11 @@ export abstract class NftablesBackend implements Backend {
       applied: { backend: this.name, clean: true, families: {} },
     };
     const usable = applied && applied.backend !== 'iptables' && applied.clean ? applied : undefined;
-    const families = round ? round.view.families() : familiesUsed(desired());
+    const families = st.families();
     for (const family of [4, 6] as const) {
       // Taken out now: put back below only by a sync it describes (a full sync, a teardown or a failure drops it).
-      const kept = round && this.indexes.get(round.view)?.get(family);
-      if (round) this.indexes.get(round.view)?.delete(family);
+      const kept = round && this.indexes.get(st)?.get(family);
+      if (round) this.indexes.get(st)?.delete(family);
       if (!families.includes(family)) {
         if (force || mayHoldRules(applied, 'nftables', family)) await this.teardownFamily(family);
         continue;
@@ -116,26 +116,21 @@ export abstract class NftablesBackend implements Backend {
           (changes.length > LOOKUP_MAX || round.resident
             ? SharedIndex.build(round.before().services, family)
             : undefined);
-        plan = changePlan(
-          st,
-          family,
-          changes,
-          prev,
-          index ? index.others(changes) : lookedUp(round.view, prev.lb, changes),
-        );
+        plan = changePlan(st, family, changes, prev, index ? index.others(changes) : lookedUp(st, prev.lb, changes));
         if (plan && !this.partialOk(plan)) plan = undefined;
         if (plan) lb = lbRecordAfter(prev.lb, changes);
         if (plan && index) index.update(changes);
       }
       if (!plan) {
         plan = fullPlan(render(desired(), family));
-        lb = lbRecordOf(desired().services, family);
+        // A resident process counts what services share once: the record's lb users are those counts.
         index = round?.resident ? SharedIndex.build(desired().services, family) : undefined;
+        lb = index ? Object.fromEntries(index.lb) : lbRecordOf(desired().services, family);
       }
       await this.apply(plan, family);
       if (round && index) {
-        let m = this.indexes.get(round.view);
-        if (!m) this.indexes.set(round.view, (m = new Map()));
+        let m = this.indexes.get(st);
+        if (!m) this.indexes.set(st, (m = new Map()));
         m.set(family, index);
       }
       result.full ||= plan.full;

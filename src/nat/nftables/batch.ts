@@ -2,7 +2,7 @@
  * The netlink serialiser: a plan of operations (./plan) as one nf_tables
  * batch (NFNL_MSG_BATCH_BEGIN .. END), which the kernel applies as one
  * transaction. Messages carry the flags nft gives the same commands; rules
- * are the expressions ./lower compiles; sets carry nft's userdata (./udata).
+ * are the expressions ./lowering compiles; sets carry nft's userdata (./udata).
  * Each message's sequence number maps back to the operation it came from,
  * and its label ("adding rule ... to chain ...") is made from that only when
  * the kernel refuses the message (google/nftables keeps each message's rule
@@ -38,7 +38,7 @@ import {
 import { NLM_F } from '../../netlink/socket';
 import { NFT_TABLE } from '../constants';
 import { exprAttrs } from './expr';
-import { encodeKey, keyLen, lowerItem, writeKey, type LowerContext, type SetInfo } from './lowering';
+import { ANON_MAP, encodeKey, keyLen, lowerItem, writeKey, type LowerContext, type SetInfo } from './lowering';
 import type { Op, Plan } from './plan';
 import {
   isTarget,
@@ -105,7 +105,6 @@ function describe(ref: MessageRef, family: Family): string {
 
 /** An element list must fit a 16-bit attribute length: split well before. */
 const ELEMENTS_NEST_LIMIT = 60_000;
-const ANON_MAP = '__map%d';
 
 // The attribute numbers the element fast path writes, from the tables that define them.
 const ELEM = {
@@ -130,6 +129,8 @@ class BatchWriter {
   readonly created = new Map<string, SetInfo>();
   readonly firstSeq: number;
   private seq: number;
+  /** Every message's nfgenmsg: the family is the batch's. */
+  private readonly header: Buffer;
 
   /** `size`: the batch's expected size, so the buffer is allocated once instead of doubling through garbage. */
   constructor(
@@ -140,6 +141,7 @@ class BatchWriter {
     this.w = new NlWriter(size);
     this.firstSeq = seq;
     this.seq = seq;
+    this.header = nfgenmsg(nfproto(family));
     this.frame(NFNL_MSG_BATCH_BEGIN);
   }
 
@@ -153,7 +155,7 @@ class BatchWriter {
   message(type: number, flags: number, ref: MessageRef, fill: () => void): void {
     const seq = this.seq++;
     const at = this.w.beginMessage(nftMsg(type), NLM_F.REQUEST | flags, seq);
-    this.w.bytes(nfgenmsg(nfproto(this.family)));
+    this.w.bytes(this.header);
     fill();
     this.w.endMessage(at);
     this.refs.set(seq, ref);
@@ -311,12 +313,7 @@ function elementMessages(
  * its own constant set, created just before the rule, with the ranges as
  * start elements and one end element after the last (adjacent ranges share edges).
  */
-function anonymousVmap(
-  b: BatchWriter,
-  key: KeyExpr,
-  m: AnonymousVmap,
-  op: Op & { kind: 'add-rules' },
-): { name: string; id: number } {
+function anonymousVmap(b: BatchWriter, key: KeyExpr, m: AnonymousVmap, op: Op & { kind: 'add-rules' }): SetInfo {
   const fam = b.family;
   const id = b.newId();
   const decl: NamedSet = { name: ANON_MAP, key, data: 'verdict', interval: m.interval };
@@ -325,12 +322,12 @@ function anonymousVmap(
   for (const e of m.elements) {
     const v = e.key[0]!;
     const [from, to] = Array.isArray(v) ? (v as readonly [number, number]) : [v as number, v as number];
-    if (end !== undefined && end !== from)
+    if (m.interval && end !== undefined && end !== from)
       kernel.push({ key: { value: encodeKey(key, [end], fam, true) }, flags: NFT_SET_ELEM_INTERVAL_END });
-    kernel.push({ key: { value: encodeKey(key, [from], fam, true) }, data: dataAttrs(e, decl, fam) });
+    kernel.push({ key: { value: encodeKey(key, [from], fam, m.interval) }, data: dataAttrs(e, decl, fam) });
     end = to + 1;
   }
-  if (end !== undefined)
+  if (m.interval && end !== undefined)
     kernel.push({ key: { value: encodeKey(key, [end], fam, true) }, flags: NFT_SET_ELEM_INTERVAL_END });
   const attrs = setAttrs(b, decl, id);
   attrs.flags = (attrs.flags as number) | NFT_SET_F.ANONYMOUS | NFT_SET_F.CONSTANT;
@@ -339,7 +336,7 @@ function anonymousVmap(
   attrs.desc = { size: 2 * m.elements.length };
   const ref: MessageRef = { op, anonIn: op.chain };
   b.message(NFT_MSG.NEWSET, NLM_F.CREATE, ref, () => b.w.attrs(NFTA_SET, attrs));
-  const info: SetInfo = { interval: true, id };
+  const info: SetInfo = { interval: m.interval, id };
   elementMessages(
     b,
     NFT_MSG.NEWSETELEM,
@@ -350,15 +347,17 @@ function anonymousVmap(
     (i) => b.w.attrs(NFTA_SET_ELEM, kernel[i]!),
     () => ref,
   );
-  return { name: ANON_MAP, id };
+  return info;
 }
 
 function ruleMessage(b: BatchWriter, op: Op & { kind: 'add-rules' }, r: Rule, cx: LowerContext): void {
   const anon = r.items.find(
     (i): i is Extract<typeof i, { kind: 'vmap' }> => i.kind === 'vmap' && typeof i.map !== 'string',
   );
-  const anonSet = anon ? anonymousVmap(b, anon.key, anon.map as AnonymousVmap, op) : undefined;
-  const exprs = r.items.flatMap((i) => lowerItem(i, cx, i === anon ? anonSet : undefined)).map(exprAttrs);
+  // The rule's anonymous map, made first; its items lowered knowing it.
+  const anonSet = anon && anonymousVmap(b, anon.key, anon.map as AnonymousVmap, op);
+  const rcx: LowerContext = anonSet ? { ...cx, set: (n) => (n === ANON_MAP ? anonSet : cx.set(n)) } : cx;
+  const exprs = r.items.flatMap((i) => lowerItem(i, rcx)).map(exprAttrs);
   const attrs: AttrObject = { table: NFT_TABLE, chain: op.chain, expressions: exprs };
   if (r.comment !== undefined) attrs.userdata = commentUdata(r.comment);
   b.message(NFT_MSG.NEWRULE, NLM_F.CREATE | NLM_F.APPEND, { op, rule: r }, () => b.w.attrs(NFTA_RULE, attrs));
@@ -421,7 +420,7 @@ function encodeOp(b: BatchWriter, op: Op, decls: Map<string, NamedSet>, cx: Lowe
         adding ? NFT_MSG.NEWSETELEM : NFT_MSG.DELSETELEM,
         adding ? NLM_F.CREATE : 0,
         op.set,
-        b.created.get(op.set) ?? { interval: decl.interval ?? false },
+        cx.set(op.set),
         op.elements.length,
         (i) => writeElement(b, op.elements.at(i)!, decl, adding),
         (first, count) => ({ op, first, count }),

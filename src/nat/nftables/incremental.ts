@@ -124,10 +124,7 @@ export function lookedUp(
   return {
     lb: (names) => new Set(names.filter((n) => (lbUsers?.[n] ?? 0) > (mine.lb.get(n) ?? 0))),
     hairpin: (ips) => {
-      const found = view.anyOther(
-        except,
-        ips.map((ip) => ({ hint: { endpointIp: ip }, test: (s: Service) => s.endpoints.some((e) => e.ip === ip) })),
-      );
+      const found = view.endpointUsed(except, ips);
       return new Set(ips.filter((_, i) => found[i]));
     },
   };

@@ -76,6 +76,13 @@ function lbChainFor(s: Service): Chain {
   };
 }
 
+/** Endpoint i's range of [0, total weight), alone (an element is made per endpoint). */
+function rangeOf(s: Service, i: number): [number, number] {
+  let from = 0;
+  for (let j = 0; j < i; j++) from += s.endpoints[j]!.weight;
+  return [from, from + s.endpoints[i]!.weight - 1];
+}
+
 /** Each endpoint's range of [0, total weight). */
 function ranges(s: Service): [number, number][] {
   let from = 0;
@@ -154,13 +161,13 @@ const SHARES: readonly MapShare[] = [
     set: ENDPOINTS_WEIGHTED,
     count: (s) => (goesToLb(s) && weighted(s) ? s.endpoints.length : 0),
     element: (s, i) => ({
-      key: [s.vip, s.proto, s.port, ranges(s)[i]!],
+      key: [s.vip, s.proto, s.port, rangeOf(s, i)],
       data: [s.endpoints[i]!.ip, s.endpoints[i]!.port],
     }),
   },
 ];
 
-/** The elements the services put in one map, each made when it is read (in order, each costs O(1); a weighted endpoint's range, O(endpoints)). */
+/** The elements the services put in one map, each made when it is read (in order, each costs O(1); a weighted endpoint's range, O(its position)). */
 class ServiceElements implements ElementList {
   readonly length: number;
   /** starts[k]: the position of services[k]'s first element; starts[services.length]: the length. */
@@ -205,7 +212,9 @@ class ServiceElements implements ElementList {
     const target = this.share.target;
     if (!target) return [];
     const out = new Set<string>();
-    for (const s of this.services) if (this.share.count(s)) out.add(target(s));
+    this.services.forEach((s, k) => {
+      if (this.starts[k + 1]! > this.starts[k]!) out.add(target(s)); // it has elements here
+    });
     return out;
   }
 }
@@ -224,8 +233,8 @@ export function counterPlaces(s: Service): { service: CounterPlace; endpoints: C
   const endpointMap = [ENDPOINTS, ENDPOINTS_WEIGHTED].find((set) => shareOf(set).count(s) > 0);
   return {
     service: at(s.endpoints.length ? SERVICE_IPS : NO_ENDPOINTS, 0),
-    endpoints: s.endpoints.map((e, i) =>
-      s.affinitySeconds !== undefined || !endpointMap ? { chain: sepChain(s, e.ip, e.port) } : at(endpointMap, i),
+    endpoints: s.endpoints.map(
+      (e, i) => (endpointMap ? at(endpointMap, i) : { chain: sepChain(s, e.ip, e.port) }), // with affinity: no endpoint map
     ),
   };
 }

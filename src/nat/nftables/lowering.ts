@@ -43,7 +43,7 @@ const PROTO: Record<string, number> = { tcp: 6, udp: 17 };
 const addrLen = (f: Family) => (f === 6 ? 16 : 4);
 const ADDR_OFFSET = { 4: { saddr: 12, daddr: 16 }, 6: { saddr: 8, daddr: 24 } } as const;
 
-export const FIELDS: Record<Field, FieldSpec> = {
+const FIELDS: Record<Field, FieldSpec> = {
   saddr: {
     len: addrLen,
     load: (f, dreg) => ({ kind: 'payload', base: 'network', offset: ADDR_OFFSET[f].saddr, len: addrLen(f), dreg }),
@@ -85,7 +85,7 @@ export const FIELDS: Record<Field, FieldSpec> = {
 };
 
 /** The wire register of 4-byte slot k (nft's rule: a 16-byte NFT_REG_n when aligned, else NFT_REG32_k). */
-export const regOf = (slot: number): number => (slot % 4 === 0 ? NFT_REG_1 + slot / 4 : NFT_REG32_00 + slot);
+const regOf = (slot: number): number => (slot % 4 === 0 ? NFT_REG_1 + slot / 4 : NFT_REG32_00 + slot);
 
 const slots = (len: number) => Math.ceil(len / 4);
 
@@ -96,7 +96,7 @@ export function keyLen(key: KeyExpr, family: Family): number {
 }
 
 /** Loads a key into consecutive registers from reg 1; interval sets compare in network order, so host-order fields are converted. */
-export function loadKey(key: KeyExpr, family: Family, interval: boolean): Expr[] {
+function loadKey(key: KeyExpr, family: Family, interval: boolean): Expr[] {
   const out: Expr[] = [];
   let slot = 0;
   for (const f of key.fields) {
@@ -271,7 +271,10 @@ function ifname(name: string): Buffer {
   return b;
 }
 
-/** How one kind of rule item lowers: `anonymousSet`, the set an anonymous vmap was given in this batch. */
+/** The name nft gives an anonymous set (the kernel numbers it). */
+export const ANON_MAP = '__map%d';
+
+/** How one kind of rule item lowers. */
 type ItemOf<K extends Item['kind']> = Item extends infer I
   ? I extends { kind: infer KK }
     ? K extends KK
@@ -279,11 +282,7 @@ type ItemOf<K extends Item['kind']> = Item extends infer I
       : never
     : never
   : never;
-type Lowerer<K extends Item['kind']> = (
-  item: ItemOf<K>,
-  cx: LowerContext,
-  anonymousSet?: { name: string; id: number },
-) => Expr[];
+type Lowerer<K extends Item['kind']> = (item: ItemOf<K>, cx: LowerContext) => Expr[];
 
 /** The key loaded, then looked up in a set of the table (a map's value to `dreg`; none: a match). */
 function lookupIn(cx: LowerContext, key: KeyExpr, set: string, dreg?: number): Expr[] {
@@ -344,17 +343,9 @@ const LOWER: { [K in Item['kind']]: Lowerer<K> } = {
   verdict: (item) => [{ kind: 'verdict', verdict: { code: item.verdict } }],
   jump: (item) => [{ kind: 'verdict', verdict: { code: item.kind, chain: item.chain } }],
   goto: (item) => [{ kind: 'verdict', verdict: { code: item.kind, chain: item.chain } }],
-  vmap: (item, cx, anonymousSet) => {
-    const fam = cx.family;
-    if (typeof item.map !== 'string') {
-      if (!anonymousSet) throw new Error('lowering an anonymous vmap needs the set it was given');
-      return [
-        ...loadKey(item.key, fam, item.map.interval),
-        { kind: 'lookup', sreg: NFT_REG_1, set: anonymousSet.name, setId: anonymousSet.id, dreg: NFT_REG_VERDICT },
-      ];
-    }
-    return lookupIn(cx, item.key, item.map, NFT_REG_VERDICT);
-  },
+  // An anonymous vmap's set is created in the same batch, just before its rule: cx knows it as ANON_MAP.
+  vmap: (item, cx) => lookupIn(cx, item.key, typeof item.map === 'string' ? item.map : ANON_MAP, NFT_REG_VERDICT),
+
   dnat: (item, { family: fam }) => [
     { kind: 'immediate', dreg: NFT_REG_1, data: ipToBuffer(item.ip) },
     { kind: 'immediate', dreg: NFT_REG_1 + 1, data: be16(item.port) },
@@ -415,8 +406,8 @@ const LOWER: { [K in Item['kind']]: Lowerer<K> } = {
   },
 };
 
-/** The kernel expressions of one rule item; `anonymousSet` names the set an anonymous vmap was given in this batch. */
-export function lowerItem(item: Item, cx: LowerContext, anonymousSet?: { name: string; id: number }): Expr[] {
+/** The kernel expressions of one rule item. */
+export function lowerItem(item: Item, cx: LowerContext): Expr[] {
   // The table is indexed by the item's own kind: the lowerer it finds takes that item.
-  return (LOWER[item.kind] as Lowerer<Item['kind']>)(item, cx, anonymousSet);
+  return (LOWER[item.kind] as Lowerer<Item['kind']>)(item, cx);
 }

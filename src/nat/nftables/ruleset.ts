@@ -1,7 +1,7 @@
 /**
  * An nftables table as typed data: what src/nat/nftables/layout.ts builds
  * from the NAT model, and what the two serialisers turn into `nft -f` text
- * (./text.ts) or nf_tables netlink messages (./netlink.ts). Nothing here
+ * (./text.ts) or nf_tables netlink messages (./batch.ts). Nothing here
  * knows either syntax.
  *
  * A rule is an ordered list of items, each a match or a statement, as nft
@@ -145,9 +145,8 @@ const valueText = (v: Value) => (!Array.isArray(v) ? String(v) : v[0] === v[1] ?
 
 /**
  * A key's identity, as nft writes it (`10.96.0.1 . tcp . 80 . 0-1`; `3`, not
- * `3-3`): what
- * the kernel indexes an element by. The one spelling diffs, counter joins
- * and both backends' read-backs compare.
+ * `3-3`): what the kernel indexes an element by. The one spelling diffs,
+ * counter joins, both backends' read-backs and the nft text compare or write.
  */
 export const keyId = (values: readonly Value[]): string => values.map(valueText).join(' . ');
 

@@ -21,7 +21,7 @@ export const REJECT_CHAIN = 'reject-no-endpoints';
 export const SERVICE_KEY: KeyExpr = { fields: ['daddr', 'l4proto', 'dport'] };
 /** The numgen field of the endpoint maps' key: its modulus is each lb chain's own (the map's typeof only names the field). */
 export const ENDPOINT_KEY: KeyExpr = { fields: ['daddr', 'l4proto', 'dport', 'numgen'], mod: 65536 };
-export const ENDPOINT_VALUE: KeyExpr = { fields: ['daddr', 'dport'] };
+const ENDPOINT_VALUE: KeyExpr = { fields: ['daddr', 'dport'] };
 
 const safe = (s: string) => s.replace(/:/g, '.');
 

@@ -1,7 +1,7 @@
 /**
  * The `nft -f` serialiser: a plan of operations (./plan) as nft commands, and
  * rule items as nft syntax. formatItem is the only place that knows nft's
- * rule syntax; ./lower compiles the same items the way nft compiles this text.
+ * rule syntax; ./lowering compiles the same items the way nft compiles this text.
  */
 import { formatHostPort, parseCidr } from '../../addr/cidr';
 import { NFT_TABLE } from '../constants';
@@ -16,7 +16,7 @@ import {
   type KeyExpr,
   type NamedSet,
   type Rule,
-  type Value,
+  keyId,
 } from './ruleset';
 
 const ipf = (f: Family) => (f === 6 ? 'ip6' : 'ip');
@@ -49,17 +49,12 @@ function cidrText(cidr: string): string {
   return c.prefix === (c.family === 6 ? 128 : 32) ? c.address : `${c.network}/${c.prefix}`;
 }
 
-function valueText(v: Value): string {
-  if (Array.isArray(v)) return v[0] === v[1] ? String(v[0]) : `${v[0]}-${v[1]}`;
-  return String(v);
-}
-
 /** An element as nft writes it inside `{ }`: key, comment, then `: value`. */
 export function elementText(e: Element): string {
-  const key = e.key.map(valueText).join(' . ');
+  const key = keyId(e.key);
   const comment = e.comment === undefined ? '' : ` comment ${quote(e.comment)}`;
   if (e.data === undefined) return `${key}${comment}`;
-  const data = isTarget(e.data) ? `${e.data.verdict} ${e.data.chain}` : e.data.map(valueText).join(' . ');
+  const data = isTarget(e.data) ? `${e.data.verdict} ${e.data.chain}` : keyId(e.data);
   return `${key}${comment} : ${data}`;
 }
 
@@ -181,8 +176,7 @@ export function script(ops: readonly Op[], family: Family): string {
       case 'delete-elements':
         for (let i = 0; i < op.elements.length; i += ELEMENTS_PER_COMMAND) {
           const chunk = elementsOf(op.elements, i, i + ELEMENTS_PER_COMMAND);
-          const text =
-            op.kind === 'add-elements' ? chunk.map(elementText) : chunk.map((e) => e.key.map(valueText).join(' . '));
+          const text = op.kind === 'add-elements' ? chunk.map(elementText) : chunk.map((e) => keyId(e.key));
           lines.push(`${op.kind === 'add-elements' ? 'add' : 'delete'} element ${t} ${op.set} { ${text.join(', ')} }`);
         }
         break;
