@@ -3,12 +3,11 @@
 // holds every module (help, completion, an unknown word). main.js loads the one its word names.
 // charset=ascii: main.js reads the bundle as latin1, the cheapest decode.
 import * as esbuild from 'esbuild';
-import { readFileSync } from 'node:fs';
+import { rmSync } from 'node:fs';
+import { createRequire } from 'node:module';
 
-const table = readFileSync('dist/src/cli/table.js', 'utf8');
-const families = [...new Set([...table.matchAll(/^\s+\w+: '(\w+)',$/gm)].map((m) => m[1]))];
-if (families.length < 10)
-  throw new Error(`bundle: found only ${families.length} command modules in dist/src/cli/table.js`);
+const { COMMAND_FAMILIES } = createRequire(import.meta.url)('../dist/src/cli/table.js');
+const families = [...new Set(Object.values(COMMAND_FAMILIES))];
 
 const only = (family) => ({
   name: 'only-one-command-module',
@@ -53,3 +52,6 @@ await Promise.all([
     .filter((f) => f !== 'completion')
     .map((f) => esbuild.build({ ...common, outfile: `dist/bundle/${f}.js`, plugins: [lazyChildProcess, only(f)] })),
 ]);
+// V8 checks a code cache against the length of the source only: one made from earlier bundles could run their code.
+// New bundles, no cache: main.js makes it again on each command's first run.
+rmSync('dist/bundle/cache', { recursive: true, force: true });
