@@ -11,6 +11,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import type { Script } from 'node:vm';
 import { commandWord, familyOf } from './table';
 
 type Program = { run(argv: readonly string[]): Promise<number> };
@@ -58,17 +59,37 @@ function loadBundle(family: string): { program: Program; save(): void } | undefi
   return {
     program: module.exports,
     save: () => {
-      if (cachedData && !script.cachedDataRejected) return;
-      try {
-        fs.mkdirSync(path.dirname(cacheFile), { recursive: true });
-        const tmp = `${cacheFile}.${process.pid}.tmp`;
-        fs.writeFileSync(tmp, script.createCachedData());
-        fs.renameSync(tmp, cacheFile);
-      } catch {
-        /* a read-only install runs without the cache */
-      }
+      if (!cachedData || script.cachedDataRejected) saveCache(script, cacheFile);
     },
   };
+}
+
+/**
+ * Writes `script`'s code cache to `file`, through a temporary file and a
+ * rename. The temporary file is opened before the cache is serialised: a
+ * read-only install (which runs without the cache) serialises nothing.
+ */
+function saveCache(script: Script, file: string): void {
+  const tmp = `${file}.${process.pid}.tmp`;
+  let opened = false;
+  try {
+    fs.mkdirSync(path.dirname(file), { recursive: true });
+    const fd = fs.openSync(tmp, 'wx');
+    opened = true;
+    try {
+      fs.writeFileSync(fd, script.createCachedData());
+    } finally {
+      fs.closeSync(fd);
+    }
+    fs.renameSync(tmp, file);
+  } catch {
+    // Not writable: no cache. Written in part (a full disk): no file left behind.
+    try {
+      if (opened) fs.rmSync(tmp, { force: true });
+    } catch {
+      /* the command's outcome stands */
+    }
+  }
 }
 
 async function main(): Promise<number> {
