@@ -12,7 +12,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Script } from 'node:vm';
-import { commandWord, familyOf } from './table';
+import { commandWord, familyOf, reportError } from './table';
 
 type Program = { run(argv: readonly string[]): Promise<number> };
 
@@ -111,5 +111,9 @@ if (args.length === 1 && (args[0] === '--version' || args[0] === '-V')) {
 } else {
   // Exit as soon as the command is done (stdout and stderr are synchronous on Linux): a natural exit would
   // first tear the heap down, a share of a one-shot command's time (bench:startup). A long-running command (the agent) resolves when it stops.
-  void main().then((code) => process.exit(code));
+  // A failure before the command runs (a bundle that does not load) is reported as the command's own are.
+  void main().then(
+    (code) => process.exit(code),
+    (err: unknown) => process.exit(reportError(err)),
+  );
 }

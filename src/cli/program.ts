@@ -11,7 +11,7 @@ import { Command } from 'commander';
 import { PACKAGE_ROOT } from '../native';
 import type { Cli, CommandModule } from './context';
 import { globalOptions, hoistGlobals, type Globals } from './globals';
-import { commandWord, familyOf, type Family } from './table';
+import { commandWord, familyOf, reportError, type Family } from './table';
 
 /** Each command module (table.ts says which words are whose): a run loads only the one its word names. */
 const MODULES: Record<Family, () => Promise<CommandModule>> = {
@@ -81,11 +81,10 @@ export async function run(argv: readonly string[]): Promise<number> {
     await built.program.parseAsync(hoistGlobals(built.program, argv), { from: 'user' });
     return Number(process.exitCode ?? 0);
   } catch (err) {
-    const e = err as { code?: string; exitCode?: number; message?: string };
+    const e = err as { code?: string; exitCode?: number };
     // Commander has already printed usage, help or the version.
     if (typeof e.code === 'string' && e.code.startsWith('commander.')) return e.exitCode ?? 2;
-    process.stderr.write(`tsnet: ${e.message ?? String(err)}\n`);
-    return 1;
+    return reportError(err);
   } finally {
     close();
   }

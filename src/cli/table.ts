@@ -2,7 +2,8 @@
  * The CLI's command table as data: the global options and which module
  * (commands/FAMILY.ts) each command word belongs to. program.ts builds
  * commander's options and loaders from it; main.ts reads it before anything
- * else loads (which module's compiled code to ready). No imports.
+ * else loads (which module's compiled code to ready), and reports errors as
+ * program.ts does (reportError). No imports.
  */
 
 export interface GlobalOptionSpec {
@@ -83,3 +84,9 @@ export const familyOf = (word: string | undefined): Family | undefined =>
   word !== undefined && Object.hasOwn(COMMAND_FAMILIES, word)
     ? COMMAND_FAMILIES[word as keyof typeof COMMAND_FAMILIES]
     : undefined;
+
+/** A failed command as the CLI reports it: one line on stderr; the exit code (1). */
+export function reportError(err: unknown): number {
+  process.stderr.write(`tsnet: ${(err as { message?: string } | undefined)?.message ?? String(err)}\n`);
+  return 1;
+}
