@@ -1,6 +1,6 @@
 /** `tsnet netns add|del|ls|exec`: named network namespaces, as `ip netns` keeps them. */
-import * as os from 'node:os';
 import type { Command } from 'commander';
+import { exitStatus } from '../../errno';
 import { hasCode } from '../../errors';
 import * as netns from '../../netns';
 import type { Cli } from '../context';
@@ -64,7 +64,7 @@ export function register(program: Command, cli: Cli): void {
           process.stderr.write(`tsnet: cannot run ${cmd} in namespace ${name}: ${err.message}\n`);
           resolve(127);
         });
-        child.on('exit', (code, sig) => resolve(code ?? (sig ? 128 + (os.constants.signals[sig] ?? 0) : 1)));
+        child.on('exit', (code, sig) => resolve(exitStatus(code, sig)));
       });
     });
 }
