@@ -4,7 +4,7 @@ import { exitStatus } from '../../errno';
 import { hasCode } from '../../errors';
 import * as netns from '../../netns';
 import type { Cli } from '../context';
-import { print, table } from '../output';
+import { printRows } from '../output';
 
 export function register(program: Command, cli: Cli): void {
   const nsCmd = program.command('netns').description('named network namespaces (ip netns)');
@@ -24,7 +24,7 @@ export function register(program: Command, cli: Cli): void {
     .command('ls')
     .alias('list')
     .description('list named namespaces')
-    .action(() => {
+    .action(async () => {
       const rows = netns.list().map((name) => {
         let inode: number | undefined;
         try {
@@ -36,7 +36,7 @@ export function register(program: Command, cli: Cli): void {
         }
         return { name, inode };
       });
-      print(rows, cli.json(), () => table(rows, ['name', 'inode']));
+      await printRows(rows, cli.json(), ['name', 'inode'], (r) => r);
     });
   nsCmd.enablePositionalOptions();
   nsCmd
