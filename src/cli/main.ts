@@ -12,7 +12,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Script } from 'node:vm';
-import { commandWord, familyOf, reportError } from './table';
+import { bundleFor, commandWord, reportError } from './table';
 
 type Program = { run(argv: readonly string[]): Promise<number> };
 
@@ -93,9 +93,7 @@ function saveCache(script: Script, file: string): void {
 }
 
 async function main(): Promise<number> {
-  // Completion walks every command: it runs from the bundle that has them all, as help and an unknown word do.
-  const family = familyOf(commandWord(args));
-  const bundled = loadBundle(family && family !== 'completion' ? family : 'all');
+  const bundled = loadBundle(bundleFor(commandWord(args)));
   // eslint-disable-next-line @typescript-eslint/no-require-imports -- the unbundled program, only without a bundle
   const program: Program = bundled?.program ?? (require('./program') as Program);
   const code = await program.run(args);

@@ -11,7 +11,7 @@ import { Command } from 'commander';
 import { PACKAGE_ROOT } from '../native';
 import type { Cli, CommandModule } from './context';
 import { globalOptions, hoistGlobals, type Globals } from './globals';
-import { commandWord, familyOf, reportError, type Family } from './table';
+import { bundleFor, commandWord, familyOf, reportError, type Family } from './table';
 
 /** Each command module (table.ts says which words are whose): a run loads only the one its word names. */
 const MODULES: Record<Family, () => Promise<CommandModule>> = {
@@ -57,7 +57,6 @@ export async function buildProgram(word?: string): Promise<{ program: Command; c
     globals: () => program.opts<Globals>(),
     json: () => program.opts<Globals>().json === true,
     stateDir: () => program.opts<Globals>().stateDir,
-    allCommands: async () => (familyOf(word) ? (await buildProgram()).program : program),
     onExit: (fn) => exits.push(fn),
   };
   const family = familyOf(word);
@@ -75,7 +74,9 @@ export async function buildProgram(word?: string): Promise<{ program: Command; c
 export async function run(argv: readonly string[]): Promise<number> {
   let close = () => {};
   try {
-    const built = await buildProgram(commandWord(argv));
+    const word = commandWord(argv);
+    // Every module when the run needs them all (completion walks every command), as its bundle has them.
+    const built = await buildProgram(bundleFor(word) === 'all' ? undefined : word);
     close = built.close;
     process.exitCode = 0;
     await built.program.parseAsync(hoistGlobals(built.program, argv), { from: 'user' });

@@ -85,6 +85,18 @@ export const familyOf = (word: string | undefined): Family | undefined =>
     ? COMMAND_FAMILIES[word as keyof typeof COMMAND_FAMILIES]
     : undefined;
 
+/**
+ * What a run of `word` loads: the command module it belongs to, or 'all' of
+ * them: for no word, help, a word that is not a command (commander suggests
+ * one) and completion (it walks every command). main.ts loads the bundle of
+ * that name, scripts/bundle.mjs makes one per answer, program.ts registers
+ * those modules.
+ */
+export function bundleFor(word: string | undefined): Family | 'all' {
+  const family = familyOf(word);
+  return family && family !== 'completion' ? family : 'all';
+}
+
 /** A failed command as the CLI reports it: one line on stderr; the exit code (1). */
 export function reportError(err: unknown): number {
   process.stderr.write(`tsnet: ${(err as { message?: string } | undefined)?.message ?? String(err)}\n`);
