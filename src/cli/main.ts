@@ -12,9 +12,9 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Script } from 'node:vm';
-import { bundleFor, commandWord, reportError } from './table';
+import { bundleFor, commandWord, packageVersion, reportError } from './table';
 
-type Program = { run(argv: readonly string[]): Promise<number> };
+type Program = typeof import('./program');
 
 const args = process.argv.slice(2);
 const BUNDLES = path.join(__dirname, '..', '..', 'bundle');
@@ -93,19 +93,17 @@ function saveCache(script: Script, file: string): void {
 }
 
 async function main(): Promise<number> {
-  const bundled = loadBundle(bundleFor(commandWord(args)));
+  const word = commandWord(args);
+  const bundled = loadBundle(bundleFor(word));
   // eslint-disable-next-line @typescript-eslint/no-require-imports -- the unbundled program, only without a bundle
   const program: Program = bundled?.program ?? (require('./program') as Program);
-  const code = await program.run(args);
+  const code = await program.run(args, word);
   bundled?.save();
   return code;
 }
 
 if (args.length === 1 && (args[0] === '--version' || args[0] === '-V')) {
-  // dist/src/cli -> the package root
-  process.stdout.write(
-    `${(JSON.parse(fs.readFileSync(path.join(__dirname, '..', '..', '..', 'package.json'), 'utf8')) as { version: string }).version}\n`,
-  );
+  process.stdout.write(`${packageVersion(path.join(__dirname, '..', '..', '..'))}\n`); // dist/src/cli -> the package root
 } else {
   // Exit as soon as the command is done (stdout and stderr are synchronous on Linux): a natural exit would
   // first tear the heap down, a share of a one-shot command's time (bench:startup). A long-running command (the agent) resolves when it stops.

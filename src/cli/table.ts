@@ -2,9 +2,11 @@
  * The CLI's command table as data: the global options and which module
  * (commands/FAMILY.ts) each command word belongs to. program.ts builds
  * commander's options and loaders from it; main.ts reads it before anything
- * else loads (which module's compiled code to ready), and reports errors as
- * program.ts does (reportError). No imports.
+ * else loads (which module's compiled code to ready), and answers --version
+ * and reports errors as program.ts does. No imports but node:fs and node:path.
  */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
 
 export interface GlobalOptionSpec {
   /** As commander writes them: '-n, --netns <ns>'. */
@@ -96,6 +98,10 @@ export function bundleFor(word: string | undefined): Family | 'all' {
   const family = familyOf(word);
   return family && family !== 'completion' ? family : 'all';
 }
+
+/** The version in the package.json of the package at `root`. */
+export const packageVersion = (root: string): string =>
+  (JSON.parse(fs.readFileSync(path.join(root, 'package.json'), 'utf8')) as { version: string }).version;
 
 /** A failed command as the CLI reports it: one line on stderr; the exit code (1). */
 export function reportError(err: unknown): number {
