@@ -163,11 +163,6 @@ export class Agent {
     void work.catch(() => undefined).finally(() => this.running.delete(work));
   }
 
-  /** One pass of the resync loop (it also runs every resyncIntervalMs on its own). */
-  async resync(): Promise<void> {
-    await this.loop.pass();
-  }
-
   /** Stops accepting, lets calls under way finish, removes the socket. */
   async stop(): Promise<void> {
     this.stopping = true;

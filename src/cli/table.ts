@@ -8,7 +8,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 
-export interface GlobalOptionSpec {
+interface GlobalOptionSpec {
   /** As commander writes them: '-n, --netns <ns>'. */
   flags: string;
   description: string;
@@ -56,7 +56,7 @@ export const COMMAND_FAMILIES = {
 export type Family = (typeof COMMAND_FAMILIES)[keyof typeof COMMAND_FAMILIES];
 
 /** The flags of a global option and whether it takes a value. */
-export function parseFlags(flags: string): { short?: string; long?: string; value: boolean } {
+function parseFlags(flags: string): { short?: string; long?: string; value: boolean } {
   const short = /(?:^|[ ,])(-[A-Za-z0-9])\b/.exec(flags)?.[1];
   const long = /(--[a-z][a-z0-9-]*)/.exec(flags)?.[1];
   return { ...(short ? { short } : {}), ...(long ? { long } : {}), value: /[<[]/.test(flags) };
