@@ -1,14 +1,14 @@
 // The CLI as one file per command module (npm run build, after tsc): dist/bundle/FAMILY.js holds
 // program.js with that module alone (the others resolve to an empty stub), dist/bundle/all.js
-// holds every module (help, completion, an unknown word). main.js loads the one its word names.
+// holds every module (help, completion, an unknown word). main.js loads the one its word names:
+// one bundle per answer of table.js's bundleFor.
 // charset=ascii: main.js reads the bundle as latin1, the cheapest decode.
 import * as esbuild from 'esbuild';
-import { readFileSync } from 'node:fs';
+import { rmSync } from 'node:fs';
+import { createRequire } from 'node:module';
 
-const table = readFileSync('dist/src/cli/table.js', 'utf8');
-const families = [...new Set([...table.matchAll(/^\s+\w+: '(\w+)',$/gm)].map((m) => m[1]))];
-if (families.length < 10)
-  throw new Error(`bundle: found only ${families.length} command modules in dist/src/cli/table.js`);
+const { COMMAND_FAMILIES, bundleFor } = createRequire(import.meta.url)('../dist/src/cli/table.js');
+const bundles = new Set([bundleFor(undefined), ...Object.keys(COMMAND_FAMILIES).map(bundleFor)]);
 
 const only = (family) => ({
   name: 'only-one-command-module',
@@ -47,9 +47,15 @@ const common = {
   external: ['elkjs', 'playwright-core'],
   logLevel: 'error',
 };
-await Promise.all([
-  esbuild.build({ ...common, outfile: 'dist/bundle/all.js', plugins: [lazyChildProcess] }),
-  ...families
-    .filter((f) => f !== 'completion')
-    .map((f) => esbuild.build({ ...common, outfile: `dist/bundle/${f}.js`, plugins: [lazyChildProcess, only(f)] })),
-]);
+await Promise.all(
+  [...bundles].map((b) =>
+    esbuild.build({
+      ...common,
+      outfile: `dist/bundle/${b}.js`,
+      plugins: b === 'all' ? [lazyChildProcess] : [lazyChildProcess, only(b)],
+    }),
+  ),
+);
+// V8 checks a code cache against the length of the source only: one made from earlier bundles could run their code.
+// New bundles, no cache: main.js makes it again on each command's first run.
+rmSync('dist/bundle/cache', { recursive: true, force: true });

@@ -1,15 +1,27 @@
-/** errno numbers, names and texts: one positive-number convention, as errno(3) has it. */
+/**
+ * errno numbers, names and texts: one positive-number convention, as errno(3)
+ * has it. And signal numbers, from the same lazily loaded node:os: a child's
+ * exit status (exitStatus).
+ */
 import type * as os from 'node:os';
 
 let table: { numbers: Record<string, number>; names: Map<number, string> } | undefined;
 /** Node's errno table, loaded on first use: node:os is a measurable share of every CLI start (bench:startup), and errnos are needed only when something failed. */
 function errnos(): NonNullable<typeof table> {
   if (!table) {
-    // eslint-disable-next-line @typescript-eslint/no-require-imports -- loaded lazily on purpose (see above)
-    const numbers = (require('node:os') as typeof os).constants.errno as Record<string, number>;
+    const numbers = osConstants().errno as Record<string, number>;
     table = { numbers, names: new Map(Object.entries(numbers).map(([name, num]) => [num, name])) };
   }
   return table;
+}
+
+// eslint-disable-next-line @typescript-eslint/no-require-imports -- loaded lazily on purpose (see errnos)
+const osConstants = () => (require('node:os') as typeof os).constants;
+
+/** A child's exit status as a shell reports it: its exit code, 128+N when it died of signal N, else 1. */
+export function exitStatus(code: number | null, signal: NodeJS.Signals | null): number {
+  if (code !== null) return code;
+  return signal ? 128 + (osConstants().signals[signal] ?? 0) : 1;
 }
 
 /** The errno names Node knows on Linux (os.constants.errno): what a system error's `code` can be (a unit test keeps the two equal). */

@@ -3,11 +3,16 @@
  * (CPU, RSS, heap, event-loop lag, GC, handles) and tsnet's own, named as
  * kube-proxy names the same things (`sync_proxy_rules_duration_seconds`,
  * ...) under `tsnet_`. One registry per agent: two agents in one process
- * never count into each other's.
+ * never count into each other's. prom-client loads when the first agent
+ * makes its metrics, not when this module loads: the CLI's help and
+ * completion, and the package's root, import the agent without running one.
  */
-import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics, exponentialBuckets } from 'prom-client';
+import type * as prom from 'prom-client';
 
 export function agentMetrics() {
+  // eslint-disable-next-line @typescript-eslint/no-require-imports -- loaded lazily on purpose (see above)
+  const p = require('prom-client') as typeof prom;
+  const { Counter, Gauge, Histogram, Registry, collectDefaultMetrics, exponentialBuckets } = p;
   const registry = new Registry();
   collectDefaultMetrics({ register: registry });
   const registers = [registry];

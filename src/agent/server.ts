@@ -21,6 +21,7 @@
  * nothing but the NAT engine's process-wide hooks (see engines.ts).
  */
 import * as path from 'node:path';
+import { formatHostPort } from '../addr/cidr';
 import { invalid } from '../errors';
 import { stateDir as defaultStateDir } from '../state';
 import { parseHostPort } from '../nat/model';
@@ -147,7 +148,7 @@ export class Agent {
     this.loop.start();
     const m = this.metricsAddress;
     this.log(
-      `agent: serving ${this.socket} in network namespace ${this.netns} (state ${this.stateDir}, resync every ${this.resyncIntervalMs} ms${m ? `, metrics http://${m.host}:${m.port}/metrics` : ''})`,
+      `agent: serving ${this.socket} in network namespace ${this.netns} (state ${this.stateDir}, resync every ${this.resyncIntervalMs} ms${m ? `, metrics http://${formatHostPort(m.host, m.port)}/metrics` : ''})`,
     );
   }
 
@@ -160,11 +161,6 @@ export class Agent {
   private track(work: Promise<unknown>): void {
     this.running.add(work);
     void work.catch(() => undefined).finally(() => this.running.delete(work));
-  }
-
-  /** One pass of the resync loop (it also runs every resyncIntervalMs on its own). */
-  async resync(): Promise<void> {
-    await this.loop.pass();
   }
 
   /** Stops accepting, lets calls under way finish, removes the socket. */

@@ -8,6 +8,7 @@
  * the same function through bashcompinit.
  */
 import type { Command, Option } from 'commander';
+import { commandTree, defaultSubName, takesValue } from './globals';
 
 /** A namespace, a file, or a directory: what an option's or an argument's value is completed from. */
 type Source = 'netns' | 'file' | 'dir';
@@ -25,8 +26,6 @@ interface Node {
   arg?: Source;
 }
 
-const takesValue = (o: Option) => o.required || o.optional;
-
 /** Whether a command's first argument is an existing namespace: `attach NS`, `netns del|exec NAME` (not `netns add NAME`, a new one). */
 const namesNamespace = (path: string, arg: string | undefined) =>
   arg === 'ns' || (path.startsWith('netns ') && path !== 'netns add' && arg === 'name');
@@ -39,20 +38,20 @@ function valueSource(o: Option): Source | undefined {
   return undefined;
 }
 
-function walk(c: Command, path: string, out: Node[]): void {
-  const subs = new Map<string, string>();
-  for (const s of c.commands) for (const w of [s.name(), ...s.aliases()]) subs.set(w, s.name());
-  const first = c.registeredArguments[0]?.name();
-  const dflt = (c as unknown as { _defaultCommandName: string | null })._defaultCommandName;
-  out.push({
-    path,
-    subs,
-    ...(dflt ? { defaultSub: dflt } : {}),
-    options: [...c.options],
-    ...(namesNamespace(path, first) ? { arg: 'netns' as const } : {}),
+/** Every command of the tree, as the completer asks about it. */
+const commandNodes = (program: Command): Node[] =>
+  [...commandTree(program)].map(({ command: c, path }) => {
+    const subs = new Map<string, string>();
+    for (const s of c.commands) for (const w of [s.name(), ...s.aliases()]) subs.set(w, s.name());
+    const dflt = defaultSubName(c);
+    return {
+      path,
+      subs,
+      ...(dflt ? { defaultSub: dflt } : {}),
+      options: [...c.options],
+      ...(namesNamespace(path, c.registeredArguments[0]?.name()) ? { arg: 'netns' as const } : {}),
+    };
   });
-  for (const s of c.commands) walk(s, `${path} ${s.name()}`.trim(), out);
-}
 
 const flagsOf = (os: readonly Option[]) => os.flatMap((o) => [o.long, o.short].filter((x): x is string => !!x));
 const q = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;
@@ -75,8 +74,7 @@ interface Tables {
 }
 
 function tables(program: Command): Tables {
-  const nodes: Node[] = [];
-  walk(program, '', nodes);
+  const nodes = commandNodes(program);
   const globals = program.options.filter((o) => o.long !== '--version');
   const arms = (body: (n: Node) => string | undefined) =>
     nodes

@@ -8,8 +8,6 @@ export interface Cli {
   globals(): Globals;
   json(): boolean;
   stateDir(): string | undefined;
-  /** The program with every command registered (completion walks it). */
-  allCommands(): Promise<Command>;
   /** Runs `fn` once the command is done, whatever its outcome. */
   onExit(fn: () => void): void;
 }

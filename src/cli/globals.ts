@@ -30,7 +30,18 @@ export function globalOptions(): Option[] {
   });
 }
 
-const takesValue = (o: Option) => o.required || o.optional;
+/** Whether an option takes a value (`<value>` or `[value]`). */
+export const takesValue = (o: Option): boolean => o.required || o.optional;
+
+/** The name of a command's default subcommand (`forward` -> `add`), which commander keeps private. */
+export const defaultSubName = (c: Command): string | undefined =>
+  (c as unknown as { _defaultCommandName: string | null })._defaultCommandName ?? undefined;
+
+/** Every command of the tree under `root`, each before its subcommands, with its path of names ('' for `root`). */
+export function* commandTree(root: Command, path = ''): Generator<{ command: Command; path: string }> {
+  yield { command: root, path };
+  for (const s of root.commands) yield* commandTree(s, `${path} ${s.name()}`.trim());
+}
 
 /**
  * The global option `arg` names, with its value when written in the same
@@ -47,10 +58,10 @@ function matchGlobal(globals: readonly Option[], arg: string): { option: Option;
   return undefined;
 }
 
-// Commander keeps these two settings private; the walk must see what its parser will do.
+// Commander keeps this setting and the default subcommand private; the walk must see what its parser will do.
 const passesThrough = (c: Command) => (c as unknown as { _passThroughOptions: boolean })._passThroughOptions;
 const defaultSub = (c: Command) => {
-  const name = (c as unknown as { _defaultCommandName: string | null })._defaultCommandName;
+  const name = defaultSubName(c);
   return name ? c.commands.find((s) => s.name() === name) : undefined;
 };
 const findSub = (c: Command, word: string) => c.commands.find((s) => s.name() === word || s.aliases().includes(word));
@@ -108,14 +119,12 @@ export function hoistGlobals(program: Command, argv: readonly string[]): string[
 /** Every option a subcommand defines under a global's name ("link set --json"): none, or the globals mean two things. */
 export function shadowedGlobals(program: Command): string[] {
   const names = new Set(program.options.flatMap((o) => [o.long, o.short].filter((x): x is string => !!x)));
-  const out: string[] = [];
-  const walk = (c: Command, path: string) => {
-    for (const s of c.commands) {
-      const p = `${path} ${s.name()}`.trim();
-      for (const o of s.options) for (const f of [o.long, o.short]) if (f && names.has(f)) out.push(`${p} ${f}`);
-      walk(s, p);
-    }
-  };
-  walk(program, '');
-  return out;
+  return [...commandTree(program)]
+    .slice(1) // the program's own: the globals themselves
+    .flatMap(({ command, path }) =>
+      command.options
+        .flatMap((o) => [o.long, o.short])
+        .filter((f) => f && names.has(f))
+        .map((f) => `${path} ${f}`),
+    );
 }

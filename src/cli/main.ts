@@ -11,9 +11,10 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { commandWord, familyOf } from './table';
+import type { Script } from 'node:vm';
+import { bundleFor, commandWord, packageVersion, reportError } from './table';
 
-type Program = { run(argv: readonly string[]): Promise<number> };
+type Program = typeof import('./program');
 
 const args = process.argv.slice(2);
 const BUNDLES = path.join(__dirname, '..', '..', 'bundle');
@@ -58,37 +59,57 @@ function loadBundle(family: string): { program: Program; save(): void } | undefi
   return {
     program: module.exports,
     save: () => {
-      if (cachedData && !script.cachedDataRejected) return;
-      try {
-        fs.mkdirSync(path.dirname(cacheFile), { recursive: true });
-        const tmp = `${cacheFile}.${process.pid}.tmp`;
-        fs.writeFileSync(tmp, script.createCachedData());
-        fs.renameSync(tmp, cacheFile);
-      } catch {
-        /* a read-only install runs without the cache */
-      }
+      if (!cachedData || script.cachedDataRejected) saveCache(script, cacheFile);
     },
   };
 }
 
+/**
+ * Writes `script`'s code cache to `file`, through a temporary file and a
+ * rename. The temporary file is opened before the cache is serialised: a
+ * read-only install (which runs without the cache) serialises nothing.
+ */
+function saveCache(script: Script, file: string): void {
+  const tmp = `${file}.${process.pid}.tmp`;
+  let opened = false;
+  try {
+    fs.mkdirSync(path.dirname(file), { recursive: true });
+    const fd = fs.openSync(tmp, 'wx');
+    opened = true;
+    try {
+      fs.writeFileSync(fd, script.createCachedData());
+    } finally {
+      fs.closeSync(fd);
+    }
+    fs.renameSync(tmp, file);
+  } catch {
+    // Not writable: no cache. Written in part (a full disk): no file left behind.
+    try {
+      if (opened) fs.rmSync(tmp, { force: true });
+    } catch {
+      /* the command's outcome stands */
+    }
+  }
+}
+
 async function main(): Promise<number> {
-  // Completion walks every command: it runs from the bundle that has them all, as help and an unknown word do.
-  const family = familyOf(commandWord(args));
-  const bundled = loadBundle(family && family !== 'completion' ? family : 'all');
+  const word = commandWord(args);
+  const bundled = loadBundle(bundleFor(word));
   // eslint-disable-next-line @typescript-eslint/no-require-imports -- the unbundled program, only without a bundle
   const program: Program = bundled?.program ?? (require('./program') as Program);
-  const code = await program.run(args);
+  const code = await program.run(args, word);
   bundled?.save();
   return code;
 }
 
 if (args.length === 1 && (args[0] === '--version' || args[0] === '-V')) {
-  // dist/src/cli -> the package root
-  process.stdout.write(
-    `${(JSON.parse(fs.readFileSync(path.join(__dirname, '..', '..', '..', 'package.json'), 'utf8')) as { version: string }).version}\n`,
-  );
+  process.stdout.write(`${packageVersion(path.join(__dirname, '..', '..', '..'))}\n`); // dist/src/cli -> the package root
 } else {
   // Exit as soon as the command is done (stdout and stderr are synchronous on Linux): a natural exit would
   // first tear the heap down, a share of a one-shot command's time (bench:startup). A long-running command (the agent) resolves when it stops.
-  void main().then((code) => process.exit(code));
+  // A failure before the command runs (a bundle that does not load) is reported as the command's own are.
+  void main().then(
+    (code) => process.exit(code),
+    (err: unknown) => process.exit(reportError(err)),
+  );
 }

@@ -5,13 +5,11 @@
  * unknown word and completion load them all. Errors are one line on stderr
  * and a non-zero exit.
  */
-import * as fs from 'node:fs';
-import * as path from 'node:path';
 import { Command } from 'commander';
 import { PACKAGE_ROOT } from '../native';
 import type { Cli, CommandModule } from './context';
 import { globalOptions, hoistGlobals, type Globals } from './globals';
-import { commandWord, familyOf, type Family } from './table';
+import { bundleFor, familyOf, packageVersion, reportError, type Family } from './table';
 
 /** Each command module (table.ts says which words are whose): a run loads only the one its word names. */
 const MODULES: Record<Family, () => Promise<CommandModule>> = {
@@ -32,9 +30,6 @@ const MODULES: Record<Family, () => Promise<CommandModule>> = {
   completion: () => import('./commands/completion'),
 };
 
-export const version = (): string =>
-  (JSON.parse(fs.readFileSync(path.join(PACKAGE_ROOT, 'package.json'), 'utf8')) as { version: string }).version;
-
 /**
  * The program with the module `word` belongs to; every module (in the
  * table's order, which is the order help lists them) for no word, help, or
@@ -45,7 +40,7 @@ export async function buildProgram(word?: string): Promise<{ program: Command; c
     .description(
       'Network plumbing for Linux containers: namespaces, veth pairs, bridges, addresses and routes over rtnetlink; kube-proxy-style NAT',
     )
-    .version(version())
+    .version(packageVersion(PACKAGE_ROOT))
     .enablePositionalOptions() // what is after the command word is the command's: hoistGlobals puts the globals first
     .showHelpAfterError()
     .configureHelp({ showGlobalOptions: true })
@@ -57,7 +52,6 @@ export async function buildProgram(word?: string): Promise<{ program: Command; c
     globals: () => program.opts<Globals>(),
     json: () => program.opts<Globals>().json === true,
     stateDir: () => program.opts<Globals>().stateDir,
-    allCommands: async () => (familyOf(word) ? (await buildProgram()).program : program),
     onExit: (fn) => exits.push(fn),
   };
   const family = familyOf(word);
@@ -71,21 +65,24 @@ export async function buildProgram(word?: string): Promise<{ program: Command; c
   };
 }
 
-/** Runs one command line (argv after node and the script); resolves with the exit code. */
-export async function run(argv: readonly string[]): Promise<number> {
+/**
+ * Runs one command line (argv after node and the script; `word`, its command
+ * word: commandWord(argv), as main.ts found it); resolves with the exit code.
+ */
+export async function run(argv: readonly string[], word: string | undefined): Promise<number> {
   let close = () => {};
   try {
-    const built = await buildProgram(commandWord(argv));
+    // Every module when the run needs them all (completion walks every command), as its bundle has them.
+    const built = await buildProgram(bundleFor(word) === 'all' ? undefined : word);
     close = built.close;
     process.exitCode = 0;
     await built.program.parseAsync(hoistGlobals(built.program, argv), { from: 'user' });
     return Number(process.exitCode ?? 0);
   } catch (err) {
-    const e = err as { code?: string; exitCode?: number; message?: string };
+    const e = err as { code?: string; exitCode?: number };
     // Commander has already printed usage, help or the version.
     if (typeof e.code === 'string' && e.code.startsWith('commander.')) return e.exitCode ?? 2;
-    process.stderr.write(`tsnet: ${e.message ?? String(err)}\n`);
-    return 1;
+    return reportError(err);
   } finally {
     close();
   }

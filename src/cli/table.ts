@@ -2,10 +2,13 @@
  * The CLI's command table as data: the global options and which module
  * (commands/FAMILY.ts) each command word belongs to. program.ts builds
  * commander's options and loaders from it; main.ts reads it before anything
- * else loads (which module's compiled code to ready). No imports.
+ * else loads (which module's compiled code to ready), and answers --version
+ * and reports errors as program.ts does. No imports but node:fs and node:path.
  */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
 
-export interface GlobalOptionSpec {
+interface GlobalOptionSpec {
   /** As commander writes them: '-n, --netns <ns>'. */
   flags: string;
   description: string;
@@ -53,7 +56,7 @@ export const COMMAND_FAMILIES = {
 export type Family = (typeof COMMAND_FAMILIES)[keyof typeof COMMAND_FAMILIES];
 
 /** The flags of a global option and whether it takes a value. */
-export function parseFlags(flags: string): { short?: string; long?: string; value: boolean } {
+function parseFlags(flags: string): { short?: string; long?: string; value: boolean } {
   const short = /(?:^|[ ,])(-[A-Za-z0-9])\b/.exec(flags)?.[1];
   const long = /(--[a-z][a-z0-9-]*)/.exec(flags)?.[1];
   return { ...(short ? { short } : {}), ...(long ? { long } : {}), value: /[<[]/.test(flags) };
@@ -83,3 +86,25 @@ export const familyOf = (word: string | undefined): Family | undefined =>
   word !== undefined && Object.hasOwn(COMMAND_FAMILIES, word)
     ? COMMAND_FAMILIES[word as keyof typeof COMMAND_FAMILIES]
     : undefined;
+
+/**
+ * What a run of `word` loads: the command module it belongs to, or 'all' of
+ * them: for no word, help, a word that is not a command (commander suggests
+ * one) and completion (it walks every command). main.ts loads the bundle of
+ * that name, scripts/bundle.mjs makes one per answer, program.ts registers
+ * those modules.
+ */
+export function bundleFor(word: string | undefined): Family | 'all' {
+  const family = familyOf(word);
+  return family && family !== 'completion' ? family : 'all';
+}
+
+/** The version in the package.json of the package at `root`. */
+export const packageVersion = (root: string): string =>
+  (JSON.parse(fs.readFileSync(path.join(root, 'package.json'), 'utf8')) as { version: string }).version;
+
+/** A failed command as the CLI reports it: one line on stderr; the exit code (1). */
+export function reportError(err: unknown): number {
+  process.stderr.write(`tsnet: ${(err as { message?: string } | undefined)?.message ?? String(err)}\n`);
+  return 1;
+}

@@ -8,7 +8,7 @@
  */
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
+import { exitStatus } from '../errno';
 import { contextualize, TsnetError } from '../errors';
 import { builtScript } from '../native';
 
@@ -46,7 +46,7 @@ export async function runInSandbox(
     child.on('error', (err) =>
       reject(contextualize('starting the sandbox with unshare(1) (is util-linux installed?)', err)),
     );
-    child.on('exit', (code, signal) => resolve(code ?? (signal ? 128 + os.constants.signals[signal] : 1)));
+    child.on('exit', (code, signal) => resolve(exitStatus(code, signal)));
   });
 }
 

@@ -2,7 +2,7 @@
 import type { Command } from 'commander';
 import * as addr from '../../addr';
 import type { Cli } from '../context';
-import { print, table } from '../output';
+import { printRows } from '../output';
 import { target } from '../target';
 
 export function register(program: Command, cli: Cli): void {
@@ -34,6 +34,6 @@ export function register(program: Command, cli: Cli): void {
       if (o[4]) filter.family = 4;
       if (o[6]) filter.family = 6;
       const list = await addr.list(target(cli), filter);
-      print(list, cli.json(), () => table(list, ['dev', 'cidr', 'scope']));
+      await printRows(list, cli.json(), ['dev', 'cidr', 'scope'], (a) => a);
     });
 }

@@ -1,7 +1,7 @@
 /** `tsnet agent`: the resident process the CNI shim and the CLI's NAT changes talk to. */
 import type { Command } from 'commander';
 import { DEFAULT_METRICS, DEFAULT_SOCKET } from '../../agent/protocol';
-import { Agent, parseDuration } from '../../agent/server';
+import { Agent, DEFAULT_FULL_SYNC_MS, DEFAULT_RESYNC_MS, parseDuration } from '../../agent/server';
 import { formatHostPort } from '../../addr/cidr';
 import type { Cli } from '../context';
 
@@ -16,13 +16,13 @@ export function register(program: Command, cli: Cli): void {
       '--resync-interval <duration>',
       'how often NAT rules are checked for flushes and re-applied (e.g. 10s, 500ms)',
       parseDuration,
-      parseDuration('10s'),
+      DEFAULT_RESYNC_MS,
     )
     .option(
       '--full-sync-interval <duration>',
       'how often a resync rewrites every rule, repairing hand edits the canary cannot see',
       parseDuration,
-      parseDuration('1h'),
+      DEFAULT_FULL_SYNC_MS,
     )
     .option('--metrics <host:port>', 'Prometheus metrics listener ("" to turn off)', DEFAULT_METRICS)
     .action(async (o: { socket: string; resyncInterval: number; fullSyncInterval: number; metrics: string }) => {

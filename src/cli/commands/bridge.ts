@@ -4,7 +4,7 @@ import * as bridge from '../../bridge';
 import { invalid } from '../../errors';
 import type { Cli } from '../context';
 import { collect, int } from '../options';
-import { print, table } from '../output';
+import { printRows } from '../output';
 import { target } from '../target';
 
 export function register(program: Command, cli: Cli): void {
@@ -35,17 +35,12 @@ export function register(program: Command, cli: Cli): void {
     .description('bridges with their ports')
     .action(async () => {
       const brs = await bridge.list(target(cli));
-      print(brs, cli.json(), () =>
-        table(
-          brs.map((b) => ({
-            ...b,
-            state: b.up ? 'up' : 'down',
-            stp: b.stp ? 'on' : 'off',
-            ports: b.ports.map((p) => p.name),
-          })),
-          ['name', 'state', 'mac', 'mtu', 'stp', 'addresses', 'ports'],
-        ),
-      );
+      await printRows(brs, cli.json(), ['name', 'state', 'mac', 'mtu', 'stp', 'addresses', 'ports'], (b) => ({
+        ...b,
+        state: b.up ? 'up' : 'down',
+        stp: b.stp ? 'on' : 'off',
+        ports: b.ports.map((p) => p.name),
+      }));
     });
   brCmd
     .command('port <bridge> <port>')

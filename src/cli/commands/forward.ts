@@ -5,7 +5,7 @@ import * as forward from '../../forward';
 import type { Forward } from '../../nat/model';
 import type { Cli } from '../context';
 import { natEngine } from '../nat-engine';
-import { print, table } from '../output';
+import { print, printRows } from '../output';
 
 /** Where a forward listens, as ls prints it: `*:3308`, `10.0.0.1:3308`, `[fd00::1]:3308`. */
 const listenOf = (f: Forward) => formatHostPort(f.listen ?? '*', f.listenPort);
@@ -92,14 +92,14 @@ function lsCommand(fwd: Command, cli: Cli): void {
     .command('ls')
     .alias('list')
     .description('forwards as stored')
-    .action(() => {
-      const rows = forward.list(natEngine(cli));
-      print(rows, cli.json(), () =>
-        table(
-          rows.map((f) => ({ name: f.name, proto: f.proto, listen: listenOf(f), target: targetOf(f), snat: f.snat })),
-          ['name', 'proto', 'listen', 'target', 'snat'],
-        ),
-      );
+    .action(async () => {
+      await printRows(forward.list(natEngine(cli)), cli.json(), ['name', 'proto', 'listen', 'target', 'snat'], (f) => ({
+        name: f.name,
+        proto: f.proto,
+        listen: listenOf(f),
+        target: targetOf(f),
+        snat: f.snat,
+      }));
     });
 }
 

@@ -3,7 +3,7 @@ import type { Command } from 'commander';
 import * as link from '../../link';
 import type { Cli } from '../context';
 import { int } from '../options';
-import { print, table } from '../output';
+import { printRows } from '../output';
 import { target } from '../target';
 
 export function register(program: Command, cli: Cli): void {
@@ -15,12 +15,11 @@ export function register(program: Command, cli: Cli): void {
     .action(async () => {
       const links = await link.list(target(cli));
       const names = new Map(links.map((l) => [l.index, l.name]));
-      const rows = links.map((l) => ({
+      await printRows(links, cli.json(), ['index', 'name', 'kind', 'state', 'mtu', 'mac', 'masterName'], (l) => ({
         ...l,
         state: l.up ? 'up' : 'down',
         masterName: l.master === undefined ? undefined : names.get(l.master),
       }));
-      print(links, cli.json(), () => table(rows, ['index', 'name', 'kind', 'state', 'mtu', 'mac', 'masterName']));
     });
   linkCmd
     .command('set <dev>')

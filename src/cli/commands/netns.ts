@@ -1,10 +1,10 @@
 /** `tsnet netns add|del|ls|exec`: named network namespaces, as `ip netns` keeps them. */
-import * as os from 'node:os';
 import type { Command } from 'commander';
+import { exitStatus } from '../../errno';
 import { hasCode } from '../../errors';
 import * as netns from '../../netns';
 import type { Cli } from '../context';
-import { print, table } from '../output';
+import { printRows } from '../output';
 
 export function register(program: Command, cli: Cli): void {
   const nsCmd = program.command('netns').description('named network namespaces (ip netns)');
@@ -24,7 +24,7 @@ export function register(program: Command, cli: Cli): void {
     .command('ls')
     .alias('list')
     .description('list named namespaces')
-    .action(() => {
+    .action(async () => {
       const rows = netns.list().map((name) => {
         let inode: number | undefined;
         try {
@@ -36,7 +36,7 @@ export function register(program: Command, cli: Cli): void {
         }
         return { name, inode };
       });
-      print(rows, cli.json(), () => table(rows, ['name', 'inode']));
+      await printRows(rows, cli.json(), ['name', 'inode'], (r) => r);
     });
   nsCmd.enablePositionalOptions();
   nsCmd
@@ -64,7 +64,7 @@ export function register(program: Command, cli: Cli): void {
           process.stderr.write(`tsnet: cannot run ${cmd} in namespace ${name}: ${err.message}\n`);
           resolve(127);
         });
-        child.on('exit', (code, sig) => resolve(code ?? (sig ? 128 + (os.constants.signals[sig] ?? 0) : 1)));
+        child.on('exit', (code, sig) => resolve(exitStatus(code, sig)));
       });
     });
 }

@@ -3,7 +3,7 @@ import type { Command } from 'commander';
 import * as route from '../../route';
 import type { Cli } from '../context';
 import { int } from '../options';
-import { print, table } from '../output';
+import { printRows } from '../output';
 import { target } from '../target';
 
 interface RouteOpts {
@@ -42,6 +42,6 @@ export function register(program: Command, cli: Cli): void {
     .option('-6', 'IPv6 only')
     .action(async (o: { 4?: boolean; 6?: boolean }) => {
       const list = await route.list(target(cli), o[4] ? { family: 4 } : o[6] ? { family: 6 } : {});
-      print(list, cli.json(), () => table(list, ['dst', 'gateway', 'dev', 'metric', 'protocol', 'scope']));
+      await printRows(list, cli.json(), ['dst', 'gateway', 'dev', 'metric', 'protocol', 'scope'], (r) => r);
     });
 }

@@ -121,7 +121,7 @@ function applyCommand(svc: Command, cli: Cli): void {
 }
 
 /** A file the user named, or stdin for "-"; a missing one is bad input, not a crash. */
-export function readInput(file: string): string {
+function readInput(file: string): string {
   try {
     return fs.readFileSync(file === '-' ? 0 : file, 'utf8');
   } catch (err) {

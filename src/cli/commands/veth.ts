@@ -4,7 +4,7 @@ import * as netns from '../../netns';
 import * as veth from '../../veth';
 import type { Cli } from '../context';
 import { int } from '../options';
-import { print, table } from '../output';
+import { printRows } from '../output';
 import { target } from '../target';
 
 /** A peer's namespace as `veth ls` shows it: its name, else a pid inside it, else its nsid. */
@@ -56,18 +56,13 @@ export function register(program: Command, cli: Cli): void {
     .description('each veth with its peer: name, ifindex and namespace')
     .action(async () => {
       const pairs = await veth.list(target(cli));
-      print(pairs, cli.json(), () =>
-        table(
-          pairs.map((p) => ({
-            name: p.name,
-            state: p.up ? 'up' : 'down',
-            master: p.master,
-            peer: p.peer.name,
-            'peer-ifindex': p.peer.index,
-            'peer-netns': where(p.peer.netns),
-          })),
-          ['name', 'state', 'master', 'peer', 'peer-ifindex', 'peer-netns'],
-        ),
-      );
+      await printRows(pairs, cli.json(), ['name', 'state', 'master', 'peer', 'peer-ifindex', 'peer-netns'], (p) => ({
+        name: p.name,
+        state: p.up ? 'up' : 'down',
+        master: p.master,
+        peer: p.peer.name,
+        'peer-ifindex': p.peer.index,
+        'peer-netns': where(p.peer.netns),
+      }));
     });
 }
