@@ -10,6 +10,7 @@ import type { NatEngine } from '../../nat/engine';
 import type { Endpoint, Service } from '../../nat/model';
 import type { NetNs } from '../../netns';
 import * as sysctl from '../../sysctl';
+import type { SysctlKey } from '../../sysctl';
 import type { DoctorOptions } from '../doctor';
 import { ownerOf, type InterfaceView, type NamespaceView, type NodeView } from '../node';
 
@@ -35,8 +36,11 @@ export interface DoctorView extends NodeView {
   options: DoctorOptions;
   /** ` -n NAME` when the node is a named namespace: the fixes run there. */
   on: string;
-  /** A sysctl's live value in the node; undefined when the kernel has no such key (module not loaded, interface gone). */
-  sysctl(key: string): string | undefined;
+  /**
+   * A sysctl's live value in the node; undefined when the kernel has no such key (module not loaded, interface gone).
+   * A key naming an interface is given as an array (sysctl.keys): a name may contain '.' (eth0.100).
+   */
+  sysctl(key: SysctlKey): string | undefined;
   /** An interface of the node, by name. */
   iface(name: string): InterfaceView | undefined;
   /** Bridges that route containers: an address (the gateway) and ports. */
