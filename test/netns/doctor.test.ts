@@ -223,6 +223,9 @@ test('cni-state: an attachment whose namespace is gone, a reservation with no at
   );
   fs.writeFileSync(path.join(data, 'cnet', '10.67.0.2'), 'alive\r\neth0');
   t.deepEqual(nd.findings('cni-state'), [], 'a live attachment and its reservation');
+  // A reservation's writer killed mid-write leaves its temporary file (createExclusive's): no reservation.
+  fs.writeFileSync(path.join(data, 'cnet', '.10.67.0.8.4242.tmp'), 'killed\r\neth0');
+  t.deepEqual(nd.findings('cni-state'), [], "a dead writer's temporary file");
   fs.writeFileSync(
     path.join(nd.stateDir, 'cni', 'cnet', 'gone:eth0.json'),
     JSON.stringify(rec('gone', '/run/netns/no-such-namespace')),
