@@ -160,10 +160,7 @@ function match(t: Tracing): Match {
   const service = st.services.find((x) => x.vip === dest && x.port === req.port && x.proto === req.proto);
   if (service) return { kind: 'service', service };
   // A forward without --listen serves every local address (and loopback).
-  const local =
-    t.view.namespaces.find((n) => n.node)!.interfaces.some((i) => i.addresses.some((a) => a.split('/')[0] === dest)) ||
-    /^127\./.test(dest) ||
-    dest === '::1';
+  const local = ownerOf(t.view, dest)?.ns.node || /^127\./.test(dest) || dest === '::1';
   const forward = st.forwards.find(
     (f) => f.proto === req.proto && f.listenPort === req.port && (f.listen ? f.listen === dest : local),
   );

@@ -12,7 +12,7 @@ import type { NetNs } from '../../netns';
 import * as sysctl from '../../sysctl';
 import type { SysctlKey } from '../../sysctl';
 import type { DoctorOptions } from '../doctor';
-import { ownerOf, type InterfaceView, type NamespaceView, type NodeView } from '../node';
+import { hostEndOf, nodeOf, ownerOf, type InterfaceView, type NamespaceView, type NodeView } from '../node';
 
 /** One thing wrong: the object concerned (an interface, a service, a state directory), what breaks, what to run. */
 export interface Finding {
@@ -50,7 +50,7 @@ export interface DoctorView extends NodeView {
 }
 
 export function doctorView(host: NetNs, view: NodeView, engines: readonly NatEngine[], o: DoctorOptions): DoctorView {
-  const node = view.namespaces.find((n) => n.node)!;
+  const node = nodeOf(view);
   const v: DoctorView = {
     ...view,
     host,
@@ -79,13 +79,8 @@ export function doctorView(host: NetNs, view: NodeView, engines: readonly NatEng
   return v;
 }
 
-/** The node's end of a container interface's veth, if the pair leads to the node. */
-export function hostEndOf(v: DoctorView, i: InterfaceView): InterfaceView | undefined {
-  return i.peer?.ns === v.node.id ? v.iface(i.peer.name ?? '') : undefined;
-}
-
 /** The bridge (in the node) that an address's container is attached to, if any. */
 function bridgeOf(v: DoctorView, ip: string): string | undefined {
   const owner = ownerOf(v, ip);
-  return owner && !owner.ns.node ? hostEndOf(v, owner.iface)?.master : undefined;
+  return owner && !owner.ns.node ? hostEndOf(v.node, owner.iface)?.master : undefined;
 }
