@@ -5,7 +5,7 @@
  * kernel tables a single check needs are read by that check, when it needs them.
  */
 import type { BridgeSummary } from '../../bridge';
-import { hasCode } from '../../errors';
+import { isNotFound } from '../../errors';
 import type { NatEngine } from '../../nat/engine';
 import type { Endpoint, Service } from '../../nat/model';
 import type { NetNs } from '../../netns';
@@ -62,7 +62,7 @@ export function doctorView(host: NetNs, view: NodeView, engines: readonly NatEng
       try {
         return sysctl.get(host, key);
       } catch (err) {
-        if (hasCode(err, 'ENOENT')) return undefined;
+        if (isNotFound(err)) return undefined;
         throw err;
       }
     },
