@@ -24,8 +24,6 @@
  */
 import { errnoName, errnoNumber, isErrnoName, strerror, type ErrnoName } from './errno';
 
-export { errnoName, type ErrnoName } from './errno';
-
 /** tsnet's own codes, for failures no errno names. */
 const OWN_CODES = [
   'EINTERNAL', // a bug in tsnet (internal())

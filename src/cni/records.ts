@@ -17,7 +17,7 @@ import {
   type WriteOptions,
 } from '../state';
 import { hasCode } from '../errors';
-import { validateContainerId, validateIfnameEnv } from './env';
+import { CNI_NAME_RE, validateContainerId, validateIfnameEnv } from './env';
 import { validateNetworkName } from './ipam/config';
 import type { NatRule } from '../nat/model';
 import type { NetConf, Result } from './types';
@@ -101,4 +101,11 @@ export class RecordStore {
       .map((n) => this.read(path.join(this.dir, n)))
       .filter((r): r is AttachmentRecord => r !== undefined);
   }
+}
+
+/** The attachment records of every network in a state directory (names RecordStore could not have made are skipped). */
+export function recordsByNetwork(stateDir?: string): { network: string; records: AttachmentRecord[] }[] {
+  return listDir(path.join(defaultStateDir(stateDir), 'cni'))
+    .filter((network) => CNI_NAME_RE.test(network))
+    .map((network) => ({ network, records: new RecordStore(stateDir, network).list() }));
 }

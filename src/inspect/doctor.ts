@@ -17,8 +17,6 @@ import { forwardDrop, natCanary } from './checks/netfilter';
 import { doctorView, type Check } from './checks/check';
 import { inspectNode } from './node';
 
-export type { Check, DoctorView, Finding } from './checks/check';
-
 /** Every check, in the order doctor reports: each one's `name` is the `check` of its problems. */
 export const CHECKS: readonly Check[] = [
   ipForward, // ip_forward off where forwards or gateway bridges need it

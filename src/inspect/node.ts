@@ -131,10 +131,20 @@ export async function inspectNode(host: netns.NetNs, engines: readonly NatEngine
   return { namespaces, bridges, nat, counters };
 }
 
-/** The namespace (and interface) holding `ip` in the view, if any. */
+/** The namespace (and interface) holding `ip` in the view, if any: the node when it holds it too (it comes first). */
 export function ownerOf(view: NodeView, ip: string): { ns: NamespaceView; iface: InterfaceView } | undefined {
   for (const ns of view.namespaces) {
     for (const iface of ns.interfaces) if (iface.addresses.some((c) => c.split('/')[0] === ip)) return { ns, iface };
   }
   return undefined;
+}
+
+/** The node's own namespace in the view (the namespace inspected). */
+export function nodeOf(view: NodeView): NamespaceView {
+  return view.namespaces.find((n) => n.node)!;
+}
+
+/** The node's end of an interface's veth pair, if the pair leads to the node (`node`: nodeOf the view). */
+export function hostEndOf(node: NamespaceView, i: InterfaceView): InterfaceView | undefined {
+  return i.peer?.ns === node.id ? node.interfaces.find((x) => x.name === i.peer!.name) : undefined;
 }

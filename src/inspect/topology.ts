@@ -6,7 +6,7 @@
  * what it computed).
  */
 import { formatHostPort } from '../addr/cidr';
-import { ownerOf, type NamespaceView, type NodeView } from './node';
+import { hostEndOf, nodeOf, ownerOf, type NamespaceView, type NodeView } from './node';
 
 export type TopoKind = 'node' | 'namespace' | 'bridge' | 'service' | 'forward' | 'address';
 
@@ -40,7 +40,7 @@ const PARTS: readonly ((d: Drawing) => void)[] = [theNode, bridges, namespaces, 
 export function topology(view: NodeView): Topology {
   const d: Drawing = {
     view,
-    node: view.namespaces.find((n) => n.node)!,
+    node: nodeOf(view),
     bridgeNames: new Set(view.bridges.map((b) => b.name)),
     nodes: [],
     edges: [],
@@ -108,7 +108,7 @@ function namespaces({ view, node, bridgeNames, nodes, edges }: Drawing) {
     });
     for (const i of ns.interfaces) {
       if (i.peer?.ns !== node.id) continue;
-      const hostEnd = node.interfaces.find((x) => x.name === i.peer!.name);
+      const hostEnd = hostEndOf(node, i);
       const from = hostEnd?.master && bridgeNames.has(hostEnd.master) ? `br:${hostEnd.master}` : nsId(node.id);
       edges.push({
         id: `veth:${ns.id}:${i.name}`,

@@ -92,40 +92,36 @@ type Match =
   | { kind: 'none' };
 
 /** A step adds lines (and facts) to the trace; 'stop' ends it there (the packet goes no further). */
-interface Step {
-  name: string;
-  run(t: Tracing, m: Match): void | 'stop' | Promise<void | 'stop'>;
-}
+type Step = (t: Tracing, m: Match) => void | 'stop' | Promise<void | 'stop'>;
 
 /** A step for one kind of match only. */
 function on<K extends Match['kind']>(
   kind: K,
-  name: string,
   run: (t: Tracing, m: Extract<Match, { kind: K }>) => void | 'stop' | Promise<void | 'stop'>,
 ): Step {
-  return { name, run: (t, m) => (m.kind === kind ? run(t, m as Extract<Match, { kind: K }>) : undefined) };
+  return (t, m) => (m.kind === kind ? run(t, m as Extract<Match, { kind: K }>) : undefined);
 }
 
 /** The story of a packet, in the order it happens to it. */
 const STEPS: readonly Step[] = [
-  { name: 'destination', run: (t) => say(t, `${t.result.destination} from ${t.from ?? 'this node (nat OUTPUT)'}`) },
-  on('service', 'service', serviceHit),
-  on('service', 'reject', rejectEmpty),
-  on('service', 'endpoints', serviceEndpoints),
-  on('service', 'held', heldEndpoint),
-  on('service', 'choice', endpointChoice),
-  on('service', 'source NAT', serviceSnat),
-  on('forward', 'forward', forwardHit),
-  on('dnat-rule', 'dnat rule', dnatRuleHit),
-  on('none', 'route', routed),
-  { name: 'way out', run: wayOut },
+  (t) => say(t, `${t.result.destination} from ${t.from ?? 'this node (nat OUTPUT)'}`),
+  on('service', serviceHit),
+  on('service', rejectEmpty),
+  on('service', serviceEndpoints),
+  on('service', heldEndpoint),
+  on('service', endpointChoice),
+  on('service', serviceSnat),
+  on('forward', forwardHit),
+  on('dnat-rule', dnatRuleHit),
+  on('none', routed),
+  wayOut,
 ];
 
 /** Traces a connection to `req.dest:req.port` through the NAT state `engine` keeps in its namespace. */
 export async function trace(engine: NatEngine, req: TraceRequest): Promise<TraceResult> {
   const t = await tracing(engine, req);
   const m = match(t);
-  for (const step of STEPS) if ((await step.run(t, m)) === 'stop') break;
+  for (const step of STEPS) if ((await step(t, m)) === 'stop') break;
   return t.result;
 }
 
@@ -160,10 +156,7 @@ function match(t: Tracing): Match {
   const service = st.services.find((x) => x.vip === dest && x.port === req.port && x.proto === req.proto);
   if (service) return { kind: 'service', service };
   // A forward without --listen serves every local address (and loopback).
-  const local =
-    t.view.namespaces.find((n) => n.node)!.interfaces.some((i) => i.addresses.some((a) => a.split('/')[0] === dest)) ||
-    /^127\./.test(dest) ||
-    dest === '::1';
+  const local = ownerOf(t.view, dest)?.ns.node || /^127\./.test(dest) || dest === '::1';
   const forward = st.forwards.find(
     (f) => f.proto === req.proto && f.listenPort === req.port && (f.listen ? f.listen === dest : local),
   );

@@ -7,6 +7,7 @@
 import test from 'ava';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import * as addr from '../../src/addr';
 import * as bridge from '../../src/bridge';
 import * as link from '../../src/link';
 import { attach } from '../../src/attach';
@@ -141,6 +142,39 @@ test('route-localnet: a forward serving 127.0.0.1 with route_localnet off on the
   t.deepEqual(nd.findings('route-localnet'), []);
 });
 
+test('an interface named with a dot (v.10, as a VLAN eth0.100): rp_filter and route_localnet are read from its own keys', async (t) => {
+  const nd = await node();
+  const c = await topo.ns(`n${nd.n}v`);
+  const [mine, theirs] = [`10.69.${nd.n}.1`, `10.69.${nd.n}.2`];
+  await link.add(nd.nd, { kind: 'veth', name: 'v.10', up: true, peer: { name: 'eth0', netns: c } });
+  await addr.replace(nd.nd, `${mine}/24`, 'v.10', { noDad: true });
+  await addr.replace(c, `${theirs}/24`, 'eth0', { noDad: true });
+  await link.setUp(c, 'eth0');
+  servers.push(await serve(c, 'tcp', theirs, 3311, 'db'));
+  // Serves 127.0.0.1 (route_localnet on v.10, the way to the target) and leaves replies to the target (rp_filter).
+  nd.ok('forward', theirs, '3310', '3311', '--name', 'dotted', '--snat', 'none');
+  /** sysctl(8) run in the node, which names the key as the kernel's /proc/sys path has it (v.10 -> v/10). */
+  const sysctlW = (setting: string) => t.is(nd.inNs('sysctl', '-w', setting).status, 0, setting);
+
+  t.deepEqual(nd.findings('route-localnet'), [], 'set on v.10 by the forward, and seen as set');
+  sysctlW('net.ipv4.conf.v/10.route_localnet=0');
+  const [p] = nd.findings('route-localnet');
+  t.is(p?.where, 'v.10');
+  t.regex(p?.problem ?? '', /^net\.ipv4\.conf\.v\/10\.route_localnet is 0: /);
+  t.is(p?.fix, 'tsnet sync (it sets it), or sysctl -w net.ipv4.conf.v/10.route_localnet=1');
+  sysctlW(p!.fix.replace(/^.* or sysctl -w /, '')); // the fix as printed
+  t.deepEqual(nd.findings('route-localnet'), []);
+
+  const strict = () => (nd.findings('rp-filter')[0]?.where.split(', ') ?? []).includes('v.10');
+  sysctlW('net.ipv4.conf.all.rp_filter=0');
+  sysctlW('net.ipv4.conf.v/10.rp_filter=0');
+  t.false(strict());
+  sysctlW('net.ipv4.conf.v/10.rp_filter=1');
+  t.true(strict(), 'strict rp_filter on v.10 reported');
+  sysctlW('net.ipv4.conf.v/10.rp_filter=2');
+  t.false(strict());
+});
+
 test('conntrack: the table above 90% of its limit (the limit given: net.netfilter.nf_conntrack_max is global, not settable in a namespace)', async (t) => {
   const nd = await node();
   servers.push(await serve(nd.cs[1]!, 'udp', nd.ip(3), 5353, 'dns'));
@@ -189,6 +223,9 @@ test('cni-state: an attachment whose namespace is gone, a reservation with no at
   );
   fs.writeFileSync(path.join(data, 'cnet', '10.67.0.2'), 'alive\r\neth0');
   t.deepEqual(nd.findings('cni-state'), [], 'a live attachment and its reservation');
+  // A reservation's writer killed mid-write leaves its temporary file (createExclusive's): no reservation.
+  fs.writeFileSync(path.join(data, 'cnet', '.10.67.0.8.4242.tmp'), 'killed\r\neth0');
+  t.deepEqual(nd.findings('cni-state'), [], "a dead writer's temporary file");
   fs.writeFileSync(
     path.join(nd.stateDir, 'cni', 'cnet', 'gone:eth0.json'),
     JSON.stringify(rec('gone', '/run/netns/no-such-namespace')),

@@ -88,21 +88,23 @@ async function addSteps(a: Add): Promise<Result> {
   // Then two independent halves at once: the container side, and the NAT rules on the host.
   const containerSide = async () => {
     await configureContainer(ns, ifname, ip.ips!, routes, c);
-    await waitForwarding(host, rec.hostIfname);
+    return waitForwarding(host, rec.hostIfname);
   };
-  const failed = (
-    await Promise.allSettled([addNat(c, rec, a.records, host, env, ip.ips, rc.portMappings), containerSide()])
-  ).find((r): r is PromiseRejectedResult => r.status === 'rejected');
-  if (failed) throw failed.reason; // the caller tears down both halves
+  const [nat, container] = await Promise.allSettled([
+    addNat(c, rec, a.records, host, env, ip.ips, rc.portMappings),
+    containerSide(),
+  ]);
+  // The caller tears down both halves.
+  if (nat.status === 'rejected') throw nat.reason;
+  if (container.status === 'rejected') throw container.reason;
 
-  return recordResult(a, ip, routes);
+  return recordResult(a, ip, routes, container.value);
 }
 
-/** The result (bridge, host end, container end with their MACs; IPAM's addresses on the container end), recorded as complete. */
-async function recordResult(a: Add, ip: Result, routes: RouteResult[]): Promise<Result> {
+/** The result (bridge, host end as waitForwarding saw it, container end with their MACs; IPAM's addresses on the container end), recorded as complete. */
+async function recordResult(a: Add, ip: Result, routes: RouteResult[], hostEnd: link.Link): Promise<Result> {
   const { c, conf, env, host, ns, rec } = a;
   const ifname = env.ifname!;
-  const hostEnd = await link.mustGet(host, rec.hostIfname);
   const inside = await link.mustGet(ns, ifname);
   const brNow = await link.mustGet(host, c.bridge);
   const result: Result = {

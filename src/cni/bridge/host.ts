@@ -61,12 +61,12 @@ export async function ensureGateway(host: NetNs, c: BridgeConf, brIndex: number,
   }
 }
 
-/** Waits until the bridge port `port` forwards (the container's first packet is not lost to the learning state). */
-export async function waitForwarding(host: NetNs, port: string, timeoutMs = 5000): Promise<void> {
+/** Waits until the bridge port `port` forwards (the container's first packet is not lost to the learning state); returns the port. */
+export async function waitForwarding(host: NetNs, port: string, timeoutMs = 5000): Promise<link.Link> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const l = await link.get(host, port);
-    if (l?.port?.state === 'forwarding') return;
+    if (l?.port?.state === 'forwarding') return l;
     if (Date.now() > deadline)
       throw new CniError(
         CNI_ERR.internal,

@@ -19,7 +19,7 @@
  * ../records), so a failed ADD, a DEL, or a GC after a crash removes exactly
  * that, even when the container's namespace is gone.
  */
-export { BUILTIN_IPAM, parseBridgeConf, type BridgeConf } from './config';
+export { parseBridgeConf, type BridgeConf } from './config';
 export { hostVethName } from './attachment';
 export { portForwards } from './nat';
 export { bridgeAdd } from './add';

@@ -1,8 +1,8 @@
 /** Doctor checks on bridges and their ports: what cuts a container off, or its packets short. */
 import { contains, parseCidr } from '../../addr/cidr';
 import { familyOf } from '../../nat/model';
-import { ownerOf } from '../node';
-import { hostEndOf, type Check, type Finding } from './check';
+import { hostEndOf, ownerOf } from '../node';
+import type { Check, Finding } from './check';
 
 /** A port that does not forward cuts its container off. */
 export const bridgePort: Check = {
@@ -29,7 +29,7 @@ export const hairpin: Check = {
   run(v) {
     const out: Finding[] = [];
     for (const { s, e, br } of v.bridgedEndpoints) {
-      const hostEnd = hostEndOf(v, ownerOf(v, e.ip)!.iface);
+      const hostEnd = hostEndOf(v.node, ownerOf(v, e.ip)!.iface);
       if (hostEnd?.port && !hostEnd.port.hairpin) {
         out.push({
           where: `${br} port ${hostEnd.name}`,
@@ -91,7 +91,7 @@ export const mtu: Check = {
       }
       for (const n of v.namespaces.filter((x) => !x.node)) {
         for (const i of n.interfaces) {
-          if (hostEndOf(v, i)?.master === b.name && i.mtu !== br.mtu) {
+          if (hostEndOf(v.node, i)?.master === b.name && i.mtu !== br.mtu) {
             out.push({
               where: `${n.id} ${i.name}`,
               problem: `${i.name} in ${n.id} has MTU ${i.mtu}, the bridge ${b.name} ${br.mtu}`,

@@ -5,13 +5,14 @@
  * kernel tables a single check needs are read by that check, when it needs them.
  */
 import type { BridgeSummary } from '../../bridge';
-import { hasCode } from '../../errors';
+import { isNotFound } from '../../errors';
 import type { NatEngine } from '../../nat/engine';
 import type { Endpoint, Service } from '../../nat/model';
 import type { NetNs } from '../../netns';
 import * as sysctl from '../../sysctl';
+import type { SysctlKey } from '../../sysctl';
 import type { DoctorOptions } from '../doctor';
-import { ownerOf, type InterfaceView, type NamespaceView, type NodeView } from '../node';
+import { hostEndOf, nodeOf, ownerOf, type InterfaceView, type NamespaceView, type NodeView } from '../node';
 
 /** One thing wrong: the object concerned (an interface, a service, a state directory), what breaks, what to run. */
 export interface Finding {
@@ -35,8 +36,11 @@ export interface DoctorView extends NodeView {
   options: DoctorOptions;
   /** ` -n NAME` when the node is a named namespace: the fixes run there. */
   on: string;
-  /** A sysctl's live value in the node; undefined when the kernel has no such key (module not loaded, interface gone). */
-  sysctl(key: string): string | undefined;
+  /**
+   * A sysctl's live value in the node; undefined when the kernel has no such key (module not loaded, interface gone).
+   * A key naming an interface is given as an array (sysctl.keys): a name may contain '.' (eth0.100).
+   */
+  sysctl(key: SysctlKey): string | undefined;
   /** An interface of the node, by name. */
   iface(name: string): InterfaceView | undefined;
   /** Bridges that route containers: an address (the gateway) and ports. */
@@ -46,7 +50,7 @@ export interface DoctorView extends NodeView {
 }
 
 export function doctorView(host: NetNs, view: NodeView, engines: readonly NatEngine[], o: DoctorOptions): DoctorView {
-  const node = view.namespaces.find((n) => n.node)!;
+  const node = nodeOf(view);
   const v: DoctorView = {
     ...view,
     host,
@@ -58,7 +62,7 @@ export function doctorView(host: NetNs, view: NodeView, engines: readonly NatEng
       try {
         return sysctl.get(host, key);
       } catch (err) {
-        if (hasCode(err, 'ENOENT')) return undefined;
+        if (isNotFound(err)) return undefined;
         throw err;
       }
     },
@@ -75,13 +79,8 @@ export function doctorView(host: NetNs, view: NodeView, engines: readonly NatEng
   return v;
 }
 
-/** The node's end of a container interface's veth, if the pair leads to the node. */
-export function hostEndOf(v: DoctorView, i: InterfaceView): InterfaceView | undefined {
-  return i.peer?.ns === v.node.id ? v.iface(i.peer.name ?? '') : undefined;
-}
-
 /** The bridge (in the node) that an address's container is attached to, if any. */
 function bridgeOf(v: DoctorView, ip: string): string | undefined {
   const owner = ownerOf(v, ip);
-  return owner && !owner.ns.node ? hostEndOf(v, owner.iface)?.master : undefined;
+  return owner && !owner.ns.node ? hostEndOf(v.node, owner.iface)?.master : undefined;
 }

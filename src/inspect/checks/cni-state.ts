@@ -5,17 +5,11 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { hasCode } from '../../errors';
+import { DEFAULT_DATA_DIR } from '../../cni/ipam/config';
+import { IpamStore } from '../../cni/ipam/store';
+import { recordsByNetwork, type AttachmentRecord } from '../../cni/records';
 import { stateDir as defaultStateDir } from '../../state';
 import type { Check, Finding } from './check';
-
-/** The part of an attachment record (src/cni/records.ts) the check reads. */
-interface AttachmentRecord {
-  containerId: string;
-  ifname: string;
-  netns?: string;
-  conf?: { ipam?: { type?: string; dataDir?: string } };
-}
 
 export const cniState: Check = {
   name: 'cni-state',
@@ -25,33 +19,10 @@ export const cniState: Check = {
 };
 
 function findings(stateDir: string): Finding[] {
-  const root = path.join(stateDir, 'cni');
-  let networks: string[];
-  try {
-    networks = fs.readdirSync(root);
-  } catch (err) {
-    if (hasCode(err, 'ENOENT')) return [];
-    throw err;
-  }
-  return networks.flatMap((network) => {
-    const records = readRecords(path.join(root, network));
-    return [...goneNamespaces(network, records), ...leakedReservations(network, records)];
-  });
-}
-
-/** The attachment records of one network; a torn one (power loss) is skipped. */
-function readRecords(dir: string): AttachmentRecord[] {
-  return fs
-    .readdirSync(dir)
-    .filter((f) => f.endsWith('.json'))
-    .flatMap((f) => {
-      try {
-        const r = JSON.parse(fs.readFileSync(path.join(dir, f), 'utf8')) as AttachmentRecord | null;
-        return r ? [r] : [];
-      } catch {
-        return [];
-      }
-    });
+  return recordsByNetwork(stateDir).flatMap(({ network, records }) => [
+    ...goneNamespaces(network, records),
+    ...leakedReservations(network, records),
+  ]);
 }
 
 function goneNamespaces(network: string, records: readonly AttachmentRecord[]): Finding[] {
@@ -64,33 +35,23 @@ function goneNamespaces(network: string, records: readonly AttachmentRecord[]): 
     }));
 }
 
-/** Reservations of the host-local layout (tsnet-ipam's too): DATA_DIR/NETWORK/IP holds "CONTAINER_ID\nIFNAME". */
+/** Reservations of the host-local layout (tsnet-ipam's too) that no attachment of the network holds. */
 function leakedReservations(network: string, records: readonly AttachmentRecord[]): Finding[] {
-  const out: Finding[] = [];
   const dataDirs = new Set(
     records
       .filter((r) => !r.conf?.ipam?.type || ['tsnet-ipam', 'host-local'].includes(r.conf.ipam.type))
-      .map((r) => r.conf?.ipam?.dataDir ?? '/var/lib/cni/networks'),
+      .map((r) => (r.conf?.ipam?.dataDir as string | undefined) ?? DEFAULT_DATA_DIR),
   );
   const live = new Set(records.map((r) => `${r.containerId}\n${r.ifname}`));
-  for (const data of dataDirs) {
-    const rdir = path.join(data, network);
-    let files: string[] = [];
-    try {
-      files = fs.readdirSync(rdir);
-    } catch {
-      continue;
-    }
-    for (const f of files.filter((x) => x !== 'lock' && !x.startsWith('last_reserved_ip.'))) {
-      const [cid, ifname] = fs.readFileSync(path.join(rdir, f), 'utf8').split(/\r?\n/);
-      if (cid && !live.has(`${cid}\n${ifname ?? ''}`)) {
-        out.push({
-          where: `${network} ${f}`,
-          problem: `address ${f} of network ${network} is reserved for ${cid}${ifname ? `:${ifname}` : ''}, which has no attachment: the address is lost until released`,
-          fix: `CNI GC of network ${network} with its live attachments, or remove ${path.join(rdir, f)}`,
-        });
-      }
-    }
-  }
-  return out;
+  return [...dataDirs].flatMap((data) => {
+    const store = new IpamStore(data, network);
+    return store
+      .list()
+      .filter((r) => r.containerId && !live.has(`${r.containerId}\n${r.ifname}`))
+      .map((r) => ({
+        where: `${network} ${r.ip}`,
+        problem: `address ${r.ip} of network ${network} is reserved for ${r.containerId}${r.ifname ? `:${r.ifname}` : ''}, which has no attachment: the address is lost until released`,
+        fix: `CNI GC of network ${network} with its live attachments, or remove ${path.join(store.dir, r.ip)}`,
+      }));
+  });
 }

@@ -1,7 +1,11 @@
 /** Doctor checks on the kernel's knobs: a sysctl that silently drops what tsnet set up. */
 import { neededSysctls } from '../../nat/sysctls';
 import { familyOf } from '../../nat/model';
+import { keys } from '../../sysctl';
 import type { Check, Finding } from './check';
+
+/** A key as sysctl(8) names it: segments joined by '.', a '.' within one (an interface's, eth0.100) written '/'. */
+const sysctlName = (key: readonly string[]): string => key.map((p) => p.replace(/\./g, '/')).join('.');
 
 /** Forwards and routed containers need forwarding on, per family. */
 export const ipForward: Check = {
@@ -9,9 +13,10 @@ export const ipForward: Check = {
   run(v) {
     const out: Finding[] = [];
     for (const [fam, key] of [
-      [4, 'net.ipv4.ip_forward'],
-      [6, 'net.ipv6.conf.all.forwarding'],
+      [4, keys.ipForward],
+      [6, keys.ipv6Forwarding],
     ] as const) {
+      const name = sysctlName(key);
       const why = [
         ...v.nat.forwards.filter((f) => familyOf(f.targetIp) === fam).map((f) => `forward ${f.name}`),
         ...v.gatewayBridges
@@ -21,8 +26,8 @@ export const ipForward: Check = {
       if (why.length && v.sysctl(key) !== '1') {
         out.push({
           where: v.host.label,
-          problem: `${key} is off but ${why.join(', ')} needs forwarding: packets between interfaces are dropped`,
-          fix: `tsnet sync (forwards set it), or sysctl -w ${key}=1 in ${v.host.label}`,
+          problem: `${name} is off but ${why.join(', ')} needs forwarding: packets between interfaces are dropped`,
+          fix: `tsnet sync (forwards set it), or sysctl -w ${name}=1 in ${v.host.label}`,
         });
       }
     }
@@ -56,7 +61,7 @@ export const rpFilter: Check = {
     const all = Number(v.sysctl('net.ipv4.conf.all.rp_filter') ?? 0);
     // The kernel uses the larger of conf.all and conf.IF.
     const strict = v.node.interfaces.filter(
-      (i) => i.name !== 'lo' && Math.max(all, Number(v.sysctl(`net.ipv4.conf.${i.name}.rp_filter`) ?? 0)) === 1,
+      (i) => i.name !== 'lo' && Math.max(all, Number(v.sysctl(keys.rpFilter(i.name)) ?? 0)) === 1,
     );
     if (!strict.length) return [];
     const names = strict.map((i) => i.name).join(', ');
@@ -75,15 +80,16 @@ export const routeLocalnet: Check = {
   name: 'route-localnet',
   async run(v) {
     const out: Finding[] = [];
-    for (const [key, value] of await neededSysctls(v.host, v.nat)) {
-      if (!key.includes('route_localnet')) continue;
+    for (const [joined, value] of await neededSysctls(v.host, v.nat)) {
+      const key = joined.split('/'); // neededSysctls joins a key's segments with '/', which no segment contains
+      if (key.at(-1) !== 'route_localnet') continue;
       const now = v.sysctl(key);
-      const dotted = key.replace(/\//g, '.');
+      const name = sysctlName(key);
       if (now !== value)
         out.push({
-          where: key.split('/')[3] ?? key,
-          problem: `${dotted} is ${now ?? 'missing'}: 127.0.0.1 clients of a forward are dropped on the way out`,
-          fix: `tsnet sync (it sets it), or sysctl -w ${dotted}=${value}`,
+          where: key[3] ?? joined,
+          problem: `${name} is ${now ?? 'missing'}: 127.0.0.1 clients of a forward are dropped on the way out`,
+          fix: `tsnet sync (it sets it), or sysctl -w ${name}=${value}`,
         });
     }
     return out;
