@@ -86,8 +86,13 @@ const SCENARIOS: Record<string, Scenario> = {
       'tsnet netns add node && tsnet netns add c1',
       'tsnet -n node bridge add br0 --address 10.89.0.1/24',
       'tsnet -n node attach c1 --bridge br0 --address 10.89.0.2/24',
-      'unshare --net sleep 60 & sleep 0.2',
-      'tsnet -n node attach $! --bridge br0 --address 10.89.0.3/24',
+      'unshare --net sleep 60 &',
+      // $! is used once it is inside its own namespace (unshare has run), not after a guessed pause; 5 s at most.
+      'own=$(readlink /proc/$$/ns/net)',
+      'inside() { n=$(readlink /proc/$1/ns/net 2>/dev/null) && [ "$n" != "$own" ]; }',
+      'for i in $(seq 250); do inside $! && break; sleep 0.02; done',
+      '{ inside $! || { echo "pid $! is not in a network namespace of its own after 5 s"; false; }; } &&',
+      '  tsnet -n node attach $! --bridge br0 --address 10.89.0.3/24',
     ].join('\n'),
   },
   completion: {
