@@ -8,6 +8,9 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { CLI } from '../test/harness/fixtures';
 
+/** How long the agent may take to say it is ready. */
+const READY_MS = 15_000;
+
 /**
  * Runs `fn` with an agent on `stateDir`; returns what `fn` returned and how
  * many NAT changes the agent's log says it served (a CLI that fell back is
@@ -30,11 +33,24 @@ export async function withAgent<T>(
   try {
     await new Promise<void>((resolve, reject) => {
       let out = '';
+      // An agent that never says it is ready is killed (by its pid) and the benchmark fails, rather than waiting forever.
+      const timer = setTimeout(() => {
+        if (child.exitCode === null && child.signalCode === null) process.kill(child.pid!, 'SIGKILL');
+        reject(
+          new Error(`agent (pid ${child.pid}) not ready within ${READY_MS} ms: ${fs.readFileSync(log, 'utf8').trim()}`),
+        );
+      }, READY_MS);
       child.stdout!.on('data', (d) => {
         out += d;
-        if (/^ready /m.test(out)) resolve();
+        if (/^ready /m.test(out)) {
+          clearTimeout(timer);
+          resolve();
+        }
       });
-      void exited.then(() => reject(new Error(`agent exited before it was ready: ${fs.readFileSync(log, 'utf8')}`)));
+      void exited.then(() => {
+        clearTimeout(timer);
+        reject(new Error(`agent exited before it was ready: ${fs.readFileSync(log, 'utf8')}`));
+      });
     });
     const result = fn(socket);
     const inside = [...fs.readFileSync(log, 'utf8').matchAll(/^\S+ nat: served .*: ok in ([\d.]+) ms$/gm)].map((m) =>

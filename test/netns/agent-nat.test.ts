@@ -287,20 +287,40 @@ test('an agent that dies after taking a change (SIGKILL while it waits for the s
   );
   let stderr = '';
   child.stderr!.on('data', (d) => (stderr += d));
-  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
-  // The agent took the request when it holds the lock file open, waiting for the lock.
-  const waiting = () =>
-    fs
-      .readdirSync(`/proc/${agent.pid}/fd`)
-      .some((f) => fs.readlinkSync(`/proc/${agent.pid}/fd/${f}`, { encoding: 'utf8' }) === lockFile);
-  await eventually(waiting, { ms: 15_000, what: `the agent (pid ${agent.pid}) holding ${lockFile} open` });
-  t.true(waiting(), 'the agent is waiting for the lock with the change in hand');
-  await agent.stop('SIGKILL');
-  fs.closeSync(fd);
-  t.is(await exited, 0, stderr);
-  t.regex(stderr, /\(here: .* closed the connection without a reply\)$/m);
-  t.deepEqual(services(), { web: ['10.82.0.12'] });
-  t.deepEqual(await replies('10.96.0.10'), { b2: 6 });
+  let running = true;
+  const exited = new Promise<number | null>((resolve) =>
+    child.on('exit', (code) => {
+      running = false;
+      resolve(code);
+    }),
+  );
+  let locked = true;
+  const unlock = () => {
+    if (locked) fs.closeSync(fd);
+    locked = false;
+  };
+  try {
+    // The agent took the request when it holds the lock file open, waiting for the lock.
+    const waiting = () =>
+      fs
+        .readdirSync(`/proc/${agent.pid}/fd`)
+        .some((f) => fs.readlinkSync(`/proc/${agent.pid}/fd/${f}`, { encoding: 'utf8' }) === lockFile);
+    await eventually(waiting, { ms: 15_000, what: `the agent (pid ${agent.pid}) holding ${lockFile} open` });
+    t.true(waiting(), 'the agent is waiting for the lock with the change in hand');
+    await agent.stop('SIGKILL');
+    unlock();
+    t.is(await exited, 0, stderr);
+    t.regex(stderr, /\(here: .* closed the connection without a reply\)$/m);
+    t.deepEqual(services(), { web: ['10.82.0.12'] });
+    t.deepEqual(await replies('10.96.0.10'), { b2: 6 });
+  } finally {
+    // Whatever failed above: the CLI child this test started is killed (by its pid) and the lock is let go.
+    if (running) {
+      process.kill(child.pid!, 'SIGKILL');
+      await exited;
+    }
+    unlock();
+  }
 });
 
 test('one namespace named two ways (by path, by name) is two desired states through the agent exactly as without it', async (t) => {

@@ -1,12 +1,9 @@
 import test from 'ava';
-import * as fs from 'node:fs';
-import * as os from 'node:os';
-import * as path from 'node:path';
 import * as netns from '../../src/netns';
-import { CLI, Topology, ipJson, run, tsnet } from '../harness/fixtures';
+import { CLI, ipJson, run, scratch, tsnet } from '../harness/fixtures';
 
-const topo = new Topology('cli');
-test.after.always(() => topo.cleanup());
+const { topo, tmp, cleanup } = scratch('cli');
+test.after.always(cleanup);
 
 /** A failed command: non-zero exit and exactly one line on stderr, starting with "tsnet:". */
 function fails(t: any, r: { status: number | null; stderr: string }, re: RegExp): void {
@@ -193,7 +190,7 @@ test('netns exec passes the exit status on, 128+N when the program dies of signa
 
 test('IPv6 addresses are in brackets in every ip:port the CLI prints (forward add, forward ls)', async (t) => {
   await topo.ns('v6');
-  const c = ['--netns', 'cli-v6', '--state-dir', fs.mkdtempSync(path.join(os.tmpdir(), 'tsnet-cli-v6-'))];
+  const c = ['--netns', 'cli-v6', '--state-dir', tmp('cli-v6')];
   t.is(
     tsnet(...c, 'veth', 'add', 'v6a', 'v6b', '--address', 'fd00:6::1/64', '--peer-address', 'fd00:6::2/64').status,
     0,

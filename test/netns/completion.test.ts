@@ -5,27 +5,29 @@
  * is asked for). Generated from the same command table as help.
  */
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import test from 'ava';
-import { Topology, run, tsnet } from '../harness/fixtures';
+import { run, scratch, tsnet } from '../harness/fixtures';
 
-const topo = new Topology('compl');
-test.after.always(() => topo.cleanup());
+const { topo, tmp, cleanup } = scratch('compl');
+test.after.always(cleanup);
 
 let script = '';
 test.before(async () => {
   await topo.ns('ns1');
   const r = tsnet('completion', 'bash');
   if (r.status !== 0) throw new Error(r.stderr);
-  script = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'tsnet-compl-')), 'tsnet.bash');
+  script = path.join(tmp('compl'), 'tsnet.bash');
   fs.writeFileSync(script, r.stdout);
 });
 
-/** What bash completes for `line` (the cursor at its end). */
+/**
+ * What bash completes for `line` (the cursor at its end). A script that does not define `_tsnet` (or cannot be
+ * sourced) fails here, not as an empty list: printf's status would otherwise be the script's.
+ */
 function complete(line: string): string[] {
   const words = line.split(' ');
-  const program = `source ${JSON.stringify(script)}; COMP_WORDS=(${words.map((w) => `'${w}'`).join(' ')}); COMP_CWORD=${words.length - 1}; COMP_LINE=${JSON.stringify(line)}; _tsnet; printf '%s\\n' "\${COMPREPLY[@]}"`;
+  const program = `source ${JSON.stringify(script)} || exit 1; declare -F _tsnet >/dev/null || { echo "no function _tsnet" >&2; exit 1; }; COMP_WORDS=(${words.map((w) => `'${w}'`).join(' ')}); COMP_CWORD=${words.length - 1}; COMP_LINE=${JSON.stringify(line)}; _tsnet; printf '%s\\n' "\${COMPREPLY[@]}"`;
   const r = run('bash', ['-c', program]);
   if (r.status !== 0) throw new Error(`bash: ${r.stderr}`);
   return r.stdout.split('\n').filter(Boolean).sort();

@@ -17,7 +17,7 @@ import { serve, request } from '../../src/demo/traffic';
 import { CNI_ENTRY, SHIM_PATH } from '../../src/native';
 import { SHIM_CONF } from '../../src/cni/defaults';
 import { CniInstall } from '../harness/cni';
-import { FORMATS, SERVICES, copySample } from '../harness/formats';
+import { FORMATS, NAT_STATES, SERVICES, copySample } from '../harness/formats';
 import { CLI, run, scratch } from '../harness/fixtures';
 
 const { topo, servers, cleanup } = scratch('fmt');
@@ -45,15 +45,28 @@ async function node(name: string) {
   return n;
 }
 
-for (const sample of ['nat-v1-291a2be-iptables', 'nat-v1-291a2be-nft', 'nat-v3-098353f-netlink']) {
+for (const { dir: sample, backend } of NAT_STATES) {
   test(`NAT state ${sample}: tsnet sync applies it as stored (traffic to the VIP reaches its endpoints) and rewrites it in today's format`, async (t) => {
     const short = sample.replace(/^nat-v(\d)-(\w{3})\w*-(\w+)$/, '$1$2$3').slice(0, 8);
     const n = await node(short);
     const dir = copySample(sample);
     try {
       const cli = (...args: string[]) => onNode(n.name!, '--state-dir', dir, ...args);
-      const sync = cli('sync');
+      const sync = cli('-j', 'sync');
       t.is(sync.status, 0, sync.stderr);
+      // Applied to its backend's tables: iptables stays iptables; nft's and netlink's are one nftables table
+      // (`auto` writes it through netlink).
+      t.regex(
+        (JSON.parse(sync.stdout) as { backend: string }).backend,
+        backend === 'iptables' ? /^iptables\b/ : /^(netlink|nft)\b/,
+        "its backend's tables",
+      );
+      // The VIP is in those tables, as their own tool lists them.
+      const listed =
+        backend === 'iptables'
+          ? run('ip', ['netns', 'exec', n.name!, 'iptables-save', '-t', 'nat']).stdout
+          : run('ip', ['netns', 'exec', n.name!, 'nft', 'list', 'table', 'ip', 'tsnet']).stdout;
+      t.regex(listed, /\b10\.96\.0\.10\b/, `the sample's services in ${backend}'s tables`);
       const r = await request(n, 'http', '10.96.0.10', 80, { count: 30, concurrency: 5 });
       t.is(r.ok, 30, JSON.stringify(r.errors));
       t.deepEqual(Object.keys(r.replies).sort(), ['e2', 'e3', 'e6'], 'every endpoint of web answered');
@@ -74,25 +87,57 @@ for (const sample of ['nat-v1-291a2be-iptables', 'nat-v1-291a2be-nft', 'nat-v3-0
 for (const release of ['291a2be', '5e5a506']) {
   test(`CNI: an attachment ${release} made is torn down by today's DEL: its leases, record, rules and port mapping go`, async (t) => {
     const cni = new CniInstall(`fmt-cni-${release}`);
-    const n = await topo.ns(`cni${release.slice(0, 3)}`);
+    const short = `cni${release.slice(0, 3)}`;
+    const n = await topo.ns(short);
     const dir = copySample(`cni-${release}`);
     try {
-      const conf = JSON.parse(
-        fs.readFileSync(path.join(FORMATS, 'cni-5e5a506', 'cni-input', 'v4.json'), 'utf8'),
-      ) as Record<string, any>;
-      conf.stateDir = dir;
-      delete conf.runtimeConfig;
-      // The release ran with host-local's default data directory; here it is the copy's (in the record's conf too).
-      conf.ipam.dataDir = path.join(dir, 'ipam', 'networks');
-      const recordFile = path.join(dir, 'cni', 'fmtnet4', 'ctr4:eth0.json');
-      const record = JSON.parse(fs.readFileSync(recordFile, 'utf8')) as Record<string, any>;
-      record.conf.ipam.dataDir = conf.ipam.dataDir;
-      fs.writeFileSync(recordFile, JSON.stringify(record, null, 1));
-      const del = await cni.call(n, 'tsnet-bridge', 'DEL', conf, {
-        containerId: 'ctr4',
-        netns: '/run/netns/fmt-gone',
-        ifname: 'eth0',
-      });
+      // The node as the release left it: its bridge with the container 10.89.0.2 (HTTP on 80, the mapping's
+      // containerPort), a client beside the node (10.78.0.2), and the sample's NAT state in its netfilter tables.
+      await bridge.ensure(n, 'tsbr4', { addresses: ['10.89.0.1/24'] });
+      const ctr = await topo.ns(`${short}-ctr4`);
+      await attach(n, ctr, { bridge: 'tsbr4', address: '10.89.0.2/24' });
+      servers.push(await serve(ctr, 'http', '0.0.0.0', 80, 'ctr4'));
+      const client = await topo.ns(`${short}-cl`);
+      await veth.add(n, 'vcl', 'eth0', { peerNetns: client, address: '10.78.0.1/24', peerAddress: '10.78.0.2/24' });
+      await route.add(client, { dst: 'default', via: '10.78.0.1' });
+      const sync = onNode(n.name!, '--state-dir', dir, 'sync');
+      t.is(sync.status, 0, sync.stderr);
+      /** The hostPort mapping (18080 -> 10.89.0.2:80) from the client and from the node itself. */
+      const throughMapping = async () =>
+        Promise.all([
+          request(client, 'http', '10.78.0.1', 18080, { count: 3, timeoutMs: 1000 }),
+          request(n, 'http', '10.89.0.1', 18080, { count: 3, timeoutMs: 1000 }),
+        ]);
+      /** The node's netfilter rules as the tools show them (iptables, legacy and nft flavours, and nft itself). */
+      const kernelRules = () =>
+        ['iptables-save', 'ip6tables-save', 'iptables-legacy-save', 'ip6tables-legacy-save', 'nft list ruleset']
+          .map((cmd) => run('ip', ['netns', 'exec', n.name!, ...cmd.split(' ')]).stdout)
+          .join('\n');
+      for (const r of await throughMapping())
+        t.deepEqual(r.replies, { ctr4: 3 }, `before DEL, through the mapping: ${r.errors.join('; ')}`);
+      t.regex(kernelRules(), /\b18080\b/, "before DEL the mapping's rules are in the kernel");
+      t.regex(kernelRules(), /\b10\.89\.0\.2\b/);
+
+      /** Today's DEL of an attachment the release made (its network config as the release was given it). */
+      const delAttachment = async (network: string, containerId: string, input: string) => {
+        const conf = JSON.parse(
+          fs.readFileSync(path.join(FORMATS, 'cni-5e5a506', 'cni-input', input), 'utf8'),
+        ) as Record<string, any>;
+        conf.stateDir = dir;
+        delete conf.runtimeConfig;
+        // The release ran with host-local's default data directory; here it is the copy's (in the record's conf too).
+        conf.ipam.dataDir = path.join(dir, 'ipam', 'networks');
+        const recordFile = path.join(dir, 'cni', network, `${containerId}:eth0.json`);
+        const record = JSON.parse(fs.readFileSync(recordFile, 'utf8')) as Record<string, any>;
+        record.conf.ipam.dataDir = conf.ipam.dataDir;
+        fs.writeFileSync(recordFile, JSON.stringify(record, null, 1));
+        return cni.call(n, 'tsnet-bridge', 'DEL', conf, {
+          containerId,
+          netns: '/run/netns/fmt-gone',
+          ifname: 'eth0',
+        });
+      };
+      const del = await delAttachment('fmtnet4', 'ctr4', 'v4.json');
       t.is(del.status, 0, del.stderr + del.stdout);
       t.false(fs.existsSync(path.join(dir, 'ipam', 'networks', 'fmtnet4', '10.89.0.2')), 'lease released');
       t.false(fs.existsSync(path.join(dir, 'cni', 'fmtnet4', 'ctr4:eth0.json')), 'record removed');
@@ -110,6 +155,16 @@ for (const release of ['291a2be', '5e5a506']) {
       );
       const fwd = onNode(n.name!, '--state-dir', dir, '-j', 'forward', 'ls');
       t.deepEqual(JSON.parse(fwd.stdout), [], 'the port mapping is gone');
+      // ... from the kernel too: requests through the mapping fail while the container itself still answers.
+      for (const r of await throughMapping()) t.is(r.ok, 0, 'after DEL, nothing answers through the mapping');
+      const direct = await request(n, 'http', '10.89.0.2', 80, { count: 1 });
+      t.deepEqual(direct.replies, { ctr4: 1 }, `the container still answers directly: ${direct.errors.join('; ')}`);
+      t.notRegex(kernelRules(), /\b18080\b|\b10\.89\.0\.2\b/, "none of the attachment's rules is left in the kernel");
+      t.regex(kernelRules(), /\b10\.90\.0\.2\b/, "the other attachment's rules are");
+      // The other attachment's DEL leaves nothing of tsnet in the kernel.
+      const del46 = await delAttachment('fmtnet46', 'ctr46', 'dual.json');
+      t.is(del46.status, 0, del46.stderr + del46.stdout);
+      t.notRegex(kernelRules(), /tsnet/i, 'after the last DEL, no rule, chain or table of tsnet is left');
     } finally {
       await cni.cleanup();
       fs.rmSync(dir, { recursive: true, force: true });

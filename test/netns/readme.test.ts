@@ -57,6 +57,11 @@ interface Scenario {
   files?: Record<string, string>;
   /** The machine's paths in the README's lines, and what the sandbox uses instead (DIR: the scenario's directory). */
   paths?: Record<string, string>;
+  /**
+   * bash run right after the block's command number N (0-based), in the same sandbox (not part of the README):
+   * what a check needs to see while the state that line made is in place. Its output goes to DIR/.after.N.
+   */
+  after?: Record<number, string>;
   /** Checks over each line's output, after the block ran. */
   check?: (t: ExecutionContext, out: string[], dir: string) => void;
 }
@@ -69,6 +74,18 @@ const SERVE = (ns: string, proto: 'tcp' | 'http', ip: string, port: number, name
   `[ -p .hold ] || { mkfifo .hold && exec 3<>.hold; }\n` +
   `ip netns exec ${ns} ${process.execPath} ${PEER} serve ${proto} ${ip} ${port} ${name} > .serve-${ns}-${port} <&3 &\n` +
   `for i in $(seq 100); do [ -s .serve-${ns}-${port} ] && break; sleep 0.05; done`;
+
+/** COUNT TCP requests to IP:PORT from the sandbox itself (the demo's peer): one JSON line, {"ok", "replies": {NAME: N}, ...}. */
+const REQUEST = (ip: string, port: number, count: number) =>
+  `${process.execPath} ${PEER} request tcp ${ip} ${port} ${count} 2000 1`;
+
+/** The JSON lines a scenario's `after` hook printed (REQUEST's results). */
+const afterResults = (dir: string, n: number) =>
+  fs
+    .readFileSync(path.join(dir, `.after.${n}`), 'utf8')
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l) as { ok: number; replies: Record<string, number>; errors: string[] });
 
 const SCENARIOS: Record<string, Scenario> = {
   'cli-session': {
@@ -86,8 +103,13 @@ const SCENARIOS: Record<string, Scenario> = {
       'tsnet netns add node && tsnet netns add c1',
       'tsnet -n node bridge add br0 --address 10.89.0.1/24',
       'tsnet -n node attach c1 --bridge br0 --address 10.89.0.2/24',
-      'unshare --net sleep 60 & sleep 0.2',
-      'tsnet -n node attach $! --bridge br0 --address 10.89.0.3/24',
+      'unshare --net sleep 60 &',
+      // $! is used once it is inside its own namespace (unshare has run), not after a guessed pause; 5 s at most.
+      'own=$(readlink /proc/$$/ns/net)',
+      'inside() { n=$(readlink /proc/$1/ns/net 2>/dev/null) && [ "$n" != "$own" ]; }',
+      'for i in $(seq 250); do inside $! && break; sleep 0.02; done',
+      '{ inside $! || { echo "pid $! is not in a network namespace of its own after 5 s"; false; }; } &&',
+      '  tsnet -n node attach $! --bridge br0 --address 10.89.0.3/24',
     ].join('\n'),
   },
   completion: {
@@ -116,11 +138,26 @@ const SCENARIOS: Record<string, Scenario> = {
       'getent hosts mysql | grep -q "^10.77.0.2 "',
       SERVE('db', 'tcp', '10.77.0.2', 3309, 'mysql'),
     ].join('\n'),
-    check: (t, out) => {
+    // Real connections to this host's port 3308: once `tsnet forward mysql 3308 3309` ran (to a local address and
+    // to 127.0.0.1), and once `forward rm` ran.
+    after: {
+      1: `${REQUEST('10.77.0.1', 3308, 3)}\n${REQUEST('127.0.0.1', 3308, 3)}`,
+      3: REQUEST('10.77.0.1', 3308, 1),
+    },
+    check: (t, out, dir) => {
       t.regex(out[0]!, /^# sysctl -w net\.ipv4\.ip_forward=1$/m);
       t.regex(out[0]!, /th dport 3308 dnat to 10\.77\.0\.2:3309 comment "tsnet forward mysql"/);
       t.is(out[1], 'forward mysql: tcp port 3308 -> 10.77.0.2:3309\n');
       t.regex(out[2]!, /^mysql\s+tcp\s+\*:3308\s+mysql \(10\.77\.0\.2\):3309\s+auto$/m);
+      const through = afterResults(dir, 1);
+      t.is(through.length, 2);
+      for (const [i, r] of through.entries())
+        t.deepEqual(
+          r.replies,
+          { mysql: 3 },
+          `requests to ${i ? '127.0.0.1' : '10.77.0.1'}:3308 reach mysql:3309 through the forward: ${r.errors.join('; ')}`,
+        );
+      t.is(afterResults(dir, 3)[0]!.ok, 0, 'after `forward rm mysql`, port 3308 leads nowhere');
     },
   },
   'cni-install': {
@@ -201,10 +238,12 @@ function runBlock(b: Block, s: Scenario): { out: string[]; failed?: string; dir:
     // What the block started in the background is stopped at the end, by its pid.
     "trap 'for p in $(jobs -p); do kill $p 2>/dev/null; done; wait' EXIT",
     s.setup ? `{\n${s.setup}\n} > .setup.log 2>&1 || { echo "setup failed: $(tail -n 3 .setup.log)"; exit 99; }` : '',
-    ...lines.map((l, i) =>
-      l.expect
-        ? `{ ${local(l.text)}\n} > .out.${i} 2>&1`
-        : `{ ${local(l.text)}\n} > .out.${i} 2>&1 || { echo "README line ${l.n} failed (exit $?): ${l.text.replace(/[`"$\\]/g, '\\$&')}"; cat .out.${i}; exit 1; }`,
+    ...lines.map(
+      (l, i) =>
+        (l.expect
+          ? `{ ${local(l.text)}\n} > .out.${i} 2>&1`
+          : `{ ${local(l.text)}\n} > .out.${i} 2>&1 || { echo "README line ${l.n} failed (exit $?): ${l.text.replace(/[`"$\\]/g, '\\$&')}"; cat .out.${i}; exit 1; }`) +
+        (s.after?.[i] ? `\n{\n${s.after[i]}\n} > .after.${i} 2>&1` : ''),
     ),
     'exit 0', // a console line's own status (doctor's 1 for a problem found) is its output's business
   ].join('\n');

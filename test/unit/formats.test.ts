@@ -14,7 +14,15 @@ import { normalizeService } from '../../src/nat/model';
 import { parseServicesFile } from '../../src/nat/services-file';
 import { RecordStore } from '../../src/cni/records';
 import { IpamStore } from '../../src/cni/ipam/store';
+import { parseIpamConfig, rangeOf, rangeText } from '../../src/cni/ipam/config';
+import { parseBridgeConf, portForwards, hostVethName } from '../../src/cni/bridge';
+import { containerRoutes } from '../../src/cni/bridge/container';
+import { exampleConflist } from '../../src/cni/install';
+import { PLUGINS } from '../../src/cni/plugin';
+import { convertResult, parseResult, requireSupported } from '../../src/cni/version';
+import type { NetConf } from '../../src/cni/types';
 import { FORMATS, FORWARDS, NAT_STATES, RULES, SERVICES, copySample } from '../harness/formats';
+import { tsnet } from '../harness/fixtures';
 
 for (const s of NAT_STATES) {
   test(`NAT state ${s.dir}: format ${s.version} as ${s.release} wrote it loads with every service, rule and forward`, (t) => {
@@ -117,8 +125,162 @@ test('services file: the shape of --vip IP:PORT --endpoint IP:PORT applies; wron
 });
 
 test('listings: `nat ls` and `forward ls` JSON of every release parse back to the stored rules and forwards', (t) => {
-  t.deepEqual(JSON.parse(fs.readFileSync(path.join(FORMATS, 'listings', 'nat-ls.json'), 'utf8')), RULES);
-  t.deepEqual(JSON.parse(fs.readFileSync(path.join(FORMATS, 'listings', 'forward-ls.json'), 'utf8')), FORWARDS);
+  const listing = (file: string) => fs.readFileSync(path.join(FORMATS, 'listings', file), 'utf8');
+  t.deepEqual(JSON.parse(listing('nat-ls.json')), RULES);
+  t.deepEqual(JSON.parse(listing('forward-ls.json')), FORWARDS);
+  // Through today's code: each NAT sample as today's reader loads it, and as today's CLI lists it (no namespace,
+  // no root: `nat ls` and `forward ls` only read the state directory).
+  for (const s of NAT_STATES) {
+    const dir = copySample(s.dir);
+    try {
+      const stored = new NatStore(dir).load().indexed.desired();
+      for (const [cmd, file, kept] of [
+        ['nat', 'nat-ls.json', stored.rules],
+        ['forward', 'forward-ls.json', stored.forwards],
+      ] as const) {
+        t.deepEqual(JSON.parse(listing(file)), kept, `${file} parses back to what ${s.dir} stores`);
+        const r = tsnet('--state-dir', dir, '-j', cmd, 'ls');
+        t.is(r.status, 0, `${cmd} ls of ${s.dir}: ${r.stderr}`);
+        t.is(r.stdout, listing(file), `today's \`-j ${cmd} ls\` of ${s.dir} prints the bytes every release printed`);
+      }
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  }
+});
+
+const CNI_5E5A506 = path.join(FORMATS, 'cni-5e5a506');
+const sample = <T = Record<string, any>>(rel: string): T =>
+  JSON.parse(fs.readFileSync(path.join(CNI_5E5A506, rel), 'utf8')) as T;
+
+test("CNI input: the network configs 5e5a506 was given (v4 with a port mapping, dual stack) are read by today's bridge and IPAM config parsers", (t) => {
+  const v4 = sample<NetConf>('cni-input/v4.json');
+  const dual = sample<NetConf>('cni-input/dual.json');
+  for (const conf of [v4, dual]) t.is(requireSupported(conf.cniVersion), '1.1.0');
+  const stateDir = '/tmp/formats-work/5e5a506/scratch/cni-state';
+  const flags = { forceAddress: false, promiscMode: false, enabledad: false, natBackend: 'auto', stateDir };
+  t.deepEqual(parseBridgeConf(v4), {
+    name: 'fmtnet4',
+    bridge: 'tsbr4',
+    isGateway: true,
+    isDefaultGateway: true,
+    ipMasq: true,
+    hairpinMode: true,
+    ipamType: 'tsnet-ipam',
+    ...flags,
+  });
+  t.deepEqual(parseBridgeConf(dual), {
+    name: 'fmtnet46',
+    bridge: 'tsbr46',
+    isGateway: true,
+    isDefaultGateway: true,
+    ipMasq: true,
+    hairpinMode: false,
+    ipamType: 'tsnet-ipam',
+    ...flags,
+  });
+  const ipam4 = parseIpamConfig(v4);
+  t.deepEqual(
+    ipam4.rangeSets.map((set) => set.map((r) => [r.subnet, rangeText(r), r.gateway])),
+    [[['10.89.0.0/24', '10.89.0.1-10.89.0.254', '10.89.0.1']]],
+    'the legacy single range ("subnet")',
+  );
+  t.deepEqual(ipam4.routes, [{ dst: '0.0.0.0/0' }]);
+  const ipam46 = parseIpamConfig(dual);
+  t.deepEqual(
+    ipam46.rangeSets.map((set) => set.map((r) => [r.family, r.subnet, rangeText(r), r.gateway])),
+    [
+      [[4, '10.90.0.0/24', '10.90.0.1-10.90.0.254', '10.90.0.1']],
+      [[6, 'fd00:90::/64', 'fd00:90::1-fd00:90::ffff:ffff:ffff:ffff', 'fd00:90::1']],
+    ],
+    'one range set per family ("ranges")',
+  );
+  t.deepEqual(ipam46.routes, []);
+  // The port mapping, as today's ADD turns it into a forward: the one the release recorded for this attachment.
+  const [fwd, ...more] = portForwards('fmtnet4', 'ctr4', 'eth0', v4.runtimeConfig!.portMappings!, ['10.89.0.2']);
+  t.deepEqual(more, []);
+  t.like(fwd, { listenPort: 18080, targetIp: '10.89.0.2', targetPort: 80, proto: 'tcp', snat: 'none' });
+  t.deepEqual(
+    [fwd!.name],
+    sample<{ nat: { forwards: string[] } }>('cni/fmtnet4/ctr4:eth0.json').nat.forwards,
+    "the forward's name, derived from the attachment, is the one 5e5a506's record names",
+  );
+});
+
+for (const [which, input, cid] of [
+  ['v4', 'v4.json', 'ctr4'],
+  ['dual', 'dual.json', 'ctr46'],
+] as const) {
+  test(`CNI result: the ADD result 5e5a506 printed (${which}) is read and written back unchanged by today's result conversion, and says what today's config and naming say`, (t) => {
+    const raw = sample(`cni-result/${input}`);
+    const conf = sample<NetConf>(`cni-input/${input}`);
+    const r = parseResult(raw, 'result');
+    t.deepEqual(convertResult(r, '1.1.0'), raw, 'read and written again in its own version: the same document');
+    const old = convertResult(r, '0.4.0') as { ips: { version: string; address: string }[] };
+    t.deepEqual(
+      old.ips.map((ip) => [ip.version, ip.address]),
+      r.ips!.map((ip) => [ip.address.includes(':') ? '6' : '4', ip.address]),
+      'written for a 0.4.0 runtime: each address with its version',
+    );
+    t.deepEqual(parseResult(old), { ...r, cniVersion: '0.4.0' }, 'and read back from 0.4.0');
+    // What the result says, against today's reading of the config it answered.
+    const c = parseBridgeConf(conf);
+    const ipam = parseIpamConfig(conf);
+    t.deepEqual(
+      r.interfaces!.map((i) => [i.name, i.sandbox]),
+      [
+        [c.bridge, undefined],
+        [hostVethName(c.name, cid, 'eth0'), undefined],
+        ['eth0', `/run/netns/${cid}`],
+      ],
+      'the bridge, the host end under the name DEL derives without a record, the container end',
+    );
+    t.is(r.ips!.length, ipam.rangeSets.length, 'one address per range set');
+    r.ips!.forEach((ip, i) => {
+      const range = rangeOf(ipam.rangeSets[i]!, ip.address.split('/')[0]!);
+      t.truthy(range, `${ip.address} is in range set ${i}`);
+      t.is(ip.address.split('/')[1], String(range!.prefix));
+      t.is(ip.gateway, range!.gateway);
+      t.is(r.interfaces![ip.interface!]!.name, 'eth0');
+    });
+    t.deepEqual(
+      containerRoutes(c, { cniVersion: conf.cniVersion, ips: r.ips!, routes: ipam.routes }),
+      r.routes,
+      "the routes: IPAM's, plus a default route per family via its gateway (isDefaultGateway)",
+    );
+  });
+}
+
+test("CNI install: the example conflist `tsnet cni install` wrote at 5e5a506 is what today writes, and its plugin config is read by today's parsers", (t) => {
+  const list = sample<{ cniVersion: string; name: string; plugins: Record<string, unknown>[] }>(
+    'cni-install/10-tsnet.conflist',
+  );
+  t.deepEqual(list, exampleConflist());
+  t.is(requireSupported(list.cniVersion), '1.1.0');
+  t.deepEqual(
+    list.plugins.map((p) => p.type),
+    ['tsnet-bridge'],
+  );
+  t.true((PLUGINS as readonly unknown[]).includes(list.plugins[0]!.type));
+  // A runtime hands each plugin its entry with the list's cniVersion and name (libcni's ConfFromBytes of a list).
+  const conf = { cniVersion: list.cniVersion, name: list.name, ...list.plugins[0] } as NetConf;
+  t.like(parseBridgeConf(conf), {
+    name: 'tsnet',
+    bridge: 'tsnet0',
+    isGateway: true,
+    isDefaultGateway: true,
+    ipMasq: true,
+    hairpinMode: true,
+    natBackend: 'auto',
+    ipamType: 'tsnet-ipam',
+  });
+  const ipam = parseIpamConfig(conf);
+  t.deepEqual(
+    ipam.rangeSets.map((set) => set.map((r) => [r.subnet, rangeText(r), r.gateway])),
+    [[['10.89.0.0/24', '10.89.0.1-10.89.0.254', '10.89.0.1']]],
+  );
+  t.deepEqual(ipam.routes, [{ dst: '0.0.0.0/0' }]);
+  t.is(ipam.dataDir, '/var/lib/cni/networks');
 });
 
 for (const release of ['291a2be', '5e5a506']) {
