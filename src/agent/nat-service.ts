@@ -13,7 +13,7 @@
  */
 import { resolve as netnsResolve, type NetNs } from '../netns';
 import { nsIdentity, refIdentity } from '../netns/ref';
-import { NAT_OPS } from '../nat/changes';
+import { NAT_OPS } from '../nat/change-json';
 import { parseBackend, type BackendChoice } from '../nat/backends';
 import type { NatChange, SyncReport } from '../nat/engine';
 import { WHOLE_STATE, decodeNatRequest, encodeNatFailure, type NatRequest } from './protocol';

@@ -15,7 +15,7 @@
  * namespace, equal for two processes exactly when they share it.
  */
 import { isObject } from '../json';
-import { readChange } from '../nat/changes';
+import { readChange } from '../nat/change-json';
 
 /** Where the agent listens and the shim connects unless told otherwise. */
 export { DEFAULT_SOCKET } from '../cni/defaults';
@@ -177,11 +177,9 @@ export function decodeNatRequest(frames: readonly Buffer[]): NatRequest {
     throw new Error('the target namespace needs a ref and an id "DEV INO"');
   if (!Array.isArray(c) || !c.length) throw new Error('changes must be a non-empty array');
   const parsed = c.map((x) => {
-    try {
-      return readChange(x);
-    } catch {
-      throw new Error(`not a change: ${JSON.stringify(x).slice(0, 80)}`);
-    }
+    const change = readChange(x);
+    if (!change) throw new Error(`not a change: ${JSON.stringify(x).slice(0, 80)}`);
+    return change;
   });
   return { netns, target: t as unknown as NatTarget, changes: parsed };
 }

@@ -8,7 +8,6 @@
  * through indexes, not by scanning.
  */
 import { invalid } from '../errors';
-import { isObject } from '../json';
 import type { Family } from '../addr/cidr';
 import {
   familiesOf,
@@ -51,40 +50,6 @@ export type NatChange =
   | { kind: 'delete-forward'; name: string }
   /** Anything else: the whole desired state at once. */
   | { kind: 'set-state'; state: DesiredState };
-
-/** Every kind of change (what a request from another process may ask for). */
-export const NAT_OPS = [
-  'add-service',
-  'put-service',
-  'set-endpoints',
-  'delete-service',
-  'replace-services',
-  'add-rule',
-  'delete-rule',
-  'put-forward',
-  'delete-forward',
-  'set-state',
-] as const satisfies readonly NatChange['kind'][];
-// Every kind of NatChange is listed above (a new one that is not fails to compile here).
-const allOpsListed: Exclude<NatChange['kind'], (typeof NAT_OPS)[number]> extends never ? true : never = true;
-void allOpsListed;
-
-/**
- * A change as any release wrote it: until 0.1.0's restructure its
- * discriminant was `op` (journal lines, an older CLI's request to the
- * agent); today it is `kind`, as everywhere else. Contents are checked
- * where the change is applied.
- */
-export function readChange(x: unknown): NatChange {
-  if (isObject(x)) {
-    if (typeof x.kind === 'string') return x as unknown as NatChange;
-    if (typeof x.op === 'string') {
-      const { op, ...rest } = x;
-      return { kind: op, ...rest } as unknown as NatChange;
-    }
-  }
-  throw invalid(`not a NAT change: ${JSON.stringify(x)?.slice(0, 80)}`);
-}
 
 /** A service before and after one round of changes (absent: added, or removed). */
 export interface ServiceDelta {

@@ -27,7 +27,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { TsnetError, contextualize, hasCode } from '../errors';
 import { writeFileAtomic } from '../state';
-import { IndexedState, readChange, type NatChange } from './changes';
+import { IndexedState, type NatChange } from './changes';
+import { readChange } from './change-json';
 import { emptyState, normalizeState, type DesiredState, type Service } from './model';
 import { IndexBuilder, SnapshotIndex } from './snapshot-index';
 import type { StoredServices } from './service-table';
@@ -221,7 +222,9 @@ export class NatStore {
       if (!line) continue;
       try {
         const parsed = JSON.parse(line) as JournalLine;
-        out.push({ ...parsed, changes: parsed.changes.map(readChange) });
+        const changes = parsed.changes.map(readChange);
+        if (!changes.every((c) => c !== undefined)) break; // not a journal line of ours: read no further, as torn
+        out.push({ ...parsed, changes });
       } catch {
         break; // a torn last line: that round never completed
       }

@@ -125,12 +125,19 @@ function clientScript(): string {
     fs.chmodSync(dir, 0o755);
     // The script and the modules it takes, in the same relative places as under dist/.
     const dist = path.join(__dirname, '..', '..');
-    for (const rel of ['test/harness/agent-client.js', 'src/agent/protocol.js', 'src/cni/defaults.js']) {
+    for (const rel of [
+      'test/harness/agent-client.js',
+      'src/agent/protocol.js',
+      'src/cni/defaults.js',
+      'src/json.js',
+      'src/nat/change-json.js',
+    ]) {
       fs.mkdirSync(path.dirname(path.join(dir, rel)), { recursive: true, mode: 0o755 });
       fs.copyFileSync(path.join(dist, rel), path.join(dir, rel));
       fs.chmodSync(path.join(dir, rel), 0o644);
     }
-    for (const d of ['test', 'test/harness', 'src', 'src/agent', 'src/cni']) fs.chmodSync(path.join(dir, d), 0o755);
+    for (const d of ['test', 'test/harness', 'src', 'src/agent', 'src/cni', 'src/nat'])
+      fs.chmodSync(path.join(dir, d), 0o755);
     readableClient = path.join(dir, 'test/harness/agent-client.js');
   }
   return readableClient;
