@@ -110,8 +110,8 @@ export class IndexedState implements NatState {
   }
 
   /** The services as snapshot lines (unchanged ones as read). */
-  serviceLines(): ReturnType<ServiceTable['lines']> {
-    return this.table.lines();
+  serviceLines(): { lines: Iterable<Service | number>; snapshot?: StoredServices } {
+    return { lines: this.table.lines(), snapshot: this.table.snapshot };
   }
 
   /** How many services have an IPv4 and an IPv6 VIP. */

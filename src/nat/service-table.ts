@@ -175,32 +175,32 @@ export class ServiceTable {
   /** Every service, in order (parses every row not parsed yet: O(state)). */
   list(): Service[] {
     const out: Service[] = [];
-    for (const { service } of this.entries(true)) out.push(service!);
+    for (const e of this.lines()) out.push(typeof e === 'number' ? this.row(e) : e);
     return out;
   }
 
-  /** The services as snapshot lines: a changed service's written anew, an unchanged row where it is read (unparsed). */
-  *lines(): Generator<{ text: string; service: Service } | { row: number; stored: StoredServices }> {
-    for (const e of this.entries(false)) {
-      if (e.service) yield { text: JSON.stringify(e.service), service: e.service };
-      else yield { row: e.row!, stored: this.stored! };
-    }
-  }
-
-  /** The services in order: a service, or (not `parse`, an unchanged row) its row number. */
-  private *entries(parse: boolean): Generator<{ service?: Service; row?: number }> {
+  /**
+   * The services in order: a changed one as the service it is now, an
+   * unchanged one as its row in the snapshot (a number: still unparsed).
+   */
+  *lines(): Generator<Service | number> {
     const index = this.stored?.index;
     for (let k = 0; index && k < index.count; k++) {
-      if (!parse && !this.changedHashes.has(index.nameHash(k))) {
-        yield { row: k };
+      // A name hash no change has: the row is unchanged, known without parsing it.
+      if (!this.changedHashes.has(index.nameHash(k))) {
+        yield k;
         continue;
       }
-      const s = this.row(k);
-      const c = this.changed.get(s.name);
-      if (c === undefined) yield parse ? { service: s } : { row: k };
-      else if (c) yield { service: c };
+      const c = this.changed.get(this.row(k).name);
+      if (c === undefined) yield k;
+      else if (c) yield c;
     }
-    for (const [name, s] of this.changed) if (s && !this.changedStored.has(name)) yield { service: s };
+    for (const [name, s] of this.changed) if (s && !this.changedStored.has(name)) yield s;
+  }
+
+  /** The snapshot's lines the rows of lines() are in. */
+  get snapshot(): StoredServices | undefined {
+    return this.stored;
   }
 
   /**

@@ -3,9 +3,11 @@
  * service line of the snapshot, where it is (offset, length) and what a
  * change asks of it without parsing it: its name, its VIP:port/proto, its
  * family, protocol and endpoint count, its endpoints' addresses. Names, VIP
- * keys and addresses are kept as 32-bit hashes in open-addressing tables of
- * (hash, row) slots (built in one pass as the snapshot is written, no sort);
- * a hash names candidates, and the one row parsed settles it. Loading is
+ * keys and addresses are kept as 32-bit hashes; names and VIP keys in
+ * open-addressing tables of (hash, row) slots, built in one pass as the
+ * snapshot is written (no sort); addresses, asked only when a change must
+ * know whether another service uses one, get their table when first asked.
+ * A hash names candidates, and the one row parsed settles it. Loading is
  * reading the file: a command that changes one service of ten thousand
  * parses one.
  *
@@ -16,14 +18,14 @@
  *   u32 magic, version, byte-order mark; 44 bytes: the snapshot's digest (43 + NUL)
  *   u32 rows, ipEntries
  *   rows x 7 u32     offset, length, name hash, VIP hash, family | proto << 8 | endpoints << 16, ipStart, ipCount
- *   slots(rows) x 2 u32       (name hash, row) table      slots(rows) x 2 u32  (VIP hash, row) table
- *   slots(ipEntries) x 2 u32  (address hash, row) table   ipEntries u32        each row's address hashes, in row order
- *   (slots(n): the power of two at or above 1.5 n; an empty slot's row is 0xffffffff)
+ *   slots(rows) x 2 u32  (name hash, row) table      slots(rows) x 2 u32  (VIP hash, row) table
+ *   ipEntries u32        each row's address hashes, in row order
+ *   (slots(n): the power of two at or above 1.5 n; a slot holds row + 1, 0 when empty)
  */
 import { familyOf, vipKey, type Service } from './model';
 
 const MAGIC = 0x584e5354; // "TSNX"
-const VERSION = 2;
+const VERSION = 4;
 const BOM = 0x01020304;
 const DIGEST_BYTES = 44;
 const HEAD_WORDS = 3 + DIGEST_BYTES / 4 + 2;
@@ -48,8 +50,6 @@ export interface RowMeta {
   ips: number[];
 }
 
-const EMPTY = 0xffffffff;
-
 /** A table's slot count for n entries: a power of two, at most two thirds full. */
 function slots(n: number): number {
   let c = 2;
@@ -57,22 +57,25 @@ function slots(n: number): number {
   return c;
 }
 
-/** Where hash `h` starts probing in a table of `size` slots (Fibonacci hashing: the product's high bits). */
-const home = (h: number, size: number) => Math.imul(h, 0x9e3779b1) >>> (32 - Math.log2(size));
+/** The shift that takes a 32-bit product to a slot of a table of `size` (Fibonacci hashing: the high bits). */
+const shiftOf = (size: number) => 32 - Math.log2(size);
+const home = (h: number, shift: number) => Math.imul(h, 0x9e3779b1) >>> shift;
 
 /**
- * The (hash, row) table of `hashes` (row i, or rows[i]), by linear probing.
- * Entries go in row order, so equal hashes are met in row order.
+ * The (hash, row + 1) table of `hashes` (row i, or rows[i]), by linear
+ * probing; 0 marks an empty slot, so a new table needs no filling. Entries
+ * go in row order, so equal hashes are met in row order.
  */
 function table(hashes: Uint32Array, rows?: Uint32Array): Uint32Array {
   const size = slots(hashes.length);
-  const t = new Uint32Array(size * 2).fill(EMPTY);
+  const shift = shiftOf(size);
+  const t = new Uint32Array(size * 2);
   for (let i = 0; i < hashes.length; i++) {
     const h = hashes[i]!;
-    let k = home(h, size);
-    while (t[2 * k + 1] !== EMPTY) k = (k + 1) & (size - 1);
+    let k = home(h, shift);
+    while (t[2 * k + 1] !== 0) k = (k + 1) & (size - 1);
     t[2 * k] = h;
-    t[2 * k + 1] = rows ? rows[i]! : i;
+    t[2 * k + 1] = (rows ? rows[i]! : i) + 1;
   }
   return t;
 }
@@ -81,13 +84,13 @@ function table(hashes: Uint32Array, rows?: Uint32Array): Uint32Array {
 function lookup(t: Uint32Array, h: number): number[] {
   const size = t.length / 2;
   const out: number[] = [];
-  for (let k = home(h, size); t[2 * k + 1] !== EMPTY; k = (k + 1) & (size - 1))
-    if (t[2 * k] === h) out.push(t[2 * k + 1]!);
+  for (let k = home(h, shiftOf(size)); t[2 * k + 1] !== 0; k = (k + 1) & (size - 1))
+    if (t[2 * k] === h) out.push(t[2 * k + 1]! - 1);
   return out;
 }
 
 /** The words after the header, for n rows and m address entries. */
-const fileWords = (n: number, m: number) => n * ROW_WORDS + 4 * slots(n) + 2 * slots(m) + m;
+const fileWords = (n: number, m: number) => n * ROW_WORDS + 4 * slots(n) + m;
 
 export class SnapshotIndex {
   /** (Made by IndexBuilder.finish or decode.) */
@@ -96,9 +99,10 @@ export class SnapshotIndex {
     readonly rows: Uint32Array,
     private readonly names: Uint32Array,
     private readonly vips: Uint32Array,
-    private readonly ipTable: Uint32Array,
     readonly ipHashes: Uint32Array,
   ) {}
+
+  private ipTable?: Uint32Array;
 
   get count(): number {
     return this.rows.length / ROW_WORDS;
@@ -136,7 +140,17 @@ export class SnapshotIndex {
   /** Candidate rows of a name, a VIP key, an endpoint address (hash matches: the row itself says). */
   byName = (name: string): number[] => lookup(this.names, hash32(name));
   byVip = (key: string): number[] => lookup(this.vips, hash32(key));
-  byIp = (ip: string): number[] => lookup(this.ipTable, hash32(ip));
+  byIp = (ip: string): number[] => lookup((this.ipTable ??= this.addressTable()), hash32(ip));
+
+  /** The (address hash, row) table, from each row's slice of ipHashes. */
+  private addressTable(): Uint32Array {
+    const rowOf = new Uint32Array(this.ipHashes.length);
+    for (let k = 0; k < this.count; k++) {
+      const start = this.rows[k * ROW_WORDS + 5]!;
+      rowOf.fill(k, start, start + this.rows[k * ROW_WORDS + 6]!);
+    }
+    return table(this.ipHashes, rowOf);
+  }
 
   /** The file's bytes. */
   encode(): Buffer {
@@ -148,7 +162,7 @@ export class SnapshotIndex {
     new Uint8Array(words.buffer).set(digest, 12);
     words.set([n, this.ipHashes.length], 3 + DIGEST_BYTES / 4);
     let at = HEAD_WORDS;
-    for (const part of [this.rows, this.names, this.vips, this.ipTable, this.ipHashes]) {
+    for (const part of [this.rows, this.names, this.vips, this.ipHashes]) {
       words.set(part, at);
       at += part.length;
     }
@@ -169,7 +183,7 @@ export class SnapshotIndex {
     let at = HEAD_WORDS;
     const take = (len: number) => words.subarray(at, (at += len));
     const t = 2 * slots(n);
-    return new SnapshotIndex(digest, take(n * ROW_WORDS), take(t), take(t), take(2 * slots(m)), take(m));
+    return new SnapshotIndex(digest, take(n * ROW_WORDS), take(t), take(t), take(m));
   }
 }
 
@@ -181,7 +195,6 @@ export class SnapshotIndex {
 export class IndexBuilder {
   private rows = new Uint32Array(ROW_WORDS * 1024);
   private ips = new Uint32Array(4096);
-  private ipRows = new Uint32Array(4096);
   private n = 0;
   private m = 0;
 
@@ -223,8 +236,7 @@ export class IndexBuilder {
       names[k] = rows[k * ROW_WORDS + 2]!;
       vips[k] = rows[k * ROW_WORDS + 3]!;
     }
-    const ips = this.ips.slice(0, this.m);
-    return new SnapshotIndex(digest, rows, table(names), table(vips), table(ips, this.ipRows.subarray(0, this.m)), ips);
+    return new SnapshotIndex(digest, rows, table(names), table(vips), this.ips.slice(0, this.m));
   }
 
   private row(from: number, to: number): number {
@@ -243,12 +255,9 @@ export class IndexBuilder {
   }
 
   private ip(h: number): void {
-    if (this.m === this.ips.length) {
-      this.ips = grown(this.ips);
-      this.ipRows = grown(this.ipRows);
-    }
+    if (this.m === this.ips.length) this.ips = grown(this.ips);
     this.ips[this.m] = h;
-    this.ipRows[this.m++] = this.n - 1;
+    this.m++;
   }
 }
 

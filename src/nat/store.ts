@@ -353,31 +353,28 @@ function writeSnapshot(
     run = undefined;
   };
   let next = at;
-  for (const line of st.serviceLines()) {
+  const { lines: all, snapshot } = st.serviceLines();
+  for (const line of all) {
     if (lines++) next += 2; // ",\n" before every line but the first
-    if ('service' in line) {
+    if (typeof line !== 'number') {
       if (run) flush();
-      const end = next + Buffer.byteLength(line.text);
-      index.service(line.service, next, end);
+      const text = JSON.stringify(line);
+      const end = next + Buffer.byteLength(text);
+      index.service(line, next, end);
       next = end;
-      batch.push(line.text);
+      batch.push(text);
       if (batch.length === 1000) flush();
       continue;
     }
-    const [from, to] = line.stored.index.span(line.row);
-    index.copy(line.stored.index, line.row, next, next + to - from);
+    const { bytes, index: old } = snapshot!;
+    const [from, to] = old.span(line);
+    index.copy(old, line, next, next + to - from);
     next += to - from;
-    // The next row of the same bytes extends the run; anything else ends it.
-    if (
-      run &&
-      run.bytes === line.stored.bytes &&
-      from === run.to + 2 &&
-      SEPARATOR.equals(run.bytes.subarray(run.to, from))
-    )
-      run.to = to;
+    // The next row of the snapshot extends the run; anything else ends it.
+    if (run && from === run.to + 2 && SEPARATOR.equals(bytes.subarray(run.to, from))) run.to = to;
     else {
       flush();
-      run = { bytes: line.stored.bytes, from, to };
+      run = { bytes, from, to };
     }
   }
   flush();
