@@ -22,6 +22,7 @@
 #include <napi.h>
 #include <uv.h>
 
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/netlink.h>
@@ -51,6 +52,9 @@
 #endif
 #ifndef NETLINK_CAP_ACK
 #define NETLINK_CAP_ACK 10
+#endif
+#ifndef SO_NETNS_COOKIE
+#define SO_NETNS_COOKIE 71
 #endif
 
 namespace {
@@ -92,19 +96,21 @@ bool WantString(const Napi::CallbackInfo& info, size_t i) {
 // ---------------------------------------------------------------------------
 // The namespace helper thread.
 
-enum class JobKind { Socket, Open, Create };
+// Check: enter the namespace and read its cookie (compared with `cookie` when that is not 0).
+enum class JobKind { Socket, Open, Create, Check };
 
 struct Job {
   explicit Job(JobKind k) : kind(k) {}
   JobKind kind;
-  int nsFd = -1;        // Socket, Open: the namespace to act in
-  uint64_t dev = 0;     // ... and the identity that fd must still have
-  uint64_t ino = 0;
+  int nsFd = -1;        // Socket, Open, Check: the namespace to act in
+  uint64_t cookie = 0;  // ... and the cookie it must still have (SO_NETNS_COOKIE: never reused, unlike nsfs inodes)
   int domain = 0, type = 0, protocol = 0;  // Socket
   std::string path;     // Open: the file; Create: where to bind the new namespace
   int flags = 0;        // Open
+  mode_t mode = 0;      // Open, with O_CREAT
   // Results.
   int fd = -1;
+  uint64_t found = 0;   // Check: the namespace's cookie
   int err = 0;
   std::string failed;
 };
@@ -125,6 +131,20 @@ Helper& g = *new Helper;
 
 bool ThreadNs(struct stat* st) { return stat("/proc/thread-self/ns/net", st) == 0; }
 
+// The cookie of the calling thread's network namespace: a 64-bit id the kernel never gives to another
+// namespace (an nsfs inode number is recycled once its namespace dies). 0 with errno set on failure.
+uint64_t ThreadCookie() {
+  int s = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (s < 0) return 0;
+  uint64_t c = 0;
+  socklen_t len = sizeof c;
+  int rc = getsockopt(s, SOL_SOCKET, SO_NETNS_COOKIE, &c, &len);
+  int err = errno;
+  close(s);
+  errno = err;
+  return rc == 0 ? c : 0;
+}
+
 void CheckHome(const char* when) {
   struct stat st;
   if (!ThreadNs(&st)) Die("cannot read the helper thread's network namespace");
@@ -140,6 +160,59 @@ void Fail(Job& j, int err, const std::string& what) {
   j.failed = what;
 }
 
+const char* const REUSED = "its namespace fd no longer refers to the handle's namespace (closed, and the number reused)";
+
+// Enters j.nsFd, and checks it is the namespace j.cookie names (when set): false (j failed) otherwise.
+bool Enter(Job& j) {
+  if (setns(j.nsFd, CLONE_NEWNET) != 0) {
+    // EINVAL: the number is now something that is not a network namespace; for a handle, that is a reused fd.
+    if (errno == EINVAL && j.cookie != 0) Fail(j, EBADF, std::string("setns: ") + REUSED);
+    else Fail(j, errno, "setns");
+    return false;
+  }
+  return true;
+}
+
+void Act(Job& j) {
+  j.found = ThreadCookie();
+  if (j.found == 0) return Fail(j, errno, "getsockopt(SO_NETNS_COOKIE)");
+  if (j.cookie != 0 && j.found != j.cookie) return Fail(j, EBADF, std::string("setns: ") + REUSED);
+  switch (j.kind) {
+    case JobKind::Check:
+      break;
+    case JobKind::Socket:
+      j.fd = socket(j.domain, j.type | SOCK_CLOEXEC, j.protocol);
+      if (j.fd < 0) Fail(j, errno, "socket");
+      break;
+    case JobKind::Open: {
+      // O_NONBLOCK so that a FIFO (or anything that waits in open) cannot stall the one helper thread:
+      // only regular files (what /proc/sys/net and /proc/net hold) are opened.
+      j.fd = open(j.path.c_str(), j.flags | O_CLOEXEC | O_NONBLOCK | O_NOCTTY, j.mode);
+      if (j.fd < 0) return Fail(j, errno, "open " + j.path);
+      struct stat st;
+      int err = fstat(j.fd, &st) != 0 ? errno : S_ISREG(st.st_mode) ? 0 : -1;
+      if (err != 0) {
+        close(j.fd);
+        j.fd = -1;
+        if (err > 0) return Fail(j, err, "fstat " + j.path);
+        return Fail(j, EINVAL, "open " + j.path + " (not a regular file; in a namespace only /proc/sys and /proc/net files are opened)");
+      }
+      if (!(j.flags & O_NONBLOCK)) fcntl(j.fd, F_SETFL, fcntl(j.fd, F_GETFL) & ~O_NONBLOCK);
+      break;
+    }
+    case JobKind::Create:
+      j.fd = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+      if (j.fd < 0) {
+        Fail(j, errno, "open /proc/thread-self/ns/net");
+      } else if (!j.path.empty() && mount("/proc/thread-self/ns/net", j.path.c_str(), "none", MS_BIND, nullptr) != 0) {
+        Fail(j, errno, "mount " + j.path);
+        close(j.fd);
+        j.fd = -1;
+      }
+      break;
+  }
+}
+
 void RunJob(Job& j) {
   CheckHome("the namespace helper thread was not in its home namespace before a job");
   // A fresh fd to come back with: a long-lived one could be closed and its number reused by anyone.
@@ -149,37 +222,10 @@ void RunJob(Job& j) {
   if (j.kind == JobKind::Create) {
     if (unshare(CLONE_NEWNET) != 0) Fail(j, errno, "unshare(CLONE_NEWNET)");
     else away = true;
-  } else if (setns(j.nsFd, CLONE_NEWNET) != 0) {
-    Fail(j, errno, "setns");
   } else {
-    away = true;
-    struct stat st;
-    // The fd must still be the handle's namespace (not a number closed and reused behind its back).
-    if (!ThreadNs(&st)) Fail(j, errno, "stat /proc/thread-self/ns/net");
-    else if (st.st_dev != j.dev || st.st_ino != j.ino) Fail(j, EBADF, "setns (the fd no longer refers to this handle's namespace)");
+    away = Enter(j);
   }
-  if (away && !j.err) {
-    switch (j.kind) {
-      case JobKind::Socket:
-        j.fd = socket(j.domain, j.type | SOCK_CLOEXEC, j.protocol);
-        if (j.fd < 0) Fail(j, errno, "socket");
-        break;
-      case JobKind::Open:
-        j.fd = open(j.path.c_str(), j.flags | O_CLOEXEC);
-        if (j.fd < 0) Fail(j, errno, "open " + j.path);
-        break;
-      case JobKind::Create:
-        j.fd = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
-        if (j.fd < 0) {
-          Fail(j, errno, "open /proc/thread-self/ns/net");
-        } else if (!j.path.empty() && mount("/proc/thread-self/ns/net", j.path.c_str(), "none", MS_BIND, nullptr) != 0) {
-          Fail(j, errno, "mount " + j.path);
-          close(j.fd);
-          j.fd = -1;
-        }
-        break;
-    }
-  }
+  if (away) Act(j);
   if (away && setns(home, CLONE_NEWNET) != 0) Die("the namespace helper thread cannot return to its home namespace");
   close(home);
   CheckHome("the namespace helper thread came back to a namespace that is not its home");
@@ -247,23 +293,32 @@ bool Submit(Napi::Env env, Job& j) {
   return true;
 }
 
+// A namespace cookie from JavaScript: a BigInt (exact), or 0 for "none".
+bool WantCookie(const Napi::CallbackInfo& info, size_t i, uint64_t* out) {
+  if (info.Length() > i && info[i].IsBigInt()) {
+    bool lossless = true;
+    *out = info[i].As<Napi::BigInt>().Uint64Value(&lossless);
+    if (lossless) return true;
+  }
+  Napi::TypeError::New(info.Env(), "argument " + std::to_string(i) + " must be a namespace cookie (a BigInt)").ThrowAsJavaScriptException();
+  return false;
+}
+
 bool ReadIdentity(const Napi::CallbackInfo& info, Job& j) {
-  if (!WantNumber(info, 0) || !WantNumber(info, 1) || !WantNumber(info, 2)) return false;
+  if (!WantNumber(info, 0) || !WantCookie(info, 1, &j.cookie)) return false;
   j.nsFd = info[0].As<Napi::Number>().Int32Value();
-  j.dev = static_cast<uint64_t>(info[1].As<Napi::Number>().Int64Value());
-  j.ino = static_cast<uint64_t>(info[2].As<Napi::Number>().Int64Value());
   return true;
 }
 
-// socketIn(nsFd, dev, ino, domain, type, protocol) -> fd: socket(2) inside the namespace (CLOEXEC);
+// socketIn(nsFd, cookie, domain, type, protocol) -> fd: socket(2) inside the namespace (CLOEXEC);
 // nsFd -1: on the calling thread, in its own namespace.
 Napi::Value SocketIn(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Job j(JobKind::Socket);
-  if (!ReadIdentity(info, j) || !WantNumber(info, 3) || !WantNumber(info, 4) || !WantNumber(info, 5)) return env.Undefined();
-  j.domain = info[3].As<Napi::Number>().Int32Value();
-  j.type = info[4].As<Napi::Number>().Int32Value();
-  j.protocol = info[5].As<Napi::Number>().Int32Value();
+  if (!ReadIdentity(info, j) || !WantNumber(info, 2) || !WantNumber(info, 3) || !WantNumber(info, 4)) return env.Undefined();
+  j.domain = info[2].As<Napi::Number>().Int32Value();
+  j.type = info[3].As<Napi::Number>().Int32Value();
+  j.protocol = info[4].As<Napi::Number>().Int32Value();
   if (j.nsFd < 0) {
     // The caller's own namespace: JavaScript threads never leave it, so no helper is needed.
     int fd = socket(j.domain, j.type | SOCK_CLOEXEC, j.protocol);
@@ -277,15 +332,65 @@ Napi::Value SocketIn(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, j.fd);
 }
 
-// openIn(nsFd, dev, ino, path, flags) -> fd: open(2) inside the namespace (CLOEXEC).
+// openIn(nsFd, cookie, path, flags, mode) -> fd: open(2) of a regular file inside the namespace (CLOEXEC).
 Napi::Value OpenIn(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Job j(JobKind::Open);
-  if (!ReadIdentity(info, j) || !WantString(info, 3) || !WantNumber(info, 4)) return env.Undefined();
-  j.path = info[3].As<Napi::String>().Utf8Value();
-  j.flags = info[4].As<Napi::Number>().Int32Value();
+  if (!ReadIdentity(info, j) || !WantString(info, 2) || !WantNumber(info, 3) || !WantNumber(info, 4)) return env.Undefined();
+  j.path = info[2].As<Napi::String>().Utf8Value();
+  j.flags = info[3].As<Napi::Number>().Int32Value();
+  j.mode = static_cast<mode_t>(info[4].As<Napi::Number>().Uint32Value() & 07777);
   if (!Submit(env, j)) return env.Undefined();
   return Napi::Number::New(env, j.fd);
+}
+
+// nsCookie(nsFd, cookie) -> BigInt: the cookie of the network namespace behind nsFd, entered by the
+// helper; with cookie not 0n, a namespace with another cookie is refused with EBADF. nsFd -1: the
+// caller's own namespace.
+Napi::Value NsCookie(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Job j(JobKind::Check);
+  if (!ReadIdentity(info, j)) return env.Undefined();
+  if (j.nsFd < 0) {
+    uint64_t c = ThreadCookie();
+    if (c == 0) {
+      ErrnoError(env, errno, "getsockopt(SO_NETNS_COOKIE)").ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    return Napi::BigInt::New(env, c);
+  }
+  if (!Submit(env, j)) return env.Undefined();
+  return Napi::BigInt::New(env, j.found);
+}
+
+// dupChecked(nsFd, cookie) -> fd: a close-on-exec duplicate of nsFd, checked (after the dup) to be the
+// namespace `cookie` names. For an fd handed to the kernel in a netlink attribute: another thread may
+// swap what nsFd refers to at any moment, but not what this private duplicate does.
+Napi::Value DupChecked(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Job j(JobKind::Check);
+  if (!ReadIdentity(info, j)) return env.Undefined();
+  int dup = fcntl(j.nsFd, F_DUPFD_CLOEXEC, 3);
+  if (dup < 0) {
+    ErrnoError(env, errno, "fcntl(F_DUPFD_CLOEXEC)").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  j.nsFd = dup;
+  if (!Submit(env, j)) {
+    close(dup);
+    return env.Undefined();
+  }
+  return Napi::Number::New(env, dup);
+}
+
+// close(fd): close(2) of an fd the addon made. Node's fs.closeSync would warn in a Worker ("closed
+// but not opened in unmanaged mode"): Workers track the fds that fs opened.
+Napi::Value CloseFd(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!WantNumber(info, 0)) return env.Undefined();
+  if (close(info[0].As<Napi::Number>().Int32Value()) != 0 && errno != EINTR)
+    ErrnoError(env, errno, "close").ThrowAsJavaScriptException();
+  return env.Undefined();
 }
 
 // createNetns(path) -> fd: a new network namespace, bound at `path` (an existing
@@ -326,6 +431,7 @@ class NlSocket : public Napi::ObjectWrap<NlSocket> {
     return DefineClass(env, "NlSocket", {
       InstanceMethod("send", &NlSocket::Send),
       InstanceMethod("transact", &NlSocket::Transact),
+      InstanceMethod("drain", &NlSocket::Drain),
       InstanceMethod("close", &NlSocket::Close),
       InstanceMethod("ref", &NlSocket::RefLoop),
       InstanceMethod("unref", &NlSocket::UnrefLoop),
@@ -371,10 +477,14 @@ class NlSocket : public Napi::ObjectWrap<NlSocket> {
     setsockopt(fd_, SOL_NETLINK, NETLINK_CAP_ACK, &one, sizeof one);
     uv_loop_t* loop = nullptr;
     napi_get_uv_event_loop(env, &loop);
-    poll_ = new uv_poll_t;
-    uv_poll_init(loop, poll_, fd_);
-    poll_->data = this;
-    uv_poll_start(poll_, UV_READABLE, OnReadable);
+    box_ = new PollBox;
+    box_->owner = this;
+    uv_poll_init(loop, &box_->poll, fd_);
+    box_->poll.data = box_;
+    // A Worker's environment (or the process's, at exit) is torn down with the socket still open:
+    // the poll must be closed, and its close callback run, before the loop goes.
+    napi_add_async_cleanup_hook(env, Teardown, box_, &box_->hook);
+    uv_poll_start(&box_->poll, UV_READABLE, OnReadable);
     Ref();  // an open socket is not collected (its poll calls back into it); close() lets it go
   }
 
@@ -384,19 +494,27 @@ class NlSocket : public Napi::ObjectWrap<NlSocket> {
   }
 
  private:
+  // The poll handle, with what teardown needs: it outlives the socket until its close callback runs.
+  struct PollBox {
+    uv_poll_t poll;
+    NlSocket* owner = nullptr;  // null once the socket let go of it
+    napi_async_cleanup_hook_handle hook = nullptr;
+  };
+
   int fd_ = -1;
   uint8_t scratch_[64 * 1024];
   uint32_t port_ = 0;
-  uv_poll_t* poll_ = nullptr;
+  PollBox* box_ = nullptr;
   Napi::FunctionReference onMessage_;
   Napi::FunctionReference onError_;
   Napi::AsyncContext* ctx_ = nullptr;
 
   void Shut(bool release = true) {
-    if (poll_) {
-      uv_poll_stop(poll_);
-      uv_close(reinterpret_cast<uv_handle_t*>(poll_), [](uv_handle_t* h) { delete reinterpret_cast<uv_poll_t*>(h); });
-      poll_ = nullptr;
+    if (box_) {
+      uv_poll_stop(&box_->poll);
+      box_->owner = nullptr;
+      uv_close(reinterpret_cast<uv_handle_t*>(&box_->poll), Closed);
+      box_ = nullptr;
       if (release) Unref();
     }
     if (fd_ >= 0) {
@@ -405,17 +523,66 @@ class NlSocket : public Napi::ObjectWrap<NlSocket> {
     }
   }
 
+  static void Closed(uv_handle_t* h) {
+    PollBox* box = reinterpret_cast<PollBox*>(h);
+    if (box->hook) napi_remove_async_cleanup_hook(box->hook);
+    delete box;
+  }
+
+  // The environment is going away: close the socket now (the object itself is finalized later, or never).
+  static void Teardown(napi_async_cleanup_hook_handle, void* arg) {
+    PollBox* box = static_cast<PollBox*>(arg);
+    if (box->owner) box->owner->Shut(false);
+  }
+
+  // The environment cannot run JavaScript any more (a Worker terminating, the process exiting): stop reading.
+  void Quiesce() {
+    if (box_) uv_poll_stop(&box_->poll);
+  }
+
   bool Open(Napi::Env env) {
     if (fd_ >= 0) return true;
     ErrnoError(env, EBADF, "netlink socket").ThrowAsJavaScriptException();
     return false;
   }
 
-  // Calls into JS from the loop; an exception thrown there becomes an uncaught exception, as in any Node callback.
-  void Deliver(Napi::FunctionReference& fn, napi_value arg) {
-    Napi::Env env = fn.Env();
-    fn.MakeCallback(Value(), {arg}, *ctx_);
-    if (env.IsExceptionPending()) napi_fatal_exception(env, env.GetAndClearPendingException().Value());
+  // Calls fn(arg) from the loop, with the C API only: a call into an environment that is stopping
+  // fails, and node-addon-api's wrappers would make that failure fatal. An exception the callback
+  // throws becomes an uncaught exception, as in any Node callback. False: deliver nothing more.
+  bool Call(Napi::FunctionReference& fn, napi_value arg) {
+    if (fd_ < 0) return false;
+    napi_env env = Env();
+    napi_value recv, f, result;
+    if (napi_get_reference_value(env, static_cast<napi_ref>(*this), &recv) != napi_ok ||
+        napi_get_reference_value(env, static_cast<napi_ref>(fn), &f) != napi_ok || f == nullptr) {
+      Quiesce();
+      return false;
+    }
+    if (napi_make_callback(env, static_cast<napi_async_context>(*ctx_), recv, f, 1, &arg, &result) == napi_ok) return fd_ >= 0;
+    bool pending = false;
+    if (napi_is_exception_pending(env, &pending) == napi_ok && pending) {
+      napi_value e;
+      if (napi_get_and_clear_last_exception(env, &e) == napi_ok) napi_fatal_exception(env, e);
+      return fd_ >= 0;
+    }
+    Quiesce();
+    return false;
+  }
+
+  // An errno Error built with the C API (see Call); nullptr when the environment cannot make one.
+  napi_value RawError(int err, const char* syscall) {
+    napi_env env = Env();
+    std::string msg = std::string(syscall) + ": " + ErrName(err) + " (" + strerror(err) + ")";
+    napi_value text, code, e, num, sys;
+    if (napi_create_string_utf8(env, msg.c_str(), msg.size(), &text) != napi_ok ||
+        napi_create_string_utf8(env, ErrName(err), NAPI_AUTO_LENGTH, &code) != napi_ok ||
+        napi_create_error(env, nullptr, text, &e) != napi_ok || napi_create_int32(env, err, &num) != napi_ok ||
+        napi_create_string_utf8(env, syscall, NAPI_AUTO_LENGTH, &sys) != napi_ok ||
+        napi_set_named_property(env, e, "errno", num) != napi_ok ||
+        napi_set_named_property(env, e, "code", code) != napi_ok ||
+        napi_set_named_property(env, e, "syscall", sys) != napi_ok)
+      return nullptr;
+    return e;
   }
 
   // Reads one datagram into `out`: its length, or -1 with errno set. It is peeked into a large
@@ -436,23 +603,30 @@ class NlSocket : public Napi::ObjectWrap<NlSocket> {
   }
 
   static void OnReadable(uv_poll_t* h, int status, int) {
-    NlSocket* self = static_cast<NlSocket*>(h->data);
-    Napi::Env env = self->Env();
-    Napi::HandleScope scope(env);
+    PollBox* box = static_cast<PollBox*>(h->data);
+    if (box->owner) box->owner->Pump(status);
+  }
+
+  void Pump(int status) {
+    napi_env env = Env();
+    napi_handle_scope scope;
+    if (napi_open_handle_scope(env, &scope) != napi_ok) return Quiesce();
     if (status < 0) {
-      self->Deliver(self->onError_, ErrnoError(env, -status, "poll").Value());
+      napi_value e = RawError(-status, "poll");
+      if (e) Call(onError_, e);
+      napi_close_handle_scope(env, scope);
       return;
     }
     // First read what is queued now (a dump's next chunk is produced by the kernel as we read), then
     // deliver it. Delivering can make the caller send its next request, which the kernel answers at
     // once; reading those answers in the same callback would let a busy caller starve everything else
     // (timers, the threadpool's completions), so they wait for the loop's next turn.
-    std::vector<Napi::Buffer<uint8_t>> got;
+    std::vector<napi_value> got;
     bool overrun = false;
     int failed = 0;
-    while (self->fd_ >= 0 && got.size() < 1024) {
-      Napi::Buffer<uint8_t> buf;
-      ssize_t n = self->ReadOne(env, 0, buf);
+    while (fd_ >= 0 && got.size() < 1024) {
+      napi_value buf;
+      ssize_t n = ReadRaw(0, &buf);
       if (n < 0) {
         if (errno == EAGAIN || errno == EINTR) break;
         // ENOBUFS: the receive buffer overflowed and replies were lost; the caller must know.
@@ -464,14 +638,42 @@ class NlSocket : public Napi::ObjectWrap<NlSocket> {
         break;
       }
       if (n == 0) continue;
+      if (buf == nullptr) {  // the environment cannot make a Buffer any more
+        Quiesce();
+        break;
+      }
       got.push_back(buf);
     }
-    for (auto& b : got) {
-      if (self->fd_ < 0) return;
-      self->Deliver(self->onMessage_, b);
+    bool on = true;
+    for (size_t i = 0; on && i < got.size(); i++) on = Call(onMessage_, got[i]);
+    if (on && overrun) {
+      napi_value e = RawError(ENOBUFS, "recv");
+      on = e && Call(onError_, e);
     }
-    if (overrun && self->fd_ >= 0) self->Deliver(self->onError_, ErrnoError(env, ENOBUFS, "recv").Value());
-    if (failed && self->fd_ >= 0) self->Deliver(self->onError_, ErrnoError(env, failed, "recv").Value());
+    if (on && failed) {
+      napi_value e = RawError(failed, "recv");
+      if (e) Call(onError_, e);
+    }
+    napi_close_handle_scope(env, scope);
+  }
+
+  // ReadOne for the loop's callback, with the C API (see Call): the length (buf nullptr when no
+  // Buffer could be made), or -1 with errno set.
+  ssize_t ReadRaw(int flags, napi_value* buf) {
+    *buf = nullptr;
+    ssize_t n = recv(fd_, scratch_, sizeof scratch_, flags | MSG_PEEK | MSG_TRUNC);
+    if (n < 0) return -1;
+    if (static_cast<size_t>(n) <= sizeof scratch_) {
+      ssize_t m = recv(fd_, scratch_, sizeof scratch_, flags);
+      if (m > 0 && napi_create_buffer_copy(Env(), m, scratch_, nullptr, buf) != napi_ok) *buf = nullptr;
+      return m;
+    }
+    void* data = nullptr;
+    if (napi_create_buffer(Env(), n, &data, buf) != napi_ok) {
+      *buf = nullptr;
+      return recv(fd_, scratch_, sizeof scratch_, flags);  // dropped: nobody can receive it any more
+    }
+    return recv(fd_, data, n, flags);
   }
 
   // One datagram to the kernel, gathered from a JS array of buffers; false with a pending exception on failure.
@@ -532,6 +734,11 @@ class NlSocket : public Napi::ObjectWrap<NlSocket> {
   Napi::Value Transact(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (!SendParts(env, info.Length() > 0 ? info[0] : env.Undefined())) return env.Undefined();
+    return ReadQueued(env);
+  }
+
+  // Every datagram already queued, without waiting: { replies: Buffer[], overrun: boolean }.
+  Napi::Value ReadQueued(Napi::Env env) {
     Napi::Array replies = Napi::Array::New(env);
     bool overrun = false;
     uint32_t count = 0;
@@ -556,16 +763,24 @@ class NlSocket : public Napi::ObjectWrap<NlSocket> {
     return o;
   }
 
+  // drain() -> { replies, overrun }: what the kernel already answered, read before a close (a request
+  // it applied must be reported applied, not cancelled).
+  Napi::Value Drain(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (!Open(env)) return env.Undefined();
+    return ReadQueued(env);
+  }
+
   Napi::Value Close(const Napi::CallbackInfo& info) {
     Shut();
     return info.Env().Undefined();
   }
   Napi::Value RefLoop(const Napi::CallbackInfo& info) {
-    if (poll_) uv_ref(reinterpret_cast<uv_handle_t*>(poll_));
+    if (box_) uv_ref(reinterpret_cast<uv_handle_t*>(&box_->poll));
     return info.Env().Undefined();
   }
   Napi::Value UnrefLoop(const Napi::CallbackInfo& info) {
-    if (poll_) uv_unref(reinterpret_cast<uv_handle_t*>(poll_));
+    if (box_) uv_unref(reinterpret_cast<uv_handle_t*>(&box_->poll));
     return info.Env().Undefined();
   }
   Napi::Value Port(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), port_); }
@@ -689,10 +904,22 @@ Napi::Value GetTid(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), static_cast<double>(syscall(SYS_gettid)));
 }
 
+// Node unloads an addon a Worker loaded when that Worker ends; the helper thread (and a socket's
+// close callback) run this library's code for the life of the process, so it is never unloaded.
+void PinLibrary() {
+  Dl_info info;
+  if (dladdr(reinterpret_cast<void*>(&PinLibrary), &info) && info.dli_fname)
+    dlopen(info.dli_fname, RTLD_NOW | RTLD_NODELETE | RTLD_NOLOAD);
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  PinLibrary();
   exports.Set("socketIn", Napi::Function::New(env, SocketIn));
   exports.Set("openIn", Napi::Function::New(env, OpenIn));
   exports.Set("createNetns", Napi::Function::New(env, CreateNetns));
+  exports.Set("nsCookie", Napi::Function::New(env, NsCookie));
+  exports.Set("dupChecked", Napi::Function::New(env, DupChecked));
+  exports.Set("close", Napi::Function::New(env, CloseFd));
   exports.Set("helperTid", Napi::Function::New(env, HelperTid));
   exports.Set("nsType", Napi::Function::New(env, NsType));
   exports.Set("NlSocket", NlSocket::Define(env));

@@ -71,6 +71,18 @@ export class NetlinkError extends TsnetError {
   }
 }
 
+/**
+ * A library call given something that is not a namespace handle: bad input at
+ * the API's edge, reported as it is (the context would name a namespace that
+ * the value does not have).
+ */
+export class NotAHandle extends TsnetError {
+  override name = 'NotAHandle';
+  constructor(message: string) {
+    super(message, { code: 'EINVAL' });
+  }
+}
+
 /** Bad input, caught before anything was asked of the kernel. */
 export function invalid(message: string): TsnetError {
   return new TsnetError(message, { code: 'EINVAL' });
@@ -133,6 +145,7 @@ export function withContextSync<T>(what: string, fn: () => T): T {
  * is a bug and says so.
  */
 export function contextualize(what: string, err: unknown): TsnetError {
+  if (err instanceof NotAHandle) return err;
   if (err instanceof TsnetError) {
     const opts: TsnetErrorOptions = { code: err.code, cause: err };
     if (err.errno !== undefined) opts.errno = err.errno;

@@ -12,6 +12,8 @@ export interface NativeNlSocket {
   send(parts: Uint8Array[]): void;
   /** One datagram, then every reply the kernel queued while processing it (overrun: some were lost). */
   transact(parts: Uint8Array[]): { replies: Buffer[]; overrun: boolean };
+  /** Every datagram already queued, without waiting. */
+  drain(): { replies: Buffer[]; overrun: boolean };
   close(): void;
   ref(): void;
   unref(): void;
@@ -23,12 +25,18 @@ export interface NativeNlSocket {
 }
 
 export interface Native {
-  /** socket(2) inside the namespace behind nsFd (whose identity must still be dev/ino); CLOEXEC. */
-  socketIn(nsFd: number, dev: number, ino: number, domain: number, type: number, protocol: number): number;
-  /** open(2) inside the namespace behind nsFd; CLOEXEC. */
-  openIn(nsFd: number, dev: number, ino: number, path: string, flags: number): number;
+  /** socket(2) inside the namespace behind nsFd, which must still be the namespace `cookie` names; CLOEXEC. */
+  socketIn(nsFd: number, cookie: bigint, domain: number, type: number, protocol: number): number;
+  /** open(2) of a regular file inside the namespace behind nsFd (checked like socketIn); CLOEXEC. */
+  openIn(nsFd: number, cookie: bigint, path: string, flags: number, mode: number): number;
   /** A new network namespace, bound at `path` unless empty; returns an fd to it. */
   createNetns(path: string): number;
+  /** The cookie (SO_NETNS_COOKIE) of the namespace behind nsFd (-1: the caller's); with cookie not 0n, another is EBADF. */
+  nsCookie(nsFd: number, cookie: bigint): bigint;
+  /** A close-on-exec duplicate of nsFd, checked after the dup to be the namespace `cookie` names. */
+  dupChecked(nsFd: number, cookie: bigint): number;
+  /** close(2) of an fd the addon made (fs.closeSync warns about those in a Worker). */
+  close(fd: number): void;
   /** The namespace helper thread's tid, 0 before its first job. */
   helperTid(): number;
   /** ioctl(NS_GET_NSTYPE): the CLONE_NEW* type of a namespace fd. */

@@ -6,6 +6,7 @@ import { TsnetError, hasCode, withContext } from '../errors';
 import { get as getLink, mustGet, list as listLinks, type LinkRef } from '../link';
 import { parseCidr, formatCidr, type Cidr, type Family } from './cidr';
 import type { NetNs } from '../netns';
+import { rtnl, labelOf } from '../netns/internal';
 
 export * from './cidr';
 
@@ -58,8 +59,8 @@ async function change(
 ): Promise<void> {
   const c = parseCidr(cidr);
   const link = await mustGet(h, dev);
-  await withContext(`${verb} address ${formatCidr(c)} on ${link.name} in ${h.label}`, () =>
-    h.nl.request(type, flags, addrMsg(link.index, c, opts)),
+  await withContext(`${verb} address ${formatCidr(c)} on ${link.name} in ${labelOf(h)}`, () =>
+    rtnl(h).request(type, flags, addrMsg(link.index, c, opts)),
   );
 }
 
@@ -87,12 +88,12 @@ export async function list(h: NetNs, filter: { dev?: LinkRef; family?: Family } 
   // One device: look it up alone (a dump of every link costs O(links) per call, felt on a node with hundreds of veths).
   const one = filter.dev === undefined ? undefined : await getLink(h, filter.dev);
   if (filter.dev !== undefined && !one)
-    throw new TsnetError(`interface ${filter.dev} not found in ${h.label}`, { code: 'ENODEV' });
+    throw new TsnetError(`interface ${filter.dev} not found in ${labelOf(h)}`, { code: 'ENODEV' });
   const names = new Map((one ? [one] : await listLinks(h)).map((l) => [l.index, l.name]));
   const want = one?.index;
   const family = filter.family === 4 ? AF_INET : filter.family === 6 ? AF_INET6 : AF_UNSPEC;
-  return withContext(`listing addresses in ${h.label}`, async () => {
-    const msgs = await h.nl.dump(RTM.GETADDR, ifaddrmsg.encode({ family }));
+  return withContext(`listing addresses in ${labelOf(h)}`, async () => {
+    const msgs = await rtnl(h).dump(RTM.GETADDR, ifaddrmsg.encode({ family }));
     const out: Addr[] = [];
     for (const m of msgs) {
       if (m.type !== RTM.NEWADDR) continue;

@@ -10,6 +10,7 @@ import * as addr from '../addr';
 import * as route from '../route';
 import { TsnetError } from '../errors';
 import type { NetNs } from '../netns';
+import { labelOf } from '../netns/internal';
 
 export interface AttachOptions {
   bridge: string;
@@ -54,7 +55,9 @@ export async function attach(host: NetNs, ns: NetNs, o: AttachOptions): Promise<
 
   const br = await link.mustGet(host, o.bridge);
   if (br.kind !== 'bridge')
-    throw new TsnetError(`${o.bridge} in ${host.label} is a ${br.kind ?? 'device'}, not a bridge`, { code: 'EINVAL' });
+    throw new TsnetError(`${o.bridge} in ${labelOf(host)} is a ${br.kind ?? 'device'}, not a bridge`, {
+      code: 'EINVAL',
+    });
   let gateway = o.gateway === undefined ? undefined : addr.parseIp(o.gateway).address;
   if (o.gateway === undefined) {
     const own = (await addr.list(host, { dev: br.index, family: cidr.family })).find((a) =>
@@ -69,7 +72,7 @@ export async function attach(host: NetNs, ns: NetNs, o: AttachOptions): Promise<
     const hostEnd = await link.get(host, hostIfname);
     if (inside.kind !== 'veth' || !hostEnd || hostEnd.master !== br.index) {
       throw new TsnetError(
-        `attaching ${ns.label} to ${o.bridge}: ${ifname} already exists in ${ns.label} and is not this attachment (detach it first)`,
+        `attaching ${labelOf(ns)} to ${o.bridge}: ${ifname} already exists in ${labelOf(ns)} and is not this attachment (detach it first)`,
         {
           code: 'EEXIST',
         },
@@ -109,7 +112,7 @@ export async function detach(ns: NetNs, ifname = 'eth0'): Promise<boolean> {
   const l = await link.get(ns, ifname);
   if (!l) return false;
   if (l.kind !== 'veth')
-    throw new TsnetError(`${ifname} in ${ns.label} is a ${l.kind ?? 'device'}, not a veth made by attach`, {
+    throw new TsnetError(`${ifname} in ${labelOf(ns)} is a ${l.kind ?? 'device'}, not a veth made by attach`, {
       code: 'EINVAL',
     });
   return link.del(ns, l.index);

@@ -8,6 +8,7 @@ import * as addr from '../addr';
 import { TsnetError, hasCode, isExists } from '../errors';
 import type { NetNs } from '../netns';
 import type { Link } from '../link';
+import { labelOf } from '../netns/internal';
 
 export interface BridgeOptions {
   /** Spanning tree; off by default, as container bridges have it (no 30 s listening delay). */
@@ -35,7 +36,7 @@ export function stableMac(name: string): string {
 function mustBeBridge(h: NetNs, name: string, l: Link): void {
   if (l.kind !== 'bridge') {
     throw new TsnetError(
-      `${name} in ${h.label} is a ${l.kind ?? 'device'} link, not a bridge: pick another bridge name or delete it`,
+      `${name} in ${labelOf(h)} is a ${l.kind ?? 'device'} link, not a bridge: pick another bridge name or delete it`,
       { code: 'EEXIST' },
     );
   }

@@ -11,6 +11,7 @@ import { CTA, CTA_TUPLE, CTA_TUPLE_ORIG, CTA_ZONE, IPCTNL_MSG, ctMsg } from '../
 import { nfgenmsg } from '../netlink/nfnetlink';
 import { AF_INET, AF_INET6 } from '../netlink/rtnl';
 import type { NetlinkSocket } from '../netlink/socket';
+import { nfnl, labelOf } from '../netns/internal';
 
 export interface Tuple {
   src: string;
@@ -42,7 +43,7 @@ function tuple(t: AttrObject | undefined, family: 4 | 6): Tuple | undefined {
 
 /** Every flow of `family` in the conntrack table of `ns` (`conntrack -L -f ipv4`). */
 export async function list(ns: NetNs, family: 4 | 6): Promise<Flow[]> {
-  return dump(ns, ns.netfilter, family);
+  return dump(ns, nfnl(ns), family);
 }
 
 async function dump(ns: NetNs, sock: NetlinkSocket, family: 4 | 6): Promise<Flow[]> {
@@ -59,14 +60,14 @@ async function dump(ns: NetNs, sock: NetlinkSocket, family: 4 | 6): Promise<Flow
     }
     return flows;
   } catch (err) {
-    throw contextualize(`listing conntrack entries in ${ns.label}`, err);
+    throw contextualize(`listing conntrack entries in ${labelOf(ns)}`, err);
   }
 }
 
 /** Deletes every flow of `family` that `match` selects (`conntrack -D ...`); returns how many went. */
 export async function deleteFlows(ns: NetNs, family: 4 | 6, match: (f: Flow) => boolean): Promise<number> {
   // The namespace's kept NETLINK_NETFILTER socket: closing one makes the kernel wait for nf_tables' RCU work.
-  const sock = ns.netfilter;
+  const sock = nfnl(ns);
   let n = 0;
   {
     const victims = (await dump(ns, sock, family)).filter(match);
@@ -83,7 +84,7 @@ export async function deleteFlows(ns: NetNs, family: 4 | 6, match: (f: Flow) => 
         } catch (err) {
           if (!hasCode(err, 'ENOENT'))
             throw contextualize(
-              `deleting conntrack entry ${f.orig.src}->${f.orig.dst}:${f.orig.dport} in ${ns.label}`,
+              `deleting conntrack entry ${f.orig.src}->${f.orig.dst}:${f.orig.dport} in ${labelOf(ns)}`,
               err,
             );
         }

@@ -9,7 +9,7 @@ import { NLM_F } from '../netlink/socket';
 import { AF_BRIDGE, AF_UNSPEC, BR_STATE, IFF, IFLA, RTM, ifinfomsg, type IfInfoMsg } from '../netlink/rtnl';
 import { TsnetError, contextualize, hasCode, invalid, withContext } from '../errors';
 import type { NetNs } from '../netns';
-import { kernelRef } from '../netns/internal';
+import { kernelRef, rtnl, labelOf } from '../netns/internal';
 
 /** What one link looks like, decoded from RTM_NEWLINK. */
 export interface Link {
@@ -131,19 +131,43 @@ function linkMsg(hdr: Partial<IfInfoMsg>, attrs: AttrObject): Buffer {
   return Buffer.concat([ifinfomsg.encode({ family: AF_UNSPEC, ...hdr }), encodeAttrs(IFLA, attrs)]);
 }
 
-/** IFLA_NET_NS_FD (or IFLA_NET_NS_PID for the current namespace) naming `ns`; nothing when absent. */
-function nsAttr(ns: NetNs | undefined, doing: string): AttrObject {
+/**
+ * IFLA_NET_NS_FD (or IFLA_NET_NS_PID for the current namespace) naming `ns`;
+ * nothing when absent. The fd is a checked duplicate: its release goes on
+ * `held`, to be called once the request is sent.
+ */
+function nsAttr(ns: NetNs | undefined, doing: string, held: (() => void)[]): AttrObject {
   if (!ns) return {};
-  const r = kernelRef(ns, doing);
-  return 'fd' in r ? { net_ns_fd: r.fd } : { net_ns_pid: r.pid };
+  const { ref, release } = kernelRef(ns, doing);
+  held.push(release);
+  return 'fd' in ref ? { net_ns_fd: ref.fd } : { net_ns_pid: ref.pid };
+}
+
+/** Builds attributes that may hold nsAttr duplicates: closes them if building fails. */
+function building<T>(held: (() => void)[], build: () => T): T {
+  try {
+    return build();
+  } catch (err) {
+    for (const release of held) release();
+    throw err;
+  }
+}
+
+/** Sends a request whose attributes hold nsAttr duplicates, and closes them whatever happens. */
+async function sending<T>(held: (() => void)[], send: () => Promise<T>): Promise<T> {
+  try {
+    return await send();
+  } finally {
+    for (const release of held) release();
+  }
 }
 
 const show = (ref: LinkRef) => (typeof ref === 'number' ? `ifindex ${ref}` : ref);
 
 /** All links of the namespace: `ip -d link show`. */
 export async function list(h: NetNs): Promise<Link[]> {
-  return withContext(`listing links in ${h.label}`, async () => {
-    const msgs = await h.nl.dump(RTM.GETLINK, linkMsg({}, {}));
+  return withContext(`listing links in ${labelOf(h)}`, async () => {
+    const msgs = await rtnl(h).dump(RTM.GETLINK, linkMsg({}, {}));
     return msgs.filter((m) => m.type === RTM.NEWLINK).map((m) => decodeLink(m.payload));
   });
 }
@@ -152,19 +176,19 @@ export async function list(h: NetNs): Promise<Link[]> {
 export async function get(h: NetNs, ref: LinkRef): Promise<Link | undefined> {
   const { hdr, attrs } = refAttrs(ref);
   try {
-    const msgs = await h.nl.request(RTM.GETLINK, 0, linkMsg(hdr, attrs));
+    const msgs = await rtnl(h).request(RTM.GETLINK, 0, linkMsg(hdr, attrs));
     const m = msgs.find((x) => x.type === RTM.NEWLINK);
     return m ? decodeLink(m.payload) : undefined;
   } catch (err) {
     if (hasCode(err, 'ENODEV')) return undefined;
-    throw contextualize(`looking up ${show(ref)} in ${h.label}`, err);
+    throw contextualize(`looking up ${show(ref)} in ${labelOf(h)}`, err);
   }
 }
 
 /** One link that must exist; the error names it and the namespace. */
 export async function mustGet(h: NetNs, ref: LinkRef): Promise<Link> {
   const link = await get(h, ref);
-  if (!link) throw new TsnetError(`interface ${show(ref)} not found in ${h.label}`, { code: 'ENODEV' });
+  if (!link) throw new TsnetError(`interface ${show(ref)} not found in ${labelOf(h)}`, { code: 'ENODEV' });
   return link;
 }
 
@@ -174,7 +198,7 @@ const bridgeData = (o: { stp?: boolean; vlanFiltering?: boolean }): AttrObject =
   vlan_filtering: optNum(o.vlanFiltering),
 });
 
-function specAttrs(spec: LinkSpec): AttrObject {
+function specAttrs(spec: LinkSpec, held: (() => void)[]): AttrObject {
   validateIfname(spec.name);
   if (spec.mtu !== undefined) validateMtu(spec.mtu);
   if (spec.mac !== undefined) validateMac(spec.mac);
@@ -191,7 +215,7 @@ function specAttrs(spec: LinkSpec): AttrObject {
         ifname: p.name,
         mtu: p.mtu ?? spec.mtu,
         address: p.mac,
-        ...nsAttr(p.netns, `creating the peer ${p.name}`),
+        ...nsAttr(p.netns, `creating the peer ${p.name}`, held),
       };
       // No IFF_UP for the peer here: veth_open() refuses (ENOTCONN) until the pair is joined; bring it up afterwards.
       attrs.linkinfo = { kind: 'veth', data: { peer: { header: { family: AF_UNSPEC }, attrs: peerAttrs } } };
@@ -209,11 +233,14 @@ function specAttrs(spec: LinkSpec): AttrObject {
 
 /** Creates a link: `ip link add NAME [mtu N] [address MAC] [master BR] type KIND ...`. Fails with EEXIST if the name is taken. */
 export async function add(h: NetNs, spec: LinkSpec): Promise<void> {
-  const attrs = specAttrs(spec);
+  const sock = rtnl(h);
+  const held: (() => void)[] = [];
+  const attrs = building(held, () => specAttrs(spec, held));
   const up = spec.up ? { flags: IFF.UP, change: IFF.UP } : {};
-  const where = spec.kind === 'veth' && spec.peer.netns ? ` (peer ${spec.peer.name} in ${spec.peer.netns.label})` : '';
-  await withContext(`creating ${spec.kind} ${spec.name}${where} in ${h.label}`, () =>
-    h.nl.request(RTM.NEWLINK, NLM_F.CREATE | NLM_F.EXCL, linkMsg(up, attrs)),
+  const where =
+    spec.kind === 'veth' && spec.peer.netns ? ` (peer ${spec.peer.name} in ${labelOf(spec.peer.netns)})` : '';
+  await withContext(`creating ${spec.kind} ${spec.name}${where} in ${labelOf(h)}`, () =>
+    sending(held, () => sock.request(RTM.NEWLINK, NLM_F.CREATE | NLM_F.EXCL, linkMsg(up, attrs))),
   );
 }
 
@@ -247,19 +274,21 @@ export async function set(h: NetNs, ref: LinkRef, change: LinkChange): Promise<v
     hdr.index = (await mustGet(h, ref)).index;
     delete attrs.ifname;
   }
+  const what = Object.entries(change)
+    .map(([k, v]) => `${k} ${typeof v === 'object' && v !== null ? labelOf(v as NetNs) : String(v)}`)
+    .join(', ');
+  const sock = rtnl(h);
+  const held: (() => void)[] = [];
   Object.assign(attrs, {
     ifname: change.name ?? attrs.ifname,
     mtu: change.mtu,
     address: change.mac,
     master: change.master === null ? 0 : change.master,
-    ...nsAttr(change.netns, `moving ${show(ref)}`),
+    ...building(held, () => nsAttr(change.netns, `moving ${show(ref)}`, held)),
     linkinfo: change.bridge && { kind: 'bridge', data: bridgeData(change.bridge) },
   });
-  const what = Object.entries(change)
-    .map(([k, v]) => `${k} ${typeof v === 'object' && v !== null ? (v as NetNs).label : String(v)}`)
-    .join(', ');
-  await withContext(`setting ${what} on ${show(ref)} in ${h.label}`, () =>
-    h.nl.request(RTM.NEWLINK, 0, linkMsg({ ...hdr, ...flags }, attrs)),
+  await withContext(`setting ${what} on ${show(ref)} in ${labelOf(h)}`, () =>
+    sending(held, () => sock.request(RTM.NEWLINK, 0, linkMsg({ ...hdr, ...flags }, attrs))),
   );
 }
 
@@ -273,11 +302,11 @@ export const setDown = (h: NetNs, ref: LinkRef) => set(h, ref, { up: false });
 export async function del(h: NetNs, ref: LinkRef): Promise<boolean> {
   const { hdr, attrs } = refAttrs(ref);
   try {
-    await h.nl.request(RTM.DELLINK, 0, linkMsg(hdr, attrs));
+    await rtnl(h).request(RTM.DELLINK, 0, linkMsg(hdr, attrs));
     return true;
   } catch (err) {
     if (hasCode(err, 'ENODEV')) return false;
-    throw contextualize(`deleting ${show(ref)} in ${h.label}`, err);
+    throw contextualize(`deleting ${show(ref)} in ${labelOf(h)}`, err);
   }
 }
 
@@ -289,8 +318,8 @@ export async function setBridgePort(
 ): Promise<void> {
   const index = typeof port === 'number' ? port : (await mustGet(h, port)).index;
   const protinfo: AttrObject = { mode: optNum(opts.hairpin), learning: optNum(opts.learning) };
-  await withContext(`setting bridge port options on ${show(port)} in ${h.label}`, () =>
-    h.nl.request(
+  await withContext(`setting bridge port options on ${show(port)} in ${labelOf(h)}`, () =>
+    rtnl(h).request(
       RTM.SETLINK,
       0,
       Buffer.concat([ifinfomsg.encode({ family: AF_BRIDGE, index }), encodeAttrs(IFLA, { protinfo })]),

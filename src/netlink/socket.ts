@@ -69,6 +69,8 @@ export interface Transport {
   send(parts: Uint8Array[]): void;
   /** One datagram, and every reply the kernel queued while processing it. */
   transact?(parts: Uint8Array[]): { replies: Buffer[]; overrun: boolean };
+  /** Every datagram already queued, without waiting. */
+  drain?(): { replies: Buffer[]; overrun: boolean };
   /** Keep the event loop alive while replies are due. */
   ref(): void;
   unref(): void;
@@ -114,6 +116,7 @@ export function nativeTransport(fd: number, buffer = DEFAULT_BUFFER): TransportF
         s.send(parts);
       },
       transact: (parts) => s.transact(parts),
+      drain: () => s.drain(),
       ref: () => s.ref(),
       unref: () => s.unref(),
       close: () => s.close(),
@@ -205,8 +208,21 @@ export class NetlinkSocket {
     return { errors, overrun };
   }
 
+  /**
+   * Closes the socket. What the kernel already answered is delivered first:
+   * it processes a request inside sendmsg, so a request sent before close()
+   * was applied, and must not be reported cancelled. Only requests still
+   * without an answer (a dump's remaining parts) fail, with ECANCELED.
+   */
   close(): void {
     if (this.closed) return;
+    if (this.pending.size > 0 && this.raw.drain) {
+      try {
+        for (const buf of this.raw.drain().replies) this.receive(buf);
+      } catch {
+        // a socket that cannot be read any more: what is left fails below
+      }
+    }
     this.closed = true;
     this.raw.close();
     this.failAll(new TsnetError('netlink socket closed', { code: 'ECANCELED' }));

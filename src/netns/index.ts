@@ -19,7 +19,17 @@ import { RTM, rtgenmsg, NETNSA, AF_UNSPEC } from '../netlink/rtnl';
 import { decodeAttrs, encodeAttrs } from '../netlink/attrs';
 import { native } from '../native';
 import { TsnetError, contextualize, hasCode, invalid, isExists, isNotFound, withContextSync } from '../errors';
-import { childProcesses, createNetns, socketHere, socketIn, spawnIn, spawnSyncIn, type NsFd } from './inside';
+import {
+  childProcesses,
+  cookieOf,
+  createNetns,
+  socketHere,
+  socketIn,
+  spawnIn,
+  spawnSyncIn,
+  stillOurs,
+  type NsFd,
+} from './inside';
 import { handles, kernelRef, live, openInside, type HandleState } from './internal';
 import { NETNS_RUN_DIR, parseRef } from './ref';
 
@@ -99,24 +109,28 @@ export class NetNs {
   }
 
   /**
-   * open(2) of `file` inside this namespace; the caller closes the fd. For
-   * /proc/sys/net/... and /proc/net/... (read as /proc/thread-self/net/...),
-   * whose contents depend on the namespace of the thread that opens them.
+   * open(2) of a regular file inside this namespace; the caller closes the
+   * fd (fs.closeSync). For /proc/sys/net/... and /proc/net/... (read as
+   * /proc/thread-self/net/...), whose contents depend on the namespace of the
+   * thread that opens them. `mode` applies with O_CREAT, as fs.openSync's.
+   * /proc/PID/net is refused: it is that process's namespace, not this one.
    */
-  openFile(file: string, flags: number = fs.constants.O_RDONLY): number {
-    return withContextSync(`opening ${file} in ${this.label}`, () => openInside(this, file, flags));
+  openFile(file: string, flags: number = fs.constants.O_RDONLY, mode = 0o666): number {
+    return withContextSync(`opening ${String(file)} in ${this.label}`, () => openInside(this, file, flags, mode));
   }
 
   /** Starts a child process inside this namespace: `ip netns exec NAME CMD ...` (argument arrays, never a shell). */
   spawn(cmd: string, args: readonly string[] = [], opts: SpawnOptions = {}): ChildProcess {
-    const st = this.state(`spawning ${cmd} in ${this.label}`);
-    return st.fd ? spawnIn(st.fd, this.label, cmd, args, opts) : childProcesses().spawn(cmd, args, opts);
+    const st = this.state(`spawning ${String(cmd)} in ${this.label}`);
+    return st.fd ? spawnIn(st.fd, this.label, cmd, args, opts) : childProcesses().spawn(cmd, argList(cmd, args), opts);
   }
 
   /** Runs a child process inside this namespace to completion. */
   spawnSync(cmd: string, args: readonly string[] = [], opts: SpawnSyncOptions = {}): SpawnSyncReturns<Buffer | string> {
-    const st = this.state(`running ${cmd} in ${this.label}`);
-    return st.fd ? spawnSyncIn(st.fd, this.label, cmd, args, opts) : childProcesses().spawnSync(cmd, args, opts);
+    const st = this.state(`running ${String(cmd)} in ${this.label}`);
+    return st.fd
+      ? spawnSyncIn(st.fd, this.label, cmd, args, opts)
+      : childProcesses().spawnSync(cmd, argList(cmd, args), opts);
   }
 
   /**
@@ -136,13 +150,11 @@ export class NetNs {
   }
 }
 
-function stillOurs(ns: NsFd): boolean {
-  try {
-    const st = fs.fstatSync(ns.fd);
-    return st.dev === ns.dev && st.ino === ns.ino;
-  } catch {
-    return false;
-  }
+/** Spawn arguments as child_process takes them, refused (not split into characters) when they are not an array of strings. */
+function argList(cmd: string, args: readonly string[]): string[] {
+  if (!Array.isArray(args) || args.some((a) => typeof a !== 'string'))
+    throw invalid(`spawning ${String(cmd)}: args must be an array of strings`);
+  return [...args];
 }
 
 let currentHandle: NetNs | undefined;
@@ -191,7 +203,7 @@ function adopt(fd: number, name: string | undefined, p: string, what: string): N
     const label = `namespace ${name ?? p}`;
     return NetNs.of(name, p, false, {
       closed: false,
-      fd: { fd, dev: st.dev, ino: st.ino },
+      fd: { fd, cookie: cookieOf(fd) },
       dev: st.dev,
       ino: st.ino,
       label,
@@ -267,7 +279,9 @@ function prepareRunDir(): void {
 /**
  * Creates a named namespace: `ip netns add NAME`. With `existOk`, an
  * existing namespace of that name is opened instead (idempotent add).
- * Leaves nothing behind on failure.
+ * Leaves nothing behind on failure. Synchronous: while the kernel tears down
+ * namespaces it holds the locks a new one needs, and the caller waits (tens
+ * of milliseconds after hundreds of veth pairs went), as `ip netns add` does.
  */
 export function add(name: string, opts: { existOk?: boolean } = {}): NetNs {
   validateName(name);
@@ -336,8 +350,14 @@ export function list(): string[] {
 export async function nsid(h: NetNs, of: NetNs): Promise<number | undefined> {
   const where = `looking up the id of ${of.label} in ${h.label}`;
   const sock = h.nl;
-  const payload = Buffer.concat([rtgenmsg.encode({ family: AF_UNSPEC }), encodeAttrs(NETNSA, kernelRef(of, where))]);
-  const replies = await sock.request(RTM.GETNSID, 0, payload);
+  const of_ = kernelRef(of, where);
+  let replies;
+  try {
+    const payload = Buffer.concat([rtgenmsg.encode({ family: AF_UNSPEC }), encodeAttrs(NETNSA, of_.ref)]);
+    replies = await sock.request(RTM.GETNSID, 0, payload);
+  } finally {
+    of_.release();
+  }
   for (const m of replies) {
     const id = decodeAttrs(NETNSA, m.payload.subarray(rtgenmsg.size)).nsid as number | undefined;
     if (id !== undefined && id >= 0) return id;

@@ -3,8 +3,10 @@
  * and identity are never handed out, only used here and in ./index.ts.
  */
 import * as fs from 'node:fs';
-import { TsnetError } from '../errors';
-import { checkIdentity, openIn, type NsFd } from './inside';
+import * as path from 'node:path';
+import { NotAHandle, TsnetError } from '../errors';
+import type { NetlinkSocket } from '../netlink/socket';
+import { checkedDup, closeFd, openIn, type NsFd } from './inside';
 import type { NetNs } from './index';
 
 export interface HandleState {
@@ -18,14 +20,21 @@ export interface HandleState {
 
 export const handles = new WeakMap<NetNs, HandleState>();
 
-/** The state of an open handle; a closed one (or something that is not a handle) is refused with EBADF, naming it. */
+/** What a value that is not a handle looks like, for an error message. */
+function shown(v: unknown): string {
+  if (v === null) return 'null';
+  if (Array.isArray(v)) return 'an array';
+  if (typeof v === 'object')
+    return `an object (${Object.keys(v as object).length ? `{${Object.keys(v as object).join(', ')}}` : '{}'})`;
+  return `${typeof v} ${JSON.stringify(v) ?? String(v)}`;
+}
+
+/** The state of an open handle; a closed one is refused with EBADF, naming it, and something that is not a handle with EINVAL. */
 export function live(h: NetNs, doing?: string): HandleState {
   const pre = doing ? `${doing}: ` : '';
-  const st = handles.get(h);
+  const st = typeof h === 'object' && h !== null ? handles.get(h) : undefined;
   if (!st)
-    throw new TsnetError(`${pre}${String(h)} is not a namespace handle (netns.open, add, current make them)`, {
-      code: 'EINVAL',
-    });
+    throw new NotAHandle(`${pre}expected a namespace handle (netns.open, add, current make one), got ${shown(h)}`);
   if (st.closed)
     throw new TsnetError(`${pre}the handle for ${h.label} is closed (EBADF): open the namespace again`, {
       code: 'EBADF',
@@ -33,27 +42,69 @@ export function live(h: NetNs, doing?: string): HandleState {
   return st;
 }
 
-/**
- * How the kernel is told "this namespace" in a netlink attribute
- * (IFLA_NET_NS_FD / IFLA_NET_NS_PID, NETNSA_FD / NETNSA_PID): the handle's fd,
- * checked right now against its identity so a reused number is never sent,
- * or, for the current namespace, this process's pid.
- */
-export function kernelRef(h: NetNs, doing: string): { fd: number } | { pid: number } {
-  const st = live(h, doing);
-  if (!st.fd) return { pid: process.pid };
-  checkIdentity(st.fd, `${doing}: the handle for ${h.label}`);
-  return { fd: st.fd.fd };
+/** A handle's label for messages; never throws, whatever the value (live() reports a value that is no handle). */
+export function labelOf(h: NetNs | null | undefined): string {
+  return typeof h === 'object' && h !== null && handles.has(h) ? h.label : 'a value that is not a namespace handle';
 }
 
-/** /proc/net and /proc/self/net follow the process's main thread; inside a namespace the file must be reached through the opener's own thread. */
-function threadPath(file: string): string {
-  return file.replace(/^\/proc\/(self\/)?net(\/|$)/, '/proc/thread-self/net$2');
+/** The rtnetlink socket of `h`, which must be a handle (a library call's argument: anything else is EINVAL, not a TypeError). */
+export function rtnl(h: NetNs): NetlinkSocket {
+  live(h);
+  return h.nl;
+}
+
+/** The nf_tables socket of `h`, checked as rtnl's. */
+export function nfnl(h: NetNs): NetlinkSocket {
+  live(h);
+  return h.netfilter;
+}
+
+/**
+ * How the kernel is told "this namespace" in a netlink attribute
+ * (IFLA_NET_NS_FD / IFLA_NET_NS_PID, NETNSA_FD / NETNSA_PID): a private
+ * duplicate of the handle's fd, checked after the dup (another thread may
+ * swap what the handle's own number refers to at any moment), or, for the
+ * current namespace, this process's pid. `release` closes the duplicate once
+ * the request is sent.
+ */
+export function kernelRef(h: NetNs, doing: string): { ref: { fd: number } | { pid: number }; release(): void } {
+  const st = live(h, doing);
+  if (!st.fd) return { ref: { pid: process.pid }, release: () => undefined };
+  const fd = checkedDup(st.fd, `${doing}: the handle for ${h.label}`);
+  let open = true;
+  return {
+    ref: { fd },
+    release: () => {
+      if (open) closeFd(fd);
+      open = false;
+    },
+  };
+}
+
+/**
+ * The file to open inside a namespace, normalised (`/proc//net`, `/proc/./net`,
+ * `/proc/self/../self/net` would otherwise slip past), with /proc/net and
+ * /proc/self/net mapped to the opener's own thread: they follow the process's
+ * main thread, which is never inside the namespace. /proc/PID/net (and a
+ * task's) names another process's namespace, not the handle's: refused.
+ */
+export function threadPath(file: string): string {
+  if (typeof file !== 'string' || !file.startsWith('/') || file.includes('\0'))
+    throw new TsnetError(`invalid file ${JSON.stringify(file)}: must be an absolute path`, { code: 'EINVAL' });
+  const p = path.posix.normalize(file);
+  if (/^\/proc\/(\d+|self|thread-self)\/task\/\d+\/net(\/|$)/.test(p) || /^\/proc\/\d+\/net(\/|$)/.test(p))
+    throw new TsnetError(
+      `${file} is the network data of a process's own namespace, not the handle's: open /proc/net/... instead`,
+      { code: 'EINVAL' },
+    );
+  return p.replace(/^\/proc\/(self\/)?net(\/|$)/, '/proc/thread-self/net$2');
 }
 
 /** open(2) of `file` inside the namespace of `h`; failures are the system's own errors (callers add context). */
-export function openInside(h: NetNs, file: string, flags: number): number {
+export function openInside(h: NetNs, file: string, flags: number, mode = 0o666): number {
   const st = live(h);
+  if (!Number.isInteger(flags) || !Number.isInteger(mode))
+    throw new TsnetError(`opening ${String(file)}: flags and mode must be integers`, { code: 'EINVAL' });
   const p = threadPath(file);
-  return st.fd ? openIn(st.fd, p, flags) : fs.openSync(p, flags);
+  return st.fd ? openIn(st.fd, p, flags, mode) : fs.openSync(p, flags, mode);
 }

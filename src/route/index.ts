@@ -6,6 +6,7 @@ import { hasCode, invalid, withContext } from '../errors';
 import { list as listLinks, mustGet, type LinkRef } from '../link';
 import { parseCidr, parseIp, type Family } from '../addr/cidr';
 import type { NetNs } from '../netns';
+import { rtnl, labelOf } from '../netns/internal';
 
 /** A route to add or delete: `ip route add DST [via GW] [dev DEV] [metric N] [src IP] [table N]`. */
 export interface RouteSpec {
@@ -86,7 +87,7 @@ async function routeMsg(h: NetNs, r: RouteSpec, forDelete: boolean): Promise<{ m
 
 async function change(h: NetNs, verb: string, type: number, flags: number, r: RouteSpec): Promise<void> {
   const { msg, text } = await routeMsg(h, r, type === RTM.DELROUTE);
-  await withContext(`${verb} route ${text} in ${h.label}`, () => h.nl.request(type, flags, msg));
+  await withContext(`${verb} route ${text} in ${labelOf(h)}`, () => rtnl(h).request(type, flags, msg));
 }
 
 /** `ip route add ...`: fails with EEXIST when an equal route exists. */
@@ -113,8 +114,8 @@ export async function list(h: NetNs, filter: { family?: Family; table?: number |
   const names = new Map(links.map((l) => [l.index, l.name]));
   const family = filter.family === 4 ? AF_INET : filter.family === 6 ? AF_INET6 : AF_UNSPEC;
   const wantTable = filter.table ?? RT_TABLE.MAIN;
-  return withContext(`listing routes in ${h.label}`, async () => {
-    const msgs = await h.nl.dump(RTM.GETROUTE, rtmsg.encode({ family }));
+  return withContext(`listing routes in ${labelOf(h)}`, async () => {
+    const msgs = await rtnl(h).dump(RTM.GETROUTE, rtmsg.encode({ family }));
     const out: Route[] = [];
     for (const m of msgs) {
       if (m.type !== RTM.NEWROUTE) continue;
@@ -148,11 +149,11 @@ export async function get(
 ): Promise<{ dev?: string; gateway?: string; prefsrc?: string; type: Route['type'] }> {
   const ip = parseIp(dst);
   const hdr = rtmsg.encode({ family: ip.family === 4 ? AF_INET : AF_INET6, dst_len: ip.family === 4 ? 32 : 128 });
-  const replies = await withContext(`looking up the route to ${ip.address} in ${h.label}`, () =>
-    h.nl.request(RTM.GETROUTE, 0, Buffer.concat([hdr, encodeAttrs(RTA, { dst: ip.address })])),
+  const replies = await withContext(`looking up the route to ${ip.address} in ${labelOf(h)}`, () =>
+    rtnl(h).request(RTM.GETROUTE, 0, Buffer.concat([hdr, encodeAttrs(RTA, { dst: ip.address })])),
   );
   const m = replies.find((r) => r.type === RTM.NEWROUTE);
-  if (!m) throw invalid(`no route to ${ip.address} in ${h.label}`);
+  if (!m) throw invalid(`no route to ${ip.address} in ${labelOf(h)}`);
   const rh = rtmsg.decode(m.payload);
   const a = decodeAttrs(RTA, m.payload.subarray(rtmsg.size));
   const out: { dev?: string; gateway?: string; prefsrc?: string; type: Route['type'] } = {

@@ -11,7 +11,7 @@ import * as fs from 'node:fs';
 import { contextualize, invalid } from '../errors';
 import { validateIfname } from '../link/ifname';
 import type { NetNs } from '../netns';
-import { openInside } from '../netns/internal';
+import { openInside, labelOf } from '../netns/internal';
 
 const SEGMENT = /^[A-Za-z0-9_-]+$/;
 
@@ -49,7 +49,7 @@ export function get(h: NetNs, key: SysctlKey): string {
       fs.closeSync(fd);
     }
   } catch (err) {
-    throw contextualize(`reading sysctl ${name} in ${h.label}`, err);
+    throw contextualize(`reading sysctl ${name} in ${labelOf(h)}`, err);
   }
 }
 
@@ -67,7 +67,7 @@ export function set(h: NetNs, key: SysctlKey, value: string | number): string {
       fs.closeSync(fd);
     }
   } catch (err) {
-    throw contextualize(`setting sysctl ${name}=${value} in ${h.label}`, err);
+    throw contextualize(`setting sysctl ${name}=${value} in ${labelOf(h)}`, err);
   }
 }
 

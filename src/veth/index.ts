@@ -9,6 +9,7 @@ import * as addr from '../addr';
 import * as netns from '../netns';
 import { TsnetError } from '../errors';
 import type { NetNs } from '../netns';
+import { labelOf } from '../netns/internal';
 
 export interface VethOptions {
   /** Namespace for the peer; it is created there directly, under its final name. Default: same namespace. */
@@ -43,7 +44,9 @@ export async function add(h: NetNs, name: string, peer: string, o: VethOptions =
   if (o.master !== undefined) {
     const br = await link.mustGet(h, o.master);
     if (br.kind !== 'bridge')
-      throw new TsnetError(`${o.master} in ${h.label} is a ${br.kind ?? 'device'}, not a bridge`, { code: 'EINVAL' });
+      throw new TsnetError(`${o.master} in ${labelOf(h)} is a ${br.kind ?? 'device'}, not a bridge`, {
+        code: 'EINVAL',
+      });
     master = br.index;
   }
   await link.add(h, {
@@ -70,7 +73,7 @@ export async function del(h: NetNs, name: string): Promise<boolean> {
   const l = await link.get(h, name);
   if (!l) return false;
   if (l.kind !== 'veth')
-    throw new TsnetError(`${name} in ${h.label} is a ${l.kind ?? 'device'}, not a veth`, { code: 'EINVAL' });
+    throw new TsnetError(`${name} in ${labelOf(h)} is a ${l.kind ?? 'device'}, not a veth`, { code: 'EINVAL' });
   return link.del(h, l.index);
 }
 

@@ -140,3 +140,19 @@ export function natView(nsName: () => string, backend: string, stateDir: string)
 /** One letter per NAT backend, for namespace prefixes of suites that run once per backend (nati-, natn-, natl-). */
 export const backendLetter = (b: string): string =>
   (({ iptables: 'i', nft: 'n', netlink: 'l' }) as Record<string, string>)[b] ?? b;
+
+/** The fd numbers of this process that refer to the namespace with nsfs inode `ino` (by fstat: a bind mount's path reads differently). */
+export function fdsOf(ino: number): number[] {
+  const nsfs = fs.statSync('/proc/self/ns/net').dev;
+  return fs
+    .readdirSync('/proc/self/fd')
+    .map(Number)
+    .filter((fd) => {
+      try {
+        const st = fs.fstatSync(fd);
+        return st.dev === nsfs && st.ino === ino;
+      } catch {
+        return false;
+      }
+    });
+}

@@ -27,7 +27,7 @@ import { NatEngine } from '../../src/nat/engine';
 import { helperTid } from '../../src/netns/inside';
 import { NETLINK_NETFILTER } from '../../src/netlink/socket';
 import { request } from '../../src/demo/traffic';
-import { Topology, ip, ipJson } from '../harness/fixtures';
+import { Topology, fdsOf, ip, ipJson } from '../harness/fixtures';
 
 const topo = new Topology('tsf');
 test.after.always(() => topo.cleanup());
@@ -56,22 +56,6 @@ function threadsAway(): string[] {
     }
   }
   return away;
-}
-
-/** The fd numbers of this process that refer to the namespace with inode `ino` (by fstat: a bind mount's path reads differently). */
-function fdsOf(ino: number): number[] {
-  const nsfs = fs.statSync('/proc/self/ns/net').dev;
-  return fs
-    .readdirSync('/proc/self/fd')
-    .map(Number)
-    .filter((fd) => {
-      try {
-        const st = fs.fstatSync(fd);
-        return st.dev === nsfs && st.ino === ino;
-      } catch {
-        return false;
-      }
-    });
 }
 
 const linksIn = (h: netns.NetNs): string[] =>
