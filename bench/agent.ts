@@ -20,7 +20,7 @@ const READY_MS = 15_000;
 export async function withAgent<T>(
   stateDir: string,
   fn: (socket: string) => T,
-): Promise<{ result: T; served: number; inside: number[] }> {
+): Promise<{ result: T; served: number; inside: number[]; log: string }> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tsnet-bench-agent-'));
   const socket = path.join(dir, 'agent.sock');
   const log = path.join(dir, 'log');
@@ -53,10 +53,9 @@ export async function withAgent<T>(
       });
     });
     const result = fn(socket);
-    const inside = [...fs.readFileSync(log, 'utf8').matchAll(/^\S+ nat: served .*: ok in ([\d.]+) ms$/gm)].map((m) =>
-      Number(m[1]),
-    );
-    return { result, served: inside.length, inside: inside.slice(1) };
+    const text = fs.readFileSync(log, 'utf8');
+    const inside = [...text.matchAll(/^\S+ nat: served .*: ok in ([\d.]+) ms$/gm)].map((m) => Number(m[1]));
+    return { result, served: inside.length, inside: inside.slice(1), log: text };
   } finally {
     child.kill('SIGTERM');
     await exited;

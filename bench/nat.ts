@@ -370,6 +370,8 @@ async function oneChange(): Promise<void> {
     // The same CLI with a resident agent (tsnet agent) serving this namespace: it holds the table in memory.
     // Node's start-up measured again between these runs: the machine's speed drifts between the two loops.
     const nodeBesideAgent: number[] = [];
+    const forwards: number[] = [];
+    await bridge.ensure(ns, 'bfw0', { addresses: ['10.253.255.1/16'] }); // a route to the forwards' targets
     const viaAgent = await withAgent(dir, (socket) => {
       const times: number[] = [];
       for (let k = 0; k < 16; k++) {
@@ -379,6 +381,26 @@ async function oneChange(): Promise<void> {
         }).ms;
         if (k > 0) times.push(t); // the first loads the table into the agent
         nodeBesideAgent.push(run(process.execPath, ['-e', '0']).ms);
+        // A forward retargeted, interleaved: what one forward change costs beside one service change.
+        const f = run(
+          process.execPath,
+          [
+            CLI,
+            '--netns',
+            ns.name!,
+            '--state-dir',
+            dir,
+            'forward',
+            `10.253.0.${k}`,
+            '3308',
+            '3306',
+            '--name',
+            'db',
+            '--no-check',
+          ],
+          { env: { TSNET_AGENT_SOCKET: socket } },
+        ).ms;
+        if (k > 0) forwards.push(f);
       }
       return times;
     });
@@ -396,10 +418,21 @@ async function oneChange(): Promise<void> {
     line(
       'CLI served by a running tsnet agent, median of 15',
       ms(median(viaAgent.result)),
-      `node -e 0 ${ms(median(nodeBesideAgent)).trim()}: node + ${(median(viaAgent.result) - median(nodeBesideAgent)).toFixed(0)} ms; the agent served ${viaAgent.served} of 16, ${ms(median(viaAgent.inside)).trim()} p50 inside it`,
+      `node -e 0 ${ms(median(nodeBesideAgent)).trim()}: node + ${(median(viaAgent.result) - median(nodeBesideAgent)).toFixed(0)} ms; the agent served ${viaAgent.served} of 32, ${ms(median(viaAgent.inside)).trim()} p50 inside it`,
+    );
+    line(
+      'CLI forward retarget served by the agent, median of 15',
+      ms(median(forwards)),
+      `node + ${(median(forwards) - median(nodeBesideAgent)).toFixed(0)} ms; ${ms(median(insideOf(viaAgent.log, 'put-forward'))).trim()} p50 inside the agent (set-endpoints: ${ms(median(insideOf(viaAgent.log, 'set-endpoints'))).trim()})`,
     );
   });
 }
+
+/** The times the agent's log gives for changes of one kind (the first of each left out: it loads the table). */
+const insideOf = (log: string, kind: string): number[] =>
+  [...log.matchAll(new RegExp(`^\\S+ nat: served .*\\(${kind}\\).*: ok in ([\\d.]+) ms$`, 'gm'))]
+    .map((m) => Number(m[1]))
+    .slice(1);
 
 /** Peak RSS of a process that holds the table: a full sync of 10,000 x 5, then 50 changes. */
 async function memory(): Promise<void> {

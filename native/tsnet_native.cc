@@ -25,6 +25,7 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/if_packet.h>
 #include <linux/netlink.h>
 #include <linux/nsfs.h>
 #include <pthread.h>
@@ -900,6 +901,30 @@ Napi::Value PeerCred(const Napi::CallbackInfo& info) {
   return o;
 }
 
+// packetSend(fd, ifindex, ethertype, dstMac, payload): sendto(2) on an AF_PACKET SOCK_DGRAM socket
+// (made inside its namespace by socketIn); the kernel adds the Ethernet header, from the device's MAC
+// to dstMac. For the announcements a moved address needs (gratuitous ARP, unsolicited NA).
+Napi::Value PacketSend(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!WantNumber(info, 0) || !WantNumber(info, 1) || !WantNumber(info, 2)) return env.Undefined();
+  if (info.Length() < 5 || !info[3].IsBuffer() || !info[4].IsBuffer() || info[3].As<Napi::Buffer<uint8_t>>().Length() != 6) {
+    Napi::TypeError::New(env, "packetSend(fd, ifindex, ethertype, dstMac: 6-byte Buffer, payload: Buffer)").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  sockaddr_ll to{};
+  to.sll_family = AF_PACKET;
+  to.sll_protocol = htons(static_cast<uint16_t>(info[2].As<Napi::Number>().Uint32Value()));
+  to.sll_ifindex = info[1].As<Napi::Number>().Int32Value();
+  to.sll_halen = 6;
+  memcpy(to.sll_addr, info[3].As<Napi::Buffer<uint8_t>>().Data(), 6);
+  Napi::Buffer<uint8_t> payload = info[4].As<Napi::Buffer<uint8_t>>();
+  ssize_t n;
+  do n = sendto(info[0].As<Napi::Number>().Int32Value(), payload.Data(), payload.Length(), 0, reinterpret_cast<sockaddr*>(&to), sizeof to);
+  while (n < 0 && errno == EINTR);
+  if (n < 0) ErrnoError(env, errno, "sendto").ThrowAsJavaScriptException();
+  return env.Undefined();
+}
+
 Napi::Value GetTid(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), static_cast<double>(syscall(SYS_gettid)));
 }
@@ -927,6 +952,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("mount", Napi::Function::New(env, Mount));
   exports.Set("umount2", Napi::Function::New(env, Umount2));
   exports.Set("gettid", Napi::Function::New(env, GetTid));
+  exports.Set("packetSend", Napi::Function::New(env, PacketSend));
   exports.Set("tryLock", Napi::Function::New(env, TryLock));
   exports.Set("peerCred", Napi::Function::New(env, PeerCred));
 
@@ -938,6 +964,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   c.Set("MNT_DETACH", Napi::Number::New(env, MNT_DETACH));
   c.Set("AF_NETLINK", Napi::Number::New(env, AF_NETLINK));
   c.Set("SOCK_RAW", Napi::Number::New(env, SOCK_RAW));
+  c.Set("AF_PACKET", Napi::Number::New(env, AF_PACKET));
+  c.Set("SOCK_DGRAM", Napi::Number::New(env, SOCK_DGRAM));
   exports.Set("constants", c);
   return exports;
 }

@@ -47,6 +47,8 @@ export interface Native {
   mount(source: string, target: string, fstype: string, flags: number, data?: string): void;
   umount2(target: string, flags: number): void;
   gettid(): number;
+  /** sendto(2) on an AF_PACKET SOCK_DGRAM socket: the kernel adds the Ethernet header (device MAC → dstMac). */
+  packetSend(fd: number, ifindex: number, ethertype: number, dstMac: Buffer, payload: Buffer): void;
   tryLock(fd: number, exclusive?: boolean): boolean;
   /** SO_PEERCRED of a connected unix socket. */
   peerCred(fd: number): { pid: number; uid: number; gid: number };
@@ -58,6 +60,8 @@ export interface Native {
     MNT_DETACH: number;
     AF_NETLINK: number;
     SOCK_RAW: number;
+    AF_PACKET: number;
+    SOCK_DGRAM: number;
   };
 }
 

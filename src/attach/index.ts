@@ -8,8 +8,10 @@ import { createHash } from 'node:crypto';
 import * as link from '../link';
 import * as addr from '../addr';
 import * as route from '../route';
+import * as bridge from '../bridge';
+import * as neigh from '../neigh';
+import * as netns from '../netns';
 import { TsnetError } from '../errors';
-import type { NetNs } from '../netns';
 import { labelOf } from '../netns/internal';
 
 export interface AttachOptions {
@@ -37,7 +39,7 @@ export interface Attachment {
 }
 
 /** A host-side name that is the same for the same namespace + ifname, and unlikely to collide. */
-export function hostIfnameFor(ns: NetNs, ifname: string): string {
+export function hostIfnameFor(ns: netns.NetNs, ifname: string): string {
   return `vt${createHash('sha256').update(`${ns.inode}/${ifname}`).digest('hex').slice(0, 11)}`;
 }
 
@@ -46,7 +48,7 @@ export function hostIfnameFor(ns: NetNs, ifname: string): string {
  * namespace interface to the same bridge again only re-asserts address and
  * route. On failure nothing it created is left behind.
  */
-export async function attach(host: NetNs, ns: NetNs, o: AttachOptions): Promise<Attachment> {
+export async function attach(host: netns.NetNs, ns: netns.NetNs, o: AttachOptions): Promise<Attachment> {
   const ifname = o.ifname ?? 'eth0';
   link.validateIfname(ifname);
   const cidr = addr.parseCidr(o.address);
@@ -95,6 +97,9 @@ export async function attach(host: NetNs, ns: NetNs, o: AttachOptions): Promise<
     await addr.replace(ns, o.address, ifname, { noDad: true });
     await link.setUp(ns, ifname);
     if (gateway) await route.replace(ns, { dst: 'default', via: gateway, dev: ifname });
+    // The address may have been another namespace's a moment ago: announce it once the port forwards.
+    await bridge.waitForwarding(host, hostIfname);
+    await neigh.announce(ns, ifname, [o.address]);
   } catch (err) {
     if (created) await link.del(host, hostIfname);
     throw err;
@@ -106,8 +111,12 @@ export async function attach(host: NetNs, ns: NetNs, o: AttachOptions): Promise<
   return result;
 }
 
-/** `tsnet detach NS`: deletes the namespace's end, which takes the host end with it. Idempotent. */
-export async function detach(ns: NetNs, ifname = 'eth0'): Promise<boolean> {
+/**
+ * `tsnet detach NS`: deletes the namespace's end, which takes the host end
+ * with it, and the host's neighbour entries for its addresses at its MAC (the
+ * next namespace to get one has another MAC). Idempotent.
+ */
+export async function detach(ns: netns.NetNs, ifname = 'eth0', host: netns.NetNs = netns.current()): Promise<boolean> {
   link.validateIfname(ifname);
   const l = await link.get(ns, ifname);
   if (!l) return false;
@@ -115,5 +124,9 @@ export async function detach(ns: NetNs, ifname = 'eth0'): Promise<boolean> {
     throw new TsnetError(`${ifname} in ${labelOf(ns)} is a ${l.kind ?? 'device'}, not a veth made by attach`, {
       code: 'EINVAL',
     });
-  return link.del(ns, l.index);
+  const mine = new Set((await addr.list(ns, { dev: l.index })).map((a) => a.address));
+  const deleted = await link.del(ns, l.index);
+  for (const n of await neigh.list(host))
+    if (n.lladdr === l.mac && mine.has(n.address)) await neigh.del(host, n.index, n.address);
+  return deleted;
 }

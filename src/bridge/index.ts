@@ -94,6 +94,25 @@ export async function ensure(h: NetNs, name: string, o: BridgeOptions = {}): Pro
   return link.mustGet(h, existing.index);
 }
 
+/**
+ * Waits until the bridge port `port` forwards (a port whose carrier just came
+ * up is disabled until the kernel's linkwatch gets to it, and frames sent
+ * before are lost); returns the port. ETIMEDOUT after `timeoutMs`.
+ */
+export async function waitForwarding(h: NetNs, port: string, timeoutMs = 5000): Promise<Link> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const l = await link.get(h, port);
+    if (l?.port?.state === 'forwarding') return l;
+    if (Date.now() > deadline)
+      throw new TsnetError(
+        `bridge port ${port} in ${labelOf(h)} did not reach the forwarding state within ${timeoutMs} ms (state ${l?.port?.state ?? 'unknown'})`,
+        { code: 'ETIMEDOUT' },
+      );
+    await new Promise((r) => setTimeout(r, 1));
+  }
+}
+
 /** Deletes a bridge (its ports are released, not deleted). Idempotent; refuses a link that is not a bridge. */
 export async function del(h: NetNs, name: string): Promise<boolean> {
   const l = await link.get(h, name);

@@ -5,13 +5,12 @@
  * rendered by the same backends, persisted in the same state file, and
  * restored by the same sync.
  */
-import * as dns from 'node:dns/promises';
 import * as net from 'node:net';
 import { TsnetError, invalid } from '../errors';
 import * as addr from '../addr';
 import * as conntrack from '../conntrack';
 import type { NetNs } from '../netns';
-import type { NatEngine, SyncReport } from '../nat/engine';
+import type { NatChange, NatEngine, SyncReport } from '../nat/engine';
 import { neededSysctls } from '../nat/sysctls';
 import * as sysctl from '../sysctl';
 import {
@@ -42,6 +41,13 @@ export interface ForwardRequest {
   cutOver?: boolean;
 }
 
+/**
+ * Who applies a forward's change: by default the engine here, under its lock;
+ * the CLI passes the agent's path (src/cli/nat-engine.ts natChange), so a
+ * running agent applies it as it applies a service change.
+ */
+export type ApplyChanges = (changes: NatChange[]) => Promise<SyncReport>;
+
 export interface ForwardResult {
   forward: Forward;
   /** false when the same forward was already in place (nothing applied). */
@@ -57,6 +63,7 @@ export async function resolveTarget(target: string): Promise<string> {
   if (!/^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$/.test(target))
     throw invalid(`invalid target ${JSON.stringify(target)}: a host name or an IP address`);
   try {
+    const dns = await import('node:dns/promises'); // loaded for a name only: most targets are addresses
     return (await dns.lookup(target, { family: 0, verbatim: true })).address;
   } catch (err) {
     throw new TsnetError(
@@ -114,8 +121,13 @@ export async function plan(ns: NetNs, req: ForwardRequest): Promise<Forward> {
   return f;
 }
 
-/** `tsnet forward TARGET LISTEN_PORT TARGET_PORT`: adds (or retargets) the forward; the same request twice changes nothing. */
-export async function add(engine: NatEngine, req: ForwardRequest): Promise<ForwardResult> {
+/**
+ * `tsnet forward TARGET LISTEN_PORT TARGET_PORT`: adds (or retargets) the
+ * forward; the same request twice changes nothing. `apply`: who applies the
+ * change (see ApplyChanges); putting a forward that is already in place is
+ * a no-op there too.
+ */
+export async function add(engine: NatEngine, req: ForwardRequest, apply?: ApplyChanges): Promise<ForwardResult> {
   const f = await plan(engine.ns, req);
   const same = (st: Pick<DesiredState, 'forwards'>) => st.forwards.some((x) => sameForward(x, f));
   let report: SyncReport | undefined;
@@ -123,7 +135,9 @@ export async function add(engine: NatEngine, req: ForwardRequest): Promise<Forwa
   // lock: it may take seconds), and the forward put in place under it, unless another tsnet put the same one meanwhile.
   if (!same(engine.globals())) {
     if (req.check !== false && f.proto === 'tcp') await checkTcp(engine.ns, f.targetIp, f.targetPort);
-    report = await engine.changeWith((st) => (same(st) ? [] : [{ kind: 'put-forward', forward: f }]));
+    report = apply
+      ? await apply([{ kind: 'put-forward', forward: f }])
+      : await engine.changeWith((st) => (same(st) ? [] : [{ kind: 'put-forward', forward: f }]));
   }
   const cut = req.cutOver ? await cutConnections(engine.ns, f, { stale: true }) : 0;
   return { forward: f, changed: report !== undefined, ...(report ? { report } : {}), cutOver: cut };
@@ -149,12 +163,21 @@ export async function cutConnections(ns: NetNs, f: Forward, opts: { stale?: bool
 }
 
 /** `tsnet forward rm NAME`: removes its rules and the sysctl changes made for it; missing: no-op (returns false). */
-export async function remove(engine: NatEngine, name: string, opts: { cut?: boolean } = {}): Promise<boolean> {
+export async function remove(
+  engine: NatEngine,
+  name: string,
+  opts: { cut?: boolean; apply?: ApplyChanges } = {},
+): Promise<boolean> {
   let old: Forward | undefined;
-  await engine.changeWith((st) => {
-    old = st.forwards.find((x) => x.name === name);
-    return old ? [{ kind: 'delete-forward', name }] : [];
-  });
+  if (opts.apply) {
+    old = engine.globals().forwards.find((x) => x.name === name);
+    if (old) await opts.apply([{ kind: 'delete-forward', name }]); // deleting a forward already gone is a no-op there
+  } else {
+    await engine.changeWith((st) => {
+      old = st.forwards.find((x) => x.name === name);
+      return old ? [{ kind: 'delete-forward', name }] : [];
+    });
+  }
   if (!old) return false;
   if (opts.cut) await cutConnections(engine.ns, old);
   return true;

@@ -199,7 +199,7 @@ export class NatEngine {
 
   /** The stored rules and forwards, no service parsed. */
   globals(): Pick<DesiredState, 'rules' | 'forwards'> {
-    const { rules, forwards } = this.load().indexed;
+    const { rules, forwards } = this.store.globals();
     return { rules, forwards };
   }
 

@@ -70,6 +70,36 @@ const FOLD_LINES = 1000;
 /** A round whose line would be larger than this is recorded as a snapshot. */
 const MAX_LINE = 64 * 1024;
 
+/** The changes to the rules and forwards (set-state aside): what globals() replays from the journal. */
+const GLOBAL_KINDS = new Set<NatChange['kind']>(['add-rule', 'delete-rule', 'put-forward', 'delete-forward']);
+
+/** The first line of a snapshot tsnet wrote (the head, up to `"services":[`), or undefined: none, or not tsnet's. */
+function readHead(file: string): string | undefined {
+  let fd: number;
+  try {
+    fd = fs.openSync(file, 'r');
+  } catch (err) {
+    if (hasCode(err, 'ENOENT')) return undefined;
+    throw contextualize(`reading ${file}`, err);
+  }
+  try {
+    const chunks: Buffer[] = [];
+    for (let pos = 0; ;) {
+      const b = Buffer.alloc(64 * 1024);
+      const n = fs.readSync(fd, b, 0, b.length, pos);
+      if (n === 0) return undefined;
+      const nl = b.subarray(0, n).indexOf(0x0a);
+      chunks.push(b.subarray(0, nl < 0 ? n : nl));
+      if (nl >= 0) break;
+      pos += n;
+    }
+    const head = Buffer.concat(chunks).toString('utf8');
+    return head.startsWith(HEAD) ? head : undefined;
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
 /** A snapshot tsnet wrote begins with this, then the 43-character digest of everything after it. */
 const HEAD = '{"version":3,"digest":"';
 const DIGEST_LEN = 43;
@@ -132,6 +162,30 @@ export class NatStore {
     const loaded = { f, indexed };
     this.cache = { stamp, loaded, seq, lines };
     return loaded;
+  }
+
+  /**
+   * The rules and forwards alone (what `forward` and `nat rule` read): the
+   * snapshot's first line, which holds them, and the journal's changes to
+   * them; the services are neither read nor checked. A snapshot tsnet did not
+   * write (no digest head) is loaded in full.
+   */
+  globals(): Pick<DesiredState, 'rules' | 'forwards'> {
+    if (this.cache?.stamp === this.stamp()) return this.cache.loaded.indexed;
+    const head = readHead(this.file);
+    if (head === undefined) return this.load().indexed;
+    const f = JSON.parse(`${head}]}}`) as StateFile;
+    const g = IndexedState.of({ services: [], rules: f.desired.rules, forwards: f.desired.forwards });
+    let seq = f.seq ?? 0;
+    for (const line of this.readJournal()) {
+      if (line.seq <= seq) continue;
+      for (const c of line.changes) {
+        if (GLOBAL_KINDS.has(c.kind)) g.apply([c]);
+        else if (c.kind === 'set-state') g.apply([{ kind: 'set-state', state: { ...c.state, services: [] } }]);
+      }
+      seq = line.seq;
+    }
+    return g;
   }
 
   private readSnapshot(): Loaded {

@@ -36,6 +36,9 @@ export const RTM = {
   NEWROUTE: 24,
   DELROUTE: 25,
   GETROUTE: 26,
+  NEWNEIGH: 28,
+  DELNEIGH: 29,
+  GETNEIGH: 30,
   NEWNSID: 88,
   DELNSID: 89,
   GETNSID: 90,
@@ -222,6 +225,42 @@ export const RTA: Table = [
   { type: 7, name: 'prefsrc', codec: ipaddr },
   { type: 15, name: 'table', codec: u32 },
   { type: 20, name: 'pref', codec: u8 },
+];
+
+export interface NdMsg {
+  family: number;
+  ifindex: number;
+  state: number;
+  flags: number;
+  type: number;
+}
+/** struct ndmsg (<linux/neighbour.h>): a neighbour entry's header. */
+export const ndmsg = struct<NdMsg>([
+  ['family', 'u8'],
+  ['', 'pad8'],
+  ['', 'pad16'],
+  ['ifindex', 's32'],
+  ['state', 'u16'],
+  ['flags', 'u8'],
+  ['type', 'u8'],
+]);
+
+/** NUD_* : neighbour states (`ip neigh` prints them in capitals). */
+export const NUD = {
+  INCOMPLETE: 0x01,
+  REACHABLE: 0x02,
+  STALE: 0x04,
+  DELAY: 0x08,
+  PROBE: 0x10,
+  FAILED: 0x20,
+  NOARP: 0x40,
+  PERMANENT: 0x80,
+} as const;
+
+/** NDA_* : neighbour attributes. */
+export const NDA: Table = [
+  { type: 1, name: 'dst', codec: ipaddr },
+  { type: 2, name: 'lladdr', codec: mac },
 ];
 
 /** NETNSA_* : namespace ids (RTM_GETNSID). */

@@ -6,7 +6,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { NotAHandle, TsnetError } from '../errors';
 import type { NetlinkSocket } from '../netlink/socket';
-import { checkedDup, closeFd, openIn, type NsFd } from './inside';
+import { checkedDup, closeFd, openIn, socketHere, socketIn, type NsFd } from './inside';
+import { native } from '../native';
 import type { NetNs } from './index';
 
 export interface HandleState {
@@ -107,4 +108,11 @@ export function openInside(h: NetNs, file: string, flags: number, mode = 0o666):
     throw new TsnetError(`opening ${String(file)}: flags and mode must be integers`, { code: 'EINVAL' });
   const p = threadPath(file);
   return st.fd ? openIn(st.fd, p, flags, mode) : fs.openSync(p, flags, mode);
+}
+
+/** An AF_PACKET SOCK_DGRAM socket inside the namespace of `h`, for sending only (protocol 0: it receives nothing); closed with closeFd. */
+export function packetSocket(h: NetNs): number {
+  const st = live(h);
+  const c = native().constants;
+  return st.fd ? socketIn(st.fd, c.AF_PACKET, c.SOCK_DGRAM, 0) : socketHere(c.AF_PACKET, c.SOCK_DGRAM, 0);
 }

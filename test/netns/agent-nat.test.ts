@@ -350,3 +350,54 @@ test('one namespace named two ways (by path, by name) is two desired states thro
   t.deepEqual(services(byPath), { a: ['10.82.0.11'], c: ['10.82.0.12'] }, 'by path: netns/inode-N');
   t.deepEqual(services(), { b: ['10.82.0.12'] }, 'by name: netns/NAME');
 });
+
+test('tsnet forward goes through the agent as service changes do: add, traffic, ls, rm; errors and output as without it', async (t) => {
+  const { agent, router, cli } = await setup();
+  const before = (await logged(agent, SERVED, 0)) ?? 0;
+  const add = cli(['forward', '10.82.0.11', '3308', '8080', '--name', 'web']);
+  applied(t, add, 'agent', 'forward add');
+  t.regex(add.stdout, /^forward web: tcp port 3308 -> 10\.82\.0\.11:8080$/m);
+  t.deepEqual(
+    (await request(router, 'http', '10.82.0.1', 3308, { count: 4 })).replies,
+    { b1: 4 },
+    'through the forward',
+  );
+  // Retarget, then the same again: a no-op that never reaches the agent.
+  applied(t, cli(['forward', '10.82.0.12', '3308', '8080', '--name', 'web']), 'agent', 'forward retarget');
+  t.deepEqual((await request(router, 'http', '10.82.0.1', 3308, { count: 4 })).replies, { b2: 4 }, 'retargeted');
+  const again = cli(['forward', '10.82.0.12', '3308', '8080', '--name', 'web']);
+  t.is(again.status, 0, again.stderr);
+  t.regex(again.stdout, /already in place/);
+  const ls = cli(['-j', 'forward', 'ls'], {});
+  const lsHere = cli(['-j', 'forward', 'ls'], { socket: '' });
+  t.is(ls.stdout, lsHere.stdout, 'ls reads the same with and without the agent');
+  t.deepEqual(
+    (JSON.parse(ls.stdout) as { name: string; targetIp: string }[]).map((f) => [f.name, f.targetIp]),
+    [['web', '10.82.0.12']],
+  );
+  // Errors: the same line and status with and without the agent, nothing changed.
+  for (const bad of [
+    ['forward', '10.82.0.11', '3308', '99999', '--name', 'web'],
+    ['forward', '10.82.0.99', '3309', '8080', '--name', 'nobody'],
+  ]) {
+    const a = cli(bad);
+    const b = cli(bad, { socket: '' });
+    t.is(a.status, b.status, `${bad.join(' ')}: same status`);
+    t.not(a.status, 0);
+    t.is(
+      a.stderr.replace(/^tsnet: synced.*\n/gm, ''),
+      b.stderr.replace(/^tsnet: synced.*\n/gm, ''),
+      `${bad.join(' ')}: same error`,
+    );
+  }
+  applied(t, cli(['forward', 'rm', 'web']), 'agent', 'forward rm');
+  t.is((await request(router, 'http', '10.82.0.1', 3308, { count: 1, timeoutMs: 500 })).ok, 0, 'the forward is gone');
+  const rmAgain = cli(['forward', 'rm', 'web']);
+  t.is(rmAgain.status, 0, 'rm twice: a no-op');
+  t.is(JSON.parse(cli(['-j', 'forward', 'ls']).stdout).length, 0);
+  t.is(
+    await logged(agent, SERVED, before + 3),
+    before + 3,
+    `the agent served the three forward changes:\n${agent.log}`,
+  );
+});

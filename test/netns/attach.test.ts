@@ -5,7 +5,9 @@ import * as addr from '../../src/addr';
 import * as route from '../../src/route';
 import { attach, detach, hostIfnameFor } from '../../src/attach';
 import { serve, request } from '../../src/demo/traffic';
+import * as netns from '../../src/netns';
 import { Topology, ipJson } from '../harness/fixtures';
+import { eventually } from '../harness/eventually';
 
 const topo = new Topology('att');
 test.after.always(() => topo.cleanup());
@@ -89,3 +91,50 @@ test.serial('a failed attach leaves nothing behind', async (t) => {
   });
   t.is(await link.get(c, 'eth0'), undefined);
 });
+
+test.serial(
+  'an address reused after a crash (no detach): attach announces it, and the host reaches the silent namespace within 100 ms, IPv4 and IPv6; detach drops the host entries',
+  async (t) => {
+    const node = await topo.ns('node4');
+    await bridge.ensure(node, 'br4', { addresses: ['10.74.0.1/24', 'fd74::1/64'] });
+    // A bystander keeps a port on the bridge: with none, the bridge loses its carrier and the kernel flushes its entries itself.
+    await attach(node, await topo.ns('by4'), { bridge: 'br4', address: '10.74.0.50/24' });
+    const entry = (ip: string) =>
+      ipJson<{ dst: string; lladdr?: string }[]>(node, 'neigh', 'show', 'dev', 'br4').find((e) => e.dst === ip);
+    const reach = async (ip: string, want: string, timeoutMs: number) =>
+      (await request(node, 'tcp', ip, 8000, { timeoutMs })).replies[want] === 1;
+    for (const [ip, cidr] of [
+      ['10.74.0.9', '10.74.0.9/24'],
+      ['fd74::9', 'fd74::9/64'],
+    ] as const) {
+      const fam = ip.includes(':') ? 6 : 4;
+      const old = await topo.ns(`old${fam}`);
+      const a = await attach(node, old, { bridge: 'br4', address: cidr });
+      const s = await serve(old, 'tcp', ip, 8000, 'old');
+      t.true(await reach(ip, 'old', 2000), `IPv${fam}: the host talks to the first namespace`);
+      await s.stop();
+      t.is(entry(ip)?.lladdr, a.mac, `IPv${fam}: the host's entry holds its MAC`);
+      // The namespace goes without a detach (its runtime crashed): the veth goes with it, the host's entry stays.
+      old.close();
+      netns.del(old.name!);
+      await eventually(async () => !(await link.get(node, a.hostIfname)), {
+        ms: 10_000,
+        what: 'the host end to go with its namespace',
+      });
+      t.is(entry(ip)?.lladdr, a.mac, `IPv${fam}: the host's entry still holds the old MAC`);
+
+      const fresh = await topo.ns(`new${fam}`);
+      const b = await attach(node, fresh, { bridge: 'br4', address: cidr });
+      t.not(b.mac, a.mac);
+      const s2 = await serve(fresh, 'tcp', ip, 8000, 'new');
+      try {
+        t.true(await reach(ip, 'new', 100), `IPv${fam}: the host reaches the silent new namespace within 100 ms`);
+        t.is(entry(ip)?.lladdr, b.mac, `IPv${fam}: the host's entry holds the new MAC`);
+      } finally {
+        await s2.stop();
+      }
+      t.true(await detach(fresh, 'eth0', node));
+      t.is(entry(ip), undefined, `IPv${fam}: detach removed the host's entry`);
+    }
+  },
+);

@@ -17,7 +17,7 @@ import * as link from '../../src/link';
 import * as netns from '../../src/netns';
 import { serve, request } from '../../src/demo/traffic';
 import { SUPPORTED_VERSIONS } from '../../src/cni/version';
-import { Topology, backendLetter, ipJson, run } from '../harness/fixtures';
+import { Topology, backendLetter, ip, ipJson, run } from '../harness/fixtures';
 import {
   CniInstall,
   leftovers,
@@ -656,5 +656,132 @@ export function cniSuite(mode: CniMode, natBackend?: BackendName): void {
       fs.readdirSync(path.join(conf.ipam.dataDir, 'ipamonly')).filter((f) => f.startsWith('10.')),
       [],
     );
+  });
+
+  test('an address reused by a silent container: DEL drops the host neighbour entries, ADD announces it; the host reaches the new container within 100 ms, IPv4 and IPv6', async (t) => {
+    const nd = await node();
+    const v4 = `10.${100 + nd.n}.0.9`;
+    const v6 = `fd${nd.n}::9`;
+    // One address per family, so the next container gets the same ones.
+    const conf = {
+      ...nd.conf,
+      ipam: {
+        type: 'tsnet-ipam',
+        dataDir: nd.conf.ipam.dataDir,
+        ranges: [
+          [{ subnet: `10.${100 + nd.n}.0.0/24`, rangeStart: v4, rangeEnd: v4 }],
+          [{ subnet: `fd${nd.n}::/64`, rangeStart: v6, rangeEnd: v6 }],
+        ],
+      },
+    };
+    const bridgeName = nd.conf.bridge as string;
+    const entries = () =>
+      ipJson<{ dst: string; lladdr?: string }[]>(nd.host, 'neigh', 'show', 'dev', bridgeName).filter(
+        (e) => e.dst === v4 || e.dst === v6,
+      );
+    const macOf = (c: netns.NetNs) => ipJson<{ address: string }[]>(c, 'link', 'show', 'eth0')[0]!.address;
+    const reach = async (ip: string, want: string, timeoutMs: number) =>
+      (await request(nd.host, 'tcp', ip, 8000, { timeoutMs })).replies[want] === 1;
+
+    // A bystander keeps a port on the bridge: with none, the bridge loses its carrier and the kernel flushes its entries itself.
+    const by = await nd.container('by');
+    ok(t, await nd.call('ADD', by, 'by'), 'ADD bystander');
+    const c1 = await nd.container('old');
+    ok(t, await nd.call('ADD', c1, 'old', conf), 'ADD old');
+    const s1 = await Promise.all([serve(c1, 'tcp', v4, 8000, 'old'), serve(c1, 'tcp', v6, 8000, 'old')]);
+    t.true(await reach(v4, 'old', 2000), 'the host talks to the old container over IPv4');
+    t.true(await reach(v6, 'old', 2000), '... and IPv6');
+    await Promise.all(s1.map((s) => s.stop()));
+    const oldMac = macOf(c1);
+    t.deepEqual(
+      entries().map((e) => e.lladdr),
+      [oldMac, oldMac],
+      "the host's entries hold the old container's MAC",
+    );
+    ok(t, await nd.call('DEL', c1, 'old', conf), 'DEL old');
+    t.deepEqual(entries(), [], "DEL removed the host's entries for the released addresses");
+
+    // A host that kept them anyway (a DEL that never came, another plugin's): entries to the old MAC, as reachable.
+    for (const ip of [v4, v6]) {
+      const r = run('ip', [
+        '-n',
+        nd.host.name!,
+        'neigh',
+        'replace',
+        ip,
+        'lladdr',
+        oldMac,
+        'dev',
+        bridgeName,
+        'nud',
+        'reachable',
+      ]);
+      t.is(r.status, 0, r.stderr);
+    }
+    t.deepEqual(
+      entries().map((e) => e.lladdr),
+      [oldMac, oldMac],
+      'stale entries in place',
+    );
+    const c2 = await nd.container('new');
+    ok(t, await nd.call('ADD', c2, 'new', conf), 'ADD new');
+    const s2 = await Promise.all([serve(c2, 'tcp', v4, 8000, 'new'), serve(c2, 'tcp', v6, 8000, 'new')]);
+    try {
+      // The new container has sent nothing of its own: only ADD's announcement can have moved the entries.
+      t.true(await reach(v4, 'new', 100), 'the host reaches the silent new container within 100 ms over IPv4');
+      t.true(await reach(v6, 'new', 100), '... and IPv6');
+      t.deepEqual(
+        entries().map((e) => e.lladdr),
+        [macOf(c2), macOf(c2)],
+        "the host's entries hold the new MAC",
+      );
+    } finally {
+      await Promise.all(s2.map((s) => s.stop()));
+    }
+    ok(t, await nd.call('DEL', c2, 'new', conf), 'DEL new');
+    ok(t, await nd.call('DEL', by, 'by'), 'DEL bystander');
+  });
+
+  test('macspoofchk: frames from the container with a forged source MAC are dropped, its own pass; DEL removes the guard', async (t) => {
+    const nd = await node();
+    const conf = { ...nd.conf, macspoofchk: true };
+    const c = await nd.container('spoof');
+    const add = await nd.call('ADD', c, 'spoof', conf);
+    ok(t, add, 'ADD');
+    const gw = `10.${100 + nd.n}.0.1`;
+    const server = await serve(nd.host, 'tcp', gw, 9100, 'gw');
+    const table = () => {
+      const r = run('ip', ['netns', 'exec', nd.host.name!, 'nft', '-j', 'list', 'table', 'bridge', 'tsnet-spoofchk']);
+      return r.status === 0 ? (JSON.parse(r.stdout).nftables as any[]) : [];
+    };
+    const drops = () =>
+      table()
+        .filter((x) => x.rule)
+        .flatMap((x) => x.rule.expr)
+        .find((e: any) => e.counter)?.counter.packets ?? 0;
+    const hostIfname = add.json.interfaces[1].name;
+    const own = add.json.interfaces[2].mac;
+    try {
+      t.deepEqual((await request(c, 'tcp', gw, 9100, { timeoutMs: 2000 })).replies, { gw: 1 }, 'its own MAC passes');
+      const elems = table().find((x) => x.set?.name === 'allowed')?.set.elem;
+      t.deepEqual(
+        elems?.map((e: any) => e.concat),
+        [[hostIfname, own]],
+        'nft shows the port and its one MAC',
+      );
+      const before = drops();
+      ip(c, 'link', 'set', 'eth0', 'address', '02:00:00:00:be:ef');
+      const forged = await request(c, 'tcp', gw, 9100, { timeoutMs: 500 });
+      t.is(forged.ok, 0, 'a forged source MAC does not get through');
+      t.true(drops() > before, 'the drops are counted by the guard');
+      ip(c, 'link', 'set', 'eth0', 'address', own);
+      t.deepEqual((await request(c, 'tcp', gw, 9100, { timeoutMs: 2000 })).replies, { gw: 1 }, 'its own MAC again');
+    } finally {
+      await server.stop();
+    }
+    ok(t, await nd.call('DEL', c, 'spoof', conf), 'DEL');
+    t.is(table().find((x) => x.set?.name === 'allowed')?.set.elem, undefined, 'DEL removed the MAC');
+    t.is(table().find((x) => x.set?.name === 'ports')?.set.elem, undefined, 'DEL removed the port');
+    ok(t, await nd.call('DEL', c, 'spoof', conf), 'DEL twice');
   });
 }

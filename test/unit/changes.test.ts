@@ -164,6 +164,50 @@ test('store: rounds are journal lines; a fresh reader replays them; a torn last 
   fs.rmSync(dir, { recursive: true });
 });
 
+test('store: the rules and forwards alone (globals) read as a full load reads them, journal included, without the services', (t) => {
+  const dir = tmp();
+  const w = new NatStore(dir);
+  const x = IndexedState.of(base());
+  const fwd = (name: string, ip: string, listenPort = 3308) => ({
+    name,
+    target: ip,
+    targetIp: ip,
+    listenPort,
+    targetPort: 3306,
+    proto: 'tcp' as const,
+    snat: 'auto' as const,
+  });
+  x.apply([{ kind: 'put-forward', forward: fwd('db', '10.0.0.7') }]);
+  w.save(x, { backend: 'netlink' });
+  const rounds: NatChange[][] = [
+    [{ kind: 'put-forward', forward: fwd('db', '10.0.0.8') }],
+    [{ kind: 'add-rule', rule: { kind: 'masquerade', source: '10.88.0.0/16' } }],
+    [
+      { kind: 'put-forward', forward: fwd('cache', '10.0.0.9', 6380) },
+      { kind: 'set-endpoints', name: 'a', endpoints: [parseEndpoint('10.0.0.30:80')] },
+    ],
+    [{ kind: 'delete-forward', name: 'cache' }],
+  ];
+  for (const changes of rounds) {
+    x.apply(changes);
+    w.save(x, { backend: 'netlink' }, changes);
+    const full = new NatStore(dir).load().indexed;
+    const g = new NatStore(dir).globals();
+    t.deepEqual({ rules: g.rules, forwards: g.forwards }, { rules: full.rules, forwards: full.forwards });
+  }
+  t.deepEqual(
+    new NatStore(dir).globals().forwards.map((f) => [f.name, f.targetIp]),
+    [['db', '10.0.0.8']],
+  );
+  // Services that would not parse are never read.
+  const file = path.join(dir, 'nat.json');
+  const text = fs.readFileSync(file, 'utf8');
+  const nl = text.indexOf('\n');
+  fs.writeFileSync(file, `${text.slice(0, nl + 1)}garbage\n${text.slice(nl + 1)}`);
+  t.deepEqual(new NatStore(dir).globals().rules, [{ kind: 'masquerade', source: '10.88.0.0/16' }]);
+  fs.rmSync(dir, { recursive: true });
+});
+
 test('store: a snapshot folds the journal; lines it already holds are not replayed again', (t) => {
   const dir = tmp();
   const w = new NatStore(dir);

@@ -158,7 +158,14 @@ test("CNI input: the network configs 5e5a506 was given (v4 with a port mapping, 
   const dual = sample<NetConf>('cni-input/dual.json');
   for (const conf of [v4, dual]) t.is(requireSupported(conf.cniVersion), '1.1.0');
   const stateDir = '/tmp/formats-work/5e5a506/scratch/cni-state';
-  const flags = { forceAddress: false, promiscMode: false, enabledad: false, natBackend: 'auto', stateDir };
+  const flags = {
+    forceAddress: false,
+    promiscMode: false,
+    enabledad: false,
+    macspoofchk: false,
+    natBackend: 'auto',
+    stateDir,
+  };
   t.deepEqual(parseBridgeConf(v4), {
     name: 'fmtnet4',
     bridge: 'tsbr4',

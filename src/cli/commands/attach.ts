@@ -47,7 +47,7 @@ export function register(program: Command, cli: Cli): void {
     .action(async (ref: string, o: { ifname: string }) => {
       const c = netns.resolve(ref);
       try {
-        await detach(c, o.ifname);
+        await detach(c, o.ifname, target(cli));
       } finally {
         c.close();
       }

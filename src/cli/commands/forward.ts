@@ -4,7 +4,7 @@ import { formatHostPort } from '../../addr/cidr';
 import * as forward from '../../forward';
 import type { Forward } from '../../nat/model';
 import type { Cli } from '../context';
-import { natEngine } from '../nat-engine';
+import { natChange, natEngine } from '../nat-engine';
 import { print, printRows } from '../output';
 
 /** Where a forward listens, as ls prints it: `*:3308`, `10.0.0.1:3308`, `[fd00::1]:3308`. */
@@ -74,7 +74,7 @@ function addCommand(fwd: Command, cli: Cli): void {
           process.stdout.write(await forward.dryRun(engine, req));
           return;
         }
-        const r = await forward.add(engine, req);
+        const r = await forward.add(engine, req, (changes) => natChange(cli, changes));
         const f = r.forward;
         const where = f.listen ? formatHostPort(f.listen, f.listenPort) : `port ${f.listenPort}`;
         // Entries, not live connections: closed ones still in TIME_WAIT are counted too.
@@ -110,7 +110,7 @@ function rmCommand(fwd: Command, cli: Cli): void {
     .description('remove a forward: its rules and the sysctl changes made for it (missing: no-op)')
     .option('--cut', 'also cut its existing connections (delete their conntrack entries)')
     .action(async (name: string, o: { cut?: boolean }) => {
-      await forward.remove(natEngine(cli), name, { cut: o.cut === true });
+      await forward.remove(natEngine(cli), name, { cut: o.cut === true, apply: (changes) => natChange(cli, changes) });
     });
 }
 

@@ -2,10 +2,11 @@
  * CNI ADD, in the reference bridge's order, as named steps:
  *
  *   checkContainer -> plugVeth (bridge, veth with its peer made inside the
- *   container as CNI_IFNAME) -> IPAM -> ensureGateway (gateway on the bridge,
+ *   container as CNI_IFNAME) -> the MAC spoof guard (macspoofchk) -> IPAM -> ensureGateway (gateway on the bridge,
  *   forwarding) -> at once: configureContainer (addresses + routes inside,
- *   then the wait for the port to forward) and addNat (masquerade, port
- *   mappings) -> the result, recorded.
+ *   then the wait for the port to forward, then a gratuitous ARP / unsolicited
+ *   NA for each address) and addNat (masquerade, port mappings) -> the
+ *   result, recorded.
  *
  * The attachment record is written before the first step and names what the
  * steps make (the host veth, the IPAM reservation, the NAT rules before they
@@ -21,8 +22,8 @@ import { RecordStore, type AttachmentRecord } from '../records';
 import type { CniEnv, NetConf, Result, RouteResult } from '../types';
 import { newRecord, openContainer } from './attachment';
 import { BUILTIN_IPAM, parseBridgeConf, type BridgeConf } from './config';
-import { checkContainer, configureContainer, containerRoutes } from './container';
-import { ensureGateway, gatewayCidrs, plugVeth, waitForwarding } from './host';
+import { announceAddresses, checkContainer, configureContainer, containerRoutes } from './container';
+import { ensureGateway, gatewayCidrs, guardPort, plugVeth, waitForwarding } from './host';
 import { ipam } from './ipam-step';
 import { addNat } from './nat';
 import { teardown } from './teardown';
@@ -78,6 +79,7 @@ async function addSteps(a: Add): Promise<Result> {
   await checkContainer(ns, ifname, env.netns!, rc);
   const mtu = rc.mtu ?? c.mtu;
   const br = await plugVeth(host, c, rec.hostIfname, { name: ifname, netns: ns, mtu, mac: rc.mac });
+  if (c.macspoofchk) await guardPort(host, ns, ifname, rec.hostIfname); // before the container can send a frame
 
   const ip = await ipam(conf, env).add();
   if (!ip.ips?.length) throw new CniError(CNI_ERR.internal, `IPAM plugin ${c.ipamType} returned no IP configuration`);
@@ -88,7 +90,10 @@ async function addSteps(a: Add): Promise<Result> {
   // Then two independent halves at once: the container side, and the NAT rules on the host.
   const containerSide = async () => {
     await configureContainer(ns, ifname, ip.ips!, routes, c);
-    return waitForwarding(host, rec.hostIfname);
+    const port = await waitForwarding(host, rec.hostIfname);
+    // The address may have been another container's a moment ago: the host must not keep its MAC.
+    await announceAddresses(ns, ifname, ip.ips!);
+    return port;
   };
   const [nat, container] = await Promise.allSettled([
     addNat(c, rec, a.records, host, env, ip.ips, rc.portMappings),

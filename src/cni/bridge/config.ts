@@ -19,6 +19,8 @@ export interface BridgeConf {
   hairpinMode: boolean;
   promiscMode: boolean;
   enabledad: boolean;
+  /** Drop frames from the container whose source MAC is not its own (nf_tables, src/bridge/spoofcheck.ts). */
+  macspoofchk: boolean;
   /** tsnet: which NAT backend ipMasq and port mappings use (default auto: netlink, no binary needed). */
   natBackend: BackendChoice;
   /** tsnet: where attachment records and NAT state live (default $TSNET_STATE_DIR, else /var/lib/tsnet). */
@@ -54,6 +56,7 @@ export function parseBridgeConf(conf: NetConf, env?: Pick<CniEnv, 'stateDir'>): 
     hairpinMode: bool(conf, 'hairpinMode'),
     promiscMode: bool(conf, 'promiscMode'),
     enabledad: bool(conf, 'enabledad'),
+    macspoofchk: bool(conf, 'macspoofchk'),
     natBackend: 'auto',
     ipamType: '',
   };
@@ -89,12 +92,6 @@ function rejectUnsupported(conf: NetConf, name: string): void {
     throw new CniError(
       CNI_ERR.unsupportedField,
       `network ${name}: "vlan" is not supported by tsnet-bridge yet (needs bridge VLAN filtering, which this kernel build may lack): remove it or use the reference bridge`,
-    );
-  }
-  if (conf.macspoofchk === true) {
-    throw new CniError(
-      CNI_ERR.unsupportedField,
-      `network ${name}: "macspoofchk" is not supported by tsnet-bridge yet: remove it or use the reference bridge`,
     );
   }
 }

@@ -5,6 +5,7 @@
  */
 import * as addr from '../../addr';
 import * as link from '../../link';
+import * as neigh from '../../neigh';
 import * as route from '../../route';
 import type { NetNs } from '../../netns';
 import { CniError, CNI_ERR, reportInput } from '../errors';
@@ -61,4 +62,13 @@ export async function configureContainer(
       ...(via ? { via } : {}),
     });
   }
+}
+
+/** Announces the container's addresses from inside it (a gratuitous ARP, an unsolicited NA), so the host's neighbour entries follow an address reused by a new container at once. */
+export async function announceAddresses(ns: NetNs, ifname: string, ips: IpConfig[]): Promise<void> {
+  await neigh.announce(
+    ns,
+    ifname,
+    ips.map((a) => a.address),
+  );
 }

@@ -6,6 +6,7 @@
  */
 import * as addr from '../../addr';
 import * as bridge from '../../bridge';
+import * as spoofcheck from '../../bridge/spoofcheck';
 import * as link from '../../link';
 import * as sysctl from '../../sysctl';
 import type { NetNs } from '../../netns';
@@ -63,15 +64,16 @@ export async function ensureGateway(host: NetNs, c: BridgeConf, brIndex: number,
 
 /** Waits until the bridge port `port` forwards (the container's first packet is not lost to the learning state); returns the port. */
 export async function waitForwarding(host: NetNs, port: string, timeoutMs = 5000): Promise<link.Link> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const l = await link.get(host, port);
-    if (l?.port?.state === 'forwarding') return l;
-    if (Date.now() > deadline)
-      throw new CniError(
-        CNI_ERR.internal,
-        `bridge port ${port} did not reach the forwarding state within ${timeoutMs} ms (state ${l?.port?.state ?? 'unknown'})`,
-      );
-    await new Promise((r) => setTimeout(r, 1));
+  try {
+    return await bridge.waitForwarding(host, port, timeoutMs);
+  } catch (err) {
+    throw new CniError(CNI_ERR.internal, (err as Error).message);
   }
+}
+
+/** macspoofchk: frames from the container's port must carry the MAC its end was given. */
+export async function guardPort(host: NetNs, ns: NetNs, ifname: string, hostIfname: string): Promise<void> {
+  const mac = (await link.mustGet(ns, ifname)).mac;
+  if (!mac) throw new CniError(CNI_ERR.internal, `macspoofchk: ${ifname} has no MAC to allow`);
+  await spoofcheck.guard(host, hostIfname, mac);
 }

@@ -5,6 +5,9 @@
  * namespace is gone.
  */
 import * as link from '../../link';
+import * as neigh from '../../neigh';
+import * as spoofcheck from '../../bridge/spoofcheck';
+import { parseCidr } from '../../addr';
 import * as netns from '../../netns';
 import { attachmentKey, validAttachments } from '../ipam';
 import { RecordStore, type AttachmentRecord } from '../records';
@@ -14,11 +17,18 @@ import { parseBridgeConf } from './config';
 import { ipam } from './ipam-step';
 import { removeNat } from './nat';
 
-/** Removes what a record says was made: NAT rules, the veth pair, the IPAM reservation, then the record. */
+/**
+ * Removes what a record says was made: NAT rules, the veth pair, its MAC
+ * spoof guard (macspoofchk), the host's neighbour entries for the container's addresses (the next container to get
+ * one has another MAC), the IPAM reservation, then the record.
+ */
 export async function teardown(rec: AttachmentRecord, env: CniEnv, records: RecordStore): Promise<void> {
   const host = netns.current();
   await removeNat(rec, host, env);
   await link.del(host, rec.hostIfname); // takes the container end with it; gone already if the namespace is
+  const c = parseBridgeConf(rec.conf, env);
+  if (c.macspoofchk) await spoofcheck.unguard(host, rec.hostIfname);
+  for (const ip of rec.result?.ips ?? []) await neigh.del(host, c.bridge, parseCidr(ip.address).address);
   await ipam(rec.conf, { ...env, containerId: rec.containerId, ifname: rec.ifname }).del();
   records.remove(rec.containerId, rec.ifname);
 }
@@ -30,7 +40,9 @@ export async function bridgeDel(conf: NetConf, env: CniEnv): Promise<void> {
   const rec = records.get(env.containerId!, env.ifname!);
   if (rec) return teardown(rec, env, records);
   // No (readable) record: ADD never ran, or died before its first change. Its deterministic leftovers, if any:
-  await link.del(netns.current(), hostVethName(c.name, env.containerId!, env.ifname!));
+  const hostIfname = hostVethName(c.name, env.containerId!, env.ifname!);
+  await link.del(netns.current(), hostIfname);
+  if (c.macspoofchk) await spoofcheck.unguard(netns.current(), hostIfname);
   await ipam(conf, env).del();
   records.remove(env.containerId!, env.ifname!);
 }
