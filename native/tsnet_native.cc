@@ -901,6 +901,35 @@ Napi::Value PeerCred(const Napi::CallbackInfo& info) {
   return o;
 }
 
+// closeAsync(fd): close(2) on the libuv threadpool, not waited for. Closing an AF_PACKET socket waits
+// for an RCU grace period in the kernel (packet_release -> synchronize_net: ~10 ms), which a caller
+// that only sent a frame need not sit through.
+Napi::Value CloseAsync(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!WantNumber(info, 0)) return env.Undefined();
+  struct Work {
+    int fd;
+    napi_async_work work = nullptr;
+  };
+  Work* w = new Work{info[0].As<Napi::Number>().Int32Value()};
+  napi_value name;
+  napi_create_string_utf8(env, "tsnet:close", NAPI_AUTO_LENGTH, &name);
+  napi_status st = napi_create_async_work(
+      env, nullptr, name, [](napi_env, void* d) { close(static_cast<Work*>(d)->fd); },
+      [](napi_env e, napi_status, void* d) {
+        Work* x = static_cast<Work*>(d);
+        napi_delete_async_work(e, x->work);
+        delete x;
+      },
+      w, &w->work);
+  if (st != napi_ok || napi_queue_async_work(env, w->work) != napi_ok) {
+    if (w->work) napi_delete_async_work(env, w->work);
+    close(w->fd);  // could not queue it: close here
+    delete w;
+  }
+  return env.Undefined();
+}
+
 // packetSend(fd, ifindex, ethertype, dstMac, payload): sendto(2) on an AF_PACKET SOCK_DGRAM socket
 // (made inside its namespace by socketIn); the kernel adds the Ethernet header, from the device's MAC
 // to dstMac. For the announcements a moved address needs (gratuitous ARP, unsolicited NA).
@@ -953,6 +982,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("umount2", Napi::Function::New(env, Umount2));
   exports.Set("gettid", Napi::Function::New(env, GetTid));
   exports.Set("packetSend", Napi::Function::New(env, PacketSend));
+  exports.Set("closeAsync", Napi::Function::New(env, CloseAsync));
   exports.Set("tryLock", Napi::Function::New(env, TryLock));
   exports.Set("peerCred", Napi::Function::New(env, PeerCred));
 

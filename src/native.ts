@@ -37,6 +37,8 @@ export interface Native {
   dupChecked(nsFd: number, cookie: bigint): number;
   /** close(2) of an fd the addon made (fs.closeSync warns about those in a Worker). */
   close(fd: number): void;
+  /** close(2) on the libuv threadpool, not waited for (a packet socket's close waits for an RCU grace period). */
+  closeAsync(fd: number): void;
   /** The namespace helper thread's tid, 0 before its first job. */
   helperTid(): number;
   /** ioctl(NS_GET_NSTYPE): the CLONE_NEW* type of a namespace fd. */

@@ -106,6 +106,24 @@ nat_rules() { { iptables-save -t nat 2>/dev/null; nft list table ip tsnet 2>/dev
 echo "   NAT rules naming the container: $(nat_rules)"
 [[ $(nat_rules) -gt 0 ]]
 
+echo "== six containers started at once (podman run -d ... &), each reached from the node"
+pids=()
+for i in 1 2 3 4 5 6; do
+  podman_ run -d --name "par$i" "${run_opts[@]}" localhost/tsnet-bb:1 httpd -f -p 80 -h /www >/dev/null &
+  pids+=($!)
+done
+for p in "${pids[@]}"; do wait "$p"; done
+for i in 1 2 3 4 5 6; do
+  PIP=$(podman_ inspect "par$i" --format '{{(index .NetworkSettings.Networks "tsnet-demo").IPAddress}}')
+  ok=
+  for _ in $(seq 10); do fetch "http://$PIP/" >/dev/null 2>&1 && { ok=1; break; }; sleep 0.2; done
+  [[ -n $ok ]] || { echo "par$i ($PIP) unreachable from the node" >&2; exit 1; }
+  echo "   par$i $PIP: reached"
+done
+pids=()
+for i in 1 2 3 4 5 6; do podman_ rm -f -t 0 "par$i" >/dev/null & pids+=($!); done
+for p in "${pids[@]}"; do wait "$p"; done
+
 echo "== podman rm -f web (CNI DEL)"
 podman_ rm -f -t 0 web >/dev/null
 left=$(ls "$W/ipam/tsnet-demo" | grep -v -e '^lock$' -e '^last_reserved_ip' || true)
@@ -117,6 +135,6 @@ if [[ -n $AGENT_PID ]]; then
   adds=$(grep -c 'cni: tsnet-bridge ADD tsnet-demo .*: ok' "$W/agent.log" || true)
   dels=$(grep -c 'cni: tsnet-bridge DEL tsnet-demo .*: ok' "$W/agent.log" || true)
   echo "   served by the agent: ADD $adds, DEL $dels"
-  [[ $adds -ge 2 && $dels -ge 2 ]]
+  [[ $adds -ge 8 && $dels -ge 8 ]]
 fi
 echo "OK: podman ran a container on tsnet-bridge + tsnet-ipam and cleaned up after it"

@@ -38,6 +38,6 @@ export async function announce(h: NetNs, dev: LinkRef, addresses: readonly strin
   } catch (err) {
     throw contextualize(where, err);
   } finally {
-    if (fd !== undefined) native().close(fd);
+    if (fd !== undefined) native().closeAsync(fd); // a packet socket's close waits for an RCU grace period (~10 ms)
   }
 }

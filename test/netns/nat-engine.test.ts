@@ -8,6 +8,10 @@ import * as path from 'node:path';
 import { spawn } from 'node:child_process';
 import test from 'ava';
 import { NatEngine } from '../../src/nat/engine';
+import * as bridge from '../../src/bridge';
+import * as route from '../../src/route';
+import { attach } from '../../src/attach';
+import { serve, request, type Server } from '../../src/demo/traffic';
 import { Topology, run, CLI } from '../harness/fixtures';
 
 const topo = new Topology('nate');
@@ -215,3 +219,48 @@ for (const backend of ['iptables', 'nft', 'netlink'] as const) {
     },
   );
 }
+
+test.serial(
+  'the table flushed between the canary check and a partial batch (`nft flush ruleset` at that moment): the change is applied by a full sync, not refused; traffic follows it',
+  async (t) => {
+    const router = await topo.ns('race');
+    await bridge.ensure(router, 'br0', { addresses: ['10.84.0.1/24'] });
+    await route.add(router, { dst: '10.96.0.0/16', dev: 'br0' });
+    const servers: Server[] = [];
+    for (const i of [1, 2]) {
+      const b = await topo.ns(`race-b${i}`);
+      await attach(router, b, { bridge: 'br0', address: `10.84.0.1${i}/24` });
+      servers.push(await serve(b, 'http', '0.0.0.0', 8080, `b${i}`));
+    }
+    try {
+      const engine = new NatEngine({ ns: router, stateDir: tmp(), backend: 'netlink', resident: true });
+      const web = (ip: string) => ({
+        name: 'web',
+        vip: '10.96.0.10',
+        port: 80,
+        proto: 'tcp' as const,
+        endpoints: [{ ip, port: 8080, weight: 1 }],
+      });
+      await engine.change([{ kind: 'add-service', service: web('10.84.0.11') }]);
+      t.deepEqual((await request(router, 'http', '10.96.0.10', 80, { count: 3 })).replies, { b1: 3 });
+      // The race, made certain: the canary is found, then the ruleset is flushed before the partial batch goes.
+      const backend = await engine.backend();
+      const canaryPresent = backend.canaryPresent.bind(backend);
+      let raced = 0;
+      backend.canaryPresent = async (family) => {
+        const present = await canaryPresent(family);
+        if (present && raced++ === 0)
+          t.is(run('ip', ['netns', 'exec', router.name!, 'nft', 'flush', 'ruleset']).status, 0);
+        return present;
+      };
+      const r = await engine.change([
+        { kind: 'set-endpoints', name: 'web', endpoints: [{ ip: '10.84.0.12', port: 8080, weight: 1 }] },
+      ]);
+      t.is(raced, 1, 'the ruleset was flushed after the canary check');
+      t.true(r.full, 'the partial batch found nothing to change: a full sync rebuilt the table');
+      t.deepEqual((await request(router, 'http', '10.96.0.10', 80, { count: 3 })).replies, { b2: 3 });
+    } finally {
+      await Promise.all(servers.map((s) => s.stop()));
+    }
+  },
+);

@@ -6,6 +6,7 @@
  * netlink (./backend-netlink). Both write the same `table ip tsnet` / `ip6 tsnet`,
  * byte for byte, so either takes over from the other without a teardown.
  */
+import { hasCode } from '../../errors';
 import { formatHostPort, type Family } from '../../addr/cidr';
 import type { NetNs } from '../../netns';
 import { familiesUsed, familyOf, type DesiredState, type Service } from '../model';
@@ -127,7 +128,17 @@ export abstract class NftablesBackend implements Backend {
         index = round?.resident ? SharedIndex.build(desired().services, family) : undefined;
         lb = index ? Object.fromEntries(index.lb) : lbRecordOf(desired().services, family);
       }
-      await this.apply(plan, family);
+      try {
+        await this.apply(plan, family);
+      } catch (err) {
+        // The table went between the canary check and the partial batch (`nft flush ruleset` at that moment): the
+        // batch named what no longer exists, and nothing of it was applied. Rebuild it whole.
+        if (plan.full || !hasCode(err, 'ENOENT')) throw err;
+        plan = fullPlan(render(desired(), family));
+        index = round?.resident ? SharedIndex.build(desired().services, family) : undefined;
+        lb = index ? Object.fromEntries(index.lb) : lbRecordOf(desired().services, family);
+        await this.apply(plan, family);
+      }
       if (round && index) {
         let m = this.indexes.get(st);
         if (!m) this.indexes.set(st, (m = new Map()));
