@@ -15,7 +15,7 @@ import * as fs from 'node:fs';
 
 import type { Service } from '../src/nat/model';
 import { CLI, assertSandbox } from '../test/harness/fixtures';
-import { AgentProcess, CniInstall, type CniCall } from '../test/harness/cni';
+import { CniInstall, type CniCall } from '../test/harness/cni';
 
 type Kind = 'ref' | 'standalone' | 'agent';
 const KINDS: Kind[] = ['ref', 'standalone', 'agent'];
@@ -153,16 +153,7 @@ async function loaded(): Promise<void> {
     encoding: 'utf8',
   });
   if (applied.status !== 0) throw new Error(`service apply: ${applied.stderr}`);
-  const sockDir = fs.mkdtempSync(path.join(cni.dir, 'sock-'));
-  fs.chmodSync(sockDir, 0o700);
-  const agent = new AgentProcess(
-    node,
-    path.join(sockDir, 'agent.sock'),
-    ['--metrics', '', '--resync-interval', '1s'],
-    stateDir,
-  );
-  cni.agents.set(node.name!, agent);
-  await agent.ready;
+  const agent = await cni.startAgent(node, [], stateDir);
   const conf = {
     cniVersion: '1.0.0',
     name: 'bench-load',

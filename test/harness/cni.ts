@@ -125,15 +125,18 @@ export class CniInstall {
     this.cniPath = `${this.binDir}:${REFERENCE_DIR}`;
   }
 
-  /** Starts an agent inside `node` (its own socket directory), and routes this install's calls in `node` to it. */
-  async startAgent(node: netns.NetNs, args: string[] = []): Promise<AgentProcess> {
+  /**
+   * Starts an agent inside `node` (its own socket directory), and routes this install's calls in `node` to it.
+   * `stateDir`: its --state-dir (default: one of its own).
+   */
+  async startAgent(node: netns.NetNs, args: string[] = [], stateDir?: string): Promise<AgentProcess> {
     const dir = fs.mkdtempSync(path.join(this.dir, 'agent-'));
     fs.chmodSync(dir, 0o700);
     const a = new AgentProcess(
       node,
       path.join(dir, 'agent.sock'),
       ['--metrics', '', '--resync-interval', '1s', ...args],
-      path.join(dir, 'state'),
+      stateDir ?? path.join(dir, 'state'),
     );
     this.agents.set(node.name!, a);
     await a.ready;
