@@ -183,13 +183,21 @@ async function loaded(): Promise<void> {
   };
   let stop = false;
   let changes = 0;
+  let flusher: ReturnType<typeof node.spawn> | undefined;
+  let burst: Promise<void> | undefined;
+  /** Ends the load: the flusher (a process this benchmark started, by its pid) and the CLI loop. */
+  const unload = async () => {
+    stop = true;
+    if (flusher && flusher.exitCode === null && flusher.signalCode === null) process.kill(flusher.pid!, 'SIGKILL');
+    await burst;
+  };
   try {
     await adds(5); // warm: the network's bridge and NAT engine
     const idle = await adds(N);
-    // The load: a flush every 1.5 s (the resync loop's full sync follows within its 1 s interval), and NAT changes from the CLI.
-    // A process of its own flushes (this one's event loop times the CNI calls): every 1.5 s, `nft flush ruleset`.
-    const flusher = node.spawn('sh', ['-c', 'while :; do nft flush ruleset; sleep 1.5; done'], { stdio: 'ignore' });
-    const burst = (async () => {
+    // The load: `nft flush ruleset` every 1.5 s, by a process of its own (this one's event loop times the CNI calls),
+    // each followed by a full re-application; and NAT changes from the CLI without pause.
+    flusher = node.spawn('sh', ['-c', 'while :; do nft flush ruleset; sleep 1.5; done'], { stdio: 'ignore' });
+    burst = (async () => {
       while (!stop) {
         await new Promise<void>((resolve) => {
           const k = changes++;
@@ -216,9 +224,7 @@ async function loaded(): Promise<void> {
     const fullSyncs = () => (agent.log.match(/: full netlink, \d+ written/g) ?? []).length;
     const before = fullSyncs();
     while ((busy.length < N || fullSyncs() - before < 5) && busy.length < 4 * N) busy.push(...(await adds(1)));
-    stop = true;
-    process.kill(flusher.pid!, 'SIGKILL');
-    await burst;
+    await unload();
     const repairs = fullSyncs() - before;
     // The repairs were the whole table: every service's VIP is back in the kernel (after the last flush's repair).
     const vipsNow = () =>
@@ -253,7 +259,7 @@ async function loaded(): Promise<void> {
       `ratio loaded/idle p99 ${(pct(busy, 99) / pct(idle, 99)).toFixed(2)} (goal <= 2), max ${Math.max(...busy).toFixed(0)} ms (goal <= 250)`,
     );
   } finally {
-    stop = true;
+    await unload();
     await agent.stop();
     for (const c of made) {
       c.close();
