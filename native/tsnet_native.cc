@@ -503,6 +503,9 @@ class NlSocket : public Napi::ObjectWrap<NlSocket> {
   };
 
   int fd_ = -1;
+  // The datagrams Pump read and has not delivered yet (valid while Pump runs), and the next to deliver.
+  std::vector<napi_value>* batch_ = nullptr;
+  size_t next_ = 0;
   uint8_t scratch_[64 * 1024];
   uint32_t port_ = 0;
   PollBox* box_ = nullptr;
@@ -645,8 +648,11 @@ class NlSocket : public Napi::ObjectWrap<NlSocket> {
       }
       got.push_back(buf);
     }
+    // Delivered one at a time: a callback may close the socket (its drain() then takes what is left of `got`).
     bool on = true;
-    for (size_t i = 0; on && i < got.size(); i++) on = Call(onMessage_, got[i]);
+    batch_ = &got;
+    for (next_ = 0; on && next_ < got.size();) on = Call(onMessage_, got[next_++]);
+    batch_ = nullptr;
     if (on && overrun) {
       napi_value e = RawError(ENOBUFS, "recv");
       on = e && Call(onError_, e);
@@ -769,7 +775,22 @@ class NlSocket : public Napi::ObjectWrap<NlSocket> {
   Napi::Value Drain(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (!Open(env)) return env.Undefined();
-    return ReadQueued(env);
+    // First what Pump read but has not delivered (a callback of its batch is closing the socket), then the queue.
+    std::vector<napi_value> held;
+    if (batch_) {
+      held.assign(batch_->begin() + static_cast<std::ptrdiff_t>(next_), batch_->end());
+      next_ = batch_->size();
+    }
+    Napi::Value queued = ReadQueued(env);
+    if (queued.IsUndefined() || held.empty()) return queued;
+    Napi::Object o = queued.As<Napi::Object>();
+    Napi::Array rest = o.Get("replies").As<Napi::Array>();
+    Napi::Array all = Napi::Array::New(env);
+    uint32_t n = 0;
+    for (napi_value v : held) all.Set(n++, Napi::Value(env, v));
+    for (uint32_t i = 0; i < rest.Length(); i++) all.Set(n++, rest.Get(i));
+    o.Set("replies", all);
+    return o;
   }
 
   Napi::Value Close(const Napi::CallbackInfo& info) {

@@ -11,7 +11,7 @@ import * as route from '../route';
 import * as bridge from '../bridge';
 import * as neigh from '../neigh';
 import * as netns from '../netns';
-import { TsnetError } from '../errors';
+import { TsnetError, hasCode } from '../errors';
 import { labelOf } from '../netns/internal';
 
 export interface AttachOptions {
@@ -97,9 +97,7 @@ export async function attach(host: netns.NetNs, ns: netns.NetNs, o: AttachOption
     await addr.replace(ns, o.address, ifname, { noDad: true });
     await link.setUp(ns, ifname);
     if (gateway) await route.replace(ns, { dst: 'default', via: gateway, dev: ifname });
-    // The address may have been another namespace's a moment ago: announce it once the port forwards.
-    await bridge.waitForwarding(host, hostIfname);
-    await neigh.announce(ns, ifname, [o.address]);
+    await announceWhenForwarding(host, hostIfname, ns, ifname, o.address);
   } catch (err) {
     if (created) await link.del(host, hostIfname);
     throw err;
@@ -109,6 +107,28 @@ export async function attach(host: netns.NetNs, ns: netns.NetNs, o: AttachOption
   const mac = (await link.get(ns, ifname))?.mac;
   if (mac) result.mac = mac;
   return result;
+}
+
+/**
+ * The address may have been another namespace's a moment ago: it is announced
+ * once the port forwards. A bridge that is down, or runs STP (a port listens
+ * and learns for ~30 s), does not hold the attach up: nothing is announced,
+ * and the kernel's own probes settle the neighbours' entries.
+ */
+async function announceWhenForwarding(
+  host: netns.NetNs,
+  port: string,
+  ns: netns.NetNs,
+  ifname: string,
+  address: string,
+): Promise<void> {
+  try {
+    await bridge.waitForwarding(host, port, 1000);
+  } catch (err) {
+    if (hasCode(err, 'ETIMEDOUT')) return;
+    throw err;
+  }
+  await neigh.announce(ns, ifname, [address]);
 }
 
 /**

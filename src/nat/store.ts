@@ -173,8 +173,14 @@ export class NatStore {
   globals(): Pick<DesiredState, 'rules' | 'forwards'> {
     if (this.cache?.stamp === this.stamp()) return this.cache.loaded.indexed;
     const head = readHead(this.file);
-    if (head === undefined) return this.load().indexed;
-    const f = JSON.parse(`${head}]}}`) as StateFile;
+    let f: StateFile | undefined;
+    try {
+      if (head !== undefined) f = JSON.parse(`${head}]}}`) as StateFile;
+    } catch {
+      // not the head line tsnet writes (a file rewritten on one line): the full load says what is wrong with it
+    }
+    if (!f?.desired || !Array.isArray(f.desired.rules) || !Array.isArray(f.desired.forwards))
+      return this.load().indexed;
     const g = IndexedState.of({ services: [], rules: f.desired.rules, forwards: f.desired.forwards });
     let seq = f.seq ?? 0;
     for (const line of this.readJournal()) {

@@ -146,7 +146,7 @@ export class NetNs {
     this.sock?.close();
     this.nfsock?.close();
     // An fd closed behind our back may now be someone else's: close only what is still ours.
-    if (st.fd && stillOurs(st.fd)) fs.closeSync(st.fd.fd);
+    if (st.fd && stillOurs(st.fd, st.dev, st.ino)) fs.closeSync(st.fd.fd);
   }
 }
 

@@ -74,6 +74,11 @@ function checked<T>(ns: NsFd, call: () => T): T {
         `its namespace fd ${ns.fd} was closed behind its back (or closed and its number reused): open the namespace again`,
         { code: 'EBADF' },
       );
+    if (e.code === 'ENOPROTOOPT')
+      throw new TsnetError(
+        "this kernel cannot tell a namespace's cookie (SO_NETNS_COOKIE, Linux 5.14 or later): tsnet needs it to act in other namespaces",
+        { code: 'ENOPROTOOPT' },
+      );
     if (e.code === 'EINVAL' && e.message?.includes('not a regular file'))
       throw new TsnetError('not a regular file (inside a namespace only /proc/sys and /proc/net files are opened)', {
         code: 'EINVAL',
@@ -105,9 +110,12 @@ export function openIn(ns: NsFd, file: string, flags: number, mode: number): num
 
 /** An fd the addon made, as one Node's fs opened (Workers track those, and warn when closing others). */
 export function adoptFd(fd: number, flags = fs.constants.O_RDONLY): number {
-  const { O_CREAT, O_EXCL, O_TRUNC } = fs.constants;
+  // What the first open already did (create, truncate) or what would refuse the magic link itself (O_NOFOLLOW,
+  // O_TMPFILE's O_DIRECTORY) is not asked again.
+  const { O_CREAT, O_EXCL, O_TRUNC, O_NOFOLLOW, O_DIRECTORY } = fs.constants;
+  const O_TMPFILE = 0o20000000 | O_DIRECTORY;
   try {
-    return fs.openSync(`/proc/self/fd/${fd}`, flags & ~(O_CREAT | O_EXCL | O_TRUNC));
+    return fs.openSync(`/proc/self/fd/${fd}`, flags & ~(O_CREAT | O_EXCL | O_TRUNC | O_NOFOLLOW | O_TMPFILE));
   } finally {
     native().close(fd);
   }
@@ -128,13 +136,24 @@ export function homeCookie(): bigint {
   return native().nsCookie(-1, 0n);
 }
 
-/** Whether ns.fd still refers to the namespace it was opened on (not a number closed and reused). */
-export function stillOurs(ns: NsFd): boolean {
+/**
+ * Whether ns.fd still refers to the namespace it was opened on (not a number
+ * closed and reused). Only EBADF says no; a check that could not be made
+ * (EMFILE, ENOMEM) falls back to the fd's (st_dev, st_ino), so a handle is
+ * still closed when the process is short of fds.
+ */
+export function stillOurs(ns: NsFd, dev: number, ino: number): boolean {
   try {
     native().nsCookie(ns.fd, ns.cookie);
     return true;
-  } catch {
-    return false;
+  } catch (err) {
+    if ((err as { code?: string }).code === 'EBADF') return false;
+    try {
+      const st = fs.fstatSync(ns.fd);
+      return st.dev === dev && st.ino === ino;
+    } catch {
+      return false;
+    }
   }
 }
 

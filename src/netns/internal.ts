@@ -6,7 +6,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { NotAHandle, TsnetError } from '../errors';
 import type { NetlinkSocket } from '../netlink/socket';
-import { checkedDup, closeFd, openIn, socketHere, socketIn, type NsFd } from './inside';
+import { checkedDup, closeFd, helperTid, openIn, socketHere, socketIn, type NsFd } from './inside';
 import { native } from '../native';
 import type { NetNs } from './index';
 
@@ -107,7 +107,20 @@ export function openInside(h: NetNs, file: string, flags: number, mode = 0o666):
   if (!Number.isInteger(flags) || !Number.isInteger(mode))
     throw new TsnetError(`opening ${String(file)}: flags and mode must be integers`, { code: 'EINVAL' });
   const p = threadPath(file);
-  return st.fd ? openIn(st.fd, p, flags, mode) : fs.openSync(p, flags, mode);
+  if (!st.fd) return fs.openSync(p, flags, mode);
+  const fd = openIn(st.fd, p, flags, mode);
+  // A symlink on the way (/proc/self/root/proc/net/..., a link of one's own) can still reach a process's own
+  // network files: what was opened must be the helper thread's, or not under /proc/PID/net at all.
+  const where = fs.readlinkSync(`/proc/self/fd/${fd}`);
+  const net = /^\/proc\/\d+\/(?:task\/(\d+)\/)?net(?:\/|$)/.exec(where);
+  if (net && net[1] !== String(helperTid())) {
+    fs.closeSync(fd);
+    throw new TsnetError(
+      `${file} leads to ${where}, the network data of a process's own namespace, not the handle's: open /proc/net/... instead`,
+      { code: 'EINVAL' },
+    );
+  }
+  return fd;
 }
 
 /** An AF_PACKET SOCK_DGRAM socket inside the namespace of `h`, for sending only (protocol 0: it receives nothing); closed with closeFd. */

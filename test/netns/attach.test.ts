@@ -138,3 +138,14 @@ test.serial(
     }
   },
 );
+
+test.serial('attach to a bridge that is down: done at once, nothing announced (no port forwards there)', async (t) => {
+  const node = await topo.ns('node5');
+  const c = await topo.ns('c5');
+  await bridge.ensure(node, 'br5', { addresses: ['10.75.0.1/24'] });
+  await link.setDown(node, 'br5');
+  const start = Date.now();
+  const a = await attach(node, c, { bridge: 'br5', address: '10.75.0.5/24' });
+  t.true(Date.now() - start < 3000, `attach took ${Date.now() - start} ms`);
+  t.is(ipJson(node, 'link', 'show', a.hostIfname)[0].master, 'br5');
+});

@@ -318,8 +318,8 @@ test.serial(
 
 test.serial("path spellings of /proc/net read the handle's namespace; /proc/PID/net is refused", async (t) => {
   const h = await marked('ps');
-  const read = (p: string) => {
-    const fd = h.openFile(p);
+  const read = (p: string, flags = fs.constants.O_RDONLY) => {
+    const fd = h.openFile(p, flags);
     try {
       return fs.readFileSync(fd, 'utf8');
     } finally {
@@ -345,6 +345,25 @@ test.serial("path spellings of /proc/net read the handle's namespace; /proc/PID/
     await refused(t, 'EINVAL', p, () => h.openFile(p), 'not the handle');
   }
   await refused(t, 'EINVAL', 'a relative path', () => h.openFile('proc/net/dev'), 'absolute');
+  // Symlinks on the way still lead to a process's own files: refused once opened, by where the fd points.
+  await refused(
+    t,
+    'EINVAL',
+    '/proc/self/root/proc/net/dev',
+    () => h.openFile('/proc/self/root/proc/net/dev'),
+    'not the handle',
+  );
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tsg-'));
+  try {
+    fs.symlinkSync('/proc/net/dev', path.join(dir, 'dev'));
+    await refused(t, 'EINVAL', 'a symlink to /proc/net/dev', () => h.openFile(path.join(dir, 'dev')), 'not the handle');
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+  t.true(
+    read('/proc/net/dev', fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW).includes(`${MARK}ps`),
+    'O_NOFOLLOW on a path without symlinks opens as it does here',
+  );
 });
 
 test.serial(

@@ -92,7 +92,7 @@ async function addSteps(a: Add): Promise<Result> {
     await configureContainer(ns, ifname, ip.ips!, routes, c);
     const port = await waitForwarding(host, rec.hostIfname);
     // The address may have been another container's a moment ago: the host must not keep its MAC.
-    await announceAddresses(ns, ifname, ip.ips!);
+    await announceAddresses(ns, ifname, ip.ips!, c);
     return port;
   };
   const [nat, container] = await Promise.allSettled([

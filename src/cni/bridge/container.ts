@@ -64,11 +64,19 @@ export async function configureContainer(
   }
 }
 
-/** Announces the container's addresses from inside it (a gratuitous ARP, an unsolicited NA), so the host's neighbour entries follow an address reused by a new container at once. */
-export async function announceAddresses(ns: NetNs, ifname: string, ips: IpConfig[]): Promise<void> {
-  await neigh.announce(
-    ns,
-    ifname,
-    ips.map((a) => a.address),
-  );
+/**
+ * Announces the container's addresses from inside it (a gratuitous ARP, an
+ * unsolicited NA), so the host's neighbour entries follow an address reused
+ * by a new container at once. Not an IPv6 address whose duplicate address
+ * detection still runs (enabledad): a tentative address must not be
+ * advertised (RFC 4862 5.4).
+ */
+export async function announceAddresses(
+  ns: NetNs,
+  ifname: string,
+  ips: IpConfig[],
+  c: Pick<BridgeConf, 'enabledad'>,
+): Promise<void> {
+  const ready = ips.map((a) => a.address).filter((a) => !(c.enabledad && a.includes(':')));
+  await neigh.announce(ns, ifname, ready);
 }
