@@ -31,7 +31,6 @@ import {
   NFTA_SET_ELEM_LIST,
   NFTA_TABLE,
   NFT_MSG,
-  NFT_PAYLOAD_BASE,
   NF_INET_HOOK,
   NFT_REG32_00,
   VERDICT,
@@ -42,6 +41,7 @@ import { NLM_F, type NetlinkSocket } from '../netlink/socket';
 import { NlWriter } from '../netlink/writer';
 import { decodeAttrs, type AttrObject, type Table } from '../netlink/attrs';
 import type { NetNs } from '../netns';
+import { exprAttrs, type Expr } from '../nat/nftables/expr';
 import { labelOf, nfnl } from '../netns/internal';
 
 export const SPOOFCHK_TABLE = 'tsnet-spoofchk';
@@ -50,7 +50,6 @@ const IFNAMSIZ = 16;
 /** nft's datatype ids (include/datatype.h) and the concatenation's packing, 6 bits per field, first field highest. */
 const TYPE_ETHERADDR = 9;
 const TYPE_IFNAME = 41;
-const NFT_LOOKUP_F_INV = 1;
 
 /** The ifname key: the name, zero-padded to IFNAMSIZ, as `meta iifname` loads it. */
 function ifnameKey(port: string): Buffer {
@@ -137,14 +136,16 @@ function skeleton(): Message[] {
       attrs: {
         table: SPOOFCHK_TABLE,
         chain: 'prerouting',
-        expressions: [
-          { name: 'meta', data: { dreg: R, key: 6 /* NFT_META_IIFNAME */ } },
-          { name: 'lookup', data: { set: 'ports', setId: 1, sreg: R } },
-          { name: 'payload', data: { dreg: R + 4, base: NFT_PAYLOAD_BASE.ll, offset: 6, len: 6 } },
-          { name: 'lookup', data: { set: 'allowed', setId: 2, sreg: R, flags: NFT_LOOKUP_F_INV } },
-          { name: 'counter', data: {} },
-          { name: 'immediate', data: { dreg: 0, data: { verdict: { code: VERDICT.drop } } } },
-        ],
+        expressions: (
+          [
+            { kind: 'meta', key: 'iifname', dreg: R },
+            { kind: 'lookup', set: 'ports', setId: 1, sreg: R },
+            { kind: 'payload', base: 'll', offset: 6, len: 6, dreg: R + 4 }, // ether saddr
+            { kind: 'lookup', set: 'allowed', setId: 2, sreg: R, invert: true },
+            { kind: 'counter' },
+            { kind: 'verdict', verdict: { code: 'drop' } },
+          ] satisfies Expr[]
+        ).map(exprAttrs),
       },
     },
   ];
@@ -161,7 +162,9 @@ function elements(type: number, set: 'ports' | 'allowed', key: Buffer): Message 
 
 /**
  * Guards bridge port `port` in `h`: frames entering from it must come from
- * `mac`. Idempotent (guarding again with another MAC replaces it).
+ * `mac`. Idempotent. Two set elements, nothing read first (an ADD pays no
+ * dump of every port's MAC); another MAC for the same port is allowed beside
+ * the first: unguard() first to replace it.
  */
 export async function guard(h: NetNs, port: string, mac: string): Promise<void> {
   validateIfname(port);
@@ -170,7 +173,6 @@ export async function guard(h: NetNs, port: string, mac: string): Promise<void> 
     const sock = nfnl(h);
     const made = apply(sock, skeleton());
     if (made && !hasCode(made, 'EEXIST')) throw made;
-    await unguard(h, port); // another MAC before: only this one now
     const err = apply(sock, [
       elements(NFT_MSG.NEWSETELEM, 'allowed', pairKey(port, mac.toLowerCase())),
       elements(NFT_MSG.NEWSETELEM, 'ports', ifnameKey(port)),
@@ -193,15 +195,6 @@ export async function unguard(h: NetNs, port: string): Promise<boolean> {
     const err = apply(sock, [elements(NFT_MSG.DELSETELEM, 'ports', ifnameKey(port))]);
     if (err && !hasCode(err, 'ENOENT')) throw err;
     return removed || !err;
-  });
-}
-
-/** The guarded ports and their MACs: { port: mac }. */
-export async function list(h: NetNs): Promise<Record<string, string>> {
-  return withContext(`listing MAC spoof guards in ${labelOf(h)}`, async () => {
-    const out: Record<string, string> = {};
-    for (const [port, mac] of await pairs(nfnl(h))) out[port] = mac;
-    return out;
   });
 }
 

@@ -1,10 +1,9 @@
 /**
- * Neighbour entries (the ARP and NDP caches): `ip neigh show|replace|del`,
- * over RTM_GETNEIGH / RTM_NEWNEIGH / RTM_DELNEIGH, and the announcements a
- * host sends when an address moves to a new MAC (./announce.ts).
+ * Neighbour entries (the ARP and NDP caches): `ip neigh show|del`, over
+ * RTM_GETNEIGH / RTM_DELNEIGH, and the announcements a host sends when an
+ * address moves to a new MAC (./announce.ts).
  */
 import { decodeAttrs, encodeAttrs } from '../netlink/attrs';
-import { NLM_F } from '../netlink/socket';
 import { AF_INET, AF_INET6, AF_UNSPEC, NDA, NUD, RTM, ndmsg } from '../netlink/rtnl';
 import { hasCode, withContext } from '../errors';
 import { mustGet, type LinkRef } from '../link';
@@ -53,11 +52,11 @@ export async function list(h: NetNs, opts: { dev?: LinkRef } = {}): Promise<Neig
   });
 }
 
-function neighMsg(index: number, ip: string, state = 0, lladdr?: string): Buffer {
+function neighMsg(index: number, ip: string): Buffer {
   const p = parseIp(ip);
   return Buffer.concat([
-    ndmsg.encode({ family: p.family === 4 ? AF_INET : AF_INET6, ifindex: index, state }),
-    encodeAttrs(NDA, { dst: p.address, lladdr }),
+    ndmsg.encode({ family: p.family === 4 ? AF_INET : AF_INET6, ifindex: index }),
+    encodeAttrs(NDA, { dst: p.address }),
   ]);
 }
 
@@ -82,21 +81,5 @@ export async function del(h: NetNs, dev: LinkRef, ip: string): Promise<boolean> 
       if (hasCode(err, 'ENOENT', 'ESRCH')) return false;
       throw err;
     }
-  });
-}
-
-/** Sets the entry for `ip` on `dev` to `lladdr`: `ip neigh replace IP lladdr MAC dev DEV nud STATE` (permanent by default). */
-export async function replace(
-  h: NetNs,
-  dev: LinkRef,
-  ip: string,
-  lladdr: string,
-  state: NeighState = 'permanent',
-): Promise<void> {
-  parseIp(ip);
-  const bit = NUD[state.toUpperCase() as keyof typeof NUD];
-  await withContext(`setting the neighbour entry ${ip} on ${String(dev)} in ${labelOf(h)}`, async () => {
-    const index = (await mustGet(h, dev)).index;
-    await rtnl(h).request(RTM.NEWNEIGH, NLM_F.CREATE | NLM_F.REPLACE, neighMsg(index, ip, bit, lladdr));
   });
 }

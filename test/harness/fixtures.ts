@@ -156,3 +156,29 @@ export function fdsOf(ino: number): number[] {
       }
     });
 }
+
+/**
+ * tsnet's nf_tables tables of `ns` as nft --json prints them, without what
+ * differs between any two runs: handles, counters, expiry, and the order
+ * objects were created in (a partial sync adds a new chain after the others,
+ * a full one in layout order). One line per object, sorted; a set's elements
+ * sorted too.
+ */
+export function nftObserved(ns: netns.NetNs): string[] {
+  const drop = (k: string, v: unknown) => (k === 'handle' || k === 'counter' || k === 'expires' ? undefined : v);
+  const out: string[] = [];
+  for (const fam of ['ip', 'ip6']) {
+    const r = run('ip', ['netns', 'exec', ns.name!, 'nft', '--json', 'list', 'table', fam, 'tsnet']);
+    if (r.status !== 0) {
+      out.push(`${fam}: no table`);
+      continue;
+    }
+    for (const item of (JSON.parse(r.stdout) as { nftables: Record<string, any>[] }).nftables) {
+      if ('metainfo' in item) continue;
+      const obj = item.map ?? item.set;
+      if (obj?.elem) obj.elem = (obj.elem as unknown[]).map((e) => JSON.stringify(e, drop)).sort();
+      out.push(JSON.stringify(item, drop));
+    }
+  }
+  return out.sort();
+}

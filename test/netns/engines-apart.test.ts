@@ -20,30 +20,10 @@ import { EnginePool, type NatEngine, type SyncEvent } from '../../src/nat/engine
 import { parseEndpoint, type Service } from '../../src/nat/model';
 import type { NetNs } from '../../src/netns';
 import { request, serve } from '../../src/demo/traffic';
-import { run, scratch } from '../harness/fixtures';
+import { nftObserved as observed, scratch } from '../harness/fixtures';
 
 const { topo, servers, tmp, cleanup } = scratch('twe');
 test.after.always(cleanup);
-
-/** The tables of `ns` as nft --json prints them, without handles and counters; one line per object, sorted. */
-function observed(ns: NetNs): string[] {
-  const drop = (k: string, v: unknown) => (k === 'handle' || k === 'counter' || k === 'expires' ? undefined : v);
-  const out: string[] = [];
-  for (const fam of ['ip', 'ip6']) {
-    const r = run('ip', ['netns', 'exec', ns.name!, 'nft', '--json', 'list', 'table', fam, 'tsnet']);
-    if (r.status !== 0) {
-      out.push(`${fam}: no table`);
-      continue;
-    }
-    for (const item of (JSON.parse(r.stdout) as { nftables: Record<string, any>[] }).nftables) {
-      if ('metainfo' in item) continue;
-      const obj = item.map ?? item.set;
-      if (obj?.elem) obj.elem = (obj.elem as unknown[]).map((e) => JSON.stringify(e, drop)).sort();
-      out.push(JSON.stringify(item, drop));
-    }
-  }
-  return out.sort();
-}
 
 /** The names of the shared lb chains in the ip and ip6 tables of `ns`. */
 const lbChains = (ns: NetNs): string[] =>

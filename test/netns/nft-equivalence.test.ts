@@ -14,7 +14,7 @@ import { NatEngine } from '../../src/nat/engine';
 import { normalizeState, parseEndpoint, type DesiredState } from '../../src/nat/model';
 import type { NetNs } from '../../src/netns';
 import * as bridge from '../../src/bridge';
-import { Topology, run } from '../harness/fixtures';
+import { Topology, nftObserved as observed, run } from '../harness/fixtures';
 import { sampleState } from '../harness/nat-sample';
 
 const topo = new Topology('eqv');
@@ -36,31 +36,6 @@ const tmp = () => {
   dirs.push(d);
   return d;
 };
-
-/**
- * The tables as nft --json prints them, without what differs between any two
- * runs: handles, counters, expiry, and the order objects were created in (a
- * partial sync adds a new chain after the others, a full one in layout order).
- * One line per object, sorted; a set's elements sorted too.
- */
-function observed(ns: NetNs): string[] {
-  const out: string[] = [];
-  for (const fam of ['ip', 'ip6']) {
-    const r = run('ip', ['netns', 'exec', ns.name!, 'nft', '--json', 'list', 'table', fam, 'tsnet']);
-    if (r.status !== 0) {
-      out.push(`${fam}: no table`);
-      continue;
-    }
-    for (const item of (JSON.parse(r.stdout) as { nftables: Record<string, any>[] }).nftables) {
-      if ('metainfo' in item) continue;
-      const obj = item.map ?? item.set;
-      if (obj?.elem) obj.elem = (obj.elem as unknown[]).map((e) => JSON.stringify(e, drop)).sort();
-      out.push(JSON.stringify(item, drop));
-    }
-  }
-  return out.sort();
-}
-const drop = (k: string, v: unknown) => (k === 'handle' || k === 'counter' || k === 'expires' ? undefined : v);
 
 /** A sequence of desired states: the sample (both families), then changes of every kind, then nothing. */
 function sequence(): [string, DesiredState][] {

@@ -40,7 +40,14 @@ export type Expr =
   | { kind: 'meta'; key: keyof typeof NFT_META; dreg: number }
   | { kind: 'meta-set'; key: keyof typeof NFT_META; sreg: number }
   | { kind: 'ct'; key: keyof typeof NFT_CT; dir?: 'original' | 'reply'; dreg: number }
-  | { kind: 'lookup'; set: string; setId?: number; sreg: number; dreg?: number }
+  | {
+      kind: 'lookup';
+      set: string;
+      setId?: number;
+      sreg: number;
+      dreg?: number;
+      /** NFT_LOOKUP_F_INV: matches when absent */ invert?: true;
+    }
   | { kind: 'dynset'; op: keyof typeof NFT_DYNSET_OP; set: string; setId?: number; sregKey: number }
   | { kind: 'immediate'; dreg: number; data: Buffer }
   | { kind: 'verdict'; verdict: Verdict }
@@ -57,6 +64,9 @@ export type Expr =
   | { kind: 'fib'; dreg: number; result: keyof typeof NFT_FIB_RESULT; flags: number }
   | { kind: 'counter'; packets?: bigint; bytes?: bigint }
   | { kind: 'reject'; type: number; code: number };
+
+/** NFTA_LOOKUP_FLAGS' one flag: the lookup matches when the key is absent (`!= @set`). */
+const NFT_LOOKUP_F_INV = 1;
 
 const verdictAttrs = (v: Verdict): AttrObject => ({ verdict: { code: VERDICT[v.code], chain: v.chain } });
 
@@ -98,7 +108,16 @@ export function exprAttrs(e: Expr): AttrObject {
         },
       };
     case 'lookup':
-      return { name: 'lookup', data: { set: e.set, sreg: e.sreg, dreg: e.dreg, setId: e.setId } };
+      return {
+        name: 'lookup',
+        data: {
+          set: e.set,
+          sreg: e.sreg,
+          dreg: e.dreg,
+          setId: e.setId,
+          flags: e.invert ? NFT_LOOKUP_F_INV : undefined,
+        },
+      };
     case 'dynset':
       return { name: 'dynset', data: { set: e.set, setId: e.setId, op: NFT_DYNSET_OP[e.op], sregKey: e.sregKey } };
     case 'immediate':
@@ -179,10 +198,8 @@ export function decodeExpr(a: ExprAttrs): Expr | undefined {
     }
     case 'immediate':
       return immediate(a.data ?? {});
-    case 'lookup': {
-      const d = a.data ?? {};
-      return { kind: 'lookup', set: d.set ?? '', sreg: d.sreg ?? 0, ...(d.dreg === undefined ? {} : { dreg: d.dreg }) };
-    }
+    case 'lookup':
+      return lookup(a.data ?? {});
     case 'bitwise': {
       const d = a.data ?? {};
       return {
@@ -226,6 +243,16 @@ export function decodeExpr(a: ExprAttrs): Expr | undefined {
 }
 
 type ExprData<N extends ExprAttrs['name']> = NonNullable<Extract<ExprAttrs, { name: N }>['data']>;
+
+function lookup(d: ExprData<'lookup'>): Expr {
+  return {
+    kind: 'lookup',
+    set: d.set ?? '',
+    sreg: d.sreg ?? 0,
+    ...(d.dreg === undefined ? {} : { dreg: d.dreg }),
+    ...(d.flags !== undefined && (d.flags & NFT_LOOKUP_F_INV) !== 0 ? { invert: true as const } : {}),
+  };
+}
 
 function immediate(d: ExprData<'immediate'>): Expr {
   const v = d.data?.verdict;
@@ -288,7 +315,7 @@ export function formatExpr(e: Expr): string {
       case 'ct':
         return `ct load ${CT_NAMES[e.key] ?? e.key} => reg ${e.dreg}${e.dir ? ` , dir ${e.dir}` : ''}`;
       case 'lookup':
-        return `lookup reg ${e.sreg} set ${e.set}${e.dreg === undefined ? '' : ` dreg ${e.dreg}`}`;
+        return `lookup reg ${e.sreg} set ${e.set}${e.dreg === undefined ? '' : ` dreg ${e.dreg}`}${e.invert ? ' 0x1' : ''}`;
       case 'dynset':
         return `dynset ${e.op} reg_key ${e.sregKey} set ${e.set}`;
       case 'immediate':
