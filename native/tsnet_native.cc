@@ -432,6 +432,7 @@ class NlSocket : public Napi::ObjectWrap<NlSocket> {
     return DefineClass(env, "NlSocket", {
       InstanceMethod("send", &NlSocket::Send),
       InstanceMethod("transact", &NlSocket::Transact),
+      InstanceMethod("sendAsync", &NlSocket::SendAsync),
       InstanceMethod("drain", &NlSocket::Drain),
       InstanceMethod("close", &NlSocket::Close),
       InstanceMethod("ref", &NlSocket::RefLoop),
@@ -742,6 +743,97 @@ class NlSocket : public Napi::ObjectWrap<NlSocket> {
     Napi::Env env = info.Env();
     if (!SendParts(env, info.Length() > 0 ? info[0] : env.Undefined())) return env.Undefined();
     return ReadQueued(env);
+  }
+
+  // sendAsync(buffers[]) -> Promise<void>: one datagram, sent from the libuv threadpool. The kernel
+  // applies an nf_tables batch inside sendmsg (a big one takes a few hundred ms, holding its commit
+  // mutex), and the loop stays free meanwhile. The bytes are copied and the fd duplicated: a close()
+  // while the send is under way cannot send them to whatever reuses the number. Replies arrive on the
+  // socket as usual (the poll delivers them, drain() takes what is left).
+  Napi::Value SendAsync(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (!Open(env)) return env.Undefined();
+    if (info.Length() < 1 || !info[0].IsArray()) {
+      Napi::TypeError::New(env, "expected an array of buffers").ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    struct Work {
+      int fd = -1;
+      int err = 0;
+      std::vector<uint8_t> bytes;
+      napi_deferred deferred = nullptr;
+      napi_async_work work = nullptr;
+    };
+    Work* w = new Work;
+    Napi::Array parts = info[0].As<Napi::Array>();
+    for (uint32_t i = 0; i < parts.Length(); i++) {
+      Napi::Value v = parts[i];
+      if (!v.IsTypedArray()) {
+        delete w;
+        Napi::TypeError::New(env, "every part must be a Buffer").ThrowAsJavaScriptException();
+        return env.Undefined();
+      }
+      Napi::Uint8Array a = v.As<Napi::Uint8Array>();
+      size_t at = w->bytes.size();
+      w->bytes.resize(at + a.ByteLength());
+      if (a.ByteLength()) memcpy(w->bytes.data() + at, a.Data(), a.ByteLength());
+    }
+    w->fd = fcntl(fd_, F_DUPFD_CLOEXEC, 0);
+    if (w->fd < 0) {
+      int err = errno;
+      delete w;
+      ErrnoError(env, err, "dup").ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    napi_value promise, name;
+    napi_create_promise(env, &w->deferred, &promise);
+    napi_create_string_utf8(env, "tsnet:netlink-send", NAPI_AUTO_LENGTH, &name);
+    auto run = [](napi_env, void* d) {
+      Work* x = static_cast<Work*>(d);
+      int snd = 0;
+      socklen_t l = sizeof snd;
+      int want = static_cast<int>(x->bytes.size() + 64);
+      if (getsockopt(x->fd, SOL_SOCKET, SO_SNDBUF, &snd, &l) == 0 && want > snd &&
+          setsockopt(x->fd, SOL_SOCKET, SO_SNDBUFFORCE, &want, sizeof want) != 0)
+        setsockopt(x->fd, SOL_SOCKET, SO_SNDBUF, &want, sizeof want);
+      sockaddr_nl to{};
+      to.nl_family = AF_NETLINK;
+      ssize_t n;
+      do n = sendto(x->fd, x->bytes.data(), x->bytes.size(), 0, reinterpret_cast<sockaddr*>(&to), sizeof to);
+      while (n < 0 && errno == EINTR);
+      x->err = n < 0 ? errno : 0;
+      close(x->fd);
+    };
+    auto done = [](napi_env e, napi_status status, void* d) {
+      Work* x = static_cast<Work*>(d);
+      napi_value v = nullptr;
+      if (status == napi_ok && x->err == 0) {
+        napi_get_undefined(e, &v);
+        napi_resolve_deferred(e, x->deferred, v);
+      } else {
+        int err = x->err ? x->err : ECANCELED;
+        std::string msg = std::string("sendmsg: ") + ErrName(err) + " (" + strerror(err) + ")";
+        napi_value text, code, num;
+        if (napi_create_string_utf8(e, msg.c_str(), msg.size(), &text) == napi_ok &&
+            napi_create_error(e, nullptr, text, &v) == napi_ok) {
+          if (napi_create_string_utf8(e, ErrName(err), NAPI_AUTO_LENGTH, &code) == napi_ok)
+            napi_set_named_property(e, v, "code", code);
+          if (napi_create_int32(e, err, &num) == napi_ok) napi_set_named_property(e, v, "errno", num);
+          napi_reject_deferred(e, x->deferred, v);
+        }
+      }
+      napi_delete_async_work(e, x->work);
+      delete x;
+    };
+    if (napi_create_async_work(env, nullptr, name, run, done, w, &w->work) != napi_ok ||
+        napi_queue_async_work(env, w->work) != napi_ok) {
+      if (w->work) napi_delete_async_work(env, w->work);
+      close(w->fd);
+      napi_value e = RawError(EAGAIN, "sendmsg");
+      if (e) napi_reject_deferred(env, w->deferred, e);
+      delete w;
+    }
+    return Napi::Value(env, promise);
   }
 
   // Every datagram already queued, without waiting: { replies: Buffer[], overrun: boolean }.

@@ -12,6 +12,8 @@ export interface NativeNlSocket {
   send(parts: Uint8Array[]): void;
   /** One datagram, then every reply the kernel queued while processing it (overrun: some were lost). */
   transact(parts: Uint8Array[]): { replies: Buffer[]; overrun: boolean };
+  /** One datagram, sent from the threadpool: resolves once the kernel has processed it (its replies are then queued). */
+  sendAsync(parts: Uint8Array[]): Promise<void>;
   /** Every datagram already queued, without waiting. */
   drain(): { replies: Buffer[]; overrun: boolean };
   close(): void;

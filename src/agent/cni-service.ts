@@ -55,6 +55,8 @@ function confHead(stdin: string): ConfHead {
 export class CniService {
   /** The last call under way for each attachment ("network/container/ifname"). */
   private readonly queues = new Map<string, Promise<unknown>>();
+  /** Calls being served (a NAT rebuild in pieces lets them go first). */
+  inflight = 0;
 
   constructor(private readonly o: CniServiceOptions) {}
 
@@ -78,11 +80,13 @@ export class CniService {
     const conf = confHead(req.stdin);
     const t0 = process.hrtime.bigint();
     this.o.metrics.inflight.inc();
+    this.inflight++;
     const work = this.queued(req, command, conf, () =>
       invoke(req.plugin as PluginName, req.env, req.stdin, { stateDir: this.o.stateDir, engines: this.o.engines }),
     );
     const r = await this.withinDeadline(req, command, work);
     this.o.metrics.inflight.dec();
+    this.inflight--;
     this.record(req, command, conf, r, Number(process.hrtime.bigint() - t0) / 1e9);
     if (command !== 'VERSION')
       this.o.remember(typeof conf.stateDir === 'string' ? conf.stateDir : req.env.TSNET_STATE_DIR || this.o.stateDir);

@@ -4,14 +4,26 @@
  * in memory (NatEngine.shared), so CNI calls, the CLI's changes and resyncs
  * apply diffs to what it already holds.
  */
-import { EnginePool, type SyncEvent } from '../nat/engine';
+import type { SyncEvent } from '../nat/engine';
+import { EnginePool } from '../nat/pool';
 import type { AgentMetrics } from './metrics';
 
 /** The agent's NAT engines: resident, every sync observed. */
 export type AgentEngines = EnginePool;
 
-export function residentEngines(observe: (e: SyncEvent) => void): AgentEngines {
-  return new EnginePool({ resident: true, onSync: observe });
+export function residentEngines(
+  observe: (e: SyncEvent) => void,
+  log: (line: string) => void,
+  busy: () => boolean,
+): AgentEngines {
+  return new EnginePool({
+    resident: true,
+    busy,
+    onSync: observe,
+    // A change answered from a rebuild in pieces is recorded; the rebuild failing later leaves the dirty mark, and the resync loop's next pass a full sync.
+    onLateError: (err, dir) =>
+      log(`nat: rebuild in pieces of ${dir} failed after changes were answered: ${err.message}`),
+  });
 }
 
 /** A sync as the agent reports it: kube-proxy's sync histograms, and a log line. */

@@ -17,7 +17,7 @@ import {
 import { bridgeAdd, bridgeCheck, bridgeDel, bridgeGc, bridgeStatus } from './bridge';
 import { ipamAdd, ipamCheck, ipamDel, ipamGc, ipamStatus, validAttachments } from './ipam';
 import type { CniEnv, NetConf, Result } from './types';
-import type { EnginePool } from '../nat/engine';
+import type { EnginePool } from '../nat/pool';
 
 export const PLUGINS = ['tsnet-bridge', 'tsnet-ipam'] as const;
 export type PluginName = (typeof PLUGINS)[number];

@@ -3,7 +3,7 @@
  * environment and results, as TypeScript types. Results are kept in 1.x form
  * internally; ./version converts to and from the older shapes.
  */
-import type { EnginePool } from '../nat/engine';
+import type { EnginePool } from '../nat/pool';
 
 /** `CNI_COMMAND` values. */
 export type CniCommand = 'ADD' | 'DEL' | 'CHECK' | 'VERSION' | 'GC' | 'STATUS';

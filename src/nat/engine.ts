@@ -9,14 +9,14 @@
  *
  * If the sync fails nothing is recorded (and every backend's transaction is
  * atomic), so a rejected change leaves both the rules and the state as they were.
+ * An agent's table rebuilt in pieces (nftables/rebuild) takes changes made
+ * meanwhile in between its pieces (./joining) rather than behind the lock.
  */
-import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { hasCode } from '../errors';
 import * as netns from '../netns';
 import { stateDir as defaultStateDir, withLock } from '../state';
 import { normalizeState, type DesiredState } from './model';
-import { resolveChoice, type BackendChoice } from './backends';
+import { createBackend, resolveChoice, type BackendChoice } from './backends';
 import {
   tableKind,
   type AffinityEntry,
@@ -24,6 +24,7 @@ import {
   type Backend,
   type BackendName,
   type ServiceCounters,
+  type SyncChunks,
   type SyncResult,
 } from './backends/types';
 import { IndexedState, type NatChange, type ServiceDelta } from './changes';
@@ -31,31 +32,19 @@ import { NatStore, type StateRecord } from './store';
 import type { HeldLock } from './exec';
 import { convergeSysctls } from './sysctls';
 import { deleteUdpFlows, removedUdpEndpoints } from './udp-flows';
+import { clearDirty, markDirty, withDirtyMark } from './dirty';
+import { syncPieces, unclean, type Joining } from './joining';
 
 export type { BackendChoice } from './backends';
 export type { NatChange } from './changes';
 
-/** A round that re-applies the whole stored state (no service known to have changed). */
-const whole = (indexed: IndexedState): Round => ({ next: indexed, services: [], before: () => indexed.desired() });
-
-/** Makes a backend (its module is loaded only now: a CLI call pays for the one it uses). */
-async function createBackend(
-  name: BackendName,
-  ns: netns.NetNs,
-  o: { lock?: HeldLock; iptablesMode?: string } = {},
-): Promise<Backend> {
-  switch (name) {
-    case 'netlink':
-      return new (await import('./nftables/backend-netlink')).NetlinkBackend(ns);
-    case 'nft':
-      return new (await import('./nftables/backend-nft')).NftBackend(ns, o.lock);
-    case 'iptables': {
-      const { IptablesBackend, detectMode } = await import('./iptables/backend');
-      const mode = o.iptablesMode === 'legacy' || o.iptablesMode === 'nft' ? o.iptablesMode : await detectMode(ns);
-      return new IptablesBackend(ns, mode, o.lock);
-    }
-  }
-}
+/** A round that re-applies the whole stored state; `line`: recorded as a journal line (an agent's repair), not a snapshot in today's format (`tsnet sync`). */
+const whole = (next: IndexedState, line = false): Round => ({
+  next,
+  services: [],
+  before: () => next.desired(),
+  ...(line ? { changes: [] } : {}),
+});
 
 export interface EngineOptions {
   /** Namespace whose netfilter rules are managed (default: the current one). */
@@ -73,12 +62,18 @@ export interface EngineOptions {
   resident?: boolean;
   /** Called after every sync this engine makes (the agent's metrics and log). */
   onSync?: (e: SyncEvent) => void;
+  /** Called when a sync fails after its caller was answered (a rebuild in pieces: see change()). */
+  onLateError?: (err: Error, dir: string) => void;
+  /** Whether the process serves calls that go before a rebuild's next piece (the agent's CNI calls in flight). */
+  busy?: () => boolean;
 }
 
 export interface SyncReport extends Omit<SyncResult, 'applied'> {
   backend: string;
   ms: number;
   conntrackDeleted: number;
+  /** Answered from a sync in pieces once the piece carrying the change was live (its objects are that sync's). */
+  joined?: boolean;
 }
 
 /** A sync that happened, for observers (the agent's log and metrics). */
@@ -101,36 +96,18 @@ interface Round {
   changes?: readonly NatChange[];
 }
 
-/**
- * The engines a long-lived process keeps (the agent's): one per namespace,
- * state directory and backend choice, made once, so what each loaded and
- * the indexes of what it wrote stay in memory and every change is applied
- * as a diff (the state is read again only when another process changed the
- * files). Engines of two pools never share anything.
- */
-export class EnginePool {
-  private readonly byNs = new WeakMap<netns.NetNs, Map<string, NatEngine>>();
-
-  constructor(private readonly defaults: Pick<EngineOptions, 'resident' | 'onSync'> = {}) {}
-
-  get(opts: EngineOptions = {}): NatEngine {
-    const ns = opts.ns ?? netns.current();
-    let m = this.byNs.get(ns);
-    if (!m) this.byNs.set(ns, (m = new Map()));
-    const key = `${defaultStateDir(opts.stateDir)}\0${opts.backend ?? 'auto'}\0${opts.exactDir ? 'exact' : ''}`;
-    let e = m.get(key);
-    if (!e || e.ns.closed) m.set(key, (e = new NatEngine({ ...this.defaults, ...opts, ns })));
-    return e;
-  }
-}
-
 export class NatEngine {
   readonly ns: netns.NetNs;
   readonly dir: string;
   private readonly choice: BackendChoice;
   private readonly store: NatStore;
   private readonly resident: boolean;
-  private readonly onSync?: (e: SyncEvent) => void;
+  /** The resident process's hooks. */
+  private readonly hooks: Pick<EngineOptions, 'onSync' | 'onLateError' | 'busy'>;
+  /** Changes made while a sync goes in pieces (a resident engine only): they join it instead of waiting for the lock. */
+  private joinable?: Joining[];
+  /** This process's callers of the lock, in order: each is started as soon as the one before ends (the flock is for other processes). */
+  private turn: Promise<unknown> = Promise.resolve();
   /** The backend of the last sync, kept while the choice stays the same (it keeps indexes of what it wrote). */
   private kept?: { name: BackendName; mode?: string; backend: Backend };
   private readonly lock: HeldLock = {};
@@ -144,7 +121,7 @@ export class NatEngine {
     this.choice = opts.backend ?? 'auto';
     this.store = new NatStore(this.dir);
     this.resident = opts.resident ?? false;
-    if (opts.onSync) this.onSync = opts.onSync;
+    this.hooks = opts;
   }
 
   /** Where the desired state is kept (the snapshot; see ./store for the journal beside it). */
@@ -152,44 +129,11 @@ export class NatEngine {
     return this.store.file;
   }
 
-  /**
-   * Present while a sync is under way: a tsnet killed between applying and
-   * recording leaves it, and the next sync is then a full one (or, after a
-   * first sync, a teardown by the backend it names). A file of its own, so it
-   * needs no fsync: the durable state is never replaced by a version a power
-   * loss could empty.
-   */
-  private get dirtyFile(): string {
-    return path.join(this.dir, 'nat.dirty');
-  }
-
-  /** The dirty mark: which backend (and iptables mode) the sync that left it was applying with. */
-  private readDirty(): { backend: BackendName; mode?: string } | undefined {
-    let text: string;
-    try {
-      text = fs.readFileSync(this.dirtyFile, 'utf8');
-    } catch (err) {
-      if (hasCode(err, 'ENOENT')) return undefined;
-      throw err;
-    }
-    // Older marks hold only a pid: they were written with a record, whose backend is known.
-    const [, backend, mode] = text.trim().split(/\s+/);
-    const b = (['iptables', 'nft', 'netlink'] as const).find((x) => x === backend) ?? 'iptables';
-    return mode ? { backend: b, mode } : { backend: b };
-  }
-
   /** The stored state, with what a dead sync means for it: what is live is unknown until a full sync, and may be rules no record names. */
   private load(): { f: StateRecord; indexed: IndexedState } {
     const { f, indexed } = this.store.load();
     if (this.resident) indexed.warm();
-    const dirty = this.readDirty();
-    if (!dirty) return { f, indexed };
-    const applied: Applied = f.applied
-      ? { ...f.applied, clean: false }
-      : dirty.backend === 'iptables'
-        ? { backend: 'iptables', ...(dirty.mode ? { mode: dirty.mode } : {}), clean: false, families: {} }
-        : { backend: dirty.backend, clean: false, families: {} };
-    return { f: { ...f, applied }, indexed };
+    return { f: withDirtyMark(this.dir, f), indexed };
   }
 
   /** The desired state as stored (every service parsed: O(services)). */
@@ -220,14 +164,18 @@ export class NatEngine {
 
   /** Runs `fn` under the engine's lock, which the backend's tools then hold too. */
   private locked<T>(fn: () => Promise<T>): Promise<T> {
-    return withLock(this.dir, 'nat', async (fd) => {
-      this.lock.fd = fd;
-      try {
-        return await fn();
-      } finally {
-        this.lock.fd = undefined;
-      }
-    });
+    const run = this.turn.then(() =>
+      withLock(this.dir, 'nat', async (fd) => {
+        this.lock.fd = fd;
+        try {
+          return await fn();
+        } finally {
+          this.lock.fd = undefined;
+        }
+      }),
+    );
+    this.turn = run.catch(() => undefined);
+    return run;
   }
 
   /** The backend that applies this engine's rules (what `auto` resolves to for its state). */
@@ -242,9 +190,22 @@ export class NatEngine {
    * `add` twice) syncs nothing.
    */
   async change(changes: readonly NatChange[], opts: { force?: boolean } = {}): Promise<SyncReport> {
-    return this.locked(async () => {
-      const { f, indexed } = this.load();
-      return this.changeRound(f, indexed, changes, opts.force ?? false, true);
+    // A table being rebuilt in pieces (an agent's, after a flush) takes the change in with its next piece.
+    const joinable = this.joinable;
+    if (joinable && !opts.force) return new Promise((resolve, reject) => joinable.push({ changes, resolve, reject }));
+    return new Promise((resolve, reject) => {
+      let answered = false;
+      const answer = (r: SyncReport) => {
+        answered = true;
+        resolve(r);
+      };
+      this.locked(async () => {
+        const { f, indexed } = this.load();
+        return this.changeRound(f, indexed, changes, opts.force ?? false, true, answer);
+      }).then(resolve, (err: unknown) => {
+        if (!answered) reject(err);
+        else this.hooks.onLateError?.(err as Error, this.dir);
+      });
     });
   }
 
@@ -290,6 +251,7 @@ export class NatEngine {
     changes: readonly NatChange[],
     force: boolean,
     journal: boolean,
+    answer?: (r: SyncReport) => void,
   ): Promise<SyncReport> {
     const round = indexed.apply(changes);
     if (!force && !round.global && !round.services.length && this.upToDate(f)) return this.unchanged(f);
@@ -299,6 +261,7 @@ export class NatEngine {
         { next: indexed, services: round.services, before: round.before, ...(journal ? { changes } : {}) },
         force,
         'update',
+        answer,
       );
     } catch (err) {
       round.undo();
@@ -345,7 +308,7 @@ export class NatEngine {
       let intact = applied.clean && backend.tables === tableKind(applied.backend);
       for (const fam of families) if (intact && !(await backend.canaryPresent(fam))) intact = false;
       if (intact) return undefined;
-      return this.apply(f, whole(indexed), true, 'resync');
+      return this.apply(f, whole(indexed, true), true, 'resync');
     });
   }
 
@@ -381,6 +344,7 @@ export class NatEngine {
     round: Round,
     force: boolean,
     trigger: SyncEvent['trigger'],
+    answer?: (r: SyncReport) => void,
   ): Promise<SyncReport> {
     const t0 = process.hrtime.bigint();
     const backend = await this.backendFor(f);
@@ -395,32 +359,42 @@ export class NatEngine {
     // Mark the record dirty first: a crash between apply and save then forces a full sync next time, and a
     // first sync's crash a teardown by the same backend. (Not synced to disk: a power loss takes the rules
     // with it, and the canary then forces a full sync anyway.)
-    fs.mkdirSync(this.dir, { recursive: true, mode: 0o700 });
-    const mode = (backend as { mode?: string }).mode;
-    fs.writeFileSync(this.dirtyFile, `${process.pid} ${backend.name}${mode ? ` ${mode}` : ''}\n`);
+    markDirty(this.dir, backend.name, (backend as { mode?: string }).mode);
     const next = round.next;
+    const record = {
+      backend: backend.name,
+      applied: unclean(backend.name),
+      ...(f.sysctls ? { sysctls: f.sysctls } : {}),
+    };
+    const pieces = this.resident
+      ? syncPieces({
+          queue: () => this.joinable,
+          next,
+          backend: backend.name,
+          t0,
+          ...(round.changes ? { changes: round.changes } : {}),
+          ...(answer ? { answer } : {}),
+          save: (changes) => void this.store.save(next, record, changes),
+          flows: (services) => deleteUdpFlows(this.ns, removedUdpEndpoints(services)),
+          ...(this.hooks.busy ? { busy: this.hooks.busy } : {}),
+        })
+      : undefined;
     let result: SyncResult;
     let conntrackDeleted: number;
     try {
-      result = await backend.sync(next, applied, force, {
-        services: round.services,
-        before: round.before,
-        resident: this.resident,
-      });
+      result = await this.syncJoined(backend, next, applied, force, round, pieces?.chunks);
       conntrackDeleted = await deleteUdpFlows(this.ns, removedUdpEndpoints(round.services));
       const sysctls = await convergeSysctls(this.ns, next, f.sysctls ?? {});
-      this.store.save(
-        round.next,
-        { backend: backend.name, applied: result.applied, sysctls },
-        result.full ? undefined : round.changes,
-      );
+      // A whole round changed no state, and an answered one is journaled already: a line records the sync.
+      const journal = pieces?.answered() ? [] : round.changes?.length === 0 || !result.full ? round.changes : undefined;
+      this.store.save(round.next, { backend: backend.name, applied: result.applied, sysctls }, journal);
     } catch (err) {
       // Applied halfway or not recorded (the dirty mark stays: the next sync is a full one): what this process holds is not the record.
       this.store.forget();
       this.kept = undefined;
       throw err;
     }
-    fs.rmSync(this.dirtyFile, { force: true });
+    clearDirty(this.dir);
     const { applied: _a, ...rest } = result;
     const report: SyncReport = {
       ...rest,
@@ -428,7 +402,31 @@ export class NatEngine {
       ms: Number(process.hrtime.bigint() - t0) / 1e6,
       conntrackDeleted,
     };
-    this.onSync?.({ ...report, dir: this.dir, trigger });
+    this.hooks.onSync?.({ ...report, dir: this.dir, trigger });
     return report;
+  }
+
+  /** backend.sync, with changes made meanwhile joining it when it goes in pieces; those left over when it ends take the lock after it. */
+  private async syncJoined(
+    backend: Backend,
+    next: IndexedState,
+    applied: Applied | undefined,
+    force: boolean,
+    round: Round,
+    chunks: SyncChunks | undefined,
+  ): Promise<SyncResult> {
+    if (chunks) this.joinable = [];
+    try {
+      return await backend.sync(next, applied, force, {
+        services: round.services,
+        before: round.before,
+        resident: this.resident,
+        ...(chunks ? { chunks } : {}),
+      });
+    } finally {
+      const left = this.joinable ?? [];
+      this.joinable = undefined;
+      for (const j of left) this.change(j.changes).then(j.resolve, j.reject);
+    }
   }
 }

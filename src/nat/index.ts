@@ -8,13 +8,13 @@
  */
 export {
   NatEngine,
-  EnginePool,
   type EngineOptions,
   type SyncReport,
   type SyncEvent,
   type NatChange,
   type BackendChoice,
 } from './engine';
+export { EnginePool } from './pool';
 export { neededSysctls } from './sysctls';
 export {
   normalizeService,

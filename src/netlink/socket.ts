@@ -61,6 +61,15 @@ interface Pending {
 
 class DumpInterrupted extends Error {}
 
+/** A batch sent by transactAsync and not yet answered. */
+interface InFlight {
+  first: number;
+  last: number;
+  errors: Map<number, NetlinkError>;
+  overrun: boolean;
+  failure?: Error;
+}
+
 /** What the loop needs from a datagram transport: the addon's socket in production, a fake kernel in unit tests. */
 export interface Transport {
   /** Our netlink port (nl_pid). */
@@ -69,6 +78,8 @@ export interface Transport {
   send(parts: Uint8Array[]): void;
   /** One datagram, and every reply the kernel queued while processing it. */
   transact?(parts: Uint8Array[]): { replies: Buffer[]; overrun: boolean };
+  /** One datagram sent off the loop's thread: resolves once the kernel has processed it. */
+  sendAsync?(parts: Uint8Array[]): Promise<void>;
   /** Every datagram already queued, without waiting. */
   drain?(): { replies: Buffer[]; overrun: boolean };
   /** Keep the event loop alive while replies are due. */
@@ -116,6 +127,7 @@ export function nativeTransport(fd: number, buffer = DEFAULT_BUFFER): TransportF
         s.send(parts);
       },
       transact: (parts) => s.transact(parts),
+      sendAsync: (parts) => s.sendAsync(parts),
       drain: () => s.drain(),
       ref: () => s.ref(),
       unref: () => s.unref(),
@@ -131,6 +143,8 @@ export class NetlinkSocket {
   private seq = Math.floor(Math.random() * 0x7fffffff);
   private closed = false;
   private dumpQueue: Promise<void> = Promise.resolve();
+  /** Batches sent off the loop's thread and not yet answered: their replies, routed by sequence number. */
+  private readonly batches = new Set<InFlight>();
 
   /** Speaks netlink over the transport `open` makes (src/netns makes sockets inside namespaces). */
   constructor(open: TransportFactory) {
@@ -209,6 +223,52 @@ export class NetlinkSocket {
   }
 
   /**
+   * transact(), with the batch sent from the threadpool: the loop keeps
+   * serving while the kernel applies it (an nf_tables batch of megabytes
+   * holds the kernel for hundreds of milliseconds). The errors are those
+   * transact() reports; the batch's replies are told from others by
+   * sequence number, whichever way they are read.
+   */
+  async transactAsync(build: (firstSeq: number) => { bytes: Buffer; lastSeq: number }): Promise<{
+    errors: Map<number, NetlinkError>;
+    overrun: boolean;
+  }> {
+    if (this.closed) throw new TsnetError('netlink socket is closed', { code: 'EBADF' });
+    if (!this.raw.sendAsync) return this.transact(build);
+    const first = (this.seq + 1) & 0x7fffffff;
+    const batch = build(first);
+    this.seq = batch.lastSeq & 0x7fffffff;
+    const b: InFlight = { first, last: batch.lastSeq, errors: new Map(), overrun: false };
+    this.batches.add(b);
+    try {
+      await this.raw.sendAsync([batch.bytes]);
+      // Processed inside sendmsg: every reply is queued by now (some the poll may have delivered already).
+      if (!this.closed && this.raw.drain) {
+        const rest = this.raw.drain();
+        for (const buf of rest.replies) this.receive(buf);
+        if (rest.overrun) b.overrun = true;
+      }
+    } finally {
+      this.batches.delete(b);
+    }
+    if (b.failure) throw b.failure;
+    return { errors: b.errors, overrun: b.overrun };
+  }
+
+  /** A reply to a batch in flight: its error kept. */
+  private batchReply(type: number, flags: number, seq: number, payload: Buffer): boolean {
+    for (const b of this.batches) {
+      if (seq < b.first || seq > b.last) continue;
+      if (type === NLMSG_ERROR) {
+        const errno = -payload.readInt32LE(0);
+        if (errno !== 0 && !b.errors.has(seq)) b.errors.set(seq, new NetlinkError(errno, extackText(flags, payload)));
+      }
+      return true;
+    }
+    return false;
+  }
+
+  /**
    * Closes the socket. What the kernel already answered is delivered first:
    * it processes a request inside sendmsg, so a request sent before close()
    * was applied, and must not be reported cancelled. Only requests still
@@ -260,6 +320,7 @@ export class NetlinkSocket {
       const payload = buf.subarray(off + NLMSG_HDRLEN, off + len);
       off += (len + 3) & ~3;
       if (other?.(type, flags, seq, payload)) continue;
+      if (this.batches.size && this.batchReply(type, flags, seq, payload)) continue;
 
       const p = this.pending.get(seq);
       if (!p || (pid !== this.port && pid !== 0)) continue; // not a reply to anything we asked
@@ -289,6 +350,11 @@ export class NetlinkSocket {
   }
 
   private failAll(err: Error): void {
+    // A batch in flight: a lost reply (ENOBUFS) leaves its outcome unknown; a closed socket fails it.
+    for (const b of this.batches) {
+      if ((err as { code?: string }).code === 'ENOBUFS') b.overrun = true;
+      else b.failure ??= err;
+    }
     for (const seq of [...this.pending.keys()]) this.settle(seq, err);
   }
 }

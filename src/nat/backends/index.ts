@@ -4,7 +4,9 @@
  * config, the engine) asks here.
  */
 import { invalid } from '../../errors';
-import type { BackendName, TableKind } from './types';
+import type { NetNs } from '../../netns';
+import type { HeldLock } from '../exec';
+import type { Backend, BackendName, TableKind } from './types';
 
 export interface BackendInfo {
   /** What its rules live in: backends of the same kind take over from each other without a teardown. */
@@ -47,3 +49,22 @@ export function parseBackend(text: unknown, where = 'NAT backend'): BackendChoic
  */
 export const resolveChoice = (choice: BackendChoice, stored?: BackendName): BackendName =>
   choice !== 'auto' ? choice : stored === 'iptables' ? 'iptables' : 'netlink';
+
+/** Makes a backend (its module is loaded only now: a CLI call pays for the one it uses). */
+export async function createBackend(
+  name: BackendName,
+  ns: NetNs,
+  o: { lock?: HeldLock; iptablesMode?: string } = {},
+): Promise<Backend> {
+  switch (name) {
+    case 'netlink':
+      return new (await import('../nftables/backend-netlink')).NetlinkBackend(ns);
+    case 'nft':
+      return new (await import('../nftables/backend-nft')).NftBackend(ns, o.lock);
+    case 'iptables': {
+      const { IptablesBackend, detectMode } = await import('../iptables/backend');
+      const mode = o.iptablesMode === 'legacy' || o.iptablesMode === 'nft' ? o.iptablesMode : await detectMode(ns);
+      return new IptablesBackend(ns, mode, o.lock);
+    }
+  }
+}

@@ -126,6 +126,27 @@ export interface SyncRound {
   before: () => DesiredState;
   /** The caller keeps this state for more rounds (the agent): an index of what services share is worth building now, once. */
   resident?: boolean;
+  /** The caller keeps serving while it syncs: a table that is gone may be rebuilt in pieces (nftables/rebuild). */
+  chunks?: SyncChunks;
+}
+
+/** Changes the caller accepted while a sync was under way, already applied to the state being synced. */
+export interface ChunkJoin {
+  services: readonly ServiceDelta[];
+  /** Whether rules or forwards changed. */
+  global: boolean;
+  /** Called once the piece carrying them is committed (or with the error that ended the sync). */
+  settle(err?: Error): Promise<void>;
+}
+
+/** How a sync in pieces talks to its caller. */
+export interface SyncChunks {
+  /** The changes accepted since the last call, if any. */
+  interleave(): ChunkJoin | undefined;
+  /** The round's own changes are live (the first piece is committed): its caller may be answered. */
+  committed(): Promise<void>;
+  /** Between two pieces: resolves when the next may go (the caller's urgent work first). */
+  pause(): Promise<void>;
 }
 
 /** One renderer + one applier. */

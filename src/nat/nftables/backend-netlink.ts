@@ -32,6 +32,7 @@ import type { AffinityEntry, Counter } from '../backends/types';
 
 export class NetlinkBackend extends NftablesBackend {
   readonly name = 'netlink' as const;
+  protected override readonly chunkable = true;
 
   constructor(ns: NetNs) {
     super(ns);
@@ -46,7 +47,7 @@ export class NetlinkBackend extends NftablesBackend {
     if (!plan.ops.length) return;
     await this.withSocket(async (s) => {
       let batch: Batch | undefined;
-      const { errors, overrun } = s.transact((seq) => (batch = encodePlan(plan, family, seq)));
+      const { errors, overrun } = await s.transactAsync((seq) => (batch = encodePlan(plan, family, seq)));
       if (errors.size) {
         // The kernel reports every failing message; the first is the cause (later ones may only echo it).
         const [seq, err] = [...errors].sort(([a], [b]) => a - b)[0]!;

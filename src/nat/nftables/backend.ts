@@ -16,6 +16,7 @@ import { PlanBuilder, fullPlan, type Plan } from './plan';
 import { SharedIndex, changePlan, globalRecord, lbRecordAfter, lbRecordOf, lookedUp } from './incremental';
 import type { NatState, StateView } from '../changes';
 import { script } from './text';
+import { CHUNK_SERVICES, ChunkedRebuild } from './rebuild';
 import {
   mayHoldRules,
   type Applied,
@@ -26,6 +27,7 @@ import {
   type ServiceCounters,
   type SyncResult,
   type SyncRound,
+  type SyncChunks,
   type NftablesRecord,
 } from '../backends/types';
 
@@ -69,6 +71,8 @@ export abstract class NftablesBackend implements Backend {
       );
     return out;
   }
+  /** Whether a table that is gone may be rebuilt in pieces (each piece a transaction of its own: too dear for `nft -f`). */
+  protected readonly chunkable: boolean = false;
   /** Whether this applier can carry out a partial plan (else the sync is a full one). */
   protected partialOk(_plan: Plan): boolean {
     return true;
@@ -98,6 +102,12 @@ export abstract class NftablesBackend implements Backend {
     };
     const usable = applied && applied.backend !== 'iptables' && applied.clean ? applied : undefined;
     const families = st.families();
+    if (
+      round?.chunks &&
+      this.chunkable &&
+      (await this.rebuildAbsent(st, families, applied, force, round, round.chunks, result))
+    )
+      return result;
     for (const family of [4, 6] as const) {
       // Taken out now: put back below only by a sync it describes (a full sync, a teardown or a failure drops it).
       const kept = round && this.indexes.get(st)?.get(family);
@@ -134,6 +144,11 @@ export abstract class NftablesBackend implements Backend {
         // The table went between the canary check and the partial batch (`nft flush ruleset` at that moment): the
         // batch named what no longer exists, and nothing of it was applied. Rebuild it whole.
         if (plan.full || !hasCode(err, 'ENOENT')) throw err;
+        if (round?.chunks && this.chunkable) {
+          result.written = result.deleted = 0;
+          result.applied.families = {};
+          if (await this.rebuildAbsent(st, families, applied, force, round, round.chunks, result, true)) return result;
+        }
         plan = fullPlan(render(desired(), family));
         index = round?.resident ? SharedIndex.build(desired().services, family) : undefined;
         lb = index ? Object.fromEntries(index.lb) : lbRecordOf(desired().services, family);
@@ -150,6 +165,44 @@ export abstract class NftablesBackend implements Backend {
       result.applied.families[family] = globalRecord(st, family, lb!);
     }
     return result;
+  }
+
+  /**
+   * The table rebuilt in pieces when none is there to take over from (no
+   * family's canary present, or `gone`: a batch found it deleted) and the
+   * state is large: see ./rebuild. False when it is not the case (the
+   * caller syncs as usual).
+   */
+  private async rebuildAbsent(
+    st: NatState,
+    families: Family[],
+    applied: Applied | undefined,
+    force: boolean,
+    round: SyncRound,
+    chunks: SyncChunks,
+    result: SyncResult,
+    gone = false,
+  ): Promise<boolean> {
+    if (st.services().length < 2 * CHUNK_SERVICES) return false;
+    if (!gone) for (const family of families) if (await this.canaryPresent(family)) return false;
+    for (const family of [4, 6] as const)
+      if (!families.includes(family) && (force || mayHoldRules(applied, 'nftables', family)))
+        await this.teardownFamily(family);
+    this.indexes.delete(st);
+    const own = round.services.flatMap((d) => (d.new ? [d.new] : []));
+    const r = await new ChunkedRebuild((plan, family) => this.apply(plan, family), st, chunks, own).run();
+    result.full = true;
+    result.written = r.written;
+    result.deleted = r.deleted;
+    for (const [family, { record, index }] of r.families) {
+      result.applied.families[family] = record;
+      if (round.resident) {
+        let m = this.indexes.get(st);
+        if (!m) this.indexes.set(st, (m = new Map()));
+        m.set(family, index);
+      }
+    }
+    return true;
   }
 
   async teardownFamily(family: Family): Promise<void> {

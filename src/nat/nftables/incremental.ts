@@ -157,7 +157,8 @@ function appended(c: Chain, old: readonly string[] | undefined): Rule[] | undefi
  * The plan for `changes` (this family's services only) from a table whose
  * record is `prev`; `others` says which shared objects services outside
  * the changes use. Undefined when only a full sync can get there (another
- * layout).
+ * layout). `globals`: false when the caller knows the chains that belong
+ * to no service are as the record says (they are not compared).
  */
 export function changePlan(
   next: Pick<DesiredState, 'rules' | 'forwards'>,
@@ -165,12 +166,13 @@ export function changePlan(
   changes: readonly ServiceChange[],
   prev: NftablesRecord,
   others: SharedUsers,
+  globals = true,
 ): Plan | undefined {
   if (prev.layout !== LAYOUT) return undefined;
   const d = new Delta();
   for (const ch of changes) d.service(ch.old ? serviceParts(ch.old) : EMPTY, ch.new ? serviceParts(ch.new) : EMPTY);
   d.shared(others);
-  d.global(globalChains(next, family), prev);
+  if (globals) d.global(globalChains(next, family), prev);
   return d.plan(prev);
 }
 

@@ -1,0 +1,138 @@
+/**
+ * Changes that join a sync under way in pieces (nftables/rebuild) instead of
+ * waiting for the engine's lock: an agent rebuilding ten thousand services
+ * after a flush still answers a CNI call's masquerade rule within one
+ * piece. Each is applied to the state being synced when the rebuild asks
+ * (between two pieces; a refused one is answered at once), then recorded
+ * (a journal line, as any round) and answered once the piece that carries
+ * it is committed.
+ */
+import { setImmediate as yieldLoop, setTimeout as sleep } from 'node:timers/promises';
+import type { Applied, BackendName, ChunkJoin, SyncChunks } from './backends/types';
+import type { IndexedState, NatChange, ServiceDelta } from './changes';
+import type { SyncReport } from './engine';
+
+/** A change waiting to join. */
+export interface Joining {
+  changes: readonly NatChange[];
+  resolve(r: SyncReport): void;
+  reject(err: unknown): void;
+}
+
+/**
+ * The changes in `queue` (emptied), applied to `next`: undefined when none
+ * changes anything. `record` journals what was taken once its piece is
+ * committed, and returns the UDP flows it deleted.
+ */
+export function takeJoining(
+  queue: Joining[],
+  next: IndexedState,
+  backend: string,
+  record: (changes: NatChange[], services: ServiceDelta[]) => Promise<number>,
+): ChunkJoin | undefined {
+  const t0 = process.hrtime.bigint();
+  const report = (conntrackDeleted: number): SyncReport => ({
+    full: false,
+    written: 0,
+    deleted: 0,
+    backend,
+    ms: Number(process.hrtime.bigint() - t0) / 1e6,
+    conntrackDeleted,
+    joined: true,
+  });
+  const taken: Joining[] = [];
+  const services: ServiceDelta[] = [];
+  let global = false;
+  for (const j of queue.splice(0)) {
+    let r;
+    try {
+      r = next.apply(j.changes);
+    } catch (err) {
+      j.reject(err); // refused (bad input): nothing of it was applied
+      continue;
+    }
+    if (!r.global && !r.services.length) {
+      j.resolve(report(0));
+      continue;
+    }
+    taken.push(j);
+    services.push(...r.services);
+    global ||= r.global;
+  }
+  if (!taken.length) return undefined;
+  return {
+    services,
+    global,
+    async settle(err?: Error) {
+      // A failed sync: the engine forgets what it holds and reads the record again, where these never were.
+      if (err) return void taken.forEach((j) => j.reject(err));
+      try {
+        const deleted = await record(
+          taken.flatMap((j) => [...j.changes]),
+          services,
+        );
+        for (const j of taken) j.resolve(report(deleted));
+      } catch (e) {
+        for (const j of taken) j.reject(e);
+      }
+    },
+  };
+}
+
+/** How long a rebuild in pieces waits for the caller's calls between two pieces, at most. */
+const PAUSE_MS = 25;
+
+/** The record saved while a sync in pieces is under way: what is live is not yet what it says. */
+export const unclean = (backend: BackendName): Applied =>
+  backend === 'iptables' ? { backend, clean: false, families: {} } : { backend, clean: false, families: {} };
+
+/**
+ * How a resident engine's sync in pieces takes in the changes `queue`
+ * holds, and answers its own caller once its first piece is live: the
+ * round is journaled then (`save`, with a record that says nothing is
+ * clean yet; the dirty mark stays too). Whole rounds and new states are
+ * answered when the sync ends.
+ */
+export function syncPieces(o: {
+  queue: () => Joining[] | undefined;
+  next: IndexedState;
+  backend: BackendName;
+  t0: bigint;
+  changes?: readonly NatChange[];
+  answer?: (r: SyncReport) => void;
+  save: (changes: readonly NatChange[]) => void;
+  /** Deletes the conntrack flows of UDP endpoints the services lost; how many. */
+  flows: (services: ServiceDelta[]) => Promise<number>;
+  /** Whether the process is busy with work that should go before the next piece (the agent's CNI calls). */
+  busy?: () => boolean;
+}): { chunks: SyncChunks; answered: () => boolean } {
+  let answered = false;
+  const chunks: SyncChunks = {
+    interleave: () => {
+      const queue = o.queue();
+      return (
+        queue &&
+        takeJoining(queue, o.next, o.backend, async (changes, services) => {
+          const deleted = await o.flows(services);
+          o.save(changes);
+          return deleted;
+        })
+      );
+    },
+    pause: async () => {
+      await yieldLoop();
+      // While a call is served, it has the loop to itself (a piece's JavaScript costs it a few ms per step),
+      // for PAUSE_MS at most, and not while changes wait to join (a CNI call's own rule among them).
+      const until = Date.now() + PAUSE_MS;
+      while (o.busy?.() && !o.queue()?.length && Date.now() < until) await sleep(1);
+    },
+    committed: async () => {
+      if (!o.answer || !o.changes) return;
+      o.save(o.changes);
+      answered = true;
+      const ms = Number(process.hrtime.bigint() - o.t0) / 1e6;
+      o.answer({ full: true, written: 0, deleted: 0, backend: o.backend, ms, conntrackDeleted: 0, joined: true });
+    },
+  };
+  return { chunks, answered: () => answered };
+}
