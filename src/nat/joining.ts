@@ -83,8 +83,7 @@ export function takeJoining(
 const PAUSE_MS = 25;
 
 /** The record saved while a sync in pieces is under way: what is live is not yet what it says. */
-export const unclean = (backend: BackendName): Applied =>
-  backend === 'iptables' ? { backend, clean: false, families: {} } : { backend, clean: false, families: {} };
+export const unclean = (backend: BackendName): Applied => ({ backend, clean: false, families: {} }) as Applied;
 
 /**
  * How a resident engine's sync in pieces takes in the changes `queue`

@@ -207,19 +207,17 @@ export class NetlinkSocket {
     const first = (this.seq + 1) & 0x7fffffff;
     const batch = build(first);
     this.seq = batch.lastSeq & 0x7fffffff;
-    const { replies, overrun } = this.raw.transact([batch.bytes]);
-    const errors = new Map<number, NetlinkError>();
     // The batch's replies are taken here; anything else queued meanwhile (a dump under way) goes to its caller.
-    const mine = (type: number, flags: number, seq: number, payload: Buffer) => {
-      if (seq < first || seq > batch.lastSeq) return false;
-      if (type === NLMSG_ERROR) {
-        const errno = -payload.readInt32LE(0);
-        if (errno !== 0 && !errors.has(seq)) errors.set(seq, new NetlinkError(errno, extackText(flags, payload)));
-      }
-      return true;
-    };
-    for (const buf of replies) this.receive(buf, mine);
-    return { errors, overrun };
+    const b: InFlight = { first, last: batch.lastSeq, errors: new Map(), overrun: false };
+    this.batches.add(b);
+    try {
+      const { replies, overrun } = this.raw.transact([batch.bytes]);
+      for (const buf of replies) this.receive(buf);
+      if (overrun) b.overrun = true;
+    } finally {
+      this.batches.delete(b);
+    }
+    return { errors: b.errors, overrun: b.overrun };
   }
 
   /**
@@ -308,7 +306,7 @@ export class NetlinkSocket {
     });
   }
 
-  private receive(buf: Buffer, other?: (type: number, flags: number, seq: number, payload: Buffer) => boolean): void {
+  private receive(buf: Buffer): void {
     let off = 0;
     while (off + NLMSG_HDRLEN <= buf.length) {
       const len = buf.readUInt32LE(off);
@@ -319,7 +317,6 @@ export class NetlinkSocket {
       const pid = buf.readUInt32LE(off + 12);
       const payload = buf.subarray(off + NLMSG_HDRLEN, off + len);
       off += (len + 3) & ~3;
-      if (other?.(type, flags, seq, payload)) continue;
       if (this.batches.size && this.batchReply(type, flags, seq, payload)) continue;
 
       const p = this.pending.get(seq);
