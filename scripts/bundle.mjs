@@ -44,7 +44,8 @@ const common = {
   target: 'node20',
   format: 'cjs',
   charset: 'ascii',
-  external: ['elkjs', 'playwright-core'],
+  // etcd3 (gRPC, protobuf) loads its .proto files from its own directory: required from node_modules when cluster code runs.
+  external: ['elkjs', 'playwright-core', 'etcd3', 'cockatiel'],
   logLevel: 'error',
 };
 await Promise.all(

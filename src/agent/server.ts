@@ -70,6 +70,8 @@ export class Agent {
   readonly resyncIntervalMs: number;
   readonly fullSyncIntervalMs: number;
   readonly metrics: AgentMetrics = agentMetrics();
+  /** Cluster mode (tsnet agent --etcd): the node it runs, set by the CLI once started. */
+  cluster?: { summary(): unknown };
   /** The agent's network namespace identity, sent in every hello. */
   readonly netns = nsIdentity('/proc/self/ns/net');
   metricsAddress?: { host: string; port: number };

@@ -8,6 +8,8 @@ export interface Cli {
   globals(): Globals;
   json(): boolean;
   stateDir(): string | undefined;
+  /** `--etcd URLS`, else $TSNET_ETCD; undefined when neither is given. */
+  etcd(): string | undefined;
   /** Runs `fn` once the command is done, whatever its outcome. */
   onExit(fn: () => void): void;
 }

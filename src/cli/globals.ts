@@ -20,6 +20,7 @@ export interface Globals {
   json?: boolean;
   stateDir?: string;
   backend?: BackendChoice;
+  etcd?: string;
 }
 
 /** The global options (src/cli/table.ts), as commander options: help, choices and parsing come from these. */
@@ -84,7 +85,8 @@ export function hoistGlobals(program: Command, argv: readonly string[]): string[
       break;
     }
     const g = matchGlobal(globals, a);
-    if (g) {
+    // A command that defines an option under a global's long name (SHADOWING) keeps it after its word.
+    if (g && !(cmd !== program && g.option.long && cmd.options.some((o) => o.long === g.option.long))) {
       front.push(g.option.long ?? g.option.short!);
       if (takesValue(g.option)) {
         const value = g.inline ?? argv[++i];
@@ -116,7 +118,15 @@ export function hoistGlobals(program: Command, argv: readonly string[]): string[
   return [...front, ...rest];
 }
 
-/** Every option a subcommand defines under a global's name ("link set --json"): none, or the globals mean two things. */
+/**
+ * Where a subcommand's own option takes a global's name on purpose: after
+ * that command's word it is the command's. `cluster init --backend
+ * host-gw|vxlan` is flannel's word for the tunnel type (the NAT --backend
+ * means nothing to it).
+ */
+export const SHADOWING: readonly string[] = ['cluster init --backend'];
+
+/** Every option a subcommand defines under a global's name ("link set --json") beyond SHADOWING: none, or the globals mean two things. */
 export function shadowedGlobals(program: Command): string[] {
   const names = new Set(program.options.flatMap((o) => [o.long, o.short].filter((x): x is string => !!x)));
   return [...commandTree(program)]
@@ -125,6 +135,7 @@ export function shadowedGlobals(program: Command): string[] {
       command.options
         .flatMap((o) => [o.long, o.short])
         .filter((f) => f && names.has(f))
-        .map((f) => `${path} ${f}`),
+        .map((f) => `${path} ${f}`)
+        .filter((x) => !SHADOWING.includes(x)),
     );
 }

@@ -28,6 +28,8 @@ const MODULES: Record<Family, () => Promise<CommandModule>> = {
   inspect: () => import('./commands/inspect'),
   demo: () => import('./commands/demo'),
   completion: () => import('./commands/completion'),
+  cluster: () => import('./commands/cluster'),
+  neigh: () => import('./commands/neigh'),
 };
 
 /**
@@ -52,6 +54,7 @@ export async function buildProgram(word?: string): Promise<{ program: Command; c
     globals: () => program.opts<Globals>(),
     json: () => program.opts<Globals>().json === true,
     stateDir: () => program.opts<Globals>().stateDir,
+    etcd: () => program.opts<Globals>().etcd ?? (process.env.TSNET_ETCD || undefined),
     onExit: (fn) => exits.push(fn),
   };
   const family = familyOf(word);

@@ -26,6 +26,7 @@ export const GLOBAL_OPTIONS: readonly GlobalOptionSpec[] = [
       "tsnet's state: NAT desired state, IPAM leases, CNI records (default $TSNET_STATE_DIR, else /var/lib/tsnet)",
   },
   { flags: '--backend <name>', description: 'NAT backend (auto: netlink, or the one the state was written with)' },
+  { flags: '--etcd <urls>', description: "the cluster's etcd endpoints, comma-separated (default $TSNET_ETCD)" },
 ];
 
 /** Each command word, aliases included, and its module under commands/. */
@@ -46,6 +47,10 @@ export const COMMAND_FAMILIES = {
   forward: 'forward',
   cni: 'cni',
   agent: 'agent',
+  cluster: 'cluster',
+  neigh: 'neigh',
+  fdb: 'neigh',
+  nexthop: 'route',
   trace: 'inspect',
   doctor: 'inspect',
   topology: 'inspect',

@@ -8,6 +8,7 @@ import { decodeAttrs, encodeAttrs, type AttrObject } from '../netlink/attrs';
 import { NLM_F } from '../netlink/socket';
 import { AF_BRIDGE, AF_UNSPEC, BR_STATE, IFF, IFLA, RTM, ifinfomsg, type IfInfoMsg } from '../netlink/rtnl';
 import { TsnetError, contextualize, hasCode, invalid, withContext } from '../errors';
+import { parseIp } from '../addr/cidr';
 import type { NetNs } from '../netns';
 import { kernelRef, rtnl, labelOf } from '../netns/internal';
 
@@ -35,6 +36,18 @@ export interface Link {
   bridge?: BridgeInfo;
   /** Present on bridge ports. */
   port?: BridgePortInfo;
+  /** Present on vxlan devices. */
+  vxlan?: VxlanInfo;
+}
+
+export interface VxlanInfo {
+  vni: number;
+  /** UDP destination port. */
+  port: number;
+  local?: string;
+  /** ifindex of the underlay device. */
+  link?: number;
+  learning: boolean;
 }
 
 export interface BridgeInfo {
@@ -63,7 +76,22 @@ interface LinkCommon {
 export type LinkSpec =
   | (LinkCommon & { kind: 'veth'; peer: { name: string; netns?: NetNs; mtu?: number; mac?: string } })
   | (LinkCommon & { kind: 'bridge'; stp?: boolean; vlanFiltering?: boolean })
-  | (LinkCommon & { kind: 'dummy' });
+  | (LinkCommon & { kind: 'dummy' })
+  | (LinkCommon & VxlanSpec);
+
+/** `ip link add NAME type vxlan id VNI [dstport PORT] [local IP] [dev DEV] [nolearning]`. */
+export interface VxlanSpec {
+  kind: 'vxlan';
+  vni: number;
+  /** UDP port (the kernel's default is 8472, as flannel's). */
+  port?: number;
+  /** The source address of encapsulated packets (the node's public IP). */
+  local?: string;
+  /** ifindex of the underlay device. */
+  dev?: number;
+  /** Learn remote MACs from received packets (default off: the FDB is programmed). */
+  learning?: boolean;
+}
 
 /** A link named or numbered. */
 export type LinkRef = string | number;
@@ -117,6 +145,12 @@ function decodeLink(payload: Buffer): Link {
     link.port = { hairpin: ((d.mode as number | undefined) ?? 0) !== 0 };
     if (d.state !== undefined) link.port.state = BR_STATE[d.state as number] ?? String(d.state);
     if (d.learning !== undefined) link.port.learning = d.learning !== 0;
+  }
+  if (info?.kind === 'vxlan' && info.data) {
+    const d = info.data as AttrObject;
+    link.vxlan = { vni: d.id as number, port: d.port as number, learning: d.learning !== 0 };
+    if (d.local !== undefined) link.vxlan.local = d.local as string;
+    if (d.link) link.vxlan.link = d.link as number;
   }
   return link;
 }
@@ -198,6 +232,22 @@ const bridgeData = (o: { stp?: boolean; vlanFiltering?: boolean }): AttrObject =
   vlan_filtering: optNum(o.vlanFiltering),
 });
 
+function vxlanData(spec: VxlanSpec): AttrObject {
+  if (!Number.isInteger(spec.vni) || spec.vni < 1 || spec.vni > 0xffffff)
+    throw invalid(`invalid VNI ${spec.vni}: must be an integer from 1 to 16777215`);
+  if (spec.port !== undefined && (!Number.isInteger(spec.port) || spec.port < 1 || spec.port > 65535))
+    throw invalid(`invalid vxlan port ${spec.port}: must be an integer from 1 to 65535`);
+  if (spec.local !== undefined && parseIp(spec.local).family !== 4)
+    throw invalid(`invalid vxlan local address ${spec.local}: tsnet's vxlan devices are IPv4 underlay only`);
+  return {
+    id: spec.vni,
+    port: spec.port ?? 8472,
+    local: spec.local,
+    link: spec.dev,
+    learning: Number(spec.learning ?? false),
+  };
+}
+
 function specAttrs(spec: LinkSpec, held: (() => void)[]): AttrObject {
   validateIfname(spec.name);
   if (spec.mtu !== undefined) validateMtu(spec.mtu);
@@ -226,6 +276,9 @@ function specAttrs(spec: LinkSpec, held: (() => void)[]): AttrObject {
       break;
     case 'dummy':
       attrs.linkinfo = { kind: 'dummy' };
+      break;
+    case 'vxlan':
+      attrs.linkinfo = { kind: 'vxlan', data: vxlanData(spec) };
       break;
   }
   return attrs;

@@ -6,12 +6,15 @@
 import { decodeAttrs, encodeAttrs } from '../netlink/attrs';
 import { AF_INET, AF_INET6, AF_UNSPEC, NDA, NUD, RTM, ndmsg } from '../netlink/rtnl';
 import { hasCode, withContext } from '../errors';
-import { mustGet, type LinkRef } from '../link';
+import { mustGet, validateMac, type LinkRef } from '../link';
+import { NLM_F } from '../netlink/socket';
+import type { BatchMessage } from '../netlink/batch';
 import { parseIp } from '../addr';
 import type { NetNs } from '../netns';
 import { labelOf, rtnl } from '../netns/internal';
 
 export { announce } from './announce';
+export * as fdb from './fdb';
 
 export type NeighState = Lowercase<keyof typeof NUD>;
 
@@ -29,6 +32,8 @@ const STATE_NAMES = Object.entries(NUD) as [keyof typeof NUD, number][];
 
 function decodeNeigh(payload: Buffer): Neigh | undefined {
   const hdr = ndmsg.decode(payload);
+  // An AF_UNSPEC dump carries the bridge FDB too (./fdb.ts): its NDA_DST is a remote VTEP, not a neighbour.
+  if (hdr.family !== AF_INET && hdr.family !== AF_INET6) return undefined;
   const a = decodeAttrs(NDA, payload.subarray(ndmsg.size));
   if (typeof a.dst !== 'string') return undefined;
   const n: Neigh = {
@@ -58,6 +63,34 @@ function neighMsg(index: number, ip: string): Buffer {
     ndmsg.encode({ family: p.family === 4 ? AF_INET : AF_INET6, ifindex: index }),
     encodeAttrs(NDA, { dst: p.address }),
   ]);
+}
+
+/** A static entry: `ip neigh replace IP lladdr MAC dev DEV nud permanent` (flannel's vxlan peers). */
+export interface NeighSpec {
+  dev: LinkRef;
+  address: string;
+  lladdr: string;
+}
+
+/** The RTM_NEWNEIGH (replace, permanent) or RTM_DELNEIGH payload for an entry on ifindex `index`: for batches. */
+export function neighBatchMessage(n: NeighSpec, index: number, op: 'replace' | 'del'): BatchMessage {
+  const p = parseIp(n.address);
+  validateMac(n.lladdr);
+  const payload = Buffer.concat([
+    ndmsg.encode({ family: p.family === 4 ? AF_INET : AF_INET6, ifindex: index, state: NUD.PERMANENT }),
+    encodeAttrs(NDA, { dst: p.address, lladdr: op === 'del' ? undefined : n.lladdr }),
+  ]);
+  return op === 'del'
+    ? { type: RTM.DELNEIGH, flags: 0, payload }
+    : { type: RTM.NEWNEIGH, flags: NLM_F.CREATE | NLM_F.REPLACE, payload };
+}
+
+/** Adds or replaces a permanent entry: `ip neigh replace IP lladdr MAC dev DEV nud permanent`. Idempotent. */
+export async function replace(h: NetNs, n: NeighSpec): Promise<void> {
+  await withContext(`replacing the neighbour entry ${n.address} on ${String(n.dev)} in ${labelOf(h)}`, async () => {
+    const m = neighBatchMessage(n, (await mustGet(h, n.dev)).index, 'replace');
+    await rtnl(h).request(m.type, m.flags, m.payload);
+  });
 }
 
 /**

@@ -6,7 +6,9 @@
  */
 import {
   asciiz,
+  be16,
   binary,
+  flag,
   ipaddr,
   mac,
   nested,
@@ -42,7 +44,13 @@ export const RTM = {
   NEWNSID: 88,
   DELNSID: 89,
   GETNSID: 90,
+  NEWNEXTHOP: 104,
+  DELNEXTHOP: 105,
+  GETNEXTHOP: 106,
 } as const;
+
+/** rtnetlink multicast groups (RTNLGRP_*), for a monitor: `ip monitor link route neigh`. */
+export const RTNLGRP = { LINK: 1, NEIGH: 3, IPV4_ROUTE: 7, NEXTHOP: 32 } as const;
 
 export const IFF = {
   UP: 0x1,
@@ -68,7 +76,10 @@ export const IFA_F = {
 } as const;
 
 export const RT_TABLE = { UNSPEC: 0, DEFAULT: 253, MAIN: 254, LOCAL: 255 } as const;
-export const RTPROT = { UNSPEC: 0, KERNEL: 2, BOOT: 3, STATIC: 4 } as const;
+/** Route protocols; TSNET (74, unassigned in <linux/rtnetlink.h>) marks the routes tsnet's cluster agent owns. */
+export const RTPROT = { UNSPEC: 0, KERNEL: 2, BOOT: 3, STATIC: 4, TSNET: 74 } as const;
+/** RTNH_F_* route flags (rtm_flags): ONLINK, the gateway is on the link even without a covering prefix. */
+export const RTNH_F = { ONLINK: 4 } as const;
 export const RT_SCOPE = { UNIVERSE: 0, SITE: 200, LINK: 253, HOST: 254, NOWHERE: 255 } as const;
 export const RTN = {
   UNICAST: 1,
@@ -174,10 +185,26 @@ export const IFLA_BRPORT: Table = [
 /** VETH_INFO_* : the peer is a whole ifinfomsg + IFLA_* message of its own. */
 export const VETH_INFO: Table = [{ type: 1, name: 'peer', codec: withHeader(ifinfomsg, () => IFLA) }];
 
+/** IFLA_VXLAN_* (<linux/if_link.h>): a vxlan device's options inside IFLA_INFO_DATA. */
+export const IFLA_VXLAN: Table = [
+  { type: 1, name: 'id', codec: u32 },
+  { type: 2, name: 'group', codec: ipaddr },
+  { type: 3, name: 'link', codec: u32 },
+  { type: 4, name: 'local', codec: ipaddr },
+  { type: 5, name: 'ttl', codec: u8 },
+  { type: 7, name: 'learning', codec: u8 },
+  { type: 8, name: 'ageing', codec: u32 },
+  { type: 15, name: 'port', codec: be16 },
+];
+
 /** IFLA_INFO_* : kind, and kind-specific data chosen by that kind. */
 export const IFLA_INFO: Table = [
   { type: 1, name: 'kind', codec: asciiz },
-  { type: 2, name: 'data', codec: selectBy('kind', { veth: nested(VETH_INFO), bridge: nested(IFLA_BR) }) },
+  {
+    type: 2,
+    name: 'data',
+    codec: selectBy('kind', { veth: nested(VETH_INFO), bridge: nested(IFLA_BR), vxlan: nested(IFLA_VXLAN) }),
+  },
   { type: 4, name: 'slave_kind', codec: asciiz },
   { type: 5, name: 'slave_data', codec: selectBy('slave_kind', { bridge: nested(IFLA_BRPORT) }) },
 ];
@@ -225,6 +252,7 @@ export const RTA: Table = [
   { type: 7, name: 'prefsrc', codec: ipaddr },
   { type: 15, name: 'table', codec: u32 },
   { type: 20, name: 'pref', codec: u8 },
+  { type: 30, name: 'nh_id', codec: u32 },
 ];
 
 export interface NdMsg {
@@ -257,10 +285,40 @@ export const NUD = {
   PERMANENT: 0x80,
 } as const;
 
-/** NDA_* : neighbour attributes. */
+/** NTF_* : neighbour flags. SELF: an FDB entry of the device itself (vxlan), not of its bridge master. */
+export const NTF = { SELF: 0x02, MASTER: 0x04, ROUTER: 0x80 } as const;
+
+/** NDA_* : neighbour attributes (an FDB entry's dst is the remote VTEP's address). */
 export const NDA: Table = [
   { type: 1, name: 'dst', codec: ipaddr },
   { type: 2, name: 'lladdr', codec: mac },
+  { type: 6, name: 'port', codec: be16 },
+  { type: 7, name: 'vni', codec: u32 },
+  { type: 8, name: 'ifindex', codec: u32 },
+  { type: 9, name: 'master', codec: u32 },
+];
+
+export interface NhMsg {
+  family: number;
+  scope: number;
+  protocol: number;
+  flags: number;
+}
+/** struct nhmsg (<linux/nexthop.h>): a nexthop object's header. */
+export const nhmsg = struct<NhMsg>([
+  ['family', 'u8'],
+  ['scope', 'u8'],
+  ['protocol', 'u8'],
+  ['', 'pad8'],
+  ['flags', 'u32'],
+]);
+
+/** NHA_* : nexthop object attributes. */
+export const NHA: Table = [
+  { type: 1, name: 'id', codec: u32 },
+  { type: 4, name: 'blackhole', codec: flag },
+  { type: 5, name: 'oif', codec: u32 },
+  { type: 6, name: 'gateway', codec: ipaddr },
 ];
 
 /** NETNSA_* : namespace ids (RTM_GETNSID). */

@@ -1,7 +1,20 @@
 /** Routes: `ip route add|replace|del|show`, over RTM_NEWROUTE / RTM_DELROUTE / RTM_GETROUTE. */
 import { decodeAttrs, encodeAttrs, type AttrObject } from '../netlink/attrs';
 import { NLM_F } from '../netlink/socket';
-import { AF_INET, AF_INET6, AF_UNSPEC, RTA, RTM, RTN, RTPROT, RT_SCOPE, RT_TABLE, rtmsg } from '../netlink/rtnl';
+import type { BatchMessage } from '../netlink/batch';
+import {
+  AF_INET,
+  AF_INET6,
+  AF_UNSPEC,
+  RTA,
+  RTM,
+  RTN,
+  RTPROT,
+  RTNH_F,
+  RT_SCOPE,
+  RT_TABLE,
+  rtmsg,
+} from '../netlink/rtnl';
 import { hasCode, invalid, withContext } from '../errors';
 import { list as listLinks, mustGet, type LinkRef } from '../link';
 import { parseCidr, parseIp, type Family } from '../addr/cidr';
@@ -18,6 +31,14 @@ export interface RouteSpec {
   /** Preferred source address (RTA_PREFSRC). */
   src?: string;
   table?: number;
+  /** `proto N`: who owns the route (RTPROT_*; default boot, as `ip route add`). */
+  protocol?: number;
+  /** `onlink`: the gateway is on `dev` even without a covering prefix (flannel's vxlan routes). */
+  onlink?: boolean;
+  /** `blackhole`: drop silently (no gateway, no device). */
+  type?: 'unicast' | 'blackhole';
+  /** `nhid N`: through a nexthop object instead of via/dev. */
+  nhid?: number;
 }
 
 export interface Route {
@@ -29,12 +50,14 @@ export interface Route {
   metric?: number;
   prefsrc?: string;
   table: number;
-  protocol: 'kernel' | 'boot' | 'static' | number;
+  protocol: 'kernel' | 'boot' | 'static' | 'tsnet' | number;
   scope: 'global' | 'link' | 'host' | number;
   type: 'unicast' | 'local' | 'broadcast' | 'blackhole' | 'unreachable' | number;
+  onlink?: boolean;
+  nhid?: number;
 }
 
-const PROTOS: Record<number, Route['protocol']> = { 2: 'kernel', 3: 'boot', 4: 'static' };
+const PROTOS: Record<number, Route['protocol']> = { 2: 'kernel', 3: 'boot', 4: 'static', 74: 'tsnet' };
 const SCOPES: Record<number, Route['scope']> = { 0: 'global', 253: 'link', 254: 'host' };
 const TYPES: Record<number, Route['type']> = {
   1: 'unicast',
@@ -45,6 +68,12 @@ const TYPES: Record<number, Route['type']> = {
 };
 
 async function routeMsg(h: NetNs, r: RouteSpec, forDelete: boolean): Promise<{ msg: Buffer; text: string }> {
+  const oif = r.dev === undefined ? undefined : typeof r.dev === 'number' ? r.dev : (await mustGet(h, r.dev)).index;
+  return encodeRoute(r, oif, forDelete);
+}
+
+/** The RTM_NEWROUTE/DELROUTE payload of `r`, its device given by ifindex: pure, for batches (src/netlink/batch). */
+export function encodeRoute(r: RouteSpec, oif: number | undefined, forDelete: boolean): { msg: Buffer; text: string } {
   const dst = r.dst === 'default' ? undefined : parseCidr(r.dst, { defaultPrefix: true });
   const gw = r.via === undefined ? undefined : parseIp(r.via);
   const src = r.src === undefined ? undefined : parseIp(r.src);
@@ -52,19 +81,26 @@ async function routeMsg(h: NetNs, r: RouteSpec, forDelete: boolean): Promise<{ m
   if ((gw && gw.family !== family) || (src && src.family !== family)) {
     throw invalid(`route ${r.dst}: mixed IPv4 and IPv6 (dst, via and src must be one family)`);
   }
-  if (!gw && r.dev === undefined && !forDelete) throw invalid(`route ${r.dst}: needs --via GATEWAY or --dev DEVICE`);
+  const blackhole = r.type === 'blackhole';
+  if (blackhole && (gw || r.dev !== undefined || r.nhid !== undefined))
+    throw invalid(`route ${r.dst}: a blackhole route takes no gateway, device or nexthop`);
+  if (!gw && r.dev === undefined && r.nhid === undefined && !blackhole && !forDelete)
+    throw invalid(`route ${r.dst}: needs --via GATEWAY, --dev DEVICE or --nhid ID`);
+  if (r.onlink && (!gw || r.dev === undefined)) throw invalid(`route ${r.dst}: onlink needs --via and --dev`);
+  if (r.protocol !== undefined && (!Number.isInteger(r.protocol) || r.protocol < 0 || r.protocol > 255))
+    throw invalid(`invalid route protocol ${r.protocol}: must be 0-255`);
   if (r.metric !== undefined && (!Number.isInteger(r.metric) || r.metric < 0 || r.metric > 0xffffffff))
     throw invalid(`invalid metric ${r.metric}`);
-  const oif = r.dev === undefined ? undefined : (await mustGet(h, r.dev)).index;
   const table = r.table ?? RT_TABLE.MAIN;
   const hdr = rtmsg.encode({
     family: family === 4 ? AF_INET : AF_INET6,
     dst_len: dst ? dst.prefix : 0,
     table: table < 256 ? table : RT_TABLE.UNSPEC,
-    protocol: forDelete ? 0 : RTPROT.BOOT,
+    protocol: forDelete ? (r.protocol ?? 0) : (r.protocol ?? RTPROT.BOOT),
     // Without a gateway the destination is directly on the link (`scope link`), as iproute2 infers.
-    scope: forDelete ? RT_SCOPE.NOWHERE : gw ? RT_SCOPE.UNIVERSE : RT_SCOPE.LINK,
-    type: forDelete ? 0 : RTN.UNICAST,
+    scope: forDelete ? RT_SCOPE.NOWHERE : gw || blackhole || r.nhid !== undefined ? RT_SCOPE.UNIVERSE : RT_SCOPE.LINK,
+    type: forDelete ? 0 : blackhole ? RTN.BLACKHOLE : RTN.UNICAST,
+    flags: r.onlink ? RTNH_F.ONLINK : 0,
   });
   const attrs: AttrObject = {
     dst: dst?.network,
@@ -73,12 +109,16 @@ async function routeMsg(h: NetNs, r: RouteSpec, forDelete: boolean): Promise<{ m
     priority: r.metric,
     prefsrc: src?.address,
     table: table >= 256 ? table : undefined,
+    nh_id: r.nhid,
   };
   const text = [
+    blackhole && 'blackhole',
     r.dst === 'default' ? 'default' : `${dst!.network}/${dst!.prefix}`,
+    r.nhid !== undefined && `nhid ${r.nhid}`,
     gw && `via ${gw.address}`,
     r.dev !== undefined && `dev ${r.dev}`,
     r.metric !== undefined && `metric ${r.metric}`,
+    r.onlink && 'onlink',
   ]
     .filter(Boolean)
     .join(' ');
@@ -88,6 +128,14 @@ async function routeMsg(h: NetNs, r: RouteSpec, forDelete: boolean): Promise<{ m
 async function change(h: NetNs, verb: string, type: number, flags: number, r: RouteSpec): Promise<void> {
   const { msg, text } = await routeMsg(h, r, type === RTM.DELROUTE);
   await withContext(`${verb} route ${text} in ${labelOf(h)}`, () => rtnl(h).request(type, flags, msg));
+}
+
+/** One route as a batch message: replace (create or change), or delete. */
+export function routeBatchMessage(r: RouteSpec, oif: number | undefined, op: 'replace' | 'del'): BatchMessage {
+  const { msg } = encodeRoute(r, oif, op === 'del');
+  return op === 'del'
+    ? { type: RTM.DELROUTE, flags: 0, payload: msg }
+    : { type: RTM.NEWROUTE, flags: NLM_F.CREATE | NLM_F.REPLACE, payload: msg };
 }
 
 /** `ip route add ...`: fails with EEXIST when an equal route exists. */
@@ -136,6 +184,8 @@ export async function list(h: NetNs, filter: { family?: Family; table?: number |
       if (a.oif !== undefined) route.dev = names.get(a.oif as number) ?? String(a.oif);
       if (a.priority !== undefined) route.metric = a.priority as number;
       if (a.prefsrc !== undefined) route.prefsrc = a.prefsrc as string;
+      if (hdr.flags & RTNH_F.ONLINK) route.onlink = true;
+      if (a.nh_id !== undefined) route.nhid = a.nh_id as number;
       out.push(route);
     }
     return out;
@@ -164,3 +214,4 @@ export async function get(
   if (a.prefsrc !== undefined) out.prefsrc = a.prefsrc as string;
   return out;
 }
+export * as nexthop from './nexthop';

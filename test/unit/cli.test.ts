@@ -86,3 +86,19 @@ test('help lists the global options in every command', async (t) => {
     /Global Options:[\s\S]*-n, --netns <ns>[\s\S]*-j, --json[\s\S]*--state-dir <dir>[\s\S]*--backend <name>/,
   );
 });
+
+test("a command's own option under a global's name stays with it after its word: cluster init --backend vxlan", async (t) => {
+  const { program } = await buildProgram();
+  const h = (...argv: string[]) => hoistGlobals(program, argv);
+  t.deepEqual(h('cluster', 'init', '--backend', 'vxlan', '--etcd', 'http://e:1'), [
+    '--etcd',
+    'http://e:1',
+    'cluster',
+    'init',
+    '--backend',
+    'vxlan',
+  ]);
+  // Elsewhere --backend is still the global NAT backend, before or after the word.
+  t.deepEqual(h('cluster', 'ls', '--backend', 'nft'), ['--backend', 'nft', 'cluster', 'ls']);
+  t.deepEqual(h('--backend', 'nft', 'service', 'ls'), ['--backend', 'nft', 'service', 'ls']);
+});

@@ -4,6 +4,11 @@ import { DEFAULT_METRICS, DEFAULT_SOCKET } from '../../agent/protocol';
 import { Agent, DEFAULT_FULL_SYNC_MS, DEFAULT_RESYNC_MS, parseDuration } from '../../agent/server';
 import { formatHostPort } from '../../addr/cidr';
 import type { Cli } from '../context';
+import { invalid } from '../../errors';
+import { parseIp } from '../../addr/cidr';
+import { stateDir } from '../../state';
+import { int } from '../options';
+import { target } from '../target';
 
 export function register(program: Command, cli: Cli): void {
   program
@@ -25,7 +30,13 @@ export function register(program: Command, cli: Cli): void {
       DEFAULT_FULL_SYNC_MS,
     )
     .option('--metrics <host:port>', 'Prometheus metrics listener ("" to turn off)', DEFAULT_METRICS)
-    .action(async (o: { socket: string; resyncInterval: number; fullSyncInterval: number; metrics: string }) => {
+    .option('--node-name <name>', "cluster mode (with --etcd): this node's name in the cluster")
+    .option('--public-ip <ip>', "cluster mode: this node's underlay address, which peers route and tunnel to")
+    .option('--bridge <name>', 'cluster mode: the node bridge pods join', 'tsnet0')
+    .option('--prefix <key>', 'cluster mode: etcd key prefix (default /tsnet/network)')
+    .option('--lease-ttl <seconds>', 'cluster mode: subnet lease TTL', int('--lease-ttl', { min: 2, max: 3600 }), 10)
+    .action(async (o: AgentOpts) => {
+      const cluster = clusterWanted(cli, o);
       // The signal handlers first: a handler registered in the same tick as the ready line is not in place yet when
       // a supervisor's SIGTERM follows at once (Node installs it asynchronously), and the agent would die mid-way.
       let signalled: string | undefined;
@@ -44,10 +55,72 @@ export function register(program: Command, cli: Cli): void {
         resyncIntervalMs: o.resyncInterval,
         fullSyncIntervalMs: o.fullSyncInterval,
       });
+      const node =
+        cluster && (await startCluster(cli, o, cluster, agent, (code) => ((process.exitCode = code), wake())));
       // One line on stdout once serving: what supervisors and tests wait for.
       const m = agent.metricsAddress;
       process.stdout.write(`ready ${agent.socket}${m ? ` metrics=${formatHostPort(m.host, m.port)}` : ''}\n`);
-      if (!signalled) await new Promise<void>((resolve) => (wake = resolve));
+      if (!signalled && process.exitCode === 0) await new Promise<void>((resolve) => (wake = resolve));
+      await node?.stop();
       await agent.stop();
     });
+}
+
+interface AgentOpts {
+  socket: string;
+  resyncInterval: number;
+  fullSyncInterval: number;
+  metrics: string;
+  nodeName?: string;
+  publicIp?: string;
+  bridge: string;
+  prefix?: string;
+  leaseTtl: number;
+}
+
+/** The cluster options, checked before anything starts; undefined without --etcd. */
+function clusterWanted(cli: Cli, o: AgentOpts): { urls: string } | undefined {
+  const urls = cli.etcd();
+  if (!urls) {
+    if (o.nodeName || o.publicIp) throw invalid('--node-name and --public-ip need --etcd URLS (or $TSNET_ETCD)');
+    return undefined;
+  }
+  if (!o.nodeName || !o.publicIp) throw invalid('cluster mode (--etcd) needs --node-name NAME and --public-ip IP');
+  if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/.test(o.nodeName))
+    throw invalid(`invalid --node-name ${JSON.stringify(o.nodeName)}: letters, digits, '.', '_' and '-', at most 63`);
+  if (parseIp(o.publicIp).family !== 4) throw invalid(`--public-ip ${o.publicIp}: the underlay is IPv4`);
+  return { urls };
+}
+
+/**
+ * Starts the cluster node in the background (etcd may not answer yet).
+ * `end(code)`: 0 once a leave was recorded and the peers are removed, 1 on a
+ * fatal claim (pool exhausted, this node's subnet held by another).
+ */
+async function startCluster(cli: Cli, o: AgentOpts, c: { urls: string }, agent: Agent, end: (code: number) => void) {
+  const { ClusterStore, parseEndpoints, parsePrefix } = await import('../../cluster/store');
+  const { ClusterNode } = await import('../../cluster/node');
+  const log = (line: string) => process.stderr.write(`${new Date().toISOString()} agent: ${line}\n`);
+  const store = new ClusterStore(parseEndpoints(c.urls), parsePrefix(o.prefix));
+  const node = new ClusterNode({
+    store,
+    ns: target(cli),
+    nodeName: o.nodeName!,
+    publicIp: o.publicIp!,
+    bridge: o.bridge,
+    stateDir: stateDir(cli.stateDir()),
+    ttl: o.leaseTtl,
+    log,
+  });
+  agent.cluster = node;
+  cli.onExit(() => store.close());
+  node.start().catch((err: Error) => {
+    log(`cluster: ${err.message}`);
+    end(1);
+  });
+  void node.left.then(() => {
+    log(`cluster: left the cluster`);
+    end(0);
+  });
+  return node;
 }

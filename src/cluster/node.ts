@@ -1,0 +1,384 @@
+/**
+ * A cluster node, run by the agent: it claims the node's subnet, keeps its
+ * lease alive, programs its peers and keeps them programmed.
+ *
+ * - The subnet and VTEP MAC are kept in a local state file, so a restart or
+ *   an etcd that lost its data gets the same ones back; a key already held
+ *   under this node's name is re-attached, never replaced by a new subnet.
+ * - Peers: list at revision R, watch from R+1; a compacted watch re-lists.
+ *   Every change only marks the peer table dirty; one reconcile (kernel.ts)
+ *   diffs the leases' desired state against the kernel, so a missed or
+ *   repeated event cannot leave a stale route behind.
+ * - Drift: the same reconcile runs every `driftMs` (reads only when nothing
+ *   changed), repairing a route, neighbour, FDB entry or device removed by hand.
+ * - etcd trouble changes nothing in the kernel: no exit, no flush. A lease
+ *   the client gives up on is re-claimed under the same key once etcd answers.
+ * - Its own key deleted: after `tsnet cluster leave` (a leave record) the
+ *   node removes its peers and `left` resolves; after an expiry it re-claims.
+ */
+import { randomBytes } from 'node:crypto';
+import * as path from 'node:path';
+import type { Lease } from 'etcd3';
+import type { NetNs } from '../netns';
+import { labelOf } from '../netns/internal';
+import { readJson, writeJsonAtomic } from '../state';
+import { TsnetError } from '../errors';
+import {
+  candidateSubnets,
+  claimable,
+  parsePeer,
+  parseSubnet,
+  sameSubnet,
+  subnetKey,
+  subnetText,
+  type ClusterConfig,
+  type LeaseValue,
+  type Peer,
+  type Subnet,
+} from './config';
+import { desiredState } from './desired';
+import { ensureNode, reconcile, teardown, type NodeDevices } from './kernel';
+import type { ClusterStore, StoredLease } from './store';
+
+export interface ClusterNodeOptions {
+  store: ClusterStore;
+  ns: NetNs;
+  nodeName: string;
+  publicIp: string;
+  bridge: string;
+  stateDir: string;
+  /** Lease TTL in seconds (default 10; etcd grants 2 at least). */
+  ttl?: number;
+  driftMs?: number;
+  log: (line: string) => void;
+}
+
+interface LocalState {
+  subnet: string;
+  vtepMac: string;
+  network: string;
+}
+
+export interface ClusterNodeStats {
+  reconciles: number;
+  writes: number;
+  skippedLeases: number;
+  lastError?: string;
+}
+
+const RETRY_MS = 1000;
+
+/** A locally administered unicast MAC, made once per node and kept. */
+const newMac = () => {
+  const b = randomBytes(6);
+  b[0] = (b[0]! & 0xfe) | 0x02;
+  return [...b].map((x) => x.toString(16).padStart(2, '0')).join(':');
+};
+
+export class ClusterNode {
+  readonly stats: ClusterNodeStats = { reconciles: 0, writes: 0, skippedLeases: 0 };
+  config?: ClusterConfig;
+  subnet?: Subnet;
+  devices?: NodeDevices;
+  /** Resolves when a leave was recorded for this node and its peers are removed. */
+  readonly left: Promise<void>;
+  private resolveLeft!: () => void;
+  private readonly peers = new Map<string, Peer>();
+  private readonly skipped = new Set<string>();
+  private vtepMac = '';
+  private lease?: Lease;
+  private watcher?: { cancel(): Promise<void> };
+  private driftTimer?: NodeJS.Timeout;
+  private stopped = false;
+  private running?: Promise<void>;
+  private dirty = false;
+  private readonly stateFile: string;
+
+  constructor(private readonly o: ClusterNodeOptions) {
+    this.left = new Promise((resolve) => (this.resolveLeft = resolve));
+    this.stateFile = path.join(o.stateDir, 'cluster', `${o.nodeName}.json`);
+  }
+
+  get ttl(): number {
+    return this.o.ttl ?? 10;
+  }
+
+  /** Starts joining in the background; `joined` settles when the node is in (or fails for good). */
+  start(): Promise<void> {
+    const local = readJson<LocalState>(this.stateFile);
+    this.vtepMac = local?.vtepMac ?? newMac();
+    return this.join(local);
+  }
+
+  private async join(local: LocalState | undefined): Promise<void> {
+    const store = this.o.store;
+    let announced = 0;
+    for (;;) {
+      if (this.stopped) return;
+      try {
+        this.config = await store.readConfig();
+        if (this.config) break;
+        if (Date.now() - announced >= RETRY_MS)
+          this.o.log(`cluster: no config at ${store.configKey} yet: run tsnet cluster init`);
+      } catch (err) {
+        this.o.log(
+          `cluster: ${(err as Error).message}; retrying every second${local ? ` (serving ${local.subnet} from local state)` : ''}`,
+        );
+      }
+      announced = Date.now();
+      await sleep(RETRY_MS);
+    }
+    const config = this.config;
+    const kept = local && local.network === config.Network ? parseSubnet(local.subnet, 'subnet') : undefined;
+    if (kept && claimable(config, kept)) {
+      // What pods already have keeps working while the claim goes on.
+      this.subnet = kept;
+      this.devices = await ensureNode(this.o.ns, this.setup());
+    }
+    await this.claim(kept);
+    await this.list();
+    this.driftTimer = setInterval(() => this.kick(), this.o.driftMs ?? 500);
+    this.driftTimer.unref();
+  }
+
+  private setup() {
+    return {
+      config: this.config!,
+      subnet: this.subnet!,
+      publicIp: this.o.publicIp,
+      bridge: this.o.bridge,
+      vtepMac: this.vtepMac,
+    };
+  }
+
+  private leaseValue(): LeaseValue {
+    const vx = this.config!.Backend.Type === 'vxlan';
+    return {
+      PublicIP: this.o.publicIp,
+      BackendType: this.config!.Backend.Type,
+      BackendData: vx ? { VNI: this.config!.Backend.VNI ?? 1, VtepMAC: this.vtepMac } : {},
+      NodeName: this.o.nodeName,
+    };
+  }
+
+  /** Grants a lease and claims a subnet under it: `prefer` first, then one held under this name, then a free one. */
+  private async claim(prefer: Subnet | undefined): Promise<void> {
+    const store = this.o.store;
+    for (;;) {
+      try {
+        await store.clearLeave(this.o.nodeName);
+        const lease = store.client.lease(this.ttl, { autoKeepAlive: true });
+        const id = await store.bounded('granting a lease', lease.grant());
+        const { leases } = await store.listLeases();
+        const ours = leases.find((l) => nodeOf(l.value) === this.o.nodeName);
+        const tries: Subnet[] = [];
+        if (prefer) tries.push(prefer);
+        else if (ours && claimable(this.config!, ours.subnet)) tries.push(ours.subnet);
+        if (tries.length === 0) tries.push(...this.free(leases));
+        for (const s of tries) {
+          if (await store.claim(s, this.leaseValue(), id)) {
+            this.adopt(s, lease);
+            return;
+          }
+          if (prefer) {
+            throw new TsnetError(
+              `${subnetText(s)} (this node's, from ${this.stateFile}) is held by another node: tsnet never renumbers a node with pods; remove that lease or this file`,
+              { code: 'EEXIST' },
+            );
+          }
+        }
+        lease.release();
+        if (tries.length === 0) {
+          throw new TsnetError(
+            `the subnet pool of ${this.config!.Network} is exhausted: every /${this.config!.SubnetLen} from ${this.config!.SubnetMin} to ${this.config!.SubnetMax} is leased; widen the network or remove dead nodes (tsnet cluster leave)`,
+            { code: 'ENOSPC' },
+          );
+        }
+      } catch (err) {
+        if (err instanceof TsnetError && (err.code === 'ENOSPC' || err.code === 'EEXIST')) throw err;
+        this.o.log(`cluster: ${(err as Error).message}; retrying every second`);
+        await sleep(RETRY_MS);
+        if (this.stopped) return;
+      }
+    }
+  }
+
+  /** Free subnets, a random few first: twenty nodes starting at once rarely race for one. */
+  private free(leases: StoredLease[]): Subnet[] {
+    const taken = new Set(leases.map((l) => subnetKey(l.subnet)));
+    const out: Subnet[] = [];
+    for (const s of candidateSubnets(this.config!)) {
+      if (!taken.has(subnetKey(s))) out.push(s);
+      if (out.length >= 64) break;
+    }
+    for (let i = out.length - 1; i > 0; i--) {
+      const j = Math.floor(Math.random() * (i + 1));
+      [out[i], out[j]] = [out[j]!, out[i]!];
+    }
+    return out;
+  }
+
+  private adopt(s: Subnet, lease: Lease): void {
+    if (this.lease && this.lease !== lease) this.lease.release();
+    this.lease = lease;
+    this.subnet = s;
+    writeJsonAtomic(this.stateFile, { subnet: subnetText(s), vtepMac: this.vtepMac, network: this.config!.Network });
+    this.o.log(`cluster: ${this.o.nodeName} holds ${subnetText(s)} (lease ttl ${this.ttl} s)`);
+    lease.on('lost', (err: Error) => {
+      if (this.stopped || this.lease !== lease) return;
+      this.o.log(`cluster: lease lost (${err.message.split('\n')[0]}): re-claiming ${subnetText(s)}`);
+      void this.claim(s).catch((e: Error) => this.o.log(`cluster: ${e.message}`));
+    });
+  }
+
+  /** Lists every lease at revision R, programs them, and watches from R+1. */
+  private async list(): Promise<void> {
+    const store = this.o.store;
+    for (;;) {
+      if (this.stopped) return;
+      try {
+        const { revision, leases } = await store.listLeases();
+        this.peers.clear();
+        for (const l of leases) this.put(l);
+        this.kick();
+        await this.watch(revision);
+        return;
+      } catch (err) {
+        this.o.log(`cluster: ${(err as Error).message}; retrying every second`);
+        await sleep(RETRY_MS);
+      }
+    }
+  }
+
+  private async watch(revision: string): Promise<void> {
+    const store = this.o.store;
+    const w = await store.client
+      .watch()
+      .prefix(store.subnetsPrefix)
+      .startRevision(String(BigInt(revision) + 1n))
+      .withPreviousKV()
+      .create();
+    this.watcher = w;
+    w.on('put', (kv) => {
+      const l = store.stored(kv);
+      if (l) this.put(l);
+      this.kick();
+    });
+    w.on('delete', (kv) => {
+      const l = store.stored(kv);
+      if (!l) return;
+      this.peers.delete(l.key);
+      this.kick();
+      if (this.subnet && sameSubnet(l.subnet, this.subnet)) void this.ownKeyGone();
+    });
+    w.on('error', (err: Error) => {
+      // A start revision compacted away cancels the watch for good: list again.
+      if (this.stopped || this.watcher !== w) return;
+      this.o.log(`cluster: watch ended (${err.message.split('\n')[0]}): listing again`);
+      this.watcher = undefined;
+      void w.cancel().catch(() => undefined);
+      void this.list();
+    });
+  }
+
+  private put(l: StoredLease): void {
+    const r = parsePeer(this.config!, l.key, l.value, l.lease);
+    if ('skip' in r) {
+      this.peers.delete(l.key);
+      if (!this.skipped.has(`${l.key}@${l.modRevision}`)) {
+        this.skipped.add(`${l.key}@${l.modRevision}`);
+        this.stats.skippedLeases++;
+        this.o.log(`cluster: skipping ${r.skip}`);
+      }
+      return;
+    }
+    this.peers.set(l.key, r.peer);
+  }
+
+  /** Own key deleted: a recorded leave ends the node; an expiry re-claims the same subnet. */
+  private async ownKeyGone(): Promise<void> {
+    const store = this.o.store;
+    let left = false;
+    try {
+      left = await store.leaveRecorded(this.o.nodeName);
+    } catch (err) {
+      this.o.log(`cluster: ${(err as Error).message}`);
+    }
+    if (left) {
+      this.o.log(`cluster: ${this.o.nodeName} was removed (tsnet cluster leave): removing its peers`);
+      await this.stop();
+      await teardown(this.o.ns, this.config!).catch((e: Error) => this.o.log(`cluster: ${e.message}`));
+      await store.clearLeave(this.o.nodeName).catch(() => undefined);
+      this.resolveLeft();
+      return;
+    }
+    this.o.log(`cluster: the lease on ${subnetText(this.subnet!)} expired: re-claiming it`);
+    await this.claim(this.subnet).catch((e: Error) => this.o.log(`cluster: ${e.message}`));
+  }
+
+  /** Marks the peer table dirty; one reconcile runs at a time and again while marked. */
+  kick(): void {
+    this.dirty = true;
+    this.running ??= this.drain().finally(() => (this.running = undefined));
+  }
+
+  /** Resolves once a reconcile that started after this call has finished. */
+  async settled(): Promise<void> {
+    this.kick();
+    while (this.running) await this.running;
+  }
+
+  private async drain(): Promise<void> {
+    while (this.dirty && !this.stopped && this.config && this.subnet) {
+      this.dirty = false;
+      try {
+        this.devices = await ensureNode(this.o.ns, this.setup());
+        const want = desiredState(
+          this.config,
+          { subnet: this.subnet, publicIp: this.o.publicIp, underlay: this.devices.underlay.subnet },
+          this.peers.values(),
+        );
+        const r = await reconcile(this.o.ns, want, this.devices);
+        this.stats.reconciles++;
+        this.stats.writes += r.writes;
+        if (r.errors.length) this.o.log(`cluster: in ${labelOf(this.o.ns)}: ${r.errors.slice(0, 3).join('; ')}`);
+        if (r.overrun) this.dirty = true;
+        delete this.stats.lastError;
+      } catch (err) {
+        const msg = (err as Error).message;
+        if (this.stats.lastError !== msg) this.o.log(`cluster: reconcile: ${msg}`);
+        this.stats.lastError = msg;
+      }
+    }
+  }
+
+  /** Stops watching and renewing, leaving the lease to expire and the kernel as it is (SIGTERM keeps the subnet). */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    clearInterval(this.driftTimer);
+    this.lease?.release();
+    await this.watcher?.cancel().catch(() => undefined);
+    await this.running;
+  }
+
+  /** What `cluster ls` and the agent's status show of this node. */
+  summary(): { node: string; subnet?: string; publicIp: string; peers: number; stats: ClusterNodeStats } {
+    return {
+      node: this.o.nodeName,
+      ...(this.subnet ? { subnet: subnetText(this.subnet) } : {}),
+      publicIp: this.o.publicIp,
+      peers: this.peers.size,
+      stats: this.stats,
+    };
+  }
+}
+
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms).unref());
+
+function nodeOf(value: string): string | undefined {
+  try {
+    return (JSON.parse(value) as Partial<LeaseValue>).NodeName;
+  } catch {
+    return undefined;
+  }
+}

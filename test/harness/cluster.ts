@@ -1,0 +1,278 @@
+/**
+ * A cluster on one machine, for the pod-network tests: a real 3-member etcd
+ * (Debian's etcd-server) on loopback ports of the sandbox, started by pid and
+ * stopped by pid; nodes as namespaces on an underlay bridge, each with its own
+ * `tsnet agent --etcd` running in the sandbox's root namespace and acting on
+ * its node through `-n NODE` (a node namespace cannot reach the root
+ * namespace's loopback, where etcd listens, as a real node may not reach it
+ * from its pod network either); pods as namespaces on a node's bridge.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import * as link from '../../src/link';
+import * as addr from '../../src/addr';
+import * as route from '../../src/route';
+import type * as netns from '../../src/netns';
+import { eventually } from './eventually';
+import { CLI, run, type Topology } from './fixtures';
+
+const ETCD = '/usr/bin/etcd';
+
+export interface EtcdMember {
+  name: string;
+  client: string;
+  peer: string;
+  dir: string;
+  child?: ChildProcess;
+  log: string;
+}
+
+/** A 3-member etcd cluster on 127.0.0.1 ports `base+1..3` (clients) and `base+11..13` (peers). */
+export class EtcdCluster {
+  readonly members: EtcdMember[];
+
+  constructor(
+    dataDir: string,
+    readonly base: number,
+    size = 3,
+  ) {
+    this.members = Array.from({ length: size }, (_, i) => ({
+      name: `m${i + 1}`,
+      client: `http://127.0.0.1:${base + 1 + i}`,
+      peer: `http://127.0.0.1:${base + 11 + i}`,
+      dir: path.join(dataDir, `m${i + 1}`),
+      log: '',
+    }));
+  }
+
+  /** The client URLs, as --etcd takes them. */
+  get urls(): string {
+    return this.members.map((m) => m.client).join(',');
+  }
+
+  private launch(m: EtcdMember, state: 'new' | 'existing'): void {
+    const cluster = this.members.map((x) => `${x.name}=${x.peer}`).join(',');
+    // prettier-ignore
+    m.child = spawn(ETCD, [
+      '--name', m.name, '--data-dir', m.dir,
+      '--listen-client-urls', m.client, '--advertise-client-urls', m.client,
+      '--listen-peer-urls', m.peer, '--initial-advertise-peer-urls', m.peer,
+      '--initial-cluster', cluster, '--initial-cluster-token', `tsnet-test-${this.base}`,
+      '--initial-cluster-state', state,
+      // Fast elections on loopback: a leader killed is replaced within about a second.
+      '--heartbeat-interval', '100', '--election-timeout', '500',
+      '--logger', 'zap', '--log-level', 'warn',
+    ], { stdio: ['ignore', 'ignore', 'pipe'] });
+    m.child.stderr!.on('data', (d: Buffer) => (m.log = (m.log + d.toString()).slice(-20_000)));
+  }
+
+  async start(): Promise<void> {
+    for (const m of this.members) this.launch(m, 'new');
+    await this.healthy();
+  }
+
+  /** Waits until every running member answers and the cluster has a leader. */
+  async healthy(ms = 20_000): Promise<void> {
+    const running = this.members.filter((m) => m.child && m.child.exitCode === null);
+    await eventually(
+      () =>
+        run('etcdctl', ['--endpoints', running.map((m) => m.client).join(','), 'endpoint', 'health'], {
+          env: { ETCDCTL_API: '3' },
+          timeoutMs: 5000,
+        }).status === 0,
+      { ms, what: 'etcd to be healthy', every: 200 },
+    );
+  }
+
+  /** The leader's name. */
+  leader(): EtcdMember {
+    const r = run('etcdctl', ['--endpoints', this.urls, 'endpoint', 'status', '-w', 'json'], {
+      env: { ETCDCTL_API: '3' },
+      timeoutMs: 5000,
+    });
+    const st = JSON.parse(r.stdout) as {
+      Endpoint: string;
+      Status: { header: { member_id: number }; leader: number };
+    }[];
+    const lead = st.find((s) => s.Status.header.member_id === s.Status.leader);
+    if (!lead) throw new Error(`no etcd leader: ${r.stdout}${r.stderr}`);
+    return this.members.find((m) => m.client === lead.Endpoint)!;
+  }
+
+  /** Stops a member by pid: SIGTERM, then SIGKILL after 2 s (a leader may take 5-8 s to hand over). */
+  async stop(m: EtcdMember, signal: 'SIGTERM' | 'SIGKILL' = 'SIGTERM'): Promise<void> {
+    const child = m.child;
+    if (!child || child.exitCode !== null || child.signalCode !== null) return;
+    const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+    child.kill(signal);
+    const timer = setTimeout(() => child.kill('SIGKILL'), 2000);
+    await exited;
+    clearTimeout(timer);
+    m.child = undefined;
+  }
+
+  /** Restarts a stopped member with its data. */
+  restart(m: EtcdMember): void {
+    this.launch(m, 'existing');
+  }
+
+  /** etcdctl against the cluster. */
+  ctl(...args: string[]): string {
+    const r = run('etcdctl', ['--endpoints', this.urls, ...args], { env: { ETCDCTL_API: '3' }, timeoutMs: 10_000 });
+    if (r.status !== 0) throw new Error(`etcdctl ${args.join(' ')}: ${r.stderr.trim()}`);
+    return r.stdout;
+  }
+
+  async stopAll(): Promise<void> {
+    await Promise.all(this.members.map((m) => this.stop(m)));
+  }
+}
+
+/** A `tsnet agent` in cluster mode, started by pid in the sandbox's root namespace, acting on its node with -n. */
+export class ClusterAgent {
+  child: ChildProcess;
+  log = '';
+  readonly exited: Promise<number | null>;
+
+  constructor(
+    readonly node: ClusterNodeNs,
+    readonly etcd: string,
+    readonly stateDir: string,
+    readonly extra: string[] = [],
+  ) {
+    // prettier-ignore
+    this.child = spawn(process.execPath, [
+      CLI, '--etcd', etcd, '--state-dir', stateDir, '-n', node.ns.name!,
+      'agent', '--socket', path.join(stateDir, 'agent.sock'), '--metrics', '',
+      '--node-name', node.name, '--public-ip', node.publicIp, ...extra,
+    ], { stdio: ['ignore', 'pipe', 'pipe'] });
+    this.child.stderr!.on('data', (d: Buffer) => (this.log += d.toString()));
+    this.child.stdout!.on('data', (d: Buffer) => (this.log += d.toString()));
+    this.exited = new Promise((resolve) => this.child.on('exit', (code) => resolve(code)));
+  }
+
+  get pid(): number {
+    return this.child.pid!;
+  }
+
+  /** Stops the agent by pid and waits for its exit code. */
+  async stop(signal: 'SIGTERM' | 'SIGKILL' = 'SIGTERM'): Promise<number | null> {
+    if (this.child.exitCode === null && this.child.signalCode === null) this.child.kill(signal);
+    return this.exited;
+  }
+}
+
+export interface ClusterNodeNs {
+  name: string;
+  ns: netns.NetNs;
+  publicIp: string;
+}
+
+export interface Underlay {
+  ns: netns.NetNs;
+  bridgeIndex: number;
+  tag: string;
+  net: number;
+}
+
+/**
+ * An underlay: bridge `ul0` in namespace PREFIX-TAG-ul, and `count` node
+ * namespaces PREFIX-TAG-nI, each with eth0 on it at 192.168.NET.(10+I)/24.
+ */
+export async function underlay(
+  topo: Topology,
+  count: number,
+  net: number,
+  tag: string,
+): Promise<{ ul: Underlay; nodes: ClusterNodeNs[] }> {
+  const ns = await topo.ns(`${tag}-ul`);
+  await link.add(ns, { kind: 'bridge', name: 'ul0', up: true });
+  const ul: Underlay = { ns, bridgeIndex: (await link.mustGet(ns, 'ul0')).index, tag, net };
+  const nodes: ClusterNodeNs[] = [];
+  for (let i = 1; i <= count; i++) nodes.push(await addNode(topo, ul, i));
+  return { ul, nodes };
+}
+
+/** Node I on the underlay: name nI, public IP 192.168.NET.(10+I). */
+export async function addNode(topo: Topology, ul: Underlay, i: number): Promise<ClusterNodeNs> {
+  const name = `n${i}`;
+  const publicIp = `192.168.${ul.net}.${10 + i}`;
+  const ns = await topo.ns(`${ul.tag}-${name}`);
+  const port = `u${ul.net}-${name}`;
+  await link.add(ul.ns, { kind: 'veth', name: port, master: ul.bridgeIndex, peer: { name: 'eth0', netns: ns } });
+  await link.setUp(ul.ns, port);
+  await link.setUp(ns, 'eth0');
+  await addr.add(ns, `${publicIp}/24`, 'eth0');
+  return { name, ns, publicIp };
+}
+
+/** The subnet the node's bridge holds (its first address), once the agent has claimed it. */
+export async function nodeSubnet(
+  node: ClusterNodeNs,
+  bridge = 'tsnet0',
+  ms = 15_000,
+): Promise<{ gw: string; prefix: number; base: string }> {
+  const a = await eventually(async () => (await addr.list(node.ns, { dev: bridge, family: 4 }).catch(() => []))[0], {
+    ms,
+    what: `${node.name}'s bridge to get its subnet`,
+    every: 50,
+  });
+  const o = a.address.split('.').map(Number);
+  return { gw: a.address, prefix: a.prefix, base: `${o[0]}.${o[1]}.${o[2]}.${o[3]! - 1}` };
+}
+
+/** A pod: namespace PREFIX-NAME with eth0 on the node's bridge, address `.ipIndex` of the node's subnet. */
+export async function addPod(
+  topo: Topology,
+  node: ClusterNodeNs,
+  name: string,
+  ipIndex: number,
+  bridge = 'tsnet0',
+): Promise<{ ns: netns.NetNs; ip: string }> {
+  const sub = await nodeSubnet(node, bridge);
+  const ns = await topo.ns(name);
+  const br = await link.mustGet(node.ns, bridge);
+  await link.add(node.ns, {
+    kind: 'veth',
+    name: `v-${name}`.slice(0, 15),
+    master: br.index,
+    mtu: br.mtu,
+    peer: { name: 'eth0', netns: ns, mtu: br.mtu },
+  });
+  await link.setUp(node.ns, `v-${name}`.slice(0, 15));
+  await link.setUp(ns, 'eth0');
+  const o = sub.base.split('.').map(Number);
+  const ip = `${o[0]}.${o[1]}.${o[2]}.${o[3]! + ipIndex}`;
+  await addr.add(ns, `${ip}/${sub.prefix}`, 'eth0');
+  await route.replace(ns, { dst: 'default', via: sub.gw });
+  return { ns, ip };
+}
+
+/** The routes of protocol tsnet on a node, as `ip -j route show proto 74` prints them. */
+export function tsnetRoutes(node: ClusterNodeNs): { dst: string; gateway?: string; dev: string; flags: string[] }[] {
+  const r = run('ip', ['-j', '-n', node.ns.name!, 'route', 'show', 'proto', '74']);
+  return (JSON.parse(r.stdout || '[]') as { dst: string; gateway?: string; dev: string; flags: string[] }[]).sort(
+    (a, b) => a.dst.localeCompare(b.dst),
+  );
+}
+
+/** The vxlan device's permanent neighbours (`ip -j neigh show dev DEV nud permanent`). */
+export function vxlanNeighs(node: ClusterNodeNs, dev: string): { dst: string; lladdr: string }[] {
+  const r = run('ip', ['-j', '-n', node.ns.name!, 'neigh', 'show', 'dev', dev, 'nud', 'permanent']);
+  return (JSON.parse(r.stdout || '[]') as { dst: string; lladdr: string }[])
+    .map((n) => ({ dst: n.dst, lladdr: n.lladdr }))
+    .sort((a, b) => a.dst.localeCompare(b.dst));
+}
+
+/** The vxlan device's own FDB (`bridge -j fdb show dev DEV`), zero-MAC default entries aside. */
+export function vxlanFdb(node: ClusterNodeNs, dev: string): { mac: string; dst: string }[] {
+  const r = run('bridge', ['-j', '-n', node.ns.name!, 'fdb', 'show', 'dev', dev]);
+  return (JSON.parse(r.stdout || '[]') as { mac: string; dst?: string; flags?: string[]; state?: string }[])
+    .filter((e) => e.dst && e.mac !== '00:00:00:00:00:00')
+    .map((e) => ({ mac: e.mac, dst: e.dst! }))
+    .sort((a, b) => a.mac.localeCompare(b.mac));
+}
+
+/** Whether the etcd binary is here (CI installs etcd-server). */
+export const haveEtcd = (): boolean => fs.existsSync(ETCD);

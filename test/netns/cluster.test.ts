@@ -1,0 +1,600 @@
+/**
+ * The pod network across machines: a real 3-member etcd, nodes as
+ * namespaces on an underlay bridge, one `tsnet agent --etcd` per node, pods
+ * on each node's bridge, and real TCP between them. Each test uses its own
+ * key prefix in the one etcd cluster and its own namespaces, so any test
+ * runs alone with --match.
+ */
+import test, { type ExecutionContext } from 'ava';
+import type * as netns from '../../src/netns';
+import { eventually } from '../harness/eventually';
+import { run, scratch, tsnet } from '../harness/fixtures';
+import {
+  ClusterAgent,
+  EtcdCluster,
+  addPod,
+  nodeSubnet,
+  tsnetRoutes,
+  underlay,
+  addNode,
+  type Underlay,
+  vxlanFdb,
+  vxlanNeighs,
+  type ClusterNodeNs,
+} from '../harness/cluster';
+
+const s = scratch('cl');
+const etcd = new EtcdCluster(s.tmp('etcd'), 23700);
+const agents: ClusterAgent[] = [];
+
+test.before(async () => {
+  await etcd.start();
+});
+
+test.after.always(async () => {
+  await Promise.all(agents.map((a) => a.stop('SIGKILL')));
+  await etcd.stopAll();
+  await s.cleanup();
+});
+
+const MB = 1 << 20;
+
+/** A server in `pod` that sends 1 MB to whoever connects; resolves once it listens. */
+async function bulkServer(pod: netns.NetNs, ip: string, port: number): Promise<void> {
+  const script = `require('net').createServer((c) => { c.on('error', () => {}); c.end(Buffer.alloc(${MB}, 7)); }).listen(${port}, '${ip}', () => console.log('ready'))`;
+  const child = pod.spawn(process.execPath, ['-e', script], { stdio: ['ignore', 'pipe', 'pipe'] });
+  s.servers.push({
+    stop: () =>
+      new Promise<void>((resolve) => {
+        if (child.exitCode !== null) return resolve();
+        child.once('exit', () => resolve());
+        child.kill('SIGTERM');
+      }),
+  });
+  await new Promise<void>((resolve, reject) => {
+    child.stdout!.once('data', () => resolve());
+    child.once('exit', (code) => reject(new Error(`bulk server in ${pod.label} exited ${code}`)));
+  });
+}
+
+/** Bytes received from ip:port by a client in `pod` (-1 on error or after 5 s). */
+function fetchBytes(pod: netns.NetNs, ip: string, port: number): Promise<number> {
+  const script = `let n = 0; const c = require('net').connect(${port}, '${ip}'); c.setTimeout(5000, () => { console.log(-1); process.exit(); }); c.on('data', (d) => (n += d.length)); c.on('end', () => console.log(n)); c.on('error', () => console.log(-1));`;
+  const child = pod.spawn(process.execPath, ['-e', script], { stdio: ['ignore', 'pipe', 'pipe'] });
+  return new Promise((resolve) => {
+    let out = '';
+    child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+    child.once('close', () => resolve(Number(out.trim() || -1)));
+  });
+}
+
+interface Cluster {
+  ul: Underlay;
+  nodes: ClusterNodeNs[];
+  agents: ClusterAgent[];
+  prefix: string;
+  stateDirs: string[];
+  agentArgs: string[];
+}
+
+/**
+ * `count` nodes with an agent each, under key prefix /t/NAME, after `cluster
+ * init ARGS`; the agents are stopped (SIGTERM) when the test ends.
+ */
+async function cluster(
+  t: ExecutionContext,
+  name: string,
+  net: number,
+  count: number,
+  init: string[],
+  agentArgs: string[] = [],
+): Promise<Cluster> {
+  const prefix = `/t/${name}`;
+  const r = tsnet('--etcd', etcd.urls, 'cluster', 'init', '--prefix', prefix, ...init);
+  if (r.status !== 0) throw new Error(`cluster init: ${r.stderr}`);
+  const { ul, nodes } = await underlay(s.topo, count, net, name);
+  const stateDirs = nodes.map((n) => s.tmp(`${name}-${n.name}`));
+  const c: Cluster = { ul, nodes, agents: [], prefix, stateDirs, agentArgs: ['--prefix', prefix, ...agentArgs] };
+  c.agents = nodes.map((n, i) => startAgent(c, n, stateDirs[i]!));
+  t.teardown(() => Promise.all(agents.splice(0).map((a) => a.stop())).then(() => undefined));
+  return c;
+}
+
+function startAgent(c: Cluster, n: ClusterNodeNs, stateDir: string): ClusterAgent {
+  const a = new ClusterAgent(n, etcd.urls, stateDir, c.agentArgs);
+  agents.push(a);
+  return a;
+}
+
+/** Waits until every node has a route to every other node's subnet. */
+async function converged(c: Cluster, ms = 15_000): Promise<void> {
+  await eventually(() => c.nodes.every((n) => tsnetRoutes(n).length === c.nodes.length - 1), {
+    ms,
+    what: 'every node to route to every peer',
+    every: 50,
+  }).catch((err: Error) => {
+    throw new Error(`${err.message}\n${c.agents.map((a) => `--- ${a.node.name}\n${a.log}`).join('\n')}`);
+  });
+}
+
+/** A pod on each node, a bulk server in each, and every cross-node pair fetching 1 MB. */
+async function everyPairMoves(t: { deepEqual: (a: unknown, b: unknown, m?: string) => void }, c: Cluster, tag: string) {
+  const pods = [];
+  for (const n of c.nodes) pods.push({ node: n, ...(await addPod(s.topo, n, `${tag}-${n.name}`, 10)) });
+  for (const p of pods) await bulkServer(p.ns, p.ip, 9000);
+  for (const a of pods) {
+    for (const b of pods) {
+      if (a === b) continue;
+      t.deepEqual(await fetchBytes(a.ns, b.ip, 9000), MB, `1 MB from ${b.node.name}'s pod ${b.ip} to ${a.node.name}'s`);
+    }
+  }
+  return pods;
+}
+
+test.serial('cluster init: bad input is one line and writes nothing; a different config needs --force', (t) => {
+  const prefix = '/t/init';
+  const bad = [
+    ['--network', '10.1.0.0/33', '--backend', 'host-gw'],
+    ['--network', '10.1.0.1/16', '--backend', 'host-gw'],
+    ['--network', '10.1.0.0/16', '--subnet-len', '16', '--backend', 'host-gw'],
+    ['--network', '10.1.0.0/16', '--backend', 'ipip'],
+  ];
+  for (const args of bad) {
+    const r = tsnet('--etcd', etcd.urls, 'cluster', 'init', '--prefix', prefix, ...args);
+    t.is(r.status, 1, args.join(' '));
+    t.is(r.stderr.trim().split('\n').length, 1, r.stderr);
+  }
+  t.is(etcd.ctl('get', '--prefix', prefix, '--keys-only').trim(), '', 'nothing written');
+  const ok = tsnet(
+    '--etcd',
+    etcd.urls,
+    'cluster',
+    'init',
+    '--prefix',
+    prefix,
+    '--network',
+    '10.1.0.0/16',
+    '--backend',
+    'vxlan',
+  );
+  t.is(ok.status, 0, ok.stderr);
+  const written = JSON.parse(etcd.ctl('get', `${prefix}/config`, '--print-value-only')) as Record<string, unknown>;
+  t.deepEqual(written, {
+    Network: '10.1.0.0/16',
+    SubnetLen: 24,
+    SubnetMin: '10.1.1.0',
+    SubnetMax: '10.1.255.0',
+    Backend: { Type: 'vxlan', VNI: 1, Port: 8472, DirectRouting: false },
+  });
+  // The same again is fine; a different one is refused, and --force replaces it (--etcd after the command, too).
+  t.is(
+    tsnet('cluster', 'init', '--prefix', prefix, '--network', '10.1.0.0/16', '--backend', 'vxlan', '--etcd', etcd.urls)
+      .status,
+    0,
+  );
+  const differ = tsnet(
+    '--etcd',
+    etcd.urls,
+    'cluster',
+    'init',
+    '--prefix',
+    prefix,
+    '--network',
+    '10.2.0.0/16',
+    '--backend',
+    'host-gw',
+  );
+  t.is(differ.status, 1);
+  t.regex(differ.stderr, /a different cluster config .*--force/);
+  t.is(
+    (JSON.parse(etcd.ctl('get', `${prefix}/config`, '--print-value-only')) as { Network: string }).Network,
+    '10.1.0.0/16',
+  );
+  const forced = tsnet(
+    '--etcd',
+    etcd.urls,
+    'cluster',
+    'init',
+    '--prefix',
+    prefix,
+    '--network',
+    '10.2.0.0/16',
+    '--backend',
+    'host-gw',
+    '--force',
+  );
+  t.is(forced.status, 0, forced.stderr);
+  t.is(
+    (JSON.parse(etcd.ctl('get', `${prefix}/config`, '--print-value-only')) as { Network: string }).Network,
+    '10.2.0.0/16',
+  );
+});
+
+test.serial(
+  'host-gw: 1 MB between every pair of pods on different nodes; each node routes each peer subnet via its public IP',
+  async (t) => {
+    const c = await cluster(t, 'hostgw', 61, 3, ['--network', '10.61.0.0/16', '--backend', 'host-gw']);
+    await converged(c);
+    const subnets = await Promise.all(c.nodes.map((n) => nodeSubnet(n)));
+    for (const [i, n] of c.nodes.entries()) {
+      const want = c.nodes
+        .map((p, j) => ({ dst: `${subnets[j]!.base}/24`, gateway: p.publicIp, dev: 'eth0', flags: [] as string[] }))
+        .filter((_, j) => j !== i)
+        .sort((a, b) => a.dst.localeCompare(b.dst));
+      t.deepEqual(tsnetRoutes(n), want, `${n.name}'s routes`);
+    }
+    t.is(new Set(subnets.map((x) => x.base)).size, 3, 'three distinct subnets');
+    await everyPairMoves(t, c, 'hg');
+    // Pod to pod is not masqueraded: the server sees the client pod's own address (checked via the listing below).
+    const ls = JSON.parse(tsnet('-j', '--etcd', etcd.urls, 'cluster', 'ls', '--prefix', c.prefix).stdout) as {
+      name: string;
+      subnet: string;
+      publicIp: string;
+      ttl: number;
+    }[];
+    t.deepEqual(
+      ls.map((x) => x.name).sort(),
+      c.nodes.map((n) => n.name),
+    );
+    for (const x of ls) t.true(x.ttl > 0 && x.ttl <= 10, `${x.name}'s lease ttl ${x.ttl}`);
+  },
+);
+
+test.serial(
+  'vxlan: 1 MB between every pair of pods across nodes; exact neighbour, FDB and onlink routes; MTU underlay - 50',
+  async (t) => {
+    const c = await cluster(t, 'vxlan', 62, 3, ['--network', '10.62.0.0/16', '--backend', 'vxlan', '--vni', '7']);
+    await converged(c);
+    const subnets = await Promise.all(c.nodes.map((n) => nodeSubnet(n)));
+    const macs = c.nodes.map(
+      (n) =>
+        (JSON.parse(run('ip', ['-j', '-n', n.ns.name!, 'link', 'show', 'tsnet.7']).stdout) as { address: string }[])[0]!
+          .address,
+    );
+    for (const [i, n] of c.nodes.entries()) {
+      const d = JSON.parse(run('ip', ['-j', '-d', '-n', n.ns.name!, 'link', 'show', 'tsnet.7']).stdout) as {
+        mtu: number;
+        linkinfo: { info_kind: string; info_data: { id: number; port: number; learning: boolean; local: string } };
+      }[];
+      t.is(d[0]!.mtu, 1450, 'vxlan MTU = underlay 1500 - 50');
+      t.like(d[0]!.linkinfo.info_data, { id: 7, port: 8472, learning: false, local: n.publicIp });
+      const others = c.nodes.map((p, j) => ({ p, j })).filter(({ j }) => j !== i);
+      t.deepEqual(
+        tsnetRoutes(n),
+        others
+          .map(({ j }) => ({
+            dst: `${subnets[j]!.base}/24`,
+            gateway: subnets[j]!.base,
+            dev: 'tsnet.7',
+            flags: ['onlink'],
+          }))
+          .sort((a, b) => a.dst.localeCompare(b.dst)),
+        `${n.name}'s routes`,
+      );
+      t.deepEqual(
+        vxlanNeighs(n, 'tsnet.7'),
+        others.map(({ j }) => ({ dst: subnets[j]!.base, lladdr: macs[j]! })).sort((a, b) => a.dst.localeCompare(b.dst)),
+        `${n.name}'s neighbours`,
+      );
+      t.deepEqual(
+        vxlanFdb(n, 'tsnet.7'),
+        others.map(({ p, j }) => ({ mac: macs[j]!, dst: p.publicIp })).sort((a, b) => a.mac.localeCompare(b.mac)),
+        `${n.name}'s FDB`,
+      );
+      const br = JSON.parse(run('ip', ['-j', '-n', n.ns.name!, 'link', 'show', 'tsnet0']).stdout) as { mtu: number }[];
+      t.is(br[0]!.mtu, 1450, 'the node bridge carries the tunnel MTU to pods');
+    }
+    await everyPairMoves(t, c, 'vx');
+  },
+);
+
+test.serial(
+  'a graceful leave: peers drop the node within 1 s, its agent exits 0, and --teardown leaves nothing',
+  async (t) => {
+    const c = await cluster(t, 'leave', 63, 3, ['--network', '10.63.0.0/16', '--backend', 'vxlan']);
+    await converged(c);
+    const gone = c.nodes[2]!;
+    const sub = await nodeSubnet(gone);
+    const t0 = Date.now();
+    const r = tsnet(
+      '--etcd',
+      etcd.urls,
+      '-n',
+      gone.ns.name!,
+      'cluster',
+      'leave',
+      gone.name,
+      '--prefix',
+      c.prefix,
+      '--teardown',
+    );
+    t.is(r.status, 0, r.stderr);
+    await eventually(() => c.nodes.slice(0, 2).every((n) => !tsnetRoutes(n).some((x) => x.dst === `${sub.base}/24`)), {
+      ms: 1000 + (Date.now() - t0),
+      what: 'the peers to drop the node that left',
+      every: 20,
+    });
+    t.is(await c.agents[2]!.exited, 0, c.agents[2]!.log);
+    t.deepEqual(tsnetRoutes(gone), [], 'no peer routes left on the node');
+    t.is(run('ip', ['-n', gone.ns.name!, 'link', 'show', 'tsnet.1']).status, 1, 'no vxlan device left');
+    t.is(etcd.ctl('get', '--prefix', `${c.prefix}/subnets/${sub.base}-24`, '--keys-only').trim(), '', 'no lease key');
+    t.is(etcd.ctl('get', '--prefix', `${c.prefix}/leaves/`, '--keys-only').trim(), '', 'the leave record consumed');
+  },
+);
+
+test.serial('a killed node disappears from every peer within TTL + 2 s', async (t) => {
+  const ttl = 4;
+  const c = await cluster(
+    t,
+    'dead',
+    64,
+    3,
+    ['--network', '10.64.0.0/16', '--backend', 'host-gw'],
+    ['--lease-ttl', String(ttl)],
+  );
+  await converged(c);
+  const dead = c.nodes[1]!;
+  const sub = await nodeSubnet(dead);
+  await c.agents[1]!.stop('SIGKILL');
+  const t0 = Date.now();
+  await eventually(
+    () => [c.nodes[0]!, c.nodes[2]!].every((n) => !tsnetRoutes(n).some((x) => x.dst === `${sub.base}/24`)),
+    { ms: (ttl + 2) * 1000, what: 'the peers to drop the dead node', every: 50 },
+  );
+  t.log(`dropped ${Date.now() - t0} ms after the kill (TTL ${ttl} s)`);
+  t.pass();
+});
+
+test.serial(
+  'an agent killed and restarted keeps its subnet and VTEP MAC, and a cross-node TCP stream survives',
+  async (t) => {
+    const c = await cluster(t, 'restart', 65, 2, ['--network', '10.65.0.0/16', '--backend', 'vxlan']);
+    await converged(c);
+    const [a, b] = c.nodes as [ClusterNodeNs, ClusterNodeNs];
+    const before = await nodeSubnet(b);
+    const mac = () =>
+      (JSON.parse(run('ip', ['-j', '-n', b.ns.name!, 'link', 'show', 'tsnet.1']).stdout) as { address: string }[])[0]!
+        .address;
+    const macBefore = mac();
+    const pa = await addPod(s.topo, a, 'rs-a', 10);
+    const pb = await addPod(s.topo, b, 'rs-b', 10);
+    // A stream: the server in b's pod echoes; the client in a's pod sends a line every 50 ms and counts echoes.
+    const echo = `require('net').createServer((c) => c.pipe(c)).listen(9100, '${pb.ip}', () => console.log('ready'))`;
+    const server = pb.ns.spawn(process.execPath, ['-e', echo], { stdio: ['ignore', 'pipe', 'ignore'] });
+    s.servers.push({ stop: async () => void server.kill('SIGKILL') });
+    await new Promise((resolve) => server.stdout!.once('data', resolve));
+    const clientJs = `const c = require('net').connect(9100, '${pb.ip}'); let got = 0; c.on('data', (d) => { got += d.length; }); const iv = setInterval(() => c.write('x'), 50); c.on('error', (e) => { console.log('error ' + e.message); process.exit(1); }); process.stdin.on('data', () => { clearInterval(iv); setTimeout(() => { console.log(got); process.exit(0); }, 300); });`;
+    const client = pa.ns.spawn(process.execPath, ['-e', clientJs], { stdio: ['pipe', 'pipe', 'ignore'] });
+    let out = '';
+    client.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+    await new Promise((r) => setTimeout(r, 300));
+    t.is(await c.agents[1]!.stop('SIGKILL'), null);
+    await new Promise((r) => setTimeout(r, 500));
+    const again = startAgent(c, b, c.stateDirs[1]!);
+    await eventually(() => /holds/.test(again.log), { ms: 10_000, what: 'the restarted agent to hold its subnet' });
+    t.deepEqual(await nodeSubnet(b), before, 'same subnet');
+    t.is(mac(), macBefore, 'same VTEP MAC');
+    await new Promise((r) => setTimeout(r, 500));
+    const done = new Promise<void>((resolve) => client.once('close', () => resolve()));
+    client.stdin!.write('stop\n');
+    await done;
+    t.regex(out.trim(), /^\d+$/, `the stream broke: ${out}`);
+    t.true(Number(out.trim()) >= 20, `echoes received across the restart: ${out.trim()}`);
+  },
+);
+
+test.serial(
+  'drift: a peer route, neighbour, FDB entry or the vxlan device removed by hand is back within 1 s',
+  async (t) => {
+    const c = await cluster(t, 'drift', 66, 2, ['--network', '10.66.0.0/16', '--backend', 'vxlan']);
+    await converged(c);
+    const [a, b] = c.nodes as [ClusterNodeNs, ClusterNodeNs];
+    const sb = await nodeSubnet(b);
+    const wantRoutes = tsnetRoutes(a);
+    const wantNeigh = vxlanNeighs(a, 'tsnet.1');
+    const wantFdb = vxlanFdb(a, 'tsnet.1');
+    t.is(wantRoutes.length, 1);
+    const repaired = async (what: string, break_: string[][], check: () => boolean) => {
+      for (const args of break_) {
+        const r = run(args[0]!, args.slice(1));
+        t.is(r.status, 0, `${args.join(' ')}: ${r.stderr}`);
+      }
+      t.false(check(), `${what}: broken`);
+      const t0 = Date.now();
+      await eventually(check, { ms: 1000, what: `${what} to be repaired`, every: 20 });
+      t.log(`${what}: repaired in ${Date.now() - t0} ms`);
+    };
+    const same = () =>
+      JSON.stringify(tsnetRoutes(a)) === JSON.stringify(wantRoutes) &&
+      JSON.stringify(vxlanNeighs(a, 'tsnet.1')) === JSON.stringify(wantNeigh) &&
+      JSON.stringify(vxlanFdb(a, 'tsnet.1')) === JSON.stringify(wantFdb);
+    await repaired('the route', [['ip', '-n', a.ns.name!, 'route', 'del', `${sb.base}/24`]], same);
+    await repaired('the neighbour', [['ip', '-n', a.ns.name!, 'neigh', 'del', sb.base, 'dev', 'tsnet.1']], same);
+    await repaired(
+      'the FDB entry',
+      [['bridge', '-n', a.ns.name!, 'fdb', 'del', wantFdb[0]!.mac, 'dev', 'tsnet.1', 'dst', b.publicIp, 'self']],
+      same,
+    );
+    await repaired('the vxlan device', [['ip', '-n', a.ns.name!, 'link', 'del', 'tsnet.1']], same);
+    // A stale route of tsnet's protocol that no lease explains goes too.
+    await repaired(
+      'a stale route',
+      [['ip', '-n', a.ns.name!, 'route', 'add', '10.66.200.0/24', 'via', '192.168.66.99', 'proto', '74']],
+      same,
+    );
+    const pa = await addPod(s.topo, a, 'dr-a', 10);
+    const pb = await addPod(s.topo, b, 'dr-b', 10);
+    await bulkServer(pb.ns, pb.ip, 9000);
+    t.is(await fetchBytes(pa.ns, pb.ip, 9000), MB, 'traffic after the repairs');
+  },
+);
+
+test.serial(
+  'bad leases are skipped with a warning, never programmed; an exhausted pool is one error and the agent exits',
+  async (t) => {
+    const c = await cluster(t, 'bad', 67, 2, [
+      '--network',
+      '10.67.0.0/24',
+      '--subnet-len',
+      '26',
+      '--backend',
+      'host-gw',
+    ]);
+    await converged(c);
+    // Not JSON, and a subnet outside the network: skipped (logged), nothing routed to them.
+    const held = etcd.ctl('get', '--prefix', `${c.prefix}/subnets/`, '--keys-only');
+    const free = ['10.67.0.64-26', '10.67.0.128-26', '10.67.0.192-26'].find((k) => !held.includes(k))!;
+    etcd.ctl('put', `${c.prefix}/subnets/${free}`, 'not json');
+    etcd.ctl(
+      'put',
+      `${c.prefix}/subnets/10.99.0.0-26`,
+      JSON.stringify({ PublicIP: '192.168.67.99', BackendType: 'host-gw', BackendData: {}, NodeName: 'x' }),
+    );
+    await eventually(
+      () => c.agents.every((a) => /skipping .*not JSON/.test(a.log) && /skipping .*outside the network/.test(a.log)),
+      {
+        ms: 3000,
+        what: 'both agents to warn about the bad leases',
+      },
+    );
+    for (const n of c.nodes) t.is(tsnetRoutes(n).length, 1, `${n.name} routes its one real peer only`);
+    // /24 in /26s, the first never leased: three subnets, two nodes and the bad key hold them all.
+    const late = startAgent(c, await addNode(s.topo, c.ul, 3), s.tmp('bad-n3'));
+    t.is(await late.exited, 1, late.log);
+    const lines = late.log.split('\n').filter((l) => /exhausted/.test(l));
+    t.is(lines.length, 1, late.log);
+    t.regex(lines[0]!, /subnet pool of 10\.67\.0\.0\/24 is exhausted/);
+  },
+);
+
+/** Every node's tsnet routes, as one comparable string. */
+const snapshot = (c: Cluster) => JSON.stringify(c.nodes.map((n) => tsnetRoutes(n)));
+
+test.serial('etcd leader killed: no route changes, and a node joining afterwards is routed', async (t) => {
+  const c = await cluster(t, 'leader', 68, 2, ['--network', '10.68.0.0/16', '--backend', 'host-gw']);
+  await converged(c);
+  const before = snapshot(c);
+  const leader = etcd.leader();
+  await etcd.stop(leader, 'SIGKILL');
+  // Watch the routes for the election and a TTL's worth of keepalives through it.
+  const end = Date.now() + 4000;
+  while (Date.now() < end) {
+    t.is(snapshot(c), before, 'routes unchanged while etcd elects a leader');
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  etcd.restart(leader);
+  await etcd.healthy();
+  const n3 = await addNode(s.topo, c.ul, 3);
+  c.nodes.push(n3);
+  c.agents.push(startAgent(c, n3, s.tmp('leader-n3')));
+  await converged(c, 5000);
+  t.pass();
+});
+
+test.serial(
+  'all etcd members down longer than the TTL: streams keep flowing, nothing is lost, in sync within 2 s of quorum',
+  async (t) => {
+    const ttl = 3;
+    const c = await cluster(
+      t,
+      'outage',
+      69,
+      2,
+      ['--network', '10.69.0.0/16', '--backend', 'vxlan'],
+      ['--lease-ttl', String(ttl)],
+    );
+    await converged(c);
+    const [a, b] = c.nodes as [ClusterNodeNs, ClusterNodeNs];
+    const pa = await addPod(s.topo, a, 'out-a', 10);
+    const pb = await addPod(s.topo, b, 'out-b', 10);
+    await bulkServer(pb.ns, pb.ip, 9000);
+    const before = snapshot(c);
+    const leases = etcd.ctl('get', '--prefix', `${c.prefix}/subnets/`, '--keys-only');
+    await etcd.stopAll();
+    const t0 = Date.now();
+    while (Date.now() - t0 < (ttl * 2 + 2) * 1000) {
+      t.is(snapshot(c), before, 'the data plane stays as it is');
+      t.is(await fetchBytes(pa.ns, pb.ip, 9000), MB, 'traffic during the outage');
+      await new Promise((r) => setTimeout(r, 500));
+    }
+    // A new pod on an existing node works with etcd down.
+    const pc = await addPod(s.topo, a, 'out-c', 11);
+    t.is(await fetchBytes(pc.ns, pb.ip, 9000), MB, 'a pod started during the outage');
+    for (const m of etcd.members) etcd.restart(m);
+    await etcd.healthy();
+    const back = Date.now();
+    t.is(etcd.ctl('get', '--prefix', `${c.prefix}/subnets/`, '--keys-only'), leases, 'no lease lost');
+    // In sync: a node joining now is routed by both within 2 s of quorum.
+    const n3 = await addNode(s.topo, c.ul, 3);
+    c.nodes.push(n3);
+    c.agents.push(startAgent(c, n3, s.tmp('outage-n3')));
+    await converged(c, 2000 + 3000);
+    t.log(`a join converged ${Date.now() - back} ms after quorum (agent start-up included)`);
+    t.true(
+      c.agents.slice(0, 2).every((x) => x.child.exitCode === null),
+      'no agent exited',
+    );
+  },
+);
+
+test.serial(
+  'an agent paused while nodes join and leave, with the history compacted, converges when it resumes',
+  async (t) => {
+    const ttl = 3;
+    const c = await cluster(
+      t,
+      'pause',
+      70,
+      3,
+      ['--network', '10.70.0.0/16', '--backend', 'host-gw'],
+      ['--lease-ttl', String(ttl)],
+    );
+    await converged(c);
+    const paused = c.agents[0]!;
+    process.kill(paused.pid, 'SIGSTOP');
+    try {
+      // Meanwhile: n3 leaves, n4 joins, and the history is compacted.
+      t.is(tsnet('--etcd', etcd.urls, 'cluster', 'leave', 'n3', '--prefix', c.prefix).status, 0);
+      const n4 = await addNode(s.topo, c.ul, 4);
+      c.agents.push(startAgent(c, n4, s.tmp('pause-n4')));
+      await eventually(() => tsnetRoutes(c.nodes[1]!).length === 2 && tsnetRoutes(n4).length === 2, {
+        ms: 10_000,
+        what: 'n2 and n4 to see each other and n1',
+      });
+      const rev = (
+        JSON.parse(etcd.ctl('endpoint', 'status', '-w', 'json')) as { Status: { header: { revision: number } } }[]
+      )[0]!.Status.header.revision;
+      etcd.ctl('compact', String(rev));
+      await new Promise((r) => setTimeout(r, (ttl + 1) * 1000)); // past its TTL: its own lease expires
+      c.nodes.splice(2, 1, n4);
+    } finally {
+      process.kill(paused.pid, 'SIGCONT');
+    }
+    await eventually(
+      async () => {
+        const want = await Promise.all([c.nodes[1]!, c.nodes[2]!].map((n) => nodeSubnet(n)));
+        const have = tsnetRoutes(c.nodes[0]!).map((r) => r.dst);
+        return JSON.stringify(have) === JSON.stringify(want.map((x) => `${x.base}/24`).sort());
+      },
+      { ms: 5000, what: 'the resumed agent to route exactly n2 and n4' },
+    );
+    // It re-claimed its own subnet: its peers route to it again.
+    const own = await nodeSubnet(c.nodes[0]!);
+    await eventually(
+      () => [c.nodes[1]!, c.nodes[2]!].every((n) => tsnetRoutes(n).some((r) => r.dst === `${own.base}/24`)),
+      {
+        ms: 5000,
+        what: 'the peers to route the resumed node again',
+      },
+    );
+    t.pass();
+  },
+);
+
+test.serial('20 agents starting at once get 20 distinct subnets', async (t) => {
+  const c = await cluster(t, 'twenty', 71, 20, ['--network', '10.71.0.0/16', '--backend', 'host-gw']);
+  const subnets = await Promise.all(c.nodes.map((n) => nodeSubnet(n, 'tsnet0', 60_000)));
+  t.is(new Set(subnets.map((x) => x.base)).size, 20, JSON.stringify(subnets));
+  const keys = etcd.ctl('get', '--prefix', `${c.prefix}/subnets/`, '--keys-only').split('\n').filter(Boolean);
+  t.is(keys.length, 20);
+});
