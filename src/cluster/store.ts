@@ -7,8 +7,8 @@
  * here a breaker half-opens after 500 ms and a watch retries within 1 s.
  * Every call is bounded: a command fails within 5 s with one line naming etcd.
  */
-import { Etcd3, isRecoverableError, type IKeyValue } from 'etcd3';
-import { ConsecutiveBreaker, ExponentialBackoff, circuitBreaker, handleWhen, retry, type IBackoff } from 'cockatiel';
+import type { Etcd3, IKeyValue } from 'etcd3';
+import type { IBackoff } from 'cockatiel';
 import { TsnetError, invalid } from '../errors';
 import {
   DEFAULT_PREFIX,
@@ -62,16 +62,15 @@ export interface StoredLease {
 }
 
 export class ClusterStore {
-  readonly client: Etcd3;
   readonly configKey: string;
   readonly subnetsPrefix: string;
   readonly leavesPrefix: string;
 
-  constructor(
-    readonly endpoints: string[],
-    readonly prefix: string = DEFAULT_PREFIX,
-  ) {
-    this.client = new Etcd3({
+  /** Connects (lazily: the first call dials). etcd3 is loaded here, not at import: it reads its .proto files as it loads. */
+  static async open(endpoints: string[], prefix: string = DEFAULT_PREFIX): Promise<ClusterStore> {
+    const { Etcd3, isRecoverableError } = await import('etcd3');
+    const { ConsecutiveBreaker, ExponentialBackoff, circuitBreaker, handleWhen, retry } = await import('cockatiel');
+    const client = new Etcd3({
       hosts: endpoints,
       dialTimeout: 2000,
       faultHandling: {
@@ -82,6 +81,14 @@ export class ClusterStore {
         watchBackoff: new ExponentialBackoff({ initialDelay: 100, maxDelay: 1000 }) as unknown as IBackoff<unknown>,
       },
     });
+    return new ClusterStore(client, endpoints, prefix);
+  }
+
+  private constructor(
+    readonly client: Etcd3,
+    readonly endpoints: string[],
+    readonly prefix: string,
+  ) {
     this.configKey = `${prefix}/config`;
     this.subnetsPrefix = `${prefix}/subnets/`;
     this.leavesPrefix = `${prefix}/leaves/`;

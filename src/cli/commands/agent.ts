@@ -101,7 +101,7 @@ async function startCluster(cli: Cli, o: AgentOpts, c: { urls: string }, agent: 
   const { ClusterStore, parseEndpoints, parsePrefix } = await import('../../cluster/store');
   const { ClusterNode } = await import('../../cluster/node');
   const log = (line: string) => process.stderr.write(`${new Date().toISOString()} agent: ${line}\n`);
-  const store = new ClusterStore(parseEndpoints(c.urls), parsePrefix(o.prefix));
+  const store = await ClusterStore.open(parseEndpoints(c.urls), parsePrefix(o.prefix));
   const node = new ClusterNode({
     store,
     ns: target(cli),

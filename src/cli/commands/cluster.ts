@@ -15,7 +15,7 @@ export async function openStore(cli: Cli, prefix: string | undefined) {
   const urls = cli.etcd();
   if (!urls) throw invalid('this command needs the cluster store: --etcd URLS (or $TSNET_ETCD)');
   const { ClusterStore, parseEndpoints, parsePrefix } = await import('../../cluster/store');
-  const store = new ClusterStore(parseEndpoints(urls), parsePrefix(prefix));
+  const store = await ClusterStore.open(parseEndpoints(urls), parsePrefix(prefix));
   cli.onExit(() => store.close());
   return store;
 }
