@@ -14,7 +14,7 @@ import * as route from '../route';
 import * as neigh from '../neigh';
 import * as sysctl from '../sysctl';
 import { sendBatch, type BatchMessage } from '../netlink/batch';
-import { RTM, RTPROT } from '../netlink/rtnl';
+import { RTM, RTNLGRP, RTPROT, ndmsg } from '../netlink/rtnl';
 import { TsnetError, hasCode } from '../errors';
 import type { NetNs } from '../netns';
 import { labelOf, rtnl } from '../netns/internal';
@@ -221,6 +221,34 @@ export async function teardown(h: NetNs, config: ClusterConfig): Promise<number>
   const r = await reconcile(h, empty, devs);
   if (vx) await link.del(h, vx.index);
   return r.writes + (vx ? 1 : 0);
+}
+
+/** The rtnetlink groups a node's monitor joins: what a hand edit of its peer table or devices shows up in. */
+export const MONITOR_GROUPS = [RTNLGRP.LINK, RTNLGRP.NEIGH, RTNLGRP.IPV4_ROUTE, RTNLGRP.NEXTHOP];
+
+/**
+ * Whether a notification may mean drift: a route, nexthop or link changed or
+ * went, or a neighbour or FDB entry on the vxlan device. Neighbour updates
+ * elsewhere (ARP on every port, the bridge learning pod MACs) are the
+ * normal hum of a node and are ignored.
+ */
+export function mayBeDrift(m: { type: number; payload: Buffer }, vxlanIndex: number | undefined): boolean {
+  switch (m.type) {
+    case RTM.NEWNEIGH:
+    case RTM.DELNEIGH:
+      return (
+        vxlanIndex !== undefined && m.payload.length >= ndmsg.size && ndmsg.decode(m.payload).ifindex === vxlanIndex
+      );
+    case RTM.NEWROUTE:
+    case RTM.DELROUTE:
+    case RTM.DELLINK:
+    case RTM.NEWLINK:
+    case RTM.NEWNEXTHOP:
+    case RTM.DELNEXTHOP:
+      return true;
+    default:
+      return false;
+  }
 }
 
 export { subnetText };

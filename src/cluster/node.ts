@@ -37,7 +37,8 @@ import {
   type Subnet,
 } from './config';
 import { desiredState } from './desired';
-import { ensureNode, reconcile, teardown, type NodeDevices } from './kernel';
+import { MONITOR_GROUPS, ensureNode, mayBeDrift, reconcile, teardown, type NodeDevices } from './kernel';
+import { NETLINK_ROUTE, type NetlinkSocket } from '../netlink/socket';
 import type { ClusterStore, StoredLease } from './store';
 
 export interface ClusterNodeOptions {
@@ -49,6 +50,7 @@ export interface ClusterNodeOptions {
   stateDir: string;
   /** Lease TTL in seconds (default 10; etcd grants 2 at least). */
   ttl?: number;
+  /** The safety net's period: a full diff even when the monitor saw nothing (default 10 s). */
   driftMs?: number;
   log: (line: string) => void;
 }
@@ -89,6 +91,7 @@ export class ClusterNode {
   private lease?: Lease;
   private watcher?: { cancel(): Promise<void> };
   private driftTimer?: NodeJS.Timeout;
+  private monitor?: NetlinkSocket;
   private stopped = false;
   private running?: Promise<void>;
   private dirty = false;
@@ -136,8 +139,9 @@ export class ClusterNode {
       this.devices = await ensureNode(this.o.ns, this.setup());
     }
     await this.claim(kept);
+    this.watchKernel();
     await this.list();
-    this.driftTimer = setInterval(() => this.kick(), this.o.driftMs ?? 500);
+    this.driftTimer = setInterval(() => this.kick(), this.o.driftMs ?? 10_000);
     this.driftTimer.unref();
   }
 
@@ -316,6 +320,25 @@ export class ClusterNode {
     await this.claim(this.subnet).catch((e: Error) => this.o.log(`cluster: ${e.message}`));
   }
 
+  /**
+   * Drift is seen as it happens: a monitor socket in the node's namespace
+   * (`ip monitor link route neigh nexthop`) marks the table dirty on a
+   * change that may be a hand edit; our own writes come back too and cost
+   * one reconcile that finds nothing to do. Lost notifications: a full diff.
+   */
+  private watchKernel(): void {
+    if (this.monitor || this.stopped) return;
+    const sock = this.o.ns.openNetlink(NETLINK_ROUTE);
+    sock.subscribe(
+      MONITOR_GROUPS,
+      (m) => {
+        if (mayBeDrift(m, this.devices?.vxlan?.index)) this.kick();
+      },
+      () => this.kick(),
+    );
+    this.monitor = sock;
+  }
+
   /** Marks the peer table dirty; one reconcile runs at a time and again while marked. */
   kick(): void {
     this.dirty = true;
@@ -356,6 +379,7 @@ export class ClusterNode {
   async stop(): Promise<void> {
     this.stopped = true;
     clearInterval(this.driftTimer);
+    this.monitor?.close();
     this.lease?.release();
     await this.watcher?.cancel().catch(() => undefined);
     await this.running;

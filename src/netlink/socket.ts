@@ -82,6 +82,8 @@ export interface Transport {
   sendAsync?(parts: Uint8Array[]): Promise<void>;
   /** Every datagram already queued, without waiting. */
   drain?(): { replies: Buffer[]; overrun: boolean };
+  /** Joins a multicast group (NETLINK_ADD_MEMBERSHIP): the kernel's notifications of changes. */
+  addMembership?(group: number): void;
   /** Keep the event loop alive while replies are due. */
   ref(): void;
   unref(): void;
@@ -129,6 +131,7 @@ export function nativeTransport(fd: number, buffer = DEFAULT_BUFFER): TransportF
       transact: (parts) => s.transact(parts),
       sendAsync: (parts) => s.sendAsync(parts),
       drain: () => s.drain(),
+      addMembership: (group) => s.addMembership(group),
       ref: () => s.ref(),
       unref: () => s.unref(),
       close: () => s.close(),
@@ -145,6 +148,8 @@ export class NetlinkSocket {
   private dumpQueue: Promise<void> = Promise.resolve();
   /** Batches sent off the loop's thread and not yet answered: their replies, routed by sequence number. */
   private readonly batches = new Set<InFlight>();
+  /** A monitor's listener (subscribe): every message that answers no request of ours. */
+  private monitor?: { notify: (m: Message) => void; lost: () => void };
 
   /** Speaks netlink over the transport `open` makes (src/netns makes sockets inside namespaces). */
   constructor(open: TransportFactory) {
@@ -154,6 +159,20 @@ export class NetlinkSocket {
     );
     this.port = this.raw.port;
     this.raw.unref();
+  }
+
+  /**
+   * Makes this socket a monitor (`ip monitor`): joins `groups` (RTNLGRP_*)
+   * and calls `notify` with each change the kernel reports. `lost` is called
+   * when notifications were dropped (the receive buffer overflowed, ENOBUFS):
+   * the listener must then read the state in full. Use a socket of its own:
+   * a notification carries the sequence number of whoever made the change.
+   */
+  subscribe(groups: readonly number[], notify: (m: Message) => void, lost: () => void): void {
+    if (!this.raw.addMembership)
+      throw new TsnetError('this transport cannot join multicast groups', { code: 'EINTERNAL' });
+    for (const g of groups) this.raw.addMembership(g);
+    this.monitor = { notify, lost };
   }
 
   /** A request that the kernel acknowledges (NLM_F_ACK): resolves on ack, rejects on error. */
@@ -320,7 +339,11 @@ export class NetlinkSocket {
       if (this.batches.size && this.batchReply(type, flags, seq, payload)) continue;
 
       const p = this.pending.get(seq);
-      if (!p || (pid !== this.port && pid !== 0)) continue; // not a reply to anything we asked
+      if (!p || (pid !== this.port && pid !== 0)) {
+        // Not a reply to anything we asked: a notification, if this socket monitors.
+        this.monitor?.notify({ type, flags, payload: Buffer.from(payload) });
+        continue;
+      }
       if (flags & NLM_F.DUMP_INTR) p.interrupted = true;
 
       if (type === NLMSG_ERROR) {
@@ -347,6 +370,11 @@ export class NetlinkSocket {
   }
 
   private failAll(err: Error): void {
+    // A monitor's notifications lost to an overflow: the listener reads everything again.
+    if ((err as { code?: string }).code === 'ENOBUFS' && this.monitor) {
+      this.monitor.lost();
+      return;
+    }
     // A batch in flight: a lost reply (ENOBUFS) leaves its outcome unknown; a closed socket fails it.
     for (const b of this.batches) {
       if ((err as { code?: string }).code === 'ENOBUFS') b.overrun = true;

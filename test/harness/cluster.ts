@@ -276,3 +276,21 @@ export function vxlanFdb(node: ClusterNodeNs, dev: string): { mac: string; dst: 
 
 /** Whether the etcd binary is here (CI installs etcd-server). */
 export const haveEtcd = (): boolean => fs.existsSync(ETCD);
+
+/**
+ * What `ip monitor route nexthop link` prints in a node's namespace over
+ * `ms`: empty when nothing was written there (the observer of "a steady
+ * state makes zero netlink writes"; neighbour updates are left out, ARP
+ * keeps them moving).
+ */
+export function monitorFor(node: ClusterNodeNs, ms: number, objects = ['route', 'nexthop', 'link']): Promise<string> {
+  const child = spawn('ip', ['-n', node.ns.name!, 'monitor', ...objects], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let out = '';
+  child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+  return new Promise((resolve) => {
+    setTimeout(() => child.kill('SIGTERM'), ms);
+    child.once('close', () => resolve(out));
+  });
+}
