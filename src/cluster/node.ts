@@ -17,11 +17,10 @@
  *   node removes its peers and `left` resolves; after an expiry it re-claims.
  */
 import { randomBytes } from 'node:crypto';
-import * as path from 'node:path';
 import type { Lease } from 'etcd3';
 import type { NetNs } from '../netns';
 import { labelOf } from '../netns/internal';
-import { readJson, writeJsonAtomic } from '../state';
+import { readNodeState, writeNodeState, type NodeState } from './local';
 import { TsnetError } from '../errors';
 import {
   candidateSubnets,
@@ -53,12 +52,6 @@ export interface ClusterNodeOptions {
   /** The safety net's period: a full diff even when the monitor saw nothing (default 10 s). */
   driftMs?: number;
   log: (line: string) => void;
-}
-
-interface LocalState {
-  subnet: string;
-  vtepMac: string;
-  network: string;
 }
 
 export interface ClusterNodeStats {
@@ -95,11 +88,10 @@ export class ClusterNode {
   private stopped = false;
   private running?: Promise<void>;
   private dirty = false;
-  private readonly stateFile: string;
+  private saved?: NodeState;
 
   constructor(private readonly o: ClusterNodeOptions) {
     this.left = new Promise((resolve) => (this.resolveLeft = resolve));
-    this.stateFile = path.join(o.stateDir, 'cluster', `${o.nodeName}.json`);
   }
 
   get ttl(): number {
@@ -108,12 +100,15 @@ export class ClusterNode {
 
   /** Starts joining in the background; `joined` settles when the node is in (or fails for good). */
   start(): Promise<void> {
-    const local = readJson<LocalState>(this.stateFile);
+    // Another node's file (a state dir reused under a new name) is not this node's: it starts afresh.
+    const found = readNodeState(this.o.stateDir);
+    const local = found?.node === this.o.nodeName ? found : undefined;
     this.vtepMac = local?.vtepMac ?? newMac();
+    this.saved = local;
     return this.join(local);
   }
 
-  private async join(local: LocalState | undefined): Promise<void> {
+  private async join(local: NodeState | undefined): Promise<void> {
     const store = this.o.store;
     let announced = 0;
     for (;;) {
@@ -186,7 +181,7 @@ export class ClusterNode {
           }
           if (prefer) {
             throw new TsnetError(
-              `${subnetText(s)} (this node's, from ${this.stateFile}) is held by another node: tsnet never renumbers a node with pods; remove that lease or this file`,
+              `${subnetText(s)} (this node's, from ${this.o.stateDir}/cluster/node.json) is held by another node: tsnet never renumbers a node with pods; remove that lease or this file`,
               { code: 'EEXIST' },
             );
           }
@@ -226,13 +221,28 @@ export class ClusterNode {
     if (this.lease && this.lease !== lease) this.lease.release();
     this.lease = lease;
     this.subnet = s;
-    writeJsonAtomic(this.stateFile, { subnet: subnetText(s), vtepMac: this.vtepMac, network: this.config!.Network });
+    this.save();
     this.o.log(`cluster: ${this.o.nodeName} holds ${subnetText(s)} (lease ttl ${this.ttl} s)`);
     lease.on('lost', (err: Error) => {
       if (this.stopped || this.lease !== lease) return;
       this.o.log(`cluster: lease lost (${err.message.split('\n')[0]}): re-claiming ${subnetText(s)}`);
       void this.claim(s).catch((e: Error) => this.o.log(`cluster: ${e.message}`));
     });
+  }
+
+  /** Writes the node's local state when it changed (the subnet claimed, the bridge's MTU known). */
+  private save(): void {
+    const s: NodeState = {
+      node: this.o.nodeName,
+      subnet: subnetText(this.subnet!),
+      vtepMac: this.vtepMac,
+      network: this.config!.Network,
+      bridge: this.o.bridge,
+      ...(this.devices ? { mtu: this.devices.vxlan?.mtu ?? this.devices.underlay.mtu } : {}),
+    };
+    if (JSON.stringify(s) === JSON.stringify(this.saved)) return;
+    writeNodeState(this.o.stateDir, s);
+    this.saved = s;
   }
 
   /** Lists every lease at revision R, programs them, and watches from R+1. */
@@ -356,6 +366,7 @@ export class ClusterNode {
       this.dirty = false;
       try {
         this.devices = await ensureNode(this.o.ns, this.setup());
+        this.save();
         const want = desiredState(
           this.config,
           { subnet: this.subnet, publicIp: this.o.publicIp, underlay: this.devices.underlay.subnet },

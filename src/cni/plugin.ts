@@ -15,6 +15,7 @@ import {
   requireSupported,
 } from './version';
 import { bridgeAdd, bridgeCheck, bridgeDel, bridgeGc, bridgeStatus } from './bridge';
+import { clusterConf } from './bridge/cluster';
 import { ipamAdd, ipamCheck, ipamDel, ipamGc, ipamStatus, validAttachments } from './ipam';
 import type { CniEnv, NetConf, Result } from './types';
 import type { EnginePool } from '../nat/pool';
@@ -43,8 +44,20 @@ interface Ops {
   status(conf: NetConf, env: CniEnv): Promise<void>;
 }
 
+/** tsnet-bridge's operations, each on the config as a cluster node fills it in (bridge/cluster.ts). */
+const onNode =
+  <A extends unknown[], R>(op: (conf: NetConf, env: CniEnv, ...rest: A) => Promise<R>) =>
+  (conf: NetConf, env: CniEnv, ...rest: A): Promise<R> =>
+    op(clusterConf(conf, env), env, ...rest);
+
 const OPS: Record<PluginName, Ops> = {
-  'tsnet-bridge': { add: bridgeAdd, del: bridgeDel, check: bridgeCheck, gc: bridgeGc, status: bridgeStatus },
+  'tsnet-bridge': {
+    add: onNode(bridgeAdd),
+    del: onNode(bridgeDel),
+    check: onNode(bridgeCheck),
+    gc: onNode(bridgeGc),
+    status: onNode(bridgeStatus),
+  },
   'tsnet-ipam': {
     add: ipamAdd,
     del: ipamDel,

@@ -36,9 +36,15 @@ export interface MasqueradeRule {
   source: string;
   /** Only traffic to this CIDR (e.g. a container reaching itself through a port mapping: hairpin). */
   destination?: string;
+  /** Only traffic to anywhere but this CIDR (`! -d`: a pod leaving the cluster network, as flannel masquerades). */
+  destinationNot?: string;
   /** Leaving through any interface except this one (e.g. the bridge itself). */
   outNot?: string;
 }
+
+/** A masquerade rule's comment: its identity in the ruleset (what a delete finds it by). */
+export const masqueradeComment = (r: { source: string; destination?: string; destinationNot?: string }): string =>
+  `tsnet masquerade ${r.source}${r.destination ? ` to ${r.destination}` : ''}${r.destinationNot ? ` not to ${r.destinationNot}` : ''}`;
 
 /** `iptables -t nat -A POSTROUTING -s SOURCE [-d DEST] [-o OUT] -j SNAT --to-source TO`. */
 export interface SnatRule {
@@ -216,6 +222,11 @@ export function normalizeRule(r: NatRule): NatRule {
     case 'masquerade': {
       const out: MasqueradeRule = { kind: 'masquerade', source: cidr(r.source) };
       if (r.destination !== undefined) out.destination = cidr(r.destination);
+      if (r.destinationNot !== undefined) {
+        out.destinationNot = cidr(r.destinationNot);
+        if (parseCidr(out.destinationNot).family !== parseCidr(out.source).family)
+          throw invalid(`masquerade: ${out.source} and not-to ${out.destinationNot} are different families`);
+      }
       if (r.outNot !== undefined) {
         validateIfname(r.outNot);
         out.outNot = r.outNot;

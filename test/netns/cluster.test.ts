@@ -9,6 +9,7 @@ import test, { type ExecutionContext } from 'ava';
 import type * as netns from '../../src/netns';
 import { eventually } from '../harness/eventually';
 import { run, scratch, tsnet } from '../harness/fixtures';
+import { CniInstall } from '../harness/cni';
 import {
   ClusterAgent,
   EtcdCluster,
@@ -603,3 +604,93 @@ test.serial('20 agents starting at once get 20 distinct subnets', async (t) => {
   const keys = etcd.ctl('get', '--prefix', `${c.prefix}/subnets/`, '--keys-only').split('\n').filter(Boolean);
   t.is(keys.length, 20);
 });
+
+/** A server in `ns` that answers each connection with the client's address as it sees it. */
+async function whoAmIServer(ns: netns.NetNs, ip: string, port: number): Promise<void> {
+  const script = `require('net').createServer((c) => c.end(c.remoteAddress)).listen(${port}, '${ip}', () => console.log('ready'))`;
+  const child = ns.spawn(process.execPath, ['-e', script], { stdio: ['ignore', 'pipe', 'ignore'] });
+  s.servers.push({ stop: async () => void child.kill('SIGKILL') });
+  await new Promise((resolve) => child.stdout!.once('data', resolve));
+}
+
+/** What a whoAmIServer at ip:port says the client in `ns` is. */
+function whoAmI(ns: netns.NetNs, ip: string, port: number): Promise<string> {
+  const script = `let s = ''; const c = require('net').connect(${port}, '${ip}'); c.setTimeout(3000, () => process.exit(1)); c.on('data', (d) => (s += d)); c.on('end', () => console.log(s)); c.on('error', (e) => console.log('error ' + e.message));`;
+  const child = ns.spawn(process.execPath, ['-e', script], { stdio: ['ignore', 'pipe', 'ignore'] });
+  return new Promise((resolve) => {
+    let out = '';
+    child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+    child.once('close', () => resolve(out.trim()));
+  });
+}
+
+test.serial(
+  'CNI on a cluster node: the lease is the IPAM range, pods get the tunnel MTU, pod to pod keeps its address, pod to outside is masqueraded; DF pings at and over the MTU',
+  async (t) => {
+    const c = await cluster(t, 'cni', 72, 2, ['--network', '10.72.0.0/16', '--backend', 'vxlan']);
+    await converged(c);
+    const cni = new CniInstall('cl-cni');
+    t.teardown(() => cni.cleanup());
+    const conf = {
+      cniVersion: '1.0.0',
+      name: 'podnet',
+      type: 'tsnet-bridge',
+      cluster: true,
+      ipMasq: true,
+      ipam: { type: 'tsnet-ipam' },
+    };
+    const pods: { ns: netns.NetNs; ip: string; node: ClusterNodeNs }[] = [];
+    for (const [i, node] of c.nodes.entries()) {
+      const pod = await s.topo.ns(`cni-p${i + 1}`);
+      const r = await cni.call(node.ns, 'tsnet-bridge', 'ADD', conf, {
+        containerId: `c${i + 1}`,
+        netns: `/run/netns/${pod.name!}`,
+        ifname: 'eth0',
+        env: { TSNET_STATE_DIR: c.stateDirs[i]! },
+      });
+      t.is(r.status, 0, r.stdout + r.stderr);
+      const sub = await nodeSubnet(node);
+      const ip = (r.json.ips[0].address as string).split('/')[0]!;
+      t.is(r.json.ips[0].address, `${ip}/24`);
+      t.is(r.json.ips[0].gateway, sub.gw, "the node bridge's address is the pods' gateway");
+      t.true(ip.startsWith(sub.base.split('.').slice(0, 3).join('.') + '.'), `${ip} is in ${sub.base}/24`);
+      t.is(
+        (JSON.parse(run('ip', ['-j', '-n', pod.name!, 'link', 'show', 'eth0']).stdout) as { mtu: number }[])[0]!.mtu,
+        1450,
+      );
+      pods.push({ ns: pod, ip, node });
+    }
+    const [p1, p2] = pods as [(typeof pods)[0], (typeof pods)[0]];
+    await whoAmIServer(p2.ns, p2.ip, 9200);
+    t.is(await whoAmI(p1.ns, p2.ip, 9200), p1.ip, 'pod to pod across nodes is not masqueraded');
+    // Outside the cluster network: an address on the underlay itself.
+    run('ip', ['-n', c.ul.ns.name!, 'addr', 'add', '192.168.72.1/24', 'dev', 'ul0']);
+    await whoAmIServer(c.ul.ns, '192.168.72.1', 9201);
+    t.is(await whoAmI(p1.ns, '192.168.72.1', 9201), p1.node.publicIp, 'pod to outside leaves as its node');
+    // DF: a whole 1450-byte packet crosses the tunnel; one byte more is refused at the pod, never silently lost.
+    const ping = (size: number) =>
+      new Promise<{ status: number | null; out: string }>((resolve) => {
+        const child = p1.ns.spawn('ping', ['-n', '-c', '1', '-W', '2', '-M', 'do', '-s', String(size), p2.ip], {
+          stdio: ['ignore', 'pipe', 'pipe'],
+        });
+        let out = '';
+        child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+        child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
+        child.once('close', (status) => resolve({ status, out }));
+      });
+    const fits = await ping(1450 - 28);
+    t.is(fits.status, 0, `a DF ping of the MTU crosses: ${fits.out}`);
+    const over = await ping(1450 - 28 + 1);
+    t.not(over.status, 0);
+    t.regex(over.out, /message too long|mtu ?= ?1450/i, 'one byte over is refused with the MTU named');
+    for (const [i, node] of c.nodes.entries()) {
+      const r = await cni.call(node.ns, 'tsnet-bridge', 'DEL', conf, {
+        containerId: `c${i + 1}`,
+        netns: `/run/netns/${pods[i]!.ns.name!}`,
+        ifname: 'eth0',
+        env: { TSNET_STATE_DIR: c.stateDirs[i]! },
+      });
+      t.is(r.status, 0, r.stdout + r.stderr);
+    }
+  },
+);

@@ -1,5 +1,10 @@
 /** The pod network's pure logic: flannel's config schema, subnet arithmetic, lease parsing, and the desired peer table. */
 import test from 'ava';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { clusterConf } from '../../src/cni/bridge/cluster';
+import { writeNodeState } from '../../src/cluster/local';
 import {
   buildConfig,
   candidateSubnets,
@@ -169,4 +174,48 @@ test('--etcd and --prefix are checked', (t) => {
   t.is(parsePrefix(undefined), '/tsnet/network');
   t.is(parsePrefix('/coreos.com/network/'), '/coreos.com/network');
   t.throws(() => parsePrefix('tsnet'), { message: /invalid --prefix/ });
+});
+
+test('tsnet-bridge with "cluster": true takes the range, gateway, bridge and MTU from the node state; without it, nothing yet (error 11)', (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tsnet-clconf-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const conf = {
+    cniVersion: '1.0.0',
+    name: 'podnet',
+    type: 'tsnet-bridge',
+    cluster: true,
+    ipMasq: true,
+    ipam: { type: 'tsnet-ipam' },
+  };
+  const none = t.throws(() => clusterConf(conf, { stateDir: dir }));
+  t.like(none, { code: 11 });
+  t.regex(none!.message, /no pod subnet yet .*start tsnet agent --etcd/);
+  writeNodeState(dir, {
+    node: 'n1',
+    subnet: '10.72.5.0/24',
+    vtepMac: '02:00:00:00:00:05',
+    network: '10.72.0.0/16',
+    bridge: 'tsnet0',
+    mtu: 1450,
+  });
+  t.like(clusterConf(conf, { stateDir: dir }), {
+    bridge: 'tsnet0',
+    isGateway: true,
+    isDefaultGateway: true,
+    mtu: 1450,
+    clusterNetwork: '10.72.0.0/16',
+    ipam: { type: 'tsnet-ipam', ranges: [[{ subnet: '10.72.5.0/24', gateway: '10.72.5.1' }]] },
+  });
+  t.like(clusterConf({ ...conf, mtu: 1400 }, { stateDir: dir }), { mtu: 1400 }, 'a configured MTU wins');
+  t.throws(() => clusterConf({ ...conf, ipam: { type: 'tsnet-ipam', subnet: '10.9.0.0/16' } }, { stateDir: dir }), {
+    message: /the node's lease \(10\.72\.5\.0\/24\) is the IPAM range/,
+  });
+  t.throws(() => clusterConf({ ...conf, bridge: 'cni0' }, { stateDir: dir }), {
+    message: /not the node bridge tsnet0/,
+  });
+  const plain = { ...conf, cluster: undefined };
+  t.is(clusterConf(plain, { stateDir: dir }), plain, 'not a cluster network: unchanged');
+  t.throws(() => clusterConf({ ...plain, clusterNetwork: '10.0.0.0/8' }, { stateDir: dir }), {
+    message: /set by "cluster": true/,
+  });
 });

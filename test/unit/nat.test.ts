@@ -301,3 +301,32 @@ test('iptables partial sync is guarded by the canary in the same transaction, fo
     'never re-declared (that would flush it and defeat the check)',
   );
 });
+
+test("a masquerade that spares a destination (a cluster's pod network) renders as ! -d in both layouts", (t) => {
+  const st = normalizeState({
+    services: [],
+    rules: [{ kind: 'masquerade', source: '10.72.3.5/32', destinationNot: '10.72.0.0/16', outNot: 'tsnet0' }],
+    forwards: [],
+  });
+  const ipt = restorePayload(render(st, 4), undefined).payload;
+  t.true(
+    ipt.includes(
+      '-A TSNET-SNAT -m comment --comment "tsnet masquerade 10.72.3.5/32 not to 10.72.0.0/16" -s 10.72.3.5/32 ! -d 10.72.0.0/16 ! -o tsnet0 -j MASQUERADE --random-fully',
+    ),
+    ipt,
+  );
+  const text = nftScript(fullPlan(nftRender(st, 4)).ops, 4);
+  t.regex(
+    text,
+    /add rule ip tsnet snat-rules ip saddr 10\.72\.3\.5 ip daddr != 10\.72\.0\.0\/16 oifname != "tsnet0" masquerade/,
+  );
+  t.throws(
+    () =>
+      normalizeState({
+        services: [],
+        rules: [{ kind: 'masquerade', source: '10.72.3.5/32', destinationNot: 'fd00::/8' }],
+        forwards: [],
+      }),
+    { message: /different families/ },
+  );
+});

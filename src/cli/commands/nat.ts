@@ -15,8 +15,16 @@ const KINDS: { kind: NatRule['kind']; describe: string; options(c: Command): Com
       kind: 'masquerade',
       describe: 'masquerade traffic from a source CIDR (iptables -t nat -A POSTROUTING -s CIDR ! -o IF -j MASQUERADE)',
       options: (c) =>
-        c.requiredOption('--source <cidr>').option('--out-not <if>', 'except when leaving through this interface'),
-      build: (o) => ({ kind: 'masquerade', source: o.source!, ...(o.outNot ? { outNot: o.outNot } : {}) }),
+        c
+          .requiredOption('--source <cidr>')
+          .option('--out-not <if>', 'except when leaving through this interface')
+          .option('--destination-not <cidr>', 'except traffic to this CIDR (! -d: a pod network kept unmasqueraded)'),
+      build: (o) => ({
+        kind: 'masquerade',
+        source: o.source!,
+        ...(o.outNot ? { outNot: o.outNot } : {}),
+        ...(o.destinationNot ? { destinationNot: o.destinationNot } : {}),
+      }),
     },
     {
       kind: 'snat',

@@ -25,6 +25,8 @@ export interface BridgeConf {
   natBackend: BackendChoice;
   /** tsnet: where attachment records and NAT state live (default $TSNET_STATE_DIR, else /var/lib/tsnet). */
   stateDir?: string;
+  /** tsnet, on a cluster node ("cluster": true, ./cluster.ts): the pod network, which ipMasq leaves unmasqueraded. */
+  clusterNetwork?: string;
   ipamType: string;
 }
 
@@ -83,6 +85,7 @@ export function parseBridgeConf(conf: NetConf, env?: Pick<CniEnv, 'stateDir'>): 
       `network ${name}: "ipam" with a "type" is required (e.g. {"type": "tsnet-ipam", "subnet": "10.22.0.0/16"})`,
     );
   c.ipamType = conf.ipam.type;
+  if (typeof conf.clusterNetwork === 'string') c.clusterNetwork = conf.clusterNetwork;
   return c;
 }
 

@@ -71,7 +71,15 @@ function attachmentNat(
   const cidrs = ips.map((a) => addr.parseCidr(a.address));
   const host32 = (x: addr.Cidr) => `${x.address}/${x.family === 4 ? 32 : 128}`;
   const rules: NatRule[] = c.ipMasq
-    ? cidrs.map((x) => ({ kind: 'masquerade', source: host32(x), outNot: c.bridge }))
+    ? cidrs.map((x) => ({
+        kind: 'masquerade',
+        source: host32(x),
+        outNot: c.bridge,
+        // On a cluster node, pod to pod across nodes keeps its addresses (flannel's rule).
+        ...(c.clusterNetwork && addr.parseCidr(c.clusterNetwork).family === x.family
+          ? { destinationNot: c.clusterNetwork }
+          : {}),
+      }))
     : [];
   const forwards = mappings?.length
     ? portForwards(

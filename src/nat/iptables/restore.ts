@@ -24,7 +24,7 @@ export function formatRule(r: IptRule): string {
   const p: string[] = [];
   if (r.comment !== undefined) p.push('-m comment --comment', JSON.stringify(r.comment));
   if (r.src !== undefined) p.push(r.srcNot ? '!' : '', '-s', r.src);
-  if (r.dst !== undefined) p.push('-d', r.dst);
+  if (r.dst !== undefined) p.push(r.dstNot ? '!' : '', '-d', r.dst);
   if (r.dstLocal) p.push('-m addrtype --dst-type LOCAL');
   if (r.out !== undefined) p.push('-o', r.out);
   if (r.outNot !== undefined) p.push('!', '-o', r.outNot);

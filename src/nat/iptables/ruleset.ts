@@ -17,6 +17,7 @@
 import { formatHostPort, type Family } from '../../addr/cidr';
 import {
   familyOf,
+  masqueradeComment,
   ruleFamily,
   probabilities,
   servesLoopback,
@@ -45,6 +46,7 @@ export interface IptRule {
   proto?: Proto;
   src?: string;
   srcNot?: boolean;
+  dstNot?: boolean;
   dst?: string;
   /** `-m addrtype --dst-type LOCAL`: any address of this host. */
   dstLocal?: boolean;
@@ -147,11 +149,12 @@ function natRuleFor(r: NatRule): { chain: string; rule: IptRule } {
   switch (r.kind) {
     case 'masquerade': {
       const rule: IptRule = {
-        comment: `tsnet masquerade ${r.source}${r.destination ? ` to ${r.destination}` : ''}`,
+        comment: masqueradeComment(r),
         src: r.source,
         target: { kind: 'MASQUERADE', randomFully: true },
       };
       if (r.destination) rule.dst = r.destination;
+      if (r.destinationNot) Object.assign(rule, { dst: r.destinationNot, dstNot: true });
       if (r.outNot) rule.outNot = r.outNot;
       return { chain: SNAT_CHAIN, rule };
     }

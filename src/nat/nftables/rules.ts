@@ -5,7 +5,7 @@
  */
 import { formatHostPort } from '../../addr/cidr';
 import { LOCALNET_COMMENT } from '../constants';
-import { servesLoopback, type Forward, type NatRule } from '../model';
+import { masqueradeComment, servesLoopback, type Forward, type NatRule } from '../model';
 import type { Item, Rule } from './ruleset';
 
 export function natRuleItems(r: NatRule): { chain: 'dnat-rules' | 'snat-rules'; rule: Rule } {
@@ -13,11 +13,12 @@ export function natRuleItems(r: NatRule): { chain: 'dnat-rules' | 'snat-rules'; 
     case 'masquerade': {
       const items: Item[] = [{ kind: 'addr', field: 'saddr', cidr: r.source }];
       if (r.destination) items.push({ kind: 'addr', field: 'daddr', cidr: r.destination });
+      if (r.destinationNot) items.push({ kind: 'addr', field: 'daddr', cidr: r.destinationNot, not: true });
       if (r.outNot) items.push({ kind: 'oifname', name: r.outNot, not: true });
       items.push({ kind: 'masquerade' });
       return {
         chain: 'snat-rules',
-        rule: { items, comment: `tsnet masquerade ${r.source}${r.destination ? ` to ${r.destination}` : ''}` },
+        rule: { items, comment: masqueradeComment(r) },
       };
     }
     case 'snat': {
