@@ -617,6 +617,20 @@ class NlSocket : public Napi::ObjectWrap<NlSocket> {
     napi_handle_scope scope;
     if (napi_open_handle_scope(env, &scope) != napi_ok) return Quiesce();
     if (status < 0) {
+      // libuv reports POLLERR as EBADF and stops the handle. On a netlink socket POLLERR is a pending
+      // socket error, most often ENOBUFS (the receive buffer overflowed and messages were lost): take
+      // it (SO_ERROR clears it), report it, and poll again. Only a socket that is really gone stays off.
+      int err = 0;
+      socklen_t l = sizeof err;
+      if (status == UV_EBADF && fd_ >= 0 && box_ && getsockopt(fd_, SOL_SOCKET, SO_ERROR, &err, &l) == 0) {
+        uv_poll_start(&box_->poll, UV_READABLE, OnReadable);
+        if (err != 0) {
+          napi_value e = RawError(err, "recv");
+          if (e) Call(onError_, e);
+        }
+        napi_close_handle_scope(env, scope);
+        return;
+      }
       napi_value e = RawError(-status, "poll");
       if (e) Call(onError_, e);
       napi_close_handle_scope(env, scope);

@@ -23,8 +23,8 @@ import type { Desired } from './desired';
 
 /** VXLAN over IPv4 adds 50 bytes: outer IP 20, UDP 8, VXLAN 8, inner Ethernet 14. */
 export const VXLAN_OVERHEAD = 50;
-/** Messages per sendmsg: a few hundred kilobytes, well inside the socket's buffers. */
-const BATCH = 4000;
+/** Messages per sendmsg: their error replies, should all fail, still fit the receive buffer. */
+const BATCH = 1000;
 const DELETES = new Set<number>([RTM.DELROUTE, RTM.DELNEIGH, RTM.DELNEXTHOP]);
 
 export const vxlanName = (vni: number): string => `tsnet.${vni}`;
@@ -175,7 +175,11 @@ export async function reconcile(h: NetNs, want: Desired, devs: NodeDevices): Pro
       r.nhid !== undefined
         ? { dst, nhid: r.nhid, protocol: RTPROT.TSNET }
         : { dst, via: r.via, onlink: r.vxlan, protocol: RTPROT.TSNET, ...(r.vxlan ? { dev: vx } : {}) };
-    put(first, route.routeBatchMessage(spec, r.vxlan ? vx : undefined, 'replace'), `route ${dst}`);
+    put(
+      first,
+      route.routeBatchMessage(spec, r.vxlan && r.nhid === undefined ? vx : undefined, 'replace'),
+      `route ${dst}`,
+    );
   }
   for (const [dst, c] of cur.routes)
     if (!want.routes.has(dst))

@@ -88,6 +88,7 @@ export class ClusterNode {
   private stopped = false;
   private running?: Promise<void>;
   private dirty = false;
+  private overruns = 0;
   private saved?: NodeState;
 
   constructor(private readonly o: ClusterNodeOptions) {
@@ -376,7 +377,10 @@ export class ClusterNode {
         this.stats.reconciles++;
         this.stats.writes += r.writes;
         if (r.errors.length) this.o.log(`cluster: in ${labelOf(this.o.ns)}: ${r.errors.slice(0, 3).join('; ')}`);
-        if (r.overrun) this.dirty = true;
+        // Replies lost: read it all back at once, but not in a loop if it keeps happening.
+        if (r.overrun && ++this.overruns <= 3) this.dirty = true;
+        else if (r.overrun) setTimeout(() => this.kick(), RETRY_MS).unref();
+        else this.overruns = 0;
         delete this.stats.lastError;
       } catch (err) {
         const msg = (err as Error).message;

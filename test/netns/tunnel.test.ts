@@ -8,6 +8,8 @@
 import test from 'ava';
 import * as addr from '../../src/addr';
 import * as link from '../../src/link';
+import * as route from '../../src/route';
+import { sendBatch } from '../../src/netlink/batch';
 import type * as netns from '../../src/netns';
 import { request, serve } from '../../src/demo/traffic';
 import { Topology, ipJson, run, tsnet } from '../harness/fixtures';
@@ -188,4 +190,20 @@ test('link add --type vxlan refuses bad input in one line and creates nothing', 
     t.is(r.stderr.trim().split('\n').length, 1, r.stderr);
   }
   t.is(await link.get(h, 'vx9'), undefined);
+});
+
+test("a batch whose error replies overflow the socket's receive buffer: the overrun is reported and the socket keeps working", async (t) => {
+  const h = await topo.ns('ovr');
+  await link.add(h, { kind: 'veth', name: 'eth0', peer: { name: 'eth0p' }, up: true });
+  await addr.add(h, '192.0.2.7/24', 'eth0');
+  // 20,000 routes through a gateway no interface reaches: every one refused, with extended-ack text.
+  const msgs = Array.from({ length: 20_000 }, (_, i) =>
+    route.routeBatchMessage({ dst: `10.${i >> 8}.${i & 255}.0/24`, via: '172.16.0.1' }, undefined, 'replace'),
+  );
+  const rtnl = h.nl;
+  const r = await sendBatch(rtnl, msgs);
+  t.true(r.overrun || r.errors.size === msgs.length, `overrun ${r.overrun}, ${r.errors.size} errors`);
+  // The same socket still answers (libuv reports the overflow as POLLERR; the socket must not stop polling).
+  t.truthy(await link.get(h, 'eth0'));
+  t.is((await route.list(h, { family: 4 })).filter((x) => x.dst.startsWith('10.')).length, 0);
 });
