@@ -18,3 +18,18 @@ test('examples/library: two containers behind a service VIP and a forward, built
   // Other test files run at the same time: only the example's own namespaces (lib<pid>-node, -c1, -c2) are looked for.
   t.notRegex(run('ip', ['netns', 'list']).stdout, /^lib\d+-(node|c1|c2)\b/m, 'its namespaces are gone');
 });
+
+for (const backend of ['vxlan', 'host-gw']) {
+  test(`examples/cluster (${backend}): a real etcd, three nodes with an agent each, a pod per node by CNI, every pod reaches every other, a leave`, (t) => {
+    assertSandbox();
+    const r = run('bash', [path.join(__dirname, '..', '..', '..', 'examples', 'cluster', 'run.sh'), backend], {
+      timeoutMs: 90_000,
+    });
+    t.is(r.status, 0, `${r.stdout}${r.stderr}`);
+    const pairs = r.stdout.match(/^pod(\d) -> [\d.]+: pod(\d)$/gm) ?? [];
+    t.is(pairs.length, 6, r.stdout);
+    for (const p of pairs) t.notRegex(p, /^pod(\d) .*: pod\1$/, 'a pod answered as another');
+    t.regex(r.stdout, /^n3 left: 10\.244\.\d+\.0\/24 released/m);
+    t.regex(r.stdout, /^ok$/m);
+  });
+}
