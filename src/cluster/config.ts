@@ -211,3 +211,12 @@ export function parsePeer(
   }
   return { peer };
 }
+
+/** The NodeName a lease value names, or undefined (not JSON, none). */
+export function leaseNodeName(value: string): string | undefined {
+  try {
+    return (JSON.parse(value) as Partial<LeaseValue>).NodeName;
+  } catch {
+    return undefined;
+  }
+}

@@ -104,14 +104,14 @@ export async function ensureNode(h: NetNs, s: NodeSetup): Promise<NodeDevices> {
 }
 
 /** What the kernel holds of tsnet's peer table. */
-interface Current {
+export interface Current {
   routes: Map<string, route.Route>;
   neighs: Map<string, string>;
   fdb: Map<string, string>;
   nexthops: Map<number, route.nexthop.Nexthop>;
 }
 
-async function readCurrent(h: NetNs, vxlanIndex: number | undefined): Promise<Current> {
+export async function readCurrent(h: NetNs, vxlanIndex: number | undefined): Promise<Current> {
   const routes = (await route.list(h, { family: 4 })).filter((r) => r.protocol === 'tsnet');
   const nexthops = (await route.nexthop.list(h)).filter((n) => n.protocol === RTPROT.TSNET);
   const cur: Current = {

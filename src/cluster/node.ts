@@ -16,15 +16,15 @@
  * - Its own key deleted: after `tsnet cluster leave` (a leave record) the
  *   node removes its peers and `left` resolves; after an expiry it re-claims.
  */
-import { randomBytes } from 'node:crypto';
 import type { Lease } from 'etcd3';
 import type { NetNs } from '../netns';
 import { labelOf } from '../netns/internal';
-import { readNodeState, writeNodeState, type NodeState } from './local';
+import { newMac, nodeStateFor, peerRecords, readNodeState, writeNodeState, writePeers, type NodeState } from './local';
 import { TsnetError } from '../errors';
 import {
   candidateSubnets,
   claimable,
+  leaseNodeName,
   parsePeer,
   parseSubnet,
   sameSubnet,
@@ -63,13 +63,6 @@ export interface ClusterNodeStats {
 
 const RETRY_MS = 1000;
 
-/** A locally administered unicast MAC, made once per node and kept. */
-const newMac = () => {
-  const b = randomBytes(6);
-  b[0] = (b[0]! & 0xfe) | 0x02;
-  return [...b].map((x) => x.toString(16).padStart(2, '0')).join(':');
-};
-
 export class ClusterNode {
   readonly stats: ClusterNodeStats = { reconciles: 0, writes: 0, skippedLeases: 0 };
   config?: ClusterConfig;
@@ -89,6 +82,9 @@ export class ClusterNode {
   private running?: Promise<void>;
   private dirty = false;
   private overruns = 0;
+  /** Bumped on every change of the peer set; what peers.json was last written at. */
+  private peersVersion = 0;
+  private peersSaved = -1;
   private saved?: NodeState;
 
   constructor(private readonly o: ClusterNodeOptions) {
@@ -170,7 +166,7 @@ export class ClusterNode {
         const lease = store.client.lease(this.ttl, { autoKeepAlive: true });
         const id = await store.bounded('granting a lease', lease.grant());
         const { leases } = await store.listLeases();
-        const ours = leases.find((l) => nodeOf(l.value) === this.o.nodeName);
+        const ours = leases.find((l) => leaseNodeName(l.value) === this.o.nodeName);
         const tries: Subnet[] = [];
         if (prefer) tries.push(prefer);
         else if (ours && claimable(this.config!, ours.subnet)) tries.push(ours.subnet);
@@ -233,17 +229,25 @@ export class ClusterNode {
 
   /** Writes the node's local state when it changed (the subnet claimed, the bridge's MTU known). */
   private save(): void {
-    const s: NodeState = {
+    const s = nodeStateFor({
       node: this.o.nodeName,
-      subnet: subnetText(this.subnet!),
+      subnet: this.subnet!,
       vtepMac: this.vtepMac,
-      network: this.config!.Network,
+      config: this.config!,
       bridge: this.o.bridge,
-      ...(this.devices ? { mtu: this.devices.vxlan?.mtu ?? this.devices.underlay.mtu } : {}),
-    };
+      prefix: this.o.store.prefix,
+      ...(this.devices ? { devices: this.devices } : {}),
+    });
     if (JSON.stringify(s) === JSON.stringify(this.saved)) return;
     writeNodeState(this.o.stateDir, s);
     this.saved = s;
+  }
+
+  /** The peers as programmed, for doctor, trace and topology without etcd: written when the set changed. */
+  private savePeers(): void {
+    if (this.peersSaved === this.peersVersion) return;
+    writePeers(this.o.stateDir, peerRecords(this.peers.values(), this.subnet!));
+    this.peersSaved = this.peersVersion;
   }
 
   /** Lists every lease at revision R, programs them, and watches from R+1. */
@@ -254,6 +258,7 @@ export class ClusterNode {
       try {
         const { revision, leases } = await store.listLeases();
         this.peers.clear();
+        this.peersVersion++;
         for (const l of leases) this.put(l);
         this.kick();
         await this.watch(revision);
@@ -283,6 +288,7 @@ export class ClusterNode {
       const l = store.stored(kv);
       if (!l) return;
       this.peers.delete(l.key);
+      this.peersVersion++;
       this.kick();
       if (this.subnet && sameSubnet(l.subnet, this.subnet)) void this.ownKeyGone();
     });
@@ -297,6 +303,7 @@ export class ClusterNode {
   }
 
   private put(l: StoredLease): void {
+    this.peersVersion++;
     const r = parsePeer(this.config!, l.key, l.value, l.lease);
     if ('skip' in r) {
       this.peers.delete(l.key);
@@ -374,6 +381,7 @@ export class ClusterNode {
           this.peers.values(),
         );
         const r = await reconcile(this.o.ns, want, this.devices);
+        this.savePeers();
         this.stats.reconciles++;
         this.stats.writes += r.writes;
         if (r.errors.length) this.o.log(`cluster: in ${labelOf(this.o.ns)}: ${r.errors.slice(0, 3).join('; ')}`);
@@ -413,11 +421,3 @@ export class ClusterNode {
 }
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms).unref());
-
-function nodeOf(value: string): string | undefined {
-  try {
-    return (JSON.parse(value) as Partial<LeaseValue>).NodeName;
-  } catch {
-    return undefined;
-  }
-}

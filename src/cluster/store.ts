@@ -12,6 +12,7 @@ import type { IBackoff } from 'cockatiel';
 import { TsnetError, invalid } from '../errors';
 import {
   DEFAULT_PREFIX,
+  leaseNodeName,
   parseConfig,
   parseSubnetKey,
   subnetKey,
@@ -185,13 +186,7 @@ export class ClusterStore {
     const cur = await this.bounded(`reading ${key}`, this.client.get(key).exec());
     const kv = cur.kvs[0];
     if (!kv) return this.claim(subnet, value, lease);
-    let holder: string | undefined;
-    try {
-      holder = (JSON.parse(str(kv.value)) as Partial<LeaseValue>).NodeName;
-    } catch {
-      holder = undefined;
-    }
-    if (holder !== value.NodeName) return false;
+    if (leaseNodeName(str(kv.value)) !== value.NodeName) return false;
     // Ours: re-attach under the new lease, unless someone changed it meanwhile.
     const swapped = await this.bounded(
       `re-attaching ${key}`,
@@ -209,13 +204,7 @@ export class ClusterStore {
    */
   async leave(node: string): Promise<StoredLease | undefined> {
     const { leases } = await this.listLeases();
-    const mine = leases.find((l) => {
-      try {
-        return (JSON.parse(l.value) as Partial<LeaseValue>).NodeName === node;
-      } catch {
-        return false;
-      }
-    });
+    const mine = leases.find((l) => leaseNodeName(l.value) === node);
     if (!mine) return undefined;
     await this.bounded(
       `removing ${node}'s lease`,

@@ -16,6 +16,8 @@ import { cniState } from './checks/cni-state';
 import { forwardDrop, natCanary } from './checks/netfilter';
 import { doctorView, type Check } from './checks/check';
 import { inspectNode } from './node';
+import { clusterLease, clusterMtu, clusterPeers, clusterVxlan } from './checks/cluster';
+import type { ClusterView } from './cluster';
 
 /** Every check, in the order doctor reports: each one's `name` is the `check` of its problems. */
 export const CHECKS: readonly Check[] = [
@@ -31,10 +33,14 @@ export const CHECKS: readonly Check[] = [
   cniState, // attachments whose namespace is gone, reservations without an attachment
   natCanary, // tsnet's rules flushed
   forwardDrop, // another nftables table's forward hook with policy drop
+  clusterVxlan, // a cluster node's vxlan device missing, down, on another port, learning
+  clusterMtu, // the MTU chain underlay -> tunnel -> node bridge
+  clusterPeers, // peers without their entries, routes of protocol tsnet no peer explains
+  clusterLease, // (with --etcd) the node's own lease gone, or etcd unreachable
 ];
 
 export interface Problem {
-  /** The name of the check that found it (see CHECKS: ip-forward, br-netfilter, rp-filter, bridge-port, hairpin, masquerade, route-localnet, conntrack, mtu, cni-state, nat-canary, forward-drop). */
+  /** The name of the check that found it (see CHECKS: ip-forward, br-netfilter, rp-filter, bridge-port, hairpin, masquerade, route-localnet, conntrack, mtu, cni-state, nat-canary, forward-drop, cluster-vxlan, cluster-mtu, cluster-peers, cluster-lease). */
   check: string;
   /** The object concerned: an interface, a service, a state directory. */
   where: string;
@@ -55,6 +61,10 @@ export interface DoctorOptions {
   stateDirs?: readonly string[];
   /** The conntrack limit to compare the table with (default: net.netfilter.nf_conntrack_max). */
   conntrackMax?: number;
+  /** A cluster node's view (src/inspect/cluster.ts), when the node is one. */
+  cluster?: ClusterView;
+  /** With --etcd: the TTL left on the node's own lease (-1: none), or why etcd could not tell. */
+  clusterLease?: { ttl?: number; error?: string };
 }
 
 /** Everything wrong that tsnet can see in the namespace `host` (the node). */

@@ -7,6 +7,7 @@
  */
 import { formatHostPort } from '../addr/cidr';
 import { hostEndOf, nodeOf, ownerOf, type NamespaceView, type NodeView } from './node';
+import type { ClusterView } from './cluster';
 
 export type TopoKind = 'node' | 'namespace' | 'bridge' | 'service' | 'forward' | 'address';
 
@@ -21,8 +22,11 @@ export interface TopoNode {
 
 export interface TopoEdge {
   id: string;
-  /** veth: a pair (from the bridge or node end to the container); member: a bridge of the node; endpoint, forward: where NAT sends. */
-  kind: 'veth' | 'member' | 'endpoint' | 'forward';
+  /**
+   * veth: a pair (from the bridge or node end to the container); member: a bridge of the node; endpoint, forward:
+   * where NAT sends; tunnel, route: to another node of the cluster (vxlan, host-gw).
+   */
+  kind: 'veth' | 'member' | 'endpoint' | 'forward' | 'tunnel' | 'route';
   from: string;
   to: string;
   label: string;
@@ -34,12 +38,13 @@ export interface Topology {
 }
 
 /** The parts of the picture, drawn in this order (the order of the JSON's nodes and edges). */
-const PARTS: readonly ((d: Drawing) => void)[] = [theNode, bridges, namespaces, services, forwards];
+const PARTS: readonly ((d: Drawing) => void)[] = [theNode, bridges, namespaces, services, forwards, peers];
 
-/** The graph of a node view. */
-export function topology(view: NodeView): Topology {
+/** The graph of a node view (and, on a cluster node, its peers: src/inspect/cluster.ts). */
+export function topology(view: NodeView, cluster?: ClusterView): Topology {
   const d: Drawing = {
     view,
+    ...(cluster ? { cluster } : {}),
     node: nodeOf(view),
     bridgeNames: new Set(view.bridges.map((b) => b.name)),
     nodes: [],
@@ -52,6 +57,7 @@ export function topology(view: NodeView): Topology {
 /** A topology being drawn: the view, and the nodes and edges so far. */
 interface Drawing {
   view: NodeView;
+  cluster?: ClusterView;
   /** The node's own namespace. */
   node: NamespaceView;
   bridgeNames: Set<string>;
@@ -60,6 +66,34 @@ interface Drawing {
 }
 
 const nsId = (id: string) => `ns:${id}`;
+
+/** The other nodes of the cluster, each with its subnet, reached by a tunnel (vxlan) or a route (host-gw). */
+function peers({ cluster, node, nodes, edges }: Drawing) {
+  if (!cluster) return;
+  const self = nodes.find((n) => n.id === nsId(node.id));
+  self?.lines.unshift(`cluster node ${cluster.node.node}: ${cluster.node.subnet}`);
+  for (const p of cluster.peers) {
+    const id = `peer:${p.name}`;
+    nodes.push({
+      id,
+      kind: 'node',
+      label: `${p.name} (peer)`,
+      lines: [
+        p.subnet,
+        `public IP ${p.publicIp}`,
+        ...(p.missing.length ? [`not programmed: ${p.missing.join(', ')}`] : []),
+      ],
+    });
+    const tunnel = p.path === 'vxlan';
+    edges.push({
+      id: `${tunnel ? 'tunnel' : 'route'}:${p.name}`,
+      kind: tunnel ? 'tunnel' : 'route',
+      from: nsId(node.id),
+      to: id,
+      label: tunnel ? `${cluster.vxlan?.name ?? 'vxlan'} to ${p.publicIp}` : `via ${p.publicIp}`,
+    });
+  }
+}
 
 /** The node: its own interfaces that are neither bridges nor bridge ports (lo, uplinks, unbridged veths). */
 function theNode({ node, bridgeNames, nodes }: Drawing) {

@@ -15,6 +15,7 @@ import { contains, formatHostPort, parseCidr, parseIp } from '../addr/cidr';
 import * as conntrack from '../conntrack';
 import * as route from '../route';
 import type { NetNs } from '../netns';
+import type { ClusterView } from './cluster';
 import type { NatEngine } from '../nat/engine';
 import { familyOf, type DnatRule, type Forward, type NatRule, type Proto, type Service } from '../nat/model';
 import type { AffinityEntry, Counter } from '../nat/backends/types';
@@ -28,6 +29,19 @@ export interface TraceRequest {
   from?: string;
   /** A client source port: the flow (from, sport) is looked up in conntrack. */
   sport?: number;
+  /** On a cluster node: its peers (src/inspect/cluster.ts), to name the node an address lives on and the path to it. */
+  cluster?: ClusterView;
+}
+
+/** An address on another node of the cluster: which node, and how a packet gets there. */
+export interface ClusterHop {
+  ip: string;
+  node: string;
+  subnet: string;
+  publicIp: string;
+  path: 'vxlan' | 'host-gw';
+  /** The tunnel device (vxlan). */
+  dev?: string;
 }
 
 export interface EndpointTrace {
@@ -65,6 +79,8 @@ export interface TraceResult {
   snat: string[];
   /** Where the packet leaves when nothing rewrites it. */
   route?: { dev?: string; gateway?: string; namespace?: string };
+  /** Addresses of the trace (the destination, or its endpoints) on other nodes of the cluster. */
+  cluster?: ClusterHop[];
   /** The story, one line per step. */
   steps: string[];
 }
@@ -115,6 +131,7 @@ const STEPS: readonly Step[] = [
   on('dnat-rule', dnatRuleHit),
   on('none', routed),
   wayOut,
+  acrossNodes,
 ];
 
 /** Traces a connection to `req.dest:req.port` through the NAT state `engine` keeps in its namespace. */
@@ -323,6 +340,34 @@ function wayOut(t: Tracing) {
   say(t, `on the way out: ${snat}`);
 }
 
+/** On a cluster node: the node each address of the trace lives on, and the tunnel or route that reaches it. */
+function acrossNodes(t: Tracing) {
+  const c = t.req.cluster;
+  if (!c) return;
+  const ips = t.result.endpoints.length ? t.result.endpoints.map((e) => e.ip) : [t.dest];
+  for (const ip of ips) {
+    const p = c.peers.find((x) => contains(parseCidr(x.subnet), ip));
+    if (!p) continue;
+    const dev = p.path === 'vxlan' ? c.vxlan?.name : undefined;
+    (t.result.cluster ??= []).push({
+      ip,
+      node: p.name,
+      subnet: p.subnet,
+      publicIp: p.publicIp,
+      path: p.path,
+      ...(dev ? { dev } : {}),
+    });
+    const how =
+      p.path === 'vxlan'
+        ? `VXLAN tunnel ${dev ?? '(device missing)'} to ${p.publicIp} (VTEP ${p.vtepMac})`
+        : `routed via ${p.publicIp} (host-gw)`;
+    say(
+      t,
+      `cluster: ${ip} is on node ${p.name} (${p.subnet}, public IP ${p.publicIp}): ${how}${p.missing.length ? `; NOT programmed here: missing ${p.missing.join(', ')}` : ''}`,
+    );
+  }
+}
+
 // --- helpers ---------------------------------------------------------------
 
 /** Where a packet to `ip` leaves the node (the kernel's route), and which namespace of the view holds `ip`. */
@@ -352,6 +397,7 @@ function snatRules(rules: readonly NatRule[], src: string, dst: string, dev: str
   for (const r of rules) {
     if (r.kind === 'dnat' || !contains(parseCidr(r.source, { defaultPrefix: true }), src)) continue;
     if (r.destination && !contains(parseCidr(r.destination, { defaultPrefix: true }), dst)) continue;
+    if (r.kind === 'masquerade' && r.destinationNot && contains(parseCidr(r.destinationNot), dst)) continue;
     if (r.kind === 'masquerade') {
       if (r.outNot && dev === r.outNot) continue;
       out.push(`masquerade (rule: from ${r.source}${r.outNot ? ` not out ${r.outNot}` : ''})`);

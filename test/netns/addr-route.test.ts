@@ -72,7 +72,9 @@ test('routes: via a gateway, on a device, default; list; delete is idempotent', 
   t.truthy(ours.find((r) => r.dst === '10.98.1.1/32' && r.scope === 'link'));
   t.true(await route.del(h, { dst: '10.99.0.0/16', via: '10.81.0.254' }));
   t.false(await route.del(h, { dst: '10.99.0.0/16', via: '10.81.0.254' }));
-  await t.throwsAsync(route.add(h, { dst: '10.97.0.0/16' }), { message: /needs --via GATEWAY or --dev DEVICE/ });
+  await t.throwsAsync(route.add(h, { dst: '10.97.0.0/16' }), {
+    message: /needs --via GATEWAY, --dev DEVICE or --nhid ID/,
+  });
   await t.throwsAsync(route.add(h, { dst: '10.97.0.0/16', via: 'fd00::1' }), { message: /mixed IPv4 and IPv6/ });
 });
 

@@ -694,3 +694,90 @@ test.serial(
     }
   },
 );
+
+test.serial(
+  'doctor, trace and topology on a cluster node: peers named, the tunnel shown, a broken MTU, tunnel, FDB entry or lease reported',
+  async (t) => {
+    const c = await cluster(
+      t,
+      'insp',
+      73,
+      2,
+      ['--network', '10.73.0.0/16', '--backend', 'vxlan'],
+      ['--lease-ttl', '2'],
+    );
+    await converged(c);
+    const [a, b] = c.nodes as [ClusterNodeNs, ClusterNodeNs];
+    const sb = await nodeSubnet(b);
+    const on = (n: number, ...args: string[]) =>
+      tsnet('-n', c.nodes[n]!.ns.name!, '--state-dir', c.stateDirs[n]!, ...args);
+    const clusterProblems = (r: { stdout: string }) =>
+      (JSON.parse(r.stdout) as { check: string; where: string; problem: string }[]).filter((p) =>
+        p.check.startsWith('cluster-'),
+      );
+    t.deepEqual(clusterProblems(on(0, '-j', 'doctor')), [], 'a healthy node');
+    t.deepEqual(clusterProblems(on(0, '-j', '--etcd', etcd.urls, 'doctor')), [], 'with --etcd too');
+
+    const podB = `${sb.base.replace(/\.0$/, '.10')}`;
+    const tr = on(0, 'trace', `${podB}:80`);
+    t.is(tr.status, 0, tr.stderr);
+    t.regex(
+      tr.stdout,
+      new RegExp(
+        `cluster: ${podB.replace(/\./g, '\\.')} is on node n2 \\(${sb.base.replace(/\./g, '\\.')}/24, public IP ${b.publicIp.replace(/\./g, '\\.')}\\): VXLAN tunnel tsnet\\.1 to ${b.publicIp.replace(/\./g, '\\.')}`,
+      ),
+    );
+    const topo = JSON.parse(on(0, 'topology').stdout) as {
+      nodes: { id: string; lines: string[] }[];
+      edges: { kind: string; to: string; label: string }[];
+    };
+    t.like(
+      topo.nodes.find((n) => n.id === 'peer:n2'),
+      { lines: [`${sb.base}/24`, `public IP ${b.publicIp}`] },
+    );
+    t.like(
+      topo.edges.find((e) => e.to === 'peer:n2'),
+      { kind: 'tunnel', label: `tsnet.1 to ${b.publicIp}` },
+    );
+
+    // The agent away, so nothing repairs: then break things by hand, one check each.
+    await c.agents[0]!.stop('SIGKILL');
+    // (The kernel refuses a vxlan MTU above underlay - 50; below, and a bridge above the tunnel, it takes.)
+    t.is(run('ip', ['-n', a.ns.name!, 'link', 'set', 'tsnet.1', 'mtu', '1400']).status, 0);
+    t.is(run('ip', ['-n', a.ns.name!, 'link', 'set', 'tsnet0', 'mtu', '1500']).status, 0);
+    run('bridge', [
+      '-n',
+      a.ns.name!,
+      'fdb',
+      'del',
+      vxlanFdb(a, 'tsnet.1')[0]!.mac,
+      'dev',
+      'tsnet.1',
+      'dst',
+      b.publicIp,
+      'self',
+    ]);
+    let found = clusterProblems(on(0, '-j', 'doctor'));
+    t.deepEqual(found.map((p) => p.check).sort(), ['cluster-mtu', 'cluster-mtu', 'cluster-peers']);
+    t.regex(found.find((p) => p.check === 'cluster-peers')!.problem, /peer n2 .* is not programmed: missing FDB/);
+    t.regex(found.find((p) => p.where === 'tsnet.1')!.problem, /MTU 1400, its underlay eth0 1500: it must be 1450/);
+    t.regex(found.find((p) => p.where === 'tsnet0')!.problem, /MTU 1500, above the tunnel's 1400/);
+    run('ip', ['-n', a.ns.name!, 'link', 'del', 'tsnet.1']);
+    found = clusterProblems(on(0, '-j', 'doctor'));
+    t.true(
+      found.some((p) => p.check === 'cluster-vxlan' && /tsnet\.1 is missing/.test(p.problem)),
+      JSON.stringify(found),
+    );
+    const tr2 = on(0, 'trace', `${podB}:80`);
+    t.regex(tr2.stdout, /NOT programmed here: missing/);
+    // With --etcd: n1's lease has expired (TTL 2 s, no agent): the lease check says so.
+    await eventually(
+      () => clusterProblems(on(0, '-j', '--etcd', etcd.urls, 'doctor')).some((p) => p.check === 'cluster-lease'),
+      {
+        ms: 6000,
+        what: "doctor --etcd to see n1's lease gone",
+        every: 500,
+      },
+    );
+  },
+);

@@ -68,10 +68,11 @@ test('command words, subcommands and aliases', (t) => {
 
 test("options: the command's own and the global ones, wherever they go", (t) => {
   t.deepEqual(complete('tsnet link ls --j'), ['--json']);
-  t.deepEqual(complete('tsnet service add web --e'), ['--endpoint']);
+  t.deepEqual(complete('tsnet service add web --e'), ['--endpoint', '--etcd']);
   t.deepEqual(complete('tsnet bridge add br0 --'), [
     '--address',
     '--backend',
+    '--etcd',
     '--help',
     '--json',
     '--mtu',

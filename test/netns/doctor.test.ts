@@ -15,7 +15,7 @@ import * as sysctl from '../../src/sysctl';
 import { NatEngine } from '../../src/nat/engine';
 import { doctor, type Problem } from '../../src/inspect/doctor';
 import { request, serve } from '../../src/demo/traffic';
-import { natView, run, scratch } from '../harness/fixtures';
+import { natView, run, scratch, tsnet } from '../harness/fixtures';
 import { eventually } from '../harness/eventually';
 
 const { topo, servers, tmp, cleanup } = scratch('doc');
@@ -264,6 +264,127 @@ test('forward-drop: another nftables table drops forwarded traffic (tsnet cannot
   t.is(p?.where, 'table inet other chain fw');
   nd.inNs('nft', 'delete', 'table', 'inet', 'other');
   t.deepEqual(nd.findings('forward-drop'), []);
+});
+
+/**
+ * A cluster node made as its agent makes one, without the agent (nothing repairs what a test breaks) and without
+ * etcd: eth0 on an underlay, the node state, the vxlan device and bridge (ensureNode), and one peer programmed
+ * (reconcile), as peers.json records it.
+ */
+async function clusterNode() {
+  const n = ++seq;
+  const nd = await topo.ns(`cl${n}`);
+  await link.add(nd, { kind: 'veth', name: 'eth0', peer: { name: 'eth0p' }, up: true });
+  await link.setUp(nd, 'eth0p');
+  await addr.add(nd, `192.168.${n}.1/24`, 'eth0');
+  const stateDir = tmp('doctor-cluster');
+  const { buildConfig, parseSubnet } = await import('../../src/cluster/config');
+  const { ensureNode, reconcile } = await import('../../src/cluster/kernel');
+  const { desiredState } = await import('../../src/cluster/desired');
+  const { nodeStateFor, peerRecords, writeNodeState, writePeers } = await import('../../src/cluster/local');
+  const config = buildConfig({ network: '10.80.0.0/16', backend: 'vxlan' });
+  const setup = {
+    config,
+    subnet: parseSubnet('10.80.1.0/24'),
+    publicIp: `192.168.${n}.1`,
+    bridge: 'tsnet0',
+    vtepMac: '02:00:00:00:01:01',
+  };
+  const peer = {
+    subnet: parseSubnet('10.80.2.0/24'),
+    publicIp: `192.168.${n}.2`,
+    backend: 'vxlan' as const,
+    vtepMac: '02:00:00:00:02:02',
+    name: 'peer2',
+    lease: '0',
+  };
+  const program = async () => {
+    const devices = await ensureNode(nd, setup);
+    await reconcile(nd, desiredState(config, { subnet: setup.subnet, publicIp: setup.publicIp }, [peer]), devices);
+    writeNodeState(
+      stateDir,
+      nodeStateFor({
+        node: 'n1',
+        subnet: setup.subnet,
+        vtepMac: setup.vtepMac,
+        config,
+        bridge: 'tsnet0',
+        prefix: '/tsnet/network',
+        devices,
+      }),
+    );
+  };
+  await program();
+  writePeers(stateDir, peerRecords([peer], setup.subnet));
+  const findings = (check: string, ...global: string[]): Problem[] => {
+    const r = tsnet('--netns', nd.name!, '--state-dir', stateDir, ...global, '--json', 'doctor');
+    return (JSON.parse(r.stdout) as Problem[]).filter((p) => p.check === check);
+  };
+  return { nd, stateDir, program, findings, peer };
+}
+
+test('cluster-vxlan: the vxlan device of a cluster node gone', async (t) => {
+  const c = await clusterNode();
+  t.deepEqual(c.findings('cluster-vxlan'), []);
+  run('ip', ['-n', c.nd.name!, 'link', 'del', 'tsnet.1']);
+  const [p] = c.findings('cluster-vxlan');
+  t.regex(p!.problem, /the vxlan device tsnet\.1 is missing: no pod on another node is reachable/);
+  t.regex(p!.fix, /restart the node's agent/);
+  await c.program();
+  t.deepEqual(c.findings('cluster-vxlan'), []);
+});
+
+test("cluster-mtu: the node bridge above the tunnel's MTU", async (t) => {
+  const c = await clusterNode();
+  t.deepEqual(c.findings('cluster-mtu'), []);
+  run('ip', ['-n', c.nd.name!, 'link', 'set', 'tsnet0', 'mtu', '1500']);
+  const [p] = c.findings('cluster-mtu');
+  t.regex(p!.problem, /node bridge tsnet0 has MTU 1500, above the tunnel's 1450: .* large responses hang/);
+  t.is(p!.fix, `tsnet -n ${c.nd.name!} link set tsnet0 --mtu 1450`);
+  t.is(tsnet('-n', c.nd.name!, 'link', 'set', 'tsnet0', '--mtu', '1450').status, 0, 'the fix as printed');
+  t.deepEqual(c.findings('cluster-mtu'), []);
+});
+
+test('cluster-peers: a peer whose FDB entry is gone, a route of protocol tsnet no peer explains', async (t) => {
+  const c = await clusterNode();
+  t.deepEqual(c.findings('cluster-peers'), []);
+  run('bridge', ['-n', c.nd.name!, 'fdb', 'del', c.peer.vtepMac, 'dev', 'tsnet.1', 'dst', c.peer.publicIp, 'self']);
+  run('ip', [
+    '-n',
+    c.nd.name!,
+    'route',
+    'add',
+    '10.80.9.0/24',
+    'via',
+    '192.168.200.1',
+    'dev',
+    'tsnet.1',
+    'onlink',
+    'proto',
+    '74',
+  ]);
+  const found = c.findings('cluster-peers');
+  t.is(found.length, 2, JSON.stringify(found));
+  t.regex(
+    found[0]!.problem,
+    /peer peer2 \(10\.80\.2\.0\/24 at 192\.168\.\d+\.2\) is not programmed: missing FDB 02:00:00:00:02:02/,
+  );
+  t.regex(found[1]!.problem, /route 10\.80\.9\.0\/24 of protocol tsnet names no peer the agent knows/);
+  await c.program(); // what the agent does: the FDB entry back, the stale route gone
+  t.deepEqual(c.findings('cluster-peers'), []);
+});
+
+test('cluster-lease: with --etcd, an etcd that does not answer is reported (the data plane stays as it is)', async (t) => {
+  const c = await clusterNode();
+  t.deepEqual(c.findings('cluster-lease'), [], 'without --etcd the lease is not looked at');
+  const [p] = c.findings('cluster-lease', '--etcd', 'http://127.0.0.1:9');
+  t.is(p!.where, 'etcd');
+  t.regex(p!.problem, /^etcd at http:\/\/127\.0\.0\.1:9/);
+  t.deepEqual(
+    c.findings('cluster-peers', '--etcd', 'http://127.0.0.1:9'),
+    [],
+    "the agent's peer list serves meanwhile",
+  );
 });
 
 test('a healthy node: no problems, exit 0, and the library agrees with the CLI', async (t) => {

@@ -24,6 +24,10 @@ const EXPECTED: [name: string, word: string][] = [
   ['cni-state', 'CNI'],
   ['nat-canary', 'canary'],
   ['forward-drop', 'policy drop'],
+  ['cluster-vxlan', 'vxlan device'],
+  ['cluster-mtu', 'MTU chain'],
+  ['cluster-peers', 'peers'],
+  ['cluster-lease', 'lease'],
 ];
 const NAMES = EXPECTED.map(([name]) => name);
 

@@ -9,16 +9,7 @@ import type { Cli } from '../context';
 import { int } from '../options';
 import { print, printRows } from '../output';
 import { target } from '../target';
-
-/** The store for this run (etcd3 loads only here), closed when the command ends. */
-export async function openStore(cli: Cli, prefix: string | undefined) {
-  const urls = cli.etcd();
-  if (!urls) throw invalid('this command needs the cluster store: --etcd URLS (or $TSNET_ETCD)');
-  const { ClusterStore, parseEndpoints, parsePrefix } = await import('../../cluster/store');
-  const store = await ClusterStore.open(parseEndpoints(urls), parsePrefix(prefix));
-  cli.onExit(() => store.close());
-  return store;
-}
+import { openStore } from '../cluster-store';
 
 interface InitOpts {
   network: string;

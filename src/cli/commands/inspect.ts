@@ -14,6 +14,7 @@ import { stateDir } from '../../state';
 import type { Cli } from '../context';
 import { print } from '../output';
 import { target } from '../target';
+import { clusterInspection } from '../cluster-store';
 
 /** The node's NAT engines: the state directory's, and those its CNI attachments wrote to. */
 const engines = (cli: Cli) => natEngines(target(cli), cli.stateDir(), cli.globals().backend);
@@ -45,7 +46,9 @@ export function register(program: Command, cli: Cli): void {
       if (o.from && o.fromNetns) throw invalid('--from and --from-netns exclude each other');
       const from = o.fromNetns ? await addressIn(o.fromNetns, d.family) : o.from;
       const [engine] = await engines(cli);
+      const { view: cluster } = await clusterInspection(cli, stateDir(cli.stateDir()));
       const r = await trace(engine!, {
+        ...(cluster ? { cluster } : {}),
         dest: d.ip,
         port: d.port,
         proto: o.proto,
@@ -61,9 +64,13 @@ export function register(program: Command, cli: Cli): void {
       "what is wrong with this node's container networking, one line per problem with its fix (exit 1 when there is one)",
     )
     .action(async () => {
+      const dir = stateDir(cli.stateDir());
+      const { view, lease } = await clusterInspection(cli, dir);
       const problems = await doctor(target(cli), {
         engines: await engines(cli),
-        stateDirs: [stateDir(cli.stateDir())],
+        stateDirs: [dir],
+        ...(view ? { cluster: view } : {}),
+        ...(lease ? { clusterLease: lease } : {}),
       });
       print(problems, cli.json(), () => formatProblems(problems));
       if (problems.length) process.exitCode = 1;
@@ -78,7 +85,8 @@ export function register(program: Command, cli: Cli): void {
     .option('--dot', 'print Graphviz dot')
     .action(async (o: { svg?: string; dot?: boolean }) => {
       const view = await inspectNode(target(cli), await engines(cli));
-      const t = topology(view);
+      const { view: cluster } = await clusterInspection(cli, stateDir(cli.stateDir()));
+      const t = topology(view, cluster);
       if (o.svg) {
         const svg = await toSvg(t);
         if (o.svg === '-') process.stdout.write(svg);
@@ -86,7 +94,7 @@ export function register(program: Command, cli: Cli): void {
       } else if (o.dot) {
         process.stdout.write(toDot(t));
       } else {
-        print({ ...t, view }, true, () => '');
+        print({ ...t, view, ...(cluster ? { cluster } : {}) }, true, () => '');
       }
     });
 }
