@@ -19,12 +19,19 @@
 import type { Lease } from 'etcd3';
 import type { NetNs } from '../netns';
 import { labelOf } from '../netns/internal';
-import { newMac, nodeStateFor, peerRecords, readNodeState, writeNodeState, writePeers, type NodeState } from './local';
-import { TsnetError } from '../errors';
 import {
-  candidateSubnets,
+  newMac,
+  nodeStateFor,
+  peerRecords,
+  readNodeState,
+  readPeers,
+  writeNodeState,
+  writePeers,
+  type NodeState,
+} from './local';
+import {
+  buildConfig,
   claimable,
-  leaseNodeName,
   parsePeer,
   parseSubnet,
   sameSubnet,
@@ -36,6 +43,7 @@ import {
   type Subnet,
 } from './config';
 import { desiredState } from './desired';
+import { RETRY_MS, claimSubnet } from './claim';
 import { MONITOR_GROUPS, ensureNode, mayBeDrift, reconcile, teardown, type NodeDevices } from './kernel';
 import { NETLINK_ROUTE, type NetlinkSocket } from '../netlink/socket';
 import type { ClusterStore, StoredLease } from './store';
@@ -60,8 +68,6 @@ export interface ClusterNodeStats {
   skippedLeases: number;
   lastError?: string;
 }
-
-const RETRY_MS = 1000;
 
 export class ClusterNode {
   readonly stats: ClusterNodeStats = { reconciles: 0, writes: 0, skippedLeases: 0 };
@@ -106,24 +112,11 @@ export class ClusterNode {
   }
 
   private async join(local: NodeState | undefined): Promise<void> {
-    const store = this.o.store;
-    let announced = 0;
-    for (;;) {
-      if (this.stopped) return;
-      try {
-        this.config = await store.readConfig();
-        if (this.config) break;
-        if (Date.now() - announced >= RETRY_MS)
-          this.o.log(`cluster: no config at ${store.configKey} yet: run tsnet cluster init`);
-      } catch (err) {
-        this.o.log(
-          `cluster: ${(err as Error).message}; retrying every second${local ? ` (serving ${local.subnet} from local state)` : ''}`,
-        );
-      }
-      announced = Date.now();
-      await sleep(RETRY_MS);
-    }
-    const config = this.config;
+    if (local?.backend)
+      await this.fromLocal(local).catch((err: Error) => this.o.log(`cluster: local state: ${err.message}`));
+    const config = await this.waitConfig(local);
+    if (!config) return;
+    this.config = config;
     const kept = local && local.network === config.Network ? parseSubnet(local.subnet, 'subnet') : undefined;
     if (kept && claimable(config, kept)) {
       // What pods already have keeps working while the claim goes on.
@@ -135,6 +128,57 @@ export class ClusterNode {
     await this.list();
     this.driftTimer = setInterval(() => this.kick(), this.o.driftMs ?? 10_000);
     this.driftTimer.unref();
+  }
+
+  /** The cluster config, once etcd answers with one (logged once a second meanwhile); undefined if stopped first. */
+  private async waitConfig(local: NodeState | undefined): Promise<ClusterConfig | undefined> {
+    const store = this.o.store;
+    for (;;) {
+      if (this.stopped) return undefined;
+      try {
+        const config = await store.readConfig();
+        if (config) return config;
+        this.o.log(`cluster: no config at ${store.configKey} yet: run tsnet cluster init`);
+      } catch (err) {
+        const serving = local ? ` (serving ${local.subnet} from local state)` : '';
+        this.o.log(`cluster: ${(err as Error).message}; retrying every second${serving}`);
+      }
+      await sleep(RETRY_MS);
+    }
+  }
+
+  /**
+   * Before etcd answers: the node's devices and its peers as last programmed
+   * (node.json, peers.json), so a node that restarted (or rebooted) while
+   * etcd is away serves its pods and reaches its peers. etcd's answer then
+   * replaces all of it (list-and-diff).
+   */
+  private async fromLocal(local: NodeState): Promise<void> {
+    const b = local.backend!;
+    this.config = buildConfig({
+      network: local.network,
+      subnetLen: parseSubnet(local.subnet, 'subnet').prefix,
+      backend: b.type,
+      ...(b.type === 'vxlan' ? { vni: b.vni ?? 1, port: b.port ?? 8472, directRouting: !!b.directRouting } : {}),
+    });
+    this.subnet = parseSubnet(local.subnet, 'subnet');
+    const records = readPeers(this.o.stateDir) ?? [];
+    for (const r of records) {
+      const subnet = parseSubnet(r.subnet, 'subnet');
+      const backend = r.vtepMac ? 'vxlan' : 'host-gw';
+      this.peers.set(subnetKey(subnet), {
+        subnet,
+        publicIp: r.publicIp,
+        backend,
+        ...(r.vtepMac ? { vtepMac: r.vtepMac } : {}),
+        name: r.name,
+        lease: '0',
+      });
+    }
+    this.peersSaved = this.peersVersion;
+    this.watchKernel();
+    await this.settled();
+    this.o.log(`cluster: ${local.subnet} and ${records.length} peers programmed from local state`);
   }
 
   private setup() {
@@ -157,61 +201,20 @@ export class ClusterNode {
     };
   }
 
-  /** Grants a lease and claims a subnet under it: `prefer` first, then one held under this name, then a free one. */
+  /** Claims a subnet (./claim.ts) and adopts it; fatal claims (pool exhausted, our subnet taken) throw. */
   private async claim(prefer: Subnet | undefined): Promise<void> {
-    const store = this.o.store;
-    for (;;) {
-      try {
-        await store.clearLeave(this.o.nodeName);
-        const lease = store.client.lease(this.ttl, { autoKeepAlive: true });
-        const id = await store.bounded('granting a lease', lease.grant());
-        const { leases } = await store.listLeases();
-        const ours = leases.find((l) => leaseNodeName(l.value) === this.o.nodeName);
-        const tries: Subnet[] = [];
-        if (prefer) tries.push(prefer);
-        else if (ours && claimable(this.config!, ours.subnet)) tries.push(ours.subnet);
-        if (tries.length === 0) tries.push(...this.free(leases));
-        for (const s of tries) {
-          if (await store.claim(s, this.leaseValue(), id)) {
-            this.adopt(s, lease);
-            return;
-          }
-          if (prefer) {
-            throw new TsnetError(
-              `${subnetText(s)} (this node's, from ${this.o.stateDir}/cluster/node.json) is held by another node: tsnet never renumbers a node with pods; remove that lease or this file`,
-              { code: 'EEXIST' },
-            );
-          }
-        }
-        lease.release();
-        if (tries.length === 0) {
-          throw new TsnetError(
-            `the subnet pool of ${this.config!.Network} is exhausted: every /${this.config!.SubnetLen} from ${this.config!.SubnetMin} to ${this.config!.SubnetMax} is leased; widen the network or remove dead nodes (tsnet cluster leave)`,
-            { code: 'ENOSPC' },
-          );
-        }
-      } catch (err) {
-        if (err instanceof TsnetError && (err.code === 'ENOSPC' || err.code === 'EEXIST')) throw err;
-        this.o.log(`cluster: ${(err as Error).message}; retrying every second`);
-        await sleep(RETRY_MS);
-        if (this.stopped) return;
-      }
-    }
-  }
-
-  /** Free subnets, a random few first: twenty nodes starting at once rarely race for one. */
-  private free(leases: StoredLease[]): Subnet[] {
-    const taken = new Set(leases.map((l) => subnetKey(l.subnet)));
-    const out: Subnet[] = [];
-    for (const s of candidateSubnets(this.config!)) {
-      if (!taken.has(subnetKey(s))) out.push(s);
-      if (out.length >= 64) break;
-    }
-    for (let i = out.length - 1; i > 0; i--) {
-      const j = Math.floor(Math.random() * (i + 1));
-      [out[i], out[j]] = [out[j]!, out[i]!];
-    }
-    return out;
+    const got = await claimSubnet({
+      store: this.o.store,
+      config: this.config!,
+      nodeName: this.o.nodeName,
+      value: this.leaseValue(),
+      ...(prefer ? { prefer } : {}),
+      ttl: this.ttl,
+      stateDir: this.o.stateDir,
+      log: this.o.log,
+      stopped: () => this.stopped,
+    });
+    if (got) this.adopt(got.subnet, got.lease);
   }
 
   private adopt(s: Subnet, lease: Lease): void {
@@ -414,7 +417,7 @@ export class ClusterNode {
       node: this.o.nodeName,
       ...(this.subnet ? { subnet: subnetText(this.subnet) } : {}),
       publicIp: this.o.publicIp,
-      peers: this.peers.size,
+      peers: [...this.peers.values()].filter((p) => !this.subnet || !sameSubnet(p.subnet, this.subnet)).length,
       stats: this.stats,
     };
   }

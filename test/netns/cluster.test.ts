@@ -41,6 +41,11 @@ test.after.always(async () => {
 
 const MB = 1 << 20;
 
+function runOk(cmd: string, args: string[]): void {
+  const r = run(cmd, args);
+  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')}: ${r.stderr}`);
+}
+
 /** A server in `pod` that sends 1 MB to whoever connects; resolves once it listens. */
 async function bulkServer(pod: netns.NetNs, ip: string, port: number): Promise<void> {
   const script = `require('net').createServer((c) => { c.on('error', () => {}); c.end(Buffer.alloc(${MB}, 7)); }).listen(${port}, '${ip}', () => console.log('ready'))`;
@@ -438,14 +443,14 @@ test.serial(
 test.serial(
   'bad leases are skipped with a warning, never programmed; an exhausted pool is one error and the agent exits',
   async (t) => {
-    const c = await cluster(t, 'bad', 67, 2, [
-      '--network',
-      '10.67.0.0/24',
-      '--subnet-len',
-      '26',
-      '--backend',
-      'host-gw',
-    ]);
+    const c = await cluster(
+      t,
+      'bad',
+      67,
+      2,
+      ['--network', '10.67.0.0/24', '--subnet-len', '26', '--backend', 'host-gw'],
+      ['--metrics', '127.0.0.1:0'],
+    );
     await converged(c);
     // Not JSON, and a subnet outside the network: skipped (logged), nothing routed to them.
     const held = etcd.ctl('get', '--prefix', `${c.prefix}/subnets/`, '--keys-only');
@@ -464,6 +469,20 @@ test.serial(
       },
     );
     for (const n of c.nodes) t.is(tsnetRoutes(n).length, 1, `${n.name} routes its one real peer only`);
+    // Counted in the metrics (n1's agent serves them on an ephemeral port).
+    const addr = await eventually(() => /^ready \S+ metrics=(\S+)$/m.exec(c.agents[0]!.log)?.[1], {
+      ms: 5000,
+      what: 'the metrics address',
+    });
+    const metrics = await eventually(
+      async () => {
+        const text = await (await fetch(`http://${addr}/metrics`)).text();
+        return /^tsnet_cluster_leases_skipped_total 2$/m.test(text) ? text : undefined;
+      },
+      { ms: 3000, what: 'the skipped leases counted', every: 100 },
+    );
+    t.regex(metrics, /^tsnet_cluster_peers 1$/m);
+    t.regex(metrics, /^tsnet_cluster_reconciles_total [1-9]\d*$/m);
     // /24 in /26s, the first never leased: three subnets, two nodes and the bad key hold them all.
     const late = startAgent(c, await addNode(s.topo, c.ul, 3), s.tmp('bad-n3'));
     t.is(await late.exited, 1, late.log);
@@ -493,7 +512,7 @@ test.serial('etcd leader killed: no route changes, and a node joining afterwards
   const n3 = await addNode(s.topo, c.ul, 3);
   c.nodes.push(n3);
   c.agents.push(startAgent(c, n3, s.tmp('leader-n3')));
-  await converged(c, 5000);
+  await converged(c, 15_000); // an agent starting under a loaded CI: the bench measures the latency
   t.pass();
 });
 
@@ -523,6 +542,22 @@ test.serial(
       t.is(await fetchBytes(pa.ns, pb.ip, 9000), MB, 'traffic during the outage');
       await new Promise((r) => setTimeout(r, 500));
     }
+    // An agent restarted while etcd is away, on a node whose tunnel and peer entries are gone (as after a reboot):
+    // it says so once a second and programs the node from its local state; the pods reach the peer again.
+    await c.agents[0]!.stop('SIGKILL');
+    runOk('ip', ['-n', a.ns.name!, 'link', 'del', 'tsnet.1']);
+    t.is(await fetchBytes(pa.ns, pb.ip, 9000), -1, 'nothing crosses without the tunnel');
+    const again = startAgent(c, a, c.stateDirs[0]!);
+    c.agents[0] = again;
+    await eventually(() => /programmed from local state/.test(again.log), {
+      ms: 5000,
+      what: 'the local state programmed',
+    });
+    t.is(await fetchBytes(pa.ns, pb.ip, 9000), MB, 'traffic again, etcd still down');
+    await eventually(() => (again.log.match(/etcd at .*retrying every second/g) ?? []).length >= 2, {
+      ms: 4000,
+      what: 'the agent saying once a second that etcd does not answer',
+    });
     // A new pod on an existing node works with etcd down.
     const pc = await addPod(s.topo, a, 'out-c', 11);
     t.is(await fetchBytes(pc.ns, pb.ip, 9000), MB, 'a pod started during the outage');
@@ -534,7 +569,7 @@ test.serial(
     const n3 = await addNode(s.topo, c.ul, 3);
     c.nodes.push(n3);
     c.agents.push(startAgent(c, n3, s.tmp('outage-n3')));
-    await converged(c, 2000 + 3000);
+    await converged(c, 15_000); // agent start-up included, under a loaded CI: bench:cluster measures the 2 s goal
     t.log(`a join converged ${Date.now() - back} ms after quorum (agent start-up included)`);
     t.true(
       c.agents.slice(0, 2).every((x) => x.child.exitCode === null),
@@ -563,9 +598,13 @@ test.serial(
       t.is(tsnet('--etcd', etcd.urls, 'cluster', 'leave', 'n3', '--prefix', c.prefix).status, 0);
       const n4 = await addNode(s.topo, c.ul, 4);
       c.agents.push(startAgent(c, n4, s.tmp('pause-n4')));
-      await eventually(() => tsnetRoutes(c.nodes[1]!).length === 2 && tsnetRoutes(n4).length === 2, {
-        ms: 10_000,
-        what: 'n2 and n4 to see each other and n1',
+      // (n1's own lease may expire meanwhile, TTL 3 s: whether they still route n1 depends on the timing.)
+      const [s2, s4] = await Promise.all([nodeSubnet(c.nodes[1]!), nodeSubnet(n4)]);
+      const routes = (n: ClusterNodeNs, sub: { base: string }) =>
+        tsnetRoutes(n).some((r) => r.dst === `${sub.base}/24`);
+      await eventually(() => routes(c.nodes[1]!, s4) && routes(n4, s2), {
+        ms: 15_000,
+        what: 'n2 and n4 to see each other',
       });
       const rev = (
         JSON.parse(etcd.ctl('endpoint', 'status', '-w', 'json')) as { Status: { header: { revision: number } } }[]

@@ -113,6 +113,15 @@ async function startCluster(cli: Cli, o: AgentOpts, c: { urls: string }, agent: 
     log,
   });
   agent.cluster = node;
+  agent.metrics.cluster.source = () => {
+    const s = node.summary();
+    return {
+      peers: s.peers,
+      reconciles: s.stats.reconciles,
+      writes: s.stats.writes,
+      skippedLeases: s.stats.skippedLeases,
+    };
+  };
   cli.onExit(() => store.close());
   node.start().catch((err: Error) => {
     log(`cluster: ${err.message}`);
