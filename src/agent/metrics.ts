@@ -19,45 +19,7 @@ export function agentMetrics() {
   // kube-proxy's sync histograms: metrics.ExponentialBuckets(0.001, 2, 15).
   const syncBuckets = exponentialBuckets(0.001, 2, 15);
   const histogram = (name: string, help: string) => new Histogram({ name, help, buckets: syncBuckets, registers });
-  /** Cluster mode: read from the node at each scrape (set once the node starts). */
-  const cluster: { source?: () => ClusterCounts } = {};
-  /** A counter whose value the cluster node keeps (set at each scrape from its count). */
-  const clusterCounter = (name: string, help: string, key: keyof ClusterCounts) =>
-    new Counter({
-      name,
-      help,
-      registers,
-      collect() {
-        const v = cluster.source?.()[key];
-        if (v === undefined) return;
-        this.reset();
-        this.inc(v);
-      },
-    });
-  clusterCounter(
-    'tsnet_cluster_reconciles_total',
-    'Peer table reconciles (each a diff against the kernel).',
-    'reconciles',
-  );
-  clusterCounter(
-    'tsnet_cluster_netlink_writes_total',
-    'Netlink writes made by reconciles (none in a steady state).',
-    'writes',
-  );
-  clusterCounter(
-    'tsnet_cluster_leases_skipped_total',
-    'Leases skipped, never programmed: not JSON, outside the network, a vxlan lease without a MAC.',
-    'skippedLeases',
-  );
-  new Gauge({
-    name: 'tsnet_cluster_peers',
-    help: 'Peers (other nodes with a lease) this node knows.',
-    registers,
-    collect() {
-      const v = cluster.source?.().peers;
-      if (v !== undefined) this.set(v);
-    },
-  });
+  const cluster = clusterMetrics(p, registers);
   return {
     registry,
     cluster,
@@ -125,4 +87,48 @@ export interface ClusterCounts {
   reconciles: number;
   writes: number;
   skippedLeases: number;
+}
+
+/** Cluster mode's metrics, read from the node at each scrape through `source` (set once the node starts). */
+function clusterMetrics(p: typeof prom, registers: prom.Registry[]): { source?: () => ClusterCounts } {
+  const { Counter, Gauge } = p;
+  const cluster: { source?: () => ClusterCounts } = {};
+  /** A counter whose value the cluster node keeps (set at each scrape from its count). */
+  const clusterCounter = (name: string, help: string, key: keyof ClusterCounts) =>
+    new Counter({
+      name,
+      help,
+      registers,
+      collect() {
+        const v = cluster.source?.()[key];
+        if (v === undefined) return;
+        this.reset();
+        this.inc(v);
+      },
+    });
+  clusterCounter(
+    'tsnet_cluster_reconciles_total',
+    'Peer table reconciles (each a diff against the kernel).',
+    'reconciles',
+  );
+  clusterCounter(
+    'tsnet_cluster_netlink_writes_total',
+    'Netlink writes made by reconciles (none in a steady state).',
+    'writes',
+  );
+  clusterCounter(
+    'tsnet_cluster_leases_skipped_total',
+    'Leases skipped, never programmed: not JSON, outside the network, a vxlan lease without a MAC.',
+    'skippedLeases',
+  );
+  new Gauge({
+    name: 'tsnet_cluster_peers',
+    help: 'Peers (other nodes with a lease) this node knows.',
+    registers,
+    collect() {
+      const v = cluster.source?.().peers;
+      if (v !== undefined) this.set(v);
+    },
+  });
+  return cluster;
 }
