@@ -387,6 +387,11 @@ test.serial(
     await done;
     t.regex(out.trim(), /^\d+$/, `the stream broke: ${out}`);
     t.true(Number(out.trim()) >= 20, `echoes received across the restart: ${out.trim()}`);
+    // SIGTERM stops an agent without leaving: exit 0, its lease still in etcd, its peer's route to it in place.
+    const routesOnA = tsnetRoutes(a);
+    t.is(await again.stop('SIGTERM'), 0, again.log);
+    t.regex(etcd.ctl('get', '--prefix', `${c.prefix}/subnets/${before.base}-24`, '--keys-only'), /subnets\//);
+    t.deepEqual(tsnetRoutes(a), routesOnA);
   },
 );
 
@@ -818,5 +823,87 @@ test.serial(
         every: 500,
       },
     );
+  },
+);
+
+test.serial(
+  'DirectRouting: in vxlan mode, peers on the same underlay are routed host-gw (no tunnel), and pods still talk',
+  async (t) => {
+    const c = await cluster(t, 'direct', 74, 2, [
+      '--network',
+      '10.74.0.0/16',
+      '--backend',
+      'vxlan',
+      '--direct-routing',
+    ]);
+    await converged(c);
+    const [a, b] = c.nodes as [ClusterNodeNs, ClusterNodeNs];
+    const sb = await nodeSubnet(b);
+    t.deepEqual(tsnetRoutes(a), [{ dst: `${sb.base}/24`, gateway: b.publicIp, dev: 'eth0', flags: [] }]);
+    t.deepEqual(vxlanFdb(a, 'tsnet.1'), [], 'no FDB entry: the tunnel is not used');
+    const pa = await addPod(s.topo, a, 'dir-a', 10);
+    const pb = await addPod(s.topo, b, 'dir-b', 10);
+    await bulkServer(pb.ns, pb.ip, 9000);
+    t.is(await fetchBytes(pa.ns, pb.ip, 9000), MB);
+  },
+);
+
+test.serial(
+  'beyond 2,000 peers the routes go through nexthop objects (one per gateway); back below, a gateway per route and no object left',
+  async (t) => {
+    const c = await cluster(t, 'many', 75, 1, ['--network', '10.0.0.0/8', '--backend', 'host-gw']);
+    const [n1] = c.nodes as [ClusterNodeNs];
+    await nodeSubnet(n1);
+    // 2,500 synthetic leases, their public IPs on n1's underlay so that each route is valid.
+    const N = 2500;
+    const key = (i: number) => `${c.prefix}/subnets/10.${100 + (i >> 8)}.${i & 255}.0-24`;
+    const value = (i: number) =>
+      JSON.stringify({
+        PublicIP: `192.168.75.${20 + (i % 200)}`,
+        BackendType: 'host-gw',
+        BackendData: {},
+        NodeName: `syn${i}`,
+      });
+    const { ClusterStore } = await import('../../src/cluster/store');
+    const store = await ClusterStore.open(etcd.urls.split(','), c.prefix);
+    t.teardown(() => store.close());
+    for (let k = 0; k < N; k += 100)
+      await store.client
+        .if(key(k), 'Create', '==', 0)
+        .then(...Array.from({ length: 100 }, (_, j) => store.client.put(key(k + j)).value(value(k + j))))
+        .commit();
+    const count = (what: string) =>
+      run('ip', [
+        '-n',
+        n1.ns.name!,
+        what === 'nh' ? 'nexthop' : 'route',
+        'show',
+        ...(what === 'nh' ? [] : ['proto', '74']),
+      ])
+        .stdout.split('\n')
+        .filter(Boolean);
+    await eventually(() => count('route').length === N, { ms: 20_000, what: `${N} routes`, every: 200 });
+    const routes = count('route');
+    t.true(
+      routes.every((l) => / nhid \d+/.test(l)),
+      routes.slice(0, 3).join('\n'),
+    );
+    t.is(count('nh').length, 200, 'one nexthop object per gateway (200 distinct public IPs)');
+    for (let k = 0; k < 1250; k += 125)
+      await store.client
+        .if(key(k), 'Create', '>', 0)
+        .then(...Array.from({ length: 125 }, (_, j) => store.client.delete().key(key(k + j))))
+        .commit();
+    await eventually(() => count('route').length === N - 1250, {
+      ms: 20_000,
+      what: 'half the routes gone',
+      every: 200,
+    });
+    await eventually(() => count('route').every((l) => / via 192\.168\.75\.\d+ /.test(l) && !/nhid/.test(l)), {
+      ms: 10_000,
+      what: 'below the threshold: a gateway per route again',
+      every: 200,
+    });
+    t.is(count('nh').length, 0, 'no nexthop object left');
   },
 );
