@@ -39,6 +39,8 @@ import {
   addNode,
   addPod,
   nodeSubnet,
+  putLeases,
+  syntheticLease,
   underlay,
   type ClusterNodeNs,
 } from '../test/harness/cluster';
@@ -171,14 +173,8 @@ function routeWatcher(node: ClusterNodeNs): { seen: Map<string, bigint>; close()
   return { seen, close: () => sock.close() };
 }
 
-const leaseValue = (i: number) =>
-  JSON.stringify({
-    // On the nodes' underlay (192.168.90.0/24), so a host-gw route to it is valid; synthetic nodes share addresses.
-    PublicIP: `192.168.90.${20 + (i % 200)}`,
-    BackendType: 'host-gw',
-    BackendData: {},
-    NodeName: `syn${i}`,
-  });
+/** Synthetic leases on the join bench's underlay (192.168.90.0/24). */
+const leaseValue = (i: number) => syntheticLease(i, 90);
 
 async function clusterParts(): Promise<void> {
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'tsnet-bench-cluster-'));
@@ -231,11 +227,10 @@ async function clusterParts(): Promise<void> {
       );
       const ids = Array.from({ length: 1000 }, (_, k) => 101 + k);
       const t0 = process.hrtime.bigint();
-      for (let k = 0; k < ids.length; k += 100)
-        await store.client
-          .if(key(ids[k]!), 'Create', '==', 0)
-          .then(...ids.slice(k, k + 100).map((i) => store.client.put(key(i)).value(leaseValue(i))))
-          .commit();
+      await putLeases(
+        store,
+        ids.map((i) => [key(i), leaseValue(i)]),
+      );
       await everywhere(ids, 30_000);
       console.log(
         `join: 1,000 leases written at once (10 transactions) -> every route on all 3 nodes: ${ms(t0).toFixed(0)} ms (goal <= 1 s)`,
@@ -262,19 +257,13 @@ async function clusterParts(): Promise<void> {
       await nodeSubnet(n4, 'tsnet0', 30_000);
       await sleep(1000);
       const before = rss(fresh.pid);
-      for (let k = 0; k < 1000; k += 100)
-        await store.client
-          .if(`${prefix}-rss/subnets/x`, 'Create', '==', 0)
-          .then(
-            ...Array.from({ length: 100 }, (_, j) =>
-              store.client
-                .put(
-                  `${prefix}-rss/subnets/${subnetKey(parseSubnet(`10.${100 + ((k + j) >> 8)}.${(k + j) & 255}.0/24`))}`,
-                )
-                .value(leaseValue(k + j + 1)),
-            ),
-          )
-          .commit();
+      await putLeases(
+        store,
+        Array.from({ length: 1000 }, (_, k) => [
+          `${prefix}-rss/subnets/${subnetKey(parseSubnet(`10.${100 + (k >> 8)}.${k & 255}.0/24`))}`,
+          leaseValue(k + 1),
+        ]),
+      );
       const t0 = Date.now();
       while (run4Routes(n4) < 1000 && Date.now() - t0 < 20_000) await sleep(50);
       await sleep(1500);

@@ -14,6 +14,7 @@ import * as link from '../../src/link';
 import * as addr from '../../src/addr';
 import * as route from '../../src/route';
 import type * as netns from '../../src/netns';
+import type { ClusterStore } from '../../src/cluster/store';
 import { eventually } from './eventually';
 import { CLI, run, type Topology } from './fixtures';
 
@@ -293,4 +294,27 @@ export function monitorFor(node: ClusterNodeNs, ms: number, objects = ['route', 
     setTimeout(() => child.kill('SIGTERM'), ms);
     child.once('close', () => resolve(out));
   });
+}
+
+/**
+ * A synthetic node's lease value (host-gw), its public IP one of 200 on the underlay 192.168.NET.0/24 so that a
+ * route to it is valid: synthetic nodes share addresses.
+ */
+export const syntheticLease = (i: number, net: number): string =>
+  JSON.stringify({
+    PublicIP: `192.168.${net}.${20 + (i % 200)}`,
+    BackendType: 'host-gw',
+    BackendData: {},
+    NodeName: `syn${i}`,
+  });
+
+/** Writes `keys` (key -> value) straight into etcd, 100 to a transaction (etcd allows 128 operations in one). */
+export async function putLeases(store: ClusterStore, entries: [key: string, value: string][]): Promise<void> {
+  for (let k = 0; k < entries.length; k += 100) {
+    const part = entries.slice(k, k + 100);
+    await store.client
+      .if(part[0]![0], 'Version', '>', -1) // always true: etcd3 builds a transaction from a comparison
+      .then(...part.map(([key, value]) => store.client.put(key).value(value)))
+      .commit();
+  }
 }

@@ -18,6 +18,8 @@ import {
   tsnetRoutes,
   underlay,
   addNode,
+  putLeases,
+  syntheticLease,
   type Underlay,
   vxlanFdb,
   vxlanNeighs,
@@ -857,21 +859,13 @@ test.serial(
     // 2,500 synthetic leases, their public IPs on n1's underlay so that each route is valid.
     const N = 2500;
     const key = (i: number) => `${c.prefix}/subnets/10.${100 + (i >> 8)}.${i & 255}.0-24`;
-    const value = (i: number) =>
-      JSON.stringify({
-        PublicIP: `192.168.75.${20 + (i % 200)}`,
-        BackendType: 'host-gw',
-        BackendData: {},
-        NodeName: `syn${i}`,
-      });
     const { ClusterStore } = await import('../../src/cluster/store');
     const store = await ClusterStore.open(etcd.urls.split(','), c.prefix);
     t.teardown(() => store.close());
-    for (let k = 0; k < N; k += 100)
-      await store.client
-        .if(key(k), 'Create', '==', 0)
-        .then(...Array.from({ length: 100 }, (_, j) => store.client.put(key(k + j)).value(value(k + j))))
-        .commit();
+    await putLeases(
+      store,
+      Array.from({ length: N }, (_, i) => [key(i), syntheticLease(i, 75)]),
+    );
     const count = (what: string) =>
       run('ip', [
         '-n',

@@ -10,17 +10,10 @@ import { int } from '../options';
 import { print, printRows } from '../output';
 import { target } from '../target';
 import { openStore } from '../cluster-store';
+import type { InitOptions } from '../../cluster/config';
 
-interface InitOpts {
-  network: string;
-  subnetLen?: number;
-  backend: string;
-  vni?: number;
-  port?: number;
-  directRouting?: boolean;
-  force?: boolean;
-  prefix?: string;
-}
+/** cluster init's options: the config's, and where and how to write it. */
+type InitOpts = InitOptions & { force?: boolean; prefix?: string };
 
 export function register(program: Command, cli: Cli): void {
   const c = program.command('cluster').description('the pod network across machines: its config and nodes in etcd');
