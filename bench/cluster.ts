@@ -32,7 +32,7 @@ import { buildConfig, parseSubnet, subnetKey, type Peer, type ClusterConfig } fr
 import { desiredState } from '../src/cluster/desired';
 import { ensureNode, reconcile } from '../src/cluster/kernel';
 import { ClusterStore } from '../src/cluster/store';
-import { assertSandbox, tsnet } from '../test/harness/fixtures';
+import { assertSandbox } from '../test/harness/fixtures';
 import {
   ClusterAgent,
   EtcdCluster,
@@ -184,21 +184,7 @@ async function clusterParts(): Promise<void> {
   try {
     await etcd.start();
     const prefix = '/bench/net';
-    const init = tsnet(
-      '--etcd',
-      etcd.urls,
-      'cluster',
-      'init',
-      '--prefix',
-      prefix,
-      '--network',
-      '10.0.0.0/8',
-      '--subnet-len',
-      '24',
-      '--backend',
-      'host-gw',
-    );
-    if (init.status !== 0) throw new Error(init.stderr);
+    etcd.init(prefix, '--network', '10.0.0.0/8', '--subnet-len', '24', '--backend', 'host-gw');
     const { ul, nodes } = await underlay(topo, 3, 90, 'j');
     for (const n of nodes) agents.push(new ClusterAgent(n, etcd.urls, path.join(tmp, n.name), ['--prefix', prefix]));
     await Promise.all(nodes.map((n) => nodeSubnet(n, 'tsnet0', 30_000)));
@@ -242,18 +228,7 @@ async function clusterParts(): Promise<void> {
       const n4 = await addNode(topo, ul, 4);
       const fresh = new ClusterAgent(n4, etcd.urls, path.join(tmp, 'n4'), ['--prefix', `${prefix}-rss`]);
       agents.push(fresh);
-      tsnet(
-        '--etcd',
-        etcd.urls,
-        'cluster',
-        'init',
-        '--prefix',
-        `${prefix}-rss`,
-        '--network',
-        '10.0.0.0/8',
-        '--backend',
-        'host-gw',
-      );
+      etcd.init(`${prefix}-rss`, '--network', '10.0.0.0/8', '--backend', 'host-gw');
       await nodeSubnet(n4, 'tsnet0', 30_000);
       await sleep(1000);
       const before = rss(fresh.pid);
@@ -316,22 +291,11 @@ async function throughput(backend: 'host-gw' | 'vxlan', etcd: EtcdCluster, tmp: 
   const topo = new Topology(`bt${backend === 'vxlan' ? 'v' : 'h'}`);
   const agents: ClusterAgent[] = [];
   try {
-    const prefix = `/bench/tp-${backend}`;
-    tsnet(
-      '--etcd',
-      etcd.urls,
-      'cluster',
-      'init',
-      '--prefix',
-      prefix,
-      '--network',
-      `10.${net}.0.0/16`,
-      '--backend',
-      backend,
-    );
+    const prefix = `/bench/tp-${backend}-${net}`;
+    etcd.init(prefix, '--network', `10.${net}.0.0/16`, '--backend', backend);
     const { nodes } = await underlay(topo, 2, net, 't');
     for (const n of nodes)
-      agents.push(new ClusterAgent(n, etcd.urls, path.join(tmp, `${backend}-${n.name}`), ['--prefix', prefix]));
+      agents.push(new ClusterAgent(n, etcd.urls, path.join(tmp, `${backend}-${net}-${n.name}`), ['--prefix', prefix]));
     const t0 = Date.now();
     while (!nodes.every((n) => run4Routes(n) === 1) && Date.now() - t0 < 20_000) await sleep(50);
     const a = await addPod(topo, nodes[0]!, 'tpa', 10);

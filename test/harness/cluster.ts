@@ -125,6 +125,12 @@ export class EtcdCluster {
     return r.stdout;
   }
 
+  /** `tsnet --etcd URLS cluster init --prefix PREFIX ARGS...`; throws with tsnet's error when it fails. */
+  init(prefix: string, ...args: string[]): void {
+    const r = run(process.execPath, [CLI, '--etcd', this.urls, 'cluster', 'init', '--prefix', prefix, ...args]);
+    if (r.status !== 0) throw new Error(`cluster init ${args.join(' ')}: ${r.stderr}`);
+  }
+
   async stopAll(): Promise<void> {
     await Promise.all(this.members.map((m) => this.stop(m)));
   }

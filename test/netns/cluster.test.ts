@@ -99,8 +99,7 @@ async function cluster(
   agentArgs: string[] = [],
 ): Promise<Cluster> {
   const prefix = `/t/${name}`;
-  const r = tsnet('--etcd', etcd.urls, 'cluster', 'init', '--prefix', prefix, ...init);
-  if (r.status !== 0) throw new Error(`cluster init: ${r.stderr}`);
+  etcd.init(prefix, ...init);
   const { ul, nodes } = await underlay(s.topo, count, net, name);
   const stateDirs = nodes.map((n) => s.tmp(`${name}-${n.name}`));
   const c: Cluster = { ul, nodes, agents: [], prefix, stateDirs, agentArgs: ['--prefix', prefix, ...agentArgs] };
