@@ -298,7 +298,11 @@ export class ClusterNode {
     w.on('error', (err: Error) => {
       // A start revision compacted away cancels the watch for good: list again.
       if (this.stopped || this.watcher !== w) return;
-      this.o.log(`cluster: watch ended (${err.message.split('\n')[0]}): listing again`);
+      // etcd cancels a watch whose start revision was compacted with no reason given (compact_revision set).
+      const why = err.message
+        .split('\n')[0]!
+        .replace(/^Watcher canceled: *$/, 'cancelled by etcd: its revision was compacted');
+      this.o.log(`cluster: watch ended (${why}): listing again`);
       this.watcher = undefined;
       void w.cancel().catch(() => undefined);
       void this.list();

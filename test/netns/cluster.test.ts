@@ -591,7 +591,7 @@ test.serial(
 );
 
 test.serial(
-  'an agent paused while nodes join and leave, with the history compacted, converges when it resumes',
+  'an agent paused while nodes join and leave, the history compacted and etcd restarted, lists again and converges when it resumes',
   async (t) => {
     const ttl = 3;
     const c = await cluster(
@@ -606,6 +606,11 @@ test.serial(
     const paused = c.agents[0]!;
     process.kill(paused.pid, 'SIGSTOP');
     try {
+      // etcd restarted first: the paused agent's watch stream breaks before the changes below reach it (events
+      // already sent would wait in its socket), so it must resume from a revision that will be compacted.
+      await etcd.stopAll();
+      for (const m of etcd.members) etcd.restart(m);
+      await etcd.healthy();
       // Meanwhile: n3 leaves, n4 joins, and the history is compacted.
       t.is(tsnet('--etcd', etcd.urls, 'cluster', 'leave', 'n3', '--prefix', c.prefix).status, 0);
       const n4 = await addNode(s.topo, c.ul, 4);
@@ -645,6 +650,11 @@ test.serial(
       },
     );
     t.is(tsnetRoutes(c.nodes[0]!).length, 2, 'the resumed node routes n2 and n4 only');
+    t.regex(
+      paused.log,
+      /watch ended \(cancelled by etcd: its revision was compacted\): listing again/,
+      'the compacted watch was replaced by a fresh list',
+    );
   },
 );
 
@@ -729,6 +739,8 @@ test.serial(
         child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
         child.once('close', (status) => resolve({ status, out }));
       });
+    const under = await ping(1450 - 28 - 1);
+    t.is(under.status, 0, `a DF ping one byte under the MTU crosses: ${under.out}`);
     const fits = await ping(1450 - 28);
     t.is(fits.status, 0, `a DF ping of the MTU crosses: ${fits.out}`);
     const over = await ping(1450 - 28 + 1);
@@ -904,5 +916,36 @@ test.serial(
       every: 200,
     });
     t.is(count('nh').length, 0, 'no nexthop object left');
+  },
+);
+
+test.serial(
+  'etcd data loss (every key gone): each agent re-claims its own subnet and MAC, and the routes come back',
+  async (t) => {
+    const c = await cluster(t, 'loss', 76, 3, ['--network', '10.76.0.0/16', '--backend', 'vxlan']);
+    await converged(c);
+    const before = await Promise.all(c.nodes.map((n) => nodeSubnet(n)));
+    const leasesBefore = etcd.ctl('get', '--prefix', `${c.prefix}/subnets/`);
+    etcd.ctl('del', '--prefix', c.prefix);
+    etcd.init(c.prefix, '--network', '10.76.0.0/16', '--backend', 'vxlan');
+    await eventually(
+      () => etcd.ctl('get', '--prefix', `${c.prefix}/subnets/`, '--keys-only').split('\n').filter(Boolean).length === 3,
+      {
+        ms: 10_000,
+        what: 'the three leases back',
+      },
+    );
+    await converged(c);
+    t.deepEqual(await Promise.all(c.nodes.map((n) => nodeSubnet(n))), before, 'the same subnets');
+    const values = (text: string) =>
+      text
+        .split('\n')
+        .filter((l) => l.startsWith('{'))
+        .sort();
+    t.deepEqual(
+      values(etcd.ctl('get', '--prefix', `${c.prefix}/subnets/`)),
+      values(leasesBefore),
+      'the same lease values (VTEP MACs too)',
+    );
   },
 );
