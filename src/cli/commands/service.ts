@@ -3,7 +3,9 @@ import * as fs from 'node:fs';
 import type { Command } from 'commander';
 import { formatHostPort } from '../../addr/cidr';
 import { invalid } from '../../errors';
-import { normalizeService, parseEndpoint, parseHostPort, parseProto } from '../../nat/model';
+import { normalizeService, parseEndpoint, parseHostPort, parseProto, type Service } from '../../nat/model';
+import type { ServiceCounters } from '../../nat/backends/types';
+import { openStore } from '../cluster-store';
 import { parseServicesFile } from '../../nat/services-file';
 import type { Cli } from '../context';
 import { natChange, natEngine } from '../nat-engine';
@@ -35,10 +37,18 @@ function addCommand(svc: Command, cli: Cli): void {
       int('--affinity', { min: 1, max: 86400 }),
     )
     .option('--masquerade-not-from <cidr>', 'masquerade traffic to the VIP from outside this CIDR')
+    .option(...PREFIX)
     .action(
       async (
         name: string,
-        o: { vip: string; proto: string; endpoint: string[]; affinity?: number; masqueradeNotFrom?: string },
+        o: {
+          vip: string;
+          proto: string;
+          endpoint: string[];
+          affinity?: number;
+          masqueradeNotFrom?: string;
+          prefix?: string;
+        },
       ) => {
         const vip = parseHostPort(o.vip, '--vip');
         const want = normalizeService({
@@ -50,7 +60,9 @@ function addCommand(svc: Command, cli: Cli): void {
           ...(o.affinity !== undefined ? { affinitySeconds: o.affinity } : {}),
           ...(o.masqueradeNotFrom !== undefined ? { masqueradeNotFrom: o.masqueradeNotFrom } : {}),
         });
-        await natChange(cli, [{ kind: 'add-service', service: want }]);
+        const cluster = await clusterServices(cli, o.prefix);
+        if (cluster) await cluster.add(want);
+        else await natChange(cli, [{ kind: 'add-service', service: want }]);
       },
     );
 }
@@ -61,11 +73,15 @@ function setEndpointsCommand(svc: Command, cli: Cli): void {
     .description('replace the endpoints of a service')
     .option('--endpoint <ip:port[@weight]>', 'an endpoint, repeatable', collect, [])
     .option('--none', 'no endpoints: new connections are rejected')
-    .action(async (name: string, o: { endpoint: string[]; none?: boolean }) => {
+    .option(...PREFIX)
+    .action(async (name: string, o: { endpoint: string[]; none?: boolean; prefix?: string }) => {
       if (!o.endpoint.length && !o.none)
         throw invalid('give at least one --endpoint, or --none to reject new connections');
       if (o.endpoint.length && o.none) throw invalid('--none and --endpoint exclude each other');
-      await natChange(cli, [{ kind: 'set-endpoints', name, endpoints: o.endpoint.map(parseEndpoint) }]);
+      const endpoints = o.endpoint.map(parseEndpoint);
+      const cluster = await clusterServices(cli, o.prefix);
+      if (cluster) await cluster.setEndpoints(name, endpoints);
+      else await natChange(cli, [{ kind: 'set-endpoints', name, endpoints }]);
     });
 }
 
@@ -73,8 +89,11 @@ function delCommand(svc: Command, cli: Cli): void {
   svc
     .command('del <name>')
     .description('delete a service (missing: no-op)')
-    .action(async (name: string) => {
-      await natChange(cli, [{ kind: 'delete-service', name }]);
+    .option(...PREFIX)
+    .action(async (name: string, o: { prefix?: string }) => {
+      const cluster = await clusterServices(cli, o.prefix);
+      if (cluster) await cluster.del(name);
+      else await natChange(cli, [{ kind: 'delete-service', name }]);
     });
 }
 
@@ -82,12 +101,19 @@ function lsCommand(svc: Command, cli: Cli): void {
   svc
     .command('ls')
     .alias('list')
-    .description("services as stored, with the kernel's counters (connections: first packets)")
-    .action(async () => {
-      const e = natEngine(cli);
-      const services = e.read().services;
-      const counters = await e.counters();
-      const rows = services.map((s) => ({ ...s, counters: counters.get(s.name) }));
+    .description(
+      "services as stored, with the kernel's counters (connections: first packets); with --etcd, the cluster's",
+    )
+    .option(...PREFIX)
+    .action(async (o: { prefix?: string }) => {
+      const cluster = await clusterServices(cli, o.prefix);
+      let rows: (Service & { counters?: ServiceCounters })[];
+      if (cluster) rows = (await cluster.list()).services;
+      else {
+        const e = natEngine(cli);
+        const counters = await e.counters();
+        rows = e.read().services.map((s) => ({ ...s, counters: counters.get(s.name) }));
+      }
       await printRows(
         rows,
         cli.json(),
@@ -115,9 +141,26 @@ function applyCommand(svc: Command, cli: Cli): void {
       'replace the whole set of services with a JSON array (as `service ls` prints it, or in --vip/--endpoint shape), in one sync',
     )
     .requiredOption('-f, --file <file>', 'services.json, or - for stdin')
-    .action(async (o: { file: string }) => {
-      await natChange(cli, [{ kind: 'replace-services', services: parseServicesFile(readInput(o.file), o.file) }]);
+    .option(...PREFIX)
+    .action(async (o: { file: string; prefix?: string }) => {
+      const services = parseServicesFile(readInput(o.file), o.file);
+      const cluster = await clusterServices(cli, o.prefix);
+      if (cluster) await cluster.apply(services);
+      else await natChange(cli, [{ kind: 'replace-services', services }]);
     });
+}
+
+/** `--prefix`, for the cluster's services (with --etcd). */
+const PREFIX = ['--prefix <key>', "with --etcd: the cluster's key prefix (default /tsnet/network)"] as const;
+
+/**
+ * With --etcd (or $TSNET_ETCD): the cluster's services in etcd, which every node's agent programs; else undefined
+ * (this node's own services). Validation, errors and output are the same either way.
+ */
+async function clusterServices(cli: Cli, prefix: string | undefined) {
+  if (!cli.etcd()) return undefined;
+  const { ServiceStore } = await import('../../cluster/services');
+  return new ServiceStore(await openStore(cli, prefix));
 }
 
 /** A file the user named, or stdin for "-"; a missing one is bad input, not a crash. */
