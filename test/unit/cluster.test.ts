@@ -18,6 +18,8 @@ import {
 } from '../../src/cluster/config';
 import { NEXTHOP_THRESHOLD, desiredState } from '../../src/cluster/desired';
 import { parseEndpoints, parsePrefix } from '../../src/cluster/store';
+import { qualifiedName, storedService } from '../../src/cluster/services';
+import type { Endpoint } from '../../src/nat/model';
 
 const vx = buildConfig({ network: '10.5.0.0/16', backend: 'vxlan' });
 const hg = buildConfig({ network: '10.5.0.0/16', backend: 'host-gw' });
@@ -217,5 +219,24 @@ test('tsnet-bridge with "cluster": true takes the range, gateway, bridge and MTU
   t.is(clusterConf(plain, { stateDir: dir }), plain, 'not a cluster network: unchanged');
   t.throws(() => clusterConf({ ...plain, clusterNetwork: '10.0.0.0/8' }, { stateDir: dir }), {
     message: /set by "cluster": true/,
+  });
+});
+
+test("cluster services are stored qualified, normalized and in `service ls`'s field order", (t) => {
+  t.is(qualifiedName('web'), 'default/web');
+  t.is(qualifiedName('shop/web'), 'shop/web');
+  const s = storedService({
+    masqueradeNotFrom: '10.0.0.0/8',
+    endpoints: ['10.0.0.2:80@2' as unknown as Endpoint],
+    proto: 'tcp',
+    port: 80,
+    vip: '10.96.0.10',
+    name: 'web',
+  });
+  t.deepEqual(Object.keys(s), ['name', 'vip', 'port', 'proto', 'endpoints', 'masqueradeNotFrom']);
+  t.deepEqual(s.endpoints, [{ ip: '10.0.0.2', port: 80, weight: 2 }]);
+  t.is(s.name, 'default/web');
+  t.throws(() => storedService({ name: 'bad name', vip: '10.96.0.10', port: 80, proto: 'tcp', endpoints: [] }), {
+    message: /invalid service name "default\/bad name"/,
   });
 });
