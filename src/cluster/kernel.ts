@@ -225,9 +225,17 @@ export async function teardown(h: NetNs, config: ClusterConfig): Promise<number>
     underlay,
     ...(vx ? { vxlan: { index: vx.index, name: vx.name, mtu: vx.mtu } } : {}),
   };
-  const r = await reconcile(h, empty, devs);
-  if (vx) await link.del(h, vx.index);
-  return r.writes + (vx ? 1 : 0);
+  let r: ReconcileResult;
+  try {
+    r = await reconcile(h, empty, devs);
+  } catch (err) {
+    // The device went meanwhile (the node's own agent tears down too after a leave): its entries went with it.
+    if (!hasCode(err, 'ENODEV') || !devs.vxlan) throw err;
+    delete devs.vxlan;
+    r = await reconcile(h, empty, devs);
+  }
+  const removed = vx ? await link.del(h, vx.index) : false;
+  return r.writes + (removed ? 1 : 0);
 }
 
 /** The rtnetlink groups a node's monitor joins: what a hand edit of its peer table or devices shows up in. */

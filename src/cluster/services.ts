@@ -46,7 +46,7 @@ export class ServiceStore {
   readonly servicesPrefix: string;
   readonly vipsPrefix: string;
 
-  constructor(private readonly store: ClusterStore) {
+  constructor(readonly store: ClusterStore) {
     this.servicesPrefix = `${store.prefix}/services/`;
     this.vipsPrefix = `${store.prefix}/vips/`;
   }

@@ -248,6 +248,8 @@ export async function addPod(
     peer: { name: 'eth0', netns: ns, mtu: br.mtu },
   });
   await link.setUp(node.ns, `v-${name}`.slice(0, 15));
+  // Hairpin, as a CNI bridge with hairpinMode: a pod may reach itself through a service VIP.
+  await link.setBridgePort(node.ns, `v-${name}`.slice(0, 15), { hairpin: true });
   await link.setUp(ns, 'eth0');
   const o = sub.base.split('.').map(Number);
   const ip = `${o[0]}.${o[1]}.${o[2]}.${o[3]! + ipIndex}`;

@@ -10,6 +10,7 @@ import type * as netns from '../../src/netns';
 import { eventually } from '../harness/eventually';
 import { run, scratch, tsnet } from '../harness/fixtures';
 import { CniInstall } from '../harness/cni';
+import { request, serve } from '../../src/demo/traffic';
 import {
   ClusterAgent,
   EtcdCluster,
@@ -946,6 +947,99 @@ test.serial(
       values(etcd.ctl('get', '--prefix', `${c.prefix}/subnets/`)),
       values(leasesBefore),
       'the same lease values (VTEP MACs too)',
+    );
+  },
+);
+
+test.serial(
+  'a cluster service defined once is programmed on every node: pods on all three reach its endpoints on two; a change moves new connections everywhere; etcd down, traffic flows',
+  async (t) => {
+    const c = await cluster(t, 'svc', 77, 3, ['--network', '10.77.0.0/16', '--backend', 'host-gw']);
+    await converged(c);
+    const pods: { ns: netns.NetNs; ip: string }[] = [];
+    for (const [i, n] of c.nodes.entries()) pods.push(await addPod(s.topo, n, `svc-p${i + 1}`, 10));
+    for (const [i, p] of pods.entries()) s.servers.push(await serve(p.ns, 'tcp', p.ip, 8080, `pod${i + 1}`));
+    const add = tsnet(
+      '--etcd',
+      etcd.urls,
+      'service',
+      'add',
+      'shop/web',
+      '--vip',
+      '10.96.77.10:80',
+      '--endpoint',
+      `${pods[1]!.ip}:8080`,
+      '--endpoint',
+      `${pods[2]!.ip}:8080`,
+      '--prefix',
+      c.prefix,
+    );
+    t.is(add.status, 0, add.stderr);
+    const spread = async () =>
+      Promise.all(
+        pods.map(async (p) => (await request(p.ns, 'tcp', '10.96.77.10', 80, { count: 20, timeoutMs: 1000 })).replies),
+      );
+    const seen = await eventually(
+      async () => {
+        const r = await spread();
+        return r.every((x) => (x.pod2 ?? 0) > 0 && (x.pod3 ?? 0) > 0 && (x.pod2 ?? 0) + (x.pod3 ?? 0) === 20)
+          ? r
+          : undefined;
+      },
+      { ms: 10_000, what: 'every node to spread the VIP over pod2 and pod3', every: 200 },
+    );
+    t.is(seen.length, 3);
+    // The service as each node's engine holds it: kube-proxy's masquerade from outside the cluster network.
+    const ls = JSON.parse(
+      tsnet('-j', '-n', c.nodes[0]!.ns.name!, '--state-dir', c.stateDirs[0]!, 'service', 'ls').stdout,
+    ) as { name: string; masqueradeNotFrom?: string }[];
+    t.like(
+      ls.find((x) => x.name === 'shop/web'),
+      { masqueradeNotFrom: '10.77.0.0/16' },
+    );
+
+    t.is(
+      tsnet(
+        '--etcd',
+        etcd.urls,
+        'service',
+        'set-endpoints',
+        'shop/web',
+        '--endpoint',
+        `${pods[0]!.ip}:8080`,
+        '--prefix',
+        c.prefix,
+      ).status,
+      0,
+    );
+    await eventually(async () => (await spread()).every((x) => x.pod1 === 20), {
+      ms: 5000,
+      what: 'every node to send new connections to pod1',
+      every: 100,
+    });
+
+    await etcd.stopAll();
+    try {
+      t.true(
+        (await spread()).every((x) => x.pod1 === 20),
+        'etcd down: the rules stay, traffic flows',
+      );
+    } finally {
+      for (const m of etcd.members) etcd.restart(m);
+      await etcd.healthy();
+    }
+    t.is(tsnet('--etcd', etcd.urls, 'service', 'del', 'shop/web', '--prefix', c.prefix).status, 0);
+    await eventually(
+      () =>
+        c.nodes.every(
+          (n, i) =>
+            !(
+              JSON.parse(tsnet('-j', '-n', n.ns.name!, '--state-dir', c.stateDirs[i]!, 'service', 'ls').stdout) as {
+                name: string;
+              }[]
+            ).some((x) => x.name === 'shop/web'),
+        ),
+      { ms: 5000, what: 'the service gone from every node', every: 200 },
     );
   },
 );

@@ -66,6 +66,29 @@ export function register(program: Command, cli: Cli): void {
     });
 }
 
+/** Once the node has joined: every cluster service programmed into the node's NAT engine, kept in step with etcd. */
+async function startServices(
+  node: import('../../cluster/node').ClusterNode,
+  store: import('../../cluster/store').ClusterStore,
+  cli: Cli,
+  log: (line: string) => void,
+): Promise<{ stop(): Promise<void> } | undefined> {
+  if (!node.config) return undefined;
+  const { ServiceStore } = await import('../../cluster/services');
+  const { ServiceSync } = await import('../../cluster/service-sync');
+  const { NatEngine } = await import('../../nat/engine');
+  const dir = stateDir(cli.stateDir());
+  const sync = new ServiceSync({
+    services: new ServiceStore(store),
+    engine: new NatEngine({ ns: target(cli), stateDir: dir, backend: cli.globals().backend ?? 'auto' }),
+    stateDir: dir,
+    network: node.config.Network,
+    log,
+  });
+  await sync.start();
+  return sync;
+}
+
 interface AgentOpts {
   socket: string;
   resyncInterval: number;
@@ -123,13 +146,24 @@ async function startCluster(cli: Cli, o: AgentOpts, c: { urls: string }, agent: 
     };
   };
   cli.onExit(() => store.close());
-  node.start().catch((err: Error) => {
-    log(`cluster: ${err.message}`);
-    end(1);
-  });
+  let services: { stop(): Promise<void> } | undefined;
+  node
+    .start()
+    .then(async () => {
+      services = await startServices(node, store, cli, log);
+    })
+    .catch((err: Error) => {
+      log(`cluster: ${err.message}`);
+      end(1);
+    });
   void node.left.then(() => {
     log(`cluster: left the cluster`);
     end(0);
   });
-  return node;
+  return {
+    stop: async () => {
+      await services?.stop();
+      await node.stop();
+    },
+  };
 }
