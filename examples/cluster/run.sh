@@ -28,6 +28,7 @@ fi
 
 # --- inside the private namespaces -------------------------------------------
 W="$(mktemp -d /tmp/tsnet-cluster.XXXXXX)"
+echo "== working in $W"
 mount -t tmpfs tmpfs /run/netns 2>/dev/null || { mkdir -p /run/netns && mount -t tmpfs tmpfs /run/netns; }
 mount -t sysfs sysfs /sys
 ip link set lo up
@@ -65,7 +66,8 @@ for i in 1 2 3; do
   ip -n "n$i" link set lo up && ip -n "n$i" link set eth0 up
   ip -n "n$i" addr add "192.168.50.1$i/24" dev eth0
   # The agent runs here and manages its node from outside (-n): the node's namespace cannot reach this loopback.
-  tsnet --state-dir "$W/state-n$i" -n "n$i" agent --socket "$W/run-n$i/agent.sock" --metrics '' \
+  # node itself in the background (not the tsnet function, whose $! would be a subshell): cleanup kills this pid.
+  node "$ROOT/dist/src/cli/main.js" --state-dir "$W/state-n$i" -n "n$i" agent --socket "$W/run-n$i/agent.sock" --metrics '' \
     --node-name "n$i" --public-ip "192.168.50.1$i" >"$W/agent-n$i.log" 2>&1 &
   PIDS+=($!)
 done

@@ -98,10 +98,16 @@ export async function ensureNode(h: NetNs, s: NodeSetup): Promise<NodeDevices> {
   const underlay = await findUnderlay(h, s.publicIp);
   const vxlan = s.config.Backend.Type === 'vxlan' ? await ensureVxlan(h, s, underlay) : undefined;
   const gw = `${nthAddress(s.subnet, 1)}/${s.subnet.prefix}`;
-  const br = await bridge.ensure(h, s.bridge, { addresses: [gw], ...(vxlan ? { mtu: vxlan.mtu } : {}) });
-  // The agent owns the node bridge: an address of a subnet the node no longer holds would keep routing pods there.
-  for (const a of await addr.list(h, { dev: br.index, family: 4 }))
-    if (a.cidr !== gw) await addr.del(h, a.cidr, br.index);
+  let br = await link.get(h, s.bridge);
+  const addrs = br?.kind === 'bridge' ? await addr.list(h, { dev: br.index, family: 4 }) : [];
+  // Read first: a node in its steady state writes nothing (bridge.ensure would replace the address every time).
+  const fine =
+    br?.kind === 'bridge' && br.up && addrs.length === 1 && addrs[0]!.cidr === gw && (!vxlan || br.mtu === vxlan.mtu);
+  if (!br || !fine) {
+    br = await bridge.ensure(h, s.bridge, { addresses: [gw], ...(vxlan ? { mtu: vxlan.mtu } : {}) });
+    // The agent owns the node bridge: an address of a subnet the node no longer holds would keep routing pods there.
+    for (const a of addrs) if (a.cidr !== gw) await addr.del(h, a.cidr, br.index);
+  }
   if (sysctl.get(h, sysctl.keys.ipForward) !== '1') sysctl.set(h, sysctl.keys.ipForward, 1);
   return { bridge: { index: br.index, name: br.name }, underlay, ...(vxlan ? { vxlan } : {}) };
 }

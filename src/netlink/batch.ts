@@ -35,13 +35,14 @@ export async function sendBatch(sock: NetlinkSocket, msgs: readonly BatchMessage
       bytes.writeUInt32LE(NLMSG_HDRLEN + m.payload.length, off);
       bytes.writeUInt16LE(m.type, off + 4);
       bytes.writeUInt16LE(NLM_F.REQUEST | m.flags, off + 6);
-      bytes.writeUInt32LE((firstSeq + i) & 0x7fffffff, off + 8);
+      // Sequence numbers are u32 on the wire: firstSeq < 2^31, so the batch never wraps (batchReply compares them so).
+      bytes.writeUInt32LE(firstSeq + i, off + 8);
       m.payload.copy(bytes, off + NLMSG_HDRLEN);
       off += NLMSG_HDRLEN + ((m.payload.length + 3) & ~3);
     });
     return { bytes, lastSeq: firstSeq + msgs.length - 1 };
   });
   const byIndex = new Map<number, NetlinkError>();
-  for (const [seq, err] of errors) byIndex.set((seq - first + 0x80000000) % 0x80000000, err);
+  for (const [seq, err] of errors) byIndex.set(seq - first, err);
   return { errors: byIndex, overrun };
 }

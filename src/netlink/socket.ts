@@ -223,12 +223,8 @@ export class NetlinkSocket {
   } {
     if (this.closed) throw new TsnetError('netlink socket is closed', { code: 'EBADF' });
     if (!this.raw.transact) throw new TsnetError('this transport cannot carry a batch', { code: 'EINTERNAL' });
-    const first = (this.seq + 1) & 0x7fffffff;
-    const batch = build(first);
-    this.seq = batch.lastSeq & 0x7fffffff;
     // The batch's replies are taken here; anything else queued meanwhile (a dump under way) goes to its caller.
-    const b: InFlight = { first, last: batch.lastSeq, errors: new Map(), overrun: false };
-    this.batches.add(b);
+    const { b, batch } = this.begin(build);
     try {
       const { replies, overrun } = this.raw.transact([batch.bytes]);
       for (const buf of replies) this.receive(buf);
@@ -252,11 +248,7 @@ export class NetlinkSocket {
   }> {
     if (this.closed) throw new TsnetError('netlink socket is closed', { code: 'EBADF' });
     if (!this.raw.sendAsync) return this.transact(build);
-    const first = (this.seq + 1) & 0x7fffffff;
-    const batch = build(first);
-    this.seq = batch.lastSeq & 0x7fffffff;
-    const b: InFlight = { first, last: batch.lastSeq, errors: new Map(), overrun: false };
-    this.batches.add(b);
+    const { b, batch } = this.begin(build);
     try {
       await this.raw.sendAsync([batch.bytes]);
       // Processed inside sendmsg: every reply is queued by now (some the poll may have delivered already).
@@ -270,6 +262,19 @@ export class NetlinkSocket {
     }
     if (b.failure) throw b.failure;
     return { errors: b.errors, overrun: b.overrun };
+  }
+
+  /** A batch built from the next sequence number on, and in flight from now: its replies are routed to it. */
+  private begin(build: (firstSeq: number) => { bytes: Buffer; lastSeq: number }): {
+    b: InFlight;
+    batch: { bytes: Buffer; lastSeq: number };
+  } {
+    const first = (this.seq + 1) & 0x7fffffff;
+    const batch = build(first);
+    this.seq = batch.lastSeq & 0x7fffffff;
+    const b: InFlight = { first, last: batch.lastSeq, errors: new Map(), overrun: false };
+    this.batches.add(b);
+    return { b, batch };
   }
 
   /** A reply to a batch in flight: its error kept. */

@@ -7,7 +7,7 @@
  * namespace's loopback, where etcd listens, as a real node may not reach it
  * from its pod network either); pods as namespaces on a node's bridge.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as link from '../../src/link';
@@ -19,6 +19,14 @@ import { eventually } from './eventually';
 import { CLI, run, type Topology } from './fixtures';
 
 const ETCD = '/usr/bin/etcd';
+
+/**
+ * A long-lived child that dies with this process whatever way it ends (an ava worker killed at its timeout runs no
+ * after hook): setpriv sets PR_SET_PDEATHSIG, then execs the program, so the pid stays the program's.
+ */
+function spawnTied(cmd: string, args: readonly string[], opts: SpawnOptions): ChildProcess {
+  return spawn('setpriv', ['--pdeathsig', 'KILL', '--', cmd, ...args], opts);
+}
 
 export interface EtcdMember {
   name: string;
@@ -55,7 +63,7 @@ export class EtcdCluster {
   private launch(m: EtcdMember, state: 'new' | 'existing'): void {
     const cluster = this.members.map((x) => `${x.name}=${x.peer}`).join(',');
     // prettier-ignore
-    m.child = spawn(ETCD, [
+    m.child = spawnTied(ETCD, [
       '--name', m.name, '--data-dir', m.dir,
       '--listen-client-urls', m.client, '--advertise-client-urls', m.client,
       '--listen-peer-urls', m.peer, '--initial-advertise-peer-urls', m.peer,
@@ -149,7 +157,7 @@ export class ClusterAgent {
     readonly extra: string[] = [],
   ) {
     // prettier-ignore
-    this.child = spawn(process.execPath, [
+    this.child = spawnTied(process.execPath, [
       CLI, '--etcd', etcd, '--state-dir', stateDir, '-n', node.ns.name!,
       'agent', '--socket', path.join(stateDir, 'agent.sock'), '--metrics', '',
       '--node-name', node.name, '--public-ip', node.publicIp, ...extra,
@@ -292,8 +300,14 @@ export const haveEtcd = (): boolean => fs.existsSync(ETCD);
  * state makes zero netlink writes"; neighbour updates are left out, ARP
  * keeps them moving).
  */
-export function monitorFor(node: ClusterNodeNs, ms: number, objects = ['route', 'nexthop', 'link']): Promise<string> {
-  const child = spawn('ip', ['-n', node.ns.name!, 'monitor', ...objects], {
+export function monitorFor(
+  node: ClusterNodeNs,
+  ms: number,
+  objects = ['route', 'nexthop', 'link'],
+  o: { ipv4Only?: boolean } = {},
+): Promise<string> {
+  // ipv4Only: what the agent writes; the kernel's own IPv6 link-local addresses settle on their own time.
+  const child = spawn('ip', [...(o.ipv4Only ? ['-4'] : []), '-n', node.ns.name!, 'monitor', ...objects], {
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let out = '';

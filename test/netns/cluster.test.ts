@@ -233,6 +233,22 @@ test.serial(
       t.deepEqual(tsnetRoutes(n), want, `${n.name}'s routes`);
     }
     t.is(new Set(subnets.map((x) => x.base)).size, 3, 'three distinct subnets');
+    // A steady state writes nothing: a link event (a veth pair made and removed, down, so no address) makes every
+    // agent reconcile, and ip monitor sees no route, nexthop, address or neighbour written meanwhile.
+    const quiet = await Promise.all(
+      c.nodes.map(async (n) => {
+        const seen = monitorFor(n, 1500, ['route', 'nexthop', 'address', 'neigh'], { ipv4Only: true });
+        await new Promise((r) => setTimeout(r, 200));
+        runOk('ip', ['-n', n.ns.name!, 'link', 'add', 'kick0', 'type', 'veth', 'peer', 'name', 'kick1']);
+        runOk('ip', ['-n', n.ns.name!, 'link', 'del', 'kick0']);
+        return seen;
+      }),
+    );
+    t.deepEqual(quiet, ['', '', ''], 'a steady state writes nothing (ip -4 monitor route nexthop address neigh)');
+    t.true(
+      c.agents.every((a) => !/reconcile:/.test(a.log)),
+      'no reconcile failed',
+    );
     await everyPairMoves(t, c, 'hg');
     // Pod to pod is not masqueraded: the server sees the client pod's own address (checked via the listing below).
     const ls = JSON.parse(tsnet('-j', '--etcd', etcd.urls, 'cluster', 'ls', '--prefix', c.prefix).stdout) as {

@@ -3,6 +3,7 @@
  * package root, `import ... from 'tsnet'`, for a whole job) end to end.
  */
 import test from 'ava';
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { assertSandbox, run } from '../harness/fixtures';
 
@@ -30,6 +31,19 @@ for (const backend of ['vxlan', 'host-gw']) {
     t.is(pairs.length, 6, r.stdout);
     for (const p of pairs) t.notRegex(p, /^pod(\d) .*: pod\1$/, 'a pod answered as another');
     t.regex(r.stdout, /^n3 left: 10\.244\.\d+\.0\/24 released/m);
+    // Everything it started is gone: no process still names its working directory.
+    const dir = /^== working in (\S+)$/m.exec(r.stdout)![1]!;
+    const left = fs
+      .readdirSync('/proc')
+      .filter((p) => /^\d+$/.test(p))
+      .filter((p) => {
+        try {
+          return fs.readFileSync(`/proc/${p}/cmdline`, 'utf8').includes(dir);
+        } catch {
+          return false;
+        }
+      });
+    t.deepEqual(left, [], `processes left behind by the example: ${left.join(' ')}`);
     t.regex(r.stdout, /^ok$/m);
   });
 }
