@@ -16,7 +16,10 @@
  *   RSS       an agent's resident memory before and after 1,000 peers
  *   traffic   bulk TCP between pods on two nodes, vxlan against host-gw
  *
- * BENCH_SKIP=program,join,outage,rss,traffic leaves parts out.
+ *   services  cluster services: 10,000 x 5 on an agent joining, and one
+ *             endpoint change live on 3 nodes (./cluster-services.ts)
+ *
+ * BENCH_SKIP=program,join,outage,rss,services,traffic leaves parts out.
  */
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -45,6 +48,7 @@ import {
   type ClusterNodeNs,
 } from '../test/harness/cluster';
 import { Topology } from '../test/harness/fixtures';
+import { servicesBench } from './cluster-services';
 
 const SKIP = new Set((process.env.BENCH_SKIP ?? '').split(',').filter(Boolean));
 const ms = (t0: bigint) => Number(process.hrtime.bigint() - t0) / 1e6;
@@ -340,6 +344,7 @@ async function main(): Promise<void> {
     for (const n of sizes) for (const m of modes) await program(n, m === 'vxlan');
   }
   if (!SKIP.has('join') || !SKIP.has('outage') || !SKIP.has('rss')) await clusterParts();
+  if (!SKIP.has('services')) await servicesBench();
   if (!SKIP.has('traffic')) {
     const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'tsnet-bench-tp-'));
     const etcd = new EtcdCluster(path.join(tmp, 'etcd'), 24800, 1);

@@ -58,12 +58,19 @@ export function parseCidr(text: string, opts: { defaultPrefix?: boolean } = {}):
   const max = parsed.family === 4 ? 32 : 128;
   const prefix = len === undefined ? max : Number(len);
   if (prefix > max) throw invalid(`invalid CIDR ${JSON.stringify(text)}: prefix /${prefix} is longer than ${max} bits`);
-  const { Address4, Address6 } = ipAddress();
   const network =
     parsed.family === 4
-      ? new Address4(`${parsed.address}/${prefix}`).startAddress().correctForm()
-      : new Address6(`${parsed.address}/${prefix}`).startAddress().correctForm();
+      ? v4Network(parsed.address, prefix)
+      : new (ipAddress().Address6)(`${parsed.address}/${prefix}`).startAddress().correctForm();
   return { family: parsed.family, address: parsed.address, prefix, network };
+}
+
+/** The network of a canonical IPv4 address under `prefix`, in 32-bit arithmetic (a services table parses thousands). */
+function v4Network(address: string, prefix: number): string {
+  const n = address.split('.').reduce((acc, o) => acc * 256 + Number(o), 0);
+  const mask = prefix === 0 ? 0 : (0xffffffff << (32 - prefix)) >>> 0;
+  const net = (n & mask) >>> 0;
+  return [24, 16, 8, 0].map((sh) => (net >>> sh) & 255).join('.');
 }
 
 export const formatCidr = (c: { address: string; prefix: number }): string => `${c.address}/${c.prefix}`;

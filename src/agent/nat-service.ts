@@ -39,6 +39,13 @@ function changesProblem(changes: readonly { kind: string }[]): string | undefine
   // The CLI applies these itself (src/agent/client.ts): the whole set is not worth sending, nor checking twice.
   const whole = changes.find((x) => WHOLE_STATE.includes(x.kind));
   if (whole) return `${whole.kind} is applied by the caller, not the agent`;
+  // Cluster services change through etcd; the agent's own sync is the only writer of them.
+  const cluster = changes.find(
+    (x) =>
+      (x as { origin?: unknown; service?: { origin?: unknown } }).origin !== undefined ||
+      (x as { service?: { origin?: unknown } }).service?.origin !== undefined,
+  );
+  if (cluster) return `${cluster.kind} of a cluster service: those change through etcd (tsnet --etcd service ...)`;
   return undefined;
 }
 

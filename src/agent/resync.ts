@@ -13,6 +13,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { readJson, writeJsonAtomic } from '../state';
+import type { NatEngine } from '../nat/engine';
 import type { AgentEngines } from './engines';
 import type { AgentMetrics } from './metrics';
 
@@ -35,6 +36,8 @@ const hasNatState = (dir: string): boolean =>
 export class ResyncLoop {
   /** NAT state directories this agent has served. */
   private readonly dirs = new Set<string>();
+  /** Engines of other namespaces the agent keeps converged too (a cluster node's: the agent acts on it with -n). */
+  private readonly others = new Set<NatEngine>();
   private timer?: NodeJS.Timeout;
   private pending?: Promise<void>;
   private stopped = false;
@@ -68,6 +71,11 @@ export class ResyncLoop {
     }
   }
 
+  /** An engine of another namespace, checked in every pass from now on (its directory is not one of this namespace's). */
+  watch(engine: NatEngine): void {
+    this.others.add(engine);
+  }
+
   /** The directories served that hold NAT state (yet). */
   natStates(): string[] {
     return [...this.dirs].filter(hasNatState);
@@ -78,13 +86,16 @@ export class ResyncLoop {
     this.o.beforePass();
     const every = Math.max(1, Math.round(this.o.fullSyncIntervalMs / this.o.intervalMs));
     const full = ++this.passes % every === 0;
-    for (const dir of this.natStates()) {
+    const engines = [
+      ...this.natStates().map((dir) => this.o.engines.get({ stateDir: dir })),
+      ...[...this.others].filter((e) => !e.ns.closed && hasNatState(e.dir)),
+    ];
+    for (const engine of engines) {
       try {
-        const engine = this.o.engines.get({ stateDir: dir });
         await (full ? engine.sync({ force: true }) : engine.converge());
       } catch (err) {
         this.o.metrics.resyncErrors.inc();
-        this.o.log(`nat: resync of ${dir} failed: ${(err as Error).message}`);
+        this.o.log(`nat: resync of ${engine.dir} failed: ${(err as Error).message}`);
       }
     }
   }

@@ -26,6 +26,8 @@ import { invalid } from '../errors';
 import { stateDir as defaultStateDir } from '../state';
 import { parseHostPort } from '../nat/model';
 import { nsIdentity } from '../netns/ref';
+import type { NetNs } from '../netns';
+import type { BackendChoice, NatEngine } from '../nat/engine';
 import { DEFAULT_METRICS, DEFAULT_SOCKET } from './protocol';
 import { agentMetrics, type AgentMetrics } from './metrics';
 import { Transport, type Call } from './transport';
@@ -152,6 +154,17 @@ export class Agent {
     this.log(
       `agent: serving ${this.socket} in network namespace ${this.netns} (state ${this.stateDir}, resync every ${this.resyncIntervalMs} ms${m ? `, metrics http://${formatHostPort(m.host, m.port)}/metrics` : ''})`,
     );
+  }
+
+  /**
+   * The resident engine of a namespace the agent acts on (a cluster node's, with -n): the one a NAT request
+   * naming it would get, kept converged by the resync loop (a flush is repaired as on the agent's own).
+   */
+  natEngine(ns: NetNs, backend?: BackendChoice): NatEngine {
+    const engine = this.engines.get({ ns, stateDir: this.stateDir, ...(backend ? { backend } : {}) });
+    if (ns.isCurrent) this.loop.remember(engine.dir);
+    else this.loop.watch(engine);
+    return engine;
   }
 
   /** A request to the service its first frame names (anything but NAT is a CNI call, or refused as garbage there). */

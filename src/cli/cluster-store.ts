@@ -38,7 +38,10 @@ export async function clusterInspection(cli: Cli, stateDir: string) {
     });
     const own = peers.find((p) => p.name === node.node);
     const ttl = own ? await store.ttlLeft(own.lease) : -1;
-    return { view: await clusterView(target(cli), stateDir, peers), lease: { ttl } };
+    const { ServiceStore } = await import('../cluster/services');
+    const { services } = await new ServiceStore(store).list();
+    const view = await clusterView(target(cli), stateDir, peers);
+    return { view: view && { ...view, services }, lease: { ttl } };
   } catch (err) {
     return { view: await clusterView(target(cli), stateDir), lease: { error: (err as Error).message } };
   }

@@ -72,6 +72,9 @@ export interface ClusterNodeStats {
 export class ClusterNode {
   readonly stats: ClusterNodeStats = { reconciles: 0, writes: 0, skippedLeases: 0 };
   config?: ClusterConfig;
+  /** Settles once the cluster's config is known (before the claim): what the cluster services need to start. */
+  readonly configured: Promise<ClusterConfig>;
+  private resolveConfigured!: (c: ClusterConfig) => void;
   subnet?: Subnet;
   devices?: NodeDevices;
   /** Resolves when a leave was recorded for this node and its peers are removed. */
@@ -95,6 +98,7 @@ export class ClusterNode {
 
   constructor(private readonly o: ClusterNodeOptions) {
     this.left = new Promise((resolve) => (this.resolveLeft = resolve));
+    this.configured = new Promise((resolve) => (this.resolveConfigured = resolve));
   }
 
   get ttl(): number {
@@ -117,6 +121,7 @@ export class ClusterNode {
     const config = await this.waitConfig(local);
     if (!config) return;
     this.config = config;
+    this.resolveConfigured(config);
     const kept = local && local.network === config.Network ? parseSubnet(local.subnet, 'subnet') : undefined;
     if (kept && claimable(config, kept)) {
       // What pods already have keeps working while the claim goes on.

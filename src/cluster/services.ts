@@ -20,6 +20,7 @@ import {
   type Endpoint,
   type Service,
 } from '../nat/model';
+import { isCluster } from '../nat/origin';
 import type { ClusterStore } from './store';
 
 /** etcd's default limit of operations in one transaction is 128. */
@@ -39,6 +40,34 @@ export function storedService(s: Service): Service {
     endpoints: n.endpoints.map((e) => ({ ip: e.ip, port: e.port, weight: e.weight })),
     ...(n.affinitySeconds !== undefined ? { affinitySeconds: n.affinitySeconds } : {}),
     ...(n.masqueradeNotFrom !== undefined ? { masqueradeNotFrom: n.masqueradeNotFrom } : {}),
+  };
+}
+
+/**
+ * Whether a node's copy (NAT state, origin "cluster") is the stored service as
+ * the agent programs it: marked as the cluster's, masqueraded from outside
+ * the cluster's `network` unless the service says otherwise (any, when the
+ * network is not known here).
+ */
+export const programmedAs = (here: Service, stored: Service, network?: string): boolean =>
+  sameService(here, {
+    ...stored,
+    origin: 'cluster',
+    masqueradeNotFrom: stored.masqueradeNotFrom ?? network ?? here.masqueradeNotFrom,
+  });
+
+/** How a node's cluster services stand against the store: missing, other than stored, or gone from the store. */
+export function serviceLag(
+  stored: readonly Service[],
+  here: readonly Service[],
+  network?: string,
+): { missing: Service[]; stale: Service[]; extra: Service[] } {
+  const mine = new Map(here.filter(isCluster).map((s) => [s.name, s]));
+  const names = new Set(stored.map((s) => s.name));
+  return {
+    missing: stored.filter((s) => !mine.has(s.name)),
+    stale: stored.filter((s) => mine.has(s.name) && !programmedAs(mine.get(s.name)!, s, network)),
+    extra: [...mine.values()].filter((s) => !names.has(s.name)),
   };
 }
 

@@ -6,6 +6,7 @@
  * write for it (the same desired.ts the agent reconciles with).
  */
 import * as link from '../link';
+import type { Service } from '../nat/model';
 import type { NetNs } from '../netns';
 import { buildConfig, parseSubnet, type Peer } from '../cluster/config';
 import { desiredState } from '../cluster/desired';
@@ -38,6 +39,8 @@ export interface ClusterView {
   stale: string[];
   /** MTU the vxlan device should have: underlay - 50. */
   wantVxlanMtu?: number;
+  /** With --etcd: the cluster's services as stored, which the node's agent should have programmed. */
+  services?: Service[];
 }
 
 const recordOf = (p: Peer): PeerRecord => ({

@@ -16,7 +16,7 @@ import { cniState } from './checks/cni-state';
 import { forwardDrop, natCanary } from './checks/netfilter';
 import { doctorView, type Check } from './checks/check';
 import { inspectNode } from './node';
-import { clusterLease, clusterMtu, clusterPeers, clusterVxlan } from './checks/cluster';
+import { clusterLease, clusterMtu, clusterPeers, clusterServices, clusterVxlan } from './checks/cluster';
 import type { ClusterView } from './cluster';
 
 /** Every check, in the order doctor reports: each one's `name` is the `check` of its problems. */
@@ -37,10 +37,11 @@ export const CHECKS: readonly Check[] = [
   clusterMtu, // the MTU chain underlay -> tunnel -> node bridge
   clusterPeers, // peers without their entries, routes of protocol tsnet no peer explains
   clusterLease, // (with --etcd) the node's own lease gone, or etcd unreachable
+  clusterServices, // (with --etcd) cluster services missing, stale or left over on this node
 ];
 
 export interface Problem {
-  /** The name of the check that found it (see CHECKS: ip-forward, br-netfilter, rp-filter, bridge-port, hairpin, masquerade, route-localnet, conntrack, mtu, cni-state, nat-canary, forward-drop, cluster-vxlan, cluster-mtu, cluster-peers, cluster-lease). */
+  /** The name of the check that found it (see CHECKS: ip-forward, br-netfilter, rp-filter, bridge-port, hairpin, masquerade, route-localnet, conntrack, mtu, cni-state, nat-canary, forward-drop, cluster-vxlan, cluster-mtu, cluster-peers, cluster-lease, cluster-services). */
   check: string;
   /** The object concerned: an interface, a service, a state directory. */
   where: string;

@@ -17,6 +17,8 @@ import * as route from '../route';
 import type { NetNs } from '../netns';
 import type { ClusterView } from './cluster';
 import type { NatEngine } from '../nat/engine';
+import { programmedAs } from '../cluster/services';
+import { isCluster } from '../nat/origin';
 import { familyOf, type DnatRule, type Forward, type NatRule, type Proto, type Service } from '../nat/model';
 import type { AffinityEntry, Counter } from '../nat/backends/types';
 import { inspectNode, ownerOf, type NodeView } from './node';
@@ -62,7 +64,15 @@ export interface EndpointTrace {
 }
 
 export type Hit =
-  | { kind: 'service'; name: string; affinitySeconds?: number; masqueradeNotFrom?: string; counter?: Counter }
+  | {
+      kind: 'service';
+      name: string;
+      affinitySeconds?: number;
+      masqueradeNotFrom?: string;
+      counter?: Counter;
+      /** "cluster": the agent programs it from etcd; absent: this node's own. */
+      origin?: 'cluster';
+    }
   | { kind: 'forward'; name: string; snat: string }
   | { kind: 'dnat-rule'; to: string }
   | { kind: 'none' };
@@ -81,6 +91,11 @@ export interface TraceResult {
   route?: { dev?: string; gateway?: string; namespace?: string };
   /** Addresses of the trace (the destination, or its endpoints) on other nodes of the cluster. */
   cluster?: ClusterHop[];
+  /**
+   * With --etcd, for a cluster service's VIP: "programmed" when this node holds it as etcd does; "lagging" when
+   * it holds another version or none (the packet then meets what the node holds).
+   */
+  store?: { service: string; state: 'programmed' | 'lagging' };
   /** The story, one line per step. */
   steps: string[];
 }
@@ -132,6 +147,7 @@ const STEPS: readonly Step[] = [
   on('none', routed),
   wayOut,
   acrossNodes,
+  againstStore,
 ];
 
 /** Traces a connection to `req.dest:req.port` through the NAT state `engine` keeps in its namespace. */
@@ -198,11 +214,12 @@ function serviceHit(t: Tracing, { service: s }: { service: Service }) {
     ...(s.affinitySeconds !== undefined ? { affinitySeconds: s.affinitySeconds } : {}),
     ...(s.masqueradeNotFrom ? { masqueradeNotFrom: s.masqueradeNotFrom } : {}),
     ...(c ? { counter: c.service } : {}),
+    ...(isCluster(s) ? { origin: 'cluster' as const } : {}),
   };
   const n = s.endpoints.length;
   say(
     t,
-    `service ${s.name}: ${n} endpoint${n === 1 ? '' : 's'}${c ? `, ${c.service.packets} connections so far` : ''}`,
+    `${isCluster(s) ? 'cluster service' : 'service'} ${s.name}${isCluster(s) ? " (from etcd, programmed by this node's agent)" : ''}: ${n} endpoint${n === 1 ? '' : 's'}${c ? `, ${c.service.packets} connections so far` : ''}`,
   );
 }
 
@@ -346,6 +363,10 @@ function acrossNodes(t: Tracing) {
   if (!c) return;
   const ips = t.result.endpoints.length ? t.result.endpoints.map((e) => e.ip) : [t.dest];
   for (const ip of ips) {
+    if (contains(parseCidr(c.node.subnet), ip)) {
+      say(t, `cluster: ${ip} is on this node, ${c.node.node} (${c.node.subnet}): bridged on ${c.node.bridge}`);
+      continue;
+    }
     const p = c.peers.find((x) => contains(parseCidr(x.subnet), ip));
     if (!p) continue;
     const dev = p.path === 'vxlan' ? c.vxlan?.name : undefined;
@@ -366,6 +387,23 @@ function acrossNodes(t: Tracing) {
       `cluster: ${ip} is on node ${p.name} (${p.subnet}, public IP ${p.publicIp}): ${how}${p.missing.length ? `; NOT programmed here: missing ${p.missing.join(', ')}` : ''}`,
     );
   }
+}
+
+/** With --etcd: whether this node holds the cluster service of the VIP as etcd does. */
+function againstStore(t: Tracing, m: Match) {
+  const stored = t.req.cluster?.services?.find(
+    (s) => s.vip === t.dest && s.port === t.req.port && s.proto === t.req.proto,
+  );
+  if (!stored) return;
+  const here = m.kind === 'service' && isCluster(m.service) ? m.service : undefined;
+  const state = here && programmedAs(here, stored, t.req.cluster?.node.network) ? 'programmed' : 'lagging';
+  t.result.store = { service: stored.name, state };
+  say(
+    t,
+    state === 'programmed'
+      ? `etcd: ${stored.name} is programmed here as stored`
+      : `etcd: cluster service ${stored.name} holds this VIP, but this node ${here ? 'holds another version of it' : 'has not programmed it'}: its agent lags the store (tsnet doctor --etcd)`,
+  );
 }
 
 // --- helpers ---------------------------------------------------------------

@@ -29,6 +29,7 @@ import {
   type NatRule,
   type Service,
 } from './model';
+import { crossesOrigin, isCluster } from './origin';
 import { ServiceTable, type StoredServices } from './service-table';
 
 export type NatChange =
@@ -38,8 +39,8 @@ export type NatChange =
   | { kind: 'put-service'; service: Service }
   /** New endpoints for an existing service ("service set-endpoints"). */
   | { kind: 'set-endpoints'; name: string; endpoints: Endpoint[] }
-  /** Removes a service; a missing one is a no-op. */
-  | { kind: 'delete-service'; name: string }
+  /** Removes a service; a missing one is a no-op (origin "cluster": the agent's, which leaves a local one be). */
+  | { kind: 'delete-service'; name: string; origin?: 'cluster' }
   /** The whole set of services ("service apply"). */
   | { kind: 'replace-services'; services: Service[] }
   /** A standalone rule (the same again: no-op), or its removal (missing: no-op). */
@@ -186,10 +187,16 @@ class Round {
 
   private put(s: Service): void {
     const old = this.current(s.name);
+    // Local commands and the agent's cluster changes each keep to their own services.
+    if (old && isCluster(old) !== isCluster(s)) throw crossesOrigin(old, 'change', s.name);
     const key = vipKey(s);
     if (!old || vipKey(old) !== key) {
       const owner = this.x.owner(key);
-      if (owner !== undefined && owner !== s.name) throw vipClaimed(key, owner, s.name);
+      if (owner !== undefined && owner !== s.name) {
+        const held = this.current(owner);
+        if (held && isCluster(held) !== isCluster(s)) throw crossesOrigin(held, 'vip', s.name);
+        throw vipClaimed(key, owner, s.name);
+      }
     }
     this.remember(s.name);
     this.undos.push(this.x.mark(s.name));
@@ -225,6 +232,7 @@ class Round {
 
   private addService(s: Service): void {
     const have = this.current(s.name);
+    if (have && isCluster(have) !== isCluster(s)) throw crossesOrigin(have, 'change', s.name);
     if (have && !sameService(have, s))
       throw invalid(
         `service ${s.name} already exists with other settings: use "service set-endpoints", or "service del" first`,
@@ -238,9 +246,20 @@ class Round {
    */
   private replaceServices(services: readonly Service[]): void {
     const { byName: wanted, byVip } = normalizeServices(services);
+    const cluster = [...wanted.values()].find(isCluster);
+    if (cluster) throw invalid(`service ${cluster.name}: a cluster service is not part of a local "service apply"`);
     const next: Service[] = [];
     let changed = false;
     for (const s of this.x.list()) {
+      // The cluster's services stay as they are; the local set may not take their names or VIPs.
+      if (isCluster(s)) {
+        if (wanted.has(s.name)) throw crossesOrigin(s, 'change');
+        const owner = byVip.get(vipKey(s));
+        if (owner !== undefined) throw crossesOrigin(s, 'vip', owner);
+        byVip.set(vipKey(s), s.name);
+        next.push(s);
+        continue;
+      }
       const w = wanted.get(s.name);
       if (w && sameService(w, s)) next.push(s);
       else {
@@ -278,12 +297,20 @@ class Round {
       case 'set-endpoints': {
         const have = this.current(c.name);
         if (!have) throw invalid(`no service named ${c.name}`);
+        if (isCluster(have)) throw crossesOrigin(have, 'change');
         this.put(normalizeService({ ...have, endpoints: c.endpoints }));
         break;
       }
-      case 'delete-service':
+      case 'delete-service': {
+        const have = this.current(c.name);
+        if (have && isCluster(have) !== (c.origin === 'cluster')) {
+          // The cluster's delete leaves a local service of that name be; a local one may not touch the cluster's.
+          if (c.origin === 'cluster') break;
+          throw crossesOrigin(have, 'delete');
+        }
         this.remove(c.name);
         break;
+      }
       case 'replace-services':
         this.replaceServices(c.services);
         break;

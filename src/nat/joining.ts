@@ -125,6 +125,7 @@ export function syncPieces(o: {
       const until = Date.now() + PAUSE_MS;
       while (o.busy?.() && !o.queue()?.length && Date.now() < until) await sleep(1);
     },
+    ...(o.busy ? { busy: o.busy } : {}),
     committed: async () => {
       if (!o.answer || !o.changes) return;
       o.save(o.changes);

@@ -28,6 +28,11 @@ export interface Service {
   affinitySeconds?: number;
   /** Masquerade traffic to the VIP whose source is outside this CIDR (kube-proxy's clusterCIDR rule). */
   masqueradeNotFrom?: string;
+  /**
+   * "cluster": programmed by the node's agent from etcd (src/cluster/service-sync.ts). Only the agent's
+   * cluster changes touch it; a local command may neither change it nor take its VIP.
+   */
+  origin?: 'cluster';
 }
 
 /** `iptables -t nat -A POSTROUTING -s SOURCE [-d DEST] ! -o OUT_NOT -j MASQUERADE`. */
@@ -209,6 +214,11 @@ export function normalizeService(s: Partial<Service> & { name: string }): Servic
       );
     out.masqueradeNotFrom = `${c.network}/${c.prefix}`;
   }
+  if (s.origin !== undefined) {
+    if (s.origin !== 'cluster')
+      throw invalid(`service ${s.name}: "origin": only "cluster" (set by the agent), got ${JSON.stringify(s.origin)}`);
+    out.origin = 'cluster';
+  }
   return out;
 }
 
@@ -338,6 +348,7 @@ export function sameService(a: Service, b: Service): boolean {
     a.proto === b.proto &&
     a.affinitySeconds === b.affinitySeconds &&
     a.masqueradeNotFrom === b.masqueradeNotFrom &&
+    a.origin === b.origin &&
     a.endpoints.length === b.endpoints.length &&
     a.endpoints.every(
       (e, i) => e.ip === b.endpoints[i]!.ip && e.port === b.endpoints[i]!.port && e.weight === b.endpoints[i]!.weight,

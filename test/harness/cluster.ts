@@ -340,3 +340,66 @@ export async function putLeases(store: ClusterStore, entries: [key: string, valu
       .commit();
   }
 }
+
+/** A test's cluster: its nodes, their agents, its key prefix and the nodes' state directories. */
+export interface TestCluster {
+  ul: Underlay;
+  nodes: ClusterNodeNs[];
+  agents: ClusterAgent[];
+  prefix: string;
+  stateDirs: string[];
+  agentArgs: string[];
+}
+
+/** What a test file's clusters share: its scratch space and its etcd; every agent started, to stop by pid. */
+export class ClusterRig {
+  readonly agents: ClusterAgent[] = [];
+
+  constructor(
+    private readonly s: { topo: Topology; tmp(name: string): string },
+    private readonly etcd: EtcdCluster,
+  ) {}
+
+  /**
+   * `count` nodes with an agent each, under key prefix /t/NAME, after `cluster
+   * init ARGS`; the agents are stopped (SIGTERM) when the test ends.
+   */
+  async cluster(
+    t: { teardown(fn: () => Promise<void>): void },
+    name: string,
+    net: number,
+    count: number,
+    init: string[],
+    agentArgs: string[] = [],
+  ): Promise<TestCluster> {
+    const prefix = `/t/${name}`;
+    this.etcd.init(prefix, ...init);
+    const { ul, nodes } = await underlay(this.s.topo, count, net, name);
+    const stateDirs = nodes.map((n) => this.s.tmp(`${name}-${n.name}`));
+    const c: TestCluster = { ul, nodes, agents: [], prefix, stateDirs, agentArgs: ['--prefix', prefix, ...agentArgs] };
+    c.agents = nodes.map((n, i) => this.startAgent(c, n, stateDirs[i]!));
+    t.teardown(() => Promise.all(this.agents.splice(0).map((a) => a.stop())).then(() => undefined));
+    return c;
+  }
+
+  startAgent(c: TestCluster, n: ClusterNodeNs, stateDir: string): ClusterAgent {
+    const a = new ClusterAgent(n, this.etcd.urls, stateDir, c.agentArgs);
+    this.agents.push(a);
+    return a;
+  }
+
+  /** Waits until every node has a route to every other node's subnet. */
+  async converged(c: TestCluster, ms = 15_000): Promise<void> {
+    await eventually(() => c.nodes.every((n) => tsnetRoutes(n).length === c.nodes.length - 1), {
+      ms,
+      what: 'every node to route to every peer',
+      every: 50,
+    }).catch((err: Error) => {
+      throw new Error(`${err.message}\n${c.agents.map((a) => `--- ${a.node.name}\n${a.log}`).join('\n')}`);
+    });
+  }
+
+  async killAll(): Promise<void> {
+    await Promise.all(this.agents.map((a) => a.stop('SIGKILL')));
+  }
+}

@@ -5,23 +5,21 @@
  * key prefix in the one etcd cluster and its own namespaces, so any test
  * runs alone with --match.
  */
-import test, { type ExecutionContext } from 'ava';
+import test from 'ava';
 import type * as netns from '../../src/netns';
 import { eventually } from '../harness/eventually';
 import { run, scratch, tsnet } from '../harness/fixtures';
 import { CniInstall } from '../harness/cni';
-import { request, serve } from '../../src/demo/traffic';
 import {
-  ClusterAgent,
   EtcdCluster,
   addPod,
   nodeSubnet,
   tsnetRoutes,
-  underlay,
   addNode,
   putLeases,
   syntheticLease,
-  type Underlay,
+  ClusterRig,
+  type TestCluster,
   vxlanFdb,
   vxlanNeighs,
   monitorFor,
@@ -30,14 +28,13 @@ import {
 
 const s = scratch('cl');
 const etcd = new EtcdCluster(s.tmp('etcd'), 23700);
-const agents: ClusterAgent[] = [];
 
 test.before(async () => {
   await etcd.start();
 });
 
 test.after.always(async () => {
-  await Promise.all(agents.map((a) => a.stop('SIGKILL')));
+  await rig.killAll();
   await etcd.stopAll();
   await s.cleanup();
 });
@@ -78,56 +75,17 @@ function fetchBytes(pod: netns.NetNs, ip: string, port: number): Promise<number>
   });
 }
 
-interface Cluster {
-  ul: Underlay;
-  nodes: ClusterNodeNs[];
-  agents: ClusterAgent[];
-  prefix: string;
-  stateDirs: string[];
-  agentArgs: string[];
-}
-
-/**
- * `count` nodes with an agent each, under key prefix /t/NAME, after `cluster
- * init ARGS`; the agents are stopped (SIGTERM) when the test ends.
- */
-async function cluster(
-  t: ExecutionContext,
-  name: string,
-  net: number,
-  count: number,
-  init: string[],
-  agentArgs: string[] = [],
-): Promise<Cluster> {
-  const prefix = `/t/${name}`;
-  etcd.init(prefix, ...init);
-  const { ul, nodes } = await underlay(s.topo, count, net, name);
-  const stateDirs = nodes.map((n) => s.tmp(`${name}-${n.name}`));
-  const c: Cluster = { ul, nodes, agents: [], prefix, stateDirs, agentArgs: ['--prefix', prefix, ...agentArgs] };
-  c.agents = nodes.map((n, i) => startAgent(c, n, stateDirs[i]!));
-  t.teardown(() => Promise.all(agents.splice(0).map((a) => a.stop())).then(() => undefined));
-  return c;
-}
-
-function startAgent(c: Cluster, n: ClusterNodeNs, stateDir: string): ClusterAgent {
-  const a = new ClusterAgent(n, etcd.urls, stateDir, c.agentArgs);
-  agents.push(a);
-  return a;
-}
-
-/** Waits until every node has a route to every other node's subnet. */
-async function converged(c: Cluster, ms = 15_000): Promise<void> {
-  await eventually(() => c.nodes.every((n) => tsnetRoutes(n).length === c.nodes.length - 1), {
-    ms,
-    what: 'every node to route to every peer',
-    every: 50,
-  }).catch((err: Error) => {
-    throw new Error(`${err.message}\n${c.agents.map((a) => `--- ${a.node.name}\n${a.log}`).join('\n')}`);
-  });
-}
+const rig = new ClusterRig(s, etcd);
+const cluster = rig.cluster.bind(rig);
+const startAgent = rig.startAgent.bind(rig);
+const converged = rig.converged.bind(rig);
 
 /** A pod on each node, a bulk server in each, and every cross-node pair fetching 1 MB. */
-async function everyPairMoves(t: { deepEqual: (a: unknown, b: unknown, m?: string) => void }, c: Cluster, tag: string) {
+async function everyPairMoves(
+  t: { deepEqual: (a: unknown, b: unknown, m?: string) => void },
+  c: TestCluster,
+  tag: string,
+) {
   const pods = [];
   for (const n of c.nodes) pods.push({ node: n, ...(await addPod(s.topo, n, `${tag}-${n.name}`, 10)) });
   for (const p of pods) await bulkServer(p.ns, p.ip, 9000);
@@ -522,7 +480,7 @@ test.serial(
 );
 
 /** Every node's tsnet routes, as one comparable string. */
-const snapshot = (c: Cluster) => JSON.stringify(c.nodes.map((n) => tsnetRoutes(n)));
+const snapshot = (c: TestCluster) => JSON.stringify(c.nodes.map((n) => tsnetRoutes(n)));
 
 test.serial('etcd leader killed: no route changes, and a node joining afterwards is routed', async (t) => {
   const c = await cluster(t, 'leader', 68, 2, ['--network', '10.68.0.0/16', '--backend', 'host-gw']);
@@ -966,99 +924,6 @@ test.serial(
       values(etcd.ctl('get', '--prefix', `${c.prefix}/subnets/`)),
       values(leasesBefore),
       'the same lease values (VTEP MACs too)',
-    );
-  },
-);
-
-test.serial(
-  'a cluster service defined once is programmed on every node: pods on all three reach its endpoints on two; a change moves new connections everywhere; etcd down, traffic flows',
-  async (t) => {
-    const c = await cluster(t, 'svc', 77, 3, ['--network', '10.77.0.0/16', '--backend', 'host-gw']);
-    await converged(c);
-    const pods: { ns: netns.NetNs; ip: string }[] = [];
-    for (const [i, n] of c.nodes.entries()) pods.push(await addPod(s.topo, n, `svc-p${i + 1}`, 10));
-    for (const [i, p] of pods.entries()) s.servers.push(await serve(p.ns, 'tcp', p.ip, 8080, `pod${i + 1}`));
-    const add = tsnet(
-      '--etcd',
-      etcd.urls,
-      'service',
-      'add',
-      'shop/web',
-      '--vip',
-      '10.96.77.10:80',
-      '--endpoint',
-      `${pods[1]!.ip}:8080`,
-      '--endpoint',
-      `${pods[2]!.ip}:8080`,
-      '--prefix',
-      c.prefix,
-    );
-    t.is(add.status, 0, add.stderr);
-    const spread = async () =>
-      Promise.all(
-        pods.map(async (p) => (await request(p.ns, 'tcp', '10.96.77.10', 80, { count: 20, timeoutMs: 1000 })).replies),
-      );
-    const seen = await eventually(
-      async () => {
-        const r = await spread();
-        return r.every((x) => (x.pod2 ?? 0) > 0 && (x.pod3 ?? 0) > 0 && (x.pod2 ?? 0) + (x.pod3 ?? 0) === 20)
-          ? r
-          : undefined;
-      },
-      { ms: 10_000, what: 'every node to spread the VIP over pod2 and pod3', every: 200 },
-    );
-    t.is(seen.length, 3);
-    // The service as each node's engine holds it: kube-proxy's masquerade from outside the cluster network.
-    const ls = JSON.parse(
-      tsnet('-j', '-n', c.nodes[0]!.ns.name!, '--state-dir', c.stateDirs[0]!, 'service', 'ls').stdout,
-    ) as { name: string; masqueradeNotFrom?: string }[];
-    t.like(
-      ls.find((x) => x.name === 'shop/web'),
-      { masqueradeNotFrom: '10.77.0.0/16' },
-    );
-
-    t.is(
-      tsnet(
-        '--etcd',
-        etcd.urls,
-        'service',
-        'set-endpoints',
-        'shop/web',
-        '--endpoint',
-        `${pods[0]!.ip}:8080`,
-        '--prefix',
-        c.prefix,
-      ).status,
-      0,
-    );
-    await eventually(async () => (await spread()).every((x) => x.pod1 === 20), {
-      ms: 5000,
-      what: 'every node to send new connections to pod1',
-      every: 100,
-    });
-
-    await etcd.stopAll();
-    try {
-      t.true(
-        (await spread()).every((x) => x.pod1 === 20),
-        'etcd down: the rules stay, traffic flows',
-      );
-    } finally {
-      for (const m of etcd.members) etcd.restart(m);
-      await etcd.healthy();
-    }
-    t.is(tsnet('--etcd', etcd.urls, 'service', 'del', 'shop/web', '--prefix', c.prefix).status, 0);
-    await eventually(
-      () =>
-        c.nodes.every(
-          (n, i) =>
-            !(
-              JSON.parse(tsnet('-j', '-n', n.ns.name!, '--state-dir', c.stateDirs[i]!, 'service', 'ls').stdout) as {
-                name: string;
-              }[]
-            ).some((x) => x.name === 'shop/web'),
-        ),
-      { ms: 5000, what: 'the service gone from every node', every: 200 },
     );
   },
 );

@@ -17,6 +17,7 @@ import { doctor, type Problem } from '../../src/inspect/doctor';
 import { request, serve } from '../../src/demo/traffic';
 import { natView, run, scratch, tsnet } from '../harness/fixtures';
 import { eventually } from '../harness/eventually';
+import { EtcdCluster } from '../harness/cluster';
 
 const { topo, servers, tmp, cleanup } = scratch('doc');
 test.after.always(cleanup);
@@ -385,6 +386,49 @@ test('cluster-lease: with --etcd, an etcd that does not answer is reported (the 
     [],
     "the agent's peer list serves meanwhile",
   );
+});
+
+test('cluster-services: with --etcd, a cluster service the node has not programmed, another version of it, one deleted from etcd but still here', async (t) => {
+  const c = await clusterNode();
+  const etcd = new EtcdCluster(tmp('doctor-etcd'), 24200, 1);
+  t.teardown(() => etcd.stopAll());
+  await etcd.start();
+  etcd.init('/tsnet/network', '--network', '10.80.0.0/16', '--backend', 'vxlan');
+  const store = (...args: string[]) => {
+    const r = tsnet('--etcd', etcd.urls, 'service', ...args);
+    if (r.status !== 0) throw new Error(r.stderr);
+  };
+  const found = () => c.findings('cluster-services', '--etcd', etcd.urls);
+  t.deepEqual(found(), []);
+  store('add', 'shop/web', '--vip', '10.96.80.10:80', '--endpoint', '10.80.2.5:8080');
+  t.deepEqual(c.findings('cluster-services'), [], 'without --etcd the store is not looked at');
+  const [missing] = found();
+  t.is(missing!.where, 'shop/web');
+  t.regex(missing!.problem, /cluster service shop\/web \(10\.96\.80\.10:80\/tcp\) is in etcd but not programmed on n1/);
+  t.regex(missing!.fix, /a local service is in its way .* or the agent is not running/);
+  // What the agent does: the service as stored, masqueraded from outside the cluster's network, marked as the cluster's.
+  const engine = new NatEngine({ ns: c.nd, stateDir: c.stateDir });
+  const programmed = {
+    name: 'shop/web',
+    vip: '10.96.80.10',
+    port: 80,
+    proto: 'tcp' as const,
+    endpoints: [{ ip: '10.80.2.5', port: 8080, weight: 1 }],
+    masqueradeNotFrom: '10.80.0.0/16',
+    origin: 'cluster' as const,
+  };
+  await engine.change([{ kind: 'put-service', service: programmed }]);
+  t.deepEqual(found(), []);
+  store('set-endpoints', 'shop/web', '--endpoint', '10.80.2.6:8080');
+  t.regex(found()[0]!.problem, /shop\/web .* on n1 is not as in etcd: the node lags the store/);
+  await engine.change([
+    { kind: 'put-service', service: { ...programmed, endpoints: [{ ip: '10.80.2.6', port: 8080, weight: 1 }] } },
+  ]);
+  t.deepEqual(found(), []);
+  store('del', 'shop/web');
+  t.regex(found()[0]!.problem, /shop\/web .* was deleted from etcd but is still programmed on n1/);
+  await engine.change([{ kind: 'delete-service', name: 'shop/web', origin: 'cluster' }]);
+  t.deepEqual(found(), []);
 });
 
 test('a healthy node: no problems, exit 0, and the library agrees with the CLI', async (t) => {

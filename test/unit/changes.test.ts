@@ -401,3 +401,49 @@ test('store: a snapshot written over a loaded one keeps the unchanged rows as th
   t.is(again.service('s20'), undefined);
   fs.rmSync(dir, { recursive: true });
 });
+
+test('the local/cluster boundary: no local change touches a cluster service or takes its VIP; the cluster leaves a local one be; refused rounds change nothing', (t) => {
+  const web: Service = { ...svc('default/web', '10.96.1.1'), origin: 'cluster' };
+  const x = IndexedState.of(normalizeState({ services: [svc('a', '10.96.0.1'), web], rules: [] }));
+  const before = JSON.stringify(x.desired());
+  const refused = (c: NatChange, re: RegExp) => {
+    t.throws(() => x.apply([c]), { message: re }, c.kind);
+    t.is(JSON.stringify(x.desired()), before, `${c.kind}: nothing changed`);
+  };
+  const heldByCluster = /10\.96\.1\.1:80\/tcp is held by cluster service default\/web \(from etcd\)/;
+  const clusterOnes = /default\/web is a cluster service \(from etcd\): (change|delete) it with "tsnet --etcd service/;
+  refused({ kind: 'add-service', service: svc('mine', '10.96.1.1') }, heldByCluster);
+  refused({ kind: 'put-service', service: svc('default/web', '10.96.9.9') }, clusterOnes);
+  refused({ kind: 'set-endpoints', name: 'default/web', endpoints: [] }, clusterOnes);
+  refused({ kind: 'delete-service', name: 'default/web' }, clusterOnes);
+  refused({ kind: 'replace-services', services: [svc('b', '10.96.1.1')] }, heldByCluster);
+  refused({ kind: 'replace-services', services: [svc('default/web', '10.96.2.2')] }, clusterOnes);
+  refused({ kind: 'replace-services', services: [web] }, /a cluster service is not part of a local "service apply"/);
+  // The cluster's side: a local service's name or VIP is not the agent's to take, nor its delete to remove.
+  refused(
+    { kind: 'put-service', service: { ...svc('a', '10.96.5.5'), origin: 'cluster' } },
+    /cluster service a: a local service of that name exists on this node/,
+  );
+  refused(
+    { kind: 'put-service', service: { ...svc('default/db', '10.96.0.1'), origin: 'cluster' } },
+    /cluster service default\/db: 10\.96\.0\.1:80\/tcp is held by local service a on this node/,
+  );
+  x.apply([{ kind: 'delete-service', name: 'a', origin: 'cluster' }]);
+  t.is(JSON.stringify(x.desired()), before, "the cluster's delete of a local name is a no-op");
+  // A local apply replaces the local set only: the cluster's service stays, in its place.
+  x.apply([{ kind: 'replace-services', services: [svc('b', '10.96.0.2')] }]);
+  t.deepEqual(
+    x.services().map((s) => [s.name, s.origin]),
+    [
+      ['default/web', 'cluster'],
+      ['b', undefined],
+    ],
+  );
+  // And the agent changes and deletes its own.
+  x.apply([{ kind: 'put-service', service: { ...web, endpoints: [] } }]);
+  x.apply([{ kind: 'delete-service', name: 'default/web', origin: 'cluster' }]);
+  t.deepEqual(
+    x.services().map((s) => s.name),
+    ['b'],
+  );
+});

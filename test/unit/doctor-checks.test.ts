@@ -28,6 +28,7 @@ const EXPECTED: [name: string, word: string][] = [
   ['cluster-mtu', 'MTU chain'],
   ['cluster-peers', 'peers'],
   ['cluster-lease', 'lease'],
+  ['cluster-services', 'cluster services'],
 ];
 const NAMES = EXPECTED.map(([name]) => name);
 

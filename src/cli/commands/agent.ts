@@ -66,26 +66,29 @@ export function register(program: Command, cli: Cli): void {
     });
 }
 
-/** Once the node has joined: every cluster service programmed into the node's NAT engine, kept in step with etcd. */
+/**
+ * Every cluster service programmed into the node's NAT engine, kept in step with etcd: listed at once, beside the
+ * node's join (a joining node's rules do not wait for its lease), diffed once the cluster's config is known.
+ */
 async function startServices(
   node: import('../../cluster/node').ClusterNode,
   store: import('../../cluster/store').ClusterStore,
   cli: Cli,
+  agent: Agent,
   log: (line: string) => void,
-): Promise<{ stop(): Promise<void> } | undefined> {
-  if (!node.config) return undefined;
+): Promise<{ stop(): Promise<void> }> {
   const { ServiceStore } = await import('../../cluster/services');
   const { ServiceSync } = await import('../../cluster/service-sync');
-  const { NatEngine } = await import('../../nat/engine');
   const dir = stateDir(cli.stateDir());
   const sync = new ServiceSync({
     services: new ServiceStore(store),
-    engine: new NatEngine({ ns: target(cli), stateDir: dir, backend: cli.globals().backend ?? 'auto' }),
+    engine: agent.natEngine(target(cli), cli.globals().backend),
     stateDir: dir,
-    network: node.config.Network,
+    network: node.configured.then((c) => c.Network),
     log,
   });
-  await sync.start();
+  // In the background: it lists until etcd answers, and stop() ends it wherever it is.
+  void sync.start();
   return sync;
 }
 
@@ -146,23 +149,18 @@ async function startCluster(cli: Cli, o: AgentOpts, c: { urls: string }, agent: 
     };
   };
   cli.onExit(() => store.close());
-  let services: { stop(): Promise<void> } | undefined;
-  node
-    .start()
-    .then(async () => {
-      services = await startServices(node, store, cli, log);
-    })
-    .catch((err: Error) => {
-      log(`cluster: ${err.message}`);
-      end(1);
-    });
+  const services = startServices(node, store, cli, agent, log);
+  node.start().catch((err: Error) => {
+    log(`cluster: ${err.message}`);
+    end(1);
+  });
   void node.left.then(() => {
     log(`cluster: left the cluster`);
     end(0);
   });
   return {
     stop: async () => {
-      await services?.stop();
+      await (await services).stop();
       await node.stop();
     },
   };

@@ -3,6 +3,7 @@ import * as fs from 'node:fs';
 import type { Command } from 'commander';
 import { formatHostPort } from '../../addr/cidr';
 import { invalid } from '../../errors';
+import { isCluster } from '../../nat/origin';
 import { normalizeService, parseEndpoint, parseHostPort, parseProto, type Service } from '../../nat/model';
 import type { ServiceCounters } from '../../nat/backends/types';
 import { openStore } from '../cluster-store';
@@ -107,13 +108,9 @@ function lsCommand(svc: Command, cli: Cli): void {
     .option(...PREFIX)
     .action(async (o: { prefix?: string }) => {
       const cluster = await clusterServices(cli, o.prefix);
-      let rows: (Service & { counters?: ServiceCounters })[];
-      if (cluster) rows = (await cluster.list()).services;
-      else {
-        const e = natEngine(cli);
-        const counters = await e.counters();
-        rows = e.read().services.map((s) => ({ ...s, counters: counters.get(s.name) }));
-      }
+      const rows: (Service & { counters?: ServiceCounters })[] = cluster
+        ? await withNodeCounters(cli, (await cluster.list()).services)
+        : await localRows(cli);
       await printRows(
         rows,
         cli.json(),
@@ -148,6 +145,38 @@ function applyCommand(svc: Command, cli: Cli): void {
       if (cluster) await cluster.apply(services);
       else await natChange(cli, [{ kind: 'replace-services', services }]);
     });
+}
+
+/** This node's own services (not the cluster's its agent programs), with the kernel's counters. */
+async function localRows(cli: Cli): Promise<(Service & { counters?: ServiceCounters })[]> {
+  const e = natEngine(cli);
+  const counters = await e.counters();
+  return e
+    .read()
+    .services.filter((s) => !isCluster(s))
+    .map((s) => ({ ...s, counters: counters.get(s.name) }));
+}
+
+/**
+ * The store's services, each with this node's counters where its agent programs it as stored (a node
+ * without the service, or lagging behind the store, shows none: the counters would be another rule's).
+ */
+async function withNodeCounters(cli: Cli, stored: Service[]): Promise<(Service & { counters?: ServiceCounters })[]> {
+  const e = natEngine(cli);
+  const here = new Map(
+    e
+      .read()
+      .services.filter(isCluster)
+      .map((s) => [s.name, s]),
+  );
+  if (!here.size) return stored;
+  const { programmedAs } = await import('../../cluster/services');
+  const counters = await e.counters().catch(() => new Map<string, ServiceCounters>());
+  return stored.map((s) => {
+    const h = here.get(s.name);
+    const c = h && programmedAs(h, s) ? counters.get(s.name) : undefined;
+    return c ? { ...s, counters: c } : s;
+  });
 }
 
 /** `--prefix`, for the cluster's services (with --etcd). */

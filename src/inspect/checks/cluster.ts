@@ -2,8 +2,11 @@
  * Doctor checks of a cluster node (tsnet agent --etcd): the vxlan device and
  * its port, the MTU chain (underlay -> tunnel -> bridge -> pods), peers the
  * kernel lacks entries for, routes no peer explains, and (with --etcd) the
- * health of the node's own lease.
+ * health of the node's own lease and how its cluster services stand
+ * against the store.
  */
+import { formatHostPort } from '../../addr/cidr';
+import { serviceLag } from '../../cluster/services';
 import type { Check, Finding } from './check';
 
 const on = (v: { on: string }) => v.on;
@@ -87,6 +90,34 @@ export const clusterPeers: Check = {
       ...c.stale.map((dst) => ({
         where: dst,
         problem: `route ${dst} of protocol tsnet names no peer ${c.peersFrom === 'etcd' ? 'in etcd' : 'the agent knows'}: traffic to it goes to a node that left`,
+        fix,
+      })),
+    ];
+  },
+};
+
+export const clusterServices: Check = {
+  name: 'cluster-services',
+  run(v) {
+    const c = v.options.cluster;
+    if (!c?.services) return [];
+    const { missing, stale, extra } = serviceLag(c.services, v.nat.services, c.node.network);
+    const vip = (s: { vip: string; port: number; proto: string }) => `${formatHostPort(s.vip, s.port)}/${s.proto}`;
+    const fix = `the agent programs a change within milliseconds; if this stays, a local service is in its way (tsnet${on(v)} service ls) or the agent is not running (tsnet${on(v)} agent --etcd ...)`;
+    return [
+      ...missing.map((s) => ({
+        where: s.name,
+        problem: `cluster service ${s.name} (${vip(s)}) is in etcd but not programmed on ${c.node.node}: its VIP goes nowhere here`,
+        fix,
+      })),
+      ...stale.map((s) => ({
+        where: s.name,
+        problem: `cluster service ${s.name} (${vip(s)}) on ${c.node.node} is not as in etcd: the node lags the store`,
+        fix,
+      })),
+      ...extra.map((s) => ({
+        where: s.name,
+        problem: `cluster service ${s.name} (${vip(s)}) was deleted from etcd but is still programmed on ${c.node.node}`,
         fix,
       })),
     ];

@@ -147,6 +147,8 @@ export interface SyncChunks {
   committed(): Promise<void>;
   /** Between two pieces: resolves when the next may go (the caller's urgent work first). */
   pause(): Promise<void>;
+  /** Whether the process has urgent work under way (the agent's CNI calls): pieces stay small while it does. */
+  busy?(): boolean;
 }
 
 /** One renderer + one applier. */
