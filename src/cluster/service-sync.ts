@@ -29,6 +29,8 @@ export interface ServiceSyncOptions {
   services: ServiceStore;
   engine: NatEngine;
   stateDir: string;
+  /** A list already under way (the agent starts it as it dials etcd): the first pass uses it. */
+  first?: ReturnType<ServiceStore['list']>;
   /** The cluster's Network, once its config is known: clients outside it are masqueraded. Listing does not wait for it. */
   network: Promise<string>;
   log: (line: string) => void;
@@ -48,7 +50,10 @@ export class ServiceSync {
   private pending = new Map<string, NatChange>();
   private retry?: NodeJS.Timeout;
 
+  private first: ServiceSyncOptions['first'];
+
   constructor(private readonly o: ServiceSyncOptions) {
+    this.first = o.first;
     this.legacyFile = path.join(o.stateDir, 'cluster', 'services.json');
   }
 
@@ -62,7 +67,9 @@ export class ServiceSync {
       if (this.stopped) return;
       try {
         const t0 = performance.now();
-        const [{ revision, services }, network] = await Promise.all([this.o.services.list(), this.o.network]);
+        const listing = this.first ?? this.o.services.list();
+        this.first = undefined;
+        const [{ revision, services }, network] = await Promise.all([listing, this.o.network]);
         this.network = network;
         await this.serialized(() => this.diff(services, performance.now() - t0));
         await this.watch(revision);

@@ -148,6 +148,8 @@ export class NetlinkSocket {
   private dumpQueue: Promise<void> = Promise.resolve();
   /** Batches sent off the loop's thread and not yet answered: their replies, routed by sequence number. */
   private readonly batches = new Set<InFlight>();
+  /** The last batch handed to the threadpool: the next is sent after it. */
+  private sending: Promise<void> = Promise.resolve();
   /** A monitor's listener (subscribe): every message that answers no request of ours. */
   private monitor?: { notify: (m: Message) => void; lost: () => void };
 
@@ -249,8 +251,14 @@ export class NetlinkSocket {
     if (this.closed) throw new TsnetError('netlink socket is closed', { code: 'EBADF' });
     if (!this.raw.sendAsync) return this.transact(build);
     const { b, batch } = this.begin(build);
+    // Batches go to the kernel in the order they were built (a caller may build the next while one is applied).
+    const sent = this.sending.then(() => this.raw.sendAsync!([batch.bytes]));
+    this.sending = sent.then(
+      () => undefined,
+      () => undefined,
+    );
     try {
-      await this.raw.sendAsync([batch.bytes]);
+      await sent;
       // Processed inside sendmsg: every reply is queued by now (some the poll may have delivered already).
       if (!this.closed && this.raw.drain) {
         const rest = this.raw.drain();

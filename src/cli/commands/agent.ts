@@ -48,15 +48,20 @@ export function register(program: Command, cli: Cli): void {
       };
       process.once('SIGTERM', () => stop('SIGTERM'));
       process.once('SIGINT', () => stop('SIGINT'));
+      // etcd is dialled while the agent starts: a joining node's services are listed that much sooner.
+      const opening = cluster && openStore(o, cluster);
       const agent = await Agent.start({
         socket: o.socket,
         stateDir: cli.stateDir(),
         metrics: o.metrics,
         resyncIntervalMs: o.resyncInterval,
         fullSyncIntervalMs: o.fullSyncInterval,
+      }).catch(async (err: unknown) => {
+        if (opening) (await opening.catch(() => undefined))?.store.close();
+        throw err;
       });
       const node =
-        cluster && (await startCluster(cli, o, cluster, agent, (code) => ((process.exitCode = code), wake())));
+        opening && (await startCluster(cli, o, await opening, agent, (code) => ((process.exitCode = code), wake())));
       // One line on stdout once serving: what supervisors and tests wait for.
       const m = agent.metricsAddress;
       process.stdout.write(`ready ${agent.socket}${m ? ` metrics=${formatHostPort(m.host, m.port)}` : ''}\n`);
@@ -72,16 +77,16 @@ export function register(program: Command, cli: Cli): void {
  */
 async function startServices(
   node: import('../../cluster/node').ClusterNode,
-  store: import('../../cluster/store').ClusterStore,
+  opened: Awaited<ReturnType<typeof openStore>>,
   cli: Cli,
   agent: Agent,
   log: (line: string) => void,
 ): Promise<{ stop(): Promise<void> }> {
-  const { ServiceStore } = await import('../../cluster/services');
   const { ServiceSync } = await import('../../cluster/service-sync');
   const dir = stateDir(cli.stateDir());
   const sync = new ServiceSync({
-    services: new ServiceStore(store),
+    services: opened.services,
+    first: opened.first,
     engine: agent.natEngine(target(cli), cli.globals().backend),
     stateDir: dir,
     network: node.configured.then((c) => c.Network),
@@ -119,15 +124,34 @@ function clusterWanted(cli: Cli, o: AgentOpts): { urls: string } | undefined {
 }
 
 /**
+ * The cluster's store (etcd3 loads here; etcd need not answer yet), and the
+ * cluster services' first list, under way from then on.
+ */
+async function openStore(o: AgentOpts, c: { urls: string }) {
+  const { ClusterStore, parseEndpoints, parsePrefix } = await import('../../cluster/store');
+  const { ServiceStore } = await import('../../cluster/services');
+  const store = await ClusterStore.open(parseEndpoints(c.urls), parsePrefix(o.prefix));
+  const services = new ServiceStore(store);
+  const first = services.list();
+  first.catch(() => undefined); // the sync lists again when this one failed
+  return { store, services, first };
+}
+
+/**
  * Starts the cluster node in the background (etcd may not answer yet).
  * `end(code)`: 0 once a leave was recorded and the peers are removed, 1 on a
  * fatal claim (pool exhausted, this node's subnet held by another).
  */
-async function startCluster(cli: Cli, o: AgentOpts, c: { urls: string }, agent: Agent, end: (code: number) => void) {
-  const { ClusterStore, parseEndpoints, parsePrefix } = await import('../../cluster/store');
+async function startCluster(
+  cli: Cli,
+  o: AgentOpts,
+  opened: Awaited<ReturnType<typeof openStore>>,
+  agent: Agent,
+  end: (code: number) => void,
+) {
+  const { store } = opened;
   const { ClusterNode } = await import('../../cluster/node');
   const log = (line: string) => process.stderr.write(`${new Date().toISOString()} agent: ${line}\n`);
-  const store = await ClusterStore.open(parseEndpoints(c.urls), parsePrefix(o.prefix));
   const node = new ClusterNode({
     store,
     ns: target(cli),
@@ -149,7 +173,7 @@ async function startCluster(cli: Cli, o: AgentOpts, c: { urls: string }, agent: 
     };
   };
   cli.onExit(() => store.close());
-  const services = startServices(node, store, cli, agent, log);
+  const services = startServices(node, opened, cli, agent, log);
   node.start().catch((err: Error) => {
     log(`cluster: ${err.message}`);
     end(1);

@@ -92,25 +92,44 @@ export class ChunkedRebuild {
     for (const s of this.first) this.fam(familyOf(s.vip)).todo.set(s.name, s);
     for (const s of this.st.services()) this.fam(familyOf(s.vip)).todo.set(s.name, s);
     let own = false;
-    for (;;) {
-      const join = this.chunks.interleave();
-      if (join) {
-        this.joined.push(join);
-        for (const d of join.services) this.fold(d);
-      }
-      const pick = [...this.fams.values()].find((f) => f.todo.size || !f.record);
-      const touched = [...this.fams].filter(([, f]) => f === pick || f.extra.length || (join?.global && f.record));
-      if (!touched.length) {
-        for (const j of this.joined.splice(0)) await j.settle(); // changes that needed nothing written
-        break;
-      }
-      for (const [family, f] of touched) await this.piece(family, f, f === pick, join?.global ?? false);
-      for (const j of this.joined.splice(0)) await j.settle();
+    // The pieces sent last (and how many joined changes they carry): the kernel applies them while the next
+    // is planned and encoded; their changes are answered once they are committed.
+    let inflight: { done: Promise<void>; joins: number } | undefined;
+    const land = async () => {
+      if (!inflight) return;
+      const { done, joins } = inflight;
+      inflight = undefined;
+      await done;
+      for (const j of this.joined.splice(0, joins)) await j.settle();
       if (!own) {
         own = true;
         await this.chunks.committed();
       }
-      await this.chunks.pause(); // what the caller has to do (a CNI call's next step) goes first
+    };
+    try {
+      for (;;) {
+        const join = this.chunks.interleave();
+        if (join) {
+          this.joined.push(join);
+          for (const d of join.services) this.fold(d);
+        }
+        const pick = [...this.fams.values()].find((f) => f.todo.size || !f.record);
+        const touched = [...this.fams].filter(([, f]) => f === pick || f.extra.length || (join?.global && f.record));
+        if (!touched.length) {
+          await land();
+          for (const j of this.joined.splice(0)) await j.settle(); // changes that needed nothing written
+          break;
+        }
+        const done = Promise.all(
+          touched.map(([family, f]) => this.piece(family, f, f === pick, join?.global ?? false)),
+        ).then(() => undefined);
+        await land();
+        inflight = { done, joins: this.joined.length };
+        await this.chunks.pause(); // what the caller has to do (a CNI call's next step) goes first
+      }
+    } finally {
+      // A failure mid-way: the piece still in the kernel settles before anything starts over.
+      await inflight?.done.catch(() => undefined);
     }
     const families = new Map<Family, { record: NftablesRecord; index: SharedIndex }>();
     for (const [family, f] of this.fams)
@@ -146,11 +165,17 @@ export class ChunkedRebuild {
     }
   }
 
-  /** One transaction for `family`: its skeleton first if it has none, then the diffs joined, then (`take`) the next services. */
-  private async piece(family: Family, f: FamilyProgress, take: boolean, global: boolean): Promise<void> {
+  /**
+   * One transaction for `family`: its skeleton first if it has none, then the diffs joined, then (`take`) the
+   * next services. Planned, encoded and handed to the socket now (which sends batches in order); the promise
+   * settles when the kernel has applied it. What was written is recorded as it is handed over: a failure ends
+   * the rebuild (it starts over from nothing, or fails), so no record outlives a piece that did not land.
+   */
+  private piece(family: Family, f: FamilyProgress, take: boolean, global: boolean): Promise<void> {
+    const sent: Promise<void>[] = [];
     if (!f.record) {
       const skeleton = fullPlan(render({ services: [], rules: this.st.rules, forwards: this.st.forwards }, family));
-      await this.apply(skeleton, family);
+      sent.push(this.apply(skeleton, family));
       this.written += skeleton.written;
       f.record = globalRecord(this.st, family, {});
     }
@@ -173,7 +198,7 @@ export class ChunkedRebuild {
     };
     const plan = changePlan(this.st, family, changes, view, f.index.others(changes), global);
     if (!plan) throw new Error(`rebuilding ${family === 6 ? 'ip6' : 'ip'} table: no plan for a record of this layout`);
-    await this.apply(plan, family);
+    sent.push(this.apply(plan, family));
     this.written += plan.written;
     this.deleted += plan.deleted;
     f.index.update(changes);
@@ -185,5 +210,6 @@ export class ChunkedRebuild {
     }
     // The chains that belong to no service are as the state says now (the plan rewrote any that differed).
     if (global) f.record = globalRecord(this.st, family, {});
+    return Promise.all(sent).then(() => undefined);
   }
 }
