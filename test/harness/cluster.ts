@@ -16,7 +16,8 @@ import * as route from '../../src/route';
 import type * as netns from '../../src/netns';
 import type { ClusterStore } from '../../src/cluster/store';
 import { eventually } from './eventually';
-import { CLI, run, type Topology } from './fixtures';
+import type { TestFn } from 'ava';
+import { CLI, run, scratch, type Topology } from './fixtures';
 
 const ETCD = '/usr/bin/etcd';
 
@@ -402,4 +403,47 @@ export class ClusterRig {
   async killAll(): Promise<void> {
     await Promise.all(this.agents.map((a) => a.stop('SIGKILL')));
   }
+}
+
+/**
+ * A cluster test file's setup: its scratch space, its 3-member etcd on ports `etcdBase`+ (started before the
+ * tests), and its rig; after the tests every agent is killed, etcd stopped and the scratch space removed.
+ */
+export function clusterFile(test: TestFn, prefix: string, etcdBase: number) {
+  const s = scratch(prefix);
+  const etcd = new EtcdCluster(s.tmp('etcd'), etcdBase);
+  const rig = new ClusterRig(s, etcd);
+  test.before(async () => {
+    await etcd.start();
+  });
+  test.after.always(async () => {
+    await rig.killAll();
+    await etcd.stopAll();
+    await s.cleanup();
+  });
+  return { s, etcd, rig };
+}
+
+/** A server in `ns` that answers each connection with the client's address as it sees it; stopped with `s`. */
+export async function whoAmIServer(
+  s: { servers: { stop(): Promise<void> }[] },
+  ns: netns.NetNs,
+  ip: string,
+  port: number,
+): Promise<void> {
+  const script = `require('net').createServer((c) => c.end(c.remoteAddress)).listen(${port}, '${ip}', () => console.log('ready'))`;
+  const child = ns.spawn(process.execPath, ['-e', script], { stdio: ['ignore', 'pipe', 'ignore'] });
+  s.servers.push({ stop: async () => void child.kill('SIGKILL') });
+  await new Promise((resolve) => child.stdout!.once('data', resolve));
+}
+
+/** What a whoAmIServer at ip:port says the client in `ns` is. */
+export function whoAmI(ns: netns.NetNs, ip: string, port: number): Promise<string> {
+  const script = `let s = ''; const c = require('net').connect(${port}, '${ip}'); c.setTimeout(3000, () => process.exit(1)); c.on('data', (d) => (s += d)); c.on('end', () => console.log(s)); c.on('error', (e) => console.log('error ' + e.message));`;
+  const child = ns.spawn(process.execPath, ['-e', script], { stdio: ['ignore', 'pipe', 'ignore'] });
+  return new Promise((resolve) => {
+    let out = '';
+    child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+    child.once('close', () => resolve(out.trim()));
+  });
 }

@@ -9,23 +9,11 @@ import test, { type ExecutionContext } from 'ava';
 import * as fs from 'node:fs';
 import type * as netns from '../../src/netns';
 import { eventually } from '../harness/eventually';
-import { run, scratch, tsnet } from '../harness/fixtures';
+import { run, tsnet } from '../harness/fixtures';
 import { request, serve } from '../../src/demo/traffic';
-import { ClusterRig, EtcdCluster, addPod, type TestCluster } from '../harness/cluster';
+import { addPod, clusterFile, whoAmI, whoAmIServer, type TestCluster } from '../harness/cluster';
 
-const s = scratch('csn');
-const etcd = new EtcdCluster(s.tmp('etcd'), 24100);
-const rig = new ClusterRig(s, etcd);
-
-test.before(async () => {
-  await etcd.start();
-});
-
-test.after.always(async () => {
-  await rig.killAll();
-  await etcd.stopAll();
-  await s.cleanup();
-});
+const { s, etcd, rig } = clusterFile(test, 'csn', 24100);
 
 interface Pod {
   ns: netns.NetNs;
@@ -33,8 +21,13 @@ interface Pod {
 }
 
 /** A cluster of three host-gw nodes under /t/NAME, a pod on each answering with its name (pod1..pod3). */
-async function nodesWithPods(t: ExecutionContext, name: string, net: number): Promise<{ c: TestCluster; pods: Pod[] }> {
-  const c = await rig.cluster(t, name, net, 3, ['--network', `10.${net}.0.0/16`, '--backend', 'host-gw']);
+async function nodesWithPods(
+  t: ExecutionContext,
+  name: string,
+  net: number,
+  agentArgs: string[] = [],
+): Promise<{ c: TestCluster; pods: Pod[] }> {
+  const c = await rig.cluster(t, name, net, 3, ['--network', `10.${net}.0.0/16`, '--backend', 'host-gw'], agentArgs);
   await rig.converged(c);
   const pods: Pod[] = [];
   for (const [i, n] of c.nodes.entries()) pods.push(await addPod(s.topo, n, `${name}-p${i + 1}`, 10));
@@ -157,6 +150,18 @@ test.serial(
     }[];
     t.true((ls.find((x) => x.name === 'shop/web')?.counters?.service.packets ?? 0) >= 220, JSON.stringify(ls));
 
+    // Pod to VIP to a pod on another node: the endpoint sees the client's pod address (no masquerade inside the Network).
+    await whoAmIServer(s, pods[2]!.ns, pods[2]!.ip, 9090);
+    storeOk(c, 'add', 'shop/who', '--vip', '10.96.81.12:80', '--endpoint', `${pods[2]!.ip}:9090`);
+    const who = await eventually(
+      async () => {
+        const seen = await whoAmI(pods[0]!.ns, '10.96.81.12', 80);
+        return seen.startsWith('10.') ? seen : undefined;
+      },
+      { ms: 5000, what: 'shop/who answering on node 1', every: 100 },
+    );
+    t.is(who, pods[0]!.ip);
+
     storeOk(c, 'set-endpoints', 'shop/web', '--endpoint', `${pods[0]!.ip}:8080`);
     await everyPod(pods, '10.96.81.10', (r) => r.pod1 === 20, 'every node to send new connections to pod1');
 
@@ -249,10 +254,10 @@ test.serial(
 );
 
 test.serial(
-  'an agent restarted or paused converges without a flush: the changes made meanwhile are applied, the rules of unchanged services keep their handles; doctor and trace show the paused node lagging',
+  'an agent restarted or paused converges without a flush: the changes made meanwhile are applied, the rules of unchanged services keep their handles; doctor and trace show the paused node lagging; a flush by someone else is repaired',
   async (t) => {
     t.timeout(180_000);
-    const { c, pods } = await nodesWithPods(t, 'again', 83);
+    const { c, pods } = await nodesWithPods(t, 'again', 83, ['--resync-interval', '500ms']);
     for (const [name, n] of [
       ['keep', 10],
       ['moved', 11],
@@ -299,6 +304,18 @@ test.serial(
       [],
     );
     t.deepEqual(handles(c, 1, 'shop/moved'), moved, "node 2: shop/moved's rules untouched");
+
+    // Someone flushes node 3's ruleset: the agent's resync loop puts its cluster services back.
+    const unflushed = handles(c, 2, 'shop/keep');
+    run('ip', ['netns', 'exec', c.nodes[2]!.ns.name!, 'nft', 'flush', 'ruleset']);
+    await eventually(() => /nat: resync after flush/.test(c.agents[2]!.log), {
+      ms: 5000,
+      what: "node 3's agent to resync after the flush",
+      every: 100,
+    });
+    await everyPod([pods[2]!], '10.96.83.10', (r) => r.pod3 === 20, "node 3's pod to reach shop/keep again");
+    const repaired = handles(c, 2, 'shop/keep');
+    t.true(repaired.length > 0 && repaired.join() !== unflushed.join(), `${unflushed} -> ${repaired}: written anew`);
   },
 );
 
@@ -341,5 +358,17 @@ test.serial('10,000 services x 5 endpoints in etcd are programmed on every node 
       [],
       `node ${i + 1} as the store`,
     );
+  }
+
+  // 2,000 of them changed by one apply: a burst of watch events, applied in a few rounds per node, not 2,000.
+  const before = c.agents.map((a) => a.log.length);
+  for (let i = 0; i < 10_000; i += 5)
+    services[i]!.endpoints = i === 5_000 ? [`${pods[0]!.ip}:8080`] : services[i]!.endpoints.slice(0, 4);
+  fs.writeFileSync(file, JSON.stringify(services));
+  storeOk(c, 'apply', '-f', file);
+  await everyPod(pods, '10.97.19.136', (r) => r.pod1 === 20, 'every node to take the burst (big/s5000 to pod1)');
+  for (const [i, a] of c.agents.entries()) {
+    const rounds = a.log.slice(before[i]).match(/nat: update /g)?.length ?? 0;
+    t.true(rounds >= 1 && rounds <= 50, `node ${i + 1}: 2,000 changes in ${rounds} rounds`);
   }
 });

@@ -8,17 +8,18 @@
 import test from 'ava';
 import type * as netns from '../../src/netns';
 import { eventually } from '../harness/eventually';
-import { run, scratch, tsnet } from '../harness/fixtures';
+import { run, tsnet } from '../harness/fixtures';
 import { CniInstall } from '../harness/cni';
 import {
-  EtcdCluster,
   addPod,
   nodeSubnet,
   tsnetRoutes,
   addNode,
   putLeases,
   syntheticLease,
-  ClusterRig,
+  clusterFile,
+  whoAmI,
+  whoAmIServer,
   type TestCluster,
   vxlanFdb,
   vxlanNeighs,
@@ -26,18 +27,7 @@ import {
   type ClusterNodeNs,
 } from '../harness/cluster';
 
-const s = scratch('cl');
-const etcd = new EtcdCluster(s.tmp('etcd'), 23700);
-
-test.before(async () => {
-  await etcd.start();
-});
-
-test.after.always(async () => {
-  await rig.killAll();
-  await etcd.stopAll();
-  await s.cleanup();
-});
+const { s, etcd, rig } = clusterFile(test, 'cl', 23700);
 
 const MB = 1 << 20;
 
@@ -75,7 +65,6 @@ function fetchBytes(pod: netns.NetNs, ip: string, port: number): Promise<number>
   });
 }
 
-const rig = new ClusterRig(s, etcd);
 const cluster = rig.cluster.bind(rig);
 const startAgent = rig.startAgent.bind(rig);
 const converged = rig.converged.bind(rig);
@@ -644,25 +633,6 @@ test.serial('20 agents starting at once get 20 distinct subnets', async (t) => {
   t.is(keys.length, 20);
 });
 
-/** A server in `ns` that answers each connection with the client's address as it sees it. */
-async function whoAmIServer(ns: netns.NetNs, ip: string, port: number): Promise<void> {
-  const script = `require('net').createServer((c) => c.end(c.remoteAddress)).listen(${port}, '${ip}', () => console.log('ready'))`;
-  const child = ns.spawn(process.execPath, ['-e', script], { stdio: ['ignore', 'pipe', 'ignore'] });
-  s.servers.push({ stop: async () => void child.kill('SIGKILL') });
-  await new Promise((resolve) => child.stdout!.once('data', resolve));
-}
-
-/** What a whoAmIServer at ip:port says the client in `ns` is. */
-function whoAmI(ns: netns.NetNs, ip: string, port: number): Promise<string> {
-  const script = `let s = ''; const c = require('net').connect(${port}, '${ip}'); c.setTimeout(3000, () => process.exit(1)); c.on('data', (d) => (s += d)); c.on('end', () => console.log(s)); c.on('error', (e) => console.log('error ' + e.message));`;
-  const child = ns.spawn(process.execPath, ['-e', script], { stdio: ['ignore', 'pipe', 'ignore'] });
-  return new Promise((resolve) => {
-    let out = '';
-    child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
-    child.once('close', () => resolve(out.trim()));
-  });
-}
-
 test.serial(
   'CNI on a cluster node: the lease is the IPAM range, pods get the tunnel MTU, pod to pod keeps its address, pod to outside is masqueraded; DF pings at and over the MTU',
   async (t) => {
@@ -700,11 +670,11 @@ test.serial(
       pods.push({ ns: pod, ip, node });
     }
     const [p1, p2] = pods as [(typeof pods)[0], (typeof pods)[0]];
-    await whoAmIServer(p2.ns, p2.ip, 9200);
+    await whoAmIServer(s, p2.ns, p2.ip, 9200);
     t.is(await whoAmI(p1.ns, p2.ip, 9200), p1.ip, 'pod to pod across nodes is not masqueraded');
     // Outside the cluster network: an address on the underlay itself.
     run('ip', ['-n', c.ul.ns.name!, 'addr', 'add', '192.168.72.1/24', 'dev', 'ul0']);
-    await whoAmIServer(c.ul.ns, '192.168.72.1', 9201);
+    await whoAmIServer(s, c.ul.ns, '192.168.72.1', 9201);
     t.is(await whoAmI(p1.ns, '192.168.72.1', 9201), p1.node.publicIp, 'pod to outside leaves as its node');
     // DF: a whole 1450-byte packet crosses the tunnel; one byte more is refused at the pod, never silently lost.
     const ping = (size: number) =>
