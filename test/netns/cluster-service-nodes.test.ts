@@ -188,7 +188,7 @@ test.serial(
 );
 
 test.serial(
-  'local and cluster services side by side: no local command changes a cluster service or takes its VIP; service ls lists local ones only; etcd down, traffic flows, and changes on its return converge',
+  'local and cluster services side by side: no local command changes a cluster service or takes its VIP; service ls lists local ones only; etcd down, no rule changes, no connection loses a byte, and changes on its return converge',
   async (t) => {
     t.timeout(180_000);
     const { c, pods } = await nodesWithPods(t, 'side', 82);
@@ -230,17 +230,48 @@ test.serial(
     );
     t.deepEqual((await repliesFrom([pods[0]!], '10.96.82.10'))[0], { pod2: 20 }, 'the cluster service untouched');
 
-    // etcd down: the rules stay and traffic flows; on its return a change reaches every node.
+    // etcd down for 4 s: no rule changes on any node, a connection through a VIP loses nothing, new ones flow;
+    // on its return a change reaches every node.
+    const echo = `require('net').createServer((c) => c.pipe(c)).listen(9191, '${pods[1]!.ip}', () => console.log('ready'))`;
+    const server = pods[1]!.ns.spawn(process.execPath, ['-e', echo], { stdio: ['ignore', 'pipe', 'ignore'] });
+    s.servers.push({ stop: async () => void server.kill('SIGKILL') });
+    await new Promise((resolve) => server.stdout!.once('data', resolve));
+    storeOk(c, 'add', 'shop/echo', '--vip', '10.96.82.11:80', '--endpoint', `${pods[1]!.ip}:9191`);
+    await eventually(() => c.nodes.every((_, i) => traceOn(c, i, '10.96.82.11:80').hit.kind === 'service'), {
+      ms: 5000,
+      what: 'shop/echo on every node',
+      every: 100,
+    });
+    // One connection, a line every 100 ms for 8 s: how many came back, and any error.
+    const chatter = `const c = require('net').connect(80, '10.96.82.11'); let back = 0, err = ''; c.on('data', (d) => (back += String(d).split('\\n').length - 1)); c.on('error', (e) => (err = e.message)); let n = 0; const iv = setInterval(() => { if (++n > 80) { clearInterval(iv); setTimeout(() => { console.log(JSON.stringify({ back, err })); process.exit(0); }, 300); } else c.write('x\\n'); }, 100);`;
+    const client = pods[0]!.ns.spawn(process.execPath, ['-e', chatter], { stdio: ['ignore', 'pipe', 'ignore'] });
+    let said = '';
+    client.stdout!.on('data', (d: Buffer) => (said += d.toString()));
+    const talked = new Promise((resolve) => client.once('close', resolve));
+    await new Promise((r) => setTimeout(r, 1000));
+    const rules = c.nodes.map((_, i) => handles(c, i, 'shop/'));
+    t.true(
+      rules.every((h) => h.length > 0),
+      "the observer sees every node's rules",
+    );
     await etcd.stopAll();
     try {
+      await new Promise((r) => setTimeout(r, 4000));
       t.true(
         (await repliesFrom(pods, '10.96.82.10')).every((r) => r.pod2 === 20),
-        'etcd down: traffic flows',
+        'etcd down: new connections flow',
+      );
+      t.deepEqual(
+        c.nodes.map((_, i) => handles(c, i, 'shop/')),
+        rules,
+        'etcd down: no rule changed on any node',
       );
     } finally {
       for (const m of etcd.members) etcd.restart(m);
       await etcd.healthy();
     }
+    await talked;
+    t.deepEqual(JSON.parse(said), { back: 80, err: '' }, 'the connection through the VIP lost nothing');
     storeOk(c, 'set-endpoints', 'shop/web', '--endpoint', `${pods[2]!.ip}:8080`);
     await everyPod(pods, '10.96.82.10', (r) => r.pod3 === 20, 'every node to take the change made on return');
     storeOk(c, 'del', 'shop/web');
