@@ -52,11 +52,21 @@ function confHead(stdin: string): ConfHead {
   return {};
 }
 
+/** How long after the last CNI call the agent counts as calm (see calm()). */
+const CALM_MS = 2000;
+
 export class CniService {
   /** The last call under way for each attachment ("network/container/ifname"). */
   private readonly queues = new Map<string, Promise<unknown>>();
   /** Calls being served (a NAT rebuild in pieces lets them go first). */
   inflight = 0;
+  /** When the last call ended (ms since the epoch). */
+  private lastEnded = 0;
+
+  /** No call under way, nor for CALM_MS: a NAT rebuild may go in bigger pieces. */
+  calm(): boolean {
+    return this.inflight === 0 && Date.now() - this.lastEnded > CALM_MS;
+  }
 
   constructor(private readonly o: CniServiceOptions) {}
 
@@ -87,6 +97,7 @@ export class CniService {
     const r = await this.withinDeadline(req, command, work);
     this.o.metrics.inflight.dec();
     this.inflight--;
+    this.lastEnded = Date.now();
     this.record(req, command, conf, r, Number(process.hrtime.bigint() - t0) / 1e9);
     if (command !== 'VERSION')
       this.o.remember(typeof conf.stateDir === 'string' ? conf.stateDir : req.env.TSNET_STATE_DIR || this.o.stateDir);

@@ -15,10 +15,12 @@ export function residentEngines(
   observe: (e: SyncEvent) => void,
   log: (line: string) => void,
   busy: () => boolean,
+  calm: () => boolean,
 ): AgentEngines {
   return new EnginePool({
     resident: true,
     busy,
+    calm,
     onSync: observe,
     // A change answered from a rebuild in pieces is recorded; the rebuild failing later leaves the dirty mark, and the resync loop's next pass a full sync.
     onLateError: (err, dir) =>

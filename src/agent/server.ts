@@ -104,7 +104,12 @@ export class Agent {
     this.fullSyncIntervalMs = opts.fullSyncIntervalMs ?? DEFAULT_FULL_SYNC_MS;
     const log = (this.log = opts.log ?? ((line) => process.stderr.write(`${new Date().toISOString()} ${line}\n`)));
     const { metrics, netns } = this;
-    const engines = (this.engines = residentEngines(syncObserver(metrics, log), log, () => this.cni.inflight > 0));
+    const engines = (this.engines = residentEngines(
+      syncObserver(metrics, log),
+      log,
+      () => this.cni.inflight > 0,
+      () => this.cni.calm(),
+    ));
     const track = (work: Promise<unknown>) => this.track(work);
     const stopping = () => this.stopping;
     const remember = (dir: string) => this.loop.remember(dir);

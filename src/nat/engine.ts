@@ -66,6 +66,8 @@ export interface EngineOptions {
   onLateError?: (err: Error, dir: string) => void;
   /** Whether the process serves calls that go before a rebuild's next piece (the agent's CNI calls in flight). */
   busy?: () => boolean;
+  /** Whether no such call came for a while: a rebuild may then go in bigger pieces (a node joining a cluster). */
+  calm?: () => boolean;
 }
 
 export interface SyncReport extends Omit<SyncResult, 'applied'> {
@@ -103,7 +105,7 @@ export class NatEngine {
   private readonly store: NatStore;
   private readonly resident: boolean;
   /** The resident process's hooks. */
-  private readonly hooks: Pick<EngineOptions, 'onSync' | 'onLateError' | 'busy'>;
+  private readonly hooks: Pick<EngineOptions, 'onSync' | 'onLateError' | 'busy' | 'calm'>;
   /** Changes made while a sync goes in pieces (a resident engine only): they join it instead of waiting for the lock. */
   private joinable?: Joining[];
   /** This process's callers of the lock, in order: each is started as soon as the one before ends (the flock is for other processes). */
@@ -377,6 +379,7 @@ export class NatEngine {
           save: (changes) => void this.store.save(next, record, changes),
           flows: (services) => deleteUdpFlows(this.ns, removedUdpEndpoints(services)),
           ...(this.hooks.busy ? { busy: this.hooks.busy } : {}),
+          ...(this.hooks.calm ? { calm: this.hooks.calm } : {}),
         })
       : undefined;
     let result: SyncResult;

@@ -104,6 +104,8 @@ export function syncPieces(o: {
   flows: (services: ServiceDelta[]) => Promise<number>;
   /** Whether the process is busy with work that should go before the next piece (the agent's CNI calls). */
   busy?: () => boolean;
+  /** Whether no such work came for a while (bigger pieces). */
+  calm?: () => boolean;
 }): { chunks: SyncChunks; answered: () => boolean } {
   let answered = false;
   const chunks: SyncChunks = {
@@ -125,7 +127,7 @@ export function syncPieces(o: {
       const until = Date.now() + PAUSE_MS;
       while (o.busy?.() && !o.queue()?.length && Date.now() < until) await sleep(1);
     },
-    ...(o.busy ? { busy: o.busy } : {}),
+    ...(o.calm ? { calm: o.calm } : {}),
     committed: async () => {
       if (!o.answer || !o.changes) return;
       o.save(o.changes);

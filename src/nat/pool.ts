@@ -16,7 +16,9 @@ import { NatEngine, type EngineOptions } from './engine';
 export class EnginePool {
   private readonly byNs = new WeakMap<netns.NetNs, Map<string, NatEngine>>();
 
-  constructor(private readonly defaults: Pick<EngineOptions, 'resident' | 'onSync' | 'onLateError' | 'busy'> = {}) {}
+  constructor(
+    private readonly defaults: Pick<EngineOptions, 'resident' | 'onSync' | 'onLateError' | 'busy' | 'calm'> = {},
+  ) {}
 
   get(opts: EngineOptions = {}): NatEngine {
     const ns = opts.ns ?? netns.current();

@@ -147,8 +147,8 @@ export interface SyncChunks {
   committed(): Promise<void>;
   /** Between two pieces: resolves when the next may go (the caller's urgent work first). */
   pause(): Promise<void>;
-  /** Whether the process has urgent work under way (the agent's CNI calls): pieces stay small while it does. */
-  busy?(): boolean;
+  /** Whether no urgent work (the agent's CNI calls) came for a while: the pieces may then be bigger. */
+  calm?(): boolean;
 }
 
 /** One renderer + one applier. */
