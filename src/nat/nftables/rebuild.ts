@@ -93,8 +93,8 @@ export class ChunkedRebuild {
     for (const s of this.first) this.fam(familyOf(s.vip)).todo.set(s.name, s);
     for (const s of this.st.services()) this.fam(familyOf(s.vip)).todo.set(s.name, s);
     let own = false;
-    // The pieces sent last (and how many joined changes they carry): the kernel applies them while the next
-    // is planned and encoded; their changes are answered once they are committed.
+    // The pieces sent last (and how many joined changes they carry): when calm, the kernel applies them while
+    // the next is planned and encoded; their changes are answered once they are committed.
     let inflight: { done: Promise<void>; joins: number } | undefined;
     const land = async () => {
       if (!inflight) return;
@@ -124,8 +124,12 @@ export class ChunkedRebuild {
         const done = Promise.all(
           touched.map(([family, f]) => this.piece(family, f, f === pick, join?.global ?? false)),
         ).then(() => undefined);
+        done.catch(() => undefined); // awaited by land(); one that fails before its turn fails the rebuild there
         await land();
         inflight = { done, joins: this.joined.length };
+        // Under load one piece at a time, each landed before the next is planned: a CNI call's change is in the
+        // next piece, and the loop is the call's between pieces. Calm, the next is planned while this one lands.
+        if (!this.chunks.calm?.()) await land();
         await this.chunks.pause(); // what the caller has to do (a CNI call's next step) goes first
       }
     } finally {
