@@ -102,3 +102,36 @@ test('close rejects what is still pending', async (t) => {
   const err = await t.throwsAsync(p);
   t.is((err as any).code, 'ECANCELED');
 });
+
+test('batches sent from the threadpool reach the kernel in the order they were built, the next only once the one before is processed', async (t) => {
+  const started: number[] = [];
+  const release: (() => void)[] = [];
+  const open: TransportFactory = () => ({
+    port: 4242,
+    send() {},
+    sendAsync: (parts) => {
+      started.push(Buffer.concat(parts).readUInt32LE(0));
+      return new Promise<void>((resolve) => release.push(resolve));
+    },
+    drain: () => ({ replies: [], overrun: false }),
+    ref() {},
+    unref() {},
+    close() {},
+  });
+  const s = new NetlinkSocket(open);
+  const batch = (id: number) => (seq: number) => {
+    const bytes = Buffer.alloc(4);
+    bytes.writeUInt32LE(id, 0);
+    return { bytes, lastSeq: seq };
+  };
+  const first = s.transactAsync(batch(1));
+  const second = s.transactAsync(batch(2)); // built at once, while the first is with the kernel
+  await new Promise((r) => setImmediate(r));
+  t.deepEqual(started, [1], 'the second waits for the first');
+  release.shift()!();
+  await first;
+  await new Promise((r) => setImmediate(r));
+  t.deepEqual(started, [1, 2]);
+  release.shift()!();
+  t.deepEqual((await second).errors.size, 0);
+});
