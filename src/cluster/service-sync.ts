@@ -20,7 +20,7 @@ import { sameService, vipKey, type Service } from '../nat/model';
 import { crossesOrigin, isCluster } from '../nat/origin';
 import { readJson } from '../state';
 import { RETRY_MS } from './claim';
-import type { ServiceStore } from './services';
+import { asProgrammed, type ServiceStore } from './services';
 
 /** How often a node that could not program every cluster service tries again. */
 const LAG_RETRY_MS = 10_000;
@@ -59,7 +59,7 @@ export class ServiceSync {
 
   /** The service as this node programs it. */
   private programmed(s: Service): Service {
-    return { ...s, masqueradeNotFrom: s.masqueradeNotFrom ?? this.network, origin: 'cluster' };
+    return asProgrammed(s, this.network);
   }
 
   async start(): Promise<void> {

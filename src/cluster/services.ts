@@ -12,6 +12,7 @@
  */
 import { invalid, TsnetError } from '../errors';
 import {
+  familyOf,
   normalizeService,
   normalizeServices,
   sameService,
@@ -44,17 +45,27 @@ export function storedService(s: Service): Service {
 }
 
 /**
+ * A stored service as a node's agent programs it: marked as the cluster's, and
+ * masqueraded from outside the cluster's (IPv4) `network` unless it says
+ * otherwise, as kube-proxy masquerades from outside the cluster CIDR. An IPv6
+ * service keeps what it says: the network is IPv4 (flannel's schema).
+ */
+export function asProgrammed(s: Service, network: string): Service {
+  const masq = s.masqueradeNotFrom ?? (familyOf(s.vip) === 4 ? network : undefined);
+  return { ...s, ...(masq !== undefined ? { masqueradeNotFrom: masq } : {}), origin: 'cluster' };
+}
+
+/**
  * Whether a node's copy (NAT state, origin "cluster") is the stored service as
- * the agent programs it: marked as the cluster's, masqueraded from outside
- * the cluster's `network` unless the service says otherwise (any, when the
- * network is not known here).
+ * the agent programs it (with any masquerade, when the network is not known here).
  */
 export const programmedAs = (here: Service, stored: Service, network?: string): boolean =>
-  sameService(here, {
-    ...stored,
-    origin: 'cluster',
-    masqueradeNotFrom: stored.masqueradeNotFrom ?? network ?? here.masqueradeNotFrom,
-  });
+  sameService(
+    here,
+    network !== undefined
+      ? asProgrammed(stored, network)
+      : { ...stored, origin: 'cluster', masqueradeNotFrom: stored.masqueradeNotFrom ?? here.masqueradeNotFrom },
+  );
 
 /** How a node's cluster services stand against the store: missing, other than stored, or gone from the store. */
 export function serviceLag(

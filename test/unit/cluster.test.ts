@@ -18,7 +18,7 @@ import {
 } from '../../src/cluster/config';
 import { NEXTHOP_THRESHOLD, desiredState } from '../../src/cluster/desired';
 import { parseEndpoints, parsePrefix } from '../../src/cluster/store';
-import { qualifiedName, storedService } from '../../src/cluster/services';
+import { asProgrammed, programmedAs, qualifiedName, serviceLag, storedService } from '../../src/cluster/services';
 import type { Endpoint } from '../../src/nat/model';
 
 const vx = buildConfig({ network: '10.5.0.0/16', backend: 'vxlan' });
@@ -239,4 +239,26 @@ test("cluster services are stored qualified, normalized and in `service ls`'s fi
   t.throws(() => storedService({ name: 'bad name', vip: '10.96.0.10', port: 80, proto: 'tcp', endpoints: [] }), {
     message: /invalid service name "default\/bad name"/,
   });
+});
+
+test("a cluster service as a node programs it: the cluster's, masqueraded from outside the (IPv4) Network unless it says otherwise; a node's lag against the store", (t) => {
+  const v4 = storedService({ name: 'web', vip: '10.96.0.10', port: 80, proto: 'tcp', endpoints: [] });
+  const v6 = storedService({ name: 'web6', vip: 'fd00::10', port: 80, proto: 'tcp', endpoints: [] });
+  const own = storedService({ ...v4, name: 'own', vip: '10.96.0.11', masqueradeNotFrom: '10.0.0.0/8' });
+  t.like(asProgrammed(v4, '10.244.0.0/16'), { origin: 'cluster', masqueradeNotFrom: '10.244.0.0/16' });
+  t.is(asProgrammed(v6, '10.244.0.0/16').masqueradeNotFrom, undefined, 'an IPv6 VIP is not given an IPv4 CIDR');
+  t.is(asProgrammed(own, '10.244.0.0/16').masqueradeNotFrom, '10.0.0.0/8');
+  const here = [v4, v6, own].map((s) => asProgrammed(s, '10.244.0.0/16'));
+  t.true(here.every((h, i) => programmedAs(h, [v4, v6, own][i]!, '10.244.0.0/16')));
+  t.false(programmedAs(here[0]!, { ...v4, port: 81 }, '10.244.0.0/16'));
+  const gone = asProgrammed(storedService({ ...v4, name: 'gone', vip: '10.96.0.12' }), '10.244.0.0/16');
+  const lag = serviceLag(
+    [v4, { ...v6, port: 8080 }, own, storedService({ ...v4, name: 'new', vip: '10.96.0.13' })],
+    [...here, gone],
+    '10.244.0.0/16',
+  );
+  t.deepEqual(
+    [lag.missing, lag.stale, lag.extra].map((xs) => xs.map((s) => s.name)),
+    [['default/new'], ['default/web6'], ['default/gone']],
+  );
 });
