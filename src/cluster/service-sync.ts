@@ -77,7 +77,9 @@ export class ServiceSync {
         this.retry ??= setInterval(() => void this.relist(), LAG_RETRY_MS).unref();
         return;
       } catch (err) {
-        this.o.log(`cluster services: ${(err as Error).message}; retrying every second`);
+        this.o.log(`cluster services: ${(err as Error).message}; retrying once the node reads its config`);
+        // The node's own join reads etcd every second meanwhile: one more caller would only add to an etcd coming back.
+        await this.o.network;
         await new Promise((r) => setTimeout(r, RETRY_MS).unref());
       }
     }
