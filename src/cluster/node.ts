@@ -308,8 +308,9 @@ export class ClusterNode {
         .split('\n')[0]!
         .replace(/^Watcher canceled: *$/, 'cancelled by etcd: its revision was compacted');
       this.o.log(`cluster: watch ended (${why}): listing again`);
+      // Not w.cancel(): etcd3 has already detached a watcher it reports cancelled, and a cancel request for it
+      // draws an answer for a watch id etcd3 no longer knows, which it throws from the stream (the agent dies).
       this.watcher = undefined;
-      void w.cancel().catch(() => undefined);
       void this.list();
     });
   }

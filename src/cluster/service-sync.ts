@@ -166,8 +166,8 @@ export class ServiceSync {
     w.on('error', (err: Error) => {
       if (this.stopped || this.watcher !== w) return;
       this.o.log(`cluster services: watch ended (${err.message.split('\n')[0]}): listing again`);
+      // Not w.cancel(): already detached by etcd3 (see node.ts).
       this.watcher = undefined;
-      void w.cancel().catch(() => undefined);
       void this.start();
     });
   }
