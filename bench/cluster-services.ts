@@ -23,10 +23,9 @@ import { serve } from '../src/demo/traffic';
 import type { NetNs } from '../src/netns';
 import { ClusterAgent, EtcdCluster, addPod, nodeSubnet, underlay } from '../test/harness/cluster';
 import { Topology } from '../test/harness/fixtures';
+import { eventually } from '../test/harness/eventually';
+import { pct, sleep } from './stats';
 
-const pct = (xs: number[], p: number) =>
-  [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor((p / 100) * xs.length))]!;
-const sleep = (n: number) => new Promise((r) => setTimeout(r, n));
 /** A wall clock in ms with sub-ms precision, the same in every process. */
 const now = () => performance.timeOrigin + performance.now();
 
@@ -82,13 +81,8 @@ const bigSet = (pods: string[]): Service[] =>
     ).map(parseEndpoint),
   }));
 
-async function until(ok: () => boolean, limitMs: number, what: string): Promise<void> {
-  const t0 = Date.now();
-  while (!ok()) {
-    if (Date.now() - t0 > limitMs) throw new Error(`${what}: not within ${limitMs} ms`);
-    await sleep(5);
-  }
-}
+/** Polls `ok` every 5 ms (what is timed comes from the probers' own clocks, not from this). */
+const until = (ok: () => boolean, ms: number, what: string) => eventually(ok, { ms, what, every: 5 });
 
 export async function servicesBench(): Promise<void> {
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'tsnet-bench-svc-'));

@@ -49,12 +49,10 @@ import {
 } from '../test/harness/cluster';
 import { Topology } from '../test/harness/fixtures';
 import { servicesBench } from './cluster-services';
+import { pct, sleep } from './stats';
 
 const SKIP = new Set((process.env.BENCH_SKIP ?? '').split(',').filter(Boolean));
 const ms = (t0: bigint) => Number(process.hrtime.bigint() - t0) / 1e6;
-const pct = (xs: number[], p: number) =>
-  [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor((p / 100) * xs.length))]!;
-const sleep = (n: number) => new Promise((r) => setTimeout(r, n));
 
 function run(cmd: string, args: string[], input?: string): void {
   const r = spawnSync(cmd, args, { encoding: 'utf8', input, maxBuffer: 256 << 20 });

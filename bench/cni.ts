@@ -16,16 +16,12 @@ import * as fs from 'node:fs';
 import type { Service } from '../src/nat/model';
 import { CLI, assertSandbox } from '../test/harness/fixtures';
 import { CniInstall, type CniCall } from '../test/harness/cni';
+import { pct } from './stats';
 
 type Kind = 'ref' | 'standalone' | 'agent';
 const KINDS: Kind[] = ['ref', 'standalone', 'agent'];
 
 const N = Number(process.env.BENCH_N ?? 40);
-
-const pct = (xs: number[], p: number) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))]!;
-};
 
 async function main(): Promise<void> {
   assertSandbox();

@@ -14,6 +14,7 @@
 import { resolve as netnsResolve, type NetNs } from '../netns';
 import { nsIdentity, refIdentity } from '../netns/ref';
 import { NAT_OPS } from '../nat/change-json';
+import { speaksForCluster } from '../nat/origin';
 import { parseBackend, type BackendChoice } from '../nat/backends';
 import type { NatChange, SyncReport } from '../nat/engine';
 import { WHOLE_STATE, decodeNatRequest, encodeNatFailure, type NatRequest } from './protocol';
@@ -40,11 +41,7 @@ function changesProblem(changes: readonly { kind: string }[]): string | undefine
   const whole = changes.find((x) => WHOLE_STATE.includes(x.kind));
   if (whole) return `${whole.kind} is applied by the caller, not the agent`;
   // Cluster services change through etcd; the agent's own sync is the only writer of them.
-  const cluster = changes.find(
-    (x) =>
-      (x as { origin?: unknown; service?: { origin?: unknown } }).origin !== undefined ||
-      (x as { service?: { origin?: unknown } }).service?.origin !== undefined,
-  );
+  const cluster = changes.find(speaksForCluster);
   if (cluster) return `${cluster.kind} of a cluster service: those change through etcd (tsnet --etcd service ...)`;
   return undefined;
 }

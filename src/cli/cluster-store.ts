@@ -1,6 +1,7 @@
 /** The cluster's etcd for commands that use it (cluster, doctor, trace, topology): opened once, closed with the run. */
 import { invalid } from '../errors';
 import type { ClusterStore } from '../cluster/store';
+import type { Service } from '../nat/model';
 import type { Cli } from './context';
 
 /** The store for this run (etcd3 loads only here), closed when the command ends. */
@@ -19,7 +20,12 @@ export async function openStore(cli: Cli, prefix: string | undefined): Promise<C
  * node's own lease is looked at; without, they are the agent's last
  * programmed set. An etcd that does not answer is reported, not fatal.
  */
-export async function clusterInspection(cli: Cli, stateDir: string) {
+export async function clusterInspection(
+  cli: Cli,
+  stateDir: string,
+  /** With --etcd, the cluster services to read: every one (doctor), the one of a VIP (trace), or none. */
+  services: 'all' | Pick<Service, 'vip' | 'port' | 'proto'> | 'none' = 'none',
+) {
   const { readNodeState } = await import('../cluster/local');
   const node = readNodeState(stateDir);
   if (!node) return {};
@@ -38,10 +44,12 @@ export async function clusterInspection(cli: Cli, stateDir: string) {
     });
     const own = peers.find((p) => p.name === node.node);
     const ttl = own ? await store.ttlLeft(own.lease) : -1;
-    const { ServiceStore } = await import('../cluster/services');
-    const { services } = await new ServiceStore(store).list();
     const view = await clusterView(target(cli), stateDir, peers);
-    return { view: view && { ...view, services }, lease: { ttl } };
+    if (!view || services === 'none') return { view, lease: { ttl } };
+    const { ServiceStore } = await import('../cluster/services');
+    const s = new ServiceStore(store);
+    const stored = services === 'all' ? (await s.list()).services : await s.atVip(services);
+    return { view: { ...view, services: stored }, lease: { ttl } };
   } catch (err) {
     return { view: await clusterView(target(cli), stateDir), lease: { error: (err as Error).message } };
   }

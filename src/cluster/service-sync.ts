@@ -57,11 +57,6 @@ export class ServiceSync {
     this.legacyFile = path.join(o.stateDir, 'cluster', 'services.json');
   }
 
-  /** The service as this node programs it. */
-  private programmed(s: Service): Service {
-    return asProgrammed(s, this.network);
-  }
-
   async start(): Promise<void> {
     for (;;) {
       if (this.stopped) return;
@@ -104,7 +99,7 @@ export class ServiceSync {
   private async diff(services: Service[], listMs?: number): Promise<void> {
     const t0 = performance.now();
     const have = new Map(this.o.engine.read().services.map((s) => [s.name, s]));
-    const want = new Map(services.map((s) => [s.name, this.programmed(s)]));
+    const want = new Map(services.map((s) => [s.name, asProgrammed(s, this.network)]));
     const legacy = readJson<string[]>(this.legacyFile) ?? [];
     const changes: NatChange[] = [
       // Programmed by a release that kept their names aside: taken back as local services, then put as the cluster's.
@@ -157,7 +152,7 @@ export class ServiceSync {
     w.on('put', (kv) => {
       const s = this.o.services.parse(kv.key.toString(), kv.value.toString());
       if (!s) return this.o.log(`cluster services: skipping ${kv.key.toString()}: not a service`);
-      this.enqueue(s.name, { kind: 'put-service', service: this.programmed(s) });
+      this.enqueue(s.name, { kind: 'put-service', service: asProgrammed(s, this.network) });
     });
     w.on('delete', (kv) => {
       const name = kv.key.toString().slice(this.o.services.servicesPrefix.length);

@@ -55,23 +55,15 @@ export function asProgrammed(s: Service, network: string): Service {
   return { ...s, ...(masq !== undefined ? { masqueradeNotFrom: masq } : {}), origin: 'cluster' };
 }
 
-/**
- * Whether a node's copy (NAT state, origin "cluster") is the stored service as
- * the agent programs it (with any masquerade, when the network is not known here).
- */
-export const programmedAs = (here: Service, stored: Service, network?: string): boolean =>
-  sameService(
-    here,
-    network !== undefined
-      ? asProgrammed(stored, network)
-      : { ...stored, origin: 'cluster', masqueradeNotFrom: stored.masqueradeNotFrom ?? here.masqueradeNotFrom },
-  );
+/** Whether a node's copy (NAT state, origin "cluster") is the stored service as the agent programs it. */
+export const programmedAs = (here: Service, stored: Service, network: string): boolean =>
+  sameService(here, asProgrammed(stored, network));
 
 /** How a node's cluster services stand against the store: missing, other than stored, or gone from the store. */
 export function serviceLag(
   stored: readonly Service[],
   here: readonly Service[],
-  network?: string,
+  network: string,
 ): { missing: Service[]; stale: Service[]; extra: Service[] } {
   const mine = new Map(here.filter(isCluster).map((s) => [s.name, s]));
   const names = new Set(stored.map((s) => s.name));
@@ -128,6 +120,14 @@ export class ServiceStore {
     const kv = res.kvs[0];
     const s = kv && this.parse(key, kv.value.toString());
     return s && kv ? { service: s, mod: Number(kv.mod_revision) } : undefined;
+  }
+
+  /** The service that holds a VIP:port/proto, through its claim ([] when none does). */
+  async atVip(v: Pick<Service, 'vip' | 'port' | 'proto'>): Promise<Service[]> {
+    const key = this.vipKeyOf(v);
+    const owner = await this.store.bounded(`reading ${key}`, this.client.get(key).string());
+    const have = owner ? await this.get(owner) : undefined;
+    return have ? [have.service] : [];
   }
 
   /** `service add`: the same one again is a no-op; another under the name, or a VIP held by another, is refused. */

@@ -391,12 +391,11 @@ function acrossNodes(t: Tracing) {
 
 /** With --etcd: whether this node holds the cluster service of the VIP as etcd does. */
 function againstStore(t: Tracing, m: Match) {
-  const stored = t.req.cluster?.services?.find(
-    (s) => s.vip === t.dest && s.port === t.req.port && s.proto === t.req.proto,
-  );
-  if (!stored) return;
+  const c = t.req.cluster;
+  const stored = c?.services?.find((s) => s.vip === t.dest && s.port === t.req.port && s.proto === t.req.proto);
+  if (!c || !stored) return;
   const here = m.kind === 'service' && isCluster(m.service) ? m.service : undefined;
-  const state = here && programmedAs(here, stored, t.req.cluster?.node.network) ? 'programmed' : 'lagging';
+  const state = here && programmedAs(here, stored, c.node.network) ? 'programmed' : 'lagging';
   t.result.store = { service: stored.name, state };
   say(
     t,

@@ -10,6 +10,12 @@ import { vipKey, type Service } from './model';
 /** A cluster service (from etcd, programmed by the agent), as opposed to this node's own. */
 export const isCluster = (s: Pick<Service, 'origin'>): boolean => s.origin === 'cluster';
 
+/** Whether a change, as a request carries it, speaks for the cluster (an origin on it or its service): only the agent's sync may. */
+export function speaksForCluster(change: object): boolean {
+  const c = change as { origin?: unknown; service?: { origin?: unknown } };
+  return c.origin !== undefined || c.service?.origin !== undefined;
+}
+
 /** The refusal of a change across the local/cluster boundary: what `attempt` would do to `have`. */
 export function crossesOrigin(have: Service, attempt: 'change' | 'delete' | 'vip', name = have.name): TsnetError {
   if (isCluster(have))

@@ -46,7 +46,11 @@ export function register(program: Command, cli: Cli): void {
       if (o.from && o.fromNetns) throw invalid('--from and --from-netns exclude each other');
       const from = o.fromNetns ? await addressIn(o.fromNetns, d.family) : o.from;
       const [engine] = await engines(cli);
-      const { view: cluster } = await clusterInspection(cli, stateDir(cli.stateDir()));
+      const { view: cluster } = await clusterInspection(cli, stateDir(cli.stateDir()), {
+        vip: d.ip,
+        port: d.port,
+        proto: o.proto,
+      });
       const r = await trace(engine!, {
         ...(cluster ? { cluster } : {}),
         dest: d.ip,
@@ -65,7 +69,7 @@ export function register(program: Command, cli: Cli): void {
     )
     .action(async () => {
       const dir = stateDir(cli.stateDir());
-      const { view, lease } = await clusterInspection(cli, dir);
+      const { view, lease } = await clusterInspection(cli, dir, 'all');
       const problems = await doctor(target(cli), {
         engines: await engines(cli),
         stateDirs: [dir],

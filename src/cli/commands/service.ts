@@ -12,6 +12,7 @@ import type { Cli } from '../context';
 import { natChange, natEngine } from '../nat-engine';
 import { collect, int } from '../options';
 import { printRows } from '../output';
+import { stateDir } from '../../state';
 
 export function register(program: Command, cli: Cli): void {
   const svc = program
@@ -162,6 +163,11 @@ async function localRows(cli: Cli): Promise<(Service & { counters?: ServiceCount
  * without the service, or lagging behind the store, shows none: the counters would be another rule's).
  */
 async function withNodeCounters(cli: Cli, stored: Service[]): Promise<(Service & { counters?: ServiceCounters })[]> {
+  const { readNodeState } = await import('../../cluster/local');
+  const { programmedAs } = await import('../../cluster/services');
+  // No node state: no agent programs the cluster's services here.
+  const node = readNodeState(stateDir(cli.stateDir()));
+  if (!node) return stored;
   const e = natEngine(cli);
   const here = new Map(
     e
@@ -170,11 +176,10 @@ async function withNodeCounters(cli: Cli, stored: Service[]): Promise<(Service &
       .map((s) => [s.name, s]),
   );
   if (!here.size) return stored;
-  const { programmedAs } = await import('../../cluster/services');
   const counters = await e.counters().catch(() => new Map<string, ServiceCounters>());
   return stored.map((s) => {
     const h = here.get(s.name);
-    const c = h && programmedAs(h, s) ? counters.get(s.name) : undefined;
+    const c = h && programmedAs(h, s, node.network) ? counters.get(s.name) : undefined;
     return c ? { ...s, counters: c } : s;
   });
 }
