@@ -107,7 +107,7 @@ export class Agent {
     const engines = (this.engines = residentEngines(
       syncObserver(metrics, log),
       log,
-      () => this.cni.inflight > 0,
+      () => this.transport.open > 0 || this.cni.inflight > 0,
       () => this.cni.calm(),
     ));
     const track = (work: Promise<unknown>) => this.track(work);

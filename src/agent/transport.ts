@@ -89,6 +89,8 @@ export class Transport {
   private server?: net.Server;
   /** The socket file this agent bound (its inode), so removeSocket() never removes a successor's. */
   private ino?: number;
+  /** Connections open: a call on its way in counts from the moment it connects (a NAT rebuild lets calls go first). */
+  open = 0;
 
   constructor(private readonly o: TransportOptions) {}
 
@@ -162,6 +164,8 @@ export class Transport {
     c.on('error', () => {
       /* the client went away; its call (if any) finishes and the reply is dropped */
     });
+    this.open++;
+    c.once('close', () => this.open--);
     const problem = this.peerProblem(c);
     if (problem) return this.deny(c, ...problem);
     if (this.o.stopping()) return void c.destroy();

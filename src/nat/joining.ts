@@ -79,8 +79,11 @@ export function takeJoining(
   };
 }
 
-/** How long a rebuild in pieces waits for the caller's calls between two pieces, at most. */
-const PAUSE_MS = 25;
+/**
+ * How long a rebuild in pieces holds its services back for the caller's calls, at most: calls that keep
+ * coming (a node taking a hundred pods at once) slow it down, never stop it.
+ */
+export const HOLD_MS = 50;
 
 /** The record saved while a sync in pieces is under way: what is live is not yet what it says. */
 export const unclean = (backend: BackendName): Applied => ({ backend, clean: false, families: {} }) as Applied;
@@ -108,6 +111,8 @@ export function syncPieces(o: {
   calm?: () => boolean;
 }): { chunks: SyncChunks; answered: () => boolean } {
   let answered = false;
+  /** When services last went (or the sync started). */
+  let servicesWent = Date.now();
   const chunks: SyncChunks = {
     interleave: () => {
       const queue = o.queue();
@@ -122,12 +127,19 @@ export function syncPieces(o: {
     },
     pause: async () => {
       await yieldLoop();
-      // While a call is served, it has the loop to itself (a piece's JavaScript costs it a few ms per step),
-      // for PAUSE_MS at most, and not while changes wait to join (a CNI call's own rule among them).
-      const until = Date.now() + PAUSE_MS;
-      while (o.busy?.() && !o.queue()?.length && Date.now() < until) await sleep(1);
+      // While a call is served, services wait: a piece's JavaScript would cost each of its steps a few ms, and
+      // the kernel holds a namespace's nf_tables commit mutex while it applies a piece, which a veth being
+      // created there waits for (nf_tables watches every device registered). The call's own rule goes
+      // alone, in a piece of a few objects. The services go when no call is under way, or after HOLD_MS.
+      while (o.busy?.() && Date.now() - servicesWent < HOLD_MS) {
+        if (o.queue()?.length) return false;
+        await sleep(1);
+      }
+      servicesWent = Date.now();
+      return true;
     },
     ...(o.calm ? { calm: o.calm } : {}),
+    ...(o.busy ? { busy: o.busy } : {}),
     committed: async () => {
       if (!o.answer || !o.changes) return;
       o.save(o.changes);

@@ -8,6 +8,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import test from 'ava';
 import { NatEngine } from '../../src/nat/engine';
+import { HOLD_MS } from '../../src/nat/joining';
 import type { Service } from '../../src/nat/model';
 import * as bridge from '../../src/bridge';
 import * as route from '../../src/route';
@@ -32,11 +33,13 @@ const svc = (name: string, i: number, ip: string): Service => ({
 });
 
 /**
- * The rebuild, as under load (pieces of 250, one at a time) or calm (pieces of 1,000, each planned and encoded
- * while the kernel applies the one before).
+ * The rebuild, as under load (pieces of 250, one at a time), calm (pieces of 1,000, each planned and encoded
+ * while the kernel applies the one before), or while a call is served throughout (busy: the services wait).
  */
-const rebuilt = test.macro(async (t, calm: boolean) => {
-  const tag = calm ? 'c' : '';
+const rebuilt = test.macro(async (t, mode: 'loaded' | 'calm' | 'busy') => {
+  const calm = mode === 'calm';
+  const tag = { loaded: '', calm: 'c', busy: 'x' }[mode];
+  let busy = mode === 'busy';
   const router = await topo.ns(`r${tag}`);
   await bridge.ensure(router, 'br0', { addresses: ['10.84.0.1/24'] });
   await route.add(router, { dst: '10.96.0.0/16', dev: 'br0' });
@@ -55,6 +58,7 @@ const rebuilt = test.macro(async (t, calm: boolean) => {
       backend: 'netlink',
       resident: true,
       ...(calm ? { calm: () => true } : {}),
+      ...(mode === 'busy' ? { busy: () => busy } : {}),
     });
     const services = Array.from({ length: SERVICES }, (_, i) => svc(i ? `s${i}` : 'web', i + 1, '10.84.0.11'));
     await engine.update((st) => {
@@ -67,8 +71,15 @@ const rebuilt = test.macro(async (t, calm: boolean) => {
     const apply = backend.apply.bind(backend);
     let transactions = 0;
     let joining: Promise<unknown>[] = [];
+    let joined!: (all: Promise<unknown>) => void;
+    const answered = new Promise<unknown>((resolve) => (joined = resolve));
     const order: string[] = [];
+    /** Each transaction: when it was handed over, and how many objects it wrote. */
+    const sent: { at: number; written: number }[] = [];
+    /** The ruleset at the moment the added service's change was answered (the loop held while nft lists it). */
+    let atAnswer = '';
     backend.apply = async (...a: unknown[]) => {
+      sent.push({ at: performance.now(), written: (a[0] as { written: number }).written });
       await apply(...a);
       if (++transactions !== 2) return;
       const track = (what: string, p: Promise<unknown>) =>
@@ -89,7 +100,13 @@ const rebuilt = test.macro(async (t, calm: boolean) => {
             { kind: 'set-endpoints', name: 'web', endpoints: [{ ip: '10.84.0.12', port: 8080, weight: 1 }] },
           ]),
         ),
-        track('add', engine.change([{ kind: 'add-service', service: svc('late', 3000, '10.84.0.12') }])),
+        track(
+          'add',
+          engine.change([{ kind: 'add-service', service: svc('late', 3000, '10.84.0.12') }]).then((r) => {
+            atAnswer = run('ip', ['netns', 'exec', router.name!, 'nft', 'list', 'ruleset']).stdout;
+            return r;
+          }),
+        ),
         track('delete', engine.change([{ kind: 'delete-service', name: 's5' }])),
         track(
           'refused',
@@ -98,12 +115,17 @@ const rebuilt = test.macro(async (t, calm: boolean) => {
           ]),
         ),
       ];
+      joined(Promise.allSettled(joining));
     };
     t.is(run('ip', ['netns', 'exec', router.name!, 'nft', 'flush', 'ruleset']).status, 0);
     const rebuild = engine.converge().then((r) => {
       order.push('rebuild');
       return r;
     });
+    const joinedAt = await Promise.race([answered.then(() => performance.now()), rebuild.then(() => undefined)]);
+    if (busy) await new Promise((r) => setTimeout(r, 4 * HOLD_MS)); // the call goes on a while
+    const callEnded = performance.now();
+    busy = false;
     const report = await rebuild;
     const [moved, added, deleted, refused] = await Promise.allSettled(joining);
 
@@ -116,6 +138,23 @@ const rebuilt = test.macro(async (t, calm: boolean) => {
     }
     t.is(refused?.status, 'rejected', 'a change that cannot apply is refused, and the rebuild goes on');
     t.true(order.indexOf('rebuild') > order.indexOf('set-endpoints'), `answered before the rebuild ended: ${order}`);
+    // Answered means live: the service added mid-way was in the kernel when its change was answered.
+    t.regex(atAnswer, /10\.96\.11\.184/, 'the added service is live when its change is answered');
+    if (mode === 'busy') {
+      // While the call is served the joined changes go alone, not behind services (a piece of 250 writes
+      // about 500 objects), and the services wait HOLD_MS between pieces.
+      t.truthy(joinedAt, 'the changes were answered while the call was served');
+      t.notRegex(atAnswer, /10\.96\.4\.176/, 'the last service is not written yet when the changes are answered');
+      const carrier = sent.slice(2).find((x) => x.written > 0);
+      t.true(carrier && carrier.written < 50, `the changes went alone: ${carrier?.written} objects in their piece`);
+      const pieces = sent.filter((x) => x.at < callEnded && x.written >= 200);
+      t.true(pieces.length >= 2, `${pieces.length} pieces of services while the call was served: held, not stopped`);
+      for (let i = 1; i < pieces.length; i++)
+        t.true(
+          pieces[i]!.at - pieces[i - 1]!.at >= HOLD_MS * 0.8,
+          `services piece ${i} went ${(pieces[i]!.at - pieces[i - 1]!.at).toFixed(1)} ms after the one before, while a call was served`,
+        );
+    }
 
     // What the pieces left is what one transaction writes for the same state.
     const pieces = nftObserved(router);
@@ -144,11 +183,17 @@ const rebuilt = test.macro(async (t, calm: boolean) => {
 test.serial(
   'a flushed table of 1,200 services is rebuilt in pieces; changes made meanwhile join it, are answered before it ends and recorded; the table ends as one written whole, and traffic follows the changes',
   rebuilt,
-  false,
+  'loaded',
 );
 
 test.serial(
   'calm, the same rebuild in pieces of 1,000, each planned while the kernel applies the one before: the same joins, answers, table and traffic',
   rebuilt,
-  true,
+  'calm',
+);
+
+test.serial(
+  'while a call is served, the rebuild holds its services back and the changes that join go alone: answered live before the last services are written',
+  rebuilt,
+  'busy',
 );

@@ -145,10 +145,15 @@ export interface SyncChunks {
   interleave(): ChunkJoin | undefined;
   /** The round's own changes are live (the first piece is committed): its caller may be answered. */
   committed(): Promise<void>;
-  /** Between two pieces: resolves when the next may go (the caller's urgent work first). */
-  pause(): Promise<void>;
+  /**
+   * Between two pieces: resolves when the next may go, with whether it may take services (true) or only
+   * the changes that joined (false: the caller's urgent work is under way, and one of its changes waits).
+   */
+  pause(): Promise<boolean>;
   /** Whether no urgent work (the agent's CNI calls) came for a while: the pieces may then be bigger. */
   calm?(): boolean;
+  /** Whether urgent work is under way now (a call being served). */
+  busy?(): boolean;
 }
 
 /** One renderer + one applier. */

@@ -12,10 +12,12 @@
  * away, and each piece adds to what traffic can already use. A table in
  * place is still replaced in one transaction.
  *
- * Changes made meanwhile join the rebuild (SyncChunks.interleave): a
- * service not yet written is written as it now is; one already written
- * gets the diff; each change is settled when the piece that carries it is
- * committed.
+ * Changes made meanwhile join the rebuild (SyncChunks.interleave) and go
+ * in the next piece, as diffs of what the table holds so far; each is
+ * settled when that piece is committed. While the process has urgent work
+ * (a CNI call creating a veth, which waits in the kernel for the same
+ * commit mutex: see SyncChunks.pause), a piece carries the joined changes
+ * and nothing else.
  */
 import { hasCode } from '../../errors';
 import { familyOf, type Service } from '../model';
@@ -90,9 +92,16 @@ export class ChunkedRebuild {
 
   private async once(): Promise<RebuildResult> {
     this.fams = new Map();
-    for (const s of this.first) this.fam(familyOf(s.vip)).todo.set(s.name, s);
-    for (const s of this.st.services()) this.fam(familyOf(s.vip)).todo.set(s.name, s);
+    // The round's own services go in the first piece whatever it takes besides, as joined changes do.
+    for (const s of this.first) this.fold({ new: s });
+    for (const s of this.st.services()) {
+      const f = this.fam(familyOf(s.vip));
+      if (!f.written.has(s.name)) f.todo.set(s.name, s);
+    }
     let own = false;
+    // Whether the next piece takes services besides the changes it carries: not while a call is served (the
+    // skeleton and the round's own changes answer the caller first, a CNI call's rule among them).
+    let services = !this.chunks.busy?.();
     // The pieces sent last (and how many joined changes they carry): when calm, the kernel applies them while
     // the next is planned and encoded; their changes are answered once they are committed.
     let inflight: { done: Promise<void>; joins: number } | undefined;
@@ -114,8 +123,16 @@ export class ChunkedRebuild {
           this.joined.push(join);
           for (const d of join.services) this.fold(d);
         }
-        const pick = [...this.fams.values()].find((f) => f.todo.size || !f.record);
-        const touched = [...this.fams].filter(([, f]) => f === pick || f.extra.length || (join?.global && f.record));
+        const left = [...this.fams.values()].find((f) => f.todo.size || !f.record);
+        const pick = services ? left : undefined;
+        // A family with no skeleton yet gets it even in a piece without services: its rules are the caller's too.
+        const touched = [...this.fams].filter(
+          ([, f]) => f === pick || f.extra.length || !f.record || (join?.global && f.record),
+        );
+        if (!touched.length && left) {
+          services = await this.chunks.pause(); // nothing joined, and the services wait
+          continue;
+        }
         if (!touched.length) {
           await land();
           for (const j of this.joined.splice(0)) await j.settle(); // changes that needed nothing written
@@ -130,7 +147,7 @@ export class ChunkedRebuild {
         // Under load one piece at a time, each landed before the next is planned: a CNI call's change is in the
         // next piece, and the loop is the call's between pieces. Calm, the next is planned while this one lands.
         if (!this.chunks.calm?.()) await land();
-        await this.chunks.pause(); // what the caller has to do (a CNI call's next step) goes first
+        services = await this.chunks.pause(); // what the caller has to do (a CNI call's next step) goes first
       }
     } finally {
       // A failure mid-way: the piece still in the kernel settles before anything starts over.
@@ -152,21 +169,20 @@ export class ChunkedRebuild {
     return f;
   }
 
-  /** A change joined mid-way, in each family's terms: a diff where the service is written, the todo list where not. */
+  /**
+   * A change joined mid-way, in each family's terms: a diff of what the table holds, for the next piece (a
+   * service not yet written is written there, as it now is, and leaves the todo list).
+   */
   private fold(d: ServiceChange): void {
     const name = (d.new ?? d.old)!.name;
     if (d.new) this.fam(familyOf(d.new.vip));
     for (const [family, f] of this.fams) {
       const want = d.new && familyOf(d.new.vip) === family ? d.new : undefined;
       const was = f.written.get(name);
-      if (was) {
-        f.extra.push(want ? { old: was, new: want } : { old: was });
-        if (want) f.written.set(name, want);
-        else f.written.delete(name);
-      } else {
-        f.todo.delete(name);
-        if (want) f.todo.set(name, want);
-      }
+      f.todo.delete(name);
+      if (was || want) f.extra.push({ ...(was ? { old: was } : {}), ...(want ? { new: want } : {}) });
+      if (want) f.written.set(name, want);
+      else f.written.delete(name);
     }
   }
 
