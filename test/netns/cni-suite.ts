@@ -484,6 +484,8 @@ export function cniSuite(mode: CniMode, natBackend?: BackendName): void {
     t.is(refused.status, 1);
     t.regex(refused.json.msg, /forceAddress/);
     t.is(nd.left().reservations.length, 0, 'the refused ADD released its address');
+    t.deepEqual(nd.left().rules, [], 'and removed its masquerade rule, which went in while the veth was made');
+    t.deepEqual(nd.left().records, [], 'and its record');
     ok(t, await nd.call('ADD', c, 'opts', { ...nd.conf, forceAddress: true }), 'ADD with forceAddress');
     t.deepEqual(
       ipJson(nd.host, '-4', 'addr', 'show', nd.conf.bridge)[0].addr_info.map((a: any) => a.local),

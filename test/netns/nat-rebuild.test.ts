@@ -197,3 +197,66 @@ test.serial(
   rebuilt,
   'busy',
 );
+
+/**
+ * `nft flush ruleset` racing a change's round on a large state: after the first canary check (the table is
+ * there, so no rebuild), before the family's own check or before its partial batch. Either way the change is
+ * applied by a rebuild in pieces, not by one transaction of the whole table (which holds the commit mutex, and
+ * every veth being created in the namespace with it, for hundreds of ms at 10,000 services).
+ */
+const raced = test.macro(async (t, flushAfterCheck: number) => {
+  const router = await topo.ns(`race${flushAfterCheck}`);
+  await bridge.ensure(router, 'br0', { addresses: ['10.84.0.1/24'] });
+  await route.add(router, { dst: '10.96.0.0/16', dev: 'br0' });
+  const b = await topo.ns(`race${flushAfterCheck}-b`);
+  await attach(router, b, { bridge: 'br0', address: '10.84.0.12/24' });
+  const server = await serve(b, 'http', '0.0.0.0', 8080, 'b2');
+  try {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tsnet-natrb-'));
+    dirs.push(dir);
+    const engine = new NatEngine({ ns: router, stateDir: dir, backend: 'netlink', resident: true });
+    await engine.update((st) => {
+      st.services = Array.from({ length: SERVICES }, (_, i) => svc(i ? `s${i}` : 'web', i + 1, '10.84.0.11'));
+    });
+    const backend = (await engine.backend()) as unknown as {
+      apply: (...a: unknown[]) => Promise<void>;
+      canaryPresent: (family: number) => Promise<boolean>;
+    };
+    const [apply, canaryPresent] = [backend.apply.bind(backend), backend.canaryPresent.bind(backend)];
+    let transactions = 0;
+    backend.apply = (...a: unknown[]) => (transactions++, apply(...a));
+    let checks = 0;
+    backend.canaryPresent = async (family: number) => {
+      const present = await canaryPresent(family);
+      if (++checks === flushAfterCheck)
+        t.is(run('ip', ['netns', 'exec', router.name!, 'nft', 'flush', 'ruleset']).status, 0);
+      return present;
+    };
+    const r = await engine.change([
+      { kind: 'set-endpoints', name: 'web', endpoints: [{ ip: '10.84.0.12', port: 8080, weight: 1 }] },
+    ]);
+    t.true(checks >= flushAfterCheck, 'the ruleset was flushed after the canary check');
+    t.true(r.full, 'the whole table was written again');
+    t.true(r.joined, 'answered from the rebuild, once its first piece was live');
+    await engine.converge(); // after the rest of the rebuild
+    t.true(transactions >= 6, `${transactions} transactions: rebuilt in pieces, not in one`);
+    t.deepEqual((await request(router, 'http', '10.96.0.1', 80, { count: 2 })).replies, { b2: 2 });
+    const pieces = nftObserved(router);
+    await engine.sync({ force: true });
+    t.deepEqual(pieces, nftObserved(router), 'the pieces wrote what one transaction writes');
+  } finally {
+    await server.stop();
+  }
+});
+
+test.serial(
+  'a flush after the first canary check, before the family is checked again: the change is applied by a rebuild in pieces',
+  raced,
+  1,
+);
+
+test.serial(
+  'a flush after the family is checked, before its partial batch (which finds the table gone): a rebuild in pieces too',
+  raced,
+  2,
+);

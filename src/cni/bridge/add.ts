@@ -1,12 +1,18 @@
 /**
- * CNI ADD, in the reference bridge's order, as named steps:
+ * CNI ADD, the reference bridge's steps, as named steps:
  *
- *   checkContainer -> plugVeth (bridge, veth with its peer made inside the
- *   container as CNI_IFNAME) -> the MAC spoof guard (macspoofchk) -> IPAM -> ensureGateway (gateway on the bridge,
- *   forwarding) -> at once: configureContainer (addresses + routes inside,
- *   then the wait for the port to forward, then a gratuitous ARP / unsolicited
- *   NA for each address) and addNat (masquerade, port mappings) -> the
- *   result, recorded.
+ *   checkContainer -> at once: plugVeth (bridge, veth with its peer made
+ *   inside the container as CNI_IFNAME) then the MAC spoof guard
+ *   (macspoofchk), and IPAM then addNat (masquerade; port mappings wait for
+ *   the gateway) -> ensureGateway (gateway on the bridge, forwarding) ->
+ *   configureContainer (addresses + routes inside, then the wait for the
+ *   port to forward, then a gratuitous ARP / unsolicited NA for each
+ *   address) -> the result, recorded once the NAT rules are in too.
+ *
+ * The NAT rules need nothing but the addresses, and a veth can wait in the
+ * kernel: every device registered in a namespace waits for its nf_tables
+ * commit mutex (kernels since 6.16), which a flush or a big sync of the
+ * host's ruleset holds for tens of ms. The rules go in meanwhile.
  *
  * The attachment record is written before the first step and names what the
  * steps make (the host veth, the IPAM reservation, the NAT rules before they
@@ -78,16 +84,39 @@ async function addSteps(a: Add): Promise<Result> {
   const rc = conf.runtimeConfig ?? {};
   await checkContainer(ns, ifname, env.netns!, rc);
   const mtu = rc.mtu ?? c.mtu;
-  const br = await plugVeth(host, c, rec.hostIfname, { name: ifname, netns: ns, mtu, mac: rc.mac });
-  if (c.macspoofchk) await guardPort(host, ns, ifname, rec.hostIfname); // before the container can send a frame
-
-  const ip = await ipam(conf, env).add();
-  if (!ip.ips?.length) throw new CniError(CNI_ERR.internal, `IPAM plugin ${c.ipamType} returned no IP configuration`);
+  const hostPort = async () => {
+    const br = await plugVeth(host, c, rec.hostIfname, { name: ifname, netns: ns, mtu, mac: rc.mac });
+    if (c.macspoofchk) await guardPort(host, ns, ifname, rec.hostIfname); // before the container can send a frame
+    return br;
+  };
+  const addresses = ipam(conf, env)
+    .add()
+    .then((ip) => {
+      if (!ip.ips?.length)
+        throw new CniError(CNI_ERR.internal, `IPAM plugin ${c.ipamType} returned no IP configuration`);
+      return ip;
+    });
+  // A port mapping's route_localnet goes on the interface the host routes the container by: after the gateway.
+  const nat = (ip: Result) => addNat(c, rec, a.records, host, env, ip.ips!, rc.portMappings);
+  const natEarly = rc.portMappings?.length ? undefined : addresses.then(nat);
+  void natEarly?.catch(() => undefined); // awaited below, whichever way the other steps go
+  // Every step started has ended before the caller tears down what the record names.
+  const settled = () => natEarly?.catch(() => undefined);
+  const [port, addressed] = await Promise.allSettled([hostPort(), addresses]);
+  if (port.status === 'rejected' || addressed.status === 'rejected') {
+    await settled();
+    throw port.status === 'rejected' ? port.reason : (addressed as PromiseRejectedResult).reason;
+  }
+  const [br, ip] = [port.value, addressed.value];
   const routes = containerRoutes(c, ip);
-  // The gateway first: a port mapping's route_localnet goes on the interface the host routes the container by.
-  if (c.isGateway) await ensureGateway(host, c, br.index, gatewayCidrs(ip.ips));
+  try {
+    if (c.isGateway) await ensureGateway(host, c, br.index, gatewayCidrs(ip.ips!));
+  } catch (err) {
+    await settled();
+    throw err;
+  }
 
-  // Then two independent halves at once: the container side, and the NAT rules on the host.
+  // The container side, and the NAT rules on the host if they have not gone in yet.
   const containerSide = async () => {
     await configureContainer(ns, ifname, ip.ips!, routes, c);
     const port = await waitForwarding(host, rec.hostIfname);
@@ -95,12 +124,9 @@ async function addSteps(a: Add): Promise<Result> {
     await announceAddresses(ns, ifname, ip.ips!, c);
     return port;
   };
-  const [nat, container] = await Promise.allSettled([
-    addNat(c, rec, a.records, host, env, ip.ips, rc.portMappings),
-    containerSide(),
-  ]);
+  const [rules, container] = await Promise.allSettled([natEarly ?? nat(ip), containerSide()]);
   // The caller tears down both halves.
-  if (nat.status === 'rejected') throw nat.reason;
+  if (rules.status === 'rejected') throw rules.reason;
   if (container.status === 'rejected') throw container.reason;
 
   return recordResult(a, ip, routes, container.value);

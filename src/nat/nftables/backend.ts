@@ -108,6 +108,19 @@ export abstract class NftablesBackend implements Backend {
       (await this.rebuildAbsent(st, families, applied, force, round, round.chunks, result))
     )
       return result;
+    // The whole table; a resident process counts what services share once: the record's lb users are those counts.
+    const wholeTable = (family: Family) => {
+      const index = round?.resident ? SharedIndex.build(desired().services, family) : undefined;
+      const lb = index ? Object.fromEntries(index.lb) : lbRecordOf(desired().services, family);
+      return { plan: fullPlan(render(desired(), family)), index, lb };
+    };
+    // The table went after the check above (`nft flush ruleset` at that moment): rebuilt in pieces all the same.
+    const rebuildGone = async (): Promise<boolean> => {
+      if (!round?.chunks || !this.chunkable) return false;
+      result.written = result.deleted = 0;
+      result.applied.families = {};
+      return this.rebuildAbsent(st, families, applied, force, round, round.chunks, result, true);
+    };
     for (const family of [4, 6] as const) {
       // Taken out now: put back below only by a sync it describes (a full sync, a teardown or a failure drops it).
       const kept = round && this.indexes.get(st)?.get(family);
@@ -120,7 +133,9 @@ export abstract class NftablesBackend implements Backend {
       let plan: Plan | undefined;
       let index: SharedIndex | undefined;
       let lb: NftablesRecord['lb'] | undefined;
-      if (prev && round && !force && (await this.canaryPresent(family))) {
+      const present = prev && round && !force && (await this.canaryPresent(family));
+      if (prev && round && !force && !present && (await rebuildGone())) return result;
+      if (present) {
         const changes = round.services.filter((c) => familyOf((c.new ?? c.old)!.vip) === family);
         index =
           kept ||
@@ -132,26 +147,15 @@ export abstract class NftablesBackend implements Backend {
         if (plan) lb = lbRecordAfter(prev.lb, changes);
         if (plan && index) index.update(changes);
       }
-      if (!plan) {
-        plan = fullPlan(render(desired(), family));
-        // A resident process counts what services share once: the record's lb users are those counts.
-        index = round?.resident ? SharedIndex.build(desired().services, family) : undefined;
-        lb = index ? Object.fromEntries(index.lb) : lbRecordOf(desired().services, family);
-      }
+      if (!plan) ({ plan, index, lb } = wholeTable(family));
       try {
         await this.apply(plan, family);
       } catch (err) {
         // The table went between the canary check and the partial batch (`nft flush ruleset` at that moment): the
         // batch named what no longer exists, and nothing of it was applied. Rebuild it whole.
         if (plan.full || !hasCode(err, 'ENOENT')) throw err;
-        if (round?.chunks && this.chunkable) {
-          result.written = result.deleted = 0;
-          result.applied.families = {};
-          if (await this.rebuildAbsent(st, families, applied, force, round, round.chunks, result, true)) return result;
-        }
-        plan = fullPlan(render(desired(), family));
-        index = round?.resident ? SharedIndex.build(desired().services, family) : undefined;
-        lb = index ? Object.fromEntries(index.lb) : lbRecordOf(desired().services, family);
+        if (await rebuildGone()) return result;
+        ({ plan, index, lb } = wholeTable(family));
         await this.apply(plan, family);
       }
       if (round && index) {
