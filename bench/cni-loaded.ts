@@ -237,14 +237,17 @@ export async function loaded(n: number, from: ChangesFrom): Promise<void> {
   } finally {
     await load?.stop();
     await agent?.stop();
-    for (const c of made) {
-      c.close();
-      if (c.name) netns.del(c.name);
-    }
-    node.close();
-    netns.del('bench-lnode');
-    await cni.cleanup();
+    await release(cni, node, made);
   }
+}
+
+/** The namespaces a CNI bench made (the node's last) and its install, gone. */
+export async function release(cni: CniInstall, node: netns.NetNs, made: netns.NetNs[]): Promise<void> {
+  for (const ns of [...made, node]) {
+    ns.close();
+    if (ns.name) netns.del(ns.name);
+  }
+  await cni.cleanup();
 }
 
 /** The repairs were the whole table: every service's VIP is back in the kernel (after the last flush's repair). */

@@ -15,7 +15,7 @@ import * as link from '../src/link';
 import { assertSandbox } from '../test/harness/fixtures';
 import { CniInstall, type CniCall } from '../test/harness/cni';
 import { pct } from './stats';
-import { loaded } from './cni-loaded';
+import { loaded, release } from './cni-loaded';
 
 type Kind = 'ref' | 'standalone' | 'agent';
 const KINDS: Kind[] = ['ref', 'standalone', 'agent'];
@@ -90,13 +90,7 @@ async function main(): Promise<void> {
       record('agent', `${m[1]} (inside)`, Number(m[2]));
   } finally {
     await agent.stop();
-    for (const c of made) {
-      c.close();
-      if (c.name) netns.del(c.name);
-    }
-    node.close();
-    netns.del('bench-node');
-    await cni.cleanup();
+    await release(cni, node, made);
   }
   console.log(`CNI plugin latency, ${N} containers each, ipMasq on, calls interleaved (ms)`);
   console.log(`${'call'.padEnd(20)} ${'p50'.padStart(8)} ${'p90'.padStart(8)}`);
