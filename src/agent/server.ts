@@ -124,6 +124,7 @@ export class Agent {
       metrics,
       log,
       beforePass: () => this.nat.release(),
+      calm: () => this.cni.calm(),
     });
   }
 
