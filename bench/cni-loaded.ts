@@ -41,11 +41,15 @@ function loadedServices(n: number): Service[] {
   }));
 }
 
+/** Starts `cmd` in `node`: the process, and when it has exited. */
+function start(node: netns.NetNs, cmd: string, args: string[], opts: Parameters<netns.NetNs['spawn']>[2] = {}) {
+  const child = node.spawn(cmd, args, { stdio: 'ignore', ...opts });
+  return { child, exited: new Promise<void>((resolve) => child.on('exit', () => resolve())) };
+}
+
 /** Runs `cmd` in `node` and resolves when it exits. */
 const run = (node: netns.NetNs, cmd: string, args: string[], env?: NodeJS.ProcessEnv) =>
-  new Promise<void>((resolve) =>
-    node.spawn(cmd, args, { stdio: 'ignore', ...(env ? { env } : {}) }).on('exit', () => resolve()),
-  );
+  start(node, cmd, args, env ? { env } : {}).exited;
 
 /** CPU used meanwhile, in cores: the whole machine's, and one process's. */
 function cpuMeter(pid: number): () => { machine: number; process: number } {
@@ -75,33 +79,26 @@ function startLoad(node: netns.NetNs, stateDir: string, agent: AgentProcess, fro
   const flushes: Span[] = [];
   const flushing = (async () => {
     while (!stop) {
-      const start = performance.now();
+      const began = performance.now();
       await run(node, 'nft', ['flush', 'ruleset']);
-      flushes.push({ start, end: performance.now() });
+      flushes.push({ start: began, end: performance.now() });
       for (let t = 0; t < 15 && !stop; t++) await sleep(100);
     }
   })();
   const env = { ...process.env, TSNET_AGENT_SOCKET: agent.socket };
   const controller =
     from === 'controller'
-      ? node.spawn(
+      ? start(
+          node,
           process.execPath,
           [path.join(__dirname, 'nat-changes.js'), agent.socket, stateDir, String(LOADED_SERVICES), '50'],
           { stdio: ['ignore', 'pipe', 'inherit'] },
         )
       : undefined;
   let sent = '';
-  controller?.stdout!.on('data', (d) => (sent += d));
-  const ended = controller && new Promise<void>((resolve) => controller.on('exit', () => resolve()));
-  const burst = (async () => {
-    if (controller) {
-      while (!stop) await sleep(20);
-      controller.kill('SIGTERM'); // a process this benchmark started, by its handle
-      await ended;
-      changes = Number(sent.trim());
-      return;
-    }
-    while (!stop) {
+  controller?.child.stdout!.on('data', (d) => (sent += d));
+  const cli = (async () => {
+    while (!stop && !controller) {
       const k = changes++;
       const [name, endpoint] = [`s${(k * 37) % LOADED_SERVICES}`, `10.220.${(k >> 8) & 255}.${k & 255}:8080`];
       const args = [CLI, '--state-dir', stateDir, 'service', 'set-endpoints', name, '--endpoint', endpoint];
@@ -110,10 +107,12 @@ function startLoad(node: netns.NetNs, stateDir: string, agent: AgentProcess, fro
   })();
   return {
     flushes,
-    changes: () => changes,
+    changes: () => (controller ? Number(sent.trim()) : changes),
     stop: async () => {
       stop = true;
-      await Promise.all([flushing, burst]);
+      // A process this benchmark started, by its handle: it prints how many changes it sent as it ends.
+      if (controller?.child.exitCode === null) controller.child.kill('SIGTERM');
+      await Promise.all([flushing, cli, controller?.exited]);
     },
   };
 }

@@ -97,10 +97,9 @@ export class ResyncLoop {
     this.o.beforePass();
     const every = Math.max(1, Math.round(this.o.fullSyncIntervalMs / this.o.intervalMs));
     if (++this.passes % every === 0) this.fullDue ??= Date.now();
-    const waited = this.fullDue === undefined ? 0 : Date.now() - this.fullDue;
     const full =
       this.fullDue !== undefined &&
-      ((this.o.calm?.() ?? true) || waited >= Math.min(FULL_DEFER_MS, this.o.fullSyncIntervalMs));
+      ((this.o.calm?.() ?? true) || Date.now() - this.fullDue >= Math.min(FULL_DEFER_MS, this.o.fullSyncIntervalMs));
     if (full) this.fullDue = undefined;
     const engines = [
       ...this.natStates().map((dir) => this.o.engines.get({ stateDir: dir })),

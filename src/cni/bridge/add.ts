@@ -99,12 +99,11 @@ async function addSteps(a: Add): Promise<Result> {
   // A port mapping's route_localnet goes on the interface the host routes the container by: after the gateway.
   const nat = (ip: Result) => addNat(c, rec, a.records, host, env, ip.ips!, rc.portMappings);
   const natEarly = rc.portMappings?.length ? undefined : addresses.then(nat);
-  void natEarly?.catch(() => undefined); // awaited below, whichever way the other steps go
-  // Every step started has ended before the caller tears down what the record names.
-  const settled = () => natEarly?.catch(() => undefined);
+  // Every step started has ended before the caller tears down what the record names (and is handled at once).
+  const settled = natEarly?.catch(() => undefined);
   const [port, addressed] = await Promise.allSettled([hostPort(), addresses]);
   if (port.status === 'rejected' || addressed.status === 'rejected') {
-    await settled();
+    await settled;
     throw port.status === 'rejected' ? port.reason : (addressed as PromiseRejectedResult).reason;
   }
   const [br, ip] = [port.value, addressed.value];
@@ -112,7 +111,7 @@ async function addSteps(a: Add): Promise<Result> {
   try {
     if (c.isGateway) await ensureGateway(host, c, br.index, gatewayCidrs(ip.ips!));
   } catch (err) {
-    await settled();
+    await settled;
     throw err;
   }
 

@@ -40,6 +40,13 @@ export interface TableCounters {
 /** Rounds up to this many changed services look other users up instead of counting them all (unless the caller keeps the state: then the count is made once and kept). */
 const LOOKUP_MAX = 16;
 
+/** The whole table; a resident process counts what services share once: the record's lb users are those counts. */
+function wholeTable(desired: DesiredState, family: Family, resident?: boolean) {
+  const index = resident ? SharedIndex.build(desired.services, family) : undefined;
+  const lb = index ? Object.fromEntries(index.lb) : lbRecordOf(desired.services, family);
+  return { plan: fullPlan(render(desired, family)), index, lb };
+}
+
 export abstract class NftablesBackend implements Backend {
   abstract readonly name: BackendName;
   readonly tables = 'nftables' as const;
@@ -108,12 +115,6 @@ export abstract class NftablesBackend implements Backend {
       (await this.rebuildAbsent(st, families, applied, force, round, round.chunks, result))
     )
       return result;
-    // The whole table; a resident process counts what services share once: the record's lb users are those counts.
-    const wholeTable = (family: Family) => {
-      const index = round?.resident ? SharedIndex.build(desired().services, family) : undefined;
-      const lb = index ? Object.fromEntries(index.lb) : lbRecordOf(desired().services, family);
-      return { plan: fullPlan(render(desired(), family)), index, lb };
-    };
     // The table went after the check above (`nft flush ruleset` at that moment): rebuilt in pieces all the same.
     const rebuildGone = async (): Promise<boolean> => {
       if (!round?.chunks || !this.chunkable) return false;
@@ -133,8 +134,9 @@ export abstract class NftablesBackend implements Backend {
       let plan: Plan | undefined;
       let index: SharedIndex | undefined;
       let lb: NftablesRecord['lb'] | undefined;
-      const present = prev && round && !force && (await this.canaryPresent(family));
-      if (prev && round && !force && !present && (await rebuildGone())) return result;
+      const partial = prev && round && !force;
+      const present = partial && (await this.canaryPresent(family));
+      if (partial && !present && (await rebuildGone())) return result;
       if (present) {
         const changes = round.services.filter((c) => familyOf((c.new ?? c.old)!.vip) === family);
         index =
@@ -147,7 +149,7 @@ export abstract class NftablesBackend implements Backend {
         if (plan) lb = lbRecordAfter(prev.lb, changes);
         if (plan && index) index.update(changes);
       }
-      if (!plan) ({ plan, index, lb } = wholeTable(family));
+      if (!plan) ({ plan, index, lb } = wholeTable(desired(), family, round?.resident));
       try {
         await this.apply(plan, family);
       } catch (err) {
@@ -155,7 +157,7 @@ export abstract class NftablesBackend implements Backend {
         // batch named what no longer exists, and nothing of it was applied. Rebuild it whole.
         if (plan.full || !hasCode(err, 'ENOENT')) throw err;
         if (await rebuildGone()) return result;
-        ({ plan, index, lb } = wholeTable(family));
+        ({ plan, index, lb } = wholeTable(desired(), family, round?.resident));
         await this.apply(plan, family);
       }
       if (round && index) {

@@ -126,9 +126,7 @@ export class ChunkedRebuild {
         const left = [...this.fams.values()].find((f) => f.todo.size || !f.record);
         const pick = services ? left : undefined;
         // A family with no skeleton yet gets it even in a piece without services: its rules are the caller's too.
-        const touched = [...this.fams].filter(
-          ([, f]) => f === pick || f.extra.length || !f.record || (join?.global && f.record),
-        );
+        const touched = [...this.fams].filter(([, f]) => f === pick || f.extra.length || !f.record || join?.global);
         if (!touched.length && left) {
           services = await this.chunks.pause(); // nothing joined, and the services wait
           continue;
